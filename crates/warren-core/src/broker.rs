@@ -1,0 +1,1582 @@
+//! The broker state machine.
+//!
+//! The server calls [`Broker::handle_frame`] with every frame of a channel (channel 0, the
+//! connection's own methods, stays in the server), then [`Broker::end_batch`] once per batch of
+//! frames read. Whatever the broker wants written, to this connection or to any other, is
+//! appended to the `out` vector as `(connection, Out)` pairs.
+//!
+//! Errors follow the spec: a handler returns a `ProtocolError`; a soft code closes the channel
+//! (its consumers are cancelled and its unacked messages requeued at once, as RabbitMQ does),
+//! a hard code closes the connection. Either way no other connection notices.
+
+use crate::auth::Users;
+use crate::channel::{AckOp, Channel, ChannelState, Consumer, TxState, Unacked};
+use crate::config::{Config, CONNECTION_OUTBOUND_MAX_BYTES};
+use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::message::{Message, MessageRef};
+use crate::queue::{ConsumerKey, Queue};
+use crate::ConnId;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Arc;
+use warren_amqp::{
+    Assembled, BasicProperties, FieldTable, FieldValue, Frame, Method, ProtocolError, ReplyCode, ShortStr,
+};
+
+/// Something to write to a connection.
+#[derive(Debug, Clone)]
+pub enum Out {
+    Method {
+        channel: u16,
+        method: Method,
+    },
+    /// A content-bearing method (deliver, get-ok, return) with its message.
+    Content {
+        channel: u16,
+        method: Method,
+        msg: MessageRef,
+    },
+}
+
+/// The pseudo-queue of direct reply-to.
+pub const REPLY_TO_QUEUE: &str = "amq.rabbitmq.reply-to";
+const REPLY_TO_PREFIX: &str = "amq.rabbitmq.reply-to.";
+
+/// What the server learned about a connection during the handshake.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub user: String,
+    pub vhost: String,
+    pub peer: String,
+    pub client_properties: FieldTable,
+    pub channel_max: u16,
+}
+
+impl ConnInfo {
+    /// True when the client announced the capability in its client-properties.
+    pub fn has_capability(&self, name: &str) -> bool {
+        match self.client_properties.get("capabilities") {
+            Some(FieldValue::Table(t)) => t.get(name).and_then(FieldValue::as_bool).unwrap_or(false),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Conn {
+    info: ConnInfo,
+    vhost: Arc<str>,
+    cancel_notify: bool,
+    channels: HashMap<u16, Channel>,
+    /// After we sent connection.close: drop everything until the socket goes.
+    closing: bool,
+    /// Bytes of deliveries handed to the server and not yet reported written.
+    out_bytes: usize,
+}
+
+impl Conn {
+    fn writable(&self) -> bool {
+        self.out_bytes < CONNECTION_OUTBOUND_MAX_BYTES
+    }
+}
+
+#[derive(Debug)]
+pub struct VHost {
+    pub name: String,
+    pub exchanges: HashMap<ShortStr, Exchange>,
+    pub queues: HashMap<ShortStr, Queue>,
+}
+
+impl VHost {
+    fn new(name: &str) -> Self {
+        let mut v = VHost { name: name.into(), exchanges: HashMap::new(), queues: HashMap::new() };
+        for (n, k) in [
+            ("", ExchangeKind::Direct),
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
+        ] {
+            v.exchanges.insert(
+                ShortStr::from_static(n),
+                Exchange::new(ShortStr::from_static(n), k, true, false, false, FieldTable::new()),
+            );
+        }
+        v
+    }
+}
+
+/// A publish after validation, ready to route (kept back by a transaction until commit).
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub exchange: ShortStr,
+    pub routing_key: ShortStr,
+    pub mandatory: bool,
+    pub msg: MessageRef,
+    /// Confirm-mode sequence number.
+    pub confirm_seq: Option<u64>,
+}
+
+/// Where a direct reply-to suffix leads.
+#[derive(Debug, Clone)]
+struct ReplyTarget {
+    conn: ConnId,
+    channel: u16,
+    consumer_tag: ShortStr,
+}
+
+/// Counts for the management API.
+#[derive(Debug, Clone, Default)]
+pub struct Overview {
+    pub connections: usize,
+    pub channels: usize,
+    pub queues: usize,
+    pub exchanges: usize,
+    pub consumers: usize,
+    pub messages_ready: u64,
+    pub messages_unacked: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueInfo {
+    pub vhost: String,
+    pub name: String,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub messages_ready: u32,
+    pub messages_unacked: u32,
+    pub consumers: u32,
+}
+
+type Res = Result<(), ProtocolError>;
+
+fn not_found(kind: &str, name: &str, vhost: &str) -> ProtocolError {
+    ProtocolError::new(ReplyCode::NotFound, format_args!("no {kind} '{name}' in vhost '{vhost}'"))
+}
+
+fn precondition(detail: impl std::fmt::Display) -> ProtocolError {
+    ProtocolError::new(ReplyCode::PreconditionFailed, detail)
+}
+
+fn locked(name: &str, vhost: &str) -> ProtocolError {
+    ProtocolError::new(
+        ReplyCode::ResourceLocked,
+        format_args!(
+            "cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration."
+        ),
+    )
+}
+
+fn default_exchange_refused() -> ProtocolError {
+    ProtocolError::new(ReplyCode::AccessRefused, "operation not permitted on the default exchange")
+}
+
+fn inequivalent(
+    arg: &str,
+    kind: &str,
+    name: &str,
+    vhost: &str,
+    received: impl std::fmt::Display,
+    current: impl std::fmt::Display,
+) -> ProtocolError {
+    precondition(format_args!("inequivalent arg '{arg}' for {kind} '{name}' in vhost '{vhost}': received '{received}' but current is '{current}'"))
+}
+
+/// A random name in RabbitMQ's style: the prefix and 22 URL-safe base64 characters.
+fn generated_name(prefix: &str) -> ShortStr {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut s = String::with_capacity(prefix.len() + 22);
+    s.push_str(prefix);
+    for _ in 0..22 {
+        s.push(ALPHABET[fastrand::usize(..ALPHABET.len())] as char);
+    }
+    ShortStr::from(s)
+}
+
+/// The queue arguments whose values must match on redeclaration (RabbitMQ's list).
+const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+];
+
+fn describe(v: Option<&FieldValue>) -> String {
+    match v {
+        None => "none".into(),
+        Some(v) => match (v.as_str(), v.as_i64(), v.as_bool()) {
+            (Some(s), _, _) => s.into(),
+            (_, Some(i), _) => i.to_string(),
+            (_, _, Some(b)) => b.to_string(),
+            _ => format!("{v:?}"),
+        },
+    }
+}
+
+fn args_equal(a: Option<&FieldValue>, b: Option<&FieldValue>) -> bool {
+    match (a, b) {
+        (Some(x), Some(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(i), Some(j)) => i == j,
+            _ => x == y,
+        },
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+pub struct Broker {
+    config: Config,
+    users: Users,
+    vhosts: HashMap<String, VHost>,
+    conns: HashMap<ConnId, Conn>,
+    reply_targets: HashMap<ShortStr, ReplyTarget>,
+}
+
+impl Broker {
+    pub fn new(config: Config) -> Self {
+        let mut users = Users::default();
+        let loopback_only = config.loopback_users.iter().any(|u| u == &config.default_user);
+        users.add(&config.default_user, &config.default_pass, loopback_only);
+        let mut vhosts = HashMap::new();
+        vhosts.insert(config.default_vhost.clone(), VHost::new(&config.default_vhost));
+        Broker { config, users, vhosts, conns: HashMap::new(), reply_targets: HashMap::new() }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn users(&self) -> &Users {
+        &self.users
+    }
+
+    /// Registers a connection after connection.open; refuses a vhost that does not exist.
+    pub fn open_connection(&mut self, conn: ConnId, info: ConnInfo) -> Res {
+        if !self.vhosts.contains_key(&info.vhost) {
+            return Err(ProtocolError::new(ReplyCode::NotAllowed, format_args!("vhost {} not found", info.vhost)));
+        }
+        let cancel_notify = info.has_capability("consumer_cancel_notify");
+        let vhost: Arc<str> = info.vhost.as_str().into();
+        self.conns
+            .insert(conn, Conn { info, vhost, cancel_notify, channels: HashMap::new(), closing: false, out_bytes: 0 });
+        Ok(())
+    }
+
+    /// Handles one frame of channel 1 or above.
+    pub fn handle_frame(&mut self, conn: ConnId, frame: Frame, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if c.closing {
+            return;
+        }
+        let channel = frame.channel();
+        let max_body = self.config.max_message_size;
+        let channel_max = c.info.channel_max;
+        let assembled = match c.channels.get_mut(&channel) {
+            None => match frame {
+                Frame::Method { method: Method::ChannelOpen, .. } => {
+                    if channel == 0 || channel > channel_max {
+                        let e = ProtocolError::new(
+                            ReplyCode::NotAllowed,
+                            format_args!(
+                                "channel number {channel} is outside 1..{channel_max}, the negotiated channel_max"
+                            ),
+                        )
+                        .on((20, 10));
+                        self.connection_error(conn, e, out);
+                    } else {
+                        c.channels.insert(channel, Channel::new());
+                        out.push((conn, Out::Method { channel, method: Method::ChannelOpenOk }));
+                    }
+                    return;
+                }
+                Frame::Method { method, .. } => {
+                    let e = ProtocolError::new(ReplyCode::ChannelError, "expected 'channel.open'").on(method.ids());
+                    self.connection_error(conn, e, out);
+                    return;
+                }
+                _ => {
+                    let e = ProtocolError::new(
+                        ReplyCode::ChannelError,
+                        format_args!("content frame on channel {channel}, which is not open"),
+                    );
+                    self.connection_error(conn, e, out);
+                    return;
+                }
+            },
+            Some(ch) if ch.state == ChannelState::Closing => {
+                match frame {
+                    Frame::Method { method: Method::ChannelCloseOk, .. } => {
+                        c.channels.remove(&channel);
+                    }
+                    Frame::Method { method: Method::ChannelClose { .. }, .. } => {
+                        out.push((conn, Out::Method { channel, method: Method::ChannelCloseOk }));
+                    }
+                    _ => {}
+                }
+                return;
+            }
+            Some(ch) => ch.assembler.push(frame, max_body),
+        };
+        let result = match assembled {
+            Ok(None) => Ok(()),
+            Ok(Some(cmd)) => self.command(conn, channel, cmd, now_ms, out),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            if e.code.is_hard() {
+                self.connection_error(conn, e, out);
+            } else {
+                self.channel_error(conn, channel, e, now_ms, out);
+            }
+        }
+    }
+
+    /// Ends a batch of frames from `conn`: confirms collected during it go out, coalesced with
+    /// `multiple` where they form a run.
+    pub fn end_batch(&mut self, conn: ConnId, out: &mut Vec<(ConnId, Out)>) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        for (&channel, ch) in c.channels.iter_mut() {
+            if let Some((first, last)) = ch.confirm_unsent.take() {
+                if ch.state == ChannelState::Open {
+                    out.push((
+                        conn,
+                        Out::Method {
+                            channel,
+                            method: Method::BasicAck { delivery_tag: last, multiple: last > first },
+                        },
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The connection is gone (socket closed, or closed by protocol): requeue its unacked
+    /// messages, cancel its consumers, delete its exclusive queues.
+    pub fn connection_closed(&mut self, conn: ConnId, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let mut channels: Vec<u16> = c.channels.keys().copied().collect();
+        channels.sort_unstable();
+        for ch in channels {
+            self.release_channel(conn, ch, now_ms, out);
+        }
+        let Some(c) = self.conns.remove(&conn) else { return };
+        if let Some(vh) = self.vhosts.get(&*c.vhost) {
+            let exclusive: Vec<ShortStr> =
+                vh.queues.values().filter(|q| q.exclusive_owner == Some(conn)).map(|q| q.name.clone()).collect();
+            for q in exclusive {
+                self.delete_queue(&c.vhost, &q, now_ms, out);
+            }
+        }
+    }
+
+    /// The server wrote `bytes` of deliveries to the connection's socket.
+    pub fn on_written(&mut self, conn: ConnId, bytes: usize, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let was_writable = c.writable();
+        c.out_bytes = c.out_bytes.saturating_sub(bytes);
+        if !was_writable && c.writable() {
+            let queues: Vec<ShortStr> =
+                c.channels.values().flat_map(|ch| ch.consumers.values().map(|co| co.queue.clone())).collect();
+            let vhost = c.vhost.clone();
+            for q in queues {
+                self.dispatch(&vhost, &q, now_ms, out);
+            }
+        }
+    }
+
+    /// Periodic work: the consumer acknowledgement timeout.
+    pub fn tick(&mut self, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let Some(timeout) = self.config.consumer_timeout_ms else { return };
+        let mut expired = Vec::new();
+        for (&conn, c) in &self.conns {
+            if c.closing {
+                continue;
+            }
+            for (&channel, ch) in &c.channels {
+                if ch.state != ChannelState::Open {
+                    continue;
+                }
+                if let Some(u) = ch.unacked.iter().find(|u| now_ms.saturating_sub(u.delivered_at_ms) > timeout) {
+                    let consumer = u.consumer.clone().filter(|t| ch.consumers.contains_key(t));
+                    expired.push((conn, channel, consumer, c.cancel_notify));
+                }
+            }
+        }
+        for (conn, channel, consumer, cancel_notify) in expired {
+            match consumer {
+                Some(tag) if cancel_notify => self.expire_consumer(conn, channel, tag, now_ms, out),
+                _ => {
+                    let e = precondition(format_args!(
+                        "delivery acknowledgement on channel {channel} timed out. Timeout value used: {timeout} ms. This timeout value can be configured, see consumers doc guide to learn more"
+                    ));
+                    self.channel_error(conn, channel, e, now_ms, out);
+                }
+            }
+        }
+    }
+
+    /// A consumer that held a message past the timeout and understands basic.cancel: cancel
+    /// it and put all its unacked messages back.
+    fn expire_consumer(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        tag: ShortStr,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let vhost = c.vhost.clone();
+        let Some(ch) = c.channels.get_mut(&channel) else { return };
+        let (mine, rest): (Vec<Unacked>, Vec<Unacked>) =
+            ch.unacked.drain(..).partition(|u| u.consumer.as_ref() == Some(&tag));
+        ch.unacked = rest.into();
+        out.push((
+            conn,
+            Out::Method { channel, method: Method::BasicCancel { consumer_tag: tag.clone(), nowait: true } },
+        ));
+        self.remove_consumer(conn, channel, &tag, now_ms, out);
+        self.requeue(&vhost, mine, now_ms, out);
+    }
+
+    pub fn overview(&self) -> Overview {
+        let mut o = Overview { connections: self.conns.len(), ..Default::default() };
+        for c in self.conns.values() {
+            o.channels += c.channels.len();
+        }
+        for vh in self.vhosts.values() {
+            o.exchanges += vh.exchanges.len();
+            o.queues += vh.queues.len();
+            for q in vh.queues.values() {
+                o.consumers += q.consumers.len();
+                o.messages_ready += u64::from(q.message_count());
+                o.messages_unacked += q.unacked as u64;
+            }
+        }
+        o
+    }
+
+    pub fn queues(&self) -> Vec<QueueInfo> {
+        let mut v: Vec<QueueInfo> = self
+            .vhosts
+            .values()
+            .flat_map(|vh| {
+                vh.queues.values().map(move |q| QueueInfo {
+                    vhost: vh.name.clone(),
+                    name: q.name.to_string(),
+                    durable: q.durable,
+                    exclusive: q.exclusive_owner.is_some(),
+                    auto_delete: q.auto_delete,
+                    messages_ready: q.message_count(),
+                    messages_unacked: q.unacked as u32,
+                    consumers: q.consumer_count(),
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
+        v
+    }
+
+    // ---- errors ----------------------------------------------------------------------------
+
+    fn connection_error(&mut self, conn: ConnId, e: ProtocolError, out: &mut Vec<(ConnId, Out)>) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.closing = true;
+        out.push((
+            conn,
+            Out::Method {
+                channel: 0,
+                method: Method::ConnectionClose {
+                    reply_code: e.code.code(),
+                    reply_text: ShortStr::from(e.reply_text()),
+                    class_id: e.class_id,
+                    method_id: e.method_id,
+                },
+            },
+        ));
+    }
+
+    fn channel_error(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        e: ProtocolError,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) {
+        self.release_channel(conn, channel, now_ms, out);
+        let Some(ch) = self.conns.get_mut(&conn).and_then(|c| c.channels.get_mut(&channel)) else { return };
+        ch.state = ChannelState::Closing;
+        ch.assembler.reset();
+        out.push((
+            conn,
+            Out::Method {
+                channel,
+                method: Method::ChannelClose {
+                    reply_code: e.code.code(),
+                    reply_text: ShortStr::from(e.reply_text()),
+                    class_id: e.class_id,
+                    method_id: e.method_id,
+                },
+            },
+        ));
+    }
+
+    /// Cancels the channel's consumers and requeues its unacked messages; the channel entry
+    /// stays (the caller removes it or marks it closing).
+    fn release_channel(&mut self, conn: ConnId, channel: u16, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let vhost = c.vhost.clone();
+        let Some(ch) = c.channels.get_mut(&channel) else { return };
+        let unacked: Vec<Unacked> = ch.unacked.drain(..).collect();
+        let tags: Vec<ShortStr> = ch.consumers.keys().cloned().collect();
+        ch.tx = None;
+        ch.confirm_unsent = None;
+        if let Some((_, suffix)) = ch.reply_to.take() {
+            self.reply_targets.remove(&suffix);
+        }
+        // Consumers go first, so that requeued messages cannot be handed straight back to them.
+        for tag in tags {
+            self.remove_consumer(conn, channel, &tag, now_ms, out);
+        }
+        self.requeue(&vhost, unacked, now_ms, out);
+    }
+
+    // ---- commands --------------------------------------------------------------------------
+
+    fn command(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        cmd: Assembled,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        let (method, content) = match cmd {
+            Assembled::Method(m) => (m, None),
+            Assembled::Content { method, properties, raw_properties, body } => {
+                (method, Some((properties, raw_properties, body)))
+            }
+        };
+        let ids = method.ids();
+        self.method(conn, channel, method, content, now_ms, out)
+            .map_err(|e| if e.class_id == 0 { e.on(ids) } else { e })
+    }
+
+    fn reply(out: &mut Vec<(ConnId, Out)>, conn: ConnId, channel: u16, method: Method) {
+        out.push((conn, Out::Method { channel, method }));
+    }
+
+    fn method(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        method: Method,
+        content: Option<(BasicProperties, Bytes, Bytes)>,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        match method {
+            Method::ChannelOpen => Err(ProtocolError::new(ReplyCode::ChannelError, "second 'channel.open' seen")),
+            Method::ChannelClose { .. } => {
+                self.release_channel(conn, channel, now_ms, out);
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.channels.remove(&channel);
+                }
+                Self::reply(out, conn, channel, Method::ChannelCloseOk);
+                Ok(())
+            }
+            Method::ChannelCloseOk => Ok(()),
+            Method::ChannelFlow { active } => {
+                let ch = self.channel_mut(conn, channel)?;
+                ch.flow_active = active;
+                Self::reply(out, conn, channel, Method::ChannelFlowOk { active });
+                if active {
+                    self.dispatch_channel_queues(conn, channel, now_ms, out);
+                }
+                Ok(())
+            }
+            Method::ChannelFlowOk { .. } => Ok(()),
+            Method::ExchangeDeclare { exchange, kind, passive, durable, auto_delete, internal, nowait, arguments } => {
+                self.exchange_declare(conn, &exchange, &kind, passive, durable, auto_delete, internal, arguments)?;
+                if !nowait {
+                    Self::reply(out, conn, channel, Method::ExchangeDeclareOk);
+                }
+                Ok(())
+            }
+            Method::ExchangeDelete { exchange, if_unused, nowait } => {
+                self.exchange_delete(conn, &exchange, if_unused)?;
+                if !nowait {
+                    Self::reply(out, conn, channel, Method::ExchangeDeleteOk);
+                }
+                Ok(())
+            }
+            Method::ExchangeBind { destination, source, routing_key, nowait, arguments } => {
+                self.bind(conn, channel, Destination::Exchange(destination), &source, routing_key, arguments)?;
+                if !nowait {
+                    Self::reply(out, conn, channel, Method::ExchangeBindOk);
+                }
+                Ok(())
+            }
+            Method::ExchangeUnbind { destination, source, routing_key, nowait, arguments } => {
+                self.unbind(conn, channel, Destination::Exchange(destination), &source, routing_key, arguments)?;
+                if !nowait {
+                    Self::reply(out, conn, channel, Method::ExchangeUnbindOk);
+                }
+                Ok(())
+            }
+            Method::QueueDeclare { queue, passive, durable, exclusive, auto_delete, nowait, arguments } => {
+                let (name, messages, consumers) =
+                    self.queue_declare(conn, channel, queue, passive, durable, exclusive, auto_delete, arguments)?;
+                if !nowait {
+                    Self::reply(
+                        out,
+                        conn,
+                        channel,
+                        Method::QueueDeclareOk { queue: name, message_count: messages, consumer_count: consumers },
+                    );
+                }
+                Ok(())
+            }
+            Method::QueueBind { queue, exchange, routing_key, nowait, arguments } => {
+                let queue = self.resolve_queue_name(conn, channel, queue)?;
+                self.bind(conn, channel, Destination::Queue(queue), &exchange, routing_key, arguments)?;
+                if !nowait {
+                    Self::reply(out, conn, channel, Method::QueueBindOk);
+                }
+                Ok(())
+            }
+            Method::QueueUnbind { queue, exchange, routing_key, arguments } => {
+                let queue = self.resolve_queue_name(conn, channel, queue)?;
+                self.unbind(conn, channel, Destination::Queue(queue), &exchange, routing_key, arguments)?;
+                Self::reply(out, conn, channel, Method::QueueUnbindOk);
+                Ok(())
+            }
+            Method::QueuePurge { queue, nowait } => {
+                let queue = self.resolve_queue_name(conn, channel, queue)?;
+                let (vhost, q) = self.queue_for_use(conn, &queue)?;
+                let _ = vhost;
+                let n = q.purge();
+                if !nowait {
+                    Self::reply(out, conn, channel, Method::QueuePurgeOk { message_count: n });
+                }
+                Ok(())
+            }
+            Method::QueueDelete { queue, if_unused, if_empty, nowait } => {
+                let queue = self.resolve_queue_name(conn, channel, queue)?;
+                let vhost = self.vhost_of(conn)?;
+                let n = match self.vhosts.get(&*vhost).and_then(|v| v.queues.get(&queue)) {
+                    // Deleting a queue that does not exist succeeds, as in RabbitMQ.
+                    None => 0,
+                    Some(q) => {
+                        if q.exclusive_owner.is_some_and(|o| o != conn) {
+                            return Err(locked(&queue, &vhost));
+                        }
+                        if if_unused && !q.consumers.is_empty() {
+                            return Err(precondition(format_args!("queue '{queue}' in vhost '{vhost}' in use")));
+                        }
+                        if if_empty && !q.is_empty() {
+                            return Err(precondition(format_args!("queue '{queue}' in vhost '{vhost}' not empty")));
+                        }
+                        self.delete_queue(&vhost, &queue, now_ms, out)
+                    }
+                };
+                if !nowait {
+                    Self::reply(out, conn, channel, Method::QueueDeleteOk { message_count: n });
+                }
+                Ok(())
+            }
+            Method::BasicQos { prefetch_size, prefetch_count, global } => {
+                if prefetch_size != 0 {
+                    return Err(ProtocolError::new(
+                        ReplyCode::NotImplemented,
+                        format_args!("prefetch_size!=0 ({prefetch_size})"),
+                    ));
+                }
+                let ch = self.channel_mut(conn, channel)?;
+                if global {
+                    ch.prefetch_channel = prefetch_count;
+                } else {
+                    ch.prefetch_consumer = prefetch_count;
+                }
+                Self::reply(out, conn, channel, Method::BasicQosOk);
+                self.dispatch_channel_queues(conn, channel, now_ms, out);
+                Ok(())
+            }
+            Method::BasicConsume { queue, consumer_tag, no_local: _, no_ack, exclusive, nowait, arguments: _ } => {
+                self.consume(conn, channel, queue, consumer_tag, no_ack, exclusive, nowait, now_ms, out)
+            }
+            Method::BasicCancel { consumer_tag, nowait } => {
+                self.remove_consumer(conn, channel, &consumer_tag, now_ms, out);
+                if !nowait {
+                    Self::reply(out, conn, channel, Method::BasicCancelOk { consumer_tag });
+                }
+                Ok(())
+            }
+            Method::BasicPublish { exchange, routing_key, mandatory, immediate } => {
+                if immediate {
+                    return Err(ProtocolError::new(ReplyCode::NotImplemented, "immediate=true"));
+                }
+                let Some((properties, raw, body)) = content else {
+                    return Err(ProtocolError::new(ReplyCode::InternalError, "publish without content"));
+                };
+                self.publish(conn, channel, exchange, routing_key, mandatory, properties, raw, body, now_ms, out)
+            }
+            Method::BasicGet { queue, no_ack } => self.get(conn, channel, queue, no_ack, now_ms, out),
+            Method::BasicAck { delivery_tag, multiple } => {
+                self.settle(conn, channel, AckOp::Ack { delivery_tag, multiple }, now_ms, out)
+            }
+            Method::BasicReject { delivery_tag, requeue } => {
+                self.settle(conn, channel, AckOp::Nack { delivery_tag, multiple: false, requeue }, now_ms, out)
+            }
+            Method::BasicNack { delivery_tag, multiple, requeue } => {
+                self.settle(conn, channel, AckOp::Nack { delivery_tag, multiple, requeue }, now_ms, out)
+            }
+            Method::BasicRecover { requeue: _ } | Method::BasicRecoverAsync { requeue: _ } => {
+                // Both forms put every unacked delivery back in its queue, marked redelivered.
+                let sync = matches!(method, Method::BasicRecover { .. });
+                let vhost = self.vhost_of(conn)?;
+                let ch = self.channel_mut(conn, channel)?;
+                let unacked: Vec<Unacked> = ch.unacked.drain(..).collect();
+                self.forget_consumer_unacked(conn, channel, &unacked);
+                if sync {
+                    Self::reply(out, conn, channel, Method::BasicRecoverOk);
+                }
+                self.requeue(&vhost, unacked, now_ms, out);
+                Ok(())
+            }
+            Method::ConfirmSelect { nowait } => {
+                let ch = self.channel_mut(conn, channel)?;
+                if ch.tx.is_some() {
+                    return Err(precondition("cannot switch from tx to confirm mode"));
+                }
+                ch.confirm_next.get_or_insert(1);
+                if !nowait {
+                    Self::reply(out, conn, channel, Method::ConfirmSelectOk);
+                }
+                Ok(())
+            }
+            Method::TxSelect => {
+                let ch = self.channel_mut(conn, channel)?;
+                if ch.confirm_next.is_some() {
+                    return Err(precondition("cannot switch from confirm to tx mode"));
+                }
+                ch.tx.get_or_insert_with(TxState::default);
+                Self::reply(out, conn, channel, Method::TxSelectOk);
+                Ok(())
+            }
+            Method::TxCommit => {
+                let ch = self.channel_mut(conn, channel)?;
+                let Some(tx) = ch.tx.as_mut() else { return Err(precondition("channel is not transactional")) };
+                let TxState { publishes, acks } = std::mem::take(tx);
+                for p in publishes {
+                    self.route_publish(conn, channel, p, now_ms, out)?;
+                }
+                for op in acks {
+                    self.apply_settle(conn, channel, op, now_ms, out)?;
+                }
+                Self::reply(out, conn, channel, Method::TxCommitOk);
+                Ok(())
+            }
+            Method::TxRollback => {
+                let ch = self.channel_mut(conn, channel)?;
+                let Some(tx) = ch.tx.as_mut() else { return Err(precondition("channel is not transactional")) };
+                *tx = TxState::default();
+                Self::reply(out, conn, channel, Method::TxRollbackOk);
+                Ok(())
+            }
+            other => {
+                let (c, m) = other.ids();
+                Err(ProtocolError::new(
+                    ReplyCode::CommandInvalid,
+                    format_args!("method {c}/{m} is not valid on a channel from a client"),
+                ))
+            }
+        }
+    }
+
+    // ---- lookups ---------------------------------------------------------------------------
+
+    fn vhost_of(&self, conn: ConnId) -> Result<Arc<str>, ProtocolError> {
+        self.conns
+            .get(&conn)
+            .map(|c| c.vhost.clone())
+            .ok_or_else(|| ProtocolError::new(ReplyCode::InternalError, "unknown connection"))
+    }
+
+    fn channel_mut(&mut self, conn: ConnId, channel: u16) -> Result<&mut Channel, ProtocolError> {
+        self.conns
+            .get_mut(&conn)
+            .and_then(|c| c.channels.get_mut(&channel))
+            .ok_or_else(|| ProtocolError::new(ReplyCode::ChannelError, format_args!("channel {channel} is not open")))
+    }
+
+    /// An empty queue name means the queue last declared on this channel.
+    fn resolve_queue_name(&mut self, conn: ConnId, channel: u16, queue: ShortStr) -> Result<ShortStr, ProtocolError> {
+        if !queue.is_empty() {
+            return Ok(queue);
+        }
+        self.channel_mut(conn, channel)?
+            .last_queue
+            .clone()
+            .ok_or_else(|| ProtocolError::new(ReplyCode::NotFound, "no previously declared queue"))
+    }
+
+    /// The queue, checked to exist and not to be another connection's exclusive queue.
+    fn queue_for_use(&mut self, conn: ConnId, name: &str) -> Result<(Arc<str>, &mut Queue), ProtocolError> {
+        let vhost = self.vhost_of(conn)?;
+        let q = self
+            .vhosts
+            .get_mut(&*vhost)
+            .and_then(|v| v.queues.get_mut(name))
+            .ok_or_else(|| not_found("queue", name, &vhost))?;
+        if q.exclusive_owner.is_some_and(|o| o != conn) {
+            return Err(locked(name, &vhost));
+        }
+        Ok((vhost, q))
+    }
+
+    // ---- exchanges and bindings ------------------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    fn exchange_declare(
+        &mut self,
+        conn: ConnId,
+        name: &ShortStr,
+        kind: &str,
+        passive: bool,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> Res {
+        let vhost = self.vhost_of(conn)?;
+        let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
+        if passive {
+            return if vh.exchanges.contains_key(name) { Ok(()) } else { Err(not_found("exchange", name, &vhost)) };
+        }
+        let Some(kind) = ExchangeKind::parse(kind) else {
+            return Err(ProtocolError::new(ReplyCode::CommandInvalid, format_args!("unknown exchange type '{kind}'")));
+        };
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        match vh.exchanges.get(name) {
+            Some(x) => {
+                if x.kind != kind {
+                    return Err(inequivalent("type", "exchange", name, &vhost, kind.as_str(), x.kind.as_str()));
+                }
+                if x.durable != durable {
+                    return Err(inequivalent("durable", "exchange", name, &vhost, durable, x.durable));
+                }
+                if x.auto_delete != auto_delete {
+                    return Err(inequivalent("auto_delete", "exchange", name, &vhost, auto_delete, x.auto_delete));
+                }
+                if x.internal != internal {
+                    return Err(inequivalent("internal", "exchange", name, &vhost, internal, x.internal));
+                }
+                Ok(())
+            }
+            None => {
+                if name.starts_with("amq.") {
+                    return Err(ProtocolError::new(
+                        ReplyCode::AccessRefused,
+                        format_args!("exchange name '{name}' contains reserved prefix 'amq.*'"),
+                    ));
+                }
+                vh.exchanges
+                    .insert(name.clone(), Exchange::new(name.clone(), kind, durable, auto_delete, internal, arguments));
+                Ok(())
+            }
+        }
+    }
+
+    fn exchange_delete(&mut self, conn: ConnId, name: &ShortStr, if_unused: bool) -> Res {
+        let vhost = self.vhost_of(conn)?;
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        if name.starts_with("amq.") {
+            return Err(ProtocolError::new(
+                ReplyCode::AccessRefused,
+                format_args!("deletion of system exchange '{name}' in vhost '{vhost}' refused"),
+            ));
+        }
+        let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(()) };
+        let Some(x) = vh.exchanges.get(name) else { return Ok(()) };
+        if if_unused && !x.bindings().is_empty() {
+            return Err(precondition(format_args!("exchange '{name}' in vhost '{vhost}' in use")));
+        }
+        Self::remove_exchange(vh, name);
+        Ok(())
+    }
+
+    /// Removes an exchange, the bindings to it, and auto-delete exchanges left without bindings.
+    fn remove_exchange(vh: &mut VHost, name: &ShortStr) {
+        vh.exchanges.remove(name);
+        Self::remove_bindings_to(vh, &Destination::Exchange(name.clone()));
+    }
+
+    fn remove_bindings_to(vh: &mut VHost, dest: &Destination) {
+        let mut emptied = Vec::new();
+        for x in vh.exchanges.values_mut() {
+            if x.unbind_all_to(dest) > 0 && x.auto_delete && x.bindings().is_empty() {
+                emptied.push(x.name.clone());
+            }
+        }
+        for name in emptied {
+            Self::remove_exchange(vh, &name);
+        }
+    }
+
+    fn bind(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        dest: Destination,
+        source: &ShortStr,
+        routing_key: ShortStr,
+        arguments: FieldTable,
+    ) -> Res {
+        let _ = channel;
+        let vhost = self.vhost_of(conn)?;
+        self.check_binding_ends(conn, &vhost, &dest, source)?;
+        let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(()) };
+        if let Some(x) = vh.exchanges.get_mut(source) {
+            x.bind(Binding { destination: dest, routing_key, arguments });
+        }
+        Ok(())
+    }
+
+    fn unbind(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        dest: Destination,
+        source: &ShortStr,
+        routing_key: ShortStr,
+        arguments: FieldTable,
+    ) -> Res {
+        let _ = channel;
+        let vhost = self.vhost_of(conn)?;
+        self.check_binding_ends(conn, &vhost, &dest, source)?;
+        let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(()) };
+        let mut emptied = false;
+        if let Some(x) = vh.exchanges.get_mut(source) {
+            emptied = x.unbind(&Binding { destination: dest, routing_key, arguments })
+                && x.auto_delete
+                && x.bindings().is_empty();
+        }
+        if emptied {
+            Self::remove_exchange(vh, source);
+        }
+        Ok(())
+    }
+
+    fn check_binding_ends(&self, conn: ConnId, vhost: &str, dest: &Destination, source: &ShortStr) -> Res {
+        let vh = self.vhosts.get(vhost).ok_or_else(|| not_found("vhost", vhost, vhost))?;
+        if source.is_empty() || matches!(dest, Destination::Exchange(d) if d.is_empty()) {
+            return Err(default_exchange_refused());
+        }
+        match dest {
+            Destination::Queue(q) => {
+                let queue = vh.queues.get(q).ok_or_else(|| not_found("queue", q, vhost))?;
+                if queue.exclusive_owner.is_some_and(|o| o != conn) {
+                    return Err(locked(q, vhost));
+                }
+            }
+            Destination::Exchange(x) => {
+                if !vh.exchanges.contains_key(x) {
+                    return Err(not_found("exchange", x, vhost));
+                }
+            }
+        }
+        if !vh.exchanges.contains_key(source) {
+            return Err(not_found("exchange", source, vhost));
+        }
+        Ok(())
+    }
+
+    // ---- queues ----------------------------------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    fn queue_declare(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        name: ShortStr,
+        passive: bool,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: FieldTable,
+    ) -> Result<(ShortStr, u32, u32), ProtocolError> {
+        let vhost = self.vhost_of(conn)?;
+        if name.as_str() == REPLY_TO_QUEUE {
+            return Ok((name, 0, 0));
+        }
+        let name = if name.is_empty() {
+            if passive {
+                self.resolve_queue_name(conn, channel, name)?
+            } else {
+                generated_name("amq.gen-")
+            }
+        } else {
+            name
+        };
+        let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
+        let result = match vh.queues.get(&name) {
+            Some(q) => {
+                if q.exclusive_owner.is_some_and(|o| o != conn) {
+                    return Err(locked(&name, &vhost));
+                }
+                if !passive {
+                    if q.durable != durable {
+                        return Err(inequivalent("durable", "queue", &name, &vhost, durable, q.durable));
+                    }
+                    if q.exclusive_owner.is_some() != exclusive {
+                        return Err(inequivalent(
+                            "exclusive",
+                            "queue",
+                            &name,
+                            &vhost,
+                            exclusive,
+                            q.exclusive_owner.is_some(),
+                        ));
+                    }
+                    if q.auto_delete != auto_delete {
+                        return Err(inequivalent("auto_delete", "queue", &name, &vhost, auto_delete, q.auto_delete));
+                    }
+                    for key in EQUIVALENT_QUEUE_ARGS {
+                        let (new, cur) = (arguments.get(key), q.arguments.get(key));
+                        if !args_equal(new, cur) {
+                            return Err(inequivalent(key, "queue", &name, &vhost, describe(new), describe(cur)));
+                        }
+                    }
+                }
+                (name.clone(), q.message_count(), q.consumer_count())
+            }
+            None => {
+                if passive {
+                    return Err(not_found("queue", &name, &vhost));
+                }
+                if name.starts_with("amq.") && !name.starts_with("amq.gen-") {
+                    return Err(ProtocolError::new(
+                        ReplyCode::AccessRefused,
+                        format_args!("queue name '{name}' contains reserved prefix 'amq.*'"),
+                    ));
+                }
+                if let Some(kind) = arguments.get("x-queue-type").and_then(FieldValue::as_str) {
+                    if kind != "classic" {
+                        return Err(precondition(format_args!("invalid arg 'x-queue-type' for queue '{name}' in vhost '{vhost}': queue type '{kind}' is not supported yet")));
+                    }
+                }
+                let owner = exclusive.then_some(conn);
+                vh.queues.insert(name.clone(), Queue::new(name.clone(), durable, owner, auto_delete, arguments));
+                (name.clone(), 0, 0)
+            }
+        };
+        self.channel_mut(conn, channel)?.last_queue = Some(name);
+        Ok(result)
+    }
+
+    /// Deletes a queue: its consumers are cancelled (told so when they understand it), its
+    /// bindings removed, its messages dropped. Returns the number of ready messages dropped.
+    fn delete_queue(&mut self, vhost: &str, name: &str, _now_ms: u64, out: &mut Vec<(ConnId, Out)>) -> u32 {
+        let Some(vh) = self.vhosts.get_mut(vhost) else { return 0 };
+        let Some(q) = vh.queues.remove(name) else { return 0 };
+        Self::remove_bindings_to(vh, &Destination::Queue(q.name.clone()));
+        for key in &q.consumers {
+            let Some(c) = self.conns.get_mut(&key.conn) else { continue };
+            if let Some(ch) = c.channels.get_mut(&key.channel) {
+                ch.consumers.remove(&key.tag);
+                if c.cancel_notify && ch.state == ChannelState::Open {
+                    out.push((
+                        key.conn,
+                        Out::Method {
+                            channel: key.channel,
+                            method: Method::BasicCancel { consumer_tag: key.tag.clone(), nowait: true },
+                        },
+                    ));
+                }
+            }
+        }
+        q.message_count()
+    }
+
+    // ---- consumers -------------------------------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    fn consume(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        queue: ShortStr,
+        tag: ShortStr,
+        no_ack: bool,
+        exclusive: bool,
+        nowait: bool,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        let tag = if tag.is_empty() { generated_name("amq.ctag-") } else { tag };
+        if self.channel_mut(conn, channel)?.consumers.contains_key(&tag) {
+            return Err(ProtocolError::new(
+                ReplyCode::NotAllowed,
+                format_args!("attempt to reuse consumer tag '{tag}'"),
+            ));
+        }
+        if queue.as_str() == REPLY_TO_QUEUE {
+            return self.consume_reply_to(conn, channel, tag, no_ack, nowait, out);
+        }
+        let queue = self.resolve_queue_name(conn, channel, queue)?;
+        let ch = self.channel_mut(conn, channel)?;
+        let prefetch = ch.prefetch_consumer;
+        let (vhost, q) = self.queue_for_use(conn, &queue)?;
+        if q.exclusive_consumer || (exclusive && !q.consumers.is_empty()) {
+            return Err(ProtocolError::new(
+                ReplyCode::AccessRefused,
+                format_args!("queue '{queue}' in vhost '{vhost}' in exclusive use"),
+            ));
+        }
+        q.consumers.push(ConsumerKey { conn, channel, tag: tag.clone() });
+        q.had_consumer = true;
+        q.exclusive_consumer = exclusive;
+        let ch = self.channel_mut(conn, channel)?;
+        ch.consumers.insert(tag.clone(), Consumer { queue: queue.clone(), no_ack, prefetch, unacked: 0 });
+        if !nowait {
+            Self::reply(out, conn, channel, Method::BasicConsumeOk { consumer_tag: tag });
+        }
+        self.dispatch(&vhost, &queue, now_ms, out);
+        Ok(())
+    }
+
+    fn consume_reply_to(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        tag: ShortStr,
+        no_ack: bool,
+        nowait: bool,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        if !no_ack {
+            return Err(precondition("reply consumer cannot acknowledge"));
+        }
+        let ch = self.channel_mut(conn, channel)?;
+        if ch.reply_to.is_some() {
+            return Err(precondition("reply consumer already set"));
+        }
+        let suffix = generated_name("");
+        ch.reply_to = Some((tag.clone(), suffix.clone()));
+        self.reply_targets.insert(suffix, ReplyTarget { conn, channel, consumer_tag: tag.clone() });
+        if !nowait {
+            Self::reply(out, conn, channel, Method::BasicConsumeOk { consumer_tag: tag });
+        }
+        Ok(())
+    }
+
+    /// Removes a consumer (basic.cancel, channel close, timeout). Its unacked messages stay
+    /// unacked on the channel. An auto-delete queue losing its last consumer is deleted.
+    fn remove_consumer(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        tag: &ShortStr,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let vhost = c.vhost.clone();
+        let Some(ch) = c.channels.get_mut(&channel) else { return };
+        if ch.reply_to.as_ref().is_some_and(|(t, _)| t == tag) {
+            if let Some((_, suffix)) = ch.reply_to.take() {
+                self.reply_targets.remove(&suffix);
+            }
+            return;
+        }
+        let Some(consumer) = ch.consumers.remove(tag) else { return };
+        let Some(q) = self.vhosts.get_mut(&*vhost).and_then(|v| v.queues.get_mut(&consumer.queue)) else { return };
+        q.remove_consumer(&ConsumerKey { conn, channel, tag: tag.clone() });
+        if q.auto_delete && q.had_consumer && q.consumers.is_empty() {
+            self.delete_queue(&vhost, &consumer.queue, now_ms, out);
+        }
+    }
+
+    // ---- publishing ------------------------------------------------------------------------
+
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        exchange: ShortStr,
+        routing_key: ShortStr,
+        mandatory: bool,
+        mut properties: BasicProperties,
+        mut raw: Bytes,
+        body: Bytes,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        let vhost = self.vhost_of(conn)?;
+        let user = self.conns.get(&conn).map(|c| c.info.user.clone()).unwrap_or_default();
+        {
+            let vh = self.vhosts.get(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
+            let x = vh.exchanges.get(&exchange).ok_or_else(|| not_found("exchange", &exchange, &vhost))?;
+            if x.internal {
+                return Err(ProtocolError::new(
+                    ReplyCode::AccessRefused,
+                    format_args!("cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"),
+                ));
+            }
+        }
+        if let Some(uid) = &properties.user_id {
+            if uid.as_str() != user {
+                return Err(precondition(format_args!(
+                    "user_id property set to '{uid}' but authenticated user was '{user}'"
+                )));
+            }
+        }
+        let ch = self.channel_mut(conn, channel)?;
+        if properties.reply_to.as_ref().is_some_and(|r| r.as_str() == REPLY_TO_QUEUE) {
+            let Some((_, suffix)) = &ch.reply_to else {
+                return Err(precondition("fast reply consumer does not exist"));
+            };
+            properties.reply_to = Some(ShortStr::from(format!("{REPLY_TO_PREFIX}{suffix}")));
+            raw = properties.to_bytes();
+        }
+        let confirm_seq = ch.confirm_next;
+        if let Some(n) = confirm_seq {
+            ch.confirm_next = Some(n + 1);
+        }
+        let msg = Message::new(exchange.clone(), routing_key.clone(), properties, raw, body);
+        let p = Publish { exchange, routing_key, mandatory, msg, confirm_seq };
+        if let Some(tx) = ch.tx.as_mut() {
+            tx.publishes.push(p);
+            return Ok(());
+        }
+        self.route_publish(conn, channel, p, now_ms, out)
+    }
+
+    /// Routes a publish to its queues, returns it when unroutable and mandatory, and records
+    /// its confirm.
+    fn route_publish(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        p: Publish,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        let vhost = self.vhost_of(conn)?;
+        let routed = if p.exchange.is_empty() && p.routing_key.starts_with(REPLY_TO_PREFIX) {
+            self.deliver_reply(&p, out)
+        } else {
+            let queues = self.route(&vhost, &p.exchange, &p.routing_key, p.msg.properties.headers.as_ref());
+            let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(()) };
+            for q in &queues {
+                if let Some(queue) = vh.queues.get_mut(q) {
+                    queue.push(p.msg.clone());
+                }
+            }
+            for q in &queues {
+                self.dispatch(&vhost, q, now_ms, out);
+            }
+            !queues.is_empty()
+        };
+        if !routed && p.mandatory {
+            out.push((
+                conn,
+                Out::Content {
+                    channel,
+                    method: Method::BasicReturn {
+                        reply_code: ReplyCode::NoRoute.code(),
+                        reply_text: ShortStr::from_static("NO_ROUTE"),
+                        exchange: p.exchange.clone(),
+                        routing_key: p.routing_key.clone(),
+                    },
+                    msg: p.msg.clone(),
+                },
+            ));
+        }
+        if let Some(seq) = p.confirm_seq {
+            if let Ok(ch) = self.channel_mut(conn, channel) {
+                ch.confirm(seq);
+            }
+        }
+        Ok(())
+    }
+
+    /// The queues a message reaches from `exchange`, following exchange-to-exchange bindings
+    /// (each exchange visited once, so cycles end), without duplicates.
+    fn route(
+        &self,
+        vhost: &str,
+        exchange: &ShortStr,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+    ) -> Vec<ShortStr> {
+        let Some(vh) = self.vhosts.get(vhost) else { return Vec::new() };
+        if exchange.is_empty() {
+            return if vh.queues.contains_key(routing_key) { vec![ShortStr::from(routing_key)] } else { Vec::new() };
+        }
+        let mut queues: Vec<ShortStr> = Vec::new();
+        let mut visited: Vec<ShortStr> = vec![exchange.clone()];
+        let mut pending: Vec<ShortStr> = vec![exchange.clone()];
+        let mut dests = Vec::new();
+        while let Some(x) = pending.pop() {
+            let Some(ex) = vh.exchanges.get(&x) else { continue };
+            dests.clear();
+            ex.route(routing_key, headers, &mut dests);
+            for d in dests.drain(..) {
+                match d {
+                    Destination::Queue(q) => {
+                        if !queues.contains(&q) {
+                            queues.push(q);
+                        }
+                    }
+                    Destination::Exchange(e) => {
+                        if !visited.contains(&e) {
+                            visited.push(e.clone());
+                            pending.push(e);
+                        }
+                    }
+                }
+            }
+        }
+        queues
+    }
+
+    /// Direct reply-to: hand the message straight to the requester's reply consumer.
+    fn deliver_reply(&mut self, p: &Publish, out: &mut Vec<(ConnId, Out)>) -> bool {
+        let suffix = &p.routing_key[REPLY_TO_PREFIX.len()..];
+        let Some(target) = self.reply_targets.get(suffix).cloned() else { return false };
+        let Some(ch) = self.conns.get_mut(&target.conn).and_then(|c| c.channels.get_mut(&target.channel)) else {
+            return false;
+        };
+        let delivery_tag = ch.take_delivery_tag();
+        if let Some(c) = self.conns.get_mut(&target.conn) {
+            c.out_bytes += p.msg.wire_size();
+        }
+        out.push((
+            target.conn,
+            Out::Content {
+                channel: target.channel,
+                method: Method::BasicDeliver {
+                    consumer_tag: target.consumer_tag,
+                    delivery_tag,
+                    redelivered: false,
+                    exchange: p.exchange.clone(),
+                    routing_key: p.routing_key.clone(),
+                },
+                msg: p.msg.clone(),
+            },
+        ));
+        true
+    }
+
+    // ---- delivery --------------------------------------------------------------------------
+
+    /// Hands ready messages of a queue to its consumers, round-robin, within their prefetch
+    /// limits and while their connections can take more.
+    fn dispatch(&mut self, vhost: &str, queue: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let Broker { vhosts, conns, .. } = self;
+        let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
+        while !q.is_empty() && !q.consumers.is_empty() {
+            let n = q.consumers.len();
+            let chosen = (0..n).map(|i| (q.rr + i) % n).find(|&idx| {
+                let key = &q.consumers[idx];
+                let Some(c) = conns.get(&key.conn) else { return false };
+                let Some(ch) = c.channels.get(&key.channel) else { return false };
+                let Some(co) = ch.consumers.get(&key.tag) else { return false };
+                c.writable()
+                    && ch.state == ChannelState::Open
+                    && ch.flow_active
+                    && (co.no_ack
+                        || ((co.prefetch == 0 || co.unacked < u32::from(co.prefetch)) && ch.has_channel_credit()))
+            });
+            let Some(idx) = chosen else { break };
+            q.rr = (idx + 1) % n;
+            let key = q.consumers[idx].clone();
+            let Some(m) = q.pop() else { break };
+            let Some(c) = conns.get_mut(&key.conn) else { break };
+            let Some(ch) = c.channels.get_mut(&key.channel) else { break };
+            let delivery_tag = ch.take_delivery_tag();
+            let Some(co) = ch.consumers.get_mut(&key.tag) else { break };
+            if !co.no_ack {
+                co.unacked += 1;
+                q.unacked += 1;
+                ch.unacked.push_back(Unacked {
+                    delivery_tag,
+                    queue: q.name.clone(),
+                    seq: m.seq,
+                    msg: m.msg.clone(),
+                    consumer: Some(key.tag.clone()),
+                    delivered_at_ms: now_ms,
+                });
+            }
+            c.out_bytes += m.msg.wire_size();
+            out.push((
+                key.conn,
+                Out::Content {
+                    channel: key.channel,
+                    method: Method::BasicDeliver {
+                        consumer_tag: key.tag,
+                        delivery_tag,
+                        redelivered: m.redelivered,
+                        exchange: m.msg.exchange.clone(),
+                        routing_key: m.msg.routing_key.clone(),
+                    },
+                    msg: m.msg,
+                },
+            ));
+        }
+    }
+
+    fn dispatch_channel_queues(&mut self, conn: ConnId, channel: u16, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let vhost = c.vhost.clone();
+        let Some(ch) = c.channels.get(&channel) else { return };
+        let mut queues: Vec<ShortStr> = ch.consumers.values().map(|co| co.queue.clone()).collect();
+        queues.sort();
+        queues.dedup();
+        for q in queues {
+            self.dispatch(&vhost, &q, now_ms, out);
+        }
+    }
+
+    fn get(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        queue: ShortStr,
+        no_ack: bool,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        let queue = self.resolve_queue_name(conn, channel, queue)?;
+        let (_, q) = self.queue_for_use(conn, &queue)?;
+        let Some(m) = q.pop() else {
+            Self::reply(out, conn, channel, Method::BasicGetEmpty);
+            return Ok(());
+        };
+        if !no_ack {
+            q.unacked += 1;
+        }
+        let message_count = q.message_count();
+        let qname = q.name.clone();
+        let ch = self.channel_mut(conn, channel)?;
+        let delivery_tag = ch.take_delivery_tag();
+        if !no_ack {
+            ch.unacked.push_back(Unacked {
+                delivery_tag,
+                queue: qname,
+                seq: m.seq,
+                msg: m.msg.clone(),
+                consumer: None,
+                delivered_at_ms: now_ms,
+            });
+        }
+        out.push((
+            conn,
+            Out::Content {
+                channel,
+                method: Method::BasicGetOk {
+                    delivery_tag,
+                    redelivered: m.redelivered,
+                    exchange: m.msg.exchange.clone(),
+                    routing_key: m.msg.routing_key.clone(),
+                    message_count,
+                },
+                msg: m.msg,
+            },
+        ));
+        Ok(())
+    }
+
+    // ---- acknowledgements ------------------------------------------------------------------
+
+    fn settle(&mut self, conn: ConnId, channel: u16, op: AckOp, now_ms: u64, out: &mut Vec<(ConnId, Out)>) -> Res {
+        let ch = self.channel_mut(conn, channel)?;
+        if let Some(tx) = ch.tx.as_mut() {
+            tx.acks.push(op);
+            return Ok(());
+        }
+        self.apply_settle(conn, channel, op, now_ms, out)
+    }
+
+    fn apply_settle(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        op: AckOp,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        let vhost = self.vhost_of(conn)?;
+        let (tag, multiple, requeue) = match op {
+            AckOp::Ack { delivery_tag, multiple } => (delivery_tag, multiple, None),
+            AckOp::Nack { delivery_tag, multiple, requeue } => (delivery_tag, multiple, Some(requeue)),
+        };
+        let ch = self.channel_mut(conn, channel)?;
+        let Some(settled) = ch.take_acked(tag, multiple) else {
+            return Err(precondition(format_args!("unknown delivery tag {tag}")));
+        };
+        self.forget_consumer_unacked(conn, channel, &settled);
+        match requeue {
+            Some(true) => self.requeue(&vhost, settled, now_ms, out),
+            _ => {
+                if let Some(vh) = self.vhosts.get_mut(&*vhost) {
+                    for u in &settled {
+                        if let Some(q) = vh.queues.get_mut(&u.queue) {
+                            q.unacked = q.unacked.saturating_sub(1);
+                        }
+                    }
+                }
+            }
+        }
+        self.dispatch_channel_queues(conn, channel, now_ms, out);
+        Ok(())
+    }
+
+    /// Lowers the per-consumer unacked counts for deliveries leaving the channel's unacked set.
+    fn forget_consumer_unacked(&mut self, conn: ConnId, channel: u16, settled: &[Unacked]) {
+        let Some(ch) = self.conns.get_mut(&conn).and_then(|c| c.channels.get_mut(&channel)) else { return };
+        for u in settled {
+            if let Some(co) = u.consumer.as_ref().and_then(|t| ch.consumers.get_mut(t)) {
+                co.unacked = co.unacked.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Puts deliveries back in their queues (in their original order) and delivers again.
+    fn requeue(&mut self, vhost: &str, unacked: Vec<Unacked>, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        if unacked.is_empty() {
+            return;
+        }
+        let mut touched: Vec<ShortStr> = Vec::new();
+        if let Some(vh) = self.vhosts.get_mut(vhost) {
+            for u in unacked {
+                if let Some(q) = vh.queues.get_mut(&u.queue) {
+                    q.requeue(u.seq, u.msg);
+                    if !touched.contains(&u.queue) {
+                        touched.push(u.queue);
+                    }
+                }
+            }
+        }
+        for q in touched {
+            self.dispatch(vhost, &q, now_ms, out);
+        }
+    }
+}

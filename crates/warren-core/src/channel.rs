@@ -1,0 +1,136 @@
+//! Per-channel state: the command assembler, consumers, unacknowledged deliveries, prefetch,
+//! confirm mode and transactions.
+//!
+//! Invariant: `unacked` is ordered by delivery tag (tags are handed out increasing), so the
+//! oldest delivery is at the front and `multiple` acks drain a prefix.
+
+use crate::message::MessageRef;
+use std::collections::{HashMap, VecDeque};
+use warren_amqp::{ContentAssembler, ShortStr};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelState {
+    Open,
+    /// We sent channel.close and wait for close-ok; every other frame is dropped.
+    Closing,
+}
+
+#[derive(Debug)]
+pub struct Consumer {
+    pub queue: ShortStr,
+    pub no_ack: bool,
+    /// Per-consumer prefetch (basic.qos global=false at the time of consume); 0 = unlimited.
+    pub prefetch: u16,
+    pub unacked: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Unacked {
+    pub delivery_tag: u64,
+    pub queue: ShortStr,
+    pub seq: u64,
+    pub msg: MessageRef,
+    /// None for basic.get.
+    pub consumer: Option<ShortStr>,
+    pub delivered_at_ms: u64,
+}
+
+/// An acknowledgement kept back by a transaction until commit.
+#[derive(Debug, Clone, Copy)]
+pub enum AckOp {
+    Ack { delivery_tag: u64, multiple: bool },
+    Nack { delivery_tag: u64, multiple: bool, requeue: bool },
+}
+
+#[derive(Debug, Default)]
+pub struct TxState {
+    pub publishes: Vec<crate::broker::Publish>,
+    pub acks: Vec<AckOp>,
+}
+
+#[derive(Debug)]
+pub struct Channel {
+    pub state: ChannelState,
+    pub assembler: ContentAssembler,
+    pub consumers: HashMap<ShortStr, Consumer>,
+    pub unacked: VecDeque<Unacked>,
+    pub next_delivery_tag: u64,
+    /// basic.qos global=false: the prefetch given to consumers created from now on.
+    pub prefetch_consumer: u16,
+    /// basic.qos global=true: the limit on unacked deliveries of the whole channel; 0 = none.
+    pub prefetch_channel: u16,
+    /// channel.flow: false stops deliveries to this channel.
+    pub flow_active: bool,
+    /// Confirm mode: the sequence number of the next publish.
+    pub confirm_next: Option<u64>,
+    /// Publishes confirmed but not yet told to the client: (first, last) sequence numbers.
+    pub confirm_unsent: Option<(u64, u64)>,
+    pub tx: Option<TxState>,
+    /// The queue named by the last queue.declare, for methods given an empty queue name.
+    pub last_queue: Option<ShortStr>,
+    /// Direct reply-to: the consumer tag and the routing suffix of this channel's reply consumer.
+    pub reply_to: Option<(ShortStr, ShortStr)>,
+}
+
+impl Channel {
+    pub fn new() -> Self {
+        Channel {
+            state: ChannelState::Open,
+            assembler: ContentAssembler::default(),
+            consumers: HashMap::new(),
+            unacked: VecDeque::new(),
+            next_delivery_tag: 1,
+            prefetch_consumer: 0,
+            prefetch_channel: 0,
+            flow_active: true,
+            confirm_next: None,
+            confirm_unsent: None,
+            tx: None,
+            last_queue: None,
+            reply_to: None,
+        }
+    }
+
+    pub fn take_delivery_tag(&mut self) -> u64 {
+        let t = self.next_delivery_tag;
+        self.next_delivery_tag += 1;
+        t
+    }
+
+    /// True when the channel-wide prefetch leaves room for another delivery.
+    pub fn has_channel_credit(&self) -> bool {
+        self.prefetch_channel == 0 || self.unacked.len() < self.prefetch_channel as usize
+    }
+
+    /// Removes and returns the unacked deliveries an ack / nack names, or None when the tag is
+    /// unknown. Tag 0 with `multiple` means every outstanding delivery.
+    pub fn take_acked(&mut self, delivery_tag: u64, multiple: bool) -> Option<Vec<Unacked>> {
+        if multiple {
+            if delivery_tag == 0 {
+                return Some(self.unacked.drain(..).collect());
+            }
+            // Everything outstanding up to and including the tag; nothing there is an error.
+            let end = self.unacked.partition_point(|u| u.delivery_tag <= delivery_tag);
+            if end == 0 {
+                return None;
+            }
+            return Some(self.unacked.drain(..end).collect());
+        }
+        let pos = self.unacked.binary_search_by_key(&delivery_tag, |u| u.delivery_tag).ok()?;
+        self.unacked.remove(pos).map(|u| vec![u])
+    }
+
+    /// Records that a publish was confirmed, to be told at the end of the batch.
+    pub fn confirm(&mut self, seq: u64) {
+        self.confirm_unsent = Some(match self.confirm_unsent {
+            Some((first, _)) => (first, seq),
+            None => (seq, seq),
+        });
+    }
+}
+
+impl Default for Channel {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,47 @@
+//! Settings and limits the core enforces. Defaults are RabbitMQ's.
+
+/// RabbitMQ's default largest message body: 16 MiB (it allows raising it to 512 MiB).
+pub const MAX_MESSAGE_SIZE_DEFAULT: u64 = 16 * 1024 * 1024;
+/// RabbitMQ's default consumer acknowledgement timeout: 30 minutes.
+pub const CONSUMER_TIMEOUT_MS_DEFAULT: u64 = 30 * 60 * 1000;
+/// RabbitMQ's default highest channel number per connection.
+pub const CHANNEL_MAX_DEFAULT: u16 = 2047;
+/// RabbitMQ's default frame_max.
+pub const FRAME_MAX_DEFAULT: u32 = 131_072;
+/// RabbitMQ's default heartbeat, seconds.
+pub const HEARTBEAT_DEFAULT_S: u16 = 60;
+/// Deliveries to a connection stop while this many bytes wait to be written to its socket, so
+/// a slow consumer that acks automatically cannot make the broker buffer without bound. 4 MiB
+/// is a few round trips of 64 KiB socket buffers at full speed.
+pub const CONNECTION_OUTBOUND_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub max_message_size: u64,
+    /// None disables the consumer acknowledgement timeout.
+    pub consumer_timeout_ms: Option<u64>,
+    pub channel_max: u16,
+    pub frame_max: u32,
+    pub heartbeat_s: u16,
+    pub default_user: String,
+    pub default_pass: String,
+    pub default_vhost: String,
+    /// Users that may only connect from the loopback interface (RabbitMQ: loopback_users).
+    pub loopback_users: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_message_size: MAX_MESSAGE_SIZE_DEFAULT,
+            consumer_timeout_ms: Some(CONSUMER_TIMEOUT_MS_DEFAULT),
+            channel_max: CHANNEL_MAX_DEFAULT,
+            frame_max: FRAME_MAX_DEFAULT,
+            heartbeat_s: HEARTBEAT_DEFAULT_S,
+            default_user: "guest".into(),
+            default_pass: "guest".into(),
+            default_vhost: "/".into(),
+            loopback_users: vec!["guest".into()],
+        }
+    }
+}

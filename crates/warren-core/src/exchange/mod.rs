@@ -1,0 +1,186 @@
+//! Exchanges: one file per exchange type, each behind the [`Router`] trait.
+//!
+//! Invariant: routing reads only the exchange's bindings, never queue state, so the same router
+//! can later be shared as an immutable snapshot.
+
+mod direct;
+mod fanout;
+mod headers;
+pub mod topic;
+
+use warren_amqp::{FieldTable, ShortStr};
+
+/// Where a binding leads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Destination {
+    Queue(ShortStr),
+    Exchange(ShortStr),
+}
+
+impl Destination {
+    pub fn name(&self) -> &ShortStr {
+        match self {
+            Destination::Queue(n) | Destination::Exchange(n) => n,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Binding {
+    pub destination: Destination,
+    pub routing_key: ShortStr,
+    pub arguments: FieldTable,
+}
+
+/// The routing behaviour of one exchange type.
+pub trait Router: Send + Sync + std::fmt::Debug {
+    fn bind(&mut self, binding: &Binding);
+    fn unbind(&mut self, binding: &Binding);
+    /// Appends every destination matching the message (duplicates allowed; the caller dedups).
+    fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Destination>);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    Direct,
+    Fanout,
+    Topic,
+    Headers,
+}
+
+impl ExchangeKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "direct" => ExchangeKind::Direct,
+            "fanout" => ExchangeKind::Fanout,
+            "topic" => ExchangeKind::Topic,
+            "headers" => ExchangeKind::Headers,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeKind::Direct => "direct",
+            ExchangeKind::Fanout => "fanout",
+            ExchangeKind::Topic => "topic",
+            ExchangeKind::Headers => "headers",
+        }
+    }
+
+    fn router(self) -> Box<dyn Router> {
+        match self {
+            ExchangeKind::Direct => Box::<direct::Direct>::default(),
+            ExchangeKind::Fanout => Box::<fanout::Fanout>::default(),
+            ExchangeKind::Topic => Box::<topic::Topic>::default(),
+            ExchangeKind::Headers => Box::<headers::Headers>::default(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Exchange {
+    pub name: ShortStr,
+    pub kind: ExchangeKind,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+    /// Bindings with this exchange as source, in creation order (for listing and equality).
+    bindings: Vec<Binding>,
+    router: Box<dyn Router>,
+}
+
+impl Exchange {
+    pub fn new(
+        name: ShortStr,
+        kind: ExchangeKind,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+    ) -> Self {
+        Exchange { name, kind, durable, auto_delete, internal, arguments, bindings: Vec::new(), router: kind.router() }
+    }
+
+    /// Adds a binding; false when an identical one exists (binding is idempotent).
+    pub fn bind(&mut self, binding: Binding) -> bool {
+        if self.bindings.contains(&binding) {
+            return false;
+        }
+        self.router.bind(&binding);
+        self.bindings.push(binding);
+        true
+    }
+
+    /// Removes a binding; false when there was none.
+    pub fn unbind(&mut self, binding: &Binding) -> bool {
+        let Some(pos) = self.bindings.iter().position(|b| b == binding) else { return false };
+        self.router.unbind(binding);
+        self.bindings.remove(pos);
+        true
+    }
+
+    /// Removes every binding to `destination`; returns how many there were.
+    pub fn unbind_all_to(&mut self, destination: &Destination) -> usize {
+        let gone: Vec<Binding> = self.bindings.iter().filter(|b| &b.destination == destination).cloned().collect();
+        for b in &gone {
+            self.unbind(b);
+        }
+        gone.len()
+    }
+
+    pub fn bindings(&self) -> &[Binding] {
+        &self.bindings
+    }
+
+    pub fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Destination>) {
+        self.router.route(routing_key, headers, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(n: &str) -> Destination {
+        Destination::Queue(ShortStr::from(n))
+    }
+
+    fn binding(dest: &str, key: &str) -> Binding {
+        Binding { destination: q(dest), routing_key: ShortStr::from(key), arguments: FieldTable::new() }
+    }
+
+    fn routed(x: &Exchange, key: &str) -> Vec<Destination> {
+        let mut out = Vec::new();
+        x.route(key, None, &mut out);
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    #[test]
+    fn direct_routes_by_exact_key_and_unbinds() {
+        let mut x = Exchange::new("d".into(), ExchangeKind::Direct, false, false, false, FieldTable::new());
+        assert!(x.bind(binding("a", "error")));
+        assert!(!x.bind(binding("a", "error")), "binding twice is idempotent");
+        x.bind(binding("a", "warning"));
+        x.bind(binding("b", "info"));
+        assert_eq!(routed(&x, "error"), vec![q("a")]);
+        assert_eq!(routed(&x, "info"), vec![q("b")]);
+        assert!(routed(&x, "debug").is_empty());
+        assert!(x.unbind(&binding("a", "error")));
+        assert!(routed(&x, "error").is_empty());
+        assert_eq!(routed(&x, "warning"), vec![q("a")]);
+    }
+
+    #[test]
+    fn fanout_ignores_the_key() {
+        let mut x = Exchange::new("f".into(), ExchangeKind::Fanout, false, false, false, FieldTable::new());
+        x.bind(binding("a", ""));
+        x.bind(binding("b", "whatever"));
+        assert_eq!(routed(&x, "anything"), vec![q("a"), q("b")]);
+        assert_eq!(x.unbind_all_to(&q("a")), 1);
+        assert_eq!(routed(&x, "anything"), vec![q("b")]);
+    }
+}

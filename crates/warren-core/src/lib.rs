@@ -1,0 +1,30 @@
+//! Warren's broker, sans-IO: vhosts, exchanges, bindings, queues, consumers and channels.
+//!
+//! # Layout
+//! - [`broker`]: the [`Broker`] state machine. The server hands it every frame of an open
+//!   channel and collects the frames it produces for any connection ([`Out`]).
+//! - [`channel`]: per-channel state (assembler, consumers, unacked deliveries, confirms, tx).
+//! - [`queue`]: a queue's ready messages and consumers.
+//! - [`exchange`]: one file per exchange type behind the `Router` trait.
+//! - [`message`]: a published message, shared by every queue it reaches.
+//! - [`config`]: the limits and settings the broker enforces.
+//! - [`auth`]: the user store and SASL mechanisms.
+//!
+//! # Invariants
+//! No sockets, no tasks, no clock: time comes in as milliseconds in arguments. The same inputs
+//! give the same outputs, which is what makes the core testable without a network and what a
+//! replicated log needs later.
+
+pub mod auth;
+pub mod broker;
+pub mod channel;
+pub mod config;
+pub mod exchange;
+pub mod message;
+pub mod queue;
+
+pub use broker::{Broker, ConnInfo, Out, Overview, QueueInfo};
+pub use config::Config;
+
+/// Identifies a client connection for the lifetime of the broker process.
+pub type ConnId = u64;

@@ -1,0 +1,299 @@
+//! One client connection after the handshake: read, hand frames to the broker, write.
+//!
+//! Each wake-up reads whatever the socket has (up to the buffer), parses every whole frame in
+//! it and hands them to the broker under one lock; everything pending for this connection is
+//! then written with one write. Frames for other connections go to their outboxes.
+
+use crate::handshake::{self, Failed};
+use crate::{encode, Shared, CLOSE_OK_TIMEOUT, HANDSHAKE_TIMEOUT, READ_BUFFER_BYTES};
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use warren_amqp::frame::write_heartbeat;
+use warren_amqp::{Frame, FrameParser, Method, ProtocolError, ReplyCode, ShortStr};
+use warren_core::{ConnId, Out};
+
+fn close_method(e: &ProtocolError) -> Method {
+    Method::ConnectionClose {
+        reply_code: e.code.code(),
+        reply_text: ShortStr::from(e.reply_text()),
+        class_id: e.class_id,
+        method_id: e.method_id,
+    }
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, id: ConnId, mut socket: TcpStream, peer: SocketAddr) {
+    let local = socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let name = format!("{peer} -> {local}");
+    tracing::info!("accepting AMQP connection {name}");
+    let _ = socket.set_nodelay(true);
+    let mut rbuf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+
+    let negotiated = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake::handshake(&shared, &mut socket, &mut rbuf, peer),
+    )
+    .await
+    {
+        Ok(Ok(n)) => n,
+        Ok(Err(failed)) => {
+            match &failed {
+                Failed::Io(e) => tracing::info!("connection {name}: closed during the handshake: {e}"),
+                Failed::BadHeader => {
+                    tracing::info!("connection {name}: not AMQP 0-9-1, sent our protocol header and closed")
+                }
+                Failed::Refused(e) => tracing::warn!("connection {name}: handshake refused: {}", e.text),
+            }
+            handshake::report(&mut socket, &failed).await;
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("closing AMQP connection {name}: handshake timeout after {}s", HANDSHAKE_TIMEOUT.as_secs());
+            return;
+        }
+    };
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    shared.outboxes().insert(id, tx);
+    let vhost = negotiated.info.vhost.clone();
+    let user = negotiated.info.user.clone();
+    let opened = shared.broker().open_connection(id, negotiated.info);
+    if let Err(e) = opened {
+        shared.outboxes().remove(&id);
+        tracing::warn!("connection {name}: refused access to vhost '{vhost}': {}", e.text);
+        handshake::refuse_open(&mut socket, &e.on((10, 40))).await;
+        return;
+    }
+    tracing::info!("connection {name}: user '{user}' authenticated and granted access to vhost '{vhost}'");
+
+    let mut conn = Connection {
+        shared: shared.clone(),
+        id,
+        parser: FrameParser::new(negotiated.frame_max),
+        frame_max: negotiated.frame_max,
+        heartbeat: Duration::from_secs(u64::from(negotiated.heartbeat_s)),
+        rbuf,
+        wbuf: BytesMut::with_capacity(READ_BUFFER_BYTES),
+        closing_since: None,
+        done: false,
+        out: Vec::new(),
+        mine: Vec::new(),
+    };
+    let mut wbuf = BytesMut::new();
+    write_open_ok(&mut wbuf);
+    let reason = match socket.write_all(&wbuf).await {
+        Ok(()) => conn.serve(socket, rx).await,
+        Err(e) => format!("write failed: {e}"),
+    };
+
+    let mut out = Vec::new();
+    let mut none = Vec::new();
+    shared.broker().connection_closed(id, shared.now_ms(), &mut out);
+    shared.outboxes().remove(&id);
+    shared.route_outputs(id, &mut out, &mut none);
+    tracing::info!("closing AMQP connection {name} (vhost '{vhost}', user '{user}'): {reason}");
+}
+
+fn write_open_ok(buf: &mut BytesMut) {
+    warren_amqp::frame::write_method(buf, 0, &Method::ConnectionOpenOk);
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    id: ConnId,
+    parser: FrameParser,
+    frame_max: u32,
+    heartbeat: Duration,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    /// Set when we sent connection.close; we then wait for close-ok, a bounded time.
+    closing_since: Option<Instant>,
+    done: bool,
+    out: Vec<(ConnId, Out)>,
+    mine: Vec<Out>,
+}
+
+impl Connection {
+    async fn serve(&mut self, socket: TcpStream, mut rx: mpsc::UnboundedReceiver<Vec<Out>>) -> String {
+        let (mut rd, mut wr) = socket.into_split();
+        let mut shutdown = self.shared.shutdown.clone();
+        // Send heartbeats at half the interval, as RabbitMQ does; a peer silent for two
+        // intervals is dead.
+        let hb_on = !self.heartbeat.is_zero();
+        let mut hb = tokio::time::interval(if hb_on { self.heartbeat / 2 } else { Duration::from_secs(3600) });
+        hb.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_read = Instant::now();
+        let mut last_write = Instant::now();
+        loop {
+            let close_deadline = self.closing_since.map(|t| t + CLOSE_OK_TIMEOUT);
+            tokio::select! {
+                read = rd.read_buf(&mut self.rbuf) => match read {
+                    Ok(0) => return "client closed the TCP connection".into(),
+                    Ok(_) => {
+                        last_read = Instant::now();
+                        self.on_read();
+                    }
+                    Err(e) => return format!("read failed: {e}"),
+                },
+                Some(outs) = rx.recv() => {
+                    self.mine.extend(outs);
+                    while let Ok(more) = rx.try_recv() {
+                        self.mine.extend(more);
+                    }
+                }
+                _ = hb.tick(), if hb_on => {
+                    if last_read.elapsed() > self.heartbeat * 2 {
+                        return format!("missed heartbeats from client, timeout: {}s", self.heartbeat.as_secs());
+                    }
+                    if last_write.elapsed() >= self.heartbeat / 2 {
+                        write_heartbeat(&mut self.wbuf);
+                    }
+                }
+                _ = tokio::time::sleep_until(close_deadline.unwrap_or_else(Instant::now)), if close_deadline.is_some() => {
+                    return "no connection.close-ok from client in time".into();
+                }
+                _ = shutdown.changed(), if self.closing_since.is_none() => {
+                    let e = ProtocolError::new(ReplyCode::ConnectionForced, "broker forced connection closure with reason 'shutdown'");
+                    self.mine.push(Out::Method { channel: 0, method: close_method(&e) });
+                }
+            }
+            // Everything for this connection goes out in one write.
+            let delivered = self.flush_mine();
+            if !self.wbuf.is_empty() {
+                if let Err(e) = wr.write_all(&self.wbuf).await {
+                    return format!("write failed: {e}");
+                }
+                self.wbuf.clear();
+                last_write = Instant::now();
+            }
+            if delivered > 0 {
+                let now = self.shared.now_ms();
+                self.shared.broker().on_written(self.id, delivered, now, &mut self.out);
+                self.shared.route_outputs(self.id, &mut self.out, &mut self.mine);
+                if !self.mine.is_empty() {
+                    // Deliveries resumed for us: write them on the next turn without waiting.
+                    let delivered = self.flush_mine();
+                    if let Err(e) = wr.write_all(&self.wbuf).await {
+                        return format!("write failed: {e}");
+                    }
+                    self.wbuf.clear();
+                    if delivered > 0 {
+                        self.shared.broker().on_written(self.id, delivered, self.shared.now_ms(), &mut self.out);
+                        self.shared.route_outputs(self.id, &mut self.out, &mut self.mine);
+                    }
+                }
+            }
+            if self.done {
+                let _ = wr.shutdown().await;
+                return "client closed the connection".into();
+            }
+        }
+    }
+
+    /// Encodes pending output; notes when we start closing. Returns delivered bytes.
+    fn flush_mine(&mut self) -> usize {
+        if self.mine.is_empty() {
+            return 0;
+        }
+        if self.closing_since.is_none()
+            && self.mine.iter().any(|o| matches!(o, Out::Method { channel: 0, method: Method::ConnectionClose { .. } }))
+        {
+            self.closing_since = Some(Instant::now());
+        }
+        let delivered = encode(&mut self.wbuf, &self.mine, self.frame_max);
+        self.mine.clear();
+        delivered
+    }
+
+    /// Parses every whole frame read so far and hands them over in one batch.
+    fn on_read(&mut self) {
+        let mut frames = Vec::new();
+        let mut error = None;
+        loop {
+            match self.parser.parse(&mut self.rbuf) {
+                Ok(Some(f)) => frames.push(f),
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        if !frames.is_empty() {
+            let now = self.shared.now_ms();
+            let shared = self.shared.clone();
+            let mut broker = shared.broker();
+            for f in frames {
+                if self.done {
+                    break;
+                }
+                if self.closing_since.is_some()
+                    || self
+                        .mine
+                        .iter()
+                        .any(|o| matches!(o, Out::Method { channel: 0, method: Method::ConnectionClose { .. } }))
+                {
+                    // After our connection.close only close-ok (or a crossing close) matters.
+                    if let Frame::Method {
+                        channel: 0,
+                        method: Method::ConnectionCloseOk | Method::ConnectionClose { .. },
+                    } = f
+                    {
+                        self.done = true;
+                    }
+                    continue;
+                }
+                if f.channel() == 0 {
+                    self.connection_frame(f);
+                } else {
+                    broker.handle_frame(self.id, f, now, &mut self.out);
+                    if self.out.iter().any(|(c, o)| {
+                        *c == self.id && matches!(o, Out::Method { channel: 0, method: Method::ConnectionClose { .. } })
+                    }) {
+                        self.shared.route_outputs(self.id, &mut self.out, &mut self.mine);
+                    }
+                }
+            }
+            broker.end_batch(self.id, &mut self.out);
+            drop(broker);
+            self.shared.route_outputs(self.id, &mut self.out, &mut self.mine);
+        }
+        if let Some(e) = error {
+            if self.closing_since.is_none() && !self.done {
+                tracing::warn!("connection {}: protocol error: {}", self.id, e.text);
+                self.mine.push(Out::Method { channel: 0, method: close_method(&e) });
+            }
+            // Nothing after a framing error can be trusted.
+            self.rbuf.clear();
+        }
+    }
+
+    /// Methods of channel 0 after the handshake.
+    fn connection_frame(&mut self, f: Frame) {
+        match f {
+            Frame::Heartbeat => {}
+            Frame::Method { method: Method::ConnectionClose { .. }, .. } => {
+                self.mine.push(Out::Method { channel: 0, method: Method::ConnectionCloseOk });
+                self.done = true;
+            }
+            Frame::Method { method: Method::ConnectionUpdateSecret { .. }, .. } => {
+                self.mine.push(Out::Method { channel: 0, method: Method::ConnectionUpdateSecretOk });
+            }
+            Frame::Method { method: Method::ConnectionBlocked { .. } | Method::ConnectionUnblocked, .. } => {}
+            Frame::Method { method, .. } => {
+                let e =
+                    ProtocolError::new(ReplyCode::CommandInvalid, "unexpected method on channel 0").on(method.ids());
+                self.mine.push(Out::Method { channel: 0, method: close_method(&e) });
+            }
+            _ => {
+                let e = ProtocolError::new(ReplyCode::UnexpectedFrame, "content frame on channel 0");
+                self.mine.push(Out::Method { channel: 0, method: close_method(&e) });
+            }
+        }
+    }
+}

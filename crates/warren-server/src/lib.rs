@@ -1,0 +1,185 @@
+//! The network side of Warren: the only crate that does I/O.
+//!
+//! # Layout
+//! - [`Server`]: the shared state (the broker behind one lock, and the registry of connection
+//!   outboxes) and the accept loop.
+//! - `handshake`: protocol header, connection.start / tune / open, as one straight-line async
+//!   function that runs before a connection is registered.
+//! - `connection`: the per-connection loop: read a buffer, parse every frame in it, hand the
+//!   batch to the broker under one lock, then write every pending frame in one write.
+//!
+//! # Locks
+//! Two locks, never held together and never across an `.await`: `broker` (all broker state)
+//! and `outboxes` (where to send frames meant for other connections). A connection takes the
+//! broker lock once per batch of frames read, releases it, then takes the outbox lock to hand
+//! over what other connections must write.
+
+mod connection;
+mod handshake;
+
+use bytes::BytesMut;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use warren_core::{Broker, ConnId, Out};
+
+/// How long a client may take from TCP connect to connection.open (RabbitMQ's
+/// handshake_timeout), so half-open and slow-loris connections do not pile up.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long we wait for connection.close-ok after sending connection.close.
+pub const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Initial size of a connection's read buffer; one read takes in up to this much.
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+type Outbox = mpsc::UnboundedSender<Vec<Out>>;
+
+/// State shared by every connection task.
+pub struct Shared {
+    broker: Mutex<Broker>,
+    outboxes: Mutex<HashMap<ConnId, Outbox>>,
+    next_conn: AtomicU64,
+    started: Instant,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Shared {
+    /// Milliseconds since the server started: the broker's clock.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The broker, locked. A poisoned lock means a panic inside the broker: keep serving the
+    /// state as it is rather than taking every connection down.
+    pub fn broker(&self) -> MutexGuard<'_, Broker> {
+        self.broker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn outboxes(&self) -> MutexGuard<'_, HashMap<ConnId, Outbox>> {
+        self.outboxes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends what the broker produced for other connections; returns the part for `me`.
+    fn route_outputs(&self, me: ConnId, out: &mut Vec<(ConnId, Out)>, mine: &mut Vec<Out>) {
+        if out.is_empty() {
+            return;
+        }
+        let mut others: HashMap<ConnId, Vec<Out>> = HashMap::new();
+        for (conn, o) in out.drain(..) {
+            if conn == me {
+                mine.push(o);
+            } else {
+                others.entry(conn).or_default().push(o);
+            }
+        }
+        if others.is_empty() {
+            return;
+        }
+        let boxes = self.outboxes();
+        for (conn, outs) in others {
+            // A connection that is going away has dropped its receiver; the broker requeues
+            // whatever it had unacked when it learns of the close.
+            if let Some(tx) = boxes.get(&conn) {
+                let _ = tx.send(outs);
+            }
+        }
+    }
+}
+
+/// A running AMQP server.
+pub struct Server {
+    shared: Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Server {
+    pub fn new(broker: Broker) -> Self {
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            broker: Mutex::new(broker),
+            outboxes: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            started: Instant::now(),
+            shutdown,
+        });
+        Server { shared, shutdown_tx }
+    }
+
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    /// Accepts AMQP connections until shutdown, and runs the broker's periodic work.
+    pub async fn serve(&self, listener: TcpListener) {
+        let ticker = tokio::spawn(tick_loop(self.shared.clone()));
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, peer)) => {
+                        let shared = self.shared.clone();
+                        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(async move { connection::run(shared, id, socket, peer).await });
+                    }
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a little rather than spin.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = shutdown.changed() => break,
+            }
+        }
+        ticker.abort();
+    }
+
+    /// Asks every connection to close (320 CONNECTION_FORCED) and stops accepting.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown_tx.send(true);
+    }
+}
+
+/// Drives time-based broker work (consumer acknowledgement timeout).
+async fn tick_loop(shared: Arc<Shared>) {
+    let period = {
+        let b = shared.broker();
+        b.config().consumer_timeout_ms.map(|t| Duration::from_millis((t / 4).clamp(100, 5_000)))
+    };
+    let Some(period) = period else { return };
+    let mut interval = tokio::time::interval(period);
+    let mut out = Vec::new();
+    let mut none = Vec::new();
+    loop {
+        interval.tick().await;
+        shared.broker().tick(shared.now_ms(), &mut out);
+        shared.route_outputs(0, &mut out, &mut none);
+    }
+}
+
+/// Encodes broker output for one connection.
+pub(crate) fn encode(buf: &mut BytesMut, outs: &[Out], frame_max: u32) -> usize {
+    let mut delivered = 0;
+    for o in outs {
+        match o {
+            Out::Method { channel, method } => warren_amqp::frame::write_method(buf, *channel, method),
+            Out::Content { channel, method, msg } => {
+                warren_amqp::frame::write_method(buf, *channel, method);
+                warren_amqp::frame::write_content(buf, *channel, &msg.raw_properties, &msg.body, frame_max);
+                if matches!(method, warren_amqp::Method::BasicDeliver { .. }) {
+                    delivered += msg.wire_size();
+                }
+            }
+        }
+    }
+    delivered
+}
+
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    match addr.ip() {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}

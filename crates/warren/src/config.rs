@@ -1,0 +1,175 @@
+//! The configuration file, in RabbitMQ's rabbitmq.conf format: `key = value` lines, `#`
+//! comments. Keys are RabbitMQ's where one exists; an unknown key or a bad value is an error
+//! naming its line, so a typo never passes silently.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use warren_core::Config as CoreConfig;
+
+/// Everything the binary can be told, after defaults, file and flags are merged.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub amqp_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_level: String,
+    pub core: CoreConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            amqp_listen: SocketAddr::from(([127, 0, 0, 1], 5672)),
+            http_listen: SocketAddr::from(([127, 0, 0, 1], 15672)),
+            data_dir: PathBuf::from("warren-data"),
+            log_level: "info".into(),
+            core: CoreConfig::default(),
+        }
+    }
+}
+
+/// A listener value: a port alone (on 127.0.0.1... RabbitMQ binds all interfaces for a bare
+/// port; we keep that meaning) or `ip:port`.
+fn parse_listener(v: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = v.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    v.parse::<SocketAddr>().map_err(|_| format!("'{v}' is neither a port nor an ip:port address"))
+}
+
+fn parse_num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
+    v.parse::<T>().map_err(|_| format!("'{v}' is not a valid number here"))
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(format!("'{v}' is not true or false")),
+    }
+}
+
+/// A size such as `16777216`, `16MB`, `512MiB`, `1GB`.
+fn parse_size(v: &str) -> Result<u64, String> {
+    let t = v.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = parse_num(num)?;
+    let mult: u64 = match unit.trim() {
+        "" => 1,
+        "kB" | "KB" => 1000,
+        "KiB" | "kiB" => 1024,
+        "MB" => 1000 * 1000,
+        "MiB" => 1024 * 1024,
+        "GB" => 1000 * 1000 * 1000,
+        "GiB" => 1024 * 1024 * 1024,
+        u => return Err(format!("unknown size unit '{u}'")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("'{v}' is too large"))
+}
+
+impl Settings {
+    /// Applies a rabbitmq.conf-style file's text; `origin` names it in errors.
+    pub fn apply_file(&mut self, text: &str, origin: &str) -> Result<(), String> {
+        let mut mgmt_ip: Option<std::net::IpAddr> = None;
+        let mut mgmt_port: Option<u16> = None;
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = |msg: String| format!("{origin}:{}: {msg}", i + 1);
+            let Some((key, value)) = line.split_once('=') else {
+                return Err(at(format!("expected 'key = value', got '{line}'")));
+            };
+            let (key, value) = (key.trim(), value.trim());
+            let result: Result<(), String> = (|| {
+                match key {
+                    "listeners.tcp.default" => self.amqp_listen = parse_listener(value)?,
+                    "management.tcp.port" => mgmt_port = Some(parse_num(value)?),
+                    "management.tcp.ip" => {
+                        mgmt_ip = Some(value.parse().map_err(|_| format!("'{value}' is not an IP address"))?)
+                    }
+                    "management.listener.port" => mgmt_port = Some(parse_num(value)?),
+                    "data_dir" => self.data_dir = PathBuf::from(value),
+                    "heartbeat" => self.core.heartbeat_s = parse_num(value)?,
+                    "frame_max" => {
+                        let v: u32 = parse_num(value)?;
+                        if v < 4096 {
+                            return Err(format!("frame_max {v} is below the protocol minimum of 4096"));
+                        }
+                        self.core.frame_max = v;
+                    }
+                    "channel_max" => self.core.channel_max = parse_num(value)?,
+                    "consumer_timeout" => {
+                        self.core.consumer_timeout_ms =
+                            if value == "false" || value == "infinity" { None } else { Some(parse_num(value)?) }
+                    }
+                    "max_message_size" => {
+                        let v = parse_size(value)?;
+                        if v > 512 * 1024 * 1024 {
+                            return Err("max_message_size may be at most 536870912 (512 MiB), as in RabbitMQ".into());
+                        }
+                        self.core.max_message_size = v;
+                    }
+                    "default_user" => self.core.default_user = value.into(),
+                    "default_pass" => self.core.default_pass = value.into(),
+                    "default_vhost" => self.core.default_vhost = value.into(),
+                    "loopback_users" if value == "none" => self.core.loopback_users.clear(),
+                    k if k.starts_with("loopback_users.") => {
+                        let user = &k["loopback_users.".len()..];
+                        self.core.loopback_users.retain(|u| u != user);
+                        if parse_bool(value)? {
+                            self.core.loopback_users.push(user.into());
+                        }
+                    }
+                    "log.console.level" | "log.level" => self.log_level = value.into(),
+                    other => return Err(format!("unknown setting '{other}'")),
+                }
+                Ok(())
+            })();
+            result.map_err(at)?;
+        }
+        if mgmt_ip.is_some() || mgmt_port.is_some() {
+            self.http_listen =
+                SocketAddr::new(mgmt_ip.unwrap_or(self.http_listen.ip()), mgmt_port.unwrap_or(self.http_listen.port()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_rabbitmq_keys() {
+        let mut s = Settings::default();
+        s.apply_file(
+            "# comment\nlisteners.tcp.default = 127.0.0.1:5673\nmanagement.tcp.port = 15673\nconsumer_timeout = 2000\nheartbeat = 10\nmax_message_size = 1MiB\nloopback_users = none\n",
+            "test.conf",
+        )
+        .expect("valid");
+        assert_eq!(s.amqp_listen, "127.0.0.1:5673".parse().expect("addr"));
+        assert_eq!(s.http_listen.port(), 15673);
+        assert_eq!(s.core.consumer_timeout_ms, Some(2000));
+        assert_eq!(s.core.heartbeat_s, 10);
+        assert_eq!(s.core.max_message_size, 1024 * 1024);
+        assert!(s.core.loopback_users.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_names_its_line() {
+        let err = Settings::default().apply_file("heartbeat = 5\nheartbeet = 5\n", "w.conf").expect_err("typo");
+        assert!(err.starts_with("w.conf:2:"), "{err}");
+        assert!(err.contains("heartbeet"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_its_line() {
+        let err = Settings::default().apply_file("frame_max = 100\n", "w.conf").expect_err("too small");
+        assert!(err.starts_with("w.conf:1:"), "{err}");
+        let err = Settings::default().apply_file("channel_max = lots\n", "w.conf").expect_err("nan");
+        assert!(err.contains("lots"), "{err}");
+    }
+}

@@ -1,0 +1,147 @@
+//! The `warren` binary: reads settings (defaults, then the config file, then flags), starts the
+//! AMQP and HTTP listeners, and runs until interrupted.
+
+mod config;
+
+use clap::Parser;
+use config::Settings;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+#[derive(Parser, Debug)]
+#[command(name = "warren", version, about = "Warren: an AMQP 0-9-1 message broker that speaks RabbitMQ's dialect")]
+struct Args {
+    /// AMQP listener address (default 127.0.0.1:5672).
+    #[arg(long, value_name = "ADDR:PORT")]
+    amqp_listen: Option<SocketAddr>,
+    /// Management HTTP listener address (default 127.0.0.1:15672).
+    #[arg(long, value_name = "ADDR:PORT")]
+    http_listen: Option<SocketAddr>,
+    /// Directory for the broker's data (default ./warren-data).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Configuration file in rabbitmq.conf format.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+fn settings(args: &Args) -> Result<Settings, String> {
+    let mut s = Settings::default();
+    if let Some(path) = &args.config {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        s.apply_file(&text, &path.display().to_string())?;
+    }
+    if let Some(a) = args.amqp_listen {
+        s.amqp_listen = a;
+    }
+    if let Some(a) = args.http_listen {
+        s.http_listen = a;
+    }
+    if let Some(d) = &args.data_dir {
+        s.data_dir = d.clone();
+    }
+    Ok(s)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let settings = match settings(&args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WARREN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("warren: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("warren: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(settings: Settings) -> Result<(), String> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .map_err(|e| format!("cannot create data directory {}: {e}", settings.data_dir.display()))?;
+    let amqp = TcpListener::bind(settings.amqp_listen)
+        .await
+        .map_err(|e| format!("cannot listen for AMQP on {}: {e}", settings.amqp_listen))?;
+    let http = TcpListener::bind(settings.http_listen)
+        .await
+        .map_err(|e| format!("cannot listen for HTTP on {}: {e}", settings.http_listen))?;
+    let amqp_addr = amqp.local_addr().map_err(|e| e.to_string())?;
+    let http_addr = http.local_addr().map_err(|e| e.to_string())?;
+
+    let server = warren_server::Server::new(warren_core::Broker::new(settings.core.clone()));
+    let shared = server.shared();
+    tokio::spawn(async move {
+        if let Err(e) = warren_http::serve(http, shared).await {
+            tracing::error!("management HTTP listener stopped: {e}");
+        }
+    });
+    tracing::info!(
+        "Warren {} started: AMQP on {amqp_addr}, HTTP on {http_addr}, data in {}",
+        env!("CARGO_PKG_VERSION"),
+        settings.data_dir.display()
+    );
+    // Tests and scripts wait for these lines to learn the bound ports (port 0 picks a free one).
+    {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "listening amqp {amqp_addr}");
+        let _ = writeln!(stdout, "listening http {http_addr}");
+        let _ = stdout.flush();
+    }
+
+    tokio::select! {
+        _ = server.serve(amqp) => {}
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down: closing client connections");
+            server.shutdown();
+            // Give connections a bounded moment to say connection.close and hear close-ok.
+            let shared = server.shared();
+            let deadline = tokio::time::Instant::now() + warren_server::CLOSE_OK_TIMEOUT;
+            while shared.broker().overview().connections > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
