@@ -1,0 +1,423 @@
+//! The broker state machine driven directly with frames: no sockets, no clock. These pin the
+//! delivery rules (round-robin, prefetch, requeue order, confirms, transactions) at the core,
+//! where a failure points straight at the logic.
+
+use bytes::Bytes;
+use warren_amqp::{BasicProperties, FieldTable, Frame, Method, ShortStr};
+use warren_core::{Broker, Config, ConnInfo, Out};
+
+struct Harness {
+    broker: Broker,
+    out: Vec<(u64, Out)>,
+    now_ms: u64,
+}
+
+fn caps(cancel_notify: bool) -> FieldTable {
+    let mut caps = FieldTable::new();
+    caps.insert("consumer_cancel_notify", warren_amqp::FieldValue::Bool(cancel_notify));
+    let mut props = FieldTable::new();
+    props.insert("capabilities", warren_amqp::FieldValue::Table(caps));
+    props
+}
+
+impl Harness {
+    fn new(config: Config) -> Self {
+        Harness { broker: Broker::new(config), out: Vec::new(), now_ms: 0 }
+    }
+
+    fn connect(&mut self, conn: u64, cancel_notify: bool) {
+        let info = ConnInfo {
+            user: "guest".into(),
+            vhost: "/".into(),
+            peer: "test".into(),
+            client_properties: caps(cancel_notify),
+            channel_max: 2047,
+        };
+        self.broker.open_connection(conn, info).expect("vhost exists");
+    }
+
+    fn send(&mut self, conn: u64, channel: u16, method: Method) {
+        self.broker.handle_frame(conn, Frame::Method { channel, method }, self.now_ms, &mut self.out);
+        self.broker.end_batch(conn, &mut self.out);
+    }
+
+    fn open(&mut self, conn: u64, channel: u16) {
+        self.send(conn, channel, Method::ChannelOpen);
+        self.take(conn);
+    }
+
+    fn publish(&mut self, conn: u64, channel: u16, exchange: &str, key: &str, body: &'static str) {
+        let m = Method::BasicPublish {
+            exchange: exchange.into(),
+            routing_key: key.into(),
+            mandatory: false,
+            immediate: false,
+        };
+        self.broker.handle_frame(conn, Frame::Method { channel, method: m }, self.now_ms, &mut self.out);
+        let props = BasicProperties::default().to_bytes();
+        let header = Frame::Header { channel, class_id: 60, body_size: body.len() as u64, properties: props };
+        self.broker.handle_frame(conn, header, self.now_ms, &mut self.out);
+        if !body.is_empty() {
+            let b = Frame::Body { channel, payload: Bytes::from_static(body.as_bytes()) };
+            self.broker.handle_frame(conn, b, self.now_ms, &mut self.out);
+        }
+        self.broker.end_batch(conn, &mut self.out);
+    }
+
+    fn declare(&mut self, conn: u64, channel: u16, queue: &str) {
+        self.send(
+            conn,
+            channel,
+            Method::QueueDeclare {
+                queue: queue.into(),
+                passive: false,
+                durable: false,
+                exclusive: false,
+                auto_delete: false,
+                nowait: false,
+                arguments: FieldTable::new(),
+            },
+        );
+        self.take(conn);
+    }
+
+    fn consume(&mut self, conn: u64, channel: u16, queue: &str, tag: &str, no_ack: bool) {
+        self.send(
+            conn,
+            channel,
+            Method::BasicConsume {
+                queue: queue.into(),
+                consumer_tag: tag.into(),
+                no_local: false,
+                no_ack,
+                exclusive: false,
+                nowait: false,
+                arguments: FieldTable::new(),
+            },
+        );
+    }
+
+    /// Takes what was produced for `conn` so far.
+    fn take(&mut self, conn: u64) -> Vec<Out> {
+        let (mine, rest): (Vec<_>, Vec<_>) = self.out.drain(..).partition(|(c, _)| *c == conn);
+        self.out = rest;
+        mine.into_iter().map(|(_, o)| o).collect()
+    }
+
+    /// (consumer tag, delivery tag, redelivered, body) of the deliveries produced for `conn`.
+    fn deliveries(&mut self, conn: u64) -> Vec<(String, u64, bool, String)> {
+        self.take(conn)
+            .into_iter()
+            .filter_map(|o| match o {
+                Out::Content {
+                    method: Method::BasicDeliver { consumer_tag, delivery_tag, redelivered, .. },
+                    msg,
+                    ..
+                } => Some((
+                    consumer_tag.to_string(),
+                    delivery_tag,
+                    redelivered,
+                    String::from_utf8_lossy(&msg.body).into(),
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn bodies(d: &[(String, u64, bool, String)]) -> Vec<&str> {
+    d.iter().map(|x| x.3.as_str()).collect()
+}
+
+#[test]
+fn round_robin_between_consumers() {
+    let mut h = Harness::new(Config::default());
+    h.connect(1, true);
+    h.open(1, 1);
+    h.declare(1, 1, "work");
+    h.consume(1, 1, "work", "a", true);
+    h.consume(1, 1, "work", "b", true);
+    h.take(1);
+    for b in ["1", "2", "3", "4"] {
+        h.publish(1, 1, "", "work", b);
+    }
+    let d = h.deliveries(1);
+    let tags: Vec<&str> = d.iter().map(|x| x.0.as_str()).collect();
+    assert_eq!(tags, vec!["a", "b", "a", "b"]);
+    assert_eq!(bodies(&d), vec!["1", "2", "3", "4"]);
+}
+
+#[test]
+fn prefetch_one_waits_for_ack() {
+    let mut h = Harness::new(Config::default());
+    h.connect(1, true);
+    h.open(1, 1);
+    h.declare(1, 1, "q");
+    h.send(1, 1, Method::BasicQos { prefetch_size: 0, prefetch_count: 1, global: false });
+    h.consume(1, 1, "q", "c", false);
+    h.take(1);
+    for b in ["1", "2", "3"] {
+        h.publish(1, 1, "", "q", b);
+    }
+    let d = h.deliveries(1);
+    assert_eq!(bodies(&d), vec!["1"], "only one in flight with prefetch 1");
+    h.send(1, 1, Method::BasicAck { delivery_tag: d[0].1, multiple: false });
+    let d = h.deliveries(1);
+    assert_eq!(bodies(&d), vec!["2"]);
+}
+
+#[test]
+fn global_prefetch_limits_the_channel() {
+    let mut h = Harness::new(Config::default());
+    h.connect(1, true);
+    h.open(1, 1);
+    h.declare(1, 1, "q");
+    h.send(1, 1, Method::BasicQos { prefetch_size: 0, prefetch_count: 2, global: true });
+    h.consume(1, 1, "q", "a", false);
+    h.consume(1, 1, "q", "b", false);
+    h.take(1);
+    for b in ["1", "2", "3", "4"] {
+        h.publish(1, 1, "", "q", b);
+    }
+    assert_eq!(h.deliveries(1).len(), 2, "two consumers share the channel's two");
+}
+
+#[test]
+fn closing_a_channel_requeues_in_order_and_redelivers_elsewhere() {
+    let mut h = Harness::new(Config::default());
+    h.connect(1, true);
+    h.connect(2, true);
+    h.open(1, 1);
+    h.open(2, 1);
+    h.declare(1, 1, "q");
+    for b in ["1", "2", "3"] {
+        h.publish(1, 1, "", "q", b);
+    }
+    h.consume(2, 1, "q", "dying", false);
+    assert_eq!(bodies(&h.deliveries(2)), vec!["1", "2", "3"]);
+    h.consume(1, 1, "q", "alive", false);
+    h.take(1);
+    h.send(2, 1, Method::ChannelClose { reply_code: 200, reply_text: "bye".into(), class_id: 0, method_id: 0 });
+    let d = h.deliveries(1);
+    assert_eq!(bodies(&d), vec!["1", "2", "3"]);
+    assert!(d.iter().all(|x| x.2), "requeued messages are marked redelivered");
+}
+
+#[test]
+fn connection_loss_requeues_and_deletes_exclusive_queues() {
+    let mut h = Harness::new(Config::default());
+    h.connect(1, true);
+    h.connect(2, true);
+    h.open(1, 1);
+    h.open(2, 1);
+    h.declare(1, 1, "q");
+    h.publish(1, 1, "", "q", "x");
+    h.consume(2, 1, "q", "c", false);
+    assert_eq!(h.deliveries(2).len(), 1);
+    h.send(
+        2,
+        1,
+        Method::QueueDeclare {
+            queue: "mine".into(),
+            passive: false,
+            durable: false,
+            exclusive: true,
+            auto_delete: false,
+            nowait: false,
+            arguments: FieldTable::new(),
+        },
+    );
+    h.take(2);
+    let now = h.now_ms;
+    h.broker.connection_closed(2, now, &mut h.out);
+    let names: Vec<String> = h.broker.queues().into_iter().map(|q| q.name).collect();
+    assert_eq!(names, vec!["q".to_string()]);
+    assert_eq!(h.broker.queues()[0].messages_ready, 1);
+}
+
+#[test]
+fn confirms_are_coalesced_per_batch() {
+    let mut h = Harness::new(Config::default());
+    h.connect(1, true);
+    h.open(1, 1);
+    h.declare(1, 1, "q");
+    h.send(1, 1, Method::ConfirmSelect { nowait: false });
+    h.take(1);
+    // Three publishes in one batch: one ack with multiple=true for all three.
+    for b in ["1", "2", "3"] {
+        let m =
+            Method::BasicPublish { exchange: "".into(), routing_key: "q".into(), mandatory: false, immediate: false };
+        h.broker.handle_frame(1, Frame::Method { channel: 1, method: m }, 0, &mut h.out);
+        let header =
+            Frame::Header { channel: 1, class_id: 60, body_size: 1, properties: BasicProperties::default().to_bytes() };
+        h.broker.handle_frame(1, header, 0, &mut h.out);
+        h.broker.handle_frame(1, Frame::Body { channel: 1, payload: Bytes::from_static(b.as_bytes()) }, 0, &mut h.out);
+    }
+    h.broker.end_batch(1, &mut h.out);
+    let acks: Vec<Method> = h
+        .take(1)
+        .into_iter()
+        .filter_map(|o| match o {
+            Out::Method { method: m @ Method::BasicAck { .. }, .. } => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![Method::BasicAck { delivery_tag: 3, multiple: true }]);
+    // A lone publish in its own batch is acked alone.
+    h.publish(1, 1, "", "q", "4");
+    let acks: Vec<Method> = h
+        .take(1)
+        .into_iter()
+        .filter_map(|o| match o {
+            Out::Method { method: m @ Method::BasicAck { .. }, .. } => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, vec![Method::BasicAck { delivery_tag: 4, multiple: false }]);
+}
+
+#[test]
+fn transaction_holds_publishes_until_commit() {
+    let mut h = Harness::new(Config::default());
+    h.connect(1, true);
+    h.open(1, 1);
+    h.declare(1, 1, "q");
+    h.send(1, 1, Method::TxSelect);
+    h.publish(1, 1, "", "q", "rolled-back");
+    h.send(1, 1, Method::TxRollback);
+    h.publish(1, 1, "", "q", "committed");
+    assert_eq!(h.broker.queues()[0].messages_ready, 0, "nothing before commit");
+    h.send(1, 1, Method::TxCommit);
+    assert_eq!(h.broker.queues()[0].messages_ready, 1);
+    h.take(1);
+    h.send(1, 1, Method::BasicGet { queue: "q".into(), no_ack: true });
+    let got: Vec<String> = h
+        .take(1)
+        .into_iter()
+        .filter_map(|o| match o {
+            Out::Content { msg, .. } => Some(String::from_utf8_lossy(&msg.body).into_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec!["committed".to_string()]);
+}
+
+#[test]
+fn unknown_delivery_tag_closes_the_channel_with_406() {
+    let mut h = Harness::new(Config::default());
+    h.connect(1, true);
+    h.open(1, 1);
+    h.send(1, 1, Method::BasicAck { delivery_tag: 42, multiple: false });
+    let closes: Vec<u16> = h
+        .take(1)
+        .into_iter()
+        .filter_map(|o| match o {
+            Out::Method { channel: 1, method: Method::ChannelClose { reply_code, .. } } => Some(reply_code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closes, vec![406]);
+}
+
+#[test]
+fn consumer_timeout_cancels_notifying_consumers_and_requeues() {
+    let config = Config { consumer_timeout_ms: Some(1_000), ..Config::default() };
+    let mut h = Harness::new(config);
+    h.connect(1, true);
+    h.open(1, 1);
+    h.declare(1, 1, "q");
+    h.publish(1, 1, "", "q", "slow");
+    h.consume(1, 1, "q", "c", false);
+    assert_eq!(h.deliveries(1).len(), 1);
+    h.broker.tick(1_000, &mut h.out);
+    assert!(h.take(1).is_empty(), "not yet past the timeout");
+    h.broker.tick(1_001, &mut h.out);
+    let out = h.take(1);
+    assert!(out.iter().any(
+        |o| matches!(o, Out::Method { method: Method::BasicCancel { consumer_tag, .. }, .. } if consumer_tag == "c")
+    ));
+    assert_eq!(h.broker.queues()[0].messages_ready, 1);
+}
+
+#[test]
+fn consumer_timeout_closes_channel_without_cancel_notify() {
+    let config = Config { consumer_timeout_ms: Some(1_000), ..Config::default() };
+    let mut h = Harness::new(config);
+    h.connect(1, false);
+    h.open(1, 1);
+    h.declare(1, 1, "q");
+    h.publish(1, 1, "", "q", "slow");
+    h.consume(1, 1, "q", "c", false);
+    h.take(1);
+    h.broker.tick(2_000, &mut h.out);
+    let closed = h
+        .take(1)
+        .into_iter()
+        .any(|o| matches!(o, Out::Method { method: Method::ChannelClose { reply_code: 406, .. }, .. }));
+    assert!(closed);
+    assert_eq!(h.broker.queues()[0].messages_ready, 1);
+}
+
+#[test]
+fn frames_on_a_closing_channel_are_dropped_until_close_ok() {
+    let mut h = Harness::new(Config::default());
+    h.connect(1, true);
+    h.open(1, 1);
+    h.publish(1, 1, "missing-exchange", "k", "x");
+    let out = h.take(1);
+    assert!(out.iter().any(|o| matches!(o, Out::Method { method: Method::ChannelClose { reply_code: 404, .. }, .. })));
+    // The client's next publish crosses our close: it is dropped, not an error.
+    h.publish(1, 1, "", "q", "y");
+    assert!(h.take(1).is_empty());
+    h.send(1, 1, Method::ChannelCloseOk);
+    h.open(1, 1);
+    h.declare(1, 1, "q");
+}
+
+#[test]
+fn method_on_unopened_channel_is_a_connection_error() {
+    let mut h = Harness::new(Config::default());
+    h.connect(1, true);
+    h.send(1, 5, Method::BasicQos { prefetch_size: 0, prefetch_count: 1, global: false });
+    let out = h.take(1);
+    assert!(matches!(
+        out.as_slice(),
+        [Out::Method { channel: 0, method: Method::ConnectionClose { reply_code: 504, .. } }]
+    ));
+}
+
+#[test]
+fn direct_reply_to_routes_to_the_requesting_channel() {
+    let mut h = Harness::new(Config::default());
+    h.connect(1, true);
+    h.connect(2, true);
+    h.open(1, 1);
+    h.open(2, 1);
+    h.declare(2, 1, "rpc");
+    h.consume(1, 1, "amq.rabbitmq.reply-to", "replies", true);
+    h.take(1);
+    let props = BasicProperties { reply_to: Some(ShortStr::from("amq.rabbitmq.reply-to")), ..Default::default() };
+    let m = Method::BasicPublish { exchange: "".into(), routing_key: "rpc".into(), mandatory: false, immediate: false };
+    h.broker.handle_frame(1, Frame::Method { channel: 1, method: m }, 0, &mut h.out);
+    let header = Frame::Header { channel: 1, class_id: 60, body_size: 0, properties: props.to_bytes() };
+    h.broker.handle_frame(1, header, 0, &mut h.out);
+    h.send(2, 1, Method::BasicGet { queue: "rpc".into(), no_ack: true });
+    let reply_to = h
+        .take(2)
+        .into_iter()
+        .find_map(|o| match o {
+            Out::Content { msg, .. } => msg.properties.reply_to.clone(),
+            _ => None,
+        })
+        .expect("request delivered with a reply_to");
+    assert!(reply_to.starts_with("amq.rabbitmq.reply-to."), "{reply_to}");
+    let m =
+        Method::BasicPublish { exchange: "".into(), routing_key: reply_to.clone(), mandatory: false, immediate: false };
+    h.broker.handle_frame(2, Frame::Method { channel: 1, method: m }, 0, &mut h.out);
+    let header =
+        Frame::Header { channel: 1, class_id: 60, body_size: 0, properties: BasicProperties::default().to_bytes() };
+    h.broker.handle_frame(2, header, 0, &mut h.out);
+    let d = h.deliveries(1);
+    assert_eq!(d.len(), 1);
+    assert_eq!(d[0].0, "replies");
+}
