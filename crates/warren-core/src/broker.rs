@@ -440,6 +440,7 @@ impl Broker {
         let (mine, rest): (Vec<Unacked>, Vec<Unacked>) =
             ch.unacked.drain(..).partition(|u| u.consumer.as_ref() == Some(&tag));
         ch.unacked = rest.into();
+        ch.reclaimed.extend(mine.iter().map(|u| u.delivery_tag));
         out.push((
             conn,
             Out::Method { channel, method: Method::BasicCancel { consumer_tag: tag.clone(), nowait: true } },
@@ -1530,6 +1531,9 @@ impl Broker {
         };
         let ch = self.channel_mut(conn, channel)?;
         let Some(settled) = ch.take_acked(tag, multiple) else {
+            if ch.forget_reclaimed(tag, multiple) {
+                return Ok(());
+            }
             return Err(precondition(format_args!("unknown delivery tag {tag}")));
         };
         self.forget_consumer_unacked(conn, channel, &settled);

@@ -70,6 +70,10 @@ pub struct Channel {
     pub last_queue: Option<ShortStr>,
     /// Direct reply-to: the consumer tag and the routing suffix of this channel's reply consumer.
     pub reply_to: Option<(ShortStr, ShortStr)>,
+    /// Delivery tags taken back from consumers cancelled by the acknowledgement timeout: a late
+    /// ack or nack of one of them is ignored rather than an unknown-tag error (as RabbitMQ 4).
+    /// Bounded by the deliveries that were outstanding when the consumers timed out.
+    pub reclaimed: std::collections::BTreeSet<u64>,
 }
 
 impl Channel {
@@ -88,6 +92,7 @@ impl Channel {
             tx: None,
             last_queue: None,
             reply_to: None,
+            reclaimed: Default::default(),
         }
     }
 
@@ -118,6 +123,17 @@ impl Channel {
         }
         let pos = self.unacked.binary_search_by_key(&delivery_tag, |u| u.delivery_tag).ok()?;
         self.unacked.remove(pos).map(|u| vec![u])
+    }
+
+    /// Forgets reclaimed tags an ack / nack names; true if it named any (and nothing else).
+    pub fn forget_reclaimed(&mut self, delivery_tag: u64, multiple: bool) -> bool {
+        if multiple {
+            let before = self.reclaimed.len();
+            self.reclaimed = self.reclaimed.split_off(&(delivery_tag + 1));
+            before != self.reclaimed.len()
+        } else {
+            self.reclaimed.remove(&delivery_tag)
+        }
     }
 
     /// Records that a publish was confirmed, to be told at the end of the batch.

@@ -337,6 +337,15 @@ fn consumer_timeout_cancels_notifying_consumers_and_requeues() {
         |o| matches!(o, Out::Method { method: Method::BasicCancel { consumer_tag, .. }, .. } if consumer_tag == "c")
     ));
     assert_eq!(h.broker.queues()[0].messages_ready, 1);
+    // A late ack of the reclaimed delivery is ignored; a second one is an unknown tag.
+    h.send(1, 1, Method::BasicAck { delivery_tag: 1, multiple: false });
+    assert!(h.take(1).is_empty());
+    h.send(1, 1, Method::BasicAck { delivery_tag: 1, multiple: false });
+    let closed = h
+        .take(1)
+        .into_iter()
+        .any(|o| matches!(o, Out::Method { method: Method::ChannelClose { reply_code: 406, .. }, .. }));
+    assert!(closed);
 }
 
 #[test]

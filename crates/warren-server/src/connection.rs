@@ -189,6 +189,15 @@ impl Connection {
                 }
             }
             if self.done {
+                // Let the client close the TCP connection once it has read close-ok (or our
+                // close-ok crossing its close): closing first makes some clients see an abort.
+                let mut sink = [0u8; 4096];
+                let deadline = Instant::now() + CLOSE_OK_TIMEOUT;
+                while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, rd.read(&mut sink)).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
                 let _ = wr.shutdown().await;
                 return "client closed the connection".into();
             }

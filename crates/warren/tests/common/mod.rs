@@ -1,0 +1,311 @@
+//! Shared harness for Warren's black-box integration tests.
+//!
+//! Every test starts its own broker with [`Broker::start`] (a fresh `warren`
+//! process with an empty data directory on ephemeral ports). When the
+//! environment variable `WARREN_TEST_AMQP_URL` is set, the tests talk to that
+//! external broker instead; this is how the suite is validated against a real
+//! RabbitMQ, whose behaviour is the reference.
+//!
+//! Each test binary uses only part of this module, hence the `dead_code`
+//! allowance.
+#![allow(dead_code)]
+
+pub mod amqprs_client;
+pub mod lapin_client;
+
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Upper bound for anything the broker is expected to do (a reply, a
+/// delivery, a close). A hang fails the test instead of blocking it.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long to watch for something that must *not* happen (a delivery to a
+/// consumer that is over its prefetch limit, for example). There is no event
+/// to await in that case, so a short bounded wait is the only way to show the
+/// absence; it is long enough for a misbehaving broker on loopback to reveal
+/// itself.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// Environment variable naming an external broker to test instead of
+/// spawning `warren`.
+pub const EXTERNAL_URL_VAR: &str = "WARREN_TEST_AMQP_URL";
+
+/// Set (to anything) together with [`EXTERNAL_URL_VAR`] when the external
+/// broker was started with the configuration the config-dependent tests ask
+/// for (e.g. `consumer_timeout = 2000`), so that those tests run against it
+/// too instead of being skipped.
+///
+/// For RabbitMQ that can be done at run time, shortening the channel tick
+/// (60 s by default) at which consumer timeouts are checked as well:
+/// `rabbitmqctl eval 'application:set_env(rabbit, consumer_timeout, 2000).'`
+/// and `rabbitmqctl eval 'application:set_env(rabbit, channel_tick_interval, 1000).'`
+pub const EXTERNAL_CONFIGURED_VAR: &str = "WARREN_TEST_EXTERNAL_CONFIGURED";
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A broker under test: either a spawned `warren` process (killed on drop)
+/// or an external broker named by `WARREN_TEST_AMQP_URL`.
+pub struct Broker {
+    host: String,
+    port: u16,
+    user: String,
+    password: String,
+    vhost: String,
+    process: Option<Spawned>,
+}
+
+struct Spawned {
+    child: Child,
+    data_dir: PathBuf,
+}
+
+impl Broker {
+    /// Starts a broker with the default configuration.
+    pub fn start() -> Broker {
+        match std::env::var(EXTERNAL_URL_VAR) {
+            Ok(url) => Broker::external(&url),
+            Err(_) => Broker::spawn(None),
+        }
+    }
+
+    /// Starts a broker with the given `rabbitmq.conf`-style configuration.
+    ///
+    /// Returns `None` (after printing a note) when testing an external broker
+    /// whose configuration cannot be controlled from here; the caller then
+    /// skips the test.
+    pub fn start_with_config(conf: &str) -> Option<Broker> {
+        match std::env::var(EXTERNAL_URL_VAR) {
+            Ok(url) if std::env::var_os(EXTERNAL_CONFIGURED_VAR).is_some() => Some(Broker::external(&url)),
+            Ok(_) => {
+                eprintln!(
+                    "note: skipped, this test needs a broker configured with {conf:?}; \
+                     set {EXTERNAL_CONFIGURED_VAR}=1 if the external broker has that configuration"
+                );
+                None
+            }
+            Err(_) => Some(Broker::spawn(Some(conf))),
+        }
+    }
+
+    pub fn is_external() -> bool {
+        std::env::var_os(EXTERNAL_URL_VAR).is_some()
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    pub fn vhost(&self) -> &str {
+        &self.vhost
+    }
+
+    /// `amqp://guest:guest@127.0.0.1:PORT/%2f` for the default user and vhost.
+    pub fn amqp_url(&self) -> String {
+        self.amqp_url_with(&self.user, &self.password, &self.vhost)
+    }
+
+    /// An AMQP URL for other credentials or another virtual host.
+    pub fn amqp_url_with(&self, user: &str, password: &str, vhost: &str) -> String {
+        format!("amqp://{user}:{password}@{}:{}/{}", self.host, self.port, percent_encode(vhost))
+    }
+
+    fn external(url: &str) -> Broker {
+        let rest = url
+            .strip_prefix("amqp://")
+            .unwrap_or_else(|| panic!("{EXTERNAL_URL_VAR} must be an amqp:// URL, got {url:?}"));
+        let (credentials, address) = rest.split_once('@').unwrap_or(("guest:guest", rest));
+        let (user, password) = credentials.split_once(':').unwrap_or((credentials, ""));
+        let (host_port, vhost) = address.split_once('/').unwrap_or((address, "%2f"));
+        let (host, port) = host_port.rsplit_once(':').unwrap_or((host_port, "5672"));
+        Broker {
+            host: host.to_string(),
+            port: port.parse().unwrap_or_else(|_| panic!("bad port in {EXTERNAL_URL_VAR}: {url:?}")),
+            user: user.to_string(),
+            password: password.to_string(),
+            vhost: percent_decode(if vhost.is_empty() { "%2f" } else { vhost }),
+            process: None,
+        }
+    }
+
+    fn spawn(conf: Option<&str>) -> Broker {
+        let data_dir = std::env::temp_dir().join(unique("warren-test"));
+        std::fs::create_dir_all(&data_dir).expect("create broker data dir");
+        let stderr_path = data_dir.join("broker.stderr");
+        let stderr = std::fs::File::create(&stderr_path).expect("create broker stderr file");
+
+        let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
+        command.args(["--amqp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]).arg("--data-dir").arg(&data_dir);
+        if let Some(conf) = conf {
+            let conf_path = data_dir.join("rabbitmq.conf");
+            std::fs::write(&conf_path, conf).expect("write broker config");
+            command.arg("--config").arg(conf_path);
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .expect("spawn the warren binary");
+
+        // Read stdout on a thread so that startup can be bounded by a
+        // timeout; the thread keeps draining stdout for the broker's lifetime.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines_tx, lines_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                // The receiver is gone once startup is over; keep draining.
+                let _ = lines_tx.send(line);
+            }
+        });
+
+        let mut spawned = Spawned { child, data_dir };
+        let port = match wait_for_amqp_port(&lines_rx) {
+            Ok(port) => port,
+            Err(why) => {
+                let _ = spawned.child.kill();
+                let _ = spawned.child.wait();
+                let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                panic!("warren did not start: {why}\n--- broker stderr ---\n{log}");
+            }
+        };
+        Broker {
+            host: "127.0.0.1".to_string(),
+            port,
+            user: "guest".to_string(),
+            password: "guest".to_string(),
+            vhost: "/".to_string(),
+            process: Some(spawned),
+        }
+    }
+}
+
+fn wait_for_amqp_port(lines: &mpsc::Receiver<String>) -> Result<u16, String> {
+    let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => {
+                if let Some(address) = line.trim().strip_prefix("listening amqp ") {
+                    let port = address
+                        .rsplit_once(':')
+                        .and_then(|(_, port)| port.parse().ok())
+                        .ok_or_else(|| format!("unparsable listening line {line:?}"))?;
+                    return Ok(port);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                return Err(format!("no `listening amqp` line on stdout within {STARTUP_TIMEOUT:?}"))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return Err("stdout closed before the `listening amqp` line".to_string())
+            }
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(spawned) = &mut self.process {
+            let _ = spawned.child.kill();
+            let _ = spawned.child.wait();
+            let _ = std::fs::remove_dir_all(&spawned.data_dir);
+        }
+    }
+}
+
+/// A name no other test (in this process or another one sharing the broker)
+/// uses: `prefix` plus process id, time and a counter.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or_default();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{nanos:x}-{n}", std::process::id())
+}
+
+/// Awaits `future`, failing the test if it takes longer than [`TIMEOUT`].
+pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(TIMEOUT, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("timed out after {TIMEOUT:?} waiting for {what}"),
+    }
+}
+
+/// Polls `check` until it returns true, failing after [`TIMEOUT`].
+///
+/// Only for state changes the broker performs asynchronously and announces
+/// with no event a client can await (e.g. an exclusive queue being deleted
+/// after its owner's connection is gone).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    within(what, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02x}"),
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// AMQP reply codes used in assertions.
+pub mod code {
+    pub const NO_ROUTE: u16 = 312;
+    pub const ACCESS_REFUSED: u16 = 403;
+    pub const NOT_FOUND: u16 = 404;
+    pub const RESOURCE_LOCKED: u16 = 405;
+    pub const PRECONDITION_FAILED: u16 = 406;
+    pub const CHANNEL_ERROR: u16 = 504;
+    pub const NOT_ALLOWED: u16 = 530;
+}
