@@ -10,18 +10,22 @@
 //! a hard code closes the connection. Either way no other connection notices.
 
 use crate::auth::Users;
-use crate::channel::{AckOp, Channel, ChannelState, Consumer, TxState, Unacked};
+use crate::channel::{AckOp, Channel, ChannelState, Consumer, DeferredKind, TxState, Unacked};
 use crate::config::{Config, CONNECTION_OUTBOUND_MAX_BYTES};
+use crate::definitions::{BindingDef, Definitions, ExchangeDef, QueueDef};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::message::{Message, MessageRef};
 use crate::queue::{ConsumerKey, Queue};
 use crate::ConnId;
 use bytes::Bytes;
-use std::collections::HashMap;
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use warren_amqp::{
     Assembled, BasicProperties, FieldTable, FieldValue, Frame, Method, ProtocolError, ReplyCode, ShortStr,
 };
+use warren_store::{Backend, LogConfig, MemBackend, SegmentLog, SyncHandle};
 
 /// Something to write to a connection.
 #[derive(Debug, Clone)]
@@ -184,6 +188,15 @@ fn inequivalent(
     precondition(format_args!("inequivalent arg '{arg}' for {kind} '{name}' in vhost '{vhost}': received '{received}' but current is '{current}'"))
 }
 
+/// The exchanges every vhost has from the start; never written to the definitions.
+fn is_builtin_exchange(name: &str) -> bool {
+    matches!(name, "" | "amq.direct" | "amq.fanout" | "amq.topic" | "amq.headers" | "amq.match")
+}
+
+fn internal(detail: impl std::fmt::Display) -> ProtocolError {
+    ProtocolError::new(ReplyCode::InternalError, detail)
+}
+
 /// A random name in RabbitMQ's style: the prefix and 22 URL-safe base64 characters.
 fn generated_name(prefix: &str) -> ShortStr {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -239,16 +252,380 @@ pub struct Broker {
     vhosts: HashMap<String, VHost>,
     conns: HashMap<ConnId, Conn>,
     reply_targets: HashMap<ShortStr, ReplyTarget>,
+    store: Store,
+    /// The store sync that will cover writes made now; `synced_epoch` is the last one done.
+    write_epoch: u64,
+    synced_epoch: u64,
+    /// Connections with answers waiting for a sync.
+    waiting: HashSet<ConnId>,
+    /// Queues (vhost, name) with writes not yet synced.
+    dirty: HashSet<(Arc<str>, ShortStr)>,
+    /// The durable definitions changed: write the snapshot before answering.
+    defs_dirty: bool,
+    /// Storage failures to report (the server logs them).
+    errors: Vec<String>,
+}
+
+/// Where queue logs and the definitions snapshot live.
+struct Store {
+    backend: Arc<dyn Backend>,
+    dir: PathBuf,
+    log_config: LogConfig,
+    next_transient: u64,
+}
+
+impl Store {
+    fn definitions_path(&self) -> PathBuf {
+        self.dir.join("definitions")
+    }
+
+    /// A durable queue's log directory: stable across restarts, named by a hash so that any
+    /// queue name makes a valid file name.
+    fn durable_dir(&self, vhost: &str, name: &str) -> PathBuf {
+        let mut h = Sha256::new();
+        h.update(vhost.as_bytes());
+        h.update([0u8]);
+        h.update(name.as_bytes());
+        let digest = h.finalize();
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        self.dir.join("queues").join(hex)
+    }
+
+    fn transient_dir(&mut self) -> PathBuf {
+        self.next_transient += 1;
+        self.dir.join("transient").join(self.next_transient.to_string())
+    }
+}
+
+/// A store sync to run outside the broker lock: sync every handle, then call
+/// [`Broker::end_sync`] with the epoch.
+pub struct SyncJob {
+    pub epoch: u64,
+    pub handles: Vec<Arc<dyn SyncHandle>>,
+}
+
+/// What recovery found, for the log.
+#[derive(Debug, Default)]
+pub struct RecoveryReport {
+    pub queues: usize,
+    pub messages: u64,
+    pub exchanges: usize,
+    pub bindings: usize,
+    /// One line per corrupt spot found in a queue log.
+    pub corrupt: Vec<String>,
 }
 
 impl Broker {
+    /// A broker whose queues live in memory only (a `MemBackend`): for tests of the core.
     pub fn new(config: Config) -> Self {
+        let backend: Arc<dyn Backend> = Arc::new(MemBackend::new());
+        match Self::open(config.clone(), backend, PathBuf::from("/warren-mem")) {
+            Ok((b, _)) => b,
+            // An empty in-memory store cannot fail to open.
+            Err(e) => panic!("opening an empty in-memory store failed: {e}"),
+        }
+    }
+
+    /// Opens the broker on a store: reads the definitions snapshot, reopens every durable
+    /// queue's log (recovering its unsettled persistent messages), and discards what does not
+    /// survive a restart (non-durable queues' logs).
+    pub fn open(config: Config, backend: Arc<dyn Backend>, dir: PathBuf) -> Result<(Self, RecoveryReport), String> {
         let mut users = Users::default();
         let loopback_only = config.loopback_users.iter().any(|u| u == &config.default_user);
         users.add(&config.default_user, &config.default_pass, loopback_only);
-        let mut vhosts = HashMap::new();
-        vhosts.insert(config.default_vhost.clone(), VHost::new(&config.default_vhost));
-        Broker { config, users, vhosts, conns: HashMap::new(), reply_targets: HashMap::new() }
+        let store = Store { backend, dir, log_config: LogConfig::default(), next_transient: 0 };
+        let mut broker = Broker {
+            config,
+            users,
+            vhosts: HashMap::new(),
+            conns: HashMap::new(),
+            reply_targets: HashMap::new(),
+            store,
+            write_epoch: 1,
+            synced_epoch: 0,
+            waiting: HashSet::new(),
+            dirty: HashSet::new(),
+            defs_dirty: false,
+            errors: Vec::new(),
+        };
+        let report = broker.recover()?;
+        Ok((broker, report))
+    }
+
+    fn recover(&mut self) -> Result<RecoveryReport, String> {
+        let mut report = RecoveryReport::default();
+        let backend = self.store.backend.clone();
+        let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+        backend.create_dir_all(&self.store.dir).map_err(|e| io("cannot create the data directory", e))?;
+        // Non-durable queues do not survive a restart; neither do their logs.
+        let transient = self.store.dir.join("transient");
+        if let Err(e) = backend.remove_dir_all(&transient) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(io("cannot clear the transient queue logs", e));
+            }
+        }
+        let defs = match backend.read(&self.store.definitions_path()) {
+            Ok(bytes) => Definitions::decode(Bytes::from(bytes))
+                .map_err(|e| format!("{}: {e}", self.store.definitions_path().display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Definitions::default(),
+            Err(e) => return Err(io("cannot read the definitions", e)),
+        };
+        let default_vhost = self.config.default_vhost.clone();
+        for v in std::iter::once(&default_vhost).chain(defs.vhosts.iter()) {
+            self.vhosts.entry(v.clone()).or_insert_with(|| VHost::new(v));
+        }
+        for x in &defs.exchanges {
+            let Some(kind) = ExchangeKind::parse(&x.kind) else {
+                report.corrupt.push(format!(
+                    "exchange '{}' in vhost '{}' has unknown type '{}'; skipped",
+                    x.name, x.vhost, x.kind
+                ));
+                continue;
+            };
+            let vh = self.vhosts.entry(x.vhost.clone()).or_insert_with(|| VHost::new(&x.vhost));
+            let name = ShortStr::from(x.name.as_str());
+            vh.exchanges
+                .insert(name.clone(), Exchange::new(name, kind, true, x.auto_delete, x.internal, x.arguments.clone()));
+            report.exchanges += 1;
+        }
+        let mut live_dirs = HashSet::new();
+        for q in &defs.queues {
+            let dir = self.store.durable_dir(&q.vhost, &q.name);
+            let (log, recovered) = SegmentLog::open(backend.clone(), &dir, self.store.log_config.clone())
+                .map_err(|e| format!("cannot open the log of queue '{}' in vhost '{}': {e}", q.name, q.vhost))?;
+            for c in &recovered.corrupt {
+                report.corrupt.push(format!(
+                    "queue '{}' in vhost '{}': corrupt data in {} at byte {}: {}; the rest of that segment was skipped",
+                    q.name,
+                    q.vhost,
+                    c.path.display(),
+                    c.offset,
+                    c.reason
+                ));
+            }
+            live_dirs.insert(dir);
+            report.queues += 1;
+            report.messages += recovered.unsettled;
+            let name = ShortStr::from(q.name.as_str());
+            let queue = Queue::new(name.clone(), true, None, q.auto_delete, q.arguments.clone(), log, Some(&recovered));
+            let vh = self.vhosts.entry(q.vhost.clone()).or_insert_with(|| VHost::new(&q.vhost));
+            vh.queues.insert(name, queue);
+        }
+        for b in &defs.bindings {
+            let Some(vh) = self.vhosts.get_mut(&b.vhost) else { continue };
+            let dest = if b.destination_is_queue {
+                Destination::Queue(ShortStr::from(b.destination.as_str()))
+            } else {
+                Destination::Exchange(ShortStr::from(b.destination.as_str()))
+            };
+            let dest_exists = match &dest {
+                Destination::Queue(q) => vh.queues.contains_key(q),
+                Destination::Exchange(x) => vh.exchanges.contains_key(x),
+            };
+            if let (true, Some(x)) = (dest_exists, vh.exchanges.get_mut(b.source.as_str())) {
+                x.bind(Binding {
+                    destination: dest,
+                    routing_key: b.routing_key.as_str().into(),
+                    arguments: b.arguments.clone(),
+                });
+                report.bindings += 1;
+            }
+        }
+        // Logs of queues deleted while their deletion could not finish (a crash in between).
+        let queues_dir = self.store.dir.join("queues");
+        for name in backend.list(&queues_dir).map_err(|e| io("cannot list queue logs", e))? {
+            let dir = queues_dir.join(&name);
+            if !live_dirs.contains(&dir) {
+                backend.remove_dir_all(&dir).map_err(|e| io("cannot remove a stale queue log", e))?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The durable definitions as they are now.
+    fn definitions(&self) -> Definitions {
+        let mut d = Definitions::default();
+        let mut vhosts: Vec<&VHost> = self.vhosts.values().collect();
+        vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+        for vh in vhosts {
+            d.vhosts.push(vh.name.clone());
+            let durable_exchange = |n: &ShortStr| vh.exchanges.get(n).is_some_and(|x| x.durable);
+            let durable_queue =
+                |n: &ShortStr| vh.queues.get(n).is_some_and(|q| q.durable && q.exclusive_owner.is_none());
+            let mut exchanges: Vec<&Exchange> = vh.exchanges.values().collect();
+            exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+            for x in exchanges {
+                if !x.durable || x.name.is_empty() || is_builtin_exchange(&x.name) {
+                    continue;
+                }
+                d.exchanges.push(ExchangeDef {
+                    vhost: vh.name.clone(),
+                    name: x.name.to_string(),
+                    kind: x.kind.as_str().into(),
+                    auto_delete: x.auto_delete,
+                    internal: x.internal,
+                    arguments: x.arguments.clone(),
+                });
+            }
+            for x in vh.exchanges.values() {
+                if !x.durable || x.name.is_empty() {
+                    continue;
+                }
+                for b in x.bindings() {
+                    let (dest, is_queue, durable) = match &b.destination {
+                        Destination::Queue(q) => (q, true, durable_queue(q)),
+                        Destination::Exchange(e) => (e, false, durable_exchange(e)),
+                    };
+                    if durable {
+                        d.bindings.push(BindingDef {
+                            vhost: vh.name.clone(),
+                            source: x.name.to_string(),
+                            destination: dest.to_string(),
+                            destination_is_queue: is_queue,
+                            routing_key: b.routing_key.to_string(),
+                            arguments: b.arguments.clone(),
+                        });
+                    }
+                }
+            }
+            let mut queues: Vec<&Queue> =
+                vh.queues.values().filter(|q| q.durable && q.exclusive_owner.is_none()).collect();
+            queues.sort_by(|a, b| a.name.cmp(&b.name));
+            for q in queues {
+                d.queues.push(QueueDef {
+                    vhost: vh.name.clone(),
+                    name: q.name.to_string(),
+                    auto_delete: q.auto_delete,
+                    arguments: q.arguments.clone(),
+                });
+            }
+        }
+        d
+    }
+
+    /// Writes the definitions snapshot if a durable definition changed.
+    fn save_definitions(&mut self) -> Res {
+        if !self.defs_dirty {
+            return Ok(());
+        }
+        self.defs_dirty = false;
+        let bytes = self.definitions().encode();
+        self.store.backend.replace_durably(&self.store.definitions_path(), &bytes).map_err(|e| {
+            self.errors.push(format!("cannot write the definitions: {e}"));
+            ProtocolError::new(ReplyCode::InternalError, format_args!("cannot write the definitions: {e}"))
+        })
+    }
+
+    /// Storage failures since the last call, for the log.
+    pub fn take_errors(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.errors)
+    }
+
+    /// True when answers wait for a store sync: the server should start one now.
+    pub fn sync_wanted(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    /// True when some queue log has writes not yet synced (a periodic sync picks them up).
+    pub fn has_unsynced_writes(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// Starts a store sync: takes the files written since the last one. Group commit: one
+    /// sync covers every write made before this call, from every connection.
+    pub fn begin_sync(&mut self) -> SyncJob {
+        let epoch = self.write_epoch;
+        self.write_epoch += 1;
+        let mut handles = Vec::new();
+        for (vhost, name) in std::mem::take(&mut self.dirty) {
+            if let Some(q) = self.vhosts.get_mut(&*vhost).and_then(|v| v.queues.get_mut(&name)) {
+                handles.extend(q.pending_sync());
+            }
+        }
+        SyncJob { epoch, handles }
+    }
+
+    /// A sync finished: answers waiting for it go out. On failure the confirms waiting for it
+    /// are nacked: those messages may not be on disk.
+    pub fn end_sync(&mut self, epoch: u64, result: std::io::Result<()>, out: &mut Vec<(ConnId, Out)>) {
+        if let Err(e) = &result {
+            self.errors.push(format!("store sync failed: {e}; confirms waiting for it are nacked"));
+        }
+        let failed = result.is_err();
+        self.synced_epoch = self.synced_epoch.max(epoch);
+        let waiting: Vec<ConnId> = self.waiting.iter().copied().collect();
+        for conn in waiting {
+            self.release_deferred(conn, failed.then_some(epoch), out);
+        }
+    }
+
+    /// Sends the deferred answers of `conn` whose sync is done, in order, acks coalesced into
+    /// `multiple` runs. `failed`: answers waiting on this epoch or before become nacks.
+    fn release_deferred(&mut self, conn: ConnId, failed: Option<u64>, out: &mut Vec<(ConnId, Out)>) {
+        let synced = self.synced_epoch;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            self.waiting.remove(&conn);
+            return;
+        };
+        let mut still_waiting = false;
+        let mut channels: Vec<u16> = c.channels.keys().copied().collect();
+        channels.sort_unstable();
+        for channel in channels {
+            let Some(ch) = c.channels.get_mut(&channel) else { continue };
+            let open = ch.state == ChannelState::Open;
+            // A run of acks: (first, last) publish sequence numbers.
+            let mut run: Option<(u64, u64)> = None;
+            let flush = |run: &mut Option<(u64, u64)>, out: &mut Vec<(ConnId, Out)>| {
+                if let Some((first, last)) = run.take() {
+                    if open {
+                        let method = Method::BasicAck { delivery_tag: last, multiple: last > first };
+                        out.push((conn, Out::Method { channel, method }));
+                    }
+                }
+            };
+            while let Some(d) = ch.deferred.front().copied() {
+                if d.epoch > synced {
+                    still_waiting = true;
+                    break;
+                }
+                ch.deferred.pop_front();
+                let kind = match (d.kind, failed) {
+                    (DeferredKind::Ack(seq), Some(f)) if d.epoch > 0 && d.epoch <= f => DeferredKind::Nack(seq),
+                    (k, _) => k,
+                };
+                match kind {
+                    DeferredKind::Ack(seq) => {
+                        run = Some(match run {
+                            Some((first, last)) if last + 1 == seq => (first, seq),
+                            other => {
+                                let mut prev = other;
+                                flush(&mut prev, out);
+                                (seq, seq)
+                            }
+                        });
+                    }
+                    DeferredKind::Nack(seq) => {
+                        flush(&mut run, out);
+                        if open {
+                            let method = Method::BasicNack { delivery_tag: seq, multiple: false, requeue: false };
+                            out.push((conn, Out::Method { channel, method }));
+                        }
+                    }
+                    DeferredKind::CommitOk => {
+                        flush(&mut run, out);
+                        if open {
+                            out.push((conn, Out::Method { channel, method: Method::TxCommitOk }));
+                        }
+                    }
+                }
+            }
+            flush(&mut run, out);
+        }
+        if still_waiting {
+            self.waiting.insert(conn);
+        } else {
+            self.waiting.remove(&conn);
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -340,23 +717,10 @@ impl Broker {
         }
     }
 
-    /// Ends a batch of frames from `conn`: confirms collected during it go out, coalesced with
-    /// `multiple` where they form a run.
+    /// Ends a batch of frames from `conn`: answers that need no sync (or whose sync is done)
+    /// go out, confirms coalesced with `multiple` where they form a run.
     pub fn end_batch(&mut self, conn: ConnId, out: &mut Vec<(ConnId, Out)>) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
-        for (&channel, ch) in c.channels.iter_mut() {
-            if let Some((first, last)) = ch.confirm_unsent.take() {
-                if ch.state == ChannelState::Open {
-                    out.push((
-                        conn,
-                        Out::Method {
-                            channel,
-                            method: Method::BasicAck { delivery_tag: last, multiple: last > first },
-                        },
-                    ));
-                }
-            }
-        }
+        self.release_deferred(conn, None, out);
     }
 
     /// The connection is gone (socket closed, or closed by protocol): requeue its unacked
@@ -376,6 +740,9 @@ impl Broker {
                 self.delete_queue(&c.vhost, &q, now_ms, out);
             }
         }
+        self.waiting.remove(&conn);
+        // Auto-delete queues and exchanges may have gone with the connection's consumers.
+        let _ = self.save_definitions();
     }
 
     /// The server wrote `bytes` of deliveries to the connection's socket.
@@ -541,7 +908,7 @@ impl Broker {
         let unacked: Vec<Unacked> = ch.unacked.drain(..).collect();
         let tags: Vec<ShortStr> = ch.consumers.keys().cloned().collect();
         ch.tx = None;
-        ch.confirm_unsent = None;
+        ch.deferred.clear();
         if let Some((_, suffix)) = ch.reply_to.take() {
             self.reply_targets.remove(&suffix);
         }
@@ -569,8 +936,11 @@ impl Broker {
             }
         };
         let ids = method.ids();
-        self.method(conn, channel, method, content, now_ms, out)
-            .map_err(|e| if e.class_id == 0 { e.on(ids) } else { e })
+        let result = self.method(conn, channel, method, content, now_ms, out);
+        // A durable definition that changed is on disk before the client hears of it: the
+        // answer is in `out`, written only after this returns.
+        let saved = self.save_definitions();
+        result.and(saved).map_err(|e| if e.class_id == 0 { e.on(ids) } else { e })
     }
 
     fn reply(out: &mut Vec<(ConnId, Out)>, conn: ConnId, channel: u16, method: Method) {
@@ -665,8 +1035,11 @@ impl Broker {
             Method::QueuePurge { queue, nowait } => {
                 let queue = self.resolve_queue_name(conn, channel, queue)?;
                 let (vhost, q) = self.queue_for_use(conn, &queue)?;
-                let _ = vhost;
-                let n = q.purge();
+                let n = q.purge().map_err(|e| internal(format_args!("cannot purge queue '{queue}': {e}")))?;
+                if q.durable {
+                    let key = (vhost, q.name.clone());
+                    self.dirty.insert(key);
+                }
                 if !nowait {
                     Self::reply(out, conn, channel, Method::QueuePurgeOk { message_count: n });
                 }
@@ -779,13 +1152,19 @@ impl Broker {
                 let ch = self.channel_mut(conn, channel)?;
                 let Some(tx) = ch.tx.as_mut() else { return Err(precondition("channel is not transactional")) };
                 let TxState { publishes, acks } = std::mem::take(tx);
+                let mut needs_sync = false;
                 for p in publishes {
-                    self.route_publish(conn, channel, p, now_ms, out)?;
+                    needs_sync |= self.route_publish(conn, channel, p, now_ms, out)?;
                 }
                 for op in acks {
                     self.apply_settle(conn, channel, op, now_ms, out)?;
                 }
-                Self::reply(out, conn, channel, Method::TxCommitOk);
+                // commit-ok promises the persistent messages are on disk: it waits for a sync.
+                let epoch = if needs_sync { self.write_epoch } else { 0 };
+                self.channel_mut(conn, channel)?.defer(epoch, DeferredKind::CommitOk);
+                if needs_sync {
+                    self.waiting.insert(conn);
+                }
                 Ok(())
             }
             Method::TxRollback => {
@@ -896,6 +1275,7 @@ impl Broker {
                 }
                 vh.exchanges
                     .insert(name.clone(), Exchange::new(name.clone(), kind, durable, auto_delete, internal, arguments));
+                self.defs_dirty |= durable;
                 Ok(())
             }
         }
@@ -917,26 +1297,33 @@ impl Broker {
         if if_unused && !x.bindings().is_empty() {
             return Err(precondition(format_args!("exchange '{name}' in vhost '{vhost}' in use")));
         }
-        Self::remove_exchange(vh, name);
+        self.defs_dirty |= Self::remove_exchange(vh, name);
         Ok(())
     }
 
     /// Removes an exchange, the bindings to it, and auto-delete exchanges left without bindings.
-    fn remove_exchange(vh: &mut VHost, name: &ShortStr) {
-        vh.exchanges.remove(name);
-        Self::remove_bindings_to(vh, &Destination::Exchange(name.clone()));
+    /// Returns true when a durable definition changed.
+    fn remove_exchange(vh: &mut VHost, name: &ShortStr) -> bool {
+        let durable = vh.exchanges.remove(name).is_some_and(|x| x.durable);
+        Self::remove_bindings_to(vh, &Destination::Exchange(name.clone())) || durable
     }
 
-    fn remove_bindings_to(vh: &mut VHost, dest: &Destination) {
+    /// Removes every binding to `dest`; true when a durable definition changed.
+    fn remove_bindings_to(vh: &mut VHost, dest: &Destination) -> bool {
         let mut emptied = Vec::new();
+        let mut durable_change = false;
         for x in vh.exchanges.values_mut() {
-            if x.unbind_all_to(dest) > 0 && x.auto_delete && x.bindings().is_empty() {
-                emptied.push(x.name.clone());
+            if x.unbind_all_to(dest) > 0 {
+                durable_change |= x.durable;
+                if x.auto_delete && x.bindings().is_empty() {
+                    emptied.push(x.name.clone());
+                }
             }
         }
         for name in emptied {
-            Self::remove_exchange(vh, &name);
+            durable_change |= Self::remove_exchange(vh, &name);
         }
+        durable_change
     }
 
     fn bind(
@@ -952,8 +1339,13 @@ impl Broker {
         let vhost = self.vhost_of(conn)?;
         self.check_binding_ends(conn, &vhost, &dest, source)?;
         let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(()) };
+        let durable_dest = match &dest {
+            Destination::Queue(q) => vh.queues.get(q).is_some_and(|q| q.durable && q.exclusive_owner.is_none()),
+            Destination::Exchange(x) => vh.exchanges.get(x).is_some_and(|x| x.durable),
+        };
         if let Some(x) = vh.exchanges.get_mut(source) {
-            x.bind(Binding { destination: dest, routing_key, arguments });
+            let added = x.bind(Binding { destination: dest, routing_key, arguments });
+            self.defs_dirty |= added && x.durable && durable_dest;
         }
         Ok(())
     }
@@ -973,12 +1365,12 @@ impl Broker {
         let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(()) };
         let mut emptied = false;
         if let Some(x) = vh.exchanges.get_mut(source) {
-            emptied = x.unbind(&Binding { destination: dest, routing_key, arguments })
-                && x.auto_delete
-                && x.bindings().is_empty();
+            let removed = x.unbind(&Binding { destination: dest, routing_key, arguments });
+            self.defs_dirty |= removed && x.durable;
+            emptied = removed && x.auto_delete && x.bindings().is_empty();
         }
         if emptied {
-            Self::remove_exchange(vh, source);
+            self.defs_dirty |= Self::remove_exchange(vh, source);
         }
         Ok(())
     }
@@ -1082,7 +1474,15 @@ impl Broker {
                     }
                 }
                 let owner = exclusive.then_some(conn);
-                vh.queues.insert(name.clone(), Queue::new(name.clone(), durable, owner, auto_delete, arguments));
+                // Exclusive queues die with their connection, so never outlive a restart.
+                let survives = durable && !exclusive;
+                let dir = if survives { self.store.durable_dir(&vhost, &name) } else { self.store.transient_dir() };
+                let (log, _) = SegmentLog::open(self.store.backend.clone(), &dir, self.store.log_config.clone())
+                    .map_err(|e| internal(format_args!("cannot create the log of queue '{name}': {e}")))?;
+                let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
+                vh.queues
+                    .insert(name.clone(), Queue::new(name.clone(), durable, owner, auto_delete, arguments, log, None));
+                self.defs_dirty |= survives;
                 (name.clone(), 0, 0)
             }
         };
@@ -1095,7 +1495,8 @@ impl Broker {
     fn delete_queue(&mut self, vhost: &str, name: &str, _now_ms: u64, out: &mut Vec<(ConnId, Out)>) -> u32 {
         let Some(vh) = self.vhosts.get_mut(vhost) else { return 0 };
         let Some(q) = vh.queues.remove(name) else { return 0 };
-        Self::remove_bindings_to(vh, &Destination::Queue(q.name.clone()));
+        self.defs_dirty |= Self::remove_bindings_to(vh, &Destination::Queue(q.name.clone()));
+        self.defs_dirty |= q.durable && q.exclusive_owner.is_none();
         for key in &q.consumers {
             let Some(c) = self.conns.get_mut(&key.conn) else { continue };
             if let Some(ch) = c.channels.get_mut(&key.channel) {
@@ -1111,7 +1512,12 @@ impl Broker {
                 }
             }
         }
-        q.message_count()
+        let n = q.message_count();
+        let qname = q.name.clone();
+        if let Err(e) = q.destroy() {
+            self.errors.push(format!("cannot remove the log of deleted queue '{qname}' in vhost '{vhost}': {e}"));
+        }
+        n
     }
 
     // ---- consumers -------------------------------------------------------------------------
@@ -1266,7 +1672,7 @@ impl Broker {
             tx.publishes.push(p);
             return Ok(());
         }
-        self.route_publish(conn, channel, p, now_ms, out)
+        self.route_publish(conn, channel, p, now_ms, out).map(|_| ())
     }
 
     /// Routes a publish to its queues, returns it when unroutable and mandatory, and records
@@ -1278,16 +1684,23 @@ impl Broker {
         p: Publish,
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
-    ) -> Res {
+    ) -> Result<bool, ProtocolError> {
         let vhost = self.vhost_of(conn)?;
+        let mut needs_sync = false;
         let routed = if p.exchange.is_empty() && p.routing_key.starts_with(REPLY_TO_PREFIX) {
             self.deliver_reply(&p, out)
         } else {
             let queues = self.route(&vhost, &p.exchange, &p.routing_key, p.msg.properties.headers.as_ref());
-            let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(()) };
+            let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(false) };
             for q in &queues {
                 if let Some(queue) = vh.queues.get_mut(q) {
-                    queue.push(p.msg.clone());
+                    let persistent = queue.push(p.msg.clone()).map_err(|e| {
+                        internal(format_args!("cannot write a message to queue '{q}' in vhost '{vhost}': {e}"))
+                    })?;
+                    if persistent {
+                        needs_sync = true;
+                        self.dirty.insert((vhost.clone(), q.clone()));
+                    }
                 }
             }
             for q in &queues {
@@ -1311,11 +1724,14 @@ impl Broker {
             ));
         }
         if let Some(seq) = p.confirm_seq {
-            if let Ok(ch) = self.channel_mut(conn, channel) {
-                ch.confirm(seq);
+            // A persistent message in a durable queue is confirmed once it is on disk.
+            let epoch = if needs_sync { self.write_epoch } else { 0 };
+            self.channel_mut(conn, channel)?.defer(epoch, DeferredKind::Ack(seq));
+            if needs_sync {
+                self.waiting.insert(conn);
             }
         }
-        Ok(())
+        Ok(needs_sync)
     }
 
     /// The queues a message reaches from `exchange`, following exchange-to-exchange bindings
@@ -1391,8 +1807,9 @@ impl Broker {
     /// Hands ready messages of a queue to its consumers, round-robin, within their prefetch
     /// limits and while their connections can take more.
     fn dispatch(&mut self, vhost: &str, queue: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
-        let Broker { vhosts, conns, .. } = self;
+        let Broker { vhosts, conns, errors, dirty, .. } = self;
         let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
+        let mut settled_any = false;
         while !q.is_empty() && !q.consumers.is_empty() {
             let n = q.consumers.len();
             let chosen = (0..n).map(|i| (q.rr + i) % n).find(|&idx| {
@@ -1409,7 +1826,15 @@ impl Broker {
             let Some(idx) = chosen else { break };
             q.rr = (idx + 1) % n;
             let key = q.consumers[idx].clone();
-            let Some(m) = q.pop() else { break };
+            let m = match q.pop() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    errors.push(format!("cannot read queue '{queue}' in vhost '{vhost}' from disk: {e}"));
+                    break;
+                }
+            };
+            q.mark_delivered(m.seq);
             let Some(c) = conns.get_mut(&key.conn) else { break };
             let Some(ch) = c.channels.get_mut(&key.channel) else { break };
             let delivery_tag = ch.take_delivery_tag();
@@ -1425,6 +1850,12 @@ impl Broker {
                     consumer: Some(key.tag.clone()),
                     delivered_at_ms: now_ms,
                 });
+            } else {
+                // Acknowledged on delivery: it leaves the log now.
+                if let Err(e) = q.settle(m.seq) {
+                    errors.push(format!("cannot settle a message of queue '{queue}' in vhost '{vhost}': {e}"));
+                }
+                settled_any = true;
             }
             c.out_bytes += m.msg.wire_size();
             out.push((
@@ -1441,6 +1872,9 @@ impl Broker {
                     msg: m.msg,
                 },
             ));
+        }
+        if settled_any && q.durable {
+            dirty.insert((Arc::from(vhost), q.name.clone()));
         }
     }
 
@@ -1466,16 +1900,23 @@ impl Broker {
         out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
         let queue = self.resolve_queue_name(conn, channel, queue)?;
-        let (_, q) = self.queue_for_use(conn, &queue)?;
-        let Some(m) = q.pop() else {
+        let (vhost, q) = self.queue_for_use(conn, &queue)?;
+        let popped = q.pop().map_err(|e| internal(format_args!("cannot read queue '{queue}' from disk: {e}")))?;
+        let Some(m) = popped else {
             Self::reply(out, conn, channel, Method::BasicGetEmpty);
             return Ok(());
         };
-        if !no_ack {
+        q.mark_delivered(m.seq);
+        if no_ack {
+            q.settle(m.seq).map_err(|e| internal(format_args!("cannot settle a message of queue '{queue}': {e}")))?;
+        } else {
             q.unacked += 1;
         }
         let message_count = q.message_count();
         let qname = q.name.clone();
+        if q.durable {
+            self.dirty.insert((vhost, qname.clone()));
+        }
         let ch = self.channel_mut(conn, channel)?;
         let delivery_tag = ch.take_delivery_tag();
         if !no_ack {
@@ -1544,6 +1985,12 @@ impl Broker {
                     for u in &settled {
                         if let Some(q) = vh.queues.get_mut(&u.queue) {
                             q.unacked = q.unacked.saturating_sub(1);
+                            if let Err(e) = q.settle(u.seq) {
+                                self.errors.push(format!("cannot settle a message of queue '{}': {e}", u.queue));
+                            }
+                            if q.durable {
+                                self.dirty.insert((vhost.clone(), u.queue.clone()));
+                            }
                         }
                     }
                 }

@@ -42,6 +42,24 @@ pub enum AckOp {
     Nack { delivery_tag: u64, multiple: bool, requeue: bool },
 }
 
+/// What a deferred answer is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeferredKind {
+    /// basic.ack of a publish (confirm mode), by publish sequence number.
+    Ack(u64),
+    /// basic.nack of a publish the store failed to take.
+    Nack(u64),
+    /// tx.commit-ok of a transaction whose persistent messages must reach the disk first.
+    CommitOk,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Deferred {
+    /// The store sync epoch that must complete first; 0 when nothing needs syncing.
+    pub epoch: u64,
+    pub kind: DeferredKind,
+}
+
 #[derive(Debug, Default)]
 pub struct TxState {
     pub publishes: Vec<crate::broker::Publish>,
@@ -63,8 +81,9 @@ pub struct Channel {
     pub flow_active: bool,
     /// Confirm mode: the sequence number of the next publish.
     pub confirm_next: Option<u64>,
-    /// Publishes confirmed but not yet told to the client: (first, last) sequence numbers.
-    pub confirm_unsent: Option<(u64, u64)>,
+    /// Answers held back until the store has synced the epoch they wait for (0: none), in the
+    /// order the client must see them.
+    pub deferred: VecDeque<Deferred>,
     pub tx: Option<TxState>,
     /// The queue named by the last queue.declare, for methods given an empty queue name.
     pub last_queue: Option<ShortStr>,
@@ -88,7 +107,7 @@ impl Channel {
             prefetch_channel: 0,
             flow_active: true,
             confirm_next: None,
-            confirm_unsent: None,
+            deferred: VecDeque::new(),
             tx: None,
             last_queue: None,
             reply_to: None,
@@ -136,12 +155,9 @@ impl Channel {
         }
     }
 
-    /// Records that a publish was confirmed, to be told at the end of the batch.
-    pub fn confirm(&mut self, seq: u64) {
-        self.confirm_unsent = Some(match self.confirm_unsent {
-            Some((first, _)) => (first, seq),
-            None => (seq, seq),
-        });
+    /// Queues an answer behind those already waiting.
+    pub fn defer(&mut self, epoch: u64, kind: DeferredKind) {
+        self.deferred.push_back(Deferred { epoch, kind });
     }
 }
 

@@ -8,6 +8,7 @@
 //! - [`exchange`]: one file per exchange type behind the `Router` trait.
 //! - [`message`]: a published message, shared by every queue it reaches.
 //! - [`config`]: the limits and settings the broker enforces.
+//! - [`definitions`]: the durable definitions snapshot.
 //! - [`auth`]: the user store and SASL mechanisms.
 //!
 //! # Invariants
@@ -19,11 +20,12 @@ pub mod auth;
 pub mod broker;
 pub mod channel;
 pub mod config;
+pub mod definitions;
 pub mod exchange;
 pub mod message;
 pub mod queue;
 
-pub use broker::{Broker, ConnInfo, Out, Overview, QueueInfo};
+pub use broker::{Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, SyncJob};
 pub use config::Config;
 
 /// Identifies a client connection for the lifetime of the broker process.

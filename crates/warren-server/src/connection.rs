@@ -269,7 +269,12 @@ impl Connection {
                 }
             }
             broker.end_batch(self.id, &mut self.out);
+            let sync_wanted = broker.sync_wanted();
+            Shared::log_errors(&mut broker);
             drop(broker);
+            if sync_wanted {
+                self.shared.sync_wanted.notify_one();
+            }
             self.shared.route_outputs(self.id, &mut self.out, &mut self.mine);
         }
         if let Some(e) = error {

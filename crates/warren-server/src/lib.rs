@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use warren_core::{Broker, ConnId, Out};
 
 /// How long a client may take from TCP connect to connection.open (RabbitMQ's
@@ -34,6 +34,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Initial size of a connection's read buffer; one read takes in up to this much.
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// How often writes that nobody waits for (acks, messages published without confirms) are
+/// synced anyway; it bounds what a crash can lose of them. Confirms never wait for this: they
+/// start a sync at once.
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(200);
 
 type Outbox = mpsc::UnboundedSender<Vec<Out>>;
 
@@ -44,6 +48,8 @@ pub struct Shared {
     next_conn: AtomicU64,
     started: Instant,
     shutdown: watch::Receiver<bool>,
+    /// Wakes the sync task when answers wait for the disk.
+    sync_wanted: Notify,
 }
 
 impl Shared {
@@ -56,6 +62,13 @@ impl Shared {
     /// state as it is rather than taking every connection down.
     pub fn broker(&self) -> MutexGuard<'_, Broker> {
         self.broker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Logs storage failures the broker reported.
+    fn log_errors(broker: &mut Broker) {
+        for e in broker.take_errors() {
+            tracing::error!("{e}");
+        }
     }
 
     fn outboxes(&self) -> MutexGuard<'_, HashMap<ConnId, Outbox>> {
@@ -104,6 +117,7 @@ impl Server {
             next_conn: AtomicU64::new(1),
             started: Instant::now(),
             shutdown,
+            sync_wanted: Notify::new(),
         });
         Server { shared, shutdown_tx }
     }
@@ -115,6 +129,7 @@ impl Server {
     /// Accepts AMQP connections until shutdown, and runs the broker's periodic work.
     pub async fn serve(&self, listener: TcpListener) {
         let ticker = tokio::spawn(tick_loop(self.shared.clone()));
+        let syncer = tokio::spawn(sync_loop(self.shared.clone()));
         let mut shutdown = self.shared.shutdown.clone();
         loop {
             tokio::select! {
@@ -134,6 +149,7 @@ impl Server {
             }
         }
         ticker.abort();
+        syncer.abort();
     }
 
     /// Asks every connection to close (320 CONNECTION_FORCED) and stops accepting.
@@ -156,6 +172,39 @@ async fn tick_loop(shared: Arc<Shared>) {
         interval.tick().await;
         shared.broker().tick(shared.now_ms(), &mut out);
         shared.route_outputs(0, &mut out, &mut none);
+    }
+}
+
+/// Group commit: syncs the store when answers wait for it (at once) or when writes are
+/// unsynced (every [`SYNC_INTERVAL`]). Each round syncs every file written before it began, for
+/// all connections, outside the broker lock; writes made meanwhile go into the next round.
+async fn sync_loop(shared: Arc<Shared>) {
+    let mut none = Vec::new();
+    let mut out = Vec::new();
+    loop {
+        tokio::select! {
+            _ = shared.sync_wanted.notified() => {}
+            _ = tokio::time::sleep(SYNC_INTERVAL) => {}
+        }
+        loop {
+            let job = {
+                let mut b = shared.broker();
+                if !b.sync_wanted() && !b.has_unsynced_writes() {
+                    break;
+                }
+                b.begin_sync()
+            };
+            let handles = job.handles;
+            let result = tokio::task::spawn_blocking(move || handles.iter().try_for_each(|h| h.sync()))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            {
+                let mut b = shared.broker();
+                b.end_sync(job.epoch, result, &mut out);
+                Shared::log_errors(&mut b);
+            }
+            shared.route_outputs(0, &mut out, &mut none);
+        }
     }
 }
 

@@ -89,7 +89,22 @@ async fn run(settings: Settings) -> Result<(), String> {
     let amqp_addr = amqp.local_addr().map_err(|e| e.to_string())?;
     let http_addr = http.local_addr().map_err(|e| e.to_string())?;
 
-    let server = warren_server::Server::new(warren_core::Broker::new(settings.core.clone()));
+    let started = std::time::Instant::now();
+    tracing::info!("recovering from {}", settings.data_dir.display());
+    let backend: std::sync::Arc<dyn warren_store::Backend> = std::sync::Arc::new(warren_store::FsBackend);
+    let (broker, report) = warren_core::Broker::open(settings.core.clone(), backend, settings.data_dir.clone())?;
+    for line in &report.corrupt {
+        tracing::error!("{line}");
+    }
+    tracing::info!(
+        "recovered {} durable queues holding {} messages, {} exchanges and {} bindings in {} ms",
+        report.queues,
+        report.messages,
+        report.exchanges,
+        report.bindings,
+        started.elapsed().as_millis()
+    );
+    let server = warren_server::Server::new(broker);
     let shared = server.shared();
     tokio::spawn(async move {
         if let Err(e) = warren_http::serve(http, shared).await {

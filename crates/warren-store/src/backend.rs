@@ -1,0 +1,63 @@
+//! The seam between the log and the file system.
+//!
+//! The log never touches `std::fs`; it asks a [`Backend`]. [`FsBackend`] is the real thing;
+//! [`MemBackend`] keeps every file in memory and remembers, per file, which bytes were merely
+//! written and which prefix was made durable by a sync, so crash tests can throw away any suffix
+//! of the unsynced bytes, exactly as a power cut may.
+//!
+//! Invariant the log relies on: files are only ever appended to, truncated at recovery, replaced
+//! whole, or removed; a read sees every byte appended before it.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+mod fs;
+mod mem;
+
+pub use fs::FsBackend;
+pub use mem::MemBackend;
+
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Names (not paths) of the files in `dir`, sorted; empty if the dir does not exist.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Whole content of a file.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Opens for appending, creating it if missing.
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    fn remove_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Atomically replaces `path` with `bytes`, durable when this returns (write temp file, fsync,
+    /// rename, fsync dir).
+    fn replace_durably(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
+    /// Truncates a file to `len` (used to cut a torn tail at recovery).
+    fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (fewer only at the
+    /// end of the file). The log streams segments through this, a bounded chunk at a time.
+    ///
+    /// The default reads the whole file; backends should override it.
+    fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let all = self.read(path)?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(all.len());
+        let n = buf.len().min(all.len() - start);
+        buf[..n].copy_from_slice(&all[start..start + n]);
+        Ok(n)
+    }
+}
+
+pub trait AppendFile: Send + std::fmt::Debug {
+    fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// A handle that makes everything appended so far durable; callable from another thread
+    /// without the log (group commit: the broker collects handles under its lock, fsyncs outside
+    /// it).
+    fn sync_handle(&self) -> Arc<dyn SyncHandle>;
+}
+
+pub trait SyncHandle: Send + Sync + std::fmt::Debug {
+    fn sync(&self) -> io::Result<()>;
+}

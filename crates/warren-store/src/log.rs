@@ -1,0 +1,917 @@
+//! [`SegmentLog`]: one queue's messages, as segment files plus one ack file per segment.
+//!
+//! Responsibilities: append records with contiguous seqs, stream them back in seq order skipping
+//! settled ones, record settles, delete a segment once every record in it is settled, and rebuild
+//! exactly the unsettled persistent set at [`SegmentLog::open`]. The byte layout lives in
+//! `format.rs` and docs/store-format.md.
+//!
+//! Invariants:
+//! - Segment `base` (its file name) holds exactly seqs `base..base + records`; bases increase
+//!   with the file names; seqs of different segments never overlap.
+//! - In memory there is no per-record state for unsettled records: per segment two counters and,
+//!   only once something in it is settled, a bitmap of one bit per record.
+//! - Recovery never hands out a seq that any surviving file mentions, so an ack entry that outlived
+//!   its (unsynced, lost) record cannot settle a later record that reuses the seq.
+//! - Writes are buffered in the log (no syscall per record); `pending_sync` flushes every buffer
+//!   before handing out sync handles, so syncing them covers every call made before it.
+//! - After any write error the log is failed: mutating calls return errors and `pending_sync`
+//!   returns a handle whose `sync` fails, because the files may no longer match the bookkeeping.
+//!   The caller recovers by dropping the log and opening it again.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::backend::{AppendFile, Backend, SyncHandle};
+use crate::bitmap::Bitmap;
+use crate::format::{
+    check_record, encode_header, encode_record, record_header, scan_acks, scan_segment, AckEntry, FileKind,
+    UnknownVersion, ACK_ENTRY_LEN, FILE_HEADER_LEN, MAX_PAYLOAD_BYTES, REC_HEADER_LEN,
+};
+
+/// Appended bytes are flushed to the backend once a file's buffer reaches this. Why: one write
+/// syscall per this many bytes instead of one per record, while bounding the memory per log.
+pub const WRITE_BUF_BYTES: usize = 64 << 10;
+/// Reads fetch segments in chunks of this many bytes (more only for a larger record). Why: a
+/// sequential reader costs one read call per chunk, and a reader holds at most this much.
+pub const READ_CHUNK_BYTES: usize = 64 << 10;
+/// At most this many ack files are kept open for writing; the least recently used is flushed and
+/// closed beyond it. Why: settles cluster in the oldest segments, and a queue with thousands of
+/// segments must not hold thousands of file descriptors.
+pub const ACK_WRITERS_OPEN: usize = 4;
+
+const SEG_SUFFIX: &str = ".seg";
+const ACK_SUFFIX: &str = ".ack";
+/// Segment and ack files are named by their base seq in this many zero-padded decimal digits, so
+/// that sorting names sorts bases (u64::MAX has 20 digits).
+const NAME_DIGITS: usize = 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A segment is closed (and a new one started at the next append) once it holds this many
+    /// bytes. Bigger segments mean fewer files; smaller ones give space back sooner.
+    pub segment_bytes: u64,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { segment_bytes: 8 << 20 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seq: u64,
+    pub persistent: bool,
+    pub payload: Bytes,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corruption {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Unsettled persistent records found (what the queue holds after restart).
+    pub unsettled: u64,
+    /// Highest seq ever marked delivered (mark_delivered) and persisted, if any: recovered records
+    /// with seq <= this are to be redelivered with redelivered=true.
+    pub delivered_through: Option<u64>,
+    pub corrupt: Vec<Corruption>,
+}
+
+/// Per-segment bookkeeping: a few dozen bytes, plus one bit per record once anything is settled.
+#[derive(Debug, Default)]
+struct Segment {
+    records: u64,
+    settled: u64,
+    settled_bits: Option<Bitmap>,
+    /// Logical length of the segment file, including bytes still in the write buffer.
+    seg_len: u64,
+    /// Logical length of the ack file; 0 if there is none.
+    ack_len: u64,
+    /// Part of the file could not be read at recovery; never appended to again.
+    corrupt: bool,
+}
+
+impl Segment {
+    /// Settles seqs `from..to` (clamped to this segment); returns how many were unsettled.
+    fn settle_span(&mut self, base: u64, from: u64, to: u64) -> u64 {
+        let end = base + self.records;
+        let (from, to) = (from.max(base), to.min(end));
+        if from >= to {
+            return 0;
+        }
+        let newly = self.settled_bits.get_or_insert_with(Bitmap::default).set_range(from - base, to - base);
+        self.settled += newly;
+        debug_assert!(self.settled <= self.records);
+        newly
+    }
+
+    fn is_settled(&self, base: u64, seq: u64) -> bool {
+        self.settled_bits.as_ref().is_some_and(|b| b.get(seq - base))
+    }
+
+    fn fully_settled(&self) -> bool {
+        self.settled == self.records
+    }
+}
+
+/// A file being appended to, with the log's write buffer in front of it.
+#[derive(Debug)]
+struct Writer {
+    base: u64,
+    file: Box<dyn AppendFile>,
+    buf: Vec<u8>,
+    /// Written since the last `pending_sync` (its sync handle is in `pending`).
+    dirty: bool,
+    /// The last ack entry still in `buf` and where it starts: a following settle that continues
+    /// it is merged into it, so in-order acks cost one entry per flush, not one per record.
+    last_ack: Option<(usize, AckEntry)>,
+}
+
+impl Writer {
+    fn new(base: u64, file: Box<dyn AppendFile>) -> Self {
+        Writer { base, file, buf: Vec::new(), dirty: false, last_ack: None }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            self.file.append(&self.buf)?;
+            self.buf.clear();
+            self.last_ack = None;
+        }
+        Ok(())
+    }
+
+    /// Buffers an ack entry; returns the bytes it added to the file (0 when merged).
+    fn push_ack(&mut self, entry: AckEntry) -> u64 {
+        if let (Some((at, last)), Some((from, to))) = (self.last_ack, settle_span(entry)) {
+            if let Some((a, b)) = settle_span(last) {
+                if b == from {
+                    let merged = AckEntry::SettleRange(a, to);
+                    merged.encode_into(&mut self.buf[at..at + ACK_ENTRY_LEN]);
+                    self.last_ack = Some((at, merged));
+                    return 0;
+                }
+            }
+        }
+        self.last_ack = Some((self.buf.len(), entry));
+        entry.encode(&mut self.buf);
+        ACK_ENTRY_LEN as u64
+    }
+}
+
+fn settle_span(entry: AckEntry) -> Option<(u64, u64)> {
+    match entry {
+        AckEntry::Settle(seq) => Some((seq, seq + 1)),
+        AckEntry::SettleRange(from, to) => Some((from, to)),
+        AckEntry::Delivered(_) => None,
+    }
+}
+
+/// Where the last read ended: the record at `offset` of segment `base` has seq `seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    base: u64,
+    offset: u64,
+    seq: u64,
+}
+
+/// A window of one segment's bytes: `data` is the file from offset `start`.
+#[derive(Debug, Default)]
+struct ReadBuf {
+    base: Option<u64>,
+    start: u64,
+    data: Vec<u8>,
+}
+
+impl ReadBuf {
+    /// Makes `need` bytes at `offset` available, reading a chunk (never past `file_len`, the
+    /// segment's known length) if the window does not hold them.
+    fn fill(
+        &mut self,
+        backend: &dyn Backend,
+        path: &Path,
+        (base, file_len): (u64, u64),
+        offset: u64,
+        need: u64,
+    ) -> io::Result<()> {
+        if self.base == Some(base) && offset >= self.start && offset + need <= self.start + self.data.len() as u64 {
+            return Ok(());
+        }
+        self.base = None;
+        let chunk = file_len.saturating_sub(offset).min(READ_CHUNK_BYTES as u64);
+        let size = usize::try_from(need.max(chunk)).unwrap_or(usize::MAX);
+        self.data.clear();
+        self.data.resize(size, 0);
+        let n = backend.read_at(path, offset, &mut self.data)?;
+        self.data.truncate(n);
+        if (n as u64) < need {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{}: record at offset {offset} is cut short", path.display()),
+            ));
+        }
+        self.base = Some(base);
+        self.start = offset;
+        Ok(())
+    }
+
+    fn slice(&self, offset: u64, len: u64) -> &[u8] {
+        let s = (offset - self.start) as usize;
+        &self.data[s..s + len as usize]
+    }
+}
+
+/// The sync handle handed out by a failed log: syncing it reports the failure, so nothing the
+/// caller waits on is confirmed.
+#[derive(Debug)]
+struct FailedSync {
+    kind: io::ErrorKind,
+    message: String,
+}
+
+impl SyncHandle for FailedSync {
+    fn sync(&self) -> io::Result<()> {
+        Err(io::Error::new(self.kind, format!("segment log failed earlier: {}", self.message)))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tag {
+    Seg(u64),
+    Ack(u64),
+}
+
+#[derive(Debug)]
+pub struct SegmentLog {
+    backend: Arc<dyn Backend>,
+    dir: PathBuf,
+    config: LogConfig,
+    segments: BTreeMap<u64, Segment>,
+    /// The segment appends go to; `None` means the next append starts a new one at `next_seq`.
+    active: Option<u64>,
+    seg_writer: Option<Writer>,
+    /// Open ack files, least recently used first; at most ACK_WRITERS_OPEN.
+    ack_writers: Vec<Writer>,
+    /// Sync handles of the files written since the last `pending_sync`.
+    pending: Vec<(Tag, Arc<dyn SyncHandle>)>,
+    next_seq: u64,
+    unsettled: u64,
+    delivered: Option<u64>,
+    /// Segment whose ack file holds the newest delivered entry written.
+    delivered_in: Option<u64>,
+    /// `delivered` is newer than what the files say.
+    delivered_dirty: bool,
+    cursor: Option<Cursor>,
+    rbuf: ReadBuf,
+    failed: Option<(io::ErrorKind, String)>,
+    destroyed: bool,
+}
+
+fn parse_name(name: &str) -> Option<(u64, FileKind)> {
+    let (digits, kind) = if let Some(d) = name.strip_suffix(SEG_SUFFIX) {
+        (d, FileKind::Segment)
+    } else {
+        (name.strip_suffix(ACK_SUFFIX)?, FileKind::Ack)
+    };
+    if digits.len() != NAME_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((digits.parse().ok()?, kind))
+}
+
+fn unknown_version(path: &Path, UnknownVersion(v): UnknownVersion) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{}: unsupported store format version {v}", path.display()))
+}
+
+fn ignore_not_found(r: io::Result<()>) -> io::Result<()> {
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+/// Refuses payloads the format cannot hold.
+pub fn check_payload_len(len: usize) -> io::Result<()> {
+    if len > MAX_PAYLOAD_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("payload of {len} bytes exceeds the store limit of {MAX_PAYLOAD_BYTES}"),
+        ));
+    }
+    Ok(())
+}
+
+impl SegmentLog {
+    /// Opens (creating if absent) the log in `dir` and recovers it: validates every record's
+    /// checksum; a torn or truncated tail of a segment is cut off (truncate); a corrupt record is
+    /// reported in `corrupt` (path + byte offset + reason) and the rest of THAT segment after it
+    /// is skipped, later segments are still read; records flagged non-persistent are treated as
+    /// settled (transient messages do not survive a restart); settled records (from the ack
+    /// files) are skipped. Never panics on any file content. Fails on I/O errors and on files of
+    /// an unknown format version.
+    pub fn open(backend: Arc<dyn Backend>, dir: &Path, config: LogConfig) -> io::Result<(SegmentLog, Recovered)> {
+        backend.create_dir_all(dir)?;
+        let mut log = SegmentLog {
+            backend,
+            dir: dir.to_path_buf(),
+            config,
+            segments: BTreeMap::new(),
+            active: None,
+            seg_writer: None,
+            ack_writers: Vec::new(),
+            pending: Vec::new(),
+            next_seq: 0,
+            unsettled: 0,
+            delivered: None,
+            delivered_in: None,
+            delivered_dirty: false,
+            cursor: None,
+            rbuf: ReadBuf::default(),
+            failed: None,
+            destroyed: false,
+        };
+        let recovered = log.recover()?;
+        Ok((log, recovered))
+    }
+
+    fn recover(&mut self) -> io::Result<Recovered> {
+        let mut corrupt = Vec::new();
+        let mut seg_bases = Vec::new();
+        let mut ack_bases = Vec::new();
+        for name in self.backend.list(&self.dir)? {
+            match parse_name(&name) {
+                Some((base, FileKind::Segment)) => seg_bases.push(base),
+                Some((base, FileKind::Ack)) => ack_bases.push(base),
+                None => {}
+            }
+        }
+        seg_bases.sort_unstable();
+        ack_bases.sort_unstable();
+        // Never reuse a seq any surviving file mentions (see the module invariants).
+        let mut next_seq = 0u64;
+
+        for base in seg_bases {
+            let path = self.seg_path(base);
+            let bytes = self.backend.read(&path)?;
+            let scan = scan_segment(&bytes, base).map_err(|v| unknown_version(&path, v))?;
+            drop(bytes);
+            if scan.torn {
+                self.backend.truncate(&path, scan.valid_len)?;
+            }
+            let mut seg = Segment {
+                records: scan.records,
+                seg_len: scan.valid_len,
+                corrupt: scan.corruption.is_some(),
+                ..Segment::default()
+            };
+            if let Some((offset, reason)) = scan.corruption {
+                corrupt.push(Corruption { path, offset, reason });
+            }
+            for t in scan.transient {
+                seg.settle_span(base, base + t, base + t + 1);
+            }
+            next_seq = next_seq.max(base.saturating_add(seg.records));
+            if let Some(max) = scan.max_seq {
+                next_seq = next_seq.max(max.saturating_add(1));
+            }
+            self.segments.insert(base, seg);
+        }
+
+        for base in ack_bases {
+            let path = self.ack_path(base);
+            let bytes = self.backend.read(&path)?;
+            let mut seg = self.segments.get_mut(&base);
+            let mut max_ref: Option<u64> = None;
+            let mut delivered: Option<u64> = None;
+            let scan = scan_acks(&bytes, |entry| {
+                max_ref = max_ref.max(Some(entry.max_seq()));
+                match entry {
+                    AckEntry::Settle(seq) => {
+                        if let Some(seg) = seg.as_deref_mut() {
+                            seg.settle_span(base, seq, seq + 1);
+                        }
+                    }
+                    AckEntry::SettleRange(from, to) => {
+                        if let Some(seg) = seg.as_deref_mut() {
+                            seg.settle_span(base, from, to);
+                        }
+                    }
+                    AckEntry::Delivered(seq) => delivered = delivered.max(Some(seq)),
+                }
+            })
+            .map_err(|v| unknown_version(&path, v))?;
+            drop(bytes);
+            if let Some(max) = max_ref {
+                next_seq = next_seq.max(max.saturating_add(1));
+            }
+            if delivered.is_some() && delivered > self.delivered {
+                self.delivered = delivered;
+                self.delivered_in = Some(base);
+            }
+            match seg {
+                // The segment was deleted but this ack file outlived it: its settles are moot.
+                None => ignore_not_found(self.backend.remove_file(&path))?,
+                Some(seg) => {
+                    if scan.torn {
+                        self.backend.truncate(&path, scan.valid_len)?;
+                    }
+                    seg.ack_len = scan.valid_len;
+                    if let Some((offset, reason)) = scan.corruption {
+                        corrupt.push(Corruption { path, offset, reason });
+                    }
+                }
+            }
+        }
+
+        // Appends continue in the last segment only if it is healthy and ends exactly at next_seq;
+        // otherwise the next append starts a new segment, named past the last one.
+        if let Some((&last, seg)) = self.segments.last_key_value() {
+            if !seg.corrupt && last + seg.records == next_seq {
+                self.active = Some(last);
+            } else {
+                next_seq = next_seq.max(last.saturating_add(1));
+            }
+        }
+        self.next_seq = next_seq;
+        self.unsettled = self.segments.values().map(|s| s.records - s.settled).sum();
+        let done: Vec<u64> = self
+            .segments
+            .iter()
+            .filter(|(&base, seg)| seg.fully_settled() && Some(base) != self.active)
+            .map(|(&base, _)| base)
+            .collect();
+        for base in done {
+            self.delete_segment(base)?;
+        }
+        if self.delivered_in.is_some_and(|b| !self.segments.contains_key(&b)) {
+            self.delivered_in = None;
+            self.delivered_dirty = true;
+        }
+        Ok(Recovered { unsettled: self.unsettled, delivered_through: self.delivered, corrupt })
+    }
+
+    /// Appends a record; returns its seq (seqs are contiguous, starting at 0 for a new log,
+    /// continuing after the highest seq seen on recovery). Rolls to a new segment file when the
+    /// current one reaches segment_bytes. Not durable until a sync handle from `pending_sync` has
+    /// been synced. Payloads over MAX_PAYLOAD_BYTES are refused with `InvalidInput`.
+    pub fn append(&mut self, payload: &[u8], persistent: bool) -> io::Result<u64> {
+        self.check_failed()?;
+        check_payload_len(payload.len())?;
+        let r = self.append_inner(payload, persistent);
+        self.fail_on_err(r)
+    }
+
+    fn append_inner(&mut self, payload: &[u8], persistent: bool) -> io::Result<u64> {
+        let full = match self.active.and_then(|b| self.segments.get(&b)) {
+            None => true,
+            Some(seg) => seg.records > 0 && seg.seg_len >= self.config.segment_bytes,
+        };
+        if full {
+            self.roll()?;
+        }
+        let base = self.open_seg_writer()?;
+        let seq = self.next_seq;
+        let (Some(w), Some(seg)) = (self.seg_writer.as_mut(), self.segments.get_mut(&base)) else {
+            return Err(io::Error::other("segment writer missing after open"));
+        };
+        debug_assert_eq!(base + seg.records, seq);
+        let before = w.buf.len();
+        encode_record(&mut w.buf, seq, persistent, payload);
+        seg.seg_len += (w.buf.len() - before) as u64;
+        seg.records += 1;
+        mark_dirty(&mut self.pending, w, Tag::Seg(base));
+        if w.buf.len() >= WRITE_BUF_BYTES {
+            w.flush()?;
+        }
+        self.next_seq += 1;
+        self.unsettled += 1;
+        Ok(seq)
+    }
+
+    /// Closes the active segment (deleting it if everything in it is settled) and starts a new
+    /// one at `next_seq`.
+    fn roll(&mut self) -> io::Result<()> {
+        if let Some(mut w) = self.seg_writer.take() {
+            w.flush()?;
+        }
+        if let Some(old) = self.active.take() {
+            if self.segments.get(&old).is_some_and(Segment::fully_settled) {
+                self.delete_segment(old)?;
+            }
+        }
+        debug_assert!(self.segments.keys().next_back().is_none_or(|&b| b < self.next_seq));
+        self.segments.insert(self.next_seq, Segment::default());
+        self.active = Some(self.next_seq);
+        Ok(())
+    }
+
+    /// Makes sure `seg_writer` writes the active segment; returns its base.
+    fn open_seg_writer(&mut self) -> io::Result<u64> {
+        let Some(base) = self.active else {
+            return Err(io::Error::other("no active segment"));
+        };
+        if self.seg_writer.as_ref().is_some_and(|w| w.base == base) {
+            return Ok(base);
+        }
+        if let Some(mut w) = self.seg_writer.take() {
+            w.flush()?;
+        }
+        let file = self.backend.open_append(&self.seg_path(base))?;
+        let Some(seg) = self.segments.get_mut(&base) else {
+            return Err(io::Error::other("active segment missing"));
+        };
+        if file.len() != seg.seg_len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("segment {base}: file is {} bytes, expected {}", file.len(), seg.seg_len),
+            ));
+        }
+        let mut w = Writer::new(base, file);
+        if seg.seg_len == 0 {
+            encode_header(FileKind::Segment, &mut w.buf);
+            seg.seg_len = FILE_HEADER_LEN as u64;
+            mark_dirty(&mut self.pending, &mut w, Tag::Seg(base));
+        }
+        self.seg_writer = Some(w);
+        Ok(base)
+    }
+
+    /// Up to max_records records (and stopping once max_bytes of payload is reached, but always
+    /// at least one if any) with seq >= from_seq, unsettled only, in seq order. A read that
+    /// continues where the last one ended resumes from a cursor; one starting elsewhere scans its
+    /// segment from the start. A record failing its checksum now (damage since open) is an
+    /// `InvalidData` error naming the file and offset.
+    pub fn read(&mut self, from_seq: u64, max_records: usize, max_bytes: usize) -> io::Result<Vec<Record>> {
+        self.check_failed()?;
+        let mut out = Vec::new();
+        if max_records == 0 || from_seq >= self.next_seq {
+            return Ok(out);
+        }
+        let Some(mut cur) = self.start_position(from_seq) else {
+            return Ok(out);
+        };
+        let mut bytes = 0usize;
+        let mut at_end = false;
+        loop {
+            let Some(seg) = self.segments.get(&cur.base) else {
+                at_end = true;
+                break;
+            };
+            if cur.seq >= cur.base + seg.records {
+                match self.segments.range(cur.base + 1..).next() {
+                    Some((&next, _)) => {
+                        cur = Cursor { base: next, offset: FILE_HEADER_LEN as u64, seq: next };
+                        continue;
+                    }
+                    None => {
+                        at_end = true;
+                        break;
+                    }
+                }
+            }
+            if let Some(w) = self.seg_writer.as_mut().filter(|w| w.base == cur.base && !w.buf.is_empty()) {
+                let r = w.flush();
+                self.fail_on_err(r)?;
+            }
+            let Some(seg) = self.segments.get(&cur.base) else { continue };
+            let path = self.seg_path(cur.base);
+            self.rbuf.fill(&*self.backend, &path, (cur.base, seg.seg_len), cur.offset, REC_HEADER_LEN as u64)?;
+            let h = record_header(self.rbuf.slice(cur.offset, REC_HEADER_LEN as u64))
+                .ok_or_else(|| io::Error::other("short record header"))?;
+            if h.seq != cur.seq {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: offset {}: expected seq {}, found {}", path.display(), cur.offset, cur.seq, h.seq),
+                ));
+            }
+            let total = h.total_len();
+            let wanted = cur.seq >= from_seq && !seg.is_settled(cur.base, cur.seq);
+            if wanted {
+                self.rbuf.fill(&*self.backend, &path, (cur.base, seg.seg_len), cur.offset, total)?;
+                let raw = self.rbuf.slice(cur.offset, total);
+                let h = check_record(raw).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: offset {}: {e}", path.display(), cur.offset),
+                    )
+                })?;
+                out.push(Record {
+                    seq: h.seq,
+                    persistent: h.flags & crate::format::FLAG_PERSISTENT != 0,
+                    payload: Bytes::copy_from_slice(&raw[REC_HEADER_LEN..]),
+                });
+                bytes = bytes.saturating_add(h.len as usize);
+            }
+            cur.offset += total;
+            cur.seq += 1;
+            if wanted && (out.len() >= max_records || bytes >= max_bytes) {
+                break;
+            }
+        }
+        self.cursor = Some(cur);
+        if at_end || self.rbuf.data.capacity() > 4 * READ_CHUNK_BYTES {
+            // A reader that caught up (or just read a huge record) holds no buffer.
+            self.rbuf = ReadBuf::default();
+        }
+        Ok(out)
+    }
+
+    /// Where a read of `from_seq` starts: the cursor if it is in the right segment at or before
+    /// `from_seq`, else the start of the segment holding (or first following) `from_seq`.
+    fn start_position(&self, from_seq: u64) -> Option<Cursor> {
+        let target = match self.segments.range(..=from_seq).next_back() {
+            Some((&base, seg)) if from_seq < base + seg.records => base,
+            _ => *self.segments.range(from_seq + 1..).next()?.0,
+        };
+        match self.cursor {
+            Some(c) if c.base == target && c.seq <= from_seq => Some(c),
+            _ => Some(Cursor { base: target, offset: FILE_HEADER_LEN as u64, seq: target }),
+        }
+    }
+
+    /// Marks a record settled (acked / dropped); idempotent; records it in the segment's ack file
+    /// (no fsync). When every record of a segment other than the one being written is settled,
+    /// the segment and its ack file are deleted. Seqs that do not exist are ignored.
+    pub fn settle(&mut self, seq: u64) -> io::Result<()> {
+        self.check_failed()?;
+        let r = self.settle_span(seq, seq.saturating_add(1));
+        self.fail_on_err(r)
+    }
+
+    /// Settles every unsettled record with from <= seq < to (purge of a range), writing one range
+    /// entry per segment touched, none per record.
+    pub fn settle_range(&mut self, from: u64, to: u64) -> io::Result<()> {
+        self.check_failed()?;
+        let r = self.settle_span(from, to);
+        self.fail_on_err(r)
+    }
+
+    fn settle_span(&mut self, from: u64, to: u64) -> io::Result<()> {
+        if from >= to {
+            return Ok(());
+        }
+        // The segment holding `from`, then every later one starting before `to`.
+        let first = self.segments.range(..=from).next_back().map_or(from, |(&b, _)| b);
+        let bases: Vec<u64> = self.segments.range(first..to).map(|(&b, _)| b).collect();
+        for base in bases {
+            let Some(seg) = self.segments.get_mut(&base) else { continue };
+            let (lo, hi) = (from.max(base), to.min(base + seg.records));
+            let newly = seg.settle_span(base, lo, hi);
+            if newly == 0 {
+                continue;
+            }
+            self.unsettled -= newly;
+            if seg.fully_settled() && Some(base) != self.active {
+                self.delete_segment(base)?;
+            } else if hi - lo == 1 {
+                self.write_ack(base, AckEntry::Settle(lo))?;
+            } else {
+                self.write_ack(base, AckEntry::SettleRange(lo, hi))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Notes that records up to and including `seq` have been delivered at least once. Persisted
+    /// as one ack entry, written by the next `pending_sync` and only if the value grew.
+    pub fn mark_delivered(&mut self, seq: u64) {
+        let Some(last) = self.next_seq.checked_sub(1) else { return };
+        let seq = seq.min(last);
+        if self.delivered.is_some_and(|d| d >= seq) {
+            return;
+        }
+        self.delivered = Some(seq);
+        self.delivered_dirty = true;
+    }
+
+    /// Records appended and not settled.
+    pub fn unsettled(&self) -> u64 {
+        self.unsettled
+    }
+
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Sync handles of every file written since the last call (segment and ack files), or empty if
+    /// nothing was written. Syncing them all makes every append and settle made before this call
+    /// durable. If the log has failed, or flushing fails now, the one handle returned fails.
+    pub fn pending_sync(&mut self) -> Vec<Arc<dyn SyncHandle>> {
+        if self.failed.is_none() {
+            let r = self.flush_all();
+            if let Err(e) = r {
+                self.fail(e);
+            }
+        }
+        if let Some((kind, message)) = &self.failed {
+            return vec![Arc::new(FailedSync { kind: *kind, message: message.clone() })];
+        }
+        for w in self.seg_writer.iter_mut().chain(self.ack_writers.iter_mut()) {
+            w.dirty = false;
+            // Idle logs hold no buffer; a busy one re-grows it within a few appends.
+            w.buf = Vec::new();
+        }
+        self.pending.drain(..).map(|(_, h)| h).collect()
+    }
+
+    fn flush_all(&mut self) -> io::Result<()> {
+        if self.delivered_dirty {
+            if let (Some(d), Some(base)) =
+                (self.delivered, self.active.or(self.segments.last_key_value().map(|e| *e.0)))
+            {
+                self.write_ack(base, AckEntry::Delivered(d))?;
+                self.delivered_in = Some(base);
+                self.delivered_dirty = false;
+            }
+        }
+        for w in self.seg_writer.iter_mut().chain(self.ack_writers.iter_mut()) {
+            w.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes on disk (segments + ack files), counting bytes still buffered for writing.
+    pub fn disk_bytes(&self) -> u64 {
+        self.segments.values().map(|s| s.seg_len + s.ack_len).sum()
+    }
+
+    /// Number of segment files.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Heap and inline bytes of the log's in-memory state: per-segment bookkeeping, settle
+    /// bitmaps and I/O buffers. It grows with segments and settled-but-undeleted records (one bit
+    /// each), never with unsettled records.
+    pub fn bookkeeping_bytes(&self) -> usize {
+        let per_segment = std::mem::size_of::<(u64, Segment)>();
+        let bitmaps: usize =
+            self.segments.values().filter_map(|s| s.settled_bits.as_ref()).map(Bitmap::heap_bytes).sum();
+        let buffers: usize =
+            self.seg_writer.iter().chain(self.ack_writers.iter()).map(|w| w.buf.capacity()).sum::<usize>()
+                + self.rbuf.data.capacity();
+        std::mem::size_of::<Self>()
+            + self.segments.len() * per_segment
+            + bitmaps
+            + buffers
+            + self.pending.capacity() * std::mem::size_of::<(Tag, Arc<dyn SyncHandle>)>()
+    }
+
+    /// Deletes the log's directory (queue deleted).
+    pub fn destroy(mut self) -> io::Result<()> {
+        self.destroyed = true;
+        self.seg_writer = None;
+        self.ack_writers.clear();
+        self.backend.remove_dir_all(&self.dir)
+    }
+
+    /// Buffers an ack entry for segment `base`, opening its ack file if needed.
+    fn write_ack(&mut self, base: u64, entry: AckEntry) -> io::Result<()> {
+        let i = self.ack_writer(base)?;
+        let w = &mut self.ack_writers[i];
+        let added = w.push_ack(entry);
+        if let Some(seg) = self.segments.get_mut(&base) {
+            seg.ack_len += added;
+        }
+        mark_dirty(&mut self.pending, w, Tag::Ack(base));
+        if w.buf.len() >= WRITE_BUF_BYTES {
+            w.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Index in `ack_writers` of the (now most recently used) writer of segment `base`.
+    fn ack_writer(&mut self, base: u64) -> io::Result<usize> {
+        if let Some(i) = self.ack_writers.iter().position(|w| w.base == base) {
+            let w = self.ack_writers.remove(i);
+            self.ack_writers.push(w);
+            return Ok(self.ack_writers.len() - 1);
+        }
+        if self.ack_writers.len() >= ACK_WRITERS_OPEN {
+            // Its sync handle, if it was written, is already in `pending`.
+            self.ack_writers.remove(0).flush()?;
+        }
+        let file = self.backend.open_append(&self.ack_path(base))?;
+        let Some(seg) = self.segments.get_mut(&base) else {
+            return Err(io::Error::other("ack for a segment that does not exist"));
+        };
+        let mut w = Writer::new(base, file);
+        if seg.ack_len == 0 {
+            encode_header(FileKind::Ack, &mut w.buf);
+            seg.ack_len = FILE_HEADER_LEN as u64;
+            mark_dirty(&mut self.pending, &mut w, Tag::Ack(base));
+        }
+        self.ack_writers.push(w);
+        Ok(self.ack_writers.len() - 1)
+    }
+
+    /// Removes a segment and its ack file. The segment file goes first: if a crash loses only the
+    /// second removal, the orphaned ack file is dropped at recovery.
+    fn delete_segment(&mut self, base: u64) -> io::Result<()> {
+        if self.segments.remove(&base).is_none() {
+            return Ok(());
+        }
+        self.ack_writers.retain(|w| w.base != base);
+        if self.seg_writer.as_ref().is_some_and(|w| w.base == base) {
+            self.seg_writer = None;
+        }
+        if self.cursor.is_some_and(|c| c.base == base) {
+            self.cursor = None;
+        }
+        if self.rbuf.base == Some(base) {
+            self.rbuf = ReadBuf::default();
+        }
+        if self.delivered_in == Some(base) {
+            // The newest delivered entry goes with this file; write it again elsewhere.
+            self.delivered_in = None;
+            self.delivered_dirty = self.delivered.is_some();
+        }
+        ignore_not_found(self.backend.remove_file(&self.seg_path(base)))?;
+        ignore_not_found(self.backend.remove_file(&self.ack_path(base)))
+    }
+
+    fn seg_path(&self, base: u64) -> PathBuf {
+        self.dir.join(format!("{base:0NAME_DIGITS$}{SEG_SUFFIX}"))
+    }
+
+    fn ack_path(&self, base: u64) -> PathBuf {
+        self.dir.join(format!("{base:0NAME_DIGITS$}{ACK_SUFFIX}"))
+    }
+
+    fn check_failed(&self) -> io::Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some((kind, message)) => Err(io::Error::new(*kind, format!("segment log failed earlier: {message}"))),
+        }
+    }
+
+    fn fail(&mut self, e: io::Error) -> io::Error {
+        self.failed.get_or_insert_with(|| (e.kind(), e.to_string()));
+        e
+    }
+
+    fn fail_on_err<T>(&mut self, r: io::Result<T>) -> io::Result<T> {
+        r.map_err(|e| self.fail(e))
+    }
+}
+
+fn mark_dirty(pending: &mut Vec<(Tag, Arc<dyn SyncHandle>)>, w: &mut Writer, tag: Tag) {
+    if !w.dirty {
+        w.dirty = true;
+        if !pending.iter().any(|(t, _)| *t == tag) {
+            pending.push((tag, w.file.sync_handle()));
+        }
+    }
+}
+
+impl Drop for SegmentLog {
+    /// Hands buffered bytes to the backend (not a sync): a clean shutdown then loses nothing the
+    /// OS would keep. Errors are ignored; nothing unsynced was promised.
+    fn drop(&mut self) {
+        if !self.destroyed && self.failed.is_none() {
+            let _ = self.flush_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_only_in_the_exact_form() {
+        assert_eq!(parse_name("00000000000000000042.seg"), Some((42, FileKind::Segment)));
+        assert_eq!(parse_name("00000000000000000042.ack"), Some((42, FileKind::Ack)));
+        assert_eq!(parse_name("42.seg"), None);
+        assert_eq!(parse_name("0000000000000000004x.seg"), None);
+        assert_eq!(parse_name("99999999999999999999.seg"), None);
+        assert_eq!(parse_name("00000000000000000042.seg.tmp"), None);
+    }
+
+    #[test]
+    fn payload_limit_at_and_one_past() {
+        assert!(check_payload_len(MAX_PAYLOAD_BYTES).is_ok());
+        assert_eq!(check_payload_len(MAX_PAYLOAD_BYTES + 1).map_err(|e| e.kind()), Err(io::ErrorKind::InvalidInput));
+    }
+
+    #[test]
+    fn in_order_settles_merge_into_one_ack_entry() {
+        let file = crate::backend::MemBackend::new();
+        file.create_dir_all(Path::new("/a")).expect("dir");
+        let mut w = Writer::new(0, file.open_append(Path::new("/a/x")).expect("open"));
+        assert_eq!(w.push_ack(AckEntry::Settle(3)), ACK_ENTRY_LEN as u64);
+        assert_eq!(w.push_ack(AckEntry::Settle(4)), 0);
+        assert_eq!(w.push_ack(AckEntry::SettleRange(5, 9)), 0);
+        assert_eq!(w.push_ack(AckEntry::Settle(11)), ACK_ENTRY_LEN as u64);
+        assert_eq!(AckEntry::decode(&w.buf[..ACK_ENTRY_LEN]), Some(AckEntry::SettleRange(3, 9)));
+    }
+}
