@@ -50,7 +50,9 @@ impl BodyParts {
         *self = match std::mem::replace(self, BodyParts::Empty) {
             BodyParts::Empty => BodyParts::One(payload),
             BodyParts::One(first) => {
-                let mut all = BytesMut::with_capacity(total as usize);
+                // Grow with what arrives rather than reserving the declared size up front: a
+                // header may declare the maximum and send a byte, on every channel at once.
+                let mut all = BytesMut::with_capacity((total as usize).min(BODY_RESERVE_MAX_BYTES));
                 all.extend_from_slice(&first);
                 all.extend_from_slice(&payload);
                 BodyParts::Many(all)
@@ -70,6 +72,9 @@ impl BodyParts {
         }
     }
 }
+
+/// At most this much is reserved ahead for a body that spans several frames.
+const BODY_RESERVE_MAX_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Default)]
 pub struct ContentAssembler {
