@@ -33,6 +33,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn replace_durably(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Truncates a file to `len` (used to cut a torn tail at recovery).
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// A handle that makes the removals of files in `dir` done so far durable (fsync of the
+    /// directory). The default does nothing, for backends whose removals are durable at once.
+    fn dir_sync_handle(&self, dir: &Path) -> Arc<dyn SyncHandle> {
+        let _ = dir;
+        Arc::new(NoopSync)
+    }
     /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (fewer only at the
     /// end of the file). The log streams segments through this, a bounded chunk at a time.
     ///
@@ -60,4 +66,14 @@ pub trait AppendFile: Send + std::fmt::Debug {
 
 pub trait SyncHandle: Send + Sync + std::fmt::Debug {
     fn sync(&self) -> io::Result<()>;
+}
+
+/// A sync with nothing to do.
+#[derive(Debug)]
+struct NoopSync;
+
+impl SyncHandle for NoopSync {
+    fn sync(&self) -> io::Result<()> {
+        Ok(())
+    }
 }

@@ -96,7 +96,7 @@ struct Segment {
     seg_len: u64,
     /// Logical length of the ack file; 0 if there is none.
     ack_len: u64,
-    /// Part of the file could not be read at recovery; never appended to again.
+    /// Part of the file could not be read at recovery; never appended to again, never deleted.
     corrupt: bool,
 }
 
@@ -120,6 +120,12 @@ impl Segment {
 
     fn fully_settled(&self) -> bool {
         self.settled == self.records
+    }
+
+    /// Everything settled and nothing to keep: a corrupt segment stays (quarantined, reported at
+    /// every open) until an operator removes it or the log is destroyed.
+    fn deletable(&self) -> bool {
+        self.fully_settled() && !self.corrupt
     }
 }
 
@@ -263,6 +269,8 @@ pub struct SegmentLog {
     ack_writers: Vec<Writer>,
     /// Sync handles of the files written since the last `pending_sync`.
     pending: Vec<(Tag, Arc<dyn SyncHandle>)>,
+    /// Files were removed since the last `pending_sync`: the directory needs a sync too.
+    removed_files: bool,
     next_seq: u64,
     unsettled: u64,
     delivered: Option<u64>,
@@ -329,6 +337,7 @@ impl SegmentLog {
             seg_writer: None,
             ack_writers: Vec::new(),
             pending: Vec::new(),
+            removed_files: false,
             next_seq: 0,
             unsettled: 0,
             delivered: None,
@@ -446,7 +455,7 @@ impl SegmentLog {
         let done: Vec<u64> = self
             .segments
             .iter()
-            .filter(|(&base, seg)| seg.fully_settled() && Some(base) != self.active)
+            .filter(|(&base, seg)| seg.deletable() && Some(base) != self.active)
             .map(|(&base, _)| base)
             .collect();
         for base in done {
@@ -561,6 +570,7 @@ impl SegmentLog {
         };
         let mut bytes = 0usize;
         let mut at_end = false;
+        let mut path: Option<(u64, PathBuf)> = None;
         loop {
             let Some(seg) = self.segments.get(&cur.base) else {
                 at_end = true;
@@ -583,8 +593,11 @@ impl SegmentLog {
                 self.fail_on_err(r)?;
             }
             let Some(seg) = self.segments.get(&cur.base) else { continue };
-            let path = self.seg_path(cur.base);
-            self.rbuf.fill(&*self.backend, &path, (cur.base, seg.seg_len), cur.offset, REC_HEADER_LEN as u64)?;
+            if path.as_ref().is_none_or(|(b, _)| *b != cur.base) {
+                path = Some((cur.base, self.seg_path(cur.base)));
+            }
+            let Some((_, path)) = path.as_ref() else { continue };
+            self.rbuf.fill(&*self.backend, path, (cur.base, seg.seg_len), cur.offset, REC_HEADER_LEN as u64)?;
             let h = record_header(self.rbuf.slice(cur.offset, REC_HEADER_LEN as u64))
                 .ok_or_else(|| io::Error::other("short record header"))?;
             if h.seq != cur.seq {
@@ -596,7 +609,7 @@ impl SegmentLog {
             let total = h.total_len();
             let wanted = cur.seq >= from_seq && !seg.is_settled(cur.base, cur.seq);
             if wanted {
-                self.rbuf.fill(&*self.backend, &path, (cur.base, seg.seg_len), cur.offset, total)?;
+                self.rbuf.fill(&*self.backend, path, (cur.base, seg.seg_len), cur.offset, total)?;
                 let raw = self.rbuf.slice(cur.offset, total);
                 let h = check_record(raw).map_err(|e| {
                     io::Error::new(
@@ -640,7 +653,8 @@ impl SegmentLog {
 
     /// Marks a record settled (acked / dropped); idempotent; records it in the segment's ack file
     /// (no fsync). When every record of a segment other than the one being written is settled,
-    /// the segment and its ack file are deleted. Seqs that do not exist are ignored.
+    /// the segment and its ack file are deleted (unless recovery found it damaged: see
+    /// docs/store-format.md). Seqs that do not exist are ignored.
     pub fn settle(&mut self, seq: u64) -> io::Result<()> {
         self.check_failed()?;
         let r = self.settle_span(seq, seq.saturating_add(1));
@@ -660,9 +674,9 @@ impl SegmentLog {
             return Ok(());
         }
         // The segment holding `from`, then every later one starting before `to`.
-        let first = self.segments.range(..=from).next_back().map_or(from, |(&b, _)| b);
-        let bases: Vec<u64> = self.segments.range(first..to).map(|(&b, _)| b).collect();
-        for base in bases {
+        let mut next = self.segments.range(..=from).next_back().map_or(from, |(&b, _)| b);
+        while let Some((&base, _)) = self.segments.range(next..to).next() {
+            next = base + 1;
             let Some(seg) = self.segments.get_mut(&base) else { continue };
             let (lo, hi) = (from.max(base), to.min(base + seg.records));
             let newly = seg.settle_span(base, lo, hi);
@@ -670,7 +684,7 @@ impl SegmentLog {
                 continue;
             }
             self.unsettled -= newly;
-            if seg.fully_settled() && Some(base) != self.active {
+            if seg.deletable() && Some(base) != self.active {
                 self.delete_segment(base)?;
             } else if hi - lo == 1 {
                 self.write_ack(base, AckEntry::Settle(lo))?;
@@ -702,9 +716,10 @@ impl SegmentLog {
         self.next_seq
     }
 
-    /// Sync handles of every file written since the last call (segment and ack files), or empty if
-    /// nothing was written. Syncing them all makes every append and settle made before this call
-    /// durable. If the log has failed, or flushing fails now, the one handle returned fails.
+    /// Sync handles of every file written since the last call (segment and ack files), plus one
+    /// for the directory if files were deleted, or empty if nothing was written. Syncing them all
+    /// makes every append and settle made before this call durable. If the log has failed, or
+    /// flushing fails now, the one handle returned fails.
     pub fn pending_sync(&mut self) -> Vec<Arc<dyn SyncHandle>> {
         if self.failed.is_none() {
             let r = self.flush_all();
@@ -720,7 +735,12 @@ impl SegmentLog {
             // Idle logs hold no buffer; a busy one re-grows it within a few appends.
             w.buf = Vec::new();
         }
-        self.pending.drain(..).map(|(_, h)| h).collect()
+        let mut handles: Vec<_> = self.pending.drain(..).map(|(_, h)| h).collect();
+        if std::mem::take(&mut self.removed_files) {
+            // A settle that deleted a segment is durable only once the removal is.
+            handles.push(self.backend.dir_sync_handle(&self.dir));
+        }
+        handles
     }
 
     fn flush_all(&mut self) -> io::Result<()> {
@@ -814,8 +834,9 @@ impl SegmentLog {
         Ok(self.ack_writers.len() - 1)
     }
 
-    /// Removes a segment and its ack file. The segment file goes first: if a crash loses only the
-    /// second removal, the orphaned ack file is dropped at recovery.
+    /// Removes a segment and its ack file; the next `pending_sync` adds a directory sync that
+    /// makes the removal durable. The segment file goes first: if a crash keeps only the first
+    /// removal, the orphaned ack file is dropped at recovery.
     fn delete_segment(&mut self, base: u64) -> io::Result<()> {
         if self.segments.remove(&base).is_none() {
             return Ok(());
@@ -835,6 +856,7 @@ impl SegmentLog {
             self.delivered_in = None;
             self.delivered_dirty = self.delivered.is_some();
         }
+        self.removed_files = true;
         ignore_not_found(self.backend.remove_file(&self.seg_path(base)))?;
         ignore_not_found(self.backend.remove_file(&self.ack_path(base)))
     }

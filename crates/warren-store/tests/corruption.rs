@@ -91,6 +91,23 @@ fn damaged_segment_header_skips_that_segment_only() {
     assert_eq!(rec.corrupt.len(), 1);
     assert_eq!((&rec.corrupt[0].path, rec.corrupt[0].offset), (&seg(30), 0));
     assert_eq!(read_all(&mut log, 100).len(), model.len() - 10);
+    drop(log);
+    let (_, rec) = open(&backend);
+    assert_eq!(rec.corrupt.len(), 1, "a damaged segment is kept and reported at every open");
+}
+
+#[test]
+fn settling_a_damaged_segment_keeps_it_for_inspection() {
+    let (backend, _) = written_log();
+    backend.corrupt(&seg(10), HEADER + 5 * RECORD + 20);
+    let (mut log, rec) = open(&backend);
+    assert_eq!(rec.unsettled, 45);
+    log.settle_range(0, 50).expect("settle_range");
+    sync_log(&mut log);
+    drop(log);
+    assert!(backend.file_len(&seg(10)).is_some());
+    let (_, rec) = open(&backend);
+    assert_eq!((rec.unsettled, rec.corrupt.len()), (0, 1));
 }
 
 #[test]

@@ -3,8 +3,8 @@
 //! Durability points: a sync is `File::sync_data`; the first sync of a file this backend created
 //! also fsyncs its directory, so the new name is as durable as its bytes (this keeps the directory
 //! fsync out of the caller's lock, on the syncing thread). New directories and `replace_durably`
-//! fsync their parent directory before returning. Removals are not fsynced: a removal lost in a
-//! crash brings back only data that was already settled (see docs/store-format.md).
+//! fsync their parent directory before returning. Removals are made durable by a
+//! `dir_sync_handle`, which the log hands out with its other sync handles after deleting files.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -124,6 +124,10 @@ impl Backend for FsBackend {
         file.sync_data()
     }
 
+    fn dir_sync_handle(&self, dir: &Path) -> Arc<dyn SyncHandle> {
+        Arc::new(FsDirSync(dir.to_path_buf()))
+    }
+
     fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let file = File::open(path)?;
         let mut done = 0;
@@ -146,6 +150,16 @@ fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 #[cfg(windows)]
 fn read_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     std::os::windows::fs::FileExt::seek_read(file, buf, offset)
+}
+
+/// Makes removals in a directory durable.
+#[derive(Debug)]
+struct FsDirSync(PathBuf);
+
+impl SyncHandle for FsDirSync {
+    fn sync(&self) -> io::Result<()> {
+        sync_dir(&self.0)
+    }
 }
 
 /// Whether a created file's directory entry still needs an fsync; shared by all its sync handles.
