@@ -140,6 +140,18 @@ pub struct Overview {
     pub consumers: usize,
     pub messages_ready: u64,
     pub messages_unacked: u64,
+    pub store: StoreStats,
+}
+
+/// Counters of the store's work since start, for the management API and benchmarks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreStats {
+    /// Sync rounds (group commits) completed.
+    pub sync_rounds: u64,
+    /// Files synced (fsync calls), over all rounds.
+    pub fsyncs: u64,
+    /// Publishes confirmed to clients (basic.ack in confirm mode).
+    pub confirms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -264,6 +276,7 @@ pub struct Broker {
     defs_dirty: bool,
     /// Storage failures to report (the server logs them).
     errors: Vec<String>,
+    stats: StoreStats,
 }
 
 /// Where queue logs and the definitions snapshot live.
@@ -347,6 +360,7 @@ impl Broker {
             dirty: HashSet::new(),
             defs_dirty: false,
             errors: Vec::new(),
+            stats: StoreStats::default(),
         };
         let report = broker.recover()?;
         Ok((broker, report))
@@ -542,6 +556,8 @@ impl Broker {
                 handles.extend(q.pending_sync());
             }
         }
+        self.stats.sync_rounds += 1;
+        self.stats.fsyncs += handles.len() as u64;
         SyncJob { epoch, handles }
     }
 
@@ -595,6 +611,7 @@ impl Broker {
                 };
                 match kind {
                     DeferredKind::Ack(seq) => {
+                        self.stats.confirms += 1;
                         run = Some(match run {
                             Some((first, last)) if last + 1 == seq => (first, seq),
                             other => {
@@ -817,7 +834,7 @@ impl Broker {
     }
 
     pub fn overview(&self) -> Overview {
-        let mut o = Overview { connections: self.conns.len(), ..Default::default() };
+        let mut o = Overview { connections: self.conns.len(), store: self.stats, ..Default::default() };
         for c in self.conns.values() {
             o.channels += c.channels.len();
         }

@@ -25,7 +25,7 @@ pub mod exchange;
 pub mod message;
 pub mod queue;
 
-pub use broker::{Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, SyncJob};
+pub use broker::{Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, StoreStats, SyncJob};
 pub use config::Config;
 
 /// Identifies a client connection for the lifetime of the broker process.

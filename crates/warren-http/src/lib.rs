@@ -72,6 +72,11 @@ async fn overview(
             "queues": o.queues,
             "consumers": o.consumers,
         },
+        "warren_store": {
+            "sync_rounds": o.store.sync_rounds,
+            "fsyncs": o.store.fsyncs,
+            "confirms": o.store.confirms,
+        },
         "queue_totals": {
             "messages": o.messages_ready + o.messages_unacked,
             "messages_ready": o.messages_ready,
