@@ -326,6 +326,8 @@ pub struct RecoveryReport {
     pub bindings: usize,
     /// One line per corrupt spot found in a queue log.
     pub corrupt: Vec<String>,
+    /// One line per recovered queue, for the log.
+    pub progress: Vec<String>,
 }
 
 impl Broker {
@@ -420,6 +422,14 @@ impl Broker {
             live_dirs.insert(dir);
             report.queues += 1;
             report.messages += recovered.unsettled;
+            report.progress.push(format!(
+                "recovered queue '{}' in vhost '{}': {} messages, {} segments ({} KiB)",
+                q.name,
+                q.vhost,
+                recovered.unsettled,
+                log.segment_count(),
+                log.disk_bytes() / 1024
+            ));
             let name = ShortStr::from(q.name.as_str());
             let queue = Queue::new(name.clone(), true, None, q.auto_delete, q.arguments.clone(), log, Some(&recovered));
             let vh = self.vhosts.entry(q.vhost.clone()).or_insert_with(|| VHost::new(&q.vhost));

@@ -93,6 +93,9 @@ async fn run(settings: Settings) -> Result<(), String> {
     tracing::info!("recovering from {}", settings.data_dir.display());
     let backend: std::sync::Arc<dyn warren_store::Backend> = std::sync::Arc::new(warren_store::FsBackend);
     let (broker, report) = warren_core::Broker::open(settings.core.clone(), backend, settings.data_dir.clone())?;
+    for line in &report.progress {
+        tracing::info!("{line}");
+    }
     for line in &report.corrupt {
         tracing::error!("{line}");
     }

@@ -127,6 +127,39 @@ pub async fn channel(conn: &Connection) -> EventChannel {
     EventChannel { channel, events }
 }
 
+/// Connection arguments for `broker`'s default user and vhost, for clients
+/// that connect from a spawned task with [`try_connect`].
+pub fn connection_args(broker: &Broker) -> OpenConnectionArguments {
+    OpenConnectionArguments::new(broker.host(), broker.port(), broker.user(), broker.password())
+        .virtual_host(broker.vhost())
+        .finish()
+}
+
+/// Like [`connect`], but an error (or a hang past [`super::TIMEOUT`]) is
+/// returned instead of failing the test: for clients that may see the broker
+/// die under them.
+pub async fn try_connect(args: &OpenConnectionArguments) -> Result<Connection, String> {
+    let conn = tokio::time::timeout(super::TIMEOUT, Connection::open(args))
+        .await
+        .map_err(|_| "timed out connecting".to_string())?
+        .map_err(|e| format!("connect: {e}"))?;
+    conn.register_callback(DefaultConnectionCallback)
+        .await
+        .map_err(|e| format!("register connection callback: {e}"))?;
+    Ok(conn)
+}
+
+/// Like [`channel`], but returning an error instead of failing the test.
+pub async fn try_channel(conn: &Connection) -> Result<EventChannel, String> {
+    let channel = tokio::time::timeout(super::TIMEOUT, conn.open_channel(None))
+        .await
+        .map_err(|_| "timed out opening a channel".to_string())?
+        .map_err(|e| format!("open channel: {e}"))?;
+    let (tx, events) = mpsc::unbounded_channel();
+    channel.register_callback(EventForwarder(tx)).await.map_err(|e| format!("register channel callback: {e}"))?;
+    Ok(EventChannel { channel, events })
+}
+
 pub async fn connect_channel(broker: &Broker) -> (Connection, EventChannel) {
     let conn = connect(broker).await;
     let ch = channel(&conn).await;

@@ -15,7 +15,7 @@ pub mod lapin_client;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -63,6 +63,8 @@ pub struct Broker {
 struct Spawned {
     child: Child,
     data_dir: PathBuf,
+    /// Whether the data directory outlives the broker (see [`Broker::start_in`]).
+    keep_dir: bool,
 }
 
 impl Broker {
@@ -91,6 +93,35 @@ impl Broker {
             }
             Err(_) => Some(Broker::spawn(Some(conf))),
         }
+    }
+
+    /// Starts a `warren` process on the data directory `data_dir` (created if
+    /// missing), for tests that restart a broker on the same data: the
+    /// directory is kept when this broker is killed or dropped, and the
+    /// broker's stderr is appended to `data_dir/broker.stderr`. Always spawns,
+    /// even when `WARREN_TEST_AMQP_URL` is set (callers check
+    /// [`Broker::is_external`] first).
+    pub fn start_in(data_dir: &Path) -> Broker {
+        std::fs::create_dir_all(data_dir).expect("create broker data dir");
+        Broker::spawn_in(data_dir.to_path_buf(), None, true)
+    }
+
+    /// Kills a spawned broker with SIGKILL (`Child::kill` on unix) and waits
+    /// for the process to be gone. A directory given to
+    /// [`Broker::start_in`] is kept; any other is removed as on drop.
+    pub fn kill9(mut self) {
+        if let Some(mut spawned) = self.process.take() {
+            let _ = spawned.child.kill();
+            let _ = spawned.child.wait();
+            if !spawned.keep_dir {
+                let _ = std::fs::remove_dir_all(&spawned.data_dir);
+            }
+        }
+    }
+
+    /// The data directory of a spawned broker (`None` for an external one).
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.process.as_ref().map(|spawned| spawned.data_dir.as_path())
     }
 
     pub fn is_external() -> bool {
@@ -148,8 +179,20 @@ impl Broker {
     fn spawn(conf: Option<&str>) -> Broker {
         let data_dir = std::env::temp_dir().join(unique("warren-test"));
         std::fs::create_dir_all(&data_dir).expect("create broker data dir");
+        Broker::spawn_in(data_dir, conf, false)
+    }
+
+    /// Spawns `warren` on an existing `data_dir`. A kept directory (`keep_dir`)
+    /// gets the broker's stderr appended to its log; otherwise the log is
+    /// created afresh and the directory is removed with the broker.
+    fn spawn_in(data_dir: PathBuf, conf: Option<&str>, keep_dir: bool) -> Broker {
         let stderr_path = data_dir.join("broker.stderr");
-        let stderr = std::fs::File::create(&stderr_path).expect("create broker stderr file");
+        let stderr = if keep_dir {
+            std::fs::OpenOptions::new().create(true).append(true).open(&stderr_path)
+        } else {
+            std::fs::File::create(&stderr_path)
+        }
+        .expect("create broker stderr file");
 
         let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
         command.args(["--amqp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]).arg("--data-dir").arg(&data_dir);
@@ -177,7 +220,7 @@ impl Broker {
             }
         });
 
-        let mut spawned = Spawned { child, data_dir };
+        let mut spawned = Spawned { child, data_dir, keep_dir };
         let port = match wait_for_amqp_port(&lines_rx) {
             Ok(port) => port,
             Err(why) => {
@@ -227,7 +270,9 @@ impl Drop for Broker {
         if let Some(spawned) = &mut self.process {
             let _ = spawned.child.kill();
             let _ = spawned.child.wait();
-            let _ = std::fs::remove_dir_all(&spawned.data_dir);
+            if !spawned.keep_dir {
+                let _ = std::fs::remove_dir_all(&spawned.data_dir);
+            }
         }
     }
 }
