@@ -9,13 +9,14 @@
 //! (its consumers are cancelled and its unacked messages requeued at once, as RabbitMQ does),
 //! a hard code closes the connection. Either way no other connection notices.
 
+use crate::args::{QueueArgs, QueueType};
 use crate::auth::Users;
 use crate::channel::{AckOp, Channel, ChannelState, Consumer, DeferredKind, TxState, Unacked};
 use crate::config::{Config, CONNECTION_OUTBOUND_MAX_BYTES};
 use crate::definitions::{BindingDef, Definitions, ExchangeDef, QueueDef};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::message::{Message, MessageRef};
-use crate::queue::{ConsumerKey, Queue};
+use crate::queue::{ConsumerKey, PushOutcome, Queue, QueueStore, Queued};
 use crate::ConnId;
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use warren_amqp::{
     Assembled, BasicProperties, FieldTable, FieldValue, Frame, Method, ProtocolError, ReplyCode, ShortStr,
 };
-use warren_store::{Backend, LogConfig, MemBackend, SegmentLog, SyncHandle};
+use warren_store::{Backend, LogConfig, MemBackend, SyncHandle};
 
 /// Something to write to a connection.
 #[derive(Debug, Clone)]
@@ -407,31 +408,40 @@ impl Broker {
         let mut live_dirs = HashSet::new();
         for q in &defs.queues {
             let dir = self.store.durable_dir(&q.vhost, &q.name);
-            let (log, recovered) = SegmentLog::open(backend.clone(), &dir, self.store.log_config.clone())
-                .map_err(|e| format!("cannot open the log of queue '{}' in vhost '{}': {e}", q.name, q.vhost))?;
-            for c in &recovered.corrupt {
-                report.corrupt.push(format!(
-                    "queue '{}' in vhost '{}': corrupt data in {} at byte {}: {}; the rest of that segment was skipped",
-                    q.name,
-                    q.vhost,
-                    c.path.display(),
-                    c.offset,
-                    c.reason
-                ));
+            let name = ShortStr::from(q.name.as_str());
+            let args = match QueueArgs::parse(&q.arguments, &q.name, &q.vhost) {
+                Ok(a) => a,
+                Err(e) => {
+                    report
+                        .corrupt
+                        .push(format!("queue '{}' in vhost '{}': {}; arguments ignored", q.name, q.vhost, e.text));
+                    QueueArgs::default()
+                }
+            };
+            let store =
+                QueueStore { backend: backend.clone(), dir: dir.clone(), config: self.store.log_config.clone() };
+            let (queue, recovered) =
+                // Recovered queues start their x-expires period at the first tick (last used 0).
+                Queue::open(name.clone(), true, None, q.auto_delete, q.arguments.clone(), args, store, 0)
+                    .map_err(|e| format!("cannot open the log of queue '{}' in vhost '{}': {e}", q.name, q.vhost))?;
+            let mut messages = 0;
+            for r in &recovered {
+                messages += r.unsettled;
+                for c in &r.corrupt {
+                    report.corrupt.push(format!(
+                        "queue '{}' in vhost '{}': corrupt data in {} at byte {}: {}; the rest of that segment was skipped",
+                        q.name,
+                        q.vhost,
+                        c.path.display(),
+                        c.offset,
+                        c.reason
+                    ));
+                }
             }
             live_dirs.insert(dir);
             report.queues += 1;
-            report.messages += recovered.unsettled;
-            report.progress.push(format!(
-                "recovered queue '{}' in vhost '{}': {} messages, {} segments ({} KiB)",
-                q.name,
-                q.vhost,
-                recovered.unsettled,
-                log.segment_count(),
-                log.disk_bytes() / 1024
-            ));
-            let name = ShortStr::from(q.name.as_str());
-            let queue = Queue::new(name.clone(), true, None, q.auto_delete, q.arguments.clone(), log, Some(&recovered));
+            report.messages += messages;
+            report.progress.push(format!("recovered queue '{}' in vhost '{}': {} messages", q.name, q.vhost, messages));
             let vh = self.vhosts.entry(q.vhost.clone()).or_insert_with(|| VHost::new(&q.vhost));
             vh.queues.insert(name, queue);
         }
@@ -788,7 +798,43 @@ impl Broker {
     }
 
     /// Periodic work: the consumer acknowledgement timeout.
+    /// Periodic work: message TTL at queue heads, queue expiry (`x-expires`), and the consumer
+    /// acknowledgement timeout.
     pub fn tick(&mut self, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        self.tick_queues(now_ms, out);
+        self.tick_consumer_timeouts(now_ms, out);
+        let _ = self.save_definitions();
+    }
+
+    fn tick_queues(&mut self, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let mut to_expire = Vec::new();
+        let mut unused = Vec::new();
+        for vh in self.vhosts.values_mut() {
+            for q in vh.queues.values_mut() {
+                if q.last_used_ms == 0 {
+                    // Recovered at start: the x-expires period starts now.
+                    q.last_used_ms = now_ms;
+                }
+                if q.may_expire && !q.is_empty() {
+                    to_expire.push((vh.name.clone(), q.name.clone()));
+                }
+                if q.args
+                    .expires_ms
+                    .is_some_and(|e| q.consumers.is_empty() && now_ms.saturating_sub(q.last_used_ms) >= e)
+                {
+                    unused.push((vh.name.clone(), q.name.clone()));
+                }
+            }
+        }
+        for (vhost, queue) in to_expire {
+            self.expire(&vhost, &queue, now_ms, out);
+        }
+        for (vhost, queue) in unused {
+            self.delete_queue(&vhost, &queue, now_ms, out);
+        }
+    }
+
+    fn tick_consumer_timeouts(&mut self, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
         let Some(timeout) = self.config.consumer_timeout_ms else { return };
         let mut expired = Vec::new();
         for (&conn, c) in &self.conns {
@@ -1033,8 +1079,17 @@ impl Broker {
                 Ok(())
             }
             Method::QueueDeclare { queue, passive, durable, exclusive, auto_delete, nowait, arguments } => {
-                let (name, messages, consumers) =
-                    self.queue_declare(conn, channel, queue, passive, durable, exclusive, auto_delete, arguments)?;
+                let (name, messages, consumers) = self.queue_declare(
+                    conn,
+                    channel,
+                    queue,
+                    passive,
+                    durable,
+                    exclusive,
+                    auto_delete,
+                    arguments,
+                    now_ms,
+                )?;
                 if !nowait {
                     Self::reply(
                         out,
@@ -1113,8 +1168,8 @@ impl Broker {
                 self.dispatch_channel_queues(conn, channel, now_ms, out);
                 Ok(())
             }
-            Method::BasicConsume { queue, consumer_tag, no_local: _, no_ack, exclusive, nowait, arguments: _ } => {
-                self.consume(conn, channel, queue, consumer_tag, no_ack, exclusive, nowait, now_ms, out)
+            Method::BasicConsume { queue, consumer_tag, no_local: _, no_ack, exclusive, nowait, arguments } => {
+                self.consume(conn, channel, queue, consumer_tag, no_ack, exclusive, nowait, &arguments, now_ms, out)
             }
             Method::BasicCancel { consumer_tag, nowait } => {
                 self.remove_consumer(conn, channel, &consumer_tag, now_ms, out);
@@ -1439,6 +1494,7 @@ impl Broker {
         exclusive: bool,
         auto_delete: bool,
         arguments: FieldTable,
+        now_ms: u64,
     ) -> Result<(ShortStr, u32, u32), ProtocolError> {
         let vhost = self.vhost_of(conn)?;
         if name.as_str() == REPLY_TO_QUEUE {
@@ -1483,7 +1539,11 @@ impl Broker {
                         }
                     }
                 }
-                (name.clone(), q.message_count(), q.consumer_count())
+                let r = (name.clone(), q.message_count(), q.consumer_count());
+                if let Some(q) = vh.queues.get_mut(&name) {
+                    q.last_used_ms = now_ms;
+                }
+                r
             }
             None => {
                 if passive {
@@ -1495,20 +1555,36 @@ impl Broker {
                         format_args!("queue name '{name}' contains reserved prefix 'amq.*'"),
                     ));
                 }
-                if let Some(kind) = arguments.get("x-queue-type").and_then(FieldValue::as_str) {
-                    if kind != "classic" {
-                        return Err(precondition(format_args!("invalid arg 'x-queue-type' for queue '{name}' in vhost '{vhost}': queue type '{kind}' is not supported yet")));
+                let args = QueueArgs::parse(&arguments, &name, &vhost)?;
+                if args.queue_type == QueueType::Quorum {
+                    // Quorum queues are replicated logs: always durable, never exclusive or
+                    // auto-delete (RabbitMQ's checks and texts).
+                    if !durable {
+                        return Err(precondition(format_args!(
+                            "invalid property 'non-durable' for queue '{name}' in vhost '{vhost}'"
+                        )));
+                    }
+                    if exclusive {
+                        return Err(precondition(format_args!(
+                            "invalid property 'exclusive-owner' for queue '{name}' in vhost '{vhost}'"
+                        )));
+                    }
+                    if auto_delete {
+                        return Err(precondition(format_args!(
+                            "invalid property 'auto-delete' for queue '{name}' in vhost '{vhost}'"
+                        )));
                     }
                 }
                 let owner = exclusive.then_some(conn);
                 // Exclusive queues die with their connection, so never outlive a restart.
                 let survives = durable && !exclusive;
                 let dir = if survives { self.store.durable_dir(&vhost, &name) } else { self.store.transient_dir() };
-                let (log, _) = SegmentLog::open(self.store.backend.clone(), &dir, self.store.log_config.clone())
+                let store =
+                    QueueStore { backend: self.store.backend.clone(), dir, config: self.store.log_config.clone() };
+                let (queue, _) = Queue::open(name.clone(), durable, owner, auto_delete, arguments, args, store, now_ms)
                     .map_err(|e| internal(format_args!("cannot create the log of queue '{name}': {e}")))?;
                 let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
-                vh.queues
-                    .insert(name.clone(), Queue::new(name.clone(), durable, owner, auto_delete, arguments, log, None));
+                vh.queues.insert(name.clone(), queue);
                 self.defs_dirty |= survives;
                 (name.clone(), 0, 0)
             }
@@ -1559,10 +1635,17 @@ impl Broker {
         no_ack: bool,
         exclusive: bool,
         nowait: bool,
+        arguments: &FieldTable,
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
         let tag = if tag.is_empty() { generated_name("amq.ctag-") } else { tag };
+        let priority = match arguments.get("x-priority") {
+            None => 0,
+            Some(v) => v.as_i64().ok_or_else(|| {
+                precondition(format_args!("invalid arg 'x-priority' for consumer '{tag}': not an integer"))
+            })?,
+        };
         if self.channel_mut(conn, channel)?.consumers.contains_key(&tag) {
             return Err(ProtocolError::new(
                 ReplyCode::NotAllowed,
@@ -1582,9 +1665,10 @@ impl Broker {
                 format_args!("queue '{queue}' in vhost '{vhost}' in exclusive use"),
             ));
         }
-        q.consumers.push(ConsumerKey { conn, channel, tag: tag.clone() });
+        q.add_consumer(ConsumerKey { conn, channel, tag: tag.clone(), priority });
         q.had_consumer = true;
         q.exclusive_consumer = exclusive;
+        q.last_used_ms = now_ms;
         let ch = self.channel_mut(conn, channel)?;
         ch.consumers.insert(tag.clone(), Consumer { queue: queue.clone(), no_ack, prefetch, unacked: 0 });
         if !nowait {
@@ -1640,9 +1724,13 @@ impl Broker {
         }
         let Some(consumer) = ch.consumers.remove(tag) else { return };
         let Some(q) = self.vhosts.get_mut(&*vhost).and_then(|v| v.queues.get_mut(&consumer.queue)) else { return };
-        q.remove_consumer(&ConsumerKey { conn, channel, tag: tag.clone() });
+        q.remove_consumer(conn, channel, tag);
+        q.last_used_ms = now_ms;
         if q.auto_delete && q.had_consumer && q.consumers.is_empty() {
             self.delete_queue(&vhost, &consumer.queue, now_ms, out);
+        } else {
+            // With a single active consumer, the next one takes over now.
+            self.dispatch(&vhost, &consumer.queue, now_ms, out);
         }
     }
 
@@ -1673,6 +1761,9 @@ impl Broker {
                     format_args!("cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"),
                 ));
             }
+        }
+        if let Some(expiration) = &properties.expiration {
+            crate::args::message_ttl_ms(expiration)?;
         }
         if let Some(uid) = &properties.user_id {
             if uid.as_str() != user {
@@ -1714,25 +1805,14 @@ impl Broker {
     ) -> Result<bool, ProtocolError> {
         let vhost = self.vhost_of(conn)?;
         let mut needs_sync = false;
+        let mut rejected = false;
         let routed = if p.exchange.is_empty() && p.routing_key.starts_with(REPLY_TO_PREFIX) {
             self.deliver_reply(&p, out)
         } else {
             let queues = self.route(&vhost, &p.exchange, &p.routing_key, p.msg.properties.headers.as_ref());
-            let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(false) };
-            for q in &queues {
-                if let Some(queue) = vh.queues.get_mut(q) {
-                    let persistent = queue.push(p.msg.clone()).map_err(|e| {
-                        internal(format_args!("cannot write a message to queue '{q}' in vhost '{vhost}': {e}"))
-                    })?;
-                    if persistent {
-                        needs_sync = true;
-                        self.dirty.insert((vhost.clone(), q.clone()));
-                    }
-                }
-            }
-            for q in &queues {
-                self.dispatch(&vhost, q, now_ms, out);
-            }
+            let (sync, rejected_by) = self.enqueue(&vhost, &queues, &p.msg, now_ms, out)?;
+            needs_sync = sync;
+            rejected = rejected_by;
             !queues.is_empty()
         };
         if !routed && p.mandatory {
@@ -1753,12 +1833,110 @@ impl Broker {
         if let Some(seq) = p.confirm_seq {
             // A persistent message in a durable queue is confirmed once it is on disk.
             let epoch = if needs_sync { self.write_epoch } else { 0 };
-            self.channel_mut(conn, channel)?.defer(epoch, DeferredKind::Ack(seq));
+            // A queue that refused it (reject-publish) makes it a nack.
+            let kind = if rejected { DeferredKind::Nack(seq) } else { DeferredKind::Ack(seq) };
+            self.channel_mut(conn, channel)?.defer(epoch, kind);
             if needs_sync {
                 self.waiting.insert(conn);
             }
         }
         Ok(needs_sync)
+    }
+
+    /// Appends a message to each queue (routing result) and hands it to consumers. Messages
+    /// the queues drop to make room are dead-lettered. Returns whether a sync must precede the
+    /// confirm, and whether a queue refused the message (reject-publish).
+    fn enqueue(
+        &mut self,
+        vhost: &Arc<str>,
+        queues: &[ShortStr],
+        msg: &MessageRef,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Result<(bool, bool), ProtocolError> {
+        let mut needs_sync = false;
+        let mut rejected = false;
+        let mut dead: Vec<(ShortStr, Queued, &'static str)> = Vec::new();
+        if let Some(vh) = self.vhosts.get_mut(&**vhost) {
+            for q in queues {
+                let Some(queue) = vh.queues.get_mut(q) else { continue };
+                let outcome = queue.push(msg.clone(), now_ms).map_err(|e| {
+                    internal(format_args!("cannot write a message to queue '{q}' in vhost '{vhost}': {e}"))
+                })?;
+                Self::note_push(&mut self.dirty, vhost, q, &outcome);
+                needs_sync |= outcome.needs_sync;
+                if outcome.rejected {
+                    rejected = true;
+                    if queue.args.overflow == crate::args::Overflow::RejectPublishDlx {
+                        let expires_at = queue.expiry_for(msg, now_ms);
+                        let item =
+                            Queued { lane: 0, seq: 0, msg: msg.clone(), redelivered: false, expires_at, returns: 0 };
+                        dead.push((q.clone(), item, "maxlen"));
+                    }
+                }
+                dead.extend(outcome.dropped.into_iter().map(|d| (q.clone(), d, "maxlen")));
+            }
+        }
+        self.dead_letter(vhost, dead, now_ms, out);
+        for q in queues {
+            self.dispatch(vhost, q, now_ms, out);
+        }
+        Ok((needs_sync, rejected))
+    }
+
+    fn note_push(dirty: &mut HashSet<(Arc<str>, ShortStr)>, vhost: &Arc<str>, q: &ShortStr, outcome: &PushOutcome) {
+        if outcome.needs_sync || !outcome.dropped.is_empty() {
+            dirty.insert((vhost.clone(), q.clone()));
+        }
+    }
+
+    /// Dead-letters messages that left `queue`s (already settled there): each goes to its
+    /// queue's dead-letter exchange with an updated `x-death` header, or is dropped when the
+    /// queue has none. Messages that the target queues drop in turn are dead-lettered too,
+    /// from a work list (bounded), so chains of queues cannot recurse without end.
+    fn dead_letter(
+        &mut self,
+        vhost: &Arc<str>,
+        mut work: Vec<(ShortStr, Queued, &'static str)>,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) {
+        /// A bound on dead-lettering caused by one event (each step moves one message).
+        const DEAD_LETTER_STEPS_MAX: usize = 100_000;
+        let mut touched: Vec<ShortStr> = Vec::new();
+        let mut steps = 0;
+        while let Some((from, item, reason)) = work.pop() {
+            steps += 1;
+            if steps > DEAD_LETTER_STEPS_MAX {
+                self.errors
+                    .push(format!("dead-lettering from queue '{from}' stopped after {DEAD_LETTER_STEPS_MAX} steps"));
+                break;
+            }
+            let Some(vh) = self.vhosts.get(&**vhost) else { return };
+            let Some(q) = vh.queues.get(&from) else { continue };
+            let Some(dlx) = q.args.dead_letter_exchange.clone() else { continue };
+            let routing_key = q.args.dead_letter_routing_key.clone().unwrap_or_else(|| item.msg.routing_key.clone());
+            let msg = crate::dead_letter::dead_lettered(&item.msg, &dlx, &routing_key, &from, reason, now_ms);
+            let mut targets = self.route(vhost, &dlx, &routing_key, msg.properties.headers.as_ref());
+            targets.retain(|t| !crate::dead_letter::is_cycle(&msg, t));
+            let Some(vh) = self.vhosts.get_mut(&**vhost) else { return };
+            for t in &targets {
+                let Some(queue) = vh.queues.get_mut(t) else { continue };
+                match queue.push(msg.clone(), now_ms) {
+                    Ok(outcome) => {
+                        Self::note_push(&mut self.dirty, vhost, t, &outcome);
+                        work.extend(outcome.dropped.into_iter().map(|d| (t.clone(), d, "maxlen")));
+                    }
+                    Err(e) => self.errors.push(format!("cannot dead-letter a message into queue '{t}': {e}")),
+                }
+                if !touched.contains(t) {
+                    touched.push(t.clone());
+                }
+            }
+        }
+        for t in touched {
+            self.dispatch(vhost, &t, now_ms, out);
+        }
     }
 
     /// The queues a message reaches from `exchange`, following exchange-to-exchange bindings
@@ -1782,6 +1960,16 @@ impl Broker {
             let Some(ex) = vh.exchanges.get(&x) else { continue };
             dests.clear();
             ex.route(routing_key, headers, &mut dests);
+            if dests.is_empty() {
+                // Unroutable here: the alternate exchange, if any, gets it.
+                if let Some(ae) = ex.arguments.get("alternate-exchange").and_then(FieldValue::as_str) {
+                    let ae = ShortStr::from(ae);
+                    if !visited.contains(&ae) {
+                        visited.push(ae.clone());
+                        pending.push(ae);
+                    }
+                }
+            }
             for d in dests.drain(..) {
                 match d {
                     Destination::Queue(q) => {
@@ -1831,77 +2019,108 @@ impl Broker {
 
     // ---- delivery --------------------------------------------------------------------------
 
-    /// Hands ready messages of a queue to its consumers, round-robin, within their prefetch
-    /// limits and while their connections can take more.
+    /// Hands ready messages of a queue to its consumers: to the highest-priority consumers
+    /// that can take more (round-robin among equals), within their prefetch limits and while
+    /// their connections can take more; with a single active consumer, only to the first.
+    /// Expired messages met at the head are dead-lettered instead.
     fn dispatch(&mut self, vhost: &str, queue: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
-        let Broker { vhosts, conns, errors, dirty, .. } = self;
-        let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
-        let mut settled_any = false;
-        while !q.is_empty() && !q.consumers.is_empty() {
-            let n = q.consumers.len();
-            let chosen = (0..n).map(|i| (q.rr + i) % n).find(|&idx| {
-                let key = &q.consumers[idx];
-                let Some(c) = conns.get(&key.conn) else { return false };
-                let Some(ch) = c.channels.get(&key.channel) else { return false };
-                let Some(co) = ch.consumers.get(&key.tag) else { return false };
-                c.writable()
-                    && ch.state == ChannelState::Open
-                    && ch.flow_active
-                    && (co.no_ack
-                        || ((co.prefetch == 0 || co.unacked < u32::from(co.prefetch)) && ch.has_channel_credit()))
-            });
-            let Some(idx) = chosen else { break };
-            q.rr = (idx + 1) % n;
-            let key = q.consumers[idx].clone();
-            let m = match q.pop() {
-                Ok(Some(m)) => m,
+        let mut expired: Vec<(ShortStr, Queued, &'static str)> = Vec::new();
+        {
+            let Broker { vhosts, conns, errors, dirty, .. } = self;
+            let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
+            let mut settled_any = false;
+            while !q.is_empty() && !q.consumers.is_empty() {
+                let Some(idx) = choose_consumer(q, conns) else { break };
+                let key = q.consumers[idx].clone();
+                let m = match q.pop() {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        errors.push(format!("cannot read queue '{queue}' in vhost '{vhost}' from disk: {e}"));
+                        break;
+                    }
+                };
+                if m.expires_at.is_some_and(|t| t <= now_ms) {
+                    if let Err(e) = q.settle(m.lane, m.seq) {
+                        errors.push(format!("cannot settle an expired message of queue '{queue}': {e}"));
+                    }
+                    settled_any = true;
+                    expired.push((q.name.clone(), m, "expired"));
+                    continue;
+                }
+                q.rr = idx + 1;
+                q.mark_delivered(m.lane, m.seq);
+                let Some(c) = conns.get_mut(&key.conn) else { break };
+                let Some(ch) = c.channels.get_mut(&key.channel) else { break };
+                let delivery_tag = ch.take_delivery_tag();
+                let Some(co) = ch.consumers.get_mut(&key.tag) else { break };
+                let msg = delivered_message(q, &m);
+                if !co.no_ack {
+                    co.unacked += 1;
+                    q.unacked += 1;
+                    ch.unacked.push_back(Unacked {
+                        delivery_tag,
+                        queue: q.name.clone(),
+                        item: m.clone(),
+                        consumer: Some(key.tag.clone()),
+                        delivered_at_ms: now_ms,
+                    });
+                } else {
+                    // Acknowledged on delivery: it leaves the log now.
+                    if let Err(e) = q.settle(m.lane, m.seq) {
+                        errors.push(format!("cannot settle a message of queue '{queue}' in vhost '{vhost}': {e}"));
+                    }
+                    settled_any = true;
+                }
+                c.out_bytes += msg.wire_size();
+                out.push((
+                    key.conn,
+                    Out::Content {
+                        channel: key.channel,
+                        method: Method::BasicDeliver {
+                            consumer_tag: key.tag,
+                            delivery_tag,
+                            redelivered: m.redelivered,
+                            exchange: msg.exchange.clone(),
+                            routing_key: msg.routing_key.clone(),
+                        },
+                        msg,
+                    },
+                ));
+            }
+            if settled_any && q.durable {
+                dirty.insert((Arc::from(vhost), q.name.clone()));
+            }
+        }
+        if !expired.is_empty() {
+            self.dead_letter(&Arc::from(vhost), expired, now_ms, out);
+        }
+    }
+
+    /// Drops (dead-letters) the expired messages at the head of a queue.
+    fn expire(&mut self, vhost: &str, queue: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let mut expired = Vec::new();
+        let Some(q) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
+        loop {
+            match q.pop_expired(now_ms) {
+                Ok(Some(m)) => {
+                    if let Err(e) = q.settle(m.lane, m.seq) {
+                        self.errors.push(format!("cannot settle an expired message of queue '{queue}': {e}"));
+                    }
+                    expired.push((q.name.clone(), m, "expired"));
+                }
                 Ok(None) => break,
                 Err(e) => {
-                    errors.push(format!("cannot read queue '{queue}' in vhost '{vhost}' from disk: {e}"));
+                    self.errors.push(format!("cannot read queue '{queue}' in vhost '{vhost}' from disk: {e}"));
                     break;
                 }
-            };
-            q.mark_delivered(m.seq);
-            let Some(c) = conns.get_mut(&key.conn) else { break };
-            let Some(ch) = c.channels.get_mut(&key.channel) else { break };
-            let delivery_tag = ch.take_delivery_tag();
-            let Some(co) = ch.consumers.get_mut(&key.tag) else { break };
-            if !co.no_ack {
-                co.unacked += 1;
-                q.unacked += 1;
-                ch.unacked.push_back(Unacked {
-                    delivery_tag,
-                    queue: q.name.clone(),
-                    seq: m.seq,
-                    msg: m.msg.clone(),
-                    consumer: Some(key.tag.clone()),
-                    delivered_at_ms: now_ms,
-                });
-            } else {
-                // Acknowledged on delivery: it leaves the log now.
-                if let Err(e) = q.settle(m.seq) {
-                    errors.push(format!("cannot settle a message of queue '{queue}' in vhost '{vhost}': {e}"));
-                }
-                settled_any = true;
             }
-            c.out_bytes += m.msg.wire_size();
-            out.push((
-                key.conn,
-                Out::Content {
-                    channel: key.channel,
-                    method: Method::BasicDeliver {
-                        consumer_tag: key.tag,
-                        delivery_tag,
-                        redelivered: m.redelivered,
-                        exchange: m.msg.exchange.clone(),
-                        routing_key: m.msg.routing_key.clone(),
-                    },
-                    msg: m.msg,
-                },
-            ));
         }
-        if settled_any && q.durable {
-            dirty.insert((Arc::from(vhost), q.name.clone()));
+        if !expired.is_empty() {
+            if q.durable {
+                self.dirty.insert((Arc::from(vhost), q.name.clone()));
+            }
+            self.dead_letter(&Arc::from(vhost), expired, now_ms, out);
         }
     }
 
@@ -1927,20 +2146,25 @@ impl Broker {
         out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
         let queue = self.resolve_queue_name(conn, channel, queue)?;
+        let (vhost, _) = self.queue_for_use(conn, &queue)?;
+        self.expire(&vhost, &queue, now_ms, out);
         let (vhost, q) = self.queue_for_use(conn, &queue)?;
+        q.last_used_ms = now_ms;
         let popped = q.pop().map_err(|e| internal(format_args!("cannot read queue '{queue}' from disk: {e}")))?;
         let Some(m) = popped else {
             Self::reply(out, conn, channel, Method::BasicGetEmpty);
             return Ok(());
         };
-        q.mark_delivered(m.seq);
+        q.mark_delivered(m.lane, m.seq);
         if no_ack {
-            q.settle(m.seq).map_err(|e| internal(format_args!("cannot settle a message of queue '{queue}': {e}")))?;
+            q.settle(m.lane, m.seq)
+                .map_err(|e| internal(format_args!("cannot settle a message of queue '{queue}': {e}")))?;
         } else {
             q.unacked += 1;
         }
         let message_count = q.message_count();
         let qname = q.name.clone();
+        let msg = delivered_message(q, &m);
         if q.durable {
             self.dirty.insert((vhost, qname.clone()));
         }
@@ -1950,8 +2174,7 @@ impl Broker {
             ch.unacked.push_back(Unacked {
                 delivery_tag,
                 queue: qname,
-                seq: m.seq,
-                msg: m.msg.clone(),
+                item: m.clone(),
                 consumer: None,
                 delivered_at_ms: now_ms,
             });
@@ -1963,11 +2186,11 @@ impl Broker {
                 method: Method::BasicGetOk {
                     delivery_tag,
                     redelivered: m.redelivered,
-                    exchange: m.msg.exchange.clone(),
-                    routing_key: m.msg.routing_key.clone(),
+                    exchange: msg.exchange.clone(),
+                    routing_key: msg.routing_key.clone(),
                     message_count,
                 },
-                msg: m.msg,
+                msg,
             },
         ));
         Ok(())
@@ -2005,23 +2228,26 @@ impl Broker {
             return Err(precondition(format_args!("unknown delivery tag {tag}")));
         };
         self.forget_consumer_unacked(conn, channel, &settled);
-        match requeue {
-            Some(true) => self.requeue(&vhost, settled, now_ms, out),
-            _ => {
-                if let Some(vh) = self.vhosts.get_mut(&*vhost) {
-                    for u in &settled {
-                        if let Some(q) = vh.queues.get_mut(&u.queue) {
-                            q.unacked = q.unacked.saturating_sub(1);
-                            if let Err(e) = q.settle(u.seq) {
-                                self.errors.push(format!("cannot settle a message of queue '{}': {e}", u.queue));
-                            }
-                            if q.durable {
-                                self.dirty.insert((vhost.clone(), u.queue.clone()));
-                            }
-                        }
+        if requeue == Some(true) {
+            self.requeue(&vhost, settled, now_ms, out);
+        } else {
+            let mut rejected = Vec::new();
+            if let Some(vh) = self.vhosts.get_mut(&*vhost) {
+                for u in settled {
+                    let Some(q) = vh.queues.get_mut(&u.queue) else { continue };
+                    q.unacked = q.unacked.saturating_sub(1);
+                    if let Err(e) = q.settle(u.item.lane, u.item.seq) {
+                        self.errors.push(format!("cannot settle a message of queue '{}': {e}", u.queue));
+                    }
+                    if q.durable {
+                        self.dirty.insert((vhost.clone(), u.queue.clone()));
+                    }
+                    if requeue == Some(false) {
+                        rejected.push((u.queue, u.item, "rejected"));
                     }
                 }
             }
+            self.dead_letter(&vhost, rejected, now_ms, out);
         }
         self.dispatch_channel_queues(conn, channel, now_ms, out);
         Ok(())
@@ -2037,24 +2263,82 @@ impl Broker {
         }
     }
 
-    /// Puts deliveries back in their queues (in their original order) and delivers again.
+    /// Puts deliveries back in their queues (in their original order) and delivers again. A
+    /// message returned more often than its queue's delivery limit is dead-lettered instead.
     fn requeue(&mut self, vhost: &str, unacked: Vec<Unacked>, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
         if unacked.is_empty() {
             return;
         }
         let mut touched: Vec<ShortStr> = Vec::new();
+        let mut over_limit = Vec::new();
         if let Some(vh) = self.vhosts.get_mut(vhost) {
             for u in unacked {
-                if let Some(q) = vh.queues.get_mut(&u.queue) {
-                    q.requeue(u.seq, u.msg);
-                    if !touched.contains(&u.queue) {
-                        touched.push(u.queue);
+                let Some(q) = vh.queues.get_mut(&u.queue) else { continue };
+                let mut item = u.item;
+                item.returns = item.returns.saturating_add(1);
+                if q.args.delivery_limit.is_some_and(|limit| u64::from(item.returns) > limit) {
+                    q.unacked = q.unacked.saturating_sub(1);
+                    if let Err(e) = q.settle(item.lane, item.seq) {
+                        self.errors.push(format!("cannot settle a message of queue '{}': {e}", u.queue));
                     }
+                    if q.durable {
+                        self.dirty.insert((Arc::from(vhost), u.queue.clone()));
+                    }
+                    over_limit.push((u.queue.clone(), item, "delivery_limit"));
+                } else {
+                    q.requeue(item);
+                }
+                if !touched.contains(&u.queue) {
+                    touched.push(u.queue);
                 }
             }
         }
+        self.dead_letter(&Arc::from(vhost), over_limit, now_ms, out);
         for q in touched {
             self.dispatch(vhost, &q, now_ms, out);
         }
     }
+}
+
+/// The consumer the next message goes to: the first in priority order (then round-robin from
+/// `rr` among equals) whose connection, channel and prefetch allow another delivery. With a
+/// single active consumer only the first consumer is considered.
+fn choose_consumer(q: &Queue, conns: &HashMap<ConnId, Conn>) -> Option<usize> {
+    let can_take = |idx: usize| {
+        let key = &q.consumers[idx];
+        let Some(c) = conns.get(&key.conn) else { return false };
+        let Some(ch) = c.channels.get(&key.channel) else { return false };
+        let Some(co) = ch.consumers.get(&key.tag) else { return false };
+        c.writable()
+            && ch.state == ChannelState::Open
+            && ch.flow_active
+            && (co.no_ack || ((co.prefetch == 0 || co.unacked < u32::from(co.prefetch)) && ch.has_channel_credit()))
+    };
+    if q.args.single_active_consumer {
+        return (!q.consumers.is_empty() && can_take(0)).then_some(0);
+    }
+    let n = q.consumers.len();
+    let mut start = 0;
+    while start < n {
+        let priority = q.consumers[start].priority;
+        let end = start + q.consumers[start..].iter().take_while(|c| c.priority == priority).count();
+        let len = end - start;
+        let from = if (start..end).contains(&q.rr) { q.rr - start } else { 0 };
+        if let Some(idx) = (0..len).map(|i| start + (from + i) % len).find(|&idx| can_take(idx)) {
+            return Some(idx);
+        }
+        start = end;
+    }
+    None
+}
+
+/// The message as delivered: quorum queues tell how often it came back (`x-delivery-count`).
+fn delivered_message(q: &Queue, m: &Queued) -> MessageRef {
+    if q.args.queue_type != QueueType::Quorum || m.returns == 0 {
+        return m.msg.clone();
+    }
+    let mut props = m.msg.properties.clone();
+    props.headers.get_or_insert_with(FieldTable::new).insert("x-delivery-count", FieldValue::I64(i64::from(m.returns)));
+    let raw = props.to_bytes();
+    Message::new(m.msg.exchange.clone(), m.msg.routing_key.clone(), props, raw, m.msg.body.clone())
 }

@@ -4,7 +4,7 @@
 //! Invariant: `unacked` is ordered by delivery tag (tags are handed out increasing), so the
 //! oldest delivery is at the front and `multiple` acks drain a prefix.
 
-use crate::message::MessageRef;
+use crate::queue::Queued;
 use std::collections::{HashMap, VecDeque};
 use warren_amqp::{ContentAssembler, ShortStr};
 
@@ -28,8 +28,8 @@ pub struct Consumer {
 pub struct Unacked {
     pub delivery_tag: u64,
     pub queue: ShortStr,
-    pub seq: u64,
-    pub msg: MessageRef,
+    /// The message as its queue knows it (lane, seq, expiry, returns), to settle or requeue.
+    pub item: Queued,
     /// None for basic.get.
     pub consumer: Option<ShortStr>,
     pub delivered_at_ms: u64,

@@ -16,10 +16,12 @@
 //! give the same outputs, which is what makes the core testable without a network and what a
 //! replicated log needs later.
 
+pub mod args;
 pub mod auth;
 pub mod broker;
 pub mod channel;
 pub mod config;
+pub mod dead_letter;
 pub mod definitions;
 pub mod exchange;
 pub mod message;

@@ -34,10 +34,16 @@ impl Message {
 
 pub type MessageRef = Arc<Message>;
 
-/// The payload a message is stored under in a queue's log: exchange and routing key as short
-/// strings, the raw property list as a long string, then the body to the end.
-pub fn encode_for_store(msg: &Message, out: &mut Vec<u8>) {
+/// Version of the stored payload layout below.
+const STORE_FORMAT: u8 = 1;
+
+/// The payload a message is stored under in a queue's log: a format byte, the absolute expiry
+/// (ms since the Unix epoch, 0 for none), exchange and routing key as short strings, the raw
+/// property list as a long string, then the body to the end.
+pub fn encode_for_store(msg: &Message, expires_at_ms: Option<u64>, out: &mut Vec<u8>) {
     out.clear();
+    out.push(STORE_FORMAT);
+    out.extend_from_slice(&expires_at_ms.unwrap_or(0).to_be_bytes());
     out.push(msg.exchange.len() as u8);
     out.extend_from_slice(msg.exchange.as_bytes());
     out.push(msg.routing_key.len() as u8);
@@ -47,15 +53,20 @@ pub fn encode_for_store(msg: &Message, out: &mut Vec<u8>) {
     out.extend_from_slice(&msg.body);
 }
 
-/// Decodes a stored payload; `None` if it is not one (a store checksum makes that unlikely).
-pub fn decode_from_store(payload: Bytes) -> Option<MessageRef> {
+/// Decodes a stored payload into the message and its expiry; `None` if it is not one (a store
+/// checksum makes that unlikely: it means another version wrote it).
+pub fn decode_from_store(payload: Bytes) -> Option<(MessageRef, Option<u64>)> {
     let mut r = warren_amqp::codec::Reader::new(payload.clone());
+    if r.u8().ok()? != STORE_FORMAT {
+        return None;
+    }
+    let expires_at = Some(r.u64().ok()?).filter(|t| *t != 0);
     let exchange = r.shortstr().ok()?;
     let routing_key = r.shortstr().ok()?;
     let raw_properties = r.longstr().ok()?;
     let body = payload.slice(payload.len() - r.remaining()..);
     let properties = BasicProperties::decode(raw_properties.clone()).ok()?;
-    Some(Message::new(exchange, routing_key, properties, raw_properties, body))
+    Some((Message::new(exchange, routing_key, properties, raw_properties, body), expires_at))
 }
 
 #[cfg(test)]
@@ -67,8 +78,9 @@ mod tests {
         let props = BasicProperties { delivery_mode: Some(2), message_id: Some("m".into()), ..Default::default() };
         let msg = Message::new("ex".into(), "rk".into(), props.clone(), props.to_bytes(), Bytes::from_static(b"body"));
         let mut out = Vec::new();
-        encode_for_store(&msg, &mut out);
-        let back = decode_from_store(Bytes::from(out)).expect("decodes");
+        encode_for_store(&msg, Some(1234), &mut out);
+        let (back, expires) = decode_from_store(Bytes::from(out)).expect("decodes");
+        assert_eq!(expires, Some(1234));
         assert_eq!(back.exchange, "ex");
         assert_eq!(back.routing_key, "rk");
         assert_eq!(back.properties, props);

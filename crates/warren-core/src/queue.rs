@@ -1,22 +1,28 @@
 //! A queue: ready messages in order, the consumers attached, and counters.
 //!
-//! Every message a queue accepts is appended to its log (`warren_store::SegmentLog`); the log
-//! seq is the message's place in the queue. The newest ready messages are also held in memory
-//! up to a budget ([`QUEUE_MEMORY_MESSAGES_MAX`], [`QUEUE_MEMORY_BYTES_MAX`]); past it, ready
-//! messages live on disk only and are read back in order, a batch at a time, as the memory
-//! window drains. So a backlog costs no memory per message.
+//! Messages live in lanes, one per priority level in use (a queue without `x-max-priority` has
+//! the single lane 0). Every message a lane accepts is appended to the lane's log
+//! (`warren_store::SegmentLog`); the log seq is the message's place in its lane. The newest
+//! ready messages are also held in memory up to a budget per queue
+//! ([`QUEUE_MEMORY_MESSAGES_MAX`], [`QUEUE_MEMORY_BYTES_MAX`]); past it, ready messages live on
+//! disk only and are read back in order, a batch at a time, as the memory window drains. So a
+//! backlog costs no memory per message.
 //!
-//! Invariants: `ready` holds ready messages with seq < `disk_from`, in seq order; the
+//! Invariants, per lane: `ready` holds ready messages with seq < `disk_from`, in seq order; the
 //! `disk_count` unsettled records from `disk_from` on are ready and on disk only. A message is
-//! in `ready`, on disk only, or unacked on exactly one channel (counted in `unacked`), never
-//! two of these. Requeued messages go back to their place by seq.
+//! in `ready`, on disk only, or unacked on exactly one channel (counted in `unacked`), never two
+//! of these. Requeued messages go back to their lane at their place by seq. Higher lanes are
+//! delivered first.
 
+use crate::args::{Overflow, QueueArgs};
 use crate::message::{decode_from_store, encode_for_store, MessageRef};
 use crate::ConnId;
 use std::collections::VecDeque;
 use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
 use warren_amqp::{FieldTable, ShortStr};
-use warren_store::{Recovered, SegmentLog, SyncHandle};
+use warren_store::{Backend, LogConfig, Recovered, SegmentLog, SyncHandle};
 
 /// Ready messages a queue holds in memory before it keeps new ones on disk only. Enough to
 /// keep consumers fed between refills; small enough that many queues stay cheap.
@@ -27,11 +33,18 @@ pub const QUEUE_MEMORY_BYTES_MAX: usize = 4 * 1024 * 1024;
 const REFILL_RECORDS: usize = 1024;
 const REFILL_BYTES: usize = 1024 * 1024;
 
+/// A ready (or delivered and unacked) message and what the queue knows of it.
 #[derive(Debug, Clone)]
 pub struct Queued {
+    /// Priority lane.
+    pub lane: u8,
     pub seq: u64,
     pub msg: MessageRef,
     pub redelivered: bool,
+    /// Absolute expiry, ms since the Unix epoch.
+    pub expires_at: Option<u64>,
+    /// Times it was delivered and returned (quorum queues' x-delivery-count).
+    pub returns: u32,
 }
 
 /// Which consumer: connection, channel and tag.
@@ -40,6 +53,70 @@ pub struct ConsumerKey {
     pub conn: ConnId,
     pub channel: u16,
     pub tag: ShortStr,
+    /// Consumer priority (`x-priority`); higher ones are served first.
+    pub priority: i64,
+}
+
+#[derive(Debug)]
+struct Lane {
+    log: SegmentLog,
+    ready: VecDeque<Queued>,
+    disk_from: u64,
+    disk_count: u64,
+    /// Recovered messages up to this seq were delivered before the restart.
+    redelivered_through: Option<u64>,
+}
+
+impl Lane {
+    fn new(log: SegmentLog, recovered: Option<&Recovered>) -> Self {
+        let disk_count = recovered.map_or(0, |r| r.unsettled);
+        let disk_from = if disk_count > 0 { 0 } else { log.next_seq() };
+        Lane {
+            log,
+            ready: VecDeque::new(),
+            disk_from,
+            disk_count,
+            redelivered_through: recovered.and_then(|r| r.delivered_through),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.disk_count == 0
+    }
+}
+
+/// Where a queue's lanes keep their logs.
+#[derive(Debug, Clone)]
+pub struct QueueStore {
+    pub backend: Arc<dyn Backend>,
+    pub dir: PathBuf,
+    pub config: LogConfig,
+}
+
+impl QueueStore {
+    /// Lane 0 lives in the queue's directory, lane p in its subdirectory `p<p>`.
+    fn lane_dir(&self, lane: u8) -> PathBuf {
+        if lane == 0 {
+            self.dir.clone()
+        } else {
+            self.dir.join(format!("p{lane}"))
+        }
+    }
+
+    fn open(&self, lane: u8) -> io::Result<(SegmentLog, Recovered)> {
+        SegmentLog::open(self.backend.clone(), &self.lane_dir(lane), self.config.clone())
+    }
+}
+
+/// What a publish did to a queue.
+#[derive(Debug, Default)]
+pub struct PushOutcome {
+    /// The message must reach the disk before it is confirmed.
+    pub needs_sync: bool,
+    /// The queue refused it (reject-publish overflow).
+    pub rejected: bool,
+    /// Messages that left the queue to make room (drop-head), to dead-letter as `maxlen`.
+    pub dropped: Vec<Queued>,
 }
 
 #[derive(Debug)]
@@ -49,13 +126,15 @@ pub struct Queue {
     pub exclusive_owner: Option<ConnId>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
-    log: SegmentLog,
-    ready: VecDeque<Queued>,
-    ready_bytes: usize,
-    disk_from: u64,
-    disk_count: u64,
-    /// Recovered messages up to this seq were delivered before the restart.
-    redelivered_through: Option<u64>,
+    pub args: QueueArgs,
+    store: QueueStore,
+    lanes: Vec<Option<Lane>>,
+    /// Ready messages and their body bytes, in memory and on disk.
+    ready_count: u64,
+    ready_bytes: u64,
+    /// Ready messages and bytes held in memory.
+    mem_count: usize,
+    mem_bytes: usize,
     pub unacked: usize,
     pub consumers: Vec<ConsumerKey>,
     /// Index into `consumers` where the next round-robin search starts.
@@ -64,48 +143,70 @@ pub struct Queue {
     pub had_consumer: bool,
     /// Set while a consumer holds the queue with basic.consume exclusive=true.
     pub exclusive_consumer: bool,
-    /// Whether appends since the last sync need an fsync before confirming.
-    pub dirty: bool,
+    /// When the queue was last used (consumer, get, declare), for `x-expires`.
+    pub last_used_ms: u64,
+    /// Some message here may carry an expiry: the broker checks the head over time.
+    pub may_expire: bool,
     scratch: Vec<u8>,
 }
 
 impl Queue {
-    /// A queue over `log`; `recovered` says what the log held when opened (None for a new one).
-    pub fn new(
+    /// Opens (or recovers) a queue's lanes in `store`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
         name: ShortStr,
         durable: bool,
         exclusive_owner: Option<ConnId>,
         auto_delete: bool,
         arguments: FieldTable,
-        log: SegmentLog,
-        recovered: Option<&Recovered>,
-    ) -> Self {
-        let disk_count = recovered.map_or(0, |r| r.unsettled);
-        let disk_from = if disk_count > 0 { 0 } else { log.next_seq() };
-        Queue {
+        args: QueueArgs,
+        store: QueueStore,
+        now_ms: u64,
+    ) -> io::Result<(Self, Vec<Recovered>)> {
+        let lane_count = usize::from(args.max_priority.unwrap_or(0)) + 1;
+        let args_have_ttl = args.message_ttl_ms.is_some();
+        let mut lanes: Vec<Option<Lane>> = (0..lane_count).map(|_| None).collect();
+        let mut recovered_all = Vec::new();
+        let mut ready_count = 0;
+        for (i, slot) in lanes.iter_mut().enumerate() {
+            let lane = i as u8;
+            // Lane 0 always exists; higher lanes only where a log was left.
+            if lane > 0 && store.backend.list(&store.lane_dir(lane))?.is_empty() {
+                continue;
+            }
+            let (log, recovered) = store.open(lane)?;
+            ready_count += recovered.unsettled;
+            *slot = Some(Lane::new(log, Some(&recovered)));
+            recovered_all.push(recovered);
+        }
+        let q = Queue {
             name,
             durable,
             exclusive_owner,
             auto_delete,
             arguments,
-            log,
-            ready: VecDeque::new(),
+            args,
+            store,
+            lanes,
+            ready_count,
+            // Body bytes of recovered messages are learnt as they are read back.
             ready_bytes: 0,
-            disk_from,
-            disk_count,
-            redelivered_through: recovered.and_then(|r| r.delivered_through),
+            mem_count: 0,
+            mem_bytes: 0,
             unacked: 0,
             consumers: Vec::new(),
             rr: 0,
             had_consumer: false,
             exclusive_consumer: false,
-            dirty: false,
+            last_used_ms: now_ms,
+            may_expire: args_have_ttl || ready_count > 0,
             scratch: Vec::new(),
-        }
+        };
+        Ok((q, recovered_all))
     }
 
     pub fn message_count(&self) -> u32 {
-        (self.ready.len() as u64 + self.disk_count).min(u64::from(u32::MAX)) as u32
+        self.ready_count.min(u64::from(u32::MAX)) as u32
     }
 
     pub fn consumer_count(&self) -> u32 {
@@ -113,112 +214,261 @@ impl Queue {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ready.is_empty() && self.disk_count == 0
+        self.ready_count == 0
     }
 
-    /// Appends a message. Returns true when it must reach the disk before it is confirmed
-    /// (a persistent message in a durable queue).
-    pub fn push(&mut self, msg: MessageRef) -> io::Result<bool> {
-        let persistent = self.durable && msg.properties.is_persistent();
-        encode_for_store(&msg, &mut self.scratch);
-        let seq = self.log.append(&self.scratch, persistent)?;
-        if persistent {
-            self.dirty = true;
+    fn lane_of(&self, msg: &MessageRef) -> u8 {
+        match self.args.max_priority {
+            None => 0,
+            Some(max) => msg.properties.priority.unwrap_or(0).min(max),
         }
-        let fits = self.disk_count == 0
-            && self.ready.len() < QUEUE_MEMORY_MESSAGES_MAX
-            && self.ready_bytes + msg.body.len() <= QUEUE_MEMORY_BYTES_MAX;
-        if fits {
-            self.ready_bytes += msg.body.len();
-            self.ready.push_back(Queued { seq, msg, redelivered: false });
-            self.disk_from = seq + 1;
-        } else {
-            if self.disk_count == 0 {
-                self.disk_from = seq;
+    }
+
+    fn lane_mut(&mut self, lane: u8) -> io::Result<&mut Lane> {
+        let slot = &mut self.lanes[usize::from(lane)];
+        if slot.is_none() {
+            let (log, _) = self.store.open(lane)?;
+            *slot = Some(Lane::new(log, None));
+        }
+        // Just filled when it was empty.
+        slot.as_mut().ok_or_else(|| io::Error::other("lane vanished"))
+    }
+
+    /// The expiry a message gets here: the lower of the queue's and its own TTL.
+    pub fn expiry_for(&self, msg: &MessageRef, now_ms: u64) -> Option<u64> {
+        let own = msg.properties.expiration.as_ref().and_then(|e| e.parse::<u64>().ok());
+        let ttl = match (self.args.message_ttl_ms, own) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        ttl.map(|t| now_ms.saturating_add(t))
+    }
+
+    /// True when one more message of `len` body bytes would exceed a length limit.
+    fn over_limit_with(&self, len: u64) -> bool {
+        self.args.max_length.is_some_and(|m| self.ready_count + 1 > m)
+            || self.args.max_length_bytes.is_some_and(|m| self.ready_bytes + len > m)
+    }
+
+    /// Appends a message, applying the queue's length limit.
+    pub fn push(&mut self, msg: MessageRef, now_ms: u64) -> io::Result<PushOutcome> {
+        let mut outcome = PushOutcome::default();
+        let len = msg.body.len() as u64;
+        if self.over_limit_with(len) {
+            match self.args.overflow {
+                Overflow::RejectPublish | Overflow::RejectPublishDlx => {
+                    outcome.rejected = true;
+                    return Ok(outcome);
+                }
+                Overflow::DropHead => {
+                    while self.over_limit_with(len) {
+                        match self.pop()? {
+                            Some(q) => {
+                                self.settle(q.lane, q.seq)?;
+                                outcome.dropped.push(q);
+                            }
+                            None => break,
+                        }
+                    }
+                    // A limit of 0 (or a body over the byte limit) leaves no room at all: the
+                    // new message itself is the head that goes.
+                    if self.over_limit_with(len) {
+                        let expires_at = self.expiry_for(&msg, now_ms);
+                        let lane = self.lane_of(&msg);
+                        outcome.dropped.push(Queued { lane, seq: 0, msg, redelivered: false, expires_at, returns: 0 });
+                        return Ok(outcome);
+                    }
+                }
             }
-            self.disk_count += 1;
         }
-        Ok(persistent)
+        let persistent = self.durable && msg.properties.is_persistent();
+        let expires_at = self.expiry_for(&msg, now_ms);
+        self.may_expire |= expires_at.is_some();
+        let lane_no = self.lane_of(&msg);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        encode_for_store(&msg, expires_at, &mut scratch);
+        let fits_memory =
+            self.mem_count < QUEUE_MEMORY_MESSAGES_MAX && self.mem_bytes + msg.body.len() <= QUEUE_MEMORY_BYTES_MAX;
+        let lane = self.lane_mut(lane_no)?;
+        let appended = lane.log.append(&scratch, persistent);
+        self.scratch = scratch;
+        let seq = appended?;
+        let lane = self.lane_mut(lane_no)?;
+        let in_memory = fits_memory && lane.disk_count == 0;
+        if in_memory {
+            lane.ready.push_back(Queued {
+                lane: lane_no,
+                seq,
+                msg: msg.clone(),
+                redelivered: false,
+                expires_at,
+                returns: 0,
+            });
+            lane.disk_from = seq + 1;
+        } else {
+            if lane.disk_count == 0 {
+                lane.disk_from = seq;
+            }
+            lane.disk_count += 1;
+        }
+        if in_memory {
+            self.mem_count += 1;
+            self.mem_bytes += msg.body.len();
+        }
+        self.ready_count += 1;
+        self.ready_bytes += len;
+        outcome.needs_sync = persistent;
+        Ok(outcome)
     }
 
-    /// Takes the next ready message, reading back from disk when the memory window is empty.
-    pub fn pop(&mut self) -> io::Result<Option<Queued>> {
-        if self.ready.is_empty() && self.disk_count > 0 {
-            self.refill()?;
-        }
-        let Some(q) = self.ready.pop_front() else { return Ok(None) };
-        self.ready_bytes -= q.msg.body.len();
-        Ok(Some(q))
+    /// The highest lane with ready messages.
+    fn top_lane(&self) -> Option<u8> {
+        self.lanes
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, l)| l.as_ref().is_some_and(|l| !l.is_empty()))
+            .map(|(i, _)| i as u8)
     }
 
-    fn refill(&mut self) -> io::Result<()> {
-        let records = self.log.read(self.disk_from, REFILL_RECORDS, REFILL_BYTES)?;
+    /// Makes sure the head of `lane` is in memory (reading back from disk if needed).
+    fn load_head(&mut self, lane_no: u8) -> io::Result<()> {
+        let Some(lane) = self.lanes[usize::from(lane_no)].as_mut() else { return Ok(()) };
+        if !lane.ready.is_empty() || lane.disk_count == 0 {
+            return Ok(());
+        }
+        let records = lane.log.read(lane.disk_from, REFILL_RECORDS, REFILL_BYTES)?;
         if records.is_empty() {
-            // The log holds fewer unsettled records than we counted (a corrupt segment was
+            // The log holds fewer unsettled records than counted (a corrupt segment was
             // skipped at recovery): nothing more to read.
-            self.disk_count = 0;
-            self.disk_from = self.log.next_seq();
+            self.ready_count = self.ready_count.saturating_sub(lane.disk_count);
+            lane.disk_count = 0;
+            lane.disk_from = lane.log.next_seq();
             return Ok(());
         }
         for r in records {
-            self.disk_count = self.disk_count.saturating_sub(1);
-            self.disk_from = r.seq + 1;
+            lane.disk_count = lane.disk_count.saturating_sub(1);
+            lane.disk_from = r.seq + 1;
             match decode_from_store(r.payload) {
-                Some(msg) => {
-                    let redelivered = self.redelivered_through.is_some_and(|t| r.seq <= t);
-                    self.ready_bytes += msg.body.len();
-                    self.ready.push_back(Queued { seq: r.seq, msg, redelivered });
+                Some((msg, expires_at)) => {
+                    let redelivered = lane.redelivered_through.is_some_and(|t| r.seq <= t);
+                    self.mem_count += 1;
+                    self.mem_bytes += msg.body.len();
+                    lane.ready.push_back(Queued {
+                        lane: lane_no,
+                        seq: r.seq,
+                        msg,
+                        redelivered,
+                        expires_at,
+                        returns: 0,
+                    });
                 }
-                // Checksummed, so this is a record another version wrote: drop it, loudly in
-                // the counters (settled so that its segment can go).
-                None => self.log.settle(r.seq)?,
+                // Checksummed, so this is a record another version wrote: drop it (settled
+                // so that its segment can go).
+                None => {
+                    self.ready_count = self.ready_count.saturating_sub(1);
+                    lane.log.settle(r.seq)?;
+                }
             }
         }
-        if self.disk_count == 0 {
-            self.disk_from = self.log.next_seq();
+        if lane.disk_count == 0 {
+            lane.disk_from = lane.log.next_seq();
         }
         Ok(())
     }
 
-    /// Puts a message taken by a consumer back at its place, marked redelivered.
-    pub fn requeue(&mut self, seq: u64, msg: MessageRef) {
-        debug_assert!(self.unacked > 0, "requeue of a message the queue does not count as unacked");
-        debug_assert!(seq < self.disk_from, "a requeued message was read into memory before");
-        self.unacked = self.unacked.saturating_sub(1);
-        self.ready_bytes += msg.body.len();
-        let at = self.ready.partition_point(|q| q.seq < seq);
-        self.ready.insert(at, Queued { seq, msg, redelivered: true });
+    /// Takes the next ready message: highest priority first, FIFO within a priority.
+    pub fn pop(&mut self) -> io::Result<Option<Queued>> {
+        loop {
+            let Some(lane_no) = self.top_lane() else { return Ok(None) };
+            self.load_head(lane_no)?;
+            let Some(lane) = self.lanes[usize::from(lane_no)].as_mut() else { return Ok(None) };
+            let Some(q) = lane.ready.pop_front() else {
+                // load_head found nothing readable; the counts were corrected, look again.
+                continue;
+            };
+            self.mem_count -= 1;
+            self.mem_bytes -= q.msg.body.len();
+            self.ready_count = self.ready_count.saturating_sub(1);
+            self.ready_bytes = self.ready_bytes.saturating_sub(q.msg.body.len() as u64);
+            return Ok(Some(q));
+        }
     }
 
-    /// A delivered message was acked or dropped: it leaves the log.
-    pub fn settle(&mut self, seq: u64) -> io::Result<()> {
-        self.log.settle(seq)
+    /// Takes the head if it has expired by `now_ms` (expiry is applied at the head, as in
+    /// RabbitMQ's classic queues).
+    pub fn pop_expired(&mut self, now_ms: u64) -> io::Result<Option<Queued>> {
+        let Some(lane_no) = self.top_lane() else { return Ok(None) };
+        self.load_head(lane_no)?;
+        let expired = self.lanes[usize::from(lane_no)]
+            .as_ref()
+            .and_then(|l| l.ready.front())
+            .is_some_and(|q| q.expires_at.is_some_and(|t| t <= now_ms));
+        if expired {
+            self.pop()
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Puts a message taken by a consumer back at its place, marked redelivered.
+    pub fn requeue(&mut self, mut q: Queued) {
+        debug_assert!(self.unacked > 0, "requeue of a message the queue does not count as unacked");
+        self.unacked = self.unacked.saturating_sub(1);
+        q.redelivered = true;
+        let len = q.msg.body.len();
+        let Some(lane) = self.lanes.get_mut(usize::from(q.lane)).and_then(Option::as_mut) else { return };
+        debug_assert!(q.seq < lane.disk_from, "a requeued message was read into memory before");
+        let at = lane.ready.partition_point(|r| r.seq < q.seq);
+        lane.ready.insert(at, q);
+        self.mem_count += 1;
+        self.mem_bytes += len;
+        self.ready_count += 1;
+        self.ready_bytes += len as u64;
+    }
+
+    /// A delivered message was acked or dropped: it leaves its lane's log.
+    pub fn settle(&mut self, lane: u8, seq: u64) -> io::Result<()> {
+        match self.lanes.get_mut(usize::from(lane)).and_then(Option::as_mut) {
+            Some(l) => l.log.settle(seq),
+            None => Ok(()),
+        }
     }
 
     /// Notes a delivery, so a restart marks the message redelivered.
-    pub fn mark_delivered(&mut self, seq: u64) {
+    pub fn mark_delivered(&mut self, lane: u8, seq: u64) {
         if self.durable {
-            self.log.mark_delivered(seq);
+            if let Some(l) = self.lanes.get_mut(usize::from(lane)).and_then(Option::as_mut) {
+                l.log.mark_delivered(seq);
+            }
         }
     }
 
     /// Drops every ready message; returns how many there were.
     pub fn purge(&mut self) -> io::Result<u32> {
         let n = self.message_count();
-        for q in self.ready.drain(..) {
-            self.log.settle(q.seq)?;
+        for lane in self.lanes.iter_mut().flatten() {
+            for q in lane.ready.drain(..) {
+                lane.log.settle(q.seq)?;
+            }
+            if lane.disk_count > 0 {
+                lane.log.settle_range(lane.disk_from, lane.log.next_seq())?;
+            }
+            lane.disk_count = 0;
+            lane.disk_from = lane.log.next_seq();
         }
-        if self.disk_count > 0 {
-            self.log.settle_range(self.disk_from, self.log.next_seq())?;
-        }
+        self.ready_count = 0;
         self.ready_bytes = 0;
-        self.disk_count = 0;
-        self.disk_from = self.log.next_seq();
+        self.mem_count = 0;
+        self.mem_bytes = 0;
         Ok(n)
     }
 
-    pub fn remove_consumer(&mut self, key: &ConsumerKey) -> bool {
-        let Some(pos) = self.consumers.iter().position(|c| c == key) else { return false };
+    pub fn remove_consumer(&mut self, conn: ConnId, channel: u16, tag: &ShortStr) -> bool {
+        let Some(pos) = self.consumers.iter().position(|c| c.conn == conn && c.channel == channel && &c.tag == tag)
+        else {
+            return false;
+        };
         self.consumers.remove(pos);
         if self.rr > pos {
             self.rr -= 1;
@@ -227,14 +477,26 @@ impl Queue {
         true
     }
 
-    /// Files written since the last call, to be synced (see `Broker::begin_sync`).
-    pub fn pending_sync(&mut self) -> Vec<std::sync::Arc<dyn SyncHandle>> {
-        self.dirty = false;
-        self.log.pending_sync()
+    /// Adds a consumer, keeping consumers ordered by priority (highest first; among equals, in
+    /// the order they came).
+    pub fn add_consumer(&mut self, key: ConsumerKey) {
+        let at = self.consumers.partition_point(|c| c.priority >= key.priority);
+        self.consumers.insert(at, key);
+        if self.rr > at {
+            self.rr += 1;
+        }
     }
 
-    /// Deletes the queue's log from disk.
+    /// Files written since the last call, to be synced (see `Broker::begin_sync`).
+    pub fn pending_sync(&mut self) -> Vec<Arc<dyn SyncHandle>> {
+        self.lanes.iter_mut().flatten().flat_map(|l| l.log.pending_sync()).collect()
+    }
+
+    /// Deletes the queue's logs from disk.
     pub fn destroy(self) -> io::Result<()> {
-        self.log.destroy()
+        let dir = self.store.dir.clone();
+        let backend = self.store.backend.clone();
+        drop(self.lanes);
+        backend.remove_dir_all(&dir)
     }
 }

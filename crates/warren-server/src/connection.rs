@@ -257,6 +257,12 @@ impl Connection {
                     }
                     continue;
                 }
+                if let Frame::Method { channel: 0, method: Method::ConnectionClose { .. } } = f {
+                    // Requeue unacked messages and delete exclusive queues before close-ok, so
+                    // that a client seeing close-ok sees the broker already cleaned up (as
+                    // RabbitMQ does). Doing it again when the socket goes is a no-op.
+                    broker.connection_closed(self.id, now, &mut self.out);
+                }
                 if f.channel() == 0 {
                     self.connection_frame(f);
                 } else {

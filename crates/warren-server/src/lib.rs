@@ -53,9 +53,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Milliseconds since the server started: the broker's clock.
+    /// How long the server has been running.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The broker's clock: milliseconds since the Unix epoch (message expiry and x-death times
+    /// outlive a restart, so they need the wall clock).
     pub fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
     }
 
     /// The broker, locked. A poisoned lock means a panic inside the broker: keep serving the
@@ -158,19 +164,24 @@ impl Server {
     }
 }
 
-/// Drives time-based broker work (consumer acknowledgement timeout).
+/// How often time-based broker work runs: message TTL at queue heads, queue expiry, the
+/// consumer acknowledgement timeout. TTLs are also applied whenever a queue delivers, so this
+/// only bounds how late an expired message is dead-lettered from an idle queue.
+pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Drives time-based broker work.
 async fn tick_loop(shared: Arc<Shared>) {
-    let period = {
-        let b = shared.broker();
-        b.config().consumer_timeout_ms.map(|t| Duration::from_millis((t / 4).clamp(100, 5_000)))
-    };
-    let Some(period) = period else { return };
-    let mut interval = tokio::time::interval(period);
+    let mut interval = tokio::time::interval(TICK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut out = Vec::new();
     let mut none = Vec::new();
     loop {
         interval.tick().await;
-        shared.broker().tick(shared.now_ms(), &mut out);
+        {
+            let mut b = shared.broker();
+            b.tick(shared.now_ms(), &mut out);
+            Shared::log_errors(&mut b);
+        }
         shared.route_outputs(0, &mut out, &mut none);
     }
 }

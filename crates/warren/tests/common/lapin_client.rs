@@ -209,3 +209,61 @@ pub async fn close(conn: &Connection) {
 pub async fn close_channel(ch: &Channel) {
     within("channel.close-ok", ch.close(200, "bye")).await.expect("close channel");
 }
+
+/// A field table (queue, consumer or exchange arguments, message headers)
+/// from names and values.
+pub fn field_table(entries: &[(&str, lapin::types::AMQPValue)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in entries {
+        table.insert((*key).into(), value.clone());
+    }
+    table
+}
+
+/// A long-string field value.
+pub fn long_string(value: &str) -> lapin::types::AMQPValue {
+    lapin::types::AMQPValue::LongString(value.into())
+}
+
+/// Declares a queue with arguments, returning the broker's answer.
+pub async fn try_declare_with(
+    ch: &Channel,
+    name: &str,
+    options: QueueDeclareOptions,
+    arguments: FieldTable,
+) -> lapin::Result<Queue> {
+    within("queue.declare", ch.queue_declare(name, options, arguments)).await
+}
+
+/// Declares a queue with arguments; fails the test if the broker refuses.
+pub async fn declare_with(ch: &Channel, name: &str, options: QueueDeclareOptions, arguments: FieldTable) -> Queue {
+    try_declare_with(ch, name, options, arguments).await.unwrap_or_else(|e| panic!("declare queue {name:?}: {e}"))
+}
+
+/// The number of ready messages in `queue`, from a passive declare.
+pub async fn message_count(ch: &Channel, queue: &str) -> u32 {
+    declare_passive(ch, queue).await.unwrap_or_else(|e| panic!("passive declare of {queue:?}: {e}")).message_count()
+}
+
+/// Publishes a message on a channel in confirm mode and returns the broker's
+/// answer (ack or nack, with the message if it was returned) instead of
+/// requiring an ack.
+pub async fn publish_confirmation(
+    ch: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    options: BasicPublishOptions,
+    properties: BasicProperties,
+) -> lapin::publisher_confirm::Confirmation {
+    within("basic.publish and its confirmation", async {
+        ch.basic_publish(exchange, routing_key, options, body, properties).await?.await
+    })
+    .await
+    .unwrap_or_else(|e| panic!("publish to {exchange:?}/{routing_key:?}: {e}"))
+}
+
+/// A delivery's headers (empty if it has none).
+pub fn headers(delivery: &Delivery) -> FieldTable {
+    delivery.properties.headers().clone().unwrap_or_default()
+}

@@ -277,6 +277,14 @@ impl Drop for Broker {
     }
 }
 
+/// True when the tests run against an external broker (`WARREN_TEST_AMQP_URL`
+/// set) rather than a spawned `warren`: for the few assertions that only hold
+/// for the behaviour Warren implements (RabbitMQ 4.x) and not for an older
+/// RabbitMQ used as the reference.
+pub fn is_external() -> bool {
+    Broker::is_external()
+}
+
 /// A name no other test (in this process or another one sharing the broker)
 /// uses: `prefix` plus process id, time and a counter.
 pub fn unique(prefix: &str) -> String {
