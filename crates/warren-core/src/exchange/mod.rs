@@ -3,6 +3,7 @@
 //! Invariant: routing reads only the exchange's bindings, never queue state, so the same router
 //! can later be shared as an immutable snapshot.
 
+mod consistent_hash;
 mod direct;
 mod fanout;
 mod headers;
@@ -46,6 +47,7 @@ pub enum ExchangeKind {
     Fanout,
     Topic,
     Headers,
+    ConsistentHash,
 }
 
 impl ExchangeKind {
@@ -55,6 +57,7 @@ impl ExchangeKind {
             "fanout" => ExchangeKind::Fanout,
             "topic" => ExchangeKind::Topic,
             "headers" => ExchangeKind::Headers,
+            "x-consistent-hash" => ExchangeKind::ConsistentHash,
             _ => return None,
         })
     }
@@ -65,11 +68,13 @@ impl ExchangeKind {
             ExchangeKind::Fanout => "fanout",
             ExchangeKind::Topic => "topic",
             ExchangeKind::Headers => "headers",
+            ExchangeKind::ConsistentHash => "x-consistent-hash",
         }
     }
 
-    fn router(self) -> Box<dyn Router> {
+    fn router(self, arguments: &FieldTable) -> Box<dyn Router> {
         match self {
+            ExchangeKind::ConsistentHash => Box::new(consistent_hash::ConsistentHash::new(arguments)),
             ExchangeKind::Direct => Box::<direct::Direct>::default(),
             ExchangeKind::Fanout => Box::<fanout::Fanout>::default(),
             ExchangeKind::Topic => Box::<topic::Topic>::default(),
@@ -100,7 +105,8 @@ impl Exchange {
         internal: bool,
         arguments: FieldTable,
     ) -> Self {
-        Exchange { name, kind, durable, auto_delete, internal, arguments, bindings: Vec::new(), router: kind.router() }
+        let router = kind.router(&arguments);
+        Exchange { name, kind, durable, auto_delete, internal, arguments, bindings: Vec::new(), router }
     }
 
     /// Adds a binding; false when an identical one exists (binding is idempotent).
