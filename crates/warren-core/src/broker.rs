@@ -782,6 +782,12 @@ impl Broker {
         let _ = self.save_definitions();
     }
 
+    /// True once the broker closed the connection (connection.close sent); the server then
+    /// waits for close-ok.
+    pub fn is_closing(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.closing)
+    }
+
     /// The server wrote `bytes` of deliveries to the connection's socket.
     pub fn on_written(&mut self, conn: ConnId, bytes: usize, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
@@ -885,8 +891,11 @@ impl Broker {
             conn,
             Out::Method { channel, method: Method::BasicCancel { consumer_tag: tag.clone(), nowait: true } },
         ));
-        self.remove_consumer(conn, channel, &tag, now_ms, out);
+        let queue = self.detach_consumer(conn, channel, &tag, now_ms);
         self.requeue(&vhost, mine, now_ms, out);
+        if let Some(queue) = queue {
+            self.after_consumer_left(&vhost, &queue, now_ms, out);
+        }
     }
 
     pub fn overview(&self) -> Overview {
@@ -985,11 +994,18 @@ impl Broker {
         if let Some((_, suffix)) = ch.reply_to.take() {
             self.reply_targets.remove(&suffix);
         }
-        // Consumers go first, so that requeued messages cannot be handed straight back to them.
+        // Consumers go first, so that requeued messages cannot be handed straight back to them;
+        // the queues deliver again only once the messages are back in place.
+        let mut queues = Vec::new();
         for tag in tags {
-            self.remove_consumer(conn, channel, &tag, now_ms, out);
+            if let Some(q) = self.detach_consumer(conn, channel, &tag, now_ms) {
+                queues.push(q);
+            }
         }
         self.requeue(&vhost, unacked, now_ms, out);
+        for q in queues {
+            self.after_consumer_left(&vhost, &q, now_ms, out);
+        }
     }
 
     // ---- commands --------------------------------------------------------------------------
@@ -1722,15 +1738,29 @@ impl Broker {
             }
             return;
         }
-        let Some(consumer) = ch.consumers.remove(tag) else { return };
-        let Some(q) = self.vhosts.get_mut(&*vhost).and_then(|v| v.queues.get_mut(&consumer.queue)) else { return };
+        if let Some(queue) = self.detach_consumer(conn, channel, tag, now_ms) {
+            self.after_consumer_left(&vhost, &queue, now_ms, out);
+        }
+    }
+
+    /// Takes a consumer off its channel and queue; returns the queue.
+    fn detach_consumer(&mut self, conn: ConnId, channel: u16, tag: &ShortStr, now_ms: u64) -> Option<ShortStr> {
+        let c = self.conns.get_mut(&conn)?;
+        let consumer = c.channels.get_mut(&channel)?.consumers.remove(tag)?;
+        let q = self.vhosts.get_mut(&*c.vhost).and_then(|v| v.queues.get_mut(&consumer.queue))?;
         q.remove_consumer(conn, channel, tag);
         q.last_used_ms = now_ms;
+        Some(consumer.queue)
+    }
+
+    /// A consumer left `queue`: an auto-delete queue left without consumers goes; otherwise
+    /// the queue delivers again (with a single active consumer, the next one takes over).
+    fn after_consumer_left(&mut self, vhost: &str, queue: &ShortStr, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let Some(q) = self.vhosts.get(vhost).and_then(|v| v.queues.get(queue)) else { return };
         if q.auto_delete && q.had_consumer && q.consumers.is_empty() {
-            self.delete_queue(&vhost, &consumer.queue, now_ms, out);
+            self.delete_queue(vhost, queue, now_ms, out);
         } else {
-            // With a single active consumer, the next one takes over now.
-            self.dispatch(&vhost, &consumer.queue, now_ms, out);
+            self.dispatch(vhost, queue, now_ms, out);
         }
     }
 
@@ -1809,8 +1839,19 @@ impl Broker {
         let routed = if p.exchange.is_empty() && p.routing_key.starts_with(REPLY_TO_PREFIX) {
             self.deliver_reply(&p, out)
         } else {
-            let queues = self.route(&vhost, &p.exchange, &p.routing_key, p.msg.properties.headers.as_ref());
-            let (sync, rejected_by) = self.enqueue(&vhost, &queues, &p.msg, now_ms, out)?;
+            // Sender-selected distribution: the CC and BCC headers add routing keys; BCC is
+            // taken off the message that queues see.
+            let (extra_keys, msg) = crate::dead_letter::sender_selected(&p.msg);
+            let headers = msg.properties.headers.as_ref();
+            let mut queues = self.route(&vhost, &p.exchange, &p.routing_key, headers);
+            for key in &extra_keys {
+                for q in self.route(&vhost, &p.exchange, key, headers) {
+                    if !queues.contains(&q) {
+                        queues.push(q);
+                    }
+                }
+            }
+            let (sync, rejected_by) = self.enqueue(&vhost, &queues, &msg, now_ms, out)?;
             needs_sync = sync;
             rejected = rejected_by;
             !queues.is_empty()
@@ -1897,15 +1938,17 @@ impl Broker {
     fn dead_letter(
         &mut self,
         vhost: &Arc<str>,
-        mut work: Vec<(ShortStr, Queued, &'static str)>,
+        work: Vec<(ShortStr, Queued, &'static str)>,
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) {
+        // First in, first out: messages reach the dead-letter queues in the order they died.
+        let mut work: std::collections::VecDeque<_> = work.into();
         /// A bound on dead-lettering caused by one event (each step moves one message).
         const DEAD_LETTER_STEPS_MAX: usize = 100_000;
         let mut touched: Vec<ShortStr> = Vec::new();
         let mut steps = 0;
-        while let Some((from, item, reason)) = work.pop() {
+        while let Some((from, item, reason)) = work.pop_front() {
             steps += 1;
             if steps > DEAD_LETTER_STEPS_MAX {
                 self.errors
@@ -2040,7 +2083,9 @@ impl Broker {
                         break;
                     }
                 };
-                if m.expires_at.is_some_and(|t| t <= now_ms) {
+                // Expired once its deadline is in the past: a TTL of 0 still reaches a consumer
+                // that is there at once, as in RabbitMQ.
+                if m.expires_at.is_some_and(|t| t < now_ms) {
                     if let Err(e) = q.settle(m.lane, m.seq) {
                         errors.push(format!("cannot settle an expired message of queue '{queue}': {e}"));
                     }

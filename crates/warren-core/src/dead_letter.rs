@@ -55,7 +55,9 @@ pub fn dead_lettered(
             t.insert("queue", text(queue));
             t.insert("time", FieldValue::Timestamp(now_ms / 1000));
             t.insert("exchange", text(&msg.exchange));
-            t.insert("routing-keys", FieldValue::Array(vec![text(&msg.routing_key)]));
+            let mut keys = vec![text(&msg.routing_key)];
+            keys.extend(header_keys(msg, "CC").iter().map(|k| text(k)));
+            t.insert("routing-keys", FieldValue::Array(keys));
             if let Some(e) = &original_expiration {
                 t.insert("original-expiration", text(e));
             }
@@ -75,6 +77,35 @@ pub fn dead_lettered(
     props.headers = Some(headers);
     let raw = props.to_bytes();
     Message::new(dlx.clone(), routing_key.clone(), props, raw, msg.body.clone())
+}
+
+/// The routing keys in a `CC` or `BCC` header (an array of strings, or one string).
+fn header_keys(msg: &Message, name: &str) -> Vec<String> {
+    match msg.properties.headers.as_ref().and_then(|h| h.get(name)) {
+        Some(FieldValue::Array(items)) => items.iter().filter_map(FieldValue::as_str).map(str::to_owned).collect(),
+        Some(v) => v.as_str().map(|s| vec![s.to_owned()]).unwrap_or_default(),
+        None => Vec::new(),
+    }
+}
+
+/// Sender-selected distribution: the extra routing keys of a message's `CC` and `BCC`
+/// headers, and the message to enqueue (without its `BCC` header, which no consumer sees).
+pub fn sender_selected(msg: &MessageRef) -> (Vec<String>, MessageRef) {
+    let Some(headers) = msg.properties.headers.as_ref() else { return (Vec::new(), msg.clone()) };
+    if headers.get("CC").is_none() && headers.get("BCC").is_none() {
+        return (Vec::new(), msg.clone());
+    }
+    let mut keys = header_keys(msg, "CC");
+    keys.extend(header_keys(msg, "BCC"));
+    if headers.get("BCC").is_none() {
+        return (keys, msg.clone());
+    }
+    let mut props = msg.properties.clone();
+    if let Some(h) = props.headers.as_mut() {
+        h.0.retain(|(k, _)| k.as_str() != "BCC");
+    }
+    let raw = props.to_bytes();
+    (keys, Message::new(msg.exchange.clone(), msg.routing_key.clone(), props, raw, msg.body.clone()))
 }
 
 /// RabbitMQ's cycle rule: a message that would be dead-lettered into a queue it already died

@@ -403,7 +403,7 @@ impl Queue {
         let expired = self.lanes[usize::from(lane_no)]
             .as_ref()
             .and_then(|l| l.ready.front())
-            .is_some_and(|q| q.expires_at.is_some_and(|t| t <= now_ms));
+            .is_some_and(|q| q.expires_at.is_some_and(|t| t < now_ms));
         if expired {
             self.pop()
         } else {

@@ -50,8 +50,9 @@ fn queue_ttl_expires_and_dead_letters() {
     h.publish(1, 1, "", "q", "old");
     h.now_ms = 1_050;
     h.publish(1, 1, "", "q", "young");
-    h.broker.tick(1_100, &mut h.out);
-    h.now_ms = 1_100;
+    // Expired once the deadline (1_100) is in the past.
+    h.broker.tick(1_101, &mut h.out);
+    h.now_ms = 1_101;
     assert_eq!(bodies(&h.drain(1, 1, "q")), vec!["young"]);
     let dead = h.drain(1, 1, "dead");
     assert_eq!(bodies(&dead), vec!["old"]);

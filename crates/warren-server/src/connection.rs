@@ -59,12 +59,17 @@ pub(crate) async fn run(shared: Arc<Shared>, id: ConnId, mut socket: TcpStream, 
     };
 
     let (tx, rx) = mpsc::unbounded_channel();
-    shared.outboxes().insert(id, tx);
     let vhost = negotiated.info.vhost.clone();
     let user = negotiated.info.user.clone();
-    let opened = shared.broker().open_connection(id, negotiated.info);
+    let opened = {
+        let mut core = shared.broker();
+        let opened = core.open_connection(id, negotiated.info);
+        if opened.is_ok() {
+            core.register(id, tx);
+        }
+        opened
+    };
     if let Err(e) = opened {
-        shared.outboxes().remove(&id);
         tracing::warn!("connection {name}: refused access to vhost '{vhost}': {}", e.text);
         handshake::refuse_open(&mut socket, &e.on((10, 40))).await;
         return;
@@ -80,6 +85,7 @@ pub(crate) async fn run(shared: Arc<Shared>, id: ConnId, mut socket: TcpStream, 
         rbuf,
         wbuf: BytesMut::with_capacity(READ_BUFFER_BYTES),
         closing_since: None,
+        closing: false,
         done: false,
         out: Vec::new(),
         mine: Vec::new(),
@@ -92,15 +98,21 @@ pub(crate) async fn run(shared: Arc<Shared>, id: ConnId, mut socket: TcpStream, 
     };
 
     let mut out = Vec::new();
-    let mut none = Vec::new();
-    shared.broker().connection_closed(id, shared.now_ms(), &mut out);
-    shared.outboxes().remove(&id);
-    shared.route_outputs(id, &mut out, &mut none);
+    {
+        let mut core = shared.broker();
+        core.connection_closed(id, shared.now_ms(), &mut out);
+        core.unregister(id);
+        core.deliver(&mut out);
+    }
     tracing::info!("closing AMQP connection {name} (vhost '{vhost}', user '{user}'): {reason}");
 }
 
 fn write_open_ok(buf: &mut BytesMut) {
     warren_amqp::frame::write_method(buf, 0, &Method::ConnectionOpenOk);
+}
+
+fn is_close(o: &Out) -> bool {
+    matches!(o, Out::Method { channel: 0, method: Method::ConnectionClose { .. } })
 }
 
 struct Connection {
@@ -111,10 +123,15 @@ struct Connection {
     heartbeat: Duration,
     rbuf: BytesMut,
     wbuf: BytesMut,
-    /// Set when we sent connection.close; we then wait for close-ok, a bounded time.
+    /// Set when we wrote connection.close; we then wait for close-ok, a bounded time.
     closing_since: Option<Instant>,
+    /// We decided to close (the broker or we produced connection.close): from then on only
+    /// close-ok matters.
+    closing: bool,
     done: bool,
+    /// What the broker produced in this batch, for any connection.
     out: Vec<(ConnId, Out)>,
+    /// What this connection will write next, in order.
     mine: Vec<Out>,
 }
 
@@ -140,12 +157,7 @@ impl Connection {
                     }
                     Err(e) => return format!("read failed: {e}"),
                 },
-                Some(outs) = rx.recv() => {
-                    self.mine.extend(outs);
-                    while let Ok(more) = rx.try_recv() {
-                        self.mine.extend(more);
-                    }
-                }
+                Some(outs) = rx.recv() => self.mine.extend(outs),
                 _ = hb.tick(), if hb_on => {
                     if last_read.elapsed() > self.heartbeat * 2 {
                         return format!("missed heartbeats from client, timeout: {}s", self.heartbeat.as_secs());
@@ -157,12 +169,16 @@ impl Connection {
                 _ = tokio::time::sleep_until(close_deadline.unwrap_or_else(Instant::now)), if close_deadline.is_some() => {
                     return "no connection.close-ok from client in time".into();
                 }
-                _ = shutdown.changed(), if self.closing_since.is_none() => {
+                _ = shutdown.changed(), if !self.closing => {
                     let e = ProtocolError::new(ReplyCode::ConnectionForced, "broker forced connection closure with reason 'shutdown'");
+                    self.closing = true;
                     self.mine.push(Out::Method { channel: 0, method: close_method(&e) });
                 }
             }
-            // Everything for this connection goes out in one write.
+            // Everything queued for us so far (in the broker's order) goes out in one write.
+            while let Ok(more) = rx.try_recv() {
+                self.mine.extend(more);
+            }
             let delivered = self.flush_mine();
             if !self.wbuf.is_empty() {
                 if let Err(e) = wr.write_all(&self.wbuf).await {
@@ -172,21 +188,11 @@ impl Connection {
                 last_write = Instant::now();
             }
             if delivered > 0 {
-                let now = self.shared.now_ms();
-                self.shared.broker().on_written(self.id, delivered, now, &mut self.out);
-                self.shared.route_outputs(self.id, &mut self.out, &mut self.mine);
-                if !self.mine.is_empty() {
-                    // Deliveries resumed for us: write them on the next turn without waiting.
-                    let delivered = self.flush_mine();
-                    if let Err(e) = wr.write_all(&self.wbuf).await {
-                        return format!("write failed: {e}");
-                    }
-                    self.wbuf.clear();
-                    if delivered > 0 {
-                        self.shared.broker().on_written(self.id, delivered, self.shared.now_ms(), &mut self.out);
-                        self.shared.route_outputs(self.id, &mut self.out, &mut self.mine);
-                    }
-                }
+                // Deliveries the broker held back for a full socket may resume: they arrive
+                // through the outbox like everything else.
+                let mut core = self.shared.broker();
+                core.on_written(self.id, delivered, self.shared.now_ms(), &mut self.out);
+                core.deliver(&mut self.out);
             }
             if self.done {
                 // Let the client close the TCP connection once it has read close-ok (or our
@@ -209,9 +215,8 @@ impl Connection {
         if self.mine.is_empty() {
             return 0;
         }
-        if self.closing_since.is_none()
-            && self.mine.iter().any(|o| matches!(o, Out::Method { channel: 0, method: Method::ConnectionClose { .. } }))
-        {
+        if self.closing_since.is_none() && self.mine.iter().any(is_close) {
+            self.closing = true;
             self.closing_since = Some(Instant::now());
         }
         let delivered = encode(&mut self.wbuf, &self.mine, self.frame_max);
@@ -233,87 +238,86 @@ impl Connection {
                 }
             }
         }
-        if !frames.is_empty() {
-            let now = self.shared.now_ms();
-            let shared = self.shared.clone();
-            let mut broker = shared.broker();
-            for f in frames {
-                if self.done {
-                    break;
-                }
-                if self.closing_since.is_some()
-                    || self
-                        .mine
-                        .iter()
-                        .any(|o| matches!(o, Out::Method { channel: 0, method: Method::ConnectionClose { .. } }))
+        if frames.is_empty() && error.is_none() {
+            return;
+        }
+        let now = self.shared.now_ms();
+        let shared = self.shared.clone();
+        let mut core = shared.broker();
+        for f in frames {
+            if self.done {
+                break;
+            }
+            if self.closing {
+                // After our connection.close only close-ok (or a crossing close) matters.
+                if let Frame::Method {
+                    channel: 0,
+                    method: Method::ConnectionCloseOk | Method::ConnectionClose { .. },
+                } = f
                 {
-                    // After our connection.close only close-ok (or a crossing close) matters.
-                    if let Frame::Method {
-                        channel: 0,
-                        method: Method::ConnectionCloseOk | Method::ConnectionClose { .. },
-                    } = f
-                    {
-                        self.done = true;
-                    }
-                    continue;
+                    self.done = true;
                 }
-                if let Frame::Method { channel: 0, method: Method::ConnectionClose { .. } } = f {
+                continue;
+            }
+            if f.channel() == 0 {
+                if let Frame::Method { method: Method::ConnectionClose { .. }, .. } = f {
                     // Requeue unacked messages and delete exclusive queues before close-ok, so
                     // that a client seeing close-ok sees the broker already cleaned up (as
                     // RabbitMQ does). Doing it again when the socket goes is a no-op.
-                    broker.connection_closed(self.id, now, &mut self.out);
+                    core.connection_closed(self.id, now, &mut self.out);
                 }
-                if f.channel() == 0 {
-                    self.connection_frame(f);
-                } else {
-                    broker.handle_frame(self.id, f, now, &mut self.out);
-                    if self.out.iter().any(|(c, o)| {
-                        *c == self.id && matches!(o, Out::Method { channel: 0, method: Method::ConnectionClose { .. } })
-                    }) {
-                        self.shared.route_outputs(self.id, &mut self.out, &mut self.mine);
-                    }
+                self.connection_frame(f);
+            } else {
+                core.handle_frame(self.id, f, now, &mut self.out);
+                if core.is_closing(self.id) {
+                    self.closing = true;
                 }
             }
-            broker.end_batch(self.id, &mut self.out);
-            let sync_wanted = broker.sync_wanted();
-            Shared::log_errors(&mut broker);
-            drop(broker);
-            if sync_wanted {
-                self.shared.sync_wanted.notify_one();
-            }
-            self.shared.route_outputs(self.id, &mut self.out, &mut self.mine);
         }
         if let Some(e) = error {
-            if self.closing_since.is_none() && !self.done {
+            if !self.closing && !self.done {
                 tracing::warn!("connection {}: protocol error: {}", self.id, e.text);
-                self.mine.push(Out::Method { channel: 0, method: close_method(&e) });
+                self.closing = true;
+                self.out.push((self.id, Out::Method { channel: 0, method: close_method(&e) }));
             }
             // Nothing after a framing error can be trusted.
             self.rbuf.clear();
         }
+        core.end_batch(self.id, &mut self.out);
+        let sync_wanted = core.sync_wanted();
+        core.log_errors();
+        core.deliver(&mut self.out);
+        drop(core);
+        if sync_wanted {
+            self.shared.sync_wanted.notify_one();
+        }
     }
 
-    /// Methods of channel 0 after the handshake.
+    /// Methods of channel 0 after the handshake; answers go out in order with the broker's.
     fn connection_frame(&mut self, f: Frame) {
-        match f {
-            Frame::Heartbeat => {}
+        let reply = match f {
+            Frame::Heartbeat => None,
             Frame::Method { method: Method::ConnectionClose { .. }, .. } => {
-                self.mine.push(Out::Method { channel: 0, method: Method::ConnectionCloseOk });
                 self.done = true;
+                Some(Method::ConnectionCloseOk)
             }
             Frame::Method { method: Method::ConnectionUpdateSecret { .. }, .. } => {
-                self.mine.push(Out::Method { channel: 0, method: Method::ConnectionUpdateSecretOk });
+                Some(Method::ConnectionUpdateSecretOk)
             }
-            Frame::Method { method: Method::ConnectionBlocked { .. } | Method::ConnectionUnblocked, .. } => {}
+            Frame::Method { method: Method::ConnectionBlocked { .. } | Method::ConnectionUnblocked, .. } => None,
             Frame::Method { method, .. } => {
+                self.closing = true;
                 let e =
                     ProtocolError::new(ReplyCode::CommandInvalid, "unexpected method on channel 0").on(method.ids());
-                self.mine.push(Out::Method { channel: 0, method: close_method(&e) });
+                Some(close_method(&e))
             }
             _ => {
-                let e = ProtocolError::new(ReplyCode::UnexpectedFrame, "content frame on channel 0");
-                self.mine.push(Out::Method { channel: 0, method: close_method(&e) });
+                self.closing = true;
+                Some(close_method(&ProtocolError::new(ReplyCode::UnexpectedFrame, "content frame on channel 0")))
             }
+        };
+        if let Some(method) = reply {
+            self.out.push((self.id, Out::Method { channel: 0, method }));
         }
     }
 }

@@ -8,11 +8,11 @@
 //! - `connection`: the per-connection loop: read a buffer, parse every frame in it, hand the
 //!   batch to the broker under one lock, then write every pending frame in one write.
 //!
-//! # Locks
-//! Two locks, never held together and never across an `.await`: `broker` (all broker state)
-//! and `outboxes` (where to send frames meant for other connections). A connection takes the
-//! broker lock once per batch of frames read, releases it, then takes the outbox lock to hand
-//! over what other connections must write.
+//! # Lock
+//! One lock, [`Core`]: the broker and the outboxes, never held across an `.await`. A connection
+//! takes it once per batch of frames read, and hands every frame the broker produced to the
+//! outboxes (its own included) before releasing it, so frames reach each connection in the
+//! order the broker made them.
 
 mod connection;
 mod handshake;
@@ -41,10 +41,79 @@ pub const SYNC_INTERVAL: Duration = Duration::from_millis(200);
 
 type Outbox = mpsc::UnboundedSender<Vec<Out>>;
 
+/// Everything behind the one lock: the broker, and where each connection's output goes.
+///
+/// Output is handed to the outboxes while the lock is held ([`Core::deliver`]), including a
+/// connection's answers to itself, so every connection receives its frames in the order the
+/// broker produced them (delivery tags and confirms must never overtake each other).
+pub struct Core {
+    pub broker: Broker,
+    outboxes: HashMap<ConnId, Outbox>,
+}
+
+impl std::ops::Deref for Core {
+    type Target = Broker;
+    fn deref(&self) -> &Broker {
+        &self.broker
+    }
+}
+
+impl std::ops::DerefMut for Core {
+    fn deref_mut(&mut self) -> &mut Broker {
+        &mut self.broker
+    }
+}
+
+impl Core {
+    /// Hands the broker's output to the connections it is for, in order.
+    pub fn deliver(&mut self, out: &mut Vec<(ConnId, Out)>) {
+        if out.is_empty() {
+            return;
+        }
+        // Most batches are for one or two connections: group runs rather than hash.
+        let mut batch: Vec<Out> = Vec::new();
+        let mut current: Option<ConnId> = None;
+        for (conn, o) in out.drain(..) {
+            if current != Some(conn) {
+                if let Some(c) = current {
+                    self.send(c, std::mem::take(&mut batch));
+                }
+                current = Some(conn);
+            }
+            batch.push(o);
+        }
+        if let Some(c) = current {
+            self.send(c, batch);
+        }
+    }
+
+    fn send(&self, conn: ConnId, outs: Vec<Out>) {
+        // A connection that is going away has dropped its receiver; the broker requeues
+        // whatever it had unacked when it learns of the close.
+        if let Some(tx) = self.outboxes.get(&conn) {
+            let _ = tx.send(outs);
+        }
+    }
+
+    fn register(&mut self, conn: ConnId, outbox: Outbox) {
+        self.outboxes.insert(conn, outbox);
+    }
+
+    fn unregister(&mut self, conn: ConnId) {
+        self.outboxes.remove(&conn);
+    }
+
+    /// Logs storage failures the broker reported.
+    fn log_errors(&mut self) {
+        for e in self.broker.take_errors() {
+            tracing::error!("{e}");
+        }
+    }
+}
+
 /// State shared by every connection task.
 pub struct Shared {
-    broker: Mutex<Broker>,
-    outboxes: Mutex<HashMap<ConnId, Outbox>>,
+    core: Mutex<Core>,
     next_conn: AtomicU64,
     started: Instant,
     shutdown: watch::Receiver<bool>,
@@ -64,47 +133,10 @@ impl Shared {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
     }
 
-    /// The broker, locked. A poisoned lock means a panic inside the broker: keep serving the
-    /// state as it is rather than taking every connection down.
-    pub fn broker(&self) -> MutexGuard<'_, Broker> {
-        self.broker.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Logs storage failures the broker reported.
-    fn log_errors(broker: &mut Broker) {
-        for e in broker.take_errors() {
-            tracing::error!("{e}");
-        }
-    }
-
-    fn outboxes(&self) -> MutexGuard<'_, HashMap<ConnId, Outbox>> {
-        self.outboxes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Sends what the broker produced for other connections; returns the part for `me`.
-    fn route_outputs(&self, me: ConnId, out: &mut Vec<(ConnId, Out)>, mine: &mut Vec<Out>) {
-        if out.is_empty() {
-            return;
-        }
-        let mut others: HashMap<ConnId, Vec<Out>> = HashMap::new();
-        for (conn, o) in out.drain(..) {
-            if conn == me {
-                mine.push(o);
-            } else {
-                others.entry(conn).or_default().push(o);
-            }
-        }
-        if others.is_empty() {
-            return;
-        }
-        let boxes = self.outboxes();
-        for (conn, outs) in others {
-            // A connection that is going away has dropped its receiver; the broker requeues
-            // whatever it had unacked when it learns of the close.
-            if let Some(tx) = boxes.get(&conn) {
-                let _ = tx.send(outs);
-            }
-        }
+    /// The broker (and the outboxes), locked. A poisoned lock means a panic inside the broker:
+    /// keep serving the state as it is rather than taking every connection down.
+    pub fn broker(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -118,8 +150,7 @@ impl Server {
     pub fn new(broker: Broker) -> Self {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
-            broker: Mutex::new(broker),
-            outboxes: Mutex::new(HashMap::new()),
+            core: Mutex::new(Core { broker, outboxes: HashMap::new() }),
             next_conn: AtomicU64::new(1),
             started: Instant::now(),
             shutdown,
@@ -174,15 +205,12 @@ async fn tick_loop(shared: Arc<Shared>) {
     let mut interval = tokio::time::interval(TICK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut out = Vec::new();
-    let mut none = Vec::new();
     loop {
         interval.tick().await;
-        {
-            let mut b = shared.broker();
-            b.tick(shared.now_ms(), &mut out);
-            Shared::log_errors(&mut b);
-        }
-        shared.route_outputs(0, &mut out, &mut none);
+        let mut core = shared.broker();
+        core.tick(shared.now_ms(), &mut out);
+        core.log_errors();
+        core.deliver(&mut out);
     }
 }
 
@@ -190,7 +218,6 @@ async fn tick_loop(shared: Arc<Shared>) {
 /// unsynced (every [`SYNC_INTERVAL`]). Each round syncs every file written before it began, for
 /// all connections, outside the broker lock; writes made meanwhile go into the next round.
 async fn sync_loop(shared: Arc<Shared>) {
-    let mut none = Vec::new();
     let mut out = Vec::new();
     loop {
         tokio::select! {
@@ -209,12 +236,10 @@ async fn sync_loop(shared: Arc<Shared>) {
             let result = tokio::task::spawn_blocking(move || handles.iter().try_for_each(|h| h.sync()))
                 .await
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            {
-                let mut b = shared.broker();
-                b.end_sync(job.epoch, result, &mut out);
-                Shared::log_errors(&mut b);
-            }
-            shared.route_outputs(0, &mut out, &mut none);
+            let mut core = shared.broker();
+            core.end_sync(job.epoch, result, &mut out);
+            core.log_errors();
+            core.deliver(&mut out);
         }
     }
 }
