@@ -232,10 +232,17 @@ async fn sync_loop(shared: Arc<Shared>) {
                 }
                 b.begin_sync()
             };
-            let handles = job.handles;
-            let result = tokio::task::spawn_blocking(move || handles.iter().try_for_each(|h| h.sync()))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            // The files sync side by side: a file system commits its journal once for syncs
+            // that overlap, so a round costs about one fsync however many files it covers.
+            let tasks: Vec<_> =
+                job.handles.into_iter().map(|h| tokio::task::spawn_blocking(move || h.sync())).collect();
+            let mut result = Ok(());
+            for t in tasks {
+                let r = t.await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                if result.is_ok() {
+                    result = r;
+                }
+            }
             let mut core = shared.broker();
             core.end_sync(job.epoch, result, &mut out);
             core.log_errors();
