@@ -1362,6 +1362,21 @@ impl Broker {
                 if x.internal != internal {
                     return Err(inequivalent("internal", "exchange", name, &vhost, internal, x.internal));
                 }
+                let (new_ae, cur_ae) = (arguments.get("alternate-exchange"), x.arguments.get("alternate-exchange"));
+                if !args_equal(new_ae, cur_ae) {
+                    let shown = |v: Option<&FieldValue>| match v {
+                        None => "none".to_string(),
+                        Some(v) => format!("'{}'", describe(Some(v))),
+                    };
+                    let current = match cur_ae {
+                        None => "none".to_string(),
+                        Some(v) => format!("the value '{}' of type 'longstr'", describe(Some(v))),
+                    };
+                    return Err(precondition(format_args!(
+                        "inequivalent arg 'alternate-exchange' for exchange '{name}' in vhost '{vhost}': received {} but current is {current}",
+                        shown(new_ae)
+                    )));
+                }
                 Ok(())
             }
             None => {
