@@ -45,6 +45,9 @@ pub struct QueueArgs {
     pub queue_type: QueueType,
     /// Quorum queues: deliveries after which a returned message is dead-lettered.
     pub delivery_limit: Option<u64>,
+    /// `x-message-deduplication`: refuse a message whose deduplication header another
+    /// message in the queue carries.
+    pub deduplication: bool,
 }
 
 fn invalid(arg: &str, queue: &str, vhost: &str, why: impl std::fmt::Display) -> ProtocolError {
@@ -126,6 +129,10 @@ impl QueueArgs {
                     }
                 }
                 "x-delivery-limit" => a.delivery_limit = Some(non_negative(v).map_err(bad)?),
+                "x-message-deduplication" => {
+                    a.deduplication =
+                        v.as_bool().ok_or_else(|| bad(format!("{{unacceptable_type,{}}}", type_name(v))))?;
+                }
                 _ => {}
             }
         }

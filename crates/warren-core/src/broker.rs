@@ -1345,6 +1345,9 @@ impl Broker {
         let Some(kind) = ExchangeKind::parse(kind) else {
             return Err(ProtocolError::new(ReplyCode::CommandInvalid, format_args!("unknown exchange type '{kind}'")));
         };
+        if kind == ExchangeKind::Deduplication {
+            crate::dedup::DedupCache::from_arguments(&arguments, name)?;
+        }
         if name.is_empty() {
             return Err(default_exchange_refused());
         }
@@ -1858,7 +1861,15 @@ impl Broker {
             // taken off the message that queues see.
             let (extra_keys, msg) = crate::dead_letter::sender_selected(&p.msg);
             let headers = msg.properties.headers.as_ref();
-            let mut queues = self.route(&vhost, &p.exchange, &p.routing_key, headers);
+            // A deduplication exchange drops a message it has seen, before any routing.
+            let duplicate = self
+                .vhosts
+                .get_mut(&*vhost)
+                .and_then(|vh| vh.exchanges.get_mut(&p.exchange))
+                .and_then(|x| x.dedup.as_mut())
+                .is_some_and(|cache| cache.check_and_insert(headers, now_ms));
+            let mut queues =
+                if duplicate { Vec::new() } else { self.route(&vhost, &p.exchange, &p.routing_key, headers) };
             for key in &extra_keys {
                 for q in self.route(&vhost, &p.exchange, key, headers) {
                     if !queues.contains(&q) {

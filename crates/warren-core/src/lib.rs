@@ -22,6 +22,7 @@ pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod dead_letter;
+pub mod dedup;
 pub mod definitions;
 pub mod exchange;
 pub mod message;

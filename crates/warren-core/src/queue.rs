@@ -117,6 +117,8 @@ pub struct PushOutcome {
     pub rejected: bool,
     /// Messages that left the queue to make room (drop-head), to dead-letter as `maxlen`.
     pub dropped: Vec<Queued>,
+    /// Not enqueued: another message in the queue has its deduplication key.
+    pub duplicate: bool,
 }
 
 #[derive(Debug)]
@@ -147,6 +149,9 @@ pub struct Queue {
     pub last_used_ms: u64,
     /// Some message here may carry an expiry: the broker checks the head over time.
     pub may_expire: bool,
+    /// Deduplication keys of the messages held (queues with `x-message-deduplication`). Not
+    /// rebuilt after a restart: recovered messages do not block duplicates.
+    keys: Option<crate::dedup::QueueKeys>,
     scratch: Vec<u8>,
 }
 
@@ -165,6 +170,7 @@ impl Queue {
     ) -> io::Result<(Self, Vec<Recovered>)> {
         let lane_count = usize::from(args.max_priority.unwrap_or(0)) + 1;
         let args_have_ttl = args.message_ttl_ms.is_some();
+        let args_dedup = args.deduplication;
         let mut lanes: Vec<Option<Lane>> = (0..lane_count).map(|_| None).collect();
         let mut recovered_all = Vec::new();
         let mut ready_count = 0;
@@ -200,6 +206,7 @@ impl Queue {
             exclusive_consumer: false,
             last_used_ms: now_ms,
             may_expire: args_have_ttl || ready_count > 0,
+            keys: args_dedup.then(Default::default),
             scratch: Vec::new(),
         };
         Ok((q, recovered_all))
@@ -253,6 +260,16 @@ impl Queue {
     /// Appends a message, applying the queue's length limit.
     pub fn push(&mut self, msg: MessageRef, now_ms: u64) -> io::Result<PushOutcome> {
         let mut outcome = PushOutcome::default();
+        let key = match &self.keys {
+            Some(keys) => match crate::dedup::key_of(msg.properties.headers.as_ref()) {
+                Some(k) if keys.contains(&k) => {
+                    outcome.duplicate = true;
+                    return Ok(outcome);
+                }
+                k => k,
+            },
+            None => None,
+        };
         let len = msg.body.len() as u64;
         if self.over_limit_with(len) {
             match self.args.overflow {
@@ -293,6 +310,9 @@ impl Queue {
         let appended = lane.log.append(&scratch, persistent);
         self.scratch = scratch;
         let seq = appended?;
+        if let (Some(keys), Some(key)) = (self.keys.as_mut(), key) {
+            keys.insert(lane_no, seq, key);
+        }
         let lane = self.lane_mut(lane_no)?;
         let in_memory = fits_memory && lane.disk_count == 0;
         if in_memory {
@@ -429,6 +449,9 @@ impl Queue {
 
     /// A delivered message was acked or dropped: it leaves its lane's log.
     pub fn settle(&mut self, lane: u8, seq: u64) -> io::Result<()> {
+        if let Some(keys) = self.keys.as_mut() {
+            keys.remove(lane, seq);
+        }
         match self.lanes.get_mut(usize::from(lane)).and_then(Option::as_mut) {
             Some(l) => l.log.settle(seq),
             None => Ok(()),
@@ -447,6 +470,9 @@ impl Queue {
     /// Drops every ready message; returns how many there were.
     pub fn purge(&mut self) -> io::Result<u32> {
         let n = self.message_count();
+        if let Some(keys) = self.keys.as_mut() {
+            keys.clear();
+        }
         for lane in self.lanes.iter_mut().flatten() {
             for q in lane.ready.drain(..) {
                 lane.log.settle(q.seq)?;

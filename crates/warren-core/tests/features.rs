@@ -331,3 +331,57 @@ fn unused_queue_expires() {
     h.broker.tick(1_500, &mut h.out);
     assert!(h.broker.queues().is_empty());
 }
+
+fn dedup_props(key: &str) -> BasicProperties {
+    BasicProperties { headers: Some(table(&[("x-deduplication-header", key.into())])), ..Default::default() }
+}
+
+#[test]
+fn deduplication_exchange_drops_repeats_and_routes_like_fanout() {
+    let mut h = harness();
+    h.exchange(1, 1, "dedup", "x-message-deduplication", table(&[("x-cache-size", FieldValue::I32(10))]));
+    h.declare(1, 1, "a");
+    h.declare(1, 1, "b");
+    h.bind(1, 1, "a", "dedup", "ignored");
+    h.bind(1, 1, "b", "dedup", "");
+    h.publish_props(1, 1, "dedup", "any", dedup_props("k1"), "first");
+    h.publish_props(1, 1, "dedup", "any", dedup_props("k1"), "repeat");
+    h.publish_props(1, 1, "dedup", "any", dedup_props("k2"), "second");
+    h.publish(1, 1, "dedup", "any", "no-header");
+    assert_eq!(bodies(&h.drain(1, 1, "a")), vec!["first", "second", "no-header"]);
+    assert_eq!(bodies(&h.drain(1, 1, "b")), vec!["first", "second", "no-header"]);
+}
+
+#[test]
+fn deduplication_exchange_needs_a_cache_size() {
+    let mut h = harness();
+    h.send(
+        1,
+        1,
+        Method::ExchangeDeclare {
+            exchange: "dedup".into(),
+            kind: "x-message-deduplication".into(),
+            passive: false,
+            durable: false,
+            auto_delete: false,
+            internal: false,
+            nowait: false,
+            arguments: FieldTable::new(),
+        },
+    );
+    assert!(h
+        .take(1)
+        .iter()
+        .any(|o| matches!(o, Out::Method { method: Method::ChannelClose { reply_code: 406, .. }, .. })));
+}
+
+#[test]
+fn deduplication_queue_refuses_a_key_it_holds_until_it_leaves() {
+    let mut h = harness();
+    h.declare_args(1, 1, "q", table(&[("x-message-deduplication", FieldValue::Bool(true))]));
+    h.publish_props(1, 1, "", "q", dedup_props("k"), "one");
+    h.publish_props(1, 1, "", "q", dedup_props("k"), "two");
+    assert_eq!(bodies(&h.drain(1, 1, "q")), vec!["one"]);
+    h.publish_props(1, 1, "", "q", dedup_props("k"), "three");
+    assert_eq!(bodies(&h.drain(1, 1, "q")), vec!["three"], "the key left with the message");
+}

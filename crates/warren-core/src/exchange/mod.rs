@@ -48,6 +48,8 @@ pub enum ExchangeKind {
     Topic,
     Headers,
     ConsistentHash,
+    /// The deduplication exchange: routes like a fanout after dropping duplicates.
+    Deduplication,
 }
 
 impl ExchangeKind {
@@ -58,6 +60,7 @@ impl ExchangeKind {
             "topic" => ExchangeKind::Topic,
             "headers" => ExchangeKind::Headers,
             "x-consistent-hash" => ExchangeKind::ConsistentHash,
+            "x-message-deduplication" => ExchangeKind::Deduplication,
             _ => return None,
         })
     }
@@ -69,6 +72,7 @@ impl ExchangeKind {
             ExchangeKind::Topic => "topic",
             ExchangeKind::Headers => "headers",
             ExchangeKind::ConsistentHash => "x-consistent-hash",
+            ExchangeKind::Deduplication => "x-message-deduplication",
         }
     }
 
@@ -76,7 +80,7 @@ impl ExchangeKind {
         match self {
             ExchangeKind::ConsistentHash => Box::new(consistent_hash::ConsistentHash::new(arguments)),
             ExchangeKind::Direct => Box::<direct::Direct>::default(),
-            ExchangeKind::Fanout => Box::<fanout::Fanout>::default(),
+            ExchangeKind::Fanout | ExchangeKind::Deduplication => Box::<fanout::Fanout>::default(),
             ExchangeKind::Topic => Box::<topic::Topic>::default(),
             ExchangeKind::Headers => Box::<headers::Headers>::default(),
         }
@@ -94,6 +98,8 @@ pub struct Exchange {
     /// Bindings with this exchange as source, in creation order (for listing and equality).
     bindings: Vec<Binding>,
     router: Box<dyn Router>,
+    /// The duplicate cache of a deduplication exchange.
+    pub dedup: Option<crate::dedup::DedupCache>,
 }
 
 impl Exchange {
@@ -106,7 +112,16 @@ impl Exchange {
         arguments: FieldTable,
     ) -> Self {
         let router = kind.router(&arguments);
-        Exchange { name, kind, durable, auto_delete, internal, arguments, bindings: Vec::new(), router }
+        let dedup = match kind {
+            // Arguments are checked at declaration; a bad one here (a hand-edited snapshot)
+            // falls back to a one-entry cache rather than refusing to start.
+            ExchangeKind::Deduplication => Some(
+                crate::dedup::DedupCache::from_arguments(&arguments, &name)
+                    .unwrap_or_else(|_| crate::dedup::DedupCache::new(1, None)),
+            ),
+            _ => None,
+        };
+        Exchange { name, kind, durable, auto_delete, internal, arguments, bindings: Vec::new(), router, dedup }
     }
 
     /// Adds a binding; false when an identical one exists (binding is idempotent).
