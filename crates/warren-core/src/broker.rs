@@ -26,7 +26,7 @@ use std::sync::Arc;
 use warren_amqp::{
     Assembled, BasicProperties, FieldTable, FieldValue, Frame, Method, ProtocolError, ReplyCode, ShortStr,
 };
-use warren_store::{Backend, LogConfig, MemBackend, SyncHandle};
+use warren_store::{Backend, LogConfig, MemBackend, SegmentLog, SyncHandle};
 
 /// Something to write to a connection.
 #[derive(Debug, Clone)]
@@ -273,6 +273,8 @@ pub struct Broker {
     waiting: HashSet<ConnId>,
     /// Queues (vhost, name) with writes not yet synced.
     dirty: HashSet<(Arc<str>, ShortStr)>,
+    /// Delayed-message exchanges (vhost, name) with writes not yet synced.
+    dirty_exchanges: HashSet<(Arc<str>, ShortStr)>,
     /// The durable definitions changed: write the snapshot before answering.
     defs_dirty: bool,
     /// Storage failures to report (the server logs them).
@@ -303,6 +305,29 @@ impl Store {
         let digest = h.finalize();
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
         self.dir.join("queues").join(hex)
+    }
+
+    /// A durable delayed-message exchange's log directory.
+    fn delayed_dir(&self, vhost: &str, name: &str) -> PathBuf {
+        let mut h = Sha256::new();
+        h.update(vhost.as_bytes());
+        h.update([0u8]);
+        h.update(name.as_bytes());
+        let digest = h.finalize();
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        self.dir.join("delayed").join(hex)
+    }
+
+    /// Opens the store of a delayed-message exchange; returns it and its pending count.
+    fn open_delayed(
+        &mut self,
+        vhost: &str,
+        name: &str,
+        durable: bool,
+    ) -> std::io::Result<(crate::delayed::DelayedStore, u64)> {
+        let dir = if durable { self.delayed_dir(vhost, name) } else { self.transient_dir() };
+        let (log, recovered) = SegmentLog::open(self.backend.clone(), &dir, self.log_config.clone())?;
+        Ok((crate::delayed::DelayedStore::new(log, durable, recovered.unsettled), recovered.unsettled))
     }
 
     fn transient_dir(&mut self) -> PathBuf {
@@ -361,6 +386,7 @@ impl Broker {
             synced_epoch: 0,
             waiting: HashSet::new(),
             dirty: HashSet::new(),
+            dirty_exchanges: HashSet::new(),
             defs_dirty: false,
             errors: Vec::new(),
             stats: StoreStats::default(),
@@ -399,10 +425,21 @@ impl Broker {
                 ));
                 continue;
             };
-            let vh = self.vhosts.entry(x.vhost.clone()).or_insert_with(|| VHost::new(&x.vhost));
             let name = ShortStr::from(x.name.as_str());
-            vh.exchanges
-                .insert(name.clone(), Exchange::new(name, kind, true, x.auto_delete, x.internal, x.arguments.clone()));
+            let mut exchange = Exchange::new(name.clone(), kind, true, x.auto_delete, x.internal, x.arguments.clone());
+            if kind == ExchangeKind::DelayedMessage {
+                let (store, pending) = self
+                    .store
+                    .open_delayed(&x.vhost, &x.name, true)
+                    .map_err(|e| format!("cannot open the delayed messages of exchange '{}': {e}", x.name))?;
+                report.progress.push(format!(
+                    "recovered exchange '{}' in vhost '{}': {pending} delayed messages",
+                    x.name, x.vhost
+                ));
+                exchange.delayed = Some(store);
+            }
+            let vh = self.vhosts.entry(x.vhost.clone()).or_insert_with(|| VHost::new(&x.vhost));
+            vh.exchanges.insert(name, exchange);
             report.exchanges += 1;
         }
         let mut live_dirs = HashSet::new();
@@ -562,7 +599,7 @@ impl Broker {
 
     /// True when some queue log has writes not yet synced (a periodic sync picks them up).
     pub fn has_unsynced_writes(&self) -> bool {
-        !self.dirty.is_empty()
+        !self.dirty.is_empty() || !self.dirty_exchanges.is_empty()
     }
 
     /// Starts a store sync: takes the files written since the last one. Group commit: one
@@ -574,6 +611,12 @@ impl Broker {
         for (vhost, name) in std::mem::take(&mut self.dirty) {
             if let Some(q) = self.vhosts.get_mut(&*vhost).and_then(|v| v.queues.get_mut(&name)) {
                 handles.extend(q.pending_sync());
+            }
+        }
+        for (vhost, name) in std::mem::take(&mut self.dirty_exchanges) {
+            let exchange = self.vhosts.get_mut(&*vhost).and_then(|v| v.exchanges.get_mut(&name));
+            if let Some(d) = exchange.and_then(|x| x.delayed.as_mut()) {
+                handles.extend(d.pending_sync());
             }
         }
         self.stats.sync_rounds += 1;
@@ -807,9 +850,39 @@ impl Broker {
     /// Periodic work: message TTL at queue heads, queue expiry (`x-expires`), and the consumer
     /// acknowledgement timeout.
     pub fn tick(&mut self, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        self.tick_delayed(now_ms, out);
         self.tick_queues(now_ms, out);
         self.tick_consumer_timeouts(now_ms, out);
         let _ = self.save_definitions();
+    }
+
+    /// Routes the delayed messages that are due.
+    fn tick_delayed(&mut self, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let mut due = Vec::new();
+        for vh in self.vhosts.values_mut() {
+            for x in vh.exchanges.values_mut() {
+                let Some(store) = x.delayed.as_mut() else { continue };
+                match store.take_due(now_ms) {
+                    Ok(msgs) => {
+                        if !msgs.is_empty() {
+                            if x.durable {
+                                self.dirty_exchanges.insert((Arc::from(vh.name.as_str()), x.name.clone()));
+                            }
+                            due.push((Arc::<str>::from(vh.name.as_str()), x.name.clone(), msgs));
+                        }
+                    }
+                    Err(e) => self.errors.push(format!("delayed exchange '{}': {e}", x.name)),
+                }
+            }
+        }
+        for (vhost, exchange, msgs) in due {
+            for msg in msgs {
+                let queues = self.route(&vhost, &exchange, &msg.routing_key, msg.properties.headers.as_ref());
+                if let Err(e) = self.enqueue(&vhost, &queues, &msg, now_ms, out) {
+                    self.errors.push(format!("cannot route a delayed message of exchange '{exchange}': {}", e.text));
+                }
+            }
+        }
     }
 
     fn tick_queues(&mut self, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
@@ -1348,6 +1421,9 @@ impl Broker {
         if kind == ExchangeKind::Deduplication {
             crate::dedup::DedupCache::from_arguments(&arguments, name)?;
         }
+        if kind == ExchangeKind::DelayedMessage && crate::exchange::delayed_type(&arguments).is_none() {
+            return Err(precondition("Invalid argument, 'x-delayed-type' must be an existing exchange type"));
+        }
         if name.is_empty() {
             return Err(default_exchange_refused());
         }
@@ -1389,8 +1465,15 @@ impl Broker {
                         format_args!("exchange name '{name}' contains reserved prefix 'amq.*'"),
                     ));
                 }
-                vh.exchanges
-                    .insert(name.clone(), Exchange::new(name.clone(), kind, durable, auto_delete, internal, arguments));
+                let mut exchange = Exchange::new(name.clone(), kind, durable, auto_delete, internal, arguments);
+                if kind == ExchangeKind::DelayedMessage {
+                    let (store, _) = self.store.open_delayed(&vhost, name, durable).map_err(|e| {
+                        self::internal(format_args!("cannot create the delayed store of '{name}': {e}"))
+                    })?;
+                    exchange.delayed = Some(store);
+                }
+                let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
+                vh.exchanges.insert(name.clone(), exchange);
                 self.defs_dirty |= durable;
                 Ok(())
             }
@@ -1420,7 +1503,13 @@ impl Broker {
     /// Removes an exchange, the bindings to it, and auto-delete exchanges left without bindings.
     /// Returns true when a durable definition changed.
     fn remove_exchange(vh: &mut VHost, name: &ShortStr) -> bool {
-        let durable = vh.exchanges.remove(name).is_some_and(|x| x.durable);
+        let removed = vh.exchanges.remove(name);
+        let durable = removed.as_ref().is_some_and(|x| x.durable);
+        if let Some(delayed) = removed.and_then(|x| x.delayed) {
+            // Held messages go with their exchange. A failure leaves files that the next
+            // start does not read (no definition names them).
+            let _ = delayed.destroy();
+        }
         Self::remove_bindings_to(vh, &Destination::Exchange(name.clone())) || durable
     }
 
@@ -1868,8 +1957,31 @@ impl Broker {
                 .and_then(|vh| vh.exchanges.get_mut(&p.exchange))
                 .and_then(|x| x.dedup.as_mut())
                 .is_some_and(|cache| cache.check_and_insert(headers, now_ms));
-            let mut queues =
-                if duplicate { Vec::new() } else { self.route(&vhost, &p.exchange, &p.routing_key, headers) };
+            // A delayed-message exchange holds a message with x-delay until it is due.
+            let delay = crate::delayed::delay_of(headers);
+            let held = match (delay, self.vhosts.get_mut(&*vhost).and_then(|vh| vh.exchanges.get_mut(&p.exchange))) {
+                (Some(delay_ms), Some(x)) if x.delayed.is_some() => {
+                    let store = x.delayed.as_mut().ok_or_else(|| internal("delayed store vanished"))?;
+                    let durable = store
+                        .hold(msg.clone(), now_ms.saturating_add(delay_ms))
+                        .map_err(|e| internal(format_args!("cannot hold a delayed message: {e}")))?;
+                    if durable {
+                        self.dirty_exchanges.insert((vhost.clone(), p.exchange.clone()));
+                    }
+                    Some(durable)
+                }
+                _ => None,
+            };
+            if let Some(durable) = held {
+                // Accepted: confirmed once on disk (durable exchange), routed when due.
+                needs_sync = durable;
+            }
+            let mut queues = if duplicate || held.is_some() {
+                Vec::new()
+            } else {
+                self.route(&vhost, &p.exchange, &p.routing_key, headers)
+            };
+            let extra_keys = if duplicate || held.is_some() { Vec::new() } else { extra_keys };
             for key in &extra_keys {
                 for q in self.route(&vhost, &p.exchange, key, headers) {
                     if !queues.contains(&q) {
@@ -1878,9 +1990,9 @@ impl Broker {
                 }
             }
             let (sync, rejected_by) = self.enqueue(&vhost, &queues, &msg, now_ms, out)?;
-            needs_sync = sync;
+            needs_sync |= sync;
             rejected = rejected_by;
-            !queues.is_empty()
+            !queues.is_empty() || held.is_some()
         };
         if !routed && p.mandatory {
             out.push((

@@ -24,6 +24,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod dedup;
 pub mod definitions;
+pub mod delayed;
 pub mod exchange;
 pub mod message;
 pub mod queue;

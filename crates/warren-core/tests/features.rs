@@ -385,3 +385,51 @@ fn deduplication_queue_refuses_a_key_it_holds_until_it_leaves() {
     h.publish_props(1, 1, "", "q", dedup_props("k"), "three");
     assert_eq!(bodies(&h.drain(1, 1, "q")), vec!["three"], "the key left with the message");
 }
+
+#[test]
+fn delayed_messages_wait_for_their_delay_then_route_by_the_delayed_type() {
+    let mut h = harness();
+    h.now_ms = 1_000;
+    h.broker.tick(1_000, &mut h.out);
+    h.exchange(1, 1, "delayed", "x-delayed-message", table(&[("x-delayed-type", "direct".into())]));
+    h.declare(1, 1, "q");
+    h.declare(1, 1, "other");
+    h.bind(1, 1, "q", "delayed", "k");
+    h.bind(1, 1, "other", "delayed", "nope");
+    let later =
+        |ms: i32| BasicProperties { headers: Some(table(&[("x-delay", FieldValue::I32(ms))])), ..Default::default() };
+    h.publish_props(1, 1, "delayed", "k", later(500), "half-second");
+    h.publish_props(1, 1, "delayed", "k", later(100), "tenth");
+    h.publish(1, 1, "delayed", "k", "now");
+    assert_eq!(bodies(&h.drain(1, 1, "q")), vec!["now"]);
+    h.broker.tick(1_099, &mut h.out);
+    assert!(h.drain(1, 1, "q").is_empty(), "not yet due");
+    h.broker.tick(1_100, &mut h.out);
+    assert_eq!(bodies(&h.drain(1, 1, "q")), vec!["tenth"]);
+    h.broker.tick(1_500, &mut h.out);
+    assert_eq!(bodies(&h.drain(1, 1, "q")), vec!["half-second"]);
+    assert!(h.drain(1, 1, "other").is_empty(), "routed as direct by key");
+}
+
+#[test]
+fn delayed_exchange_needs_a_delayed_type() {
+    let mut h = harness();
+    h.send(
+        1,
+        1,
+        Method::ExchangeDeclare {
+            exchange: "delayed".into(),
+            kind: "x-delayed-message".into(),
+            passive: false,
+            durable: false,
+            auto_delete: false,
+            internal: false,
+            nowait: false,
+            arguments: FieldTable::new(),
+        },
+    );
+    assert!(h
+        .take(1)
+        .iter()
+        .any(|o| matches!(o, Out::Method { method: Method::ChannelClose { reply_code: 406, .. }, .. })));
+}
