@@ -13,9 +13,10 @@ use crate::args::{QueueArgs, QueueType};
 use crate::auth::Users;
 use crate::channel::{AckOp, Channel, ChannelState, Consumer, DeferredKind, TxState, Unacked};
 use crate::config::{Config, CONNECTION_OUTBOUND_MAX_BYTES};
-use crate::definitions::{BindingDef, Definitions, ExchangeDef, QueueDef};
+use crate::definitions::{BindingDef, Definitions, ExchangeDef, PolicyDef, QueueDef};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::message::{Message, MessageRef};
+use crate::policy::{ApplyTo, Policy};
 use crate::queue::{ConsumerKey, PushOutcome, Queue, QueueStore, Queued};
 use crate::ConnId;
 use bytes::Bytes;
@@ -165,6 +166,9 @@ pub struct QueueInfo {
     pub messages_ready: u32,
     pub messages_unacked: u32,
     pub consumers: u32,
+    pub policy: Option<String>,
+    pub operator_policy: Option<String>,
+    pub arguments: FieldTable,
 }
 
 type Res = Result<(), ProtocolError>;
@@ -280,6 +284,8 @@ pub struct Broker {
     /// Storage failures to report (the server logs them).
     errors: Vec<String>,
     stats: StoreStats,
+    policies: Vec<Policy>,
+    operator_policies: Vec<Policy>,
 }
 
 /// Where queue logs and the definitions snapshot live.
@@ -390,6 +396,8 @@ impl Broker {
             defs_dirty: false,
             errors: Vec::new(),
             stats: StoreStats::default(),
+            policies: Vec::new(),
+            operator_policies: Vec::new(),
         };
         let report = broker.recover()?;
         Ok((broker, report))
@@ -416,6 +424,16 @@ impl Broker {
         let default_vhost = self.config.default_vhost.clone();
         for v in std::iter::once(&default_vhost).chain(defs.vhosts.iter()) {
             self.vhosts.entry(v.clone()).or_insert_with(|| VHost::new(v));
+        }
+        for p in &defs.policies {
+            let apply_to = ApplyTo::parse(&p.apply_to).unwrap_or(ApplyTo::All);
+            match Policy::new(&p.vhost, &p.name, &p.pattern, apply_to, p.priority, p.definition.clone(), p.operator) {
+                Ok(policy) if p.operator => self.operator_policies.push(policy),
+                Ok(policy) => self.policies.push(policy),
+                Err(e) => {
+                    report.corrupt.push(format!("policy '{}' in vhost '{}': {}; skipped", p.name, p.vhost, e.text))
+                }
+            }
         }
         for x in &defs.exchanges {
             let Some(kind) = ExchangeKind::parse(&x.kind) else {
@@ -446,7 +464,7 @@ impl Broker {
         for q in &defs.queues {
             let dir = self.store.durable_dir(&q.vhost, &q.name);
             let name = ShortStr::from(q.name.as_str());
-            let args = match QueueArgs::parse(&q.arguments, &q.name, &q.vhost) {
+            let args = match self.queue_args(&q.vhost, &q.name, &q.arguments) {
                 Ok(a) => a,
                 Err(e) => {
                     report
@@ -502,6 +520,11 @@ impl Broker {
                 report.bindings += 1;
             }
         }
+        let vhost_names: Vec<String> = self.vhosts.keys().cloned().collect();
+        let mut out = Vec::new();
+        for v in vhost_names {
+            self.apply_policies(&v, 0, &mut out);
+        }
         // Logs of queues deleted while their deletion could not finish (a crash in between).
         let queues_dir = self.store.dir.join("queues");
         for name in backend.list(&queues_dir).map_err(|e| io("cannot list queue logs", e))? {
@@ -516,6 +539,19 @@ impl Broker {
     /// The durable definitions as they are now.
     fn definitions(&self) -> Definitions {
         let mut d = Definitions::default();
+        for (p, operator) in
+            self.policies.iter().map(|p| (p, false)).chain(self.operator_policies.iter().map(|p| (p, true)))
+        {
+            d.policies.push(PolicyDef {
+                vhost: p.vhost.clone(),
+                name: p.name.clone(),
+                pattern: p.pattern.clone(),
+                apply_to: p.apply_to.as_str().into(),
+                priority: p.priority,
+                definition: p.definition.clone(),
+                operator,
+            });
+        }
         let mut vhosts: Vec<&VHost> = self.vhosts.values().collect();
         vhosts.sort_by(|a, b| a.name.cmp(&b.name));
         for vh in vhosts {
@@ -585,6 +621,105 @@ impl Broker {
             self.errors.push(format!("cannot write the definitions: {e}"));
             ProtocolError::new(ReplyCode::InternalError, format_args!("cannot write the definitions: {e}"))
         })
+    }
+
+    /// The effective arguments of a queue: its declared ones with the policies folded in.
+    fn queue_args(&self, vhost: &str, name: &str, declared: &FieldTable) -> Result<QueueArgs, ProtocolError> {
+        let (effective, _, _) =
+            crate::policy::effective_queue_arguments(declared, vhost, name, &self.policies, &self.operator_policies);
+        // A policy value that does not parse never makes a queue unusable: the declared
+        // arguments (already checked) stand alone then.
+        QueueArgs::parse(&effective, name, vhost).or_else(|_| QueueArgs::parse(declared, name, vhost))
+    }
+
+    /// Sets (adds or replaces) a policy or operator policy and applies it to the vhost's
+    /// existing queues and exchanges at once.
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_policy(
+        &mut self,
+        vhost: &str,
+        name: &str,
+        pattern: &str,
+        apply_to: ApplyTo,
+        priority: i64,
+        definition: FieldTable,
+        operator: bool,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Result<(), ProtocolError> {
+        if !self.vhosts.contains_key(vhost) {
+            return Err(not_found("vhost", vhost, vhost));
+        }
+        let policy = Policy::new(vhost, name, pattern, apply_to, priority, definition, operator)?;
+        let list = if operator { &mut self.operator_policies } else { &mut self.policies };
+        list.retain(|p| !(p.vhost == vhost && p.name == name));
+        list.push(policy);
+        self.defs_dirty = true;
+        self.apply_policies(vhost, now_ms, out);
+        self.save_definitions()
+    }
+
+    /// Removes a policy; false when there was none of that name.
+    pub fn clear_policy(
+        &mut self,
+        vhost: &str,
+        name: &str,
+        operator: bool,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Result<bool, ProtocolError> {
+        let list = if operator { &mut self.operator_policies } else { &mut self.policies };
+        let before = list.len();
+        list.retain(|p| !(p.vhost == vhost && p.name == name));
+        if list.len() == before {
+            return Ok(false);
+        }
+        self.defs_dirty = true;
+        self.apply_policies(vhost, now_ms, out);
+        self.save_definitions().map(|_| true)
+    }
+
+    /// The policies (or operator policies), for the management API.
+    pub fn policies(&self, operator: bool) -> &[Policy] {
+        if operator {
+            &self.operator_policies
+        } else {
+            &self.policies
+        }
+    }
+
+    /// Recomputes the effective arguments of every queue and exchange of `vhost`.
+    fn apply_policies(&mut self, vhost: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let Some(vh) = self.vhosts.get(vhost) else { return };
+        let queues: Vec<(ShortStr, FieldTable)> =
+            vh.queues.values().map(|q| (q.name.clone(), q.arguments.clone())).collect();
+        let exchanges: Vec<ShortStr> = vh.exchanges.keys().cloned().collect();
+        let mut dead = Vec::new();
+        for (name, declared) in queues {
+            let (_, policy, operator) = crate::policy::effective_queue_arguments(
+                &declared,
+                vhost,
+                &name,
+                &self.policies,
+                &self.operator_policies,
+            );
+            let Ok(args) = self.queue_args(vhost, &name, &declared) else { continue };
+            let Some(q) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(&name)) else { continue };
+            q.policy = policy;
+            q.operator_policy = operator;
+            match q.set_args(args) {
+                Ok(dropped) => dead.extend(dropped.into_iter().map(|d| (name.clone(), d, "maxlen"))),
+                Err(e) => self.errors.push(format!("cannot apply a policy to queue '{name}': {e}")),
+            }
+        }
+        for name in exchanges {
+            let ae = crate::policy::policy_alternate_exchange(vhost, &name, &self.policies).map(ShortStr::from);
+            if let Some(x) = self.vhosts.get_mut(vhost).and_then(|v| v.exchanges.get_mut(&name)) {
+                x.policy_alternate_exchange = ae;
+            }
+        }
+        let vhost: Arc<str> = Arc::from(vhost);
+        self.dead_letter(&vhost, dead, now_ms, out);
     }
 
     /// Storage failures since the last call, for the log.
@@ -1002,6 +1137,9 @@ impl Broker {
                     messages_ready: q.message_count(),
                     messages_unacked: q.unacked as u32,
                     consumers: q.consumer_count(),
+                    policy: q.policy.clone(),
+                    operator_policy: q.operator_policy.clone(),
+                    arguments: q.arguments.clone(),
                 })
             })
             .collect();
@@ -1466,6 +1604,8 @@ impl Broker {
                     ));
                 }
                 let mut exchange = Exchange::new(name.clone(), kind, durable, auto_delete, internal, arguments);
+                exchange.policy_alternate_exchange =
+                    crate::policy::policy_alternate_exchange(&vhost, name, &self.policies).map(ShortStr::from);
                 if kind == ExchangeKind::DelayedMessage {
                     let (store, _) = self.store.open_delayed(&vhost, name, durable).map_err(|e| {
                         self::internal(format_args!("cannot create the delayed store of '{name}': {e}"))
@@ -1678,7 +1818,8 @@ impl Broker {
                         format_args!("queue name '{name}' contains reserved prefix 'amq.*'"),
                     ));
                 }
-                let args = QueueArgs::parse(&arguments, &name, &vhost)?;
+                QueueArgs::parse(&arguments, &name, &vhost)?;
+                let args = self.queue_args(&vhost, &name, &arguments)?;
                 if args.queue_type == QueueType::Quorum {
                     // Quorum queues are replicated logs: always durable, never exclusive or
                     // auto-delete (RabbitMQ's checks and texts).
@@ -1706,6 +1847,16 @@ impl Broker {
                     QueueStore { backend: self.store.backend.clone(), dir, config: self.store.log_config.clone() };
                 let (queue, _) = Queue::open(name.clone(), durable, owner, auto_delete, arguments, args, store, now_ms)
                     .map_err(|e| internal(format_args!("cannot create the log of queue '{name}': {e}")))?;
+                let mut queue = queue;
+                let (_, policy, operator) = crate::policy::effective_queue_arguments(
+                    &queue.arguments,
+                    &vhost,
+                    &name,
+                    &self.policies,
+                    &self.operator_policies,
+                );
+                queue.policy = policy;
+                queue.operator_policy = operator;
                 let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
                 vh.queues.insert(name.clone(), queue);
                 self.defs_dirty |= survives;
@@ -2143,8 +2294,8 @@ impl Broker {
             ex.route(routing_key, headers, &mut dests);
             if dests.is_empty() {
                 // Unroutable here: the alternate exchange, if any, gets it.
-                if let Some(ae) = ex.arguments.get("alternate-exchange").and_then(FieldValue::as_str) {
-                    let ae = ShortStr::from(ae);
+                let own = ex.arguments.get("alternate-exchange").and_then(FieldValue::as_str).map(ShortStr::from);
+                if let Some(ae) = own.or_else(|| ex.policy_alternate_exchange.clone()) {
                     if !visited.contains(&ae) {
                         visited.push(ae.clone());
                         pending.push(ae);

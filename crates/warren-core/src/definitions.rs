@@ -42,9 +42,22 @@ pub struct BindingDef {
     pub arguments: FieldTable,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyDef {
+    pub vhost: String,
+    pub name: String,
+    pub pattern: String,
+    pub apply_to: String,
+    pub priority: i64,
+    pub definition: FieldTable,
+    /// An operator policy (limits that cap what users and policies set).
+    pub operator: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Definitions {
     pub vhosts: Vec<String>,
+    pub policies: Vec<PolicyDef>,
     pub exchanges: Vec<ExchangeDef>,
     pub queues: Vec<QueueDef>,
     pub bindings: Vec<BindingDef>,
@@ -147,6 +160,25 @@ impl Definitions {
                     .collect(),
             ),
         );
+        root.insert(
+            "policies",
+            FieldValue::Array(
+                self.policies
+                    .iter()
+                    .map(|p| {
+                        table(vec![
+                            ("vhost", s(&p.vhost)),
+                            ("name", s(&p.name)),
+                            ("pattern", s(&p.pattern)),
+                            ("apply-to", s(&p.apply_to)),
+                            ("priority", FieldValue::I64(p.priority)),
+                            ("definition", FieldValue::Table(p.definition.clone())),
+                            ("operator", FieldValue::Bool(p.operator)),
+                        ])
+                    })
+                    .collect(),
+            ),
+        );
         let mut out = BytesMut::new();
         root.encode(&mut out);
         out.freeze()
@@ -194,6 +226,21 @@ impl Definitions {
                 arguments: get_table(t, "arguments")?,
             });
         }
+        // Snapshots written before policies existed have none.
+        if root.get("policies").is_some() {
+            for t in tables(get_array(&root, "policies")?) {
+                let t = t?;
+                d.policies.push(PolicyDef {
+                    vhost: get_str(t, "vhost")?,
+                    name: get_str(t, "name")?,
+                    pattern: get_str(t, "pattern")?,
+                    apply_to: get_str(t, "apply-to")?,
+                    priority: t.get("priority").and_then(FieldValue::as_i64).unwrap_or(0),
+                    definition: get_table(t, "definition")?,
+                    operator: get_bool(t, "operator")?,
+                });
+            }
+        }
         Ok(d)
     }
 }
@@ -208,6 +255,19 @@ mod tests {
         args.insert("x-max-length", FieldValue::I64(10));
         let d = Definitions {
             vhosts: vec!["/".into(), "prod".into()],
+            policies: vec![PolicyDef {
+                vhost: "/".into(),
+                name: "ttl".into(),
+                pattern: "^t".into(),
+                apply_to: "queues".into(),
+                priority: 3,
+                definition: {
+                    let mut t = FieldTable::new();
+                    t.insert("message-ttl", FieldValue::I64(1000));
+                    t
+                },
+                operator: false,
+            }],
             exchanges: vec![ExchangeDef {
                 vhost: "/".into(),
                 name: "logs".into(),

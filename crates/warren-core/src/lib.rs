@@ -27,6 +27,7 @@ pub mod definitions;
 pub mod delayed;
 pub mod exchange;
 pub mod message;
+pub mod policy;
 pub mod queue;
 
 pub use broker::{Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, StoreStats, SyncJob};

@@ -149,6 +149,9 @@ pub struct Queue {
     pub last_used_ms: u64,
     /// Some message here may carry an expiry: the broker checks the head over time.
     pub may_expire: bool,
+    /// The policy and operator policy applied, by name.
+    pub policy: Option<String>,
+    pub operator_policy: Option<String>,
     /// Deduplication keys of the messages held (queues with `x-message-deduplication`). Not
     /// rebuilt after a restart: recovered messages do not block duplicates.
     keys: Option<crate::dedup::QueueKeys>,
@@ -207,6 +210,8 @@ impl Queue {
             last_used_ms: now_ms,
             may_expire: args_have_ttl || ready_count > 0,
             keys: args_dedup.then(Default::default),
+            policy: None,
+            operator_policy: None,
             scratch: Vec::new(),
         };
         Ok((q, recovered_all))
@@ -339,6 +344,29 @@ impl Queue {
         self.ready_bytes += len;
         outcome.needs_sync = persistent;
         Ok(outcome)
+    }
+
+    /// Takes new effective arguments (a policy changed). The priority lanes stay as declared.
+    /// Returns the messages a lower length limit pushes out (to dead-letter as `maxlen`).
+    pub fn set_args(&mut self, mut args: QueueArgs) -> io::Result<Vec<Queued>> {
+        args.max_priority = self.args.max_priority;
+        args.queue_type = self.args.queue_type;
+        args.deduplication = self.args.deduplication;
+        self.may_expire |= args.message_ttl_ms.is_some();
+        self.args = args;
+        let mut dropped = Vec::new();
+        while self.args.max_length.is_some_and(|m| self.ready_count > m)
+            || self.args.max_length_bytes.is_some_and(|m| self.ready_bytes > m)
+        {
+            match self.pop()? {
+                Some(q) => {
+                    self.settle(q.lane, q.seq)?;
+                    dropped.push(q);
+                }
+                None => break,
+            }
+        }
+        Ok(dropped)
     }
 
     /// The highest lane with ready messages.

@@ -433,3 +433,70 @@ fn delayed_exchange_needs_a_delayed_type() {
         .iter()
         .any(|o| matches!(o, Out::Method { method: Method::ChannelClose { reply_code: 406, .. }, .. })));
 }
+
+#[test]
+fn a_policy_applies_to_existing_and_new_queues_with_the_lower_limit_winning() {
+    let mut h = harness();
+    h.declare(1, 1, "orders.a");
+    for b in ["1", "2", "3"] {
+        h.publish(1, 1, "", "orders.a", b);
+    }
+    let mut out = Vec::new();
+    h.broker
+        .set_policy(
+            "/",
+            "cap",
+            "^orders\\.",
+            warren_core::policy::ApplyTo::Queues,
+            0,
+            table(&[("max-length", FieldValue::I64(2))]),
+            false,
+            0,
+            &mut out,
+        )
+        .expect("valid policy");
+    // The existing queue is trimmed to the new limit at once.
+    assert_eq!(bodies(&h.drain(1, 1, "orders.a")), vec!["2", "3"]);
+    // A client argument above the policy's limit loses; one below wins.
+    h.declare_args(1, 1, "orders.b", table(&[("x-max-length", FieldValue::I64(10))]));
+    h.declare_args(1, 1, "orders.c", table(&[("x-max-length", FieldValue::I64(1))]));
+    for b in ["1", "2", "3"] {
+        h.publish(1, 1, "", "orders.b", b);
+        h.publish(1, 1, "", "orders.c", b);
+    }
+    assert_eq!(bodies(&h.drain(1, 1, "orders.b")), vec!["2", "3"]);
+    assert_eq!(bodies(&h.drain(1, 1, "orders.c")), vec!["3"]);
+    let q = h.broker.queues().into_iter().find(|q| q.name == "orders.b").expect("queue");
+    assert_eq!(q.policy.as_deref(), Some("cap"));
+    // Cleared: the limit goes with it.
+    assert!(h.broker.clear_policy("/", "cap", false, 0, &mut out).expect("cleared"));
+    for b in ["1", "2", "3"] {
+        h.publish(1, 1, "", "orders.a", b);
+    }
+    assert_eq!(bodies(&h.drain(1, 1, "orders.a")), vec!["1", "2", "3"]);
+}
+
+#[test]
+fn a_policy_gives_exchanges_an_alternate_exchange() {
+    let mut h = harness();
+    h.exchange(1, 1, "ae", "fanout", FieldTable::new());
+    h.declare(1, 1, "unrouted");
+    h.bind(1, 1, "unrouted", "ae", "");
+    h.exchange(1, 1, "main", "direct", FieldTable::new());
+    let mut out = Vec::new();
+    h.broker
+        .set_policy(
+            "/",
+            "ae",
+            "^main$",
+            warren_core::policy::ApplyTo::Exchanges,
+            0,
+            table(&[("alternate-exchange", "ae".into())]),
+            false,
+            0,
+            &mut out,
+        )
+        .expect("valid policy");
+    h.publish(1, 1, "main", "nowhere", "x");
+    assert_eq!(bodies(&h.drain(1, 1, "unrouted")), vec!["x"]);
+}

@@ -13,6 +13,8 @@ pub struct Settings {
     pub http_listen: SocketAddr,
     pub data_dir: PathBuf,
     pub log_level: String,
+    /// A definitions file (RabbitMQ's JSON) applied at boot (`load_definitions`).
+    pub load_definitions: Option<PathBuf>,
     pub core: CoreConfig,
 }
 
@@ -23,6 +25,7 @@ impl Default for Settings {
             http_listen: SocketAddr::from(([127, 0, 0, 1], 15672)),
             data_dir: PathBuf::from("warren-data"),
             log_level: "info".into(),
+            load_definitions: None,
             core: CoreConfig::default(),
         }
     }
@@ -92,6 +95,7 @@ impl Settings {
                     }
                     "management.listener.port" => mgmt_port = Some(parse_num(value)?),
                     "data_dir" => self.data_dir = PathBuf::from(value),
+                    "load_definitions" => self.load_definitions = Some(PathBuf::from(value)),
                     "heartbeat" => self.core.heartbeat_s = parse_num(value)?,
                     "frame_max" => {
                         let v: u32 = parse_num(value)?;

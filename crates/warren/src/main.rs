@@ -107,6 +107,18 @@ async fn run(settings: Settings) -> Result<(), String> {
         report.bindings,
         started.elapsed().as_millis()
     );
+    let mut broker = broker;
+    if let Some(path) = &settings.load_definitions {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read definitions {}: {e}", path.display()))?;
+        let doc: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| format!("definitions {} are not JSON: {e}", path.display()))?;
+        let now_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let n = warren_http::apply_definitions(&mut broker, &doc, now_ms)
+            .map_err(|e| format!("definitions {}: {e}", path.display()))?;
+        tracing::info!("applied {n} policies from {}", path.display());
+    }
     let server = warren_server::Server::new(broker);
     let shared = server.shared();
     tokio::spawn(async move {

@@ -113,6 +113,8 @@ pub struct Exchange {
     /// The held messages of a delayed-message exchange (set by the broker, which owns the
     /// storage).
     pub delayed: Option<crate::delayed::DelayedStore>,
+    /// The alternate exchange a policy gives this exchange (its own argument comes first).
+    pub policy_alternate_exchange: Option<ShortStr>,
 }
 
 /// The routing type of a delayed-message exchange (`x-delayed-type`), if valid.
@@ -152,6 +154,7 @@ impl Exchange {
             router,
             dedup,
             delayed: None,
+            policy_alternate_exchange: None,
         }
     }
 

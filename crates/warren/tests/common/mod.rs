@@ -57,6 +57,8 @@ pub struct Broker {
     user: String,
     password: String,
     vhost: String,
+    /// The management HTTP port of a spawned broker.
+    http_port: Option<u16>,
     process: Option<Spawned>,
 }
 
@@ -119,6 +121,17 @@ impl Broker {
         }
     }
 
+    /// The management HTTP address of a spawned broker (`None` for an external one).
+    pub fn http_addr(&self) -> Option<String> {
+        self.http_port.map(|p| format!("127.0.0.1:{p}"))
+    }
+
+    /// Starts a broker on `data_dir` with a config file, kept like [`Broker::start_in`].
+    pub fn start_in_with_config(data_dir: &Path, conf: &str) -> Broker {
+        std::fs::create_dir_all(data_dir).expect("create broker data dir");
+        Broker::spawn_in(data_dir.to_path_buf(), Some(conf), true)
+    }
+
     /// The data directory of a spawned broker (`None` for an external one).
     pub fn data_dir(&self) -> Option<&Path> {
         self.process.as_ref().map(|spawned| spawned.data_dir.as_path())
@@ -172,6 +185,7 @@ impl Broker {
             user: user.to_string(),
             password: password.to_string(),
             vhost: percent_decode(if vhost.is_empty() { "%2f" } else { vhost }),
+            http_port: None,
             process: None,
         }
     }
@@ -230,12 +244,18 @@ impl Broker {
                 panic!("warren did not start: {why}\n--- broker stderr ---\n{log}");
             }
         };
+        // The HTTP line follows the AMQP one.
+        let http_port = lines_rx
+            .recv_timeout(STARTUP_TIMEOUT)
+            .ok()
+            .and_then(|l| l.trim().strip_prefix("listening http ").and_then(|a| a.rsplit_once(':')?.1.parse().ok()));
         Broker {
             host: "127.0.0.1".to_string(),
             port,
             user: "guest".to_string(),
             password: "guest".to_string(),
             vhost: "/".to_string(),
+            http_port,
             process: Some(spawned),
         }
     }
