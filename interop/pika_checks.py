@@ -16,6 +16,7 @@ produce the same strings, not just the same codes.
 
 import datetime
 import decimal
+import os
 import signal
 import sys
 import time
@@ -26,11 +27,18 @@ import pika.exceptions as pe
 
 PORT = 5672
 VHOST = "/"
+# Checks of plugins Warren has built in (delayed messages, deduplication); a stock RabbitMQ
+# lacks them, so they run only when asked for.
+PLUGINS = bool(os.environ.get("INTEROP_PLUGINS"))
 CHECK_TIMEOUT = 15  # seconds; a hard backstop, waits below have their own limits
 CHECKS = []
 
 
 class Fail(Exception):
+    pass
+
+
+class Skip(Exception):
     pass
 
 
@@ -695,6 +703,109 @@ def basic_cancel_by_client(ctx):
 # ---------------------------------------------------------------- driver
 
 
+# ------------------------------------------------- queue features (issue 4)
+
+
+def confirm_channel(ctx):
+    ch = ctx.channel()
+    ch.confirm_delivery()
+    return ch
+
+
+@check
+def ttl_expiry_dead_letters_with_x_death(ctx):
+    ch = confirm_channel(ctx)
+    dlx, dead, q = ctx.exchange("dlx"), ctx.queue("dead"), ctx.queue("ttl")
+    ch.exchange_declare(dlx, "fanout")
+    ch.queue_declare(dead)
+    ch.queue_bind(dead, dlx)
+    ch.queue_declare(q, arguments={"x-message-ttl": 100, "x-dead-letter-exchange": dlx})
+    ch.basic_publish("", q, b"old")
+    got = []
+
+    def arrived():
+        method, props, body = ch.basic_get(dead, auto_ack=True)
+        if method is not None:
+            got.append((props, body))
+        return bool(got)
+
+    wait_until(ctx.conns[0], arrived, 5, "the expired message in the dead-letter queue")
+    props, body = got[0]
+    expect_eq(body, b"old", "dead-lettered body")
+    death = props.headers["x-death"][0]
+    expect_eq(death["reason"], "expired", "x-death reason")
+    expect_eq(death["queue"], q, "x-death queue")
+    expect_eq(death["count"], 1, "x-death count")
+    expect_eq(get_bodies(ch, q), [], "the expired message left its queue")
+
+
+@check
+def max_length_drops_the_oldest(ctx):
+    ch = confirm_channel(ctx)
+    q = ctx.queue("maxlen")
+    ch.queue_declare(q, arguments={"x-max-length": 2})
+    for b in (b"p1", b"p2", b"p3"):
+        ch.basic_publish("", q, b)
+    expect_eq(get_bodies(ch, q), [b"p2", b"p3"], "bodies kept under x-max-length 2")
+
+
+@check
+def priority_queue_delivers_highest_first(ctx):
+    ch = confirm_channel(ctx)
+    q = ctx.queue("prio")
+    ch.queue_declare(q, arguments={"x-max-priority": 10})
+    for prio, b in ((1, b"low"), (9, b"high"), (5, b"mid"), (9, b"high2")):
+        ch.basic_publish("", q, b, pika.BasicProperties(priority=prio))
+    expect_eq(get_bodies(ch, q), [b"high", b"high2", b"mid", b"low"], "priority order")
+
+
+@check
+def alternate_exchange_takes_unroutable(ctx):
+    ch = confirm_channel(ctx)
+    ae, main, q = ctx.exchange("ae"), ctx.exchange("main"), ctx.queue("unrouted")
+    ch.exchange_declare(ae, "fanout")
+    ch.queue_declare(q)
+    ch.queue_bind(q, ae)
+    ch.exchange_declare(main, "direct", arguments={"alternate-exchange": ae})
+    ch.basic_publish(main, "no-binding", b"stray", mandatory=True)
+    expect_eq(get_bodies(ch, q), [b"stray"], "bodies in the alternate exchange's queue")
+
+
+# Plugins RabbitMQ users install and Warren has built in; run with INTEROP_PLUGINS=1.
+
+
+@check
+def plugin_delayed_message_exchange(ctx):
+    if not PLUGINS:
+        raise Skip("set INTEROP_PLUGINS=1 (a stock RabbitMQ lacks this plugin)")
+    ch = confirm_channel(ctx)
+    x, q = ctx.exchange("delayed"), ctx.queue("delayed")
+    ch.exchange_declare(x, "x-delayed-message", arguments={"x-delayed-type": "direct"})
+    ch.queue_declare(q)
+    ch.queue_bind(q, x, "k")
+    sent = time.monotonic()
+    ch.basic_publish(x, "k", b"later", pika.BasicProperties(headers={"x-delay": 300}))
+    expect_eq(get_bodies(ch, q), [], "nothing before the delay")
+    got = []
+    wait_until(ctx.conns[0], lambda: got.extend(get_bodies(ch, q)) or bool(got), 5, "the delayed message")
+    expect_eq(got, [b"later"], "delayed bodies")
+    expect(time.monotonic() - sent >= 0.3, "delivered before its delay")
+
+
+@check
+def plugin_message_deduplication(ctx):
+    if not PLUGINS:
+        raise Skip("set INTEROP_PLUGINS=1 (a stock RabbitMQ lacks this plugin)")
+    ch = confirm_channel(ctx)
+    x, q = ctx.exchange("dedup"), ctx.queue("dedup")
+    ch.exchange_declare(x, "x-message-deduplication", arguments={"x-cache-size": 10})
+    ch.queue_declare(q)
+    ch.queue_bind(q, x)
+    for b in (b"a", b"b"):
+        ch.basic_publish(x, "", b, pika.BasicProperties(headers={"x-deduplication-header": "same"}))
+    expect_eq(get_bodies(ch, q), [b"a"], "bodies after deduplication")
+
+
 def _on_alarm(_signum, _frame):
     raise Fail("check exceeded %ss" % CHECK_TIMEOUT)
 
@@ -726,6 +837,8 @@ def main():
         try:
             fn(ctx)
             print("PASS pika.%s" % name, flush=True)
+        except Skip as e:
+            print("SKIP pika.%s: %s" % (name, e), flush=True)
         except Fail as e:
             failed += 1
             print("FAIL pika.%s: %s" % (name, e), flush=True)

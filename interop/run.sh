@@ -496,6 +496,7 @@ pika_suite() {
     while IFS= read -r line; do
         case $line in
         PASS\ *) pass "${line#PASS }" ;;
+        SKIP\ *) echo "$line" ;;
         FAIL\ *)
             line=${line#FAIL }
             fail "${line%%: *}" "${line#*: }"

@@ -324,6 +324,17 @@ impl Store {
         self.dir.join("delayed").join(hex)
     }
 
+    /// Attaches a durable log to a deduplication exchange that asks for a disk cache.
+    fn attach_dedup_log(&mut self, vhost: &str, exchange: &mut Exchange) -> std::io::Result<()> {
+        let Some(cache) = exchange.dedup.as_mut() else { return Ok(()) };
+        if !exchange.durable || !crate::dedup::DedupCache::wants_disk(&exchange.arguments) {
+            return Ok(());
+        }
+        let dir = self.delayed_dir(vhost, &exchange.name).with_extension("dedup");
+        let (log, _) = SegmentLog::open(self.backend.clone(), &dir, self.log_config.clone())?;
+        cache.attach_log(log)
+    }
+
     /// Opens the store of a delayed-message exchange; returns it and its pending count.
     fn open_delayed(
         &mut self,
@@ -456,6 +467,9 @@ impl Broker {
                 ));
                 exchange.delayed = Some(store);
             }
+            self.store
+                .attach_dedup_log(&x.vhost, &mut exchange)
+                .map_err(|e| format!("cannot open the deduplication cache of exchange '{}': {e}", x.name))?;
             let vh = self.vhosts.entry(x.vhost.clone()).or_insert_with(|| VHost::new(&x.vhost));
             vh.exchanges.insert(name, exchange);
             report.exchanges += 1;
@@ -750,8 +764,13 @@ impl Broker {
         }
         for (vhost, name) in std::mem::take(&mut self.dirty_exchanges) {
             let exchange = self.vhosts.get_mut(&*vhost).and_then(|v| v.exchanges.get_mut(&name));
-            if let Some(d) = exchange.and_then(|x| x.delayed.as_mut()) {
-                handles.extend(d.pending_sync());
+            if let Some(x) = exchange {
+                if let Some(d) = x.delayed.as_mut() {
+                    handles.extend(d.pending_sync());
+                }
+                if let Some(c) = x.dedup.as_mut() {
+                    handles.extend(c.pending_sync());
+                }
             }
         }
         self.stats.sync_rounds += 1;
@@ -1612,6 +1631,9 @@ impl Broker {
                     })?;
                     exchange.delayed = Some(store);
                 }
+                self.store.attach_dedup_log(&vhost, &mut exchange).map_err(|e| {
+                    self::internal(format_args!("cannot create the deduplication cache of '{name}': {e}"))
+                })?;
                 let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
                 vh.exchanges.insert(name.clone(), exchange);
                 self.defs_dirty |= durable;
@@ -1645,10 +1667,15 @@ impl Broker {
     fn remove_exchange(vh: &mut VHost, name: &ShortStr) -> bool {
         let removed = vh.exchanges.remove(name);
         let durable = removed.as_ref().is_some_and(|x| x.durable);
-        if let Some(delayed) = removed.and_then(|x| x.delayed) {
+        if let Some(x) = removed {
             // Held messages go with their exchange. A failure leaves files that the next
             // start does not read (no definition names them).
-            let _ = delayed.destroy();
+            if let Some(delayed) = x.delayed {
+                let _ = delayed.destroy();
+            }
+            if let Some(mut cache) = x.dedup {
+                let _ = cache.destroy();
+            }
         }
         Self::remove_bindings_to(vh, &Destination::Exchange(name.clone())) || durable
     }
@@ -2102,12 +2129,28 @@ impl Broker {
             let (extra_keys, msg) = crate::dead_letter::sender_selected(&p.msg);
             let headers = msg.properties.headers.as_ref();
             // A deduplication exchange drops a message it has seen, before any routing.
-            let duplicate = self
+            let cache = self
                 .vhosts
                 .get_mut(&*vhost)
                 .and_then(|vh| vh.exchanges.get_mut(&p.exchange))
-                .and_then(|x| x.dedup.as_mut())
-                .is_some_and(|cache| cache.check_and_insert(headers, now_ms));
+                .and_then(|x| x.dedup.as_mut());
+            let duplicate = match cache.map(|c| (c.check_and_insert(headers, now_ms), c.dirty)) {
+                None => false,
+                Some((Ok(duplicate), dirty)) => {
+                    if dirty {
+                        // A confirm promises the cache entry is on disk too.
+                        self.dirty_exchanges.insert((vhost.clone(), p.exchange.clone()));
+                        needs_sync = true;
+                    }
+                    duplicate
+                }
+                Some((Err(e), _)) => {
+                    // The cache could not be written: let the message through rather than drop
+                    // one that may be new.
+                    self.errors.push(format!("deduplication cache of exchange '{}': {e}", p.exchange));
+                    false
+                }
+            };
             // A delayed-message exchange holds a message with x-delay until it is due.
             let delay = crate::delayed::delay_of(headers);
             let held = match (delay, self.vhosts.get_mut(&*vhost).and_then(|vh| vh.exchanges.get_mut(&p.exchange))) {
@@ -2125,7 +2168,7 @@ impl Broker {
             };
             if let Some(durable) = held {
                 // Accepted: confirmed once on disk (durable exchange), routed when due.
-                needs_sync = durable;
+                needs_sync |= durable;
             }
             let mut queues = if duplicate || held.is_some() {
                 Vec::new()

@@ -7,7 +7,9 @@
 //! Invariant: a cache holds at most `size` entries; when full, the oldest entry goes first.
 
 use std::collections::{HashMap, VecDeque};
+use std::io;
 use warren_amqp::{FieldTable, FieldValue, ProtocolError, ReplyCode};
+use warren_store::{SegmentLog, SyncHandle};
 
 /// The header that names a message for deduplication.
 pub const DEDUP_HEADER: &str = "x-deduplication-header";
@@ -39,15 +41,26 @@ fn int_arg(args: &FieldTable, key: &str) -> Option<Result<u64, ()>> {
 pub struct DedupCache {
     size: usize,
     ttl_ms: Option<u64>,
-    /// Key to its expiry (None: kept until evicted).
-    entries: HashMap<Vec<u8>, Option<u64>>,
+    /// Key to its expiry (None: kept until evicted) and its record in `log`.
+    entries: HashMap<Vec<u8>, (Option<u64>, Option<u64>)>,
     /// Keys in insertion order, for eviction when full.
     order: VecDeque<Vec<u8>>,
+    /// `x-cache-persistence: disk` on a durable exchange: every entry is a record here, settled
+    /// when the entry goes, so the cache comes back after a restart.
+    log: Option<SegmentLog>,
+    pub dirty: bool,
 }
 
 impl DedupCache {
     pub fn new(size: usize, ttl_ms: Option<u64>) -> Self {
-        DedupCache { size: size.max(1), ttl_ms, entries: HashMap::new(), order: VecDeque::new() }
+        DedupCache {
+            size: size.max(1),
+            ttl_ms,
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            log: None,
+            dirty: false,
+        }
     }
 
     /// Reads `x-cache-size` (required) and `x-cache-ttl` from the exchange arguments.
@@ -87,29 +100,96 @@ impl DedupCache {
         Ok(DedupCache::new(size, ttl_ms))
     }
 
+    /// True when the exchange arguments ask for the cache to persist.
+    pub fn wants_disk(args: &FieldTable) -> bool {
+        args.get("x-cache-persistence").and_then(FieldValue::as_str) == Some("disk")
+    }
+
+    /// Keeps the cache in `log` from now on, first loading the entries it holds.
+    pub fn attach_log(&mut self, mut log: SegmentLog) -> io::Result<()> {
+        let mut from = 0;
+        loop {
+            let records = log.read(from, 4096, 1 << 20)?;
+            let Some(last) = records.last() else { break };
+            from = last.seq + 1;
+            for r in records {
+                if r.payload.len() < 8 {
+                    log.settle(r.seq)?;
+                    continue;
+                }
+                let mut expiry = [0u8; 8];
+                expiry.copy_from_slice(&r.payload[..8]);
+                let expiry = Some(u64::from_be_bytes(expiry)).filter(|t| *t != 0);
+                let key = r.payload[8..].to_vec();
+                if let Some((_, Some(old))) = self.entries.insert(key.clone(), (expiry, Some(r.seq))) {
+                    log.settle(old)?;
+                } else {
+                    self.order.push_back(key);
+                }
+            }
+        }
+        self.log = Some(log);
+        self.evict()?;
+        Ok(())
+    }
+
     /// True when the message is a duplicate (seen and not expired); otherwise remembers it.
     /// A message's own `x-cache-ttl` header overrides the exchange's.
-    pub fn check_and_insert(&mut self, headers: Option<&FieldTable>, now_ms: u64) -> bool {
-        let Some(key) = key_of(headers) else { return false };
-        if let Some(expiry) = self.entries.get(&key) {
+    pub fn check_and_insert(&mut self, headers: Option<&FieldTable>, now_ms: u64) -> io::Result<bool> {
+        let Some(key) = key_of(headers) else { return Ok(false) };
+        if let Some((expiry, _)) = self.entries.get(&key) {
             if expiry.is_none_or(|t| now_ms < t) {
-                return true;
+                return Ok(true);
             }
         }
         let ttl = headers.and_then(|h| h.get("x-cache-ttl")).and_then(FieldValue::as_i64).map(|t| t.max(0) as u64);
         let expiry = ttl.or(self.ttl_ms).map(|t| now_ms.saturating_add(t));
-        if self.entries.insert(key.clone(), expiry).is_none() {
-            self.order.push_back(key);
-        }
-        while self.entries.len() > self.size {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.entries.remove(&old);
+        let seq = match self.log.as_mut() {
+            Some(log) => {
+                let mut payload = expiry.unwrap_or(0).to_be_bytes().to_vec();
+                payload.extend_from_slice(&key);
+                self.dirty = true;
+                Some(log.append(&payload, true)?)
+            }
+            None => None,
+        };
+        match self.entries.insert(key.clone(), (expiry, seq)) {
+            None => self.order.push_back(key),
+            Some((_, Some(old))) => {
+                if let Some(log) = self.log.as_mut() {
+                    log.settle(old)?;
                 }
-                None => break,
+            }
+            Some(_) => {}
+        }
+        self.evict()?;
+        Ok(false)
+    }
+
+    fn evict(&mut self) -> io::Result<()> {
+        while self.entries.len() > self.size {
+            let Some(old) = self.order.pop_front() else { break };
+            if let Some((_, Some(seq))) = self.entries.remove(&old) {
+                if let Some(log) = self.log.as_mut() {
+                    log.settle(seq)?;
+                    self.dirty = true;
+                }
             }
         }
-        false
+        Ok(())
+    }
+
+    /// Deletes the cache's log (its exchange was deleted).
+    pub fn destroy(&mut self) -> io::Result<()> {
+        match self.log.take() {
+            Some(log) => log.destroy(),
+            None => Ok(()),
+        }
+    }
+
+    pub fn pending_sync(&mut self) -> Vec<std::sync::Arc<dyn SyncHandle>> {
+        self.dirty = false;
+        self.log.as_mut().map(|l| l.pending_sync()).unwrap_or_default()
     }
 
     pub fn len(&self) -> usize {
@@ -178,21 +258,21 @@ mod tests {
     #[test]
     fn duplicates_within_ttl_are_caught() {
         let mut c = cache(10, Some(100));
-        assert!(!c.check_and_insert(Some(&headers("a")), 0));
-        assert!(c.check_and_insert(Some(&headers("a")), 50));
-        assert!(!c.check_and_insert(Some(&headers("a")), 100), "expired: routed again");
-        assert!(!c.check_and_insert(None, 0), "no header: never a duplicate");
+        assert!(!c.check_and_insert(Some(&headers("a")), 0).expect("cache"));
+        assert!(c.check_and_insert(Some(&headers("a")), 50).expect("cache"));
+        assert!(!c.check_and_insert(Some(&headers("a")), 100).expect("cache"), "expired: routed again");
+        assert!(!c.check_and_insert(None, 0).expect("cache"), "no header: never a duplicate");
     }
 
     #[test]
     fn a_full_cache_forgets_the_oldest() {
         let mut c = cache(2, None);
         for k in ["a", "b", "c"] {
-            assert!(!c.check_and_insert(Some(&headers(k)), 0));
+            assert!(!c.check_and_insert(Some(&headers(k)), 0).expect("cache"));
         }
         assert_eq!(c.len(), 2);
-        assert!(!c.check_and_insert(Some(&headers("a")), 0), "a was evicted");
-        assert!(c.check_and_insert(Some(&headers("c")), 0));
+        assert!(!c.check_and_insert(Some(&headers("a")), 0).expect("cache"), "a was evicted");
+        assert!(c.check_and_insert(Some(&headers("c")), 0).expect("cache"));
     }
 
     #[test]
@@ -201,6 +281,29 @@ mod tests {
         let mut a = FieldTable::new();
         a.insert("x-cache-size", FieldValue::from("5"));
         assert!(DedupCache::from_arguments(&a, "x").is_ok());
+    }
+
+    #[test]
+    fn a_disk_cache_comes_back_after_reopening() {
+        use std::path::Path;
+        use std::sync::Arc;
+        use warren_store::{LogConfig, MemBackend};
+        let backend = Arc::new(MemBackend::new());
+        let open = || SegmentLog::open(backend.clone(), Path::new("/dedup"), LogConfig::default()).expect("open").0;
+        let mut c = cache(2, None);
+        c.attach_log(open()).expect("attach");
+        for k in ["a", "b", "c"] {
+            assert!(!c.check_and_insert(Some(&headers(k)), 0).expect("cache"));
+        }
+        for h in c.pending_sync() {
+            h.sync().expect("sync");
+        }
+        drop(c);
+        let mut c = cache(2, None);
+        c.attach_log(open()).expect("attach");
+        assert_eq!(c.len(), 2);
+        assert!(c.check_and_insert(Some(&headers("c")), 0).expect("cache"), "remembered across reopening");
+        assert!(!c.check_and_insert(Some(&headers("a")), 0).expect("cache"), "a was evicted before");
     }
 
     #[test]

@@ -92,3 +92,33 @@ async fn deduplication_exchange_routes_a_repeated_message_once() {
     assert_eq!(get_all(&ch, &q).await, vec!["a".to_string(), "other".to_string()]);
     close(&conn).await;
 }
+
+#[tokio::test]
+async fn a_disk_deduplication_cache_survives_a_kill() {
+    if Broker::is_external() {
+        eprintln!("skipped: needs the message deduplication exchange and a restartable Warren");
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique("warren-dedup"));
+    let (x, q) = (unique("dedup-disk"), unique("dedup-disk-q"));
+    let broker = Broker::start_in(&dir);
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    let args = field_table(&[("x-cache-size", AMQPValue::LongInt(100)), ("x-cache-persistence", long_string("disk"))]);
+    exchange(&ch, &x, "x-message-deduplication", true, args).await;
+    declare(&ch, &q, QueueDeclareOptions { durable: true, ..Default::default() }).await;
+    bind(&ch, &q, &x, "").await;
+    // Confirmed: the cache entry is on disk.
+    publish_with(&ch, &x, "", b"first", with_header("x-deduplication-header", long_string("k"), true)).await;
+    broker.kill9();
+
+    let broker = Broker::start_in(&dir);
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    publish_with(&ch, &x, "", b"again", with_header("x-deduplication-header", long_string("k"), true)).await;
+    let bodies = get_all(&ch, &q).await;
+    assert_eq!(bodies, vec!["first".to_string()], "the repeat after the restart was dropped");
+    close(&conn).await;
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
