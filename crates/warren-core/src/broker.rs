@@ -301,27 +301,25 @@ impl Store {
         self.dir.join("definitions")
     }
 
-    /// A durable queue's log directory: stable across restarts, named by a hash so that any
-    /// queue name makes a valid file name.
-    fn durable_dir(&self, vhost: &str, name: &str) -> PathBuf {
+    /// A directory for a durable object's log, stable across restarts, named by a hash so that
+    /// any name makes a valid file name.
+    fn hashed_dir(&self, kind: &str, vhost: &str, name: &str) -> PathBuf {
         let mut h = Sha256::new();
         h.update(vhost.as_bytes());
         h.update([0u8]);
         h.update(name.as_bytes());
         let digest = h.finalize();
         let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        self.dir.join("queues").join(hex)
+        self.dir.join(kind).join(hex)
+    }
+
+    fn durable_dir(&self, vhost: &str, name: &str) -> PathBuf {
+        self.hashed_dir("queues", vhost, name)
     }
 
     /// A durable delayed-message exchange's log directory.
     fn delayed_dir(&self, vhost: &str, name: &str) -> PathBuf {
-        let mut h = Sha256::new();
-        h.update(vhost.as_bytes());
-        h.update([0u8]);
-        h.update(name.as_bytes());
-        let digest = h.finalize();
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        self.dir.join("delayed").join(hex)
+        self.hashed_dir("delayed", vhost, name)
     }
 
     /// Attaches a durable log to a deduplication exchange that asks for a disk cache.
@@ -330,7 +328,7 @@ impl Store {
         if !exchange.durable || !crate::dedup::DedupCache::wants_disk(&exchange.arguments) {
             return Ok(());
         }
-        let dir = self.delayed_dir(vhost, &exchange.name).with_extension("dedup");
+        let dir = self.hashed_dir("dedup", vhost, &exchange.name);
         let (log, _) = SegmentLog::open(self.backend.clone(), &dir, self.log_config.clone())?;
         cache.attach_log(log)
     }
@@ -1311,14 +1309,14 @@ impl Broker {
                 Ok(())
             }
             Method::ExchangeBind { destination, source, routing_key, nowait, arguments } => {
-                self.bind(conn, channel, Destination::Exchange(destination), &source, routing_key, arguments)?;
+                self.bind(conn, Destination::Exchange(destination), &source, routing_key, arguments)?;
                 if !nowait {
                     Self::reply(out, conn, channel, Method::ExchangeBindOk);
                 }
                 Ok(())
             }
             Method::ExchangeUnbind { destination, source, routing_key, nowait, arguments } => {
-                self.unbind(conn, channel, Destination::Exchange(destination), &source, routing_key, arguments)?;
+                self.unbind(conn, Destination::Exchange(destination), &source, routing_key, arguments)?;
                 if !nowait {
                     Self::reply(out, conn, channel, Method::ExchangeUnbindOk);
                 }
@@ -1348,7 +1346,7 @@ impl Broker {
             }
             Method::QueueBind { queue, exchange, routing_key, nowait, arguments } => {
                 let queue = self.resolve_queue_name(conn, channel, queue)?;
-                self.bind(conn, channel, Destination::Queue(queue), &exchange, routing_key, arguments)?;
+                self.bind(conn, Destination::Queue(queue), &exchange, routing_key, arguments)?;
                 if !nowait {
                     Self::reply(out, conn, channel, Method::QueueBindOk);
                 }
@@ -1356,7 +1354,7 @@ impl Broker {
             }
             Method::QueueUnbind { queue, exchange, routing_key, arguments } => {
                 let queue = self.resolve_queue_name(conn, channel, queue)?;
-                self.unbind(conn, channel, Destination::Queue(queue), &exchange, routing_key, arguments)?;
+                self.unbind(conn, Destination::Queue(queue), &exchange, routing_key, arguments)?;
                 Self::reply(out, conn, channel, Method::QueueUnbindOk);
                 Ok(())
             }
@@ -1701,13 +1699,11 @@ impl Broker {
     fn bind(
         &mut self,
         conn: ConnId,
-        channel: u16,
         dest: Destination,
         source: &ShortStr,
         routing_key: ShortStr,
         arguments: FieldTable,
     ) -> Res {
-        let _ = channel;
         let vhost = self.vhost_of(conn)?;
         self.check_binding_ends(conn, &vhost, &dest, source)?;
         let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(()) };
@@ -1725,13 +1721,11 @@ impl Broker {
     fn unbind(
         &mut self,
         conn: ConnId,
-        channel: u16,
         dest: Destination,
         source: &ShortStr,
         routing_key: ShortStr,
         arguments: FieldTable,
     ) -> Res {
-        let _ = channel;
         let vhost = self.vhost_of(conn)?;
         self.check_binding_ends(conn, &vhost, &dest, source)?;
         let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(()) };

@@ -26,14 +26,17 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Resul
         .route("/api/overview", get(overview))
         .route("/api/queues", get(queues))
         .route("/api/health/checks/alarms", get(alarms))
-        .route("/api/policies", get(list_policies))
-        .route("/api/policies/{vhost}", get(list_vhost_policies))
-        .route("/api/policies/{vhost}/{name}", get(get_policy).put(put_policy).delete(delete_policy))
-        .route("/api/operator-policies", get(list_operator_policies))
-        .route("/api/operator-policies/{vhost}", get(list_vhost_operator_policies))
+        .route("/api/policies", get(list_policies::<false>))
+        .route("/api/policies/{vhost}", get(list_vhost_policies::<false>))
+        .route(
+            "/api/policies/{vhost}/{name}",
+            get(get_policy::<false>).put(put_policy::<false>).delete(delete_policy::<false>),
+        )
+        .route("/api/operator-policies", get(list_policies::<true>))
+        .route("/api/operator-policies/{vhost}", get(list_vhost_policies::<true>))
         .route(
             "/api/operator-policies/{vhost}/{name}",
-            get(get_operator_policy).put(put_operator_policy).delete(delete_operator_policy),
+            get(get_policy::<true>).put(put_policy::<true>).delete(delete_policy::<true>),
         )
         .with_state(shared);
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
@@ -268,36 +271,38 @@ macro_rules! authorized {
     };
 }
 
-async fn list_policies(
+// One set of handlers for policies and operator policies: `OPERATOR` picks the list.
+
+async fn list_policies<const OPERATOR: bool>(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
     authorized!(shared, headers, peer);
-    list(&shared, false, None)
+    list(&shared, OPERATOR, None)
 }
 
-async fn list_vhost_policies(
+async fn list_vhost_policies<const OPERATOR: bool>(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path(vhost): Path<String>,
 ) -> Response {
     authorized!(shared, headers, peer);
-    list(&shared, false, Some(&vhost))
+    list(&shared, OPERATOR, Some(&vhost))
 }
 
-async fn get_policy(
+async fn get_policy<const OPERATOR: bool>(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path((vhost, name)): Path<(String, String)>,
 ) -> Response {
     authorized!(shared, headers, peer);
-    get_one(&shared, false, &vhost, &name)
+    get_one(&shared, OPERATOR, &vhost, &name)
 }
 
-async fn put_policy(
+async fn put_policy<const OPERATOR: bool>(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
@@ -305,67 +310,17 @@ async fn put_policy(
     body: axum::body::Bytes,
 ) -> Response {
     authorized!(shared, headers, peer);
-    put(&shared, false, &vhost, &name, &body)
+    put(&shared, OPERATOR, &vhost, &name, &body)
 }
 
-async fn delete_policy(
+async fn delete_policy<const OPERATOR: bool>(
     State(shared): State<Arc<Shared>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path((vhost, name)): Path<(String, String)>,
 ) -> Response {
     authorized!(shared, headers, peer);
-    delete(&shared, false, &vhost, &name)
-}
-
-async fn list_operator_policies(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    authorized!(shared, headers, peer);
-    list(&shared, true, None)
-}
-
-async fn list_vhost_operator_policies(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path(vhost): Path<String>,
-) -> Response {
-    authorized!(shared, headers, peer);
-    list(&shared, true, Some(&vhost))
-}
-
-async fn get_operator_policy(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path((vhost, name)): Path<(String, String)>,
-) -> Response {
-    authorized!(shared, headers, peer);
-    get_one(&shared, true, &vhost, &name)
-}
-
-async fn put_operator_policy(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path((vhost, name)): Path<(String, String)>,
-    body: axum::body::Bytes,
-) -> Response {
-    authorized!(shared, headers, peer);
-    put(&shared, true, &vhost, &name, &body)
-}
-
-async fn delete_operator_policy(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Path((vhost, name)): Path<(String, String)>,
-) -> Response {
-    authorized!(shared, headers, peer);
-    delete(&shared, true, &vhost, &name)
+    delete(&shared, OPERATOR, &vhost, &name)
 }
 
 /// Applies the parts of a RabbitMQ definitions document (the JSON that `rabbitmqctl
