@@ -1,5 +1,6 @@
-//! The plugins RabbitMQ users install that Warren has built in: the delayed-message exchange
-//! and message deduplication. Run against Warren only (a stock RabbitMQ has neither plugin).
+//! The plugins RabbitMQ users install that Warren has built in: the delayed-message exchange,
+//! message deduplication and the consistent-hash exchange. Run against Warren only (a stock
+//! RabbitMQ has none of these plugins).
 
 mod common;
 
@@ -118,6 +119,56 @@ async fn a_disk_deduplication_cache_survives_a_kill() {
     publish_with(&ch, &x, "", b"again", with_header("x-deduplication-header", long_string("k"), true)).await;
     let bodies = get_all(&ch, &q).await;
     assert_eq!(bodies, vec!["first".to_string()], "the repeat after the restart was dropped");
+    close(&conn).await;
+    drop(broker);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Publishes one message per key through `x`, then reports which queue each key reached.
+async fn placement(ch: &Channel, x: &str, queues: &[String], keys: &[String]) -> Vec<usize> {
+    for key in keys {
+        publish_with(ch, x, key, key.as_bytes(), BasicProperties::default().with_delivery_mode(2)).await;
+    }
+    let mut place = vec![usize::MAX; keys.len()];
+    for (qi, q) in queues.iter().enumerate() {
+        for body in get_all(ch, q).await {
+            let k = keys.iter().position(|k| *k == body).expect("a key we sent");
+            place[k] = qi;
+        }
+    }
+    place
+}
+
+#[tokio::test]
+async fn consistent_hash_exchange_keeps_keys_on_their_queue_across_a_restart() {
+    if Broker::is_external() {
+        eprintln!("skipped: needs the consistent-hash exchange and a restartable Warren");
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique("warren-chash"));
+    let x = unique("chash");
+    let queues: Vec<String> = (0..2).map(|i| unique(&format!("chash-{i}"))).collect();
+    let keys: Vec<String> = (0..200).map(|i| format!("key-{i}")).collect();
+    let broker = Broker::start_in(&dir);
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    exchange(&ch, &x, "x-consistent-hash", true, FieldTable::default()).await;
+    for q in &queues {
+        declare(&ch, q, QueueDeclareOptions { durable: true, ..Default::default() }).await;
+        // The binding key is the weight.
+        bind(&ch, q, &x, "10").await;
+    }
+    let before = placement(&ch, &x, &queues, &keys).await;
+    assert!(before.iter().all(|p| *p < queues.len()), "every message reached exactly one queue");
+    let on_first = before.iter().filter(|p| **p == 0).count();
+    assert!((40..=160).contains(&on_first), "equal weights share the keys: {on_first} of 200 on the first queue");
+    broker.kill9();
+
+    let broker = Broker::start_in(&dir);
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    let after = placement(&ch, &x, &queues, &keys).await;
+    assert_eq!(after, before, "the same keys reach the same queues after a restart");
     close(&conn).await;
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
