@@ -140,22 +140,37 @@ pub fn write_method(out: &mut BytesMut, channel: u16, method: &Method) {
 /// Appends a content header and the body frames, each body frame at most `frame_max` long.
 /// `properties` is an encoded property list (as in [`Frame::Header`]).
 pub fn write_content(out: &mut BytesMut, channel: u16, properties: &[u8], body: &[u8], frame_max: u32) {
+    write_content_header(out, channel, properties, body.len() as u64);
+    for part in body.chunks(body_frame_payload_max(frame_max)) {
+        write_body_frame_start(out, channel, part.len());
+        out.put_slice(part);
+        out.put_u8(FRAME_END);
+    }
+}
+
+/// Appends a content header frame for a body of `body_size` bytes.
+pub fn write_content_header(out: &mut BytesMut, channel: u16, properties: &[u8], body_size: u64) {
     out.put_u8(FRAME_HEADER);
     out.put_u16(channel);
     out.put_u32(12 + properties.len() as u32);
     out.put_u16(crate::method::CLASS_BASIC);
     out.put_u16(0);
-    out.put_u64(body.len() as u64);
+    out.put_u64(body_size);
     out.put_slice(properties);
     out.put_u8(FRAME_END);
-    let chunk = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
-    for part in body.chunks(chunk) {
-        out.put_u8(FRAME_BODY);
-        out.put_u16(channel);
-        out.put_u32(part.len() as u32);
-        out.put_slice(part);
-        out.put_u8(FRAME_END);
-    }
+}
+
+/// The most body bytes one body frame carries under `frame_max`.
+pub fn body_frame_payload_max(frame_max: u32) -> usize {
+    (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1)
+}
+
+/// Appends the first 7 bytes of a body frame of `len` payload bytes; the payload and
+/// [`FRAME_END`] follow.
+pub fn write_body_frame_start(out: &mut BytesMut, channel: u16, len: usize) {
+    out.put_u8(FRAME_BODY);
+    out.put_u16(channel);
+    out.put_u32(len as u32);
 }
 
 pub fn write_heartbeat(out: &mut BytesMut) {

@@ -83,7 +83,7 @@ pub(crate) async fn run(shared: Arc<Shared>, id: ConnId, mut socket: TcpStream, 
         frame_max: negotiated.frame_max,
         heartbeat: Duration::from_secs(u64::from(negotiated.heartbeat_s)),
         rbuf,
-        wbuf: BytesMut::with_capacity(READ_BUFFER_BYTES),
+        wbuf: crate::outbuf::OutBuf::default(),
         closing_since: None,
         closing: false,
         done: false,
@@ -122,7 +122,7 @@ struct Connection {
     frame_max: u32,
     heartbeat: Duration,
     rbuf: BytesMut,
-    wbuf: BytesMut,
+    wbuf: crate::outbuf::OutBuf,
     /// Set when we wrote connection.close; we then wait for close-ok, a bounded time.
     closing_since: Option<Instant>,
     /// We decided to close (the broker or we produced connection.close): from then on only
@@ -163,7 +163,7 @@ impl Connection {
                         return format!("missed heartbeats from client, timeout: {}s", self.heartbeat.as_secs());
                     }
                     if last_write.elapsed() >= self.heartbeat / 2 {
-                        write_heartbeat(&mut self.wbuf);
+                        write_heartbeat(self.wbuf.small());
                     }
                 }
                 _ = tokio::time::sleep_until(close_deadline.unwrap_or_else(Instant::now)), if close_deadline.is_some() => {
@@ -181,10 +181,11 @@ impl Connection {
             }
             let delivered = self.flush_mine();
             if !self.wbuf.is_empty() {
-                if let Err(e) = wr.write_all(&self.wbuf).await {
+                // One vectored write: small frames from one buffer, large bodies from their own.
+                self.wbuf.prepare();
+                if let Err(e) = wr.write_all_buf(&mut self.wbuf).await {
                     return format!("write failed: {e}");
                 }
-                self.wbuf.clear();
                 last_write = Instant::now();
             }
             if delivered > 0 {

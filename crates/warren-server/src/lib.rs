@@ -16,8 +16,8 @@
 
 mod connection;
 mod handshake;
+mod outbuf;
 
-use bytes::BytesMut;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -252,14 +252,14 @@ async fn sync_loop(shared: Arc<Shared>) {
 }
 
 /// Encodes broker output for one connection.
-pub(crate) fn encode(buf: &mut BytesMut, outs: &[Out], frame_max: u32) -> usize {
+pub(crate) fn encode(buf: &mut outbuf::OutBuf, outs: &[Out], frame_max: u32) -> usize {
     let mut delivered = 0;
     for o in outs {
         match o {
-            Out::Method { channel, method } => warren_amqp::frame::write_method(buf, *channel, method),
+            Out::Method { channel, method } => warren_amqp::frame::write_method(buf.small(), *channel, method),
             Out::Content { channel, method, msg } => {
-                warren_amqp::frame::write_method(buf, *channel, method);
-                warren_amqp::frame::write_content(buf, *channel, &msg.raw_properties, &msg.body, frame_max);
+                warren_amqp::frame::write_method(buf.small(), *channel, method);
+                outbuf::put_content(buf, *channel, &msg.raw_properties, &msg.body, frame_max);
                 if matches!(method, warren_amqp::Method::BasicDeliver { .. }) {
                     delivered += msg.wire_size();
                 }
