@@ -444,6 +444,8 @@ impl Broker {
                 }
             }
         }
+        // Directories of durable logs that definitions name; any other is stale.
+        let mut live_dirs = HashSet::new();
         for x in &defs.exchanges {
             let Some(kind) = ExchangeKind::parse(&x.kind) else {
                 report.corrupt.push(format!(
@@ -468,11 +470,12 @@ impl Broker {
             self.store
                 .attach_dedup_log(&x.vhost, &mut exchange)
                 .map_err(|e| format!("cannot open the deduplication cache of exchange '{}': {e}", x.name))?;
+            live_dirs.insert(self.store.delayed_dir(&x.vhost, &x.name));
+            live_dirs.insert(self.store.hashed_dir("dedup", &x.vhost, &x.name));
             let vh = self.vhosts.entry(x.vhost.clone()).or_insert_with(|| VHost::new(&x.vhost));
             vh.exchanges.insert(name, exchange);
             report.exchanges += 1;
         }
-        let mut live_dirs = HashSet::new();
         for q in &defs.queues {
             let dir = self.store.durable_dir(&q.vhost, &q.name);
             let name = ShortStr::from(q.name.as_str());
@@ -537,12 +540,15 @@ impl Broker {
         for v in vhost_names {
             self.apply_policies(&v, 0, &mut out);
         }
-        // Logs of queues deleted while their deletion could not finish (a crash in between).
-        let queues_dir = self.store.dir.join("queues");
-        for name in backend.list(&queues_dir).map_err(|e| io("cannot list queue logs", e))? {
-            let dir = queues_dir.join(&name);
-            if !live_dirs.contains(&dir) {
-                backend.remove_dir_all(&dir).map_err(|e| io("cannot remove a stale queue log", e))?;
+        // Logs of queues and exchanges deleted while their deletion could not finish (a crash
+        // in between): no definition names them any more.
+        for kind in ["queues", "delayed", "dedup"] {
+            let parent = self.store.dir.join(kind);
+            for name in backend.list_dirs(&parent).map_err(|e| io("cannot list logs", e))? {
+                let dir = parent.join(&name);
+                if !live_dirs.contains(&dir) {
+                    backend.remove_dir_all(&dir).map_err(|e| io("cannot remove a stale log", e))?;
+                }
             }
         }
         Ok(report)

@@ -314,3 +314,20 @@ fn direct_reply_to_routes_to_the_requesting_channel() {
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].0, "replies");
 }
+
+#[test]
+fn logs_no_definition_names_are_removed_at_start() {
+    use std::path::Path;
+    use std::sync::Arc;
+    use warren_store::{Backend, MemBackend};
+    let mem = MemBackend::new();
+    let backend: Arc<dyn Backend> = Arc::new(mem.clone());
+    for stale in ["/data/queues/stale/00000000000000000000.seg", "/data/delayed/old/00000000000000000000.seg"] {
+        let path = Path::new(stale);
+        backend.create_dir_all(path.parent().expect("parent")).expect("dir");
+        backend.open_append(path).expect("file").append(b"x").expect("write");
+    }
+    let (_broker, _) = warren_core::Broker::open(Config::default(), backend.clone(), "/data".into()).expect("opens");
+    assert!(backend.list_dirs(Path::new("/data/queues")).expect("list").is_empty());
+    assert!(backend.list_dirs(Path::new("/data/delayed")).expect("list").is_empty());
+}

@@ -22,6 +22,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Names (not paths) of the files in `dir`, sorted; empty if the dir does not exist.
     fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// Names of the subdirectories of `dir`, sorted; empty if the dir does not exist.
+    fn list_dirs(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// Whole content of a file.
     fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
     /// Opens for appending, creating it if missing.

@@ -47,6 +47,9 @@ impl Backend for Flaky {
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
         self.mem.list(dir)
     }
+    fn list_dirs(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.mem.list_dirs(dir)
+    }
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         self.mem.read(path)
     }

@@ -136,6 +136,19 @@ impl Backend for MemBackend {
         Ok(names)
     }
 
+    fn list_dirs(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let inner = lock(&self.inner);
+        let mut names: Vec<String> = inner
+            .dirs
+            .iter()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string))
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
         let file = self.file(path)?;
         let data = lock(&file).data.clone();
