@@ -173,6 +173,13 @@ pub struct QueueInfo {
 
 type Res = Result<(), ProtocolError>;
 
+/// A queue's arguments with the policies folded in, and which policies those were.
+struct EffectiveArgs {
+    args: QueueArgs,
+    policy: Option<String>,
+    operator_policy: Option<String>,
+}
+
 fn not_found(kind: &str, name: &str, vhost: &str) -> ProtocolError {
     ProtocolError::new(ReplyCode::NotFound, format_args!("no {kind} '{name}' in vhost '{vhost}'"))
 }
@@ -479,8 +486,9 @@ impl Broker {
         for q in &defs.queues {
             let dir = self.store.durable_dir(&q.vhost, &q.name);
             let name = ShortStr::from(q.name.as_str());
+            // Policy names are set by apply_policies once everything is loaded.
             let args = match self.queue_args(&q.vhost, &q.name, &q.arguments) {
-                Ok(a) => a,
+                Ok(effective) => effective.args,
                 Err(e) => {
                     report
                         .corrupt
@@ -641,13 +649,15 @@ impl Broker {
         })
     }
 
-    /// The effective arguments of a queue: its declared ones with the policies folded in.
-    fn queue_args(&self, vhost: &str, name: &str, declared: &FieldTable) -> Result<QueueArgs, ProtocolError> {
-        let (effective, _, _) =
+    /// The effective arguments of a queue (its declared ones with the policies folded in),
+    /// and the names of the policy and operator policy applied.
+    fn queue_args(&self, vhost: &str, name: &str, declared: &FieldTable) -> Result<EffectiveArgs, ProtocolError> {
+        let (effective, policy, operator_policy) =
             crate::policy::effective_queue_arguments(declared, vhost, name, &self.policies, &self.operator_policies);
         // A policy value that does not parse never makes a queue unusable: the declared
         // arguments (already checked) stand alone then.
-        QueueArgs::parse(&effective, name, vhost).or_else(|_| QueueArgs::parse(declared, name, vhost))
+        let args = QueueArgs::parse(&effective, name, vhost).or_else(|_| QueueArgs::parse(declared, name, vhost))?;
+        Ok(EffectiveArgs { args, policy, operator_policy })
     }
 
     /// Sets (adds or replaces) a policy or operator policy and applies it to the vhost's
@@ -714,18 +724,11 @@ impl Broker {
         let exchanges: Vec<ShortStr> = vh.exchanges.keys().cloned().collect();
         let mut dead = Vec::new();
         for (name, declared) in queues {
-            let (_, policy, operator) = crate::policy::effective_queue_arguments(
-                &declared,
-                vhost,
-                &name,
-                &self.policies,
-                &self.operator_policies,
-            );
-            let Ok(args) = self.queue_args(vhost, &name, &declared) else { continue };
+            let Ok(effective) = self.queue_args(vhost, &name, &declared) else { continue };
             let Some(q) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(&name)) else { continue };
-            q.policy = policy;
-            q.operator_policy = operator;
-            match q.set_args(args) {
+            q.policy = effective.policy;
+            q.operator_policy = effective.operator_policy;
+            match q.set_args(effective.args) {
                 Ok(dropped) => dead.extend(dropped.into_iter().map(|d| (name.clone(), d, "maxlen"))),
                 Err(e) => self.errors.push(format!("cannot apply a policy to queue '{name}': {e}")),
             }
@@ -1846,7 +1849,7 @@ impl Broker {
                     ));
                 }
                 QueueArgs::parse(&arguments, &name, &vhost)?;
-                let args = self.queue_args(&vhost, &name, &arguments)?;
+                let EffectiveArgs { args, policy, operator_policy } = self.queue_args(&vhost, &name, &arguments)?;
                 if args.queue_type == QueueType::Quorum {
                     // Quorum queues are replicated logs: always durable, never exclusive or
                     // auto-delete (RabbitMQ's checks and texts).
@@ -1875,15 +1878,8 @@ impl Broker {
                 let (queue, _) = Queue::open(name.clone(), durable, owner, auto_delete, arguments, args, store, now_ms)
                     .map_err(|e| internal(format_args!("cannot create the log of queue '{name}': {e}")))?;
                 let mut queue = queue;
-                let (_, policy, operator) = crate::policy::effective_queue_arguments(
-                    &queue.arguments,
-                    &vhost,
-                    &name,
-                    &self.policies,
-                    &self.operator_policies,
-                );
                 queue.policy = policy;
-                queue.operator_policy = operator;
+                queue.operator_policy = operator_policy;
                 let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
                 vh.queues.insert(name.clone(), queue);
                 self.defs_dirty |= survives;

@@ -94,7 +94,21 @@ struct State<'a> {
     limit: u64,
 }
 
-impl State<'_> {
+impl<'a> State<'a> {
+    fn new(spec: &'a ConsumerSpec, shared: &'a Shared) -> Self {
+        State {
+            spec,
+            shared,
+            out: ConsumerOutcome::default(),
+            rx: Rx::Idle,
+            unacked: 0,
+            last_tag: 0,
+            highest_tag: 0,
+            threshold: spec.ack_threshold(),
+            limit: spec.count.unwrap_or(u64::MAX),
+        }
+    }
+
     fn done(&self) -> bool {
         self.out.consumed >= self.limit
     }
@@ -254,17 +268,7 @@ pub async fn run(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> (ConsumerOutcome, Option<Error>) {
-    let mut st = State {
-        spec: &spec,
-        shared: &shared,
-        out: ConsumerOutcome::default(),
-        rx: Rx::Idle,
-        unacked: 0,
-        last_tag: 0,
-        highest_tag: 0,
-        threshold: spec.ack_threshold(),
-        limit: spec.count.unwrap_or(u64::MAX),
-    };
+    let mut st = State::new(&spec, &shared);
     let result: Result<(), Error> = async {
         let io = conn.io();
         let (mut rd, mut wr) = io.stream.split();
@@ -353,17 +357,7 @@ mod tests {
     fn deliveries_split_over_reads_and_body_frames_are_counted_once() {
         let shared = Shared::new(1, Tracker::new(1, &[vec![0]], &[true], 10));
         let spec = spec(false, 1, 0, None);
-        let mut st = State {
-            spec: &spec,
-            shared: &shared,
-            out: ConsumerOutcome::default(),
-            rx: Rx::Idle,
-            unacked: 0,
-            last_tag: 0,
-            highest_tag: 0,
-            threshold: spec.ack_threshold(),
-            limit: u64::MAX,
-        };
+        let mut st = State::new(&spec, &shared);
         let mut stream = BytesMut::new();
         // A body split into frames of 4096 - 8 bytes, the first holding only part of the stamp
         // would be impossible (frames are larger), so split the read instead.
@@ -389,17 +383,7 @@ mod tests {
     fn multi_ack_every_n_and_at_the_limit() {
         let shared = Shared::new(1, None);
         let spec = spec(false, 3, 0, Some(7));
-        let mut st = State {
-            spec: &spec,
-            shared: &shared,
-            out: ConsumerOutcome::default(),
-            rx: Rx::Idle,
-            unacked: 0,
-            last_tag: 0,
-            highest_tag: 0,
-            threshold: spec.ack_threshold(),
-            limit: 7,
-        };
+        let mut st = State::new(&spec, &shared);
         let mut rbuf = BytesMut::new();
         for tag in 1..=9 {
             deliver(&mut rbuf, tag, &body(0, tag as u32, 16), 131072);
@@ -415,17 +399,7 @@ mod tests {
     fn auto_ack_sends_nothing_and_short_bodies_are_foreign() {
         let shared = Shared::new(1, None);
         let spec = spec(true, 1, 0, None);
-        let mut st = State {
-            spec: &spec,
-            shared: &shared,
-            out: ConsumerOutcome::default(),
-            rx: Rx::Idle,
-            unacked: 0,
-            last_tag: 0,
-            highest_tag: 0,
-            threshold: 1,
-            limit: u64::MAX,
-        };
+        let mut st = State::new(&spec, &shared);
         let mut rbuf = BytesMut::new();
         deliver(&mut rbuf, 1, b"short", 131072);
         deliver(&mut rbuf, 2, b"", 131072);
@@ -439,17 +413,7 @@ mod tests {
     fn deliveries_out_of_tag_order_are_counted() {
         let shared = Shared::new(1, None);
         let spec = spec(true, 1, 0, None);
-        let mut st = State {
-            spec: &spec,
-            shared: &shared,
-            out: ConsumerOutcome::default(),
-            rx: Rx::Idle,
-            unacked: 0,
-            last_tag: 0,
-            highest_tag: 0,
-            threshold: 1,
-            limit: u64::MAX,
-        };
+        let mut st = State::new(&spec, &shared);
         let mut rbuf = BytesMut::new();
         for tag in [1, 2, 5, 6, 3, 4, 7] {
             deliver(&mut rbuf, tag, &body(0, tag as u32, 16), 131072);

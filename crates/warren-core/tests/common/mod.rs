@@ -46,54 +46,15 @@ impl Harness {
     }
 
     pub fn publish(&mut self, conn: u64, channel: u16, exchange: &str, key: &str, body: &'static str) {
-        let m = Method::BasicPublish {
-            exchange: exchange.into(),
-            routing_key: key.into(),
-            mandatory: false,
-            immediate: false,
-        };
-        self.broker.handle_frame(conn, Frame::Method { channel, method: m }, self.now_ms, &mut self.out);
-        let props = BasicProperties::default().to_bytes();
-        let header = Frame::Header { channel, class_id: 60, body_size: body.len() as u64, properties: props };
-        self.broker.handle_frame(conn, header, self.now_ms, &mut self.out);
-        if !body.is_empty() {
-            let b = Frame::Body { channel, payload: Bytes::from_static(body.as_bytes()) };
-            self.broker.handle_frame(conn, b, self.now_ms, &mut self.out);
-        }
-        self.broker.end_batch(conn, &mut self.out);
+        self.publish_props(conn, channel, exchange, key, BasicProperties::default(), body);
     }
 
     pub fn declare(&mut self, conn: u64, channel: u16, queue: &str) {
-        self.send(
-            conn,
-            channel,
-            Method::QueueDeclare {
-                queue: queue.into(),
-                passive: false,
-                durable: false,
-                exclusive: false,
-                auto_delete: false,
-                nowait: false,
-                arguments: FieldTable::new(),
-            },
-        );
-        self.take(conn);
+        self.declare_args(conn, channel, queue, FieldTable::new());
     }
 
     pub fn consume(&mut self, conn: u64, channel: u16, queue: &str, tag: &str, no_ack: bool) {
-        self.send(
-            conn,
-            channel,
-            Method::BasicConsume {
-                queue: queue.into(),
-                consumer_tag: tag.into(),
-                no_local: false,
-                no_ack,
-                exclusive: false,
-                nowait: false,
-                arguments: FieldTable::new(),
-            },
-        );
+        self.consume_args(conn, channel, queue, tag, no_ack, FieldTable::new());
     }
 
     /// Takes what was produced for `conn` so far.

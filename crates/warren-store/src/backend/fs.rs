@@ -31,6 +31,26 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Sorted names of the entries of `dir` whose type `keep` accepts; empty if `dir` is missing.
+fn names_in(dir: &Path, keep: impl Fn(&fs::FileType) -> bool) -> io::Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if keep(&entry.file_type()?) {
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 fn parent(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
@@ -61,41 +81,11 @@ impl Backend for FsBackend {
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        let entries = match fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry?;
-            if entry.file_type()?.is_file() {
-                if let Ok(name) = entry.file_name().into_string() {
-                    names.push(name);
-                }
-            }
-        }
-        names.sort();
-        Ok(names)
+        names_in(dir, |t| t.is_file())
     }
 
     fn list_dirs(&self, dir: &Path) -> io::Result<Vec<String>> {
-        let entries = match fs::read_dir(dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                if let Ok(name) = entry.file_name().into_string() {
-                    names.push(name);
-                }
-            }
-        }
-        names.sort();
-        Ok(names)
+        names_in(dir, |t| t.is_dir())
     }
 
     fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
