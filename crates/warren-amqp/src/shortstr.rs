@@ -4,6 +4,7 @@
 //! or exchange name decoded from a frame point into that frame's buffer with no allocation.
 
 use bytes::Bytes;
+use bytestring::ByteString;
 use std::borrow::Borrow;
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -13,34 +14,33 @@ use std::ops::Deref;
 pub const SHORT_STR_MAX: usize = 255;
 
 #[derive(Clone, Default)]
-pub struct ShortStr(Bytes);
+pub struct ShortStr(ByteString);
 
 impl ShortStr {
     pub const fn from_static(s: &'static str) -> Self {
         assert!(s.len() <= SHORT_STR_MAX);
-        ShortStr(Bytes::from_static(s.as_bytes()))
+        ShortStr(ByteString::from_static(s))
     }
 
     /// Wraps bytes that are valid UTF-8 of at most 255 bytes; `None` otherwise.
     pub fn from_bytes(b: Bytes) -> Option<Self> {
-        if b.len() > SHORT_STR_MAX || std::str::from_utf8(&b).is_err() {
+        if b.len() > SHORT_STR_MAX {
             return None;
         }
-        Some(ShortStr(b))
+        ByteString::try_from(b).ok().map(ShortStr)
     }
 
     /// Builds a short string from any text, cutting it to 255 bytes on a character boundary.
     pub fn truncating(s: &str) -> Self {
-        ShortStr(Bytes::copy_from_slice(crate::reply::truncate_utf8(s, SHORT_STR_MAX).as_bytes()))
+        ShortStr(ByteString::from(crate::reply::truncate_utf8(s, SHORT_STR_MAX)))
     }
 
     pub fn as_str(&self) -> &str {
-        // Checked at construction, so this never falls back.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        &self.0
     }
 
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        self.0.as_bytes()
     }
 }
 
@@ -66,12 +66,12 @@ impl Eq for ShortStr {}
 
 impl PartialEq<str> for ShortStr {
     fn eq(&self, other: &str) -> bool {
-        self.0 == other.as_bytes()
+        self.0.as_bytes() == other.as_bytes()
     }
 }
 impl PartialEq<&str> for ShortStr {
     fn eq(&self, other: &&str) -> bool {
-        self.0 == other.as_bytes()
+        self.0.as_bytes() == other.as_bytes()
     }
 }
 
@@ -88,7 +88,7 @@ impl PartialOrd for ShortStr {
 }
 impl Ord for ShortStr {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.cmp(&other.0)
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
@@ -114,7 +114,7 @@ impl From<&str> for ShortStr {
 impl From<String> for ShortStr {
     fn from(s: String) -> Self {
         if s.len() <= SHORT_STR_MAX {
-            ShortStr(Bytes::from(s))
+            ShortStr(ByteString::from(s))
         } else {
             ShortStr::truncating(&s)
         }

@@ -20,8 +20,8 @@ use crate::policy::{ApplyTo, Policy};
 use crate::queue::{ConsumerKey, PushOutcome, Queue, QueueStore, Queued};
 use crate::ConnId;
 use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use warren_amqp::{
@@ -2238,8 +2238,7 @@ impl Broker {
                     rejected = true;
                     if queue.args.overflow == crate::args::Overflow::RejectPublishDlx {
                         let expires_at = queue.expiry_for(msg, now_ms);
-                        let item =
-                            Queued { lane: 0, seq: 0, msg: msg.clone(), redelivered: false, expires_at, returns: 0 };
+                        let item = Queued::unqueued(0, msg.clone(), expires_at);
                         dead.push((q.clone(), item, "maxlen"));
                     }
                 }
@@ -2321,7 +2320,8 @@ impl Broker {
     ) -> Vec<ShortStr> {
         let Some(vh) = self.vhosts.get(vhost) else { return Vec::new() };
         if exchange.is_empty() {
-            return if vh.queues.contains_key(routing_key) { vec![ShortStr::from(routing_key)] } else { Vec::new() };
+            // The queue's own name, shared rather than copied.
+            return vh.queues.get_key_value(routing_key).map(|(name, _)| vec![name.clone()]).unwrap_or_default();
         }
         let mut queues: Vec<ShortStr> = Vec::new();
         let mut visited: Vec<ShortStr> = vec![exchange.clone()];
@@ -2414,7 +2414,7 @@ impl Broker {
                 // Expired once its deadline is in the past: a TTL of 0 still reaches a consumer
                 // that is there at once, as in RabbitMQ.
                 if m.expires_at.is_some_and(|t| t < now_ms) {
-                    if let Err(e) = q.settle(m.lane, m.seq) {
+                    if let Err(e) = q.settle(&m) {
                         errors.push(format!("cannot settle an expired message of queue '{queue}': {e}"));
                     }
                     settled_any = true;
@@ -2422,7 +2422,7 @@ impl Broker {
                     continue;
                 }
                 q.rr = idx + 1;
-                q.mark_delivered(m.lane, m.seq);
+                q.mark_delivered(&m);
                 let Some(c) = conns.get_mut(&key.conn) else { break };
                 let Some(ch) = c.channels.get_mut(&key.channel) else { break };
                 let delivery_tag = ch.take_delivery_tag();
@@ -2440,7 +2440,7 @@ impl Broker {
                     });
                 } else {
                     // Acknowledged on delivery: it leaves the log now.
-                    if let Err(e) = q.settle(m.lane, m.seq) {
+                    if let Err(e) = q.settle(&m) {
                         errors.push(format!("cannot settle a message of queue '{queue}' in vhost '{vhost}': {e}"));
                     }
                     settled_any = true;
@@ -2477,7 +2477,7 @@ impl Broker {
         loop {
             match q.pop_expired(now_ms) {
                 Ok(Some(m)) => {
-                    if let Err(e) = q.settle(m.lane, m.seq) {
+                    if let Err(e) = q.settle(&m) {
                         self.errors.push(format!("cannot settle an expired message of queue '{queue}': {e}"));
                     }
                     expired.push((q.name.clone(), m, "expired"));
@@ -2528,10 +2528,9 @@ impl Broker {
             Self::reply(out, conn, channel, Method::BasicGetEmpty);
             return Ok(());
         };
-        q.mark_delivered(m.lane, m.seq);
+        q.mark_delivered(&m);
         if no_ack {
-            q.settle(m.lane, m.seq)
-                .map_err(|e| internal(format_args!("cannot settle a message of queue '{queue}': {e}")))?;
+            q.settle(&m).map_err(|e| internal(format_args!("cannot settle a message of queue '{queue}': {e}")))?;
         } else {
             q.unacked += 1;
         }
@@ -2609,7 +2608,7 @@ impl Broker {
                 for u in settled {
                     let Some(q) = vh.queues.get_mut(&u.queue) else { continue };
                     q.unacked = q.unacked.saturating_sub(1);
-                    if let Err(e) = q.settle(u.item.lane, u.item.seq) {
+                    if let Err(e) = q.settle(&u.item) {
                         self.errors.push(format!("cannot settle a message of queue '{}': {e}", u.queue));
                     }
                     if q.durable {
@@ -2651,7 +2650,7 @@ impl Broker {
                 item.returns = item.returns.saturating_add(1);
                 if q.args.delivery_limit.is_some_and(|limit| u64::from(item.returns) > limit) {
                     q.unacked = q.unacked.saturating_sub(1);
-                    if let Err(e) = q.settle(item.lane, item.seq) {
+                    if let Err(e) = q.settle(&item) {
                         self.errors.push(format!("cannot settle a message of queue '{}': {e}", u.queue));
                     }
                     if q.durable {

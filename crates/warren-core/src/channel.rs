@@ -5,7 +5,8 @@
 //! oldest delivery is at the front and `multiple` acks drain a prefix.
 
 use crate::queue::Queued;
-use std::collections::{HashMap, VecDeque};
+use foldhash::{HashMap, HashMapExt};
+use std::collections::VecDeque;
 use warren_amqp::{ContentAssembler, ShortStr};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

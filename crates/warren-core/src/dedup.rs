@@ -6,7 +6,8 @@
 //!
 //! Invariant: a cache holds at most `size` entries; when full, the oldest entry goes first.
 
-use std::collections::{HashMap, VecDeque};
+use foldhash::{HashMap, HashMapExt};
+use std::collections::VecDeque;
 use std::io;
 use warren_amqp::{FieldTable, FieldValue, ProtocolError, ReplyCode};
 use warren_store::{SegmentLog, SyncHandle};

@@ -38,13 +38,26 @@ const REFILL_BYTES: usize = 1024 * 1024;
 pub struct Queued {
     /// Priority lane.
     pub lane: u8,
+    /// The record's seq in the lane's log, when `stored`.
     pub seq: u64,
+    /// False for a transient message kept in memory only (see [`Queue::push`]).
+    pub stored: bool,
+    /// Its place in the lane: taken when it entered memory (pushed or read back), so it orders
+    /// memory-only and stored messages alike.
+    pub order: u64,
     pub msg: MessageRef,
     pub redelivered: bool,
     /// Absolute expiry, ms since the Unix epoch.
     pub expires_at: Option<u64>,
     /// Times it was delivered and returned (quorum queues' x-delivery-count).
     pub returns: u32,
+}
+
+impl Queued {
+    /// A message that never entered a queue (refused or dropped on arrival), for dead-lettering.
+    pub fn unqueued(lane: u8, msg: MessageRef, expires_at: Option<u64>) -> Self {
+        Queued { lane, seq: 0, stored: false, order: 0, msg, redelivered: false, expires_at, returns: 0 }
+    }
 }
 
 /// Which consumer: connection, channel and tag.
@@ -65,6 +78,8 @@ struct Lane {
     disk_count: u64,
     /// Recovered messages up to this seq were delivered before the restart.
     redelivered_through: Option<u64>,
+    /// The `order` the next message entering memory gets.
+    next_order: u64,
 }
 
 impl Lane {
@@ -77,6 +92,7 @@ impl Lane {
             disk_from,
             disk_count,
             redelivered_through: recovered.and_then(|r| r.delivered_through),
+            next_order: 0,
         }
     }
 
@@ -286,7 +302,7 @@ impl Queue {
                     while self.over_limit_with(len) {
                         match self.pop()? {
                             Some(q) => {
-                                self.settle(q.lane, q.seq)?;
+                                self.settle(&q)?;
                                 outcome.dropped.push(q);
                             }
                             None => break,
@@ -297,7 +313,7 @@ impl Queue {
                     if self.over_limit_with(len) {
                         let expires_at = self.expiry_for(&msg, now_ms);
                         let lane = self.lane_of(&msg);
-                        outcome.dropped.push(Queued { lane, seq: 0, msg, redelivered: false, expires_at, returns: 0 });
+                        outcome.dropped.push(Queued::unqueued(lane, msg, expires_at));
                         return Ok(outcome);
                     }
                 }
@@ -307,38 +323,49 @@ impl Queue {
         let expires_at = self.expiry_for(&msg, now_ms);
         self.may_expire |= expires_at.is_some();
         let lane_no = self.lane_of(&msg);
-        let mut scratch = std::mem::take(&mut self.scratch);
-        encode_for_store(&msg, expires_at, &mut scratch);
         let fits_memory =
             self.mem_count < QUEUE_MEMORY_MESSAGES_MAX && self.mem_bytes + msg.body.len() <= QUEUE_MEMORY_BYTES_MAX;
+        let keyed = self.keys.is_some();
         let lane = self.lane_mut(lane_no)?;
-        let appended = lane.log.append(&scratch, persistent);
-        self.scratch = scratch;
-        let seq = appended?;
+        let in_memory = fits_memory && lane.disk_count == 0;
+        // A transient message that fits in memory never touches the disk: it could not survive
+        // a restart anyway. Deduplicating queues store everything (their keys name log seqs).
+        let stored = persistent || !in_memory || keyed;
+        let seq = if stored {
+            let mut scratch = std::mem::take(&mut self.scratch);
+            encode_for_store(&msg, expires_at, &mut scratch);
+            let lane = self.lane_mut(lane_no)?;
+            let appended = lane.log.append(&scratch, persistent);
+            self.scratch = scratch;
+            appended?
+        } else {
+            lane.log.next_seq()
+        };
         if let (Some(keys), Some(key)) = (self.keys.as_mut(), key) {
             keys.insert(lane_no, seq, key);
         }
         let lane = self.lane_mut(lane_no)?;
-        let in_memory = fits_memory && lane.disk_count == 0;
         if in_memory {
+            let order = lane.next_order;
+            lane.next_order += 1;
             lane.ready.push_back(Queued {
                 lane: lane_no,
                 seq,
+                stored,
+                order,
                 msg: msg.clone(),
                 redelivered: false,
                 expires_at,
                 returns: 0,
             });
-            lane.disk_from = seq + 1;
+            lane.disk_from = lane.log.next_seq();
+            self.mem_count += 1;
+            self.mem_bytes += msg.body.len();
         } else {
             if lane.disk_count == 0 {
                 lane.disk_from = seq;
             }
             lane.disk_count += 1;
-        }
-        if in_memory {
-            self.mem_count += 1;
-            self.mem_bytes += msg.body.len();
         }
         self.ready_count += 1;
         self.ready_bytes += len;
@@ -360,7 +387,7 @@ impl Queue {
         {
             match self.pop()? {
                 Some(q) => {
-                    self.settle(q.lane, q.seq)?;
+                    self.settle(&q)?;
                     dropped.push(q);
                 }
                 None => break,
@@ -402,9 +429,13 @@ impl Queue {
                     let redelivered = lane.redelivered_through.is_some_and(|t| r.seq <= t);
                     self.mem_count += 1;
                     self.mem_bytes += msg.body.len();
+                    let order = lane.next_order;
+                    lane.next_order += 1;
                     lane.ready.push_back(Queued {
                         lane: lane_no,
                         seq: r.seq,
+                        stored: true,
+                        order,
                         msg,
                         redelivered,
                         expires_at,
@@ -466,8 +497,8 @@ impl Queue {
         q.redelivered = true;
         let len = q.msg.body.len();
         let Some(lane) = self.lanes.get_mut(usize::from(q.lane)).and_then(Option::as_mut) else { return };
-        debug_assert!(q.seq < lane.disk_from, "a requeued message was read into memory before");
-        let at = lane.ready.partition_point(|r| r.seq < q.seq);
+        debug_assert!(q.order < lane.next_order, "a requeued message was in memory before");
+        let at = lane.ready.partition_point(|r| r.order < q.order);
         lane.ready.insert(at, q);
         self.mem_count += 1;
         self.mem_bytes += len;
@@ -476,21 +507,24 @@ impl Queue {
     }
 
     /// A delivered message was acked or dropped: it leaves its lane's log.
-    pub fn settle(&mut self, lane: u8, seq: u64) -> io::Result<()> {
-        if let Some(keys) = self.keys.as_mut() {
-            keys.remove(lane, seq);
+    pub fn settle(&mut self, m: &Queued) -> io::Result<()> {
+        if !m.stored {
+            return Ok(());
         }
-        match self.lanes.get_mut(usize::from(lane)).and_then(Option::as_mut) {
-            Some(l) => l.log.settle(seq),
+        if let Some(keys) = self.keys.as_mut() {
+            keys.remove(m.lane, m.seq);
+        }
+        match self.lanes.get_mut(usize::from(m.lane)).and_then(Option::as_mut) {
+            Some(l) => l.log.settle(m.seq),
             None => Ok(()),
         }
     }
 
     /// Notes a delivery, so a restart marks the message redelivered.
-    pub fn mark_delivered(&mut self, lane: u8, seq: u64) {
-        if self.durable {
-            if let Some(l) = self.lanes.get_mut(usize::from(lane)).and_then(Option::as_mut) {
-                l.log.mark_delivered(seq);
+    pub fn mark_delivered(&mut self, m: &Queued) {
+        if self.durable && m.stored {
+            if let Some(l) = self.lanes.get_mut(usize::from(m.lane)).and_then(Option::as_mut) {
+                l.log.mark_delivered(m.seq);
             }
         }
     }
@@ -503,7 +537,9 @@ impl Queue {
         }
         for lane in self.lanes.iter_mut().flatten() {
             for q in lane.ready.drain(..) {
-                lane.log.settle(q.seq)?;
+                if q.stored {
+                    lane.log.settle(q.seq)?;
+                }
             }
             if lane.disk_count > 0 {
                 lane.log.settle_range(lane.disk_from, lane.log.next_seq())?;
@@ -552,5 +588,101 @@ impl Queue {
         let backend = self.store.backend.clone();
         drop(self.lanes);
         backend.remove_dir_all(&dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+    use bytes::Bytes;
+    use std::path::Path;
+    use warren_amqp::BasicProperties;
+    use warren_store::MemBackend;
+
+    fn message(body: &str, persistent: bool) -> MessageRef {
+        let properties = BasicProperties { delivery_mode: Some(if persistent { 2 } else { 1 }), ..Default::default() };
+        let raw = properties.to_bytes();
+        Message::new(
+            ShortStr::from_static(""),
+            ShortStr::from_static("q"),
+            properties,
+            raw,
+            Bytes::from(body.to_owned()),
+        )
+    }
+
+    fn durable_queue(backend: &Arc<MemBackend>) -> Queue {
+        let store = QueueStore { backend: backend.clone(), dir: PathBuf::from("/q"), config: LogConfig::default() };
+        let q = Queue::open(
+            ShortStr::from_static("q"),
+            true,
+            None,
+            false,
+            FieldTable::new(),
+            QueueArgs::default(),
+            store,
+            0,
+        );
+        q.expect("open").0
+    }
+
+    fn body(m: &Queued) -> String {
+        String::from_utf8_lossy(&m.msg.body).into_owned()
+    }
+
+    #[test]
+    fn transient_messages_in_memory_skip_the_log_and_keep_their_order_on_requeue() {
+        let backend = Arc::new(MemBackend::new());
+        let mut q = durable_queue(&backend);
+        for (i, persistent) in [false, true, false, false, true, false].into_iter().enumerate() {
+            q.push(message(&i.to_string(), persistent), 0).expect("push");
+        }
+        let mut taken = Vec::new();
+        while let Some(m) = q.pop().expect("pop") {
+            q.unacked += 1;
+            taken.push(m);
+        }
+        assert_eq!(taken.iter().map(body).collect::<Vec<_>>(), ["0", "1", "2", "3", "4", "5"]);
+        assert_eq!(taken.iter().filter(|m| m.stored).count(), 2, "only the persistent ones were stored");
+        // Requeued in reverse, they come back in their original order.
+        for m in taken.into_iter().rev() {
+            q.requeue(m);
+        }
+        let again: Vec<String> = std::iter::from_fn(|| q.pop().expect("pop")).map(|m| body(&m)).collect();
+        assert_eq!(again, ["0", "1", "2", "3", "4", "5"]);
+        // The log holds the two persistent records and nothing else.
+        drop(q);
+        let (log, recovered) =
+            SegmentLog::open(backend.clone(), Path::new("/q"), LogConfig::default()).expect("reopen");
+        assert_eq!(recovered.unsettled, 2);
+        assert_eq!(log.next_seq(), 2);
+    }
+
+    #[test]
+    fn a_full_memory_window_sends_transient_messages_to_disk_and_order_holds() {
+        let backend = Arc::new(MemBackend::new());
+        let mut q = durable_queue(&backend);
+        let total = QUEUE_MEMORY_MESSAGES_MAX + 10;
+        for i in 0..total {
+            q.push(message(&i.to_string(), false), 0).expect("push");
+        }
+        // Take the first in-memory message, let the rest drain from memory and disk, then put
+        // it back: it is delivered again before the messages read back from disk.
+        let first = q.pop().expect("pop").expect("a message");
+        q.unacked += 1;
+        assert!(!first.stored);
+        let mut seen = Vec::new();
+        for _ in 0..QUEUE_MEMORY_MESSAGES_MAX - 1 {
+            seen.push(body(&q.pop().expect("pop").expect("a message")));
+        }
+        q.requeue(first);
+        let next = q.pop().expect("pop").expect("a message");
+        assert_eq!(body(&next), "0");
+        let rest: Vec<Queued> = std::iter::from_fn(|| q.pop().expect("pop")).collect();
+        assert!(rest.iter().all(|m| m.stored), "past the window, messages were stored");
+        seen.extend(rest.iter().map(body));
+        let expected: Vec<String> = (1..total).map(|i| i.to_string()).collect();
+        assert_eq!(seen, expected);
     }
 }

@@ -1,7 +1,7 @@
 //! The direct exchange: a message goes to the bindings whose key equals its routing key.
 
 use super::{Binding, Destination, Router};
-use std::collections::HashMap;
+use foldhash::HashMap;
 use warren_amqp::{FieldTable, ShortStr};
 
 #[derive(Debug, Default)]

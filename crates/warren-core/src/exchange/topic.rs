@@ -5,7 +5,7 @@
 //! the wildcards met, not the number of bindings.
 
 use super::{Binding, Destination, Router};
-use std::collections::HashMap;
+use foldhash::HashMap;
 use warren_amqp::FieldTable;
 
 #[derive(Debug, Default)]
