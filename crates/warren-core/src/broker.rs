@@ -2124,44 +2124,38 @@ impl Broker {
             // taken off the message that queues see.
             let (extra_keys, msg) = crate::dead_letter::sender_selected(&p.msg);
             let headers = msg.properties.headers.as_ref();
-            // A deduplication exchange drops a message it has seen, before any routing.
-            let cache = self
-                .vhosts
-                .get_mut(&*vhost)
-                .and_then(|vh| vh.exchanges.get_mut(&p.exchange))
-                .and_then(|x| x.dedup.as_mut());
-            let duplicate = match cache.map(|c| (c.check_and_insert(headers, now_ms), c.dirty)) {
-                None => false,
-                Some((Ok(duplicate), dirty)) => {
-                    if dirty {
-                        // A confirm promises the cache entry is on disk too.
-                        self.dirty_exchanges.insert((vhost.clone(), p.exchange.clone()));
-                        needs_sync = true;
+            // A deduplication exchange drops a message it has seen, before any routing; a
+            // delayed-message exchange holds a message with x-delay until it is due. One lookup
+            // serves both (and ordinary exchanges skip both).
+            let mut duplicate = false;
+            let mut held = None;
+            let exchange = self.vhosts.get_mut(&*vhost).and_then(|vh| vh.exchanges.get_mut(&p.exchange));
+            if let Some(x) = exchange.filter(|x| x.dedup.is_some() || x.delayed.is_some()) {
+                if let Some(cache) = x.dedup.as_mut() {
+                    match cache.check_and_insert(headers, now_ms) {
+                        Ok(dup) => {
+                            if cache.dirty {
+                                // A confirm promises the cache entry is on disk too.
+                                self.dirty_exchanges.insert((vhost.clone(), p.exchange.clone()));
+                                needs_sync = true;
+                            }
+                            duplicate = dup;
+                        }
+                        // The cache could not be written: let the message through rather than
+                        // drop one that may be new.
+                        Err(e) => self.errors.push(format!("deduplication cache of exchange '{}': {e}", p.exchange)),
                     }
-                    duplicate
                 }
-                Some((Err(e), _)) => {
-                    // The cache could not be written: let the message through rather than drop
-                    // one that may be new.
-                    self.errors.push(format!("deduplication cache of exchange '{}': {e}", p.exchange));
-                    false
-                }
-            };
-            // A delayed-message exchange holds a message with x-delay until it is due.
-            let delay = crate::delayed::delay_of(headers);
-            let held = match (delay, self.vhosts.get_mut(&*vhost).and_then(|vh| vh.exchanges.get_mut(&p.exchange))) {
-                (Some(delay_ms), Some(x)) if x.delayed.is_some() => {
-                    let store = x.delayed.as_mut().ok_or_else(|| internal("delayed store vanished"))?;
+                if let (Some(delay_ms), Some(store)) = (crate::delayed::delay_of(headers), x.delayed.as_mut()) {
                     let durable = store
                         .hold(msg.clone(), now_ms.saturating_add(delay_ms))
                         .map_err(|e| internal(format_args!("cannot hold a delayed message: {e}")))?;
                     if durable {
                         self.dirty_exchanges.insert((vhost.clone(), p.exchange.clone()));
                     }
-                    Some(durable)
+                    held = Some(durable);
                 }
-                _ => None,
-            };
+            }
             if let Some(durable) = held {
                 // Accepted: confirmed once on disk (durable exchange), routed when due.
                 needs_sync |= durable;
@@ -2709,7 +2703,7 @@ fn delivered_message(q: &Queue, m: &Queued) -> MessageRef {
     if q.args.queue_type != QueueType::Quorum || m.returns == 0 {
         return m.msg.clone();
     }
-    let mut props = m.msg.properties.clone();
+    let mut props = m.msg.decode_properties();
     props.headers.get_or_insert_with(FieldTable::new).insert("x-delivery-count", FieldValue::I64(i64::from(m.returns)));
     let raw = props.to_bytes();
     Message::new(m.msg.exchange.clone(), m.msg.routing_key.clone(), props, raw, m.msg.body.clone())

@@ -28,7 +28,7 @@ pub fn dead_lettered(
     reason: &str,
     now_ms: u64,
 ) -> MessageRef {
-    let mut props = msg.properties.clone();
+    let mut props = msg.decode_properties();
     let mut headers = props.headers.take().unwrap_or_default();
     let original_expiration = props.expiration.take();
     let mut deaths: Vec<FieldValue> = match headers.get("x-death") {
@@ -100,7 +100,7 @@ pub fn sender_selected(msg: &MessageRef) -> (Vec<String>, MessageRef) {
     if headers.get("BCC").is_none() {
         return (keys, msg.clone());
     }
-    let mut props = msg.properties.clone();
+    let mut props = msg.decode_properties();
     if let Some(h) = props.headers.as_mut() {
         h.0.retain(|(k, _)| k.as_str() != "BCC");
     }
@@ -149,7 +149,7 @@ mod tests {
         let d = dead_lettered(&msg(), &"dlx".into(), &"dead".into(), "q", "expired", 5_000);
         assert_eq!(d.exchange, "dlx");
         assert_eq!(d.routing_key, "dead");
-        assert!(d.properties.expiration.is_none());
+        assert!(d.decode_properties().expiration.is_none());
         let x = deaths(&d);
         assert_eq!(x.len(), 1);
         assert_eq!(x[0].get("count"), Some(&FieldValue::I64(1)));

@@ -2,13 +2,31 @@
 
 use bytes::Bytes;
 use std::sync::Arc;
-use warren_amqp::{BasicProperties, ShortStr};
+use warren_amqp::properties::DELIVERY_MODE_PERSISTENT;
+use warren_amqp::{BasicProperties, FieldTable, ShortStr};
+
+/// The properties the broker itself reads (routing, priority, TTL, persistence). The others stay
+/// encoded in `Message::raw_properties` until something asks for them
+/// ([`Message::decode_properties`]): a message held or moved costs less that way.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Props {
+    pub delivery_mode: Option<u8>,
+    pub priority: Option<u8>,
+    pub expiration: Option<ShortStr>,
+    pub headers: Option<FieldTable>,
+}
+
+impl Props {
+    pub fn is_persistent(&self) -> bool {
+        self.delivery_mode == Some(DELIVERY_MODE_PERSISTENT)
+    }
+}
 
 #[derive(Debug)]
 pub struct Message {
     pub exchange: ShortStr,
     pub routing_key: ShortStr,
-    pub properties: BasicProperties,
+    pub properties: Props,
     /// The encoded property list, as received or as re-encoded after the broker changed a
     /// property; deliveries send these bytes unchanged.
     pub raw_properties: Bytes,
@@ -23,7 +41,26 @@ impl Message {
         raw_properties: Bytes,
         body: Bytes,
     ) -> Arc<Self> {
+        let properties = Props {
+            delivery_mode: properties.delivery_mode,
+            priority: properties.priority,
+            expiration: properties.expiration,
+            headers: properties.headers,
+        };
         Arc::new(Message { exchange, routing_key, properties, raw_properties, body })
+    }
+
+    /// Every property, decoded from the raw property list.
+    pub fn decode_properties(&self) -> BasicProperties {
+        // The raw list was decoded once already (when it arrived, or when it was encoded here),
+        // so this does not fail; should it, what the broker knows is kept.
+        BasicProperties::decode(self.raw_properties.clone()).unwrap_or_else(|_| BasicProperties {
+            delivery_mode: self.properties.delivery_mode,
+            priority: self.properties.priority,
+            expiration: self.properties.expiration.clone(),
+            headers: self.properties.headers.clone(),
+            ..Default::default()
+        })
     }
 
     /// Bytes this message costs to deliver, for flow accounting.
@@ -83,7 +120,8 @@ mod tests {
         assert_eq!(expires, Some(1234));
         assert_eq!(back.exchange, "ex");
         assert_eq!(back.routing_key, "rk");
-        assert_eq!(back.properties, props);
+        assert_eq!(back.decode_properties(), props);
+        assert!(back.properties.is_persistent());
         assert_eq!(&back.body[..], b"body");
         assert!(decode_from_store(Bytes::from_static(b"\x05ab")).is_none());
     }

@@ -299,7 +299,7 @@ fn direct_reply_to_routes_to_the_requesting_channel() {
         .take(2)
         .into_iter()
         .find_map(|o| match o {
-            Out::Content { msg, .. } => msg.properties.reply_to.clone(),
+            Out::Content { msg, .. } => msg.decode_properties().reply_to.clone(),
             _ => None,
         })
         .expect("request delivered with a reply_to");
