@@ -99,6 +99,11 @@ impl ContentAssembler {
     /// Feeds one frame of this channel. `max_body` bounds the declared body size: over it the
     /// result is a channel error 406, as RabbitMQ reports an oversized message.
     pub fn push(&mut self, frame: Frame, max_body: u64) -> Result<Option<Assembled>, ProtocolError> {
+        if let (State::AwaitBody { .. }, Frame::Body { payload, .. }) = (&self.state, &frame) {
+            // The common case, handled in place: the pending command is moved once, when whole.
+            let payload = payload.clone();
+            return self.push_body(payload);
+        }
         match (std::mem::take(&mut self.state), frame) {
             (State::Idle, Frame::Method { method, .. }) => {
                 if method.has_content() {
@@ -142,32 +147,39 @@ impl ContentAssembler {
             (State::AwaitHeader(_), _) => {
                 Err(unexpected("expected content header for class 60, got non content header frame instead"))
             }
-            (
-                State::AwaitBody { method, properties, raw_properties, remaining, mut parts },
-                Frame::Body { payload, .. },
-            ) => {
-                let len = payload.len() as u64;
-                if len > remaining {
-                    return Err(ProtocolError::frame("content body is longer than the size its header declared")
-                        .on(method.ids()));
-                }
-                let total = match &parts {
-                    BodyParts::Many(all) => all.len() as u64 + remaining,
-                    BodyParts::One(b) => b.len() as u64 + remaining,
-                    BodyParts::Empty => remaining,
-                };
-                parts.push(payload, total);
-                if len == remaining {
-                    Ok(Some(Assembled::Content { method, properties, raw_properties, body: parts.finish() }))
-                } else {
-                    self.state =
-                        State::AwaitBody { method, properties, raw_properties, remaining: remaining - len, parts };
-                    Ok(None)
-                }
-            }
             (State::AwaitBody { .. }, _) => {
                 Err(unexpected("expected content body, got non content body frame instead"))
             }
+        }
+    }
+}
+
+impl ContentAssembler {
+    fn push_body(&mut self, payload: Bytes) -> Result<Option<Assembled>, ProtocolError> {
+        let State::AwaitBody { method, remaining, parts, .. } = &mut self.state else {
+            return Err(unexpected("expected content body, got non content body frame instead"));
+        };
+        let len = payload.len() as u64;
+        if len > *remaining {
+            let e = ProtocolError::frame("content body is longer than the size its header declared").on(method.ids());
+            self.state = State::Idle;
+            return Err(e);
+        }
+        let total = match &*parts {
+            BodyParts::Many(all) => all.len() as u64 + *remaining,
+            BodyParts::One(b) => b.len() as u64 + *remaining,
+            BodyParts::Empty => *remaining,
+        };
+        parts.push(payload, total);
+        *remaining -= len;
+        if *remaining > 0 {
+            return Ok(None);
+        }
+        match std::mem::take(&mut self.state) {
+            State::AwaitBody { method, properties, raw_properties, parts, .. } => {
+                Ok(Some(Assembled::Content { method, properties, raw_properties, body: parts.finish() }))
+            }
+            _ => Err(unexpected("expected content body, got non content body frame instead")),
         }
     }
 }

@@ -78,6 +78,9 @@ struct Conn {
     closing: bool,
     /// Bytes of deliveries handed to the server and not yet reported written.
     out_bytes: usize,
+    /// A message it published had to be paged to disk behind a consumer whose connection is
+    /// full: the server pauses reading from it for a while (see [`Broker::take_flow_blocked`]).
+    flow_blocked: bool,
 }
 
 impl Conn {
@@ -290,6 +293,10 @@ pub struct Broker {
     defs_dirty: bool,
     /// Storage failures to report (the server logs them).
     errors: Vec<String>,
+    /// The last enqueue paged a message behind a consumer that cannot keep up.
+    paged_behind_consumer: bool,
+    /// Some connection became writable again: flow-blocked publishers may go on.
+    flow_released: bool,
     stats: StoreStats,
     policies: Vec<Policy>,
     operator_policies: Vec<Policy>,
@@ -411,6 +418,8 @@ impl Broker {
             dirty_exchanges: HashSet::new(),
             defs_dirty: false,
             errors: Vec::new(),
+            paged_behind_consumer: false,
+            flow_released: false,
             stats: StoreStats::default(),
             policies: Vec::new(),
             operator_policies: Vec::new(),
@@ -884,8 +893,18 @@ impl Broker {
         }
         let cancel_notify = info.has_capability("consumer_cancel_notify");
         let vhost: Arc<str> = info.vhost.as_str().into();
-        self.conns
-            .insert(conn, Conn { info, vhost, cancel_notify, channels: HashMap::new(), closing: false, out_bytes: 0 });
+        self.conns.insert(
+            conn,
+            Conn {
+                info,
+                vhost,
+                cancel_notify,
+                channels: HashMap::new(),
+                closing: false,
+                out_bytes: 0,
+                flow_blocked: false,
+            },
+        );
         Ok(())
     }
 
@@ -992,12 +1011,29 @@ impl Broker {
         self.conns.get(&conn).is_some_and(|c| c.closing)
     }
 
+    /// Flow control, like RabbitMQ's credit flow: true (once) when the connection published
+    /// into a queue faster than that queue's consumers take messages, so that messages started
+    /// going to disk while a consumer's connection is full. The server then stops reading from
+    /// the publisher until [`Broker::take_flow_released`] says a consumer caught up (or a short
+    /// time passes), so the queue stays in memory and the publisher goes at the consumers'
+    /// pace. Queues without consumers, or whose consumers are held back by their prefetch, do
+    /// not block publishers: their backlog is paged to disk as usual.
+    pub fn take_flow_blocked(&mut self, conn: ConnId) -> bool {
+        self.conns.get_mut(&conn).is_some_and(|c| std::mem::take(&mut c.flow_blocked))
+    }
+
+    /// True (once) when a consumer's connection drained since the last call.
+    pub fn take_flow_released(&mut self) -> bool {
+        std::mem::take(&mut self.flow_released)
+    }
+
     /// The server wrote `bytes` of deliveries to the connection's socket.
     pub fn on_written(&mut self, conn: ConnId, bytes: usize, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         let was_writable = c.writable();
         c.out_bytes = c.out_bytes.saturating_sub(bytes);
         if !was_writable && c.writable() {
+            self.flow_released = true;
             let queues: Vec<ShortStr> =
                 c.channels.values().flat_map(|ch| ch.consumers.values().map(|co| co.queue.clone())).collect();
             let vhost = c.vhost.clone();
@@ -2174,6 +2210,11 @@ impl Broker {
                 }
             }
             let (sync, rejected_by) = self.enqueue(&vhost, &queues, &msg, now_ms, out)?;
+            if std::mem::take(&mut self.paged_behind_consumer) {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.flow_blocked = true;
+                }
+            }
             needs_sync |= sync;
             rejected = rejected_by;
             !queues.is_empty() || held.is_some()
@@ -2219,6 +2260,7 @@ impl Broker {
     ) -> Result<(bool, bool), ProtocolError> {
         let mut needs_sync = false;
         let mut rejected = false;
+        self.paged_behind_consumer = false;
         let mut dead: Vec<(ShortStr, Queued, &'static str)> = Vec::new();
         if let Some(vh) = self.vhosts.get_mut(&**vhost) {
             for q in queues {
@@ -2228,6 +2270,11 @@ impl Broker {
                 })?;
                 Self::note_push(&mut self.dirty, vhost, q, &outcome);
                 needs_sync |= outcome.needs_sync;
+                if outcome.paged && !self.paged_behind_consumer {
+                    let conns = &self.conns;
+                    self.paged_behind_consumer =
+                        queue.consumers.iter().any(|k| conns.get(&k.conn).is_some_and(|c| !c.writable()));
+                }
                 if outcome.rejected {
                     rejected = true;
                     if queue.args.overflow == crate::args::Overflow::RejectPublishDlx {

@@ -13,7 +13,7 @@ pub const HEARTBEAT_DEFAULT_S: u16 = 60;
 /// Deliveries to a connection stop while this many bytes wait to be written to its socket, so
 /// a slow consumer that acks automatically cannot make the broker buffer without bound. 4 MiB
 /// is a few round trips of 64 KiB socket buffers at full speed.
-pub const CONNECTION_OUTBOUND_MAX_BYTES: usize = 4 * 1024 * 1024;
+pub const CONNECTION_OUTBOUND_MAX_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -135,6 +135,8 @@ pub struct PushOutcome {
     pub dropped: Vec<Queued>,
     /// Not enqueued: another message in the queue has its deduplication key.
     pub duplicate: bool,
+    /// Enqueued on disk only: the queue's memory window is full.
+    pub paged: bool,
 }
 
 #[derive(Debug)]
@@ -366,6 +368,7 @@ impl Queue {
                 lane.disk_from = seq;
             }
             lane.disk_count += 1;
+            outcome.paged = true;
         }
         self.ready_count += 1;
         self.ready_bytes += len;

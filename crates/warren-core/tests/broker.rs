@@ -331,3 +331,63 @@ fn logs_no_definition_names_are_removed_at_start() {
     assert!(backend.list_dirs(Path::new("/data/queues")).expect("list").is_empty());
     assert!(backend.list_dirs(Path::new("/data/delayed")).expect("list").is_empty());
 }
+
+/// Publishes into "q" until the broker asks to stop reading from the publisher (flow control),
+/// or `limit` messages; returns how many went in before that and how many were delivered.
+fn publish_until_blocked(h: &mut Harness, limit: usize) -> (Option<usize>, usize) {
+    let mut delivered = 0;
+    for i in 0..limit {
+        h.publish(1, 1, "", "q", "x");
+        delivered += h.out.iter().filter(|(c, o)| *c == 2 && matches!(o, Out::Content { .. })).count();
+        h.out.clear();
+        if h.broker.take_flow_blocked(1) {
+            return (Some(i + 1), delivered);
+        }
+    }
+    (None, delivered)
+}
+
+#[test]
+fn a_publisher_outrunning_a_full_consumer_connection_is_flow_blocked_until_it_drains() {
+    use warren_core::queue::QUEUE_MEMORY_MESSAGES_MAX;
+    let mut h = Harness::new(Config::default());
+    h.connect(1, false);
+    h.open(1, 1);
+    h.declare(1, 1, "q");
+    h.take(1);
+    h.connect(2, false);
+    h.open(2, 1);
+    h.consume(2, 1, "q", "c", true);
+    // Connection 2 never reports its deliveries written: once its outbound limit is reached,
+    // deliveries stop, the queue fills its memory window and starts paging to disk.
+    let (n, delivered) = publish_until_blocked(&mut h, 200_000);
+    let n = n.expect("the publisher was flow-blocked");
+    assert!(delivered > 0, "deliveries went out until the connection was full");
+    assert_eq!(n, delivered + QUEUE_MEMORY_MESSAGES_MAX + 1, "blocked when paging began");
+    assert!(!h.broker.take_flow_blocked(1), "reported once");
+    assert!(!h.broker.take_flow_released(), "nothing drained yet");
+    // The consumer's socket drains: flow-blocked publishers may go on.
+    let mut out = Vec::new();
+    h.broker.on_written(2, usize::MAX / 2, 0, &mut out);
+    assert!(h.broker.take_flow_released());
+    assert!(!out.is_empty(), "deliveries resumed");
+}
+
+#[test]
+fn queues_without_consumers_or_held_back_by_prefetch_do_not_block_publishers() {
+    use warren_core::queue::QUEUE_MEMORY_MESSAGES_MAX;
+    let mut h = Harness::new(Config::default());
+    h.connect(1, false);
+    h.open(1, 1);
+    h.declare(1, 1, "q");
+    h.take(1);
+    // No consumer: the backlog pages to disk and the publisher goes on.
+    assert_eq!(publish_until_blocked(&mut h, QUEUE_MEMORY_MESSAGES_MAX + 1000).0, None);
+    // A consumer with prefetch 1 that does not ack holds nothing back on its connection.
+    h.connect(2, false);
+    h.open(2, 1);
+    h.send(2, 1, Method::BasicQos { prefetch_size: 0, prefetch_count: 1, global: false });
+    h.consume(2, 1, "q", "c", false);
+    assert_eq!(h.deliveries(2).len(), 1);
+    assert_eq!(publish_until_blocked(&mut h, 1000).0, None);
+}

@@ -12,11 +12,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use warren_amqp::frame::write_heartbeat;
 use warren_amqp::{Frame, FrameParser, Method, ProtocolError, ReplyCode, ShortStr};
 use warren_core::{ConnId, Out};
+
+/// The longest a flow-blocked publisher waits before reading again, should no consumer catch
+/// up (one batch then goes through, and it may block again).
+const FLOW_WAIT_MAX: Duration = Duration::from_millis(50);
+
+/// Frames handed to the broker under one lock at most.
+const FRAMES_PER_BATCH: usize = 512;
 
 fn close_method(e: &ProtocolError) -> Method {
     Method::ConnectionClose {
@@ -61,13 +68,13 @@ pub(crate) async fn run(shared: Arc<Shared>, id: ConnId, mut socket: TcpStream, 
     let (tx, rx) = mpsc::unbounded_channel();
     let vhost = negotiated.info.vhost.clone();
     let user = negotiated.info.user.clone();
-    let opened = {
+    let (opened, flow) = {
         let mut core = shared.broker();
         let opened = core.open_connection(id, negotiated.info);
         if opened.is_ok() {
             core.register(id, tx);
         }
-        opened
+        (opened, core.flow_watch())
     };
     if let Err(e) = opened {
         tracing::warn!("connection {name}: refused access to vhost '{vhost}': {}", e.text);
@@ -89,6 +96,9 @@ pub(crate) async fn run(shared: Arc<Shared>, id: ConnId, mut socket: TcpStream, 
         done: false,
         out: Vec::new(),
         mine: Vec::new(),
+        frames: Vec::new(),
+        flow,
+        flow_blocked: false,
     };
     let mut wbuf = BytesMut::new();
     write_open_ok(&mut wbuf);
@@ -133,6 +143,12 @@ struct Connection {
     out: Vec<(ConnId, Out)>,
     /// What this connection will write next, in order.
     mine: Vec<Out>,
+    /// Frames parsed from one read (kept to reuse its allocation).
+    frames: Vec<Frame>,
+    /// Changes when flow-blocked publishers may go on.
+    flow: watch::Receiver<u64>,
+    /// The broker asked us to stop reading for a while (flow control).
+    flow_blocked: bool,
 }
 
 impl Connection {
@@ -149,7 +165,7 @@ impl Connection {
         loop {
             let close_deadline = self.closing_since.map(|t| t + CLOSE_OK_TIMEOUT);
             tokio::select! {
-                read = rd.read_buf(&mut self.rbuf) => match read {
+                read = rd.read_buf(&mut self.rbuf), if !self.flow_blocked => match read {
                     Ok(0) => return "client closed the TCP connection".into(),
                     Ok(_) => {
                         last_read = Instant::now();
@@ -158,6 +174,14 @@ impl Connection {
                     Err(e) => return format!("read failed: {e}"),
                 },
                 Some(outs) = rx.recv() => self.mine.extend(outs),
+                _ = self.flow.changed(), if self.flow_blocked => {
+                    self.flow_blocked = false;
+                    self.on_read();
+                }
+                _ = tokio::time::sleep(FLOW_WAIT_MAX), if self.flow_blocked => {
+                    self.flow_blocked = false;
+                    self.on_read();
+                }
                 _ = hb.tick(), if hb_on => {
                     if last_read.elapsed() > self.heartbeat * 2 {
                         return format!("missed heartbeats from client, timeout: {}s", self.heartbeat.as_secs());
@@ -225,11 +249,19 @@ impl Connection {
         delivered
     }
 
-    /// Parses every whole frame read so far and hands them over in one batch.
+    /// Parses every whole frame read so far and hands them to the broker, a bounded batch
+    /// under the lock at a time (so the lock is never held for long, and the batch buffer
+    /// stays small).
     fn on_read(&mut self) {
-        let mut frames = Vec::new();
+        while !self.done && !self.flow_blocked && self.on_read_batch() {}
+    }
+
+    /// Parses up to [`FRAMES_PER_BATCH`] frames and hands them over; false when there was
+    /// nothing more to hand over (or a framing error ended reading).
+    fn on_read_batch(&mut self) -> bool {
+        let mut frames = std::mem::take(&mut self.frames);
         let mut error = None;
-        loop {
+        while frames.len() < FRAMES_PER_BATCH {
             match self.parser.parse(&mut self.rbuf) {
                 Ok(Some(f)) => frames.push(f),
                 Ok(None) => break,
@@ -240,14 +272,21 @@ impl Connection {
             }
         }
         if frames.is_empty() && error.is_none() {
-            return;
+            self.frames = frames;
+            return false;
         }
+        let full = frames.len() == FRAMES_PER_BATCH;
         let now = self.shared.now_ms();
         let shared = self.shared.clone();
         let mut core = shared.broker();
-        for f in frames {
+        for f in frames.drain(..) {
             if self.done {
                 break;
+            }
+            // The broker ignores the frames of a connection it is closing; only channel 0 is
+            // ours to handle, so that is where its decision is looked up.
+            if f.channel() == 0 && !self.closing && core.is_closing(self.id) {
+                self.closing = true;
             }
             if self.closing {
                 // After our connection.close only close-ok (or a crossing close) matters.
@@ -270,11 +309,19 @@ impl Connection {
                 self.connection_frame(f);
             } else {
                 core.handle_frame(self.id, f, now, &mut self.out);
-                if core.is_closing(self.id) {
-                    self.closing = true;
-                }
             }
         }
+        frames.clear();
+        self.frames = frames;
+        if !self.closing && core.is_closing(self.id) {
+            self.closing = true;
+        }
+        if core.take_flow_blocked(self.id) {
+            // Under the lock, so a release that comes after this is seen as a change.
+            self.flow_blocked = true;
+            self.flow.borrow_and_update();
+        }
+        let more = full && error.is_none();
         if let Some(e) = error {
             if !self.closing && !self.done {
                 tracing::warn!("connection {}: protocol error: {}", self.id, e.text);
@@ -292,6 +339,7 @@ impl Connection {
         if sync_wanted {
             self.shared.sync_wanted.notify_one();
         }
+        more
     }
 
     /// Methods of channel 0 after the handshake; answers go out in order with the broker's.

@@ -49,6 +49,8 @@ type Outbox = mpsc::UnboundedSender<Vec<Out>>;
 pub struct Core {
     pub broker: Broker,
     outboxes: HashMap<ConnId, Outbox>,
+    /// Bumped when flow-blocked publishers may read again (see `Broker::take_flow_blocked`).
+    flow: watch::Sender<u64>,
 }
 
 impl std::ops::Deref for Core {
@@ -67,6 +69,9 @@ impl std::ops::DerefMut for Core {
 impl Core {
     /// Hands the broker's output to the connections it is for, in order.
     pub fn deliver(&mut self, out: &mut Vec<(ConnId, Out)>) {
+        if self.broker.take_flow_released() {
+            self.flow.send_modify(|v| *v = v.wrapping_add(1));
+        }
         if out.is_empty() {
             return;
         }
@@ -97,6 +102,11 @@ impl Core {
 
     fn register(&mut self, conn: ConnId, outbox: Outbox) {
         self.outboxes.insert(conn, outbox);
+    }
+
+    /// Where a connection learns that flow-blocked publishers may go on.
+    fn flow_watch(&self) -> watch::Receiver<u64> {
+        self.flow.subscribe()
     }
 
     fn unregister(&mut self, conn: ConnId) {
@@ -150,7 +160,7 @@ impl Server {
     pub fn new(broker: Broker) -> Self {
         let (shutdown_tx, shutdown) = watch::channel(false);
         let shared = Arc::new(Shared {
-            core: Mutex::new(Core { broker, outboxes: HashMap::new() }),
+            core: Mutex::new(Core { broker, outboxes: HashMap::new(), flow: watch::channel(0).0 }),
             next_conn: AtomicU64::new(1),
             started: Instant::now(),
             shutdown,
