@@ -16,6 +16,8 @@ pub const FRAME_END: u8 = 0xCE;
 /// Type, channel and size before the payload, plus the end octet after it.
 pub const FRAME_OVERHEAD: usize = 8;
 const FRAME_HEADER_LEN: usize = 7;
+/// Frames of room reserved beyond an incomplete one (see `FrameParser::parse`).
+const LARGE_FRAME_READ_AHEAD: usize = 2;
 /// The smallest frame_max a peer may negotiate (spec 4.2.3).
 pub const FRAME_MIN_SIZE: u32 = 4096;
 
@@ -80,7 +82,10 @@ impl FrameParser {
         }
         let total = FRAME_HEADER_LEN + size as usize + 1;
         if buf.len() < total {
-            buf.reserve(total - buf.len());
+            // Room for this frame and a few more like it: a large frame straddling the end of
+            // the buffer has its start copied into the new one, so fewer straddles (a buffer
+            // several frames long) mean fewer copies.
+            buf.reserve(total - buf.len() + LARGE_FRAME_READ_AHEAD * total);
             return Ok(None);
         }
         if buf[total - 1] != FRAME_END {
