@@ -73,7 +73,8 @@ struct Conn {
     info: ConnInfo,
     vhost: Arc<str>,
     cancel_notify: bool,
-    channels: HashMap<u16, Channel>,
+    /// Boxed: a channel is large, and the map keeps spare slots.
+    channels: HashMap<u16, Box<Channel>>,
     /// After we sent connection.close: drop everything until the socket goes.
     closing: bool,
     /// Bytes of deliveries handed to the server and not yet reported written.
@@ -930,7 +931,7 @@ impl Broker {
                         .on((20, 10));
                         self.connection_error(conn, e, out);
                     } else {
-                        c.channels.insert(channel, Channel::new());
+                        c.channels.insert(channel, Box::new(Channel::new()));
                         out.push((conn, Out::Method { channel, method: Method::ChannelOpenOk }));
                     }
                     return;
@@ -1568,6 +1569,7 @@ impl Broker {
         self.conns
             .get_mut(&conn)
             .and_then(|c| c.channels.get_mut(&channel))
+            .map(|ch| &mut **ch)
             .ok_or_else(|| ProtocolError::new(ReplyCode::ChannelError, format_args!("channel {channel} is not open")))
     }
 

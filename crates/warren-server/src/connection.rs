@@ -22,6 +22,12 @@ use warren_core::{ConnId, Out};
 /// up (one batch then goes through, and it may block again).
 const FLOW_WAIT_MAX: Duration = Duration::from_millis(50);
 
+/// A connection's read buffer to start with.
+const READ_BUFFER_MIN_BYTES: usize = 1024;
+
+/// Batches up to this many frames do not keep their buffers.
+const SMALL_BATCH_FRAMES: usize = 16;
+
 /// Frames handed to the broker under one lock at most.
 const FRAMES_PER_BATCH: usize = 512;
 
@@ -39,7 +45,8 @@ pub(crate) async fn run(shared: Arc<Shared>, id: ConnId, mut socket: TcpStream, 
     let name = format!("{peer} -> {local}");
     tracing::info!("accepting AMQP connection {name}");
     let _ = socket.set_nodelay(true);
-    let mut rbuf = BytesMut::with_capacity(READ_BUFFER_BYTES);
+    // Small to start with (an idle connection keeps little); it grows while reads fill it.
+    let mut rbuf = BytesMut::with_capacity(READ_BUFFER_MIN_BYTES);
 
     let negotiated = match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
@@ -97,6 +104,7 @@ pub(crate) async fn run(shared: Arc<Shared>, id: ConnId, mut socket: TcpStream, 
         out: Vec::new(),
         mine: Vec::new(),
         frames: Vec::new(),
+        read_size: READ_BUFFER_MIN_BYTES,
         flow,
         flow_blocked: false,
     };
@@ -145,6 +153,9 @@ struct Connection {
     mine: Vec<Out>,
     /// Frames parsed from one read (kept to reuse its allocation).
     frames: Vec<Frame>,
+    /// How much room the next read gets: doubled while reads fill it, up to
+    /// `READ_BUFFER_BYTES`.
+    read_size: usize,
     /// Changes when flow-blocked publishers may go on.
     flow: watch::Receiver<u64>,
     /// The broker asked us to stop reading for a while (flow control).
@@ -164,10 +175,18 @@ impl Connection {
         let mut last_write = Instant::now();
         loop {
             let close_deadline = self.closing_since.map(|t| t + CLOSE_OK_TIMEOUT);
+            let room = self.rbuf.capacity() - self.rbuf.len();
+            if room < self.read_size / 2 {
+                self.rbuf.reserve(self.read_size);
+            }
+            let room = self.rbuf.capacity() - self.rbuf.len();
             tokio::select! {
                 read = rd.read_buf(&mut self.rbuf), if !self.flow_blocked => match read {
                     Ok(0) => return "client closed the TCP connection".into(),
-                    Ok(_) => {
+                    Ok(n) => {
+                        if n == room {
+                            self.read_size = (self.read_size * 2).min(READ_BUFFER_BYTES);
+                        }
                         last_read = Instant::now();
                         self.on_read();
                     }
@@ -222,7 +241,8 @@ impl Connection {
             if self.done {
                 // Let the client close the TCP connection once it has read close-ok (or our
                 // close-ok crossing its close): closing first makes some clients see an abort.
-                let mut sink = [0u8; 4096];
+                // On the heap: an array here would be part of every connection's task.
+                let mut sink = vec![0u8; 4096];
                 let deadline = Instant::now() + CLOSE_OK_TIMEOUT;
                 while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, rd.read(&mut sink)).await {
                     if n == 0 {
@@ -246,6 +266,9 @@ impl Connection {
         }
         let delivered = encode(&mut self.wbuf, &self.mine, self.frame_max);
         self.mine.clear();
+        if self.mine.capacity() <= SMALL_BATCH_FRAMES {
+            self.mine = Vec::new();
+        }
         delivered
     }
 
@@ -312,7 +335,11 @@ impl Connection {
             }
         }
         frames.clear();
-        self.frames = frames;
+        // A small batch's buffer is not worth keeping (idle connections stay small); a large
+        // one is reused.
+        if frames.capacity() > SMALL_BATCH_FRAMES {
+            self.frames = frames;
+        }
         if !self.closing && core.is_closing(self.id) {
             self.closing = true;
         }
@@ -336,6 +363,9 @@ impl Connection {
         core.log_errors();
         core.deliver(&mut self.out);
         drop(core);
+        if self.out.capacity() <= SMALL_BATCH_FRAMES {
+            self.out = Vec::new();
+        }
         if sync_wanted {
             self.shared.sync_wanted.notify_one();
         }
