@@ -82,6 +82,11 @@ struct Conn {
     /// A message it published had to be paged to disk behind a consumer whose connection is
     /// full: the server pauses reading from it for a while (see [`Broker::take_flow_blocked`]).
     flow_blocked: bool,
+    /// It published while a resource alarm was in force: the server stops reading from it
+    /// until the alarms clear ([`Broker::is_alarm_blocked`]).
+    alarm_blocked: bool,
+    /// connection.blocked was sent to it (connection.unblocked follows when alarms clear).
+    blocked_sent: bool,
 }
 
 impl Conn {
@@ -296,11 +301,42 @@ pub struct Broker {
     errors: Vec<String>,
     /// The last enqueue paged a message behind a consumer that cannot keep up.
     paged_behind_consumer: bool,
+    /// Resource alarms in force (see [`Broker::set_alarms`]).
+    alarms: Alarms,
+    /// Bytes that may still come in before memory reaches the high watermark, as of the last
+    /// measurement, and what was published since ([`Broker::set_memory_use`]).
+    memory_headroom: Option<u64>,
+    ingested: u64,
     /// Some connection became writable again: flow-blocked publishers may go on.
     flow_released: bool,
     stats: StoreStats,
     policies: Vec<Policy>,
     operator_policies: Vec<Policy>,
+}
+
+/// What a message costs in memory beyond its body, for the memory alarm's headroom.
+const MESSAGE_OVERHEAD_BYTES: u64 = 512;
+
+/// Resource alarms: memory use over the high watermark, free disk space under the limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Alarms {
+    pub memory: bool,
+    pub disk: bool,
+}
+
+impl Alarms {
+    pub fn any(self) -> bool {
+        self.memory || self.disk
+    }
+
+    /// The reason connection.blocked carries, in RabbitMQ's words.
+    fn reason(self) -> ShortStr {
+        ShortStr::from_static(match (self.memory, self.disk) {
+            (true, true) => "low on memory & disk",
+            (true, false) => "low on memory",
+            _ => "low on disk",
+        })
+    }
 }
 
 /// Where queue logs and the definitions snapshot live.
@@ -421,6 +457,9 @@ impl Broker {
             errors: Vec::new(),
             paged_behind_consumer: false,
             flow_released: false,
+            alarms: Alarms::default(),
+            memory_headroom: None,
+            ingested: 0,
             stats: StoreStats::default(),
             policies: Vec::new(),
             operator_policies: Vec::new(),
@@ -904,6 +943,8 @@ impl Broker {
                 closing: false,
                 out_bytes: 0,
                 flow_blocked: false,
+                alarm_blocked: false,
+                blocked_sent: false,
             },
         );
         Ok(())
@@ -911,6 +952,9 @@ impl Broker {
 
     /// Handles one frame of channel 1 or above.
     pub fn handle_frame(&mut self, conn: ConnId, frame: Frame, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        if self.alarms.any() && matches!(frame, Frame::Method { method: Method::BasicPublish { .. }, .. }) {
+            self.block_publisher(conn, out);
+        }
         let Some(c) = self.conns.get_mut(&conn) else { return };
         if c.closing {
             return;
@@ -1023,9 +1067,73 @@ impl Broker {
         self.conns.get_mut(&conn).is_some_and(|c| std::mem::take(&mut c.flow_blocked))
     }
 
-    /// True (once) when a consumer's connection drained since the last call.
+    /// True (once) when a consumer's connection drained, or the resource alarms cleared, since
+    /// the last call.
     pub fn take_flow_released(&mut self) -> bool {
         std::mem::take(&mut self.flow_released)
+    }
+
+    /// The resource alarms in force.
+    pub fn alarms(&self) -> Alarms {
+        self.alarms
+    }
+
+    /// Sets the resource alarms, as RabbitMQ's memory and disk alarms work. While one is in
+    /// force, a connection that publishes is blocked: it gets connection.blocked (when its
+    /// client announced the capability) and the server stops reading from it; connections that
+    /// only consume go on, so queues drain. Queues keep no new messages in memory meanwhile
+    /// (they go to disk). When every alarm clears, blocked connections get
+    /// connection.unblocked and are read again.
+    pub fn set_alarms(&mut self, alarms: Alarms, out: &mut Vec<(ConnId, Out)>) {
+        let was = self.alarms;
+        self.alarms = alarms;
+        if was.any() && !alarms.any() {
+            for (&id, c) in self.conns.iter_mut() {
+                c.alarm_blocked = false;
+                if std::mem::take(&mut c.blocked_sent) && !c.closing {
+                    out.push((id, Out::Method { channel: 0, method: Method::ConnectionUnblocked }));
+                }
+            }
+            self.flow_released = true;
+        }
+    }
+
+    /// A memory measurement: `used` bytes against the `watermark`. Sets or clears the memory
+    /// alarm, and keeps the headroom left: publishes until the next measurement count against
+    /// it, and the alarm is raised as soon as they exceed it, so a flood cannot overshoot the
+    /// watermark by what arrives between two measurements.
+    pub fn set_memory_use(&mut self, used: u64, watermark: u64, out: &mut Vec<(ConnId, Out)>) {
+        self.memory_headroom = Some(watermark.saturating_sub(used));
+        self.ingested = 0;
+        let alarms = Alarms { memory: used >= watermark, ..self.alarms };
+        self.set_alarms(alarms, out);
+    }
+
+    /// Counts a published message against the memory headroom.
+    fn count_ingest(&mut self, bytes: usize) {
+        if let Some(headroom) = self.memory_headroom {
+            // What a message costs beyond its body: its header, bookkeeping and buffers.
+            self.ingested += bytes as u64 + MESSAGE_OVERHEAD_BYTES;
+            if self.ingested > headroom && !self.alarms.memory {
+                self.alarms.memory = true;
+            }
+        }
+    }
+
+    /// True while the connection is blocked by a resource alarm: do not read from it.
+    pub fn is_alarm_blocked(&self, conn: ConnId) -> bool {
+        self.alarms.any() && self.conns.get(&conn).is_some_and(|c| c.alarm_blocked)
+    }
+
+    /// A connection publishes under an alarm: it is blocked from now on (and told once).
+    fn block_publisher(&mut self, conn: ConnId, out: &mut Vec<(ConnId, Out)>) {
+        let reason = self.alarms.reason();
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        c.alarm_blocked = true;
+        if !c.blocked_sent && c.info.has_capability("connection.blocked") {
+            c.blocked_sent = true;
+            out.push((conn, Out::Method { channel: 0, method: Method::ConnectionBlocked { reason } }));
+        }
     }
 
     /// The server wrote `bytes` of deliveries to the connection's socket.
@@ -2121,6 +2229,7 @@ impl Broker {
                 )));
             }
         }
+        self.count_ingest(body.len());
         let ch = self.channel_mut(conn, channel)?;
         if properties.reply_to.as_ref().is_some_and(|r| r.as_str() == REPLY_TO_QUEUE) {
             let Some((_, suffix)) = &ch.reply_to else {
@@ -2267,6 +2376,7 @@ impl Broker {
         if let Some(vh) = self.vhosts.get_mut(&**vhost) {
             for q in queues {
                 let Some(queue) = vh.queues.get_mut(q) else { continue };
+                queue.memory_pressure = self.alarms.memory;
                 let outcome = queue.push(msg.clone(), now_ms).map_err(|e| {
                     internal(format_args!("cannot write a message to queue '{q}' in vhost '{vhost}': {e}"))
                 })?;
@@ -2335,6 +2445,7 @@ impl Broker {
             let Some(vh) = self.vhosts.get_mut(&**vhost) else { return };
             for t in &targets {
                 let Some(queue) = vh.queues.get_mut(t) else { continue };
+                queue.memory_pressure = self.alarms.memory;
                 match queue.push(msg.clone(), now_ms) {
                     Ok(outcome) => {
                         Self::note_push(&mut self.dirty, vhost, t, &outcome);

@@ -30,7 +30,7 @@ pub mod message;
 pub mod policy;
 pub mod queue;
 
-pub use broker::{Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, StoreStats, SyncJob};
+pub use broker::{Alarms, Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, StoreStats, SyncJob};
 pub use config::Config;
 
 /// Identifies a client connection for the lifetime of the broker process.

@@ -174,6 +174,8 @@ pub struct Queue {
     /// rebuilt after a restart: recovered messages do not block duplicates.
     keys: Option<crate::dedup::QueueKeys>,
     scratch: Vec<u8>,
+    /// Under a memory alarm: new messages go to disk, none is kept in memory.
+    pub memory_pressure: bool,
 }
 
 impl Queue {
@@ -231,6 +233,7 @@ impl Queue {
             policy: None,
             operator_policy: None,
             scratch: Vec::new(),
+            memory_pressure: false,
         };
         Ok((q, recovered_all))
     }
@@ -325,8 +328,9 @@ impl Queue {
         let expires_at = self.expiry_for(&msg, now_ms);
         self.may_expire |= expires_at.is_some();
         let lane_no = self.lane_of(&msg);
-        let fits_memory =
-            self.mem_count < QUEUE_MEMORY_MESSAGES_MAX && self.mem_bytes + msg.body.len() <= QUEUE_MEMORY_BYTES_MAX;
+        let fits_memory = !self.memory_pressure
+            && self.mem_count < QUEUE_MEMORY_MESSAGES_MAX
+            && self.mem_bytes + msg.body.len() <= QUEUE_MEMORY_BYTES_MAX;
         let keyed = self.keys.is_some();
         let lane = self.lane_mut(lane_no)?;
         let in_memory = fits_memory && lane.disk_count == 0;

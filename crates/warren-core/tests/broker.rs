@@ -391,3 +391,81 @@ fn queues_without_consumers_or_held_back_by_prefetch_do_not_block_publishers() {
     assert_eq!(h.deliveries(2).len(), 1);
     assert_eq!(publish_until_blocked(&mut h, 1000).0, None);
 }
+
+fn blocked_caps() -> FieldTable {
+    let mut caps = FieldTable::new();
+    caps.insert("connection.blocked", warren_amqp::FieldValue::Bool(true));
+    let mut props = FieldTable::new();
+    props.insert("capabilities", warren_amqp::FieldValue::Table(caps));
+    props
+}
+
+#[test]
+fn a_resource_alarm_blocks_publishers_not_consumers_until_it_clears() {
+    use warren_core::Alarms;
+    let mut h = Harness::new(Config::default());
+    let info = |props| warren_core::ConnInfo {
+        user: "guest".into(),
+        vhost: "/".into(),
+        peer: "test".into(),
+        client_properties: props,
+        channel_max: 2047,
+    };
+    h.broker.open_connection(1, info(blocked_caps())).expect("open");
+    h.open(1, 1);
+    h.declare(1, 1, "q");
+    h.take(1);
+    h.connect(2, false);
+    h.open(2, 1);
+    h.consume(2, 1, "q", "c", true);
+    let mut out = Vec::new();
+    h.broker.set_alarms(Alarms { memory: true, disk: false }, &mut out);
+    assert!(out.is_empty(), "nobody is told before publishing");
+    assert!(!h.broker.is_alarm_blocked(1));
+    // Publishing under the alarm: the publisher is blocked (and told why); what it sent is
+    // still routed, and the consumer, which never published, keeps receiving.
+    h.publish(1, 1, "", "q", "during");
+    let told: Vec<Out> = h.take(1);
+    assert!(
+        told.iter().any(|o| matches!(o, Out::Method { channel: 0, method: Method::ConnectionBlocked { reason } } if reason.as_str() == "low on memory")),
+        "{told:?}"
+    );
+    assert!(h.broker.is_alarm_blocked(1));
+    assert!(!h.broker.is_alarm_blocked(2));
+    assert_eq!(bodies(&h.deliveries(2)), ["during"]);
+    // A second publish does not repeat connection.blocked.
+    h.publish(1, 1, "", "q", "again");
+    assert!(!h.take(1).iter().any(|o| matches!(o, Out::Method { method: Method::ConnectionBlocked { .. }, .. })));
+    // Clearing: connection.unblocked for the one that was told, reading may resume.
+    h.broker.set_alarms(Alarms::default(), &mut out);
+    assert!(out.iter().any(|(c, o)| *c == 1 && matches!(o, Out::Method { method: Method::ConnectionUnblocked, .. })));
+    assert!(!out.iter().any(|(c, _)| *c == 2));
+    assert!(!h.broker.is_alarm_blocked(1));
+    assert!(h.broker.take_flow_released());
+}
+
+#[test]
+fn publishes_past_the_memory_headroom_raise_the_alarm_before_the_next_measurement() {
+    let mut h = Harness::new(Config::default());
+    h.connect(1, false);
+    h.open(1, 1);
+    h.declare(1, 1, "q");
+    let mut out = Vec::new();
+    // 10,000 bytes left below the watermark; each small message counts its overhead too.
+    h.broker.set_memory_use(90_000, 100_000, &mut out);
+    assert!(!h.broker.alarms().memory);
+    let mut published = 0;
+    while !h.broker.alarms().memory && published < 1000 {
+        h.publish(1, 1, "", "q", "x");
+        published += 1;
+    }
+    assert!(h.broker.alarms().memory, "raised by the publishes themselves");
+    assert!(published > 1 && published < 100, "after about 10,000 bytes: {published} messages");
+    // The next publish blocks the publisher.
+    h.publish(1, 1, "", "q", "x");
+    assert!(h.broker.is_alarm_blocked(1));
+    // A measurement below the watermark clears it.
+    h.broker.set_memory_use(50_000, 100_000, &mut out);
+    assert!(!h.broker.alarms().memory);
+    assert!(!h.broker.is_alarm_blocked(1));
+}

@@ -107,6 +107,7 @@ pub(crate) async fn run(shared: Arc<Shared>, id: ConnId, mut socket: TcpStream, 
         read_size: READ_BUFFER_MIN_BYTES,
         flow,
         flow_blocked: false,
+        alarm_blocked: false,
     };
     let mut wbuf = BytesMut::new();
     write_open_ok(&mut wbuf);
@@ -160,6 +161,8 @@ struct Connection {
     flow: watch::Receiver<u64>,
     /// The broker asked us to stop reading for a while (flow control).
     flow_blocked: bool,
+    /// Blocked by a resource alarm: not read until the alarms clear.
+    alarm_blocked: bool,
 }
 
 impl Connection {
@@ -181,7 +184,7 @@ impl Connection {
             }
             let room = self.rbuf.capacity() - self.rbuf.len();
             tokio::select! {
-                read = rd.read_buf(&mut self.rbuf), if !self.flow_blocked => match read {
+                read = rd.read_buf(&mut self.rbuf), if !self.flow_blocked && !self.alarm_blocked => match read {
                     Ok(0) => return "client closed the TCP connection".into(),
                     Ok(n) => {
                         if n == room {
@@ -193,16 +196,23 @@ impl Connection {
                     Err(e) => return format!("read failed: {e}"),
                 },
                 Some(outs) = rx.recv() => self.mine.extend(outs),
-                _ = self.flow.changed(), if self.flow_blocked => {
+                _ = self.flow.changed(), if self.flow_blocked || self.alarm_blocked => {
                     self.flow_blocked = false;
-                    self.on_read();
+                    if self.alarm_blocked {
+                        self.alarm_blocked = self.shared.broker().is_alarm_blocked(self.id);
+                        // Heartbeats were not read while blocked (RabbitMQ pauses monitoring).
+                        last_read = Instant::now();
+                    }
+                    if !self.alarm_blocked {
+                        self.on_read();
+                    }
                 }
-                _ = tokio::time::sleep(FLOW_WAIT_MAX), if self.flow_blocked => {
+                _ = tokio::time::sleep(FLOW_WAIT_MAX), if self.flow_blocked && !self.alarm_blocked => {
                     self.flow_blocked = false;
                     self.on_read();
                 }
                 _ = hb.tick(), if hb_on => {
-                    if last_read.elapsed() > self.heartbeat * 2 {
+                    if !self.alarm_blocked && last_read.elapsed() > self.heartbeat * 2 {
                         return format!("missed heartbeats from client, timeout: {}s", self.heartbeat.as_secs());
                     }
                     if last_write.elapsed() >= self.heartbeat / 2 {
@@ -276,7 +286,7 @@ impl Connection {
     /// under the lock at a time (so the lock is never held for long, and the batch buffer
     /// stays small).
     fn on_read(&mut self) {
-        while !self.done && !self.flow_blocked && self.on_read_batch() {}
+        while !self.done && !self.flow_blocked && !self.alarm_blocked && self.on_read_batch() {}
     }
 
     /// Parses up to [`FRAMES_PER_BATCH`] frames and hands them over; false when there was
@@ -343,9 +353,12 @@ impl Connection {
         if !self.closing && core.is_closing(self.id) {
             self.closing = true;
         }
-        if core.take_flow_blocked(self.id) {
+        let flow_blocked = core.take_flow_blocked(self.id);
+        let alarm_blocked = core.is_alarm_blocked(self.id);
+        if flow_blocked || alarm_blocked {
             // Under the lock, so a release that comes after this is seen as a change.
-            self.flow_blocked = true;
+            self.flow_blocked = flow_blocked;
+            self.alarm_blocked = alarm_blocked;
             self.flow.borrow_and_update();
         }
         let more = full && error.is_none();

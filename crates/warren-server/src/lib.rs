@@ -14,6 +14,7 @@
 //! outboxes (its own included) before releasing it, so frames reach each connection in the
 //! order the broker made them.
 
+pub mod alarms;
 mod connection;
 mod handshake;
 mod outbuf;
@@ -154,6 +155,7 @@ impl Shared {
 pub struct Server {
     shared: Arc<Shared>,
     shutdown_tx: watch::Sender<bool>,
+    limits: Option<alarms::ResourceLimits>,
 }
 
 impl Server {
@@ -166,7 +168,12 @@ impl Server {
             shutdown,
             sync_wanted: Notify::new(),
         });
-        Server { shared, shutdown_tx }
+        Server { shared, shutdown_tx, limits: None }
+    }
+
+    /// Watches memory and disk against these limits (resource alarms) while serving.
+    pub fn set_resource_limits(&mut self, limits: alarms::ResourceLimits) {
+        self.limits = Some(limits);
     }
 
     pub fn shared(&self) -> Arc<Shared> {
@@ -177,6 +184,7 @@ impl Server {
     pub async fn serve(&self, listener: TcpListener) {
         let ticker = tokio::spawn(tick_loop(self.shared.clone()));
         let syncer = tokio::spawn(sync_loop(self.shared.clone()));
+        let alarmer = self.limits.clone().map(|l| tokio::spawn(alarms::alarm_loop(self.shared.clone(), l)));
         let mut shutdown = self.shared.shutdown.clone();
         loop {
             tokio::select! {
@@ -197,6 +205,9 @@ impl Server {
         }
         ticker.abort();
         syncer.abort();
+        if let Some(a) = alarmer {
+            a.abort();
+        }
     }
 
     /// Asks every connection to close (320 CONNECTION_FORCED) and stops accepting.

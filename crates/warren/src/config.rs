@@ -15,7 +15,35 @@ pub struct Settings {
     pub log_level: String,
     /// A definitions file (RabbitMQ's JSON) applied at boot (`load_definitions`).
     pub load_definitions: Option<PathBuf>,
+    /// The memory alarm's threshold (`vm_memory_high_watermark.relative` / `.absolute`).
+    pub memory_high_watermark: Limit,
+    /// The disk alarm's threshold (`disk_free_limit.absolute` / `.relative`).
+    pub disk_free_limit: Limit,
     pub core: CoreConfig,
+}
+
+/// A resource threshold: bytes, or a fraction of the machine's memory.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Limit {
+    Absolute(u64),
+    Relative(f64),
+}
+
+impl Limit {
+    /// The threshold in bytes, given the machine's memory.
+    pub fn bytes(self, total_memory: u64) -> u64 {
+        match self {
+            Limit::Absolute(b) => b,
+            Limit::Relative(f) => (total_memory as f64 * f) as u64,
+        }
+    }
+}
+
+fn parse_fraction(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(f) if f.is_finite() && f >= 0.0 => Ok(f),
+        _ => Err(format!("'{v}' is not a non-negative number")),
+    }
 }
 
 impl Default for Settings {
@@ -26,6 +54,9 @@ impl Default for Settings {
             data_dir: PathBuf::from("warren-data"),
             log_level: "info".into(),
             load_definitions: None,
+            // RabbitMQ 3.10's defaults.
+            memory_high_watermark: Limit::Relative(0.4),
+            disk_free_limit: Limit::Absolute(50_000_000),
             core: CoreConfig::default(),
         }
     }
@@ -128,6 +159,14 @@ impl Settings {
                         }
                     }
                     "log.console.level" | "log.level" => self.log_level = value.into(),
+                    "vm_memory_high_watermark.relative" => {
+                        self.memory_high_watermark = Limit::Relative(parse_fraction(value)?)
+                    }
+                    "vm_memory_high_watermark.absolute" => {
+                        self.memory_high_watermark = Limit::Absolute(parse_size(value)?)
+                    }
+                    "disk_free_limit.absolute" => self.disk_free_limit = Limit::Absolute(parse_size(value)?),
+                    "disk_free_limit.relative" => self.disk_free_limit = Limit::Relative(parse_fraction(value)?),
                     other => return Err(format!("unknown setting '{other}'")),
                 }
                 Ok(())
@@ -160,6 +199,18 @@ mod tests {
         assert_eq!(s.core.heartbeat_s, 10);
         assert_eq!(s.core.max_message_size, 1024 * 1024);
         assert!(s.core.loopback_users.is_empty());
+    }
+
+    #[test]
+    fn reads_resource_limits() {
+        let mut s = Settings::default();
+        assert_eq!(s.memory_high_watermark, Limit::Relative(0.4));
+        s.apply_file("vm_memory_high_watermark.absolute = 512MiB\ndisk_free_limit.relative = 1.5\n", "t.conf")
+            .expect("valid");
+        assert_eq!(s.memory_high_watermark.bytes(1 << 30), 512 * 1024 * 1024);
+        assert_eq!(s.disk_free_limit.bytes(1 << 30), 3 << 29);
+        let err = Settings::default().apply_file("vm_memory_high_watermark.relative = much\n", "t.conf");
+        assert!(err.expect_err("bad").starts_with("t.conf:1:"));
     }
 
     #[test]

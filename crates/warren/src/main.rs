@@ -119,7 +119,21 @@ async fn run(settings: Settings) -> Result<(), String> {
             .map_err(|e| format!("definitions {}: {e}", path.display()))?;
         tracing::info!("applied {n} policies from {}", path.display());
     }
-    let server = warren_server::Server::new(broker);
+    let mut server = warren_server::Server::new(broker);
+    let total_memory = warren_server::alarms::total_memory().unwrap_or(0);
+    let limits = warren_server::alarms::ResourceLimits {
+        memory_high_watermark: (total_memory > 0
+            || matches!(settings.memory_high_watermark, config::Limit::Absolute(_)))
+        .then(|| settings.memory_high_watermark.bytes(total_memory)),
+        disk_free_limit: settings.disk_free_limit.bytes(total_memory),
+        data_dir: settings.data_dir.clone(),
+    };
+    tracing::info!(
+        "memory high watermark {} MiB, disk free limit {} MiB",
+        limits.memory_high_watermark.map_or(0, |b| b / (1024 * 1024)),
+        limits.disk_free_limit / (1024 * 1024)
+    );
+    server.set_resource_limits(limits);
     let shared = server.shared();
     tokio::spawn(async move {
         if let Err(e) = warren_http::serve(http, shared).await {

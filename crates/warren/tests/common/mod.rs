@@ -121,6 +121,11 @@ impl Broker {
         }
     }
 
+    /// The process id of a spawned broker (`None` for an external one).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.child.id())
+    }
+
     /// The management HTTP address of a spawned broker (`None` for an external one).
     pub fn http_addr(&self) -> Option<String> {
         self.http_port.map(|p| format!("127.0.0.1:{p}"))
