@@ -156,6 +156,10 @@ pub struct ChurnArgs {
     /// Also open a channel on every connection before closing it.
     #[arg(long)]
     pub channel: bool,
+    /// Behave like a crashing client: open a channel, declare a server-named exclusive queue,
+    /// consume from it, then drop the TCP connection without connection.close.
+    #[arg(long)]
+    pub abrupt: bool,
     #[arg(long)]
     pub json: bool,
     #[arg(long)]

@@ -49,17 +49,25 @@ pub async fn run(args: &ChurnArgs) -> ChurnSummary {
     let deadline = start + Duration::from_secs_f64(args.duration);
     let mut workers = JoinSet::new();
     for w in 0..args.parallel {
-        let (uri, with_channel, count, stop) = (args.uri.clone(), args.channel, count.clone(), stop.clone());
+        let (uri, with_channel, abrupt, count, stop) =
+            (args.uri.clone(), args.channel, args.abrupt, count.clone(), stop.clone());
         workers.spawn(async move {
             let mut cycle = Histogram::new();
             let name = format!("warren-perf churn {w}");
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let t0 = Instant::now();
                 let mut c = Connection::open(&uri, &name).await?;
-                if with_channel {
+                if with_channel || abrupt {
                     c.channel_open(1).await?;
                 }
-                c.close().await?;
+                if abrupt {
+                    let queue = c.queue_declare(1, "", false, true, false).await?;
+                    c.basic_consume(1, &queue, false).await?;
+                    // Gone without a word: the broker must clean up after it on its own.
+                    drop(c);
+                } else {
+                    c.close().await?;
+                }
                 cycle.record(t0.elapsed().as_nanos() as u64);
                 count.fetch_add(1, Ordering::Relaxed);
             }
