@@ -57,6 +57,28 @@ pub fn frame_decode(data: &[u8]) {
     }
 }
 
+/// `method_decode`: a method frame's payload (class id, method id, arguments) straight into
+/// `Method::decode`. It must not panic; a failure must be a connection error; a method that
+/// decodes must re-encode, re-decode to the same method and re-encode to the same bytes.
+pub fn method_decode(data: &[u8]) {
+    match Method::decode(Bytes::copy_from_slice(data)) {
+        Ok(method) => check_frame(&Frame::Method { channel: 1, method }),
+        Err(e) => assert!(e.code.is_hard(), "method decoding failed with a channel error: {e}"),
+    }
+}
+
+/// Valid `method_decode` inputs: the payload of every seed method.
+pub fn method_decode_seeds() -> Vec<Vec<u8>> {
+    seed_methods()
+        .iter()
+        .map(|m| {
+            let mut out = BytesMut::new();
+            m.encode(&mut out);
+            out.to_vec()
+        })
+        .collect()
+}
+
 /// Equality that also holds for values holding NaN floats (whose `==` is false).
 fn same<T: PartialEq + std::fmt::Debug>(a: &T, b: &T) -> bool {
     a == b || format!("{a:?}") == format!("{b:?}")

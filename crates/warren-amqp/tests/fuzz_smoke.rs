@@ -104,6 +104,11 @@ fn frame_decode_smoke() {
 }
 
 #[test]
+fn method_decode_smoke() {
+    smoke("method_decode", harness::method_decode, harness::method_decode_seeds(), 0x94D0_49BB_1331_11EB);
+}
+
+#[test]
 fn content_assembler_smoke() {
     smoke("content_assembler", harness::content_assembler, harness::content_assembler_seeds(), 0xD1B5_4A32_D192_ED03);
 }

@@ -8,6 +8,7 @@ fn main() -> std::io::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
     let sets = [
         ("frame_decode", warren_amqp_fuzz::frame_decode_seeds()),
+        ("method_decode", warren_amqp_fuzz::method_decode_seeds()),
         ("content_assembler", warren_amqp_fuzz::content_assembler_seeds()),
         ("field_table", warren_amqp_fuzz::field_table_seeds()),
     ];
