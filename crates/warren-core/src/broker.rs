@@ -986,8 +986,10 @@ impl Broker {
                     return;
                 }
                 _ => {
+                    // RabbitMQ 3.10 answers content on a channel that is not open as an
+                    // unexpected frame (505), not as a channel error.
                     let e = ProtocolError::new(
-                        ReplyCode::ChannelError,
+                        ReplyCode::UnexpectedFrame,
                         format_args!("content frame on channel {channel}, which is not open"),
                     );
                     self.connection_error(conn, e, out);
