@@ -118,6 +118,10 @@ async fn run(settings: Settings) -> Result<(), String> {
         let n = warren_http::apply_definitions(&mut broker, &doc, now_ms)
             .map_err(|e| format!("definitions {}: {e}", path.display()))?;
         tracing::info!("applied {n} policies from {}", path.display());
+        let mut out = Vec::new();
+        let t = warren_http::apply_topology(&mut broker, &doc, now_ms, &mut out)
+            .map_err(|e| format!("definitions {}: {e}", path.display()))?;
+        tracing::info!("declared {t} exchanges, queues and bindings from {}", path.display());
     }
     let server = warren_server::Server::new(broker);
     let shared = server.shared();

@@ -1,0 +1,238 @@
+//! Overview, whoami, nodes, connections, channels and consumers.
+
+use super::rates::Rates;
+use super::{with_broker, ApiError, ApiResult, User, NODE};
+use crate::table_json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use warren_core::{ChannelSummary, ConnectionSummary, ConsumerSummary};
+use warren_server::Shared;
+
+/// What RabbitMQ tells a client whose connection is closed from the management UI.
+const CLOSED_VIA_MANAGEMENT: &str = "Closed via management plugin";
+
+pub(crate) async fn overview(State(shared): State<Arc<Shared>>, Extension(rates): Extension<Arc<Rates>>) -> Response {
+    let (o, stats) = {
+        let core = shared.broker();
+        (core.overview(), core.queue_stats())
+    };
+    let message_stats = rates.totals(&stats);
+    Json(json!({
+        "management_version": env!("CARGO_PKG_VERSION"),
+        "rates_mode": "basic",
+        "product_name": "Warren",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "rabbitmq_version": env!("CARGO_PKG_VERSION"),
+        "cluster_name": NODE,
+        "node": NODE,
+        "erlang_version": "none",
+        "erlang_full_version": "none",
+        "statistics_db_event_queue": 0,
+        "churn_rates": {},
+        "message_stats": message_stats,
+        "object_totals": {
+            "connections": o.connections,
+            "channels": o.channels,
+            "exchanges": o.exchanges,
+            "queues": o.queues,
+            "consumers": o.consumers,
+        },
+        "warren_store": {
+            "sync_rounds": o.store.sync_rounds,
+            "fsyncs": o.store.fsyncs,
+            "confirms": o.store.confirms,
+        },
+        "queue_totals": {
+            "messages": o.messages_ready + o.messages_unacked,
+            "messages_ready": o.messages_ready,
+            "messages_unacknowledged": o.messages_unacked,
+        },
+        "listeners": [],
+        "contexts": [],
+    }))
+    .into_response()
+}
+
+pub(crate) async fn whoami(Extension(User(name)): Extension<User>) -> Response {
+    // Every user is an administrator until users carry tags.
+    Json(json!({"name": name, "tags": ["administrator"]})).into_response()
+}
+
+fn node_json(shared: &Shared) -> Value {
+    json!({
+        "name": NODE,
+        "type": "disc",
+        "running": true,
+        "uptime": shared.uptime().as_millis() as u64,
+        "os_pid": std::process::id().to_string(),
+        "processors": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "partitions": [],
+        "being_drained": false,
+        "mem_alarm": false,
+        "disk_free_alarm": false,
+    })
+}
+
+pub(crate) async fn nodes(State(shared): State<Arc<Shared>>) -> Response {
+    Json(json!([node_json(&shared)])).into_response()
+}
+
+pub(crate) async fn node(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
+    if name != NODE {
+        return Err(ApiError::NotFound);
+    }
+    Ok(Json(node_json(&shared)).into_response())
+}
+
+/// RabbitMQ names a connection "client ip:port -> server ip:port"; Warren's core knows the
+/// client's side only, so its connection names are "ip:port" of the client.
+fn connection_name(peer: &str) -> String {
+    peer.to_string()
+}
+
+fn split_peer(peer: &str) -> (&str, u16) {
+    match peer.rsplit_once(':') {
+        Some((host, port)) => (host.trim_start_matches('[').trim_end_matches(']'), port.parse().unwrap_or(0)),
+        None => (peer, 0),
+    }
+}
+
+fn connection_json(c: &ConnectionSummary, connected_at: u64) -> Value {
+    let (host, port) = split_peer(&c.peer);
+    json!({
+        "name": connection_name(&c.peer),
+        "node": NODE,
+        "vhost": c.vhost,
+        "user": c.user,
+        "user_who_performed_action": c.user,
+        "state": "running",
+        "type": "network",
+        "protocol": "AMQP 0-9-1",
+        "auth_mechanism": "PLAIN",
+        "ssl": false,
+        "peer_host": host,
+        "peer_port": port,
+        "channels": c.channels,
+        "channel_max": c.channel_max,
+        "connected_at": connected_at,
+        "client_properties": table_json(&c.client_properties),
+    })
+}
+
+pub(crate) async fn connections(State(shared): State<Arc<Shared>>, Extension(rates): Extension<Arc<Rates>>) -> Response {
+    let list = shared.broker().connections();
+    let items = list.iter().map(|c| connection_json(c, rates.first_seen(c.id))).collect();
+    super::json_list(items)
+}
+
+fn find_connection(shared: &Shared, name: &str) -> Option<ConnectionSummary> {
+    shared.broker().connections().into_iter().find(|c| connection_name(&c.peer) == name)
+}
+
+pub(crate) async fn connection(
+    State(shared): State<Arc<Shared>>,
+    Extension(rates): Extension<Arc<Rates>>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let c = find_connection(&shared, &name).ok_or(ApiError::NotFound)?;
+    Ok(Json(connection_json(&c, rates.first_seen(c.id))).into_response())
+}
+
+/// DELETE /api/connections/{name}: the client gets connection.close 320 CONNECTION_FORCED.
+pub(crate) async fn close_connection(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
+    let c = find_connection(&shared, &name).ok_or(ApiError::NotFound)?;
+    let closed = with_broker(&shared, |b, _, out| Ok(b.close_connection(c.id, CLOSED_VIA_MANAGEMENT, out)))?;
+    if !closed {
+        return Err(ApiError::NotFound);
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn channel_name(ch: &ChannelSummary) -> String {
+    format!("{} ({})", connection_name(&ch.peer), ch.number)
+}
+
+fn channel_json(ch: &ChannelSummary) -> Value {
+    let (host, port) = split_peer(&ch.peer);
+    json!({
+        "name": channel_name(ch),
+        "number": ch.number,
+        "node": NODE,
+        "vhost": ch.vhost,
+        "user": ch.user,
+        "user_who_performed_action": ch.user,
+        "state": "running",
+        "connection_details": {"name": connection_name(&ch.peer), "peer_host": host, "peer_port": port},
+        "consumer_count": ch.consumers,
+        "messages_unacknowledged": ch.unacked,
+        "messages_unconfirmed": 0,
+        "messages_uncommitted": 0,
+        "acks_uncommitted": 0,
+        "prefetch_count": ch.prefetch,
+        "global_prefetch_count": ch.global_prefetch,
+        "confirm": ch.confirm,
+        "transactional": ch.transactional,
+    })
+}
+
+pub(crate) async fn channels(State(shared): State<Arc<Shared>>) -> Response {
+    let list = shared.broker().channels();
+    super::json_list(list.iter().map(channel_json).collect())
+}
+
+pub(crate) async fn channel(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
+    let list = shared.broker().channels();
+    let ch = list.iter().find(|ch| channel_name(ch) == name).ok_or(ApiError::NotFound)?;
+    Ok(Json(channel_json(ch)).into_response())
+}
+
+pub(crate) async fn connection_channels(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
+    let c = find_connection(&shared, &name).ok_or(ApiError::NotFound)?;
+    let list = shared.broker().channels();
+    Ok(super::json_list(list.iter().filter(|ch| ch.conn == c.id).map(channel_json).collect()))
+}
+
+fn consumer_json(c: &ConsumerSummary, timeout_ms: u64) -> Value {
+    let (host, port) = split_peer(&c.peer);
+    json!({
+        "consumer_tag": c.tag,
+        "queue": {"name": c.queue, "vhost": c.vhost},
+        "channel_details": {
+            "name": format!("{} ({})", connection_name(&c.peer), c.channel),
+            "number": c.channel,
+            "connection_name": connection_name(&c.peer),
+            "node": NODE,
+            "peer_host": host,
+            "peer_port": port,
+            "user": c.user,
+        },
+        "ack_required": c.ack_required,
+        "prefetch_count": c.prefetch,
+        "exclusive": c.exclusive,
+        "active": true,
+        "activity_status": "up",
+        "arguments": {},
+        "consumer_timeout": timeout_ms,
+    })
+}
+
+fn consumer_list(shared: &Shared, vhost: Option<&str>) -> Response {
+    let (list, timeout) = {
+        let core = shared.broker();
+        (core.consumers(), core.config().consumer_timeout_ms.unwrap_or(0))
+    };
+    let items = list.iter().filter(|c| vhost.is_none_or(|v| v == c.vhost)).map(|c| consumer_json(c, timeout)).collect();
+    super::json_list(items)
+}
+
+pub(crate) async fn consumers(State(shared): State<Arc<Shared>>) -> Response {
+    consumer_list(&shared, None)
+}
+
+pub(crate) async fn vhost_consumers(State(shared): State<Arc<Shared>>, Path(vhost): Path<String>) -> Response {
+    consumer_list(&shared, Some(&vhost))
+}
