@@ -31,8 +31,8 @@ pub mod policy;
 pub mod queue;
 
 pub use broker::management::{
-    BindingSummary, ChannelSummary, ConnectionSummary, ConsumerSummary, ExchangeSummary, GetAckMode, GotMessage, QueueStats,
-    MANAGEMENT_CONN,
+    BindingSummary, ChannelSummary, ConnectionSummary, ConsumerSummary, ExchangeSummary, GetAckMode, GotMessage,
+    QueueStats, MANAGEMENT_CONN,
 };
 pub use broker::{Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, StoreStats, SyncJob};
 pub use config::Config;

@@ -280,7 +280,7 @@ impl Broker {
     /// `reason` (the server then waits for close-ok, as for any connection error). False when
     /// there is no such connection.
     pub fn close_connection(&mut self, conn: ConnId, reason: &str, out: &mut Vec<(ConnId, Out)>) -> bool {
-        if conn == MANAGEMENT_CONN || !self.conns.get(&conn).is_some_and(|c| !c.closing) {
+        if conn == MANAGEMENT_CONN || self.conns.get(&conn).is_none_or(|c| c.closing) {
             return false;
         }
         let e = ProtocolError::new(ReplyCode::ConnectionForced, reason);
@@ -329,7 +329,13 @@ impl Broker {
     }
 
     /// Drops a queue's ready messages (as queue.purge); returns how many there were.
-    pub fn purge_queue(&mut self, vhost: &str, name: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) -> Result<u32, ProtocolError> {
+    pub fn purge_queue(
+        &mut self,
+        vhost: &str,
+        name: &str,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Result<u32, ProtocolError> {
         self.require_queue(vhost, name)?;
         let m = Method::QueuePurge { queue: short(name)?, nowait: false };
         self.management(vhost, "", now_ms, out, |b, out| {
@@ -460,12 +466,8 @@ impl Broker {
             let mut got = Vec::new();
             let mut last_tag = None;
             for _ in 0..count {
-                let answers = b.management_method(
-                    Method::BasicGet { queue: queue.clone(), no_ack: false },
-                    None,
-                    now_ms,
-                    out,
-                )?;
+                let answers =
+                    b.management_method(Method::BasicGet { queue: queue.clone(), no_ack: false }, None, now_ms, out)?;
                 let Some((tag, m)) = answers.into_iter().find_map(|o| match o {
                     Out::Content {
                         method: Method::BasicGetOk { delivery_tag, redelivered, exchange, routing_key, message_count },
@@ -579,4 +581,3 @@ fn short(s: &str) -> Result<ShortStr, ProtocolError> {
     }
     Ok(ShortStr::from(s.to_string()))
 }
-

@@ -80,7 +80,10 @@ fn require_queue(shared: &Shared, vhost: &str, name: &str) -> Result<(), ApiErro
     }
 }
 
-pub(crate) async fn of_source(State(shared): State<Arc<Shared>>, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
+pub(crate) async fn of_source(
+    State(shared): State<Arc<Shared>>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
     let name = exchange_name(&name);
     require_exchange(&shared, &vhost, name)?;
     Ok(filtered(&shared, |b| b.vhost == vhost && b.source == name))
@@ -95,7 +98,10 @@ pub(crate) async fn of_destination(
     Ok(filtered(&shared, |b| b.vhost == vhost && !b.to_queue && b.destination == name))
 }
 
-pub(crate) async fn of_queue(State(shared): State<Arc<Shared>>, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
+pub(crate) async fn of_queue(
+    State(shared): State<Arc<Shared>>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
     require_queue(&shared, &vhost, &name)?;
     Ok(filtered(&shared, |b| b.vhost == vhost && b.to_queue && b.destination == name))
 }

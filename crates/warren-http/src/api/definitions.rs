@@ -137,7 +137,11 @@ pub(crate) async fn import(State(shared): State<Arc<Shared>>, body: Bytes) -> Ap
 }
 
 /// POST /api/definitions/{vhost}: every object goes to the vhost of the path.
-pub(crate) async fn import_vhost(State(shared): State<Arc<Shared>>, Path(vhost): Path<String>, body: Bytes) -> ApiResult {
+pub(crate) async fn import_vhost(
+    State(shared): State<Arc<Shared>>,
+    Path(vhost): Path<String>,
+    body: Bytes,
+) -> ApiResult {
     if !shared.broker().exchanges().iter().any(|x| x.vhost == vhost) {
         return Err(ApiError::NotFound);
     }
@@ -190,7 +194,8 @@ pub fn apply_topology(
     let describe = |what: &str, name: &str, e: ProtocolError| format!("{what} '{name}': {}", e.text);
     let mut applied = 0;
     for x in items("exchanges")? {
-        let (name, vhost, kind) = (text(&x, "name", "an exchange")?, text(&x, "vhost", "an exchange")?, text(&x, "type", "an exchange")?);
+        let (name, vhost, kind) =
+            (text(&x, "name", "an exchange")?, text(&x, "vhost", "an exchange")?, text(&x, "type", "an exchange")?);
         if is_builtin(&name) {
             continue;
         }
@@ -211,7 +216,8 @@ pub fn apply_topology(
     }
     for b in items("bindings")? {
         let what = "a binding";
-        let (source, vhost, dest) = (text(&b, "source", what)?, text(&b, "vhost", what)?, text(&b, "destination", what)?);
+        let (source, vhost, dest) =
+            (text(&b, "source", what)?, text(&b, "vhost", what)?, text(&b, "destination", what)?);
         let to_queue = match b.get("destination_type").and_then(Value::as_str) {
             Some("queue") => true,
             Some("exchange") => false,

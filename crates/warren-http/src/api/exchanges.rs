@@ -96,9 +96,8 @@ pub(crate) async fn publish(
     body: Bytes,
 ) -> ApiResult {
     let doc = parse_body(&body)?;
-    let field = |k: &str| {
-        doc.get(k).and_then(Value::as_str).ok_or_else(|| ApiError::BadRequest(format!("{k} is required")))
-    };
+    let field =
+        |k: &str| doc.get(k).and_then(Value::as_str).ok_or_else(|| ApiError::BadRequest(format!("{k} is required")));
     let routing_key = field("routing_key")?;
     let payload = field("payload")?;
     let body = match doc.get("payload_encoding").and_then(Value::as_str) {

@@ -1,17 +1,16 @@
 //! /api/health/checks/* and /api/aliveness-test.
 
 use super::{with_broker, ApiResult};
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use axum::body::Bytes;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 use warren_core::GetAckMode;
 use warren_server::Shared;
-
 
 /// Checks that hold for a single node without alarms: alarms, local-alarms, virtual-hosts.
 pub(crate) async fn ok() -> Response {
@@ -50,6 +49,7 @@ pub(crate) async fn aliveness(State(shared): State<Arc<Shared>>, Path(vhost): Pa
     if got.first().is_some_and(|m| &m.body[..] == b"test_message") {
         Ok(Json(json!({"status": "ok"})).into_response())
     } else {
-        Ok((StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "failed", "reason": "message lost"}))).into_response())
+        Ok((StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "failed", "reason": "message lost"})))
+            .into_response())
     }
 }

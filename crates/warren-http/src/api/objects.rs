@@ -123,7 +123,10 @@ fn connection_json(c: &ConnectionSummary, connected_at: u64) -> Value {
     })
 }
 
-pub(crate) async fn connections(State(shared): State<Arc<Shared>>, Extension(rates): Extension<Arc<Rates>>) -> Response {
+pub(crate) async fn connections(
+    State(shared): State<Arc<Shared>>,
+    Extension(rates): Extension<Arc<Rates>>,
+) -> Response {
     let list = shared.broker().connections();
     let items = list.iter().map(|c| connection_json(c, rates.first_seen(c.id))).collect();
     super::json_list(items)

@@ -127,7 +127,12 @@ pub(crate) async fn get_messages(
         Some("ack_requeue_true") | Some("reject_requeue_true") => GetAckMode::Requeue,
         Some("ack_requeue_false") => GetAckMode::Ack,
         Some("reject_requeue_false") => GetAckMode::Reject,
-        _ => return Err(ApiError::BadRequest("ackmode must be ack_requeue_true, reject_requeue_true, ack_requeue_false or reject_requeue_false".into())),
+        _ => {
+            return Err(ApiError::BadRequest(
+                "ackmode must be ack_requeue_true, reject_requeue_true, ack_requeue_false or reject_requeue_false"
+                    .into(),
+            ))
+        }
     };
     let base64_wanted = match doc.get("encoding").and_then(Value::as_str) {
         Some("auto") => false,
