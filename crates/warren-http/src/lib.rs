@@ -26,8 +26,19 @@ pub use api::definitions::apply_topology;
 
 /// Serves the management API until the future is dropped.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    serve_with_amqp(listener, shared, None).await
+}
+
+/// Serves the management API, knowing the AMQP listener's address (for connection names as
+/// RabbitMQ writes them, "client -> server", and for the port-listener health check).
+pub async fn serve_with_amqp(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    amqp: Option<SocketAddr>,
+) -> std::io::Result<()> {
+    let listeners = api::Listeners { amqp, http: listener.local_addr().ok() };
     let app = Router::new()
-        .merge(api::router(shared.clone()))
+        .merge(api::router(shared.clone(), listeners))
         .route("/api/policies", get(list_policies::<false>))
         .route("/api/policies/{vhost}", get(list_vhost_policies::<false>))
         .route(

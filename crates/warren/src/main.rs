@@ -126,7 +126,7 @@ async fn run(settings: Settings) -> Result<(), String> {
     let server = warren_server::Server::new(broker);
     let shared = server.shared();
     tokio::spawn(async move {
-        if let Err(e) = warren_http::serve(http, shared).await {
+        if let Err(e) = warren_http::serve_with_amqp(http, shared, Some(amqp_addr)).await {
             tracing::error!("management HTTP listener stopped: {e}");
         }
     });

@@ -147,19 +147,25 @@ async fn http_shapes_and_errors_match_rabbitmq() {
     let x = unique("shape-x");
     let xpath = format!("/api/exchanges/%2F/{x}");
     assert_eq!(call(&base, Method::PUT, &xpath, Some(json!({"type": "topic"}))).await.0, 201);
-    assert_eq!(
-        call(&base, Method::PUT, &format!("/api/exchanges/%2F/{}", unique("nox")), Some(json!({}))).await.0,
-        400
-    );
+    let untyped = format!("/api/exchanges/%2F/{}", unique("untyped"));
+    assert_eq!(call(&base, Method::PUT, &untyped, Some(json!({}))).await.0, 201, "direct when the type is left out");
+    assert_eq!(call(&base, Method::GET, &untyped, None).await.1["type"], "direct");
+    let bad_type = format!("/api/exchanges/%2F/{}", unique("badtype"));
+    assert_eq!(call(&base, Method::PUT, &bad_type, Some(json!({"type": 5}))).await.0, 400);
+    let nowhere = json!({"routing_key": "k", "payload": "p", "payload_encoding": "string", "properties": {}});
+    let (status, body) = call(&base, Method::POST, "/api/exchanges/%2F/missing-x/publish", Some(nowhere)).await;
+    assert_eq!(status, 400, "RabbitMQ answers a publish to a missing exchange with 400");
+    assert_eq!(body["reason"], "404 NOT_FOUND - no exchange 'missing-x' in vhost '/'");
     let bpath = format!("/api/bindings/%2F/e/{x}/q/{q}");
     assert_eq!(call(&base, Method::POST, &bpath, Some(json!({"routing_key": "a.*"}))).await.0, 201);
     let (_, listed) = call(&base, Method::GET, &bpath, None).await;
-    assert_eq!(listed[0]["properties_key"], "a.*");
+    assert_eq!(listed[0]["properties_key"], "a.%2A", "quoted as RabbitMQ quotes it");
     assert_eq!(listed[0]["destination_type"], "queue");
     let (_, of_queue) = call(&base, Method::GET, &format!("{path}/bindings"), None).await;
     assert_eq!(of_queue.as_array().map(Vec::len), Some(2), "default and explicit binding: {of_queue}");
-    assert_eq!(call(&base, Method::DELETE, &format!("{bpath}/a.*"), None).await.0, 204);
-    assert_eq!(call(&base, Method::DELETE, &format!("{bpath}/a.*"), None).await.0, 404);
+    // The key goes into the path percent-encoded once more, as clients do.
+    assert_eq!(call(&base, Method::DELETE, &format!("{bpath}/a.%252A"), None).await.0, 204);
+    assert_eq!(call(&base, Method::DELETE, &format!("{bpath}/a.%252A"), None).await.0, 404);
     assert_eq!(call(&base, Method::DELETE, &xpath, None).await.0, 204);
     assert_eq!(call(&base, Method::DELETE, &xpath, None).await.0, 404);
 
@@ -196,6 +202,8 @@ async fn connections_channels_consumers_listed_and_closed_with_connection_forced
     assert_eq!(listed[0]["vhost"], "/");
     assert_eq!(listed[0]["protocol"], "AMQP 0-9-1");
     let name = listed[0]["name"].as_str().expect("connection name").to_string();
+    let client = format!("{}:{}", listed[0]["peer_host"].as_str().unwrap_or("?"), listed[0]["peer_port"]);
+    assert_eq!(name, format!("{client} -> 127.0.0.1:{}", broker.port()), "named 'client -> server' as in RabbitMQ");
     let (_, chans) = call(&base, Method::GET, "/api/channels", None).await;
     assert_eq!(chans[0]["consumer_count"], 1);
     assert_eq!(chans[0]["connection_details"]["name"], name.as_str());

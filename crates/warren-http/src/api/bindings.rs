@@ -18,7 +18,7 @@ use warren_server::Shared;
 /// arguments (RabbitMQ's scheme, with its own hash).
 pub(crate) fn properties_key(routing_key: &str, args: &FieldTable) -> String {
     if args.iter().next().is_none() {
-        return if routing_key.is_empty() { "~".into() } else { routing_key.replace('%', "%25").replace('~', "%7E") };
+        return if routing_key.is_empty() { "~".into() } else { quote(routing_key) };
     }
     // FNV-1a over the arguments' JSON (keys sorted): stable across runs and versions.
     let text = table_json(args).to_string();
@@ -27,7 +27,7 @@ pub(crate) fn properties_key(routing_key: &str, args: &FieldTable) -> String {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("{}~{:x}", routing_key.replace('%', "%25").replace('~', "%7E"), h)
+    format!("{}~{:x}", quote(routing_key), h)
 }
 
 pub(crate) fn binding_json(b: &BindingSummary) -> Value {
@@ -187,6 +187,20 @@ pub(crate) async fn remove(
         br.set_binding(false, &vhost, &b.source, &b.destination, queue, &b.routing_key, b.arguments.clone(), now, out)
     })?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A routing key in a properties key: percent-encoded but for letters, digits, `-`, `.` and
+/// `_` (as RabbitMQ writes `a.*` as `a.%2A`), so `~` only ever separates.
+fn quote(routing_key: &str) -> String {
+    let mut out = String::with_capacity(routing_key.len());
+    for b in routing_key.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Percent-encodes everything but unreserved characters, for a path segment.

@@ -80,16 +80,17 @@ fn export_doc(broker: &Broker, vhost: Option<&str>) -> Value {
             }))
         })
         .collect();
-    let policies = |operator: bool| -> Vec<Value> {
-        broker.policies(operator).iter().filter(|p| keep(&p.vhost)).map(|p| strip(policy_json(p))).collect()
-    };
+    let policies: Vec<Value> =
+        broker.policies(false).iter().filter(|p| keep(&p.vhost)).map(|p| strip(policy_json(p))).collect();
+    // The keys RabbitMQ 3.10 writes: a per-vhost export has no users, vhosts or permissions.
+    // Operator policies are not exported (as in RabbitMQ), though an import applies them.
     let mut doc = Map::new();
     let version = env!("CARGO_PKG_VERSION");
     doc.insert("rabbit_version".into(), json!(version));
-    doc.insert("rabbitmq_version".into(), json!(version));
-    doc.insert("product_name".into(), json!("Warren"));
-    doc.insert("product_version".into(), json!(version));
     if vhost.is_none() {
+        doc.insert("rabbitmq_version".into(), json!(version));
+        doc.insert("product_name".into(), json!("Warren"));
+        doc.insert("product_version".into(), json!(version));
         doc.insert("users".into(), json!([]));
         doc.insert("vhosts".into(), Value::Array(vhosts.iter().map(|v| json!({"name": v})).collect()));
         doc.insert("permissions".into(), json!([]));
@@ -97,8 +98,7 @@ fn export_doc(broker: &Broker, vhost: Option<&str>) -> Value {
         doc.insert("global_parameters".into(), json!([]));
     }
     doc.insert("parameters".into(), json!([]));
-    doc.insert("policies".into(), Value::Array(policies(false)));
-    doc.insert("operator_policies".into(), Value::Array(policies(true)));
+    doc.insert("policies".into(), Value::Array(policies));
     doc.insert("queues".into(), Value::Array(queues));
     doc.insert("exchanges".into(), Value::Array(exchanges));
     doc.insert("bindings".into(), Value::Array(bindings));

@@ -24,6 +24,8 @@ fn exchange_json(x: &ExchangeSummary, user: &str) -> Value {
         "auto_delete": x.auto_delete,
         "internal": x.internal,
         "arguments": table_json(&x.arguments),
+        "incoming": [],
+        "outgoing": [],
         "user_who_performed_action": if x.name.is_empty() || x.name.starts_with("amq.") { "rmq-internal" } else { user },
     })
 }
@@ -63,8 +65,11 @@ pub(crate) async fn declare(
     body: Bytes,
 ) -> ApiResult {
     let doc = parse_body(&body)?;
-    let Some(kind) = doc.get("type").and_then(Value::as_str) else {
-        return Err(ApiError::BadRequest("type is required".into()));
+    // RabbitMQ declares a direct exchange when the type is left out.
+    let kind = match doc.get("type") {
+        None | Some(Value::Null) => "direct",
+        Some(Value::String(t)) => t.as_str(),
+        Some(_) => return Err(ApiError::BadRequest("type must be a string".into())),
     };
     let durable = flag(&doc, "durable", true)?;
     let auto_delete = flag(&doc, "auto_delete", false)?;
@@ -113,6 +118,11 @@ pub(crate) async fn publish(
     let exchange = if name == "amq.default" { "" } else { name.as_str() };
     let routed = with_broker(&shared, |b, now, out| {
         b.publish_message(&vhost, &user, exchange, routing_key, properties, body, now, out)
+    })
+    .map_err(|e| match e {
+        // RabbitMQ answers a publish to a missing exchange with 400 and the AMQP error.
+        ApiError::NotFound => ApiError::BadRequest(format!("404 NOT_FOUND - no exchange '{name}' in vhost '{vhost}'")),
+        other => other,
     })?;
     Ok(Json(json!({"routed": routed})).into_response())
 }

@@ -1,14 +1,13 @@
 //! /api/health/checks/* and /api/aliveness-test.
 
-use super::{with_broker, ApiResult};
+use super::{with_broker, ApiResult, Listeners};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::json;
 use std::sync::Arc;
-use std::time::Duration;
 use warren_core::GetAckMode;
 use warren_server::Shared;
 
@@ -22,19 +21,20 @@ pub(crate) async fn quorum_critical() -> Response {
     Json(json!({"status": "ok", "reason": "single node cluster"})).into_response()
 }
 
-/// Something listens on the port on this host (Warren's AMQP or HTTP listener).
-pub(crate) async fn port_listener(Path(port): Path<String>) -> Response {
+/// The port is one of Warren's listeners (AMQP or HTTP), as RabbitMQ checks its own.
+pub(crate) async fn port_listener(Extension(listeners): Extension<Listeners>, Path(port): Path<String>) -> Response {
     let Ok(port) = port.parse::<u16>() else {
         return crate::bad_request("port must be a number");
     };
-    let connect = tokio::net::TcpStream::connect(("127.0.0.1", port));
-    match tokio::time::timeout(Duration::from_secs(2), connect).await {
-        Ok(Ok(_)) => Json(json!({"status": "ok", "port": port})).into_response(),
-        _ => (
+    let ports: Vec<u16> = [listeners.amqp, listeners.http].iter().flatten().map(|a| a.port()).collect();
+    if ports.contains(&port) {
+        Json(json!({"status": "ok", "port": port})).into_response()
+    } else {
+        (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "failed", "reason": "No active listener", "missing": port, "ports": []})),
+            Json(json!({"status": "failed", "reason": "No active listener", "missing": port, "ports": ports})),
         )
-            .into_response(),
+            .into_response()
     }
 }
 

@@ -32,12 +32,19 @@ use warren_server::Shared;
 /// The node name Warren reports (RabbitMQ's `rabbit@host`).
 pub(crate) const NODE: &str = "warren@localhost";
 
+/// The broker's listeners, as far as the management API knows them.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Listeners {
+    pub amqp: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+}
+
 /// The user a request authenticated as.
 #[derive(Clone, Debug)]
 pub(crate) struct User(pub String);
 
 /// The routes of this module, each behind basic auth.
-pub(crate) fn router(shared: Arc<Shared>) -> Router<Arc<Shared>> {
+pub(crate) fn router(shared: Arc<Shared>, listeners: Listeners) -> Router<Arc<Shared>> {
     Router::new()
         .route("/api/overview", get(objects::overview))
         .route("/api/whoami", get(objects::whoami))
@@ -79,6 +86,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router<Arc<Shared>> {
         .route("/api/aliveness-test/{vhost}", get(health::aliveness))
         .layer(axum::middleware::from_fn_with_state(shared, authenticate))
         .layer(Extension(Arc::new(rates::Rates::default())))
+        .layer(Extension(listeners))
 }
 
 /// Basic auth against the broker's users; the user goes into the request's extensions.

@@ -1,7 +1,7 @@
 //! Overview, whoami, nodes, connections, channels and consumers.
 
 use super::rates::Rates;
-use super::{with_broker, ApiError, ApiResult, User, NODE};
+use super::{with_broker, ApiError, ApiResult, Listeners, User, NODE};
 use crate::table_json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -53,6 +53,10 @@ pub(crate) async fn overview(State(shared): State<Arc<Shared>>, Extension(rates)
         },
         "listeners": [],
         "contexts": [],
+        "exchange_types": exchange_types(),
+        "disable_stats": false,
+        "enable_queue_totals": true,
+        "sample_retention_policies": {"global": [5], "basic": [5], "detailed": [5]},
     }))
     .into_response()
 }
@@ -60,6 +64,12 @@ pub(crate) async fn overview(State(shared): State<Arc<Shared>>, Extension(rates)
 pub(crate) async fn whoami(Extension(User(name)): Extension<User>) -> Response {
     // Every user is an administrator until users carry tags.
     Json(json!({"name": name, "tags": ["administrator"]})).into_response()
+}
+
+/// The exchange types Warren routes, as RabbitMQ lists them.
+fn exchange_types() -> Value {
+    let types = ["direct", "fanout", "headers", "topic", "x-consistent-hash", "x-delayed-message"];
+    Value::Array(types.iter().map(|t| json!({"name": t, "description": "", "enabled": true})).collect())
 }
 
 fn node_json(shared: &Shared) -> Value {
@@ -74,6 +84,11 @@ fn node_json(shared: &Shared) -> Value {
         "being_drained": false,
         "mem_alarm": false,
         "disk_free_alarm": false,
+        "rates_mode": "basic",
+        "exchange_types": exchange_types(),
+        "applications": [],
+        "contexts": [],
+        "auth_mechanisms": [{"name": "PLAIN", "description": "SASL PLAIN authentication mechanism", "enabled": true}],
     })
 }
 
@@ -88,10 +103,13 @@ pub(crate) async fn node(State(shared): State<Arc<Shared>>, Path(name): Path<Str
     Ok(Json(node_json(&shared)).into_response())
 }
 
-/// RabbitMQ names a connection "client ip:port -> server ip:port"; Warren's core knows the
-/// client's side only, so its connection names are "ip:port" of the client.
-fn connection_name(peer: &str) -> String {
-    peer.to_string()
+/// RabbitMQ names a connection "client ip:port -> server ip:port"; the server side is the
+/// AMQP listener's address (left out when the API was started without it).
+fn connection_name(peer: &str, listeners: &Listeners) -> String {
+    match listeners.amqp {
+        Some(a) => format!("{peer} -> {a}"),
+        None => peer.to_string(),
+    }
 }
 
 fn split_peer(peer: &str) -> (&str, u16) {
@@ -101,10 +119,10 @@ fn split_peer(peer: &str) -> (&str, u16) {
     }
 }
 
-fn connection_json(c: &ConnectionSummary, connected_at: u64) -> Value {
+fn connection_json(c: &ConnectionSummary, connected_at: u64, l: &Listeners) -> Value {
     let (host, port) = split_peer(&c.peer);
     json!({
-        "name": connection_name(&c.peer),
+        "name": connection_name(&c.peer, l),
         "node": NODE,
         "vhost": c.vhost,
         "user": c.user,
@@ -116,6 +134,8 @@ fn connection_json(c: &ConnectionSummary, connected_at: u64) -> Value {
         "ssl": false,
         "peer_host": host,
         "peer_port": port,
+        "host": l.amqp.map(|a| a.ip().to_string()),
+        "port": l.amqp.map(|a| a.port()),
         "channels": c.channels,
         "channel_max": c.channel_max,
         "connected_at": connected_at,
@@ -124,30 +144,36 @@ fn connection_json(c: &ConnectionSummary, connected_at: u64) -> Value {
 }
 
 pub(crate) async fn connections(
+    Extension(l): Extension<Listeners>,
     State(shared): State<Arc<Shared>>,
     Extension(rates): Extension<Arc<Rates>>,
 ) -> Response {
     let list = shared.broker().connections();
-    let items = list.iter().map(|c| connection_json(c, rates.first_seen(c.id))).collect();
+    let items = list.iter().map(|c| connection_json(c, rates.first_seen(c.id), &l)).collect();
     super::json_list(items)
 }
 
-fn find_connection(shared: &Shared, name: &str) -> Option<ConnectionSummary> {
-    shared.broker().connections().into_iter().find(|c| connection_name(&c.peer) == name)
+fn find_connection(shared: &Shared, name: &str, l: &Listeners) -> Option<ConnectionSummary> {
+    shared.broker().connections().into_iter().find(|c| connection_name(&c.peer, l) == name)
 }
 
 pub(crate) async fn connection(
+    Extension(l): Extension<Listeners>,
     State(shared): State<Arc<Shared>>,
     Extension(rates): Extension<Arc<Rates>>,
     Path(name): Path<String>,
 ) -> ApiResult {
-    let c = find_connection(&shared, &name).ok_or(ApiError::NotFound)?;
-    Ok(Json(connection_json(&c, rates.first_seen(c.id))).into_response())
+    let c = find_connection(&shared, &name, &l).ok_or(ApiError::NotFound)?;
+    Ok(Json(connection_json(&c, rates.first_seen(c.id), &l)).into_response())
 }
 
 /// DELETE /api/connections/{name}: the client gets connection.close 320 CONNECTION_FORCED.
-pub(crate) async fn close_connection(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
-    let c = find_connection(&shared, &name).ok_or(ApiError::NotFound)?;
+pub(crate) async fn close_connection(
+    Extension(l): Extension<Listeners>,
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let c = find_connection(&shared, &name, &l).ok_or(ApiError::NotFound)?;
     let closed = with_broker(&shared, |b, _, out| Ok(b.close_connection(c.id, CLOSED_VIA_MANAGEMENT, out)))?;
     if !closed {
         return Err(ApiError::NotFound);
@@ -155,21 +181,21 @@ pub(crate) async fn close_connection(State(shared): State<Arc<Shared>>, Path(nam
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-fn channel_name(ch: &ChannelSummary) -> String {
-    format!("{} ({})", connection_name(&ch.peer), ch.number)
+fn channel_name(ch: &ChannelSummary, l: &Listeners) -> String {
+    format!("{} ({})", connection_name(&ch.peer, l), ch.number)
 }
 
-fn channel_json(ch: &ChannelSummary) -> Value {
+fn channel_json(ch: &ChannelSummary, l: &Listeners) -> Value {
     let (host, port) = split_peer(&ch.peer);
     json!({
-        "name": channel_name(ch),
+        "name": channel_name(ch, l),
         "number": ch.number,
         "node": NODE,
         "vhost": ch.vhost,
         "user": ch.user,
         "user_who_performed_action": ch.user,
         "state": "running",
-        "connection_details": {"name": connection_name(&ch.peer), "peer_host": host, "peer_port": port},
+        "connection_details": {"name": connection_name(&ch.peer, l), "peer_host": host, "peer_port": port},
         "consumer_count": ch.consumers,
         "messages_unacknowledged": ch.unacked,
         "messages_unconfirmed": 0,
@@ -182,32 +208,40 @@ fn channel_json(ch: &ChannelSummary) -> Value {
     })
 }
 
-pub(crate) async fn channels(State(shared): State<Arc<Shared>>) -> Response {
+pub(crate) async fn channels(Extension(l): Extension<Listeners>, State(shared): State<Arc<Shared>>) -> Response {
     let list = shared.broker().channels();
-    super::json_list(list.iter().map(channel_json).collect())
+    super::json_list(list.iter().map(|ch| channel_json(ch, &l)).collect())
 }
 
-pub(crate) async fn channel(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
+pub(crate) async fn channel(
+    Extension(l): Extension<Listeners>,
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult {
     let list = shared.broker().channels();
-    let ch = list.iter().find(|ch| channel_name(ch) == name).ok_or(ApiError::NotFound)?;
-    Ok(Json(channel_json(ch)).into_response())
+    let ch = list.iter().find(|ch| channel_name(ch, &l) == name).ok_or(ApiError::NotFound)?;
+    Ok(Json(channel_json(ch, &l)).into_response())
 }
 
-pub(crate) async fn connection_channels(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
-    let c = find_connection(&shared, &name).ok_or(ApiError::NotFound)?;
+pub(crate) async fn connection_channels(
+    Extension(l): Extension<Listeners>,
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let c = find_connection(&shared, &name, &l).ok_or(ApiError::NotFound)?;
     let list = shared.broker().channels();
-    Ok(super::json_list(list.iter().filter(|ch| ch.conn == c.id).map(channel_json).collect()))
+    Ok(super::json_list(list.iter().filter(|ch| ch.conn == c.id).map(|ch| channel_json(ch, &l)).collect()))
 }
 
-fn consumer_json(c: &ConsumerSummary, timeout_ms: u64) -> Value {
+fn consumer_json(c: &ConsumerSummary, timeout_ms: u64, l: &Listeners) -> Value {
     let (host, port) = split_peer(&c.peer);
     json!({
         "consumer_tag": c.tag,
         "queue": {"name": c.queue, "vhost": c.vhost},
         "channel_details": {
-            "name": format!("{} ({})", connection_name(&c.peer), c.channel),
+            "name": format!("{} ({})", connection_name(&c.peer, l), c.channel),
             "number": c.channel,
-            "connection_name": connection_name(&c.peer),
+            "connection_name": connection_name(&c.peer, l),
             "node": NODE,
             "peer_host": host,
             "peer_port": port,
@@ -223,19 +257,24 @@ fn consumer_json(c: &ConsumerSummary, timeout_ms: u64) -> Value {
     })
 }
 
-fn consumer_list(shared: &Shared, vhost: Option<&str>) -> Response {
+fn consumer_list(shared: &Shared, vhost: Option<&str>, l: &Listeners) -> Response {
     let (list, timeout) = {
         let core = shared.broker();
         (core.consumers(), core.config().consumer_timeout_ms.unwrap_or(0))
     };
-    let items = list.iter().filter(|c| vhost.is_none_or(|v| v == c.vhost)).map(|c| consumer_json(c, timeout)).collect();
+    let items =
+        list.iter().filter(|c| vhost.is_none_or(|v| v == c.vhost)).map(|c| consumer_json(c, timeout, l)).collect();
     super::json_list(items)
 }
 
-pub(crate) async fn consumers(State(shared): State<Arc<Shared>>) -> Response {
-    consumer_list(&shared, None)
+pub(crate) async fn consumers(Extension(l): Extension<Listeners>, State(shared): State<Arc<Shared>>) -> Response {
+    consumer_list(&shared, None, &l)
 }
 
-pub(crate) async fn vhost_consumers(State(shared): State<Arc<Shared>>, Path(vhost): Path<String>) -> Response {
-    consumer_list(&shared, Some(&vhost))
+pub(crate) async fn vhost_consumers(
+    Extension(l): Extension<Listeners>,
+    State(shared): State<Arc<Shared>>,
+    Path(vhost): Path<String>,
+) -> Response {
+    consumer_list(&shared, Some(&vhost), &l)
 }

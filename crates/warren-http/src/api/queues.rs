@@ -32,6 +32,9 @@ fn queue_json(q: &QueueInfo, stats: Option<&Value>) -> Value {
         "arguments": table_json(&q.arguments),
         "node": NODE,
         "state": "running",
+        "consumer_details": [],
+        "deliveries": [],
+        "incoming": [],
         "type": q.arguments.get("x-queue-type").and_then(|t| t.as_str()).unwrap_or("classic"),
     });
     if let (Some(stats), Some(obj)) = (stats, v.as_object_mut()) {
