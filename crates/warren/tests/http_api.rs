@@ -175,6 +175,8 @@ async fn http_shapes_and_errors_match_rabbitmq() {
     }
     let port = broker.port();
     assert_eq!(call(&base, Method::GET, &format!("/api/health/checks/port-listener/{port}"), None).await.0, 200);
+    let (status, body) = call(&base, Method::GET, "/api/health/checks/port-listener/1", None).await;
+    assert_eq!((status, &body["status"], &body["missing"]), (503, &json!("failed"), &json!(1)));
     assert_eq!(call(&base, Method::GET, "/api/aliveness-test/%2F", None).await.1, json!({"status": "ok"}));
     assert_eq!(
         call(&base, Method::GET, "/api/whoami", None).await.1,
@@ -297,4 +299,21 @@ async fn definitions_round_trip_and_rabbitmq_export_import() {
 
     let (status, body) = call(&base_b, Method::POST, "/api/definitions", Some(json!({"queues": "nope"}))).await;
     assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test]
+async fn definitions_file_exported_by_rabbitmq_loads_at_boot() {
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rabbitmq-3.10-definitions.json");
+    let Some(broker) = Broker::start_with_config(&format!("load_definitions = {}", fixture.display())) else { return };
+    let Some(base) = http_base(&broker) else { return };
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    publish(&ch, "orders", "order.created", b"o").await;
+    let bodies = get_all(&ch, "orders.created").await;
+    assert_eq!(bodies, ["o"]);
+    assert_eq!(get_all(&ch, "orders.audit").await, ["o"], "through the exchange-to-exchange binding");
+    close(&conn).await;
+    let (_, q) = call(&base, reqwest::Method::GET, "/api/queues/%2F/orders.created", None).await;
+    assert_eq!(q["policy"], "orders-ttl");
 }
