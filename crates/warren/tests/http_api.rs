@@ -317,3 +317,72 @@ async fn definitions_file_exported_by_rabbitmq_loads_at_boot() {
     let (_, q) = call(&base, reqwest::Method::GET, "/api/queues/%2F/orders.created", None).await;
     assert_eq!(q["policy"], "orders-ttl");
 }
+
+/// What rabbitmqadmin shows of a running broker (`list connections`, `channels`, `consumers`,
+/// `overview`, `nodes`, health checks) parses, and `close connection` closes.
+#[tokio::test]
+async fn rabbitmqadmin_client_reads_connections_and_closes_one() {
+    let broker = Broker::start();
+    let Some(base) = http_base(&broker) else { return };
+    let rc = api_client(&base);
+    let q = unique("admin-q");
+    let conn = connect(&broker).await;
+    let ch = channel(&conn).await;
+    declare_plain(&ch, &q).await;
+    let _consumer = consume(&ch, &q, false).await;
+
+    let conns = rc.list_connections().await.expect("list connections");
+    assert_eq!(conns.len(), 1);
+    let channels = rc.list_channels().await.expect("list channels");
+    assert_eq!(channels.len(), 1);
+    assert_eq!(channels[0].consumer_count, 1);
+    let consumers = rc.list_consumers().await.expect("list consumers");
+    assert_eq!(consumers.len(), 1);
+    assert_eq!(consumers[0].queue.name, q);
+    rc.purge_queue("/", &q).await.expect("purge");
+    let overview = rc.overview().await.expect("overview");
+    assert_eq!(overview.object_totals.consumers, 1);
+    let nodes = rc.list_nodes().await.expect("list nodes");
+    assert_eq!(nodes.len(), 1);
+    rc.health_check_cluster_wide_alarms().await.expect("alarms");
+    rc.health_check_local_alarms().await.expect("local alarms");
+    rc.health_check_if_node_is_quorum_critical().await.expect("quorum critical");
+    rc.health_check_port_listener(broker.port()).await.expect("port listener");
+    assert!(rc.health_check_port_listener(1).await.is_err());
+
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel();
+    conn.on_error(move |e| {
+        let _ = closed_tx.send(e.to_string());
+    });
+    rc.close_connection(&conns[0].name, Some("maintenance"), false).await.expect("close connection");
+    let error = closed_rx.recv_timeout(common::TIMEOUT).expect("the client saw the close");
+    assert!(error.contains("maintenance"), "the X-Reason text reaches the client: {error}");
+    let defs = rc.export_cluster_wide_definitions_as_data().await.expect("export");
+    assert!(defs.queues.iter().any(|d| d.name == q));
+}
+
+/// "Get messages" with reject_requeue_false rejects: the message is dead-lettered.
+#[tokio::test]
+async fn get_with_reject_requeue_false_dead_letters() {
+    use reqwest::Method;
+    let broker = Broker::start();
+    let Some(base) = http_base(&broker) else { return };
+    let (q, dlq) = (unique("rej-q"), unique("rej-dlq"));
+    assert_eq!(call(&base, Method::PUT, &format!("/api/queues/%2F/{dlq}"), Some(json!({}))).await.0, 201);
+    let args = json!({"arguments": {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq}});
+    assert_eq!(call(&base, Method::PUT, &format!("/api/queues/%2F/{q}"), Some(args)).await.0, 201);
+    let publish = json!({"routing_key": q, "payload": "aGk=", "payload_encoding": "base64", "properties": {}});
+    assert_eq!(
+        call(&base, Method::POST, "/api/exchanges/%2F/amq.default/publish", Some(publish)).await.1["routed"],
+        true
+    );
+    let get = json!({"count": 10, "ackmode": "reject_requeue_false", "encoding": "base64"});
+    let (_, got) = call(&base, Method::POST, &format!("/api/queues/%2F/{q}/get"), Some(get)).await;
+    assert_eq!(got[0]["payload"], "aGk=");
+    assert_eq!(got[0]["payload_encoding"], "base64");
+    assert_eq!(call(&base, Method::GET, &format!("/api/queues/%2F/{q}"), None).await.1["messages"], 0);
+    let get = json!({"count": 1, "ackmode": "ack_requeue_false", "encoding": "auto"});
+    let (_, dead) = call(&base, Method::POST, &format!("/api/queues/%2F/{dlq}/get"), Some(get)).await;
+    assert_eq!(dead[0]["payload"], "hi");
+    assert_eq!(dead[0]["properties"]["headers"]["x-death"][0]["reason"], "rejected");
+}

@@ -4,7 +4,7 @@ use super::rates::Rates;
 use super::{with_broker, ApiError, ApiResult, Listeners, User, NODE};
 use crate::table_json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::{json, Value};
@@ -167,14 +167,17 @@ pub(crate) async fn connection(
     Ok(Json(connection_json(&c, rates.first_seen(c.id), &l)).into_response())
 }
 
-/// DELETE /api/connections/{name}: the client gets connection.close 320 CONNECTION_FORCED.
+/// DELETE /api/connections/{name}: the client gets connection.close 320 CONNECTION_FORCED,
+/// with the `X-Reason` header's text when given (as RabbitMQ does).
 pub(crate) async fn close_connection(
     Extension(l): Extension<Listeners>,
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
+    headers: HeaderMap,
 ) -> ApiResult {
     let c = find_connection(&shared, &name, &l).ok_or(ApiError::NotFound)?;
-    let closed = with_broker(&shared, |b, _, out| Ok(b.close_connection(c.id, CLOSED_VIA_MANAGEMENT, out)))?;
+    let reason = headers.get("x-reason").and_then(|v| v.to_str().ok()).unwrap_or(CLOSED_VIA_MANAGEMENT);
+    let closed = with_broker(&shared, |b, _, out| Ok(b.close_connection(c.id, reason, out)))?;
     if !closed {
         return Err(ApiError::NotFound);
     }
