@@ -1,9 +1,10 @@
 //! The management HTTP API, on RabbitMQ's paths and JSON shapes so that its tools and
 //! dashboards work against Warren.
 //!
-//! This first cut serves the read-only essentials: `/api/overview`, `/api/queues`, and the
-//! alarms health check, behind HTTP basic auth with the broker's users. The rest of the API and
-//! the web UI are issue 6.
+//! Everything is behind HTTP basic auth with the broker's users. This file serves policies and
+//! operator policies and applies definitions at boot; `api/` serves the rest (overview, nodes,
+//! connections, channels, consumers, exchanges, queues, bindings, definitions, health checks,
+//! whoami). The web UI is not served.
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};

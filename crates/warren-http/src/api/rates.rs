@@ -94,3 +94,25 @@ impl Rates {
         *lock(&self.connections).entry(conn).or_insert(now)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counters(publish: u64, deliver_get: u64) -> QueueCounters {
+        QueueCounters { publish, deliver_get, ..Default::default() }
+    }
+
+    #[test]
+    fn rate_is_the_change_over_the_window() {
+        let mut samples = Samples::new();
+        let t0 = Instant::now();
+        assert_eq!(sample(&mut samples, t0, counters(10, 0)), [0.0; 4], "one sample has no rate");
+        let r = sample(&mut samples, t0 + Duration::from_secs(2), counters(30, 4));
+        assert_eq!(r, [10.0, 2.0, 0.0, 0.0]);
+        // Samples older than the window are dropped: the rate follows recent traffic only.
+        let r = sample(&mut samples, t0 + Duration::from_secs(12), counters(30, 4));
+        assert_eq!(r, [0.0; 4]);
+        assert!(samples.len() <= 2);
+    }
+}
