@@ -2764,6 +2764,7 @@ impl Broker {
                 for u in settled {
                     let Some(q) = vh.queues.get_mut(&u.queue) else { continue };
                     q.unacked = q.unacked.saturating_sub(1);
+                    q.counters.ack += u64::from(requeue.is_none());
                     if let Err(e) = q.settle(&u.item) {
                         self.errors.push(format!("cannot settle a message of queue '{}': {e}", u.queue));
                     }
@@ -2870,3 +2871,5 @@ fn delivered_message(q: &Queue, m: &Queued) -> MessageRef {
     let raw = props.to_bytes();
     Message::new(m.msg.exchange.clone(), m.msg.routing_key.clone(), props, raw, m.msg.body.clone())
 }
+
+pub mod management;

@@ -30,6 +30,10 @@ pub mod message;
 pub mod policy;
 pub mod queue;
 
+pub use broker::management::{
+    BindingSummary, ChannelSummary, ConnectionSummary, ConsumerSummary, ExchangeSummary, GetAckMode, GotMessage,
+    QueueStats, MANAGEMENT_CONN,
+};
 pub use broker::{Alarms, Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, StoreStats, SyncJob};
 pub use config::Config;
 

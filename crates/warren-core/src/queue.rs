@@ -176,6 +176,22 @@ pub struct Queue {
     scratch: Vec<u8>,
     /// Under a memory alarm: new messages go to disk, none is kept in memory.
     pub memory_pressure: bool,
+    /// Message counts since the queue was opened, for the management API's rates.
+    pub counters: QueueCounters,
+}
+
+/// Per-queue message counters (plain increments on the hot path; the management API turns
+/// them into rates by sampling).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounters {
+    /// Messages routed to the queue.
+    pub publish: u64,
+    /// Messages delivered to consumers or fetched with basic.get.
+    pub deliver_get: u64,
+    /// Deliveries that were redeliveries.
+    pub redeliver: u64,
+    /// Deliveries acknowledged by a client.
+    pub ack: u64,
 }
 
 impl Queue {
@@ -234,6 +250,7 @@ impl Queue {
             operator_policy: None,
             scratch: Vec::new(),
             memory_pressure: false,
+            counters: QueueCounters::default(),
         };
         Ok((q, recovered_all))
     }
@@ -296,6 +313,7 @@ impl Queue {
             },
             None => None,
         };
+        self.counters.publish += 1;
         let len = msg.body.len() as u64;
         if self.over_limit_with(len) {
             match self.args.overflow {
@@ -529,6 +547,8 @@ impl Queue {
 
     /// Notes a delivery, so a restart marks the message redelivered.
     pub fn mark_delivered(&mut self, m: &Queued) {
+        self.counters.deliver_get += 1;
+        self.counters.redeliver += u64::from(m.redelivered);
         if self.durable && m.stored {
             if let Some(l) = self.lanes.get_mut(usize::from(m.lane)).and_then(Option::as_mut) {
                 l.log.mark_delivered(m.seq);

@@ -1,9 +1,10 @@
 //! The management HTTP API, on RabbitMQ's paths and JSON shapes so that its tools and
 //! dashboards work against Warren.
 //!
-//! This first cut serves the read-only essentials: `/api/overview`, `/api/queues`, and the
-//! alarms health check, behind HTTP basic auth with the broker's users. The rest of the API and
-//! the web UI are issue 6.
+//! Everything is behind HTTP basic auth with the broker's users. This file serves policies and
+//! operator policies and applies definitions at boot; `api/` serves the rest (overview, nodes,
+//! connections, channels, consumers, exchanges, queues, bindings, definitions, health checks,
+//! whoami). The web UI is not served.
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -20,12 +21,25 @@ use warren_amqp::{FieldTable, FieldValue};
 use warren_core::policy::ApplyTo;
 use warren_server::Shared;
 
+mod api;
+
+pub use api::definitions::apply_topology;
+
 /// Serves the management API until the future is dropped.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    serve_with_amqp(listener, shared, None).await
+}
+
+/// Serves the management API, knowing the AMQP listener's address (for connection names as
+/// RabbitMQ writes them, "client -> server", and for the port-listener health check).
+pub async fn serve_with_amqp(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    amqp: Option<SocketAddr>,
+) -> std::io::Result<()> {
+    let listeners = api::Listeners { amqp, http: listener.local_addr().ok() };
     let app = Router::new()
-        .route("/api/overview", get(overview))
-        .route("/api/queues", get(queues))
-        .route("/api/health/checks/alarms", get(alarms))
+        .merge(api::router(shared.clone(), listeners))
         .route("/api/policies", get(list_policies::<false>))
         .route("/api/policies/{vhost}", get(list_vhost_policies::<false>))
         .route(
@@ -64,85 +78,6 @@ fn authorize(shared: &Shared, headers: &HeaderMap, peer: SocketAddr) -> Result<S
     plain.push(0);
     plain.extend_from_slice(&decoded[colon + 1..]);
     shared.broker().users().authenticate("PLAIN", &plain, warren_server::is_loopback(&peer)).map_err(|_| "Login failed")
-}
-
-async fn overview(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(reason) = authorize(&shared, &headers, peer) {
-        return unauthorized(reason);
-    }
-    let o = shared.broker().overview();
-    Json(json!({
-        "product_name": "Warren",
-        "product_version": env!("CARGO_PKG_VERSION"),
-        "management_version": env!("CARGO_PKG_VERSION"),
-        "node": "warren@localhost",
-        "object_totals": {
-            "connections": o.connections,
-            "channels": o.channels,
-            "exchanges": o.exchanges,
-            "queues": o.queues,
-            "consumers": o.consumers,
-        },
-        "warren_store": {
-            "sync_rounds": o.store.sync_rounds,
-            "fsyncs": o.store.fsyncs,
-            "confirms": o.store.confirms,
-        },
-        "queue_totals": {
-            "messages": o.messages_ready + o.messages_unacked,
-            "messages_ready": o.messages_ready,
-            "messages_unacknowledged": o.messages_unacked,
-        },
-    }))
-    .into_response()
-}
-
-async fn queues(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(reason) = authorize(&shared, &headers, peer) {
-        return unauthorized(reason);
-    }
-    let list: Vec<_> = shared
-        .broker()
-        .queues()
-        .into_iter()
-        .map(|q| {
-            json!({
-                "vhost": q.vhost,
-                "name": q.name,
-                "durable": q.durable,
-                "exclusive": q.exclusive,
-                "auto_delete": q.auto_delete,
-                "messages": u64::from(q.messages_ready) + u64::from(q.messages_unacked),
-                "messages_ready": q.messages_ready,
-                "messages_unacknowledged": q.messages_unacked,
-                "consumers": q.consumers,
-                "policy": q.policy,
-                "operator_policy": q.operator_policy,
-                "arguments": table_json(&q.arguments),
-                "type": "classic",
-            })
-        })
-        .collect();
-    Json(list).into_response()
-}
-
-async fn alarms(
-    State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> Response {
-    if let Err(reason) = authorize(&shared, &headers, peer) {
-        return unauthorized(reason);
-    }
-    Json(json!({"status": "ok"})).into_response()
 }
 
 // ---- policies ---------------------------------------------------------------------------

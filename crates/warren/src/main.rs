@@ -118,6 +118,10 @@ async fn run(settings: Settings) -> Result<(), String> {
         let n = warren_http::apply_definitions(&mut broker, &doc, now_ms)
             .map_err(|e| format!("definitions {}: {e}", path.display()))?;
         tracing::info!("applied {n} policies from {}", path.display());
+        let mut out = Vec::new();
+        let t = warren_http::apply_topology(&mut broker, &doc, now_ms, &mut out)
+            .map_err(|e| format!("definitions {}: {e}", path.display()))?;
+        tracing::info!("declared {t} exchanges, queues and bindings from {}", path.display());
     }
     let mut server = warren_server::Server::new(broker);
     let total_memory = warren_server::alarms::total_memory().unwrap_or(0);
@@ -136,7 +140,7 @@ async fn run(settings: Settings) -> Result<(), String> {
     server.set_resource_limits(limits);
     let shared = server.shared();
     tokio::spawn(async move {
-        if let Err(e) = warren_http::serve(http, shared).await {
+        if let Err(e) = warren_http::serve_with_amqp(http, shared, Some(amqp_addr)).await {
             tracing::error!("management HTTP listener stopped: {e}");
         }
     });

@@ -158,7 +158,8 @@ async fn expect_close(bytes: Vec<u8>, open_channel: bool, code: u16) -> String {
 
 #[tokio::test]
 async fn a_wrong_frame_end_octet_is_a_frame_error() {
-    let f = frame(1, 1, &method_bytes(1, &Method::BasicQos { prefetch_size: 0, prefetch_count: 1, global: false })[7..], 0);
+    let f =
+        frame(1, 1, &method_bytes(1, &Method::BasicQos { prefetch_size: 0, prefetch_count: 1, global: false })[7..], 0);
     // The payload above is the method's own; only the end octet is wrong.
     let text = expect_close(f, true, FRAME_ERROR).await;
     assert!(!text.is_empty());

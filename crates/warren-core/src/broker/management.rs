@@ -1,0 +1,585 @@
+//! What the management API reads from and does to the broker, as plain data.
+//!
+//! Reads ([`Broker::connections`], [`Broker::channels`], ...) copy what they need out of the
+//! broker's state. Operations (declare, delete, bind, publish, get, ...) run as AMQP methods on
+//! a short-lived internal connection ([`MANAGEMENT_CONN`]) with one channel, so they get exactly
+//! the checks and semantics a client's methods get; the connection is gone when the call
+//! returns, and nothing it produced for itself is left in `out`.
+
+use super::{Broker, Conn, ConnInfo, Out, Res};
+use crate::channel::Channel;
+use crate::exchange::Destination;
+use crate::queue::QueueCounters;
+use crate::ConnId;
+use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt};
+use std::sync::Arc;
+use warren_amqp::{BasicProperties, FieldTable, Method, ProtocolError, ReplyCode, ShortStr};
+
+/// The id of the internal connection that carries management operations; never handed to a
+/// network connection (those count up from 1).
+pub const MANAGEMENT_CONN: ConnId = u64::MAX;
+
+/// A client connection, for `/api/connections`.
+#[derive(Debug, Clone)]
+pub struct ConnectionSummary {
+    pub id: ConnId,
+    pub user: String,
+    pub vhost: String,
+    /// The client's address, `ip:port`.
+    pub peer: String,
+    pub client_properties: FieldTable,
+    pub channels: usize,
+    pub channel_max: u16,
+}
+
+/// An open channel, for `/api/channels`.
+#[derive(Debug, Clone)]
+pub struct ChannelSummary {
+    pub conn: ConnId,
+    pub number: u16,
+    pub user: String,
+    pub vhost: String,
+    pub peer: String,
+    pub consumers: usize,
+    pub unacked: usize,
+    /// basic.qos global=false (the prefetch of consumers created from now on).
+    pub prefetch: u16,
+    /// basic.qos global=true.
+    pub global_prefetch: u16,
+    pub confirm: bool,
+    pub transactional: bool,
+}
+
+/// A consumer, for `/api/consumers`.
+#[derive(Debug, Clone)]
+pub struct ConsumerSummary {
+    pub conn: ConnId,
+    pub channel: u16,
+    pub peer: String,
+    pub user: String,
+    pub vhost: String,
+    pub queue: String,
+    pub tag: String,
+    pub ack_required: bool,
+    pub prefetch: u16,
+    pub exclusive: bool,
+}
+
+/// An exchange, for `/api/exchanges`.
+#[derive(Debug, Clone)]
+pub struct ExchangeSummary {
+    pub vhost: String,
+    pub name: String,
+    pub kind: String,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+/// A binding, for `/api/bindings`. The default exchange's implicit bindings (one per queue,
+/// by the queue's name) are listed too, as RabbitMQ lists them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindingSummary {
+    pub vhost: String,
+    pub source: String,
+    pub destination: String,
+    /// True when the destination is a queue, false for an exchange.
+    pub to_queue: bool,
+    pub routing_key: String,
+    pub arguments: FieldTable,
+}
+
+/// A queue's message counters, for rates.
+#[derive(Debug, Clone)]
+pub struct QueueStats {
+    pub vhost: String,
+    pub name: String,
+    pub counters: QueueCounters,
+}
+
+/// What the management API's "get messages" does with what it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GetAckMode {
+    /// Acknowledge: the messages leave the queue.
+    Ack,
+    /// Reject with requeue: the messages go back, marked redelivered.
+    Requeue,
+    /// Reject without requeue: the messages leave the queue (dead-lettered if so configured).
+    Reject,
+}
+
+/// A message taken by [`Broker::get_messages`].
+#[derive(Debug, Clone)]
+pub struct GotMessage {
+    pub exchange: String,
+    pub routing_key: String,
+    pub redelivered: bool,
+    /// Messages left in the queue after this one was taken.
+    pub message_count: u32,
+    pub properties: BasicProperties,
+    pub body: Bytes,
+}
+
+impl Broker {
+    /// The open client connections, by id.
+    pub fn connections(&self) -> Vec<ConnectionSummary> {
+        let mut v: Vec<ConnectionSummary> = self
+            .conns
+            .iter()
+            .filter(|(id, _)| **id != MANAGEMENT_CONN)
+            .map(|(id, c)| ConnectionSummary {
+                id: *id,
+                user: c.info.user.clone(),
+                vhost: c.info.vhost.clone(),
+                peer: c.info.peer.clone(),
+                client_properties: c.info.client_properties.clone(),
+                channels: c.channels.len(),
+                channel_max: c.info.channel_max,
+            })
+            .collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    /// The open channels, by connection and number.
+    pub fn channels(&self) -> Vec<ChannelSummary> {
+        let mut v = Vec::new();
+        for (id, c) in self.conns.iter().filter(|(id, _)| **id != MANAGEMENT_CONN) {
+            for (n, ch) in &c.channels {
+                v.push(ChannelSummary {
+                    conn: *id,
+                    number: *n,
+                    user: c.info.user.clone(),
+                    vhost: c.info.vhost.clone(),
+                    peer: c.info.peer.clone(),
+                    consumers: ch.consumers.len(),
+                    unacked: ch.unacked.len(),
+                    prefetch: ch.prefetch_consumer,
+                    global_prefetch: ch.prefetch_channel,
+                    confirm: ch.confirm_next.is_some(),
+                    transactional: ch.tx.is_some(),
+                });
+            }
+        }
+        v.sort_by_key(|c| (c.conn, c.number));
+        v
+    }
+
+    /// The consumers of every channel.
+    pub fn consumers(&self) -> Vec<ConsumerSummary> {
+        let mut v = Vec::new();
+        for (id, c) in &self.conns {
+            for (n, ch) in &c.channels {
+                for (tag, co) in &ch.consumers {
+                    let exclusive = self
+                        .vhosts
+                        .get(&*c.vhost)
+                        .and_then(|vh| vh.queues.get(&co.queue))
+                        .is_some_and(|q| q.exclusive_consumer);
+                    v.push(ConsumerSummary {
+                        conn: *id,
+                        channel: *n,
+                        peer: c.info.peer.clone(),
+                        user: c.info.user.clone(),
+                        vhost: c.info.vhost.clone(),
+                        queue: co.queue.to_string(),
+                        tag: tag.to_string(),
+                        ack_required: !co.no_ack,
+                        prefetch: co.prefetch,
+                        exclusive,
+                    });
+                }
+            }
+        }
+        v.sort_by(|a, b| (a.conn, a.channel, &a.tag).cmp(&(b.conn, b.channel, &b.tag)));
+        v
+    }
+
+    /// Every exchange of every vhost (the built-in ones included), by vhost and name.
+    pub fn exchanges(&self) -> Vec<ExchangeSummary> {
+        let mut v: Vec<ExchangeSummary> = self
+            .vhosts
+            .values()
+            .flat_map(|vh| {
+                vh.exchanges.values().map(move |x| ExchangeSummary {
+                    vhost: vh.name.clone(),
+                    name: x.name.to_string(),
+                    kind: x.kind.as_str().to_string(),
+                    durable: x.durable,
+                    auto_delete: x.auto_delete,
+                    internal: x.internal,
+                    arguments: x.arguments.clone(),
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
+        v
+    }
+
+    /// Every binding of every vhost, the default exchange's implicit ones first.
+    pub fn bindings(&self) -> Vec<BindingSummary> {
+        let mut v = Vec::new();
+        let mut vhosts: Vec<_> = self.vhosts.values().collect();
+        vhosts.sort_by(|a, b| a.name.cmp(&b.name));
+        for vh in vhosts {
+            let mut queues: Vec<&ShortStr> = vh.queues.keys().collect();
+            queues.sort();
+            for q in queues {
+                v.push(BindingSummary {
+                    vhost: vh.name.clone(),
+                    source: String::new(),
+                    destination: q.to_string(),
+                    to_queue: true,
+                    routing_key: q.to_string(),
+                    arguments: FieldTable::new(),
+                });
+            }
+            let mut explicit = Vec::new();
+            for x in vh.exchanges.values().filter(|x| !x.name.is_empty()) {
+                for b in x.bindings() {
+                    explicit.push(BindingSummary {
+                        vhost: vh.name.clone(),
+                        source: x.name.to_string(),
+                        destination: b.destination.name().to_string(),
+                        to_queue: matches!(b.destination, Destination::Queue(_)),
+                        routing_key: b.routing_key.to_string(),
+                        arguments: b.arguments.clone(),
+                    });
+                }
+            }
+            explicit.sort_by(|a, b| {
+                (&a.source, !a.to_queue, &a.destination, &a.routing_key).cmp(&(
+                    &b.source,
+                    !b.to_queue,
+                    &b.destination,
+                    &b.routing_key,
+                ))
+            });
+            v.extend(explicit);
+        }
+        v
+    }
+
+    /// The message counters of every queue.
+    pub fn queue_stats(&self) -> Vec<QueueStats> {
+        self.vhosts
+            .values()
+            .flat_map(|vh| {
+                vh.queues.values().map(move |q| QueueStats {
+                    vhost: vh.name.clone(),
+                    name: q.name.to_string(),
+                    counters: q.counters,
+                })
+            })
+            .collect()
+    }
+
+    /// Closes a client connection from the broker's side with 320 CONNECTION_FORCED and
+    /// `reason` (the server then waits for close-ok, as for any connection error). False when
+    /// there is no such connection.
+    pub fn close_connection(&mut self, conn: ConnId, reason: &str, out: &mut Vec<(ConnId, Out)>) -> bool {
+        if conn == MANAGEMENT_CONN || self.conns.get(&conn).is_none_or(|c| c.closing) {
+            return false;
+        }
+        let e = ProtocolError::new(ReplyCode::ConnectionForced, reason);
+        self.connection_error(conn, e, out);
+        true
+    }
+
+    /// Declares a queue (as queue.declare, not exclusive) in `vhost`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn declare_queue(
+        &mut self,
+        vhost: &str,
+        name: &str,
+        durable: bool,
+        auto_delete: bool,
+        arguments: FieldTable,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        let m = Method::QueueDeclare {
+            queue: short(name)?,
+            passive: false,
+            durable,
+            exclusive: false,
+            auto_delete,
+            nowait: false,
+            arguments,
+        };
+        self.management(vhost, "", now_ms, out, |b, out| b.management_method(m, None, now_ms, out).map(drop))
+    }
+
+    /// Deletes a queue (as queue.delete). Fails with NOT_FOUND when it does not exist.
+    #[allow(clippy::too_many_arguments)]
+    pub fn delete_queue_checked(
+        &mut self,
+        vhost: &str,
+        name: &str,
+        if_unused: bool,
+        if_empty: bool,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        self.require_queue(vhost, name)?;
+        let m = Method::QueueDelete { queue: short(name)?, if_unused, if_empty, nowait: false };
+        self.management(vhost, "", now_ms, out, |b, out| b.management_method(m, None, now_ms, out).map(drop))
+    }
+
+    /// Drops a queue's ready messages (as queue.purge); returns how many there were.
+    pub fn purge_queue(
+        &mut self,
+        vhost: &str,
+        name: &str,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Result<u32, ProtocolError> {
+        self.require_queue(vhost, name)?;
+        let m = Method::QueuePurge { queue: short(name)?, nowait: false };
+        self.management(vhost, "", now_ms, out, |b, out| {
+            let answers = b.management_method(m, None, now_ms, out)?;
+            Ok(answers
+                .iter()
+                .find_map(|o| match o {
+                    Out::Method { method: Method::QueuePurgeOk { message_count }, .. } => Some(*message_count),
+                    _ => None,
+                })
+                .unwrap_or(0))
+        })
+    }
+
+    /// Declares an exchange (as exchange.declare).
+    #[allow(clippy::too_many_arguments)]
+    pub fn declare_exchange(
+        &mut self,
+        vhost: &str,
+        name: &str,
+        kind: &str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: FieldTable,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        let m = Method::ExchangeDeclare {
+            exchange: short(name)?,
+            kind: short(kind)?,
+            passive: false,
+            durable,
+            auto_delete,
+            internal,
+            nowait: false,
+            arguments,
+        };
+        self.management(vhost, "", now_ms, out, |b, out| b.management_method(m, None, now_ms, out).map(drop))
+    }
+
+    /// Deletes an exchange (as exchange.delete). Fails with NOT_FOUND when it does not exist.
+    pub fn delete_exchange_checked(
+        &mut self,
+        vhost: &str,
+        name: &str,
+        if_unused: bool,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        let exists = self.vhosts.get(vhost).is_some_and(|vh| vh.exchanges.contains_key(name));
+        if !exists {
+            return Err(super::not_found("exchange", name, vhost));
+        }
+        let m = Method::ExchangeDelete { exchange: short(name)?, if_unused, nowait: false };
+        self.management(vhost, "", now_ms, out, |b, out| b.management_method(m, None, now_ms, out).map(drop))
+    }
+
+    /// Binds (`bind`) or unbinds a queue or exchange to the exchange `source`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn set_binding(
+        &mut self,
+        bind: bool,
+        vhost: &str,
+        source: &str,
+        destination: &str,
+        to_queue: bool,
+        routing_key: &str,
+        arguments: FieldTable,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        let (exchange, dest, routing_key) = (short(source)?, short(destination)?, short(routing_key)?);
+        let m = match (bind, to_queue) {
+            (true, true) => Method::QueueBind { queue: dest, exchange, routing_key, nowait: false, arguments },
+            (false, true) => Method::QueueUnbind { queue: dest, exchange, routing_key, arguments },
+            (true, false) => {
+                Method::ExchangeBind { destination: dest, source: exchange, routing_key, nowait: false, arguments }
+            }
+            (false, false) => {
+                Method::ExchangeUnbind { destination: dest, source: exchange, routing_key, nowait: false, arguments }
+            }
+        };
+        self.management(vhost, "", now_ms, out, |b, out| b.management_method(m, None, now_ms, out).map(drop))
+    }
+
+    /// Publishes a message as `user` (as basic.publish, mandatory); true when it reached at
+    /// least one queue.
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish_message(
+        &mut self,
+        vhost: &str,
+        user: &str,
+        exchange: &str,
+        routing_key: &str,
+        properties: BasicProperties,
+        body: Bytes,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Result<bool, ProtocolError> {
+        let m = Method::BasicPublish {
+            exchange: short(exchange)?,
+            routing_key: short(routing_key)?,
+            mandatory: true,
+            immediate: false,
+        };
+        let raw = properties.to_bytes();
+        self.management(vhost, user, now_ms, out, |b, out| {
+            let answers = b.management_method(m, Some((properties, raw, body)), now_ms, out)?;
+            Ok(!answers.iter().any(|o| matches!(o, Out::Content { method: Method::BasicReturn { .. }, .. })))
+        })
+    }
+
+    /// Takes up to `count` messages from a queue (as basic.get), then settles them as `mode`
+    /// says. Messages requeued come back at their place, marked redelivered, after the call.
+    pub fn get_messages(
+        &mut self,
+        vhost: &str,
+        queue: &str,
+        count: usize,
+        mode: GetAckMode,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Result<Vec<GotMessage>, ProtocolError> {
+        self.require_queue(vhost, queue)?;
+        let queue = short(queue)?;
+        self.management(vhost, "", now_ms, out, |b, out| {
+            let mut got = Vec::new();
+            let mut last_tag = None;
+            for _ in 0..count {
+                let answers =
+                    b.management_method(Method::BasicGet { queue: queue.clone(), no_ack: false }, None, now_ms, out)?;
+                let Some((tag, m)) = answers.into_iter().find_map(|o| match o {
+                    Out::Content {
+                        method: Method::BasicGetOk { delivery_tag, redelivered, exchange, routing_key, message_count },
+                        msg,
+                        ..
+                    } => Some((
+                        delivery_tag,
+                        GotMessage {
+                            exchange: exchange.to_string(),
+                            routing_key: routing_key.to_string(),
+                            redelivered,
+                            message_count,
+                            properties: msg.decode_properties(),
+                            body: msg.body.clone(),
+                        },
+                    )),
+                    _ => None,
+                }) else {
+                    break;
+                };
+                last_tag = Some(tag);
+                got.push(m);
+            }
+            if let Some(delivery_tag) = last_tag {
+                let settle = match mode {
+                    GetAckMode::Ack => Method::BasicAck { delivery_tag, multiple: true },
+                    GetAckMode::Requeue => Method::BasicNack { delivery_tag, multiple: true, requeue: true },
+                    GetAckMode::Reject => Method::BasicNack { delivery_tag, multiple: true, requeue: false },
+                };
+                b.management_method(settle, None, now_ms, out)?;
+            }
+            Ok(got)
+        })
+    }
+
+    fn require_queue(&self, vhost: &str, name: &str) -> Res {
+        if self.vhosts.get(vhost).is_some_and(|vh| vh.queues.contains_key(name)) {
+            Ok(())
+        } else {
+            Err(super::not_found("queue", name, vhost))
+        }
+    }
+
+    /// Runs `f` with the internal management connection open on `vhost` (channel 1), then
+    /// closes it and removes whatever it produced for itself from `out`.
+    fn management<T>(
+        &mut self,
+        vhost: &str,
+        user: &str,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+        f: impl FnOnce(&mut Broker, &mut Vec<(ConnId, Out)>) -> Result<T, ProtocolError>,
+    ) -> Result<T, ProtocolError> {
+        if !self.vhosts.contains_key(vhost) {
+            return Err(super::not_found("vhost", vhost, vhost));
+        }
+        let vh: Arc<str> = vhost.into();
+        let mut channels = HashMap::new();
+        channels.insert(1, Box::new(Channel::new()));
+        self.conns.insert(
+            MANAGEMENT_CONN,
+            Conn {
+                info: ConnInfo {
+                    user: user.to_string(),
+                    vhost: vhost.to_string(),
+                    peer: "management".into(),
+                    client_properties: FieldTable::new(),
+                    channel_max: 1,
+                },
+                vhost: vh,
+                cancel_notify: false,
+                channels,
+                closing: false,
+                out_bytes: 0,
+                flow_blocked: false,
+                alarm_blocked: false,
+                blocked_sent: false,
+            },
+        );
+        let result = f(self, out);
+        self.connection_closed(MANAGEMENT_CONN, now_ms, out);
+        out.retain(|(c, _)| *c != MANAGEMENT_CONN);
+        result
+    }
+
+    /// One method on the management channel; returns what it answered.
+    fn management_method(
+        &mut self,
+        method: Method,
+        content: Option<(BasicProperties, Bytes, Bytes)>,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Result<Vec<Out>, ProtocolError> {
+        let start = out.len();
+        self.method(MANAGEMENT_CONN, 1, method, content, now_ms, out)?;
+        let mut mine = Vec::new();
+        let mut rest = Vec::with_capacity(out.len() - start);
+        for (c, o) in out.drain(start..) {
+            if c == MANAGEMENT_CONN {
+                mine.push(o);
+            } else {
+                rest.push((c, o));
+            }
+        }
+        out.extend(rest);
+        Ok(mine)
+    }
+}
+
+fn short(s: &str) -> Result<ShortStr, ProtocolError> {
+    if s.len() > 255 {
+        return Err(ProtocolError::new(ReplyCode::PreconditionFailed, format_args!("name too long: '{s}'")));
+    }
+    Ok(ShortStr::from(s.to_string()))
+}

@@ -1,0 +1,199 @@
+//! The management API beyond policies: RabbitMQ's paths and JSON shapes (as of 3.10) for
+//! the overview, nodes, connections, channels, consumers, exchanges, queues, bindings,
+//! definitions, health checks and whoami.
+//!
+//! Every route here is behind HTTP basic auth (the [`authenticate`] layer), which leaves the
+//! user's name in the request for [`whoami`](objects::whoami). Handlers are thin: they parse
+//! the request, call one of the broker's management functions under the lock, and shape the
+//! answer as RabbitMQ does.
+
+mod bindings;
+pub(crate) mod definitions;
+mod exchanges;
+mod health;
+mod objects;
+mod queues;
+mod rates;
+
+use crate::{authorize, unauthorized};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Extension, Json, Router};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use warren_amqp::{ProtocolError, ReplyCode};
+use warren_core::{Broker, ConnId, Out};
+use warren_server::Shared;
+
+/// The node name Warren reports (RabbitMQ's `rabbit@host`).
+pub(crate) const NODE: &str = "warren@localhost";
+
+/// The broker's listeners, as far as the management API knows them.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Listeners {
+    pub amqp: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+}
+
+/// The user a request authenticated as.
+#[derive(Clone, Debug)]
+pub(crate) struct User(pub String);
+
+/// The routes of this module, each behind basic auth.
+pub(crate) fn router(shared: Arc<Shared>, listeners: Listeners) -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/api/overview", get(objects::overview))
+        .route("/api/whoami", get(objects::whoami))
+        .route("/api/nodes", get(objects::nodes))
+        .route("/api/nodes/{name}", get(objects::node))
+        .route("/api/connections", get(objects::connections))
+        .route("/api/connections/{name}", get(objects::connection).delete(objects::close_connection))
+        .route("/api/connections/{name}/channels", get(objects::connection_channels))
+        .route("/api/channels", get(objects::channels))
+        .route("/api/channels/{name}", get(objects::channel))
+        .route("/api/consumers", get(objects::consumers))
+        .route("/api/consumers/{vhost}", get(objects::vhost_consumers))
+        .route("/api/exchanges", get(exchanges::list))
+        .route("/api/exchanges/{vhost}", get(exchanges::list_vhost))
+        .route("/api/exchanges/{vhost}/{name}", get(exchanges::show).put(exchanges::declare).delete(exchanges::remove))
+        .route("/api/exchanges/{vhost}/{name}/publish", post(exchanges::publish))
+        .route("/api/exchanges/{vhost}/{name}/bindings/source", get(bindings::of_source))
+        .route("/api/exchanges/{vhost}/{name}/bindings/destination", get(bindings::of_destination))
+        .route("/api/queues", get(queues::list))
+        .route("/api/queues/{vhost}", get(queues::list_vhost))
+        .route("/api/queues/{vhost}/{name}", get(queues::show).put(queues::declare).delete(queues::remove))
+        .route("/api/queues/{vhost}/{name}/contents", delete(queues::purge))
+        .route("/api/queues/{vhost}/{name}/get", post(queues::get_messages))
+        .route("/api/queues/{vhost}/{name}/bindings", get(bindings::of_queue))
+        .route("/api/bindings", get(bindings::list))
+        .route("/api/bindings/{vhost}", get(bindings::list_vhost))
+        .route("/api/bindings/{vhost}/e/{source}/{kind}/{dest}", get(bindings::between).post(bindings::create))
+        .route(
+            "/api/bindings/{vhost}/e/{source}/{kind}/{dest}/{props}",
+            get(bindings::show_one).delete(bindings::remove),
+        )
+        .route("/api/definitions", get(definitions::export).post(definitions::import))
+        .route("/api/definitions/{vhost}", get(definitions::export_vhost).post(definitions::import_vhost))
+        .route("/api/health/checks/alarms", get(health::ok))
+        .route("/api/health/checks/local-alarms", get(health::ok))
+        .route("/api/health/checks/virtual-hosts", get(health::ok))
+        .route("/api/health/checks/node-is-quorum-critical", get(health::quorum_critical))
+        .route("/api/health/checks/port-listener/{port}", get(health::port_listener))
+        .route("/api/aliveness-test/{vhost}", get(health::aliveness))
+        .layer(axum::middleware::from_fn_with_state(shared, authenticate))
+        .layer(Extension(Arc::new(rates::Rates::default())))
+        .layer(Extension(listeners))
+}
+
+/// Basic auth against the broker's users; the user goes into the request's extensions.
+async fn authenticate(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    match authorize(&shared, request.headers(), peer) {
+        Ok(user) => {
+            request.extensions_mut().insert(User(user));
+            next.run(request).await
+        }
+        Err(reason) => unauthorized(reason),
+    }
+}
+
+/// An error answered as RabbitMQ's management API answers it.
+pub(crate) enum ApiError {
+    NotFound,
+    BadRequest(String),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::NotFound => crate::not_found(),
+            ApiError::BadRequest(reason) => crate::bad_request(&reason),
+        }
+    }
+}
+
+impl From<ProtocolError> for ApiError {
+    fn from(e: ProtocolError) -> Self {
+        if e.code == ReplyCode::NotFound {
+            return ApiError::NotFound;
+        }
+        // The AMQP reply text starts with the code's name ("PRECONDITION_FAILED - ..."); the
+        // HTTP reason is the rest, as RabbitMQ gives it.
+        let reason = match e.text.split_once(" - ") {
+            Some((_, rest)) => rest.to_string(),
+            None => e.text,
+        };
+        ApiError::BadRequest(reason)
+    }
+}
+
+pub(crate) type ApiResult = Result<Response, ApiError>;
+
+/// Runs a broker operation under the lock and hands what it produced to the connections.
+pub(crate) fn with_broker<T>(
+    shared: &Shared,
+    f: impl FnOnce(&mut Broker, u64, &mut Vec<(ConnId, Out)>) -> Result<T, ProtocolError>,
+) -> Result<T, ApiError> {
+    let now_ms = shared.now_ms();
+    let mut out = Vec::new();
+    let mut core = shared.broker();
+    let result = f(&mut core.broker, now_ms, &mut out);
+    core.deliver(&mut out);
+    Ok(result?)
+}
+
+/// The JSON body of a request, or 400.
+pub(crate) fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("body is not JSON: {e}")))
+}
+
+/// An object's `arguments`, as a field table (absent or null: empty).
+pub(crate) fn arguments(doc: &Value) -> Result<warren_amqp::FieldTable, ApiError> {
+    match doc.get("arguments") {
+        None | Some(Value::Null) => Ok(warren_amqp::FieldTable::new()),
+        Some(v) => match crate::to_field(v) {
+            warren_amqp::FieldValue::Table(t) => Ok(t),
+            _ => Err(ApiError::BadRequest("arguments must be an object".into())),
+        },
+    }
+}
+
+/// A boolean field of a body; RabbitMQ also takes "true"/"false" strings.
+pub(crate) fn flag(doc: &Value, key: &str, default: bool) -> Result<bool, ApiError> {
+    match doc.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if s == "true" => Ok(true),
+        Some(Value::String(s)) if s == "false" => Ok(false),
+        Some(_) => Err(ApiError::BadRequest(format!("{key} must be a boolean"))),
+    }
+}
+
+/// 201 when the object is new, 204 when it was there already (as RabbitMQ answers a PUT).
+pub(crate) fn created_or_not(existed: bool) -> Response {
+    if existed {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        StatusCode::CREATED.into_response()
+    }
+}
+
+pub(crate) fn json_list(items: Vec<Value>) -> Response {
+    Json(Value::Array(items)).into_response()
+}
+
+/// A query parameter that RabbitMQ treats as a flag (`if-empty=true`).
+pub(crate) fn query_flag(query: &std::collections::HashMap<String, String>, key: &str) -> bool {
+    query.get(key).is_some_and(|v| v == "true")
+}

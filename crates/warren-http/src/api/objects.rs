@@ -1,0 +1,283 @@
+//! Overview, whoami, nodes, connections, channels and consumers.
+
+use super::rates::Rates;
+use super::{with_broker, ApiError, ApiResult, Listeners, User, NODE};
+use crate::table_json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use warren_core::{ChannelSummary, ConnectionSummary, ConsumerSummary};
+use warren_server::Shared;
+
+/// What RabbitMQ tells a client whose connection is closed from the management UI.
+const CLOSED_VIA_MANAGEMENT: &str = "Closed via management plugin";
+
+pub(crate) async fn overview(State(shared): State<Arc<Shared>>, Extension(rates): Extension<Arc<Rates>>) -> Response {
+    let (o, stats) = {
+        let core = shared.broker();
+        (core.overview(), core.queue_stats())
+    };
+    let message_stats = rates.totals(&stats);
+    Json(json!({
+        "management_version": env!("CARGO_PKG_VERSION"),
+        "rates_mode": "basic",
+        "product_name": "Warren",
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "rabbitmq_version": env!("CARGO_PKG_VERSION"),
+        "cluster_name": NODE,
+        "node": NODE,
+        "erlang_version": "none",
+        "erlang_full_version": "none",
+        "statistics_db_event_queue": 0,
+        "churn_rates": {},
+        "message_stats": message_stats,
+        "object_totals": {
+            "connections": o.connections,
+            "channels": o.channels,
+            "exchanges": o.exchanges,
+            "queues": o.queues,
+            "consumers": o.consumers,
+        },
+        "warren_store": {
+            "sync_rounds": o.store.sync_rounds,
+            "fsyncs": o.store.fsyncs,
+            "confirms": o.store.confirms,
+        },
+        "queue_totals": {
+            "messages": o.messages_ready + o.messages_unacked,
+            "messages_ready": o.messages_ready,
+            "messages_unacknowledged": o.messages_unacked,
+        },
+        "listeners": [],
+        "contexts": [],
+        "exchange_types": exchange_types(),
+        "disable_stats": false,
+        "enable_queue_totals": true,
+        "sample_retention_policies": {"global": [5], "basic": [5], "detailed": [5]},
+    }))
+    .into_response()
+}
+
+pub(crate) async fn whoami(Extension(User(name)): Extension<User>) -> Response {
+    // Every user is an administrator until users carry tags.
+    Json(json!({"name": name, "tags": ["administrator"]})).into_response()
+}
+
+/// The exchange types Warren routes, as RabbitMQ lists them.
+fn exchange_types() -> Value {
+    let types = ["direct", "fanout", "headers", "topic", "x-consistent-hash", "x-delayed-message"];
+    Value::Array(types.iter().map(|t| json!({"name": t, "description": "", "enabled": true})).collect())
+}
+
+fn node_json(shared: &Shared) -> Value {
+    json!({
+        "name": NODE,
+        "type": "disc",
+        "running": true,
+        "uptime": shared.uptime().as_millis() as u64,
+        "os_pid": std::process::id().to_string(),
+        "processors": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "partitions": [],
+        "being_drained": false,
+        "mem_alarm": false,
+        "disk_free_alarm": false,
+        "rates_mode": "basic",
+        "exchange_types": exchange_types(),
+        "applications": [],
+        "contexts": [],
+        "auth_mechanisms": [{"name": "PLAIN", "description": "SASL PLAIN authentication mechanism", "enabled": true}],
+    })
+}
+
+pub(crate) async fn nodes(State(shared): State<Arc<Shared>>) -> Response {
+    Json(json!([node_json(&shared)])).into_response()
+}
+
+pub(crate) async fn node(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
+    if name != NODE {
+        return Err(ApiError::NotFound);
+    }
+    Ok(Json(node_json(&shared)).into_response())
+}
+
+/// RabbitMQ names a connection "client ip:port -> server ip:port"; the server side is the
+/// AMQP listener's address (left out when the API was started without it).
+fn connection_name(peer: &str, listeners: &Listeners) -> String {
+    match listeners.amqp {
+        Some(a) => format!("{peer} -> {a}"),
+        None => peer.to_string(),
+    }
+}
+
+fn split_peer(peer: &str) -> (&str, u16) {
+    match peer.rsplit_once(':') {
+        Some((host, port)) => (host.trim_start_matches('[').trim_end_matches(']'), port.parse().unwrap_or(0)),
+        None => (peer, 0),
+    }
+}
+
+fn connection_json(c: &ConnectionSummary, connected_at: u64, l: &Listeners) -> Value {
+    let (host, port) = split_peer(&c.peer);
+    json!({
+        "name": connection_name(&c.peer, l),
+        "node": NODE,
+        "vhost": c.vhost,
+        "user": c.user,
+        "user_who_performed_action": c.user,
+        "state": "running",
+        "type": "network",
+        "protocol": "AMQP 0-9-1",
+        "auth_mechanism": "PLAIN",
+        "ssl": false,
+        "peer_host": host,
+        "peer_port": port,
+        "host": l.amqp.map(|a| a.ip().to_string()),
+        "port": l.amqp.map(|a| a.port()),
+        "channels": c.channels,
+        "channel_max": c.channel_max,
+        "connected_at": connected_at,
+        "client_properties": table_json(&c.client_properties),
+    })
+}
+
+pub(crate) async fn connections(
+    Extension(l): Extension<Listeners>,
+    State(shared): State<Arc<Shared>>,
+    Extension(rates): Extension<Arc<Rates>>,
+) -> Response {
+    let list = shared.broker().connections();
+    let items = list.iter().map(|c| connection_json(c, rates.first_seen(c.id), &l)).collect();
+    super::json_list(items)
+}
+
+fn find_connection(shared: &Shared, name: &str, l: &Listeners) -> Option<ConnectionSummary> {
+    shared.broker().connections().into_iter().find(|c| connection_name(&c.peer, l) == name)
+}
+
+pub(crate) async fn connection(
+    Extension(l): Extension<Listeners>,
+    State(shared): State<Arc<Shared>>,
+    Extension(rates): Extension<Arc<Rates>>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let c = find_connection(&shared, &name, &l).ok_or(ApiError::NotFound)?;
+    Ok(Json(connection_json(&c, rates.first_seen(c.id), &l)).into_response())
+}
+
+/// DELETE /api/connections/{name}: the client gets connection.close 320 CONNECTION_FORCED,
+/// with the `X-Reason` header's text when given (as RabbitMQ does).
+pub(crate) async fn close_connection(
+    Extension(l): Extension<Listeners>,
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let c = find_connection(&shared, &name, &l).ok_or(ApiError::NotFound)?;
+    let reason = headers.get("x-reason").and_then(|v| v.to_str().ok()).unwrap_or(CLOSED_VIA_MANAGEMENT);
+    let closed = with_broker(&shared, |b, _, out| Ok(b.close_connection(c.id, reason, out)))?;
+    if !closed {
+        return Err(ApiError::NotFound);
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+fn channel_name(ch: &ChannelSummary, l: &Listeners) -> String {
+    format!("{} ({})", connection_name(&ch.peer, l), ch.number)
+}
+
+fn channel_json(ch: &ChannelSummary, l: &Listeners) -> Value {
+    let (host, port) = split_peer(&ch.peer);
+    json!({
+        "name": channel_name(ch, l),
+        "number": ch.number,
+        "node": NODE,
+        "vhost": ch.vhost,
+        "user": ch.user,
+        "user_who_performed_action": ch.user,
+        "state": "running",
+        "connection_details": {"name": connection_name(&ch.peer, l), "peer_host": host, "peer_port": port},
+        "consumer_count": ch.consumers,
+        "messages_unacknowledged": ch.unacked,
+        "messages_unconfirmed": 0,
+        "messages_uncommitted": 0,
+        "acks_uncommitted": 0,
+        "prefetch_count": ch.prefetch,
+        "global_prefetch_count": ch.global_prefetch,
+        "confirm": ch.confirm,
+        "transactional": ch.transactional,
+    })
+}
+
+pub(crate) async fn channels(Extension(l): Extension<Listeners>, State(shared): State<Arc<Shared>>) -> Response {
+    let list = shared.broker().channels();
+    super::json_list(list.iter().map(|ch| channel_json(ch, &l)).collect())
+}
+
+pub(crate) async fn channel(
+    Extension(l): Extension<Listeners>,
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let list = shared.broker().channels();
+    let ch = list.iter().find(|ch| channel_name(ch, &l) == name).ok_or(ApiError::NotFound)?;
+    Ok(Json(channel_json(ch, &l)).into_response())
+}
+
+pub(crate) async fn connection_channels(
+    Extension(l): Extension<Listeners>,
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let c = find_connection(&shared, &name, &l).ok_or(ApiError::NotFound)?;
+    let list = shared.broker().channels();
+    Ok(super::json_list(list.iter().filter(|ch| ch.conn == c.id).map(|ch| channel_json(ch, &l)).collect()))
+}
+
+fn consumer_json(c: &ConsumerSummary, timeout_ms: u64, l: &Listeners) -> Value {
+    let (host, port) = split_peer(&c.peer);
+    json!({
+        "consumer_tag": c.tag,
+        "queue": {"name": c.queue, "vhost": c.vhost},
+        "channel_details": {
+            "name": format!("{} ({})", connection_name(&c.peer, l), c.channel),
+            "number": c.channel,
+            "connection_name": connection_name(&c.peer, l),
+            "node": NODE,
+            "peer_host": host,
+            "peer_port": port,
+            "user": c.user,
+        },
+        "ack_required": c.ack_required,
+        "prefetch_count": c.prefetch,
+        "exclusive": c.exclusive,
+        "active": true,
+        "activity_status": "up",
+        "arguments": {},
+        "consumer_timeout": timeout_ms,
+    })
+}
+
+fn consumer_list(shared: &Shared, vhost: Option<&str>, l: &Listeners) -> Response {
+    let (list, timeout) = {
+        let core = shared.broker();
+        (core.consumers(), core.config().consumer_timeout_ms.unwrap_or(0))
+    };
+    let items =
+        list.iter().filter(|c| vhost.is_none_or(|v| v == c.vhost)).map(|c| consumer_json(c, timeout, l)).collect();
+    super::json_list(items)
+}
+
+pub(crate) async fn consumers(Extension(l): Extension<Listeners>, State(shared): State<Arc<Shared>>) -> Response {
+    consumer_list(&shared, None, &l)
+}
+
+pub(crate) async fn vhost_consumers(
+    Extension(l): Extension<Listeners>,
+    State(shared): State<Arc<Shared>>,
+    Path(vhost): Path<String>,
+) -> Response {
+    consumer_list(&shared, Some(&vhost), &l)
+}

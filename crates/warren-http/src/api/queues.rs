@@ -1,0 +1,249 @@
+//! /api/queues: list (with counts and rates), declare, delete, purge, get messages.
+
+use super::rates::Rates;
+use super::{arguments, created_or_not, flag, parse_body, query_flag, with_broker, ApiError, ApiResult, NODE};
+use crate::table_json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use base64::Engine;
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+use warren_amqp::BasicProperties;
+use warren_core::{GetAckMode, GotMessage, QueueInfo};
+use warren_server::Shared;
+
+fn queue_json(q: &QueueInfo, stats: Option<&Value>) -> Value {
+    let mut v = json!({
+        "vhost": q.vhost,
+        "name": q.name,
+        "durable": q.durable,
+        "exclusive": q.exclusive,
+        "auto_delete": q.auto_delete,
+        "messages": u64::from(q.messages_ready) + u64::from(q.messages_unacked),
+        "messages_ready": q.messages_ready,
+        "messages_unacknowledged": q.messages_unacked,
+        "consumers": q.consumers,
+        "policy": q.policy,
+        "operator_policy": q.operator_policy,
+        "arguments": table_json(&q.arguments),
+        "node": NODE,
+        "state": "running",
+        "consumer_details": [],
+        "deliveries": [],
+        "incoming": [],
+        "type": q.arguments.get("x-queue-type").and_then(|t| t.as_str()).unwrap_or("classic"),
+    });
+    if let (Some(stats), Some(obj)) = (stats, v.as_object_mut()) {
+        obj.insert("message_stats".into(), stats.clone());
+    }
+    v
+}
+
+fn listing(shared: &Shared, rates: &Rates, vhost: Option<&str>, name: Option<&str>) -> Vec<Value> {
+    let (queues, stats) = {
+        let core = shared.broker();
+        (core.queues(), core.queue_stats())
+    };
+    let stats = rates.queues(&stats);
+    queues
+        .iter()
+        .filter(|q| vhost.is_none_or(|v| v == q.vhost) && name.is_none_or(|n| n == q.name))
+        .map(|q| queue_json(q, stats.get(&(q.vhost.clone(), q.name.clone()))))
+        .collect()
+}
+
+pub(crate) async fn list(State(shared): State<Arc<Shared>>, Extension(rates): Extension<Arc<Rates>>) -> Response {
+    super::json_list(listing(&shared, &rates, None, None))
+}
+
+pub(crate) async fn list_vhost(
+    State(shared): State<Arc<Shared>>,
+    Extension(rates): Extension<Arc<Rates>>,
+    Path(vhost): Path<String>,
+) -> Response {
+    super::json_list(listing(&shared, &rates, Some(&vhost), None))
+}
+
+pub(crate) async fn show(
+    State(shared): State<Arc<Shared>>,
+    Extension(rates): Extension<Arc<Rates>>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    let q = listing(&shared, &rates, Some(&vhost), Some(&name)).pop().ok_or(ApiError::NotFound)?;
+    Ok(Json(q).into_response())
+}
+
+fn exists(shared: &Shared, vhost: &str, name: &str) -> bool {
+    shared.broker().queues().iter().any(|q| q.vhost == vhost && q.name == name)
+}
+
+pub(crate) async fn declare(
+    State(shared): State<Arc<Shared>>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let doc = parse_body(&body)?;
+    let durable = flag(&doc, "durable", true)?;
+    let auto_delete = flag(&doc, "auto_delete", false)?;
+    if flag(&doc, "exclusive", false)? {
+        return Err(ApiError::BadRequest("exclusive queues cannot be declared over HTTP".into()));
+    }
+    let args = arguments(&doc)?;
+    let existed = exists(&shared, &vhost, &name);
+    with_broker(&shared, |b, now, out| b.declare_queue(&vhost, &name, durable, auto_delete, args, now, out))?;
+    Ok(created_or_not(existed))
+}
+
+pub(crate) async fn remove(
+    State(shared): State<Arc<Shared>>,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let (if_unused, if_empty) = (query_flag(&query, "if-unused"), query_flag(&query, "if-empty"));
+    with_broker(&shared, |b, now, out| b.delete_queue_checked(&vhost, &name, if_unused, if_empty, now, out))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub(crate) async fn purge(State(shared): State<Arc<Shared>>, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
+    with_broker(&shared, |b, now, out| b.purge_queue(&vhost, &name, now, out))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// POST /api/queues/{vhost}/{name}/get with `count`, `ackmode`, `encoding` and `truncate`.
+pub(crate) async fn get_messages(
+    State(shared): State<Arc<Shared>>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let doc = parse_body(&body)?;
+    let count = match doc.get("count") {
+        None => 1,
+        Some(Value::Number(n)) => n.as_u64().ok_or_else(|| ApiError::BadRequest("count must be a number".into()))?,
+        Some(Value::String(s)) => s.parse().map_err(|_| ApiError::BadRequest("count must be a number".into()))?,
+        Some(_) => return Err(ApiError::BadRequest("count must be a number".into())),
+    };
+    let mode = match doc.get("ackmode").and_then(Value::as_str) {
+        Some("ack_requeue_true") | Some("reject_requeue_true") => GetAckMode::Requeue,
+        Some("ack_requeue_false") => GetAckMode::Ack,
+        Some("reject_requeue_false") => GetAckMode::Reject,
+        _ => {
+            return Err(ApiError::BadRequest(
+                "ackmode must be ack_requeue_true, reject_requeue_true, ack_requeue_false or reject_requeue_false"
+                    .into(),
+            ))
+        }
+    };
+    let base64_wanted = match doc.get("encoding").and_then(Value::as_str) {
+        Some("auto") => false,
+        Some("base64") => true,
+        _ => return Err(ApiError::BadRequest("encoding must be auto or base64".into())),
+    };
+    let truncate = doc.get("truncate").and_then(|t| t.as_u64().or_else(|| t.as_str().and_then(|s| s.parse().ok())));
+    let count = usize::try_from(count).unwrap_or(usize::MAX);
+    let got = with_broker(&shared, |b, now, out| b.get_messages(&vhost, &name, count, mode, now, out))?;
+    let items = got.iter().map(|m| message_json(m, base64_wanted, truncate)).collect();
+    Ok(super::json_list(items))
+}
+
+fn message_json(m: &GotMessage, base64_wanted: bool, truncate: Option<u64>) -> Value {
+    let mut body: &[u8] = &m.body;
+    if let Some(t) = truncate {
+        body = &body[..body.len().min(usize::try_from(t).unwrap_or(usize::MAX))];
+    }
+    let (payload, encoding) = match std::str::from_utf8(body) {
+        Ok(s) if !base64_wanted => (s.to_string(), "string"),
+        _ => (base64::engine::general_purpose::STANDARD.encode(body), "base64"),
+    };
+    json!({
+        "payload_bytes": m.body.len(),
+        "redelivered": m.redelivered,
+        "exchange": m.exchange,
+        "routing_key": m.routing_key,
+        "message_count": m.message_count,
+        "properties": properties_json(&m.properties),
+        "payload": payload,
+        "payload_encoding": encoding,
+    })
+}
+
+/// The properties a message carries, by RabbitMQ's JSON names (absent ones left out).
+pub(crate) fn properties_json(p: &BasicProperties) -> Value {
+    let mut o = Map::new();
+    let mut text = |k: &str, v: &Option<warren_amqp::ShortStr>| {
+        if let Some(v) = v {
+            o.insert(k.into(), json!(v.as_str()));
+        }
+    };
+    text("content_type", &p.content_type);
+    text("content_encoding", &p.content_encoding);
+    text("correlation_id", &p.correlation_id);
+    text("reply_to", &p.reply_to);
+    text("expiration", &p.expiration);
+    text("message_id", &p.message_id);
+    text("type", &p.kind);
+    text("user_id", &p.user_id);
+    text("app_id", &p.app_id);
+    text("cluster_id", &p.cluster_id);
+    if let Some(h) = &p.headers {
+        o.insert("headers".into(), table_json(h));
+    }
+    if let Some(d) = p.delivery_mode {
+        o.insert("delivery_mode".into(), json!(d));
+    }
+    if let Some(pr) = p.priority {
+        o.insert("priority".into(), json!(pr));
+    }
+    if let Some(t) = p.timestamp {
+        o.insert("timestamp".into(), json!(t));
+    }
+    Value::Object(o)
+}
+
+/// Message properties from their JSON form (as the publish endpoint takes them).
+pub(crate) fn properties_from_json(v: Option<&Value>) -> Result<BasicProperties, ApiError> {
+    let mut p = BasicProperties::default();
+    let Some(v) = v else { return Ok(p) };
+    let Some(o) = v.as_object() else { return Err(ApiError::BadRequest("properties must be an object".into())) };
+    let text = |k: &str| -> Result<Option<warren_amqp::ShortStr>, ApiError> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.len() <= 255 => Ok(Some(warren_amqp::ShortStr::from(s.clone()))),
+            Some(Value::Number(n)) => Ok(Some(warren_amqp::ShortStr::from(n.to_string()))),
+            Some(_) => Err(ApiError::BadRequest(format!("property {k} must be a short string"))),
+        }
+    };
+    let number = |k: &str| -> Result<Option<u64>, ApiError> {
+        match o.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+                .map(Some)
+                .ok_or_else(|| ApiError::BadRequest(format!("property {k} must be a number"))),
+        }
+    };
+    p.content_type = text("content_type")?;
+    p.content_encoding = text("content_encoding")?;
+    p.correlation_id = text("correlation_id")?;
+    p.reply_to = text("reply_to")?;
+    p.expiration = text("expiration")?;
+    p.message_id = text("message_id")?;
+    p.kind = text("type")?;
+    p.user_id = text("user_id")?;
+    p.app_id = text("app_id")?;
+    p.cluster_id = text("cluster_id")?;
+    p.delivery_mode = number("delivery_mode")?.map(|d| d.min(255) as u8);
+    p.priority = number("priority")?.map(|d| d.min(255) as u8);
+    p.timestamp = number("timestamp")?;
+    if let Some(h) = o.get("headers").filter(|h| !h.is_null()) {
+        match crate::to_field(h) {
+            warren_amqp::FieldValue::Table(t) => p.headers = Some(t),
+            _ => return Err(ApiError::BadRequest("headers must be an object".into())),
+        }
+    }
+    Ok(p)
+}

@@ -1,0 +1,118 @@
+//! Message rates from the broker's per-queue counters: each listing samples the counters, and
+//! a rate is the change over the samples of the last few seconds.
+
+use serde_json::{json, Value};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use warren_core::queue::QueueCounters;
+use warren_core::{ConnId, QueueStats};
+
+/// How far back a rate looks.
+const WINDOW: Duration = Duration::from_secs(5);
+
+type Samples = VecDeque<(Instant, QueueCounters)>;
+
+/// Samples of counters, per queue and for the whole broker; first-seen times of connections.
+#[derive(Default)]
+pub(crate) struct Rates {
+    queues: Mutex<HashMap<(String, String), Samples>>,
+    total: Mutex<Samples>,
+    connections: Mutex<HashMap<ConnId, u64>>,
+}
+
+/// Counters per second over the window, from the oldest sample kept to `now`.
+fn sample(samples: &mut Samples, now: Instant, counters: QueueCounters) -> [f64; 4] {
+    samples.push_back((now, counters));
+    while samples.len() > 2 && samples.get(1).is_some_and(|(t, _)| now.duration_since(*t) >= WINDOW) {
+        samples.pop_front();
+    }
+    let Some((t0, c0)) = samples.front() else { return [0.0; 4] };
+    let dt = now.duration_since(*t0).as_secs_f64();
+    if dt <= 0.0 {
+        return [0.0; 4];
+    }
+    let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / dt;
+    [
+        rate(counters.publish, c0.publish),
+        rate(counters.deliver_get, c0.deliver_get),
+        rate(counters.ack, c0.ack),
+        rate(counters.redeliver, c0.redeliver),
+    ]
+}
+
+/// RabbitMQ's `message_stats` object: each count with its `_details.rate`.
+fn message_stats(c: QueueCounters, r: [f64; 4]) -> Value {
+    json!({
+        "publish": c.publish,
+        "publish_details": {"rate": r[0]},
+        "deliver_get": c.deliver_get,
+        "deliver_get_details": {"rate": r[1]},
+        "ack": c.ack,
+        "ack_details": {"rate": r[2]},
+        "redeliver": c.redeliver,
+        "redeliver_details": {"rate": r[3]},
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Rates {
+    /// The `message_stats` of each queue (by vhost and name); forgets queues that are gone.
+    pub(crate) fn queues(&self, stats: &[QueueStats]) -> HashMap<(String, String), Value> {
+        let now = Instant::now();
+        let mut samples = lock(&self.queues);
+        let mut result = HashMap::with_capacity(stats.len());
+        for s in stats {
+            let key = (s.vhost.clone(), s.name.clone());
+            let r = sample(samples.entry(key.clone()).or_default(), now, s.counters);
+            result.insert(key, message_stats(s.counters, r));
+        }
+        samples.retain(|k, _| result.contains_key(k));
+        result
+    }
+
+    /// The broker-wide `message_stats` (the sum over queues).
+    pub(crate) fn totals(&self, stats: &[QueueStats]) -> Value {
+        let mut sum = QueueCounters::default();
+        for s in stats {
+            sum.publish += s.counters.publish;
+            sum.deliver_get += s.counters.deliver_get;
+            sum.ack += s.counters.ack;
+            sum.redeliver += s.counters.redeliver;
+        }
+        let r = sample(&mut lock(&self.total), Instant::now(), sum);
+        message_stats(sum, r)
+    }
+
+    /// When the management API first saw the connection (ms since the epoch); Warren's core
+    /// does not keep connection times.
+    pub(crate) fn first_seen(&self, conn: ConnId) -> u64 {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        *lock(&self.connections).entry(conn).or_insert(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counters(publish: u64, deliver_get: u64) -> QueueCounters {
+        QueueCounters { publish, deliver_get, ..Default::default() }
+    }
+
+    #[test]
+    fn rate_is_the_change_over_the_window() {
+        let mut samples = Samples::new();
+        let t0 = Instant::now();
+        assert_eq!(sample(&mut samples, t0, counters(10, 0)), [0.0; 4], "one sample has no rate");
+        let r = sample(&mut samples, t0 + Duration::from_secs(2), counters(30, 4));
+        assert_eq!(r, [10.0, 2.0, 0.0, 0.0]);
+        // Samples older than the window are dropped: the rate follows recent traffic only.
+        let r = sample(&mut samples, t0 + Duration::from_secs(12), counters(30, 4));
+        assert_eq!(r, [0.0; 4]);
+        assert!(samples.len() <= 2);
+    }
+}
