@@ -1018,6 +1018,17 @@ impl Broker {
         self.vhosts.contains_key(name)
     }
 
+    /// Closes a connection from the broker's side (320 CONNECTION_FORCED): its consumers are
+    /// cancelled and its unacked messages requeued at once.
+    fn force_close(&mut self, conn: ConnId, why: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let channels: Vec<u16> =
+            self.conns.get(&conn).map(|c| c.channels.keys().copied().collect()).unwrap_or_default();
+        for ch in channels {
+            self.release_channel(conn, ch, now_ms, out);
+        }
+        self.connection_error(conn, ProtocolError::new(ReplyCode::ConnectionForced, why), out);
+    }
+
     /// Creates a vhost with its built-in exchanges; false when it already existed.
     pub fn add_vhost(&mut self, name: &str) -> Result<bool, ProtocolError> {
         if name.is_empty() {
@@ -1045,13 +1056,7 @@ impl Broker {
         }
         let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| &*c.vhost == name).map(|(id, _)| *id).collect();
         for id in conns {
-            let channels: Vec<u16> =
-                self.conns.get(&id).map(|c| c.channels.keys().copied().collect()).unwrap_or_default();
-            for ch in channels {
-                self.release_channel(id, ch, now_ms, out);
-            }
-            let e = ProtocolError::new(ReplyCode::ConnectionForced, format_args!("vhost '{name}' is deleted"));
-            self.connection_error(id, e, out);
+            self.force_close(id, &format!("vhost '{name}' is deleted"), now_ms, out);
         }
         let queues: Vec<ShortStr> =
             self.vhosts.get(name).map(|v| v.queues.keys().cloned().collect()).unwrap_or_default();
@@ -1102,13 +1107,22 @@ impl Broker {
         self.save_definitions()
     }
 
-    /// Deletes a user and its permissions; false when there was none. Its open connections
-    /// lose every permission (RabbitMQ closes them; see docs/compatibility.md).
-    pub fn delete_user(&mut self, name: &str) -> Result<bool, ProtocolError> {
+    /// Deletes a user and its permissions; false when there was none. Its open connections are
+    /// closed with 320 CONNECTION_FORCED, as RabbitMQ does.
+    pub fn delete_user(
+        &mut self,
+        name: &str,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Result<bool, ProtocolError> {
         if !self.users.remove(name) {
             return Ok(false);
         }
         self.refresh_grants(Some(name));
+        let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.info.user == name).map(|(id, _)| *id).collect();
+        for id in conns {
+            self.force_close(id, &format!("user '{name}' is deleted"), now_ms, out);
+        }
         self.defs_dirty = true;
         self.save_definitions().map(|_| true)
     }
@@ -2494,7 +2508,7 @@ impl Broker {
             c.write_ok = Some(exchange.clone());
         }
         let vhost = c.vhost.clone();
-        let c = &self.conns[&conn];
+        let c = self.conns.get(&conn).ok_or_else(|| internal("unknown connection"))?;
         {
             let vh = self.vhosts.get(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
             let x = vh.exchanges.get(&exchange).ok_or_else(|| not_found("exchange", &exchange, &vhost))?;

@@ -324,7 +324,15 @@ fn users_vhosts_and_permissions_survive_a_restart() {
     b.put_user("bob", hash, vec!["monitoring".into()]).expect("user");
     b.set_permissions("bob", "v1", "^b", "^b", "^b").expect("permissions");
     b.set_topic_permissions("bob", "v1", "amq.topic", "^{username}", ".*").expect("topic");
-    assert!(b.delete_user("guest").expect("deleted"));
+    b.open_connection(7, info("guest", "/")).expect("guest opens /");
+    let mut out = Vec::new();
+    assert!(b.delete_user("guest", 0, &mut out).expect("deleted"));
+    let closed = out.iter().any(|(c, o)| {
+        *c == 7
+            && matches!(o, Out::Method { method: Method::ConnectionClose { reply_code: 320, reply_text, .. }, .. }
+                if reply_text.as_str() == "CONNECTION_FORCED - user 'guest' is deleted")
+    });
+    assert!(closed, "the deleted user's connection is closed: {out:?}");
     drop(b);
 
     let (b, _) = Broker::open(Config::default(), backend, dir).expect("reopen");
