@@ -222,6 +222,8 @@ impl TopicPermission {
 pub struct Grants {
     pub permission: Permission,
     pub topic: Vec<TopicPermission>,
+    /// The user has the `impersonator` tag: it may publish with any `user_id` property.
+    pub impersonator: bool,
 }
 
 impl Grants {
@@ -338,7 +340,8 @@ impl Users {
     pub fn grants(&self, user: &str, vhost: &str) -> Option<Arc<Grants>> {
         let permission = self.permission(user, vhost)?.clone();
         let topic = self.topic_permissions().filter(|t| t.user == user && t.vhost == vhost).cloned().collect();
-        Some(Arc::new(Grants { permission, topic }))
+        let impersonator = self.users.get(user).is_some_and(|u| u.has_tag("impersonator"));
+        Some(Arc::new(Grants { permission, topic, impersonator }))
     }
 
     /// Checks a user name and password (HTTP basic auth and SASL); returns the user.

@@ -1103,6 +1103,7 @@ impl Broker {
             Password::None => (String::new(), SHA256.to_string()),
         };
         self.users.put(User { name: name.into(), password_hash, hashing_algorithm, tags });
+        self.refresh_grants(Some(name));
         self.defs_dirty = true;
         self.save_definitions()
     }
@@ -1933,6 +1934,7 @@ impl Broker {
                 Arc::new(Grants {
                     permission: nothing.unwrap_or_else(|_| c.grants.permission.clone()),
                     topic: Vec::new(),
+                    impersonator: false,
                 })
             });
             c.write_ok = None;
@@ -2530,7 +2532,7 @@ impl Broker {
         }
         if let Some(uid) = &properties.user_id {
             let user = &c.info.user;
-            if uid.as_str() != user {
+            if uid.as_str() != user && !c.grants.impersonator {
                 return Err(precondition(format_args!(
                     "user_id property set to '{uid}' but authenticated user was '{user}'"
                 )));

@@ -6,8 +6,10 @@ mod common;
 use common::{caps, table, Harness};
 use std::path::PathBuf;
 use std::sync::Arc;
+use warren_amqp::BasicProperties;
 use warren_amqp::{FieldTable, FieldValue, Method, ReplyCode};
 use warren_core::auth::{Password, SHA256};
+use warren_core::definitions::{Definitions, QueueDef};
 use warren_core::{Broker, Config, ConnInfo, Out};
 use warren_store::{Backend, MemBackend};
 
@@ -367,4 +369,47 @@ fn permission_changes_check_user_and_vhost() {
         try_method(&mut h, 1, declare("q", false, FieldTable::new())),
         refused("access to queue 'q' in vhost 'v1' refused for user 'alice'")
     );
+}
+
+#[test]
+fn only_impersonators_publish_with_another_user_id() {
+    let mut h = with_alice(".*", ".*", ".*");
+    h.open(1, 1);
+    h.declare(1, 1, "q");
+    let props = BasicProperties { user_id: Some("bob".into()), ..BasicProperties::default() };
+    h.publish_props(1, 1, "", "q", props.clone(), "as bob");
+    assert_eq!(
+        channel_close(&mut h, 1),
+        Some((406, "PRECONDITION_FAILED - user_id property set to 'bob' but authenticated user was 'alice'".into()))
+    );
+    h.broker.put_user("alice", Password::Clear("pw".into()), vec!["impersonator".into()]).expect("tags");
+    h.open(1, 2);
+    h.publish_props(1, 2, "", "q", props, "as bob");
+    assert_eq!(channel_close(&mut h, 1), None);
+}
+
+#[test]
+fn a_snapshot_from_before_access_control_gets_the_default_user() {
+    let backend: Arc<dyn Backend> = Arc::new(MemBackend::new());
+    let dir = PathBuf::from("/old");
+    backend.create_dir_all(&dir).expect("dir");
+    let old = Definitions {
+        vhosts: vec!["/".into(), "legacy".into()],
+        queues: vec![QueueDef {
+            vhost: "legacy".into(),
+            name: "kept".into(),
+            auto_delete: false,
+            arguments: FieldTable::new(),
+        }],
+        ..Definitions::default()
+    };
+    assert_eq!(old.users, None);
+    backend.replace_durably(&dir.join("definitions"), &old.encode()).expect("write the old snapshot");
+    let (mut b, report) = Broker::open(Config::default(), backend, dir).expect("opens");
+    assert_eq!(report.queues, 1);
+    assert_eq!(b.vhost_names(), ["/", "legacy"]);
+    assert!(b.authenticate_basic("guest", "guest", true).expect("guest").is_administrator());
+    b.open_connection(1, info("guest", "/")).expect("guest has every permission on /");
+    // Other vhosts need permissions, as they do in RabbitMQ.
+    assert!(b.open_connection(2, info("guest", "legacy")).is_err());
 }
