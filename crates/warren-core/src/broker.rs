@@ -996,6 +996,9 @@ impl Broker {
         &self.config
     }
 
+    /// The users, permissions and topic permissions, for listing: [`Users::list`],
+    /// [`Users::permissions`], [`Users::topic_permissions`], [`Users::permission`] (one user
+    /// in one vhost). Changes go through the broker's methods below, which persist them.
     pub fn users(&self) -> &Users {
         &self.users
     }
