@@ -1,34 +1,361 @@
-//! Users and the SASL mechanisms PLAIN and AMQPLAIN.
+//! Access control: users (RabbitMQ's salted password hashes, tags), permissions per user and
+//! vhost (configure / write / read regular expressions), topic permissions, and the SASL
+//! mechanisms PLAIN and AMQPLAIN.
 //!
-//! The user store holds the default user from the configuration; vhosts, permissions and
-//! password hashing come with the management work (issue 6).
+//! Password hashes follow RabbitMQ's `rabbit_password_hashing_sha256` (the default) and
+//! `rabbit_password_hashing_sha512`: base64(salt ++ H(salt ++ password)) with a 4-byte random
+//! salt, so hashes exported from RabbitMQ import as they are and the other way round.
+//!
+//! Permission patterns are compiled once, when set. As in RabbitMQ an empty pattern stands for
+//! `^$`, which matches no resource (the default exchange is checked as `amq.default`).
 
+use base64::Engine;
+use regex::Regex;
+use sha2::{Digest, Sha256, Sha512};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use warren_amqp::codec::Reader;
 use warren_amqp::{FieldTable, ProtocolError, ReplyCode};
 
-#[derive(Debug, Clone)]
-pub struct User {
-    pub name: String,
-    password: String,
-    pub loopback_only: bool,
-}
-
-#[derive(Debug, Default)]
-pub struct Users {
-    users: Vec<User>,
-}
-
 /// The mechanisms offered in connection.start, in RabbitMQ's order.
 pub const MECHANISMS: &str = "PLAIN AMQPLAIN";
+
+/// RabbitMQ's default (and Warren's only generated) password hashing algorithm.
+pub const SHA256: &str = "rabbit_password_hashing_sha256";
+/// Also accepted when importing hashes.
+pub const SHA512: &str = "rabbit_password_hashing_sha512";
+
+/// The tags RabbitMQ knows (others are kept and shown, and mean nothing).
+pub const KNOWN_TAGS: [&str; 5] = ["administrator", "monitoring", "management", "policymaker", "impersonator"];
+
+/// A user as stored: name, salted password hash, tags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct User {
+    pub name: String,
+    /// base64(salt ++ hash); empty when the user has no password (cannot log in with one).
+    pub password_hash: String,
+    /// One of [`SHA256`], [`SHA512`].
+    pub hashing_algorithm: String,
+    pub tags: Vec<String>,
+}
+
+impl User {
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags.iter().any(|t| t == tag)
+    }
+
+    pub fn is_administrator(&self) -> bool {
+        self.has_tag("administrator")
+    }
+
+    /// True when `password` is this user's password.
+    pub fn check_password(&self, password: &str) -> bool {
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(&self.password_hash) else { return false };
+        if raw.len() < 5 {
+            return false;
+        }
+        let (salt, digest) = raw.split_at(4);
+        let Some(expected) = hash_with(&self.hashing_algorithm, salt, password) else { return false };
+        // Compare without an early exit so the time taken does not tell where they differ.
+        expected.len() == digest.len() && expected.iter().zip(digest).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    }
+}
+
+fn hash_with(algorithm: &str, salt: &[u8], password: &str) -> Option<Vec<u8>> {
+    match algorithm {
+        SHA256 => {
+            let mut h = Sha256::new();
+            h.update(salt);
+            h.update(password.as_bytes());
+            Some(h.finalize().to_vec())
+        }
+        SHA512 => {
+            let mut h = Sha512::new();
+            h.update(salt);
+            h.update(password.as_bytes());
+            Some(h.finalize().to_vec())
+        }
+        _ => None,
+    }
+}
+
+/// RabbitMQ's `rabbit_password_hashing_sha256` hash of `password` with the given salt:
+/// base64(salt ++ SHA-256(salt ++ password)).
+pub fn hash_password_with_salt(salt: [u8; 4], password: &str) -> String {
+    let mut raw = salt.to_vec();
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(password.as_bytes());
+    raw.extend_from_slice(&h.finalize());
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
+/// [`hash_password_with_salt`] with a random salt.
+pub fn hash_password(password: &str) -> String {
+    let salt = fastrand::u32(..).to_be_bytes();
+    hash_password_with_salt(salt, password)
+}
+
+/// How a user's password is given to [`crate::Broker::put_user`].
+#[derive(Debug, Clone)]
+pub enum Password {
+    /// A clear-text password, hashed with [`SHA256`].
+    Clear(String),
+    /// A hash as RabbitMQ exports it, with its algorithm.
+    Hash { password_hash: String, hashing_algorithm: String },
+    /// No password: the user cannot log in with one.
+    None,
+}
+
+/// A compiled regular expression with the pattern it came from.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    source: String,
+    /// None for `.*` (matches everything, no regex run on the hot path).
+    regex: Option<Regex>,
+}
+
+impl Pattern {
+    /// Compiles a RabbitMQ permission pattern; the empty pattern means `^$`.
+    pub fn new(source: &str) -> Result<Self, String> {
+        let regex = match source {
+            ".*" => None,
+            "" => Some(compile("^$")?),
+            s => Some(compile(s)?),
+        };
+        Ok(Pattern { source: source.into(), regex })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    pub fn is_match(&self, name: &str) -> bool {
+        self.regex.as_ref().is_none_or(|r| r.is_match(name))
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+fn compile(s: &str) -> Result<Regex, String> {
+    Regex::new(s).map_err(|e| format!("invalid regular expression '{s}': {e}"))
+}
+
+/// What an operation needs on a resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Configure,
+    Write,
+    Read,
+}
+
+/// A user's permissions in one vhost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Permission {
+    pub user: String,
+    pub vhost: String,
+    pub configure: Pattern,
+    pub write: Pattern,
+    pub read: Pattern,
+}
+
+impl Permission {
+    pub fn new(user: &str, vhost: &str, configure: &str, write: &str, read: &str) -> Result<Self, String> {
+        Ok(Permission {
+            user: user.into(),
+            vhost: vhost.into(),
+            configure: Pattern::new(configure)?,
+            write: Pattern::new(write)?,
+            read: Pattern::new(read)?,
+        })
+    }
+
+    /// True when the permission allows `access` to the resource named `name` (the default
+    /// exchange's empty name is checked as `amq.default`, as RabbitMQ does).
+    pub fn allows(&self, access: Access, name: &str) -> bool {
+        let pattern = match access {
+            Access::Configure => &self.configure,
+            Access::Write => &self.write,
+            Access::Read => &self.read,
+        };
+        pattern.is_match(name)
+    }
+}
+
+/// A topic permission: for a topic exchange, which routing keys a user may publish with
+/// (`write`) and bind with (`read`). Patterns may hold `{username}` and `{vhost}`, expanded
+/// when set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicPermission {
+    pub user: String,
+    pub vhost: String,
+    pub exchange: String,
+    pub write: Pattern,
+    pub read: Pattern,
+}
+
+impl TopicPermission {
+    pub fn new(user: &str, vhost: &str, exchange: &str, write: &str, read: &str) -> Result<Self, String> {
+        let expand = |p: &str| p.replace("{username}", user).replace("{vhost}", vhost);
+        let mut write_p = Pattern::new(&expand(write))?;
+        let mut read_p = Pattern::new(&expand(read))?;
+        // Shown and stored as given, unexpanded.
+        write_p.source = write.into();
+        read_p.source = read.into();
+        Ok(TopicPermission {
+            user: user.into(),
+            vhost: vhost.into(),
+            exchange: exchange.into(),
+            write: write_p,
+            read: read_p,
+        })
+    }
+}
+
+/// What a connection may do in its vhost: resolved at connection.open and replaced when the
+/// permissions change.
+#[derive(Debug, Clone)]
+pub struct Grants {
+    pub permission: Permission,
+    pub topic: Vec<TopicPermission>,
+    /// The user has the `impersonator` tag: it may publish with any `user_id` property.
+    pub impersonator: bool,
+}
+
+impl Grants {
+    /// The topic permission on `exchange` allows `access` (Write or Read) with `routing_key`;
+    /// true when there is no topic permission for that exchange.
+    pub fn topic_allows(&self, exchange: &str, access: Access, routing_key: &str) -> bool {
+        self.topic.iter().filter(|t| t.exchange == exchange).all(|t| match access {
+            Access::Write => t.write.is_match(routing_key),
+            _ => t.read.is_match(routing_key),
+        })
+    }
+}
+
+/// The user store and the permissions.
+#[derive(Debug, Default)]
+pub struct Users {
+    users: BTreeMap<String, User>,
+    /// Users that may connect from the loopback interface only (RabbitMQ: loopback_users).
+    loopback_only: Vec<String>,
+    permissions: BTreeMap<(String, String), Permission>,
+    /// By (user, vhost, exchange).
+    topic_permissions: BTreeMap<(String, String, String), TopicPermission>,
+}
 
 fn refused(detail: &str) -> ProtocolError {
     ProtocolError::new(ReplyCode::AccessRefused, detail)
 }
 
 impl Users {
+    /// Adds or replaces a user with a clear-text password and no tags (tests, the default user).
     pub fn add(&mut self, name: &str, password: &str, loopback_only: bool) {
-        self.users.retain(|u| u.name != name);
-        self.users.push(User { name: name.into(), password: password.into(), loopback_only });
+        self.put(User {
+            name: name.into(),
+            password_hash: hash_password(password),
+            hashing_algorithm: SHA256.into(),
+            tags: Vec::new(),
+        });
+        self.set_loopback_only(name, loopback_only);
+    }
+
+    pub fn set_loopback_only(&mut self, name: &str, loopback_only: bool) {
+        self.loopback_only.retain(|u| u != name);
+        if loopback_only {
+            self.loopback_only.push(name.into());
+        }
+    }
+
+    /// Adds or replaces a user.
+    pub fn put(&mut self, user: User) {
+        self.users.insert(user.name.clone(), user);
+    }
+
+    /// Removes a user with its permissions; false when there was none.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.permissions.retain(|(u, _), _| u != name);
+        self.topic_permissions.retain(|(u, _, _), _| u != name);
+        self.users.remove(name).is_some()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&User> {
+        self.users.get(name)
+    }
+
+    /// Every user, by name.
+    pub fn list(&self) -> impl Iterator<Item = &User> {
+        self.users.values()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
+    pub fn set_permission(&mut self, p: Permission) {
+        self.permissions.insert((p.user.clone(), p.vhost.clone()), p);
+    }
+
+    pub fn clear_permission(&mut self, user: &str, vhost: &str) -> bool {
+        self.permissions.remove(&(user.to_string(), vhost.to_string())).is_some()
+    }
+
+    pub fn permission(&self, user: &str, vhost: &str) -> Option<&Permission> {
+        self.permissions.get(&(user.to_string(), vhost.to_string()))
+    }
+
+    /// Every permission, by user then vhost.
+    pub fn permissions(&self) -> impl Iterator<Item = &Permission> {
+        self.permissions.values()
+    }
+
+    pub fn set_topic_permission(&mut self, p: TopicPermission) {
+        self.topic_permissions.insert((p.user.clone(), p.vhost.clone(), p.exchange.clone()), p);
+    }
+
+    /// Clears the topic permission of one exchange, or all of (user, vhost) when `exchange` is
+    /// None; false when there was none.
+    pub fn clear_topic_permission(&mut self, user: &str, vhost: &str, exchange: Option<&str>) -> bool {
+        let before = self.topic_permissions.len();
+        self.topic_permissions.retain(|(u, v, x), _| !(u == user && v == vhost && exchange.is_none_or(|e| e == x)));
+        self.topic_permissions.len() != before
+    }
+
+    /// Every topic permission, by user, vhost, exchange.
+    pub fn topic_permissions(&self) -> impl Iterator<Item = &TopicPermission> {
+        self.topic_permissions.values()
+    }
+
+    /// Drops the permissions of a deleted vhost.
+    pub fn forget_vhost(&mut self, vhost: &str) {
+        self.permissions.retain(|(_, v), _| v != vhost);
+        self.topic_permissions.retain(|(_, v, _), _| v != vhost);
+    }
+
+    /// What `user` may do in `vhost`; None when it has no permissions there.
+    pub fn grants(&self, user: &str, vhost: &str) -> Option<Arc<Grants>> {
+        let permission = self.permission(user, vhost)?.clone();
+        let topic = self.topic_permissions().filter(|t| t.user == user && t.vhost == vhost).cloned().collect();
+        let impersonator = self.users.get(user).is_some_and(|u| u.has_tag("impersonator"));
+        Some(Arc::new(Grants { permission, topic, impersonator }))
+    }
+
+    /// Checks a user name and password (HTTP basic auth and SASL); returns the user.
+    pub fn check(&self, name: &str, password: &str, peer_is_loopback: bool) -> Result<&User, ProtocolError> {
+        match self.users.get(name) {
+            Some(u) if u.check_password(password) => {
+                if !peer_is_loopback && self.loopback_only.iter().any(|l| l == name) {
+                    Err(refused(&format!("user '{name}' can only connect via localhost")))
+                } else {
+                    Ok(u)
+                }
+            }
+            _ => Err(refused("invalid credentials")),
+        }
     }
 
     /// Checks a connection.start-ok response; returns the user name.
@@ -45,13 +372,10 @@ impl Users {
                 return Err(refused(&format!("unsupported authentication mechanism '{other}', offered: {MECHANISMS}")))
             }
         };
-        let user = self.users.iter().find(|u| u.name == name && u.password == password);
-        match user {
-            Some(u) if u.loopback_only && !peer_is_loopback => {
-                Err(refused(&format!("user '{name}' can only connect via localhost")))
-            }
-            Some(u) => Ok(u.name.clone()),
-            None => Err(refused(&format!(
+        match self.check(&name, &password, peer_is_loopback) {
+            Ok(u) => Ok(u.name.clone()),
+            Err(e) if e.text.contains("localhost") => Err(e),
+            Err(_) => Err(refused(&format!(
                 "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
             ))),
         }
@@ -115,5 +439,37 @@ mod tests {
         let mut out = bytes::BytesMut::new();
         t.encode(&mut out);
         assert_eq!(users().authenticate("AMQPLAIN", &out[4..], true).expect("ok"), "app");
+    }
+
+    #[test]
+    fn rabbitmq_exported_hashes_check() {
+        // Exported from RabbitMQ 3.10.8 (`rabbitmqctl export_definitions`), password "pw".
+        let u = User {
+            name: "bob".into(),
+            password_hash: "UTIkULXG9baDsj/YUf/sdMnz1QDOltSY5foDoCyZhBbY7RiT".into(),
+            hashing_algorithm: SHA256.into(),
+            tags: vec![],
+        };
+        assert!(u.check_password("pw"));
+        assert!(!u.check_password("pw2"));
+        assert!(!u.check_password(""));
+        let salt = [0x51, 0x32, 0x24, 0x50];
+        assert_eq!(hash_password_with_salt(salt, "pw"), u.password_hash);
+    }
+
+    #[test]
+    fn patterns_follow_rabbitmq() {
+        let p = Permission::new("u", "/", "", ".*", "^a").expect("compiles");
+        assert!(!p.allows(Access::Configure, "q"));
+        assert!(!p.allows(Access::Configure, "amq.default"));
+        assert!(p.allows(Access::Write, "anything"));
+        assert!(p.allows(Access::Read, "abc"));
+        assert!(!p.allows(Access::Read, "bac"));
+        assert!(Permission::new("u", "/", "(", "", "").is_err());
+        let t = TopicPermission::new("alice", "v", "amq.topic", "^{username}\\.", "^{vhost}").expect("compiles");
+        assert!(t.write.is_match("alice.x"));
+        assert!(!t.write.is_match("bob.x"));
+        assert!(t.read.is_match("v.x"));
+        assert_eq!(t.write.as_str(), "^{username}\\.");
     }
 }

@@ -10,10 +10,12 @@
 //! a hard code closes the connection. Either way no other connection notices.
 
 use crate::args::{QueueArgs, QueueType};
-use crate::auth::Users;
+use crate::auth::{Access, Grants, Password, Permission, TopicPermission, User, Users, SHA256, SHA512};
 use crate::channel::{AckOp, Channel, ChannelState, Consumer, DeferredKind, TxState, Unacked};
 use crate::config::{Config, CONNECTION_OUTBOUND_MAX_BYTES};
-use crate::definitions::{BindingDef, Definitions, ExchangeDef, PolicyDef, QueueDef};
+use crate::definitions::{
+    BindingDef, Definitions, ExchangeDef, PermissionDef, PolicyDef, QueueDef, TopicPermissionDef, UserDef,
+};
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::message::{Message, MessageRef};
 use crate::policy::{ApplyTo, Policy};
@@ -72,6 +74,11 @@ impl ConnInfo {
 struct Conn {
     info: ConnInfo,
     vhost: Arc<str>,
+    /// What the user may do in the vhost (replaced when its permissions change).
+    grants: Arc<Grants>,
+    /// The last exchange a publish was allowed to write to: publishing checks the write
+    /// permission only when the exchange changes.
+    write_ok: Option<ShortStr>,
     cancel_notify: bool,
     /// Boxed: a channel is large, and the map keeps spare slots.
     channels: HashMap<u16, Box<Channel>>,
@@ -221,6 +228,35 @@ fn inequivalent(
     precondition(format_args!("inequivalent arg '{arg}' for {kind} '{name}' in vhost '{vhost}': received '{received}' but current is '{current}'"))
 }
 
+/// The name a resource's permission is checked with: RabbitMQ checks the default exchange as
+/// `amq.default`.
+fn permission_name<'a>(kind: &str, name: &'a str) -> &'a str {
+    if kind == "exchange" && name.is_empty() {
+        "amq.default"
+    } else {
+        name
+    }
+}
+
+/// RabbitMQ's refusal of an operation on a resource (channel error 403).
+fn access_refused(kind: &str, name: &str, vhost: &str, user: &str) -> ProtocolError {
+    let name = permission_name(kind, name);
+    ProtocolError::new(
+        ReplyCode::AccessRefused,
+        format_args!("access to {kind} '{name}' in vhost '{vhost}' refused for user '{user}'"),
+    )
+}
+
+/// RabbitMQ's refusal of a routing key by a topic permission.
+fn topic_refused(routing_key: &str, exchange: &str, vhost: &str, user: &str) -> ProtocolError {
+    ProtocolError::new(
+        ReplyCode::AccessRefused,
+        format_args!(
+            "access to topic '{routing_key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{user}'"
+        ),
+    )
+}
+
 /// The exchanges every vhost has from the start; never written to the definitions.
 fn is_builtin_exchange(name: &str) -> bool {
     matches!(name, "" | "amq.direct" | "amq.fanout" | "amq.topic" | "amq.headers" | "amq.match")
@@ -303,6 +339,8 @@ pub struct Broker {
     paged_behind_consumer: bool,
     /// Resource alarms in force (see [`Broker::set_alarms`]).
     alarms: Alarms,
+    /// The user management requests act as (see `Broker::set_acting_user`).
+    acting_user: Option<String>,
     /// Bytes that may still come in before memory reaches the high watermark, as of the last
     /// measurement, and what was published since ([`Broker::set_memory_use`]).
     memory_headroom: Option<u64>,
@@ -438,8 +476,9 @@ impl Broker {
     /// survive a restart (non-durable queues' logs).
     pub fn open(config: Config, backend: Arc<dyn Backend>, dir: PathBuf) -> Result<(Self, RecoveryReport), String> {
         let mut users = Users::default();
-        let loopback_only = config.loopback_users.iter().any(|u| u == &config.default_user);
-        users.add(&config.default_user, &config.default_pass, loopback_only);
+        for u in &config.loopback_users {
+            users.set_loopback_only(u, true);
+        }
         let store = Store { backend, dir, log_config: LogConfig::default(), next_transient: 0 };
         let mut broker = Broker {
             config,
@@ -458,6 +497,7 @@ impl Broker {
             paged_behind_consumer: false,
             flow_released: false,
             alarms: Alarms::default(),
+            acting_user: None,
             memory_headroom: None,
             ingested: 0,
             stats: StoreStats::default(),
@@ -487,8 +527,48 @@ impl Broker {
             Err(e) => return Err(io("cannot read the definitions", e)),
         };
         let default_vhost = self.config.default_vhost.clone();
-        for v in std::iter::once(&default_vhost).chain(defs.vhosts.iter()) {
+        // A fresh store (or one from before access control) gets the default vhost and the
+        // default user, an administrator with every permission on it, as RabbitMQ seeds them.
+        let fresh = defs.users.is_none();
+        let seeded = fresh.then_some(&default_vhost);
+        for v in seeded.into_iter().chain(defs.vhosts.iter()) {
             self.vhosts.entry(v.clone()).or_insert_with(|| VHost::new(v));
+        }
+        if fresh {
+            let (name, pass) = (self.config.default_user.clone(), self.config.default_pass.clone());
+            self.users.put(User {
+                name: name.clone(),
+                password_hash: crate::auth::hash_password(&pass),
+                hashing_algorithm: SHA256.into(),
+                tags: vec!["administrator".into()],
+            });
+            let p = Permission::new(&name, &default_vhost, ".*", ".*", ".*").map_err(|e| e.to_string())?;
+            self.users.set_permission(p);
+            self.defs_dirty = true;
+        }
+        for u in defs.users.iter().flatten() {
+            self.users.put(User {
+                name: u.name.clone(),
+                password_hash: u.password_hash.clone(),
+                hashing_algorithm: u.hashing_algorithm.clone(),
+                tags: u.tags.clone(),
+            });
+        }
+        for p in &defs.permissions {
+            match Permission::new(&p.user, &p.vhost, &p.configure, &p.write, &p.read) {
+                Ok(p) => self.users.set_permission(p),
+                Err(e) => {
+                    report.corrupt.push(format!("permissions of '{}' in vhost '{}': {e}; skipped", p.user, p.vhost))
+                }
+            }
+        }
+        for p in &defs.topic_permissions {
+            match TopicPermission::new(&p.user, &p.vhost, &p.exchange, &p.write, &p.read) {
+                Ok(p) => self.users.set_topic_permission(p),
+                Err(e) => report
+                    .corrupt
+                    .push(format!("topic permissions of '{}' in vhost '{}': {e}; skipped", p.user, p.vhost)),
+            }
         }
         for p in &defs.policies {
             let apply_to = ApplyTo::parse(&p.apply_to).unwrap_or(ApplyTo::All);
@@ -608,12 +688,48 @@ impl Broker {
                 }
             }
         }
+        self.save_definitions().map_err(|e| e.text.to_string())?;
         Ok(report)
     }
 
     /// The durable definitions as they are now.
     fn definitions(&self) -> Definitions {
-        let mut d = Definitions::default();
+        let mut d = Definitions {
+            users: Some(
+                self.users
+                    .list()
+                    .map(|u| UserDef {
+                        name: u.name.clone(),
+                        password_hash: u.password_hash.clone(),
+                        hashing_algorithm: u.hashing_algorithm.clone(),
+                        tags: u.tags.clone(),
+                    })
+                    .collect(),
+            ),
+            permissions: self
+                .users
+                .permissions()
+                .map(|p| PermissionDef {
+                    user: p.user.clone(),
+                    vhost: p.vhost.clone(),
+                    configure: p.configure.as_str().into(),
+                    write: p.write.as_str().into(),
+                    read: p.read.as_str().into(),
+                })
+                .collect(),
+            topic_permissions: self
+                .users
+                .topic_permissions()
+                .map(|p| TopicPermissionDef {
+                    user: p.user.clone(),
+                    vhost: p.vhost.clone(),
+                    exchange: p.exchange.clone(),
+                    write: p.write.as_str().into(),
+                    read: p.read.as_str().into(),
+                })
+                .collect(),
+            ..Definitions::default()
+        };
         for (p, operator) in
             self.policies.iter().map(|p| (p, false)).chain(self.operator_policies.iter().map(|p| (p, true)))
         {
@@ -922,15 +1038,227 @@ impl Broker {
         &self.config
     }
 
+    /// The users, permissions and topic permissions, for listing: [`Users::list`],
+    /// [`Users::permissions`], [`Users::topic_permissions`], [`Users::permission`] (one user
+    /// in one vhost). Changes go through the broker's methods below, which persist them.
     pub fn users(&self) -> &Users {
         &self.users
     }
 
-    /// Registers a connection after connection.open; refuses a vhost that does not exist.
+    // ---- vhosts, users and permissions (the management API's) --------------------------------
+    //
+    // Every change is durable (in the definitions snapshot) before these return. Errors carry
+    // the AMQP reply code that fits (404 NOT_FOUND for a missing user or vhost, 406
+    // PRECONDITION_FAILED for an invalid argument) and a message for the HTTP layer.
+
+    /// The vhosts' names, sorted.
+    pub fn vhost_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.vhosts.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// True when the vhost exists.
+    pub fn has_vhost(&self, name: &str) -> bool {
+        self.vhosts.contains_key(name)
+    }
+
+    /// Closes a connection from the broker's side (320 CONNECTION_FORCED): its consumers are
+    /// cancelled and its unacked messages requeued at once.
+    fn force_close(&mut self, conn: ConnId, why: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let channels: Vec<u16> =
+            self.conns.get(&conn).map(|c| c.channels.keys().copied().collect()).unwrap_or_default();
+        for ch in channels {
+            self.release_channel(conn, ch, now_ms, out);
+        }
+        self.connection_error(conn, ProtocolError::new(ReplyCode::ConnectionForced, why), out);
+    }
+
+    /// Creates a vhost with its built-in exchanges; false when it already existed.
+    pub fn add_vhost(&mut self, name: &str) -> Result<bool, ProtocolError> {
+        if name.is_empty() {
+            return Err(precondition("a vhost name cannot be empty"));
+        }
+        if self.vhosts.contains_key(name) {
+            return Ok(false);
+        }
+        self.vhosts.insert(name.into(), VHost::new(name));
+        self.defs_dirty = true;
+        self.save_definitions().map(|_| true)
+    }
+
+    /// Deletes a vhost as RabbitMQ does: its connections are closed (320 CONNECTION_FORCED),
+    /// its queues (with their messages), exchanges, policies and permissions go. False when
+    /// there was no such vhost.
+    pub fn delete_vhost(
+        &mut self,
+        name: &str,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Result<bool, ProtocolError> {
+        if !self.vhosts.contains_key(name) {
+            return Ok(false);
+        }
+        let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| &*c.vhost == name).map(|(id, _)| *id).collect();
+        for id in conns {
+            self.force_close(id, &format!("vhost '{name}' is deleted"), now_ms, out);
+        }
+        let queues: Vec<ShortStr> =
+            self.vhosts.get(name).map(|v| v.queues.keys().cloned().collect()).unwrap_or_default();
+        for q in queues {
+            self.delete_queue(name, &q, now_ms, out);
+        }
+        if let Some(vh) = self.vhosts.remove(name) {
+            for x in vh.exchanges.values() {
+                if x.durable && x.delayed.is_some() {
+                    let dir = self.store.delayed_dir(name, &x.name);
+                    if let Err(e) = self.store.backend.remove_dir_all(&dir) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            self.errors
+                                .push(format!("cannot remove the log of exchange '{}' in vhost '{name}': {e}", x.name));
+                        }
+                    }
+                }
+            }
+        }
+        self.dirty.retain(|(v, _)| &**v != name);
+        self.dirty_exchanges.retain(|(v, _)| &**v != name);
+        self.policies.retain(|p| p.vhost != name);
+        self.operator_policies.retain(|p| p.vhost != name);
+        self.users.forget_vhost(name);
+        self.defs_dirty = true;
+        self.save_definitions().map(|_| true)
+    }
+
+    /// Adds or replaces a user. Tags are kept as given (RabbitMQ's are listed in
+    /// [`crate::auth::KNOWN_TAGS`]). The user's connections are not affected.
+    pub fn put_user(&mut self, name: &str, password: Password, tags: Vec<String>) -> Result<(), ProtocolError> {
+        if name.is_empty() {
+            return Err(precondition("a user name cannot be empty"));
+        }
+        let (password_hash, hashing_algorithm) = match password {
+            Password::Clear(p) => (crate::auth::hash_password(&p), SHA256.to_string()),
+            Password::Hash { password_hash, hashing_algorithm } => {
+                let algorithm = if hashing_algorithm.is_empty() { SHA256.to_string() } else { hashing_algorithm };
+                if algorithm != SHA256 && algorithm != SHA512 {
+                    return Err(precondition(format_args!("unsupported hashing algorithm '{algorithm}'")));
+                }
+                (password_hash, algorithm)
+            }
+            Password::None => (String::new(), SHA256.to_string()),
+        };
+        self.users.put(User { name: name.into(), password_hash, hashing_algorithm, tags });
+        self.refresh_grants(Some(name));
+        self.defs_dirty = true;
+        self.save_definitions()
+    }
+
+    /// Deletes a user and its permissions; false when there was none. Its open connections are
+    /// closed with 320 CONNECTION_FORCED, as RabbitMQ does.
+    pub fn delete_user(
+        &mut self,
+        name: &str,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Result<bool, ProtocolError> {
+        if !self.users.remove(name) {
+            return Ok(false);
+        }
+        self.refresh_grants(Some(name));
+        let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.info.user == name).map(|(id, _)| *id).collect();
+        for id in conns {
+            self.force_close(id, &format!("user '{name}' is deleted"), now_ms, out);
+        }
+        self.defs_dirty = true;
+        self.save_definitions().map(|_| true)
+    }
+
+    /// A user by name (whoami).
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.get(name)
+    }
+
+    /// Checks a user name and password (HTTP basic auth); returns the user with its tags.
+    /// Loopback-only users (config `loopback_users`) are refused unless `peer_is_loopback`.
+    pub fn authenticate_basic(
+        &self,
+        name: &str,
+        password: &str,
+        peer_is_loopback: bool,
+    ) -> Result<&User, ProtocolError> {
+        self.users.check(name, password, peer_is_loopback)
+    }
+
+    fn user_and_vhost_exist(&self, user: &str, vhost: &str) -> Res {
+        if self.users.get(user).is_none() {
+            return Err(ProtocolError::new(ReplyCode::NotFound, format_args!("no user '{user}'")));
+        }
+        if !self.vhosts.contains_key(vhost) {
+            return Err(not_found("vhost", vhost, vhost));
+        }
+        Ok(())
+    }
+
+    /// Sets a user's configure / write / read patterns in a vhost. Open connections of the
+    /// user see the change at their next operation.
+    pub fn set_permissions(&mut self, user: &str, vhost: &str, configure: &str, write: &str, read: &str) -> Res {
+        self.user_and_vhost_exist(user, vhost)?;
+        let p = Permission::new(user, vhost, configure, write, read).map_err(precondition)?;
+        self.users.set_permission(p);
+        self.refresh_grants(Some(user));
+        self.defs_dirty = true;
+        self.save_definitions()
+    }
+
+    /// Clears a user's permissions in a vhost; false when it had none.
+    pub fn clear_permissions(&mut self, user: &str, vhost: &str) -> Result<bool, ProtocolError> {
+        if !self.users.clear_permission(user, vhost) {
+            return Ok(false);
+        }
+        self.refresh_grants(Some(user));
+        self.defs_dirty = true;
+        self.save_definitions().map(|_| true)
+    }
+
+    /// Sets a user's topic permission on an exchange of a vhost (patterns may use `{username}`
+    /// and `{vhost}`).
+    pub fn set_topic_permissions(&mut self, user: &str, vhost: &str, exchange: &str, write: &str, read: &str) -> Res {
+        self.user_and_vhost_exist(user, vhost)?;
+        let p = TopicPermission::new(user, vhost, exchange, write, read).map_err(precondition)?;
+        self.users.set_topic_permission(p);
+        self.refresh_grants(Some(user));
+        self.defs_dirty = true;
+        self.save_definitions()
+    }
+
+    /// Clears a user's topic permission on one exchange, or on all when `exchange` is None;
+    /// false when there was none.
+    pub fn clear_topic_permissions(
+        &mut self,
+        user: &str,
+        vhost: &str,
+        exchange: Option<&str>,
+    ) -> Result<bool, ProtocolError> {
+        if !self.users.clear_topic_permission(user, vhost, exchange) {
+            return Ok(false);
+        }
+        self.refresh_grants(Some(user));
+        self.defs_dirty = true;
+        self.save_definitions().map(|_| true)
+    }
+
+    /// Registers a connection after connection.open; refuses a vhost that does not exist, or
+    /// that the user has no permissions in, with RabbitMQ's words.
     pub fn open_connection(&mut self, conn: ConnId, info: ConnInfo) -> Res {
         if !self.vhosts.contains_key(&info.vhost) {
             return Err(ProtocolError::new(ReplyCode::NotAllowed, format_args!("vhost {} not found", info.vhost)));
         }
+        let Some(grants) = self.users.grants(&info.user, &info.vhost) else {
+            return Err(ProtocolError::new(
+                ReplyCode::NotAllowed,
+                format_args!("access to vhost '{}' refused for user '{}'", info.vhost, info.user),
+            ));
+        };
         let cancel_notify = info.has_capability("consumer_cancel_notify");
         let vhost: Arc<str> = info.vhost.as_str().into();
         self.conns.insert(
@@ -938,6 +1266,8 @@ impl Broker {
             Conn {
                 info,
                 vhost,
+                grants,
+                write_ok: None,
                 cancel_notify,
                 channels: HashMap::new(),
                 closing: false,
@@ -1125,6 +1455,37 @@ impl Broker {
     /// True while the connection is blocked by a resource alarm: do not read from it.
     pub fn is_alarm_blocked(&self, conn: ConnId) -> bool {
         self.alarms.any() && self.conns.get(&conn).is_some_and(|c| c.alarm_blocked)
+    }
+
+    /// Opens a connection for the broker's own use on `vhost`, allowed everything.
+    pub(crate) fn open_internal_connection(&mut self, conn: ConnId, vhost: &str) -> Res {
+        let everything = crate::auth::Permission::new("", vhost, ".*", ".*", ".*")
+            .map_err(|e| ProtocolError::new(ReplyCode::InternalError, e))?;
+        let grants = Arc::new(crate::auth::Grants { permission: everything, topic: Vec::new(), impersonator: true });
+        let info = ConnInfo {
+            user: String::new(),
+            vhost: vhost.to_string(),
+            peer: "internal".into(),
+            client_properties: FieldTable::new(),
+            channel_max: 1,
+        };
+        self.conns.insert(
+            conn,
+            Conn {
+                info,
+                vhost: vhost.into(),
+                grants,
+                write_ok: None,
+                cancel_notify: false,
+                channels: HashMap::new(),
+                closing: false,
+                out_bytes: 0,
+                flow_blocked: false,
+                alarm_blocked: false,
+                blocked_sent: false,
+            },
+        );
+        Ok(())
     }
 
     /// A connection publishes under an alarm: it is blocked from now on (and told once).
@@ -1458,6 +1819,7 @@ impl Broker {
                 Ok(())
             }
             Method::ExchangeDelete { exchange, if_unused, nowait } => {
+                self.check(conn, Access::Configure, "exchange", &exchange)?;
                 self.exchange_delete(conn, &exchange, if_unused)?;
                 if !nowait {
                     Self::reply(out, conn, channel, Method::ExchangeDeleteOk);
@@ -1465,6 +1827,8 @@ impl Broker {
                 Ok(())
             }
             Method::ExchangeBind { destination, source, routing_key, nowait, arguments } => {
+                self.check(conn, Access::Write, "exchange", &destination)?;
+                self.check(conn, Access::Read, "exchange", &source)?;
                 self.bind(conn, Destination::Exchange(destination), &source, routing_key, arguments)?;
                 if !nowait {
                     Self::reply(out, conn, channel, Method::ExchangeBindOk);
@@ -1472,6 +1836,8 @@ impl Broker {
                 Ok(())
             }
             Method::ExchangeUnbind { destination, source, routing_key, nowait, arguments } => {
+                self.check(conn, Access::Write, "exchange", &destination)?;
+                self.check(conn, Access::Read, "exchange", &source)?;
                 self.unbind(conn, Destination::Exchange(destination), &source, routing_key, arguments)?;
                 if !nowait {
                     Self::reply(out, conn, channel, Method::ExchangeUnbindOk);
@@ -1502,6 +1868,8 @@ impl Broker {
             }
             Method::QueueBind { queue, exchange, routing_key, nowait, arguments } => {
                 let queue = self.resolve_queue_name(conn, channel, queue)?;
+                self.check(conn, Access::Write, "queue", &queue)?;
+                self.check(conn, Access::Read, "exchange", &exchange)?;
                 self.bind(conn, Destination::Queue(queue), &exchange, routing_key, arguments)?;
                 if !nowait {
                     Self::reply(out, conn, channel, Method::QueueBindOk);
@@ -1510,12 +1878,15 @@ impl Broker {
             }
             Method::QueueUnbind { queue, exchange, routing_key, arguments } => {
                 let queue = self.resolve_queue_name(conn, channel, queue)?;
+                self.check(conn, Access::Write, "queue", &queue)?;
+                self.check(conn, Access::Read, "exchange", &exchange)?;
                 self.unbind(conn, Destination::Queue(queue), &exchange, routing_key, arguments)?;
                 Self::reply(out, conn, channel, Method::QueueUnbindOk);
                 Ok(())
             }
             Method::QueuePurge { queue, nowait } => {
                 let queue = self.resolve_queue_name(conn, channel, queue)?;
+                self.check(conn, Access::Read, "queue", &queue)?;
                 let (vhost, q) = self.queue_for_use(conn, &queue)?;
                 let n = q.purge().map_err(|e| internal(format_args!("cannot purge queue '{queue}': {e}")))?;
                 if q.durable {
@@ -1529,6 +1900,7 @@ impl Broker {
             }
             Method::QueueDelete { queue, if_unused, if_empty, nowait } => {
                 let queue = self.resolve_queue_name(conn, channel, queue)?;
+                self.check(conn, Access::Configure, "queue", &queue)?;
                 let vhost = self.vhost_of(conn)?;
                 let n = match self.vhosts.get(&*vhost).and_then(|v| v.queues.get(&queue)) {
                     // Deleting a queue that does not exist succeeds, as in RabbitMQ.
@@ -1666,6 +2038,56 @@ impl Broker {
         }
     }
 
+    // ---- access control --------------------------------------------------------------------
+
+    /// Checks that the connection's user may `access` the resource (`kind` is "queue" or
+    /// "exchange"), with RabbitMQ's refusal.
+    fn check(&self, conn: ConnId, access: Access, kind: &str, name: &str) -> Res {
+        let c = self.conns.get(&conn).ok_or_else(|| internal("unknown connection"))?;
+        if c.grants.permission.allows(access, permission_name(kind, name)) {
+            Ok(())
+        } else {
+            Err(access_refused(kind, name, &c.vhost, &c.info.user))
+        }
+    }
+
+    /// Checks a routing key against the topic permissions, when `exchange` is a topic exchange.
+    fn check_topic(&self, conn: ConnId, exchange: &str, access: Access, routing_key: &str) -> Res {
+        let c = self.conns.get(&conn).ok_or_else(|| internal("unknown connection"))?;
+        if c.grants.topic.is_empty() {
+            return Ok(());
+        }
+        let is_topic = self
+            .vhosts
+            .get(&*c.vhost)
+            .and_then(|v| v.exchanges.get(exchange))
+            .is_some_and(|x| x.kind == ExchangeKind::Topic);
+        if !is_topic || c.grants.topic_allows(exchange, access, routing_key) {
+            Ok(())
+        } else {
+            Err(topic_refused(routing_key, exchange, &c.vhost, &c.info.user))
+        }
+    }
+
+    /// Resolves again what the connections of `user` (or of everyone when None) may do, after
+    /// a permission changed. Connections whose user lost its permissions can do nothing more.
+    fn refresh_grants(&mut self, user: Option<&str>) {
+        for c in self.conns.values_mut() {
+            if user.is_some_and(|u| u != c.info.user) {
+                continue;
+            }
+            c.grants = self.users.grants(&c.info.user, &c.vhost).unwrap_or_else(|| {
+                let nothing = Permission::new(&c.info.user, &c.vhost, "", "", "");
+                Arc::new(Grants {
+                    permission: nothing.unwrap_or_else(|_| c.grants.permission.clone()),
+                    topic: Vec::new(),
+                    impersonator: false,
+                })
+            });
+            c.write_ok = None;
+        }
+    }
+
     // ---- lookups ---------------------------------------------------------------------------
 
     fn vhost_of(&self, conn: ConnId) -> Result<Arc<str>, ProtocolError> {
@@ -1727,6 +2149,12 @@ impl Broker {
         if passive {
             return if vh.exchanges.contains_key(name) { Ok(()) } else { Err(not_found("exchange", name, &vhost)) };
         }
+        self.check(conn, Access::Configure, "exchange", name)?;
+        if let Some(ae) = arguments.get("alternate-exchange").and_then(FieldValue::as_str) {
+            self.check(conn, Access::Write, "exchange", ae)?;
+            self.check(conn, Access::Read, "exchange", name)?;
+        }
+        let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
         let Some(kind) = ExchangeKind::parse(kind) else {
             return Err(ProtocolError::new(ReplyCode::CommandInvalid, format_args!("unknown exchange type '{kind}'")));
         };
@@ -1863,6 +2291,7 @@ impl Broker {
     ) -> Res {
         let vhost = self.vhost_of(conn)?;
         self.check_binding_ends(conn, &vhost, &dest, source)?;
+        self.check_topic(conn, source, Access::Read, &routing_key)?;
         let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(()) };
         let durable_dest = match &dest {
             Destination::Queue(q) => vh.queues.get(q).is_some_and(|q| q.durable && q.exclusive_owner.is_none()),
@@ -1885,6 +2314,7 @@ impl Broker {
     ) -> Res {
         let vhost = self.vhost_of(conn)?;
         self.check_binding_ends(conn, &vhost, &dest, source)?;
+        self.check_topic(conn, source, Access::Read, &routing_key)?;
         let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(()) };
         let mut emptied = false;
         if let Some(x) = vh.exchanges.get_mut(source) {
@@ -1950,6 +2380,13 @@ impl Broker {
         } else {
             name
         };
+        if !passive {
+            self.check(conn, Access::Configure, "queue", &name)?;
+            if let Some(dlx) = arguments.get("x-dead-letter-exchange").and_then(FieldValue::as_str) {
+                self.check(conn, Access::Write, "exchange", dlx)?;
+                self.check(conn, Access::Read, "queue", &name)?;
+            }
+        }
         let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
         let result = match vh.queues.get(&name) {
             Some(q) => {
@@ -2101,6 +2538,7 @@ impl Broker {
             return self.consume_reply_to(conn, channel, tag, no_ack, nowait, out);
         }
         let queue = self.resolve_queue_name(conn, channel, queue)?;
+        self.check(conn, Access::Read, "queue", &queue)?;
         let ch = self.channel_mut(conn, channel)?;
         let prefetch = ch.prefetch_consumer;
         let (vhost, q) = self.queue_for_use(conn, &queue)?;
@@ -2209,8 +2647,17 @@ impl Broker {
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
-        let vhost = self.vhost_of(conn)?;
-        let user = self.conns.get(&conn).map(|c| c.info.user.clone()).unwrap_or_default();
+        let c = self.conns.get_mut(&conn).ok_or_else(|| internal("unknown connection"))?;
+        // The write permission is checked when the exchange differs from the last one allowed:
+        // a publisher sending to one exchange pays one comparison per message.
+        if c.write_ok.as_ref() != Some(&exchange) {
+            if !c.grants.permission.allows(Access::Write, permission_name("exchange", &exchange)) {
+                return Err(access_refused("exchange", &exchange, &c.vhost, &c.info.user));
+            }
+            c.write_ok = Some(exchange.clone());
+        }
+        let vhost = c.vhost.clone();
+        let c = self.conns.get(&conn).ok_or_else(|| internal("unknown connection"))?;
         {
             let vh = self.vhosts.get(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
             let x = vh.exchanges.get(&exchange).ok_or_else(|| not_found("exchange", &exchange, &vhost))?;
@@ -2220,12 +2667,19 @@ impl Broker {
                     format_args!("cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"),
                 ));
             }
+            if x.kind == ExchangeKind::Topic
+                && !c.grants.topic.is_empty()
+                && !c.grants.topic_allows(&exchange, Access::Write, &routing_key)
+            {
+                return Err(topic_refused(&routing_key, &exchange, &vhost, &c.info.user));
+            }
         }
         if let Some(expiration) = &properties.expiration {
             crate::args::message_ttl_ms(expiration)?;
         }
         if let Some(uid) = &properties.user_id {
-            if uid.as_str() != user {
+            let user = &c.info.user;
+            if uid.as_str() != user && !c.grants.impersonator {
                 return Err(precondition(format_args!(
                     "user_id property set to '{uid}' but authenticated user was '{user}'"
                 )));
@@ -2675,6 +3129,7 @@ impl Broker {
         out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
         let queue = self.resolve_queue_name(conn, channel, queue)?;
+        self.check(conn, Access::Read, "queue", &queue)?;
         let (vhost, _) = self.queue_for_use(conn, &queue)?;
         self.expire(&vhost, &queue, now_ms, out);
         let (vhost, q) = self.queue_for_use(conn, &queue)?;

@@ -1,5 +1,5 @@
-//! The durable definitions (vhosts, durable exchanges, durable queues, bindings between
-//! durable ends) as one snapshot, encoded as an AMQP field table.
+//! The durable definitions (vhosts, users, permissions, topic permissions, policies, durable
+//! exchanges, durable queues, bindings between durable ends) as one snapshot, encoded as an AMQP field table.
 //!
 //! The snapshot is rewritten whole, atomically and durably (`Backend::replace_durably`), each
 //! time a durable definition changes, before the client is answered. Rewriting is O(number of
@@ -54,9 +54,43 @@ pub struct PolicyDef {
     pub operator: bool,
 }
 
+/// A user: name, password hash (RabbitMQ's format), hashing algorithm, tags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserDef {
+    pub name: String,
+    pub password_hash: String,
+    pub hashing_algorithm: String,
+    pub tags: Vec<String>,
+}
+
+/// A user's configure / write / read patterns in a vhost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PermissionDef {
+    pub user: String,
+    pub vhost: String,
+    pub configure: String,
+    pub write: String,
+    pub read: String,
+}
+
+/// A user's topic permission on an exchange of a vhost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopicPermissionDef {
+    pub user: String,
+    pub vhost: String,
+    pub exchange: String,
+    pub write: String,
+    pub read: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Definitions {
     pub vhosts: Vec<String>,
+    /// None in snapshots written before users were stored: the broker then seeds the default
+    /// user from its configuration, as on a fresh store.
+    pub users: Option<Vec<UserDef>>,
+    pub permissions: Vec<PermissionDef>,
+    pub topic_permissions: Vec<TopicPermissionDef>,
     pub policies: Vec<PolicyDef>,
     pub exchanges: Vec<ExchangeDef>,
     pub queues: Vec<QueueDef>,
@@ -179,6 +213,58 @@ impl Definitions {
                     .collect(),
             ),
         );
+        if let Some(users) = &self.users {
+            root.insert(
+                "users",
+                FieldValue::Array(
+                    users
+                        .iter()
+                        .map(|u| {
+                            table(vec![
+                                ("name", s(&u.name)),
+                                ("password_hash", s(&u.password_hash)),
+                                ("hashing_algorithm", s(&u.hashing_algorithm)),
+                                ("tags", FieldValue::Array(u.tags.iter().map(|t| s(t)).collect())),
+                            ])
+                        })
+                        .collect(),
+                ),
+            );
+        }
+        root.insert(
+            "permissions",
+            FieldValue::Array(
+                self.permissions
+                    .iter()
+                    .map(|p| {
+                        table(vec![
+                            ("user", s(&p.user)),
+                            ("vhost", s(&p.vhost)),
+                            ("configure", s(&p.configure)),
+                            ("write", s(&p.write)),
+                            ("read", s(&p.read)),
+                        ])
+                    })
+                    .collect(),
+            ),
+        );
+        root.insert(
+            "topic_permissions",
+            FieldValue::Array(
+                self.topic_permissions
+                    .iter()
+                    .map(|p| {
+                        table(vec![
+                            ("user", s(&p.user)),
+                            ("vhost", s(&p.vhost)),
+                            ("exchange", s(&p.exchange)),
+                            ("write", s(&p.write)),
+                            ("read", s(&p.read)),
+                        ])
+                    })
+                    .collect(),
+            ),
+        );
         let mut out = BytesMut::new();
         root.encode(&mut out);
         out.freeze()
@@ -241,6 +327,48 @@ impl Definitions {
                 });
             }
         }
+        // Snapshots written before access control existed have no users and permissions.
+        if root.get("users").is_some() {
+            let mut users = Vec::new();
+            for t in tables(get_array(&root, "users")?) {
+                let t = t?;
+                let mut tags = Vec::new();
+                for v in get_array(t, "tags")? {
+                    tags.push(v.as_str().ok_or("user tag is not a string")?.to_owned());
+                }
+                users.push(UserDef {
+                    name: get_str(t, "name")?,
+                    password_hash: get_str(t, "password_hash")?,
+                    hashing_algorithm: get_str(t, "hashing_algorithm")?,
+                    tags,
+                });
+            }
+            d.users = Some(users);
+        }
+        if root.get("permissions").is_some() {
+            for t in tables(get_array(&root, "permissions")?) {
+                let t = t?;
+                d.permissions.push(PermissionDef {
+                    user: get_str(t, "user")?,
+                    vhost: get_str(t, "vhost")?,
+                    configure: get_str(t, "configure")?,
+                    write: get_str(t, "write")?,
+                    read: get_str(t, "read")?,
+                });
+            }
+        }
+        if root.get("topic_permissions").is_some() {
+            for t in tables(get_array(&root, "topic_permissions")?) {
+                let t = t?;
+                d.topic_permissions.push(TopicPermissionDef {
+                    user: get_str(t, "user")?,
+                    vhost: get_str(t, "vhost")?,
+                    exchange: get_str(t, "exchange")?,
+                    write: get_str(t, "write")?,
+                    read: get_str(t, "read")?,
+                });
+            }
+        }
         Ok(d)
     }
 }
@@ -255,6 +383,26 @@ mod tests {
         args.insert("x-max-length", FieldValue::I64(10));
         let d = Definitions {
             vhosts: vec!["/".into(), "prod".into()],
+            users: Some(vec![UserDef {
+                name: "alice".into(),
+                password_hash: "UTIkULXG9baDsj/YUf/sdMnz1QDOltSY5foDoCyZhBbY7RiT".into(),
+                hashing_algorithm: "rabbit_password_hashing_sha256".into(),
+                tags: vec!["monitoring".into(), "management".into()],
+            }]),
+            permissions: vec![PermissionDef {
+                user: "alice".into(),
+                vhost: "prod".into(),
+                configure: "^alice".into(),
+                write: "".into(),
+                read: ".*".into(),
+            }],
+            topic_permissions: vec![TopicPermissionDef {
+                user: "alice".into(),
+                vhost: "prod".into(),
+                exchange: "amq.topic".into(),
+                write: "^{username}".into(),
+                read: ".*".into(),
+            }],
             policies: vec![PolicyDef {
                 vhost: "/".into(),
                 name: "ttl".into(),
@@ -288,5 +436,8 @@ mod tests {
         };
         assert_eq!(Definitions::decode(d.encode()).expect("decodes"), d);
         assert!(Definitions::decode(Bytes::from_static(b"junk")).is_err());
+        // A snapshot from before access control: no users (the broker seeds the default one).
+        let old = Definitions { users: None, permissions: vec![], topic_permissions: vec![], ..d };
+        assert_eq!(Definitions::decode(old.encode()).expect("decodes").users, None);
     }
 }

@@ -77,7 +77,18 @@ fn authorize(shared: &Shared, headers: &HeaderMap, peer: SocketAddr) -> Result<S
     plain.extend_from_slice(&decoded[..colon]);
     plain.push(0);
     plain.extend_from_slice(&decoded[colon + 1..]);
-    shared.broker().users().authenticate("PLAIN", &plain, warren_server::is_loopback(&peer)).map_err(|_| "Login failed")
+    let core = shared.broker();
+    let user =
+        core.users().authenticate("PLAIN", &plain, warren_server::is_loopback(&peer)).map_err(|_| "Login failed")?;
+    // As in RabbitMQ, only users with a management tag may use the API.
+    let management = core
+        .users()
+        .get(&user)
+        .is_some_and(|u| ["administrator", "monitoring", "policymaker", "management"].iter().any(|t| u.has_tag(t)));
+    if !management {
+        return Err("Not management user");
+    }
+    Ok(user)
 }
 
 // ---- policies ---------------------------------------------------------------------------
@@ -262,7 +273,7 @@ async fn delete_policy<const OPERATOR: bool>(
 /// export_definitions` and the management API produce) that Warren imports so far: policies
 /// and operator policies. Returns how many were applied.
 pub fn apply_definitions(broker: &mut warren_core::Broker, doc: &Value, now_ms: u64) -> Result<usize, String> {
-    let mut applied = 0;
+    let mut applied = apply_access_definitions(broker, doc)?;
     let mut out = Vec::new();
     for (key, operator) in [("policies", false), ("operator_policies", true)] {
         let Some(items) = doc.get(key) else { continue };
@@ -284,6 +295,69 @@ pub fn apply_definitions(broker: &mut warren_core::Broker, doc: &Value, now_ms: 
                 .map_err(|e| format!("policy '{name}' in vhost '{vhost}': {}", e.text))?;
             applied += 1;
         }
+    }
+    Ok(applied)
+}
+
+/// The items of a definitions array (absent: none).
+fn items<'a>(doc: &'a Value, key: &str) -> Result<&'a [Value], String> {
+    match doc.get(key) {
+        None => Ok(&[]),
+        Some(v) => v.as_array().map(Vec::as_slice).ok_or_else(|| format!("'{key}' is not an array")),
+    }
+}
+
+/// A string field of a definitions item.
+fn text<'a>(item: &'a Value, key: &str, field: &str) -> Result<&'a str, String> {
+    item.get(field).and_then(Value::as_str).ok_or_else(|| format!("an item of '{key}' lacks '{field}'"))
+}
+
+/// Imports RabbitMQ's `vhosts`, `users` (with `password_hash` and `hashing_algorithm`, or
+/// `password` in clear), `permissions` and `topic_permissions`, in that order.
+fn apply_access_definitions(broker: &mut warren_core::Broker, doc: &Value) -> Result<usize, String> {
+    let mut applied = 0;
+    for v in items(doc, "vhosts")? {
+        let name = text(v, "vhosts", "name")?;
+        broker.add_vhost(name).map_err(|e| format!("vhost '{name}': {}", e.text))?;
+        applied += 1;
+    }
+    for u in items(doc, "users")? {
+        let name = text(u, "users", "name")?;
+        // RabbitMQ exports tags as a list (3.10); older versions as one comma-separated string.
+        let tags: Vec<String> = match u.get("tags") {
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            Some(Value::String(s)) => {
+                s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect()
+            }
+            _ => Vec::new(),
+        };
+        let password = match (u.get("password_hash").and_then(Value::as_str), u.get("password").and_then(Value::as_str))
+        {
+            (Some(hash), _) if !hash.is_empty() => warren_core::auth::Password::Hash {
+                password_hash: hash.to_owned(),
+                hashing_algorithm: u.get("hashing_algorithm").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            },
+            (_, Some(clear)) => warren_core::auth::Password::Clear(clear.to_owned()),
+            _ => warren_core::auth::Password::None,
+        };
+        broker.put_user(name, password, tags).map_err(|e| format!("user '{name}': {}", e.text))?;
+        applied += 1;
+    }
+    for p in items(doc, "permissions")? {
+        let f = |k: &str| text(p, "permissions", k);
+        let (user, vhost) = (f("user")?, f("vhost")?);
+        broker
+            .set_permissions(user, vhost, f("configure")?, f("write")?, f("read")?)
+            .map_err(|e| format!("permissions of '{user}' in vhost '{vhost}': {}", e.text))?;
+        applied += 1;
+    }
+    for p in items(doc, "topic_permissions")? {
+        let f = |k: &str| text(p, "topic_permissions", k);
+        let (user, vhost) = (f("user")?, f("vhost")?);
+        broker
+            .set_topic_permissions(user, vhost, f("exchange")?, f("write")?, f("read")?)
+            .map_err(|e| format!("topic permissions of '{user}' in vhost '{vhost}': {}", e.text))?;
+        applied += 1;
     }
     Ok(applied)
 }

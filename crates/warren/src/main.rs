@@ -117,7 +117,7 @@ async fn run(settings: Settings) -> Result<(), String> {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let n = warren_http::apply_definitions(&mut broker, &doc, now_ms)
             .map_err(|e| format!("definitions {}: {e}", path.display()))?;
-        tracing::info!("applied {n} policies from {}", path.display());
+        tracing::info!("applied {n} definitions (vhosts, users, permissions, policies) from {}", path.display());
         let mut out = Vec::new();
         let t = warren_http::apply_topology(&mut broker, &doc, now_ms, &mut out)
             .map_err(|e| format!("definitions {}: {e}", path.display()))?;

@@ -6,14 +6,12 @@
 //! the checks and semantics a client's methods get; the connection is gone when the call
 //! returns, and nothing it produced for itself is left in `out`.
 
-use super::{Broker, Conn, ConnInfo, Out, Res};
+use super::{Broker, ConnInfo, Out, Res};
 use crate::channel::Channel;
 use crate::exchange::Destination;
 use crate::queue::QueueCounters;
 use crate::ConnId;
 use bytes::Bytes;
-use foldhash::{HashMap, HashMapExt};
-use std::sync::Arc;
 use warren_amqp::{BasicProperties, FieldTable, Method, ProtocolError, ReplyCode, ShortStr};
 
 /// The id of the internal connection that carries management operations; never handed to a
@@ -511,6 +509,12 @@ impl Broker {
         }
     }
 
+    /// Management requests act as this user (set around each request by the HTTP layer);
+    /// `None`: the broker itself.
+    pub fn set_acting_user(&mut self, user: Option<String>) {
+        self.acting_user = user;
+    }
+
     /// Runs `f` with the internal management connection open on `vhost` (channel 1), then
     /// closes it and removes whatever it produced for itself from `out`.
     fn management<T>(
@@ -524,29 +528,25 @@ impl Broker {
         if !self.vhosts.contains_key(vhost) {
             return Err(super::not_found("vhost", vhost, vhost));
         }
-        let vh: Arc<str> = vhost.into();
-        let mut channels = HashMap::new();
-        channels.insert(1, Box::new(Channel::new()));
-        self.conns.insert(
-            MANAGEMENT_CONN,
-            Conn {
-                info: ConnInfo {
-                    user: user.to_string(),
+        let acting = if user.is_empty() { self.acting_user.clone() } else { Some(user.to_string()) };
+        match acting {
+            // Opened like any client connection: the user's permissions in the vhost apply.
+            Some(user) => {
+                let info = ConnInfo {
+                    user,
                     vhost: vhost.to_string(),
                     peer: "management".into(),
                     client_properties: FieldTable::new(),
                     channel_max: 1,
-                },
-                vhost: vh,
-                cancel_notify: false,
-                channels,
-                closing: false,
-                out_bytes: 0,
-                flow_blocked: false,
-                alarm_blocked: false,
-                blocked_sent: false,
-            },
-        );
+                };
+                self.open_connection(MANAGEMENT_CONN, info)?;
+            }
+            // The broker itself (definitions loaded at boot): everything is allowed.
+            None => self.open_internal_connection(MANAGEMENT_CONN, vhost)?,
+        }
+        if let Some(c) = self.conns.get_mut(&MANAGEMENT_CONN) {
+            c.channels.insert(1, Box::new(Channel::new()));
+        }
         let result = f(self, out);
         self.connection_closed(MANAGEMENT_CONN, now_ms, out);
         out.retain(|(c, _)| *c != MANAGEMENT_CONN);

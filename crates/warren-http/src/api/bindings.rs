@@ -1,11 +1,12 @@
 //! /api/bindings and the binding lists of exchanges and queues.
 
-use super::{arguments, parse_body, with_broker, ApiError, ApiResult};
+use super::{arguments, parse_body, with_broker, ApiError, ApiResult, User};
 use crate::table_json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -137,6 +138,7 @@ pub(crate) async fn between(
 /// path relative to this one in Location.
 pub(crate) async fn create(
     State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
     Path((vhost, source, kind, dest)): Path<(String, String, String, String)>,
     body: Bytes,
 ) -> ApiResult {
@@ -150,7 +152,9 @@ pub(crate) async fn create(
     };
     let args = arguments(&doc)?;
     let key = properties_key(routing_key, &args);
-    with_broker(&shared, |b, now, out| b.set_binding(true, &vhost, source, &dest, queue, routing_key, args, now, out))?;
+    with_broker(&shared, &user, |b, now, out| {
+        b.set_binding(true, &vhost, source, &dest, queue, routing_key, args, now, out)
+    })?;
     let location = format!("{}/{}", percent_encode(&dest), percent_encode(&key));
     Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
 }
@@ -176,6 +180,7 @@ pub(crate) async fn show_one(
 
 pub(crate) async fn remove(
     State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
     Path((vhost, source, kind, dest, props)): Path<(String, String, String, String, String)>,
 ) -> ApiResult {
     let (source, queue) = (exchange_name(&source), to_queue(&kind)?);
@@ -183,7 +188,7 @@ pub(crate) async fn remove(
     if b.source.is_empty() {
         return Err(ApiError::BadRequest("cannot remove the default exchange's bindings".into()));
     }
-    with_broker(&shared, |br, now, out| {
+    with_broker(&shared, &user, |br, now, out| {
         br.set_binding(false, &vhost, &b.source, &b.destination, queue, &b.routing_key, b.arguments.clone(), now, out)
     })?;
     Ok(StatusCode::NO_CONTENT.into_response())

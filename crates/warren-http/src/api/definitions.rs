@@ -5,13 +5,13 @@
 //! [`crate::apply_definitions`] and queues, exchanges and bindings through
 //! [`apply_topology`].
 
-use super::{parse_body, with_broker, ApiError, ApiResult};
+use super::{parse_body, ApiError, ApiResult, User};
 use crate::{policy_json, table_json, to_field};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use warren_amqp::{FieldTable, FieldValue, ProtocolError};
@@ -117,7 +117,10 @@ pub(crate) async fn export_vhost(State(shared): State<Arc<Shared>>, Path(vhost):
     Ok(Json(export_doc(&core, Some(&vhost))).into_response())
 }
 
-fn import_doc(shared: &Shared, doc: &Value) -> ApiResult {
+fn import_doc(shared: &Shared, user: &str, doc: &Value) -> ApiResult {
+    if !shared.broker().users().get(user).is_some_and(|u| u.is_administrator()) {
+        return Err(ApiError::NotAdministrator);
+    }
     if !doc.is_object() {
         return Err(ApiError::BadRequest("definitions must be a JSON object".into()));
     }
@@ -126,19 +129,31 @@ fn import_doc(shared: &Shared, doc: &Value) -> ApiResult {
         let mut core = shared.broker();
         crate::apply_definitions(&mut core.broker, doc, now_ms).map_err(ApiError::BadRequest)?;
     }
-    let result = with_broker(shared, |b, now, out| Ok(apply_topology(b, doc, now, out)))?;
+    // Imported by the broker itself (the handlers let only administrators in).
+    let result = {
+        let mut out = Vec::new();
+        let mut core = shared.broker();
+        let r = apply_topology(&mut core.broker, doc, now_ms, &mut out);
+        core.deliver(&mut out);
+        r
+    };
     result.map_err(ApiError::BadRequest)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub(crate) async fn import(State(shared): State<Arc<Shared>>, body: Bytes) -> ApiResult {
+pub(crate) async fn import(
+    State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
+    body: Bytes,
+) -> ApiResult {
     let doc = parse_body(&body)?;
-    import_doc(&shared, &doc)
+    import_doc(&shared, &user, &doc)
 }
 
 /// POST /api/definitions/{vhost}: every object goes to the vhost of the path.
 pub(crate) async fn import_vhost(
     State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
     Path(vhost): Path<String>,
     body: Bytes,
 ) -> ApiResult {
@@ -158,7 +173,7 @@ pub(crate) async fn import_vhost(
             o.remove(key);
         }
     }
-    import_doc(&shared, &doc)
+    import_doc(&shared, &user, &doc)
 }
 
 fn table_of(item: &Value) -> Result<FieldTable, String> {

@@ -61,6 +61,7 @@ pub(crate) async fn show(
 
 pub(crate) async fn declare(
     State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
@@ -76,7 +77,7 @@ pub(crate) async fn declare(
     let internal = flag(&doc, "internal", false)?;
     let args = arguments(&doc)?;
     let existed = shared.broker().exchanges().iter().any(|x| x.vhost == vhost && x.name == name);
-    with_broker(&shared, |b, now, out| {
+    with_broker(&shared, &user, |b, now, out| {
         b.declare_exchange(&vhost, &name, kind, durable, auto_delete, internal, args, now, out)
     })?;
     Ok(created_or_not(existed))
@@ -84,11 +85,12 @@ pub(crate) async fn declare(
 
 pub(crate) async fn remove(
     State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let if_unused = query_flag(&query, "if-unused");
-    with_broker(&shared, |b, now, out| b.delete_exchange_checked(&vhost, &name, if_unused, now, out))?;
+    with_broker(&shared, &user, |b, now, out| b.delete_exchange_checked(&vhost, &name, if_unused, now, out))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -116,7 +118,7 @@ pub(crate) async fn publish(
     let properties = properties_from_json(doc.get("properties"))?;
     // The default exchange is named "amq.default" in the API's paths.
     let exchange = if name == "amq.default" { "" } else { name.as_str() };
-    let routed = with_broker(&shared, |b, now, out| {
+    let routed = with_broker(&shared, &user, |b, now, out| {
         b.publish_message(&vhost, &user, exchange, routing_key, properties, body, now, out)
     })
     .map_err(|e| match e {

@@ -1,6 +1,6 @@
 //! /api/health/checks/* and /api/aliveness-test.
 
-use super::{with_broker, ApiResult, Listeners};
+use super::{with_broker, ApiResult, Listeners, User};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -39,9 +39,13 @@ pub(crate) async fn port_listener(Extension(listeners): Extension<Listeners>, Pa
 }
 
 /// Declares the queue `aliveness-test`, publishes a message to it and takes it back.
-pub(crate) async fn aliveness(State(shared): State<Arc<Shared>>, Path(vhost): Path<String>) -> ApiResult {
+pub(crate) async fn aliveness(
+    State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
+    Path(vhost): Path<String>,
+) -> ApiResult {
     const QUEUE: &str = "aliveness-test";
-    let got = with_broker(&shared, |b, now, out| {
+    let got = with_broker(&shared, &user, |b, now, out| {
         b.declare_queue(&vhost, QUEUE, false, false, Default::default(), now, out)?;
         b.publish_message(&vhost, "", "", QUEUE, Default::default(), Bytes::from_static(b"test_message"), now, out)?;
         b.get_messages(&vhost, QUEUE, 1, GetAckMode::Ack, now, out)

@@ -109,6 +109,8 @@ async fn authenticate(
 pub(crate) enum ApiError {
     NotFound,
     BadRequest(String),
+    /// The request needs the administrator tag.
+    NotAdministrator,
 }
 
 impl IntoResponse for ApiError {
@@ -116,6 +118,11 @@ impl IntoResponse for ApiError {
         match self {
             ApiError::NotFound => crate::not_found(),
             ApiError::BadRequest(reason) => crate::bad_request(&reason),
+            ApiError::NotAdministrator => (
+                axum::http::StatusCode::UNAUTHORIZED,
+                axum::Json(serde_json::json!({"error": "not_authorised", "reason": "Not administrator user"})),
+            )
+                .into_response(),
         }
     }
 }
@@ -140,12 +147,16 @@ pub(crate) type ApiResult = Result<Response, ApiError>;
 /// Runs a broker operation under the lock and hands what it produced to the connections.
 pub(crate) fn with_broker<T>(
     shared: &Shared,
+    user: &str,
     f: impl FnOnce(&mut Broker, u64, &mut Vec<(ConnId, Out)>) -> Result<T, ProtocolError>,
 ) -> Result<T, ApiError> {
     let now_ms = shared.now_ms();
     let mut out = Vec::new();
     let mut core = shared.broker();
+    // What the request does, it does as its user, with that user's permissions.
+    core.broker.set_acting_user(Some(user.to_string()));
     let result = f(&mut core.broker, now_ms, &mut out);
+    core.broker.set_acting_user(None);
     core.deliver(&mut out);
     Ok(result?)
 }

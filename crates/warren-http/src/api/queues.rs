@@ -1,7 +1,7 @@
 //! /api/queues: list (with counts and rates), declare, delete, purge, get messages.
 
 use super::rates::Rates;
-use super::{arguments, created_or_not, flag, parse_body, query_flag, with_broker, ApiError, ApiResult, NODE};
+use super::{arguments, created_or_not, flag, parse_body, query_flag, with_broker, ApiError, ApiResult, User, NODE};
 use crate::table_json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -83,6 +83,7 @@ fn exists(shared: &Shared, vhost: &str, name: &str) -> bool {
 
 pub(crate) async fn declare(
     State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
@@ -94,28 +95,34 @@ pub(crate) async fn declare(
     }
     let args = arguments(&doc)?;
     let existed = exists(&shared, &vhost, &name);
-    with_broker(&shared, |b, now, out| b.declare_queue(&vhost, &name, durable, auto_delete, args, now, out))?;
+    with_broker(&shared, &user, |b, now, out| b.declare_queue(&vhost, &name, durable, auto_delete, args, now, out))?;
     Ok(created_or_not(existed))
 }
 
 pub(crate) async fn remove(
     State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let (if_unused, if_empty) = (query_flag(&query, "if-unused"), query_flag(&query, "if-empty"));
-    with_broker(&shared, |b, now, out| b.delete_queue_checked(&vhost, &name, if_unused, if_empty, now, out))?;
+    with_broker(&shared, &user, |b, now, out| b.delete_queue_checked(&vhost, &name, if_unused, if_empty, now, out))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-pub(crate) async fn purge(State(shared): State<Arc<Shared>>, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
-    with_broker(&shared, |b, now, out| b.purge_queue(&vhost, &name, now, out))?;
+pub(crate) async fn purge(
+    State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    with_broker(&shared, &user, |b, now, out| b.purge_queue(&vhost, &name, now, out))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// POST /api/queues/{vhost}/{name}/get with `count`, `ackmode`, `encoding` and `truncate`.
 pub(crate) async fn get_messages(
     State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
@@ -144,7 +151,7 @@ pub(crate) async fn get_messages(
     };
     let truncate = doc.get("truncate").and_then(|t| t.as_u64().or_else(|| t.as_str().and_then(|s| s.parse().ok())));
     let count = usize::try_from(count).unwrap_or(usize::MAX);
-    let got = with_broker(&shared, |b, now, out| b.get_messages(&vhost, &name, count, mode, now, out))?;
+    let got = with_broker(&shared, &user, |b, now, out| b.get_messages(&vhost, &name, count, mode, now, out))?;
     let items = got.iter().map(|m| message_json(m, base64_wanted, truncate)).collect();
     Ok(super::json_list(items))
 }
