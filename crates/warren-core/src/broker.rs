@@ -299,6 +299,8 @@ pub struct Broker {
     /// Some connection became writable again: flow-blocked publishers may go on.
     flow_released: bool,
     stats: StoreStats,
+    /// Message and object counters for the metrics endpoint (plain adds under the lock).
+    counters: crate::metrics::Counters,
     policies: Vec<Policy>,
     operator_policies: Vec<Policy>,
 }
@@ -422,6 +424,7 @@ impl Broker {
             paged_behind_consumer: false,
             flow_released: false,
             stats: StoreStats::default(),
+            counters: crate::metrics::Counters::default(),
             policies: Vec::new(),
             operator_policies: Vec::new(),
         };
@@ -906,6 +909,7 @@ impl Broker {
                 flow_blocked: false,
             },
         );
+        self.counters.connections_opened += 1;
         Ok(())
     }
 
@@ -932,6 +936,7 @@ impl Broker {
                         self.connection_error(conn, e, out);
                     } else {
                         c.channels.insert(channel, Box::new(Channel::new()));
+                        self.counters.channels_opened += 1;
                         out.push((conn, Out::Method { channel, method: Method::ChannelOpenOk }));
                     }
                     return;
@@ -994,6 +999,7 @@ impl Broker {
             self.release_channel(conn, ch, now_ms, out);
         }
         let Some(c) = self.conns.remove(&conn) else { return };
+        self.counters.connections_closed += 1;
         if let Some(vh) = self.vhosts.get(&*c.vhost) {
             let exclusive: Vec<ShortStr> =
                 vh.queues.values().filter(|q| q.exclusive_owner == Some(conn)).map(|q| q.name.clone()).collect();
@@ -1184,6 +1190,20 @@ impl Broker {
             }
         }
         o
+    }
+
+    /// The message and object counters since start. Channels closed is derived: a channel
+    /// leaves the broker only once, so it is those opened less those open now.
+    pub fn counters(&self) -> crate::metrics::Counters {
+        let open: usize = self.conns.values().map(|c| c.channels.len()).sum();
+        let mut c = self.counters;
+        c.channels_closed = c.channels_opened.saturating_sub(open as u64);
+        c
+    }
+
+    /// Where the broker keeps its data (the metrics endpoint reports the free space there).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.store.dir
     }
 
     pub fn queues(&self) -> Vec<QueueInfo> {
@@ -2121,6 +2141,7 @@ impl Broker {
                 )));
             }
         }
+        self.counters.messages_received += 1;
         let ch = self.channel_mut(conn, channel)?;
         if properties.reply_to.as_ref().is_some_and(|r| r.as_str() == REPLY_TO_QUEUE) {
             let Some((_, suffix)) = &ch.reply_to else {
@@ -2221,6 +2242,15 @@ impl Broker {
             rejected = rejected_by;
             !queues.is_empty() || held.is_some()
         };
+        // Confirm mode and transactions exclude each other, so this is the publish as received.
+        self.counters.messages_received_confirm += u64::from(p.confirm_seq.is_some());
+        if routed {
+            self.counters.messages_routed += 1;
+        } else if p.mandatory {
+            self.counters.messages_unroutable_returned += 1;
+        } else {
+            self.counters.messages_unroutable_dropped += 1;
+        }
         if !routed && p.mandatory {
             out.push((
                 conn,
@@ -2411,6 +2441,7 @@ impl Broker {
             return false;
         };
         let delivery_tag = ch.take_delivery_tag();
+        self.counters.delivered_consume_auto_ack += 1;
         if let Some(c) = self.conns.get_mut(&target.conn) {
             c.out_bytes += p.msg.wire_size();
         }
@@ -2440,7 +2471,7 @@ impl Broker {
     fn dispatch(&mut self, vhost: &str, queue: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
         let mut expired: Vec<(ShortStr, Queued, &'static str)> = Vec::new();
         {
-            let Broker { vhosts, conns, errors, dirty, .. } = self;
+            let Broker { vhosts, conns, errors, dirty, counters, .. } = self;
             let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
             let mut settled_any = false;
             while !q.is_empty() && !q.consumers.is_empty() {
@@ -2471,6 +2502,12 @@ impl Broker {
                 let delivery_tag = ch.take_delivery_tag();
                 let Some(co) = ch.consumers.get_mut(&key.tag) else { break };
                 let msg = delivered_message(q, &m);
+                counters.redelivered += u64::from(m.redelivered);
+                if co.no_ack {
+                    counters.delivered_consume_auto_ack += 1;
+                } else {
+                    counters.delivered_consume_manual_ack += 1;
+                }
                 if !co.no_ack {
                     co.unacked += 1;
                     q.unacked += 1;
@@ -2572,6 +2609,7 @@ impl Broker {
             return Ok(());
         };
         q.mark_delivered(&m);
+        let redelivered = m.redelivered;
         if no_ack {
             q.settle(&m).map_err(|e| internal(format_args!("cannot settle a message of queue '{queue}': {e}")))?;
         } else {
@@ -2583,6 +2621,12 @@ impl Broker {
         if q.durable {
             self.dirty.insert((vhost, qname.clone()));
         }
+        if no_ack {
+            self.counters.delivered_get_auto_ack += 1;
+        } else {
+            self.counters.delivered_get_manual_ack += 1;
+        }
+        self.counters.redelivered += u64::from(redelivered);
         let ch = self.channel_mut(conn, channel)?;
         let delivery_tag = ch.take_delivery_tag();
         if !no_ack {
@@ -2643,6 +2687,9 @@ impl Broker {
             return Err(precondition(format_args!("unknown delivery tag {tag}")));
         };
         self.forget_consumer_unacked(conn, channel, &settled);
+        if requeue.is_none() {
+            self.counters.acknowledged += settled.len() as u64;
+        }
         if requeue == Some(true) {
             self.requeue(&vhost, settled, now_ms, out);
         } else {

@@ -20,9 +20,13 @@ use warren_amqp::{FieldTable, FieldValue};
 use warren_core::policy::ApplyTo;
 use warren_server::Shared;
 
+pub mod metrics;
+
 /// Serves the management API until the future is dropped.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
     let app = Router::new()
+        .route("/metrics", get(metrics::aggregated))
+        .route("/metrics/per-object", get(metrics::per_object))
         .route("/api/overview", get(overview))
         .route("/api/queues", get(queues))
         .route("/api/health/checks/alarms", get(alarms))
