@@ -2176,7 +2176,8 @@ impl Broker {
         let vhost = self.vhost_of(conn)?;
         let mut needs_sync = false;
         let mut rejected = false;
-        let routed = if p.exchange.is_empty() && p.routing_key.starts_with(REPLY_TO_PREFIX) {
+        let direct_reply = p.exchange.is_empty() && p.routing_key.starts_with(REPLY_TO_PREFIX);
+        let routed = if direct_reply {
             self.deliver_reply(&p, out)
         } else {
             // Sender-selected distribution: the CC and BCC headers add routing keys; BCC is
@@ -2244,9 +2245,11 @@ impl Broker {
         };
         // Confirm mode and transactions exclude each other, so this is the publish as received.
         self.counters.messages_received_confirm += u64::from(p.confirm_seq.is_some());
-        if routed {
+        // RabbitMQ 3.10 counts a direct reply-to answer as unroutable and dropped (no queue took
+        // it) and its hand-over as no delivery: the metrics follow.
+        if routed && !direct_reply {
             self.counters.messages_routed += 1;
-        } else if p.mandatory {
+        } else if p.mandatory && !routed {
             self.counters.messages_unroutable_returned += 1;
         } else {
             self.counters.messages_unroutable_dropped += 1;
@@ -2441,7 +2444,6 @@ impl Broker {
             return false;
         };
         let delivery_tag = ch.take_delivery_tag();
-        self.counters.delivered_consume_auto_ack += 1;
         if let Some(c) = self.conns.get_mut(&target.conn) {
             c.out_bytes += p.msg.wire_size();
         }
