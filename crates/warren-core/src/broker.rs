@@ -1400,6 +1400,8 @@ impl Broker {
                     arguments,
                     now_ms,
                 )?;
+                // As RabbitMQ counts them: every declare but a passive one.
+                self.counters.queues_declared += u64::from(!passive);
                 if !nowait {
                     Self::reply(
                         out,
@@ -1940,6 +1942,7 @@ impl Broker {
                 queue.operator_policy = operator_policy;
                 let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
                 vh.queues.insert(name.clone(), queue);
+                self.counters.queues_created += 1;
                 self.defs_dirty |= survives;
                 (name.clone(), 0, 0)
             }
@@ -1953,6 +1956,7 @@ impl Broker {
     fn delete_queue(&mut self, vhost: &str, name: &str, _now_ms: u64, out: &mut Vec<(ConnId, Out)>) -> u32 {
         let Some(vh) = self.vhosts.get_mut(vhost) else { return 0 };
         let Some(q) = vh.queues.remove(name) else { return 0 };
+        self.counters.queues_deleted += 1;
         self.defs_dirty |= Self::remove_bindings_to(vh, &Destination::Queue(q.name.clone()));
         self.defs_dirty |= q.durable && q.exclusive_owner.is_none();
         for key in &q.consumers {

@@ -34,6 +34,12 @@ pub struct Counters {
     pub connections_closed: u64,
     pub channels_opened: u64,
     pub channels_closed: u64,
+    /// queue.declare answered (passive declares not counted, as in RabbitMQ).
+    pub queues_declared: u64,
+    /// Queues that a declare created (not those recovered at start).
+    pub queues_created: u64,
+    /// Queues deleted: by queue.delete, with their exclusive owner, auto-delete or expiry.
+    pub queues_deleted: u64,
 }
 
 impl Counters {

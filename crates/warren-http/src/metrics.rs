@@ -128,6 +128,9 @@ fn render(shared: &Shared, per_object: bool) -> String {
     );
     e.single("rabbitmq_channels_opened_total", Counter, "Total number of channels opened", counters.channels_opened);
     e.single("rabbitmq_channels_closed_total", Counter, "Total number of channels closed", counters.channels_closed);
+    e.single("rabbitmq_queues_declared_total", Counter, "Total number of queues declared", counters.queues_declared);
+    e.single("rabbitmq_queues_created_total", Counter, "Total number of queues created", counters.queues_created);
+    e.single("rabbitmq_queues_deleted_total", Counter, "Total number of queues deleted", counters.queues_deleted);
 
     // Queue depths: one sample per queue (per-object) or their sums.
     let ready = overview.messages_ready;
@@ -252,6 +255,9 @@ fn render(shared: &Shared, per_object: bool) -> String {
     if let Some(fds) = open_fds() {
         e.single("rabbitmq_process_open_fds", Gauge, "Open file descriptors", fds);
     }
+    if let Some(max) = max_fds() {
+        e.single("rabbitmq_process_max_fds", Gauge, "Open file descriptors limit", max);
+    }
     if let Ok(st) = rustix::fs::statvfs(&data_dir) {
         let available = st.f_bavail.saturating_mul(st.f_frsize);
         e.single("rabbitmq_disk_space_available_bytes", Gauge, "Disk space available in bytes", available);
@@ -291,6 +297,13 @@ fn resident_memory_bytes() -> Option<u64> {
 /// How many file descriptors the process holds (Linux); `None` elsewhere.
 fn open_fds() -> Option<u64> {
     Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
+}
+
+/// The soft limit on open files, from /proc (Linux); `None` elsewhere or when unlimited.
+fn max_fds() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
 }
 
 #[cfg(test)]

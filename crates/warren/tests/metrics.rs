@@ -5,8 +5,8 @@
 mod common;
 
 use common::lapin_client::*;
-use common::{eventually, unique, Broker};
-use lapin::options::BasicAckOptions;
+use common::{eventually, unique, within, Broker};
+use lapin::options::{BasicAckOptions, QueueDeleteOptions};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -188,6 +188,9 @@ async fn counters_and_gauges_follow_publishing_and_consuming() {
     assert_eq!(s.plain("rabbitmq_queues"), 1.0);
     assert_eq!(s.plain("rabbitmq_connections_opened_total"), 1.0);
     assert_eq!(s.plain("rabbitmq_channels_opened_total"), 1.0);
+    assert_eq!(s.plain("rabbitmq_queues_declared_total"), 1.0);
+    assert_eq!(s.plain("rabbitmq_queues_created_total"), 1.0);
+    assert_eq!(s.plain("rabbitmq_queues_deleted_total"), 0.0);
     assert_eq!(s.global("rabbitmq_global_messages_received_total"), 4.0);
     assert_eq!(s.global("rabbitmq_global_messages_received_confirm_total"), 4.0);
     assert_eq!(s.global("rabbitmq_global_messages_routed_total"), 3.0);
@@ -220,6 +223,7 @@ async fn counters_and_gauges_follow_publishing_and_consuming() {
     assert_eq!(s.classic("rabbitmq_global_messages_delivered_consume_manual_ack_total"), 3.0);
     assert_eq!(s.classic("rabbitmq_global_messages_delivered_consume_auto_ack_total"), 0.0);
     assert_eq!(s.classic("rabbitmq_global_messages_acknowledged_total"), 2.0);
+    assert_eq!(s.plain("rabbitmq_queues_declared_total"), 1.0, "a passive declare is not counted");
     assert_eq!(s.classic("rabbitmq_global_messages_redelivered_total"), 0.0);
     assert_eq!(s.plain("rabbitmq_queue_messages_ready"), 0.0);
     assert_eq!(s.plain("rabbitmq_queue_messages_unacked"), 1.0);
@@ -249,8 +253,13 @@ async fn counters_and_gauges_follow_publishing_and_consuming() {
     assert_eq!(s.classic("rabbitmq_global_messages_redelivered_total"), 1.0);
     assert_eq!(s.plain("rabbitmq_queue_messages"), 0.0);
     assert_eq!(s.plain("rabbitmq_connections_opened_total"), 2.0);
+    assert!(s.plain("rabbitmq_process_max_fds") >= s.plain("rabbitmq_process_open_fds"));
     assert_eq!(s.types["warren_store_sync_rounds_total"], "counter");
     assert_eq!(s.types["warren_store_fsyncs_total"], "counter");
+    within("queue.delete", ch.queue_delete(&queue, QueueDeleteOptions::default())).await.expect("delete");
+    let s = scrape(&http);
+    assert_eq!(s.plain("rabbitmq_queues_deleted_total"), 1.0);
+    assert_eq!(s.plain("rabbitmq_queues"), 0.0);
     close(&conn).await;
 }
 
