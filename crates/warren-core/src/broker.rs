@@ -2364,7 +2364,9 @@ impl Broker {
             }
             let Some(vh) = self.vhosts.get(&**vhost) else { return };
             let Some(q) = vh.queues.get(&from) else { continue };
-            let Some(dlx) = q.args.dead_letter_exchange.clone() else { continue };
+            let dlx = q.args.dead_letter_exchange.clone();
+            self.counters.count_dead_lettered(reason, dlx.is_some());
+            let Some(dlx) = dlx else { continue };
             let routing_key = q.args.dead_letter_routing_key.clone().unwrap_or_else(|| item.msg.routing_key.clone());
             let msg = crate::dead_letter::dead_lettered(&item.msg, &dlx, &routing_key, &from, reason, now_ms);
             let mut targets = self.route(vhost, &dlx, &routing_key, msg.properties.headers.as_ref());

@@ -40,9 +40,22 @@ pub struct Counters {
     pub queues_created: u64,
     /// Queues deleted: by queue.delete, with their exclusive owner, auto-delete or expiry.
     pub queues_deleted: u64,
+    /// Messages that died, by [`DEAD_LETTER_REASONS`] and then without a dead-letter exchange
+    /// (`[0]`, RabbitMQ's strategy "disabled": dropped) or with one (`[1]`, "at_most_once").
+    pub dead_lettered: [[u64; 2]; 4],
 }
 
+/// The reasons a message dies, as x-death and RabbitMQ's counters name them.
+pub const DEAD_LETTER_REASONS: [&str; 4] = ["expired", "maxlen", "rejected", "delivery_limit"];
+
 impl Counters {
+    /// Counts one message that died for `reason` (one of [`DEAD_LETTER_REASONS`]).
+    pub fn count_dead_lettered(&mut self, reason: &str, to_exchange: bool) {
+        if let Some(i) = DEAD_LETTER_REASONS.iter().position(|r| *r == reason) {
+            self.dead_lettered[i][usize::from(to_exchange)] += 1;
+        }
+    }
+
     /// Every delivery, by consume or get, with or without acknowledgement.
     pub fn messages_delivered(&self) -> u64 {
         self.delivered_consume_manual_ack

@@ -248,6 +248,21 @@ fn render(shared: &Shared, per_object: bool) -> String {
         e.sample(name, &[AMQP091, CLASSIC], value);
     }
 
+    // Dead-lettering, labelled as RabbitMQ labels it for classic queues.
+    for (i, reason) in warren_core::metrics::DEAD_LETTER_REASONS.iter().enumerate() {
+        let name = format!("rabbitmq_global_messages_dead_lettered_{reason}_total");
+        let help = match *reason {
+            "expired" => "Total number of messages dead-lettered due to message TTL exceeded",
+            "maxlen" => "Total number of messages dead-lettered due to overflow drop-head or reject-publish-dlx",
+            "rejected" => "Total number of messages dead-lettered due to basic.reject or basic.nack",
+            _ => "Total number of messages dead-lettered due to delivery-limit exceeded",
+        };
+        e.family(&name, Counter, help);
+        for (j, strategy) in ["disabled", "at_most_once"].into_iter().enumerate() {
+            e.sample(&name, &[CLASSIC, ("dead_letter_strategy", strategy)], counters.dead_lettered[i][j]);
+        }
+    }
+
     // The process and its disk.
     if let Some(rss) = resident_memory_bytes() {
         e.single("rabbitmq_process_resident_memory_bytes", Gauge, "Memory used in bytes", rss);

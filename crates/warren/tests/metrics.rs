@@ -6,7 +6,7 @@ mod common;
 
 use common::lapin_client::*;
 use common::{eventually, unique, within, Broker};
-use lapin::options::{BasicAckOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, BasicRejectOptions, QueueDeclareOptions, QueueDeleteOptions};
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -277,4 +277,42 @@ fn the_parser_rejects_malformed_lines() {
     ] {
         assert!(std::panic::catch_unwind(|| parse(bad)).is_err(), "accepted {bad:?}");
     }
+}
+
+#[tokio::test]
+async fn dead_lettering_is_counted_by_reason_and_strategy() {
+    if Broker::is_external() {
+        eprintln!("skipped: scrapes Warren's HTTP listener");
+        return;
+    }
+    let broker = Broker::start();
+    let http = broker.http_addr().expect("HTTP listener");
+    let (sink, capped, plain) = (unique("dl-sink"), unique("dl-capped"), unique("dl-plain"));
+    let conn = connect(&broker).await;
+    let ch = confirm_channel(&conn).await;
+    declare_plain(&ch, &sink).await;
+    declare_plain(&ch, &plain).await;
+    let arguments = field_table(&[
+        ("x-max-length", lapin::types::AMQPValue::LongInt(1)),
+        ("x-dead-letter-exchange", long_string("")),
+        ("x-dead-letter-routing-key", long_string(&sink)),
+    ]);
+    declare_with(&ch, &capped, QueueDeclareOptions::default(), arguments).await;
+    publish_all(&ch, &capped, &["1", "2", "3"]).await;
+    publish_all(&ch, &plain, &["x"]).await;
+    let got = get(&ch, &plain, false).await.expect("a message");
+    got.reject(BasicRejectOptions { requeue: false }).await.expect("reject");
+    declare_passive(&ch, &plain).await.expect("passive declare");
+
+    let s = scrape(&http);
+    let dead = |reason: &str, strategy: &str| {
+        let name = format!("rabbitmq_global_messages_dead_lettered_{reason}_total");
+        s.value(&name, &[("queue_type", "rabbit_classic_queue"), ("dead_letter_strategy", strategy)])
+    };
+    assert_eq!(dead("maxlen", "at_most_once"), 2.0, "two heads dropped into the dead-letter exchange");
+    assert_eq!(dead("maxlen", "disabled"), 0.0);
+    assert_eq!(dead("rejected", "disabled"), 1.0, "a rejected message with nowhere to go");
+    assert_eq!(dead("expired", "disabled"), 0.0);
+    assert_eq!(s.plain("rabbitmq_queue_messages_ready"), 3.0, "the sink holds two, the capped queue one");
+    close(&conn).await;
 }
