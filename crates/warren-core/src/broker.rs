@@ -348,6 +348,8 @@ pub struct Broker {
     /// Some connection became writable again: flow-blocked publishers may go on.
     flow_released: bool,
     stats: StoreStats,
+    /// Message and object counters for the metrics endpoint (plain adds under the lock).
+    counters: crate::metrics::Counters,
     policies: Vec<Policy>,
     operator_policies: Vec<Policy>,
 }
@@ -501,6 +503,7 @@ impl Broker {
             memory_headroom: None,
             ingested: 0,
             stats: StoreStats::default(),
+            counters: crate::metrics::Counters::default(),
             policies: Vec::new(),
             operator_policies: Vec::new(),
         };
@@ -1277,6 +1280,7 @@ impl Broker {
                 blocked_sent: false,
             },
         );
+        self.counters.connections_opened += 1;
         Ok(())
     }
 
@@ -1306,6 +1310,7 @@ impl Broker {
                         self.connection_error(conn, e, out);
                     } else {
                         c.channels.insert(channel, Box::new(Channel::new()));
+                        self.counters.channels_opened += 1;
                         out.push((conn, Out::Method { channel, method: Method::ChannelOpenOk }));
                     }
                     return;
@@ -1370,6 +1375,7 @@ impl Broker {
             self.release_channel(conn, ch, now_ms, out);
         }
         let Some(c) = self.conns.remove(&conn) else { return };
+        self.counters.connections_closed += 1;
         if let Some(vh) = self.vhosts.get(&*c.vhost) {
             let exclusive: Vec<ShortStr> =
                 vh.queues.values().filter(|q| q.exclusive_owner == Some(conn)).map(|q| q.name.clone()).collect();
@@ -1657,6 +1663,20 @@ impl Broker {
         o
     }
 
+    /// The message and object counters since start. Channels closed is derived: a channel
+    /// leaves the broker only once, so it is those opened less those open now.
+    pub fn counters(&self) -> crate::metrics::Counters {
+        let open: usize = self.conns.values().map(|c| c.channels.len()).sum();
+        let mut c = self.counters;
+        c.channels_closed = c.channels_opened.saturating_sub(open as u64);
+        c
+    }
+
+    /// Where the broker keeps its data (the metrics endpoint reports the free space there).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.store.dir
+    }
+
     pub fn queues(&self) -> Vec<QueueInfo> {
         let mut v: Vec<QueueInfo> = self
             .vhosts
@@ -1856,6 +1876,8 @@ impl Broker {
                     arguments,
                     now_ms,
                 )?;
+                // As RabbitMQ counts them: every declare but a passive one.
+                self.counters.queues_declared += u64::from(!passive);
                 if !nowait {
                     Self::reply(
                         out,
@@ -2467,6 +2489,7 @@ impl Broker {
                 queue.operator_policy = operator_policy;
                 let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
                 vh.queues.insert(name.clone(), queue);
+                self.counters.queues_created += 1;
                 self.defs_dirty |= survives;
                 (name.clone(), 0, 0)
             }
@@ -2480,6 +2503,7 @@ impl Broker {
     fn delete_queue(&mut self, vhost: &str, name: &str, _now_ms: u64, out: &mut Vec<(ConnId, Out)>) -> u32 {
         let Some(vh) = self.vhosts.get_mut(vhost) else { return 0 };
         let Some(q) = vh.queues.remove(name) else { return 0 };
+        self.counters.queues_deleted += 1;
         self.defs_dirty |= Self::remove_bindings_to(vh, &Destination::Queue(q.name.clone()));
         self.defs_dirty |= q.durable && q.exclusive_owner.is_none();
         for key in &q.consumers {
@@ -2686,6 +2710,7 @@ impl Broker {
             }
         }
         self.count_ingest(body.len());
+        self.counters.messages_received += 1;
         let ch = self.channel_mut(conn, channel)?;
         if properties.reply_to.as_ref().is_some_and(|r| r.as_str() == REPLY_TO_QUEUE) {
             let Some((_, suffix)) = &ch.reply_to else {
@@ -2720,7 +2745,8 @@ impl Broker {
         let vhost = self.vhost_of(conn)?;
         let mut needs_sync = false;
         let mut rejected = false;
-        let routed = if p.exchange.is_empty() && p.routing_key.starts_with(REPLY_TO_PREFIX) {
+        let direct_reply = p.exchange.is_empty() && p.routing_key.starts_with(REPLY_TO_PREFIX);
+        let routed = if direct_reply {
             self.deliver_reply(&p, out)
         } else {
             // Sender-selected distribution: the CC and BCC headers add routing keys; BCC is
@@ -2786,6 +2812,17 @@ impl Broker {
             rejected = rejected_by;
             !queues.is_empty() || held.is_some()
         };
+        // Confirm mode and transactions exclude each other, so this is the publish as received.
+        self.counters.messages_received_confirm += u64::from(p.confirm_seq.is_some());
+        // RabbitMQ 3.10 counts a direct reply-to answer as unroutable and dropped (no queue took
+        // it) and its hand-over as no delivery: the metrics follow.
+        if routed && !direct_reply {
+            self.counters.messages_routed += 1;
+        } else if p.mandatory && !routed {
+            self.counters.messages_unroutable_returned += 1;
+        } else {
+            self.counters.messages_unroutable_dropped += 1;
+        }
         if !routed && p.mandatory {
             out.push((
                 conn,
@@ -2893,7 +2930,9 @@ impl Broker {
             }
             let Some(vh) = self.vhosts.get(&**vhost) else { return };
             let Some(q) = vh.queues.get(&from) else { continue };
-            let Some(dlx) = q.args.dead_letter_exchange.clone() else { continue };
+            let dlx = q.args.dead_letter_exchange.clone();
+            self.counters.count_dead_lettered(reason, dlx.is_some());
+            let Some(dlx) = dlx else { continue };
             let routing_key = q.args.dead_letter_routing_key.clone().unwrap_or_else(|| item.msg.routing_key.clone());
             let msg = crate::dead_letter::dead_lettered(&item.msg, &dlx, &routing_key, &from, reason, now_ms);
             let mut targets = self.route(vhost, &dlx, &routing_key, msg.properties.headers.as_ref());
@@ -3007,7 +3046,7 @@ impl Broker {
     fn dispatch(&mut self, vhost: &str, queue: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
         let mut expired: Vec<(ShortStr, Queued, &'static str)> = Vec::new();
         {
-            let Broker { vhosts, conns, errors, dirty, .. } = self;
+            let Broker { vhosts, conns, errors, dirty, counters, .. } = self;
             let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
             let mut settled_any = false;
             while !q.is_empty() && !q.consumers.is_empty() {
@@ -3038,6 +3077,12 @@ impl Broker {
                 let delivery_tag = ch.take_delivery_tag();
                 let Some(co) = ch.consumers.get_mut(&key.tag) else { break };
                 let msg = delivered_message(q, &m);
+                counters.redelivered += u64::from(m.redelivered);
+                if co.no_ack {
+                    counters.delivered_consume_auto_ack += 1;
+                } else {
+                    counters.delivered_consume_manual_ack += 1;
+                }
                 if !co.no_ack {
                     co.unacked += 1;
                     q.unacked += 1;
@@ -3140,6 +3185,7 @@ impl Broker {
             return Ok(());
         };
         q.mark_delivered(&m);
+        let redelivered = m.redelivered;
         if no_ack {
             q.settle(&m).map_err(|e| internal(format_args!("cannot settle a message of queue '{queue}': {e}")))?;
         } else {
@@ -3151,6 +3197,12 @@ impl Broker {
         if q.durable {
             self.dirty.insert((vhost, qname.clone()));
         }
+        if no_ack {
+            self.counters.delivered_get_auto_ack += 1;
+        } else {
+            self.counters.delivered_get_manual_ack += 1;
+        }
+        self.counters.redelivered += u64::from(redelivered);
         let ch = self.channel_mut(conn, channel)?;
         let delivery_tag = ch.take_delivery_tag();
         if !no_ack {
@@ -3211,6 +3263,9 @@ impl Broker {
             return Err(precondition(format_args!("unknown delivery tag {tag}")));
         };
         self.forget_consumer_unacked(conn, channel, &settled);
+        if requeue.is_none() {
+            self.counters.acknowledged += settled.len() as u64;
+        }
         if requeue == Some(true) {
             self.requeue(&vhost, settled, now_ms, out);
         } else {

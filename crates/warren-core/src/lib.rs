@@ -27,6 +27,7 @@ pub mod definitions;
 pub mod delayed;
 pub mod exchange;
 pub mod message;
+pub mod metrics;
 pub mod policy;
 pub mod queue;
 

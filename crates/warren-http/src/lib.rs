@@ -24,6 +24,7 @@ use warren_server::Shared;
 mod api;
 
 pub use api::definitions::apply_topology;
+pub mod metrics;
 
 /// Serves the management API until the future is dropped.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
@@ -39,6 +40,8 @@ pub async fn serve_with_amqp(
 ) -> std::io::Result<()> {
     let listeners = api::Listeners { amqp, http: listener.local_addr().ok() };
     let app = Router::new()
+        .route("/metrics", get(metrics::aggregated))
+        .route("/metrics/per-object", get(metrics::per_object))
         .merge(api::router(shared.clone(), listeners))
         .route("/api/policies", get(list_policies::<false>))
         .route("/api/policies/{vhost}", get(list_vhost_policies::<false>))

@@ -1,0 +1,672 @@
+//! `warrenctl`: the operator's command line for Warren, over the management HTTP API.
+//!
+//! It speaks RabbitMQ's management paths and JSON (as `rabbitmqadmin` does), so it works
+//! against Warren and against RabbitMQ alike. The library holds everything but the process
+//! exit: [`run`] takes parsed arguments and returns the text to print, which is what the tests
+//! drive.
+//!
+//! Commands:
+//! `list queues|exchanges|bindings|connections|consumers|vhosts|users|permissions`,
+//! `declare queue|exchange|binding`, `delete queue|exchange|binding`, `purge queue`,
+//! `export definitions FILE`, `import definitions FILE`, `close connection NAME`.
+
+use base64::Engine;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Map, Value};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "warrenctl", version, about = "Manage a Warren (or RabbitMQ) broker over its management HTTP API")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Management API host.
+    #[arg(long, global = true, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Management API port.
+    #[arg(long, global = true, default_value_t = 15672)]
+    pub port: u16,
+    /// User name for HTTP basic auth.
+    #[arg(long, short = 'u', global = true, default_value = "guest")]
+    pub user: String,
+    /// Password for HTTP basic auth.
+    #[arg(long, short = 'p', global = true, default_value = "guest")]
+    pub password: String,
+    /// Virtual host to act in (default "/"). `list` shows every vhost unless this is given.
+    #[arg(long, global = true)]
+    pub vhost: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'f', global = true, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+impl Global {
+    fn vhost(&self) -> &str {
+        self.vhost.as_deref().unwrap_or("/")
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned columns with a header line.
+    Table,
+    /// The API's JSON, pretty-printed.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List objects.
+    List {
+        #[arg(value_enum)]
+        what: Listable,
+    },
+    /// Declare (create) an object.
+    Declare {
+        #[command(subcommand)]
+        what: Declare,
+    },
+    /// Delete an object.
+    Delete {
+        #[command(subcommand)]
+        what: Delete,
+    },
+    /// Purge a queue.
+    Purge {
+        #[command(subcommand)]
+        what: Purge,
+    },
+    /// Export the broker's definitions to a file ("-" for standard output).
+    Export {
+        #[command(subcommand)]
+        what: Definitions,
+    },
+    /// Import definitions from a file ("-" for standard input).
+    Import {
+        #[command(subcommand)]
+        what: Definitions,
+    },
+    /// Close a client connection.
+    Close {
+        #[command(subcommand)]
+        what: Close,
+    },
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listable {
+    Queues,
+    Exchanges,
+    Bindings,
+    Connections,
+    Consumers,
+    Vhosts,
+    Users,
+    Permissions,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Declare {
+    /// Declare a queue.
+    Queue {
+        name: String,
+        /// Survive a broker restart.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        durable: bool,
+        /// Delete when its last consumer goes.
+        #[arg(long)]
+        auto_delete: bool,
+        /// Queue arguments as a JSON object, e.g. '{"x-max-length": 10}'.
+        #[arg(long)]
+        arguments: Option<String>,
+    },
+    /// Declare an exchange.
+    Exchange {
+        name: String,
+        /// direct, fanout, topic, headers or a plugin type.
+        #[arg(long = "type", default_value = "direct")]
+        kind: String,
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        durable: bool,
+        #[arg(long)]
+        auto_delete: bool,
+        /// Clients cannot publish to it directly.
+        #[arg(long)]
+        internal: bool,
+        #[arg(long)]
+        arguments: Option<String>,
+    },
+    /// Bind a queue (or an exchange) to an exchange.
+    Binding(BindingArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BindingArgs {
+    /// The exchange messages come from.
+    #[arg(long)]
+    pub source: String,
+    /// The queue or exchange they go to.
+    #[arg(long)]
+    pub destination: String,
+    #[arg(long, value_enum, default_value_t = DestinationType::Queue)]
+    pub destination_type: DestinationType,
+    #[arg(long, default_value = "")]
+    pub routing_key: String,
+    /// Binding arguments as a JSON object (headers exchanges match on these).
+    #[arg(long)]
+    pub arguments: Option<String>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestinationType {
+    Queue,
+    Exchange,
+}
+
+impl DestinationType {
+    /// The path letter RabbitMQ's binding URLs use.
+    fn letter(self) -> &'static str {
+        match self {
+            DestinationType::Queue => "q",
+            DestinationType::Exchange => "e",
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Delete {
+    /// Delete a queue.
+    Queue {
+        name: String,
+        /// Only if it holds no messages.
+        #[arg(long)]
+        if_empty: bool,
+        /// Only if it has no consumers.
+        #[arg(long)]
+        if_unused: bool,
+    },
+    /// Delete an exchange.
+    Exchange {
+        name: String,
+        /// Only if nothing is bound to it.
+        #[arg(long)]
+        if_unused: bool,
+    },
+    /// Remove a binding (found by source, destination, routing key and arguments).
+    Binding(BindingArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Purge {
+    /// Remove every ready message of a queue.
+    Queue { name: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Definitions {
+    /// Users, vhosts, permissions, queues, exchanges, bindings, policies, parameters.
+    Definitions { file: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Close {
+    /// Close a client connection by its name (as `list connections` shows it).
+    Connection {
+        name: String,
+        /// Told to the client in connection.close.
+        #[arg(long, default_value = "Closed via warrenctl")]
+        reason: String,
+    },
+}
+
+/// A failed command: what to tell the operator.
+#[derive(Debug)]
+pub struct Error(pub String);
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Percent-encodes one path segment: everything but RFC 3986's unreserved characters, so
+/// that the default vhost "/" becomes "%2F" as the management API expects.
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+/// A management API client: basic auth, JSON in and out, errors with the API's reason.
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    auth: String,
+}
+
+impl Client {
+    pub fn new(g: &Global) -> Client {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", g.user, g.password));
+        Client { agent, base: format!("http://{}:{}/api", g.host, g.port), auth: format!("Basic {token}") }
+    }
+
+    /// Sends one request; `Ok(None)` for an empty answer (201/204), the JSON otherwise.
+    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Option<Value>, Error> {
+        let url = format!("{}{path}", self.base);
+        let sent = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("Authorization", &self.auth).call(),
+            ("DELETE", _) => self.agent.delete(&url).header("Authorization", &self.auth).call(),
+            (m, body) => {
+                let text = body.map(Value::to_string).unwrap_or_default();
+                let req = if m == "POST" { self.agent.post(&url) } else { self.agent.put(&url) };
+                req.header("Authorization", &self.auth).content_type("application/json").send(text.as_str())
+            }
+        };
+        let mut response = sent.map_err(|e| Error(format!("{method} {url}: {e}")))?;
+        let status = response.status();
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_string()
+            .map_err(|e| Error(format!("{method} {url}: reading the answer: {e}")))?;
+        if !status.is_success() {
+            let reason = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("reason").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_else(|| text.trim().to_string());
+            return Err(Error(format!("{method} {path}: {status}: {reason}")));
+        }
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error(format!("{method} {path}: the answer is not JSON: {e}")))
+    }
+
+    pub fn get(&self, path: &str) -> Result<Value, Error> {
+        Ok(self.request("GET", path, None)?.unwrap_or(Value::Null))
+    }
+
+    pub fn put(&self, path: &str, body: &Value) -> Result<(), Error> {
+        self.request("PUT", path, Some(body)).map(|_| ())
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Result<(), Error> {
+        self.request("POST", path, Some(body)).map(|_| ())
+    }
+
+    pub fn delete(&self, path: &str) -> Result<(), Error> {
+        self.request("DELETE", path, None).map(|_| ())
+    }
+
+    fn delete_with_reason(&self, path: &str, reason: &str) -> Result<(), Error> {
+        let url = format!("{}{path}", self.base);
+        let mut response = self
+            .agent
+            .delete(&url)
+            .header("Authorization", &self.auth)
+            .header("X-Reason", reason)
+            .call()
+            .map_err(|e| Error(format!("DELETE {url}: {e}")))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        let reason = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v.get("reason").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or(text);
+        Err(Error(format!("DELETE {path}: {status}: {reason}")))
+    }
+}
+
+/// The columns `list` shows for each kind of object, as (header, JSON path) pairs.
+fn columns(what: Listable) -> &'static [(&'static str, &'static str)] {
+    match what {
+        Listable::Queues => &[
+            ("vhost", "vhost"),
+            ("name", "name"),
+            ("type", "type"),
+            ("durable", "durable"),
+            ("auto_delete", "auto_delete"),
+            ("messages", "messages"),
+            ("ready", "messages_ready"),
+            ("unacked", "messages_unacknowledged"),
+            ("consumers", "consumers"),
+            ("policy", "policy"),
+        ],
+        Listable::Exchanges => &[
+            ("vhost", "vhost"),
+            ("name", "name"),
+            ("type", "type"),
+            ("durable", "durable"),
+            ("auto_delete", "auto_delete"),
+            ("internal", "internal"),
+        ],
+        Listable::Bindings => &[
+            ("vhost", "vhost"),
+            ("source", "source"),
+            ("destination", "destination"),
+            ("destination_type", "destination_type"),
+            ("routing_key", "routing_key"),
+            ("arguments", "arguments"),
+        ],
+        Listable::Connections => &[
+            ("name", "name"),
+            ("user", "user"),
+            ("vhost", "vhost"),
+            ("peer", "peer_host"),
+            ("port", "peer_port"),
+            ("channels", "channels"),
+            ("state", "state"),
+        ],
+        Listable::Consumers => &[
+            ("vhost", "queue.vhost"),
+            ("queue", "queue.name"),
+            ("consumer_tag", "consumer_tag"),
+            ("connection", "channel_details.connection_name"),
+            ("channel", "channel_details.number"),
+            ("ack_required", "ack_required"),
+            ("prefetch", "prefetch_count"),
+        ],
+        Listable::Vhosts => &[("name", "name"), ("messages", "messages"), ("tracing", "tracing")],
+        Listable::Users => &[("name", "name"), ("tags", "tags")],
+        Listable::Permissions => {
+            &[("user", "user"), ("vhost", "vhost"), ("configure", "configure"), ("write", "write"), ("read", "read")]
+        }
+    }
+}
+
+/// The API path that lists `what`, in one vhost when given.
+fn list_path(what: Listable, vhost: Option<&str>) -> String {
+    let base = match what {
+        Listable::Queues => "/queues",
+        Listable::Exchanges => "/exchanges",
+        Listable::Bindings => "/bindings",
+        Listable::Connections => "/connections",
+        Listable::Consumers => "/consumers",
+        Listable::Vhosts => "/vhosts",
+        Listable::Users => "/users",
+        Listable::Permissions => "/permissions",
+    };
+    match (what, vhost) {
+        (Listable::Queues | Listable::Exchanges | Listable::Bindings | Listable::Consumers, Some(v)) => {
+            format!("{base}/{}", encode_segment(v))
+        }
+        (Listable::Connections, Some(v)) => format!("/vhosts/{}/connections", encode_segment(v)),
+        (Listable::Permissions, Some(v)) => format!("/vhosts/{}/permissions", encode_segment(v)),
+        _ => base.to_string(),
+    }
+}
+
+/// Follows a dotted path into a JSON object.
+fn lookup<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.').try_fold(v, |v, key| v.get(key))
+}
+
+/// How a value reads in a table cell: strings bare, nothing for null, JSON otherwise.
+fn cell(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(a)) if a.iter().all(Value::is_string) => {
+            a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")
+        }
+        Some(other) => other.to_string(),
+    }
+}
+
+/// Renders rows as aligned columns under a header line.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (i, c) in cells.enumerate() {
+            if i > 0 {
+                l.push_str("  ");
+            }
+            l.push_str(c);
+            let pad = widths[i].saturating_sub(c.chars().count());
+            l.extend(std::iter::repeat_n(' ', pad));
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut headers.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+fn list(client: &Client, g: &Global, what: Listable) -> Result<String, Error> {
+    let items = client.get(&list_path(what, g.vhost.as_deref()))?;
+    if g.format == Format::Json {
+        return Ok(pretty(&items));
+    }
+    let Value::Array(items) = items else { return Err(Error(format!("expected a list, got {items}"))) };
+    let cols = columns(what);
+    let headers: Vec<&str> = cols.iter().map(|(h, _)| *h).collect();
+    let rows: Vec<Vec<String>> =
+        items.iter().map(|item| cols.iter().map(|(_, path)| cell(lookup(item, path))).collect()).collect();
+    Ok(table(&headers, &rows))
+}
+
+fn pretty(v: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
+    s.push('\n');
+    s
+}
+
+/// Parses an `--arguments` JSON object (absent means none).
+fn arguments(text: Option<&str>) -> Result<Value, Error> {
+    match text {
+        None => Ok(Value::Object(Map::new())),
+        Some(t) => match serde_json::from_str(t) {
+            Ok(v @ Value::Object(_)) => Ok(v),
+            Ok(_) => Err(Error("--arguments must be a JSON object".into())),
+            Err(e) => Err(Error(format!("--arguments is not JSON: {e}"))),
+        },
+    }
+}
+
+fn binding_path(vhost: &str, b: &BindingArgs) -> String {
+    format!(
+        "/bindings/{}/e/{}/{}/{}",
+        encode_segment(vhost),
+        encode_segment(&b.source),
+        b.destination_type.letter(),
+        encode_segment(&b.destination)
+    )
+}
+
+/// Runs one command and returns what to print.
+pub fn run(cli: &Cli) -> Result<String, Error> {
+    let g = &cli.global;
+    let client = Client::new(g);
+    let vhost = encode_segment(g.vhost());
+    match &cli.command {
+        Command::List { what } => list(&client, g, *what),
+        Command::Declare { what: Declare::Queue { name, durable, auto_delete, arguments: args } } => {
+            let body =
+                json!({"durable": durable, "auto_delete": auto_delete, "arguments": arguments(args.as_deref())?});
+            client.put(&format!("/queues/{vhost}/{}", encode_segment(name)), &body)?;
+            Ok(format!("queue declared: {name}\n"))
+        }
+        Command::Declare {
+            what: Declare::Exchange { name, kind, durable, auto_delete, internal, arguments: args },
+        } => {
+            let body = json!({
+                "type": kind,
+                "durable": durable,
+                "auto_delete": auto_delete,
+                "internal": internal,
+                "arguments": arguments(args.as_deref())?,
+            });
+            client.put(&format!("/exchanges/{vhost}/{}", encode_segment(name)), &body)?;
+            Ok(format!("exchange declared: {name}\n"))
+        }
+        Command::Declare { what: Declare::Binding(b) } => {
+            let body = json!({"routing_key": b.routing_key, "arguments": arguments(b.arguments.as_deref())?});
+            client.post(&binding_path(g.vhost(), b), &body)?;
+            Ok(format!("binding declared: {} -> {} ({})\n", b.source, b.destination, b.routing_key))
+        }
+        Command::Delete { what: Delete::Queue { name, if_empty, if_unused } } => {
+            let mut query = Vec::new();
+            if *if_empty {
+                query.push("if-empty=true");
+            }
+            if *if_unused {
+                query.push("if-unused=true");
+            }
+            let query = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
+            client.delete(&format!("/queues/{vhost}/{}{query}", encode_segment(name)))?;
+            Ok(format!("queue deleted: {name}\n"))
+        }
+        Command::Delete { what: Delete::Exchange { name, if_unused } } => {
+            let query = if *if_unused { "?if-unused=true" } else { "" };
+            client.delete(&format!("/exchanges/{vhost}/{}{query}", encode_segment(name)))?;
+            Ok(format!("exchange deleted: {name}\n"))
+        }
+        Command::Delete { what: Delete::Binding(b) } => {
+            // A binding's URL ends in its "properties key", which the server derives from the
+            // routing key and arguments: find it among the bindings between the two.
+            let path = binding_path(g.vhost(), b);
+            let wanted_args = arguments(b.arguments.as_deref())?;
+            let listed = client.get(&path)?;
+            let no_args = |a: Option<&Value>| a.is_none_or(|a| a.as_object().is_some_and(Map::is_empty));
+            let key = listed
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|x| x.get("routing_key").and_then(Value::as_str) == Some(b.routing_key.as_str()))
+                .find(|x| match &b.arguments {
+                    None => no_args(x.get("arguments")),
+                    Some(_) => x.get("arguments") == Some(&wanted_args),
+                })
+                .and_then(|x| x.get("properties_key").and_then(Value::as_str))
+                .ok_or_else(|| {
+                    Error(format!(
+                        "no binding from '{}' to {} '{}' with routing key '{}'",
+                        b.source,
+                        match b.destination_type {
+                            DestinationType::Queue => "queue",
+                            DestinationType::Exchange => "exchange",
+                        },
+                        b.destination,
+                        b.routing_key
+                    ))
+                })?;
+            client.delete(&format!("{path}/{}", encode_segment(key)))?;
+            Ok(format!("binding deleted: {} -> {} ({})\n", b.source, b.destination, b.routing_key))
+        }
+        Command::Purge { what: Purge::Queue { name } } => {
+            client.delete(&format!("/queues/{vhost}/{}/contents", encode_segment(name)))?;
+            Ok(format!("queue purged: {name}\n"))
+        }
+        Command::Export { what: Definitions::Definitions { file } } => {
+            let defs = client.get("/definitions")?;
+            let text = pretty(&defs);
+            if file.as_os_str() == "-" {
+                return Ok(text);
+            }
+            std::fs::write(file, text).map_err(|e| Error(format!("cannot write {}: {e}", file.display())))?;
+            Ok(format!("definitions exported to {}\n", file.display()))
+        }
+        Command::Import { what: Definitions::Definitions { file } } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).map_err(|e| Error(format!("cannot read stdin: {e}")))?
+            } else {
+                std::fs::read_to_string(file).map_err(|e| Error(format!("cannot read {}: {e}", file.display())))?
+            };
+            let defs: Value =
+                serde_json::from_str(&text).map_err(|e| Error(format!("{} is not JSON: {e}", file.display())))?;
+            client.post("/definitions", &defs)?;
+            Ok(format!("definitions imported from {}\n", file.display()))
+        }
+        Command::Close { what: Close::Connection { name, reason } } => {
+            client.delete_with_reason(&format!("/connections/{}", encode_segment(name)), reason)?;
+            Ok(format!("connection closed: {name}\n"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["warrenctl", "list", "queues", "--vhost", "v", "--format", "json"])
+            .expect("list queues parses");
+        assert_eq!(cli.global.vhost.as_deref(), Some("v"));
+        assert_eq!(cli.global.format, Format::Json);
+        assert_eq!((cli.global.host.as_str(), cli.global.port), ("127.0.0.1", 15672));
+        assert_eq!((cli.global.user.as_str(), cli.global.password.as_str()), ("guest", "guest"));
+    }
+
+    #[test]
+    fn segments_are_percent_encoded() {
+        assert_eq!(encode_segment("/"), "%2F");
+        assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
+        assert_eq!(encode_segment("q-1.x_y~"), "q-1.x_y~");
+        assert_eq!(encode_segment("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let t = table(&["name", "n"], &[vec!["a".into(), "10".into()], vec!["long-name".into(), "2".into()]]);
+        assert_eq!(t, "name       n\na          10\nlong-name  2\n");
+    }
+
+    #[test]
+    fn cells_show_strings_bare() {
+        let v = json!({"a": "x", "b": null, "c": 3, "d": {"e": true}, "t": ["admin", "monitoring"]});
+        assert_eq!(cell(lookup(&v, "a")), "x");
+        assert_eq!(cell(lookup(&v, "b")), "");
+        assert_eq!(cell(lookup(&v, "missing")), "");
+        assert_eq!(cell(lookup(&v, "c")), "3");
+        assert_eq!(cell(lookup(&v, "d.e")), "true");
+        assert_eq!(cell(lookup(&v, "t")), "admin,monitoring");
+    }
+
+    #[test]
+    fn list_paths_follow_rabbitmq() {
+        assert_eq!(list_path(Listable::Queues, None), "/queues");
+        assert_eq!(list_path(Listable::Queues, Some("/")), "/queues/%2F");
+        assert_eq!(list_path(Listable::Connections, Some("v")), "/vhosts/v/connections");
+        assert_eq!(list_path(Listable::Users, Some("v")), "/users");
+    }
+}
