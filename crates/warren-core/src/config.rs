@@ -6,6 +6,8 @@ pub const MAX_MESSAGE_SIZE_DEFAULT: u64 = 16 * 1024 * 1024;
 pub const CONSUMER_TIMEOUT_MS_DEFAULT: u64 = 30 * 60 * 1000;
 /// RabbitMQ's default highest channel number per connection.
 pub const CHANNEL_MAX_DEFAULT: u16 = 2047;
+/// RabbitMQ's default handshake timeout: 10 s.
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// RabbitMQ's default frame_max.
 pub const FRAME_MAX_DEFAULT: u32 = 131_072;
 /// RabbitMQ's default heartbeat, seconds.
@@ -28,6 +30,8 @@ pub struct Config {
     pub default_vhost: String,
     /// Users that may only connect from the loopback interface (RabbitMQ: loopback_users).
     pub loopback_users: Vec<String>,
+    /// How long a client has from TCP connect to connection.open (RabbitMQ: handshake_timeout).
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -42,6 +46,7 @@ impl Default for Config {
             default_pass: "guest".into(),
             default_vhost: "/".into(),
             loopback_users: vec!["guest".into()],
+            handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
         }
     }
 }

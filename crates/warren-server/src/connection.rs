@@ -5,7 +5,7 @@
 //! then written with one write. Frames for other connections go to their outboxes.
 
 use crate::handshake::{self, Failed};
-use crate::{encode, Shared, CLOSE_OK_TIMEOUT, HANDSHAKE_TIMEOUT, READ_BUFFER_BYTES};
+use crate::{encode, Shared, CLOSE_OK_TIMEOUT, READ_BUFFER_BYTES};
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,9 +47,10 @@ pub(crate) async fn run(shared: Arc<Shared>, id: ConnId, mut socket: TcpStream, 
     let _ = socket.set_nodelay(true);
     // Small to start with (an idle connection keeps little); it grows while reads fill it.
     let mut rbuf = BytesMut::with_capacity(READ_BUFFER_MIN_BYTES);
+    let handshake_timeout = Duration::from_millis(shared.broker().config().handshake_timeout_ms);
 
     let negotiated = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
+        handshake_timeout,
         handshake::handshake(&shared, &mut socket, &mut rbuf, peer),
     )
     .await
@@ -67,7 +68,10 @@ pub(crate) async fn run(shared: Arc<Shared>, id: ConnId, mut socket: TcpStream, 
             return;
         }
         Err(_) => {
-            tracing::warn!("closing AMQP connection {name}: handshake timeout after {}s", HANDSHAKE_TIMEOUT.as_secs());
+            tracing::warn!(
+                "closing AMQP connection {name}: handshake timeout after {} ms",
+                handshake_timeout.as_millis()
+            );
             return;
         }
     };

@@ -28,9 +28,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify};
 use warren_core::{Broker, ConnId, Out};
 
-/// How long a client may take from TCP connect to connection.open (RabbitMQ's
-/// handshake_timeout), so half-open and slow-loris connections do not pile up.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long we wait for connection.close-ok after sending connection.close.
 pub const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Initial size of a connection's read buffer; one read takes in up to this much.

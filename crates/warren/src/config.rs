@@ -136,6 +136,7 @@ impl Settings {
                         self.core.frame_max = v;
                     }
                     "channel_max" => self.core.channel_max = parse_num(value)?,
+                    "handshake_timeout" => self.core.handshake_timeout_ms = parse_num(value)?,
                     "consumer_timeout" => {
                         self.core.consumer_timeout_ms =
                             if value == "false" || value == "infinity" { None } else { Some(parse_num(value)?) }
