@@ -5,7 +5,7 @@
 # an install from stale lists fails.
 set -euo pipefail
 
-PKGS=(golang-go golang-github-rabbitmq-amqp091-go-dev python3-pika)
+PKGS=(golang-go golang-github-rabbitmq-amqp091-go-dev python3-pika openssl)
 
 SUDO=()
 if [[ $(id -u) -ne 0 ]]; then

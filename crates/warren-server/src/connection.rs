@@ -5,13 +5,12 @@
 //! then written with one write. Frames for other connections go to their outboxes.
 
 use crate::handshake::{self, Failed};
-use crate::{encode, Shared, CLOSE_OK_TIMEOUT, READ_BUFFER_BYTES};
+use crate::{encode, Shared, Transport, CLOSE_OK_TIMEOUT, READ_BUFFER_BYTES};
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use warren_amqp::frame::write_heartbeat;
@@ -40,11 +39,9 @@ fn close_method(e: &ProtocolError) -> Method {
     }
 }
 
-pub(crate) async fn run(shared: Arc<Shared>, id: ConnId, mut socket: TcpStream, peer: SocketAddr) {
-    let local = socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
+pub(crate) async fn run<S: Transport>(shared: Arc<Shared>, id: ConnId, mut socket: S, peer: SocketAddr, local: String) {
     let name = format!("{peer} -> {local}");
     tracing::info!("accepting AMQP connection {name}");
-    let _ = socket.set_nodelay(true);
     // Small to start with (an idle connection keeps little); it grows while reads fill it.
     let mut rbuf = BytesMut::with_capacity(READ_BUFFER_MIN_BYTES);
     let handshake_timeout = Duration::from_millis(shared.broker().config().handshake_timeout_ms);
@@ -170,8 +167,8 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(&mut self, socket: TcpStream, mut rx: mpsc::UnboundedReceiver<Vec<Out>>) -> String {
-        let (mut rd, mut wr) = socket.into_split();
+    async fn serve<S: Transport>(&mut self, socket: S, mut rx: mpsc::UnboundedReceiver<Vec<Out>>) -> String {
+        let (mut rd, mut wr) = socket.split_halves();
         let mut shutdown = self.shared.shutdown.clone();
         // Send heartbeats at half the interval, as RabbitMQ does; a peer silent for two
         // intervals is dead.

@@ -2,11 +2,10 @@
 //! (authentication), tune / tune-ok, open / open-ok. Nothing is registered with the broker
 //! until it has succeeded.
 
-use crate::Shared;
+use crate::{Io, Shared};
 use bytes::{Bytes, BytesMut};
 use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use warren_amqp::frame::{write_method, FRAME_MIN_SIZE};
 use warren_amqp::{
     FieldTable, FieldValue, Frame, FrameParser, Method, ProtocolError, ReplyCode, ShortStr, PROTOCOL_HEADER,
@@ -63,14 +62,14 @@ fn server_properties() -> FieldTable {
     p
 }
 
-async fn send(socket: &mut TcpStream, method: &Method) -> std::io::Result<()> {
+async fn send<S: Io>(socket: &mut S, method: &Method) -> std::io::Result<()> {
     let mut out = BytesMut::new();
     write_method(&mut out, 0, method);
     socket.write_all(&out).await
 }
 
 /// Reads the next frame; every handshake frame must be a method on channel 0.
-async fn next_method(socket: &mut TcpStream, buf: &mut BytesMut, parser: &FrameParser) -> Result<Method, Failed> {
+async fn next_method<S: Io>(socket: &mut S, buf: &mut BytesMut, parser: &FrameParser) -> Result<Method, Failed> {
     loop {
         match parser.parse(buf) {
             Ok(Some(Frame::Method { channel: 0, method })) => return Ok(method),
@@ -98,7 +97,7 @@ fn unexpected(method: &Method, wanted: &str) -> Failed {
 }
 
 /// Tells the peer why we close, then gives it a moment to read it.
-async fn refuse(socket: &mut TcpStream, e: &ProtocolError) {
+async fn refuse<S: Io>(socket: &mut S, e: &ProtocolError) {
     let close = Method::ConnectionClose {
         reply_code: e.code.code(),
         reply_text: ShortStr::from(e.reply_text()),
@@ -111,9 +110,9 @@ async fn refuse(socket: &mut TcpStream, e: &ProtocolError) {
     }
 }
 
-pub(crate) async fn handshake(
+pub(crate) async fn handshake<S: Io>(
     shared: &Shared,
-    socket: &mut TcpStream,
+    socket: &mut S,
     buf: &mut BytesMut,
     peer: SocketAddr,
 ) -> Result<Negotiated, Failed> {
@@ -222,7 +221,7 @@ pub(crate) async fn handshake(
 }
 
 /// Reports a handshake failure to the peer where the handshake did not already.
-pub(crate) async fn report(socket: &mut TcpStream, failed: &Failed) {
+pub(crate) async fn report<S: Io>(socket: &mut S, failed: &Failed) {
     if let Failed::Refused(e) = failed {
         if e.code != ReplyCode::AccessRefused && e.code != ReplyCode::NotAllowed {
             refuse(socket, e).await;
@@ -231,6 +230,6 @@ pub(crate) async fn report(socket: &mut TcpStream, failed: &Failed) {
 }
 
 /// Refuses connection.open (unknown vhost and the like).
-pub(crate) async fn refuse_open(socket: &mut TcpStream, e: &ProtocolError) {
+pub(crate) async fn refuse_open<S: Io>(socket: &mut S, e: &ProtocolError) {
     refuse(socket, e).await
 }

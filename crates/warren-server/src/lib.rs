@@ -18,6 +18,7 @@ pub mod alarms;
 mod connection;
 mod handshake;
 mod outbuf;
+pub mod tls;
 
 use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
@@ -38,6 +39,33 @@ pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(200);
 
 type Outbox = mpsc::UnboundedSender<Vec<Out>>;
+
+/// A byte stream a client connection runs on (plain TCP, or TLS over TCP).
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A connection's stream, split into halves the connection task reads and writes at once.
+pub(crate) trait Transport: Io + 'static {
+    type Read: tokio::io::AsyncRead + Unpin + Send;
+    type Write: tokio::io::AsyncWrite + Unpin + Send;
+    fn split_halves(self) -> (Self::Read, Self::Write);
+}
+
+impl Transport for tokio::net::TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+    fn split_halves(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl Transport for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    type Read = tokio::io::ReadHalf<Self>;
+    type Write = tokio::io::WriteHalf<Self>;
+    fn split_halves(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
 
 /// Everything behind the one lock: the broker, and where each connection's output goes.
 ///
@@ -189,7 +217,9 @@ impl Server {
                     Ok((socket, peer)) => {
                         let shared = self.shared.clone();
                         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-                        tokio::spawn(async move { connection::run(shared, id, socket, peer).await });
+                        let local = socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                        let _ = socket.set_nodelay(true);
+                        tokio::spawn(async move { connection::run(shared, id, socket, peer, local).await });
                     }
                     Err(e) => {
                         // Out of file descriptors and the like: wait a little rather than spin.
@@ -204,6 +234,40 @@ impl Server {
         syncer.abort();
         if let Some(a) = alarmer {
             a.abort();
+        }
+    }
+
+    /// Accepts AMQPS connections (TLS, then AMQP) until shutdown. Run beside [`Server::serve`],
+    /// which also runs the broker's periodic work.
+    pub async fn serve_tls(&self, listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
+        let mut shutdown = self.shared.shutdown.clone();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((socket, peer)) => {
+                        let shared = self.shared.clone();
+                        let acceptor = acceptor.clone();
+                        tokio::spawn(async move {
+                            let local = socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                            let _ = socket.set_nodelay(true);
+                            let limit = Duration::from_millis(shared.broker().config().handshake_timeout_ms);
+                            match tokio::time::timeout(limit, acceptor.accept(socket)).await {
+                                Ok(Ok(tls)) => {
+                                    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+                                    connection::run(shared, id, tls, peer, local).await;
+                                }
+                                Ok(Err(e)) => tracing::info!("TLS handshake with {peer} failed: {e}"),
+                                Err(_) => tracing::info!("TLS handshake with {peer} timed out"),
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = shutdown.changed() => break,
+            }
         }
     }
 

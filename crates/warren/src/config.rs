@@ -15,6 +15,10 @@ pub struct Settings {
     pub log_level: String,
     /// A definitions file (RabbitMQ's JSON) applied at boot (`load_definitions`).
     pub load_definitions: Option<PathBuf>,
+    /// The AMQPS listener (`listeners.ssl.default`), if any.
+    pub amqps_listen: Option<SocketAddr>,
+    /// Certificates and client verification (`ssl_options.*`).
+    pub tls: warren_server::tls::TlsSettings,
     /// The memory alarm's threshold (`vm_memory_high_watermark.relative` / `.absolute`).
     pub memory_high_watermark: Limit,
     /// The disk alarm's threshold (`disk_free_limit.absolute` / `.relative`).
@@ -54,6 +58,8 @@ impl Default for Settings {
             data_dir: PathBuf::from("warren-data"),
             log_level: "info".into(),
             load_definitions: None,
+            amqps_listen: None,
+            tls: Default::default(),
             // RabbitMQ 3.10's defaults.
             memory_high_watermark: Limit::Relative(0.4),
             disk_free_limit: Limit::Absolute(50_000_000),
@@ -120,6 +126,18 @@ impl Settings {
             let result: Result<(), String> = (|| {
                 match key {
                     "listeners.tcp.default" => self.amqp_listen = parse_listener(value)?,
+                    "listeners.ssl.default" => self.amqps_listen = Some(parse_listener(value)?),
+                    "ssl_options.certfile" => self.tls.certfile = Some(PathBuf::from(value)),
+                    "ssl_options.keyfile" => self.tls.keyfile = Some(PathBuf::from(value)),
+                    "ssl_options.cacertfile" => self.tls.cacertfile = Some(PathBuf::from(value)),
+                    "ssl_options.verify" => {
+                        self.tls.verify_peer = match value {
+                            "verify_peer" => true,
+                            "verify_none" => false,
+                            _ => return Err(format!("'{value}' is neither verify_peer nor verify_none")),
+                        }
+                    }
+                    "ssl_options.fail_if_no_peer_cert" => self.tls.fail_if_no_peer_cert = parse_bool(value)?,
                     "management.tcp.port" => mgmt_port = Some(parse_num(value)?),
                     "management.tcp.ip" => {
                         mgmt_ip = Some(value.parse().map_err(|_| format!("'{value}' is not an IP address"))?)

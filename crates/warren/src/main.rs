@@ -88,6 +88,17 @@ async fn run(settings: Settings) -> Result<(), String> {
         .map_err(|e| format!("cannot listen for HTTP on {}: {e}", settings.http_listen))?;
     let amqp_addr = amqp.local_addr().map_err(|e| e.to_string())?;
     let http_addr = http.local_addr().map_err(|e| e.to_string())?;
+    // AMQPS when configured: a bad certificate or key stops the start with a clear error.
+    let amqps = match settings.amqps_listen {
+        Some(addr) => {
+            let acceptor = warren_server::tls::acceptor(&settings.tls)?;
+            let listener =
+                TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for AMQPS on {addr}: {e}"))?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            Some((listener, acceptor, local))
+        }
+        None => None,
+    };
 
     let started = std::time::Instant::now();
     tracing::info!("recovering from {}", settings.data_dir.display());
@@ -154,11 +165,21 @@ async fn run(settings: Settings) -> Result<(), String> {
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "listening amqp {amqp_addr}");
         let _ = writeln!(stdout, "listening http {http_addr}");
+        if let Some((_, _, addr)) = &amqps {
+            let _ = writeln!(stdout, "listening amqps {addr}");
+        }
         let _ = stdout.flush();
     }
 
+    let serve_tls = async {
+        match amqps {
+            Some((listener, acceptor, _)) => server.serve_tls(listener, acceptor).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = server.serve(amqp) => {}
+        _ = serve_tls => {}
         _ = shutdown_signal() => {
             tracing::info!("shutting down: closing client connections");
             server.shutdown();

@@ -59,6 +59,8 @@ pub struct Broker {
     vhost: String,
     /// The management HTTP port of a spawned broker.
     http_port: Option<u16>,
+    /// The AMQPS port of a spawned broker configured with `listeners.ssl.default`.
+    amqps_port: Option<u16>,
     process: Option<Spawned>,
 }
 
@@ -119,6 +121,11 @@ impl Broker {
                 let _ = std::fs::remove_dir_all(&spawned.data_dir);
             }
         }
+    }
+
+    /// The AMQPS port of a spawned broker configured with a TLS listener.
+    pub fn amqps_port(&self) -> Option<u16> {
+        self.amqps_port
     }
 
     /// The process id of a spawned broker (`None` for an external one).
@@ -191,6 +198,7 @@ impl Broker {
             password: password.to_string(),
             vhost: percent_decode(if vhost.is_empty() { "%2f" } else { vhost }),
             http_port: None,
+            amqps_port: None,
             process: None,
         }
     }
@@ -254,6 +262,14 @@ impl Broker {
             .recv_timeout(STARTUP_TIMEOUT)
             .ok()
             .and_then(|l| l.trim().strip_prefix("listening http ").and_then(|a| a.rsplit_once(':')?.1.parse().ok()));
+        // An AMQPS listener, when configured, is announced last.
+        let amqps_port = if conf.is_some_and(|c| c.contains("listeners.ssl.default")) {
+            lines_rx.recv_timeout(STARTUP_TIMEOUT).ok().and_then(|l| {
+                l.trim().strip_prefix("listening amqps ").and_then(|a| a.rsplit_once(':')?.1.parse().ok())
+            })
+        } else {
+            None
+        };
         Broker {
             host: "127.0.0.1".to_string(),
             port,
@@ -261,6 +277,7 @@ impl Broker {
             password: "guest".to_string(),
             vhost: "/".to_string(),
             http_port,
+            amqps_port,
             process: Some(spawned),
         }
     }
