@@ -63,7 +63,8 @@ fn unauthorized(reason: &str) -> Response {
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Basic realm=\"Warren Management\"")],
-        Json(json!({"error": "not_authorized", "reason": reason})),
+        // RabbitMQ spells the error of a user without a management tag the British way.
+        Json(json!({"error": if reason == "Not management user" { "not_authorised" } else { "not_authorized" }, "reason": reason})),
     )
         .into_response()
 }
@@ -76,21 +77,15 @@ fn authorize(shared: &Shared, headers: &HeaderMap, peer: SocketAddr) -> Result<S
     let Some(encoded) = value.strip_prefix("Basic ") else { return Err("Not authorized") };
     let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| "Not authorized")?;
     let Some(colon) = decoded.iter().position(|b| *b == b':') else { return Err("Not authorized") };
-    let mut plain = vec![0u8];
-    plain.extend_from_slice(&decoded[..colon]);
-    plain.push(0);
-    plain.extend_from_slice(&decoded[colon + 1..]);
+    let (name, password) = (String::from_utf8_lossy(&decoded[..colon]), String::from_utf8_lossy(&decoded[colon + 1..]));
     let core = shared.broker();
     let user =
-        core.users().authenticate("PLAIN", &plain, warren_server::is_loopback(&peer)).map_err(|_| "Login failed")?;
+        core.authenticate_basic(&name, &password, warren_server::is_loopback(&peer)).map_err(|_| "Login failed")?;
     // As in RabbitMQ, only users with a management tag may use the API.
-    let management = core
-        .users()
-        .get(&user)
-        .is_some_and(|u| ["administrator", "monitoring", "policymaker", "management"].iter().any(|t| u.has_tag(t)));
-    if !management {
+    if !["administrator", "monitoring", "policymaker", "management"].iter().any(|t| user.has_tag(t)) {
         return Err("Not management user");
     }
+    let user = user.name.clone();
     Ok(user)
 }
 

@@ -1,7 +1,7 @@
 //! /api/definitions: export and import in RabbitMQ's definitions format.
 //!
-//! Export writes vhosts, policies, queues, exchanges and bindings (users and permissions are
-//! written as empty lists for now). Import applies policies through
+//! Export writes users (with their password hashes), vhosts, permissions, topic permissions,
+//! policies, queues, exchanges and bindings. Import applies access control and policies through
 //! [`crate::apply_definitions`] and queues, exchanges and bindings through
 //! [`apply_topology`].
 
@@ -34,8 +34,7 @@ fn export_doc(broker: &Broker, vhost: Option<&str>) -> Value {
         item
     };
     let exchanges_all = broker.exchanges();
-    let mut vhosts: Vec<&str> = exchanges_all.iter().map(|x| x.vhost.as_str()).collect();
-    vhosts.dedup();
+    let vhosts = broker.vhost_names();
     let queues: Vec<Value> = broker
         .queues()
         .iter()
@@ -91,10 +90,13 @@ fn export_doc(broker: &Broker, vhost: Option<&str>) -> Value {
         doc.insert("rabbitmq_version".into(), json!(version));
         doc.insert("product_name".into(), json!("Warren"));
         doc.insert("product_version".into(), json!(version));
-        doc.insert("users".into(), json!([]));
+        doc.insert("users".into(), Value::Array(super::access::users_json(broker)));
         doc.insert("vhosts".into(), Value::Array(vhosts.iter().map(|v| json!({"name": v})).collect()));
-        doc.insert("permissions".into(), json!([]));
-        doc.insert("topic_permissions".into(), json!([]));
+        doc.insert("permissions".into(), Value::Array(super::access::permissions_json(broker, |_, _| true)));
+        doc.insert(
+            "topic_permissions".into(),
+            Value::Array(super::access::topic_permissions_json(broker, |_, _| true)),
+        );
         doc.insert("global_parameters".into(), json!([]));
     }
     doc.insert("parameters".into(), json!([]));
@@ -111,7 +113,7 @@ pub(crate) async fn export(State(shared): State<Arc<Shared>>) -> Response {
 
 pub(crate) async fn export_vhost(State(shared): State<Arc<Shared>>, Path(vhost): Path<String>) -> ApiResult {
     let core = shared.broker();
-    if !core.exchanges().iter().any(|x| x.vhost == vhost) {
+    if !core.has_vhost(&vhost) {
         return Err(ApiError::NotFound);
     }
     Ok(Json(export_doc(&core, Some(&vhost))).into_response())
@@ -157,7 +159,7 @@ pub(crate) async fn import_vhost(
     Path(vhost): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    if !shared.broker().exchanges().iter().any(|x| x.vhost == vhost) {
+    if !shared.broker().has_vhost(&vhost) {
         return Err(ApiError::NotFound);
     }
     let mut doc = parse_body(&body)?;

@@ -61,9 +61,9 @@ pub(crate) async fn overview(State(shared): State<Arc<Shared>>, Extension(rates)
     .into_response()
 }
 
-pub(crate) async fn whoami(Extension(User(name)): Extension<User>) -> Response {
-    // Every user is an administrator until users carry tags.
-    Json(json!({"name": name, "tags": ["administrator"]})).into_response()
+pub(crate) async fn whoami(State(shared): State<Arc<Shared>>, Extension(User(name)): Extension<User>) -> Response {
+    let tags = shared.broker().user(&name).map(|u| u.tags.clone()).unwrap_or_default();
+    Json(json!({"name": name, "tags": tags})).into_response()
 }
 
 /// The exchange types Warren routes, as RabbitMQ lists them.
