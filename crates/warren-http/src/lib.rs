@@ -60,11 +60,12 @@ pub async fn serve_with_amqp(
 }
 
 fn unauthorized(reason: &str) -> Response {
+    // RabbitMQ spells the error of a user without a management tag the British way.
+    let error = if reason == "Not management user" { "not_authorised" } else { "not_authorized" };
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Basic realm=\"Warren Management\"")],
-        // RabbitMQ spells the error of a user without a management tag the British way.
-        Json(json!({"error": if reason == "Not management user" { "not_authorised" } else { "not_authorized" }, "reason": reason})),
+        Json(json!({"error": error, "reason": reason})),
     )
         .into_response()
 }

@@ -151,8 +151,14 @@ async fn access_endpoints_have_rabbitmq_shapes_and_errors() {
     assert_eq!(keys(&u), ["hashing_algorithm", "limits", "name", "password_hash", "tags"]);
     assert_eq!(u["tags"], json!(["management", "custom"]));
     assert_eq!(u["hashing_algorithm"], "rabbit_password_hashing_sha256");
+    // As in RabbitMQ 3.10, a PUT without a password clears it: the user cannot log in.
+    assert_eq!(u["password_hash"], "");
+    let locked = call_as(&base, Some((&user, "pw")), Method::GET, "/api/whoami", None).await;
+    assert_eq!(locked.0, 401);
+    let with_password = json!({"password": "pw", "tags": ["management", "custom"]});
+    assert_eq!(call(&base, Method::PUT, &path, Some(with_password)).await.0, 204);
     let (_, me) = call_as(&base, Some((&user, "pw")), Method::GET, "/api/whoami", None).await;
-    assert_eq!(me, json!({"name": user, "tags": ["management", "custom"]}), "a tags-only PUT keeps the password");
+    assert_eq!(me, json!({"name": user, "tags": ["management", "custom"]}));
     assert_eq!(call(&base, Method::GET, "/api/users/nope", None).await, (404, not_found.clone()));
 
     // Permissions.

@@ -163,7 +163,8 @@ pub(crate) async fn show_user(
     Ok(Json(user_json(u)).into_response())
 }
 
-/// Tags as RabbitMQ takes them: a comma-separated string or a list of strings.
+/// Tags as RabbitMQ takes them: a comma-separated string or a list of strings (each taken
+/// whole).
 fn parse_tags(v: &Value) -> Result<Vec<String>, ApiError> {
     let split =
         |s: &str| -> Vec<String> { s.split(',').map(str::trim).filter(|t| !t.is_empty()).map(str::to_owned).collect() };
@@ -172,8 +173,10 @@ fn parse_tags(v: &Value) -> Result<Vec<String>, ApiError> {
         Value::Array(items) => {
             let mut tags = Vec::new();
             for t in items {
-                let t = t.as_str().ok_or_else(|| bad("tags must be strings"))?;
-                tags.extend(split(t));
+                let t = t.as_str().ok_or_else(|| bad("tags must be strings"))?.trim();
+                if !t.is_empty() {
+                    tags.push(t.to_owned());
+                }
             }
             Ok(tags)
         }
@@ -182,7 +185,7 @@ fn parse_tags(v: &Value) -> Result<Vec<String>, ApiError> {
 }
 
 /// PUT /api/users/{user}: `tags` is required; `password` in clear, or `password_hash` with
-/// `hashing_algorithm`; neither keeps an existing user's password (a new one gets none).
+/// `hashing_algorithm`; with neither the user has no password (as RabbitMQ 3.10 does it).
 pub(crate) async fn put_user(
     State(shared): State<Arc<Shared>>,
     Extension(User(user)): Extension<User>,
@@ -193,23 +196,19 @@ pub(crate) async fn put_user(
     let doc = object_body(&body)?;
     let tags = parse_tags(doc.get("tags").ok_or_else(|| bad("tags_not_present"))?)?;
     let text = |k: &str| doc.get(k).and_then(Value::as_str).map(str::to_owned);
-    let existing = shared.broker().user(&name).cloned();
+    let existed = shared.broker().user(&name).is_some();
     let password = match (text("password"), text("password_hash")) {
         (Some(clear), _) => Password::Clear(clear),
         (None, Some(hash)) if hash.is_empty() => Password::None,
         (None, Some(hash)) => {
             Password::Hash { password_hash: hash, hashing_algorithm: text("hashing_algorithm").unwrap_or_default() }
         }
-        (None, None) => match &existing {
-            Some(u) if !u.password_hash.is_empty() => Password::Hash {
-                password_hash: u.password_hash.clone(),
-                hashing_algorithm: u.hashing_algorithm.clone(),
-            },
-            _ => Password::None,
-        },
+        // As in RabbitMQ 3.10, a PUT without a password leaves the user without one (an
+        // existing user's password is cleared): it cannot log in until one is set.
+        (None, None) => Password::None,
     };
     with_broker(&shared, &user, |b, _, _| b.put_user(&name, password, tags))?;
-    Ok(created_or_not(existing.is_some()))
+    Ok(created_or_not(existed))
 }
 
 pub(crate) async fn delete_user(
