@@ -98,6 +98,17 @@ async fn rabbitmq_http_client_sets_up_access_and_amqp_follows_it() {
     try_declare_with(&ch, "app.q", options, FieldTable::default()).await.expect("app.q is allowed");
     assert_code(try_declare_with(&ch, "other.q", options, FieldTable::default()).await, 403);
 
+    // A management user sees its own connections only; the administrator sees all.
+    let guest_conn = connect(&broker).await;
+    let (_, own_conns) = call_as(&base, Some((&user, "s3cret")), Method::GET, "/api/connections", None).await;
+    let users_of = |v: &Value| -> Vec<String> {
+        v.as_array().expect("a list").iter().filter_map(|c| c["user"].as_str().map(str::to_owned)).collect()
+    };
+    assert_eq!(users_of(&own_conns), [user.as_str()]);
+    let (_, all_conns) = call_as(&base, Some(("guest", "guest")), Method::GET, "/api/connections", None).await;
+    assert_eq!(users_of(&all_conns).len(), 2);
+    close(&guest_conn).await;
+
     // The user's own view: whoami with its tags; it may not create users (not administrator).
     let own = Client::new(format!("{base}/api"), user.as_str(), "s3cret");
     let me = own.current_user().await.expect("whoami as the user");
@@ -215,6 +226,29 @@ async fn access_endpoints_have_rabbitmq_shapes_and_errors() {
         assert_eq!(answer, (401, not_admin.clone()), "{method} {path}");
     }
     assert_eq!(call(&base, Method::GET, "/api/users/intruder", None).await.0, 404, "nothing was created");
+    for path in ["/api/definitions".to_string(), format!("/api/definitions/{vhost}")] {
+        let answer = call_as(&base, as_user, Method::GET, &path, None).await;
+        assert_eq!(answer, (401, not_admin.clone()), "exports hold password hashes: {path}");
+    }
+    // Queues, exchanges, bindings: only in its vhosts.
+    let (mine, theirs) = (unique("acc-mine"), unique("acc-theirs"));
+    assert_eq!(call(&base, Method::PUT, &format!("/api/queues/{vhost}/{mine}"), Some(json!({}))).await.0, 201);
+    assert_eq!(call(&base, Method::PUT, &format!("/api/queues/%2F/{theirs}"), Some(json!({}))).await.0, 201);
+    for listing in ["/api/queues", "/api/exchanges", "/api/bindings"] {
+        let (status, items) = call_as(&base, as_user, Method::GET, listing, None).await;
+        assert_eq!(status, 200);
+        let items = items.as_array().expect("a list");
+        assert!(!items.is_empty(), "{listing} shows the user's vhost");
+        assert!(items.iter().all(|i| i["vhost"] == vhost.as_str()), "{listing} shows only the user's vhost: {items:?}");
+    }
+    let (_, queues) = call_as(&base, as_user, Method::GET, "/api/queues", None).await;
+    assert_eq!(queues.as_array().expect("list").iter().filter(|q| q["name"] == mine.as_str()).count(), 1);
+    let elsewhere = call_as(&base, as_user, Method::GET, &format!("/api/queues/%2F/{theirs}"), None).await;
+    let not_vhost = json!({"error": "not_authorised", "reason": "User not authorised to access virtual host"});
+    assert_eq!(elsewhere, (401, not_vhost));
+    let own_vhost = call_as(&base, as_user, Method::GET, &format!("/api/queues/{vhost}/{mine}"), None).await;
+    assert_eq!(own_vhost.0, 200);
+    assert_eq!(call(&base, Method::DELETE, &format!("/api/queues/%2F/{theirs}"), None).await.0, 204);
 
     // Authentication failures.
     let (status, _) = call_as(&base, None, Method::GET, "/api/vhosts", None).await;

@@ -438,3 +438,89 @@ pub(crate) async fn delete_topic_permission(
         Err(ApiError::NotFound)
     }
 }
+
+// ---- what a non-administrator sees ----------------------------------------------------------
+
+/// The vhost-scoped collections whose listings a user without the administrator or monitoring
+/// tag sees only in part (as in RabbitMQ: the vhosts it has permissions in, its own
+/// connections and channels).
+const SCOPED: [&str; 7] = ["queues", "exchanges", "bindings", "consumers", "connections", "channels", "aliveness-test"];
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Keeps a non-administrator to the vhosts it has permissions in: a path naming another vhost
+/// is `401 User not authorised to access virtual host`; a listing across vhosts is filtered.
+pub(crate) async fn vhost_visibility(
+    State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = request.uri().path().to_owned();
+    let mut segments = path.trim_start_matches("/api/").split('/');
+    let (Some(collection), vhost) = (segments.next(), segments.next()) else { return next.run(request).await };
+    if !SCOPED.contains(&collection) {
+        return next.run(request).await;
+    }
+    let visible: Option<Vec<String>> = {
+        let core = shared.broker();
+        if core.user(&user).is_some_and(|u| u.is_administrator() || u.has_tag("monitoring")) {
+            None
+        } else {
+            Some(core.users().permissions().filter(|p| p.user == user).map(|p| p.vhost.clone()).collect())
+        }
+    };
+    let Some(visible) = visible else { return next.run(request).await };
+    // /api/connections/{name} and /api/channels/{name} name a connection, not a vhost.
+    let by_vhost = !matches!(collection, "connections" | "channels");
+    match vhost.filter(|v| !v.is_empty()) {
+        Some(v) if by_vhost => {
+            if visible.contains(&percent_decode(v)) {
+                next.run(request).await
+            } else {
+                let body = json!({"error": "not_authorised", "reason": "User not authorised to access virtual host"});
+                (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+            }
+        }
+        Some(_) => next.run(request).await,
+        None => {
+            let response = next.run(request).await;
+            let (parts, body) = response.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+                return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+            };
+            let Ok(Value::Array(items)) = serde_json::from_slice::<Value>(&bytes) else {
+                return Response::from_parts(parts, axum::body::Body::from(bytes));
+            };
+            let keep = |item: &Value| {
+                if by_vhost {
+                    item["vhost"].as_str().is_some_and(|v| visible.iter().any(|w| w == v))
+                } else {
+                    item["user"].as_str() == Some(user.as_str())
+                }
+            };
+            let kept: Vec<Value> = items.into_iter().filter(keep).collect();
+            let mut parts = parts;
+            parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+            (parts, Json(Value::Array(kept))).into_response()
+        }
+    }
+}

@@ -10,7 +10,7 @@ use crate::{policy_json, table_json, to_field};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -107,11 +107,26 @@ fn export_doc(broker: &Broker, vhost: Option<&str>) -> Value {
     Value::Object(doc)
 }
 
-pub(crate) async fn export(State(shared): State<Arc<Shared>>) -> Response {
-    Json(export_doc(&shared.broker(), None)).into_response()
+/// Exports need the administrator tag (they hold the users' password hashes), as in RabbitMQ.
+fn admin(shared: &Shared, user: &str) -> Result<(), ApiError> {
+    if shared.broker().user(user).is_some_and(|u| u.is_administrator()) {
+        Ok(())
+    } else {
+        Err(ApiError::NotAdministrator)
+    }
 }
 
-pub(crate) async fn export_vhost(State(shared): State<Arc<Shared>>, Path(vhost): Path<String>) -> ApiResult {
+pub(crate) async fn export(State(shared): State<Arc<Shared>>, Extension(User(user)): Extension<User>) -> ApiResult {
+    admin(&shared, &user)?;
+    Ok(Json(export_doc(&shared.broker(), None)).into_response())
+}
+
+pub(crate) async fn export_vhost(
+    State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
+    Path(vhost): Path<String>,
+) -> ApiResult {
+    admin(&shared, &user)?;
     let core = shared.broker();
     if !core.has_vhost(&vhost) {
         return Err(ApiError::NotFound);
@@ -120,9 +135,7 @@ pub(crate) async fn export_vhost(State(shared): State<Arc<Shared>>, Path(vhost):
 }
 
 fn import_doc(shared: &Shared, user: &str, doc: &Value) -> ApiResult {
-    if !shared.broker().users().get(user).is_some_and(|u| u.is_administrator()) {
-        return Err(ApiError::NotAdministrator);
-    }
+    admin(shared, user)?;
     if !doc.is_object() {
         return Err(ApiError::BadRequest("definitions must be a JSON object".into()));
     }

@@ -107,6 +107,7 @@ pub(crate) fn router(shared: Arc<Shared>, listeners: Listeners) -> Router<Arc<Sh
                 .put(access::put_topic_permission)
                 .delete(access::delete_topic_permission),
         )
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), access::vhost_visibility))
         .layer(axum::middleware::from_fn_with_state(shared, authenticate))
         .layer(Extension(Arc::new(rates::Rates::default())))
         .layer(Extension(listeners))
