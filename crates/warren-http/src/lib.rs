@@ -4,7 +4,7 @@
 //! Everything is behind HTTP basic auth with the broker's users. This file serves policies and
 //! operator policies and applies definitions at boot; `api/` serves the rest (overview, nodes,
 //! connections, channels, consumers, exchanges, queues, bindings, definitions, health checks,
-//! whoami). The web UI is not served.
+//! whoami, vhosts, users, permissions and topic permissions). The web UI is not served.
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};

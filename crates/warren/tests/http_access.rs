@@ -107,6 +107,9 @@ async fn rabbitmq_http_client_sets_up_access_and_amqp_follows_it() {
     assert_eq!(users_of(&own_conns), [user.as_str()]);
     let (_, all_conns) = call_as(&base, Some(("guest", "guest")), Method::GET, "/api/connections", None).await;
     assert_eq!(users_of(&all_conns).len(), 2);
+    let (_, in_vhost) =
+        call_as(&base, Some(("guest", "guest")), Method::GET, &format!("/api/vhosts/{vhost}/connections"), None).await;
+    assert_eq!(users_of(&in_vhost), [user.as_str()], "the guest connection is in another vhost");
     close(&guest_conn).await;
 
     // The user's own view: whoami with its tags; it may not create users (not administrator).

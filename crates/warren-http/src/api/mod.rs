@@ -88,6 +88,7 @@ pub(crate) fn router(shared: Arc<Shared>, listeners: Listeners) -> Router<Arc<Sh
         .route("/api/vhosts", get(access::list_vhosts))
         .route("/api/vhosts/{vhost}", get(access::show_vhost).put(access::put_vhost).delete(access::delete_vhost))
         .route("/api/vhosts/{vhost}/permissions", get(access::vhost_permissions))
+        .route("/api/vhosts/{vhost}/connections", get(objects::vhost_connections))
         .route("/api/vhosts/{vhost}/topic-permissions", get(access::vhost_topic_permissions))
         .route("/api/users", get(access::list_users))
         .route("/api/users/without-permissions", get(access::users_without_permissions))

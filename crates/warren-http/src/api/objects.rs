@@ -153,6 +153,28 @@ pub(crate) async fn connections(
     super::json_list(items)
 }
 
+/// GET /api/vhosts/{vhost}/connections: a non-administrator (without `monitoring`) sees its own.
+pub(crate) async fn vhost_connections(
+    Extension(l): Extension<Listeners>,
+    State(shared): State<Arc<Shared>>,
+    Extension(rates): Extension<Arc<Rates>>,
+    Extension(User(user)): Extension<User>,
+    Path(vhost): Path<String>,
+) -> ApiResult {
+    let core = shared.broker();
+    if !core.has_vhost(&vhost) {
+        return Err(ApiError::NotFound);
+    }
+    let sees_all = core.user(&user).is_some_and(|u| u.is_administrator() || u.has_tag("monitoring"));
+    let items = core
+        .connections()
+        .iter()
+        .filter(|c| c.vhost == vhost && (sees_all || c.user == user))
+        .map(|c| connection_json(c, rates.first_seen(c.id), &l))
+        .collect();
+    Ok(super::json_list(items))
+}
+
 fn find_connection(shared: &Shared, name: &str, l: &Listeners) -> Option<ConnectionSummary> {
     shared.broker().connections().into_iter().find(|c| connection_name(&c.peer, l) == name)
 }
