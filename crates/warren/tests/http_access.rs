@@ -253,6 +253,22 @@ async fn access_endpoints_have_rabbitmq_shapes_and_errors() {
     assert_eq!(own_vhost.0, 200);
     assert_eq!(call(&base, Method::DELETE, &format!("/api/queues/%2F/{theirs}"), None).await.0, 204);
 
+    // Policies: changing one needs the policymaker tag and permissions in the vhost.
+    let policy = json!({"pattern": "^x", "definition": {"max-length": 1}});
+    let not_object = json!({"error": "not_authorised", "reason": "User not authorised to access object"});
+    let own_policy = format!("/api/policies/{vhost}/p");
+    let answer = call_as(&base, as_user, Method::PUT, &own_policy, Some(policy.clone())).await;
+    assert_eq!(answer, (401, not_object.clone()), "a management user is no policymaker");
+    let put_tags = json!({"password": "pw", "tags": "management,policymaker"});
+    assert_eq!(call(&base, Method::PUT, &path, Some(put_tags)).await.0, 204);
+    assert_eq!(call_as(&base, as_user, Method::PUT, &own_policy, Some(policy.clone())).await.0, 201);
+    let elsewhere = call_as(&base, as_user, Method::PUT, "/api/policies/%2F/p", Some(policy.clone())).await;
+    assert_eq!(elsewhere, (401, not_object), "no permissions in /");
+    assert_eq!(call(&base, Method::PUT, "/api/policies/%2F/guest-p", Some(policy)).await.0, 201);
+    let (_, listed) = call_as(&base, as_user, Method::GET, "/api/policies", None).await;
+    assert_eq!(listed.as_array().expect("list").iter().map(|p| p["vhost"].clone()).collect::<Vec<_>>(), [json!(vhost)]);
+    assert_eq!(call(&base, Method::DELETE, "/api/policies/%2F/guest-p", None).await.0, 204);
+
     // Authentication failures.
     let (status, _) = call_as(&base, None, Method::GET, "/api/vhosts", None).await;
     assert_eq!(status, 401);
