@@ -4,7 +4,7 @@
 //! Everything is behind HTTP basic auth with the broker's users. This file serves policies and
 //! operator policies and applies definitions at boot; `api/` serves the rest (overview, nodes,
 //! connections, channels, consumers, exchanges, queues, bindings, definitions, health checks,
-//! whoami). The web UI is not served.
+//! whoami, vhosts, users, permissions and topic permissions). The web UI is not served.
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -60,10 +60,12 @@ pub async fn serve_with_amqp(
 }
 
 fn unauthorized(reason: &str) -> Response {
+    // RabbitMQ spells the error of a user without a management tag the British way.
+    let error = if reason == "Not management user" { "not_authorised" } else { "not_authorized" };
     (
         StatusCode::UNAUTHORIZED,
         [(header::WWW_AUTHENTICATE, "Basic realm=\"Warren Management\"")],
-        Json(json!({"error": "not_authorized", "reason": reason})),
+        Json(json!({"error": error, "reason": reason})),
     )
         .into_response()
 }
@@ -76,21 +78,15 @@ fn authorize(shared: &Shared, headers: &HeaderMap, peer: SocketAddr) -> Result<S
     let Some(encoded) = value.strip_prefix("Basic ") else { return Err("Not authorized") };
     let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).map_err(|_| "Not authorized")?;
     let Some(colon) = decoded.iter().position(|b| *b == b':') else { return Err("Not authorized") };
-    let mut plain = vec![0u8];
-    plain.extend_from_slice(&decoded[..colon]);
-    plain.push(0);
-    plain.extend_from_slice(&decoded[colon + 1..]);
+    let (name, password) = (String::from_utf8_lossy(&decoded[..colon]), String::from_utf8_lossy(&decoded[colon + 1..]));
     let core = shared.broker();
     let user =
-        core.users().authenticate("PLAIN", &plain, warren_server::is_loopback(&peer)).map_err(|_| "Login failed")?;
+        core.authenticate_basic(&name, &password, warren_server::is_loopback(&peer)).map_err(|_| "Login failed")?;
     // As in RabbitMQ, only users with a management tag may use the API.
-    let management = core
-        .users()
-        .get(&user)
-        .is_some_and(|u| ["administrator", "monitoring", "policymaker", "management"].iter().any(|t| u.has_tag(t)));
-    if !management {
+    if !["administrator", "monitoring", "policymaker", "management"].iter().any(|t| user.has_tag(t)) {
         return Err("Not management user");
     }
+    let user = user.name.clone();
     Ok(user)
 }
 
@@ -214,10 +210,53 @@ fn delete(shared: &Shared, operator: bool, vhost: &str, name: &str) -> Response 
 
 macro_rules! authorized {
     ($shared:expr, $headers:expr, $peer:expr) => {
-        if let Err(reason) = authorize(&$shared, &$headers, $peer) {
-            return unauthorized(reason);
+        match authorize(&$shared, &$headers, $peer) {
+            Ok(user) => user,
+            Err(reason) => return unauthorized(reason),
         }
     };
+}
+
+fn not_authorised(reason: &str) -> Response {
+    (StatusCode::UNAUTHORIZED, Json(json!({"error": "not_authorised", "reason": reason}))).into_response()
+}
+
+/// What `user` may do with policies, as in RabbitMQ: administrators and monitoring users see
+/// every vhost, others the vhosts they have permissions in (None: all). Changing a policy
+/// needs the policymaker (or administrator) tag and permissions in the vhost; operator policies
+/// the administrator tag.
+fn policy_scope(shared: &Shared, user: &str) -> (Option<Vec<String>>, bool, bool) {
+    let core = shared.broker();
+    let Some(u) = core.user(user) else { return (Some(Vec::new()), false, false) };
+    let admin = u.is_administrator();
+    let policymaker = admin || u.has_tag("policymaker");
+    let visible = if admin || u.has_tag("monitoring") {
+        None
+    } else {
+        Some(core.users().permissions().filter(|p| p.user == user).map(|p| p.vhost.clone()).collect())
+    };
+    (visible, policymaker, admin)
+}
+
+/// Refuses reading a vhost's policies the user cannot see.
+fn may_read(shared: &Shared, user: &str, vhost: &str) -> Result<(), &'static str> {
+    match policy_scope(shared, user).0 {
+        Some(visible) if !visible.iter().any(|v| v == vhost) => Err("User not authorised to access virtual host"),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses changing a policy the user may not change.
+fn may_change(shared: &Shared, user: &str, operator: bool, vhost: &str) -> Result<(), &'static str> {
+    let (visible, policymaker, admin) = policy_scope(shared, user);
+    if operator && !admin {
+        return Err("Not administrator user");
+    }
+    let in_vhost = admin || visible.is_some_and(|v| v.iter().any(|v| v == vhost));
+    if !policymaker || !in_vhost {
+        return Err("User not authorised to access object");
+    }
+    Ok(())
 }
 
 // One set of handlers for policies and operator policies: `OPERATOR` picks the list.
@@ -227,8 +266,16 @@ async fn list_policies<const OPERATOR: bool>(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    authorized!(shared, headers, peer);
-    list(&shared, OPERATOR, None)
+    let user = authorized!(shared, headers, peer);
+    match policy_scope(&shared, &user).0 {
+        None => list(&shared, OPERATOR, None),
+        Some(visible) => {
+            let core = shared.broker();
+            let items =
+                core.policies(OPERATOR).iter().filter(|p| visible.contains(&p.vhost)).map(policy_json).collect();
+            Json(Value::Array(items)).into_response()
+        }
+    }
 }
 
 async fn list_vhost_policies<const OPERATOR: bool>(
@@ -237,7 +284,10 @@ async fn list_vhost_policies<const OPERATOR: bool>(
     headers: HeaderMap,
     Path(vhost): Path<String>,
 ) -> Response {
-    authorized!(shared, headers, peer);
+    let user = authorized!(shared, headers, peer);
+    if let Err(reason) = may_read(&shared, &user, &vhost) {
+        return not_authorised(reason);
+    }
     list(&shared, OPERATOR, Some(&vhost))
 }
 
@@ -247,7 +297,10 @@ async fn get_policy<const OPERATOR: bool>(
     headers: HeaderMap,
     Path((vhost, name)): Path<(String, String)>,
 ) -> Response {
-    authorized!(shared, headers, peer);
+    let user = authorized!(shared, headers, peer);
+    if let Err(reason) = may_read(&shared, &user, &vhost) {
+        return not_authorised(reason);
+    }
     get_one(&shared, OPERATOR, &vhost, &name)
 }
 
@@ -258,7 +311,10 @@ async fn put_policy<const OPERATOR: bool>(
     Path((vhost, name)): Path<(String, String)>,
     body: axum::body::Bytes,
 ) -> Response {
-    authorized!(shared, headers, peer);
+    let user = authorized!(shared, headers, peer);
+    if let Err(reason) = may_change(&shared, &user, OPERATOR, &vhost) {
+        return not_authorised(reason);
+    }
     put(&shared, OPERATOR, &vhost, &name, &body)
 }
 
@@ -268,7 +324,10 @@ async fn delete_policy<const OPERATOR: bool>(
     headers: HeaderMap,
     Path((vhost, name)): Path<(String, String)>,
 ) -> Response {
-    authorized!(shared, headers, peer);
+    let user = authorized!(shared, headers, peer);
+    if let Err(reason) = may_change(&shared, &user, OPERATOR, &vhost) {
+        return not_authorised(reason);
+    }
     delete(&shared, OPERATOR, &vhost, &name)
 }
 

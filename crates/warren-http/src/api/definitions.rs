@@ -1,7 +1,7 @@
 //! /api/definitions: export and import in RabbitMQ's definitions format.
 //!
-//! Export writes vhosts, policies, queues, exchanges and bindings (users and permissions are
-//! written as empty lists for now). Import applies policies through
+//! Export writes users (with their password hashes), vhosts, permissions, topic permissions,
+//! policies, queues, exchanges and bindings. Import applies access control and policies through
 //! [`crate::apply_definitions`] and queues, exchanges and bindings through
 //! [`apply_topology`].
 
@@ -10,7 +10,7 @@ use crate::{policy_json, table_json, to_field};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
@@ -34,8 +34,7 @@ fn export_doc(broker: &Broker, vhost: Option<&str>) -> Value {
         item
     };
     let exchanges_all = broker.exchanges();
-    let mut vhosts: Vec<&str> = exchanges_all.iter().map(|x| x.vhost.as_str()).collect();
-    vhosts.dedup();
+    let vhosts = broker.vhost_names();
     let queues: Vec<Value> = broker
         .queues()
         .iter()
@@ -91,10 +90,13 @@ fn export_doc(broker: &Broker, vhost: Option<&str>) -> Value {
         doc.insert("rabbitmq_version".into(), json!(version));
         doc.insert("product_name".into(), json!("Warren"));
         doc.insert("product_version".into(), json!(version));
-        doc.insert("users".into(), json!([]));
+        doc.insert("users".into(), Value::Array(super::access::users_json(broker)));
         doc.insert("vhosts".into(), Value::Array(vhosts.iter().map(|v| json!({"name": v})).collect()));
-        doc.insert("permissions".into(), json!([]));
-        doc.insert("topic_permissions".into(), json!([]));
+        doc.insert("permissions".into(), Value::Array(super::access::permissions_json(broker, |_, _| true)));
+        doc.insert(
+            "topic_permissions".into(),
+            Value::Array(super::access::topic_permissions_json(broker, |_, _| true)),
+        );
         doc.insert("global_parameters".into(), json!([]));
     }
     doc.insert("parameters".into(), json!([]));
@@ -105,22 +107,35 @@ fn export_doc(broker: &Broker, vhost: Option<&str>) -> Value {
     Value::Object(doc)
 }
 
-pub(crate) async fn export(State(shared): State<Arc<Shared>>) -> Response {
-    Json(export_doc(&shared.broker(), None)).into_response()
+/// Exports need the administrator tag (they hold the users' password hashes), as in RabbitMQ.
+fn admin(shared: &Shared, user: &str) -> Result<(), ApiError> {
+    if shared.broker().user(user).is_some_and(|u| u.is_administrator()) {
+        Ok(())
+    } else {
+        Err(ApiError::NotAdministrator)
+    }
 }
 
-pub(crate) async fn export_vhost(State(shared): State<Arc<Shared>>, Path(vhost): Path<String>) -> ApiResult {
+pub(crate) async fn export(State(shared): State<Arc<Shared>>, Extension(User(user)): Extension<User>) -> ApiResult {
+    admin(&shared, &user)?;
+    Ok(Json(export_doc(&shared.broker(), None)).into_response())
+}
+
+pub(crate) async fn export_vhost(
+    State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
+    Path(vhost): Path<String>,
+) -> ApiResult {
+    admin(&shared, &user)?;
     let core = shared.broker();
-    if !core.exchanges().iter().any(|x| x.vhost == vhost) {
+    if !core.has_vhost(&vhost) {
         return Err(ApiError::NotFound);
     }
     Ok(Json(export_doc(&core, Some(&vhost))).into_response())
 }
 
 fn import_doc(shared: &Shared, user: &str, doc: &Value) -> ApiResult {
-    if !shared.broker().users().get(user).is_some_and(|u| u.is_administrator()) {
-        return Err(ApiError::NotAdministrator);
-    }
+    admin(shared, user)?;
     if !doc.is_object() {
         return Err(ApiError::BadRequest("definitions must be a JSON object".into()));
     }
@@ -157,7 +172,7 @@ pub(crate) async fn import_vhost(
     Path(vhost): Path<String>,
     body: Bytes,
 ) -> ApiResult {
-    if !shared.broker().exchanges().iter().any(|x| x.vhost == vhost) {
+    if !shared.broker().has_vhost(&vhost) {
         return Err(ApiError::NotFound);
     }
     let mut doc = parse_body(&body)?;

@@ -1,12 +1,13 @@
 //! The management API beyond policies: RabbitMQ's paths and JSON shapes (as of 3.10) for
 //! the overview, nodes, connections, channels, consumers, exchanges, queues, bindings,
-//! definitions, health checks and whoami.
+//! definitions, health checks, whoami, and access control (vhosts, users, permissions).
 //!
 //! Every route here is behind HTTP basic auth (the [`authenticate`] layer), which leaves the
 //! user's name in the request for [`whoami`](objects::whoami). Handlers are thin: they parse
 //! the request, call one of the broker's management functions under the lock, and shape the
 //! answer as RabbitMQ does.
 
+mod access;
 mod bindings;
 pub(crate) mod definitions;
 mod exchanges;
@@ -84,6 +85,30 @@ pub(crate) fn router(shared: Arc<Shared>, listeners: Listeners) -> Router<Arc<Sh
         .route("/api/health/checks/node-is-quorum-critical", get(health::quorum_critical))
         .route("/api/health/checks/port-listener/{port}", get(health::port_listener))
         .route("/api/aliveness-test/{vhost}", get(health::aliveness))
+        .route("/api/vhosts", get(access::list_vhosts))
+        .route("/api/vhosts/{vhost}", get(access::show_vhost).put(access::put_vhost).delete(access::delete_vhost))
+        .route("/api/vhosts/{vhost}/permissions", get(access::vhost_permissions))
+        .route("/api/vhosts/{vhost}/connections", get(objects::vhost_connections))
+        .route("/api/vhosts/{vhost}/topic-permissions", get(access::vhost_topic_permissions))
+        .route("/api/users", get(access::list_users))
+        .route("/api/users/without-permissions", get(access::users_without_permissions))
+        .route("/api/users/bulk-delete", post(access::bulk_delete_users))
+        .route("/api/users/{user}", get(access::show_user).put(access::put_user).delete(access::delete_user))
+        .route("/api/users/{user}/permissions", get(access::user_permissions))
+        .route("/api/users/{user}/topic-permissions", get(access::user_topic_permissions))
+        .route("/api/permissions", get(access::list_permissions))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(access::show_permission).put(access::put_permission).delete(access::delete_permission),
+        )
+        .route("/api/topic-permissions", get(access::list_topic_permissions))
+        .route(
+            "/api/topic-permissions/{vhost}/{user}",
+            get(access::show_topic_permission)
+                .put(access::put_topic_permission)
+                .delete(access::delete_topic_permission),
+        )
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), access::vhost_visibility))
         .layer(axum::middleware::from_fn_with_state(shared, authenticate))
         .layer(Extension(Arc::new(rates::Rates::default())))
         .layer(Extension(listeners))

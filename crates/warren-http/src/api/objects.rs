@@ -61,9 +61,9 @@ pub(crate) async fn overview(State(shared): State<Arc<Shared>>, Extension(rates)
     .into_response()
 }
 
-pub(crate) async fn whoami(Extension(User(name)): Extension<User>) -> Response {
-    // Every user is an administrator until users carry tags.
-    Json(json!({"name": name, "tags": ["administrator"]})).into_response()
+pub(crate) async fn whoami(State(shared): State<Arc<Shared>>, Extension(User(name)): Extension<User>) -> Response {
+    let tags = shared.broker().user(&name).map(|u| u.tags.clone()).unwrap_or_default();
+    Json(json!({"name": name, "tags": tags})).into_response()
 }
 
 /// The exchange types Warren routes, as RabbitMQ lists them.
@@ -151,6 +151,28 @@ pub(crate) async fn connections(
     let list = shared.broker().connections();
     let items = list.iter().map(|c| connection_json(c, rates.first_seen(c.id), &l)).collect();
     super::json_list(items)
+}
+
+/// GET /api/vhosts/{vhost}/connections: a non-administrator (without `monitoring`) sees its own.
+pub(crate) async fn vhost_connections(
+    Extension(l): Extension<Listeners>,
+    State(shared): State<Arc<Shared>>,
+    Extension(rates): Extension<Arc<Rates>>,
+    Extension(User(user)): Extension<User>,
+    Path(vhost): Path<String>,
+) -> ApiResult {
+    let core = shared.broker();
+    if !core.has_vhost(&vhost) {
+        return Err(ApiError::NotFound);
+    }
+    let sees_all = core.user(&user).is_some_and(|u| u.is_administrator() || u.has_tag("monitoring"));
+    let items = core
+        .connections()
+        .iter()
+        .filter(|c| c.vhost == vhost && (sees_all || c.user == user))
+        .map(|c| connection_json(c, rates.first_seen(c.id), &l))
+        .collect();
+    Ok(super::json_list(items))
 }
 
 fn find_connection(shared: &Shared, name: &str, l: &Listeners) -> Option<ConnectionSummary> {
