@@ -101,10 +101,10 @@ const CLASSIC: (&str, &str) = ("queue_type", "rabbit_classic_queue");
 
 fn render(shared: &Shared, per_object: bool) -> String {
     // Copy what is needed under the lock, format after releasing it.
-    let (overview, counters, queues, data_dir) = {
+    let (overview, counters, queues, data_dir, alarms) = {
         let core = shared.broker();
         let queues = if per_object { core.queues() } else { Vec::new() };
-        (core.overview(), core.counters(), queues, core.data_dir().to_path_buf())
+        (core.overview(), core.counters(), queues, core.data_dir().to_path_buf(), core.alarms())
     };
     let mut e = Exposition { out: String::with_capacity(8 * 1024) };
     use Kind::{Counter, Gauge, Untyped};
@@ -277,6 +277,20 @@ fn render(shared: &Shared, per_object: bool) -> String {
         let available = st.f_bavail.saturating_mul(st.f_frsize);
         e.single("rabbitmq_disk_space_available_bytes", Gauge, "Disk space available in bytes", available);
     }
+
+    // Resource alarms in force (1) or not (0).
+    e.single(
+        "rabbitmq_alarms_memory_used_watermark",
+        Gauge,
+        "is 1 if VM memory watermark alarm is in effect",
+        u64::from(alarms.memory),
+    );
+    e.single(
+        "rabbitmq_alarms_free_disk_space_watermark",
+        Gauge,
+        "is 1 if free disk space watermark alarm is in effect",
+        u64::from(alarms.disk),
+    );
 
     // Identity, for dashboards that join on these labels.
     let version = env!("CARGO_PKG_VERSION");

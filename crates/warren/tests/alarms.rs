@@ -38,6 +38,19 @@ async fn under_a_disk_alarm_publishers_are_blocked_and_consumers_still_drain() {
     assert_eq!(body(&next_delivery(&mut consumer).await), "first");
     // The consumer's own connection was never blocked.
     assert!(!_consumer_conn.status().blocked());
+    // Operators see it: the health check fails naming the resource, the node shows it, and
+    // the metric is 1.
+    let Some(http) = broker.http_addr() else { return };
+    let client = reqwest::Client::new();
+    let get = |path: &str| client.get(format!("http://{http}{path}")).basic_auth("guest", Some("guest")).send();
+    let health = within("the alarms health check", get("/api/health/checks/alarms")).await.expect("http");
+    assert_eq!(health.status().as_u16(), 503);
+    let body: serde_json::Value = health.json().await.expect("json");
+    assert_eq!(body["alarms"][0]["resource"], "disk", "{body}");
+    let nodes: serde_json::Value = within("nodes", get("/api/nodes")).await.expect("http").json().await.expect("json");
+    assert_eq!(nodes[0]["disk_free_alarm"], true, "{nodes}");
+    let metrics = within("metrics", get("/metrics")).await.expect("http").text().await.expect("text");
+    assert!(metrics.lines().any(|l| l == "rabbitmq_alarms_free_disk_space_watermark 1"), "{metrics}");
 }
 
 #[tokio::test]

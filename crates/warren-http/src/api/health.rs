@@ -16,6 +16,25 @@ pub(crate) async fn ok() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
+/// The resource alarms in force, as RabbitMQ's alarms health check reports them: 200 when
+/// none, 503 listing them otherwise.
+pub(crate) async fn alarms(State(shared): State<Arc<Shared>>) -> Response {
+    let alarms = shared.broker().alarms();
+    if !alarms.any() {
+        return Json(json!({"status": "ok"})).into_response();
+    }
+    let list: Vec<_> = [("memory", alarms.memory), ("disk", alarms.disk)]
+        .into_iter()
+        .filter(|(_, on)| *on)
+        .map(|(resource, _)| json!({"node": super::NODE, "resource": resource}))
+        .collect();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "failed", "reason": "There are alarms in effect in the cluster", "alarms": list})),
+    )
+        .into_response()
+}
+
 /// A single node has no quorum to lose (RabbitMQ answers the same for a one-node cluster).
 pub(crate) async fn quorum_critical() -> Response {
     Json(json!({"status": "ok", "reason": "single node cluster"})).into_response()

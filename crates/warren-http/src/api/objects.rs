@@ -73,6 +73,7 @@ fn exchange_types() -> Value {
 }
 
 fn node_json(shared: &Shared) -> Value {
+    let alarms = shared.broker().alarms();
     json!({
         "name": NODE,
         "type": "disc",
@@ -82,8 +83,8 @@ fn node_json(shared: &Shared) -> Value {
         "processors": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "partitions": [],
         "being_drained": false,
-        "mem_alarm": false,
-        "disk_free_alarm": false,
+        "mem_alarm": alarms.memory,
+        "disk_free_alarm": alarms.disk,
         "rates_mode": "basic",
         "exchange_types": exchange_types(),
         "applications": [],
