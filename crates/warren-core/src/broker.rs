@@ -1256,6 +1256,15 @@ impl Broker {
         if !self.vhosts.contains_key(&info.vhost) {
             return Err(ProtocolError::new(ReplyCode::NotAllowed, format_args!("vhost {} not found", info.vhost)));
         }
+        if let Some(max) = self.config.connection_max {
+            let clients = self.conns.keys().filter(|&&c| c != crate::broker::management::MANAGEMENT_CONN).count();
+            if clients >= max as usize {
+                return Err(ProtocolError::new(
+                    ReplyCode::NotAllowed,
+                    format_args!("connection refused: node connection limit ({max}) is reached"),
+                ));
+            }
+        }
         let Some(grants) = self.users.grants(&info.user, &info.vhost) else {
             return Err(ProtocolError::new(
                 ReplyCode::NotAllowed,
@@ -1963,6 +1972,14 @@ impl Broker {
                 Ok(())
             }
             Method::BasicConsume { queue, consumer_tag, no_local: _, no_ack, exclusive, nowait, arguments } => {
+                if let Some(max) = self.config.consumer_max_per_channel {
+                    if self.channel_mut(conn, channel)?.consumers.len() >= max as usize {
+                        return Err(ProtocolError::new(
+                            ReplyCode::NotAllowed,
+                            format_args!("reached maximum ({max}) of consumers per channel"),
+                        ));
+                    }
+                }
                 self.consume(conn, channel, queue, consumer_tag, no_ack, exclusive, nowait, &arguments, now_ms, out)
             }
             Method::BasicCancel { consumer_tag, nowait } => {

@@ -6,6 +6,8 @@ pub const MAX_MESSAGE_SIZE_DEFAULT: u64 = 16 * 1024 * 1024;
 pub const CONSUMER_TIMEOUT_MS_DEFAULT: u64 = 30 * 60 * 1000;
 /// RabbitMQ's default highest channel number per connection.
 pub const CHANNEL_MAX_DEFAULT: u16 = 2047;
+/// A failed login is answered after this long.
+pub const AUTH_FAILURE_DELAY_MS_DEFAULT: u64 = 1000;
 /// RabbitMQ's default handshake timeout: 10 s.
 pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 /// RabbitMQ's default frame_max.
@@ -32,6 +34,13 @@ pub struct Config {
     pub loopback_users: Vec<String>,
     /// How long a client has from TCP connect to connection.open (RabbitMQ: handshake_timeout).
     pub handshake_timeout_ms: u64,
+    /// Client connections the node accepts at once (RabbitMQ: connection_max); `None`: no limit.
+    pub connection_max: Option<u32>,
+    /// Consumers one channel may hold (RabbitMQ: consumer_max_per_channel); `None`: no limit.
+    pub consumer_max_per_channel: Option<u32>,
+    /// How long a failed login waits before it is answered, so passwords cannot be tried at
+    /// speed (Warren's `auth_failure_delay`, ms).
+    pub auth_failure_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -47,6 +56,9 @@ impl Default for Config {
             default_vhost: "/".into(),
             loopback_users: vec!["guest".into()],
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            connection_max: None,
+            consumer_max_per_channel: None,
+            auth_failure_delay_ms: AUTH_FAILURE_DELAY_MS_DEFAULT,
         }
     }
 }

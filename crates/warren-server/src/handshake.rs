@@ -156,6 +156,9 @@ pub(crate) async fn handshake<S: Io>(
                 Ok(user) => (client_properties, user),
                 Err(e) => {
                     tracing::warn!("connection {peer}: authentication failed: {}", e.text);
+                    // Answered late, so that passwords cannot be tried at speed.
+                    let delay = shared.broker().config().auth_failure_delay_ms;
+                    tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
                     let wants_close = match client_properties.get("capabilities") {
                         Some(FieldValue::Table(t)) => {
                             t.get("authentication_failure_close").and_then(FieldValue::as_bool).unwrap_or(false)

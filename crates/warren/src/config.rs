@@ -155,6 +155,14 @@ impl Settings {
                     }
                     "channel_max" => self.core.channel_max = parse_num(value)?,
                     "handshake_timeout" => self.core.handshake_timeout_ms = parse_num(value)?,
+                    "connection_max" => {
+                        self.core.connection_max = if value == "infinity" { None } else { Some(parse_num(value)?) }
+                    }
+                    "consumer_max_per_channel" => {
+                        self.core.consumer_max_per_channel =
+                            if value == "infinity" { None } else { Some(parse_num(value)?) }
+                    }
+                    "auth_failure_delay" => self.core.auth_failure_delay_ms = parse_num(value)?,
                     "consumer_timeout" => {
                         self.core.consumer_timeout_ms =
                             if value == "false" || value == "infinity" { None } else { Some(parse_num(value)?) }

@@ -294,3 +294,46 @@ async fn a_message_over_max_message_size_closes_only_its_channel() {
     .await;
     assert!(matches!(raw.method().await, Method::ChannelCloseOk));
 }
+
+#[tokio::test]
+async fn connection_max_refuses_connections_past_the_limit_until_one_closes() {
+    let Some(broker) = Broker::start_with_config("connection_max = 2\n") else { return };
+    let first = connect(&broker).await;
+    let _second = connect(&broker).await;
+    let third = within("a third connection", lapin::Connection::connect(&broker.amqp_url(), Default::default())).await;
+    let err = third.err().expect("refused past connection_max");
+    assert_eq!(reply_code(&err), 530, "{err}");
+    // A connection closing makes room (the broker has cleaned up before close-ok).
+    within("close", first.close(200, "bye")).await.expect("close");
+    let again = connect(&broker).await;
+    assert!(again.status().connected());
+}
+
+#[tokio::test]
+async fn consumer_max_per_channel_refuses_one_more_consumer() {
+    let Some(broker) = Broker::start_with_config("consumer_max_per_channel = 2\n") else { return };
+    let (conn, ch) = connect_channel(&broker).await;
+    let queue = unique("consumers");
+    declare_plain(&ch, &queue).await;
+    let _a = consume(&ch, &queue, true).await;
+    let _b = consume(&ch, &queue, true).await;
+    let third = within(
+        "a third basic.consume",
+        ch.basic_consume(&queue, "third", Default::default(), lapin::types::FieldTable::default()),
+    )
+    .await;
+    let err = third.err().expect("refused past consumer_max_per_channel");
+    assert_eq!(reply_code(&err), 530, "{err}");
+    drop(conn);
+}
+
+#[tokio::test]
+async fn a_failed_login_is_answered_only_after_the_delay() {
+    let Some(broker) = Broker::start_with_config("auth_failure_delay = 400\n") else { return };
+    let url = broker.amqp_url_with(broker.user(), "wrong", broker.vhost());
+    let started = std::time::Instant::now();
+    let result = within("a refused login", lapin::Connection::connect(&url, Default::default())).await;
+    let err = result.err().expect("refused");
+    assert_eq!(reply_code(&err), 403, "{err}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400), "answered after {:?}", started.elapsed());
+}
