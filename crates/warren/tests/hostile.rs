@@ -301,7 +301,7 @@ async fn connection_max_refuses_connections_past_the_limit_until_one_closes() {
     let first = connect(&broker).await;
     let _second = connect(&broker).await;
     let third = within("a third connection", lapin::Connection::connect(&broker.amqp_url(), Default::default())).await;
-    let err = third.err().expect("refused past connection_max");
+    let Err(err) = third else { panic!("a connection past connection_max was accepted") };
     assert_eq!(reply_code(&err), 530, "{err}");
     // A connection closing makes room (the broker has cleaned up before close-ok).
     within("close", first.close(200, "bye")).await.expect("close");
@@ -322,7 +322,7 @@ async fn consumer_max_per_channel_refuses_one_more_consumer() {
         ch.basic_consume(&queue, "third", Default::default(), lapin::types::FieldTable::default()),
     )
     .await;
-    let err = third.err().expect("refused past consumer_max_per_channel");
+    let Err(err) = third else { panic!("a consumer past consumer_max_per_channel was accepted") };
     assert_eq!(reply_code(&err), 530, "{err}");
     drop(conn);
 }
@@ -333,7 +333,7 @@ async fn a_failed_login_is_answered_only_after_the_delay() {
     let url = broker.amqp_url_with(broker.user(), "wrong", broker.vhost());
     let started = std::time::Instant::now();
     let result = within("a refused login", lapin::Connection::connect(&url, Default::default())).await;
-    let err = result.err().expect("refused");
+    let Err(err) = result else { panic!("a wrong password was accepted") };
     assert_eq!(reply_code(&err), 403, "{err}");
     assert!(started.elapsed() >= std::time::Duration::from_millis(400), "answered after {:?}", started.elapsed());
 }
