@@ -210,26 +210,7 @@ impl Server {
         let ticker = tokio::spawn(tick_loop(self.shared.clone()));
         let syncer = tokio::spawn(sync_loop(self.shared.clone()));
         let alarmer = self.limits.clone().map(|l| tokio::spawn(alarms::alarm_loop(self.shared.clone(), l)));
-        let mut shutdown = self.shared.shutdown.clone();
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((socket, peer)) => {
-                        let shared = self.shared.clone();
-                        let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-                        let local = socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                        let _ = socket.set_nodelay(true);
-                        tokio::spawn(async move { connection::run(shared, id, socket, peer, local).await });
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait a little rather than spin.
-                        tracing::warn!("accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                _ = shutdown.changed() => break,
-            }
-        }
+        self.accept(listener, None).await;
         ticker.abort();
         syncer.abort();
         if let Some(a) = alarmer {
@@ -240,21 +221,31 @@ impl Server {
     /// Accepts AMQPS connections (TLS, then AMQP) until shutdown. Run beside [`Server::serve`],
     /// which also runs the broker's periodic work.
     pub async fn serve_tls(&self, listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
+        self.accept(listener, Some(acceptor)).await;
+    }
+
+    /// Accepts connections until shutdown, each served by its own task (after a TLS handshake,
+    /// bounded by the handshake timeout, when `tls` is given).
+    async fn accept(&self, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
         let mut shutdown = self.shared.shutdown.clone();
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((socket, peer)) => {
                         let shared = self.shared.clone();
-                        let acceptor = acceptor.clone();
+                        let local = socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                        let _ = socket.set_nodelay(true);
+                        let Some(acceptor) = tls.clone() else {
+                            let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+                            tokio::spawn(async move { connection::run(shared, id, socket, peer, local).await });
+                            continue;
+                        };
                         tokio::spawn(async move {
-                            let local = socket.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                            let _ = socket.set_nodelay(true);
                             let limit = Duration::from_millis(shared.broker().config().handshake_timeout_ms);
                             match tokio::time::timeout(limit, acceptor.accept(socket)).await {
-                                Ok(Ok(tls)) => {
+                                Ok(Ok(stream)) => {
                                     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-                                    connection::run(shared, id, tls, peer, local).await;
+                                    connection::run(shared, id, stream, peer, local).await;
                                 }
                                 Ok(Err(e)) => tracing::info!("TLS handshake with {peer} failed: {e}"),
                                 Err(_) => tracing::info!("TLS handshake with {peer} timed out"),
@@ -262,6 +253,7 @@ impl Server {
                         });
                     }
                     Err(e) => {
+                        // Out of file descriptors and the like: wait a little rather than spin.
                         tracing::warn!("accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
