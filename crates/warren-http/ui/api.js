@@ -23,7 +23,7 @@ export class ApiError extends Error {
 
 /** Calls the API; answers the parsed JSON (or null for an empty body). */
 export async function api(method, path, body) {
-  const headers = { Authorization: `Basic ${credentials()}` };
+  const headers = { Authorization: `Basic ${credentials()}`, 'X-Requested-With': 'XMLHttpRequest' };
   const init = { method, headers };
   if (body !== undefined) {
     headers['Content-Type'] = 'application/json';
