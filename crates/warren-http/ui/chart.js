@@ -13,7 +13,7 @@ function el(name, attrs) {
  * points' times, the value axis 0 to a rounded maximum.
  */
 export function drawChart(svg, series) {
-  const W = 800, H = 220, L = 48, R = 10, T = 10, B = 24;
+  const W = 600, H = 220, L = 48, R = 10, T = 10, B = 24;
   svg.setAttribute('viewBox', `0 0 ${W} ${H}`);
   svg.replaceChildren();
   const all = series.flatMap((s) => s.points);
@@ -30,9 +30,11 @@ export function drawChart(svg, series) {
     label.textContent = fmtRate(v);
     svg.append(label);
   }
-  for (const [t, anchor] of [[t0, 'start'], [t1, 'end']]) {
+  const ends = t1 > t0 ? [[t0, 'start'], [t1, 'end']] : [[t1, 'end']];
+  for (const [t, anchor] of ends) {
     const label = el('text', { x: x(t), y: H - 6, 'text-anchor': anchor, 'font-size': 11, fill: '#5d6678' });
     label.textContent = all.length ? new Date(t).toLocaleTimeString() : '';
+    if (t1 === t0) label.setAttribute('x', W - R);
     svg.append(label);
   }
   for (const s of series) {
