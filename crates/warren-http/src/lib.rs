@@ -4,7 +4,8 @@
 //! Everything is behind HTTP basic auth with the broker's users. This file serves policies and
 //! operator policies and applies definitions at boot; `api/` serves the rest (overview, nodes,
 //! connections, channels, consumers, exchanges, queues, bindings, definitions, health checks,
-//! whoami, vhosts, users, permissions and topic permissions). The web UI is not served.
+//! whoami, vhosts, users, permissions and topic permissions); `ui` serves the web UI's static
+//! files.
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -25,6 +26,7 @@ mod api;
 
 pub use api::definitions::apply_topology;
 pub mod metrics;
+mod ui;
 
 /// Serves the management API until the future is dropped.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) -> std::io::Result<()> {
@@ -43,6 +45,7 @@ pub async fn serve_with_amqp(
         .route("/metrics", get(metrics::aggregated))
         .route("/metrics/per-object", get(metrics::per_object))
         .merge(api::router(shared.clone(), listeners))
+        .merge(ui::router())
         .route("/api/policies", get(list_policies::<false>))
         .route("/api/policies/{vhost}", get(list_vhost_policies::<false>))
         .route(

@@ -126,7 +126,15 @@ async fn authenticate(
             request.extensions_mut().insert(User(user));
             next.run(request).await
         }
-        Err(reason) => unauthorized(reason),
+        Err(reason) => {
+            let mut response = unauthorized(reason);
+            // The web UI asks with X-Requested-With: a challenge would make the browser open its
+            // own login dialog over the UI's form, so the UI gets the 401 without one.
+            if request.headers().get("x-requested-with").is_some_and(|v| v == "XMLHttpRequest") {
+                response.headers_mut().remove(axum::http::header::WWW_AUTHENTICATE);
+            }
+            response
+        }
     }
 }
 
