@@ -299,50 +299,30 @@ fn list_scoped(shared: &Shared, user: &str, scope: Scope, topic: bool) -> ApiRes
     Ok(json_list(items))
 }
 
-pub(crate) async fn list_permissions(
+/// GET /api/permissions (TOPIC: /api/topic-permissions).
+pub(crate) async fn list_permissions<const TOPIC: bool>(
     State(shared): State<Arc<Shared>>,
     Extension(User(user)): Extension<User>,
 ) -> ApiResult {
-    list_scoped(&shared, &user, Scope::All, false)
+    list_scoped(&shared, &user, Scope::All, TOPIC)
 }
 
-pub(crate) async fn vhost_permissions(
+/// GET /api/vhosts/{vhost}/permissions (TOPIC: .../topic-permissions).
+pub(crate) async fn vhost_permissions<const TOPIC: bool>(
     State(shared): State<Arc<Shared>>,
     Extension(User(user)): Extension<User>,
     Path(vhost): Path<String>,
 ) -> ApiResult {
-    list_scoped(&shared, &user, Scope::Vhost(vhost), false)
+    list_scoped(&shared, &user, Scope::Vhost(vhost), TOPIC)
 }
 
-pub(crate) async fn user_permissions(
+/// GET /api/users/{user}/permissions (TOPIC: .../topic-permissions).
+pub(crate) async fn user_permissions<const TOPIC: bool>(
     State(shared): State<Arc<Shared>>,
     Extension(User(user)): Extension<User>,
     Path(name): Path<String>,
 ) -> ApiResult {
-    list_scoped(&shared, &user, Scope::User(name), false)
-}
-
-pub(crate) async fn list_topic_permissions(
-    State(shared): State<Arc<Shared>>,
-    Extension(User(user)): Extension<User>,
-) -> ApiResult {
-    list_scoped(&shared, &user, Scope::All, true)
-}
-
-pub(crate) async fn vhost_topic_permissions(
-    State(shared): State<Arc<Shared>>,
-    Extension(User(user)): Extension<User>,
-    Path(vhost): Path<String>,
-) -> ApiResult {
-    list_scoped(&shared, &user, Scope::Vhost(vhost), true)
-}
-
-pub(crate) async fn user_topic_permissions(
-    State(shared): State<Arc<Shared>>,
-    Extension(User(user)): Extension<User>,
-    Path(name): Path<String>,
-) -> ApiResult {
-    list_scoped(&shared, &user, Scope::User(name), true)
+    list_scoped(&shared, &user, Scope::User(name), TOPIC)
 }
 
 pub(crate) async fn show_permission(

@@ -87,21 +87,21 @@ pub(crate) fn router(shared: Arc<Shared>, listeners: Listeners) -> Router<Arc<Sh
         .route("/api/aliveness-test/{vhost}", get(health::aliveness))
         .route("/api/vhosts", get(access::list_vhosts))
         .route("/api/vhosts/{vhost}", get(access::show_vhost).put(access::put_vhost).delete(access::delete_vhost))
-        .route("/api/vhosts/{vhost}/permissions", get(access::vhost_permissions))
+        .route("/api/vhosts/{vhost}/permissions", get(access::vhost_permissions::<false>))
         .route("/api/vhosts/{vhost}/connections", get(objects::vhost_connections))
-        .route("/api/vhosts/{vhost}/topic-permissions", get(access::vhost_topic_permissions))
+        .route("/api/vhosts/{vhost}/topic-permissions", get(access::vhost_permissions::<true>))
         .route("/api/users", get(access::list_users))
         .route("/api/users/without-permissions", get(access::users_without_permissions))
         .route("/api/users/bulk-delete", post(access::bulk_delete_users))
         .route("/api/users/{user}", get(access::show_user).put(access::put_user).delete(access::delete_user))
-        .route("/api/users/{user}/permissions", get(access::user_permissions))
-        .route("/api/users/{user}/topic-permissions", get(access::user_topic_permissions))
-        .route("/api/permissions", get(access::list_permissions))
+        .route("/api/users/{user}/permissions", get(access::user_permissions::<false>))
+        .route("/api/users/{user}/topic-permissions", get(access::user_permissions::<true>))
+        .route("/api/permissions", get(access::list_permissions::<false>))
         .route(
             "/api/permissions/{vhost}/{user}",
             get(access::show_permission).put(access::put_permission).delete(access::delete_permission),
         )
-        .route("/api/topic-permissions", get(access::list_topic_permissions))
+        .route("/api/topic-permissions", get(access::list_permissions::<true>))
         .route(
             "/api/topic-permissions/{vhost}/{user}",
             get(access::show_topic_permission)
