@@ -1151,9 +1151,7 @@ impl Broker {
             Password::None => (String::new(), SHA256.to_string()),
         };
         self.users.put(User { name: name.into(), password_hash, hashing_algorithm, tags });
-        self.refresh_grants(Some(name));
-        self.defs_dirty = true;
-        self.save_definitions()
+        self.access_changed(name)
     }
 
     /// Deletes a user and its permissions; false when there was none. Its open connections are
@@ -1204,13 +1202,19 @@ impl Broker {
 
     /// Sets a user's configure / write / read patterns in a vhost. Open connections of the
     /// user see the change at their next operation.
+    /// A user's access changed: its open connections follow at once, and the change is saved
+    /// before the caller answers.
+    fn access_changed(&mut self, user: &str) -> Res {
+        self.refresh_grants(Some(user));
+        self.defs_dirty = true;
+        self.save_definitions()
+    }
+
     pub fn set_permissions(&mut self, user: &str, vhost: &str, configure: &str, write: &str, read: &str) -> Res {
         self.user_and_vhost_exist(user, vhost)?;
         let p = Permission::new(user, vhost, configure, write, read).map_err(precondition)?;
         self.users.set_permission(p);
-        self.refresh_grants(Some(user));
-        self.defs_dirty = true;
-        self.save_definitions()
+        self.access_changed(user)
     }
 
     /// Clears a user's permissions in a vhost; false when it had none.
@@ -1218,9 +1222,7 @@ impl Broker {
         if !self.users.clear_permission(user, vhost) {
             return Ok(false);
         }
-        self.refresh_grants(Some(user));
-        self.defs_dirty = true;
-        self.save_definitions().map(|_| true)
+        self.access_changed(user).map(|_| true)
     }
 
     /// Sets a user's topic permission on an exchange of a vhost (patterns may use `{username}`
@@ -1229,9 +1231,7 @@ impl Broker {
         self.user_and_vhost_exist(user, vhost)?;
         let p = TopicPermission::new(user, vhost, exchange, write, read).map_err(precondition)?;
         self.users.set_topic_permission(p);
-        self.refresh_grants(Some(user));
-        self.defs_dirty = true;
-        self.save_definitions()
+        self.access_changed(user)
     }
 
     /// Clears a user's topic permission on one exchange, or on all when `exchange` is None;
@@ -1245,9 +1245,7 @@ impl Broker {
         if !self.users.clear_topic_permission(user, vhost, exchange) {
             return Ok(false);
         }
-        self.refresh_grants(Some(user));
-        self.defs_dirty = true;
-        self.save_definitions().map(|_| true)
+        self.access_changed(user).map(|_| true)
     }
 
     /// Registers a connection after connection.open; refuses a vhost that does not exist, or
