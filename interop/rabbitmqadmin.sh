@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The management API with a real client: rabbitmqadmin v2 (the Rust crate, installed with cargo
-# if missing) lists, declares, publishes, gets and deletes against a running Warren.
+# if missing) lists, declares, publishes, gets and deletes against a running Warren, and sets vhost limits.
 #   interop/rabbitmqadmin.sh HTTP_PORT
 # Prints "interop-rabbitmqadmin: N passed, N failed".
 set -uo pipefail
@@ -26,5 +26,15 @@ check publish bash -c "$(declare -f admin); bin='$bin'; port=$port; admin publis
 check get bash -c "$(declare -f admin); bin='$bin'; port=$port; admin get messages --queue '$q' | grep -q 'hello from rabbitmqadmin'"
 check delete admin delete queue --name "$q"
 check gone bash -c "$(declare -f admin); bin='$bin'; port=$port; ! admin list queues | grep -q '$q'"
+# Vhost limits: max-queues 1 in a vhost of its own lets one queue in and refuses the next.
+vh="ra-vh-$$"
+check vhost admin declare vhost --name "$vh"
+check limit admin declare vhost_limit --vhost "$vh" --name max-queues --value 1
+check limits-listed bash -c "$(declare -f admin); bin='$bin'; port=$port; admin list vhost_limits --vhost '$vh' | grep -q 'max-queues'"
+check limit-allows admin declare queue --vhost "$vh" --name one --type classic
+check limit-refuses bash -c "$(declare -f admin); bin='$bin'; port=$port; ! admin declare queue --vhost '$vh' --name two --type classic >/dev/null 2>&1"
+check limit-deleted admin delete vhost_limit --vhost "$vh" --name max-queues
+check limit-lifted admin declare queue --vhost "$vh" --name two --type classic
+check vhost-deleted admin delete vhost --name "$vh"
 echo "interop-rabbitmqadmin: $passed passed, $failed failed"
 ((failed == 0))

@@ -14,7 +14,7 @@ use crate::auth::{Access, Grants, Password, Permission, TopicPermission, User, U
 use crate::channel::{AckOp, Channel, ChannelState, Consumer, DeferredKind, TxState, Unacked};
 use crate::config::{Config, CONNECTION_OUTBOUND_MAX_BYTES};
 use crate::definitions::{
-    BindingDef, Definitions, ExchangeDef, PermissionDef, PolicyDef, QueueDef, TopicPermissionDef, UserDef,
+    BindingDef, Definitions, ExchangeDef, PermissionDef, PolicyDef, QueueDef, TopicPermissionDef, UserDef, VhostLimits,
 };
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::message::{Message, MessageRef};
@@ -107,11 +107,17 @@ pub struct VHost {
     pub name: String,
     pub exchanges: HashMap<ShortStr, Exchange>,
     pub queues: HashMap<ShortStr, Queue>,
+    pub limits: VhostLimits,
 }
 
 impl VHost {
     fn new(name: &str) -> Self {
-        let mut v = VHost { name: name.into(), exchanges: HashMap::new(), queues: HashMap::new() };
+        let mut v = VHost {
+            name: name.into(),
+            exchanges: HashMap::new(),
+            queues: HashMap::new(),
+            limits: VhostLimits::default(),
+        };
         for (n, k) in [
             ("", ExchangeKind::Direct),
             ("amq.direct", ExchangeKind::Direct),
@@ -537,6 +543,11 @@ impl Broker {
         for v in seeded.into_iter().chain(defs.vhosts.iter()) {
             self.vhosts.entry(v.clone()).or_insert_with(|| VHost::new(v));
         }
+        for (v, limits) in &defs.vhost_limits {
+            if let Some(vh) = self.vhosts.get_mut(v) {
+                vh.limits = *limits;
+            }
+        }
         if fresh {
             let (name, pass) = (self.config.default_user.clone(), self.config.default_pass.clone());
             self.users.put(User {
@@ -750,6 +761,9 @@ impl Broker {
         vhosts.sort_by(|a, b| a.name.cmp(&b.name));
         for vh in vhosts {
             d.vhosts.push(vh.name.clone());
+            if !vh.limits.is_empty() {
+                d.vhost_limits.push((vh.name.clone(), vh.limits));
+            }
             let durable_exchange = |n: &ShortStr| vh.exchanges.get(n).is_some_and(|x| x.durable);
             let durable_queue =
                 |n: &ShortStr| vh.queues.get(n).is_some_and(|q| q.durable && q.exclusive_owner.is_none());
@@ -1263,6 +1277,7 @@ impl Broker {
                 ));
             }
         }
+        self.check_vhost_connection_limit(&info)?;
         let Some(grants) = self.users.grants(&info.user, &info.vhost) else {
             return Err(ProtocolError::new(
                 ReplyCode::NotAllowed,
@@ -2470,6 +2485,13 @@ impl Broker {
                         format_args!("queue name '{name}' contains reserved prefix 'amq.*'"),
                     ));
                 }
+                if let Some(max) = vh.limits.queues() {
+                    if vh.queues.len() as u64 >= max {
+                        return Err(precondition(format_args!(
+                            "cannot declare queue '{name}': queue limit in vhost '{vhost}' ({max}) is reached"
+                        )));
+                    }
+                }
                 QueueArgs::parse(&arguments, &name, &vhost)?;
                 let EffectiveArgs { args, policy, operator_policy } = self.queue_args(&vhost, &name, &arguments)?;
                 if args.queue_type == QueueType::Quorum {
@@ -3397,4 +3419,5 @@ fn delivered_message(q: &Queue, m: &Queued) -> MessageRef {
     Message::new(m.msg.exchange.clone(), m.msg.routing_key.clone(), props, raw, m.msg.body.clone())
 }
 
+pub mod limits;
 pub mod management;

@@ -83,9 +83,34 @@ pub struct TopicPermissionDef {
     pub read: String,
 }
 
+/// A vhost's limits (RabbitMQ's `max-connections` and `max-queues`), as set: a negative value
+/// means no limit, as in RabbitMQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct VhostLimits {
+    pub max_connections: Option<i64>,
+    pub max_queues: Option<i64>,
+}
+
+impl VhostLimits {
+    pub fn is_empty(&self) -> bool {
+        self.max_connections.is_none() && self.max_queues.is_none()
+    }
+
+    /// The limits in force: set and not negative.
+    pub fn connections(&self) -> Option<u64> {
+        self.max_connections.and_then(|n| u64::try_from(n).ok())
+    }
+
+    pub fn queues(&self) -> Option<u64> {
+        self.max_queues.and_then(|n| u64::try_from(n).ok())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Definitions {
     pub vhosts: Vec<String>,
+    /// The limits of the vhosts that have any.
+    pub vhost_limits: Vec<(String, VhostLimits)>,
     /// None in snapshots written before users were stored: the broker then seeds the default
     /// user from its configuration, as on a fresh store.
     pub users: Option<Vec<UserDef>>,
@@ -142,6 +167,20 @@ impl Definitions {
         let mut root = FieldTable::new();
         root.insert("version", FieldValue::I64(VERSION));
         root.insert("vhosts", FieldValue::Array(self.vhosts.iter().map(|v| s(v)).collect()));
+        root.insert(
+            "vhost_limits",
+            FieldValue::Array(
+                self.vhost_limits
+                    .iter()
+                    .map(|(vhost, l)| {
+                        let mut t = vec![("vhost", s(vhost))];
+                        t.extend(l.max_connections.map(|n| ("max-connections", FieldValue::I64(n))));
+                        t.extend(l.max_queues.map(|n| ("max-queues", FieldValue::I64(n))));
+                        table(t)
+                    })
+                    .collect(),
+            ),
+        );
         root.insert(
             "exchanges",
             FieldValue::Array(
@@ -281,6 +320,17 @@ impl Definitions {
         for v in get_array(&root, "vhosts")? {
             d.vhosts.push(v.as_str().ok_or("vhost name is not a string")?.to_owned());
         }
+        // Snapshots written before vhost limits existed have none.
+        if root.get("vhost_limits").is_some() {
+            for t in tables(get_array(&root, "vhost_limits")?) {
+                let t = t?;
+                let limits = VhostLimits {
+                    max_connections: t.get("max-connections").and_then(FieldValue::as_i64),
+                    max_queues: t.get("max-queues").and_then(FieldValue::as_i64),
+                };
+                d.vhost_limits.push((get_str(t, "vhost")?, limits));
+            }
+        }
         for t in tables(get_array(&root, "exchanges")?) {
             let t = t?;
             d.exchanges.push(ExchangeDef {
@@ -383,6 +433,7 @@ mod tests {
         args.insert("x-max-length", FieldValue::I64(10));
         let d = Definitions {
             vhosts: vec!["/".into(), "prod".into()],
+            vhost_limits: vec![("prod".into(), VhostLimits { max_connections: Some(10), max_queues: Some(-1) })],
             users: Some(vec![UserDef {
                 name: "alice".into(),
                 password_hash: "UTIkULXG9baDsj/YUf/sdMnz1QDOltSY5foDoCyZhBbY7RiT".into(),
@@ -437,7 +488,7 @@ mod tests {
         assert_eq!(Definitions::decode(d.encode()).expect("decodes"), d);
         assert!(Definitions::decode(Bytes::from_static(b"junk")).is_err());
         // A snapshot from before access control: no users (the broker seeds the default one).
-        let old = Definitions { users: None, permissions: vec![], topic_permissions: vec![], ..d };
+        let old = Definitions { users: None, permissions: vec![], topic_permissions: vec![], ..d.clone() };
         assert_eq!(Definitions::decode(old.encode()).expect("decodes").users, None);
     }
 }

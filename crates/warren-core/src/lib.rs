@@ -31,12 +31,14 @@ pub mod metrics;
 pub mod policy;
 pub mod queue;
 
+pub use broker::limits::VhostLimit;
 pub use broker::management::{
     BindingSummary, ChannelSummary, ConnectionSummary, ConsumerSummary, ExchangeSummary, GetAckMode, GotMessage,
     QueueStats, MANAGEMENT_CONN,
 };
 pub use broker::{Alarms, Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, StoreStats, SyncJob};
 pub use config::Config;
+pub use definitions::VhostLimits;
 
 /// Identifies a client connection for the lifetime of the broker process.
 pub type ConnId = u64;

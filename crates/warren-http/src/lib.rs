@@ -339,6 +339,23 @@ async fn delete_policy<const OPERATOR: bool>(
 /// and operator policies. Returns how many were applied.
 pub fn apply_definitions(broker: &mut warren_core::Broker, doc: &Value, now_ms: u64) -> Result<usize, String> {
     let mut applied = apply_access_definitions(broker, doc)?;
+    // Of RabbitMQ's runtime parameters, Warren has the vhost limits.
+    for p in items(doc, "parameters")? {
+        if p.get("component").and_then(Value::as_str) != Some("vhost-limits") {
+            continue;
+        }
+        let vhost = text(p, "parameters", "vhost")?;
+        let Some(limits) = p.get("value").and_then(Value::as_object) else {
+            return Err(format!("the vhost-limits of vhost '{vhost}' are not an object"));
+        };
+        for (name, value) in limits {
+            let limit = warren_core::VhostLimit::parse(name)
+                .ok_or_else(|| format!("vhost '{vhost}': '{name}' is not a vhost limit"))?;
+            let n = value.as_i64().ok_or_else(|| format!("vhost '{vhost}': {name} should be a number"))?;
+            broker.set_vhost_limit(vhost, limit, n).map_err(|e| format!("vhost '{vhost}': {}", e.text))?;
+            applied += 1;
+        }
+    }
     let mut out = Vec::new();
     for (key, operator) in [("policies", false), ("operator_policies", true)] {
         let Some(items) = doc.get(key) else { continue };

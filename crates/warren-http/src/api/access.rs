@@ -17,7 +17,7 @@ use warren_core::Broker;
 use warren_server::Shared;
 
 /// Refuses the request unless its user is an administrator.
-fn admin(shared: &Shared, user: &str) -> Result<(), ApiError> {
+pub(crate) fn admin(shared: &Shared, user: &str) -> Result<(), ApiError> {
     if shared.broker().user(user).is_some_and(|u| u.is_administrator()) {
         Ok(())
     } else {
@@ -39,7 +39,7 @@ fn required<'a>(doc: &'a Value, key: &str) -> Result<&'a str, ApiError> {
 }
 
 /// The body as a JSON object, or RabbitMQ's `not_json`.
-fn object_body(body: &[u8]) -> Result<Value, ApiError> {
+pub(crate) fn object_body(body: &[u8]) -> Result<Value, ApiError> {
     let doc = parse_body(body).map_err(|_| bad("not_json"))?;
     if doc.is_object() {
         Ok(doc)
@@ -424,7 +424,8 @@ pub(crate) async fn delete_topic_permission(
 /// The vhost-scoped collections whose listings a user without the administrator or monitoring
 /// tag sees only in part (as in RabbitMQ: the vhosts it has permissions in, its own
 /// connections and channels).
-const SCOPED: [&str; 7] = ["queues", "exchanges", "bindings", "consumers", "connections", "channels", "aliveness-test"];
+const SCOPED: [&str; 8] =
+    ["queues", "exchanges", "bindings", "consumers", "connections", "channels", "aliveness-test", "vhost-limits"];
 
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();

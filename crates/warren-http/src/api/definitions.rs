@@ -5,6 +5,8 @@
 //! [`crate::apply_definitions`] and queues, exchanges and bindings through
 //! [`apply_topology`].
 
+// Exports need the administrator tag (they hold the users' password hashes), as in RabbitMQ.
+use super::access::admin;
 use super::{parse_body, ApiError, ApiResult, User};
 use crate::{policy_json, table_json, to_field};
 use axum::body::Bytes;
@@ -99,21 +101,20 @@ fn export_doc(broker: &Broker, vhost: Option<&str>) -> Value {
         );
         doc.insert("global_parameters".into(), json!([]));
     }
-    doc.insert("parameters".into(), json!([]));
+    // Vhost limits are runtime parameters of the `vhost-limits` component in RabbitMQ's format.
+    let parameters: Vec<Value> = super::limits::all_limits_json(broker)
+        .into_iter()
+        .filter(|(v, _)| keep(v))
+        .map(|(_, l)| {
+            strip(json!({"value": l["value"], "vhost": l["vhost"], "component": "vhost-limits", "name": "limits"}))
+        })
+        .collect();
+    doc.insert("parameters".into(), Value::Array(parameters));
     doc.insert("policies".into(), Value::Array(policies));
     doc.insert("queues".into(), Value::Array(queues));
     doc.insert("exchanges".into(), Value::Array(exchanges));
     doc.insert("bindings".into(), Value::Array(bindings));
     Value::Object(doc)
-}
-
-/// Exports need the administrator tag (they hold the users' password hashes), as in RabbitMQ.
-fn admin(shared: &Shared, user: &str) -> Result<(), ApiError> {
-    if shared.broker().user(user).is_some_and(|u| u.is_administrator()) {
-        Ok(())
-    } else {
-        Err(ApiError::NotAdministrator)
-    }
 }
 
 pub(crate) async fn export(State(shared): State<Arc<Shared>>, Extension(User(user)): Extension<User>) -> ApiResult {
@@ -176,7 +177,7 @@ pub(crate) async fn import_vhost(
         return Err(ApiError::NotFound);
     }
     let mut doc = parse_body(&body)?;
-    for key in ["policies", "operator_policies", "queues", "exchanges", "bindings"] {
+    for key in ["parameters", "policies", "operator_policies", "queues", "exchanges", "bindings"] {
         if let Some(items) = doc.get_mut(key).and_then(Value::as_array_mut) {
             for item in items.iter_mut().filter_map(Value::as_object_mut) {
                 item.insert("vhost".into(), json!(vhost));

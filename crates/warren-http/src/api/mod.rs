@@ -12,6 +12,7 @@ mod bindings;
 pub(crate) mod definitions;
 mod exchanges;
 mod health;
+mod limits;
 mod objects;
 mod queues;
 mod rates;
@@ -21,7 +22,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
@@ -90,6 +91,9 @@ pub(crate) fn router(shared: Arc<Shared>, listeners: Listeners) -> Router<Arc<Sh
         .route("/api/vhosts/{vhost}/permissions", get(access::vhost_permissions::<false>))
         .route("/api/vhosts/{vhost}/connections", get(objects::vhost_connections))
         .route("/api/vhosts/{vhost}/topic-permissions", get(access::vhost_permissions::<true>))
+        .route("/api/vhost-limits", get(limits::list))
+        .route("/api/vhost-limits/{vhost}", get(limits::of_vhost))
+        .route("/api/vhost-limits/{vhost}/{name}", put(limits::put).delete(limits::delete))
         .route("/api/users", get(access::list_users))
         .route("/api/users/without-permissions", get(access::users_without_permissions))
         .route("/api/users/bulk-delete", post(access::bulk_delete_users))

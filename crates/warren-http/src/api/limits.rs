@@ -1,0 +1,94 @@
+//! /api/vhost-limits: RabbitMQ's `max-connections` and `max-queues` per vhost, with RabbitMQ
+//! 3.10's paths, JSON shapes, status codes and validation texts. Reading needs access to the
+//! vhost (see `access::vhost_visibility`); setting and clearing need the administrator tag.
+
+use super::access::{admin, object_body};
+use super::{json_list, with_broker, ApiError, ApiResult, User};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+use warren_core::{VhostLimit, VhostLimits};
+use warren_server::Shared;
+
+fn limits_json(vhost: &str, l: &VhostLimits) -> Value {
+    let mut value = Map::new();
+    if let Some(n) = l.max_connections {
+        value.insert("max-connections".into(), json!(n));
+    }
+    if let Some(n) = l.max_queues {
+        value.insert("max-queues".into(), json!(n));
+    }
+    json!({"vhost": vhost, "value": value})
+}
+
+/// Every vhost's limits, for `/api/vhost-limits` and the definitions export.
+pub(crate) fn all_limits_json(broker: &warren_core::Broker) -> Vec<(String, Value)> {
+    broker.vhost_limits().iter().map(|(v, l)| (v.clone(), limits_json(v, l))).collect()
+}
+
+/// GET /api/vhost-limits
+pub(crate) async fn list(State(shared): State<Arc<Shared>>) -> Response {
+    json_list(all_limits_json(&shared.broker().broker).into_iter().map(|(_, v)| v).collect())
+}
+
+/// GET /api/vhost-limits/{vhost}
+pub(crate) async fn of_vhost(State(shared): State<Arc<Shared>>, Path(vhost): Path<String>) -> ApiResult {
+    let core = shared.broker();
+    if !core.has_vhost(&vhost) {
+        return Err(ApiError::NotFound);
+    }
+    Ok(json_list(all_limits_json(&core.broker).into_iter().filter(|(v, _)| *v == vhost).map(|(_, v)| v).collect()))
+}
+
+fn limit_named(name: &str, value: &Value) -> Result<VhostLimit, ApiError> {
+    VhostLimit::parse(name).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "Validation failed\n\nUnrecognised terms [{{<<\"{name}\">>,{value}}}] in limits\n"
+        ))
+    })
+}
+
+/// PUT /api/vhost-limits/{vhost}/{name} with `{"value": N}`; a negative N means no limit.
+pub(crate) async fn put(
+    State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    admin(&shared, &user)?;
+    let doc = object_body(&body)?;
+    let Some(value) = doc.get("value") else {
+        return Err(ApiError::BadRequest("[{key_missing,value}]".into()));
+    };
+    let limit = limit_named(&name, value)?;
+    let Some(n) = value.as_i64() else {
+        return Err(ApiError::BadRequest(format!(
+            "Validation failed\n\n{name} should be a number, actually was {value}\n"
+        )));
+    };
+    if !shared.broker().has_vhost(&vhost) {
+        return Err(ApiError::NotFound);
+    }
+    with_broker(&shared, &user, |b, _, _| b.set_vhost_limit(&vhost, limit, n))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// DELETE /api/vhost-limits/{vhost}/{name}: 204 whether or not it was set, as in RabbitMQ.
+pub(crate) async fn delete(
+    State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    admin(&shared, &user)?;
+    if !shared.broker().has_vhost(&vhost) {
+        return Err(ApiError::NotFound);
+    }
+    if let Some(limit) = VhostLimit::parse(&name) {
+        with_broker(&shared, &user, |b, _, _| b.clear_vhost_limit(&vhost, limit))?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
