@@ -1331,7 +1331,9 @@ impl Broker {
                         .on((20, 10));
                         self.connection_error(conn, e, out);
                     } else {
-                        c.channels.insert(channel, Box::new(Channel::new()));
+                        let mut ch = Channel::new();
+                        ch.unacked_max = self.config.unacked_max_per_channel.map_or(usize::MAX, |n| n as usize);
+                        c.channels.insert(channel, Box::new(ch));
                         self.counters.channels_opened += 1;
                         out.push((conn, Out::Method { channel, method: Method::ChannelOpenOk }));
                     }
@@ -3213,6 +3215,13 @@ impl Broker {
         let queue = self.resolve_queue_name(conn, channel, queue)?;
         self.check(conn, Access::Read, "queue", &queue)?;
         let (vhost, _) = self.queue_for_use(conn, &queue)?;
+        let ch = self.channel_mut(conn, channel)?;
+        if !no_ack && ch.unacked.len() >= ch.unacked_max {
+            return Err(precondition(format_args!(
+                "unacked message limit of the channel ({}) is reached: acknowledge deliveries before getting more",
+                ch.unacked_max
+            )));
+        }
         self.expire(&vhost, &queue, now_ms, out);
         let (vhost, q) = self.queue_for_use(conn, &queue)?;
         q.last_used_ms = now_ms;

@@ -78,6 +78,8 @@ pub struct Channel {
     pub prefetch_consumer: u16,
     /// basic.qos global=true: the limit on unacked deliveries of the whole channel; 0 = none.
     pub prefetch_channel: u16,
+    /// The node's cap on this channel's unacked deliveries (`unacked_max_per_channel`).
+    pub unacked_max: usize,
     /// channel.flow: false stops deliveries to this channel.
     pub flow_active: bool,
     /// Confirm mode: the sequence number of the next publish.
@@ -106,6 +108,7 @@ impl Channel {
             next_delivery_tag: 1,
             prefetch_consumer: 0,
             prefetch_channel: 0,
+            unacked_max: usize::MAX,
             flow_active: true,
             confirm_next: None,
             deferred: VecDeque::new(),
@@ -122,9 +125,10 @@ impl Channel {
         t
     }
 
-    /// True when the channel-wide prefetch leaves room for another delivery.
+    /// True when the channel-wide prefetch and the node's cap leave room for another delivery.
     pub fn has_channel_credit(&self) -> bool {
-        self.prefetch_channel == 0 || self.unacked.len() < self.prefetch_channel as usize
+        (self.prefetch_channel == 0 || self.unacked.len() < self.prefetch_channel as usize)
+            && self.unacked.len() < self.unacked_max
     }
 
     /// Removes and returns the unacked deliveries an ack / nack names, or None when the tag is

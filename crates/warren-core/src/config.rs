@@ -38,10 +38,19 @@ pub struct Config {
     pub connection_max: Option<u32>,
     /// Consumers one channel may hold (RabbitMQ: consumer_max_per_channel); `None`: no limit.
     pub consumer_max_per_channel: Option<u32>,
+    /// Unacknowledged deliveries one channel may hold (Warren's `unacked_max_per_channel`):
+    /// consumers get no more until some are settled, and basic.get past it closes the channel
+    /// with 406. Bounds the memory a client that never acks can pin. `None`: no limit.
+    pub unacked_max_per_channel: Option<u32>,
     /// How long a failed login waits before it is answered, so passwords cannot be tried at
     /// speed (Warren's `auth_failure_delay`, ms).
     pub auth_failure_delay_ms: u64,
 }
+
+/// The default cap on a channel's unacknowledged deliveries: far above any prefetch a client
+/// sets for throughput (prefetch counts stop at 65,535 per consumer), low enough that a client
+/// which never acks cannot pin an unbounded number of messages in memory.
+pub const UNACKED_MAX_PER_CHANNEL_DEFAULT: u32 = 100_000;
 
 impl Default for Config {
     fn default() -> Self {
@@ -58,6 +67,7 @@ impl Default for Config {
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
             connection_max: None,
             consumer_max_per_channel: None,
+            unacked_max_per_channel: Some(UNACKED_MAX_PER_CHANNEL_DEFAULT),
             auth_failure_delay_ms: AUTH_FAILURE_DELAY_MS_DEFAULT,
         }
     }

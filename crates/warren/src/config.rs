@@ -162,6 +162,10 @@ impl Settings {
                         self.core.consumer_max_per_channel =
                             if value == "infinity" { None } else { Some(parse_num(value)?) }
                     }
+                    "unacked_max_per_channel" => {
+                        self.core.unacked_max_per_channel =
+                            if value == "infinity" { None } else { Some(parse_num(value)?) }
+                    }
                     "auth_failure_delay" => self.core.auth_failure_delay_ms = parse_num(value)?,
                     "consumer_timeout" => {
                         self.core.consumer_timeout_ms =

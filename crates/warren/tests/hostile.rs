@@ -337,3 +337,72 @@ async fn a_failed_login_is_answered_only_after_the_delay() {
     assert_eq!(reply_code(&err), 403, "{err}");
     assert!(started.elapsed() >= std::time::Duration::from_millis(400), "answered after {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn unacked_max_per_channel_holds_deliveries_back_and_refuses_one_more_get() {
+    use lapin::options::{BasicAckOptions, BasicGetOptions};
+    let Some(broker) = Broker::start_with_config("unacked_max_per_channel = 5\n") else { return };
+    let (conn, ch) = connect_channel(&broker).await;
+    let (a, b) = (unique("unacked-a"), unique("unacked-b"));
+    declare_plain(&ch, &a).await;
+    declare_plain(&ch, &b).await;
+    for i in 0..4 {
+        publish(&ch, "", &a, format!("a{i}").as_bytes()).await;
+        publish(&ch, "", &b, format!("b{i}").as_bytes()).await;
+    }
+    // Manual-ack consumers on two queues share the channel's cap: 5 deliveries, then none.
+    let consumer_ch = channel(&conn).await;
+    let mut from_a = consume(&consumer_ch, &a, false).await;
+    let mut from_b = consume(&consumer_ch, &b, false).await;
+    let mut held = Vec::new();
+    while held.len() < 5 {
+        tokio::select! {
+            d = next_delivery(&mut from_a) => held.push(d),
+            d = next_delivery(&mut from_b) => held.push(d),
+        }
+    }
+    assert_no_delivery(&mut from_a).await;
+    assert_no_delivery(&mut from_b).await;
+    // One ack makes room for exactly one more.
+    held.remove(0).ack(BasicAckOptions::default()).await.expect("ack");
+    tokio::select! {
+        d = next_delivery(&mut from_a) => held.push(d),
+        d = next_delivery(&mut from_b) => held.push(d),
+    }
+    assert_no_delivery(&mut from_a).await;
+    assert_no_delivery(&mut from_b).await;
+    // Acking the rest lets the last two through.
+    for d in held.drain(..) {
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    let mut rest = 0;
+    while rest < 2 {
+        tokio::select! {
+            _ = next_delivery(&mut from_a) => rest += 1,
+            _ = next_delivery(&mut from_b) => rest += 1,
+        }
+    }
+
+    close_channel(&consumer_ch).await;
+
+    // basic.get with manual ack: five, then 406 on that channel only; nothing is lost.
+    for i in 0..6 {
+        publish(&ch, "", &a, format!("g{i}").as_bytes()).await;
+    }
+    let get_ch = channel(&conn).await;
+    for _ in 0..5 {
+        let got = within("basic.get", get_ch.basic_get(&a, BasicGetOptions { no_ack: false })).await;
+        assert!(got.expect("basic.get").is_some(), "a message was there");
+    }
+    let over = within("a basic.get past the cap", get_ch.basic_get(&a, BasicGetOptions { no_ack: false })).await;
+    let Err(err) = over else { panic!("a basic.get past unacked_max_per_channel was answered") };
+    assert_eq!(reply_code(&err), 406, "{err}");
+    assert!(err.to_string().contains("unacked message limit of the channel (5) is reached"), "{err}");
+    common::eventually("the closed channel's messages to be requeued", || async { message_count(&ch, &a).await == 6 })
+        .await;
+    // Deliveries without acks are not held to the cap.
+    let free_ch = channel(&conn).await;
+    let mut no_ack = consume(&free_ch, &a, true).await;
+    assert_eq!(next_bodies(&mut no_ack, 6).await.len(), 6);
+    close(&conn).await;
+}
