@@ -33,6 +33,7 @@ if [[ -z $bin ]]; then
     fi
 fi
 
+bin=$(realpath "$bin")
 data=$(mktemp -d)
 out=$(mktemp)
 err=$(mktemp)
@@ -51,7 +52,7 @@ if [[ -z $http || -z $amqp ]]; then echo "ui-tests: broker did not report its po
 
 log=$(mktemp)
 status=0
-(cd ui-tests && WARREN_HTTP=$http WARREN_AMQP_PORT=$amqp UI_SCREENSHOTS=$shots \
+(cd ui-tests && WARREN_HTTP=$http WARREN_AMQP_PORT=$amqp WARREN_BIN=$bin UI_SCREENSHOTS=$shots \
     node --test --test-concurrency=1 --test-reporter=spec tests/) 2>&1 | tee "$log" || status=$?
 passed=$(sed -n 's/^. pass \([0-9]*\)$/\1/p' "$log" | tail -n1)
 failed=$(sed -n 's/^. fail \([0-9]*\)$/\1/p' "$log" | tail -n1)

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { spawn } from 'node:child_process';
 import { chromium } from 'playwright-core';
 import { connect } from '../amqp.js';
 
@@ -40,43 +41,6 @@ async function shot(name) {
 async function open(hash, heading) {
   await page.evaluate((h) => { location.hash = h; }, hash);
   await page.getByRole('heading', { level: 1, name: heading }).waitFor({ timeout: TIMEOUT });
-}
-
-/**
- * Until /api/users, /api/vhosts and /api/permissions land, the admin pages are tested against
- * an in-browser stand-in with RabbitMQ's shapes; once the broker serves them, the real ones.
- */
-async function mockAdminApiIfMissing() {
-  const probe = await call('GET', '/api/users');
-  if (probe.status !== 404) return false;
-  const users = new Map([['guest', { name: 'guest', tags: ['administrator'], password_hash: 'x', hashing_algorithm: 'rabbit_password_hashing_sha256', limits: {} }]]);
-  const vhosts = new Map([['/', { name: '/', description: 'Default virtual host', tags: [], messages: 0, messages_ready: 0, messages_unacknowledged: 0 }]]);
-  const perms = new Map([['/\u0000guest', { user: 'guest', vhost: '/', configure: '.*', write: '.*', read: '.*' }]]);
-  const json = (route, status, body) => route.fulfill({ status, contentType: 'application/json', body: body === undefined ? '' : JSON.stringify(body) });
-  await context.route(/\/api\/(users|vhosts|permissions)(\/.*)?$/, async (route) => {
-    const req = route.request();
-    const parts = new URL(req.url()).pathname.split('/').slice(2).map(decodeURIComponent);
-    const [kind, a, b] = parts;
-    const method = req.method();
-    const doc = req.postData() ? JSON.parse(req.postData()) : {};
-    if (kind === 'users') {
-      if (!a) return json(route, 200, [...users.values()]);
-      if (method === 'PUT') { users.set(a, { name: a, tags: String(doc.tags || '').split(',').filter(Boolean), limits: {} }); return json(route, 201); }
-      if (method === 'DELETE') return json(route, users.delete(a) ? 204 : 404);
-    }
-    if (kind === 'vhosts') {
-      if (!a) return json(route, 200, [...vhosts.values()]);
-      if (method === 'PUT') { vhosts.set(a, { name: a, description: doc.description || '', tags: [], messages: 0, messages_ready: 0, messages_unacknowledged: 0 }); return json(route, 201); }
-      if (method === 'DELETE') return json(route, vhosts.delete(a) ? 204 : 404);
-    }
-    if (kind === 'permissions') {
-      if (!a) return json(route, 200, [...perms.values()]);
-      if (method === 'PUT') { perms.set(`${a}\u0000${b}`, { user: b, vhost: a, configure: doc.configure, write: doc.write, read: doc.read }); return json(route, 201); }
-      if (method === 'DELETE') return json(route, perms.delete(`${a}\u0000${b}`) ? 204 : 404);
-    }
-    return json(route, 404, { error: 'Object Not Found', reason: 'Not Found' });
-  });
-  return true;
 }
 
 before(async () => {
@@ -231,12 +195,19 @@ test('connections and channels list a live AMQP connection, which can be closed'
 });
 
 test('admin: users, virtual hosts and permissions (list, add, delete)', async () => {
-  await mockAdminApiIfMissing();
   await open('#/vhosts', 'Virtual hosts');
   await page.locator('#vhosts-table').getByRole('cell', { name: '/', exact: true }).waitFor();
   await page.getByLabel('Name', { exact: true }).fill('ui-vhost');
   await page.getByRole('button', { name: 'Add virtual host' }).click();
   await page.locator('#vhosts-table').getByRole('cell', { name: 'ui-vhost', exact: true }).waitFor();
+  // A vhost limit set in the form is in force (the API shows it) and shown in the table.
+  await page.locator('#l-vhost').selectOption('ui-vhost');
+  await page.getByLabel('Limit').selectOption('max-queues');
+  await page.getByLabel('Value').fill('5');
+  await page.getByRole('button', { name: 'Set limit' }).click();
+  const vhostRow = page.locator('#vhosts-table tbody tr', { hasText: 'ui-vhost' });
+  await vhostRow.locator('td', { hasText: /^5$/ }).waitFor();
+  assert.deepEqual((await call('GET', '/api/vhost-limits/ui-vhost')).body, [{ vhost: 'ui-vhost', value: { 'max-queues': 5 } }]);
   await shot('vhosts');
 
   await open('#/users', 'Users');
@@ -269,7 +240,50 @@ test('admin: users, virtual hosts and permissions (list, add, delete)', async ()
   await open('#/vhosts', 'Virtual hosts');
   await page.locator('#vhosts-table tbody tr', { hasText: 'ui-vhost' }).getByRole('button', { name: 'Delete' }).click();
   await page.locator('#vhosts-table').getByRole('cell', { name: 'ui-vhost', exact: true }).waitFor({ state: 'detached' });
-  await context.unrouteAll({ behavior: 'ignoreErrors' });
+});
+
+/** Starts another warren with this config; resolves to {addr, stop}. */
+async function startBroker(config) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'warren-ui-broker-'));
+  fs.writeFileSync(path.join(dir, 'warren.conf'), config);
+  const child = spawn(process.env.WARREN_BIN, ['--amqp-listen', '127.0.0.1:0', '--http-listen', '127.0.0.1:0',
+    '--data-dir', path.join(dir, 'data'), '--config', path.join(dir, 'warren.conf')], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const stop = () => { child.kill(); fs.rmSync(dir, { recursive: true, force: true }); };
+  const addr = await new Promise((resolve, reject) => {
+    let seen = '';
+    child.stdout.on('data', (chunk) => {
+      seen += chunk;
+      const m = seen.match(/^listening http (\S+)$/m);
+      if (m) resolve(m[1]);
+    });
+    child.on('exit', (code) => reject(new Error(`warren exited with ${code}`)));
+  });
+  return { addr, stop };
+}
+
+test('overview: the memory and disk alarms in force are shown', async () => {
+  // A disk limit larger than any disk and a watermark below any process's memory: both alarms.
+  const broker = await startBroker('disk_free_limit.absolute = 1000000000000000000\nvm_memory_high_watermark.absolute = 1048576\n');
+  try {
+    await page.goto(`http://${broker.addr}/`);
+    await page.getByLabel('Username').fill('guest');
+    await page.getByLabel('Password').fill('guest');
+    await page.getByRole('button', { name: 'Log in' }).click();
+    await page.getByRole('heading', { name: 'Overview' }).waitFor();
+    const banner = page.locator('#alarms .alarm');
+    await banner.getByText(/^Memory alarm: .* used, high watermark 1\.0 MiB\.$/).waitFor();
+    await banner.getByText(/^Disk alarm: .* free, limit /).waitFor();
+    assert.match(await page.locator('[data-resource="memory"]').textContent(), /alarm/);
+    assert.match(await page.locator('[data-resource="disk"]').textContent(), /alarm/);
+    await shot('alarms');
+  } finally {
+    broker.stop();
+  }
+  // The main broker has neither: no banner, and both resources OK.
+  await page.goto(`${BASE}/`);
+  await page.getByRole('heading', { name: 'Overview' }).waitFor();
+  await page.locator('[data-resource="memory"]', { hasText: 'OK' }).waitFor();
+  assert.equal(await page.locator('#alarms .alarm').count(), 0);
 });
 
 test('10,000 queues: the queues page renders fast and sorts', async () => {

@@ -345,6 +345,7 @@ pub struct Broker {
     paged_behind_consumer: bool,
     /// Resource alarms in force (see [`Broker::set_alarms`]).
     alarms: Alarms,
+    resource_use: ResourceUse,
     /// The user management requests act as (see `Broker::set_acting_user`).
     acting_user: Option<String>,
     /// Bytes that may still come in before memory reaches the high watermark, as of the last
@@ -362,6 +363,16 @@ pub struct Broker {
 
 /// What a message costs in memory beyond its body, for the memory alarm's headroom.
 const MESSAGE_OVERHEAD_BYTES: u64 = 512;
+
+/// The last measurements the resource alarms were decided on, for operators (`/api/nodes`,
+/// the web UI). Zero until measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ResourceUse {
+    pub mem_used: u64,
+    pub mem_limit: u64,
+    pub disk_free: u64,
+    pub disk_free_limit: u64,
+}
 
 /// Resource alarms: memory use over the high watermark, free disk space under the limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -505,6 +516,7 @@ impl Broker {
             paged_behind_consumer: false,
             flow_released: false,
             alarms: Alarms::default(),
+            resource_use: ResourceUse::default(),
             acting_user: None,
             memory_headroom: None,
             ingested: 0,
@@ -1465,10 +1477,23 @@ impl Broker {
     /// it, and the alarm is raised as soon as they exceed it, so a flood cannot overshoot the
     /// watermark by what arrives between two measurements.
     pub fn set_memory_use(&mut self, used: u64, watermark: u64, out: &mut Vec<(ConnId, Out)>) {
+        (self.resource_use.mem_used, self.resource_use.mem_limit) = (used, watermark);
         self.memory_headroom = Some(watermark.saturating_sub(used));
         self.ingested = 0;
         let alarms = Alarms { memory: used >= watermark, ..self.alarms };
         self.set_alarms(alarms, out);
+    }
+
+    /// A disk measurement: `free` bytes against the `limit`. Sets or clears the disk alarm.
+    pub fn set_disk_free(&mut self, free: u64, limit: u64, out: &mut Vec<(ConnId, Out)>) {
+        (self.resource_use.disk_free, self.resource_use.disk_free_limit) = (free, limit);
+        let alarms = Alarms { disk: free < limit, ..self.alarms };
+        self.set_alarms(alarms, out);
+    }
+
+    /// The last memory and disk measurements.
+    pub fn resource_use(&self) -> ResourceUse {
+        self.resource_use
     }
 
     /// Counts a published message against the memory headroom.

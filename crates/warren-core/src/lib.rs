@@ -36,7 +36,9 @@ pub use broker::management::{
     BindingSummary, ChannelSummary, ConnectionSummary, ConsumerSummary, ExchangeSummary, GetAckMode, GotMessage,
     QueueStats, MANAGEMENT_CONN,
 };
-pub use broker::{Alarms, Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, StoreStats, SyncJob};
+pub use broker::{
+    Alarms, Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, ResourceUse, StoreStats, SyncJob,
+};
 pub use config::Config;
 pub use definitions::VhostLimits;
 

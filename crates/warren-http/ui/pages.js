@@ -7,6 +7,13 @@ export const esc = (s) => String(s ?? '').replace(/[&<>"']/g, (c) => ({ '&': '&a
 const num = (n) => (n === undefined || n === null ? '' : Number(n).toLocaleString('en-US'));
 const rate = (stats, key) => (stats && stats[`${key}_details`] ? stats[`${key}_details`].rate : 0);
 const rateCell = (v) => `${fmtRate(v || 0)}/s`;
+const bytes = (b) => {
+  let v = Number(b) || 0;
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+  return `${i ? v.toFixed(1) : v} ${units[i]}`;
+};
 const tags = (t) => (Array.isArray(t) ? t.join(', ') : t || '');
 
 /**
@@ -115,6 +122,7 @@ const push = (arr, p) => { arr.push(p); if (arr.length > KEEP) arr.shift(); };
 
 async function overview(ctx) {
   ctx.main.innerHTML = `<h1>Overview</h1>
+    <div id="alarms" role="alert"></div>
     <div class="totals" id="totals"></div>
     <div class="cols">
       <section class="card"><h2>Message rates</h2><svg class="chart" id="rates-chart" role="img" aria-label="Message rates over time"></svg>
@@ -124,8 +132,9 @@ async function overview(ctx) {
     </div>
     <section class="card"><h2>Node</h2><dl class="details" id="node"></dl></section>`;
   const refresh = async () => {
-    const o = await get('/api/overview');
+    const [o, nodes] = await Promise.all([get('/api/overview'), get('/api/nodes').catch(() => [])]);
     if (!document.getElementById('totals')) return;
+    const n = nodes[0] || {};
     const t = o.object_totals || {};
     const q = o.queue_totals || {};
     const s = o.message_stats || {};
@@ -136,7 +145,18 @@ async function overview(ctx) {
     ];
     document.getElementById('totals').innerHTML = items
       .map(([l, n]) => `<div class="total" data-total="${esc(l)}"><div class="n">${typeof n === 'string' ? esc(n) : num(n ?? 0)}</div><div class="l">${esc(l)}</div></div>`).join('');
-    document.getElementById('node').innerHTML = `<dt>Node</dt><dd>${esc(o.node)}</dd><dt>Product</dt><dd>${esc(o.product_name)} ${esc(o.product_version)}</dd><dt>Rates mode</dt><dd>${esc(o.rates_mode)}</dd>`;
+    const alarms = [];
+    if (n.mem_alarm) alarms.push(`Memory alarm: ${bytes(n.mem_used)} used, high watermark ${bytes(n.mem_limit)}.`);
+    if (n.disk_free_alarm) alarms.push(`Disk alarm: ${bytes(n.disk_free)} free, limit ${bytes(n.disk_free_limit)}.`);
+    document.getElementById('alarms').innerHTML = alarms.length
+      ? `<div class="alarm">${alarms.map((a) => `<p>${esc(a)}</p>`).join('')}<p>Publishing connections are blocked until it clears; consumers go on.</p></div>`
+      : '';
+    const gauge = (used, limit, alarm, label) => (limit
+      ? `<span class="gauge${alarm ? ' on' : ''}" role="meter" aria-label="${esc(label)}" aria-valuemin="0" aria-valuemax="${limit}" aria-valuenow="${Math.min(used, limit)}"><i style="width:${Math.min(100, (100 * used) / limit).toFixed(1)}%"></i></span>`
+      : '');
+    document.getElementById('node').innerHTML = `<dt>Node</dt><dd>${esc(o.node)}</dd><dt>Product</dt><dd>${esc(o.product_name)} ${esc(o.product_version)}</dd><dt>Rates mode</dt><dd>${esc(o.rates_mode)}</dd>
+      <dt>Memory</dt><dd data-resource="memory">${bytes(n.mem_used)} of ${bytes(n.mem_limit)} high watermark ${gauge(n.mem_used, n.mem_limit, n.mem_alarm, 'Memory used against the high watermark')} ${n.mem_alarm ? '<strong class="bad">alarm</strong>' : '<span class="good">OK</span>'}</dd>
+      <dt>Disk free</dt><dd data-resource="disk">${bytes(n.disk_free)} (limit ${bytes(n.disk_free_limit)}) ${n.disk_free_alarm ? '<strong class="bad">alarm</strong>' : '<span class="good">OK</span>'}</dd>`;
     const now = Date.now();
     push(history.rates.publish, [now, rate(s, 'publish')]);
     push(history.rates.deliver, [now, rate(s, 'deliver_get')]);
@@ -450,9 +470,19 @@ async function vhosts(ctx) {
     <section class="card"><h2>Add a virtual host</h2><form class="grid" id="add-vhost">
       <label for="v-name">Name</label><input id="v-name" name="name" required>
       <label for="v-description">Description</label><input id="v-description" name="description">
-      <div class="actions"><button class="primary" type="submit">Add virtual host</button></div></form></section>`;
+      <div class="actions"><button class="primary" type="submit">Add virtual host</button></div></form></section>
+    <section class="card"><h2>Set a limit</h2><form class="grid" id="set-limit">
+      <label for="l-vhost">Virtual host</label><select id="l-vhost" name="vhost">${await vhostOptions()}</select>
+      <label for="l-name">Limit</label><select id="l-name" name="name"><option value="max-connections">Max connections</option><option value="max-queues">Max queues</option></select>
+      <label for="l-value">Value</label><input id="l-value" name="value" type="number" min="-1" step="1" required>
+      <div class="actions"><button class="primary" type="submit">Set limit</button> <span class="muted">-1 removes the limit; 0 allows none</span></div></form></section>`;
   const holder = document.getElementById('list');
-  const load = () => get('/api/vhosts');
+  const load = async () => {
+    const [vs, limits] = await Promise.all([get('/api/vhosts'), get('/api/vhost-limits').catch(() => [])]);
+    const of = Object.fromEntries(limits.map((l) => [l.vhost, l.value || {}]));
+    return vs.map((v) => ({ ...v, max_connections: of[v.name]?.['max-connections'], max_queues: of[v.name]?.['max-queues'] }));
+  };
+  const limitCell = (n) => (n === undefined || n < 0 ? '<span class="muted">none</span>' : num(n));
   const t = dataTable(holder, {
     id: 'vhosts-table', rows: await load(), empty: 'No virtual hosts.',
     columns: [
@@ -461,6 +491,8 @@ async function vhosts(ctx) {
       { key: 'messages_ready', label: 'Ready', num: true, html: (v) => num(v.messages_ready ?? 0) },
       { key: 'messages_unacknowledged', label: 'Unacked', num: true, html: (v) => num(v.messages_unacknowledged ?? 0) },
       { key: 'messages', label: 'Total', num: true, html: (v) => num(v.messages ?? 0) },
+      { key: 'max_connections', label: 'Max connections', num: true, html: (v) => limitCell(v.max_connections) },
+      { key: 'max_queues', label: 'Max queues', num: true, html: (v) => limitCell(v.max_queues) },
       { key: 'delete', label: 'Action', html: (v) => `<button type="button" class="danger" data-action="delete" data-name="${esc(v.name)}">Delete</button>` },
     ],
   });
@@ -469,13 +501,22 @@ async function vhosts(ctx) {
       if (!confirm(`Delete virtual host ${name} and everything in it?`)) return null;
       await api('DELETE', `/api/vhosts/${enc(name)}`);
       t.setRows(await load());
+      document.getElementById('l-vhost').innerHTML = await vhostOptions();
       return `Virtual host ${name} deleted`;
     },
   });
   onSubmit(document.getElementById('add-vhost'), ctx, async (v) => {
     await api('PUT', `/api/vhosts/${enc(v.name)}`, { description: v.description });
     t.setRows(await load());
+    document.getElementById('l-vhost').innerHTML = await vhostOptions();
     return `Virtual host ${v.name} added`;
+  });
+  onSubmit(document.getElementById('set-limit'), ctx, async (v) => {
+    const value = Number(v.value);
+    if (value < 0) await api('DELETE', `/api/vhost-limits/${enc(v.vhost)}/${enc(v.name)}`);
+    else await api('PUT', `/api/vhost-limits/${enc(v.vhost)}/${enc(v.name)}`, { value });
+    t.setRows(await load());
+    return value < 0 ? `Limit ${v.name} of ${v.vhost} removed` : `Limit ${v.name} of ${v.vhost} set to ${value}`;
   });
 }
 

@@ -6,7 +6,6 @@ use crate::Shared;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use warren_core::Alarms;
 
 /// What the alarms watch.
 #[derive(Debug, Clone)]
@@ -53,7 +52,6 @@ fn mib(b: u64) -> u64 {
 pub(crate) async fn alarm_loop(shared: Arc<Shared>, limits: ResourceLimits) {
     let mut interval = tokio::time::interval(MEMORY_CHECK_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut disk_alarm = false;
     let mut ticks = 0u32;
     let mut out = Vec::new();
     loop {
@@ -80,15 +78,14 @@ pub(crate) async fn alarm_loop(shared: Arc<Shared>, limits: ResourceLimits) {
         }
         if ticks.is_multiple_of(DISK_EVERY) {
             if let Some(free) = disk_free(&limits.data_dir) {
-                let next = free < limits.disk_free_limit;
-                if next != disk_alarm {
-                    disk_alarm = next;
-                    let mut core = shared.broker();
-                    let alarms = Alarms { disk: next, ..core.alarms() };
-                    core.set_alarms(alarms, &mut out);
-                    core.deliver(&mut out);
-                    drop(core);
-                    if next {
+                let mut core = shared.broker();
+                let before = core.alarms().disk;
+                core.set_disk_free(free, limits.disk_free_limit, &mut out);
+                let now = core.alarms().disk;
+                core.deliver(&mut out);
+                drop(core);
+                if now != before {
+                    if now {
                         tracing::warn!(
                             "disk resource limit alarm set: free disk space {} MiB, limit {} MiB. \
                              Publishers will be blocked until this alarm clears",

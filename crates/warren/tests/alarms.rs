@@ -49,6 +49,14 @@ async fn under_a_disk_alarm_publishers_are_blocked_and_consumers_still_drain() {
     assert_eq!(body["alarms"][0]["resource"], "disk", "{body}");
     let nodes: serde_json::Value = within("nodes", get("/api/nodes")).await.expect("http").json().await.expect("json");
     assert_eq!(nodes[0]["disk_free_alarm"], true, "{nodes}");
+    // The measurements behind it, with RabbitMQ's field names.
+    assert_eq!(nodes[0]["disk_free_limit"], 1_000_000_000_000_000u64, "{nodes}");
+    let disk_free = nodes[0]["disk_free"].as_u64().expect("disk_free");
+    assert!(disk_free > 0 && disk_free < 1_000_000_000_000_000, "{nodes}");
+    let (used, limit) =
+        (nodes[0]["mem_used"].as_u64().expect("mem_used"), nodes[0]["mem_limit"].as_u64().expect("mem"));
+    assert!(used > 0 && used < limit, "{nodes}");
+    assert_eq!(nodes[0]["mem_alarm"], false, "{nodes}");
     let metrics = within("metrics", get("/metrics")).await.expect("http").text().await.expect("text");
     assert!(metrics.lines().any(|l| l == "rabbitmq_alarms_free_disk_space_watermark 1"), "{metrics}");
 }

@@ -73,7 +73,10 @@ fn exchange_types() -> Value {
 }
 
 fn node_json(shared: &Shared) -> Value {
-    let alarms = shared.broker().alarms();
+    let (alarms, resources) = {
+        let core = shared.broker();
+        (core.alarms(), core.resource_use())
+    };
     json!({
         "name": NODE,
         "type": "disc",
@@ -85,6 +88,10 @@ fn node_json(shared: &Shared) -> Value {
         "being_drained": false,
         "mem_alarm": alarms.memory,
         "disk_free_alarm": alarms.disk,
+        "mem_used": resources.mem_used,
+        "mem_limit": resources.mem_limit,
+        "disk_free": resources.disk_free,
+        "disk_free_limit": resources.disk_free_limit,
         "rates_mode": "basic",
         "exchange_types": exchange_types(),
         "applications": [],
