@@ -14,14 +14,15 @@ use crate::auth::{Access, Grants, Password, Permission, TopicPermission, User, U
 use crate::channel::{AckOp, Channel, ChannelState, Consumer, DeferredKind, TxState, Unacked};
 use crate::config::{Config, CONNECTION_OUTBOUND_MAX_BYTES};
 use crate::definitions::{
-    BindingDef, Definitions, ExchangeDef, PermissionDef, PolicyDef, QueueDef, TopicPermissionDef, UserDef, VhostLimits,
+    journal_header, read_journal, BindingDef, DefOp, Definitions, ExchangeDef, PermissionDef, PolicyDef, QueueDef,
+    TopicPermissionDef, UserDef, VhostLimits,
 };
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::message::{Message, MessageRef};
 use crate::policy::{ApplyTo, Policy};
 use crate::queue::{ConsumerKey, PushOutcome, Queue, QueueStore, Queued};
 use crate::ConnId;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -339,6 +340,10 @@ pub struct Broker {
     dirty_exchanges: HashSet<(Arc<str>, ShortStr)>,
     /// The durable definitions changed: write the snapshot before answering.
     defs_dirty: bool,
+    /// Topology changes not yet in the journal.
+    def_ops: Vec<DefOp>,
+    /// Inside [`Broker::batch_definitions`]: changes are made durable at its end, together.
+    defs_batched: bool,
     /// Storage failures to report (the server logs them).
     errors: Vec<String>,
     /// The last enqueue paged a message behind a consumer that cannot keep up.
@@ -402,11 +407,22 @@ struct Store {
     dir: PathBuf,
     log_config: LogConfig,
     next_transient: u64,
+    /// The definitions journal, open for appending once a snapshot was written.
+    journal: Option<Box<dyn warren_store::AppendFile>>,
+    /// The snapshot's generation, and how many topology definitions it holds.
+    generation: u64,
+    snapshot_topology: usize,
+    /// Records in the journal since the snapshot.
+    journal_ops: usize,
 }
 
 impl Store {
     fn definitions_path(&self) -> PathBuf {
         self.dir.join("definitions")
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.dir.join("definitions.journal")
     }
 
     /// A directory for a durable object's log, stable across restarts, named by a hash so that
@@ -498,7 +514,16 @@ impl Broker {
         for u in &config.loopback_users {
             users.set_loopback_only(u, true);
         }
-        let store = Store { backend, dir, log_config: LogConfig::default(), next_transient: 0 };
+        let store = Store {
+            backend,
+            dir,
+            log_config: LogConfig::default(),
+            next_transient: 0,
+            journal: None,
+            generation: 0,
+            snapshot_topology: 0,
+            journal_ops: 0,
+        };
         let mut broker = Broker {
             config,
             users,
@@ -512,6 +537,8 @@ impl Broker {
             dirty: HashSet::new(),
             dirty_exchanges: HashSet::new(),
             defs_dirty: false,
+            def_ops: Vec::new(),
+            defs_batched: false,
             errors: Vec::new(),
             paged_behind_consumer: false,
             flow_released: false,
@@ -541,12 +568,26 @@ impl Broker {
                 return Err(io("cannot clear the transient queue logs", e));
             }
         }
-        let defs = match backend.read(&self.store.definitions_path()) {
+        let mut defs = match backend.read(&self.store.definitions_path()) {
             Ok(bytes) => Definitions::decode(Bytes::from(bytes))
                 .map_err(|e| format!("{}: {e}", self.store.definitions_path().display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Definitions::default(),
             Err(e) => return Err(io("cannot read the definitions", e)),
         };
+        // The journal continues the snapshot of its generation; an older one is already in it.
+        let journal = match backend.read(&self.store.journal_path()) {
+            Ok(bytes) => read_journal(&bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io("cannot read the definitions journal", e)),
+        };
+        self.store.generation = defs.generation;
+        if let Some(j) = journal.filter(|j| j.generation == defs.generation) {
+            if let Some(torn) = &j.torn {
+                report.progress.push(format!("definitions journal: stopped at {torn} (a change never confirmed)"));
+            }
+            report.progress.push(format!("definitions journal: {} changes replayed", j.ops.len()));
+            defs.replay(j.ops);
+        }
         let default_vhost = self.config.default_vhost.clone();
         // A fresh store (or one from before access control) gets the default vhost and the
         // default user, an administrator with every permission on it, as RabbitMQ seeds them.
@@ -714,6 +755,8 @@ impl Broker {
                 }
             }
         }
+        // Fold the journal into a new snapshot, and start the journal afresh.
+        self.defs_dirty = true;
         self.save_definitions().map_err(|e| e.text.to_string())?;
         Ok(report)
     }
@@ -785,14 +828,7 @@ impl Broker {
                 if !x.durable || x.name.is_empty() || is_builtin_exchange(&x.name) {
                     continue;
                 }
-                d.exchanges.push(ExchangeDef {
-                    vhost: vh.name.clone(),
-                    name: x.name.to_string(),
-                    kind: x.kind.as_str().into(),
-                    auto_delete: x.auto_delete,
-                    internal: x.internal,
-                    arguments: x.arguments.clone(),
-                });
+                d.exchanges.push(exchange_def(&vh.name, x));
             }
             for x in vh.exchanges.values() {
                 if !x.durable || x.name.is_empty() {
@@ -804,14 +840,7 @@ impl Broker {
                         Destination::Exchange(e) => (e, false, durable_exchange(e)),
                     };
                     if durable {
-                        d.bindings.push(BindingDef {
-                            vhost: vh.name.clone(),
-                            source: x.name.to_string(),
-                            destination: dest.to_string(),
-                            destination_is_queue: is_queue,
-                            routing_key: b.routing_key.to_string(),
-                            arguments: b.arguments.clone(),
-                        });
+                        d.bindings.push(binding_def(&vh.name, &x.name, dest, is_queue, b));
                     }
                 }
             }
@@ -819,28 +848,72 @@ impl Broker {
                 vh.queues.values().filter(|q| q.durable && q.exclusive_owner.is_none()).collect();
             queues.sort_by(|a, b| a.name.cmp(&b.name));
             for q in queues {
-                d.queues.push(QueueDef {
-                    vhost: vh.name.clone(),
-                    name: q.name.to_string(),
-                    auto_delete: q.auto_delete,
-                    arguments: q.arguments.clone(),
-                });
+                d.queues.push(queue_def(&vh.name, q));
             }
         }
         d
     }
 
-    /// Writes the definitions snapshot if a durable definition changed.
+    /// Makes the definitions that changed durable: topology changes are appended to the journal
+    /// (O(1) each); anything else, or a journal grown as large as the snapshot, rewrites the
+    /// snapshot and starts a new journal.
     fn save_definitions(&mut self) -> Res {
-        if !self.defs_dirty {
+        if self.defs_batched || (!self.defs_dirty && self.def_ops.is_empty()) {
             return Ok(());
         }
+        let journal_room = self.store.snapshot_topology + JOURNAL_SLACK;
+        let append = !self.defs_dirty
+            && self.store.journal.is_some()
+            && self.store.journal_ops + self.def_ops.len() <= journal_room;
+        let result = if append { self.append_journal() } else { self.write_snapshot() };
         self.defs_dirty = false;
-        let bytes = self.definitions().encode();
-        self.store.backend.replace_durably(&self.store.definitions_path(), &bytes).map_err(|e| {
+        self.def_ops.clear();
+        result.map_err(|e| {
+            // The journal's state is unknown after a failed write: the next change rewrites all.
+            self.store.journal = None;
             self.errors.push(format!("cannot write the definitions: {e}"));
             ProtocolError::new(ReplyCode::InternalError, format_args!("cannot write the definitions: {e}"))
         })
+    }
+
+    /// Runs `f` (many changes, such as a definitions import) and makes what it changed durable
+    /// once, at the end, instead of after each change. Nobody must be told of a change before
+    /// this returns.
+    pub fn batch_definitions<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T, String>) -> Result<T, String> {
+        self.defs_batched = true;
+        let result = f(self);
+        self.defs_batched = false;
+        let saved = self.save_definitions().map_err(|e| e.text.to_string());
+        result.and_then(|r| saved.map(|_| r))
+    }
+
+    fn append_journal(&mut self) -> std::io::Result<()> {
+        let mut records = BytesMut::new();
+        for op in &self.def_ops {
+            op.encode_record(&mut records);
+        }
+        let journal = self.store.journal.as_mut().ok_or_else(|| std::io::Error::other("no journal"))?;
+        journal.append(&records)?;
+        journal.sync_handle().sync()?;
+        self.store.journal_ops += self.def_ops.len();
+        Ok(())
+    }
+
+    /// Writes the whole snapshot as the next generation, then a fresh journal for it. A crash
+    /// in between leaves the old journal, which the new generation ignores.
+    fn write_snapshot(&mut self) -> std::io::Result<()> {
+        let mut d = self.definitions();
+        d.generation = self.store.generation + 1;
+        let backend = self.store.backend.clone();
+        self.store.journal = None;
+        backend.replace_durably(&self.store.definitions_path(), &d.encode())?;
+        self.store.generation = d.generation;
+        self.store.snapshot_topology = d.topology_len();
+        let journal_path = self.store.journal_path();
+        backend.replace_durably(&journal_path, &journal_header(d.generation))?;
+        self.store.journal = Some(backend.open_append(&journal_path)?);
+        self.store.journal_ops = 0;
+        Ok(())
     }
 
     /// The effective arguments of a queue (its declared ones with the policies folded in),
@@ -2297,8 +2370,10 @@ impl Broker {
                     self::internal(format_args!("cannot create the deduplication cache of '{name}': {e}"))
                 })?;
                 let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
+                if durable {
+                    self.def_ops.push(DefOp::PutExchange(exchange_def(&vhost, &exchange)));
+                }
                 vh.exchanges.insert(name.clone(), exchange);
-                self.defs_dirty |= durable;
                 Ok(())
             }
         }
@@ -2320,15 +2395,18 @@ impl Broker {
         if if_unused && !x.bindings().is_empty() {
             return Err(precondition(format_args!("exchange '{name}' in vhost '{vhost}' in use")));
         }
-        self.defs_dirty |= Self::remove_exchange(vh, name);
+        Self::remove_exchange(vh, name, &mut self.def_ops);
         Ok(())
     }
 
-    /// Removes an exchange, the bindings to it, and auto-delete exchanges left without bindings.
-    /// Returns true when a durable definition changed.
-    fn remove_exchange(vh: &mut VHost, name: &ShortStr) -> bool {
+    /// Removes an exchange, the bindings to it, and auto-delete exchanges left without bindings;
+    /// records the durable ones that went in `ops`.
+    fn remove_exchange(vh: &mut VHost, name: &ShortStr, ops: &mut Vec<DefOp>) {
         let removed = vh.exchanges.remove(name);
-        let durable = removed.as_ref().is_some_and(|x| x.durable);
+        if removed.as_ref().is_some_and(|x| x.durable) {
+            // Its bindings, from and to it, go with it in the journal too.
+            ops.push(DefOp::DelExchange { vhost: vh.name.clone(), name: name.to_string() });
+        }
         if let Some(x) = removed {
             // Held messages go with their exchange. A failure leaves files that the next
             // start does not read (no definition names them).
@@ -2339,25 +2417,22 @@ impl Broker {
                 let _ = cache.destroy();
             }
         }
-        Self::remove_bindings_to(vh, &Destination::Exchange(name.clone())) || durable
+        Self::remove_bindings_to(vh, &Destination::Exchange(name.clone()), ops);
     }
 
-    /// Removes every binding to `dest`; true when a durable definition changed.
-    fn remove_bindings_to(vh: &mut VHost, dest: &Destination) -> bool {
+    /// Removes every binding to `dest`, which is going away (its own removal, recorded by the
+    /// caller, takes the durable bindings to it out of the definitions); auto-delete exchanges
+    /// left without bindings go too.
+    fn remove_bindings_to(vh: &mut VHost, dest: &Destination, ops: &mut Vec<DefOp>) {
         let mut emptied = Vec::new();
-        let mut durable_change = false;
         for x in vh.exchanges.values_mut() {
-            if x.unbind_all_to(dest) > 0 {
-                durable_change |= x.durable;
-                if x.auto_delete && x.bindings().is_empty() {
-                    emptied.push(x.name.clone());
-                }
+            if x.unbind_all_to(dest) > 0 && x.auto_delete && x.bindings().is_empty() {
+                emptied.push(x.name.clone());
             }
         }
         for name in emptied {
-            durable_change |= Self::remove_exchange(vh, &name);
+            Self::remove_exchange(vh, &name, ops);
         }
-        durable_change
     }
 
     fn bind(
@@ -2377,8 +2452,11 @@ impl Broker {
             Destination::Exchange(x) => vh.exchanges.get(x).is_some_and(|x| x.durable),
         };
         if let Some(x) = vh.exchanges.get_mut(source) {
-            let added = x.bind(Binding { destination: dest, routing_key, arguments });
-            self.defs_dirty |= added && x.durable && durable_dest;
+            let binding = Binding { destination: dest, routing_key, arguments };
+            let def = (x.durable && durable_dest).then(|| durable_binding_def(&vh.name, source, &binding));
+            if x.bind(binding) {
+                self.def_ops.extend(def.map(DefOp::PutBinding));
+            }
         }
         Ok(())
     }
@@ -2397,12 +2475,15 @@ impl Broker {
         let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(()) };
         let mut emptied = false;
         if let Some(x) = vh.exchanges.get_mut(source) {
-            let removed = x.unbind(&Binding { destination: dest, routing_key, arguments });
-            self.defs_dirty |= removed && x.durable;
+            let binding = Binding { destination: dest, routing_key, arguments };
+            let removed = x.unbind(&binding);
+            if removed && x.durable {
+                self.def_ops.push(DefOp::DelBinding(durable_binding_def(&vh.name, source, &binding)));
+            }
             emptied = removed && x.auto_delete && x.bindings().is_empty();
         }
         if emptied {
-            self.defs_dirty |= Self::remove_exchange(vh, source);
+            Self::remove_exchange(vh, source, &mut self.def_ops);
         }
         Ok(())
     }
@@ -2552,9 +2633,11 @@ impl Broker {
                 queue.policy = policy;
                 queue.operator_policy = operator_policy;
                 let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
+                if survives {
+                    self.def_ops.push(DefOp::PutQueue(queue_def(&vhost, &queue)));
+                }
                 vh.queues.insert(name.clone(), queue);
                 self.counters.queues_created += 1;
-                self.defs_dirty |= survives;
                 (name.clone(), 0, 0)
             }
         };
@@ -2568,8 +2651,10 @@ impl Broker {
         let Some(vh) = self.vhosts.get_mut(vhost) else { return 0 };
         let Some(q) = vh.queues.remove(name) else { return 0 };
         self.counters.queues_deleted += 1;
-        self.defs_dirty |= Self::remove_bindings_to(vh, &Destination::Queue(q.name.clone()));
-        self.defs_dirty |= q.durable && q.exclusive_owner.is_none();
+        if q.durable && q.exclusive_owner.is_none() {
+            self.def_ops.push(DefOp::DelQueue { vhost: vhost.to_owned(), name: name.to_owned() });
+        }
+        Self::remove_bindings_to(vh, &Destination::Queue(q.name.clone()), &mut self.def_ops);
         for key in &q.consumers {
             let Some(c) = self.conns.get_mut(&key.conn) else { continue };
             if let Some(ch) = c.channels.get_mut(&key.channel) {
@@ -3452,6 +3537,52 @@ fn delivered_message(q: &Queue, m: &Queued) -> MessageRef {
     let raw = props.to_bytes();
     Message::new(m.msg.exchange.clone(), m.msg.routing_key.clone(), props, raw, m.msg.body.clone())
 }
+
+/// The durable definition of an exchange.
+fn exchange_def(vhost: &str, x: &Exchange) -> ExchangeDef {
+    ExchangeDef {
+        vhost: vhost.to_owned(),
+        name: x.name.to_string(),
+        kind: x.kind.as_str().into(),
+        auto_delete: x.auto_delete,
+        internal: x.internal,
+        arguments: x.arguments.clone(),
+    }
+}
+
+/// The durable definition of a queue.
+fn queue_def(vhost: &str, q: &Queue) -> QueueDef {
+    QueueDef {
+        vhost: vhost.to_owned(),
+        name: q.name.to_string(),
+        auto_delete: q.auto_delete,
+        arguments: q.arguments.clone(),
+    }
+}
+
+/// The durable definition of a binding from `source`.
+fn binding_def(vhost: &str, source: &str, dest: &str, to_queue: bool, b: &Binding) -> BindingDef {
+    BindingDef {
+        vhost: vhost.to_owned(),
+        source: source.to_owned(),
+        destination: dest.to_owned(),
+        destination_is_queue: to_queue,
+        routing_key: b.routing_key.to_string(),
+        arguments: b.arguments.clone(),
+    }
+}
+
+/// A binding's definition, as the journal records it.
+fn durable_binding_def(vhost: &str, source: &str, b: &Binding) -> BindingDef {
+    let (dest, to_queue) = match &b.destination {
+        Destination::Queue(q) => (q.as_str(), true),
+        Destination::Exchange(x) => (x.as_str(), false),
+    };
+    binding_def(vhost, source, dest, to_queue, b)
+}
+
+/// How many journal records beyond the snapshot's size are allowed before it is folded in.
+const JOURNAL_SLACK: usize = 1024;
 
 pub mod limits;
 pub mod management;

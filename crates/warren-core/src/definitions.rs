@@ -1,11 +1,10 @@
 //! The durable definitions (vhosts, users, permissions, topic permissions, policies, durable
 //! exchanges, durable queues, bindings between durable ends) as one snapshot, encoded as an AMQP field table.
 //!
-//! The snapshot is rewritten whole, atomically and durably (`Backend::replace_durably`), each
-//! time a durable definition changes, before the client is answered. Rewriting is O(number of
-//! definitions) per change: fine for the thousands of definitions brokers hold; an append-only
-//! log is the way forward if declare rates of many thousands per second on huge topologies
-//! ever matter.
+//! Topology changes (durable exchanges, queues and bindings) are appended to a journal, O(1)
+//! each; other changes rewrite the snapshot whole, atomically and durably
+//! (`Backend::replace_durably`), and so does a journal grown past the snapshot's size. Either is
+//! durable before the client is answered. See "the journal" below and docs/store-format.md.
 
 use bytes::{Bytes, BytesMut};
 use warren_amqp::codec::Reader;
@@ -83,6 +82,83 @@ pub struct TopicPermissionDef {
     pub read: String,
 }
 
+impl ExchangeDef {
+    fn to_field(&self) -> FieldValue {
+        table(vec![
+            ("vhost", s(&self.vhost)),
+            ("name", s(&self.name)),
+            ("type", s(&self.kind)),
+            ("auto_delete", FieldValue::Bool(self.auto_delete)),
+            ("internal", FieldValue::Bool(self.internal)),
+            ("arguments", FieldValue::Table(self.arguments.clone())),
+        ])
+    }
+
+    fn from_table(t: &FieldTable) -> Result<Self, String> {
+        Ok(ExchangeDef {
+            vhost: get_str(t, "vhost")?,
+            name: get_str(t, "name")?,
+            kind: get_str(t, "type")?,
+            auto_delete: get_bool(t, "auto_delete")?,
+            internal: get_bool(t, "internal")?,
+            arguments: get_table(t, "arguments")?,
+        })
+    }
+}
+
+impl QueueDef {
+    fn to_field(&self) -> FieldValue {
+        table(vec![
+            ("vhost", s(&self.vhost)),
+            ("name", s(&self.name)),
+            ("auto_delete", FieldValue::Bool(self.auto_delete)),
+            ("arguments", FieldValue::Table(self.arguments.clone())),
+        ])
+    }
+
+    fn from_table(t: &FieldTable) -> Result<Self, String> {
+        Ok(QueueDef {
+            vhost: get_str(t, "vhost")?,
+            name: get_str(t, "name")?,
+            auto_delete: get_bool(t, "auto_delete")?,
+            arguments: get_table(t, "arguments")?,
+        })
+    }
+}
+
+impl BindingDef {
+    fn to_field(&self) -> FieldValue {
+        table(vec![
+            ("vhost", s(&self.vhost)),
+            ("source", s(&self.source)),
+            ("destination", s(&self.destination)),
+            ("destination_type", s(if self.destination_is_queue { "queue" } else { "exchange" })),
+            ("routing_key", s(&self.routing_key)),
+            ("arguments", FieldValue::Table(self.arguments.clone())),
+        ])
+    }
+
+    fn from_table(t: &FieldTable) -> Result<Self, String> {
+        Ok(BindingDef {
+            vhost: get_str(t, "vhost")?,
+            source: get_str(t, "source")?,
+            destination: get_str(t, "destination")?,
+            destination_is_queue: get_str(t, "destination_type")? == "queue",
+            routing_key: get_str(t, "routing_key")?,
+            arguments: get_table(t, "arguments")?,
+        })
+    }
+
+    /// Bindings are the same binding when all their fields are; the encoding says so.
+    fn key(&self) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        if let FieldValue::Table(t) = self.to_field() {
+            t.encode(&mut b);
+        }
+        b.to_vec()
+    }
+}
+
 /// A vhost's limits (RabbitMQ's `max-connections` and `max-queues`), as set: a negative value
 /// means no limit, as in RabbitMQ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -108,6 +184,8 @@ impl VhostLimits {
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Definitions {
+    /// Which journal continues this snapshot: only one of the same generation is replayed.
+    pub generation: u64,
     pub vhosts: Vec<String>,
     /// The limits of the vhosts that have any.
     pub vhost_limits: Vec<(String, VhostLimits)>,
@@ -166,6 +244,7 @@ impl Definitions {
     pub fn encode(&self) -> Bytes {
         let mut root = FieldTable::new();
         root.insert("version", FieldValue::I64(VERSION));
+        root.insert("generation", FieldValue::I64(self.generation as i64));
         root.insert("vhosts", FieldValue::Array(self.vhosts.iter().map(|v| s(v)).collect()));
         root.insert(
             "vhost_limits",
@@ -181,58 +260,9 @@ impl Definitions {
                     .collect(),
             ),
         );
-        root.insert(
-            "exchanges",
-            FieldValue::Array(
-                self.exchanges
-                    .iter()
-                    .map(|x| {
-                        table(vec![
-                            ("vhost", s(&x.vhost)),
-                            ("name", s(&x.name)),
-                            ("type", s(&x.kind)),
-                            ("auto_delete", FieldValue::Bool(x.auto_delete)),
-                            ("internal", FieldValue::Bool(x.internal)),
-                            ("arguments", FieldValue::Table(x.arguments.clone())),
-                        ])
-                    })
-                    .collect(),
-            ),
-        );
-        root.insert(
-            "queues",
-            FieldValue::Array(
-                self.queues
-                    .iter()
-                    .map(|q| {
-                        table(vec![
-                            ("vhost", s(&q.vhost)),
-                            ("name", s(&q.name)),
-                            ("auto_delete", FieldValue::Bool(q.auto_delete)),
-                            ("arguments", FieldValue::Table(q.arguments.clone())),
-                        ])
-                    })
-                    .collect(),
-            ),
-        );
-        root.insert(
-            "bindings",
-            FieldValue::Array(
-                self.bindings
-                    .iter()
-                    .map(|b| {
-                        table(vec![
-                            ("vhost", s(&b.vhost)),
-                            ("source", s(&b.source)),
-                            ("destination", s(&b.destination)),
-                            ("destination_type", s(if b.destination_is_queue { "queue" } else { "exchange" })),
-                            ("routing_key", s(&b.routing_key)),
-                            ("arguments", FieldValue::Table(b.arguments.clone())),
-                        ])
-                    })
-                    .collect(),
-            ),
-        );
+        root.insert("exchanges", FieldValue::Array(self.exchanges.iter().map(ExchangeDef::to_field).collect()));
+        root.insert("queues", FieldValue::Array(self.queues.iter().map(QueueDef::to_field).collect()));
+        root.insert("bindings", FieldValue::Array(self.bindings.iter().map(BindingDef::to_field).collect()));
         root.insert(
             "policies",
             FieldValue::Array(
@@ -331,36 +361,15 @@ impl Definitions {
                 d.vhost_limits.push((get_str(t, "vhost")?, limits));
             }
         }
+        d.generation = root.get("generation").and_then(FieldValue::as_i64).map_or(0, |g| g as u64);
         for t in tables(get_array(&root, "exchanges")?) {
-            let t = t?;
-            d.exchanges.push(ExchangeDef {
-                vhost: get_str(t, "vhost")?,
-                name: get_str(t, "name")?,
-                kind: get_str(t, "type")?,
-                auto_delete: get_bool(t, "auto_delete")?,
-                internal: get_bool(t, "internal")?,
-                arguments: get_table(t, "arguments")?,
-            });
+            d.exchanges.push(ExchangeDef::from_table(t?)?);
         }
         for t in tables(get_array(&root, "queues")?) {
-            let t = t?;
-            d.queues.push(QueueDef {
-                vhost: get_str(t, "vhost")?,
-                name: get_str(t, "name")?,
-                auto_delete: get_bool(t, "auto_delete")?,
-                arguments: get_table(t, "arguments")?,
-            });
+            d.queues.push(QueueDef::from_table(t?)?);
         }
         for t in tables(get_array(&root, "bindings")?) {
-            let t = t?;
-            d.bindings.push(BindingDef {
-                vhost: get_str(t, "vhost")?,
-                source: get_str(t, "source")?,
-                destination: get_str(t, "destination")?,
-                destination_is_queue: get_str(t, "destination_type")? == "queue",
-                routing_key: get_str(t, "routing_key")?,
-                arguments: get_table(t, "arguments")?,
-            });
+            d.bindings.push(BindingDef::from_table(t?)?);
         }
         // Snapshots written before policies existed have none.
         if root.get("policies").is_some() {
@@ -423,6 +432,185 @@ impl Definitions {
     }
 }
 
+// ---- the journal ------------------------------------------------------------------------
+//
+// Declaring or deleting a durable queue, exchange or binding appends one record to the journal
+// and syncs it, instead of rewriting the snapshot: O(1) per change however many definitions
+// there are. Other changes (vhosts, users, permissions, policies, limits) rewrite the snapshot,
+// and so does the journal outgrowing the snapshot. A rewrite bumps the generation and starts a
+// fresh journal of that generation, so a journal the snapshot already includes (a crash between
+// the two writes) is never replayed.
+//
+// Layout: a 16-byte header (magic `WDJ1`, 4 reserved bytes, the generation as a little-endian
+// u64), then records: payload length (u32 LE), CRC-32 of the payload (u32 LE), payload (an
+// encoded field table). A record cut short or failing its checksum ends the journal (a torn
+// tail: that change was never confirmed).
+
+const JOURNAL_MAGIC: &[u8; 4] = b"WDJ1";
+pub const JOURNAL_HEADER_LEN: usize = 16;
+
+/// One change to the durable topology.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DefOp {
+    PutExchange(ExchangeDef),
+    /// Also removes the bindings from and to it.
+    DelExchange {
+        vhost: String,
+        name: String,
+    },
+    PutQueue(QueueDef),
+    /// Also removes the bindings to it.
+    DelQueue {
+        vhost: String,
+        name: String,
+    },
+    PutBinding(BindingDef),
+    DelBinding(BindingDef),
+}
+
+impl DefOp {
+    fn to_table(&self) -> FieldTable {
+        let (op, body) = match self {
+            DefOp::PutExchange(x) => ("put-exchange", x.to_field()),
+            DefOp::DelExchange { vhost, name } => ("del-exchange", table(vec![("vhost", s(vhost)), ("name", s(name))])),
+            DefOp::PutQueue(q) => ("put-queue", q.to_field()),
+            DefOp::DelQueue { vhost, name } => ("del-queue", table(vec![("vhost", s(vhost)), ("name", s(name))])),
+            DefOp::PutBinding(b) => ("put-binding", b.to_field()),
+            DefOp::DelBinding(b) => ("del-binding", b.to_field()),
+        };
+        let mut t = FieldTable::new();
+        t.insert("op", s(op));
+        t.insert("def", body);
+        t
+    }
+
+    fn from_table(t: &FieldTable) -> Result<Self, String> {
+        let def = get_table(t, "def")?;
+        Ok(match get_str(t, "op")?.as_str() {
+            "put-exchange" => DefOp::PutExchange(ExchangeDef::from_table(&def)?),
+            "del-exchange" => DefOp::DelExchange { vhost: get_str(&def, "vhost")?, name: get_str(&def, "name")? },
+            "put-queue" => DefOp::PutQueue(QueueDef::from_table(&def)?),
+            "del-queue" => DefOp::DelQueue { vhost: get_str(&def, "vhost")?, name: get_str(&def, "name")? },
+            "put-binding" => DefOp::PutBinding(BindingDef::from_table(&def)?),
+            "del-binding" => DefOp::DelBinding(BindingDef::from_table(&def)?),
+            other => return Err(format!("unknown journal operation '{other}'")),
+        })
+    }
+
+    /// Appends this change as one journal record.
+    pub fn encode_record(&self, out: &mut BytesMut) {
+        let mut payload = BytesMut::new();
+        self.to_table().encode(&mut payload);
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        out.extend_from_slice(&payload);
+    }
+}
+
+/// The header of a journal continuing the snapshot of `generation`.
+pub fn journal_header(generation: u64) -> [u8; JOURNAL_HEADER_LEN] {
+    let mut h = [0u8; JOURNAL_HEADER_LEN];
+    h[..4].copy_from_slice(JOURNAL_MAGIC);
+    h[8..].copy_from_slice(&generation.to_le_bytes());
+    h
+}
+
+/// A journal as read back: its generation and the changes up to the first damaged record.
+#[derive(Debug, Default, PartialEq)]
+pub struct Journal {
+    pub generation: u64,
+    pub ops: Vec<DefOp>,
+    /// Bytes after the last whole record (a torn tail), or why the rest was not read.
+    pub torn: Option<String>,
+}
+
+/// Reads a journal; None when it has no valid header (then it continues no snapshot).
+pub fn read_journal(bytes: &[u8]) -> Option<Journal> {
+    if bytes.len() < JOURNAL_HEADER_LEN || &bytes[..4] != JOURNAL_MAGIC {
+        return None;
+    }
+    let generation = u64::from_le_bytes(bytes[8..16].try_into().ok()?);
+    let mut j = Journal { generation, ..Journal::default() };
+    let mut at = JOURNAL_HEADER_LEN;
+    while at < bytes.len() {
+        let rest = &bytes[at..];
+        if rest.len() < 8 {
+            j.torn = Some(format!("{} bytes of a record header at byte {at}", rest.len()));
+            break;
+        }
+        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+        let Some(payload) = rest.get(8..8 + len) else {
+            j.torn = Some(format!("a record cut short at byte {at}"));
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            j.torn = Some(format!("a record failing its checksum at byte {at}"));
+            break;
+        }
+        let op = FieldTable::decode(&mut Reader::new(Bytes::copy_from_slice(payload)))
+            .map_err(|e| e.to_string())
+            .and_then(|t| DefOp::from_table(&t));
+        match op {
+            Ok(op) => j.ops.push(op),
+            Err(e) => {
+                j.torn = Some(format!("an unreadable record at byte {at}: {e}"));
+                break;
+            }
+        }
+        at += 8 + len;
+    }
+    Some(j)
+}
+
+impl Definitions {
+    /// How many topology definitions the snapshot holds (the journal may grow to about this
+    /// before it is folded into a new snapshot).
+    pub fn topology_len(&self) -> usize {
+        self.exchanges.len() + self.queues.len() + self.bindings.len()
+    }
+
+    /// Applies journal changes, in order, to the snapshot's topology.
+    pub fn replay(&mut self, ops: Vec<DefOp>) {
+        use std::collections::BTreeMap;
+        let key = |vhost: &str, name: &str| (vhost.to_owned(), name.to_owned());
+        let mut exchanges: BTreeMap<(String, String), ExchangeDef> =
+            self.exchanges.drain(..).map(|x| (key(&x.vhost, &x.name), x)).collect();
+        let mut queues: BTreeMap<(String, String), QueueDef> =
+            self.queues.drain(..).map(|q| (key(&q.vhost, &q.name), q)).collect();
+        let mut bindings: BTreeMap<Vec<u8>, BindingDef> = self.bindings.drain(..).map(|b| (b.key(), b)).collect();
+        for op in ops {
+            match op {
+                DefOp::PutExchange(x) => {
+                    exchanges.insert(key(&x.vhost, &x.name), x);
+                }
+                DefOp::DelExchange { vhost, name } => {
+                    exchanges.remove(&key(&vhost, &name));
+                    bindings.retain(|_, b| {
+                        b.vhost != vhost || (b.source != name && (b.destination_is_queue || b.destination != name))
+                    });
+                }
+                DefOp::PutQueue(q) => {
+                    queues.insert(key(&q.vhost, &q.name), q);
+                }
+                DefOp::DelQueue { vhost, name } => {
+                    queues.remove(&key(&vhost, &name));
+                    bindings.retain(|_, b| b.vhost != vhost || !b.destination_is_queue || b.destination != name);
+                }
+                DefOp::PutBinding(b) => {
+                    bindings.insert(b.key(), b);
+                }
+                DefOp::DelBinding(b) => {
+                    bindings.remove(&b.key());
+                }
+            }
+        }
+        self.exchanges = exchanges.into_values().collect();
+        self.queues = queues.into_values().collect();
+        self.bindings = bindings.into_values().collect();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,6 +620,7 @@ mod tests {
         let mut args = FieldTable::new();
         args.insert("x-max-length", FieldValue::I64(10));
         let d = Definitions {
+            generation: 7,
             vhosts: vec!["/".into(), "prod".into()],
             vhost_limits: vec![("prod".into(), VhostLimits { max_connections: Some(10), max_queues: Some(-1) })],
             users: Some(vec![UserDef {
@@ -490,5 +679,91 @@ mod tests {
         // A snapshot from before access control: no users (the broker seeds the default one).
         let old = Definitions { users: None, permissions: vec![], topic_permissions: vec![], ..d.clone() };
         assert_eq!(Definitions::decode(old.encode()).expect("decodes").users, None);
+    }
+}
+
+#[cfg(test)]
+mod journal_tests {
+    use super::*;
+
+    fn queue(name: &str) -> QueueDef {
+        QueueDef { vhost: "/".into(), name: name.into(), auto_delete: false, arguments: FieldTable::new() }
+    }
+
+    fn binding(source: &str, dest: &str, to_queue: bool) -> BindingDef {
+        BindingDef {
+            vhost: "/".into(),
+            source: source.into(),
+            destination: dest.into(),
+            destination_is_queue: to_queue,
+            routing_key: "k".into(),
+            arguments: FieldTable::new(),
+        }
+    }
+
+    fn exchange(name: &str) -> ExchangeDef {
+        ExchangeDef {
+            vhost: "/".into(),
+            name: name.into(),
+            kind: "direct".into(),
+            auto_delete: false,
+            internal: false,
+            arguments: FieldTable::new(),
+        }
+    }
+
+    #[test]
+    fn journal_records_round_trip_and_a_torn_tail_ends_them() {
+        let ops = vec![
+            DefOp::PutExchange(exchange("x")),
+            DefOp::PutQueue(queue("a")),
+            DefOp::PutBinding(binding("x", "a", true)),
+            DefOp::DelBinding(binding("x", "a", true)),
+            DefOp::DelQueue { vhost: "/".into(), name: "a".into() },
+            DefOp::DelExchange { vhost: "/".into(), name: "x".into() },
+        ];
+        let mut bytes = BytesMut::from(&journal_header(3)[..]);
+        for op in &ops {
+            op.encode_record(&mut bytes);
+        }
+        let whole = read_journal(&bytes).expect("a journal");
+        assert_eq!(whole, Journal { generation: 3, ops: ops.clone(), torn: None });
+        // Every cut inside the last record loses that record only; a flipped byte likewise.
+        let last_start = bytes.len() - {
+            let mut b = BytesMut::new();
+            ops[5].encode_record(&mut b);
+            b.len()
+        };
+        for cut in last_start + 1..bytes.len() {
+            let j = read_journal(&bytes[..cut]).expect("a journal");
+            assert_eq!(j.ops, ops[..5], "cut at {cut}");
+            assert!(j.torn.is_some());
+        }
+        let mut flipped = bytes.clone();
+        flipped[last_start + 9] ^= 0x40;
+        assert_eq!(read_journal(&flipped).expect("a journal").ops, ops[..5]);
+        assert_eq!(read_journal(b"junk"), None);
+    }
+
+    #[test]
+    fn replay_applies_changes_in_order_and_deletes_take_their_bindings() {
+        let mut d = Definitions {
+            exchanges: vec![exchange("x"), exchange("y")],
+            queues: vec![queue("a"), queue("b")],
+            bindings: vec![binding("x", "a", true), binding("x", "b", true), binding("x", "y", false)],
+            ..Definitions::default()
+        };
+        d.replay(vec![
+            DefOp::DelQueue { vhost: "/".into(), name: "a".into() },
+            DefOp::PutQueue(queue("a")),
+            DefOp::PutBinding(binding("y", "a", true)),
+            DefOp::DelExchange { vhost: "/".into(), name: "y".into() },
+            DefOp::PutQueue(queue("c")),
+            DefOp::DelBinding(binding("x", "b", true)),
+        ]);
+        assert_eq!(d.exchanges, vec![exchange("x")]);
+        assert_eq!(d.queues, vec![queue("a"), queue("b"), queue("c")]);
+        // x->a went with the first delete of a, x->y and y->a with the delete of y.
+        assert_eq!(d.bindings, Vec::<BindingDef>::new());
     }
 }

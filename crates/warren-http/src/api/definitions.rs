@@ -141,15 +141,15 @@ fn import_doc(shared: &Shared, user: &str, doc: &Value) -> ApiResult {
         return Err(ApiError::BadRequest("definitions must be a JSON object".into()));
     }
     let now_ms = shared.now_ms();
-    {
-        let mut core = shared.broker();
-        crate::apply_definitions(&mut core.broker, doc, now_ms).map_err(ApiError::BadRequest)?;
-    }
-    // Imported by the broker itself (the handlers let only administrators in).
+    // Imported by the broker itself (the handlers let only administrators in), and made durable
+    // in one go before the answer.
     let result = {
         let mut out = Vec::new();
         let mut core = shared.broker();
-        let r = apply_topology(&mut core.broker, doc, now_ms, &mut out);
+        let r = core.broker.batch_definitions(|b| {
+            crate::apply_definitions(b, doc, now_ms)?;
+            apply_topology(b, doc, now_ms, &mut out)
+        });
         core.deliver(&mut out);
         r
     };
