@@ -1,6 +1,7 @@
-//! AMQPS (issue 7): TLS with rustls on its own listener, certificates from the config file,
-//! optional client certificates, and a clear error at start-up for a bad key. The client here
-//! is rustls plus the AMQP handshake by hand; pika checks AMQPS in the interop run.
+//! TLS (issue 7): AMQPS with rustls on its own listener, certificates from the config file,
+//! optional client certificates, and a clear error at start-up for a bad key; the management
+//! app over HTTPS beside plain HTTP. The clients here are rustls plus the AMQP handshake or an
+//! HTTP/1.1 request by hand; pika checks AMQPS in the interop run.
 
 mod common;
 
@@ -63,6 +64,14 @@ async fn tls_connect(
     pki: &Pki,
     with_client_cert: bool,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tls_connect_to(broker.amqps_port().expect("an AMQPS listener"), pki, with_client_cert).await
+}
+
+async fn tls_connect_to(
+    port: u16,
+    pki: &Pki,
+    with_client_cert: bool,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let mut roots = RootCertStore::empty();
     roots.add(pki.ca.clone()).expect("ca");
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
@@ -76,7 +85,6 @@ async fn tls_connect(
     } else {
         builder.with_no_client_auth()
     };
-    let port = broker.amqps_port().expect("an AMQPS listener");
     let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
     let name = ServerName::try_from("localhost").expect("name");
     TlsConnector::from(Arc::new(config)).connect(name, tcp).await
@@ -209,4 +217,87 @@ async fn a_bad_key_stops_the_start_with_an_error_naming_it() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ssl_options.keyfile"), "{stderr}");
+}
+
+/// One HTTP/1.1 GET (basic auth when `auth` is given); the status code and the body.
+async fn http_get<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    path: &str,
+    auth: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let auth = auth.map(|a| format!("Authorization: Basic {a}\r\n")).unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// base64("guest:guest")
+const GUEST: &str = "Z3Vlc3Q6Z3Vlc3Q=";
+
+fn https_conf(dir: &Path, extra: &str) -> String {
+    format!(
+        "management.ssl.port = 127.0.0.1:0\nmanagement.ssl.certfile = {}\nmanagement.ssl.keyfile = {}\nmanagement.ssl.cacertfile = {}\n{extra}",
+        dir.join("server.pem").display(),
+        dir.join("server.key").display(),
+        dir.join("ca.pem").display()
+    )
+}
+
+#[tokio::test]
+async fn https_serves_the_management_api_beside_plain_http() {
+    if common::is_external() {
+        return;
+    }
+    let pki = pki();
+    let Some(broker) = Broker::start_with_config(&https_conf(&pki.dir, "")) else { return };
+    let port = broker.https_port().expect("an HTTPS listener");
+    // guest may log in from localhost only: a 200 also shows the API learnt the peer address.
+    let mut tls = within("HTTPS connect", tls_connect_to(port, &pki, false)).await.expect("TLS handshake");
+    let (status, body) = within("GET over HTTPS", http_get(&mut tls, "/api/overview", Some(GUEST))).await.expect("GET");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"management_version\""), "{body}");
+    let mut tls = within("HTTPS connect", tls_connect_to(port, &pki, false)).await.expect("TLS handshake");
+    let (status, _) = within("GET over HTTPS", http_get(&mut tls, "/api/overview", None)).await.expect("GET");
+    assert_eq!(status, 401);
+    // Plain HTTP goes on beside it.
+    let http = broker.http_addr().expect("an HTTP listener");
+    let mut tcp = TcpStream::connect(&http).await.expect("connect");
+    let (status, _) = within("GET over HTTP", http_get(&mut tcp, "/api/overview", Some(GUEST))).await.expect("GET");
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_bad_management_key_stops_the_start_with_an_error_naming_it() {
+    if common::is_external() {
+        return;
+    }
+    let pki = pki();
+    std::fs::write(pki.dir.join("mgmt.key"), "not a key\n").expect("write");
+    let conf_path = pki.dir.join("rabbitmq.conf");
+    // AMQPS is configured right; only the management listener's key is bad.
+    let conf = conf(
+        &pki.dir,
+        &format!(
+            "management.ssl.port = 127.0.0.1:0\nmanagement.ssl.certfile = {}\nmanagement.ssl.keyfile = {}\n",
+            pki.dir.join("server.pem").display(),
+            pki.dir.join("mgmt.key").display()
+        ),
+    );
+    std::fs::write(&conf_path, conf).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["--amqp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--config"])
+        .arg(&conf_path)
+        .arg("--data-dir")
+        .arg(pki.dir.join("data"))
+        .output()
+        .expect("run warren");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("management.ssl.keyfile"), "{stderr}");
+    assert!(stderr.contains("mgmt.key"), "{stderr}");
 }
