@@ -301,3 +301,25 @@ async fn a_bad_management_key_stops_the_start_with_an_error_naming_it() {
     assert!(stderr.contains("management.ssl.keyfile"), "{stderr}");
     assert!(stderr.contains("mgmt.key"), "{stderr}");
 }
+
+#[test]
+fn warrenctl_talks_https_with_a_cacert() {
+    if common::is_external() {
+        return;
+    }
+    let pki = pki();
+    let Some(broker) = Broker::start_with_config(&https_conf(&pki.dir, "")) else { return };
+    let url = format!("https://localhost:{}", broker.https_port().expect("an HTTPS listener"));
+    let ca = pki.dir.join("ca.pem").display().to_string();
+    let ctl = |args: &[&str]| {
+        let mut argv = vec!["warrenctl", "--url", url.as_str()];
+        argv.extend_from_slice(args);
+        let cli = <warrenctl::Cli as clap::Parser>::try_parse_from(argv).expect("parses");
+        warrenctl::run(&cli)
+    };
+    let listed = ctl(&["--cacert", &ca, "list", "vhosts"]).expect("list vhosts over HTTPS");
+    assert!(listed.lines().any(|l| l.trim() == "/" || l.starts_with("/ ")), "{listed}");
+    // Without the CA the server's certificate is not trusted.
+    let err = ctl(&["list", "vhosts"]).expect_err("an untrusted certificate");
+    assert!(err.0.contains(&url), "{}", err.0);
+}
