@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use warren_core::auth::{CertLoginFrom, Mechanism};
 use warren_core::Config as CoreConfig;
 
 /// Everything the binary can be told, after defaults, file and flags are merged.
@@ -130,6 +131,8 @@ impl Settings {
         let mut mgmt_port: Option<u16> = None;
         let mut mgmt_ssl_ip: Option<std::net::IpAddr> = None;
         let mut mgmt_ssl_listen: Option<SocketAddr> = None;
+        // `auth_mechanisms.N = NAME` lines, by N: together they replace the default list.
+        let mut mechanisms: Vec<(String, Mechanism)> = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -185,6 +188,25 @@ impl Settings {
                             if value == "infinity" { None } else { Some(parse_num(value)?) }
                     }
                     "auth_failure_delay" => self.core.auth_failure_delay_ms = parse_num(value)?,
+                    k if k.starts_with("auth_mechanisms.") => {
+                        let m = Mechanism::parse(value).ok_or_else(|| {
+                            format!("'{value}' is not a mechanism Warren offers (PLAIN, AMQPLAIN, EXTERNAL)")
+                        })?;
+                        let index = &k["auth_mechanisms.".len()..];
+                        mechanisms.retain(|(i, _)| i != index);
+                        mechanisms.push((index.to_string(), m));
+                    }
+                    "ssl_cert_login_from" => {
+                        self.core.ssl_cert_login_from = match value {
+                            "distinguished_name" => CertLoginFrom::DistinguishedName,
+                            "common_name" => CertLoginFrom::CommonName,
+                            _ => {
+                                return Err(format!(
+                                    "'{value}': Warren reads the login from distinguished_name or common_name"
+                                ))
+                            }
+                        }
+                    }
                     "consumer_timeout" => {
                         self.core.consumer_timeout_ms =
                             if value == "false" || value == "infinity" { None } else { Some(parse_num(value)?) }
@@ -225,6 +247,16 @@ impl Settings {
         if mgmt_ip.is_some() || mgmt_port.is_some() {
             self.http_listen =
                 SocketAddr::new(mgmt_ip.unwrap_or(self.http_listen.ip()), mgmt_port.unwrap_or(self.http_listen.port()));
+        }
+        if !mechanisms.is_empty() {
+            // By N, numerically where N is a number (auth_mechanisms.10 after .9).
+            mechanisms.sort_by(|(a, _), (b, _)| (a.parse::<u64>().ok(), a).cmp(&(b.parse::<u64>().ok(), b)));
+            self.core.auth_mechanisms.clear();
+            for (_, m) in mechanisms {
+                if !self.core.auth_mechanisms.contains(&m) {
+                    self.core.auth_mechanisms.push(m);
+                }
+            }
         }
         match (mgmt_ssl_listen, mgmt_ssl_ip) {
             (Some(addr), ip) => self.https_listen = Some(ip.map_or(addr, |ip| SocketAddr::new(ip, addr.port()))),
@@ -290,6 +322,27 @@ mod tests {
         assert!(err.contains("management.ssl.port"), "{err}");
         let err = Settings::default().apply_file("management.ssl.verify = maybe\n", "t.conf").expect_err("bad");
         assert!(err.starts_with("t.conf:1:"), "{err}");
+    }
+
+    #[test]
+    fn reads_auth_mechanisms_in_order_and_ssl_cert_login_from() {
+        let mut s = Settings::default();
+        assert_eq!(s.core.auth_mechanisms, [Mechanism::Plain, Mechanism::Amqplain]);
+        assert_eq!(s.core.ssl_cert_login_from, CertLoginFrom::DistinguishedName);
+        s.apply_file(
+            "auth_mechanisms.10 = AMQPLAIN\nauth_mechanisms.2 = EXTERNAL\nauth_mechanisms.1 = PLAIN\nssl_cert_login_from = common_name\n",
+            "t.conf",
+        )
+        .expect("valid");
+        assert_eq!(s.core.auth_mechanisms, [Mechanism::Plain, Mechanism::External, Mechanism::Amqplain]);
+        assert_eq!(s.core.ssl_cert_login_from, CertLoginFrom::CommonName);
+        let mut s = Settings::default();
+        s.apply_file("auth_mechanisms.1 = EXTERNAL\n", "t.conf").expect("valid");
+        assert_eq!(s.core.auth_mechanisms, [Mechanism::External]);
+        let err = Settings::default().apply_file("auth_mechanisms.1 = CRAM-MD5\n", "t.conf").expect_err("unknown");
+        assert!(err.starts_with("t.conf:1:") && err.contains("CRAM-MD5"), "{err}");
+        let err = Settings::default().apply_file("ssl_cert_login_from = subject_alternative_name\n", "t.conf");
+        assert!(err.expect_err("unsupported").contains("subject_alternative_name"));
     }
 
     #[test]

@@ -88,6 +88,10 @@ async fn run(settings: Settings) -> Result<(), String> {
         .map_err(|e| format!("cannot listen for HTTP on {}: {e}", settings.http_listen))?;
     let amqp_addr = amqp.local_addr().map_err(|e| e.to_string())?;
     let http_addr = http.local_addr().map_err(|e| e.to_string())?;
+    if settings.core.auth_mechanisms.contains(&warren_core::auth::Mechanism::External) && !settings.tls.verify_peer {
+        // EXTERNAL is offered only to clients whose certificate the CA verified.
+        tracing::warn!("auth_mechanisms has EXTERNAL but ssl_options.verify is not verify_peer: it is never offered");
+    }
     // AMQPS when configured: a bad certificate or key stops the start with a clear error.
     let amqps = match settings.amqps_listen {
         Some(addr) => {
