@@ -1,6 +1,7 @@
 //! The connection handshake, as one straight line: protocol header, start / start-ok
-//! (authentication), tune / tune-ok, open / open-ok. Nothing is registered with the broker
-//! until it has succeeded.
+//! (authentication: the configured mechanisms, EXTERNAL only for a TLS client with a verified
+//! certificate), tune / tune-ok, open / open-ok. Nothing is registered with the broker until it
+//! has succeeded.
 
 use crate::{Io, Shared};
 use bytes::{Bytes, BytesMut};
@@ -161,8 +162,8 @@ pub(crate) async fn handshake<S: Io>(
     .await?;
     let (client_properties, user) = match next_method(socket, buf, &parser).await? {
         Method::ConnectionStartOk { client_properties, mechanism, response, .. } => {
-            // The certificate is read only when EXTERNAL is chosen (and was offered, so the
-            // certificate is there).
+            // Only EXTERNAL reads the certificate, so it is parsed only for a client that
+            // chooses EXTERNAL (and outside the broker lock).
             let cert_login = match (Mechanism::parse(&mechanism), client_cert) {
                 (Some(Mechanism::External), Some(der)) => crate::tls::cert_login_name(der, cert_login_from),
                 _ => None,
