@@ -1,6 +1,7 @@
 //! Access control: users (RabbitMQ's salted password hashes, tags), permissions per user and
 //! vhost (configure / write / read regular expressions), topic permissions, and the SASL
-//! mechanisms PLAIN and AMQPLAIN.
+//! mechanisms PLAIN, AMQPLAIN and EXTERNAL (the user named by the client's TLS certificate,
+//! which the server reads; no password).
 //!
 //! Password hashes follow RabbitMQ's `rabbit_password_hashing_sha256` (the default) and
 //! `rabbit_password_hashing_sha512`: base64(salt ++ H(salt ++ password)) with a 4-byte random
@@ -17,8 +18,86 @@ use std::sync::Arc;
 use warren_amqp::codec::Reader;
 use warren_amqp::{FieldTable, ProtocolError, ReplyCode};
 
-/// The mechanisms offered in connection.start, in RabbitMQ's order.
-pub const MECHANISMS: &str = "PLAIN AMQPLAIN";
+/// A SASL mechanism Warren knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    Plain,
+    Amqplain,
+    /// The user name comes from the client's verified TLS certificate
+    /// (RabbitMQ's `rabbitmq_auth_mechanism_ssl`).
+    External,
+}
+
+impl Mechanism {
+    /// By its SASL name, as in connection.start-ok and `auth_mechanisms.N`.
+    pub fn parse(name: &str) -> Option<Mechanism> {
+        match name {
+            "PLAIN" => Some(Mechanism::Plain),
+            "AMQPLAIN" => Some(Mechanism::Amqplain),
+            "EXTERNAL" => Some(Mechanism::External),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mechanism::Plain => "PLAIN",
+            Mechanism::Amqplain => "AMQPLAIN",
+            Mechanism::External => "EXTERNAL",
+        }
+    }
+}
+
+/// The mechanisms offered by default, in this order (RabbitMQ's `auth_mechanisms` default).
+pub const DEFAULT_MECHANISMS: [Mechanism; 2] = [Mechanism::Plain, Mechanism::Amqplain];
+
+/// What a connection is offered, in the configured order: EXTERNAL only to a TLS connection
+/// whose client presented a certificate the CA verified, as RabbitMQ's `should_offer`.
+pub fn offered(configured: &[Mechanism], verified_client_cert: bool) -> Vec<Mechanism> {
+    configured.iter().copied().filter(|m| *m != Mechanism::External || verified_client_cert).collect()
+}
+
+/// The mechanisms as connection.start lists them: SASL names separated by spaces.
+pub fn mechanisms_field(mechanisms: &[Mechanism]) -> String {
+    mechanisms.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(" ")
+}
+
+/// Where EXTERNAL takes the user name from in the client certificate (RabbitMQ's
+/// `ssl_cert_login_from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CertLoginFrom {
+    /// The whole subject, RFC 4514 style as RabbitMQ writes it, e.g. "CN=alice,O=Acme,C=GB"
+    /// (RabbitMQ's default).
+    #[default]
+    DistinguishedName,
+    /// The subject's common name(s), joined by "," if there are several.
+    CommonName,
+}
+
+/// A refused login: what the client is told (as in RabbitMQ, no more than it needs), and why,
+/// for the log.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: ProtocolError,
+    pub why: String,
+}
+
+impl From<ProtocolError> for Refused {
+    /// Told to the client and logged alike.
+    fn from(error: ProtocolError) -> Refused {
+        Refused { why: error.text.clone(), error }
+    }
+}
+
+impl Refused {
+    /// The client learns only that the login was refused, as from RabbitMQ.
+    fn login(mechanism: &str, why: String) -> Refused {
+        let text = format!(
+            "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+        );
+        Refused { error: refused(&text), why }
+    }
+}
 
 /// RabbitMQ's default (and Warren's only generated) password hashing algorithm.
 pub const SHA256: &str = "rabbit_password_hashing_sha256";
@@ -347,37 +426,61 @@ impl Users {
     /// Checks a user name and password (HTTP basic auth and SASL); returns the user.
     pub fn check(&self, name: &str, password: &str, peer_is_loopback: bool) -> Result<&User, ProtocolError> {
         match self.users.get(name) {
-            Some(u) if u.check_password(password) => {
-                if !peer_is_loopback && self.loopback_only.iter().any(|l| l == name) {
-                    Err(refused(&format!("user '{name}' can only connect via localhost")))
-                } else {
-                    Ok(u)
-                }
-            }
+            Some(u) if u.check_password(password) => self.check_loopback(name, peer_is_loopback).map(|()| u),
             _ => Err(refused("invalid credentials")),
         }
     }
 
-    /// Checks a connection.start-ok response; returns the user name.
+    /// Refuses a loopback-only user connecting from elsewhere.
+    fn check_loopback(&self, name: &str, peer_is_loopback: bool) -> Result<(), ProtocolError> {
+        if !peer_is_loopback && self.loopback_only.iter().any(|l| l == name) {
+            Err(refused(&format!("user '{name}' can only connect via localhost")))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Checks a connection.start-ok response against the mechanisms the connection was
+    /// offered; returns the user name. `cert_login` is the name the client's verified TLS
+    /// certificate gives (see [`CertLoginFrom`]); only EXTERNAL reads it, and then the user
+    /// must exist but no password is checked.
     pub fn authenticate(
         &self,
         mechanism: &str,
         response: &[u8],
+        offered: &[Mechanism],
+        cert_login: Option<&str>,
         peer_is_loopback: bool,
-    ) -> Result<String, ProtocolError> {
-        let (name, password) = match mechanism {
-            "PLAIN" => parse_plain(response)?,
-            "AMQPLAIN" => parse_amqplain(response)?,
-            other => {
-                return Err(refused(&format!("unsupported authentication mechanism '{other}', offered: {MECHANISMS}")))
+    ) -> Result<String, Refused> {
+        let chosen = Mechanism::parse(mechanism).filter(|m| offered.contains(m));
+        let (name, password) = match chosen {
+            Some(Mechanism::Plain) => parse_plain(response)?,
+            Some(Mechanism::Amqplain) => parse_amqplain(response)?,
+            Some(Mechanism::External) => {
+                let Some(name) = cert_login else {
+                    return Err(Refused::login(mechanism, "no user name in the client certificate".into()));
+                };
+                if !self.users.contains_key(name) {
+                    return Err(Refused::login(
+                        mechanism,
+                        format!("user '{name}' (from the client certificate) does not exist"),
+                    ));
+                }
+                self.check_loopback(name, peer_is_loopback)?;
+                return Ok(name.to_string());
+            }
+            None => {
+                return Err(refused(&format!(
+                    "unsupported authentication mechanism '{mechanism}', offered: {}",
+                    mechanisms_field(offered)
+                ))
+                .into())
             }
         };
         match self.check(&name, &password, peer_is_loopback) {
             Ok(u) => Ok(u.name.clone()),
-            Err(e) if e.text.contains("localhost") => Err(e),
-            Err(_) => Err(refused(&format!(
-                "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
-            ))),
+            Err(e) if e.text.contains("localhost") => Err(e.into()),
+            Err(_) => Err(Refused::login(mechanism, format!("user '{name}': invalid credentials"))),
         }
     }
 }
@@ -416,19 +519,69 @@ mod tests {
         u
     }
 
+    const ALL: [Mechanism; 3] = [Mechanism::Plain, Mechanism::Amqplain, Mechanism::External];
+
+    /// A login with the default mechanisms and no certificate.
+    fn login(u: &Users, mechanism: &str, response: &[u8], loopback: bool) -> Result<String, Refused> {
+        u.authenticate(mechanism, response, &DEFAULT_MECHANISMS, None, loopback)
+    }
+
     #[test]
     fn plain_accepts_right_password_only() {
         let u = users();
-        assert_eq!(u.authenticate("PLAIN", b"\0guest\0guest", true).expect("ok"), "guest");
-        assert_eq!(u.authenticate("PLAIN", b"\0guest\0wrong", true).expect_err("bad").code, ReplyCode::AccessRefused);
-        assert!(u.authenticate("PLAIN", b"garbage", true).is_err());
+        assert_eq!(login(&u, "PLAIN", b"\0guest\0guest", true).expect("ok"), "guest");
+        let bad = login(&u, "PLAIN", b"\0guest\0wrong", true).expect_err("bad");
+        assert_eq!(bad.error.code, ReplyCode::AccessRefused);
+        assert!(bad.error.text.contains("Login was refused using authentication mechanism PLAIN"));
+        assert!(bad.why.contains("'guest'"), "{}", bad.why);
+        assert!(login(&u, "PLAIN", b"garbage", true).is_err());
     }
 
     #[test]
     fn guest_is_loopback_only() {
         let u = users();
-        assert!(u.authenticate("PLAIN", b"\0guest\0guest", false).is_err());
-        assert!(u.authenticate("PLAIN", b"\0app\0secret", false).is_ok());
+        assert!(login(&u, "PLAIN", b"\0guest\0guest", false).is_err());
+        assert!(login(&u, "PLAIN", b"\0app\0secret", false).is_ok());
+    }
+
+    #[test]
+    fn external_takes_the_certificate_name_and_no_password() {
+        let mut u = users();
+        u.put(User {
+            name: "CN=alice,O=Acme".into(),
+            password_hash: String::new(),
+            hashing_algorithm: SHA256.into(),
+            tags: vec![],
+        });
+        let ok = u.authenticate("EXTERNAL", b"", &ALL, Some("CN=alice,O=Acme"), false).expect("known user");
+        assert_eq!(ok, "CN=alice,O=Acme");
+        // The response is not read: whatever the client sends, the certificate decides.
+        assert!(u.authenticate("EXTERNAL", b"\0app\0secret", &ALL, Some("CN=bob"), true).is_err());
+        let unknown = u.authenticate("EXTERNAL", b"", &ALL, Some("CN=bob"), true).expect_err("no such user");
+        assert_eq!(unknown.error.code, ReplyCode::AccessRefused);
+        assert!(unknown.error.text.contains("Login was refused using authentication mechanism EXTERNAL"));
+        assert!(unknown.why.contains("CN=bob"), "{}", unknown.why);
+        let nameless = u.authenticate("EXTERNAL", b"", &ALL, None, true).expect_err("no name");
+        assert_eq!(nameless.error.code, ReplyCode::AccessRefused);
+        // loopback_users apply as with a password.
+        assert!(u.authenticate("EXTERNAL", b"", &ALL, Some("guest"), false).is_err());
+        assert!(u.authenticate("EXTERNAL", b"", &ALL, Some("guest"), true).is_ok());
+    }
+
+    #[test]
+    fn a_mechanism_not_offered_is_refused() {
+        let u = users();
+        // EXTERNAL needs a verified client certificate to be offered.
+        let plain_tcp = offered(&ALL, false);
+        assert_eq!(mechanisms_field(&plain_tcp), "PLAIN AMQPLAIN");
+        assert_eq!(mechanisms_field(&offered(&ALL, true)), "PLAIN AMQPLAIN EXTERNAL");
+        let e = u.authenticate("EXTERNAL", b"", &plain_tcp, Some("guest"), true).expect_err("not offered");
+        assert!(e.error.text.contains("offered: PLAIN AMQPLAIN"), "{}", e.error.text);
+        // Only what is configured is offered, in the configured order.
+        let only_external = offered(&[Mechanism::External, Mechanism::Plain], true);
+        assert_eq!(mechanisms_field(&only_external), "EXTERNAL PLAIN");
+        assert!(u.authenticate("AMQPLAIN", b"", &only_external, None, true).is_err());
+        assert!(u.authenticate("RABBIT-CR-DEMO", b"", &ALL, None, true).is_err());
     }
 
     #[test]
@@ -438,7 +591,7 @@ mod tests {
         t.insert("PASSWORD", "secret".into());
         let mut out = bytes::BytesMut::new();
         t.encode(&mut out);
-        assert_eq!(users().authenticate("AMQPLAIN", &out[4..], true).expect("ok"), "app");
+        assert_eq!(login(&users(), "AMQPLAIN", &out[4..], true).expect("ok"), "app");
     }
 
     #[test]

@@ -19,6 +19,8 @@ pub const HEARTBEAT_DEFAULT_S: u16 = 60;
 /// is a few round trips of 64 KiB socket buffers at full speed.
 pub const CONNECTION_OUTBOUND_MAX_BYTES: usize = 1024 * 1024;
 
+use crate::auth::{CertLoginFrom, Mechanism, DEFAULT_MECHANISMS};
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub max_message_size: u64,
@@ -45,6 +47,11 @@ pub struct Config {
     /// How long a failed login waits before it is answered, so passwords cannot be tried at
     /// speed (Warren's `auth_failure_delay`, ms).
     pub auth_failure_delay_ms: u64,
+    /// The SASL mechanisms offered in connection.start, in this order (RabbitMQ:
+    /// `auth_mechanisms.N`); EXTERNAL only to TLS clients with a verified certificate.
+    pub auth_mechanisms: Vec<Mechanism>,
+    /// Where EXTERNAL reads the user name in the client certificate (`ssl_cert_login_from`).
+    pub ssl_cert_login_from: CertLoginFrom,
 }
 
 /// The default cap on a channel's unacknowledged deliveries: far above any prefetch a client
@@ -69,6 +76,8 @@ impl Default for Config {
             consumer_max_per_channel: None,
             unacked_max_per_channel: Some(UNACKED_MAX_PER_CHANNEL_DEFAULT),
             auth_failure_delay_ms: AUTH_FAILURE_DELAY_MS_DEFAULT,
+            auth_mechanisms: DEFAULT_MECHANISMS.to_vec(),
+            ssl_cert_login_from: CertLoginFrom::default(),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! operator policies and applies definitions at boot; `api/` serves the rest (overview, nodes,
 //! connections, channels, consumers, exchanges, queues, bindings, definitions, health checks,
 //! whoami, vhosts, users, permissions and topic permissions); `ui` serves the web UI's static
-//! files.
+//! files; `https` serves the same app over TLS.
 
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -25,6 +25,8 @@ use warren_server::Shared;
 mod api;
 
 pub use api::definitions::apply_topology;
+pub use api::Listeners;
+pub mod https;
 pub mod metrics;
 mod ui;
 
@@ -40,8 +42,35 @@ pub async fn serve_with_amqp(
     shared: Arc<Shared>,
     amqp: Option<SocketAddr>,
 ) -> std::io::Result<()> {
-    let listeners = api::Listeners { amqp, http: listener.local_addr().ok() };
-    let app = Router::new()
+    let listeners = Listeners { amqp, http: listener.local_addr().ok(), ..Listeners::default() };
+    serve_listeners(listener, None, shared, listeners).await
+}
+
+/// Serves the management app on the HTTP listener and, when given, over HTTPS on a second
+/// listener (RabbitMQ's `management.ssl.*`): one app for both, so both see the same message
+/// rates. TLS handshakes count against the broker's `handshake_timeout`.
+pub async fn serve_listeners(
+    http: TcpListener,
+    https: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
+    shared: Arc<Shared>,
+    listeners: Listeners,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    use std::future::IntoFuture;
+    let handshake_timeout = std::time::Duration::from_millis(shared.broker().config().handshake_timeout_ms);
+    let app = app(shared, listeners);
+    let plain = axum::serve(http, app.clone().into_make_service_with_connect_info::<SocketAddr>()).into_future();
+    let Some((listener, acceptor)) = https else { return plain.await };
+    // axum knows the peer address (ConnectInfo, which the API's handlers read) of its own TCP
+    // listener and of any listener wrapped by `tap_io`, so the TLS listener gets an empty tap.
+    let tls = https::TlsListener::new(listener, acceptor, handshake_timeout)?.tap_io(|_| {});
+    let secure = axum::serve(tls, app.into_make_service_with_connect_info::<SocketAddr>()).into_future();
+    tokio::try_join!(plain, secure).map(|_| ())
+}
+
+/// The management app: metrics, the API and the web UI.
+fn app(shared: Arc<Shared>, listeners: Listeners) -> Router {
+    Router::new()
         .route("/metrics", get(metrics::aggregated))
         .route("/metrics/per-object", get(metrics::per_object))
         .merge(api::router(shared.clone(), listeners))
@@ -58,8 +87,7 @@ pub async fn serve_with_amqp(
             "/api/operator-policies/{vhost}/{name}",
             get(get_policy::<true>).put(put_policy::<true>).delete(delete_policy::<true>),
         )
-        .with_state(shared);
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+        .with_state(shared)
 }
 
 fn unauthorized(reason: &str) -> Response {

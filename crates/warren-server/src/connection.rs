@@ -39,7 +39,16 @@ fn close_method(e: &ProtocolError) -> Method {
     }
 }
 
-pub(crate) async fn run<S: Transport>(shared: Arc<Shared>, id: ConnId, mut socket: S, peer: SocketAddr, local: String) {
+/// Serves one connection from the handshake to its end. `client_cert` is the certificate a TLS
+/// client presented and the CA verified (DER), for the EXTERNAL mechanism.
+pub(crate) async fn run<S: Transport>(
+    shared: Arc<Shared>,
+    id: ConnId,
+    mut socket: S,
+    peer: SocketAddr,
+    local: String,
+    client_cert: Option<Vec<u8>>,
+) {
     let name = format!("{peer} -> {local}");
     tracing::info!("accepting AMQP connection {name}");
     // Small to start with (an idle connection keeps little); it grows while reads fill it.
@@ -48,7 +57,7 @@ pub(crate) async fn run<S: Transport>(shared: Arc<Shared>, id: ConnId, mut socke
 
     let negotiated = match tokio::time::timeout(
         handshake_timeout,
-        handshake::handshake(&shared, &mut socket, &mut rbuf, peer),
+        handshake::handshake(&shared, &mut socket, &mut rbuf, peer, client_cert.as_deref()),
     )
     .await
     {

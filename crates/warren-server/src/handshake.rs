@@ -1,6 +1,7 @@
 //! The connection handshake, as one straight line: protocol header, start / start-ok
-//! (authentication), tune / tune-ok, open / open-ok. Nothing is registered with the broker
-//! until it has succeeded.
+//! (authentication: the configured mechanisms, EXTERNAL only for a TLS client with a verified
+//! certificate), tune / tune-ok, open / open-ok. Nothing is registered with the broker until it
+//! has succeeded.
 
 use crate::{Io, Shared};
 use bytes::{Bytes, BytesMut};
@@ -10,7 +11,7 @@ use warren_amqp::frame::{write_method, FRAME_MIN_SIZE};
 use warren_amqp::{
     FieldTable, FieldValue, Frame, FrameParser, Method, ProtocolError, ReplyCode, ShortStr, PROTOCOL_HEADER,
 };
-use warren_core::auth::MECHANISMS;
+use warren_core::auth::{mechanisms_field, offered, Mechanism};
 use warren_core::ConnInfo;
 
 /// What the handshake settled.
@@ -110,11 +111,14 @@ async fn refuse<S: Io>(socket: &mut S, e: &ProtocolError) {
     }
 }
 
+/// Runs the handshake on `socket`. `client_cert` is the certificate (DER) a TLS client
+/// presented and the CA verified, which the EXTERNAL mechanism needs.
 pub(crate) async fn handshake<S: Io>(
     shared: &Shared,
     socket: &mut S,
     buf: &mut BytesMut,
     peer: SocketAddr,
+    client_cert: Option<&[u8]>,
 ) -> Result<Negotiated, Failed> {
     // 1. The protocol header. Anything else gets ours back and the socket closed (spec 4.2.2).
     while buf.len() < PROTOCOL_HEADER.len() {
@@ -131,9 +135,16 @@ pub(crate) async fn handshake<S: Io>(
     }
     let _ = buf.split_to(PROTOCOL_HEADER.len());
 
-    let (server_frame_max, server_channel_max, server_heartbeat) = {
+    let (server_frame_max, server_channel_max, server_heartbeat, mechanisms, cert_login_from) = {
         let b = shared.broker();
-        (b.config().frame_max, b.config().channel_max, b.config().heartbeat_s)
+        let c = b.config();
+        (
+            c.frame_max,
+            c.channel_max,
+            c.heartbeat_s,
+            offered(&c.auth_mechanisms, client_cert.is_some()),
+            c.ssl_cert_login_from,
+        )
     };
     let parser = FrameParser::new(server_frame_max);
 
@@ -144,18 +155,31 @@ pub(crate) async fn handshake<S: Io>(
             version_major: 0,
             version_minor: 9,
             server_properties: server_properties(),
-            mechanisms: Bytes::from_static(MECHANISMS.as_bytes()),
+            mechanisms: Bytes::from(mechanisms_field(&mechanisms)),
             locales: Bytes::from_static(b"en_US"),
         },
     )
     .await?;
     let (client_properties, user) = match next_method(socket, buf, &parser).await? {
         Method::ConnectionStartOk { client_properties, mechanism, response, .. } => {
-            let auth = shared.broker().users().authenticate(&mechanism, &response, crate::is_loopback(&peer));
+            // Only EXTERNAL reads the certificate, so it is parsed only for a client that
+            // chooses EXTERNAL (and outside the broker lock).
+            let cert_login = match (Mechanism::parse(&mechanism), client_cert) {
+                (Some(Mechanism::External), Some(der)) => crate::tls::cert_login_name(der, cert_login_from),
+                _ => None,
+            };
+            let auth = shared.broker().users().authenticate(
+                &mechanism,
+                &response,
+                &mechanisms,
+                cert_login.as_deref(),
+                crate::is_loopback(&peer),
+            );
             match auth {
                 Ok(user) => (client_properties, user),
-                Err(e) => {
-                    tracing::warn!("connection {peer}: authentication failed: {}", e.text);
+                Err(refused) => {
+                    tracing::warn!("connection {peer}: authentication failed: {}", refused.why);
+                    let e = refused.error;
                     // Answered late, so that passwords cannot be tried at speed.
                     let delay = shared.broker().config().auth_failure_delay_ms;
                     tokio::time::sleep(std::time::Duration::from_millis(delay)).await;

@@ -237,15 +237,23 @@ impl Server {
                         let _ = socket.set_nodelay(true);
                         let Some(acceptor) = tls.clone() else {
                             let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-                            tokio::spawn(async move { connection::run(shared, id, socket, peer, local).await });
+                            tokio::spawn(async move { connection::run(shared, id, socket, peer, local, None).await });
                             continue;
                         };
                         tokio::spawn(async move {
                             let limit = Duration::from_millis(shared.broker().config().handshake_timeout_ms);
                             match tokio::time::timeout(limit, acceptor.accept(socket)).await {
                                 Ok(Ok(stream)) => {
+                                    // Present only when the CA verified it (verify_peer): with
+                                    // verify_none no certificate is asked for.
+                                    let client_cert = stream
+                                        .get_ref()
+                                        .1
+                                        .peer_certificates()
+                                        .and_then(|chain| chain.first())
+                                        .map(|c| c.as_ref().to_vec());
                                     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-                                    connection::run(shared, id, stream, peer, local).await;
+                                    connection::run(shared, id, stream, peer, local, client_cert).await;
                                 }
                                 Ok(Err(e)) => tracing::info!("TLS handshake with {peer} failed: {e}"),
                                 Err(_) => tracing::info!("TLS handshake with {peer} timed out"),

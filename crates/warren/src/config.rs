@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use warren_core::auth::{CertLoginFrom, Mechanism};
 use warren_core::Config as CoreConfig;
 
 /// Everything the binary can be told, after defaults, file and flags are merged.
@@ -19,6 +20,10 @@ pub struct Settings {
     pub amqps_listen: Option<SocketAddr>,
     /// Certificates and client verification (`ssl_options.*`).
     pub tls: warren_server::tls::TlsSettings,
+    /// The management listener over HTTPS (`management.ssl.port`, `management.ssl.ip`), if any.
+    pub https_listen: Option<SocketAddr>,
+    /// Its certificates and client verification (`management.ssl.*`).
+    pub management_tls: warren_server::tls::TlsSettings,
     /// The memory alarm's threshold (`vm_memory_high_watermark.relative` / `.absolute`).
     pub memory_high_watermark: Limit,
     /// The disk alarm's threshold (`disk_free_limit.absolute` / `.relative`).
@@ -60,6 +65,8 @@ impl Default for Settings {
             load_definitions: None,
             amqps_listen: None,
             tls: Default::default(),
+            https_listen: None,
+            management_tls: Default::default(),
             // RabbitMQ 3.10's defaults.
             memory_high_watermark: Limit::Relative(0.4),
             disk_free_limit: Limit::Absolute(50_000_000),
@@ -89,6 +96,15 @@ fn parse_bool(v: &str) -> Result<bool, String> {
     }
 }
 
+/// RabbitMQ's `verify` values: whether client certificates are asked for and checked.
+fn parse_verify(v: &str) -> Result<bool, String> {
+    match v {
+        "verify_peer" => Ok(true),
+        "verify_none" => Ok(false),
+        _ => Err(format!("'{v}' is neither verify_peer nor verify_none")),
+    }
+}
+
 /// A size such as `16777216`, `16MB`, `512MiB`, `1GB`.
 fn parse_size(v: &str) -> Result<u64, String> {
     let t = v.trim();
@@ -113,6 +129,10 @@ impl Settings {
     pub fn apply_file(&mut self, text: &str, origin: &str) -> Result<(), String> {
         let mut mgmt_ip: Option<std::net::IpAddr> = None;
         let mut mgmt_port: Option<u16> = None;
+        let mut mgmt_ssl_ip: Option<std::net::IpAddr> = None;
+        let mut mgmt_ssl_listen: Option<SocketAddr> = None;
+        // `auth_mechanisms.N = NAME` lines, by N: together they replace the default list.
+        let mut mechanisms: Vec<(String, Mechanism)> = Vec::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -130,14 +150,19 @@ impl Settings {
                     "ssl_options.certfile" => self.tls.certfile = Some(PathBuf::from(value)),
                     "ssl_options.keyfile" => self.tls.keyfile = Some(PathBuf::from(value)),
                     "ssl_options.cacertfile" => self.tls.cacertfile = Some(PathBuf::from(value)),
-                    "ssl_options.verify" => {
-                        self.tls.verify_peer = match value {
-                            "verify_peer" => true,
-                            "verify_none" => false,
-                            _ => return Err(format!("'{value}' is neither verify_peer nor verify_none")),
-                        }
-                    }
+                    "ssl_options.verify" => self.tls.verify_peer = parse_verify(value)?,
                     "ssl_options.fail_if_no_peer_cert" => self.tls.fail_if_no_peer_cert = parse_bool(value)?,
+                    "management.ssl.port" => mgmt_ssl_listen = Some(parse_listener(value)?),
+                    "management.ssl.ip" => {
+                        mgmt_ssl_ip = Some(value.parse().map_err(|_| format!("'{value}' is not an IP address"))?)
+                    }
+                    "management.ssl.certfile" => self.management_tls.certfile = Some(PathBuf::from(value)),
+                    "management.ssl.keyfile" => self.management_tls.keyfile = Some(PathBuf::from(value)),
+                    "management.ssl.cacertfile" => self.management_tls.cacertfile = Some(PathBuf::from(value)),
+                    "management.ssl.verify" => self.management_tls.verify_peer = parse_verify(value)?,
+                    "management.ssl.fail_if_no_peer_cert" => {
+                        self.management_tls.fail_if_no_peer_cert = parse_bool(value)?
+                    }
                     "management.tcp.port" => mgmt_port = Some(parse_num(value)?),
                     "management.tcp.ip" => {
                         mgmt_ip = Some(value.parse().map_err(|_| format!("'{value}' is not an IP address"))?)
@@ -167,6 +192,25 @@ impl Settings {
                             if value == "infinity" { None } else { Some(parse_num(value)?) }
                     }
                     "auth_failure_delay" => self.core.auth_failure_delay_ms = parse_num(value)?,
+                    k if k.starts_with("auth_mechanisms.") => {
+                        let m = Mechanism::parse(value).ok_or_else(|| {
+                            format!("'{value}' is not a mechanism Warren offers (PLAIN, AMQPLAIN, EXTERNAL)")
+                        })?;
+                        let index = &k["auth_mechanisms.".len()..];
+                        mechanisms.retain(|(i, _)| i != index);
+                        mechanisms.push((index.to_string(), m));
+                    }
+                    "ssl_cert_login_from" => {
+                        self.core.ssl_cert_login_from = match value {
+                            "distinguished_name" => CertLoginFrom::DistinguishedName,
+                            "common_name" => CertLoginFrom::CommonName,
+                            _ => {
+                                return Err(format!(
+                                    "'{value}': Warren reads the login from distinguished_name or common_name"
+                                ))
+                            }
+                        }
+                    }
                     "consumer_timeout" => {
                         self.core.consumer_timeout_ms =
                             if value == "false" || value == "infinity" { None } else { Some(parse_num(value)?) }
@@ -208,6 +252,21 @@ impl Settings {
             self.http_listen =
                 SocketAddr::new(mgmt_ip.unwrap_or(self.http_listen.ip()), mgmt_port.unwrap_or(self.http_listen.port()));
         }
+        if !mechanisms.is_empty() {
+            // By N, numerically where N is a number (auth_mechanisms.10 after .9).
+            mechanisms.sort_by(|(a, _), (b, _)| (a.parse::<u64>().ok(), a).cmp(&(b.parse::<u64>().ok(), b)));
+            self.core.auth_mechanisms.clear();
+            for (_, m) in mechanisms {
+                if !self.core.auth_mechanisms.contains(&m) {
+                    self.core.auth_mechanisms.push(m);
+                }
+            }
+        }
+        match (mgmt_ssl_listen, mgmt_ssl_ip) {
+            (Some(addr), ip) => self.https_listen = Some(ip.map_or(addr, |ip| SocketAddr::new(ip, addr.port()))),
+            (None, Some(_)) => return Err(format!("{origin}: management.ssl.ip needs management.ssl.port")),
+            (None, None) => {}
+        }
         Ok(())
     }
 }
@@ -242,6 +301,52 @@ mod tests {
         assert_eq!(s.disk_free_limit.bytes(1 << 30), 3 << 29);
         let err = Settings::default().apply_file("vm_memory_high_watermark.relative = much\n", "t.conf");
         assert!(err.expect_err("bad").starts_with("t.conf:1:"));
+    }
+
+    #[test]
+    fn reads_management_ssl_keys() {
+        let mut s = Settings::default();
+        s.apply_file(
+            "management.ssl.port = 15671\nmanagement.ssl.certfile = /c.pem\nmanagement.ssl.keyfile = /k.pem\nmanagement.ssl.cacertfile = /ca.pem\nmanagement.ssl.verify = verify_peer\nmanagement.ssl.fail_if_no_peer_cert = true\n",
+            "t.conf",
+        )
+        .expect("valid");
+        assert_eq!(s.https_listen, Some("0.0.0.0:15671".parse().expect("addr")));
+        assert_eq!(s.management_tls.keyfile.as_deref(), Some(std::path::Path::new("/k.pem")));
+        assert!(s.management_tls.verify_peer && s.management_tls.fail_if_no_peer_cert);
+        // The AMQPS settings are apart.
+        assert_eq!(s.tls, Default::default());
+        let mut s = Settings::default();
+        s.apply_file("management.ssl.port = 127.0.0.1:15671\n", "t.conf").expect("valid");
+        assert_eq!(s.https_listen, Some("127.0.0.1:15671".parse().expect("addr")));
+        let mut s = Settings::default();
+        s.apply_file("management.ssl.ip = 127.0.0.2\nmanagement.ssl.port = 15671\n", "t.conf").expect("valid");
+        assert_eq!(s.https_listen, Some("127.0.0.2:15671".parse().expect("addr")));
+        let err = Settings::default().apply_file("management.ssl.ip = 127.0.0.2\n", "t.conf").expect_err("no port");
+        assert!(err.contains("management.ssl.port"), "{err}");
+        let err = Settings::default().apply_file("management.ssl.verify = maybe\n", "t.conf").expect_err("bad");
+        assert!(err.starts_with("t.conf:1:"), "{err}");
+    }
+
+    #[test]
+    fn reads_auth_mechanisms_in_order_and_ssl_cert_login_from() {
+        let mut s = Settings::default();
+        assert_eq!(s.core.auth_mechanisms, [Mechanism::Plain, Mechanism::Amqplain]);
+        assert_eq!(s.core.ssl_cert_login_from, CertLoginFrom::DistinguishedName);
+        s.apply_file(
+            "auth_mechanisms.10 = AMQPLAIN\nauth_mechanisms.2 = EXTERNAL\nauth_mechanisms.1 = PLAIN\nssl_cert_login_from = common_name\n",
+            "t.conf",
+        )
+        .expect("valid");
+        assert_eq!(s.core.auth_mechanisms, [Mechanism::Plain, Mechanism::External, Mechanism::Amqplain]);
+        assert_eq!(s.core.ssl_cert_login_from, CertLoginFrom::CommonName);
+        let mut s = Settings::default();
+        s.apply_file("auth_mechanisms.1 = EXTERNAL\n", "t.conf").expect("valid");
+        assert_eq!(s.core.auth_mechanisms, [Mechanism::External]);
+        let err = Settings::default().apply_file("auth_mechanisms.1 = CRAM-MD5\n", "t.conf").expect_err("unknown");
+        assert!(err.starts_with("t.conf:1:") && err.contains("CRAM-MD5"), "{err}");
+        let err = Settings::default().apply_file("ssl_cert_login_from = subject_alternative_name\n", "t.conf");
+        assert!(err.expect_err("unsupported").contains("subject_alternative_name"));
     }
 
     #[test]

@@ -88,12 +88,27 @@ async fn run(settings: Settings) -> Result<(), String> {
         .map_err(|e| format!("cannot listen for HTTP on {}: {e}", settings.http_listen))?;
     let amqp_addr = amqp.local_addr().map_err(|e| e.to_string())?;
     let http_addr = http.local_addr().map_err(|e| e.to_string())?;
+    if settings.core.auth_mechanisms.contains(&warren_core::auth::Mechanism::External) && !settings.tls.verify_peer {
+        // EXTERNAL is offered only to clients whose certificate the CA verified.
+        tracing::warn!("auth_mechanisms has EXTERNAL but ssl_options.verify is not verify_peer: it is never offered");
+    }
     // AMQPS when configured: a bad certificate or key stops the start with a clear error.
     let amqps = match settings.amqps_listen {
         Some(addr) => {
-            let acceptor = warren_server::tls::acceptor(&settings.tls)?;
+            let acceptor = warren_server::tls::acceptor(&settings.tls, "ssl_options")?;
             let listener =
                 TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for AMQPS on {addr}: {e}"))?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            Some((listener, acceptor, local))
+        }
+        None => None,
+    };
+    // HTTPS for the management app likewise.
+    let https = match settings.https_listen {
+        Some(addr) => {
+            let acceptor = warren_server::tls::acceptor(&settings.management_tls, "management.ssl")?;
+            let listener =
+                TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for HTTPS on {addr}: {e}"))?;
             let local = listener.local_addr().map_err(|e| e.to_string())?;
             Some((listener, acceptor, local))
         }
@@ -150,9 +165,17 @@ async fn run(settings: Settings) -> Result<(), String> {
     );
     server.set_resource_limits(limits);
     let shared = server.shared();
+    let listeners = warren_http::Listeners {
+        amqp: Some(amqp_addr),
+        amqps: amqps.as_ref().map(|(_, _, a)| *a),
+        http: Some(http_addr),
+        https: https.as_ref().map(|(_, _, a)| *a),
+    };
+    let https_addr = listeners.https;
+    let https = https.map(|(listener, acceptor, _)| (listener, acceptor));
     tokio::spawn(async move {
-        if let Err(e) = warren_http::serve_with_amqp(http, shared, Some(amqp_addr)).await {
-            tracing::error!("management HTTP listener stopped: {e}");
+        if let Err(e) = warren_http::serve_listeners(http, https, shared, listeners).await {
+            tracing::error!("management listener stopped: {e}");
         }
     });
     tracing::info!(
@@ -167,6 +190,9 @@ async fn run(settings: Settings) -> Result<(), String> {
         let _ = writeln!(stdout, "listening http {http_addr}");
         if let Some((_, _, addr)) = &amqps {
             let _ = writeln!(stdout, "listening amqps {addr}");
+        }
+        if let Some(addr) = https_addr {
+            let _ = writeln!(stdout, "listening https {addr}");
         }
         let _ = stdout.flush();
     }

@@ -1,6 +1,7 @@
-//! AMQPS (issue 7): TLS with rustls on its own listener, certificates from the config file,
-//! optional client certificates, and a clear error at start-up for a bad key. The client here
-//! is rustls plus the AMQP handshake by hand; pika checks AMQPS in the interop run.
+//! TLS (issue 7): AMQPS with rustls on its own listener, certificates from the config file,
+//! optional client certificates, and a clear error at start-up for a bad key; the management
+//! app over HTTPS beside plain HTTP. The clients here are rustls plus the AMQP handshake or an
+//! HTTP/1.1 request by hand; pika checks AMQPS in the interop run.
 
 mod common;
 
@@ -15,15 +16,36 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName}
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 use warren_amqp::frame::{write_content, write_method, Frame, FrameParser};
-use warren_amqp::{FieldTable, Method, ShortStr};
+use warren_amqp::{FieldTable, FieldValue, Method, ShortStr};
 
-/// A CA, a server certificate for 127.0.0.1 and localhost, and a client certificate, in PEM
-/// files under `dir`.
+/// A client certificate from the test CA, with its key.
+struct Identity {
+    cert: CertificateDer<'static>,
+    key: Vec<u8>,
+}
+
+/// A CA, a server certificate for 127.0.0.1 and localhost, and a client certificate (CN=guest),
+/// in PEM files under `dir`; more client certificates from [`Pki::issue`].
 struct Pki {
     dir: PathBuf,
     ca: CertificateDer<'static>,
-    client_cert: CertificateDer<'static>,
-    client_key: Vec<u8>,
+    client: Identity,
+    ca_cert: rcgen::Certificate,
+    ca_key: KeyPair,
+}
+
+impl Pki {
+    /// A client certificate from the CA whose subject has these attributes (outermost first).
+    fn issue(&self, subject: &[(DnType, &str)]) -> Identity {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["client".to_string()]).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        for (t, v) in subject {
+            params.distinguished_name.push(t.clone(), *v);
+        }
+        let cert = params.signed_by(&key, &self.ca_cert, &self.ca_key).expect("client cert");
+        Identity { cert: cert.der().clone(), key: key.serialize_der() }
+    }
 }
 
 fn pki() -> Pki {
@@ -33,20 +55,20 @@ fn pki() -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.distinguished_name.push(DnType::CommonName, "Warren test CA");
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let ca_cert = ca_params.self_signed(&ca_key).expect("ca");
     let server_key = KeyPair::generate().expect("key");
     let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
         .expect("params")
-        .signed_by(&server_key, &ca, &ca_key)
+        .signed_by(&server_key, &ca_cert, &ca_key)
         .expect("server cert");
-    let client_key = KeyPair::generate().expect("key");
-    let mut client_params = CertificateParams::new(vec!["client".to_string()]).expect("params");
-    client_params.distinguished_name.push(DnType::CommonName, "guest");
-    let client = client_params.signed_by(&client_key, &ca, &ca_key).expect("client cert");
-    std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write");
     std::fs::write(dir.join("server.pem"), server.pem()).expect("write");
     std::fs::write(dir.join("server.key"), server_key.serialize_pem()).expect("write");
-    Pki { dir, ca: ca.der().clone(), client_cert: client.der().clone(), client_key: client_key.serialize_der() }
+    let ca = ca_cert.der().clone();
+    let placeholder = Identity { cert: ca.clone(), key: Vec::new() };
+    let mut pki = Pki { dir, ca, client: placeholder, ca_cert, ca_key };
+    pki.client = pki.issue(&[(DnType::CommonName, "guest")]);
+    pki
 }
 
 fn conf(dir: &Path, extra: &str) -> String {
@@ -63,6 +85,25 @@ async fn tls_connect(
     pki: &Pki,
     with_client_cert: bool,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let identity = with_client_cert.then_some(&pki.client);
+    tls_connect_as(broker.amqps_port().expect("an AMQPS listener"), pki, identity).await
+}
+
+async fn tls_connect_to(
+    port: u16,
+    pki: &Pki,
+    with_client_cert: bool,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    tls_connect_as(port, pki, with_client_cert.then_some(&pki.client)).await
+}
+
+/// A TLS connection that verifies the server against the test CA, presenting `identity`'s
+/// certificate if given.
+async fn tls_connect_as(
+    port: u16,
+    pki: &Pki,
+    identity: Option<&Identity>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
     let mut roots = RootCertStore::empty();
     roots.add(pki.ca.clone()).expect("ca");
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
@@ -70,13 +111,12 @@ async fn tls_connect(
         .with_safe_default_protocol_versions()
         .expect("versions")
         .with_root_certificates(roots);
-    let config = if with_client_cert {
-        let key = PrivateKeyDer::try_from(pki.client_key.clone()).expect("key");
-        builder.with_client_auth_cert(vec![pki.client_cert.clone()], key).expect("client auth")
+    let config = if let Some(identity) = identity {
+        let key = PrivateKeyDer::try_from(identity.key.clone()).expect("key");
+        builder.with_client_auth_cert(vec![identity.cert.clone()], key).expect("client auth")
     } else {
         builder.with_no_client_auth()
     };
-    let port = broker.amqps_port().expect("an AMQPS listener");
     let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
     let name = ServerName::try_from("localhost").expect("name");
     TlsConnector::from(Arc::new(config)).connect(name, tcp).await
@@ -209,4 +249,292 @@ async fn a_bad_key_stops_the_start_with_an_error_naming_it() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ssl_options.keyfile"), "{stderr}");
+}
+
+/// One HTTP/1.1 GET (basic auth when `auth` is given); the status code and the body.
+async fn http_get<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    path: &str,
+    auth: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let auth = auth.map(|a| format!("Authorization: Basic {a}\r\n")).unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await?;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// base64("guest:guest")
+const GUEST: &str = "Z3Vlc3Q6Z3Vlc3Q=";
+
+fn https_conf(dir: &Path, extra: &str) -> String {
+    format!(
+        "management.ssl.port = 127.0.0.1:0\nmanagement.ssl.certfile = {}\nmanagement.ssl.keyfile = {}\nmanagement.ssl.cacertfile = {}\n{extra}",
+        dir.join("server.pem").display(),
+        dir.join("server.key").display(),
+        dir.join("ca.pem").display()
+    )
+}
+
+#[tokio::test]
+async fn https_serves_the_management_api_beside_plain_http() {
+    if common::is_external() {
+        return;
+    }
+    let pki = pki();
+    let Some(broker) = Broker::start_with_config(&https_conf(&pki.dir, "")) else { return };
+    let port = broker.https_port().expect("an HTTPS listener");
+    // guest may log in from localhost only: a 200 also shows the API learnt the peer address.
+    let mut tls = within("HTTPS connect", tls_connect_to(port, &pki, false)).await.expect("TLS handshake");
+    let (status, body) = within("GET over HTTPS", http_get(&mut tls, "/api/overview", Some(GUEST))).await.expect("GET");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"management_version\""), "{body}");
+    let mut tls = within("HTTPS connect", tls_connect_to(port, &pki, false)).await.expect("TLS handshake");
+    let (status, _) = within("GET over HTTPS", http_get(&mut tls, "/api/overview", None)).await.expect("GET");
+    assert_eq!(status, 401);
+    // Plain HTTP goes on beside it.
+    let http = broker.http_addr().expect("an HTTP listener");
+    let mut tcp = TcpStream::connect(&http).await.expect("connect");
+    let (status, _) = within("GET over HTTP", http_get(&mut tcp, "/api/overview", Some(GUEST))).await.expect("GET");
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_bad_management_key_stops_the_start_with_an_error_naming_it() {
+    if common::is_external() {
+        return;
+    }
+    let pki = pki();
+    std::fs::write(pki.dir.join("mgmt.key"), "not a key\n").expect("write");
+    let conf_path = pki.dir.join("rabbitmq.conf");
+    // AMQPS is configured right; only the management listener's key is bad.
+    let conf = conf(
+        &pki.dir,
+        &format!(
+            "management.ssl.port = 127.0.0.1:0\nmanagement.ssl.certfile = {}\nmanagement.ssl.keyfile = {}\n",
+            pki.dir.join("server.pem").display(),
+            pki.dir.join("mgmt.key").display()
+        ),
+    );
+    std::fs::write(&conf_path, conf).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["--amqp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--config"])
+        .arg(&conf_path)
+        .arg("--data-dir")
+        .arg(pki.dir.join("data"))
+        .output()
+        .expect("run warren");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("management.ssl.keyfile"), "{stderr}");
+    assert!(stderr.contains("mgmt.key"), "{stderr}");
+}
+
+#[test]
+fn warrenctl_talks_https_with_a_cacert() {
+    if common::is_external() {
+        return;
+    }
+    let pki = pki();
+    let Some(broker) = Broker::start_with_config(&https_conf(&pki.dir, "")) else { return };
+    let url = format!("https://localhost:{}", broker.https_port().expect("an HTTPS listener"));
+    let ca = pki.dir.join("ca.pem").display().to_string();
+    let ctl = |args: &[&str]| {
+        let mut argv = vec!["warrenctl", "--url", url.as_str()];
+        argv.extend_from_slice(args);
+        let cli = <warrenctl::Cli as clap::Parser>::try_parse_from(argv).expect("parses");
+        warrenctl::run(&cli)
+    };
+    let listed = ctl(&["--cacert", &ca, "list", "vhosts"]).expect("list vhosts over HTTPS");
+    assert!(listed.lines().any(|l| l.trim() == "/" || l.starts_with("/ ")), "{listed}");
+    // Without the CA the server's certificate is not trusted.
+    let err = ctl(&["list", "vhosts"]).expect_err("an untrusted certificate");
+    assert!(err.0.contains(&url), "{}", err.0);
+}
+
+// ---- EXTERNAL ---------------------------------------------------------------------------
+
+/// Sends the protocol header and answers connection.start with `mechanism` and `response`
+/// (announcing authentication_failure_close); returns the mechanisms connection.start offered
+/// and the method that answered start-ok (connection.tune, or connection.close when refused).
+async fn start_with<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    buf: &mut BytesMut,
+    mechanism: &str,
+    response: &'static [u8],
+) -> std::io::Result<(String, Method)> {
+    s.write_all(b"AMQP\x00\x00\x09\x01").await?;
+    let Method::ConnectionStart { mechanisms, .. } = method(s, buf).await? else {
+        return Err(std::io::Error::other("expected connection.start"));
+    };
+    let mut capabilities = FieldTable::new();
+    capabilities.insert("authentication_failure_close", FieldValue::Bool(true));
+    let mut client_properties = FieldTable::new();
+    client_properties.insert("capabilities", FieldValue::Table(capabilities));
+    let start_ok = Method::ConnectionStartOk {
+        client_properties,
+        mechanism: ShortStr::from(mechanism),
+        response: Bytes::from_static(response),
+        locale: ShortStr::from("en_US"),
+    };
+    send(s, 0, &start_ok).await?;
+    Ok((String::from_utf8_lossy(&mechanisms).into_owned(), method(s, buf).await?))
+}
+
+/// After connection.tune: tune-ok and open of vhost "/"; then, if open-ok came, a channel and
+/// a queue declared. Returns the answer to connection.open if it was not open-ok, else the
+/// answer to queue.declare.
+async fn open_and_declare<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, buf: &mut BytesMut) -> std::io::Result<Method> {
+    send(s, 0, &Method::ConnectionTuneOk { channel_max: 16, frame_max: 131072, heartbeat: 0 }).await?;
+    send(s, 0, &Method::ConnectionOpen { virtual_host: ShortStr::from("/") }).await?;
+    let opened = method(s, buf).await?;
+    if !matches!(opened, Method::ConnectionOpenOk) {
+        return Ok(opened);
+    }
+    send(s, 1, &Method::ChannelOpen).await?;
+    method(s, buf).await?;
+    let declare = Method::QueueDeclare {
+        queue: ShortStr::from(unique("external").as_str()),
+        passive: false,
+        durable: false,
+        exclusive: true,
+        auto_delete: false,
+        nowait: false,
+        arguments: FieldTable::new(),
+    };
+    send(s, 1, &declare).await?;
+    method(s, buf).await
+}
+
+/// The AMQPS config with client verification, EXTERNAL offered after PLAIN and AMQPLAIN, and
+/// `users` (with permissions in "/" unless marked `false`) loaded from definitions.
+fn external_conf(pki: &Pki, users: &[(&str, bool)], extra: &str) -> String {
+    let defs = serde_json::json!({
+        "users": users.iter().map(|(u, _)| serde_json::json!({"name": u, "tags": ""})).collect::<Vec<_>>(),
+        "permissions": users.iter().filter(|(_, p)| *p).map(|(u, _)| serde_json::json!(
+            {"user": u, "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"})).collect::<Vec<_>>(),
+    });
+    let path = pki.dir.join(format!("{}.json", unique("defs")));
+    std::fs::write(&path, defs.to_string()).expect("write definitions");
+    let extra = format!(
+        "ssl_options.verify = verify_peer\nauth_mechanisms.1 = PLAIN\nauth_mechanisms.2 = AMQPLAIN\nauth_mechanisms.3 = EXTERNAL\nload_definitions = {}\n{extra}",
+        path.display()
+    );
+    conf(&pki.dir, &extra)
+}
+
+/// The reply code and text of a connection.close, or a panic naming what came instead.
+fn close_of(m: &Method) -> (u16, String) {
+    match m {
+        Method::ConnectionClose { reply_code, reply_text, .. } => (*reply_code, reply_text.to_string()),
+        other => panic!("expected connection.close, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn external_logs_in_the_user_its_certificate_names() {
+    let pki = pki();
+    let user = unique("alice");
+    let conf = external_conf(&pki, &[(&user, true)], "ssl_cert_login_from = common_name\n");
+    let Some(broker) = Broker::start_with_config(&conf) else { return };
+    let port = broker.amqps_port().expect("an AMQPS listener");
+    let identity = pki.issue(&[(DnType::OrganizationName, "Warren tests"), (DnType::CommonName, &user)]);
+    let mut tls = within("TLS connect", tls_connect_as(port, &pki, Some(&identity))).await.expect("TLS handshake");
+    let mut buf = BytesMut::new();
+    let (offered, answer) = within("start", start_with(&mut tls, &mut buf, "EXTERNAL", b"")).await.expect("start");
+    assert_eq!(offered, "PLAIN AMQPLAIN EXTERNAL");
+    assert!(matches!(answer, Method::ConnectionTune { .. }), "{answer:?}");
+    let declared = within("open and declare", open_and_declare(&mut tls, &mut buf)).await.expect("open");
+    assert!(matches!(declared, Method::QueueDeclareOk { .. }), "{declared:?}");
+}
+
+#[tokio::test]
+async fn external_by_default_logs_in_the_whole_distinguished_name() {
+    let pki = pki();
+    let cn = unique("dora");
+    let user = format!("CN={cn},O=Warren tests\\, Inc.,C=GB");
+    let Some(broker) = Broker::start_with_config(&external_conf(&pki, &[(&user, true)], "")) else { return };
+    let port = broker.amqps_port().expect("an AMQPS listener");
+    let identity = pki.issue(&[
+        (DnType::CountryName, "GB"),
+        (DnType::OrganizationName, "Warren tests, Inc."),
+        (DnType::CommonName, &cn),
+    ]);
+    let mut tls = within("TLS connect", tls_connect_as(port, &pki, Some(&identity))).await.expect("TLS handshake");
+    let mut buf = BytesMut::new();
+    let (_, answer) = within("start", start_with(&mut tls, &mut buf, "EXTERNAL", b"")).await.expect("start");
+    assert!(matches!(answer, Method::ConnectionTune { .. }), "{answer:?}");
+    let declared = within("open and declare", open_and_declare(&mut tls, &mut buf)).await.expect("open");
+    assert!(matches!(declared, Method::QueueDeclareOk { .. }), "{declared:?}");
+}
+
+#[tokio::test]
+async fn external_is_offered_only_over_tls_with_a_client_certificate() {
+    let pki = pki();
+    let Some(broker) = Broker::start_with_config(&external_conf(&pki, &[], "")) else { return };
+    // Plain TCP: not offered, and refused when chosen anyway.
+    let mut tcp = TcpStream::connect(("127.0.0.1", broker.port())).await.expect("connect");
+    let mut buf = BytesMut::new();
+    let (offered, answer) = within("start", start_with(&mut tcp, &mut buf, "EXTERNAL", b"")).await.expect("start");
+    assert_eq!(offered, "PLAIN AMQPLAIN");
+    let (code, text) = close_of(&answer);
+    assert_eq!(code, common::code::ACCESS_REFUSED, "{text}");
+    // TLS without a client certificate (verify_peer without fail_if_no_peer_cert lets it in):
+    // not offered either; PLAIN still works.
+    let port = broker.amqps_port().expect("an AMQPS listener");
+    let mut tls = within("TLS connect", tls_connect_as(port, &pki, None)).await.expect("TLS handshake");
+    let mut buf = BytesMut::new();
+    let (offered, answer) =
+        within("start", start_with(&mut tls, &mut buf, "PLAIN", b"\0guest\0guest")).await.expect("start");
+    assert_eq!(offered, "PLAIN AMQPLAIN");
+    assert!(matches!(answer, Method::ConnectionTune { .. }), "{answer:?}");
+    // /api/nodes shows the configured mechanisms as enabled.
+    let mut http = TcpStream::connect(broker.http_addr().expect("HTTP")).await.expect("connect");
+    let (status, body) = within("GET /api/nodes", http_get(&mut http, "/api/nodes", Some(GUEST))).await.expect("GET");
+    assert_eq!(status, 200, "{body}");
+    let nodes: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let enabled: Vec<&str> = nodes[0]["auth_mechanisms"]
+        .as_array()
+        .expect("auth_mechanisms")
+        .iter()
+        .filter(|m| m["enabled"] == true)
+        .filter_map(|m| m["name"].as_str())
+        .collect();
+    assert_eq!(enabled, ["PLAIN", "AMQPLAIN", "EXTERNAL"]);
+}
+
+#[tokio::test]
+async fn external_refuses_a_certificate_naming_no_user_after_the_failure_delay() {
+    let pki = pki();
+    let stranger = unique("stranger");
+    let conf =
+        external_conf(&pki, &[(&stranger, false)], "ssl_cert_login_from = common_name\nauth_failure_delay = 300\n");
+    let Some(broker) = Broker::start_with_config(&conf) else { return };
+    let port = broker.amqps_port().expect("an AMQPS listener");
+    // A CN that names no user: 403 at start-ok, answered only after auth_failure_delay.
+    let nobody = pki.issue(&[(DnType::CommonName, "nobody-here")]);
+    let mut tls = within("TLS connect", tls_connect_as(port, &pki, Some(&nobody))).await.expect("TLS handshake");
+    let mut buf = BytesMut::new();
+    let started = std::time::Instant::now();
+    let (offered, answer) = within("start", start_with(&mut tls, &mut buf, "EXTERNAL", b"")).await.expect("start");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300), "refused before the delay");
+    assert_eq!(offered, "PLAIN AMQPLAIN EXTERNAL");
+    let (code, text) = close_of(&answer);
+    assert_eq!(code, common::code::ACCESS_REFUSED);
+    assert_eq!(text, "ACCESS_REFUSED - Login was refused using authentication mechanism EXTERNAL. For details see the broker logfile.");
+    // A user that exists but has no permissions in "/" logs in and is refused at connection.open
+    // (530, as RabbitMQ refuses a vhost).
+    let identity = pki.issue(&[(DnType::CommonName, &stranger)]);
+    let mut tls = within("TLS connect", tls_connect_as(port, &pki, Some(&identity))).await.expect("TLS handshake");
+    let mut buf = BytesMut::new();
+    let (_, answer) = within("start", start_with(&mut tls, &mut buf, "EXTERNAL", b"")).await.expect("start");
+    assert!(matches!(answer, Method::ConnectionTune { .. }), "{answer:?}");
+    let refused = within("open", open_and_declare(&mut tls, &mut buf)).await.expect("open");
+    let (code, text) = close_of(&refused);
+    assert_eq!(code, common::code::NOT_ALLOWED, "{text}");
+    assert!(text.contains(&format!("access to vhost '/' refused for user '{stranger}'")), "{text}");
 }

@@ -34,6 +34,14 @@ pub struct Global {
     /// Management API port.
     #[arg(long, global = true, default_value_t = 15672)]
     pub port: u16,
+    /// The management listener's URL, e.g. https://broker.example:15671 (instead of --host and
+    /// --port; https for a listener configured with management.ssl.*).
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// PEM file of the CA certificates that an https server's certificate must chain to (by
+    /// default, the web's public roots).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
     /// User name for HTTP basic auth.
     #[arg(long, short = 'u', global = true, default_value = "guest")]
     pub user: String,
@@ -261,14 +269,39 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(g: &Global) -> Client {
+    /// A client for the listener that `--url` (or `--host` and `--port`) names; fails on an
+    /// unreadable `--cacert` or a URL that is neither http nor https.
+    pub fn new(g: &Global) -> Result<Client, Error> {
+        let base = match &g.url {
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                format!("{}/api", url.trim_end_matches('/'))
+            }
+            Some(url) => return Err(Error(format!("--url {url}: expected http://HOST:PORT or https://HOST:PORT"))),
+            None => format!("http://{}:{}/api", g.host, g.port),
+        };
+        let mut tls = ureq::tls::TlsConfig::builder();
+        if let Some(path) = &g.cacert {
+            let pem = std::fs::read(path).map_err(|e| Error(format!("--cacert {}: {e}", path.display())))?;
+            let mut roots = Vec::new();
+            for item in ureq::tls::parse_pem(&pem) {
+                match item.map_err(|e| Error(format!("--cacert {}: {e}", path.display())))? {
+                    ureq::tls::PemItem::Certificate(c) => roots.push(c),
+                    _ => continue,
+                }
+            }
+            if roots.is_empty() {
+                return Err(Error(format!("--cacert {}: no PEM certificate in it", path.display())));
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&roots));
+        }
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(60)))
+            .tls_config(tls.build())
             .build()
             .into();
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", g.user, g.password));
-        Client { agent, base: format!("http://{}:{}/api", g.host, g.port), auth: format!("Basic {token}") }
+        Ok(Client { agent, base, auth: format!("Basic {token}") })
     }
 
     /// Sends one request; `Ok(None)` for an empty answer (201/204), the JSON otherwise.
@@ -513,7 +546,7 @@ fn binding_path(vhost: &str, b: &BindingArgs) -> String {
 /// Runs one command and returns what to print.
 pub fn run(cli: &Cli) -> Result<String, Error> {
     let g = &cli.global;
-    let client = Client::new(g);
+    let client = Client::new(g)?;
     let vhost = encode_segment(g.vhost());
     match &cli.command {
         Command::List { what } => list(&client, g, *what),

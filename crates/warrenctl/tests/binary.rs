@@ -40,3 +40,13 @@ fn a_bad_command_line_is_refused_by_the_parser() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--arguments must be a JSON object"));
 }
+
+#[test]
+fn a_bad_url_or_cacert_is_an_error_naming_it() {
+    let out = warrenctl(&["--url", "ftp://127.0.0.1:1", "list", "queues"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--url ftp://127.0.0.1:1"));
+    let out = warrenctl(&["--url", "https://127.0.0.1:1", "--cacert", "/nonexistent/ca.pem", "list", "queues"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--cacert /nonexistent/ca.pem"));
+}

@@ -40,12 +40,13 @@ pub(crate) async fn quorum_critical() -> Response {
     Json(json!({"status": "ok", "reason": "single node cluster"})).into_response()
 }
 
-/// The port is one of Warren's listeners (AMQP or HTTP), as RabbitMQ checks its own.
+/// The port is one of Warren's listeners (AMQP, AMQPS, HTTP or HTTPS), as RabbitMQ checks its own.
 pub(crate) async fn port_listener(Extension(listeners): Extension<Listeners>, Path(port): Path<String>) -> Response {
     let Ok(port) = port.parse::<u16>() else {
         return crate::bad_request("port must be a number");
     };
-    let ports: Vec<u16> = [listeners.amqp, listeners.http].iter().flatten().map(|a| a.port()).collect();
+    let ports: Vec<u16> =
+        [listeners.amqp, listeners.amqps, listeners.http, listeners.https].iter().flatten().map(|a| a.port()).collect();
     if ports.contains(&port) {
         Json(json!({"status": "ok", "port": port})).into_response()
     } else {

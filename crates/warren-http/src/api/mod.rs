@@ -34,11 +34,14 @@ use warren_server::Shared;
 /// The node name Warren reports (RabbitMQ's `rabbit@host`).
 pub(crate) const NODE: &str = "warren@localhost";
 
-/// The broker's listeners, as far as the management API knows them.
+/// The broker's listeners, as far as the management API knows them (connection names, the
+/// port-listener health check).
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Listeners {
+pub struct Listeners {
     pub amqp: Option<SocketAddr>,
+    pub amqps: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
 }
 
 /// The user a request authenticated as.

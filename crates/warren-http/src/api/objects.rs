@@ -73,10 +73,19 @@ fn exchange_types() -> Value {
 }
 
 fn node_json(shared: &Shared) -> Value {
-    let (alarms, resources) = {
+    use warren_core::auth::Mechanism;
+    let (alarms, resources, configured) = {
         let core = shared.broker();
-        (core.alarms(), core.resource_use())
+        (core.alarms(), core.resource_use(), core.config().auth_mechanisms.clone())
     };
+    let auth_mechanisms: Vec<Value> = [
+        (Mechanism::Plain, "SASL PLAIN authentication mechanism"),
+        (Mechanism::Amqplain, "AMQPLAIN: login and password in a field table"),
+        (Mechanism::External, "SASL EXTERNAL: the user named by the client's TLS certificate"),
+    ]
+    .iter()
+    .map(|(m, d)| json!({"name": m.as_str(), "description": d, "enabled": configured.contains(m)}))
+    .collect();
     json!({
         "name": NODE,
         "type": "disc",
@@ -96,7 +105,7 @@ fn node_json(shared: &Shared) -> Value {
         "exchange_types": exchange_types(),
         "applications": [],
         "contexts": [],
-        "auth_mechanisms": [{"name": "PLAIN", "description": "SASL PLAIN authentication mechanism", "enabled": true}],
+        "auth_mechanisms": auth_mechanisms,
     })
 }
 

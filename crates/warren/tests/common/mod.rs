@@ -61,6 +61,8 @@ pub struct Broker {
     http_port: Option<u16>,
     /// The AMQPS port of a spawned broker configured with `listeners.ssl.default`.
     amqps_port: Option<u16>,
+    /// The management HTTPS port of a spawned broker configured with `management.ssl.port`.
+    https_port: Option<u16>,
     process: Option<Spawned>,
 }
 
@@ -126,6 +128,11 @@ impl Broker {
     /// The AMQPS port of a spawned broker configured with a TLS listener.
     pub fn amqps_port(&self) -> Option<u16> {
         self.amqps_port
+    }
+
+    /// The management HTTPS port of a spawned broker configured with `management.ssl.port`.
+    pub fn https_port(&self) -> Option<u16> {
+        self.https_port
     }
 
     /// The process id of a spawned broker (`None` for an external one).
@@ -199,6 +206,7 @@ impl Broker {
             vhost: percent_decode(if vhost.is_empty() { "%2f" } else { vhost }),
             http_port: None,
             amqps_port: None,
+            https_port: None,
             process: None,
         }
     }
@@ -262,14 +270,15 @@ impl Broker {
             .recv_timeout(STARTUP_TIMEOUT)
             .ok()
             .and_then(|l| l.trim().strip_prefix("listening http ").and_then(|a| a.rsplit_once(':')?.1.parse().ok()));
-        // An AMQPS listener, when configured, is announced last.
-        let amqps_port = if conf.is_some_and(|c| c.contains("listeners.ssl.default")) {
-            lines_rx.recv_timeout(STARTUP_TIMEOUT).ok().and_then(|l| {
-                l.trim().strip_prefix("listening amqps ").and_then(|a| a.rsplit_once(':')?.1.parse().ok())
-            })
-        } else {
-            None
-        };
+        // The AMQPS and HTTPS listeners, when configured, are announced after it, in this order.
+        let wants = |key: &str| conf.is_some_and(|c| c.contains(key));
+        let (mut amqps_port, mut https_port) = (None, None);
+        for _ in 0..usize::from(wants("listeners.ssl.default")) + usize::from(wants("management.ssl.port")) {
+            let Ok(line) = lines_rx.recv_timeout(STARTUP_TIMEOUT) else { break };
+            let port = |prefix: &str| line.trim().strip_prefix(prefix).and_then(|a| a.rsplit_once(':')?.1.parse().ok());
+            amqps_port = amqps_port.or(port("listening amqps "));
+            https_port = https_port.or(port("listening https "));
+        }
         Broker {
             host: "127.0.0.1".to_string(),
             port,
@@ -278,6 +287,7 @@ impl Broker {
             vhost: "/".to_string(),
             http_port,
             amqps_port,
+            https_port,
             process: Some(spawned),
         }
     }
