@@ -59,6 +59,18 @@ pub struct ConnInfo {
     pub peer: String,
     pub client_properties: FieldTable,
     pub channel_max: u16,
+    pub session: Session,
+}
+
+/// How a client connection came in, for operators (`/api/connections`).
+#[derive(Debug, Clone, Default)]
+pub struct Session {
+    /// The SASL mechanism it logged in with ("PLAIN", "AMQPLAIN", "EXTERNAL").
+    pub auth_mechanism: &'static str,
+    /// Over TLS (the AMQPS listener).
+    pub tls: bool,
+    /// When its connection.open was accepted, ms since the Unix epoch.
+    pub connected_at_ms: u64,
 }
 
 impl ConnInfo {
@@ -1596,6 +1608,7 @@ impl Broker {
             peer: "internal".into(),
             client_properties: FieldTable::new(),
             channel_max: 1,
+            session: Session::default(),
         };
         self.conns.insert(
             conn,

@@ -37,7 +37,7 @@ pub use broker::management::{
     QueueStats, MANAGEMENT_CONN,
 };
 pub use broker::{
-    Alarms, Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, ResourceUse, StoreStats, SyncJob,
+    Alarms, Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, ResourceUse, Session, StoreStats, SyncJob,
 };
 pub use config::Config;
 pub use definitions::VhostLimits;

@@ -20,6 +20,7 @@ fn info(user: &str, vhost: &str) -> ConnInfo {
         peer: "test".into(),
         client_properties: caps(true),
         channel_max: 2047,
+        session: Default::default(),
     }
 }
 

@@ -410,6 +410,7 @@ fn a_resource_alarm_blocks_publishers_not_consumers_until_it_clears() {
         peer: "test".into(),
         client_properties: props,
         channel_max: 2047,
+        session: Default::default(),
     };
     h.broker.open_connection(1, info(blocked_caps())).expect("open");
     h.open(1, 1);

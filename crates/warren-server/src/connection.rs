@@ -57,7 +57,7 @@ pub(crate) async fn run<S: Transport>(
 
     let negotiated = match tokio::time::timeout(
         handshake_timeout,
-        handshake::handshake(&shared, &mut socket, &mut rbuf, peer, client_cert.as_deref()),
+        handshake::handshake(&shared, &mut socket, &mut rbuf, peer, client_cert.as_deref(), S::TLS),
     )
     .await
     {

@@ -12,7 +12,7 @@ use warren_amqp::{
     FieldTable, FieldValue, Frame, FrameParser, Method, ProtocolError, ReplyCode, ShortStr, PROTOCOL_HEADER,
 };
 use warren_core::auth::{mechanisms_field, offered, Mechanism};
-use warren_core::ConnInfo;
+use warren_core::{ConnInfo, Session};
 
 /// What the handshake settled.
 pub(crate) struct Negotiated {
@@ -119,6 +119,7 @@ pub(crate) async fn handshake<S: Io>(
     buf: &mut BytesMut,
     peer: SocketAddr,
     client_cert: Option<&[u8]>,
+    tls: bool,
 ) -> Result<Negotiated, Failed> {
     // 1. The protocol header. Anything else gets ours back and the socket closed (spec 4.2.2).
     while buf.len() < PROTOCOL_HEADER.len() {
@@ -160,7 +161,7 @@ pub(crate) async fn handshake<S: Io>(
         },
     )
     .await?;
-    let (client_properties, user) = match next_method(socket, buf, &parser).await? {
+    let (client_properties, user, auth_mechanism) = match next_method(socket, buf, &parser).await? {
         Method::ConnectionStartOk { client_properties, mechanism, response, .. } => {
             // Only EXTERNAL reads the certificate, so it is parsed only for a client that
             // chooses EXTERNAL (and outside the broker lock).
@@ -176,7 +177,10 @@ pub(crate) async fn handshake<S: Io>(
                 crate::is_loopback(&peer),
             );
             match auth {
-                Ok(user) => (client_properties, user),
+                Ok(user) => {
+                    let used = Mechanism::parse(&mechanism).map_or("PLAIN", Mechanism::as_str);
+                    (client_properties, user, used)
+                }
                 Err(refused) => {
                     tracing::warn!("connection {peer}: authentication failed: {}", refused.why);
                     let e = refused.error;
@@ -240,6 +244,7 @@ pub(crate) async fn handshake<S: Io>(
                 peer: peer.to_string(),
                 client_properties,
                 channel_max,
+                session: Session { auth_mechanism, tls, connected_at_ms: shared.now_ms() },
             };
             Ok(Negotiated { frame_max, heartbeat_s, info })
         }

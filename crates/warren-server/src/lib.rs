@@ -48,12 +48,15 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 pub(crate) trait Transport: Io + 'static {
     type Read: tokio::io::AsyncRead + Unpin + Send;
     type Write: tokio::io::AsyncWrite + Unpin + Send;
+    /// True for TLS streams.
+    const TLS: bool;
     fn split_halves(self) -> (Self::Read, Self::Write);
 }
 
 impl Transport for tokio::net::TcpStream {
     type Read = tokio::net::tcp::OwnedReadHalf;
     type Write = tokio::net::tcp::OwnedWriteHalf;
+    const TLS: bool = false;
     fn split_halves(self) -> (Self::Read, Self::Write) {
         self.into_split()
     }
@@ -62,6 +65,7 @@ impl Transport for tokio::net::TcpStream {
 impl Transport for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
     type Read = tokio::io::ReadHalf<Self>;
     type Write = tokio::io::WriteHalf<Self>;
+    const TLS: bool = true;
     fn split_halves(self) -> (Self::Read, Self::Write) {
         tokio::io::split(self)
     }

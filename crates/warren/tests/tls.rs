@@ -450,6 +450,19 @@ async fn external_logs_in_the_user_its_certificate_names() {
     assert!(matches!(answer, Method::ConnectionTune { .. }), "{answer:?}");
     let declared = within("open and declare", open_and_declare(&mut tls, &mut buf)).await.expect("open");
     assert!(matches!(declared, Method::QueueDeclareOk { .. }), "{declared:?}");
+    // The management API tells how it came in: EXTERNAL, over TLS, on the AMQPS listener, and when.
+    let mut http = TcpStream::connect(broker.http_addr().expect("HTTP")).await.expect("connect");
+    let (status, body) =
+        within("GET /api/connections", http_get(&mut http, "/api/connections", Some(GUEST))).await.expect("GET");
+    assert_eq!(status, 200, "{body}");
+    let conns: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let c = conns.as_array().and_then(|a| a.iter().find(|c| c["user"] == user.as_str())).expect("the connection");
+    assert_eq!((c["auth_mechanism"].as_str(), c["ssl"].as_bool()), (Some("EXTERNAL"), Some(true)), "{c}");
+    assert_eq!(c["port"], port, "{c}");
+    assert!(c["name"].as_str().expect("name").ends_with(&format!(":{port}")), "{c}");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64;
+    let at = c["connected_at"].as_u64().expect("connected_at");
+    assert!(at <= now && now - at < 60_000, "connected_at {at} is when it connected (now {now})");
 }
 
 #[tokio::test]

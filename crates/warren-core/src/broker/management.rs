@@ -29,6 +29,7 @@ pub struct ConnectionSummary {
     pub client_properties: FieldTable,
     pub channels: usize,
     pub channel_max: u16,
+    pub session: super::Session,
 }
 
 /// An open channel, for `/api/channels`.
@@ -39,6 +40,8 @@ pub struct ChannelSummary {
     pub user: String,
     pub vhost: String,
     pub peer: String,
+    /// Its connection is over TLS.
+    pub tls: bool,
     pub consumers: usize,
     pub unacked: usize,
     /// basic.qos global=false (the prefetch of consumers created from now on).
@@ -55,6 +58,8 @@ pub struct ConsumerSummary {
     pub conn: ConnId,
     pub channel: u16,
     pub peer: String,
+    /// Its connection is over TLS.
+    pub tls: bool,
     pub user: String,
     pub vhost: String,
     pub queue: String,
@@ -135,6 +140,7 @@ impl Broker {
                 client_properties: c.info.client_properties.clone(),
                 channels: c.channels.len(),
                 channel_max: c.info.channel_max,
+                session: c.info.session.clone(),
             })
             .collect();
         v.sort_by_key(|c| c.id);
@@ -152,6 +158,7 @@ impl Broker {
                     user: c.info.user.clone(),
                     vhost: c.info.vhost.clone(),
                     peer: c.info.peer.clone(),
+                    tls: c.info.session.tls,
                     consumers: ch.consumers.len(),
                     unacked: ch.unacked.len(),
                     prefetch: ch.prefetch_consumer,
@@ -180,6 +187,7 @@ impl Broker {
                         conn: *id,
                         channel: *n,
                         peer: c.info.peer.clone(),
+                        tls: c.info.session.tls,
                         user: c.info.user.clone(),
                         vhost: c.info.vhost.clone(),
                         queue: co.queue.to_string(),
@@ -538,6 +546,7 @@ impl Broker {
                     peer: "management".into(),
                     client_properties: FieldTable::new(),
                     channel_max: 1,
+                    session: Default::default(),
                 };
                 self.open_connection(MANAGEMENT_CONN, info)?;
             }

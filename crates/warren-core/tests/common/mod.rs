@@ -31,6 +31,7 @@ impl Harness {
             peer: "test".into(),
             client_properties: caps(cancel_notify),
             channel_max: 2047,
+            session: Default::default(),
         };
         self.broker.open_connection(conn, info).expect("vhost exists");
     }

@@ -120,10 +120,19 @@ pub(crate) async fn node(State(shared): State<Arc<Shared>>, Path(name): Path<Str
     Ok(Json(node_json(&shared)).into_response())
 }
 
+/// The listener a connection came in on: AMQPS for TLS connections, else AMQP.
+fn listener_of(tls: bool, l: &Listeners) -> Option<std::net::SocketAddr> {
+    if tls {
+        l.amqps
+    } else {
+        l.amqp
+    }
+}
+
 /// RabbitMQ names a connection "client ip:port -> server ip:port"; the server side is the
-/// AMQP listener's address (left out when the API was started without it).
-fn connection_name(peer: &str, listeners: &Listeners) -> String {
-    match listeners.amqp {
+/// address of the listener it came in on (left out when the API was started without it).
+fn connection_name(peer: &str, tls: bool, l: &Listeners) -> String {
+    match listener_of(tls, l) {
         Some(a) => format!("{peer} -> {a}"),
         None => peer.to_string(),
     }
@@ -136,10 +145,11 @@ fn split_peer(peer: &str) -> (&str, u16) {
     }
 }
 
-fn connection_json(c: &ConnectionSummary, connected_at: u64, l: &Listeners) -> Value {
+fn connection_json(c: &ConnectionSummary, l: &Listeners) -> Value {
     let (host, port) = split_peer(&c.peer);
+    let listener = listener_of(c.session.tls, l);
     json!({
-        "name": connection_name(&c.peer, l),
+        "name": connection_name(&c.peer, c.session.tls, l),
         "node": NODE,
         "vhost": c.vhost,
         "user": c.user,
@@ -147,26 +157,22 @@ fn connection_json(c: &ConnectionSummary, connected_at: u64, l: &Listeners) -> V
         "state": "running",
         "type": "network",
         "protocol": "AMQP 0-9-1",
-        "auth_mechanism": "PLAIN",
-        "ssl": false,
+        "auth_mechanism": c.session.auth_mechanism,
+        "ssl": c.session.tls,
         "peer_host": host,
         "peer_port": port,
-        "host": l.amqp.map(|a| a.ip().to_string()),
-        "port": l.amqp.map(|a| a.port()),
+        "host": listener.map(|a| a.ip().to_string()),
+        "port": listener.map(|a| a.port()),
         "channels": c.channels,
         "channel_max": c.channel_max,
-        "connected_at": connected_at,
+        "connected_at": c.session.connected_at_ms,
         "client_properties": table_json(&c.client_properties),
     })
 }
 
-pub(crate) async fn connections(
-    Extension(l): Extension<Listeners>,
-    State(shared): State<Arc<Shared>>,
-    Extension(rates): Extension<Arc<Rates>>,
-) -> Response {
+pub(crate) async fn connections(Extension(l): Extension<Listeners>, State(shared): State<Arc<Shared>>) -> Response {
     let list = shared.broker().connections();
-    let items = list.iter().map(|c| connection_json(c, rates.first_seen(c.id), &l)).collect();
+    let items = list.iter().map(|c| connection_json(c, &l)).collect();
     super::json_list(items)
 }
 
@@ -174,7 +180,6 @@ pub(crate) async fn connections(
 pub(crate) async fn vhost_connections(
     Extension(l): Extension<Listeners>,
     State(shared): State<Arc<Shared>>,
-    Extension(rates): Extension<Arc<Rates>>,
     Extension(User(user)): Extension<User>,
     Path(vhost): Path<String>,
 ) -> ApiResult {
@@ -187,23 +192,22 @@ pub(crate) async fn vhost_connections(
         .connections()
         .iter()
         .filter(|c| c.vhost == vhost && (sees_all || c.user == user))
-        .map(|c| connection_json(c, rates.first_seen(c.id), &l))
+        .map(|c| connection_json(c, &l))
         .collect();
     Ok(super::json_list(items))
 }
 
 fn find_connection(shared: &Shared, name: &str, l: &Listeners) -> Option<ConnectionSummary> {
-    shared.broker().connections().into_iter().find(|c| connection_name(&c.peer, l) == name)
+    shared.broker().connections().into_iter().find(|c| connection_name(&c.peer, c.session.tls, l) == name)
 }
 
 pub(crate) async fn connection(
     Extension(l): Extension<Listeners>,
     State(shared): State<Arc<Shared>>,
-    Extension(rates): Extension<Arc<Rates>>,
     Path(name): Path<String>,
 ) -> ApiResult {
     let c = find_connection(&shared, &name, &l).ok_or(ApiError::NotFound)?;
-    Ok(Json(connection_json(&c, rates.first_seen(c.id), &l)).into_response())
+    Ok(Json(connection_json(&c, &l)).into_response())
 }
 
 /// DELETE /api/connections/{name}: the client gets connection.close 320 CONNECTION_FORCED,
@@ -225,7 +229,7 @@ pub(crate) async fn close_connection(
 }
 
 fn channel_name(ch: &ChannelSummary, l: &Listeners) -> String {
-    format!("{} ({})", connection_name(&ch.peer, l), ch.number)
+    format!("{} ({})", connection_name(&ch.peer, ch.tls, l), ch.number)
 }
 
 fn channel_json(ch: &ChannelSummary, l: &Listeners) -> Value {
@@ -238,7 +242,7 @@ fn channel_json(ch: &ChannelSummary, l: &Listeners) -> Value {
         "user": ch.user,
         "user_who_performed_action": ch.user,
         "state": "running",
-        "connection_details": {"name": connection_name(&ch.peer, l), "peer_host": host, "peer_port": port},
+        "connection_details": {"name": connection_name(&ch.peer, ch.tls, l), "peer_host": host, "peer_port": port},
         "consumer_count": ch.consumers,
         "messages_unacknowledged": ch.unacked,
         "messages_unconfirmed": 0,
@@ -282,9 +286,9 @@ fn consumer_json(c: &ConsumerSummary, timeout_ms: u64, l: &Listeners) -> Value {
         "consumer_tag": c.tag,
         "queue": {"name": c.queue, "vhost": c.vhost},
         "channel_details": {
-            "name": format!("{} ({})", connection_name(&c.peer, l), c.channel),
+            "name": format!("{} ({})", connection_name(&c.peer, c.tls, l), c.channel),
             "number": c.channel,
-            "connection_name": connection_name(&c.peer, l),
+            "connection_name": connection_name(&c.peer, c.tls, l),
             "node": NODE,
             "peer_host": host,
             "peer_port": port,

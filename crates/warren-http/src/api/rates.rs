@@ -4,21 +4,20 @@
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use warren_core::queue::QueueCounters;
-use warren_core::{ConnId, QueueStats};
+use warren_core::QueueStats;
 
 /// How far back a rate looks.
 const WINDOW: Duration = Duration::from_secs(5);
 
 type Samples = VecDeque<(Instant, QueueCounters)>;
 
-/// Samples of counters, per queue and for the whole broker; first-seen times of connections.
+/// Samples of counters, per queue and for the whole broker.
 #[derive(Default)]
 pub(crate) struct Rates {
     queues: Mutex<HashMap<(String, String), Samples>>,
     total: Mutex<Samples>,
-    connections: Mutex<HashMap<ConnId, u64>>,
 }
 
 /// Counters per second over the window, from the oldest sample kept to `now`.
@@ -85,13 +84,6 @@ impl Rates {
         }
         let r = sample(&mut lock(&self.total), Instant::now(), sum);
         message_stats(sum, r)
-    }
-
-    /// When the management API first saw the connection (ms since the epoch); Warren's core
-    /// does not keep connection times.
-    pub(crate) fn first_seen(&self, conn: ConnId) -> u64 {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        *lock(&self.connections).entry(conn).or_insert(now)
     }
 }
 
