@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The management API with a real client: rabbitmqadmin v2 (the Rust crate, installed with cargo
-# if missing) lists, declares, publishes, gets and deletes against a running Warren, and sets vhost limits.
+# if missing) lists, declares, publishes, gets and deletes against a running Warren, and sets vhost and user limits.
 #   interop/rabbitmqadmin.sh HTTP_PORT
 # Prints "interop-rabbitmqadmin: N passed, N failed".
 set -uo pipefail
@@ -36,5 +36,12 @@ check limit-refuses bash -c "$(declare -f admin); bin='$bin'; port=$port; ! admi
 check limit-deleted admin delete vhost_limit --vhost "$vh" --name max-queues
 check limit-lifted admin declare queue --vhost "$vh" --name two --type classic
 check vhost-deleted admin delete vhost --name "$vh"
+# User limits on a user of its own.
+u="ra-user-$$"
+check user admin declare user --name "$u" --password pw --tags ""
+check user-limit admin declare user_limit --username "$u" --name max-channels --value 8
+check user-limits-listed bash -c "$(declare -f admin); bin='$bin'; port=$port; admin list user_limits --username '$u' | grep -q 'max-channels'"
+check user-limit-deleted admin delete user_limit --username "$u" --name max-channels
+check user-deleted admin delete user --name "$u"
 echo "interop-rabbitmqadmin: $passed passed, $failed failed"
 ((failed == 0))

@@ -15,7 +15,7 @@ use crate::channel::{AckOp, Channel, ChannelState, Consumer, DeferredKind, TxSta
 use crate::config::{Config, CONNECTION_OUTBOUND_MAX_BYTES};
 use crate::definitions::{
     journal_header, read_journal, BindingDef, DefOp, Definitions, ExchangeDef, PermissionDef, PolicyDef, QueueDef,
-    TopicPermissionDef, UserDef, VhostLimits,
+    TopicPermissionDef, UserDef, UserLimits, VhostLimits,
 };
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::message::{Message, MessageRef};
@@ -354,6 +354,8 @@ pub struct Broker {
     defs_dirty: bool,
     /// Topology changes not yet in the journal.
     def_ops: Vec<DefOp>,
+    /// Users' limits (`/api/user-limits`), of the users that have any.
+    user_limits: HashMap<String, UserLimits>,
     /// Inside [`Broker::batch_definitions`]: changes are made durable at its end, together.
     defs_batched: bool,
     /// Storage failures to report (the server logs them).
@@ -550,6 +552,7 @@ impl Broker {
             dirty_exchanges: HashSet::new(),
             defs_dirty: false,
             def_ops: Vec::new(),
+            user_limits: HashMap::new(),
             defs_batched: false,
             errors: Vec::new(),
             paged_behind_consumer: false,
@@ -607,6 +610,9 @@ impl Broker {
         let seeded = fresh.then_some(&default_vhost);
         for v in seeded.into_iter().chain(defs.vhosts.iter()) {
             self.vhosts.entry(v.clone()).or_insert_with(|| VHost::new(v));
+        }
+        for (u, limits) in &defs.user_limits {
+            self.user_limits.insert(u.clone(), *limits);
         }
         for (v, limits) in &defs.vhost_limits {
             if let Some(vh) = self.vhosts.get_mut(v) {
@@ -824,6 +830,8 @@ impl Broker {
                 operator,
             });
         }
+        d.user_limits = self.user_limits.iter().map(|(u, l)| (u.clone(), *l)).collect();
+        d.user_limits.sort_by(|a, b| a.0.cmp(&b.0));
         let mut vhosts: Vec<&VHost> = self.vhosts.values().collect();
         vhosts.sort_by(|a, b| a.name.cmp(&b.name));
         for vh in vhosts {
@@ -1276,6 +1284,7 @@ impl Broker {
         if !self.users.remove(name) {
             return Ok(false);
         }
+        self.user_limits.remove(name);
         self.refresh_grants(Some(name));
         let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.info.user == name).map(|(id, _)| *id).collect();
         for id in conns {
@@ -1375,6 +1384,7 @@ impl Broker {
             }
         }
         self.check_vhost_connection_limit(&info)?;
+        self.check_user_connection_limit(&info)?;
         let Some(grants) = self.users.grants(&info.user, &info.vhost) else {
             return Err(ProtocolError::new(
                 ReplyCode::NotAllowed,
@@ -1408,6 +1418,10 @@ impl Broker {
         if self.alarms.any() && matches!(frame, Frame::Method { method: Method::BasicPublish { .. }, .. }) {
             self.block_publisher(conn, out);
         }
+        let over_user_channels = match frame {
+            Frame::Method { method: Method::ChannelOpen, .. } => self.check_user_channel_limit(conn).err(),
+            _ => None,
+        };
         let Some(c) = self.conns.get_mut(&conn) else { return };
         if c.closing {
             return;
@@ -1427,6 +1441,8 @@ impl Broker {
                         )
                         .on((20, 10));
                         self.connection_error(conn, e, out);
+                    } else if let Some(e) = over_user_channels {
+                        self.connection_error(conn, e.on((20, 10)), out);
                     } else {
                         let mut ch = Channel::new();
                         ch.unacked_max = self.config.unacked_max_per_channel.map_or(usize::MAX, |n| n as usize);

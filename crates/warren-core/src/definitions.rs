@@ -182,6 +182,29 @@ impl VhostLimits {
     }
 }
 
+/// A user's limits (RabbitMQ's `max-connections` and `max-channels` user limits), as set: a
+/// negative value means no limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UserLimits {
+    pub max_connections: Option<i64>,
+    pub max_channels: Option<i64>,
+}
+
+impl UserLimits {
+    pub fn is_empty(&self) -> bool {
+        self.max_connections.is_none() && self.max_channels.is_none()
+    }
+
+    /// The limits in force: set and not negative.
+    pub fn connections(&self) -> Option<u64> {
+        self.max_connections.and_then(|n| u64::try_from(n).ok())
+    }
+
+    pub fn channels(&self) -> Option<u64> {
+        self.max_channels.and_then(|n| u64::try_from(n).ok())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Definitions {
     /// Which journal continues this snapshot: only one of the same generation is replayed.
@@ -189,6 +212,8 @@ pub struct Definitions {
     pub vhosts: Vec<String>,
     /// The limits of the vhosts that have any.
     pub vhost_limits: Vec<(String, VhostLimits)>,
+    /// The limits of the users that have any.
+    pub user_limits: Vec<(String, UserLimits)>,
     /// None in snapshots written before users were stored: the broker then seeds the default
     /// user from its configuration, as on a fresh store.
     pub users: Option<Vec<UserDef>>,
@@ -255,6 +280,20 @@ impl Definitions {
                         let mut t = vec![("vhost", s(vhost))];
                         t.extend(l.max_connections.map(|n| ("max-connections", FieldValue::I64(n))));
                         t.extend(l.max_queues.map(|n| ("max-queues", FieldValue::I64(n))));
+                        table(t)
+                    })
+                    .collect(),
+            ),
+        );
+        root.insert(
+            "user_limits",
+            FieldValue::Array(
+                self.user_limits
+                    .iter()
+                    .map(|(user, l)| {
+                        let mut t = vec![("user", s(user))];
+                        t.extend(l.max_connections.map(|n| ("max-connections", FieldValue::I64(n))));
+                        t.extend(l.max_channels.map(|n| ("max-channels", FieldValue::I64(n))));
                         table(t)
                     })
                     .collect(),
@@ -359,6 +398,16 @@ impl Definitions {
                     max_queues: t.get("max-queues").and_then(FieldValue::as_i64),
                 };
                 d.vhost_limits.push((get_str(t, "vhost")?, limits));
+            }
+        }
+        if root.get("user_limits").is_some() {
+            for t in tables(get_array(&root, "user_limits")?) {
+                let t = t?;
+                let limits = UserLimits {
+                    max_connections: t.get("max-connections").and_then(FieldValue::as_i64),
+                    max_channels: t.get("max-channels").and_then(FieldValue::as_i64),
+                };
+                d.user_limits.push((get_str(t, "user")?, limits));
             }
         }
         d.generation = root.get("generation").and_then(FieldValue::as_i64).map_or(0, |g| g as u64);
@@ -623,6 +672,7 @@ mod tests {
             generation: 7,
             vhosts: vec!["/".into(), "prod".into()],
             vhost_limits: vec![("prod".into(), VhostLimits { max_connections: Some(10), max_queues: Some(-1) })],
+            user_limits: vec![("alice".into(), UserLimits { max_connections: None, max_channels: Some(5) })],
             users: Some(vec![UserDef {
                 name: "alice".into(),
                 password_hash: "UTIkULXG9baDsj/YUf/sdMnz1QDOltSY5foDoCyZhBbY7RiT".into(),

@@ -31,7 +31,7 @@ pub mod metrics;
 pub mod policy;
 pub mod queue;
 
-pub use broker::limits::VhostLimit;
+pub use broker::limits::{UserLimit, VhostLimit};
 pub use broker::management::{
     BindingSummary, ChannelSummary, ConnectionSummary, ConsumerSummary, ExchangeSummary, GetAckMode, GotMessage,
     QueueStats, MANAGEMENT_CONN,
@@ -40,7 +40,7 @@ pub use broker::{
     Alarms, Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, ResourceUse, Session, StoreStats, SyncJob,
 };
 pub use config::Config;
-pub use definitions::VhostLimits;
+pub use definitions::{UserLimits, VhostLimits};
 
 /// Identifies a client connection for the lifetime of the broker process.
 pub type ConnId = u64;

@@ -451,6 +451,14 @@ fn apply_access_definitions(broker: &mut warren_core::Broker, doc: &Value) -> Re
             _ => warren_core::auth::Password::None,
         };
         broker.put_user(name, password, tags).map_err(|e| format!("user '{name}': {}", e.text))?;
+        if let Some(limits) = u.get("limits").and_then(Value::as_object) {
+            for (limit, value) in limits {
+                let which = warren_core::UserLimit::parse(limit)
+                    .ok_or_else(|| format!("user '{name}': '{limit}' is not a user limit"))?;
+                let n = value.as_i64().ok_or_else(|| format!("user '{name}': {limit} should be a number"))?;
+                broker.set_user_limit(name, which, n).map_err(|e| format!("user '{name}': {}", e.text))?;
+            }
+        }
         applied += 1;
     }
     for p in items(doc, "permissions")? {

@@ -1,10 +1,12 @@
-//! Vhost limits, as RabbitMQ's `max-connections` and `max-queues`: set through the management
-//! API (`/api/vhost-limits`), kept in the definitions snapshot, checked when a client opens a
-//! connection or declares a new queue.
+//! Vhost limits (RabbitMQ's `max-connections` and `max-queues`) and user limits
+//! (`max-connections` and `max-channels`): set through the management API
+//! (`/api/vhost-limits`, `/api/user-limits`), kept in the definitions snapshot, checked when a
+//! client opens a connection or a channel or declares a new queue.
 
 use super::{Broker, ConnInfo, Res};
 use crate::broker::management::MANAGEMENT_CONN;
-use crate::definitions::VhostLimits;
+use crate::definitions::{UserLimits, VhostLimits};
+use crate::ConnId;
 use warren_amqp::{ProtocolError, ReplyCode};
 
 /// One of the limits a vhost can have.
@@ -28,6 +30,31 @@ impl VhostLimit {
         match self {
             VhostLimit::MaxConnections => &mut limits.max_connections,
             VhostLimit::MaxQueues => &mut limits.max_queues,
+        }
+    }
+}
+
+/// One of the limits a user can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserLimit {
+    MaxConnections,
+    MaxChannels,
+}
+
+impl UserLimit {
+    /// The limit RabbitMQ names so (`max-connections`, `max-channels`).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "max-connections" => Some(UserLimit::MaxConnections),
+            "max-channels" => Some(UserLimit::MaxChannels),
+            _ => None,
+        }
+    }
+
+    fn slot(self, limits: &mut UserLimits) -> &mut Option<i64> {
+        match self {
+            UserLimit::MaxConnections => &mut limits.max_connections,
+            UserLimit::MaxChannels => &mut limits.max_channels,
         }
     }
 }
@@ -80,6 +107,79 @@ impl Broker {
                 format_args!(
                     "access to vhost '{}' refused for user '{}': connection limit ({max}) is reached",
                     info.vhost, info.user
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Broker {
+    /// The limits of every user that has one, sorted by user.
+    pub fn user_limits(&self) -> Vec<(String, UserLimits)> {
+        let mut v: Vec<_> = self.user_limits.iter().map(|(u, l)| (u.clone(), *l)).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// A user's limits (none set: empty).
+    pub fn limits_of_user(&self, user: &str) -> UserLimits {
+        self.user_limits.get(user).copied().unwrap_or_default()
+    }
+
+    /// Sets one limit of a user (negative: no limit); applies to the next connection.open or
+    /// channel.open.
+    pub fn set_user_limit(&mut self, user: &str, limit: UserLimit, value: i64) -> Res {
+        if self.users.get(user).is_none() {
+            return Err(ProtocolError::new(ReplyCode::NotFound, format_args!("no user '{user}'")));
+        }
+        *limit.slot(self.user_limits.entry(user.to_owned()).or_default()) = Some(value);
+        self.defs_dirty = true;
+        self.save_definitions()
+    }
+
+    /// Clears one limit of a user; false when it was not set.
+    pub fn clear_user_limit(&mut self, user: &str, limit: UserLimit) -> Result<bool, ProtocolError> {
+        let Some(limits) = self.user_limits.get_mut(user) else { return Ok(false) };
+        if limit.slot(limits).take().is_none() {
+            return Ok(false);
+        }
+        if limits.is_empty() {
+            self.user_limits.remove(user);
+        }
+        self.defs_dirty = true;
+        self.save_definitions().map(|_| true)
+    }
+
+    /// Refuses a connection of a user that has as many as its `max-connections` allows.
+    pub(super) fn check_user_connection_limit(&self, info: &ConnInfo) -> Res {
+        let Some(max) = self.user_limits.get(&info.user).and_then(UserLimits::connections) else { return Ok(()) };
+        let open = self.conns.iter().filter(|&(&id, c)| id != MANAGEMENT_CONN && c.info.user == info.user).count();
+        if open as u64 >= max {
+            return Err(ProtocolError::new(
+                ReplyCode::NotAllowed,
+                format_args!("connection refused for user '{}': user connection limit ({max}) is reached", info.user),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses one more channel to a user that has as many, on all its connections, as its
+    /// `max-channels` allows (a connection error, as in RabbitMQ).
+    pub(super) fn check_user_channel_limit(&self, conn: ConnId) -> Res {
+        let Some(user) = self.conns.get(&conn).map(|c| &c.info.user) else { return Ok(()) };
+        let Some(max) = self.user_limits.get(user).and_then(UserLimits::channels) else { return Ok(()) };
+        let open: usize = self
+            .conns
+            .iter()
+            .filter(|&(&id, c)| id != MANAGEMENT_CONN && c.info.user == *user)
+            .map(|(_, c)| c.channels.len())
+            .sum();
+        if open as u64 >= max {
+            return Err(ProtocolError::new(
+                ReplyCode::NotAllowed,
+                format_args!(
+                    "number of channels opened for user '{user}' has reached the maximum allowed user limit of ({max})"
                 ),
             ));
         }

@@ -121,19 +121,19 @@ pub(crate) async fn delete_vhost(
 
 // ---- users ---------------------------------------------------------------------------------
 
-fn user_json(u: &warren_core::auth::User) -> Value {
+fn user_json(broker: &Broker, u: &warren_core::auth::User) -> Value {
     json!({
         "name": u.name,
         "password_hash": u.password_hash,
         "hashing_algorithm": u.hashing_algorithm,
         "tags": u.tags,
-        "limits": {},
+        "limits": super::limits::user_limits_value(&broker.limits_of_user(&u.name)),
     })
 }
 
 /// The users, as RabbitMQ lists them (and exports them in definitions).
 pub(crate) fn users_json(broker: &Broker) -> Vec<Value> {
-    broker.users().list().map(user_json).collect()
+    broker.users().list().map(|u| user_json(broker, u)).collect()
 }
 
 pub(crate) async fn list_users(State(shared): State<Arc<Shared>>, Extension(User(user)): Extension<User>) -> ApiResult {
@@ -148,7 +148,8 @@ pub(crate) async fn users_without_permissions(
     admin(&shared, &user)?;
     let core = shared.broker();
     let users = core.users();
-    let lonely = users.list().filter(|u| !users.permissions().any(|p| p.user == u.name)).map(user_json).collect();
+    let lonely =
+        users.list().filter(|u| !users.permissions().any(|p| p.user == u.name)).map(|u| user_json(&core, u)).collect();
     Ok(json_list(lonely))
 }
 
@@ -160,7 +161,7 @@ pub(crate) async fn show_user(
     admin(&shared, &user)?;
     let core = shared.broker();
     let u = core.user(&name).ok_or(ApiError::NotFound)?;
-    Ok(Json(user_json(u)).into_response())
+    Ok(Json(user_json(&core, u)).into_response())
 }
 
 /// Tags as RabbitMQ takes them: a comma-separated string or a list of strings (each taken

@@ -1,6 +1,7 @@
-//! /api/vhost-limits: RabbitMQ's `max-connections` and `max-queues` per vhost, with RabbitMQ
-//! 3.10's paths, JSON shapes, status codes and validation texts. Reading needs access to the
-//! vhost (see `access::vhost_visibility`); setting and clearing need the administrator tag.
+//! /api/vhost-limits (RabbitMQ's `max-connections` and `max-queues` per vhost) and
+//! /api/user-limits (`max-connections` and `max-channels` per user), with RabbitMQ 3.10's paths,
+//! JSON shapes, status codes and validation texts. Reading vhost limits needs access to the
+//! vhost (see `access::vhost_visibility`); everything else needs the administrator tag.
 
 use super::access::{admin, object_body};
 use super::{json_list, with_broker, ApiError, ApiResult, User};
@@ -11,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
-use warren_core::{VhostLimit, VhostLimits};
+use warren_core::{UserLimit, UserLimits, VhostLimit, VhostLimits};
 use warren_server::Shared;
 
 fn limits_json(vhost: &str, l: &VhostLimits) -> Value {
@@ -89,6 +90,86 @@ pub(crate) async fn delete(
     }
     if let Some(limit) = VhostLimit::parse(&name) {
         with_broker(&shared, &user, |b, _, _| b.clear_vhost_limit(&vhost, limit))?;
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// A user's limits as RabbitMQ shows them (`{"max-connections": N, ...}`, empty when none).
+pub(crate) fn user_limits_value(l: &UserLimits) -> Value {
+    let mut value = Map::new();
+    if let Some(n) = l.max_connections {
+        value.insert("max-connections".into(), json!(n));
+    }
+    if let Some(n) = l.max_channels {
+        value.insert("max-channels".into(), json!(n));
+    }
+    Value::Object(value)
+}
+
+fn user_limits_list(shared: &Shared, only: Option<&str>) -> Vec<Value> {
+    let core = shared.broker();
+    core.user_limits()
+        .iter()
+        .filter(|(u, _)| only.is_none_or(|o| o == u))
+        .map(|(u, l)| json!({"user": u, "value": user_limits_value(l)}))
+        .collect()
+}
+
+/// GET /api/user-limits
+pub(crate) async fn list_users(State(shared): State<Arc<Shared>>, Extension(User(user)): Extension<User>) -> ApiResult {
+    admin(&shared, &user)?;
+    Ok(json_list(user_limits_list(&shared, None)))
+}
+
+/// GET /api/user-limits/{user}
+pub(crate) async fn of_user(
+    State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    admin(&shared, &user)?;
+    if shared.broker().user(&name).is_none() {
+        return Err(ApiError::NotFound);
+    }
+    Ok(json_list(user_limits_list(&shared, Some(&name))))
+}
+
+/// PUT /api/user-limits/{user}/{name} with `{"value": N}`; a negative N means no limit.
+pub(crate) async fn put_user(
+    State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
+    Path((name, limit)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    admin(&shared, &user)?;
+    let doc = object_body(&body)?;
+    let Some(value) = doc.get("value") else {
+        return Err(ApiError::BadRequest("[{key_missing,value}]".into()));
+    };
+    let Some(which) = UserLimit::parse(&limit) else {
+        return Err(ApiError::BadRequest(format!("Unrecognised terms [{{<<\"{limit}\">>,{value}}}] in user-limits")));
+    };
+    let Some(n) = value.as_i64() else {
+        return Err(ApiError::BadRequest(format!(
+            "Validation failed\n\n{limit} should be a number, actually was {value}\n"
+        )));
+    };
+    if shared.broker().user(&name).is_none() {
+        return Err(ApiError::BadRequest(format!("no_such_user: {name}")));
+    }
+    with_broker(&shared, &user, |b, _, _| b.set_user_limit(&name, which, n))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// DELETE /api/user-limits/{user}/{name}: 204 whether or not it was set.
+pub(crate) async fn delete_user(
+    State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
+    Path((name, limit)): Path<(String, String)>,
+) -> ApiResult {
+    admin(&shared, &user)?;
+    if let Some(which) = UserLimit::parse(&limit) {
+        with_broker(&shared, &user, |b, _, _| b.clear_user_limit(&name, which))?;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -1,17 +1,19 @@
-//! Vhost limits (RabbitMQ's `max-connections` and `max-queues`) against a real Warren: set with
-//! `rabbitmq_http_client` (the library of `rabbitmqadmin` v2), enforced on lapin clients with
-//! RabbitMQ 3.10's reply codes and texts, kept across a restart and carried by definitions.
+//! Vhost limits (RabbitMQ's `max-connections` and `max-queues`) and user limits
+//! (`max-connections` and `max-channels`) against a real Warren: set with `rabbitmq_http_client`
+//! (the library of `rabbitmqadmin` v2), enforced on lapin clients with RabbitMQ 3.10's reply
+//! codes and texts, kept across a restart and carried by definitions.
 
 mod common;
 
 use common::lapin_client::*;
-use common::{unique, Broker};
+use common::{unique, within, Broker};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use rabbitmq_http_client::api::Client;
-use rabbitmq_http_client::commons::VirtualHostLimitTarget;
-use rabbitmq_http_client::requests::{EnforcedLimitParams, VirtualHostParams};
+use rabbitmq_http_client::commons::{UserLimitTarget, VirtualHostLimitTarget};
+use rabbitmq_http_client::password_hashing::{base64_encoded_salted_password_hash_sha256, salt};
+use rabbitmq_http_client::requests::{EnforcedLimitParams, Permissions, UserParams, VirtualHostParams};
 use serde_json::{json, Value};
 
 fn client(broker: &Broker) -> Option<Client<String, &'static str, &'static str>> {
@@ -150,6 +152,9 @@ async fn limits_have_rabbitmq_shapes_survive_a_restart_and_travel_in_definitions
     assert_eq!(put("/api/vhost-limits/%2F/max-queues", json!({"valu": 1})).await.0, 400);
     assert_eq!(put("/api/vhost-limits/nosuch/max-queues", json!({"value": 1})).await.0, 404);
 
+    assert_eq!(put("/api/user-limits/guest/max-channels", json!({"value": 64})).await.0, 204);
+    assert_eq!(put("/api/user-limits/guest/max-bogus", json!({"value": 64})).await.0, 400);
+    assert_eq!(put("/api/user-limits/nobody/max-channels", json!({"value": 64})).await.0, 400);
     let expected = json!([{"vhost": "/", "value": {"max-connections": 100, "max-queues": -1}}]);
     assert_eq!(call(&base, reqwest::Method::GET, "/api/vhost-limits", None).await, (200, expected.clone()));
     assert_eq!(call(&base, reqwest::Method::GET, "/api/vhost-limits/%2F", None).await, (200, expected.clone()));
@@ -157,12 +162,16 @@ async fn limits_have_rabbitmq_shapes_survive_a_restart_and_travel_in_definitions
     let parameter = json!({"value": {"max-connections": 100, "max-queues": -1}, "vhost": "/",
         "component": "vhost-limits", "name": "limits"});
     assert_eq!(defs["parameters"], json!([parameter]));
+    let guest = defs["users"].as_array().and_then(|u| u.iter().find(|u| u["name"] == "guest")).expect("guest");
+    assert_eq!(guest["limits"], json!({"max-channels": 64}));
 
     // Durable: a restart keeps them.
     drop(broker);
     let broker = Broker::start_in(&dir);
     let base = format!("http://{}", broker.http_addr().expect("HTTP"));
     assert_eq!(call(&base, reqwest::Method::GET, "/api/vhost-limits", None).await, (200, expected));
+    let user_limits = json!([{"user": "guest", "value": {"max-channels": 64}}]);
+    assert_eq!(call(&base, reqwest::Method::GET, "/api/user-limits", None).await, (200, user_limits));
 
     // Imported into another broker, the definitions bring them along and they hold.
     let other = Broker::start();
@@ -176,6 +185,73 @@ async fn limits_have_rabbitmq_shapes_survive_a_restart_and_travel_in_definitions
     assert_eq!(call(&other_base, reqwest::Method::DELETE, "/api/vhost-limits/%2F/max-connections", None).await.0, 204);
     let (_, left) = call(&other_base, reqwest::Method::GET, "/api/vhost-limits", None).await;
     assert_eq!(left, json!([{"vhost": "/", "value": {"max-queues": -1}}]));
+    let (_, users) = call(&other_base, reqwest::Method::GET, "/api/user-limits/guest", None).await;
+    assert_eq!(users, json!([{"user": "guest", "value": {"max-channels": 64}}]), "imported with the user");
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A user with every permission on `/`.
+async fn user_with_access(rc: &Client<String, &'static str, &'static str>, name: &str) {
+    let hash = base64_encoded_salted_password_hash_sha256(&salt(), "pw");
+    rc.create_user(&UserParams { name, password_hash: &hash, tags: "" }).await.expect("create user");
+    let perms = Permissions { user: name, vhost: "/", configure: ".*", write: ".*", read: ".*" };
+    rc.declare_permissions(&perms).await.expect("permissions");
+}
+
+#[tokio::test]
+async fn user_max_connections_refuses_that_users_next_connection() {
+    let broker = Broker::start();
+    let Some(rc) = client(&broker) else { return };
+    let user = unique("lim-user");
+    user_with_access(&rc, &user).await;
+    rc.set_user_limit(&user, EnforcedLimitParams::new(UserLimitTarget::MaxConnections, 1))
+        .await
+        .expect("set max-connections");
+    let url = broker.amqp_url_with(&user, "pw", "/");
+    let first = connect_url(&url).await;
+    let (code, text) = refusal(try_connect(&url).await);
+    assert_eq!(code, 530);
+    assert!(
+        text.contains(&format!("connection refused for user '{user}': user connection limit (1) is reached")),
+        "{text}"
+    );
+    // Other users are not counted against it.
+    let guest = connect(&broker).await;
+    close(&first).await;
+    let again = connect_url(&url).await;
+    let limits = rc.list_all_user_limits().await.expect("user limits");
+    assert!(limits.iter().any(|l| l.username == user), "listed");
+    close(&again).await;
+    close(&guest).await;
+}
+
+#[tokio::test]
+async fn user_max_channels_counts_the_channels_of_all_its_connections() {
+    let broker = Broker::start();
+    let Some(rc) = client(&broker) else { return };
+    let user = unique("lim-chan");
+    user_with_access(&rc, &user).await;
+    rc.set_user_limit(&user, EnforcedLimitParams::new(UserLimitTarget::MaxChannels, 2))
+        .await
+        .expect("set max-channels");
+    let url = broker.amqp_url_with(&user, "pw", "/");
+    let a = connect_url(&url).await;
+    let ch1 = channel(&a).await;
+    let b = connect_url(&url).await;
+    let _ch2 = channel(&b).await;
+    // The third channel, on either connection, closes that connection with 530.
+    let third = within("a third channel.open", b.create_channel()).await;
+    let Err(err) = third else { panic!("a channel past the user's max-channels was opened") };
+    assert_eq!(reply_code(&err), 530, "{err}");
+    assert!(
+        err.to_string().contains(&format!(
+            "number of channels opened for user '{user}' has reached the maximum allowed user limit of (2)"
+        )),
+        "{err}"
+    );
+    // The other connection is untouched, and with b gone there is room again.
+    declare_plain(&ch1, "").await;
+    let _ch3 = channel(&a).await;
+    close(&a).await;
 }
