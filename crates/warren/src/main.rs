@@ -92,28 +92,9 @@ async fn run(settings: Settings) -> Result<(), String> {
         // EXTERNAL is offered only to clients whose certificate the CA verified.
         tracing::warn!("auth_mechanisms has EXTERNAL but ssl_options.verify is not verify_peer: it is never offered");
     }
-    // AMQPS when configured: a bad certificate or key stops the start with a clear error.
-    let amqps = match settings.amqps_listen {
-        Some(addr) => {
-            let acceptor = warren_server::tls::acceptor(&settings.tls, "ssl_options")?;
-            let listener =
-                TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for AMQPS on {addr}: {e}"))?;
-            let local = listener.local_addr().map_err(|e| e.to_string())?;
-            Some((listener, acceptor, local))
-        }
-        None => None,
-    };
-    // HTTPS for the management app likewise.
-    let https = match settings.https_listen {
-        Some(addr) => {
-            let acceptor = warren_server::tls::acceptor(&settings.management_tls, "management.ssl")?;
-            let listener =
-                TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for HTTPS on {addr}: {e}"))?;
-            let local = listener.local_addr().map_err(|e| e.to_string())?;
-            Some((listener, acceptor, local))
-        }
-        None => None,
-    };
+    // AMQPS and HTTPS when configured: a bad certificate or key stops the start with a clear error.
+    let amqps = tls_listener("AMQPS", settings.amqps_listen, &settings.tls, "ssl_options").await?;
+    let https = tls_listener("HTTPS", settings.https_listen, &settings.management_tls, "management.ssl").await?;
 
     let started = std::time::Instant::now();
     tracing::info!("recovering from {}", settings.data_dir.display());
@@ -239,4 +220,19 @@ async fn shutdown_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// A TLS listener bound to `addr` with its acceptor (certificates from the `prefix.*` settings)
+/// and its local address, when `addr` is configured.
+async fn tls_listener(
+    what: &str,
+    addr: Option<SocketAddr>,
+    tls: &warren_server::tls::TlsSettings,
+    prefix: &str,
+) -> Result<Option<(TcpListener, warren_server::tls::TlsAcceptor, SocketAddr)>, String> {
+    let Some(addr) = addr else { return Ok(None) };
+    let acceptor = warren_server::tls::acceptor(tls, prefix)?;
+    let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for {what} on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    Ok(Some((listener, acceptor, local)))
 }

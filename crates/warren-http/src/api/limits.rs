@@ -45,12 +45,30 @@ pub(crate) async fn of_vhost(State(shared): State<Arc<Shared>>, Path(vhost): Pat
     Ok(json_list(all_limits_json(&core.broker).into_iter().filter(|(v, _)| *v == vhost).map(|(_, v)| v).collect()))
 }
 
-fn limit_named(name: &str, value: &Value) -> Result<VhostLimit, ApiError> {
-    VhostLimit::parse(name).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "Validation failed\n\nUnrecognised terms [{{<<\"{name}\">>,{value}}}] in limits\n"
-        ))
-    })
+/// The limit a PUT names and the value its body gives, or RabbitMQ's answer to a body without a
+/// value, an unknown limit (`component` says which kind) or a value that is not a number.
+fn requested<L>(
+    body: &[u8],
+    name: &str,
+    parse: fn(&str) -> Option<L>,
+    unknown_prefix: &str,
+    component: &str,
+) -> Result<(L, i64), ApiError> {
+    let doc = object_body(body)?;
+    let Some(value) = doc.get("value") else {
+        return Err(ApiError::BadRequest("[{key_missing,value}]".into()));
+    };
+    let Some(limit) = parse(name) else {
+        return Err(ApiError::BadRequest(format!(
+            "{unknown_prefix}Unrecognised terms [{{<<\"{name}\">>,{value}}}] in {component}"
+        )));
+    };
+    let Some(n) = value.as_i64() else {
+        return Err(ApiError::BadRequest(format!(
+            "Validation failed\n\n{name} should be a number, actually was {value}\n"
+        )));
+    };
+    Ok((limit, n))
 }
 
 /// PUT /api/vhost-limits/{vhost}/{name} with `{"value": N}`; a negative N means no limit.
@@ -61,16 +79,7 @@ pub(crate) async fn put(
     body: Bytes,
 ) -> ApiResult {
     admin(&shared, &user)?;
-    let doc = object_body(&body)?;
-    let Some(value) = doc.get("value") else {
-        return Err(ApiError::BadRequest("[{key_missing,value}]".into()));
-    };
-    let limit = limit_named(&name, value)?;
-    let Some(n) = value.as_i64() else {
-        return Err(ApiError::BadRequest(format!(
-            "Validation failed\n\n{name} should be a number, actually was {value}\n"
-        )));
-    };
+    let (limit, n) = requested(&body, &name, VhostLimit::parse, "Validation failed\n\n", "limits\n")?;
     if !shared.broker().has_vhost(&vhost) {
         return Err(ApiError::NotFound);
     }
@@ -142,18 +151,7 @@ pub(crate) async fn put_user(
     body: Bytes,
 ) -> ApiResult {
     admin(&shared, &user)?;
-    let doc = object_body(&body)?;
-    let Some(value) = doc.get("value") else {
-        return Err(ApiError::BadRequest("[{key_missing,value}]".into()));
-    };
-    let Some(which) = UserLimit::parse(&limit) else {
-        return Err(ApiError::BadRequest(format!("Unrecognised terms [{{<<\"{limit}\">>,{value}}}] in user-limits")));
-    };
-    let Some(n) = value.as_i64() else {
-        return Err(ApiError::BadRequest(format!(
-            "Validation failed\n\n{limit} should be a number, actually was {value}\n"
-        )));
-    };
+    let (which, n) = requested(&body, &limit, UserLimit::parse, "", "user-limits")?;
     if shared.broker().user(&name).is_none() {
         return Err(ApiError::BadRequest(format!("no_such_user: {name}")));
     }
