@@ -219,6 +219,13 @@ test('admin: users, virtual hosts and permissions (list, add, delete)', async ()
   const userRow = page.locator('#users-table tbody tr', { hasText: 'ui-user' });
   await userRow.waitFor();
   assert.match(await userRow.textContent(), /management/);
+  // A user limit set in the form is in force (the API shows it) and shown in the table.
+  await page.getByLabel('User', { exact: true }).fill('ui-user');
+  await page.locator('#ul-name').selectOption('max-channels');
+  await page.locator('#ul-value').fill('7');
+  await page.getByRole('button', { name: 'Set user limit' }).click();
+  await userRow.locator('td', { hasText: /^7$/ }).waitFor();
+  assert.deepEqual((await call('GET', '/api/user-limits/ui-user')).body, [{ user: 'ui-user', value: { 'max-channels': 7 } }]);
   await shot('users');
 
   await open('#/permissions', 'Permissions');

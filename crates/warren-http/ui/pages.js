@@ -439,14 +439,22 @@ async function users(ctx) {
       <label for="u-name">Username</label><input id="u-name" name="name" required autocomplete="off">
       <label for="u-password">Password</label><input id="u-password" name="password" type="password" autocomplete="new-password">
       <label for="u-tags">Tags</label><input id="u-tags" name="tags" placeholder="administrator, monitoring, management">
-      <div class="actions"><button class="primary" type="submit">Add user</button></div></form></section>`;
+      <div class="actions"><button class="primary" type="submit">Add user</button></div></form></section>
+    <section class="card"><h2>Set a user limit</h2><form class="grid" id="set-user-limit">
+      <label for="ul-user">User</label><input id="ul-user" name="user" required autocomplete="off">
+      <label for="ul-name">Limit</label><select id="ul-name" name="name"><option value="max-connections">Max connections</option><option value="max-channels">Max channels</option></select>
+      <label for="ul-value">Value</label><input id="ul-value" name="value" type="number" min="-1" step="1" required>
+      <div class="actions"><button class="primary" type="submit">Set user limit</button> <span class="muted">-1 removes the limit; 0 allows none</span></div></form></section>`;
   const holder = document.getElementById('list');
   const load = () => get('/api/users');
+  const limitCell = (n) => (n === undefined || n < 0 ? '<span class="muted">none</span>' : num(n));
   const t = dataTable(holder, {
     id: 'users-table', rows: await load(), empty: 'No users.',
     columns: [
       { key: 'name', label: 'Name' },
       { key: 'tags', label: 'Tags', value: (u) => tags(u.tags), html: (u) => esc(tags(u.tags)) },
+      { key: 'max_connections', label: 'Max connections', num: true, value: (u) => u.limits?.['max-connections'], html: (u) => limitCell(u.limits?.['max-connections']) },
+      { key: 'max_channels', label: 'Max channels', num: true, value: (u) => u.limits?.['max-channels'], html: (u) => limitCell(u.limits?.['max-channels']) },
       { key: 'delete', label: 'Action', html: (u) => `<button type="button" class="danger" data-action="delete" data-name="${esc(u.name)}">Delete</button>` },
     ],
   });
@@ -462,6 +470,13 @@ async function users(ctx) {
     await api('PUT', `/api/users/${enc(v.name)}`, { password: v.password, tags: v.tags.split(',').map((s) => s.trim()).filter(Boolean).join(',') });
     t.setRows(await load());
     return `User ${v.name} added`;
+  });
+  onSubmit(document.getElementById('set-user-limit'), ctx, async (v) => {
+    const value = Number(v.value);
+    if (value < 0) await api('DELETE', `/api/user-limits/${enc(v.user)}/${enc(v.name)}`);
+    else await api('PUT', `/api/user-limits/${enc(v.user)}/${enc(v.name)}`, { value });
+    t.setRows(await load());
+    return value < 0 ? `Limit ${v.name} of ${v.user} removed` : `Limit ${v.name} of ${v.user} set to ${value}`;
   });
 }
 
