@@ -72,6 +72,26 @@ pub enum CertLoginFrom {
     DistinguishedName,
     /// The subject's common name(s), joined by "," if there are several.
     CommonName,
+    /// A subject alternative name, chosen by [`SanSelector`].
+    SubjectAlternativeName,
+}
+
+/// Which subject alternative name EXTERNAL reads (RabbitMQ's `ssl_cert_login_san_type` and
+/// `ssl_cert_login_san_index`): the `index`-th (from 0) of those of the type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SanSelector {
+    pub kind: SanType,
+    pub index: usize,
+}
+
+/// The kinds of subject alternative names a login can come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SanType {
+    #[default]
+    Dns,
+    Ip,
+    Email,
+    Uri,
 }
 
 /// A refused login: what the client is told (as in RabbitMQ, no more than it needs), and why,

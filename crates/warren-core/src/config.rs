@@ -52,6 +52,9 @@ pub struct Config {
     pub auth_mechanisms: Vec<Mechanism>,
     /// Where EXTERNAL reads the user name in the client certificate (`ssl_cert_login_from`).
     pub ssl_cert_login_from: CertLoginFrom,
+    /// With `ssl_cert_login_from = subject_alternative_name`: which one
+    /// (`ssl_cert_login_san_type`, `ssl_cert_login_san_index`).
+    pub ssl_cert_login_san: crate::auth::SanSelector,
 }
 
 /// The default cap on a channel's unacknowledged deliveries: far above any prefetch a client
@@ -78,6 +81,7 @@ impl Default for Config {
             auth_failure_delay_ms: AUTH_FAILURE_DELAY_MS_DEFAULT,
             auth_mechanisms: DEFAULT_MECHANISMS.to_vec(),
             ssl_cert_login_from: CertLoginFrom::default(),
+            ssl_cert_login_san: Default::default(),
         }
     }
 }

@@ -136,7 +136,7 @@ pub(crate) async fn handshake<S: Io>(
     }
     let _ = buf.split_to(PROTOCOL_HEADER.len());
 
-    let (server_frame_max, server_channel_max, server_heartbeat, mechanisms, cert_login_from) = {
+    let (server_frame_max, server_channel_max, server_heartbeat, mechanisms, cert_login) = {
         let b = shared.broker();
         let c = b.config();
         (
@@ -144,7 +144,7 @@ pub(crate) async fn handshake<S: Io>(
             c.channel_max,
             c.heartbeat_s,
             offered(&c.auth_mechanisms, client_cert.is_some()),
-            c.ssl_cert_login_from,
+            (c.ssl_cert_login_from, c.ssl_cert_login_san),
         )
     };
     let parser = FrameParser::new(server_frame_max);
@@ -166,7 +166,7 @@ pub(crate) async fn handshake<S: Io>(
             // Only EXTERNAL reads the certificate, so it is parsed only for a client that
             // chooses EXTERNAL (and outside the broker lock).
             let cert_login = match (Mechanism::parse(&mechanism), client_cert) {
-                (Some(Mechanism::External), Some(der)) => crate::tls::cert_login_name(der, cert_login_from),
+                (Some(Mechanism::External), Some(der)) => crate::tls::cert_login_name(der, cert_login.0, cert_login.1),
                 _ => None,
             };
             let auth = shared.broker().users().authenticate(

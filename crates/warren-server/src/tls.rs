@@ -12,7 +12,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 pub use tokio_rustls::TlsAcceptor;
-use warren_core::auth::CertLoginFrom;
+use warren_core::auth::{CertLoginFrom, SanSelector, SanType};
 use x509_parser::der_parser::asn1_rs::{Any, Tag};
 use x509_parser::x509::X509Name;
 
@@ -75,10 +75,11 @@ pub fn acceptor(s: &TlsSettings, prefix: &str) -> Result<TlsAcceptor, String> {
 
 /// The user name EXTERNAL logs in as, from a client certificate (DER) the CA verified; None
 /// when the certificate does not parse or holds no such name.
-pub fn cert_login_name(der: &[u8], from: CertLoginFrom) -> Option<String> {
+pub fn cert_login_name(der: &[u8], from: CertLoginFrom, san: SanSelector) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let subject = cert.subject();
     let name = match from {
+        CertLoginFrom::SubjectAlternativeName => subject_alternative_name(&cert, san)?,
         CertLoginFrom::DistinguishedName => distinguished_name(subject),
         CertLoginFrom::CommonName => {
             // Several CNs are joined with ",", unescaped, as RabbitMQ does.
@@ -87,6 +88,29 @@ pub fn cert_login_name(der: &[u8], from: CertLoginFrom) -> Option<String> {
         }
     };
     (!name.is_empty()).then_some(name)
+}
+
+/// The `san.index`-th subject alternative name of the type `san.kind`; IP addresses written as
+/// text (dotted for IPv4, RFC 5952 for IPv6).
+fn subject_alternative_name(cert: &x509_parser::certificate::X509Certificate<'_>, san: SanSelector) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let names = cert.subject_alternative_name().ok()??;
+    names
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match (san.kind, n) {
+            (SanType::Dns, GeneralName::DNSName(s))
+            | (SanType::Email, GeneralName::RFC822Name(s))
+            | (SanType::Uri, GeneralName::URI(s)) => Some(s.to_string()),
+            (SanType::Ip, GeneralName::IPAddress(b)) => match b.len() {
+                4 => Some(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()),
+                16 => <[u8; 16]>::try_from(*b).ok().map(|a| std::net::Ipv6Addr::from(a).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .nth(san.index)
 }
 
 /// A subject as RabbitMQ writes it (`rabbit_cert_info:subject`), RFC 4514 style: the RDNs last
@@ -220,8 +244,11 @@ mod tests {
             (DnType::OrganizationName, utf8("Acme")),
             (DnType::CommonName, utf8("alice")),
         ]);
-        assert_eq!(cert_login_name(&der, CertLoginFrom::DistinguishedName).as_deref(), Some("CN=alice,O=Acme,C=GB"));
-        assert_eq!(cert_login_name(&der, CertLoginFrom::CommonName).as_deref(), Some("alice"));
+        assert_eq!(
+            cert_login_name(&der, CertLoginFrom::DistinguishedName, SanSelector::default()).as_deref(),
+            Some("CN=alice,O=Acme,C=GB")
+        );
+        assert_eq!(cert_login_name(&der, CertLoginFrom::CommonName, SanSelector::default()).as_deref(), Some("alice"));
     }
 
     #[test]
@@ -234,10 +261,13 @@ mod tests {
         assert_eq!(escape_value("é~"), "\\C3\\A9\\7E");
         assert_eq!(escape_value("\t"), "\\09");
         let der = cert(&[(DnType::OrganizationName, utf8("Acme, Inc.")), (DnType::CommonName, utf8("bob"))]);
-        assert_eq!(cert_login_name(&der, CertLoginFrom::DistinguishedName).as_deref(), Some("CN=bob,O=Acme\\, Inc."));
+        assert_eq!(
+            cert_login_name(&der, CertLoginFrom::DistinguishedName, SanSelector::default()).as_deref(),
+            Some("CN=bob,O=Acme\\, Inc.")
+        );
         // The common name is taken as it is.
         let der = cert(&[(DnType::CommonName, utf8("Zoë, Q"))]);
-        assert_eq!(cert_login_name(&der, CertLoginFrom::CommonName).as_deref(), Some("Zoë, Q"));
+        assert_eq!(cert_login_name(&der, CertLoginFrom::CommonName, SanSelector::default()).as_deref(), Some("Zoë, Q"));
     }
 
     #[test]
@@ -246,8 +276,43 @@ mod tests {
             (DnType::CustomDnType(vec![2, 5, 4, 17]), utf8("12345")),
             (DnType::OrganizationalUnitName, utf8("ops")),
         ]);
-        assert_eq!(cert_login_name(&der, CertLoginFrom::DistinguishedName).as_deref(), Some("OU=ops,2.5.4.17=12345"));
-        assert_eq!(cert_login_name(&der, CertLoginFrom::CommonName), None);
-        assert_eq!(cert_login_name(b"not a certificate", CertLoginFrom::DistinguishedName), None);
+        assert_eq!(
+            cert_login_name(&der, CertLoginFrom::DistinguishedName, SanSelector::default()).as_deref(),
+            Some("OU=ops,2.5.4.17=12345")
+        );
+        assert_eq!(cert_login_name(&der, CertLoginFrom::CommonName, SanSelector::default()), None);
+        assert_eq!(
+            cert_login_name(b"not a certificate", CertLoginFrom::DistinguishedName, SanSelector::default()),
+            None
+        );
+    }
+
+    #[test]
+    fn the_login_can_be_a_subject_alternative_name_of_a_type_by_index() {
+        use rcgen::SanType as San;
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.subject_alt_names = vec![
+            San::DnsName("a.example".try_into().expect("dns")),
+            San::Rfc822Name("ops@example.com".try_into().expect("email")),
+            San::DnsName("b.example".try_into().expect("dns")),
+            San::IpAddress("10.1.2.3".parse().expect("ip")),
+            San::IpAddress("2001:db8::1".parse().expect("ip")),
+            San::URI("spiffe://example/svc".try_into().expect("uri")),
+        ];
+        let key = KeyPair::generate().expect("key");
+        let der = params.self_signed(&key).expect("cert").der().to_vec();
+        let san =
+            |kind, index| cert_login_name(&der, CertLoginFrom::SubjectAlternativeName, SanSelector { kind, index });
+        assert_eq!(san(SanType::Dns, 0).as_deref(), Some("a.example"));
+        assert_eq!(san(SanType::Dns, 1).as_deref(), Some("b.example"));
+        assert_eq!(san(SanType::Dns, 2), None);
+        assert_eq!(san(SanType::Email, 0).as_deref(), Some("ops@example.com"));
+        assert_eq!(san(SanType::Ip, 0).as_deref(), Some("10.1.2.3"));
+        assert_eq!(san(SanType::Ip, 1).as_deref(), Some("2001:db8::1"));
+        assert_eq!(san(SanType::Uri, 0).as_deref(), Some("spiffe://example/svc"));
+        // A certificate without SANs gives no name.
+        let plain = cert(&[(DnType::CommonName, DnValue::Utf8String("alice".into()))]);
+        let none = cert_login_name(&plain, CertLoginFrom::SubjectAlternativeName, SanSelector::default());
+        assert_eq!(none, None);
     }
 }

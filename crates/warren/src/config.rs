@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use warren_core::auth::{CertLoginFrom, Mechanism};
+use warren_core::auth::{CertLoginFrom, Mechanism, SanType};
 use warren_core::Config as CoreConfig;
 
 /// Everything the binary can be told, after defaults, file and flags are merged.
@@ -204,13 +204,25 @@ impl Settings {
                         self.core.ssl_cert_login_from = match value {
                             "distinguished_name" => CertLoginFrom::DistinguishedName,
                             "common_name" => CertLoginFrom::CommonName,
+                            "subject_alternative_name" | "subject_alt_name" => CertLoginFrom::SubjectAlternativeName,
                             _ => {
                                 return Err(format!(
-                                    "'{value}': Warren reads the login from distinguished_name or common_name"
+                                    "'{value}': Warren reads the login from distinguished_name, common_name or \
+                                     subject_alternative_name"
                                 ))
                             }
                         }
                     }
+                    "ssl_cert_login_san_type" => {
+                        self.core.ssl_cert_login_san.kind = match value {
+                            "dns" => SanType::Dns,
+                            "ip" => SanType::Ip,
+                            "email" => SanType::Email,
+                            "uri" => SanType::Uri,
+                            _ => return Err(format!("'{value}': Warren reads SANs of type dns, ip, email or uri")),
+                        }
+                    }
+                    "ssl_cert_login_san_index" => self.core.ssl_cert_login_san.index = parse_num(value)?,
                     "consumer_timeout" => {
                         self.core.consumer_timeout_ms =
                             if value == "false" || value == "infinity" { None } else { Some(parse_num(value)?) }
@@ -345,8 +357,16 @@ mod tests {
         assert_eq!(s.core.auth_mechanisms, [Mechanism::External]);
         let err = Settings::default().apply_file("auth_mechanisms.1 = CRAM-MD5\n", "t.conf").expect_err("unknown");
         assert!(err.starts_with("t.conf:1:") && err.contains("CRAM-MD5"), "{err}");
-        let err = Settings::default().apply_file("ssl_cert_login_from = subject_alternative_name\n", "t.conf");
-        assert!(err.expect_err("unsupported").contains("subject_alternative_name"));
+        let mut s = Settings::default();
+        s.apply_file(
+            "ssl_cert_login_san_index = 1\nssl_cert_login_from = subject_alt_name\nssl_cert_login_san_type = email\n",
+            "t.conf",
+        )
+        .expect("valid");
+        assert_eq!(s.core.ssl_cert_login_from, CertLoginFrom::SubjectAlternativeName);
+        assert_eq!(s.core.ssl_cert_login_san, warren_core::auth::SanSelector { kind: SanType::Email, index: 1 });
+        let err = Settings::default().apply_file("ssl_cert_login_san_type = other_name\n", "t.conf");
+        assert!(err.expect_err("unsupported").contains("other_name"));
     }
 
     #[test]

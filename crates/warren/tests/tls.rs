@@ -466,6 +466,27 @@ async fn external_logs_in_the_user_its_certificate_names() {
 }
 
 #[tokio::test]
+async fn external_can_log_in_the_user_a_subject_alternative_name_names() {
+    let pki = pki();
+    let user = format!("{}@example.com", unique("svc"));
+    let extra = "ssl_cert_login_from = subject_alternative_name\nssl_cert_login_san_type = email\n";
+    let Some(broker) = Broker::start_with_config(&external_conf(&pki, &[(&user, true)], extra)) else { return };
+    let port = broker.amqps_port().expect("an AMQPS listener");
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(vec!["client.example".to_string()]).expect("params");
+    params.subject_alt_names.push(rcgen::SanType::Rfc822Name(user.as_str().try_into().expect("email")));
+    params.distinguished_name.push(DnType::CommonName, "not the login");
+    let cert = params.signed_by(&key, &pki.ca_cert, &pki.ca_key).expect("client cert");
+    let identity = Identity { cert: cert.der().clone(), key: key.serialize_der() };
+    let mut tls = within("TLS connect", tls_connect_as(port, &pki, Some(&identity))).await.expect("TLS handshake");
+    let mut buf = BytesMut::new();
+    let (_, answer) = within("start", start_with(&mut tls, &mut buf, "EXTERNAL", b"")).await.expect("start");
+    assert!(matches!(answer, Method::ConnectionTune { .. }), "{answer:?}");
+    let declared = within("open and declare", open_and_declare(&mut tls, &mut buf)).await.expect("open");
+    assert!(matches!(declared, Method::QueueDeclareOk { .. }), "{declared:?}");
+}
+
+#[tokio::test]
 async fn external_by_default_logs_in_the_whole_distinguished_name() {
     let pki = pki();
     let cn = unique("dora");
