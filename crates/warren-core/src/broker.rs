@@ -348,6 +348,11 @@ pub struct Broker {
     waiting: HashSet<ConnId>,
     /// Queues (vhost, name) with writes not yet synced.
     dirty: HashSet<(Arc<str>, ShortStr)>,
+    /// Durable queues whose ack files were written but not yet synced: settles are made durable
+    /// at most every [`ACK_SYNC_INTERVAL_MS`], not in the rounds that confirms wait for.
+    ack_dirty: HashSet<(Arc<str>, ShortStr)>,
+    /// When a sync round last covered the ack files (ms since the epoch).
+    acks_synced_ms: u64,
     /// Delayed-message exchanges (vhost, name) with writes not yet synced.
     dirty_exchanges: HashSet<(Arc<str>, ShortStr)>,
     /// The durable definitions changed: write the snapshot before answering.
@@ -549,6 +554,8 @@ impl Broker {
             synced_epoch: 0,
             waiting: HashSet::new(),
             dirty: HashSet::new(),
+            ack_dirty: HashSet::new(),
+            acks_synced_ms: 0,
             dirty_exchanges: HashSet::new(),
             defs_dirty: false,
             def_ops: Vec::new(),
@@ -1040,20 +1047,38 @@ impl Broker {
         !self.waiting.is_empty()
     }
 
-    /// True when some queue log has writes not yet synced (a periodic sync picks them up).
-    pub fn has_unsynced_writes(&self) -> bool {
-        !self.dirty.is_empty() || !self.dirty_exchanges.is_empty()
+    /// True when some log has writes that a sync round should pick up now: appends at once,
+    /// settles once [`ACK_SYNC_INTERVAL_MS`] has passed since the acks were last synced.
+    pub fn has_unsynced_writes(&self, now_ms: u64) -> bool {
+        !self.dirty.is_empty() || !self.dirty_exchanges.is_empty() || self.acks_due(now_ms)
+    }
+
+    fn acks_due(&self, now_ms: u64) -> bool {
+        !self.ack_dirty.is_empty() && now_ms >= self.acks_synced_ms.saturating_add(ACK_SYNC_INTERVAL_MS)
     }
 
     /// Starts a store sync: takes the files written since the last one. Group commit: one
     /// sync covers every write made before this call, from every connection.
-    pub fn begin_sync(&mut self) -> SyncJob {
+    ///
+    /// Confirms wait only for appends, so the ack files (settles) are left out of most rounds
+    /// and synced together every [`ACK_SYNC_INTERVAL_MS`], or in every round with `all`: an
+    /// acknowledged message may come back after a crash within that window (at-least-once), a
+    /// confirmed one is never lost.
+    pub fn begin_sync(&mut self, now_ms: u64, all: bool) -> SyncJob {
         let epoch = self.write_epoch;
         self.write_epoch += 1;
         let mut handles = Vec::new();
+        let acks = all || self.acks_due(now_ms);
+        if acks {
+            self.acks_synced_ms = now_ms;
+            self.dirty.extend(std::mem::take(&mut self.ack_dirty));
+        }
         for (vhost, name) in std::mem::take(&mut self.dirty) {
             if let Some(q) = self.vhosts.get_mut(&*vhost).and_then(|v| v.queues.get_mut(&name)) {
-                handles.extend(q.pending_sync());
+                handles.extend(q.pending_sync(acks));
+                if !acks && q.has_pending_sync() {
+                    self.ack_dirty.insert((vhost, name));
+                }
             }
         }
         for (vhost, name) in std::mem::take(&mut self.dirty_exchanges) {
@@ -3609,6 +3634,10 @@ fn durable_binding_def(vhost: &str, source: &str, b: &Binding) -> BindingDef {
     };
     binding_def(vhost, source, dest, to_queue, b)
 }
+
+/// How long a settle (ack, reject, expiry) may wait before its ack file is synced; what a
+/// crash can bring back of acknowledged messages.
+pub const ACK_SYNC_INTERVAL_MS: u64 = 100;
 
 /// How many journal records beyond the snapshot's size are allowed before it is folded in.
 const JOURNAL_SLACK: usize = 1024;

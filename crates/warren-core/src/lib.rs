@@ -38,6 +38,7 @@ pub use broker::management::{
 };
 pub use broker::{
     Alarms, Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, ResourceUse, Session, StoreStats, SyncJob,
+    ACK_SYNC_INTERVAL_MS,
 };
 pub use config::Config;
 pub use definitions::{UserLimits, VhostLimits};

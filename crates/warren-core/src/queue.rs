@@ -604,9 +604,20 @@ impl Queue {
         }
     }
 
-    /// Files written since the last call, to be synced (see `Broker::begin_sync`).
-    pub fn pending_sync(&mut self) -> Vec<Arc<dyn SyncHandle>> {
-        self.lanes.iter_mut().flatten().flat_map(|l| l.log.pending_sync()).collect()
+    /// Files written since the last call, to be synced (see `Broker::begin_sync`); with
+    /// `acks` false, only what makes appends durable (ack files wait for a later call).
+    pub fn pending_sync(&mut self, acks: bool) -> Vec<Arc<dyn SyncHandle>> {
+        let lanes = self.lanes.iter_mut().flatten();
+        if acks {
+            lanes.flat_map(|l| l.log.pending_sync()).collect()
+        } else {
+            lanes.flat_map(|l| l.log.pending_sync_appends()).collect()
+        }
+    }
+
+    /// True when some log has writes not yet handed out for a sync.
+    pub fn has_pending_sync(&self) -> bool {
+        self.lanes.iter().flatten().any(|l| l.log.has_pending())
     }
 
     /// Deletes the queue's logs from disk.

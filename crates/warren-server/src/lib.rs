@@ -222,6 +222,22 @@ impl Server {
         }
     }
 
+    /// Syncs everything written so far, settles included, so that a clean stop brings back no
+    /// acknowledged message.
+    pub async fn sync_all(&self) {
+        let job = self.shared.broker().begin_sync(self.shared.now_ms(), true);
+        let epoch = job.epoch;
+        let handles = job.handles;
+        let result = tokio::task::spawn_blocking(move || handles.iter().try_for_each(|h| h.sync()))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let mut out = Vec::new();
+        let mut core = self.shared.broker();
+        core.end_sync(epoch, result, &mut out);
+        core.log_errors();
+        core.deliver(&mut out);
+    }
+
     /// Accepts AMQPS connections (TLS, then AMQP) until shutdown. Run beside [`Server::serve`],
     /// which also runs the broker's periodic work.
     pub async fn serve_tls(&self, listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor) {
@@ -313,10 +329,10 @@ async fn sync_loop(shared: Arc<Shared>) {
         loop {
             let job = {
                 let mut b = shared.broker();
-                if !b.sync_wanted() && !b.has_unsynced_writes() {
+                if !b.sync_wanted() && !b.has_unsynced_writes(shared.now_ms()) {
                     break;
                 }
-                b.begin_sync()
+                b.begin_sync(shared.now_ms(), false)
             };
             // The files sync side by side: a file system commits its journal once for syncs
             // that overlap, so a round costs about one fsync however many files it covers.

@@ -721,6 +721,23 @@ impl SegmentLog {
     /// makes every append and settle made before this call durable. If the log has failed, or
     /// flushing fails now, the one handle returned fails.
     pub fn pending_sync(&mut self) -> Vec<Arc<dyn SyncHandle>> {
+        self.take_pending(true)
+    }
+
+    /// As [`SegmentLog::pending_sync`], but the ack files' handles stay pending (their bytes are
+    /// still handed to the file system): a sync of the returned handles makes every append
+    /// durable, and the settles are made durable by a later [`SegmentLog::pending_sync`]. Until
+    /// then a crash may bring settled records back, never lose an appended one.
+    pub fn pending_sync_appends(&mut self) -> Vec<Arc<dyn SyncHandle>> {
+        self.take_pending(false)
+    }
+
+    /// True when some file was written and not yet handed out for a sync.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty() || self.removed_files || self.delivered_dirty
+    }
+
+    fn take_pending(&mut self, acks: bool) -> Vec<Arc<dyn SyncHandle>> {
         if self.failed.is_none() {
             let r = self.flush_all();
             if let Err(e) = r {
@@ -735,7 +752,14 @@ impl SegmentLog {
             // Idle logs hold no buffer; a busy one re-grows it within a few appends.
             w.buf = Vec::new();
         }
-        let mut handles: Vec<_> = self.pending.drain(..).map(|(_, h)| h).collect();
+        let mut handles = Vec::with_capacity(self.pending.len());
+        self.pending.retain(|(tag, h)| {
+            let take = acks || matches!(tag, Tag::Seg(_));
+            if take {
+                handles.push(h.clone());
+            }
+            !take
+        });
         if std::mem::take(&mut self.removed_files) {
             // A settle that deleted a segment is durable only once the removal is.
             handles.push(self.backend.dir_sync_handle(&self.dir));

@@ -196,6 +196,8 @@ async fn run(settings: Settings) -> Result<(), String> {
             while shared.broker().overview().connections > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // Nothing written is left unsynced, acknowledgements included.
+            server.sync_all().await;
         }
     }
     Ok(())

@@ -169,10 +169,11 @@ impl Broker {
     pub(super) fn check_user_channel_limit(&self, conn: ConnId) -> Res {
         let Some(user) = self.conns.get(&conn).map(|c| &c.info.user) else { return Ok(()) };
         let Some(max) = self.user_limits.get(user).and_then(UserLimits::channels) else { return Ok(()) };
+        // The channels of a connection being closed are gone for its client already.
         let open: usize = self
             .conns
             .iter()
-            .filter(|&(&id, c)| id != MANAGEMENT_CONN && c.info.user == *user)
+            .filter(|&(&id, c)| id != MANAGEMENT_CONN && !c.closing && c.info.user == *user)
             .map(|(_, c)| c.channels.len())
             .sum();
         if open as u64 >= max {
