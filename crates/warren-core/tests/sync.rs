@@ -30,8 +30,9 @@ fn after_power_cut(mem: &MemBackend) -> u32 {
     b.queues().iter().find(|q| q.name == "jobs").map_or(0, |q| q.messages_ready)
 }
 
-#[test]
-fn settles_are_synced_apart_from_appends_within_the_ack_interval() {
+/// A broker on a fresh in-memory disk with a durable queue "jobs" holding one persistent
+/// message (not synced yet).
+fn one_persistent_message() -> (MemBackend, Harness) {
     let mem = MemBackend::new();
     let backend: Arc<dyn Backend> = Arc::new(mem.clone());
     let (broker, _) = Broker::open(Config::default(), backend, PathBuf::from("/data")).expect("opens");
@@ -50,6 +51,12 @@ fn settles_are_synced_apart_from_appends_within_the_ack_interval() {
     h.send(1, 1, declare);
     let persistent = BasicProperties { delivery_mode: Some(2), ..Default::default() };
     h.publish_props(1, 1, "", "jobs", persistent, "work");
+    (mem, h)
+}
+
+#[test]
+fn settles_are_synced_apart_from_appends_within_the_ack_interval() {
+    let (mem, mut h) = one_persistent_message();
     // The round a confirm waits for: the append is durable.
     assert!(sync(&mut h, false) > 0);
     assert_eq!(after_power_cut(&mem), 1, "the confirmed message survives");
@@ -72,24 +79,7 @@ fn settles_are_synced_apart_from_appends_within_the_ack_interval() {
 
 #[test]
 fn a_full_sync_covers_settles_at_once() {
-    let mem = MemBackend::new();
-    let backend: Arc<dyn Backend> = Arc::new(mem.clone());
-    let (broker, _) = Broker::open(Config::default(), backend, PathBuf::from("/data")).expect("opens");
-    let mut h = Harness { broker, out: Vec::new(), now_ms: 1_000_000 };
-    h.connect(1, true);
-    h.open(1, 1);
-    let declare = Method::QueueDeclare {
-        queue: "jobs".into(),
-        passive: false,
-        durable: true,
-        exclusive: false,
-        auto_delete: false,
-        nowait: false,
-        arguments: FieldTable::new(),
-    };
-    h.send(1, 1, declare);
-    let persistent = BasicProperties { delivery_mode: Some(2), ..Default::default() };
-    h.publish_props(1, 1, "", "jobs", persistent, "work");
+    let (mem, mut h) = one_persistent_message();
     sync(&mut h, true);
     h.consume(1, 1, "jobs", "c", false);
     let (_, tag, _, _) = h.deliveries(1).into_iter().next().expect("delivered");

@@ -412,6 +412,17 @@ async fn open_and_declare<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, buf: &mu
 
 /// The AMQPS config with client verification, EXTERNAL offered after PLAIN and AMQPLAIN, and
 /// `users` (with permissions in "/" unless marked `false`) loaded from definitions.
+/// Logs in over TLS with EXTERNAL and this client certificate, then opens a channel and declares
+/// a queue; fails the test at the first refusal.
+async fn external_login_declares(port: u16, pki: &Pki, identity: &Identity) {
+    let mut tls = within("TLS connect", tls_connect_as(port, pki, Some(identity))).await.expect("TLS handshake");
+    let mut buf = BytesMut::new();
+    let (_, answer) = within("start", start_with(&mut tls, &mut buf, "EXTERNAL", b"")).await.expect("start");
+    assert!(matches!(answer, Method::ConnectionTune { .. }), "{answer:?}");
+    let declared = within("open and declare", open_and_declare(&mut tls, &mut buf)).await.expect("open");
+    assert!(matches!(declared, Method::QueueDeclareOk { .. }), "{declared:?}");
+}
+
 fn external_conf(pki: &Pki, users: &[(&str, bool)], extra: &str) -> String {
     let defs = serde_json::json!({
         "users": users.iter().map(|(u, _)| serde_json::json!({"name": u, "tags": ""})).collect::<Vec<_>>(),
@@ -478,12 +489,7 @@ async fn external_can_log_in_the_user_a_subject_alternative_name_names() {
     params.distinguished_name.push(DnType::CommonName, "not the login");
     let cert = params.signed_by(&key, &pki.ca_cert, &pki.ca_key).expect("client cert");
     let identity = Identity { cert: cert.der().clone(), key: key.serialize_der() };
-    let mut tls = within("TLS connect", tls_connect_as(port, &pki, Some(&identity))).await.expect("TLS handshake");
-    let mut buf = BytesMut::new();
-    let (_, answer) = within("start", start_with(&mut tls, &mut buf, "EXTERNAL", b"")).await.expect("start");
-    assert!(matches!(answer, Method::ConnectionTune { .. }), "{answer:?}");
-    let declared = within("open and declare", open_and_declare(&mut tls, &mut buf)).await.expect("open");
-    assert!(matches!(declared, Method::QueueDeclareOk { .. }), "{declared:?}");
+    external_login_declares(port, &pki, &identity).await;
 }
 
 #[tokio::test]
@@ -498,12 +504,7 @@ async fn external_by_default_logs_in_the_whole_distinguished_name() {
         (DnType::OrganizationName, "Warren tests, Inc."),
         (DnType::CommonName, &cn),
     ]);
-    let mut tls = within("TLS connect", tls_connect_as(port, &pki, Some(&identity))).await.expect("TLS handshake");
-    let mut buf = BytesMut::new();
-    let (_, answer) = within("start", start_with(&mut tls, &mut buf, "EXTERNAL", b"")).await.expect("start");
-    assert!(matches!(answer, Method::ConnectionTune { .. }), "{answer:?}");
-    let declared = within("open and declare", open_and_declare(&mut tls, &mut buf)).await.expect("open");
-    assert!(matches!(declared, Method::QueueDeclareOk { .. }), "{declared:?}");
+    external_login_declares(port, &pki, &identity).await;
 }
 
 #[tokio::test]
