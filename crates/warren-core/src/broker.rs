@@ -1728,7 +1728,13 @@ impl Broker {
         }
         for (vhost, exchange, msgs) in due {
             for msg in msgs {
-                let queues = self.route(&vhost, &exchange, &msg.routing_key, msg.properties.headers.as_ref());
+                let queues = self.route(
+                    &vhost,
+                    &exchange,
+                    &msg.routing_key,
+                    msg.properties.headers.as_ref(),
+                    &msg.raw_properties,
+                );
                 if let Err(e) = self.enqueue(&vhost, &queues, &msg, now_ms, out) {
                     self.errors.push(format!("cannot route a delayed message of exchange '{exchange}': {}", e.text));
                 }
@@ -2995,11 +3001,11 @@ impl Broker {
             let mut queues = if duplicate || held.is_some() {
                 Vec::new()
             } else {
-                self.route(&vhost, &p.exchange, &p.routing_key, headers)
+                self.route(&vhost, &p.exchange, &p.routing_key, headers, &msg.raw_properties)
             };
             let extra_keys = if duplicate || held.is_some() { Vec::new() } else { extra_keys };
             for key in &extra_keys {
-                for q in self.route(&vhost, &p.exchange, key, headers) {
+                for q in self.route(&vhost, &p.exchange, key, headers, &msg.raw_properties) {
                     if !queues.contains(&q) {
                         queues.push(q);
                     }
@@ -3138,7 +3144,8 @@ impl Broker {
             let Some(dlx) = dlx else { continue };
             let routing_key = q.args.dead_letter_routing_key.clone().unwrap_or_else(|| item.msg.routing_key.clone());
             let msg = crate::dead_letter::dead_lettered(&item.msg, &dlx, &routing_key, &from, reason, now_ms);
-            let mut targets = self.route(vhost, &dlx, &routing_key, msg.properties.headers.as_ref());
+            let mut targets =
+                self.route(vhost, &dlx, &routing_key, msg.properties.headers.as_ref(), &msg.raw_properties);
             targets.retain(|t| !crate::dead_letter::is_cycle(&msg, t));
             let Some(vh) = self.vhosts.get_mut(&**vhost) else { return };
             for t in &targets {
@@ -3169,6 +3176,7 @@ impl Broker {
         exchange: &ShortStr,
         routing_key: &str,
         headers: Option<&FieldTable>,
+        raw_properties: &Bytes,
     ) -> Vec<ShortStr> {
         let Some(vh) = self.vhosts.get(vhost) else { return Vec::new() };
         if exchange.is_empty() {
@@ -3182,7 +3190,7 @@ impl Broker {
         while let Some(x) = pending.pop() {
             let Some(ex) = vh.exchanges.get(&x) else { continue };
             dests.clear();
-            ex.route(routing_key, headers, &mut dests);
+            ex.route(routing_key, headers, raw_properties, &mut dests);
             if dests.is_empty() {
                 // Unroutable here: the alternate exchange, if any, gets it.
                 let own = ex.arguments.get("alternate-exchange").and_then(FieldValue::as_str).map(ShortStr::from);

@@ -173,3 +173,44 @@ async fn consistent_hash_exchange_keeps_keys_on_their_queue_across_a_restart() {
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn consistent_hash_exchange_can_hash_the_message_id() {
+    if Broker::is_external() {
+        eprintln!("skipped: needs the consistent-hash exchange");
+        return;
+    }
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let x = unique("chash-prop");
+    let queues: Vec<String> = (0..2).map(|i| unique(&format!("chash-prop-{i}"))).collect();
+    let mut args = FieldTable::default();
+    args.insert("hash-property".into(), AMQPValue::LongString("message_id".into()));
+    exchange(&ch, &x, "x-consistent-hash", false, args).await;
+    for q in &queues {
+        declare_plain(&ch, q).await;
+        bind(&ch, q, &x, "1").await;
+    }
+    // Each message id twice, under two different routing keys; the body says which id.
+    for i in 0..100 {
+        let id = format!("m-{i}");
+        for key in ["one", "two"] {
+            let props = BasicProperties::default().with_message_id(id.as_str().into());
+            publish_with(&ch, &x, key, id.as_bytes(), props).await;
+        }
+    }
+    // No message id: unroutable (nothing reaches either queue).
+    publish_with(&ch, &x, "one", b"no id", BasicProperties::default()).await;
+    let mut got: Vec<Vec<String>> = Vec::new();
+    for q in &queues {
+        got.push(get_all(&ch, q).await);
+    }
+    assert_eq!(got.iter().map(Vec::len).sum::<usize>(), 200, "every message with an id routed once");
+    for (qi, bodies) in got.iter().enumerate() {
+        assert!(!bodies.is_empty(), "queue {qi} gets some ids");
+        for b in bodies {
+            assert_eq!(bodies.iter().filter(|o| *o == b).count(), 2, "both copies of {b} on one queue");
+        }
+    }
+    close(&conn).await;
+}

@@ -39,6 +39,18 @@ pub trait Router: Send + Sync + std::fmt::Debug {
     fn unbind(&mut self, binding: &Binding);
     /// Appends every destination matching the message (duplicates allowed; the caller dedups).
     fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Destination>);
+
+    /// As [`Router::route`], for routers that also read the message's other properties, given
+    /// encoded as the client sent them (decoded only by a router that needs them).
+    fn route_with_properties(
+        &self,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        _raw_properties: &bytes::Bytes,
+        out: &mut Vec<Destination>,
+    ) {
+        self.route(routing_key, headers, out)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,8 +201,14 @@ impl Exchange {
         &self.bindings
     }
 
-    pub fn route(&self, routing_key: &str, headers: Option<&FieldTable>, out: &mut Vec<Destination>) {
-        self.router.route(routing_key, headers, out)
+    pub fn route(
+        &self,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        raw_properties: &bytes::Bytes,
+        out: &mut Vec<Destination>,
+    ) {
+        self.router.route_with_properties(routing_key, headers, raw_properties, out)
     }
 }
 
@@ -208,7 +226,7 @@ mod tests {
 
     fn routed(x: &Exchange, key: &str) -> Vec<Destination> {
         let mut out = Vec::new();
-        x.route(key, None, &mut out);
+        x.route(key, None, &bytes::Bytes::new(), &mut out);
         out.sort();
         out.dedup();
         out
