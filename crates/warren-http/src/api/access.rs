@@ -4,7 +4,9 @@
 //! Authorization is RabbitMQ's: everything here needs the administrator tag, except listing
 //! vhosts (a non-administrator sees the vhosts it has permissions in, a monitoring user all).
 
-use super::{created_or_not, json_list, parse_body, with_broker, ApiError, ApiResult, User, NODE};
+use super::{
+    created_or_not, deleted_or_not_found, json_list, parse_body, with_broker, ApiError, ApiResult, User, NODE,
+};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -112,11 +114,7 @@ pub(crate) async fn delete_vhost(
     Path(vhost): Path<String>,
 ) -> ApiResult {
     admin(&shared, &user)?;
-    if with_broker(&shared, &user, |b, now, out| b.delete_vhost(&vhost, now, out))? {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(ApiError::NotFound)
-    }
+    deleted_or_not_found(with_broker(&shared, &user, |b, now, out| b.delete_vhost(&vhost, now, out))?)
 }
 
 // ---- users ---------------------------------------------------------------------------------
@@ -218,11 +216,7 @@ pub(crate) async fn delete_user(
     Path(name): Path<String>,
 ) -> ApiResult {
     admin(&shared, &user)?;
-    if with_broker(&shared, &user, |b, now, out| b.delete_user(&name, now, out))? {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(ApiError::NotFound)
-    }
+    deleted_or_not_found(with_broker(&shared, &user, |b, now, out| b.delete_user(&name, now, out))?)
 }
 
 /// POST /api/users/bulk-delete `{"users": [...]}`: deletes in order and stops at the first
@@ -367,11 +361,7 @@ pub(crate) async fn delete_permission(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     admin(&shared, &user)?;
-    if with_broker(&shared, &user, |b, _, _| b.clear_permissions(&name, &vhost))? {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(ApiError::NotFound)
-    }
+    deleted_or_not_found(with_broker(&shared, &user, |b, _, _| b.clear_permissions(&name, &vhost))?)
 }
 
 /// GET /api/topic-permissions/{vhost}/{user}: a list (404 when empty, as in RabbitMQ).
@@ -413,11 +403,7 @@ pub(crate) async fn delete_topic_permission(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     admin(&shared, &user)?;
-    if with_broker(&shared, &user, |b, _, _| b.clear_topic_permissions(&name, &vhost, None))? {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(ApiError::NotFound)
-    }
+    deleted_or_not_found(with_broker(&shared, &user, |b, _, _| b.clear_topic_permissions(&name, &vhost, None))?)
 }
 
 // ---- what a non-administrator sees ----------------------------------------------------------

@@ -243,6 +243,15 @@ pub(crate) fn created_or_not(existed: bool) -> Response {
     }
 }
 
+/// 204 when something was deleted, else 404 (RabbitMQ's answers to a DELETE).
+pub(crate) fn deleted_or_not_found(deleted: bool) -> ApiResult {
+    if deleted {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::NotFound)
+    }
+}
+
 pub(crate) fn json_list(items: Vec<Value>) -> Response {
     Json(Value::Array(items)).into_response()
 }
