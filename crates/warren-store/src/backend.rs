@@ -5,7 +5,7 @@
 //! written and which prefix was made durable by a sync, so crash tests can throw away any suffix
 //! of the unsynced bytes, exactly as a power cut may.
 //!
-//! Invariant the log relies on: files are only ever appended to, truncated at recovery, replaced
+//! Invariants the log relies on: an append is all or nothing; files are only ever appended to, truncated at recovery, replaced
 //! whole, or removed; a read sees every byte appended before it.
 
 use std::io;
@@ -55,6 +55,8 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 }
 
 pub trait AppendFile: Send + std::fmt::Debug {
+    /// Appends all of `bytes` or, on error, nothing: a failed append leaves the file as it was
+    /// (the log retries the same bytes later, after ENOSPC or EIO).
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
     fn len(&self) -> u64;
     fn is_empty(&self) -> bool {

@@ -43,6 +43,26 @@ impl Bitmap {
         newly
     }
 
+    /// The runs of set bits below `len`, as `(from, to)` (to exclusive), in order.
+    pub fn runs(&self, len: u64) -> Vec<(u64, u64)> {
+        let mut runs = Vec::new();
+        let mut start = None;
+        for i in 0..len {
+            match (self.get(i), start) {
+                (true, None) => start = Some(i),
+                (false, Some(s)) => {
+                    runs.push((s, i));
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(s) = start {
+            runs.push((s, len));
+        }
+        runs
+    }
+
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         self.words.capacity() * std::mem::size_of::<u64>()
@@ -64,5 +84,11 @@ mod tests {
         assert_eq!(b.set_range(64, 64), 0);
         assert_eq!(b.set_range(120, 200), 70);
         assert_eq!(b.heap_bytes(), 32);
+        assert_eq!(b.runs(300), vec![(0, 200)]);
+        assert_eq!(b.runs(150), vec![(0, 150)]);
+        let mut gaps = Bitmap::default();
+        gaps.set_range(2, 4);
+        gaps.set_range(70, 71);
+        assert_eq!(gaps.runs(100), vec![(2, 4), (70, 71)]);
     }
 }

@@ -14,9 +14,14 @@
 //!   its (unsynced, lost) record cannot settle a later record that reuses the seq.
 //! - Writes are buffered in the log (no syscall per record); `pending_sync` flushes every buffer
 //!   before handing out sync handles, so syncing them covers every call made before it.
-//! - After any write error the log is failed: mutating calls return errors and `pending_sync`
-//!   returns a handle whose `sync` fails, because the files may no longer match the bookkeeping.
-//!   The caller recovers by dropping the log and opening it again.
+//! - A failed write (ENOSPC, EIO) never poisons the log: an append is refused whole, buffered
+//!   bytes stay buffered and are written again later (the backend's appends are all or nothing),
+//!   settles that could not be written are owed and written again from the settled bitmap, and
+//!   file removals are retried. A round of `pending_sync` that could not write (or whose
+//!   segment's previous sync failed) hands out one failing handle, so nothing it covers is
+//!   confirmed. A segment whose sync failed takes no more appends: its unsynced bytes may be
+//!   lost, and later records must not sit behind the hole. [`SegmentLog::trouble`] says why the
+//!   log is degraded until a round writes everything again.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -98,6 +103,9 @@ struct Segment {
     ack_len: u64,
     /// Part of the file could not be read at recovery; never appended to again, never deleted.
     corrupt: bool,
+    /// Settles of this segment could not be written or synced: the next `pending_sync` writes
+    /// the whole settled state again (entries are idempotent).
+    ack_owed: bool,
 }
 
 impl Segment {
@@ -147,6 +155,8 @@ impl Writer {
         Writer { base, file, buf: Vec::new(), dirty: false, last_ack: None }
     }
 
+    /// Hands the buffer to the file. On error the buffer is kept whole (and the file is as it
+    /// was), to be written again by a later flush.
     fn flush(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
             self.file.append(&self.buf)?;
@@ -236,8 +246,8 @@ impl ReadBuf {
     }
 }
 
-/// The sync handle handed out by a failed log: syncing it reports the failure, so nothing the
-/// caller waits on is confirmed.
+/// The sync handle handed out for a round that could not write its files: syncing it reports
+/// the failure, so nothing the caller waits on is confirmed.
 #[derive(Debug)]
 struct FailedSync {
     kind: io::ErrorKind,
@@ -246,14 +256,38 @@ struct FailedSync {
 
 impl SyncHandle for FailedSync {
     fn sync(&self) -> io::Result<()> {
-        Err(io::Error::new(self.kind, format!("segment log failed earlier: {}", self.message)))
+        Err(io::Error::new(self.kind, self.message.clone()))
     }
 }
 
+/// Which file a sync handle covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tag {
     Seg(u64),
     Ack(u64),
+    Dir,
+}
+
+/// Files whose sync failed, noted by the handles (on the syncing thread) for the log to act on
+/// at its next `pending_sync`.
+type SyncFailures = Arc<std::sync::Mutex<Vec<Tag>>>;
+
+/// A backend sync handle that tells the log when its sync failed.
+#[derive(Debug)]
+struct TrackedSync {
+    inner: Arc<dyn SyncHandle>,
+    tag: Tag,
+    failures: SyncFailures,
+}
+
+impl SyncHandle for TrackedSync {
+    fn sync(&self) -> io::Result<()> {
+        let r = self.inner.sync();
+        if r.is_err() {
+            self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(self.tag);
+        }
+        r
+    }
 }
 
 #[derive(Debug)]
@@ -280,7 +314,11 @@ pub struct SegmentLog {
     delivered_dirty: bool,
     cursor: Option<Cursor>,
     rbuf: ReadBuf,
-    failed: Option<(io::ErrorKind, String)>,
+    /// Why the log is degraded (the first failure since it was last healthy), if it is.
+    trouble: Option<String>,
+    sync_failures: SyncFailures,
+    /// Segments dropped from the bookkeeping whose files could not be removed yet.
+    doomed: Vec<u64>,
     destroyed: bool,
 }
 
@@ -345,7 +383,9 @@ impl SegmentLog {
             delivered_dirty: false,
             cursor: None,
             rbuf: ReadBuf::default(),
-            failed: None,
+            trouble: None,
+            sync_failures: SyncFailures::default(),
+            doomed: Vec::new(),
             destroyed: false,
         };
         let recovered = log.recover()?;
@@ -472,11 +512,13 @@ impl SegmentLog {
     /// continuing after the highest seq seen on recovery). Rolls to a new segment file when the
     /// current one reaches segment_bytes. Not durable until a sync handle from `pending_sync` has
     /// been synced. Payloads over MAX_PAYLOAD_BYTES are refused with `InvalidInput`.
+    ///
+    /// A write that fails (ENOSPC, EIO) refuses this record whole and changes nothing: the
+    /// caller may append again later.
     pub fn append(&mut self, payload: &[u8], persistent: bool) -> io::Result<u64> {
-        self.check_failed()?;
         check_payload_len(payload.len())?;
         let r = self.append_inner(payload, persistent);
-        self.fail_on_err(r)
+        r.map_err(|e| self.note(e))
     }
 
     fn append_inner(&mut self, payload: &[u8], persistent: bool) -> io::Result<u64> {
@@ -493,14 +535,16 @@ impl SegmentLog {
             return Err(io::Error::other("segment writer missing after open"));
         };
         debug_assert_eq!(base + seg.records, seq);
+        // A full buffer goes to the file before this record joins it: if that write fails, this
+        // record is refused whole and the buffer is kept for a later try.
+        if w.buf.len() >= WRITE_BUF_BYTES {
+            w.flush()?;
+        }
         let before = w.buf.len();
         encode_record(&mut w.buf, seq, persistent, payload);
         seg.seg_len += (w.buf.len() - before) as u64;
         seg.records += 1;
         mark_dirty(&mut self.pending, w, Tag::Seg(base));
-        if w.buf.len() >= WRITE_BUF_BYTES {
-            w.flush()?;
-        }
         self.next_seq += 1;
         self.unsettled += 1;
         Ok(seq)
@@ -509,9 +553,10 @@ impl SegmentLog {
     /// Closes the active segment (deleting it if everything in it is settled) and starts a new
     /// one at `next_seq`.
     fn roll(&mut self) -> io::Result<()> {
-        if let Some(mut w) = self.seg_writer.take() {
+        if let Some(w) = self.seg_writer.as_mut() {
             w.flush()?;
         }
+        self.seg_writer = None;
         if let Some(old) = self.active.take() {
             if self.segments.get(&old).is_some_and(Segment::fully_settled) {
                 self.delete_segment(old)?;
@@ -531,9 +576,10 @@ impl SegmentLog {
         if self.seg_writer.as_ref().is_some_and(|w| w.base == base) {
             return Ok(base);
         }
-        if let Some(mut w) = self.seg_writer.take() {
+        if let Some(w) = self.seg_writer.as_mut() {
             w.flush()?;
         }
+        self.seg_writer = None;
         let file = self.backend.open_append(&self.seg_path(base))?;
         let Some(seg) = self.segments.get_mut(&base) else {
             return Err(io::Error::other("active segment missing"));
@@ -560,7 +606,6 @@ impl SegmentLog {
     /// segment from the start. A record failing its checksum now (damage since open) is an
     /// `InvalidData` error naming the file and offset.
     pub fn read(&mut self, from_seq: u64, max_records: usize, max_bytes: usize) -> io::Result<Vec<Record>> {
-        self.check_failed()?;
         let mut out = Vec::new();
         if max_records == 0 || from_seq >= self.next_seq {
             return Ok(out);
@@ -590,7 +635,7 @@ impl SegmentLog {
             }
             if let Some(w) = self.seg_writer.as_mut().filter(|w| w.base == cur.base && !w.buf.is_empty()) {
                 let r = w.flush();
-                self.fail_on_err(r)?;
+                r.map_err(|e| self.note(e))?;
             }
             let Some(seg) = self.segments.get(&cur.base) else { continue };
             if path.as_ref().is_none_or(|(b, _)| *b != cur.base) {
@@ -655,18 +700,17 @@ impl SegmentLog {
     /// (no fsync). When every record of a segment other than the one being written is settled,
     /// the segment and its ack file are deleted (unless recovery found it damaged: see
     /// docs/store-format.md). Seqs that do not exist are ignored.
+    ///
+    /// A settle that cannot be written now is owed, not lost: the next `pending_sync` writes the
+    /// segment's settled state again.
     pub fn settle(&mut self, seq: u64) -> io::Result<()> {
-        self.check_failed()?;
-        let r = self.settle_span(seq, seq.saturating_add(1));
-        self.fail_on_err(r)
+        self.settle_span(seq, seq.saturating_add(1))
     }
 
     /// Settles every unsettled record with from <= seq < to (purge of a range), writing one range
     /// entry per segment touched, none per record.
     pub fn settle_range(&mut self, from: u64, to: u64) -> io::Result<()> {
-        self.check_failed()?;
-        let r = self.settle_span(from, to);
-        self.fail_on_err(r)
+        self.settle_span(from, to)
     }
 
     fn settle_span(&mut self, from: u64, to: u64) -> io::Result<()> {
@@ -684,15 +728,69 @@ impl SegmentLog {
                 continue;
             }
             self.unsettled -= newly;
-            if seg.deletable() && Some(base) != self.active {
+            let (deletable, owed) = (seg.deletable(), seg.ack_owed);
+            if deletable && Some(base) != self.active {
                 self.delete_segment(base)?;
-            } else if hi - lo == 1 {
-                self.write_ack(base, AckEntry::Settle(lo))?;
+            } else if owed {
+                // The whole settled state is written again at the next pending_sync.
             } else {
-                self.write_ack(base, AckEntry::SettleRange(lo, hi))?;
+                let entry = if hi - lo == 1 { AckEntry::Settle(lo) } else { AckEntry::SettleRange(lo, hi) };
+                if let Err(e) = self.write_ack(base, entry) {
+                    self.owe_acks(base, e);
+                }
             }
         }
         Ok(())
+    }
+
+    /// Settles of segment `base` could not be written: drop its ack writer (what it buffered
+    /// is written again with the rest) and owe the whole settled state.
+    fn owe_acks(&mut self, base: u64, e: io::Error) {
+        self.note(e);
+        self.ack_writers.retain(|w| w.base != base);
+        self.pending.retain(|(t, _)| *t != Tag::Ack(base));
+        if let Some(seg) = self.segments.get_mut(&base) {
+            seg.ack_owed = true;
+        }
+        if self.delivered_in == Some(base) {
+            self.delivered_in = None;
+            self.delivered_dirty = self.delivered.is_some();
+        }
+    }
+
+    /// Writes the ack file of every segment that owes it afresh: cut to nothing (after a failed
+    /// write or sync its bytes cannot be trusted), then the header and the settled state as
+    /// range entries. A crash before the next sync may bring those records back (at-least-once).
+    fn write_owed_acks(&mut self) {
+        let owed: Vec<u64> = self.segments.iter().filter(|(_, s)| s.ack_owed).map(|(&b, _)| b).collect();
+        for base in owed {
+            let Some(seg) = self.segments.get(&base) else { continue };
+            if seg.deletable() && Some(base) != self.active {
+                let _ = self.delete_segment(base);
+                continue;
+            }
+            if seg.ack_len > 0 {
+                if let Err(e) = ignore_not_found(self.backend.truncate(&self.ack_path(base), 0)) {
+                    self.note(e);
+                    continue;
+                }
+            }
+            let Some(seg) = self.segments.get_mut(&base) else { continue };
+            seg.ack_owed = false;
+            seg.ack_len = 0;
+            let runs = seg.settled_bits.as_ref().map(|b| b.runs(seg.records)).unwrap_or_default();
+            for (from, to) in runs {
+                let entry = if to - from == 1 {
+                    AckEntry::Settle(base + from)
+                } else {
+                    AckEntry::SettleRange(base + from, base + to)
+                };
+                if let Err(e) = self.write_ack(base, entry) {
+                    self.owe_acks(base, e);
+                    break;
+                }
+            }
+        }
     }
 
     /// Notes that records up to and including `seq` have been delivered at least once. Persisted
@@ -718,8 +816,9 @@ impl SegmentLog {
 
     /// Sync handles of every file written since the last call (segment and ack files), plus one
     /// for the directory if files were deleted, or empty if nothing was written. Syncing them all
-    /// makes every append and settle made before this call durable. If the log has failed, or
-    /// flushing fails now, the one handle returned fails.
+    /// makes every append and settle made before this call durable. If the segment cannot be
+    /// written now, or its previous sync failed, the one handle returned fails (and the same
+    /// bytes are tried again at the next call).
     pub fn pending_sync(&mut self) -> Vec<Arc<dyn SyncHandle>> {
         self.take_pending(true)
     }
@@ -738,49 +837,124 @@ impl SegmentLog {
     }
 
     fn take_pending(&mut self, acks: bool) -> Vec<Arc<dyn SyncHandle>> {
-        if self.failed.is_none() {
-            let r = self.flush_all();
-            if let Err(e) = r {
-                self.fail(e);
-            }
+        let mut failure = self.absorb_sync_failures();
+        self.retry_removals();
+        self.write_owed_acks();
+        if let Err(e) = self.flush_all() {
+            failure.get_or_insert(e);
         }
-        if let Some((kind, message)) = &self.failed {
-            return vec![Arc::new(FailedSync { kind: *kind, message: message.clone() })];
+        if let Some(e) = failure {
+            let e = self.note(e);
+            return vec![Arc::new(FailedSync { kind: e.kind(), message: e.to_string() })];
         }
         for w in self.seg_writer.iter_mut().chain(self.ack_writers.iter_mut()) {
             w.dirty = false;
             // Idle logs hold no buffer; a busy one re-grows it within a few appends.
             w.buf = Vec::new();
         }
-        let mut handles = Vec::with_capacity(self.pending.len());
+        let mut handles: Vec<Arc<dyn SyncHandle>> = Vec::with_capacity(self.pending.len());
+        let failures = &self.sync_failures;
         self.pending.retain(|(tag, h)| {
             let take = acks || matches!(tag, Tag::Seg(_));
             if take {
-                handles.push(h.clone());
+                handles.push(Arc::new(TrackedSync { inner: h.clone(), tag: *tag, failures: failures.clone() }));
             }
             !take
         });
         if std::mem::take(&mut self.removed_files) {
             // A settle that deleted a segment is durable only once the removal is.
-            handles.push(self.backend.dir_sync_handle(&self.dir));
+            let inner = self.backend.dir_sync_handle(&self.dir);
+            handles.push(Arc::new(TrackedSync { inner, tag: Tag::Dir, failures: failures.clone() }));
+        }
+        if self.trouble.is_some() && self.doomed.is_empty() && !self.segments.values().any(|s| s.ack_owed) {
+            // Everything owed is written again; the syncs of this round say the rest.
+            self.trouble = None;
         }
         handles
     }
 
+    /// Acts on the syncs that failed since the last round. A segment's unsynced bytes may be
+    /// gone (the OS may drop dirty pages after a failed fsync and report it once): it takes no
+    /// more appends, and this round fails too, since what it wrote to that file since sits
+    /// behind the possible hole. Settles are owed again; removals are synced again.
+    fn absorb_sync_failures(&mut self) -> Option<io::Error> {
+        let failed = std::mem::take(&mut *self.sync_failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let mut failure = None;
+        for tag in failed {
+            match tag {
+                Tag::Seg(base) => {
+                    if self.active == Some(base) {
+                        if let Err(e) = self.seal_active() {
+                            // Not sealed yet: every round fails until it is.
+                            self.sync_failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(tag);
+                            failure.get_or_insert(e);
+                        }
+                    }
+                    failure.get_or_insert_with(|| {
+                        io::Error::other(format!("a sync of {} failed", self.seg_path(base).display()))
+                    });
+                }
+                Tag::Ack(base) => {
+                    self.owe_acks(base, io::Error::other(format!("a sync of {} failed", self.ack_path(base).display())))
+                }
+                Tag::Dir => self.removed_files = true,
+            }
+        }
+        failure
+    }
+
+    /// Writes out the active segment and closes it: the next append starts a new segment.
+    fn seal_active(&mut self) -> io::Result<()> {
+        if let Some(w) = self.seg_writer.as_mut() {
+            w.flush()?;
+        }
+        self.seg_writer = None;
+        self.active = None;
+        Ok(())
+    }
+
+    /// Removes the files of segments whose removal failed before.
+    fn retry_removals(&mut self) {
+        for base in std::mem::take(&mut self.doomed) {
+            self.remove_segment_files(base);
+        }
+    }
+
+    /// Hands every buffer to the files. Only a segment's failure is an error (appends wait on
+    /// it); an ack file's is owed and written again later.
     fn flush_all(&mut self) -> io::Result<()> {
         if self.delivered_dirty {
             if let (Some(d), Some(base)) =
                 (self.delivered, self.active.or(self.segments.last_key_value().map(|e| *e.0)))
             {
-                self.write_ack(base, AckEntry::Delivered(d))?;
-                self.delivered_in = Some(base);
-                self.delivered_dirty = false;
+                match self.write_ack(base, AckEntry::Delivered(d)) {
+                    Ok(()) => {
+                        self.delivered_in = Some(base);
+                        self.delivered_dirty = false;
+                    }
+                    Err(e) => self.owe_acks(base, e),
+                }
             }
         }
-        for w in self.seg_writer.iter_mut().chain(self.ack_writers.iter_mut()) {
+        let mut failed_acks = Vec::new();
+        for w in self.ack_writers.iter_mut() {
+            if let Err(e) = w.flush() {
+                failed_acks.push((w.base, e));
+            }
+        }
+        for (base, e) in failed_acks {
+            self.owe_acks(base, e);
+        }
+        if let Some(w) = self.seg_writer.as_mut() {
             w.flush()?;
         }
         Ok(())
+    }
+
+    /// Why the log is degraded, if it is: the first write or sync failure since it was last
+    /// healthy. It is healthy again once a `pending_sync` has written everything it owed.
+    pub fn trouble(&self) -> Option<&str> {
+        self.trouble.as_deref()
     }
 
     /// Bytes on disk (segments + ack files), counting bytes still buffered for writing.
@@ -842,7 +1016,10 @@ impl SegmentLog {
         }
         if self.ack_writers.len() >= ACK_WRITERS_OPEN {
             // Its sync handle, if it was written, is already in `pending`.
-            self.ack_writers.remove(0).flush()?;
+            let mut oldest = self.ack_writers.remove(0);
+            if let Err(e) = oldest.flush() {
+                self.owe_acks(oldest.base, e);
+            }
         }
         let file = self.backend.open_append(&self.ack_path(base))?;
         let Some(seg) = self.segments.get_mut(&base) else {
@@ -881,8 +1058,19 @@ impl SegmentLog {
             self.delivered_dirty = self.delivered.is_some();
         }
         self.removed_files = true;
-        ignore_not_found(self.backend.remove_file(&self.seg_path(base)))?;
-        ignore_not_found(self.backend.remove_file(&self.ack_path(base)))
+        self.remove_segment_files(base);
+        Ok(())
+    }
+
+    /// Removes a deleted segment's files; one that cannot be removed now is retried at the next
+    /// `pending_sync` (until then a crash brings its records back: at-least-once).
+    fn remove_segment_files(&mut self, base: u64) {
+        let r = ignore_not_found(self.backend.remove_file(&self.seg_path(base)))
+            .and_then(|()| ignore_not_found(self.backend.remove_file(&self.ack_path(base))));
+        if let Err(e) = r {
+            self.note(e);
+            self.doomed.push(base);
+        }
     }
 
     fn seg_path(&self, base: u64) -> PathBuf {
@@ -893,20 +1081,10 @@ impl SegmentLog {
         self.dir.join(format!("{base:0NAME_DIGITS$}{ACK_SUFFIX}"))
     }
 
-    fn check_failed(&self) -> io::Result<()> {
-        match &self.failed {
-            None => Ok(()),
-            Some((kind, message)) => Err(io::Error::new(*kind, format!("segment log failed earlier: {message}"))),
-        }
-    }
-
-    fn fail(&mut self, e: io::Error) -> io::Error {
-        self.failed.get_or_insert_with(|| (e.kind(), e.to_string()));
+    /// Records a failure as the reason the log is degraded (the first one counts).
+    fn note(&mut self, e: io::Error) -> io::Error {
+        self.trouble.get_or_insert_with(|| format!("{}: {e}", self.dir.display()));
         e
-    }
-
-    fn fail_on_err<T>(&mut self, r: io::Result<T>) -> io::Result<T> {
-        r.map_err(|e| self.fail(e))
     }
 }
 
@@ -923,7 +1101,7 @@ impl Drop for SegmentLog {
     /// Hands buffered bytes to the backend (not a sync): a clean shutdown then loses nothing the
     /// OS would keep. Errors are ignored; nothing unsynced was promised.
     fn drop(&mut self) {
-        if !self.destroyed && self.failed.is_none() {
+        if !self.destroyed {
             let _ = self.flush_all();
         }
     }

@@ -100,7 +100,7 @@ impl Backend for FsBackend {
         };
         let len = file.metadata()?.len();
         let dir = DirSync { dir: parent(path).to_path_buf(), needed: AtomicBool::new(created) };
-        Ok(Box::new(FsAppendFile { file: Arc::new(file), len, dir: Arc::new(dir) }))
+        Ok(Box::new(FsAppendFile { file: Arc::new(file), len, dir: Arc::new(dir), torn: false }))
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
@@ -183,11 +183,23 @@ struct FsAppendFile {
     file: Arc<File>,
     len: u64,
     dir: Arc<DirSync>,
+    /// A failed append left bytes past `len` that could not be cut off yet.
+    torn: bool,
 }
 
 impl AppendFile for FsAppendFile {
+    /// All or nothing: a write that fails part-way (ENOSPC, EIO) is cut back to the length before
+    /// it, so the caller can retry the same bytes later. If even the cut fails, it is retried
+    /// before the next write, which fails until it succeeds.
     fn append(&mut self, bytes: &[u8]) -> io::Result<()> {
-        (&*self.file).write_all(bytes)?;
+        if self.torn {
+            self.file.set_len(self.len)?;
+            self.torn = false;
+        }
+        if let Err(e) = (&*self.file).write_all(bytes) {
+            self.torn = self.file.set_len(self.len).is_err();
+            return Err(e);
+        }
         self.len += bytes.len() as u64;
         Ok(())
     }

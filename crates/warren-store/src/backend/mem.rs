@@ -73,6 +73,17 @@ impl MemBackend {
         }
     }
 
+    /// Simulates a failed fsync after which the OS dropped the file's unsynced pages: those bytes
+    /// read back as zeros from now on; the length stays.
+    pub fn lose_unsynced(&self, path: &Path) {
+        let inner = lock(&self.inner);
+        if let Some(file) = inner.files.get(path) {
+            let mut f = lock(file);
+            let from = usize::try_from(f.durable).unwrap_or(usize::MAX).min(f.data.len());
+            f.data[from..].fill(0);
+        }
+    }
+
     /// Written length of a file, if it exists.
     pub fn file_len(&self, path: &Path) -> Option<u64> {
         let inner = lock(&self.inner);
