@@ -204,6 +204,9 @@ pub struct QueueInfo {
     pub policy: Option<String>,
     pub operator_policy: Option<String>,
     pub arguments: FieldTable,
+    /// Why the queue's storage is degraded, if it is (a write or sync failed; it heals by
+    /// itself once the disk takes writes again).
+    pub storage_trouble: Option<String>,
 }
 
 type Res = Result<(), ProtocolError>;
@@ -365,6 +368,15 @@ pub struct Broker {
     defs_batched: bool,
     /// Storage failures to report (the server logs them).
     errors: Vec<String>,
+    /// Warnings and notices to log (storage degraded or healed, predicted alarms).
+    warnings: Vec<String>,
+    notices: Vec<String>,
+    /// The next queue's `sync_id`.
+    next_sync_id: u32,
+    /// Bytes that may still be written before free disk space reaches its limit, as of the last
+    /// measurement, and what was written since ([`Broker::set_disk_free`]).
+    disk_headroom: Option<u64>,
+    disk_written: u64,
     /// The last enqueue paged a message behind a consumer that cannot keep up.
     paged_behind_consumer: bool,
     /// Resource alarms in force (see [`Broker::set_alarms`]).
@@ -499,6 +511,31 @@ impl Store {
 pub struct SyncJob {
     pub epoch: u64,
     pub handles: Vec<Arc<dyn SyncHandle>>,
+    /// Whose each handle is (`owners[i]` for `handles[i]`): a queue's `sync_id`, or
+    /// [`SYNC_ANY`]. A failed sync nacks only the publishes that waited on its owner.
+    pub owners: Vec<u32>,
+}
+
+/// The sync owner of what is not one queue's (several queues, an exchange's store): a failure
+/// of it nacks every publish of its round, and a publish waiting on it is nacked by any failure.
+pub const SYNC_ANY: u32 = u32::MAX;
+
+/// Whose sync a publish waits for, merged over its queues: `None` when it needs no sync.
+fn merge_sync_target(a: Option<u32>, b: Option<u32>) -> Option<u32> {
+    match (a, b) {
+        (None, x) | (x, None) => x,
+        (Some(x), Some(y)) if x == y => Some(x),
+        _ => Some(SYNC_ANY),
+    }
+}
+
+/// What routing a publish asked of the store.
+#[derive(Debug, Default, Clone, Copy)]
+struct PublishSync {
+    /// The confirm waits for a sync of this owner.
+    target: Option<u32>,
+    /// A queue could not take it (its storage failed): the confirm is a nack.
+    failed: bool,
 }
 
 /// What recovery found, for the log.
@@ -562,6 +599,11 @@ impl Broker {
             user_limits: HashMap::new(),
             defs_batched: false,
             errors: Vec::new(),
+            warnings: Vec::new(),
+            notices: Vec::new(),
+            next_sync_id: 0,
+            disk_headroom: None,
+            disk_written: 0,
             paged_behind_consumer: false,
             flow_released: false,
             alarms: Alarms::default(),
@@ -723,6 +765,8 @@ impl Broker {
                 // Recovered queues start their x-expires period at the first tick (last used 0).
                 Queue::open(name.clone(), true, None, q.auto_delete, q.arguments.clone(), args, store, 0)
                     .map_err(|e| format!("cannot open the log of queue '{}' in vhost '{}': {e}", q.name, q.vhost))?;
+            let mut queue = queue;
+            queue.sync_id = self.take_sync_id();
             let mut messages = 0;
             for r in &recovered {
                 messages += r.unsettled;
@@ -1073,11 +1117,20 @@ impl Broker {
             self.acks_synced_ms = now_ms;
             self.dirty.extend(std::mem::take(&mut self.ack_dirty));
         }
+        let mut owners = Vec::new();
         for (vhost, name) in std::mem::take(&mut self.dirty) {
             if let Some(q) = self.vhosts.get_mut(&*vhost).and_then(|v| v.queues.get_mut(&name)) {
+                let before = handles.len();
                 handles.extend(q.pending_sync(acks));
+                owners.resize(handles.len(), q.sync_id);
+                debug_assert!(handles.len() > before || !q.has_pending_sync() || !acks);
                 if !acks && q.has_pending_sync() {
-                    self.ack_dirty.insert((vhost, name));
+                    self.ack_dirty.insert((vhost.clone(), name));
+                }
+                Self::report_storage(&mut self.warnings, &mut self.notices, &vhost, q);
+                if q.storage_trouble().is_some() {
+                    // Keep coming back until it is made good: it owes writes.
+                    self.ack_dirty.insert((vhost, q.name.clone()));
                 }
             }
         }
@@ -1092,34 +1145,94 @@ impl Broker {
                 }
             }
         }
+        owners.resize(handles.len(), SYNC_ANY);
         self.stats.sync_rounds += 1;
         self.stats.fsyncs += handles.len() as u64;
-        SyncJob { epoch, handles }
+        SyncJob { epoch, handles, owners }
+    }
+
+    /// Logs once when a queue's storage becomes degraded, and once when it is healthy again.
+    fn report_storage(warnings: &mut Vec<String>, notices: &mut Vec<String>, vhost: &str, q: &mut Queue) {
+        match (q.storage_trouble(), q.storage_reported.is_some()) {
+            (Some(why), false) => {
+                warnings.push(format!(
+                    "queue '{}' in vhost '{vhost}': storage degraded ({why}); publishes that need it are \
+                     nacked and its writes retried until they succeed",
+                    q.name
+                ));
+                q.storage_reported = Some(why.to_string());
+            }
+            (None, true) => {
+                notices.push(format!("queue '{}' in vhost '{vhost}': storage healthy again", q.name));
+                q.storage_reported = None;
+            }
+            _ => {}
+        }
+    }
+
+    fn take_sync_id(&mut self) -> u32 {
+        // SYNC_ANY is never a queue's; wrapping past it only makes nacks coarser.
+        let id = self.next_sync_id;
+        self.next_sync_id = self.next_sync_id.wrapping_add(1) % SYNC_ANY;
+        id
+    }
+
+    /// How many queues have degraded storage (see [`QueueInfo::storage_trouble`]).
+    pub fn degraded_queues(&self) -> usize {
+        self.vhosts.values().flat_map(|v| v.queues.values()).filter(|q| q.storage_trouble().is_some()).count()
+    }
+
+    /// Warnings and notices since the last call, for the log.
+    pub fn take_warnings(&mut self) -> (Vec<String>, Vec<String>) {
+        (std::mem::take(&mut self.warnings), std::mem::take(&mut self.notices))
     }
 
     /// A sync finished: answers waiting for it go out. On failure the confirms waiting for it
     /// are nacked: those messages may not be on disk.
-    pub fn end_sync(&mut self, epoch: u64, result: std::io::Result<()>, out: &mut Vec<(ConnId, Out)>) {
-        if let Err(e) = &result {
-            self.errors.push(format!("store sync failed: {e}; confirms waiting for it are nacked"));
+    ///
+    /// `failures` are the owners (from [`SyncJob::owners`]) whose sync failed, with the error:
+    /// only the confirms that waited on one of them are nacked.
+    pub fn end_sync(
+        &mut self,
+        epoch: u64,
+        failures: Vec<(u32, std::io::Error)>,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) {
+        let mut failed: Vec<u32> = Vec::with_capacity(failures.len());
+        for (owner, e) in failures {
+            if !failed.contains(&owner) {
+                self.errors.push(format!("store sync failed: {e}; confirms waiting for it are nacked"));
+                failed.push(owner);
+            }
         }
-        let failed = result.is_err();
         self.synced_epoch = self.synced_epoch.max(epoch);
-        let waiting: Vec<ConnId> = self.waiting.iter().copied().collect();
+        let mut waiting: Vec<ConnId> = self.waiting.iter().copied().collect();
+        waiting.sort_unstable();
+        let failed = (!failed.is_empty()).then_some((epoch, failed.as_slice()));
         for conn in waiting {
-            self.release_deferred(conn, failed.then_some(epoch), out);
+            self.release_deferred(conn, failed, now_ms, out);
         }
     }
 
     /// Sends the deferred answers of `conn` whose sync is done, in order, acks coalesced into
-    /// `multiple` runs. `failed`: answers waiting on this epoch or before become nacks.
-    fn release_deferred(&mut self, conn: ConnId, failed: Option<u64>, out: &mut Vec<(ConnId, Out)>) {
+    /// `multiple` runs. `failed`: the epoch whose sync failed and the owners it failed for;
+    /// answers waiting on this epoch or before, on one of those owners, become nacks (and a
+    /// commit fails: its channel is closed).
+    fn release_deferred(
+        &mut self,
+        conn: ConnId,
+        failed: Option<(u64, &[u32])>,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) {
         let synced = self.synced_epoch;
         let Some(c) = self.conns.get_mut(&conn) else {
             self.waiting.remove(&conn);
             return;
         };
         let mut still_waiting = false;
+        let mut failed_commits: Vec<u16> = Vec::new();
         let mut channels: Vec<u16> = c.channels.keys().copied().collect();
         channels.sort_unstable();
         for channel in channels {
@@ -1141,9 +1254,18 @@ impl Broker {
                     break;
                 }
                 ch.deferred.pop_front();
-                let kind = match (d.kind, failed) {
-                    (DeferredKind::Ack(seq), Some(f)) if d.epoch > 0 && d.epoch <= f => DeferredKind::Nack(seq),
-                    (k, _) => k,
+                let hit = failed.is_some_and(|(f, owners)| {
+                    d.epoch > 0
+                        && d.epoch <= f
+                        && (d.target == SYNC_ANY || owners.iter().any(|&o| o == d.target || o == SYNC_ANY))
+                });
+                let kind = match d.kind {
+                    DeferredKind::Ack(seq) if hit => DeferredKind::Nack(seq),
+                    DeferredKind::CommitOk if hit => {
+                        failed_commits.push(channel);
+                        continue;
+                    }
+                    k => k,
                 };
                 match kind {
                     DeferredKind::Ack(seq) => {
@@ -1178,6 +1300,14 @@ impl Broker {
             self.waiting.insert(conn);
         } else {
             self.waiting.remove(&conn);
+        }
+        for channel in failed_commits {
+            let e = ProtocolError::new(
+                ReplyCode::PreconditionFailed,
+                "tx.commit failed: the store could not make the transaction's messages durable",
+            )
+            .on((90, 20));
+            self.channel_error(conn, channel, e, now_ms, out);
         }
     }
 
@@ -1524,7 +1654,8 @@ impl Broker {
     /// Ends a batch of frames from `conn`: answers that need no sync (or whose sync is done)
     /// go out, confirms coalesced with `multiple` where they form a run.
     pub fn end_batch(&mut self, conn: ConnId, out: &mut Vec<(ConnId, Out)>) {
-        self.release_deferred(conn, None, out);
+        // Nothing failed here, so no commit is failed and `now_ms` is not needed.
+        self.release_deferred(conn, None, 0, out);
     }
 
     /// The connection is gone (socket closed, or closed by protocol): requeue its unacked
@@ -1611,8 +1742,14 @@ impl Broker {
     }
 
     /// A disk measurement: `free` bytes against the `limit`. Sets or clears the disk alarm.
+    ///
+    /// Like the memory alarm, it keeps the headroom (`free - limit`): bytes the queues write
+    /// until the next measurement count against it, and the alarm is raised as soon as they
+    /// exceed it, so a flood is blocked before the disk fills, not a measurement later.
     pub fn set_disk_free(&mut self, free: u64, limit: u64, out: &mut Vec<(ConnId, Out)>) {
         (self.resource_use.disk_free, self.resource_use.disk_free_limit) = (free, limit);
+        self.disk_headroom = Some(free.saturating_sub(limit));
+        self.disk_written = 0;
         let alarms = Alarms { disk: free < limit, ..self.alarms };
         self.set_alarms(alarms, out);
     }
@@ -1735,8 +1872,11 @@ impl Broker {
                     msg.properties.headers.as_ref(),
                     &msg.raw_properties,
                 );
-                if let Err(e) = self.enqueue(&vhost, &queues, &msg, now_ms, out) {
-                    self.errors.push(format!("cannot route a delayed message of exchange '{exchange}': {}", e.text));
+                let (sync, _) = self.enqueue(&vhost, &queues, &msg, now_ms, out);
+                if sync.failed {
+                    self.errors.push(format!(
+                        "a delayed message of exchange '{exchange}' came due but a queue's storage could not take it"
+                    ));
                 }
             }
         }
@@ -1876,6 +2016,7 @@ impl Broker {
                     policy: q.policy.clone(),
                     operator_policy: q.operator_policy.clone(),
                     arguments: q.arguments.clone(),
+                    storage_trouble: q.storage_trouble().map(str::to_string),
                 })
             })
             .collect();
@@ -2218,17 +2359,24 @@ impl Broker {
                 let ch = self.channel_mut(conn, channel)?;
                 let Some(tx) = ch.tx.as_mut() else { return Err(precondition("channel is not transactional")) };
                 let TxState { publishes, acks } = std::mem::take(tx);
-                let mut needs_sync = false;
+                let mut sync = PublishSync::default();
                 for p in publishes {
-                    needs_sync |= self.route_publish(conn, channel, p, now_ms, out)?;
+                    let s = self.route_publish(conn, channel, p, now_ms, out)?;
+                    sync.target = merge_sync_target(sync.target, s.target);
+                    sync.failed |= s.failed;
                 }
                 for op in acks {
                     self.apply_settle(conn, channel, op, now_ms, out)?;
                 }
+                if sync.failed {
+                    return Err(precondition(
+                        "tx.commit failed: a queue could not store the transaction's messages (storage degraded)",
+                    ));
+                }
                 // commit-ok promises the persistent messages are on disk: it waits for a sync.
-                let epoch = if needs_sync { self.write_epoch } else { 0 };
-                self.channel_mut(conn, channel)?.defer(epoch, DeferredKind::CommitOk);
-                if needs_sync {
+                let epoch = if sync.target.is_some() { self.write_epoch } else { 0 };
+                self.channel_mut(conn, channel)?.defer(epoch, DeferredKind::CommitOk, sync.target.unwrap_or(SYNC_ANY));
+                if sync.target.is_some() {
                     self.waiting.insert(conn);
                 }
                 Ok(())
@@ -2690,6 +2838,7 @@ impl Broker {
                 let (queue, _) = Queue::open(name.clone(), durable, owner, auto_delete, arguments, args, store, now_ms)
                     .map_err(|e| internal(format_args!("cannot create the log of queue '{name}': {e}")))?;
                 let mut queue = queue;
+                queue.sync_id = self.take_sync_id();
                 queue.policy = policy;
                 queue.operator_policy = operator_policy;
                 let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
@@ -2950,9 +3099,9 @@ impl Broker {
         p: Publish,
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
-    ) -> Result<bool, ProtocolError> {
+    ) -> Result<PublishSync, ProtocolError> {
         let vhost = self.vhost_of(conn)?;
-        let mut needs_sync = false;
+        let mut sync = PublishSync::default();
         let mut rejected = false;
         let direct_reply = p.exchange.is_empty() && p.routing_key.starts_with(REPLY_TO_PREFIX);
         let routed = if direct_reply {
@@ -2975,7 +3124,7 @@ impl Broker {
                             if cache.dirty {
                                 // A confirm promises the cache entry is on disk too.
                                 self.dirty_exchanges.insert((vhost.clone(), p.exchange.clone()));
-                                needs_sync = true;
+                                sync.target = Some(SYNC_ANY);
                             }
                             duplicate = dup;
                         }
@@ -2994,9 +3143,9 @@ impl Broker {
                     held = Some(durable);
                 }
             }
-            if let Some(durable) = held {
+            if held == Some(true) {
                 // Accepted: confirmed once on disk (durable exchange), routed when due.
-                needs_sync |= durable;
+                sync.target = Some(SYNC_ANY);
             }
             let mut queues = if duplicate || held.is_some() {
                 Vec::new()
@@ -3011,13 +3160,14 @@ impl Broker {
                     }
                 }
             }
-            let (sync, rejected_by) = self.enqueue(&vhost, &queues, &msg, now_ms, out)?;
+            let (queued, rejected_by) = self.enqueue(&vhost, &queues, &msg, now_ms, out);
             if std::mem::take(&mut self.paged_behind_consumer) {
                 if let Some(c) = self.conns.get_mut(&conn) {
                     c.flow_blocked = true;
                 }
             }
-            needs_sync |= sync;
+            sync.target = merge_sync_target(sync.target, queued.target);
+            sync.failed = queued.failed;
             rejected = rejected_by;
             !queues.is_empty() || held.is_some()
         };
@@ -3049,20 +3199,21 @@ impl Broker {
         }
         if let Some(seq) = p.confirm_seq {
             // A persistent message in a durable queue is confirmed once it is on disk.
-            let epoch = if needs_sync { self.write_epoch } else { 0 };
-            // A queue that refused it (reject-publish) makes it a nack.
-            let kind = if rejected { DeferredKind::Nack(seq) } else { DeferredKind::Ack(seq) };
-            self.channel_mut(conn, channel)?.defer(epoch, kind);
-            if needs_sync {
+            let epoch = if sync.target.is_some() { self.write_epoch } else { 0 };
+            // A queue that refused it (reject-publish) or could not store it makes it a nack.
+            let kind = if rejected || sync.failed { DeferredKind::Nack(seq) } else { DeferredKind::Ack(seq) };
+            self.channel_mut(conn, channel)?.defer(epoch, kind, sync.target.unwrap_or(SYNC_ANY));
+            if sync.target.is_some() {
                 self.waiting.insert(conn);
             }
         }
-        Ok(needs_sync)
+        Ok(sync)
     }
 
     /// Appends a message to each queue (routing result) and hands it to consumers. Messages
-    /// the queues drop to make room are dead-lettered. Returns whether a sync must precede the
-    /// confirm, and whether a queue refused the message (reject-publish).
+    /// the queues drop to make room are dead-lettered. Returns whose sync must precede the
+    /// confirm (or that a queue's storage could not take it: the confirm is a nack, and nothing
+    /// else is affected), and whether a queue refused the message (reject-publish).
     fn enqueue(
         &mut self,
         vhost: &Arc<str>,
@@ -3070,8 +3221,8 @@ impl Broker {
         msg: &MessageRef,
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
-    ) -> Result<(bool, bool), ProtocolError> {
-        let mut needs_sync = false;
+    ) -> (PublishSync, bool) {
+        let mut sync = PublishSync::default();
         let mut rejected = false;
         self.paged_behind_consumer = false;
         let mut dead: Vec<(ShortStr, Queued, &'static str)> = Vec::new();
@@ -3079,11 +3230,21 @@ impl Broker {
             for q in queues {
                 let Some(queue) = vh.queues.get_mut(q) else { continue };
                 queue.memory_pressure = self.alarms.memory;
-                let outcome = queue.push(msg.clone(), now_ms).map_err(|e| {
-                    internal(format_args!("cannot write a message to queue '{q}' in vhost '{vhost}': {e}"))
-                })?;
+                let outcome = match queue.push(msg.clone(), now_ms) {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        // The log says why once (report_storage); it is retried at every round.
+                        sync.failed = true;
+                        Self::report_storage(&mut self.warnings, &mut self.notices, vhost, queue);
+                        self.dirty.insert((vhost.clone(), q.clone()));
+                        continue;
+                    }
+                };
                 Self::note_push(&mut self.dirty, vhost, q, &outcome);
-                needs_sync |= outcome.needs_sync;
+                if outcome.needs_sync {
+                    sync.target = merge_sync_target(sync.target, Some(queue.sync_id));
+                }
+                self.disk_written += outcome.stored_bytes;
                 if outcome.paged && !self.paged_behind_consumer {
                     let conns = &self.conns;
                     self.paged_behind_consumer =
@@ -3104,7 +3265,18 @@ impl Broker {
         for q in queues {
             self.dispatch(vhost, q, now_ms, out);
         }
-        Ok((needs_sync, rejected))
+        if self.disk_headroom.is_some_and(|h| self.disk_written > h) && !self.alarms.disk {
+            // The flood would fill the disk past its limit before the next measurement.
+            self.alarms.disk = true;
+            self.warnings.push(format!(
+                "disk resource limit alarm set: {} bytes written since free space was measured, \
+                 more than the {} bytes left above the limit. Publishers will be blocked until \
+                 this alarm clears",
+                self.disk_written,
+                self.disk_headroom.unwrap_or(0)
+            ));
+        }
+        (sync, rejected)
     }
 
     fn note_push(dirty: &mut HashSet<(Arc<str>, ShortStr)>, vhost: &Arc<str>, q: &ShortStr, outcome: &PushOutcome) {

@@ -59,6 +59,9 @@ pub struct Deferred {
     /// The store sync epoch that must complete first; 0 when nothing needs syncing.
     pub epoch: u64,
     pub kind: DeferredKind,
+    /// Whose sync it waits for: the one queue's `sync_id`, or [`crate::broker::SYNC_ANY`]
+    /// (several queues, an exchange's store): a failed sync of that owner makes it a nack.
+    pub target: u32,
 }
 
 #[derive(Debug, Default)]
@@ -161,8 +164,8 @@ impl Channel {
     }
 
     /// Queues an answer behind those already waiting.
-    pub fn defer(&mut self, epoch: u64, kind: DeferredKind) {
-        self.deferred.push_back(Deferred { epoch, kind });
+    pub fn defer(&mut self, epoch: u64, kind: DeferredKind, target: u32) {
+        self.deferred.push_back(Deferred { epoch, kind, target });
     }
 }
 

@@ -38,7 +38,7 @@ pub use broker::management::{
 };
 pub use broker::{
     Alarms, Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, ResourceUse, Session, StoreStats, SyncJob,
-    ACK_SYNC_INTERVAL_MS,
+    ACK_SYNC_INTERVAL_MS, SYNC_ANY,
 };
 pub use config::Config;
 pub use definitions::{UserLimits, VhostLimits};

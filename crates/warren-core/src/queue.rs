@@ -137,6 +137,8 @@ pub struct PushOutcome {
     pub duplicate: bool,
     /// Enqueued on disk only: the queue's memory window is full.
     pub paged: bool,
+    /// Bytes appended to the log (the disk alarm counts them against the free space).
+    pub stored_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -178,6 +180,10 @@ pub struct Queue {
     pub memory_pressure: bool,
     /// Message counts since the queue was opened, for the management API's rates.
     pub counters: QueueCounters,
+    /// Names the queue's store writes in a sync round (see `Broker::begin_sync`).
+    pub sync_id: u32,
+    /// The storage trouble last reported for this queue (logged once, until it clears).
+    pub storage_reported: Option<String>,
 }
 
 /// Per-queue message counters (plain increments on the hot path; the management API turns
@@ -251,6 +257,8 @@ impl Queue {
             scratch: Vec::new(),
             memory_pressure: false,
             counters: QueueCounters::default(),
+            sync_id: 0,
+            storage_reported: None,
         };
         Ok((q, recovered_all))
     }
@@ -360,6 +368,7 @@ impl Queue {
             encode_for_store(&msg, expires_at, &mut scratch);
             let lane = self.lane_mut(lane_no)?;
             let appended = lane.log.append(&scratch, persistent);
+            outcome.stored_bytes = (scratch.len() + warren_store::format::REC_HEADER_LEN) as u64;
             self.scratch = scratch;
             appended?
         } else {
@@ -613,6 +622,12 @@ impl Queue {
         } else {
             lanes.flat_map(|l| l.log.pending_sync_appends()).collect()
         }
+    }
+
+    /// Why the queue's storage is degraded (a write or sync failed and was not yet made good),
+    /// if it is: publishes that need it are nacked meanwhile, and it heals by itself.
+    pub fn storage_trouble(&self) -> Option<&str> {
+        self.lanes.iter().flatten().find_map(|l| l.log.trouble())
     }
 
     /// True when some log has writes not yet handed out for a sync.

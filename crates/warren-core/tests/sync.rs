@@ -17,7 +17,7 @@ fn sync(h: &mut Harness, all: bool) -> usize {
     for handle in &job.handles {
         handle.sync().expect("sync");
     }
-    h.broker.end_sync(job.epoch, Ok(()), &mut h.out);
+    h.broker.end_sync(job.epoch, Vec::new(), h.now_ms, &mut h.out);
     n
 }
 

@@ -101,10 +101,11 @@ const CLASSIC: (&str, &str) = ("queue_type", "rabbit_classic_queue");
 
 fn render(shared: &Shared, per_object: bool) -> String {
     // Copy what is needed under the lock, format after releasing it.
-    let (overview, counters, queues, data_dir, alarms) = {
+    let (overview, counters, queues, data_dir, alarms, degraded) = {
         let core = shared.broker();
         let queues = if per_object { core.queues() } else { Vec::new() };
-        (core.overview(), core.counters(), queues, core.data_dir().to_path_buf(), core.alarms())
+        let degraded = core.degraded_queues() as u64;
+        (core.overview(), core.counters(), queues, core.data_dir().to_path_buf(), core.alarms(), degraded)
     };
     let mut e = Exposition { out: String::with_capacity(8 * 1024) };
     use Kind::{Counter, Gauge, Untyped};
@@ -165,6 +166,16 @@ fn render(shared: &Shared, per_object: bool) -> String {
         } else {
             e.sample(name, &[], total);
         }
+    }
+    // Warren's own: queues whose storage failed and has not healed yet (RabbitMQ has none).
+    let name = "warren_queue_storage_degraded";
+    e.family(name, Gauge, "Queues whose storage is degraded: a write or sync failed and is being retried");
+    if per_object {
+        for q in &queues {
+            e.sample(name, &[("vhost", &q.vhost), ("queue", &q.name)], u64::from(q.storage_trouble.is_some()));
+        }
+    } else {
+        e.sample(name, &[], degraded);
     }
 
     // Message flow, as RabbitMQ's global counters (labelled by protocol, and by queue type

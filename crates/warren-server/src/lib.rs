@@ -148,6 +148,13 @@ impl Core {
         for e in self.broker.take_errors() {
             tracing::error!("{e}");
         }
+        let (warnings, notices) = self.broker.take_warnings();
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        for n in notices {
+            tracing::info!("{n}");
+        }
     }
 }
 
@@ -226,14 +233,13 @@ impl Server {
     /// acknowledged message.
     pub async fn sync_all(&self) {
         let job = self.shared.broker().begin_sync(self.shared.now_ms(), true);
-        let epoch = job.epoch;
-        let handles = job.handles;
-        let result = tokio::task::spawn_blocking(move || handles.iter().try_for_each(|h| h.sync()))
+        let (epoch, owners, handles) = (job.epoch, job.owners, job.handles);
+        let results = tokio::task::spawn_blocking(move || handles.iter().map(|h| h.sync()).collect())
             .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            .unwrap_or_else(|e| vec![Err(std::io::Error::other(e))]);
         let mut out = Vec::new();
         let mut core = self.shared.broker();
-        core.end_sync(epoch, result, &mut out);
+        core.end_sync(epoch, sync_failures(&owners, results), self.shared.now_ms(), &mut out);
         core.log_errors();
         core.deliver(&mut out);
     }
@@ -338,19 +344,26 @@ async fn sync_loop(shared: Arc<Shared>) {
             // that overlap, so a round costs about one fsync however many files it covers.
             let tasks: Vec<_> =
                 job.handles.into_iter().map(|h| tokio::task::spawn_blocking(move || h.sync())).collect();
-            let mut result = Ok(());
+            let mut results = Vec::with_capacity(tasks.len());
             for t in tasks {
-                let r = t.await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
-                if result.is_ok() {
-                    result = r;
-                }
+                results.push(t.await.unwrap_or_else(|e| Err(std::io::Error::other(e))));
             }
             let mut core = shared.broker();
-            core.end_sync(job.epoch, result, &mut out);
+            core.end_sync(job.epoch, sync_failures(&job.owners, results), shared.now_ms(), &mut out);
             core.log_errors();
             core.deliver(&mut out);
         }
     }
+}
+
+/// The owners whose sync failed, with the error, from a round's results (one per handle, in
+/// the job's order; a missing result counts as a failure of every owner).
+fn sync_failures(owners: &[u32], results: Vec<std::io::Result<()>>) -> Vec<(u32, std::io::Error)> {
+    if results.len() != owners.len() {
+        let e = results.into_iter().find_map(Result::err).unwrap_or_else(|| std::io::Error::other("sync lost"));
+        return vec![(warren_core::SYNC_ANY, e)];
+    }
+    owners.iter().zip(results).filter_map(|(&o, r)| r.err().map(|e| (o, e))).collect()
 }
 
 /// Encodes broker output for one connection.

@@ -31,7 +31,10 @@ fn queue_json(q: &QueueInfo, stats: Option<&Value>) -> Value {
         "operator_policy": q.operator_policy,
         "arguments": table_json(&q.arguments),
         "node": NODE,
-        "state": "running",
+        // RabbitMQ's states have no word for it: a queue whose storage failed keeps serving
+        // what it holds, nacks publishes it cannot store, and heals by itself.
+        "state": if q.storage_trouble.is_some() { "degraded" } else { "running" },
+        "storage_error": q.storage_trouble,
         "consumer_details": [],
         "deliveries": [],
         "incoming": [],
