@@ -644,7 +644,7 @@ pub struct Journal {
 }
 
 /// The generation a journal header names, or None if the header is damaged.
-fn journal_generation(bytes: &[u8]) -> Option<u64> {
+pub fn journal_generation(bytes: &[u8]) -> Option<u64> {
     let h: &[u8; JOURNAL_HEADER_LEN] = bytes.get(..JOURNAL_HEADER_LEN)?.try_into().ok()?;
     let generation = u64::from_le_bytes(h[8..].try_into().ok()?);
     let crc = u32::from_le_bytes(h[4..8].try_into().ok()?);

@@ -9,7 +9,7 @@
 //! docs/store-format.md ("Storage faults") lists what each fault does.
 
 use super::{Broker, RecoveryReport, Store};
-use crate::definitions::{check_snapshot, read_journal, DefOp, Definitions};
+use crate::definitions::{check_snapshot, journal_generation, read_journal, DefOp, Definitions};
 use bytes::Bytes;
 use foldhash::{HashMap, HashMapExt, HashSet};
 use std::io;
@@ -184,7 +184,7 @@ impl Broker {
         let decoded = files.snapshot.clone().map(|b| Definitions::decode(Bytes::from(b)));
         match decoded {
             Some(Ok(defs)) => {
-                let journal_gen = files.journal.as_deref().and_then(|b| read_journal(b).generation);
+                let journal_gen = files.journal.as_deref().and_then(journal_generation);
                 self.store.generation = defs.generation.max(journal_gen.unwrap_or(0));
                 let generation = defs.generation;
                 loaded.defs = defs;
@@ -289,7 +289,7 @@ impl Broker {
         let journal_gens = [files.journal.as_deref(), files.previous_journal.as_deref()]
             .into_iter()
             .flatten()
-            .filter_map(|b| read_journal(b).generation);
+            .filter_map(journal_generation);
         let newest = journal_gens.chain(previous.as_ref().map(|p| p.generation)).max().unwrap_or(0);
         self.store.generation = newest;
         if let Some(bytes) = &files.snapshot {
