@@ -6,8 +6,7 @@
 //! of the unsynced bytes, exactly as a power cut may.
 //!
 //! Invariant the log relies on: files are only ever appended to, truncated at recovery, replaced
-//! whole, or removed (and directories moved aside whole at recovery); a read sees every byte
-//! appended before it.
+//! whole, or removed; a read sees every byte appended before it.
 
 use std::io;
 use std::path::Path;
