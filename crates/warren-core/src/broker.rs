@@ -14,7 +14,7 @@ use crate::auth::{Access, Grants, Password, Permission, TopicPermission, User, U
 use crate::channel::{AckOp, Channel, ChannelState, Consumer, DeferredKind, TxState, Unacked};
 use crate::config::{Config, CONNECTION_OUTBOUND_MAX_BYTES};
 use crate::definitions::{
-    journal_header, read_journal, BindingDef, DefOp, Definitions, ExchangeDef, PermissionDef, PolicyDef, QueueDef,
+    journal_header, BindingDef, DefOp, Definitions, ExchangeDef, PermissionDef, PolicyDef, QueueDef,
     TopicPermissionDef, UserDef, UserLimits, VhostLimits,
 };
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
@@ -545,8 +545,11 @@ pub struct RecoveryReport {
     pub messages: u64,
     pub exchanges: usize,
     pub bindings: usize,
-    /// One line per corrupt spot found in a queue log.
+    /// One line per corrupt spot or loss found (definitions files, queue logs): for the log at
+    /// ERROR level.
     pub corrupt: Vec<String>,
+    /// Log directories no definition names, moved aside (for the log at WARN level).
+    pub quarantined: Vec<recovery::Quarantined>,
     /// One line per recovered queue, for the log.
     pub progress: Vec<String>,
 }
@@ -632,26 +635,8 @@ impl Broker {
                 return Err(io("cannot clear the transient queue logs", e));
             }
         }
-        let mut defs = match backend.read(&self.store.definitions_path()) {
-            Ok(bytes) => Definitions::decode(Bytes::from(bytes))
-                .map_err(|e| format!("{}: {e}", self.store.definitions_path().display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Definitions::default(),
-            Err(e) => return Err(io("cannot read the definitions", e)),
-        };
-        // The journal continues the snapshot of its generation; an older one is already in it.
-        let journal = match backend.read(&self.store.journal_path()) {
-            Ok(bytes) => read_journal(&bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(io("cannot read the definitions journal", e)),
-        };
-        self.store.generation = defs.generation;
-        if let Some(j) = journal.filter(|j| j.generation == defs.generation) {
-            if let Some(torn) = &j.torn {
-                report.progress.push(format!("definitions journal: stopped at {torn} (a change never confirmed)"));
-            }
-            report.progress.push(format!("definitions journal: {} changes replayed", j.ops.len()));
-            defs.replay(j.ops);
-        }
+        let loaded = self.load_definitions(&mut report)?;
+        let defs = loaded.defs;
         let default_vhost = self.config.default_vhost.clone();
         // A fresh store (or one from before access control) gets the default vhost and the
         // default user, an administrator with every permission on it, as RabbitMQ seeds them.
@@ -770,6 +755,19 @@ impl Broker {
             let mut messages = 0;
             for r in &recovered {
                 messages += r.unsettled;
+                for l in &r.lost {
+                    report.corrupt.push(format!(
+                        "queue '{}' in vhost '{}': {} holds no message though later segments exist: up to {} \
+                         messages (seqs {}..{}) are lost, unless a crash interrupted their sync (then they were \
+                         never confirmed)",
+                        q.name,
+                        q.vhost,
+                        l.path.display(),
+                        l.end_seq - l.first_seq,
+                        l.first_seq,
+                        l.end_seq
+                    ));
+                }
                 for c in &r.corrupt {
                     report.corrupt.push(format!(
                         "queue '{}' in vhost '{}': corrupt data in {} at byte {}: {}; the rest of that segment was skipped",
@@ -813,20 +811,17 @@ impl Broker {
         for v in vhost_names {
             self.apply_policies(&v, 0, &mut out);
         }
-        // Logs of queues and exchanges deleted while their deletion could not finish (a crash
-        // in between): no definition names them any more.
-        for kind in ["queues", "delayed", "dedup"] {
-            let parent = self.store.dir.join(kind);
-            for name in backend.list_dirs(&parent).map_err(|e| io("cannot list logs", e))? {
-                let dir = parent.join(&name);
-                if !live_dirs.contains(&dir) {
-                    backend.remove_dir_all(&dir).map_err(|e| io("cannot remove a stale log", e))?;
-                }
-            }
-        }
+        // Logs no definition names: a deletion a crash interrupted, or definitions lost to
+        // damage. Either way they are moved aside, never removed.
+        self.set_aside_unknown_logs(&live_dirs, &loaded.owners, &mut report)?;
         // Fold the journal into a new snapshot, and start the journal afresh.
         self.defs_dirty = true;
         self.save_definitions().map_err(|e| e.text.to_string())?;
+        if loaded.accept_loss {
+            // One-shot: later damage is refused again.
+            let marker = self.store.dir.join(recovery::ACCEPT_LOSS);
+            backend.remove_file(&marker).map_err(|e| io(&format!("cannot remove {}", marker.display()), e))?;
+        }
         Ok(report)
     }
 
@@ -977,6 +972,7 @@ impl Broker {
         d.generation = self.store.generation + 1;
         let backend = self.store.backend.clone();
         self.store.journal = None;
+        self.store.keep_previous()?;
         backend.replace_durably(&self.store.definitions_path(), &d.encode())?;
         self.store.generation = d.generation;
         self.store.snapshot_topology = d.topology_len();
@@ -3822,3 +3818,4 @@ const JOURNAL_SLACK: usize = 1024;
 
 pub mod limits;
 pub mod management;
+pub mod recovery;

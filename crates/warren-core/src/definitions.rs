@@ -13,6 +13,13 @@ use warren_amqp::{FieldTable, FieldValue, ShortStr};
 /// Bumped when the layout changes incompatibly.
 const VERSION: i64 = 1;
 
+/// The snapshot file: this magic, the length (u32 LE) and CRC-32 (u32 LE) of the body, then the
+/// body (the field table). Why a checksum: a damaged snapshot must be told from a valid one, or
+/// recovery would trust a table that decodes but lost a queue. Files without the magic are read
+/// as the older format (the table alone).
+const SNAPSHOT_MAGIC: &[u8; 8] = b"WRNDEF02";
+pub const SNAPSHOT_HEADER_LEN: usize = 16;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExchangeDef {
     pub vhost: String,
@@ -373,14 +380,25 @@ impl Definitions {
                     .collect(),
             ),
         );
-        let mut out = BytesMut::new();
-        root.encode(&mut out);
+        let mut body = BytesMut::new();
+        root.encode(&mut body);
+        let mut out = BytesMut::with_capacity(SNAPSHOT_HEADER_LEN + body.len());
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out.extend_from_slice(&body);
         out.freeze()
     }
 
+    /// Reads a snapshot file: the current format (header and checksum) or the one before it (the
+    /// field table alone, without a checksum, as Warren wrote it before the header existed).
     pub fn decode(bytes: Bytes) -> Result<Self, String> {
+        let body = match snapshot_body(&bytes)? {
+            Some(range) => bytes.slice(range),
+            None => bytes,
+        };
         let root =
-            FieldTable::decode(&mut Reader::new(bytes)).map_err(|e| format!("not a definitions snapshot: {e}"))?;
+            FieldTable::decode(&mut Reader::new(body)).map_err(|e| format!("not a definitions snapshot: {e}"))?;
         match root.get("version").and_then(FieldValue::as_i64) {
             Some(VERSION) => {}
             other => return Err(format!("definitions snapshot version {other:?} is not {VERSION}")),
@@ -481,6 +499,34 @@ impl Definitions {
     }
 }
 
+/// Where the body of a snapshot file is, once its header and checksum are checked; None for a
+/// file of the older format (no header: the body is the whole file, and has no checksum).
+fn snapshot_body(bytes: &[u8]) -> Result<Option<std::ops::Range<usize>>, String> {
+    let Some(rest) = bytes.strip_prefix(SNAPSHOT_MAGIC) else { return Ok(None) };
+    let (Some(len), Some(crc)) = (rest.get(..4), rest.get(4..8)) else {
+        return Err("the snapshot header is cut short".into());
+    };
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let crc = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    let body = &bytes[SNAPSHOT_HEADER_LEN.min(bytes.len())..];
+    if body.len() != len {
+        return Err(format!("the snapshot holds {} bytes after its header, not {len}", body.len()));
+    }
+    if crc32fast::hash(body) != crc {
+        return Err("the snapshot fails its checksum".into());
+    }
+    Ok(Some(SNAPSHOT_HEADER_LEN..bytes.len()))
+}
+
+/// Checks a snapshot file without decoding it (one of the older format, which has no checksum,
+/// must decode).
+pub fn check_snapshot(bytes: &[u8]) -> Result<(), String> {
+    match snapshot_body(bytes)? {
+        Some(_) => Ok(()),
+        None => Definitions::decode(Bytes::copy_from_slice(bytes)).map(drop),
+    }
+}
+
 // ---- the journal ------------------------------------------------------------------------
 //
 // Declaring or deleting a durable queue, exchange or binding appends one record to the journal
@@ -490,13 +536,23 @@ impl Definitions {
 // fresh journal of that generation, so a journal the snapshot already includes (a crash between
 // the two writes) is never replayed.
 //
-// Layout: a 16-byte header (magic `WDJ1`, 4 reserved bytes, the generation as a little-endian
-// u64), then records: payload length (u32 LE), CRC-32 of the payload (u32 LE), payload (an
-// encoded field table). A record cut short or failing its checksum ends the journal (a torn
-// tail: that change was never confirmed).
+// Layout: a 16-byte header (magic `WDJ2`, the CRC-32 of the other 12 header bytes, the
+// generation as a little-endian u64), then records: payload length (u32 LE), CRC-32 of the
+// payload (u32 LE), payload (an encoded field table). Journals written before the header had a
+// checksum start with `WDJ1` and 4 zero bytes; they are still read.
+//
+// Reading: a record cut short, failing its checksum or not decoding is a torn tail (a change
+// never confirmed) if no valid record follows it; if one does, the bytes were damaged after they
+// were written: the damage is reported (byte offset) and every valid record on either side of
+// it is replayed. A damaged header costs only the generation check (the records are replayed
+// onto the snapshot as if it matched).
 
-const JOURNAL_MAGIC: &[u8; 4] = b"WDJ1";
+const JOURNAL_MAGIC: &[u8; 4] = b"WDJ2";
+/// The header of journals written before it had a checksum.
+const JOURNAL_MAGIC_V1: &[u8; 4] = b"WDJ1";
 pub const JOURNAL_HEADER_LEN: usize = 16;
+/// A record header: payload length and payload checksum.
+const JOURNAL_RECORD_HEADER_LEN: usize = 8;
 
 /// One change to the durable topology.
 #[derive(Debug, Clone, PartialEq)]
@@ -561,55 +617,107 @@ pub fn journal_header(generation: u64) -> [u8; JOURNAL_HEADER_LEN] {
     let mut h = [0u8; JOURNAL_HEADER_LEN];
     h[..4].copy_from_slice(JOURNAL_MAGIC);
     h[8..].copy_from_slice(&generation.to_le_bytes());
+    let crc = journal_header_crc(&h);
+    h[4..8].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-/// A journal as read back: its generation and the changes up to the first damaged record.
-#[derive(Debug, Default, PartialEq)]
-pub struct Journal {
-    pub generation: u64,
-    pub ops: Vec<DefOp>,
-    /// Bytes after the last whole record (a torn tail), or why the rest was not read.
-    pub torn: Option<String>,
+fn journal_header_crc(h: &[u8; JOURNAL_HEADER_LEN]) -> u32 {
+    let mut c = crc32fast::Hasher::new();
+    c.update(&h[..4]);
+    c.update(&h[8..]);
+    c.finalize()
 }
 
-/// Reads a journal; None when it has no valid header (then it continues no snapshot).
-pub fn read_journal(bytes: &[u8]) -> Option<Journal> {
-    if bytes.len() < JOURNAL_HEADER_LEN || &bytes[..4] != JOURNAL_MAGIC {
-        return None;
+/// A journal as read back: its generation and every change in it that could be read.
+#[derive(Debug, Default, PartialEq)]
+pub struct Journal {
+    /// None when the header is damaged (then nothing tells which snapshot it continues).
+    pub generation: Option<u64>,
+    pub ops: Vec<DefOp>,
+    /// The bytes after the last valid record, which no valid record follows (a torn tail: a
+    /// change never confirmed): where and why.
+    pub torn: Option<String>,
+    /// Damage with valid records after it: (byte offset, what is wrong there). The valid records
+    /// after each damaged spot are in `ops`.
+    pub damaged: Vec<(u64, String)>,
+}
+
+/// The generation a journal header names, or None if the header is damaged.
+pub fn journal_generation(bytes: &[u8]) -> Option<u64> {
+    let h: &[u8; JOURNAL_HEADER_LEN] = bytes.get(..JOURNAL_HEADER_LEN)?.try_into().ok()?;
+    let generation = u64::from_le_bytes(h[8..].try_into().ok()?);
+    let crc = u32::from_le_bytes(h[4..8].try_into().ok()?);
+    match &h[..4] {
+        m if m == JOURNAL_MAGIC && crc == journal_header_crc(h) => Some(generation),
+        m if m == JOURNAL_MAGIC_V1 && crc == 0 => Some(generation),
+        _ => None,
     }
-    let generation = u64::from_le_bytes(bytes[8..16].try_into().ok()?);
-    let mut j = Journal { generation, ..Journal::default() };
-    let mut at = JOURNAL_HEADER_LEN;
-    while at < bytes.len() {
+}
+
+/// The change in the record at `at`, and where the next record starts; or what is wrong there.
+fn journal_record(bytes: &[u8], at: usize) -> Result<(DefOp, usize), String> {
+    let rest = &bytes[at..];
+    let Some(header) = rest.get(..JOURNAL_RECORD_HEADER_LEN) else {
+        return Err(format!("{} bytes of a record header", rest.len()));
+    };
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    let end = JOURNAL_RECORD_HEADER_LEN.saturating_add(len);
+    let Some(payload) = rest.get(JOURNAL_RECORD_HEADER_LEN..end) else {
+        return Err("a record cut short".into());
+    };
+    if crc32fast::hash(payload) != crc {
+        return Err("a record failing its checksum".into());
+    }
+    let op = FieldTable::decode(&mut Reader::new(Bytes::copy_from_slice(payload)))
+        .map_err(|e| e.to_string())
+        .and_then(|t| DefOp::from_table(&t))
+        .map_err(|e| format!("an unreadable record: {e}"))?;
+    Ok((op, at + end))
+}
+
+/// The first offset at or after `from` where a valid record starts. Candidates whose length
+/// runs past the end are dismissed before any checksum, so this is about linear in the bytes.
+fn next_journal_record(bytes: &[u8], from: usize) -> Option<usize> {
+    let plausible = |at: usize| {
         let rest = &bytes[at..];
-        if rest.len() < 8 {
-            j.torn = Some(format!("{} bytes of a record header at byte {at}", rest.len()));
-            break;
-        }
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-        let Some(payload) = rest.get(8..8 + len) else {
-            j.torn = Some(format!("a record cut short at byte {at}"));
-            break;
-        };
-        if crc32fast::hash(payload) != crc {
-            j.torn = Some(format!("a record failing its checksum at byte {at}"));
-            break;
-        }
-        let op = FieldTable::decode(&mut Reader::new(Bytes::copy_from_slice(payload)))
-            .map_err(|e| e.to_string())
-            .and_then(|t| DefOp::from_table(&t));
-        match op {
-            Ok(op) => j.ops.push(op),
-            Err(e) => {
-                j.torn = Some(format!("an unreadable record at byte {at}: {e}"));
-                break;
-            }
-        }
-        at += 8 + len;
+        let Some(h) = rest.get(..JOURNAL_RECORD_HEADER_LEN) else { return false };
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        rest.get(JOURNAL_RECORD_HEADER_LEN..JOURNAL_RECORD_HEADER_LEN.saturating_add(len))
+            .is_some_and(|payload| crc32fast::hash(payload) == crc)
+    };
+    (from..bytes.len()).find(|&at| plausible(at) && journal_record(bytes, at).is_ok())
+}
+
+/// Reads a journal (any bytes: never panics). An empty file, or one too short for a header and
+/// holding no record, gives a journal with no changes; see the layout comment for the rest.
+pub fn read_journal(bytes: &[u8]) -> Journal {
+    let mut j = Journal { generation: journal_generation(bytes), ..Journal::default() };
+    let mut at = JOURNAL_HEADER_LEN;
+    if j.generation.is_none() && !bytes.is_empty() {
+        j.damaged.push((0, "a damaged journal header".into()));
     }
-    Some(j)
+    while at < bytes.len() {
+        match journal_record(bytes, at) {
+            Ok((op, next)) => {
+                j.ops.push(op);
+                at = next;
+            }
+            Err(why) => match next_journal_record(bytes, at + 1) {
+                Some(next) => {
+                    j.damaged.push((at as u64, why));
+                    at = next;
+                }
+                None => {
+                    j.torn = Some(format!("{why} at byte {at}"));
+                    break;
+                }
+            },
+        }
+    }
+    j
 }
 
 impl Definitions {
@@ -762,37 +870,112 @@ mod journal_tests {
         }
     }
 
-    #[test]
-    fn journal_records_round_trip_and_a_torn_tail_ends_them() {
-        let ops = vec![
+    fn six_ops() -> Vec<DefOp> {
+        vec![
             DefOp::PutExchange(exchange("x")),
             DefOp::PutQueue(queue("a")),
             DefOp::PutBinding(binding("x", "a", true)),
             DefOp::DelBinding(binding("x", "a", true)),
             DefOp::DelQueue { vhost: "/".into(), name: "a".into() },
             DefOp::DelExchange { vhost: "/".into(), name: "x".into() },
-        ];
-        let mut bytes = BytesMut::from(&journal_header(3)[..]);
-        for op in &ops {
+        ]
+    }
+
+    /// The journal bytes of `ops`, and where each record starts.
+    fn journal_of(generation: u64, ops: &[DefOp]) -> (BytesMut, Vec<usize>) {
+        let mut bytes = BytesMut::from(&journal_header(generation)[..]);
+        let mut starts = Vec::new();
+        for op in ops {
+            starts.push(bytes.len());
             op.encode_record(&mut bytes);
         }
-        let whole = read_journal(&bytes).expect("a journal");
-        assert_eq!(whole, Journal { generation: 3, ops: ops.clone(), torn: None });
+        (bytes, starts)
+    }
+
+    #[test]
+    fn journal_records_round_trip_and_a_torn_tail_ends_them() {
+        let ops = six_ops();
+        let (bytes, starts) = journal_of(3, &ops);
+        let whole = read_journal(&bytes);
+        assert_eq!(whole, Journal { generation: Some(3), ops: ops.clone(), torn: None, damaged: vec![] });
         // Every cut inside the last record loses that record only; a flipped byte likewise.
-        let last_start = bytes.len() - {
-            let mut b = BytesMut::new();
-            ops[5].encode_record(&mut b);
-            b.len()
-        };
+        let last_start = starts[5];
         for cut in last_start + 1..bytes.len() {
-            let j = read_journal(&bytes[..cut]).expect("a journal");
+            let j = read_journal(&bytes[..cut]);
             assert_eq!(j.ops, ops[..5], "cut at {cut}");
-            assert!(j.torn.is_some());
+            assert!(j.torn.is_some() && j.damaged.is_empty(), "cut at {cut}: {j:?}");
         }
         let mut flipped = bytes.clone();
         flipped[last_start + 9] ^= 0x40;
-        assert_eq!(read_journal(&flipped).expect("a journal").ops, ops[..5]);
-        assert_eq!(read_journal(b"junk"), None);
+        let j = read_journal(&flipped);
+        assert_eq!((j.ops, j.damaged), (ops[..5].to_vec(), vec![]));
+        assert_eq!(read_journal(b"junk").generation, None);
+    }
+
+    #[test]
+    fn a_damaged_record_mid_journal_costs_that_record_only() {
+        let ops = six_ops();
+        let (bytes, starts) = journal_of(3, &ops);
+        for at in JOURNAL_HEADER_LEN..starts[5] {
+            let hit = starts.iter().rposition(|&s| s <= at).expect("a record");
+            for mask in [0x01, 0xff] {
+                let mut flipped = bytes.clone();
+                flipped[at] ^= mask;
+                let j = read_journal(&flipped);
+                let mut expected = ops.clone();
+                expected.remove(hit);
+                assert_eq!(j.ops, expected, "byte {at} ^ {mask:#x}");
+                assert_eq!(j.generation, Some(3));
+                assert_eq!(j.damaged.len(), 1, "byte {at}: {j:?}");
+                assert_eq!(j.damaged[0].0, starts[hit] as u64, "byte {at}: the damaged record's offset");
+                assert_eq!(j.torn, None);
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_journal_header_loses_no_record() {
+        let ops = six_ops();
+        let (bytes, _) = journal_of(3, &ops);
+        for at in 0..JOURNAL_HEADER_LEN {
+            let mut flipped = bytes.clone();
+            flipped[at] ^= 0x01;
+            let j = read_journal(&flipped);
+            assert_eq!((j.generation, &j.ops), (None, &ops), "byte {at}");
+            assert_eq!(j.damaged, vec![(0, "a damaged journal header".to_string())]);
+        }
+        // A journal from before the header had a checksum.
+        let mut old = bytes.clone();
+        old[..4].copy_from_slice(JOURNAL_MAGIC_V1);
+        old[4..8].fill(0);
+        assert_eq!(read_journal(&old), Journal { generation: Some(3), ops, torn: None, damaged: vec![] });
+        assert_eq!(read_journal(b""), Journal::default());
+    }
+
+    #[test]
+    fn any_damaged_snapshot_byte_is_refused_and_the_old_format_still_reads() {
+        let d = Definitions {
+            generation: 9,
+            vhosts: vec!["/".into()],
+            queues: vec![queue("a"), queue("b")],
+            exchanges: vec![exchange("x")],
+            bindings: vec![binding("x", "a", true)],
+            users: Some(vec![]),
+            ..Definitions::default()
+        };
+        let bytes = d.encode();
+        assert_eq!(Definitions::decode(bytes.clone()).expect("decodes"), d);
+        for at in 0..bytes.len() {
+            let mut flipped = bytes.to_vec();
+            flipped[at] ^= 0x01;
+            assert!(Definitions::decode(Bytes::from(flipped)).is_err(), "byte {at} flipped went unnoticed");
+        }
+        for cut in 0..bytes.len() {
+            assert!(Definitions::decode(bytes.slice(..cut)).is_err(), "cut at {cut} went unnoticed");
+        }
+        // Written before the header existed: the table alone.
+        let old = bytes.slice(SNAPSHOT_HEADER_LEN..);
+        assert_eq!(Definitions::decode(old).expect("the old format decodes"), d);
     }
 
     #[test]

@@ -316,20 +316,28 @@ fn direct_reply_to_routes_to_the_requesting_channel() {
 }
 
 #[test]
-fn logs_no_definition_names_are_removed_at_start() {
+fn logs_no_definition_names_are_moved_aside_at_start() {
     use std::path::Path;
     use std::sync::Arc;
     use warren_store::{Backend, MemBackend};
     let mem = MemBackend::new();
     let backend: Arc<dyn Backend> = Arc::new(mem.clone());
-    for stale in ["/data/queues/stale/00000000000000000000.seg", "/data/delayed/old/00000000000000000000.seg"] {
+    drop(warren_core::Broker::open(Config::default(), backend.clone(), "/data".into()).expect("opens"));
+    let stale = ["/data/queues/stale/00000000000000000000.seg", "/data/delayed/old/00000000000000000000.seg"];
+    for stale in stale {
         let path = Path::new(stale);
         backend.create_dir_all(path.parent().expect("parent")).expect("dir");
         backend.open_append(path).expect("file").append(b"x").expect("write");
     }
-    let (_broker, _) = warren_core::Broker::open(Config::default(), backend.clone(), "/data".into()).expect("opens");
+    let (_broker, report) =
+        warren_core::Broker::open(Config::default(), backend.clone(), "/data".into()).expect("opens");
+    assert_eq!(report.quarantined.len(), 2, "{report:?}");
     assert!(backend.list_dirs(Path::new("/data/queues")).expect("list").is_empty());
     assert!(backend.list_dirs(Path::new("/data/delayed")).expect("list").is_empty());
+    for stale in stale {
+        let aside = stale.replacen("/data/", "/data/quarantine/", 1);
+        assert_eq!(backend.read(Path::new(&aside)).expect("kept"), b"x");
+    }
 }
 
 /// Publishes into "q" until the broker asks to stop reading from the publisher (flow control),

@@ -41,6 +41,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         let _ = dir;
         Arc::new(NoopSync)
     }
+    /// Moves a directory and everything under it to `to` (whose parent must exist; `to` must
+    /// not), durably: when this returns, a crash finds it at `to` and not at `from`. Recovery uses
+    /// it to set aside what it cannot account for instead of deleting it.
+    ///
+    /// The default copies every file (`replace_durably`) and then removes the original, so a
+    /// crash in between leaves both, never neither; backends should override it with a rename.
+    fn rename_dir(&self, from: &Path, to: &Path) -> io::Result<()> {
+        copy_dir(self, from, to)?;
+        self.remove_dir_all(from)
+    }
     /// Reads up to `buf.len()` bytes at `offset`; returns how many were read (fewer only at the
     /// end of the file). The log streams segments through this, a bounded chunk at a time.
     ///
@@ -52,6 +62,19 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         buf[..n].copy_from_slice(&all[start..start + n]);
         Ok(n)
     }
+}
+
+/// Copies a directory and everything under it to `to` (the default `rename_dir`).
+fn copy_dir<B: Backend + ?Sized>(backend: &B, from: &Path, to: &Path) -> io::Result<()> {
+    backend.create_dir_all(to)?;
+    for name in backend.list(from)? {
+        let bytes = backend.read(&from.join(&name))?;
+        backend.replace_durably(&to.join(&name), &bytes)?;
+    }
+    for name in backend.list_dirs(from)? {
+        copy_dir(backend, &from.join(&name), &to.join(&name))?;
+    }
+    Ok(())
 }
 
 pub trait AppendFile: Send + std::fmt::Debug {

@@ -22,4 +22,4 @@ pub mod format;
 pub mod log;
 
 pub use backend::{AppendFile, Backend, FsBackend, MemBackend, SyncHandle};
-pub use log::{Corruption, LogConfig, Record, Recovered, SegmentLog};
+pub use log::{Corruption, LogConfig, Lost, Record, Recovered, SegmentLog};

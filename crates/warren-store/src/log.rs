@@ -89,6 +89,21 @@ pub struct Recovered {
     /// with seq <= this are to be redelivered with redelivered=true.
     pub delivered_through: Option<u64>,
     pub corrupt: Vec<Corruption>,
+    /// Segments that lost their records (see [`Lost`]).
+    pub lost: Vec<Lost>,
+}
+
+/// A segment file that holds no record although later segments exist (empty, cut to its header,
+/// or cut inside its first record): a segment file is created with its first record and a later
+/// one only once it is full, so its records were lost. They may never have been confirmed (a
+/// crash in a sync round that made a later segment durable first); the store cannot tell.
+/// Recovery deletes the empty file, so it is reported once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    pub path: PathBuf,
+    /// The seqs `first_seq..end_seq` are missing: at most `end_seq - first_seq` messages.
+    pub first_seq: u64,
+    pub end_seq: u64,
 }
 
 /// Per-segment bookkeeping: a few dozen bytes, plus one bit per record once anything is settled.
@@ -356,6 +371,143 @@ pub fn check_payload_len(len: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// What a read-only pass over a log directory found; [`SegmentLog::open`] then applies the
+/// repairs it lists (cutting torn tails, removing orphaned ack files), `inspect` does not.
+#[derive(Debug, Default)]
+struct DirScan {
+    segments: BTreeMap<u64, Segment>,
+    /// One past every seq any file mentions (before the last segment is considered).
+    next_seq: u64,
+    delivered: Option<u64>,
+    delivered_in: Option<u64>,
+    corrupt: Vec<Corruption>,
+    lost: Vec<Lost>,
+    /// Files with a torn tail, and the length to cut them to.
+    torn: Vec<(PathBuf, u64)>,
+    /// Ack files whose segment no longer exists: their settles are moot.
+    orphan_acks: Vec<PathBuf>,
+}
+
+fn seg_file(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:0NAME_DIGITS$}{SEG_SUFFIX}"))
+}
+
+fn ack_file(dir: &Path, base: u64) -> PathBuf {
+    dir.join(format!("{base:0NAME_DIGITS$}{ACK_SUFFIX}"))
+}
+
+/// Reads and validates every segment and ack file of `dir` (recovery steps 2 to 4 of
+/// docs/store-format.md), changing nothing.
+fn scan_dir(backend: &dyn Backend, dir: &Path) -> io::Result<DirScan> {
+    let mut seg_bases = Vec::new();
+    let mut ack_bases = Vec::new();
+    for name in backend.list(dir)? {
+        match parse_name(&name) {
+            Some((base, FileKind::Segment)) => seg_bases.push(base),
+            Some((base, FileKind::Ack)) => ack_bases.push(base),
+            None => {}
+        }
+    }
+    seg_bases.sort_unstable();
+    ack_bases.sort_unstable();
+    let mut out = DirScan::default();
+    for base in seg_bases {
+        scan_segment_file(backend, dir, base, &mut out)?;
+    }
+    note_lost_segments(dir, &mut out);
+    for base in ack_bases {
+        scan_ack_file(backend, dir, base, &mut out)?;
+    }
+    Ok(out)
+}
+
+fn scan_segment_file(backend: &dyn Backend, dir: &Path, base: u64, out: &mut DirScan) -> io::Result<()> {
+    let path = seg_file(dir, base);
+    let bytes = backend.read(&path)?;
+    let scan = scan_segment(&bytes, base).map_err(|v| unknown_version(&path, v))?;
+    drop(bytes);
+    let mut seg = Segment {
+        records: scan.records,
+        seg_len: scan.valid_len,
+        corrupt: scan.corruption.is_some(),
+        ..Segment::default()
+    };
+    if let Some((offset, reason)) = scan.corruption {
+        out.corrupt.push(Corruption { path: path.clone(), offset, reason });
+    }
+    if scan.torn {
+        out.torn.push((path, scan.valid_len));
+    }
+    for t in scan.transient {
+        seg.settle_span(base, base + t, base + t + 1);
+    }
+    // Never reuse a seq any surviving file mentions (see the module invariants).
+    out.next_seq = out.next_seq.max(base.saturating_add(seg.records));
+    if let Some(max) = scan.max_seq {
+        out.next_seq = out.next_seq.max(max.saturating_add(1));
+    }
+    out.segments.insert(base, seg);
+    Ok(())
+}
+
+/// A segment file is created with its first record and a later one only once it is full, so
+/// an undamaged segment without a single record that is not the last one lost its records.
+fn note_lost_segments(dir: &Path, out: &mut DirScan) {
+    let bases: Vec<u64> = out.segments.keys().copied().collect();
+    for pair in bases.windows(2) {
+        let (base, next) = (pair[0], pair[1]);
+        if out.segments.get(&base).is_some_and(|s| s.records == 0 && !s.corrupt) {
+            out.lost.push(Lost { path: seg_file(dir, base), first_seq: base, end_seq: next });
+        }
+    }
+}
+
+fn scan_ack_file(backend: &dyn Backend, dir: &Path, base: u64, out: &mut DirScan) -> io::Result<()> {
+    let path = ack_file(dir, base);
+    let bytes = backend.read(&path)?;
+    let mut seg = out.segments.get_mut(&base);
+    let mut max_ref: Option<u64> = None;
+    let mut delivered: Option<u64> = None;
+    let scan = scan_acks(&bytes, |entry| {
+        max_ref = max_ref.max(Some(entry.max_seq()));
+        match entry {
+            AckEntry::Settle(seq) => {
+                if let Some(seg) = seg.as_deref_mut() {
+                    seg.settle_span(base, seq, seq + 1);
+                }
+            }
+            AckEntry::SettleRange(from, to) => {
+                if let Some(seg) = seg.as_deref_mut() {
+                    seg.settle_span(base, from, to);
+                }
+            }
+            AckEntry::Delivered(seq) => delivered = delivered.max(Some(seq)),
+        }
+    })
+    .map_err(|v| unknown_version(&path, v))?;
+    drop(bytes);
+    if let Some(max) = max_ref {
+        out.next_seq = out.next_seq.max(max.saturating_add(1));
+    }
+    if delivered.is_some() && delivered > out.delivered {
+        out.delivered = delivered;
+        out.delivered_in = Some(base);
+    }
+    match seg {
+        None => out.orphan_acks.push(path),
+        Some(seg) => {
+            if scan.torn {
+                out.torn.push((path.clone(), scan.valid_len));
+            }
+            seg.ack_len = scan.valid_len;
+            if let Some((offset, reason)) = scan.corruption {
+                out.corrupt.push(Corruption { path, offset, reason });
+            }
+        }
+    }
+    Ok(())
+}
+
 impl SegmentLog {
     /// Opens (creating if absent) the log in `dir` and recovers it: validates every record's
     /// checksum; a torn or truncated tail of a segment is cut off (truncate); a corrupt record is
@@ -393,94 +545,17 @@ impl SegmentLog {
     }
 
     fn recover(&mut self) -> io::Result<Recovered> {
-        let mut corrupt = Vec::new();
-        let mut seg_bases = Vec::new();
-        let mut ack_bases = Vec::new();
-        for name in self.backend.list(&self.dir)? {
-            match parse_name(&name) {
-                Some((base, FileKind::Segment)) => seg_bases.push(base),
-                Some((base, FileKind::Ack)) => ack_bases.push(base),
-                None => {}
-            }
+        let scan = scan_dir(&*self.backend, &self.dir)?;
+        for (path, len) in &scan.torn {
+            self.backend.truncate(path, *len)?;
         }
-        seg_bases.sort_unstable();
-        ack_bases.sort_unstable();
-        // Never reuse a seq any surviving file mentions (see the module invariants).
-        let mut next_seq = 0u64;
-
-        for base in seg_bases {
-            let path = self.seg_path(base);
-            let bytes = self.backend.read(&path)?;
-            let scan = scan_segment(&bytes, base).map_err(|v| unknown_version(&path, v))?;
-            drop(bytes);
-            if scan.torn {
-                self.backend.truncate(&path, scan.valid_len)?;
-            }
-            let mut seg = Segment {
-                records: scan.records,
-                seg_len: scan.valid_len,
-                corrupt: scan.corruption.is_some(),
-                ..Segment::default()
-            };
-            if let Some((offset, reason)) = scan.corruption {
-                corrupt.push(Corruption { path, offset, reason });
-            }
-            for t in scan.transient {
-                seg.settle_span(base, base + t, base + t + 1);
-            }
-            next_seq = next_seq.max(base.saturating_add(seg.records));
-            if let Some(max) = scan.max_seq {
-                next_seq = next_seq.max(max.saturating_add(1));
-            }
-            self.segments.insert(base, seg);
+        for path in &scan.orphan_acks {
+            ignore_not_found(self.backend.remove_file(path))?;
         }
-
-        for base in ack_bases {
-            let path = self.ack_path(base);
-            let bytes = self.backend.read(&path)?;
-            let mut seg = self.segments.get_mut(&base);
-            let mut max_ref: Option<u64> = None;
-            let mut delivered: Option<u64> = None;
-            let scan = scan_acks(&bytes, |entry| {
-                max_ref = max_ref.max(Some(entry.max_seq()));
-                match entry {
-                    AckEntry::Settle(seq) => {
-                        if let Some(seg) = seg.as_deref_mut() {
-                            seg.settle_span(base, seq, seq + 1);
-                        }
-                    }
-                    AckEntry::SettleRange(from, to) => {
-                        if let Some(seg) = seg.as_deref_mut() {
-                            seg.settle_span(base, from, to);
-                        }
-                    }
-                    AckEntry::Delivered(seq) => delivered = delivered.max(Some(seq)),
-                }
-            })
-            .map_err(|v| unknown_version(&path, v))?;
-            drop(bytes);
-            if let Some(max) = max_ref {
-                next_seq = next_seq.max(max.saturating_add(1));
-            }
-            if delivered.is_some() && delivered > self.delivered {
-                self.delivered = delivered;
-                self.delivered_in = Some(base);
-            }
-            match seg {
-                // The segment was deleted but this ack file outlived it: its settles are moot.
-                None => ignore_not_found(self.backend.remove_file(&path))?,
-                Some(seg) => {
-                    if scan.torn {
-                        self.backend.truncate(&path, scan.valid_len)?;
-                    }
-                    seg.ack_len = scan.valid_len;
-                    if let Some((offset, reason)) = scan.corruption {
-                        corrupt.push(Corruption { path, offset, reason });
-                    }
-                }
-            }
-        }
-
+        self.segments = scan.segments;
+        self.delivered = scan.delivered;
+        self.delivered_in = scan.delivered_in;
+        let mut next_seq = scan.next_seq;
         // Appends continue in the last segment only if it is healthy and ends exactly at next_seq;
         // otherwise the next append starts a new segment, named past the last one.
         if let Some((&last, seg)) = self.segments.last_key_value() {
@@ -505,7 +580,25 @@ impl SegmentLog {
             self.delivered_in = None;
             self.delivered_dirty = true;
         }
-        Ok(Recovered { unsettled: self.unsettled, delivered_through: self.delivered, corrupt })
+        Ok(Recovered {
+            unsettled: self.unsettled,
+            delivered_through: self.delivered,
+            corrupt: scan.corrupt,
+            lost: scan.lost,
+        })
+    }
+
+    /// What the log in `dir` holds, found by the same validation as [`SegmentLog::open`] but
+    /// without changing any file: nothing is truncated, removed or created. For a directory that
+    /// recovery sets aside (its `unsettled` says how many messages it still holds).
+    pub fn inspect(backend: &dyn Backend, dir: &Path) -> io::Result<Recovered> {
+        let scan = scan_dir(backend, dir)?;
+        Ok(Recovered {
+            unsettled: scan.segments.values().map(|s| s.records - s.settled).sum(),
+            delivered_through: scan.delivered,
+            corrupt: scan.corrupt,
+            lost: scan.lost,
+        })
     }
 
     /// Appends a record; returns its seq (seqs are contiguous, starting at 0 for a new log,
@@ -1074,11 +1167,11 @@ impl SegmentLog {
     }
 
     fn seg_path(&self, base: u64) -> PathBuf {
-        self.dir.join(format!("{base:0NAME_DIGITS$}{SEG_SUFFIX}"))
+        seg_file(&self.dir, base)
     }
 
     fn ack_path(&self, base: u64) -> PathBuf {
-        self.dir.join(format!("{base:0NAME_DIGITS$}{ACK_SUFFIX}"))
+        ack_file(&self.dir, base)
     }
 
     /// Records a failure as the reason the log is degraded (the first one counts).

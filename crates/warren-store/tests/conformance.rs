@@ -249,6 +249,29 @@ fn unknown_files_are_left_alone(env: Env) {
     assert_eq!(env.backend.read(Path::new(&stray)).expect("read"), b"not a segment");
 }
 
+/// A log directory moved whole (recovery's quarantine) opens at its new place with every record.
+fn rename_dir_moves_a_log_whole(env: Env) {
+    let (mut log, _) = env.open(200);
+    for i in 0..20 {
+        log.append(&payload(i, 30), true).expect("append");
+    }
+    log.settle(3).expect("settle");
+    sync_log(&mut log);
+    drop(log);
+    let aside = env.dir.with_file_name("aside");
+    env.backend.create_dir_all(&aside).expect("dir");
+    let to = aside.join("queue");
+    env.backend.rename_dir(&env.dir, &to).expect("rename");
+    assert!(env.backend.list(&env.dir).expect("list").is_empty(), "nothing left behind");
+    assert_eq!(SegmentLog::inspect(&*env.backend, &to).expect("inspect").unsettled, 19);
+    let again = env.backend.rename_dir(&to, &to).map_err(|e| e.kind());
+    assert_eq!(again, Err(std::io::ErrorKind::AlreadyExists));
+    let (mut log, rec) =
+        SegmentLog::open(Arc::clone(&env.backend), &to, LogConfig { segment_bytes: 200 }).expect("open");
+    assert_eq!(rec.unsettled, 19);
+    assert_eq!(read_all(&mut log, 100).len(), 19);
+}
+
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {
         mod mem {
@@ -271,4 +294,5 @@ both_backends!(
     destroy_removes_everything,
     disk_bytes_counts_segments_and_acks,
     unknown_files_are_left_alone,
+    rename_dir_moves_a_log_whole,
 );

@@ -192,3 +192,59 @@ fn damage_after_open_is_a_read_error_not_garbage() {
     // Reads elsewhere still work.
     assert_eq!(log.read(20, 2, usize::MAX).expect("read").len(), 2);
 }
+
+#[test]
+fn an_empty_segment_before_others_is_reported_as_lost_records() {
+    for cut in [0, 7, HEADER, HEADER + 5] {
+        let (backend, mut model) = written_log();
+        // The 2nd segment loses its records (cut to `cut` bytes), later ones are intact.
+        backend.truncate(&seg(10), cut).expect("cut");
+        let (mut log, rec) = open(&backend);
+        assert_eq!(rec.lost.len(), 1, "cut at {cut}: {:?}", rec.lost);
+        assert_eq!((&rec.lost[0].path, rec.lost[0].first_seq, rec.lost[0].end_seq), (&seg(10), 10, 20));
+        assert!(rec.corrupt.is_empty(), "cut at {cut}: {:?}", rec.corrupt);
+        model.retain(|s, _| !(10..20).contains(s));
+        assert_matches(&read_all(&mut log, 7), &model);
+        drop(log);
+        // Reported once: the empty file is gone, and with it the evidence of what it held.
+        assert_eq!(backend.file_len(&seg(10)), None);
+        assert!(open(&backend).1.lost.is_empty());
+    }
+    // The last segment cut to nothing is a torn creation, not a loss anyone can tell.
+    let (backend, _) = written_log();
+    backend.truncate(&seg(40), HEADER).expect("cut");
+    assert!(open(&backend).1.lost.is_empty());
+}
+
+#[test]
+fn inspect_counts_what_open_would_recover_and_changes_nothing() {
+    let (backend, mut model) = written_log();
+    {
+        let (mut log, _) = open(&backend);
+        for seq in [3, 4, 31] {
+            log.settle(seq).expect("settle");
+            model.remove(&seq);
+        }
+        sync_log(&mut log);
+    }
+    // A torn tail (which open would cut) and damage (which open reports).
+    let last = seg(40);
+    let torn_at = backend.file_len(&last).expect("segment");
+    let mut f = backend.open_append(&last).expect("append");
+    f.append(b"half a record").expect("append");
+    backend.corrupt(&seg(20), HEADER + 4 * RECORD + 25);
+    let files: Vec<(PathBuf, Vec<u8>)> =
+        backend.paths().into_iter().map(|p| (p.clone(), backend.read(&p).expect("read"))).collect();
+    let seen = SegmentLog::inspect(&backend, &dir()).expect("inspect");
+    let after: Vec<(PathBuf, Vec<u8>)> =
+        backend.paths().into_iter().map(|p| (p.clone(), backend.read(&p).expect("read"))).collect();
+    assert_eq!(files, after, "inspect changed files");
+    let (_, recovered) = open(&backend);
+    assert_eq!(seen, recovered);
+    model.retain(|s, _| !(24..30).contains(s));
+    assert_eq!(seen.unsettled, model.len() as u64);
+    assert_eq!(backend.file_len(&last), Some(torn_at), "open cut the torn tail");
+    // A directory that does not exist holds nothing, and inspecting it does not create it.
+    assert_eq!(SegmentLog::inspect(&backend, &PathBuf::from("/none")).expect("inspect").unsettled, 0);
+    assert!(backend.list_dirs(&PathBuf::from("/")).expect("list").iter().all(|d| d != "none"));
+}

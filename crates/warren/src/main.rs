@@ -106,6 +106,9 @@ async fn run(settings: Settings) -> Result<(), String> {
     for line in &report.corrupt {
         tracing::error!("{line}");
     }
+    for q in &report.quarantined {
+        tracing::warn!("{q}");
+    }
     tracing::info!(
         "recovered {} durable queues holding {} messages, {} exchanges and {} bindings in {} ms",
         report.queues,

@@ -3,8 +3,9 @@
 //! Durability points: a sync is `File::sync_data`; the first sync of a file this backend created
 //! also fsyncs its directory, so the new name is as durable as its bytes (this keeps the directory
 //! fsync out of the caller's lock, on the syncing thread). New directories and `replace_durably`
-//! fsync their parent directory before returning. Removals are made durable by a
-//! `dir_sync_handle`, which the log hands out with its other sync handles after deleting files.
+//! fsync their parent directory before returning, and `rename_dir` fsyncs both parents.
+//! Removals are made durable by a `dir_sync_handle`, which the log hands out with its other sync
+//! handles after deleting files.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -125,6 +126,19 @@ impl Backend for FsBackend {
         }
         fs::rename(&tmp, path)?;
         sync_dir(parent(path))
+    }
+
+    fn rename_dir(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if to.exists() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{}: exists", to.display())));
+        }
+        fs::rename(from, to)?;
+        // Both directory entries changed: the new one must be durable before the old is gone.
+        sync_dir(parent(to))?;
+        if parent(to) != parent(from) {
+            sync_dir(parent(from))?;
+        }
+        Ok(())
     }
 
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {

@@ -207,6 +207,32 @@ impl Backend for MemBackend {
         Ok(())
     }
 
+    fn rename_dir(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut inner = lock(&self.inner);
+        if !inner.dirs.contains(from) {
+            return Err(not_found(from));
+        }
+        if inner.dirs.contains(to) || inner.files.contains_key(to) {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("{}: exists", to.display())));
+        }
+        if !inner.dirs.contains(&parent_of(to)) {
+            return Err(not_found(&parent_of(to)));
+        }
+        let moved = |p: &Path| p.strip_prefix(from).map(|rest| to.join(rest)).ok();
+        let dirs: Vec<PathBuf> = inner.dirs.iter().filter(|d| d.starts_with(from)).cloned().collect();
+        for d in dirs {
+            inner.dirs.remove(&d);
+            inner.dirs.extend(moved(&d));
+        }
+        let files: Vec<PathBuf> = inner.files.keys().filter(|p| p.starts_with(from)).cloned().collect();
+        for p in files {
+            if let (Some(f), Some(to)) = (inner.files.remove(&p), moved(&p)) {
+                inner.files.insert(to, f);
+            }
+        }
+        Ok(())
+    }
+
     fn read_at(&self, path: &Path, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
         let file = self.file(path)?;
         let f = lock(&file);
@@ -272,6 +298,23 @@ mod tests {
         assert_eq!(b.read(p).expect("read"), b"012345");
         copy.crash(&mut |_, _, _| 0);
         assert_eq!(copy.read(p).expect("read"), b"0123");
+    }
+
+    #[test]
+    fn rename_dir_moves_everything_under_it() {
+        let b = MemBackend::new();
+        b.create_dir_all(Path::new("/d/q/p1")).expect("dir");
+        b.create_dir_all(Path::new("/d/aside")).expect("dir");
+        b.replace_durably(Path::new("/d/q/a"), b"a").expect("file");
+        b.replace_durably(Path::new("/d/q/p1/b"), b"b").expect("file");
+        b.rename_dir(Path::new("/d/q"), Path::new("/d/aside/q")).expect("rename");
+        assert_eq!(b.paths(), [Path::new("/d/aside/q/a"), Path::new("/d/aside/q/p1/b")]);
+        assert_eq!(b.list_dirs(Path::new("/d")).expect("list"), ["aside"]);
+        assert_eq!(b.list_dirs(Path::new("/d/aside/q")).expect("list"), ["p1"]);
+        let again = b.rename_dir(Path::new("/d/aside/q"), Path::new("/d/aside/q"));
+        assert_eq!(again.map_err(|e| e.kind()), Err(io::ErrorKind::AlreadyExists));
+        let gone = b.rename_dir(Path::new("/d/q"), Path::new("/d/x"));
+        assert_eq!(gone.map_err(|e| e.kind()), Err(io::ErrorKind::NotFound));
     }
 
     #[test]
