@@ -80,7 +80,7 @@ fn sync(h: &mut Harness) {
     for handle in &job.handles {
         handle.sync().expect("sync");
     }
-    h.broker.end_sync(job.epoch, Ok(()), &mut h.out);
+    h.broker.end_sync(job.epoch, Vec::new(), h.now_ms, &mut h.out);
 }
 
 /// Queues s1, s2 end up in the snapshot (and in the previous journal); j1, j2, j3 (priority),
