@@ -89,3 +89,61 @@ fn a_full_sync_covers_settles_at_once() {
     sync(&mut h, true);
     assert_eq!(after_power_cut(&mem), 0, "the ack is durable");
 }
+
+/// The confirms (ack or nack, by publish sequence number) produced for `conn`.
+fn confirms(h: &mut Harness, conn: u64) -> Vec<(bool, u64)> {
+    h.take(conn)
+        .into_iter()
+        .filter_map(|o| match o {
+            warren_core::Out::Method { method: Method::BasicAck { delivery_tag, .. }, .. } => {
+                Some((true, delivery_tag))
+            }
+            warren_core::Out::Method { method: Method::BasicNack { delivery_tag, .. }, .. } => {
+                Some((false, delivery_tag))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_failed_sync_nacks_only_the_publishes_that_waited_on_its_queue() {
+    let mem = MemBackend::new();
+    let backend: Arc<dyn Backend> = Arc::new(mem.clone());
+    let (broker, _) = Broker::open(Config::default(), backend, PathBuf::from("/data")).expect("opens");
+    let mut h = Harness { broker, out: Vec::new(), now_ms: 1_000_000 };
+    let persistent = BasicProperties { delivery_mode: Some(2), ..Default::default() };
+    for (conn, queue) in [(1, "a"), (2, "b")] {
+        h.connect(conn, true);
+        h.open(conn, 1);
+        let declare = Method::QueueDeclare {
+            queue: queue.into(),
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            nowait: false,
+            arguments: FieldTable::new(),
+        };
+        h.send(conn, 1, declare);
+        h.send(conn, 1, Method::ConfirmSelect { nowait: false });
+    }
+    h.out.clear();
+    // One round covers both publishes; the sync of queue a's file fails.
+    h.publish_props(1, 1, "", "a", persistent.clone(), "to a");
+    h.publish_props(2, 1, "", "b", persistent, "to b");
+    let job = h.broker.begin_sync(h.now_ms, false);
+    assert_eq!(job.handles.len(), job.owners.len());
+    let mut owners = job.owners.clone();
+    owners.dedup();
+    assert_eq!(owners.len(), 2, "one owner per queue: {:?}", job.owners);
+    for handle in &job.handles {
+        handle.sync().expect("sync");
+    }
+    let failed = vec![(owners[0], std::io::Error::other("injected EIO"))];
+    h.broker.end_sync(job.epoch, failed, h.now_ms, &mut h.out);
+    let (one, two) = (confirms(&mut h, 1), confirms(&mut h, 2));
+    let mut got = [one.clone(), two.clone()];
+    got.sort();
+    assert_eq!(got, [vec![(false, 1)], vec![(true, 1)]], "exactly one publisher is nacked: {one:?} {two:?}");
+}
