@@ -2139,12 +2139,12 @@ impl Broker {
             }
             Method::ChannelCloseOk => Ok(()),
             Method::ChannelFlow { active } => {
-                let ch = self.channel_mut(conn, channel)?;
-                ch.flow_active = active;
-                Self::reply(out, conn, channel, Method::ChannelFlowOk { active });
-                if active {
-                    self.dispatch_channel_queues(conn, channel, now_ms, out);
+                // RabbitMQ never pauses deliveries on a client's request: active=false closes
+                // the connection with 540, and clients' test suites rely on it.
+                if !active {
+                    return Err(ProtocolError::new(ReplyCode::NotImplemented, "active=false"));
                 }
+                Self::reply(out, conn, channel, Method::ChannelFlowOk { active });
                 Ok(())
             }
             Method::ChannelFlowOk { .. } => Ok(()),
@@ -2316,7 +2316,11 @@ impl Broker {
             Method::BasicNack { delivery_tag, multiple, requeue } => {
                 self.settle(conn, channel, AckOp::Nack { delivery_tag, multiple, requeue }, now_ms, out)
             }
-            Method::BasicRecover { requeue: _ } | Method::BasicRecoverAsync { requeue: _ } => {
+            Method::BasicRecover { requeue: false } | Method::BasicRecoverAsync { requeue: false } => {
+                // As RabbitMQ: redelivering to the same consumer is not implemented (540).
+                Err(ProtocolError::new(ReplyCode::NotImplemented, "requeue=false"))
+            }
+            Method::BasicRecover { requeue: true } | Method::BasicRecoverAsync { requeue: true } => {
                 // Both forms put every unacked delivery back in its queue, marked redelivered.
                 let sync = matches!(method, Method::BasicRecover { .. });
                 let vhost = self.vhost_of(conn)?;
@@ -2501,6 +2505,10 @@ impl Broker {
         let vhost = self.vhost_of(conn)?;
         let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
         if passive {
+            // As RabbitMQ: even a passive declare of the default exchange is refused.
+            if name.is_empty() {
+                return Err(default_exchange_refused());
+            }
             return if vh.exchanges.contains_key(name) { Ok(()) } else { Err(not_found("exchange", name, &vhost)) };
         }
         self.check(conn, Access::Configure, "exchange", name)?;
@@ -2649,6 +2657,9 @@ impl Broker {
         self.check_binding_ends(conn, &vhost, &dest, source)?;
         self.check_topic(conn, source, Access::Read, &routing_key)?;
         let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(()) };
+        if vh.exchanges.get(source).is_some_and(|x| x.kind == ExchangeKind::Headers) {
+            crate::exchange::headers::validate_binding(&arguments).map_err(precondition)?;
+        }
         let durable_dest = match &dest {
             Destination::Queue(q) => vh.queues.get(q).is_some_and(|q| q.durable && q.exclusive_owner.is_none()),
             Destination::Exchange(x) => vh.exchanges.get(x).is_some_and(|x| x.durable),
@@ -2672,6 +2683,19 @@ impl Broker {
         arguments: FieldTable,
     ) -> Res {
         let vhost = self.vhost_of(conn)?;
+        // RabbitMQ answers unbind-ok when an end does not exist (aio-pika unbinds a reply
+        // queue that is already gone); the default exchange is still refused.
+        let ends_exist = self.vhosts.get(&*vhost).is_some_and(|vh| {
+            vh.exchanges.contains_key(source)
+                && match &dest {
+                    Destination::Queue(q) => vh.queues.contains_key(q),
+                    Destination::Exchange(x) => vh.exchanges.contains_key(x),
+                }
+        });
+        let default_exchange = source.is_empty() || matches!(&dest, Destination::Exchange(d) if d.is_empty());
+        if !ends_exist && !default_exchange {
+            return Ok(());
+        }
         self.check_binding_ends(conn, &vhost, &dest, source)?;
         self.check_topic(conn, source, Access::Read, &routing_key)?;
         let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(()) };
@@ -2756,18 +2780,13 @@ impl Broker {
                     return Err(locked(&name, &vhost));
                 }
                 if !passive {
+                    // As RabbitMQ: another exclusive flag is a lock conflict (405), checked
+                    // before the other properties.
+                    if q.exclusive_owner.is_some() != exclusive {
+                        return Err(locked(&name, &vhost));
+                    }
                     if q.durable != durable {
                         return Err(inequivalent("durable", "queue", &name, &vhost, durable, q.durable));
-                    }
-                    if q.exclusive_owner.is_some() != exclusive {
-                        return Err(inequivalent(
-                            "exclusive",
-                            "queue",
-                            &name,
-                            &vhost,
-                            exclusive,
-                            q.exclusive_owner.is_some(),
-                        ));
                     }
                     if q.auto_delete != auto_delete {
                         return Err(inequivalent("auto_delete", "queue", &name, &vhost, auto_delete, q.auto_delete));
@@ -3224,6 +3243,15 @@ impl Broker {
             for q in queues {
                 let Some(queue) = vh.queues.get_mut(q) else { continue };
                 queue.memory_pressure = self.alarms.memory;
+                // A TTL of 0 lets a message through only to a consumer that takes it at once
+                // (nothing ahead of it, a consumer with room); otherwise it expires on arrival,
+                // as in RabbitMQ.
+                if queue.expiry_for(msg, now_ms) == Some(now_ms)
+                    && !(queue.is_empty() && choose_consumer(queue, &self.conns).is_some())
+                {
+                    dead.push((q.clone(), Queued::unqueued(0, msg.clone(), Some(now_ms)), "expired"));
+                    continue;
+                }
                 let outcome = match queue.push(msg.clone(), now_ms) {
                     Ok(outcome) => outcome,
                     Err(_) => {
@@ -3734,7 +3762,6 @@ fn choose_consumer(q: &Queue, conns: &HashMap<ConnId, Conn>) -> Option<usize> {
         let Some(co) = ch.consumers.get(&key.tag) else { return false };
         c.writable()
             && ch.state == ChannelState::Open
-            && ch.flow_active
             && (co.no_ack || ((co.prefetch == 0 || co.unacked < u32::from(co.prefetch)) && ch.has_channel_credit()))
     };
     if q.args.single_active_consumer {

@@ -83,8 +83,6 @@ pub struct Channel {
     pub prefetch_channel: u16,
     /// The node's cap on this channel's unacked deliveries (`unacked_max_per_channel`).
     pub unacked_max: usize,
-    /// channel.flow: false stops deliveries to this channel.
-    pub flow_active: bool,
     /// Confirm mode: the sequence number of the next publish.
     pub confirm_next: Option<u64>,
     /// Answers held back until the store has synced the epoch they wait for (0: none), in the
@@ -112,7 +110,6 @@ impl Channel {
             prefetch_consumer: 0,
             prefetch_channel: 0,
             unacked_max: usize::MAX,
-            flow_active: true,
             confirm_next: None,
             deferred: VecDeque::new(),
             tx: None,

@@ -19,6 +19,43 @@ enum Mode {
     Any,
 }
 
+/// Checks a binding's `x-match` as RabbitMQ does when it binds to a headers exchange: absent, or
+/// one of the four known strings. The error is RabbitMQ's text (a 406 PRECONDITION_FAILED).
+pub fn validate_binding(args: &FieldTable) -> Result<(), String> {
+    let Some(value) = args.get("x-match") else { return Ok(()) };
+    match value {
+        FieldValue::LongStr(b) => match std::str::from_utf8(b) {
+            Ok("all" | "any" | "all-with-x" | "any-with-x") => Ok(()),
+            _ => Err(format!(
+                "Invalid x-match field value <<\"{}\">>; expected all, any, all-with-x, or any-with-x",
+                String::from_utf8_lossy(b)
+            )),
+        },
+        other => {
+            let (kind, shown) = match other {
+                FieldValue::Bool(v) => ("bool", v.to_string()),
+                FieldValue::I8(v) => ("byte", v.to_string()),
+                FieldValue::U8(v) => ("unsignedbyte", v.to_string()),
+                FieldValue::I16(v) => ("short", v.to_string()),
+                FieldValue::U16(v) => ("unsignedshort", v.to_string()),
+                FieldValue::I32(v) => ("signedint", v.to_string()),
+                FieldValue::U32(v) => ("unsignedint", v.to_string()),
+                FieldValue::I64(v) => ("long", v.to_string()),
+                FieldValue::F32(v) => ("float", v.to_string()),
+                FieldValue::F64(v) => ("double", v.to_string()),
+                FieldValue::Timestamp(v) => ("timestamp", v.to_string()),
+                FieldValue::Decimal { .. } => ("decimal", "...".into()),
+                FieldValue::Array(_) => ("array", "[...]".into()),
+                FieldValue::Table(_) => ("table", "[...]".into()),
+                FieldValue::ByteArray(_) => ("binary", "<<...>>".into()),
+                FieldValue::Void => ("void", "undefined".into()),
+                FieldValue::LongStr(_) => ("longstr", String::new()),
+            };
+            Err(format!("Invalid x-match field type {kind} (value {shown}); expected longstr"))
+        }
+    }
+}
+
 fn mode(args: &FieldTable) -> (Mode, bool) {
     match args.get("x-match").and_then(FieldValue::as_str) {
         Some("any") => (Mode::Any, false),

@@ -6,7 +6,7 @@
 mod consistent_hash;
 mod direct;
 mod fanout;
-mod headers;
+pub(crate) mod headers;
 pub mod topic;
 
 use warren_amqp::{FieldTable, ShortStr};

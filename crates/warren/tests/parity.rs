@@ -1,0 +1,118 @@
+//! Answers where RabbitMQ 3.10 differs from the letter of the spec (or from what a broker might
+//! choose), encoded as RabbitMQ gives them: every test here also passes against RabbitMQ
+//! (`WARREN_TEST_AMQP_URL`). Clients and their own test suites rely on these (issue 13).
+
+mod common;
+
+use common::code::{ACCESS_REFUSED, PRECONDITION_FAILED, RESOURCE_LOCKED};
+use common::lapin_client::*;
+use common::{eventually, unique, within, Broker};
+use lapin::options::{
+    BasicRecoverOptions, ChannelFlowOptions, ExchangeDeclareOptions, ExchangeUnbindOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, ExchangeKind};
+
+const NOT_IMPLEMENTED: u16 = 540;
+
+#[tokio::test]
+async fn channel_flow_active_false_is_not_implemented() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    // RabbitMQ never stops deliveries on request: it closes the connection with 540.
+    let r = within("channel.flow", ch.channel_flow(ChannelFlowOptions { active: false })).await;
+    assert_code(r, NOT_IMPLEMENTED);
+    eventually("the connection is closed", || async { !conn.status().connected() }).await;
+    // active=true is harmless and answered.
+    let (_conn, ch) = connect_channel(&broker).await;
+    let active = within("channel.flow", ch.channel_flow(ChannelFlowOptions { active: true })).await;
+    assert!(active.expect("flow-ok"));
+}
+
+#[tokio::test]
+async fn basic_recover_without_requeue_is_not_implemented() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let r = within("basic.recover", ch.basic_recover(BasicRecoverOptions { requeue: false })).await;
+    assert_code(r, NOT_IMPLEMENTED);
+    eventually("the connection is closed", || async { !conn.status().connected() }).await;
+}
+
+#[tokio::test]
+async fn unbinding_what_does_not_exist_is_answered_unbind_ok() {
+    let broker = Broker::start();
+    let (_conn, ch) = connect_channel(&broker).await;
+    let queue = unique("unbind");
+    declare_plain(&ch, &queue).await;
+    let missing_q = unique("no-such-queue");
+    let missing_x = unique("no-such-exchange");
+    for (q, x) in
+        [(missing_q.as_str(), "amq.direct"), (queue.as_str(), missing_x.as_str()), (queue.as_str(), "amq.direct")]
+    {
+        within("queue.unbind", ch.queue_unbind(q, x, "k", FieldTable::default()))
+            .await
+            .unwrap_or_else(|e| panic!("queue.unbind {q} from {x}: {e}"));
+    }
+    for (dest, src) in [(missing_x.as_str(), "amq.direct"), ("amq.fanout", missing_x.as_str())] {
+        within(
+            "exchange.unbind",
+            ch.exchange_unbind(dest, src, "k", ExchangeUnbindOptions::default(), FieldTable::default()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("exchange.unbind {dest} from {src}: {e}"));
+    }
+    // The channel is still open.
+    declare_plain(&ch, &unique("after")).await;
+}
+
+#[tokio::test]
+async fn a_passive_declare_of_the_default_exchange_is_refused() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let options = ExchangeDeclareOptions { passive: true, ..ExchangeDeclareOptions::default() };
+    let r =
+        within("exchange.declare", ch.exchange_declare("", ExchangeKind::Direct, options, FieldTable::default())).await;
+    assert_code(r, ACCESS_REFUSED);
+    assert!(conn.status().connected(), "a soft error");
+}
+
+#[tokio::test]
+async fn redeclaring_an_exclusive_queue_with_another_exclusive_flag_is_resource_locked() {
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let queue = unique("excl");
+    declare(&ch, &queue, QueueDeclareOptions { exclusive: true, ..QueueDeclareOptions::default() }).await;
+    let r =
+        within("queue.declare", ch.queue_declare(&queue, QueueDeclareOptions::default(), FieldTable::default())).await;
+    assert_code(r, RESOURCE_LOCKED);
+    close(&conn).await;
+}
+
+#[tokio::test]
+async fn a_headers_binding_with_an_invalid_x_match_is_refused() {
+    let broker = Broker::start();
+    let (_conn, ch) = connect_channel(&broker).await;
+    let queue = unique("xmatch");
+    declare_plain(&ch, &queue).await;
+    let mut args = FieldTable::default();
+    args.insert("x-match".into(), AMQPValue::LongString("some".into()));
+    args.insert("h".into(), AMQPValue::LongString("v".into()));
+    let r = within("queue.bind", ch.queue_bind(&queue, "amq.headers", "", QueueBindOptions::default(), args)).await;
+    assert_code(r, PRECONDITION_FAILED);
+}
+
+#[tokio::test]
+async fn a_message_with_ttl_0_that_no_consumer_takes_at_once_expires() {
+    let broker = Broker::start();
+    let (_conn, ch) = connect_channel(&broker).await;
+    let queue = unique("ttl0");
+    declare_plain(&ch, &queue).await;
+    for _ in 0..20 {
+        publish_with(&ch, "", &queue, b"gone", BasicProperties::default().with_expiration("0".into())).await;
+    }
+    publish(&ch, "", &queue, b"kept").await;
+    let got = get(&ch, &queue, true).await.expect("a message");
+    assert_eq!(body(&got.delivery), "kept", "the TTL-0 message expired");
+    assert!(get(&ch, &queue, true).await.is_none());
+}
