@@ -1581,11 +1581,17 @@ impl Broker {
         let assembled = match c.channels.get_mut(&channel) {
             None => match frame {
                 Frame::Method { method: Method::ChannelOpen, .. } => {
-                    if channel == 0 || channel > channel_max {
+                    // As RabbitMQ: channel_max bounds how many channels are open, not their
+                    // numbers. Channels being closed still count until their close-ok.
+                    let open = c.channels.len();
+                    if channel == 0 {
+                        let e = ProtocolError::new(ReplyCode::NotAllowed, "channel 0 is the connection's").on((20, 10));
+                        self.connection_error(conn, e, out);
+                    } else if channel_max != 0 && open >= usize::from(channel_max) {
                         let e = ProtocolError::new(
                             ReplyCode::NotAllowed,
                             format_args!(
-                                "channel number {channel} is outside 1..{channel_max}, the negotiated channel_max"
+                                "number of channels opened ({open}) has reached the negotiated channel_max ({channel_max})"
                             ),
                         )
                         .on((20, 10));
@@ -2241,6 +2247,9 @@ impl Broker {
                 let queue = self.resolve_queue_name(conn, channel, queue)?;
                 self.check(conn, Access::Configure, "queue", &queue)?;
                 let vhost = self.vhost_of(conn)?;
+                // delete-ok goes before the basic.cancel of consumers on this channel, as in
+                // RabbitMQ: py-amqp (kombu, Celery) fails a queue_delete that sees the cancel first.
+                let at = out.len();
                 let n = match self.vhosts.get(&*vhost).and_then(|v| v.queues.get(&queue)) {
                     // Deleting a queue that does not exist succeeds, as in RabbitMQ.
                     None => 0,
@@ -2258,7 +2267,8 @@ impl Broker {
                     }
                 };
                 if !nowait {
-                    Self::reply(out, conn, channel, Method::QueueDeleteOk { message_count: n });
+                    let ok = Method::QueueDeleteOk { message_count: n };
+                    out.insert(at, (conn, Out::Method { channel, method: ok }));
                 }
                 Ok(())
             }

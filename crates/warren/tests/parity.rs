@@ -116,3 +116,47 @@ async fn a_message_with_ttl_0_that_no_consumer_takes_at_once_expires() {
     assert_eq!(body(&got.delivery), "kept", "the TTL-0 message expired");
     assert!(get(&ch, &queue, true).await.is_none());
 }
+
+#[tokio::test]
+async fn deleting_a_queue_answers_delete_ok_before_cancelling_its_consumer_on_that_channel() {
+    use common::raw::{self, short_string, RawConnection};
+    let broker = Broker::start();
+    let mut conn = RawConnection::open(&broker).await;
+    conn.send_method(1, raw::CHANNEL_OPEN, &short_string("")).await;
+    conn.expect_method(1, raw::CHANNEL_OPEN_OK).await;
+    let queue = unique("delete-order");
+    // queue.declare: reserved, name, no flags, no arguments.
+    let mut declare = vec![0, 0];
+    declare.extend(short_string(&queue));
+    declare.extend([0, 0, 0, 0, 0]);
+    conn.send_method(1, raw::QUEUE_DECLARE, &declare).await;
+    conn.expect_method(1, raw::QUEUE_DECLARE_OK).await;
+    // basic.consume: reserved, queue, tag, no flags, no arguments.
+    let mut consume = vec![0, 0];
+    consume.extend(short_string(&queue));
+    consume.extend(short_string("ctag"));
+    consume.extend([0, 0, 0, 0, 0]);
+    conn.send_method(1, raw::BASIC_CONSUME, &consume).await;
+    conn.expect_method(1, raw::BASIC_CONSUME_OK).await;
+    // queue.delete: reserved, name, no flags.
+    let mut delete = vec![0, 0];
+    delete.extend(short_string(&queue));
+    delete.push(0);
+    conn.send_method(1, raw::QUEUE_DELETE, &delete).await;
+    // py-amqp (and so kombu and Celery) raises inside queue_delete if the cancel comes first.
+    let (channel, first, _) = conn.next_method().await;
+    assert_eq!((channel, first), (1, raw::QUEUE_DELETE_OK), "delete-ok comes first");
+    let (channel, second, args) = conn.next_method().await;
+    assert_eq!((channel, second), (1, raw::BASIC_CANCEL), "then the consumer is cancelled");
+    assert_eq!(&args[..5], &short_string("ctag")[..]);
+}
+
+#[tokio::test]
+async fn channel_max_limits_how_many_channels_are_open_not_their_numbers() {
+    use common::raw::{self, short_string, RawConnection};
+    let broker = Broker::start();
+    let mut conn = RawConnection::open(&broker).await;
+    // The handshake accepted the broker's channel_max (2047 by default); a higher number opens.
+    conn.send_method(4000, raw::CHANNEL_OPEN, &short_string("")).await;
+    conn.expect_method(4000, raw::CHANNEL_OPEN_OK).await;
+}

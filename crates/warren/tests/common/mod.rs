@@ -12,6 +12,7 @@
 
 pub mod amqprs_client;
 pub mod lapin_client;
+pub mod raw;
 
 use std::future::Future;
 use std::io::{BufRead, BufReader};
