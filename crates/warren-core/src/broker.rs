@@ -1865,13 +1865,10 @@ impl Broker {
         }
         for (vhost, exchange, msgs) in due {
             for msg in msgs {
-                let queues = self.route(
-                    &vhost,
-                    &exchange,
-                    &msg.routing_key,
-                    msg.properties.headers.as_ref(),
-                    &msg.raw_properties,
-                );
+                let cc = crate::dead_letter::cc_keys(&msg);
+                let mut keys: Vec<&str> = vec![&msg.routing_key];
+                keys.extend(cc.iter().map(String::as_str));
+                let queues = self.route(&vhost, &exchange, &keys, msg.properties.headers.as_ref(), &msg.raw_properties);
                 let (sync, _) = self.enqueue(&vhost, &queues, &msg, now_ms, out);
                 if sync.failed {
                     self.errors.push(format!(
@@ -3170,19 +3167,15 @@ impl Broker {
                 // Accepted: confirmed once on disk (durable exchange), routed when due.
                 sync.target = Some(SYNC_ANY);
             }
-            let mut queues = if duplicate || held.is_some() {
+            let queues = if duplicate || held.is_some() {
                 Vec::new()
+            } else if extra_keys.is_empty() {
+                self.route(&vhost, &p.exchange, &[&p.routing_key], headers, &msg.raw_properties)
             } else {
-                self.route(&vhost, &p.exchange, &p.routing_key, headers, &msg.raw_properties)
+                let mut keys: Vec<&str> = vec![&p.routing_key];
+                keys.extend(extra_keys.iter().map(String::as_str));
+                self.route(&vhost, &p.exchange, &keys, headers, &msg.raw_properties)
             };
-            let extra_keys = if duplicate || held.is_some() { Vec::new() } else { extra_keys };
-            for key in &extra_keys {
-                for q in self.route(&vhost, &p.exchange, key, headers, &msg.raw_properties) {
-                    if !queues.contains(&q) {
-                        queues.push(q);
-                    }
-                }
-            }
             let (queued, rejected_by) = self.enqueue(&vhost, &queues, &msg, now_ms, out);
             if std::mem::take(&mut self.paged_behind_consumer) {
                 if let Some(c) = self.conns.get_mut(&conn) {
@@ -3346,10 +3339,16 @@ impl Broker {
             let dlx = q.args.dead_letter_exchange.clone();
             self.counters.count_dead_lettered(reason, dlx.is_some());
             let Some(dlx) = dlx else { continue };
-            let routing_key = q.args.dead_letter_routing_key.clone().unwrap_or_else(|| item.msg.routing_key.clone());
-            let msg = crate::dead_letter::dead_lettered(&item.msg, &dlx, &routing_key, &from, reason, now_ms);
-            let mut targets =
-                self.route(vhost, &dlx, &routing_key, msg.properties.headers.as_ref(), &msg.raw_properties);
+            // As RabbitMQ: the queue's dead-letter routing key replaces every key of the message
+            // (and its CC and BCC headers go); without one, the message's own keys, CC included.
+            let dlrk = q.args.dead_letter_routing_key.clone();
+            let routing_key = dlrk.clone().unwrap_or_else(|| item.msg.routing_key.clone());
+            let msg =
+                crate::dead_letter::dead_lettered(&item.msg, &dlx, &routing_key, &from, reason, now_ms, dlrk.is_some());
+            let cc = if dlrk.is_some() { Vec::new() } else { crate::dead_letter::cc_keys(&msg) };
+            let mut keys: Vec<&str> = vec![&routing_key];
+            keys.extend(cc.iter().map(String::as_str));
+            let mut targets = self.route(vhost, &dlx, &keys, msg.properties.headers.as_ref(), &msg.raw_properties);
             targets.retain(|t| !crate::dead_letter::is_cycle(&msg, t));
             let Some(vh) = self.vhosts.get_mut(&**vhost) else { return };
             for t in &targets {
@@ -3374,27 +3373,53 @@ impl Broker {
 
     /// The queues a message reaches from `exchange`, following exchange-to-exchange bindings
     /// (each exchange visited once, so cycles end), without duplicates.
+    ///
+    /// `keys` are the routing key and the `CC`/`BCC` keys: as RabbitMQ, every hop routes the
+    /// whole set. A queue reached several ways is listed once; the check is a hash set once the
+    /// list is long, so a fanout to thousands of queues stays linear.
     fn route(
         &self,
         vhost: &str,
         exchange: &ShortStr,
-        routing_key: &str,
+        keys: &[&str],
         headers: Option<&FieldTable>,
         raw_properties: &Bytes,
     ) -> Vec<ShortStr> {
         let Some(vh) = self.vhosts.get(vhost) else { return Vec::new() };
-        if exchange.is_empty() {
-            // The queue's own name, shared rather than copied.
-            return vh.queues.get_key_value(routing_key).map(|(name, _)| vec![name.clone()]).unwrap_or_default();
-        }
         let mut queues: Vec<ShortStr> = Vec::new();
+        let mut seen: Option<foldhash::HashSet<ShortStr>> = None;
+        let mut add = |queues: &mut Vec<ShortStr>, q: ShortStr| {
+            /// Past this many queues, duplicates are found with a hash set, not a scan.
+            const SCAN_MAX: usize = 16;
+            if queues.len() < SCAN_MAX && seen.is_none() {
+                if !queues.contains(&q) {
+                    queues.push(q);
+                }
+                return;
+            }
+            let set = seen.get_or_insert_with(|| queues.iter().cloned().collect());
+            if set.insert(q.clone()) {
+                queues.push(q);
+            }
+        };
+        if exchange.is_empty() {
+            for key in keys {
+                // The queue's own name, shared rather than copied.
+                if let Some((name, _)) = vh.queues.get_key_value(*key) {
+                    add(&mut queues, name.clone());
+                }
+            }
+            return queues;
+        }
         let mut visited: Vec<ShortStr> = vec![exchange.clone()];
         let mut pending: Vec<ShortStr> = vec![exchange.clone()];
         let mut dests = Vec::new();
         while let Some(x) = pending.pop() {
             let Some(ex) = vh.exchanges.get(&x) else { continue };
             dests.clear();
-            ex.route(routing_key, headers, raw_properties, &mut dests);
+            for key in keys {
+                ex.route(key, headers, raw_properties, &mut dests);
+            }
             if dests.is_empty() {
                 // Unroutable here: the alternate exchange, if any, gets it.
                 let own = ex.arguments.get("alternate-exchange").and_then(FieldValue::as_str).map(ShortStr::from);
@@ -3407,11 +3432,7 @@ impl Broker {
             }
             for d in dests.drain(..) {
                 match d {
-                    Destination::Queue(q) => {
-                        if !queues.contains(&q) {
-                            queues.push(q);
-                        }
-                    }
+                    Destination::Queue(q) => add(&mut queues, q),
                     Destination::Exchange(e) => {
                         if !visited.contains(&e) {
                             visited.push(e.clone());

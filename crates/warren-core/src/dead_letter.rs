@@ -19,7 +19,8 @@ fn death_field<'a>(entry: &'a FieldValue, key: &str) -> Option<&'a FieldValue> {
 /// published to `dlx` with `routing_key`, its `expiration` removed (kept in the x-death entry as
 /// `original-expiration`), and its `x-death` history updated: the entry for this queue and
 /// reason has its count raised and moves to the front, or a new entry is put in front. The
-/// `x-first-death-*` headers are set once, `x-last-death-*` every time.
+/// `x-first-death-*` headers are set once, `x-last-death-*` every time. With `drop_cc` (the
+/// queue has a dead-letter routing key) the `CC` and `BCC` headers are removed, as RabbitMQ does.
 pub fn dead_lettered(
     msg: &Message,
     dlx: &ShortStr,
@@ -27,6 +28,7 @@ pub fn dead_lettered(
     queue: &str,
     reason: &str,
     now_ms: u64,
+    drop_cc: bool,
 ) -> MessageRef {
     let mut props = msg.decode_properties();
     let mut headers = props.headers.take().unwrap_or_default();
@@ -74,9 +76,17 @@ pub fn dead_lettered(
     headers.insert("x-last-death-reason", text(reason));
     headers.insert("x-last-death-queue", text(queue));
     headers.insert("x-last-death-exchange", text(&msg.exchange));
+    if drop_cc {
+        headers.0.retain(|(k, _)| k.as_str() != "CC" && k.as_str() != "BCC");
+    }
     props.headers = Some(headers);
     let raw = props.to_bytes();
     Message::new(dlx.clone(), routing_key.clone(), props, raw, msg.body.clone())
+}
+
+/// The routing keys of a message's `CC` header.
+pub fn cc_keys(msg: &Message) -> Vec<String> {
+    header_keys(msg, "CC")
 }
 
 /// The routing keys in a `CC` or `BCC` header (an array of strings, or one string).
@@ -146,7 +156,7 @@ mod tests {
 
     #[test]
     fn first_death_records_everything() {
-        let d = dead_lettered(&msg(), &"dlx".into(), &"dead".into(), "q", "expired", 5_000);
+        let d = dead_lettered(&msg(), &"dlx".into(), &"dead".into(), "q", "expired", 5_000, false);
         assert_eq!(d.exchange, "dlx");
         assert_eq!(d.routing_key, "dead");
         assert!(d.decode_properties().expiration.is_none());
@@ -165,9 +175,9 @@ mod tests {
 
     #[test]
     fn same_queue_and_reason_counts_up_and_moves_first() {
-        let a = dead_lettered(&msg(), &"dlx".into(), &"k".into(), "q1", "rejected", 0);
-        let b = dead_lettered(&a, &"dlx".into(), &"k".into(), "q2", "rejected", 0);
-        let c = dead_lettered(&b, &"dlx".into(), &"k".into(), "q1", "rejected", 0);
+        let a = dead_lettered(&msg(), &"dlx".into(), &"k".into(), "q1", "rejected", 0, false);
+        let b = dead_lettered(&a, &"dlx".into(), &"k".into(), "q2", "rejected", 0, false);
+        let c = dead_lettered(&b, &"dlx".into(), &"k".into(), "q1", "rejected", 0, false);
         let x = deaths(&c);
         assert_eq!(x.len(), 2);
         assert_eq!(x[0].get("queue").and_then(FieldValue::as_str), Some("q1"));
@@ -179,10 +189,10 @@ mod tests {
 
     #[test]
     fn automatic_cycles_break_rejections_do_not() {
-        let expired = dead_lettered(&msg(), &"dlx".into(), &"k".into(), "q", "expired", 0);
+        let expired = dead_lettered(&msg(), &"dlx".into(), &"k".into(), "q", "expired", 0, false);
         assert!(is_cycle(&expired, "q"));
         assert!(!is_cycle(&expired, "other"));
-        let rejected = dead_lettered(&msg(), &"dlx".into(), &"k".into(), "q", "rejected", 0);
+        let rejected = dead_lettered(&msg(), &"dlx".into(), &"k".into(), "q", "rejected", 0, false);
         assert!(!is_cycle(&rejected, "q"));
     }
 }

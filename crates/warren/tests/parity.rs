@@ -160,3 +160,93 @@ async fn channel_max_limits_how_many_channels_are_open_not_their_numbers() {
     conn.send_method(4000, raw::CHANNEL_OPEN, &short_string("")).await;
     conn.expect_method(4000, raw::CHANNEL_OPEN_OK).await;
 }
+
+fn with_cc(keys: &[&str]) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    let cc: Vec<AMQPValue> = keys.iter().map(|k| AMQPValue::LongString((*k).into())).collect();
+    headers.insert("CC".into(), AMQPValue::FieldArray(cc.into()));
+    BasicProperties::default().with_headers(headers)
+}
+
+async fn bind(ch: &lapin::Channel, queue: &str, exchange: &str, key: &str) {
+    within("queue.bind", ch.queue_bind(queue, exchange, key, QueueBindOptions::default(), FieldTable::default()))
+        .await
+        .expect("queue.bind");
+}
+
+async fn exchange(ch: &lapin::Channel, name: &str, kind: ExchangeKind) {
+    within(
+        "exchange.declare",
+        ch.exchange_declare(name, kind, ExchangeDeclareOptions::default(), FieldTable::default()),
+    )
+    .await
+    .expect("exchange.declare");
+}
+
+#[tokio::test]
+async fn cc_keys_are_routed_at_every_exchange_to_exchange_hop() {
+    let broker = Broker::start();
+    let (_conn, ch) = connect_channel(&broker).await;
+    let (x, y, queue) = (unique("cc-x"), unique("cc-y"), unique("cc-q"));
+    exchange(&ch, &x, ExchangeKind::Direct).await;
+    exchange(&ch, &y, ExchangeKind::Direct).await;
+    // The routing key takes the message from x to y; only its CC key matches at y.
+    within("exchange.bind", ch.exchange_bind(&y, &x, "main", Default::default(), FieldTable::default()))
+        .await
+        .expect("exchange.bind");
+    declare_plain(&ch, &queue).await;
+    bind(&ch, &queue, &y, "copy").await;
+    publish_with(&ch, &x, "main", b"m", with_cc(&["copy"])).await;
+    let got = get(&ch, &queue, true).await.expect("routed by the CC key at the second hop");
+    assert_eq!(body(&got.delivery), "m");
+    assert!(get(&ch, &queue, true).await.is_none(), "once");
+}
+
+#[tokio::test]
+async fn a_queue_reached_several_ways_in_one_publish_gets_one_copy() {
+    let broker = Broker::start();
+    let (_conn, ch) = connect_channel(&broker).await;
+    let (x, y, z, queue) = (unique("dup-x"), unique("dup-y"), unique("dup-z"), unique("dup-q"));
+    exchange(&ch, &x, ExchangeKind::Direct).await;
+    exchange(&ch, &y, ExchangeKind::Fanout).await;
+    exchange(&ch, &z, ExchangeKind::Fanout).await;
+    declare_plain(&ch, &queue).await;
+    // Two bindings of the queue itself, and two exchange paths to it.
+    bind(&ch, &queue, &x, "a").await;
+    bind(&ch, &queue, &x, "b").await;
+    for (dest, key) in [(&y, "a"), (&z, "b")] {
+        within("exchange.bind", ch.exchange_bind(dest, &x, key, Default::default(), FieldTable::default()))
+            .await
+            .expect("exchange.bind");
+        bind(&ch, &queue, dest, "").await;
+    }
+    publish_with(&ch, &x, "a", b"once", with_cc(&["b", "a"])).await;
+    assert_eq!(body(&get(&ch, &queue, true).await.expect("a copy").delivery), "once");
+    assert!(get(&ch, &queue, true).await.is_none(), "exactly one copy");
+}
+
+#[tokio::test]
+async fn a_dead_letter_routing_key_replaces_the_cc_keys_and_removes_the_header() {
+    let broker = Broker::start();
+    let (_conn, ch) = connect_channel(&broker).await;
+    let (source, target, by_cc) = (unique("dl-src"), unique("dl-target"), unique("dl-cc"));
+    let mut args = FieldTable::default();
+    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("amq.direct".into()));
+    args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(target.as_str().into()));
+    within("queue.declare", ch.queue_declare(&source, QueueDeclareOptions::default(), args)).await.expect("declare");
+    declare_plain(&ch, &target).await;
+    declare_plain(&ch, &by_cc).await;
+    bind(&ch, &target, "amq.direct", &target).await;
+    bind(&ch, &by_cc, "amq.direct", &by_cc).await;
+    publish_with(&ch, "", &source, b"dead", with_cc(&[&by_cc])).await;
+    // The publish itself reached the CC queue too (the default exchange routes CC keys).
+    assert!(get(&ch, &by_cc, true).await.is_some(), "the published copy");
+    let m = get(&ch, &source, false).await.expect("the message");
+    within("basic.reject", m.delivery.reject(lapin::options::BasicRejectOptions { requeue: false }))
+        .await
+        .expect("reject");
+    let dead = get(&ch, &target, true).await.expect("dead-lettered with the queue's routing key");
+    let headers = dead.delivery.properties.headers().clone().unwrap_or_default();
+    assert!(!headers.inner().contains_key("CC"), "CC removed: {headers:?}");
+    assert!(get(&ch, &by_cc, true).await.is_none(), "the CC key is not used when dead-lettering");
+}
