@@ -386,3 +386,51 @@ async fn get_with_reject_requeue_false_dead_letters() {
     assert_eq!(dead[0]["payload"], "hi");
     assert_eq!(dead[0]["properties"]["headers"]["x-death"][0]["reason"], "rejected");
 }
+
+/// A request with a raw body (for bodies at and past a size limit); the status and the JSON
+/// body (Null when there is none or it is not JSON).
+async fn post_raw(base: &str, method: reqwest::Method, path: &str, body: Vec<u8>) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .request(method, format!("{base}{path}"))
+        .basic_auth("guest", Some("guest"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("HTTP request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("HTTP body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn definitions_import_takes_bodies_up_to_management_http_max_body_size() {
+    use reqwest::Method;
+    const LIMIT: usize = 100_000;
+    let Some(broker) = Broker::start_with_config(&format!("management.http.max_body_size = {LIMIT}\n")) else {
+        return;
+    };
+    let Some(base) = http_base(&broker) else { return };
+    let q = unique("limit-q");
+    let doc = json!({"queues": [{"name": q, "vhost": "/", "durable": true, "auto_delete": false, "arguments": {}}]});
+    // JSON padded with whitespace to exactly the limit, then one byte more.
+    let mut at_limit = doc.to_string().into_bytes();
+    at_limit.resize(LIMIT, b' ');
+    assert_eq!(at_limit.len(), LIMIT);
+    let mut past_limit = at_limit.clone();
+    past_limit.push(b' ');
+
+    let too_large = json!({"error": "payload_too_large", "reason": "Exceeded HTTP request body size limit"});
+    for path in ["/api/definitions", "/api/definitions/%2F"] {
+        assert_eq!(post_raw(&base, Method::POST, path, past_limit.clone()).await, (413, too_large.clone()), "{path}");
+        assert_eq!(post_raw(&base, Method::POST, path, at_limit.clone()).await.0, 204, "{path}");
+    }
+    assert_eq!(call(&base, Method::GET, &format!("/api/queues/%2F/{q}"), None).await.0, 200);
+
+    // Other endpoints keep their own, smaller limit whatever the key says (2 MiB), and say so
+    // in JSON too.
+    let mut big = b"{}".to_vec();
+    big.resize(2 * 1024 * 1024 + 1, b' ');
+    let path = format!("/api/queues/%2F/{}", unique("big-body"));
+    assert_eq!(post_raw(&base, Method::PUT, &path, big).await, (413, too_large));
+}
