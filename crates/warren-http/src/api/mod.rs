@@ -14,6 +14,7 @@ mod exchanges;
 mod health;
 mod limits;
 mod objects;
+mod paging;
 mod queues;
 mod rates;
 
@@ -157,6 +158,11 @@ async fn authenticate(
 pub(crate) enum ApiError {
     NotFound,
     BadRequest(String),
+    /// A 400 with its own `error` (as RabbitMQ's `page_out_of_range`).
+    Invalid {
+        error: &'static str,
+        reason: String,
+    },
     /// The request needs the administrator tag.
     NotAdministrator,
 }
@@ -166,6 +172,9 @@ impl IntoResponse for ApiError {
         match self {
             ApiError::NotFound => crate::not_found(),
             ApiError::BadRequest(reason) => crate::bad_request(&reason),
+            ApiError::Invalid { error, reason } => {
+                (StatusCode::BAD_REQUEST, Json(json!({"error": error, "reason": reason}))).into_response()
+            }
             ApiError::NotAdministrator => (
                 axum::http::StatusCode::UNAUTHORIZED,
                 axum::Json(serde_json::json!({"error": "not_authorised", "reason": "Not administrator user"})),
