@@ -2452,7 +2452,7 @@ impl Broker {
         }
         let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(()) };
         let Some(x) = vh.exchanges.get(name) else { return Ok(()) };
-        if if_unused && !x.bindings().is_empty() {
+        if if_unused && x.has_bindings() {
             return Err(precondition(format_args!("exchange '{name}' in vhost '{vhost}' in use")));
         }
         Self::remove_exchange(vh, name, &mut self.def_ops);
@@ -2486,7 +2486,7 @@ impl Broker {
     fn remove_bindings_to(vh: &mut VHost, dest: &Destination, ops: &mut Vec<DefOp>) {
         let mut emptied = Vec::new();
         for x in vh.exchanges.values_mut() {
-            if x.unbind_all_to(dest) > 0 && x.auto_delete && x.bindings().is_empty() {
+            if x.unbind_all_to(dest) > 0 && x.auto_delete && !x.has_bindings() {
                 emptied.push(x.name.clone());
             }
         }
@@ -2540,7 +2540,7 @@ impl Broker {
             if removed && x.durable {
                 self.def_ops.push(DefOp::DelBinding(durable_binding_def(&vh.name, source, &binding)));
             }
-            emptied = removed && x.auto_delete && x.bindings().is_empty();
+            emptied = removed && x.auto_delete && !x.has_bindings();
         }
         if emptied {
             Self::remove_exchange(vh, source, &mut self.def_ops);
