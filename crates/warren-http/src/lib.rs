@@ -26,6 +26,32 @@ mod api;
 
 pub use api::definitions::apply_topology;
 pub use api::Listeners;
+
+/// The default limit on a definitions import's body (`management.http.max_body_size`).
+/// RabbitMQ's current default is 20 MiB; Warren takes 64 MiB so that an export several times
+/// the size of the 13.6 MB one with 100,000 bindings (the largest real one we have seen)
+/// imports without configuration. The body is held in memory once as bytes and once parsed.
+pub const MAX_BODY_SIZE_DEFAULT_BYTES: usize = 64 * 1024 * 1024;
+
+/// The limit on every other request's body. Only a definitions import needs megabytes: the
+/// other bodies (declarations, policies, users, messages published for testing) are small,
+/// and each request's body is buffered whole, so a small limit bounds what a client can pin
+/// with many concurrent requests. 2 MiB is axum's default, kept as Warren's since 0.1.
+pub const OTHER_BODY_SIZE_MAX_BYTES: usize = 2 * 1024 * 1024;
+
+/// The management listener's own settings (the rest are the broker's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// The largest body `POST /api/definitions[/{vhost}]` accepts (RabbitMQ:
+    /// `management.http.max_body_size`, in bytes); larger ones get 413.
+    pub max_body_size_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { max_body_size_bytes: MAX_BODY_SIZE_DEFAULT_BYTES }
+    }
+}
 pub mod https;
 pub mod metrics;
 mod ui;
@@ -43,7 +69,7 @@ pub async fn serve_with_amqp(
     amqp: Option<SocketAddr>,
 ) -> std::io::Result<()> {
     let listeners = Listeners { amqp, http: listener.local_addr().ok(), ..Listeners::default() };
-    serve_listeners(listener, None, shared, listeners).await
+    serve_listeners(listener, None, shared, listeners, HttpConfig::default()).await
 }
 
 /// Serves the management app on the HTTP listener and, when given, over HTTPS on a second
@@ -54,11 +80,12 @@ pub async fn serve_listeners(
     https: Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
     shared: Arc<Shared>,
     listeners: Listeners,
+    config: HttpConfig,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     use std::future::IntoFuture;
     let handshake_timeout = std::time::Duration::from_millis(shared.broker().config().handshake_timeout_ms);
-    let app = app(shared, listeners);
+    let app = app(shared, listeners, config);
     let plain = axum::serve(http, app.clone().into_make_service_with_connect_info::<SocketAddr>()).into_future();
     let Some((listener, acceptor)) = https else { return plain.await };
     // axum knows the peer address (ConnectInfo, which the API's handlers read) of its own TCP
@@ -69,11 +96,11 @@ pub async fn serve_listeners(
 }
 
 /// The management app: metrics, the API and the web UI.
-fn app(shared: Arc<Shared>, listeners: Listeners) -> Router {
+fn app(shared: Arc<Shared>, listeners: Listeners, config: HttpConfig) -> Router {
     Router::new()
         .route("/metrics", get(metrics::aggregated))
         .route("/metrics/per-object", get(metrics::per_object))
-        .merge(api::router(shared.clone(), listeners))
+        .merge(api::router(shared.clone(), listeners, config))
         .merge(ui::router())
         .route("/api/policies", get(list_policies::<false>))
         .route("/api/policies/{vhost}", get(list_vhost_policies::<false>))
@@ -87,7 +114,21 @@ fn app(shared: Arc<Shared>, listeners: Listeners) -> Router {
             "/api/operator-policies/{vhost}/{name}",
             get(get_policy::<true>).put(put_policy::<true>).delete(delete_policy::<true>),
         )
+        // The definitions routes raise it for themselves (a route's limit wins over this one).
+        .layer(axum::extract::DefaultBodyLimit::max(OTHER_BODY_SIZE_MAX_BYTES))
+        .layer(axum::middleware::map_response(too_large_as_json))
         .with_state(shared)
+}
+
+/// A body over its limit is refused by axum's extractor with a plain-text 413; the API
+/// answers every error in JSON, so that one too. RabbitMQ (3.11.24 and later, which have a
+/// limit) answers 400 with this reason; 413 is HTTP's status for it and what clients expect.
+async fn too_large_as_json(response: Response) -> Response {
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return response;
+    }
+    let reason = "Exceeded HTTP request body size limit";
+    (StatusCode::PAYLOAD_TOO_LARGE, Json(json!({"error": "payload_too_large", "reason": reason}))).into_response()
 }
 
 fn unauthorized(reason: &str) -> Response {

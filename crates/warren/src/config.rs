@@ -28,6 +28,8 @@ pub struct Settings {
     pub memory_high_watermark: Limit,
     /// The disk alarm's threshold (`disk_free_limit.absolute` / `.relative`).
     pub disk_free_limit: Limit,
+    /// The management listener's limits (`management.http.max_body_size`).
+    pub management_http: warren_http::HttpConfig,
     pub core: CoreConfig,
 }
 
@@ -70,6 +72,7 @@ impl Default for Settings {
             // RabbitMQ 3.10's defaults.
             memory_high_watermark: Limit::Relative(0.4),
             disk_free_limit: Limit::Absolute(50_000_000),
+            management_http: warren_http::HttpConfig::default(),
             core: CoreConfig::default(),
         }
     }
@@ -168,6 +171,8 @@ impl Settings {
                         mgmt_ip = Some(value.parse().map_err(|_| format!("'{value}' is not an IP address"))?)
                     }
                     "management.listener.port" => mgmt_port = Some(parse_num(value)?),
+                    // Bytes, a plain integer: RabbitMQ's schema takes no unit suffix here.
+                    "management.http.max_body_size" => self.management_http.max_body_size_bytes = parse_num(value)?,
                     "data_dir" => self.data_dir = PathBuf::from(value),
                     "load_definitions" => self.load_definitions = Some(PathBuf::from(value)),
                     "heartbeat" => self.core.heartbeat_s = parse_num(value)?,
@@ -367,6 +372,20 @@ mod tests {
         assert_eq!(s.core.ssl_cert_login_san, warren_core::auth::SanSelector { kind: SanType::Email, index: 1 });
         let err = Settings::default().apply_file("ssl_cert_login_san_type = other_name\n", "t.conf");
         assert!(err.expect_err("unsupported").contains("other_name"));
+    }
+
+    #[test]
+    fn reads_management_http_max_body_size() {
+        let mut s = Settings::default();
+        assert_eq!(s.management_http.max_body_size_bytes, 64 * 1024 * 1024);
+        s.apply_file("management.http.max_body_size = 20971520\n", "t.conf").expect("valid");
+        assert_eq!(s.management_http.max_body_size_bytes, 20_971_520);
+        // An integer of bytes, as in RabbitMQ: no unit, no sign.
+        for bad in ["64MiB", "-1", "lots"] {
+            let conf = format!("heartbeat = 5\nmanagement.http.max_body_size = {bad}\n");
+            let err = Settings::default().apply_file(&conf, "t.conf").expect_err("bad size");
+            assert!(err.starts_with("t.conf:2:") && err.contains(bad), "{err}");
+        }
     }
 
     #[test]

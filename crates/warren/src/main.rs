@@ -157,8 +157,9 @@ async fn run(settings: Settings) -> Result<(), String> {
     };
     let https_addr = listeners.https;
     let https = https.map(|(listener, acceptor, _)| (listener, acceptor));
+    let http_config = settings.management_http;
     tokio::spawn(async move {
-        if let Err(e) = warren_http::serve_listeners(http, https, shared, listeners).await {
+        if let Err(e) = warren_http::serve_listeners(http, https, shared, listeners, http_config).await {
             tracing::error!("management listener stopped: {e}");
         }
     });

@@ -9,6 +9,8 @@ mod fanout;
 pub(crate) mod headers;
 pub mod topic;
 
+use foldhash::HashMap;
+use std::collections::BTreeMap;
 use warren_amqp::{FieldTable, ShortStr};
 
 /// Where a binding leads.
@@ -117,8 +119,15 @@ pub struct Exchange {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
-    /// Bindings with this exchange as source, in creation order (for listing and equality).
-    bindings: Vec<Binding>,
+    /// Bindings with this exchange as source, by creation sequence (the listing order).
+    bindings: BTreeMap<u64, Binding>,
+    /// The sequence numbers in `bindings` by destination and routing key (usually one each;
+    /// more for bindings differing only in arguments). Binding is idempotent, so every bind
+    /// looks its binding up: with a list that was O(n) per bind, and an import of 100,000
+    /// bindings to one exchange took minutes.
+    index: HashMap<(Destination, ShortStr), Vec<u64>>,
+    /// The sequence number of the next binding.
+    next_binding: u64,
     router: Box<dyn Router>,
     /// The duplicate cache of a deduplication exchange.
     pub dedup: Option<crate::dedup::DedupCache>,
@@ -162,7 +171,9 @@ impl Exchange {
             auto_delete,
             internal,
             arguments,
-            bindings: Vec::new(),
+            bindings: BTreeMap::new(),
+            index: HashMap::default(),
+            next_binding: 0,
             router,
             dedup,
             delayed: None,
@@ -172,33 +183,53 @@ impl Exchange {
 
     /// Adds a binding; false when an identical one exists (binding is idempotent).
     pub fn bind(&mut self, binding: Binding) -> bool {
-        if self.bindings.contains(&binding) {
+        let key = (binding.destination.clone(), binding.routing_key.clone());
+        let seqs = self.index.entry(key).or_default();
+        if seqs.iter().any(|seq| self.bindings.get(seq).is_some_and(|b| b.arguments == binding.arguments)) {
             return false;
         }
+        let seq = self.next_binding;
+        self.next_binding += 1;
+        seqs.push(seq);
         self.router.bind(&binding);
-        self.bindings.push(binding);
+        self.bindings.insert(seq, binding);
         true
     }
 
     /// Removes a binding; false when there was none.
     pub fn unbind(&mut self, binding: &Binding) -> bool {
-        let Some(pos) = self.bindings.iter().position(|b| b == binding) else { return false };
+        let key = (binding.destination.clone(), binding.routing_key.clone());
+        let Some(seqs) = self.index.get_mut(&key) else { return false };
+        let Some(pos) =
+            seqs.iter().position(|seq| self.bindings.get(seq).is_some_and(|b| b.arguments == binding.arguments))
+        else {
+            return false;
+        };
+        let seq = seqs.remove(pos);
+        if seqs.is_empty() {
+            self.index.remove(&key);
+        }
+        self.bindings.remove(&seq);
         self.router.unbind(binding);
-        self.bindings.remove(pos);
         true
     }
 
     /// Removes every binding to `destination`; returns how many there were.
     pub fn unbind_all_to(&mut self, destination: &Destination) -> usize {
-        let gone: Vec<Binding> = self.bindings.iter().filter(|b| &b.destination == destination).cloned().collect();
+        let gone: Vec<Binding> = self.bindings.values().filter(|b| &b.destination == destination).cloned().collect();
         for b in &gone {
             self.unbind(b);
         }
         gone.len()
     }
 
-    pub fn bindings(&self) -> &[Binding] {
-        &self.bindings
+    /// The bindings with this exchange as source, in the order they were made.
+    pub fn bindings(&self) -> impl ExactSizeIterator<Item = &Binding> + '_ {
+        self.bindings.values()
+    }
+
+    pub fn has_bindings(&self) -> bool {
+        !self.bindings.is_empty()
     }
 
     pub fn route(
@@ -215,6 +246,7 @@ impl Exchange {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warren_amqp::FieldValue;
 
     fn q(n: &str) -> Destination {
         Destination::Queue(ShortStr::from(n))
@@ -245,6 +277,24 @@ mod tests {
         assert!(x.unbind(&binding("a", "error")));
         assert!(routed(&x, "error").is_empty());
         assert_eq!(routed(&x, "warning"), vec![q("a")]);
+    }
+
+    #[test]
+    fn bindings_differing_in_arguments_are_distinct_and_listed_in_creation_order() {
+        let mut x = Exchange::new("d".into(), ExchangeKind::Direct, false, false, false, FieldTable::new());
+        let mut with_args = binding("a", "k");
+        with_args.arguments.insert("x-match", FieldValue::from("all"));
+        assert!(x.bind(binding("b", "k")));
+        assert!(x.bind(binding("a", "k")));
+        assert!(x.bind(with_args.clone()));
+        assert!(!x.bind(with_args.clone()), "the same arguments bind once");
+        assert!(x.unbind(&binding("b", "k")));
+        assert!(!x.unbind(&binding("b", "k")), "unbinding twice finds nothing");
+        assert!(x.bind(binding("b", "k")));
+        let listed: Vec<Binding> = x.bindings().cloned().collect();
+        assert_eq!(listed, vec![binding("a", "k"), with_args.clone(), binding("b", "k")]);
+        assert!(x.unbind(&with_args));
+        assert_eq!(x.bindings().len(), 2);
     }
 
     #[test]

@@ -434,6 +434,17 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The vhosts a non-administrator may see, for handlers that filter a listing themselves
+/// (absent for administrators and monitoring users, who see every vhost).
+#[derive(Clone, Debug)]
+pub(crate) struct VisibleVhosts(pub Vec<String>);
+
+impl VisibleVhosts {
+    pub(crate) fn allows(visible: Option<&VisibleVhosts>, vhost: &str) -> bool {
+        visible.is_none_or(|v| v.0.iter().any(|w| w == vhost))
+    }
+}
+
 /// Keeps a non-administrator to the vhosts it has permissions in: a path naming another vhost
 /// is `401 User not authorised to access virtual host`; a listing across vhosts is filtered.
 pub(crate) async fn vhost_visibility(
@@ -457,6 +468,10 @@ pub(crate) async fn vhost_visibility(
         }
     };
     let Some(visible) = visible else { return next.run(request).await };
+    let mut request = request;
+    // A paged listing is filtered by its handler (before it counts and cuts pages); the
+    // filter below only sees plain arrays.
+    request.extensions_mut().insert(VisibleVhosts(visible.clone()));
     // /api/connections/{name} and /api/channels/{name} name a connection, not a vhost.
     let by_vhost = !matches!(collection, "connections" | "channels");
     match vhost.filter(|v| !v.is_empty()) {

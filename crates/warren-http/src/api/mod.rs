@@ -14,6 +14,7 @@ mod exchanges;
 mod health;
 mod limits;
 mod objects;
+mod paging;
 mod queues;
 mod rates;
 
@@ -49,7 +50,9 @@ pub struct Listeners {
 pub(crate) struct User(pub String);
 
 /// The routes of this module, each behind basic auth.
-pub(crate) fn router(shared: Arc<Shared>, listeners: Listeners) -> Router<Arc<Shared>> {
+pub(crate) fn router(shared: Arc<Shared>, listeners: Listeners, config: crate::HttpConfig) -> Router<Arc<Shared>> {
+    // Only a definitions import may be large (see `crate::OTHER_BODY_SIZE_MAX_BYTES`).
+    let import_limit = || axum::extract::DefaultBodyLimit::max(config.max_body_size_bytes);
     Router::new()
         .route("/api/overview", get(objects::overview))
         .route("/api/whoami", get(objects::whoami))
@@ -81,8 +84,11 @@ pub(crate) fn router(shared: Arc<Shared>, listeners: Listeners) -> Router<Arc<Sh
             "/api/bindings/{vhost}/e/{source}/{kind}/{dest}/{props}",
             get(bindings::show_one).delete(bindings::remove),
         )
-        .route("/api/definitions", get(definitions::export).post(definitions::import))
-        .route("/api/definitions/{vhost}", get(definitions::export_vhost).post(definitions::import_vhost))
+        .route("/api/definitions", get(definitions::export).post(definitions::import).layer(import_limit()))
+        .route(
+            "/api/definitions/{vhost}",
+            get(definitions::export_vhost).post(definitions::import_vhost).layer(import_limit()),
+        )
         .route("/api/health/checks/alarms", get(health::alarms))
         .route("/api/health/checks/local-alarms", get(health::alarms))
         .route("/api/health/checks/virtual-hosts", get(health::ok))
@@ -152,6 +158,11 @@ async fn authenticate(
 pub(crate) enum ApiError {
     NotFound,
     BadRequest(String),
+    /// A 400 with its own `error` (as RabbitMQ's `page_out_of_range`).
+    Invalid {
+        error: &'static str,
+        reason: String,
+    },
     /// The request needs the administrator tag.
     NotAdministrator,
 }
@@ -161,6 +172,9 @@ impl IntoResponse for ApiError {
         match self {
             ApiError::NotFound => crate::not_found(),
             ApiError::BadRequest(reason) => crate::bad_request(&reason),
+            ApiError::Invalid { error, reason } => {
+                (StatusCode::BAD_REQUEST, Json(json!({"error": error, "reason": reason}))).into_response()
+            }
             ApiError::NotAdministrator => (
                 axum::http::StatusCode::UNAUTHORIZED,
                 axum::Json(serde_json::json!({"error": "not_authorised", "reason": "Not administrator user"})),

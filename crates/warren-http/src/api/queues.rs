@@ -1,12 +1,14 @@
 //! /api/queues: list (with counts and rates), declare, delete, purge, get messages.
 
+use super::access::VisibleVhosts;
+use super::paging::Paging;
 use super::rates::Rates;
 use super::{arguments, created_or_not, flag, parse_body, query_flag, with_broker, ApiError, ApiResult, User, NODE};
 use crate::table_json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::{Extension, Json};
 use base64::Engine;
 use serde_json::{json, Map, Value};
@@ -59,16 +61,32 @@ fn listing(shared: &Shared, rates: &Rates, vhost: Option<&str>, name: Option<&st
         .collect()
 }
 
-pub(crate) async fn list(State(shared): State<Arc<Shared>>, Extension(rates): Extension<Arc<Rates>>) -> Response {
-    super::json_list(listing(&shared, &rates, None, None))
+/// GET /api/queues, paged when asked (see [`Paging`]).
+pub(crate) async fn list(
+    State(shared): State<Arc<Shared>>,
+    Extension(rates): Extension<Arc<Rates>>,
+    visible: Option<Extension<VisibleVhosts>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let paging = Paging::from_query(&query)?;
+    let mut items = listing(&shared, &rates, None, None);
+    let visible = visible.map(|Extension(v)| v);
+    items.retain(|q| VisibleVhosts::allows(visible.as_ref(), q["vhost"].as_str().unwrap_or_default()));
+    paging.answer(items)
 }
 
+/// GET /api/queues/{vhost}, paged when asked; 404 for a vhost that does not exist.
 pub(crate) async fn list_vhost(
     State(shared): State<Arc<Shared>>,
     Extension(rates): Extension<Arc<Rates>>,
     Path(vhost): Path<String>,
-) -> Response {
-    super::json_list(listing(&shared, &rates, Some(&vhost), None))
+    Query(query): Query<HashMap<String, String>>,
+) -> ApiResult {
+    if !shared.broker().has_vhost(&vhost) {
+        return Err(ApiError::NotFound);
+    }
+    let paging = Paging::from_query(&query)?;
+    paging.answer(listing(&shared, &rates, Some(&vhost), None))
 }
 
 pub(crate) async fn show(
