@@ -2369,7 +2369,7 @@ impl Broker {
             Method::TxCommit => {
                 let ch = self.channel_mut(conn, channel)?;
                 let Some(tx) = ch.tx.as_mut() else { return Err(precondition("channel is not transactional")) };
-                let TxState { publishes, acks } = std::mem::take(tx);
+                let TxState { publishes, acks, .. } = std::mem::take(tx);
                 let mut sync = PublishSync::default();
                 for p in publishes {
                     let s = self.route_publish(conn, channel, p, now_ms, out)?;
@@ -2768,7 +2768,8 @@ impl Broker {
     ) -> Result<(ShortStr, u32, u32), ProtocolError> {
         let vhost = self.vhost_of(conn)?;
         if name.as_str() == REPLY_TO_QUEUE {
-            return Ok((name, 0, 0));
+            // As RabbitMQ: the pseudo-queue always answers with one consumer.
+            return Ok((name, 0, 1));
         }
         let name = if name.is_empty() {
             if passive {
@@ -3687,8 +3688,18 @@ impl Broker {
 
     fn settle(&mut self, conn: ConnId, channel: u16, op: AckOp, now_ms: u64, out: &mut Vec<(ConnId, Out)>) -> Res {
         let ch = self.channel_mut(conn, channel)?;
-        if let Some(tx) = ch.tx.as_mut() {
-            tx.acks.push(op);
+        if ch.tx.is_some() {
+            let (tag, multiple) = match op {
+                AckOp::Ack { delivery_tag, multiple } | AckOp::Nack { delivery_tag, multiple, .. } => {
+                    (delivery_tag, multiple)
+                }
+            };
+            if !ch.hold_for_tx(tag, multiple) {
+                return Err(precondition(format_args!("unknown delivery tag {tag}")));
+            }
+            if let Some(tx) = ch.tx.as_mut() {
+                tx.acks.push(op);
+            }
             return Ok(());
         }
         self.apply_settle(conn, channel, op, now_ms, out)

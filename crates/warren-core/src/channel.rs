@@ -68,6 +68,9 @@ pub struct Deferred {
 pub struct TxState {
     pub publishes: Vec<crate::broker::Publish>,
     pub acks: Vec<AckOp>,
+    /// Delivery tags an ack or nack of this transaction names: they stay unacked until the
+    /// commit (a rollback or a close leaves them unacked), but a second ack of one is refused.
+    pub pending: std::collections::BTreeSet<u64>,
 }
 
 #[derive(Debug)]
@@ -158,6 +161,27 @@ impl Channel {
         } else {
             self.reclaimed.remove(&delivery_tag)
         }
+    }
+
+    /// An ack or nack inside a transaction: checked now as RabbitMQ checks it (the tag must be
+    /// unacked and not already settled by this transaction; tag 0 with `multiple` is every
+    /// one), applied at the commit. False when the tag is unknown.
+    pub fn hold_for_tx(&mut self, delivery_tag: u64, multiple: bool) -> bool {
+        let Some(tx) = self.tx.as_mut() else { return false };
+        let all = multiple && delivery_tag == 0;
+        if !all {
+            let known = self.unacked.binary_search_by_key(&delivery_tag, |u| u.delivery_tag).is_ok();
+            if !known || tx.pending.contains(&delivery_tag) {
+                return false;
+            }
+        }
+        let last = if all { u64::MAX } else { delivery_tag };
+        for u in self.unacked.iter().take_while(|u| u.delivery_tag <= last) {
+            if multiple || u.delivery_tag == delivery_tag {
+                tx.pending.insert(u.delivery_tag);
+            }
+        }
+        true
     }
 
     /// Queues an answer behind those already waiting.

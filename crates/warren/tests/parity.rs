@@ -250,3 +250,63 @@ async fn a_dead_letter_routing_key_replaces_the_cc_keys_and_removes_the_header()
     assert!(!headers.inner().contains_key("CC"), "CC removed: {headers:?}");
     assert!(get(&ch, &by_cc, true).await.is_none(), "the CC key is not used when dead-lettering");
 }
+
+#[tokio::test]
+async fn a_passive_declare_of_the_direct_reply_to_queue_answers_like_rabbitmq() {
+    let broker = Broker::start();
+    let (_conn, ch) = connect_channel(&broker).await;
+    let q = declare_passive(&ch, "amq.rabbitmq.reply-to").await.expect("declare-ok");
+    assert_eq!((q.name().as_str(), q.message_count(), q.consumer_count()), ("amq.rabbitmq.reply-to", 0, 1));
+}
+
+async fn one_unacked(ch: &lapin::Channel, prefix: &str) -> (String, u64) {
+    let queue = unique(prefix);
+    declare_plain(ch, &queue).await;
+    publish(ch, "", &queue, b"m").await;
+    let m = get(ch, &queue, false).await.expect("a message");
+    (queue, m.delivery.delivery_tag)
+}
+
+#[tokio::test]
+async fn inside_a_transaction_an_unknown_or_repeated_delivery_tag_is_precondition_failed() {
+    use lapin::options::BasicAckOptions;
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    within("tx.select", ch.tx_select()).await.expect("tx.select");
+    let watch = CloseWatch::new(&ch);
+    within("basic.ack", ch.basic_ack(99, BasicAckOptions::default())).await.expect("sent");
+    assert_eq!(watch.code().await, PRECONDITION_FAILED, "an unknown tag, even before the commit");
+
+    let ch = channel(&conn).await;
+    let (_queue, tag) = one_unacked(&ch, "tx-twice").await;
+    within("tx.select", ch.tx_select()).await.expect("tx.select");
+    let watch = CloseWatch::new(&ch);
+    within("basic.ack", ch.basic_ack(tag, BasicAckOptions::default())).await.expect("sent");
+    within("basic.ack", ch.basic_ack(tag, BasicAckOptions::default())).await.expect("sent");
+    assert_eq!(watch.code().await, PRECONDITION_FAILED, "the same tag twice in one transaction");
+}
+
+#[tokio::test]
+async fn an_ack_in_a_transaction_never_committed_leaves_the_message_unacked() {
+    use lapin::options::BasicAckOptions;
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let (queue, tag) = one_unacked(&ch, "tx-open").await;
+    within("tx.select", ch.tx_select()).await.expect("tx.select");
+    within("basic.ack", ch.basic_ack(tag, BasicAckOptions::default())).await.expect("sent");
+    // A rollback drops the ack: the message is still unacked (not back in the queue)...
+    within("tx.rollback", ch.tx_rollback()).await.expect("tx.rollback");
+    let other = channel(&conn).await;
+    assert!(get(&other, &queue, true).await.is_none(), "still unacked after the rollback");
+    // ...and the same tag can be acked again and committed.
+    within("basic.ack", ch.basic_ack(tag, BasicAckOptions::default())).await.expect("sent");
+    within("tx.commit", ch.tx_commit()).await.expect("tx.commit");
+    // An ack never committed: closing the channel requeues the message, redelivered.
+    publish(&other, "", &queue, b"again").await;
+    let m = get(&ch, &queue, false).await.expect("a message");
+    within("basic.ack", ch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default())).await.expect("sent");
+    close_channel(&ch).await;
+    let back = get(&other, &queue, true).await.expect("requeued at the close");
+    assert!(back.delivery.redelivered);
+    assert_eq!(body(&back.delivery), "again");
+}
