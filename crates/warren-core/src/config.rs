@@ -10,6 +10,10 @@ pub const CHANNEL_MAX_DEFAULT: u16 = 2047;
 pub const AUTH_FAILURE_DELAY_MS_DEFAULT: u64 = 1000;
 /// RabbitMQ's default handshake timeout: 10 s.
 pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// How long one write to a client may take before the connection is given up (RabbitMQ's
+/// `tcp_listen_options.send_timeout`, 15 s): a client that stops reading must not keep its
+/// connection, its unacked messages and its buffers forever.
+pub const SEND_TIMEOUT_MS_DEFAULT: u64 = 15_000;
 /// RabbitMQ's default frame_max.
 pub const FRAME_MAX_DEFAULT: u32 = 131_072;
 /// RabbitMQ's default heartbeat, seconds.
@@ -36,6 +40,8 @@ pub struct Config {
     pub loopback_users: Vec<String>,
     /// How long a client has from TCP connect to connection.open (RabbitMQ: handshake_timeout).
     pub handshake_timeout_ms: u64,
+    /// How long one write to a client may block (RabbitMQ: tcp_listen_options.send_timeout).
+    pub send_timeout_ms: u64,
     /// Client connections the node accepts at once (RabbitMQ: connection_max); `None`: no limit.
     pub connection_max: Option<u32>,
     /// Consumers one channel may hold (RabbitMQ: consumer_max_per_channel); `None`: no limit.
@@ -75,6 +81,7 @@ impl Default for Config {
             default_vhost: "/".into(),
             loopback_users: vec!["guest".into()],
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            send_timeout_ms: SEND_TIMEOUT_MS_DEFAULT,
             connection_max: None,
             consumer_max_per_channel: None,
             unacked_max_per_channel: Some(UNACKED_MAX_PER_CHANNEL_DEFAULT),

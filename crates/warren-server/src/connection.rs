@@ -106,6 +106,7 @@ pub(crate) async fn run<S: Transport>(
         parser: FrameParser::new(negotiated.frame_max),
         frame_max: negotiated.frame_max,
         heartbeat: Duration::from_secs(u64::from(negotiated.heartbeat_s)),
+        send_timeout: Duration::from_millis(shared.broker().config().send_timeout_ms),
         rbuf,
         wbuf: crate::outbuf::OutBuf::default(),
         closing_since: None,
@@ -150,6 +151,8 @@ struct Connection {
     parser: FrameParser,
     frame_max: u32,
     heartbeat: Duration,
+    /// A write blocked this long gives the connection up (`tcp_listen_options.send_timeout`).
+    send_timeout: Duration,
     rbuf: BytesMut,
     wbuf: crate::outbuf::OutBuf,
     /// Set when we wrote connection.close; we then wait for close-ok, a bounded time.
@@ -246,8 +249,18 @@ impl Connection {
             if !self.wbuf.is_empty() {
                 // One vectored write: small frames from one buffer, large bodies from their own.
                 self.wbuf.prepare();
-                if let Err(e) = wr.write_all_buf(&mut self.wbuf).await {
-                    return format!("write failed: {e}");
+                // A client that stops reading fills its socket: give up after the send timeout,
+                // as RabbitMQ does, so its messages are requeued and it can reconnect. A forced
+                // close of such a connection completes this way too.
+                match tokio::time::timeout(self.send_timeout, wr.write_all_buf(&mut self.wbuf)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return format!("write failed: {e}"),
+                    Err(_) => {
+                        return format!(
+                            "write timed out after {} ms: the client is not reading (tcp_listen_options.send_timeout)",
+                            self.send_timeout.as_millis()
+                        )
+                    }
                 }
                 last_write = Instant::now();
             }

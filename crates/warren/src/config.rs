@@ -185,6 +185,13 @@ impl Settings {
                     }
                     "channel_max" => self.core.channel_max = parse_num(value)?,
                     "handshake_timeout" => self.core.handshake_timeout_ms = parse_num(value)?,
+                    "tcp_listen_options.send_timeout" => {
+                        let ms: u64 = parse_num(value)?;
+                        if ms == 0 {
+                            return Err("tcp_listen_options.send_timeout must be at least 1 (milliseconds)".into());
+                        }
+                        self.core.send_timeout_ms = ms;
+                    }
                     "connection_max" => {
                         self.core.connection_max = if value == "infinity" { None } else { Some(parse_num(value)?) }
                     }
