@@ -3795,6 +3795,25 @@ impl Broker {
                 }
             }
         }
+        // As RabbitMQ: requeued messages count against a drop-head length limit, and being at
+        // the head they are the ones dropped.
+        if let Some(vh) = self.vhosts.get_mut(vhost) {
+            for name in &touched {
+                let Some(q) = vh.queues.get_mut(name) else { continue };
+                if q.args.overflow != crate::args::Overflow::DropHead {
+                    continue;
+                }
+                match q.trim_to_limit() {
+                    Ok(dropped) => {
+                        if !dropped.is_empty() && q.durable {
+                            self.dirty.insert((Arc::from(vhost), name.clone()));
+                        }
+                        over_limit.extend(dropped.into_iter().map(|d| (name.clone(), d, "maxlen")));
+                    }
+                    Err(e) => self.errors.push(format!("cannot apply the length limit of queue '{name}': {e}")),
+                }
+            }
+        }
         self.dead_letter(&Arc::from(vhost), over_limit, now_ms, out);
         for q in touched {
             self.dispatch(vhost, &q, now_ms, out);

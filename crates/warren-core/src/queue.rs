@@ -415,6 +415,13 @@ impl Queue {
         args.deduplication = self.args.deduplication;
         self.may_expire |= args.message_ttl_ms.is_some();
         self.args = args;
+        self.trim_to_limit()
+    }
+
+    /// Drops messages from the head while the queue is over its length limit; returns them (to
+    /// dead-letter as `maxlen`). Used when the limit changes and after requeues: RabbitMQ
+    /// applies the limit to requeued messages too, and they are at the head.
+    pub fn trim_to_limit(&mut self) -> io::Result<Vec<Queued>> {
         let mut dropped = Vec::new();
         while self.args.max_length.is_some_and(|m| self.ready_count > m)
             || self.args.max_length_bytes.is_some_and(|m| self.ready_bytes > m)

@@ -310,3 +310,21 @@ async fn an_ack_in_a_transaction_never_committed_leaves_the_message_unacked() {
     assert!(back.delivery.redelivered);
     assert_eq!(body(&back.delivery), "again");
 }
+
+#[tokio::test]
+async fn a_requeue_at_the_length_limit_drops_the_requeued_head() {
+    use lapin::options::BasicNackOptions;
+    let broker = Broker::start();
+    let (_conn, ch) = connect_channel(&broker).await;
+    let queue = unique("maxlen-requeue");
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(2));
+    within("queue.declare", ch.queue_declare(&queue, QueueDeclareOptions::default(), args)).await.expect("declare");
+    publish(&ch, "", &queue, b"m1").await;
+    publish(&ch, "", &queue, b"m2").await;
+    let m1 = get(&ch, &queue, false).await.expect("m1");
+    publish(&ch, "", &queue, b"m3").await;
+    within("basic.nack", m1.delivery.nack(BasicNackOptions { requeue: true, multiple: false })).await.expect("nack");
+    // m1 goes back to the head, the queue is over its limit, and the head goes.
+    assert_eq!(get_all(&ch, &queue).await, ["m2", "m3"]);
+}
