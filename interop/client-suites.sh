@@ -27,6 +27,8 @@
 #
 # Environment:
 #   CLIENT_SUITES               the suites to run (default: all five, in the order above)
+#   CLIENT_SUITES_EXCLUDE       the exclusion list (default: interop/client-suites.exclude;
+#                               /dev/null gives the raw results, as for a RabbitMQ baseline)
 #   WARREN_CLIENT_SUITES_CACHE  where installs and builds are kept between runs
 #                               (default: ~/.cache/warren-client-suites)
 set -euo pipefail
@@ -81,7 +83,7 @@ AMQPLIB_LIMIT_S=120
 LAPIN_LIMIT_S=60
 
 CACHE=${WARREN_CLIENT_SUITES_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/warren-client-suites}
-EXCLUDE=$HERE/client-suites.exclude
+EXCLUDE=${CLIENT_SUITES_EXCLUDE:-$HERE/client-suites.exclude}
 LOGS=$HERE/.build/client-suites
 SUITES=${CLIENT_SUITES:-amqp091-go py-amqp kombu amqplib lapin}
 SYS_PY=/usr/bin/python3
