@@ -21,6 +21,9 @@
 # (unshare -n). HTTP_PORT is accepted for symmetry with the other interop scripts; no suite
 # needs the management API.
 #
+# Run against a fresh broker: some suites leave queues behind (kombu's priority_requeue_test
+# keeps messages and fails its own test on a second run against the same broker, RabbitMQ too).
+#
 # interop/client-suites.exclude lists the tests not counted, each with its reason. Prints
 # one line per suite and ends with `interop-client-suites: N passed, M failed`; the exit
 # status is non-zero if any counted test failed or a suite did not finish.
