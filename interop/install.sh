@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Install what interop/run.sh needs on Debian 12.  Idempotent: does nothing
+# Install what interop/run.sh and interop/client-suites.sh need on Debian 12.  Idempotent: does nothing
 # when the packages are already installed, and only runs `apt-get update`
 # when apt does not know the packages yet (fresh image with empty lists) or
 # an install from stale lists fails.
 set -euo pipefail
 
-PKGS=(golang-go golang-github-rabbitmq-amqp091-go-dev python3-pika openssl)
+# golang-github-rabbitmq-amqp091-go-dev also ships the client's integration tests, and
+# pulls in golang-uber-goleak-dev for them. socat bridges the client suites' fixed port to
+# the broker; python3-venv holds the PyPI suites. Node comes from Debian only when the
+# image has none (this one has a newer Node from elsewhere, which the tests prefer).
+PKGS=(golang-go golang-github-rabbitmq-amqp091-go-dev python3-pika openssl socat python3-venv)
+if ! command -v npm >/dev/null; then
+    PKGS+=(nodejs npm)
+fi
 
 SUDO=()
 if [[ $(id -u) -ne 0 ]]; then
