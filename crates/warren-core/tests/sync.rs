@@ -30,6 +30,18 @@ fn after_power_cut(mem: &MemBackend) -> u32 {
     b.queues().iter().find(|q| q.name == "jobs").map_or(0, |q| q.messages_ready)
 }
 
+fn durable_declare(queue: &str) -> Method {
+    Method::QueueDeclare {
+        queue: queue.into(),
+        passive: false,
+        durable: true,
+        exclusive: false,
+        auto_delete: false,
+        nowait: false,
+        arguments: FieldTable::new(),
+    }
+}
+
 /// A broker on a fresh in-memory disk with a durable queue "jobs" holding one persistent
 /// message (not synced yet).
 fn one_persistent_message() -> (MemBackend, Harness) {
@@ -39,16 +51,7 @@ fn one_persistent_message() -> (MemBackend, Harness) {
     let mut h = Harness { broker, out: Vec::new(), now_ms: 1_000_000 };
     h.connect(1, true);
     h.open(1, 1);
-    let declare = Method::QueueDeclare {
-        queue: "jobs".into(),
-        passive: false,
-        durable: true,
-        exclusive: false,
-        auto_delete: false,
-        nowait: false,
-        arguments: FieldTable::new(),
-    };
-    h.send(1, 1, declare);
+    h.send(1, 1, durable_declare("jobs"));
     let persistent = BasicProperties { delivery_mode: Some(2), ..Default::default() };
     h.publish_props(1, 1, "", "jobs", persistent, "work");
     (mem, h)
@@ -116,16 +119,7 @@ fn a_failed_sync_nacks_only_the_publishes_that_waited_on_its_queue() {
     for (conn, queue) in [(1, "a"), (2, "b")] {
         h.connect(conn, true);
         h.open(conn, 1);
-        let declare = Method::QueueDeclare {
-            queue: queue.into(),
-            passive: false,
-            durable: true,
-            exclusive: false,
-            auto_delete: false,
-            nowait: false,
-            arguments: FieldTable::new(),
-        };
-        h.send(conn, 1, declare);
+        h.send(conn, 1, durable_declare(queue));
         h.send(conn, 1, Method::ConfirmSelect { nowait: false });
     }
     h.out.clear();

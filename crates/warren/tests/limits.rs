@@ -258,21 +258,15 @@ async fn user_max_channels_counts_the_channels_of_all_its_connections() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_disconnected_after_the_send_timeout() {
-    use common::raw::{self, short_string, RawConnection};
+    use common::raw::RawConnection;
     let Some(broker) = Broker::start_with_config("tcp_listen_options.send_timeout = 1000\n") else { return };
     let queue = unique("not-reading");
     let (_conn, ch) = connect_channel(&broker).await;
     declare_plain(&ch, &queue).await;
     // A consumer that never reads its socket (manual acks: what it was sent stays unacked).
     let mut stuck = RawConnection::open(&broker).await;
-    stuck.send_method(1, raw::CHANNEL_OPEN, &short_string("")).await;
-    stuck.expect_method(1, raw::CHANNEL_OPEN_OK).await;
-    let mut consume = vec![0, 0];
-    consume.extend(short_string(&queue));
-    consume.extend(short_string("stuck"));
-    consume.extend([0, 0, 0, 0, 0]);
-    stuck.send_method(1, raw::BASIC_CONSUME, &consume).await;
-    stuck.expect_method(1, raw::BASIC_CONSUME_OK).await;
+    stuck.open_channel(1).await;
+    stuck.consume(1, &queue, "stuck").await;
     // Far more than the socket buffers hold.
     let body = vec![b's'; 256 << 10];
     for _ in 0..200 {

@@ -122,8 +122,7 @@ async fn deleting_a_queue_answers_delete_ok_before_cancelling_its_consumer_on_th
     use common::raw::{self, short_string, RawConnection};
     let broker = Broker::start();
     let mut conn = RawConnection::open(&broker).await;
-    conn.send_method(1, raw::CHANNEL_OPEN, &short_string("")).await;
-    conn.expect_method(1, raw::CHANNEL_OPEN_OK).await;
+    conn.open_channel(1).await;
     let queue = unique("delete-order");
     // queue.declare: reserved, name, no flags, no arguments.
     let mut declare = vec![0, 0];
@@ -131,13 +130,7 @@ async fn deleting_a_queue_answers_delete_ok_before_cancelling_its_consumer_on_th
     declare.extend([0, 0, 0, 0, 0]);
     conn.send_method(1, raw::QUEUE_DECLARE, &declare).await;
     conn.expect_method(1, raw::QUEUE_DECLARE_OK).await;
-    // basic.consume: reserved, queue, tag, no flags, no arguments.
-    let mut consume = vec![0, 0];
-    consume.extend(short_string(&queue));
-    consume.extend(short_string("ctag"));
-    consume.extend([0, 0, 0, 0, 0]);
-    conn.send_method(1, raw::BASIC_CONSUME, &consume).await;
-    conn.expect_method(1, raw::BASIC_CONSUME_OK).await;
+    conn.consume(1, &queue, "ctag").await;
     // queue.delete: reserved, name, no flags.
     let mut delete = vec![0, 0];
     delete.extend(short_string(&queue));
@@ -153,12 +146,11 @@ async fn deleting_a_queue_answers_delete_ok_before_cancelling_its_consumer_on_th
 
 #[tokio::test]
 async fn channel_max_limits_how_many_channels_are_open_not_their_numbers() {
-    use common::raw::{self, short_string, RawConnection};
+    use common::raw::RawConnection;
     let broker = Broker::start();
     let mut conn = RawConnection::open(&broker).await;
     // The handshake accepted the broker's channel_max (2047 by default); a higher number opens.
-    conn.send_method(4000, raw::CHANNEL_OPEN, &short_string("")).await;
-    conn.expect_method(4000, raw::CHANNEL_OPEN_OK).await;
+    conn.open_channel(4000).await;
 }
 
 fn with_cc(keys: &[&str]) -> BasicProperties {

@@ -128,6 +128,23 @@ impl RawConnection {
         }
     }
 
+    /// Opens `channel` and waits for its open-ok.
+    pub async fn open_channel(&mut self, channel: u16) {
+        self.send_method(channel, CHANNEL_OPEN, &short_string("")).await;
+        self.expect_method(channel, CHANNEL_OPEN_OK).await;
+    }
+
+    /// basic.consume of `queue` as `tag` on `channel` (manual acks, no arguments); waits for
+    /// consume-ok.
+    pub async fn consume(&mut self, channel: u16, queue: &str, tag: &str) {
+        let mut consume = vec![0, 0];
+        consume.extend(short_string(queue));
+        consume.extend(short_string(tag));
+        consume.extend([0, 0, 0, 0, 0]);
+        self.send_method(channel, BASIC_CONSUME, &consume).await;
+        self.expect_method(channel, BASIC_CONSUME_OK).await;
+    }
+
     /// The next method frame, whatever it is: (channel, method, arguments). Heartbeats and
     /// content frames are skipped.
     pub async fn next_method(&mut self) -> (u16, Method, Vec<u8>) {
