@@ -239,6 +239,61 @@ fn locked(name: &str, vhost: &str) -> ProtocolError {
     )
 }
 
+/// A name without its carriage returns and line feeds (no copy when it has none).
+fn strip_cr_lf(name: ShortStr) -> ShortStr {
+    if !name.as_bytes().iter().any(|&b| b == b'\r' || b == b'\n') {
+        return name;
+    }
+    ShortStr::from(name.replace(['\r', '\n'], "").as_str())
+}
+
+/// As RabbitMQ 3.10: the queue and exchange names of declares, deletes, binds and unbinds lose
+/// their CR and LF characters ("a\nb" declares "ab"; "\n" is a server-named queue). Routing
+/// keys, and the names in purge, consume, get and publish, are taken as they are.
+fn strip_cr_lf_names(method: Method) -> Method {
+    match method {
+        Method::QueueDeclare { queue, passive, durable, exclusive, auto_delete, nowait, arguments } => {
+            let queue = strip_cr_lf(queue);
+            Method::QueueDeclare { queue, passive, durable, exclusive, auto_delete, nowait, arguments }
+        }
+        Method::QueueDelete { queue, if_unused, if_empty, nowait } => {
+            Method::QueueDelete { queue: strip_cr_lf(queue), if_unused, if_empty, nowait }
+        }
+        Method::QueueBind { queue, exchange, routing_key, nowait, arguments } => Method::QueueBind {
+            queue: strip_cr_lf(queue),
+            exchange: strip_cr_lf(exchange),
+            routing_key,
+            nowait,
+            arguments,
+        },
+        Method::QueueUnbind { queue, exchange, routing_key, arguments } => {
+            Method::QueueUnbind { queue: strip_cr_lf(queue), exchange: strip_cr_lf(exchange), routing_key, arguments }
+        }
+        Method::ExchangeDeclare { exchange, kind, passive, durable, auto_delete, internal, nowait, arguments } => {
+            let exchange = strip_cr_lf(exchange);
+            Method::ExchangeDeclare { exchange, kind, passive, durable, auto_delete, internal, nowait, arguments }
+        }
+        Method::ExchangeDelete { exchange, if_unused, nowait } => {
+            Method::ExchangeDelete { exchange: strip_cr_lf(exchange), if_unused, nowait }
+        }
+        Method::ExchangeBind { destination, source, routing_key, nowait, arguments } => Method::ExchangeBind {
+            destination: strip_cr_lf(destination),
+            source: strip_cr_lf(source),
+            routing_key,
+            nowait,
+            arguments,
+        },
+        Method::ExchangeUnbind { destination, source, routing_key, nowait, arguments } => Method::ExchangeUnbind {
+            destination: strip_cr_lf(destination),
+            source: strip_cr_lf(source),
+            routing_key,
+            nowait,
+            arguments,
+        },
+        other => other,
+    }
+}
+
 fn default_exchange_refused() -> ProtocolError {
     ProtocolError::new(ReplyCode::AccessRefused, "operation not permitted on the default exchange")
 }
@@ -2136,6 +2191,7 @@ impl Broker {
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
+        let method = strip_cr_lf_names(method);
         match method {
             Method::ChannelOpen => Err(ProtocolError::new(ReplyCode::ChannelError, "second 'channel.open' seen")),
             Method::ChannelClose { .. } => {

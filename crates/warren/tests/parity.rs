@@ -320,3 +320,32 @@ async fn a_requeue_at_the_length_limit_drops_the_requeued_head() {
     // m1 goes back to the head, the queue is over its limit, and the head goes.
     assert_eq!(get_all(&ch, &queue).await, ["m2", "m3"]);
 }
+
+#[tokio::test]
+async fn declares_deletes_and_binds_drop_cr_and_lf_from_names() {
+    use lapin::options::{BasicConsumeOptions, QueueDeleteOptions};
+    let broker = Broker::start();
+    let (_conn, ch) = connect_channel(&broker).await;
+    let (q, x) = (unique("lf-q"), unique("lf-x"));
+    // "q\n" declares "q"; "\r\n" alone is a server-named queue.
+    let declared = declare(&ch, &format!("{q}\n"), QueueDeclareOptions::default()).await;
+    assert_eq!(declared.name().as_str(), q);
+    let generated = declare(&ch, "\r\n", QueueDeclareOptions::default()).await;
+    assert!(generated.name().as_str().starts_with("amq.gen-"), "{}", generated.name());
+    exchange(&ch, &format!("\r{x}"), ExchangeKind::Direct).await;
+    // A bind names both without CR and LF; its routing key is kept as given.
+    bind(&ch, &format!("{q}\r"), &format!("{x}\n"), "k").await;
+    publish(&ch, &x, "k", b"routed").await;
+    assert_eq!(body(&get(&ch, &q, true).await.expect("routed through the binding").delivery), "routed");
+    // consume takes the name as it is: "q\n" does not exist.
+    let r = within(
+        "basic.consume",
+        ch.basic_consume(&format!("{q}\n"), "c", BasicConsumeOptions::default(), FieldTable::default()),
+    )
+    .await;
+    assert_code(r.map(|_| ()), common::code::NOT_FOUND);
+    // delete drops them again.
+    let (_conn, ch) = connect_channel(&broker).await;
+    within("queue.delete", ch.queue_delete(&format!("\n{q}"), QueueDeleteOptions::default())).await.expect("delete");
+    assert_code(declare_passive(&ch, &q).await.map(|_| ()), common::code::NOT_FOUND);
+}
