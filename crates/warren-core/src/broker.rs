@@ -3888,7 +3888,11 @@ fn choose_consumer(q: &Queue, conns: &HashMap<ConnId, Conn>) -> Option<usize> {
         let Some(co) = ch.consumers.get(&key.tag) else { return false };
         c.writable()
             && ch.state == ChannelState::Open
-            && (co.no_ack || ((co.prefetch == 0 || co.unacked < u32::from(co.prefetch)) && ch.has_channel_credit()))
+            && if co.no_ack {
+                !ch.global_prefetch_reached()
+            } else {
+                (co.prefetch == 0 || co.unacked < u32::from(co.prefetch)) && ch.has_channel_credit()
+            }
     };
     if q.args.single_active_consumer {
         return (!q.consumers.is_empty() && can_take(0)).then_some(0);

@@ -130,8 +130,14 @@ impl Channel {
 
     /// True when the channel-wide prefetch and the node's cap leave room for another delivery.
     pub fn has_channel_credit(&self) -> bool {
-        (self.prefetch_channel == 0 || self.unacked.len() < self.prefetch_channel as usize)
-            && self.unacked.len() < self.unacked_max
+        !self.global_prefetch_reached() && self.unacked.len() < self.unacked_max
+    }
+
+    /// The channel's global prefetch (basic.qos global=true) is used up. As RabbitMQ's channel
+    /// limiter, this holds back no-ack consumers of the channel too, although their own
+    /// deliveries never count against it.
+    pub fn global_prefetch_reached(&self) -> bool {
+        self.prefetch_channel != 0 && self.unacked.len() >= self.prefetch_channel as usize
     }
 
     /// Removes and returns the unacked deliveries an ack / nack names, or None when the tag is

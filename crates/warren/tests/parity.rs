@@ -349,3 +349,33 @@ async fn declares_deletes_and_binds_drop_cr_and_lf_from_names() {
     within("queue.delete", ch.queue_delete(&format!("\n{q}"), QueueDeleteOptions::default())).await.expect("delete");
     assert_code(declare_passive(&ch, &q).await.map(|_| ()), common::code::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_used_up_global_prefetch_holds_back_the_channels_no_ack_consumers_too() {
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+    use std::time::Duration;
+    let broker = Broker::start();
+    let (_conn, ch) = connect_channel(&broker).await;
+    let (publisher_conn, publisher) = connect_channel(&broker).await;
+    let queue = unique("global-noack");
+    declare_plain(&publisher, &queue).await;
+    within("basic.qos", ch.basic_qos(1, BasicQosOptions { global: true })).await.expect("qos");
+    let no_ack = BasicConsumeOptions { no_ack: true, ..BasicConsumeOptions::default() };
+    let mut free =
+        within("consume", ch.basic_consume(&queue, "free", no_ack, FieldTable::default())).await.expect("consume");
+    let mut manual =
+        within("consume", ch.basic_consume(&queue, "manual", BasicConsumeOptions::default(), FieldTable::default()))
+            .await
+            .expect("consume");
+    publish_all(&publisher, &queue, &["0", "1", "2", "3", "4", "5"]).await;
+    // Round robin: "0" to the no-ack consumer, "1" to the manual one, which uses up the
+    // channel's prefetch of 1; from then on neither gets anything until "1" is acked.
+    use futures_lite::StreamExt;
+    let first = within("delivery", free.next()).await.expect("stream").expect("delivery");
+    let second = within("delivery", manual.next()).await.expect("stream").expect("delivery");
+    assert_eq!((body(&first), body(&second)), ("0".to_string(), "1".to_string()));
+    let more = tokio::time::timeout(Duration::from_millis(300), free.next()).await;
+    assert!(more.is_err(), "the no-ack consumer is held back: {more:?}");
+    assert_eq!(declare_passive(&publisher, &queue).await.expect("passive").message_count(), 4);
+    close(&publisher_conn).await;
+}
