@@ -239,58 +239,29 @@ fn locked(name: &str, vhost: &str) -> ProtocolError {
     )
 }
 
-/// A name without its carriage returns and line feeds (no copy when it has none).
-fn strip_cr_lf(name: ShortStr) -> ShortStr {
-    if !name.as_bytes().iter().any(|&b| b == b'\r' || b == b'\n') {
-        return name;
+/// Drops the carriage returns and line feeds of a name (no copy when it has none).
+fn strip_cr_lf(name: &mut ShortStr) {
+    if name.as_bytes().iter().any(|&b| b == b'\r' || b == b'\n') {
+        *name = ShortStr::from(name.replace(['\r', '\n'], "").as_str());
     }
-    ShortStr::from(name.replace(['\r', '\n'], "").as_str())
 }
 
 /// As RabbitMQ 3.10: the queue and exchange names of declares, deletes, binds and unbinds lose
 /// their CR and LF characters ("a\nb" declares "ab"; "\n" is a server-named queue). Routing
 /// keys, and the names in purge, consume, get and publish, are taken as they are.
-fn strip_cr_lf_names(method: Method) -> Method {
+fn strip_cr_lf_names(method: &mut Method) {
     match method {
-        Method::QueueDeclare { queue, passive, durable, exclusive, auto_delete, nowait, arguments } => {
-            let queue = strip_cr_lf(queue);
-            Method::QueueDeclare { queue, passive, durable, exclusive, auto_delete, nowait, arguments }
+        Method::QueueDeclare { queue, .. } | Method::QueueDelete { queue, .. } => strip_cr_lf(queue),
+        Method::ExchangeDeclare { exchange, .. } | Method::ExchangeDelete { exchange, .. } => strip_cr_lf(exchange),
+        Method::QueueBind { queue, exchange, .. } | Method::QueueUnbind { queue, exchange, .. } => {
+            strip_cr_lf(queue);
+            strip_cr_lf(exchange);
         }
-        Method::QueueDelete { queue, if_unused, if_empty, nowait } => {
-            Method::QueueDelete { queue: strip_cr_lf(queue), if_unused, if_empty, nowait }
+        Method::ExchangeBind { destination, source, .. } | Method::ExchangeUnbind { destination, source, .. } => {
+            strip_cr_lf(destination);
+            strip_cr_lf(source);
         }
-        Method::QueueBind { queue, exchange, routing_key, nowait, arguments } => Method::QueueBind {
-            queue: strip_cr_lf(queue),
-            exchange: strip_cr_lf(exchange),
-            routing_key,
-            nowait,
-            arguments,
-        },
-        Method::QueueUnbind { queue, exchange, routing_key, arguments } => {
-            Method::QueueUnbind { queue: strip_cr_lf(queue), exchange: strip_cr_lf(exchange), routing_key, arguments }
-        }
-        Method::ExchangeDeclare { exchange, kind, passive, durable, auto_delete, internal, nowait, arguments } => {
-            let exchange = strip_cr_lf(exchange);
-            Method::ExchangeDeclare { exchange, kind, passive, durable, auto_delete, internal, nowait, arguments }
-        }
-        Method::ExchangeDelete { exchange, if_unused, nowait } => {
-            Method::ExchangeDelete { exchange: strip_cr_lf(exchange), if_unused, nowait }
-        }
-        Method::ExchangeBind { destination, source, routing_key, nowait, arguments } => Method::ExchangeBind {
-            destination: strip_cr_lf(destination),
-            source: strip_cr_lf(source),
-            routing_key,
-            nowait,
-            arguments,
-        },
-        Method::ExchangeUnbind { destination, source, routing_key, nowait, arguments } => Method::ExchangeUnbind {
-            destination: strip_cr_lf(destination),
-            source: strip_cr_lf(source),
-            routing_key,
-            nowait,
-            arguments,
-        },
-        other => other,
+        _ => {}
     }
 }
 
@@ -2191,7 +2162,8 @@ impl Broker {
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
-        let method = strip_cr_lf_names(method);
+        let mut method = method;
+        strip_cr_lf_names(&mut method);
         match method {
             Method::ChannelOpen => Err(ProtocolError::new(ReplyCode::ChannelError, "second 'channel.open' seen")),
             Method::ChannelClose { .. } => {
@@ -3315,7 +3287,9 @@ impl Broker {
                 // A TTL of 0 lets a message through only to a consumer that takes it at once
                 // (nothing ahead of it, a consumer with room); otherwise it expires on arrival,
                 // as in RabbitMQ.
-                if queue.expiry_for(msg, now_ms) == Some(now_ms)
+                let may_have_ttl = msg.properties.expiration.is_some() || queue.args.message_ttl_ms.is_some();
+                if may_have_ttl
+                    && queue.expiry_for(msg, now_ms) == Some(now_ms)
                     && !(queue.is_empty() && choose_consumer(queue, &self.conns).is_some())
                 {
                     dead.push((q.clone(), Queued::unqueued(0, msg.clone(), Some(now_ms)), "expired"));
