@@ -34,6 +34,12 @@
 #                               /dev/null gives the raw results, as for a RabbitMQ baseline)
 #   WARREN_CLIENT_SUITES_CACHE  where installs and builds are kept between runs
 #                               (default: ~/.cache/warren-client-suites)
+#   CLIENT_SUITES_AMQPS_PORT    the broker's AMQPS port, and
+#   CLIENT_SUITES_CERT_DIR      the certificates it was started with, as interop/make-certs.sh
+#                               makes them (its CA, and a client pair it trusts): py-amqp's TLS
+#                               cases then run against it through localhost:5671 in the
+#                               namespace, with these files as the suite's t/certs/. Without
+#                               them those cases are not run (and not counted).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -41,21 +47,28 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 # ------------------------------------------------------------ inside the namespace
 # client-suites.sh --in-netns SOCK DIR TIMEOUT_S CMD...: bring up lo, bridge 5672 to SOCK,
 # then run CMD in DIR with a time limit.
+# With TLS_SOCK (not "-"), 5671 leads there the same way.
 if [[ ${1:-} == --in-netns ]]; then
-    sock=$2 dir=$3 limit_s=$4
-    shift 4
+    sock=$2 tls_sock=$3 dir=$4 limit_s=$5
+    shift 5
     ip link set lo up
-    socat TCP4-LISTEN:5672,bind=127.0.0.1,reuseaddr,fork UNIX-CONNECT:"$sock" </dev/null >/dev/null 2>&1 &
-    bridge4=$!
-    socat TCP6-LISTEN:5672,bind=[::1],ipv6only,reuseaddr,fork UNIX-CONNECT:"$sock" </dev/null >/dev/null 2>&1 &
-    bridge6=$!
-    trap 'kill $bridge4 $bridge6 2>/dev/null || true' EXIT
+    bridges=()
+    # bridge PORT SOCK: 127.0.0.1:PORT and [::1]:PORT lead to SOCK; waits until they listen.
+    bridge() {
+        socat TCP4-LISTEN:"$1",bind=127.0.0.1,reuseaddr,fork UNIX-CONNECT:"$2" </dev/null >/dev/null 2>&1 &
+        bridges+=($!)
+        socat TCP6-LISTEN:"$1",bind=[::1],ipv6only,reuseaddr,fork UNIX-CONNECT:"$2" </dev/null >/dev/null 2>&1 &
+        bridges+=($!)
+        for _ in $(seq 1 250); do
+            listening=$(ss -ltnH "sport = :$1")
+            [[ $listening == *127.0.0.1:$1* && $listening == *"[::1]:$1"* ]] && break
+            sleep 0.02
+        done
+    }
+    trap 'kill "${bridges[@]}" 2>/dev/null || true' EXIT
     trap 'exit 143' TERM INT
-    for _ in $(seq 1 250); do
-        listening=$(ss -ltnH 'sport = :5672')
-        [[ $listening == *127.0.0.1:5672* && $listening == *'[::1]:5672'* ]] && break
-        sleep 0.02
-    done
+    bridge 5672 "$sock"
+    [[ $tls_sock != - ]] && bridge 5671 "$tls_sock"
     cd "$dir"
     status=0
     timeout -k 10 "$limit_s" "$@" || status=$?
@@ -103,16 +116,24 @@ rm -f "$LOGS"/*
 TOTAL_PASSED=0
 TOTAL_FAILED=0
 SOCK=$(mktemp -u /tmp/client-suites.XXXXXX.sock)
-BRIDGE_PID=""
+AMQPS_PORT=${CLIENT_SUITES_AMQPS_PORT:-}
+CERT_DIR=${CLIENT_SUITES_CERT_DIR:-}
+TLS_SOCK=-
+if [[ -n $AMQPS_PORT && -n $CERT_DIR ]]; then
+    TLS_SOCK=$(mktemp -u /tmp/client-suites-tls.XXXXXX.sock)
+fi
+BRIDGE_PIDS=()
 cleanup() {
-    [[ -n $BRIDGE_PID ]] && kill "$BRIDGE_PID" 2>/dev/null
+    ((${#BRIDGE_PIDS[@]})) && kill "${BRIDGE_PIDS[@]}" 2>/dev/null
     rm -f "$SOCK"
+    [[ $TLS_SOCK != - ]] && rm -f "$TLS_SOCK"
 }
 trap cleanup EXIT
 
-# in_netns DIR TIMEOUT_S CMD...: run CMD where 127.0.0.1:5672 and [::1]:5672 are the broker.
+# in_netns DIR TIMEOUT_S CMD...: run CMD where 127.0.0.1:5672 and [::1]:5672 are the broker
+# (and 5671 its AMQPS port, when there is one).
 in_netns() {
-    unshare -n "$HERE/client-suites.sh" --in-netns "$SOCK" "$@"
+    unshare -n "$HERE/client-suites.sh" --in-netns "$SOCK" "$TLS_SOCK" "$@"
 }
 
 # ------------------------------------------------------------------ installs
@@ -250,11 +271,12 @@ run_amqp091_go() {
     return $status
 }
 
-# run_pytest SUITE DIR LIMIT_S PATH: a sdist's tests, once each (the flaky-rerun plugin is
-# left out so that a test that fails at first is seen).
+# run_pytest SUITE DIR LIMIT_S PATH [PYTEST_ARGS...]: a sdist's tests, once each (the
+# flaky-rerun plugin is left out so that a test that fails at first is seen).
 run_pytest() {
     local suite=$1 dir=$2 limit_s=$3 path=$4 status=0 id
-    local deselect=()
+    shift 4
+    local deselect=("$@")
     while IFS= read -r id; do deselect+=(--deselect "$id"); done < <(excluded_ids "$suite")
     in_netns "$dir" "$limit_s" "$VENV/bin/python" -m pytest -p no:rerunfailures -p no:cacheprovider \
         -W ignore -q -rA "${deselect[@]}" "$path" >"$LOGS/$suite.out" 2>&1 || status=$?
@@ -263,7 +285,17 @@ run_pytest() {
 }
 
 run_py_amqp() {
-    run_pytest py-amqp "$CACHE/sdist/amqp-$AMQP_PY_VERSION" "$PY_AMQP_LIMIT_S" t/integration
+    local dir=$CACHE/sdist/amqp-$AMQP_PY_VERSION
+    rm -rf "$dir/t/certs"
+    if [[ $TLS_SOCK != - ]]; then
+        mkdir -p "$dir/t/certs"
+        cp "$CERT_DIR"/ca_certificate.pem "$CERT_DIR"/client_*.pem "$dir/t/certs/"
+        PY_AMQP_DESELECT=()
+    else
+        echo "py-amqp: no CLIENT_SUITES_AMQPS_PORT and CLIENT_SUITES_CERT_DIR: its TLS cases are not run"
+        PY_AMQP_DESELECT=(-k "not tls")
+    fi
+    run_pytest py-amqp "$dir" "$PY_AMQP_LIMIT_S" t/integration "${PY_AMQP_DESELECT[@]}"
 }
 
 run_kombu() {
@@ -324,12 +356,17 @@ for suite in $SUITES; do
     esac
 done
 
-socat UNIX-LISTEN:"$SOCK",fork TCP:127.0.0.1:"$PORT" </dev/null >/dev/null 2>&1 &
-BRIDGE_PID=$!
-for _ in $(seq 1 250); do
-    [[ -S $SOCK ]] && break
-    sleep 0.02
-done
+# listen SOCK PORT: SOCK leads to the broker's 127.0.0.1:PORT.
+listen() {
+    socat UNIX-LISTEN:"$1",fork TCP:127.0.0.1:"$2" </dev/null >/dev/null 2>&1 &
+    BRIDGE_PIDS+=($!)
+    for _ in $(seq 1 250); do
+        [[ -S $1 ]] && break
+        sleep 0.02
+    done
+}
+listen "$SOCK" "$PORT"
+[[ $TLS_SOCK != - ]] && listen "$TLS_SOCK" "$AMQPS_PORT"
 
 for suite in $SUITES; do
     started=$SECONDS

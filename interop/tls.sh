@@ -10,19 +10,8 @@ bin=${WARREN_BIN:-./target/release/warren}
 dir=$(mktemp -d)
 pid=""
 trap '[[ -n $pid ]] && kill $pid 2>/dev/null; rm -rf "$dir"' EXIT
-openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=Warren interop CA" \
-    -keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$dir/san.ext"
-openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial -days 2 \
-    -extfile "$dir/san.ext" -out "$dir/server.pem" 2>/dev/null
 client=warren-interop-client
-openssl req -newkey rsa:2048 -nodes -subj "/O=Warren interop/CN=$client" \
-    -keyout "$dir/client.key" -out "$dir/client.csr" 2>/dev/null
-# Extensions make it an X.509 v3 certificate: rustls (webpki) refuses v1 ones.
-printf 'extendedKeyUsage=clientAuth\n' >"$dir/client.ext"
-openssl x509 -req -in "$dir/client.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" -CAcreateserial -days 2 \
-    -extfile "$dir/client.ext" -out "$dir/client.pem" 2>/dev/null
+bash interop/make-certs.sh "$dir" "$client"
 # The client's user has no password: EXTERNAL is its only way in.
 cat >"$dir/definitions.json" <<JSON
 {"users": [{"name": "$client", "tags": ""}],
@@ -30,9 +19,9 @@ cat >"$dir/definitions.json" <<JSON
 JSON
 cat >"$dir/rabbitmq.conf" <<CONF
 listeners.ssl.default = 127.0.0.1:0
-ssl_options.certfile = $dir/server.pem
-ssl_options.keyfile = $dir/server.key
-ssl_options.cacertfile = $dir/ca.pem
+ssl_options.certfile = $dir/server_certificate.pem
+ssl_options.keyfile = $dir/server_key.pem
+ssl_options.cacertfile = $dir/ca_certificate.pem
 ssl_options.verify = verify_peer
 auth_mechanisms.1 = PLAIN
 auth_mechanisms.2 = AMQPLAIN
@@ -58,9 +47,9 @@ check() {
     if [[ -n $port ]] && /usr/bin/python3 - "$port" "$dir" "$2" <<'PY'
 import ssl, sys, pika
 port, d, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-ctx = ssl.create_default_context(cafile=f"{d}/ca.pem")
+ctx = ssl.create_default_context(cafile=f"{d}/ca_certificate.pem")
 if mode == "external":
-    ctx.load_cert_chain(f"{d}/client.pem", f"{d}/client.key")
+    ctx.load_cert_chain(f"{d}/client_certificate.pem", f"{d}/client_key.pem")
     credentials = pika.credentials.ExternalCredentials()
 else:
     credentials = pika.PlainCredentials("guest", "guest")

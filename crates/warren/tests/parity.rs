@@ -379,3 +379,104 @@ async fn a_used_up_global_prefetch_holds_back_the_channels_no_ack_consumers_too(
     assert_eq!(declare_passive(&publisher, &queue).await.expect("passive").message_count(), 4);
     close(&publisher_conn).await;
 }
+
+/// Consumers on one channel of a fresh connection, set up by `setup`; 8 messages are then
+/// published to their queue. Returns who got what, once `expected` deliveries have arrived and
+/// the queue holds the rest, and after making sure nothing more comes.
+async fn prefetch_scenario(
+    setup: &[(u16, bool)],
+    consumers: &[(&str, bool)],
+    expected: usize,
+) -> Vec<(String, String)> {
+    use futures_lite::StreamExt;
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+    let broker = Broker::start();
+    let (conn, ch) = connect_channel(&broker).await;
+    let (publisher_conn, publisher) = connect_channel(&broker).await;
+    let queue = unique("prefetch-mix");
+    declare_plain(&publisher, &queue).await;
+    for &(count, global) in setup {
+        within("basic.qos", ch.basic_qos(count, BasicQosOptions { global })).await.expect("qos");
+    }
+    let mut streams = Vec::new();
+    for &(tag, no_ack) in consumers {
+        let options = BasicConsumeOptions { no_ack, ..BasicConsumeOptions::default() };
+        let consumer =
+            within("consume", ch.basic_consume(&queue, tag, options, FieldTable::default())).await.expect("consume");
+        streams.push(consumer.map(move |d| (tag.to_string(), body(&d.expect("delivery")))));
+    }
+    let mut all = streams.pop().expect("a consumer").boxed();
+    for stream in streams {
+        all = all.or(stream).boxed();
+    }
+    let bodies: Vec<String> = (0..8).map(|i| i.to_string()).collect();
+    publish_all(&publisher, &queue, &bodies.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let mut got = Vec::new();
+    for _ in 0..expected {
+        got.push(within("a delivery", all.next()).await.expect("stream"));
+    }
+    let rest = 8 - expected as u32;
+    eventually("the rest stays queued", || async {
+        declare_passive(&publisher, &queue).await.expect("passive").message_count() == rest
+    })
+    .await;
+    let more = tokio::time::timeout(common::QUIET, all.next()).await;
+    assert!(more.is_err(), "after {got:?}, unexpected {more:?}");
+    got.sort();
+    close(&publisher_conn).await;
+    close(&conn).await;
+    got
+}
+
+fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut pairs: Vec<_> = expected.iter().map(|(t, b)| (t.to_string(), b.to_string())).collect();
+    pairs.sort();
+    pairs
+}
+
+#[tokio::test]
+async fn per_consumer_and_global_prefetch_on_one_channel_both_hold() {
+    // Per-consumer 1 under a channel-wide 3: each of three consumers gets one message.
+    let got = prefetch_scenario(&[(1, false), (3, true)], &[("a", false), ("b", false), ("c", false)], 3).await;
+    assert_eq!(got, pairs(&[("a", "0"), ("b", "1"), ("c", "2")]));
+    // Per-consumer 2 under a channel-wide 1: the channel's limit wins.
+    let got = prefetch_scenario(&[(2, false), (1, true)], &[("a", false), ("b", false)], 1).await;
+    assert_eq!(got, pairs(&[("a", "0")]));
+}
+
+#[tokio::test]
+async fn a_per_consumer_prefetch_does_not_limit_a_no_ack_consumer() {
+    // The manual-ack consumer takes one and stops; its no-ack neighbour takes all the rest.
+    let got = prefetch_scenario(&[(1, false)], &[("noack", true), ("ack", false)], 8).await;
+    let mut expected = vec![("noack", "0"), ("ack", "1")];
+    let rest: Vec<String> = (2..8).map(|i| i.to_string()).collect();
+    expected.extend(rest.iter().map(|b| ("noack", b.as_str())));
+    assert_eq!(got, pairs(&expected));
+}
+
+#[tokio::test]
+async fn unbinding_one_of_two_bindings_differing_in_arguments_keeps_the_queue_routed() {
+    let broker = Broker::start();
+    let (_conn, ch) = connect_channel(&broker).await;
+    for kind in [ExchangeKind::Direct, ExchangeKind::Topic, ExchangeKind::Fanout] {
+        let (x, queue) = (unique("unbind-args-x"), unique("unbind-args-q"));
+        exchange(&ch, &x, kind.clone()).await;
+        declare_plain(&ch, &queue).await;
+        let args = |n: i32| {
+            let mut table = FieldTable::default();
+            table.insert("n".into(), AMQPValue::LongInt(n));
+            table
+        };
+        for n in [1, 2] {
+            within("queue.bind", ch.queue_bind(&queue, &x, "k", QueueBindOptions::default(), args(n)))
+                .await
+                .expect("queue.bind");
+        }
+        publish(&ch, &x, "k", b"both").await;
+        within("queue.unbind", ch.queue_unbind(&queue, &x, "k", args(1))).await.expect("queue.unbind");
+        publish(&ch, &x, "k", b"one left").await;
+        within("queue.unbind", ch.queue_unbind(&queue, &x, "k", args(2))).await.expect("queue.unbind");
+        publish(&ch, &x, "k", b"none left").await;
+        assert_eq!(get_all(&ch, &queue).await, ["both", "one left"], "{kind:?}");
+    }
+}
