@@ -190,8 +190,8 @@ pub fn hash_password_with_salt(salt: [u8; 4], password: &str) -> String {
 }
 
 /// [`hash_password_with_salt`] with a random salt.
-pub fn hash_password(password: &str) -> String {
-    let salt = fastrand::u32(..).to_be_bytes();
+pub fn hash_password(rng: &mut fastrand::Rng, password: &str) -> String {
+    let salt = rng.u32(..).to_be_bytes();
     hash_password_with_salt(salt, password)
 }
 
@@ -352,11 +352,13 @@ fn refused(detail: &str) -> ProtocolError {
 }
 
 impl Users {
-    /// Adds or replaces a user with a clear-text password and no tags (tests, the default user).
+    /// Adds or replaces a user with a clear-text password and no tags (for tests: the salt comes
+    /// from the name).
     pub fn add(&mut self, name: &str, password: &str, loopback_only: bool) {
+        let mut rng = fastrand::Rng::with_seed(name.bytes().fold(0u64, |h, b| h.rotate_left(8) ^ u64::from(b)));
         self.put(User {
             name: name.into(),
-            password_hash: hash_password(password),
+            password_hash: hash_password(&mut rng, password),
             hashing_algorithm: SHA256.into(),
             tags: Vec::new(),
         });

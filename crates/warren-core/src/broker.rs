@@ -18,12 +18,12 @@ use crate::definitions::{
     TopicPermissionDef, UserDef, UserLimits, VhostLimits,
 };
 use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
+use crate::hash::{HashMap, HashSet};
 use crate::message::{Message, MessageRef};
 use crate::policy::{ApplyTo, Policy};
 use crate::queue::{ConsumerKey, PushOutcome, Queue, QueueStore, Queued};
 use crate::ConnId;
 use bytes::{Bytes, BytesMut};
-use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -131,8 +131,8 @@ impl VHost {
     fn new(name: &str) -> Self {
         let mut v = VHost {
             name: name.into(),
-            exchanges: HashMap::new(),
-            queues: HashMap::new(),
+            exchanges: HashMap::default(),
+            queues: HashMap::default(),
             limits: VhostLimits::default(),
         };
         for (n, k) in [
@@ -319,12 +319,12 @@ fn internal(detail: impl std::fmt::Display) -> ProtocolError {
 }
 
 /// A random name in RabbitMQ's style: the prefix and 22 URL-safe base64 characters.
-fn generated_name(prefix: &str) -> ShortStr {
+fn generated_name(rng: &mut fastrand::Rng, prefix: &str) -> ShortStr {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut s = String::with_capacity(prefix.len() + 22);
     s.push_str(prefix);
     for _ in 0..22 {
-        s.push(ALPHABET[fastrand::usize(..ALPHABET.len())] as char);
+        s.push(ALPHABET[rng.usize(..ALPHABET.len())] as char);
     }
     ShortStr::from(s)
 }
@@ -425,6 +425,8 @@ pub struct Broker {
     counters: crate::metrics::Counters,
     policies: Vec<Policy>,
     operator_policies: Vec<Policy>,
+    /// The broker's randomness, seeded from [`Config::seed`].
+    rng: fastrand::Rng,
 }
 
 /// What a message costs in memory beyond its body, for the memory alarm's headroom.
@@ -614,22 +616,23 @@ impl Broker {
             journal_ops: 0,
         };
         let mut broker = Broker {
+            rng: fastrand::Rng::with_seed(config.seed),
             config,
             users,
-            vhosts: HashMap::new(),
-            conns: HashMap::new(),
-            reply_targets: HashMap::new(),
+            vhosts: HashMap::default(),
+            conns: HashMap::default(),
+            reply_targets: HashMap::default(),
             store,
             write_epoch: 1,
             synced_epoch: 0,
-            waiting: HashSet::new(),
-            dirty: HashSet::new(),
-            ack_dirty: HashSet::new(),
+            waiting: HashSet::default(),
+            dirty: HashSet::default(),
+            ack_dirty: HashSet::default(),
             acks_synced_ms: 0,
-            dirty_exchanges: HashSet::new(),
+            dirty_exchanges: HashSet::default(),
             defs_dirty: false,
             def_ops: Vec::new(),
-            user_limits: HashMap::new(),
+            user_limits: HashMap::default(),
             defs_batched: false,
             errors: Vec::new(),
             warnings: Vec::new(),
@@ -687,7 +690,7 @@ impl Broker {
             let (name, pass) = (self.config.default_user.clone(), self.config.default_pass.clone());
             self.users.put(User {
                 name: name.clone(),
-                password_hash: crate::auth::hash_password(&pass),
+                password_hash: crate::auth::hash_password(&mut self.rng, &pass),
                 hashing_algorithm: SHA256.into(),
                 tags: vec!["administrator".into()],
             });
@@ -730,7 +733,7 @@ impl Broker {
             }
         }
         // Directories of durable logs that definitions name; any other is stale.
-        let mut live_dirs = HashSet::new();
+        let mut live_dirs = HashSet::default();
         for x in &defs.exchanges {
             let Some(kind) = ExchangeKind::parse(&x.kind) else {
                 report.corrupt.push(format!(
@@ -1438,7 +1441,7 @@ impl Broker {
             return Err(precondition("a user name cannot be empty"));
         }
         let (password_hash, hashing_algorithm) = match password {
-            Password::Clear(p) => (crate::auth::hash_password(&p), SHA256.to_string()),
+            Password::Clear(p) => (crate::auth::hash_password(&mut self.rng, &p), SHA256.to_string()),
             Password::Hash { password_hash, hashing_algorithm } => {
                 let algorithm = if hashing_algorithm.is_empty() { SHA256.to_string() } else { hashing_algorithm };
                 if algorithm != SHA256 && algorithm != SHA512 {
@@ -1580,7 +1583,7 @@ impl Broker {
                 grants,
                 write_ok: None,
                 cancel_notify,
-                channels: HashMap::new(),
+                channels: HashMap::default(),
                 closing: false,
                 out_bytes: 0,
                 flow_blocked: false,
@@ -1827,7 +1830,7 @@ impl Broker {
                 grants,
                 write_ok: None,
                 cancel_notify: false,
-                channels: HashMap::new(),
+                channels: HashMap::default(),
                 closing: false,
                 out_bytes: 0,
                 flow_blocked: false,
@@ -2803,7 +2806,7 @@ impl Broker {
             if passive {
                 self.resolve_queue_name(conn, channel, name)?
             } else {
-                generated_name("amq.gen-")
+                generated_name(&mut self.rng, "amq.gen-")
             }
         } else {
             name
@@ -2961,7 +2964,7 @@ impl Broker {
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
-        let tag = if tag.is_empty() { generated_name("amq.ctag-") } else { tag };
+        let tag = if tag.is_empty() { generated_name(&mut self.rng, "amq.ctag-") } else { tag };
         let priority = match arguments.get("x-priority") {
             None => 0,
             Some(v) => v.as_i64().ok_or_else(|| {
@@ -3013,11 +3016,12 @@ impl Broker {
         if !no_ack {
             return Err(precondition("reply consumer cannot acknowledge"));
         }
+        let suffix = generated_name(&mut self.rng, "");
         let ch = self.channel_mut(conn, channel)?;
         if ch.reply_to.is_some() {
             return Err(precondition("reply consumer already set"));
         }
-        let suffix = generated_name("");
+
         ch.reply_to = Some((tag.clone(), suffix.clone()));
         self.reply_targets.insert(suffix, ReplyTarget { conn, channel, consumer_tag: tag.clone() });
         if !nowait {
@@ -3427,7 +3431,7 @@ impl Broker {
     ) -> Vec<ShortStr> {
         let Some(vh) = self.vhosts.get(vhost) else { return Vec::new() };
         let mut queues: Vec<ShortStr> = Vec::new();
-        let mut seen: Option<foldhash::HashSet<ShortStr>> = None;
+        let mut seen: Option<HashSet<ShortStr>> = None;
         let mut add = |queues: &mut Vec<ShortStr>, q: ShortStr| {
             /// Past this many queues, duplicates are found with a hash set, not a scan.
             const SCAN_MAX: usize = 16;

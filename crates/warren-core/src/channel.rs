@@ -4,8 +4,8 @@
 //! Invariant: `unacked` is ordered by delivery tag (tags are handed out increasing), so the
 //! oldest delivery is at the front and `multiple` acks drain a prefix.
 
+use crate::hash::HashMap;
 use crate::queue::Queued;
-use foldhash::{HashMap, HashMapExt};
 use std::collections::VecDeque;
 use warren_amqp::{ContentAssembler, ShortStr};
 
@@ -107,7 +107,7 @@ impl Channel {
         Channel {
             state: ChannelState::Open,
             assembler: ContentAssembler::default(),
-            consumers: HashMap::new(),
+            consumers: HashMap::default(),
             unacked: VecDeque::new(),
             next_delivery_tag: 1,
             prefetch_consumer: 0,

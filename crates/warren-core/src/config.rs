@@ -61,6 +61,10 @@ pub struct Config {
     /// With `ssl_cert_login_from = subject_alternative_name`: which one
     /// (`ssl_cert_login_san_type`, `ssl_cert_login_san_index`).
     pub ssl_cert_login_san: crate::auth::SanSelector,
+    /// The seed of the broker's randomness (generated queue names and consumer tags, password
+    /// salts): an input like time, so a test or a simulation can replay a run exactly.
+    /// `Config::default()` draws a random one.
+    pub seed: u64,
 }
 
 /// The default cap on a channel's unacknowledged deliveries: far above any prefetch a client
@@ -89,6 +93,7 @@ impl Default for Config {
             auth_mechanisms: DEFAULT_MECHANISMS.to_vec(),
             ssl_cert_login_from: CertLoginFrom::default(),
             ssl_cert_login_san: Default::default(),
+            seed: fastrand::u64(..),
         }
     }
 }

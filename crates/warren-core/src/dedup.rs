@@ -6,7 +6,7 @@
 //!
 //! Invariant: a cache holds at most `size` entries; when full, the oldest entry goes first.
 
-use foldhash::{HashMap, HashMapExt};
+use crate::hash::HashMap;
 use std::collections::VecDeque;
 use std::io;
 use warren_amqp::{FieldTable, FieldValue, ProtocolError, ReplyCode};
@@ -57,7 +57,7 @@ impl DedupCache {
         DedupCache {
             size: size.max(1),
             ttl_ms,
-            entries: HashMap::new(),
+            entries: HashMap::default(),
             order: VecDeque::new(),
             log: None,
             dirty: false,

@@ -26,6 +26,7 @@ pub mod dedup;
 pub mod definitions;
 pub mod delayed;
 pub mod exchange;
+pub mod hash;
 pub mod message;
 pub mod metrics;
 pub mod policy;

@@ -98,6 +98,12 @@ async fn run(settings: Settings) -> Result<(), String> {
 
     let started = std::time::Instant::now();
     tracing::info!("recovering from {}", settings.data_dir.display());
+    // The core's hash maps share one seed (so its output order is a function of its inputs);
+    // a random one per process keeps client-chosen names from being crafted to collide.
+    {
+        use std::hash::BuildHasher;
+        warren_core::hash::set_seed(std::collections::hash_map::RandomState::new().hash_one(std::process::id()));
+    }
     let backend: std::sync::Arc<dyn warren_store::Backend> = std::sync::Arc::new(warren_store::FsBackend);
     let (broker, report) = warren_core::Broker::open(settings.core.clone(), backend, settings.data_dir.clone())?;
     for line in &report.progress {

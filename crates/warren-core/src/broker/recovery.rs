@@ -10,8 +10,8 @@
 
 use super::{Broker, RecoveryReport, Store};
 use crate::definitions::{check_snapshot, journal_generation, read_journal, DefOp, Definitions};
+use crate::hash::{HashMap, HashSet};
 use bytes::Bytes;
-use foldhash::{HashMap, HashMapExt, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 use warren_store::{Backend, SegmentLog};
@@ -180,7 +180,7 @@ impl Broker {
             journal: read_opt(&*backend, &self.store.journal_path())?,
             previous_journal: read_opt(&*backend, &self.store.path(PREVIOUS_JOURNAL))?,
         };
-        let mut loaded = Loaded { defs: Definitions::default(), owners: HashMap::new(), accept_loss: false };
+        let mut loaded = Loaded { defs: Definitions::default(), owners: HashMap::default(), accept_loss: false };
         let decoded = files.snapshot.clone().map(|b| Definitions::decode(Bytes::from(b)));
         match decoded {
             Some(Ok(defs)) => {

@@ -1,7 +1,7 @@
 //! The direct exchange: a message goes to the bindings whose key equals its routing key.
 
 use super::{Binding, Destination, Router};
-use foldhash::HashMap;
+use crate::hash::HashMap;
 use warren_amqp::{FieldTable, ShortStr};
 
 #[derive(Debug, Default)]

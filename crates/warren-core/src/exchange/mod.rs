@@ -9,7 +9,7 @@ mod fanout;
 pub(crate) mod headers;
 pub mod topic;
 
-use foldhash::HashMap;
+use crate::hash::HashMap;
 use std::collections::BTreeMap;
 use warren_amqp::{FieldTable, ShortStr};
 

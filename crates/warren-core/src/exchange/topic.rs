@@ -5,7 +5,7 @@
 //! the wildcards met, not the number of bindings.
 
 use super::{Binding, Destination, Router};
-use foldhash::HashMap;
+use crate::hash::HashMap;
 use warren_amqp::FieldTable;
 
 #[derive(Debug, Default)]
