@@ -10,7 +10,9 @@
 //! every confirmed message that was not settled, everything is drained, and the broker's
 //! counters must agree with the model. The same seed run twice must give the same output.
 //!
-//! `WARREN_SIM_SEED=<n>` replays one seed (`WARREN_SIM_STEPS=<n>` sets its length).
+//! `WARREN_SIM_SEED=<n>` replays one seed (`WARREN_SIM_STEPS=<n>` sets its length;
+//! `WARREN_SIM_STRICT_CLOSE=1` fails on the known `connection_closed` bug instead of following
+//! it; `WARREN_SIM_DUMP=<file>` writes the actions and outputs there when a check fails).
 
 mod common;
 
@@ -243,6 +245,8 @@ enum Action {
         all: bool,
     },
     EndSync,
+    /// Checks what a power cut now would leave (the broker goes on undisturbed).
+    PowerCut,
 }
 
 // ---- the model -------------------------------------------------------------------------
@@ -320,6 +324,7 @@ struct Pending {
     after_round: u64,
     /// A queue refused it: a basic.nack is expected.
     nack: bool,
+    /// The messages it promises are on disk (persistent, in a durable queue).
     msgs: Vec<usize>,
 }
 
@@ -678,6 +683,10 @@ struct Sim {
     /// Fail on deliveries to a connection being closed, rather than follow them.
     strict_close: bool,
     dying_deliveries: u64,
+    /// Of those, to no-ack consumers: lost.
+    dying_lost: u64,
+    /// Messages power cuts had to keep.
+    cut_required: u64,
     /// What the last purge removed, by the model.
     purged: u32,
     /// Every (connection, output) in order, as `{:?}`.
@@ -721,6 +730,8 @@ impl Sim {
             dying: None,
             strict_close: false,
             dying_deliveries: 0,
+            dying_lost: 0,
+            cut_required: 0,
             purged: 0,
             stream: Vec::new(),
             history: VecDeque::new(),
@@ -787,6 +798,9 @@ impl Sim {
     }
 
     fn fail(&self, step: usize, why: &str) -> ! {
+        if let Ok(path) = std::env::var("WARREN_SIM_DUMP") {
+            let _ = std::fs::write(path, self.stream.join("\n"));
+        }
         let actions: Vec<&str> = self.history.iter().map(String::as_str).collect();
         panic!(
             "simulation seed {} failed at step {step}: {why}\nlast actions (oldest first):\n  {}\nreplay: WARREN_SIM_SEED={} cargo test -p warren-core --test simulation",
@@ -904,7 +918,8 @@ impl Sim {
             }
             77..=84 => Action::Tick { ms: self.rng.u64(0..=40) },
             85..=90 if self.job.is_none() => Action::BeginSync { all: self.rng.u8(..4) == 0 },
-            91..=99 if self.job.is_some() => Action::EndSync,
+            91..=98 if self.job.is_some() => Action::EndSync,
+            99 => Action::PowerCut,
             _ => return None,
         })
     }
@@ -1051,7 +1066,7 @@ impl Sim {
                             needs_sync,
                             after_round: self.model.rounds_begun,
                             nack: queue.is_some() && !accepted,
-                            msgs: vec![id],
+                            msgs: if needs_sync { vec![id] } else { Vec::new() },
                         };
                         let (next, owed) = self.model.chan(conn, ch).confirm.as_mut().expect("confirm mode");
                         *next += 1;
@@ -1107,8 +1122,10 @@ impl Sim {
                 let mut needs_sync = false;
                 let mut msgs = Vec::new();
                 for p in &tx.publishes {
-                    needs_sync |= self.model_route(conn, ch, p).1;
-                    msgs.push(p.msg);
+                    if self.model_route(conn, ch, p).1 {
+                        needs_sync = true;
+                        msgs.push(p.msg);
+                    }
                 }
                 for op in tx.ops {
                     self.model.settle(conn, ch, op, now)?;
@@ -1144,6 +1161,7 @@ impl Sim {
                 self.model.covered_through = Some(round);
                 self.broker.end_sync(job.epoch, Vec::new(), now, &mut out);
             }
+            Action::PowerCut => self.check_power_cut()?,
         }
         self.observe(out)?;
         self.expect_replies(action)
@@ -1264,23 +1282,25 @@ impl Sim {
             return Err(format!("output for connection {conn} while it closes: {o:?}"));
         };
         let id = id_of(&msg.body)?;
-        ensure!(
-            !self.strict_close,
-            "m{id} delivered to consumer {consumer_tag} on {conn}/{channel} while connection_closed({conn}) runs"
-        );
-        self.dying_deliveries += 1;
         let ghost = self.dying.as_ref().and_then(|(_, g)| g.get(&(channel, consumer_tag.to_string())).copied());
         let Some((q, no_ack)) = ghost else {
             return Err(format!(
                 "m{id} delivered to {conn}/{channel} for consumer {consumer_tag}, which it does not have"
             ));
         };
+        ensure!(
+            !self.strict_close,
+            "m{id} delivered to consumer {consumer_tag} (no_ack={no_ack}) on {conn}/{channel} while connection_closed({conn}) runs{}",
+            if no_ack { ": the message is lost" } else { "" }
+        );
         let m = self.model.msgs.get(id).cloned().ok_or_else(|| format!("m{id} was never published"))?;
         ensure!(m.loc == Loc::Ready(q), "m{id} delivered from queue {} but it is {:?}", QUEUES[q].name, m.loc);
         ensure!(redelivered == m.delivered, "m{id} delivered with redelivered={redelivered}");
+        self.dying_deliveries += 1;
         self.model.msgs[id].delivered = true;
         self.model.counts.redelivered += u64::from(redelivered);
         if no_ack {
+            self.dying_lost += 1;
             self.model.counts.consume_auto += 1;
             self.model.queues[q].ready.remove(&m.key);
             self.model.msgs[id].loc = Loc::Done(End::AutoAcked);
@@ -1306,7 +1326,7 @@ impl Sim {
                 ensure!(m.loc == Loc::Ready(q), "m{id} delivered from queue {} but it is {:?}", QUEUES[q].name, m.loc);
                 if strict {
                     let head = self.model.queues[q].ready.first_key_value().map(|(_, &h)| h);
-                    ensure!(head == Some(id), "m{id} delivered from {} ahead of m{head:?}", QUEUES[q].name);
+                    ensure!(head == Some(id), "m{id} delivered from {} ahead of {head:?}", QUEUES[q].name);
                 }
                 ensure!(
                     delivery_tag == chan.next_tag,
@@ -1349,7 +1369,7 @@ impl Sim {
                 };
                 ensure!((gc, gch) == (conn, ch), "get-ok on {conn}/{ch} for a get on {gc}/{gch}");
                 let head = self.model.queues[q].ready.first_key_value().map(|(_, &h)| h);
-                ensure!(head == Some(id), "basic.get of {} gave m{id}, expected m{head:?}", QUEUES[q].name);
+                ensure!(head == Some(id), "basic.get of {} gave m{id}, expected {head:?}", QUEUES[q].name);
                 ensure!(delivery_tag == chan.next_tag, "get-ok tag {delivery_tag}, expected {}", chan.next_tag);
                 ensure!(redelivered == m.delivered, "m{id} got with redelivered={redelivered}");
                 self.model.queues[q].ready.remove(&m.key);
@@ -1532,7 +1552,7 @@ impl Sim {
 
     /// A power cut now: a broker opened on what the disk keeps must have every message a
     /// confirm or commit-ok promised and that was not settled, and nothing never published.
-    fn check_power_cut(&self) -> Check {
+    fn check_power_cut(&mut self) -> Check {
         let cut = self.mem.snapshot();
         cut.crash(&mut |_, durable, _| durable);
         let backend: Arc<dyn Backend> = Arc::new(cut);
@@ -1561,6 +1581,7 @@ impl Sim {
                 let here =
                     matches!(m.loc, Loc::Ready(x) if x == q) || matches!(m.loc, Loc::Unacked { .. } if m.queue == q);
                 if here && m.promised && !m.dead_lettered {
+                    self.cut_required += 1;
                     ensure!(got.contains(&id), "a power cut lost m{id} of {}, confirmed and not settled", spec.name);
                 }
             }
@@ -1670,10 +1691,12 @@ fn run(seed: u64, steps: usize, strict_close: bool) -> Vec<String> {
     sim.drain(steps);
     let promised = sim.model.msgs.iter().filter(|m| m.promised).count();
     eprintln!(
-        "seed {seed}: {} messages, {promised} promised durable, {} sync rounds, {} deliveries to a closing connection, {:?}",
+        "seed {seed}: {} messages, {promised} promised durable, {} kept by power cuts, {} sync rounds, {} deliveries to a closing connection ({} lost), {:?}",
         sim.model.msgs.len(),
+        sim.cut_required,
         sim.model.rounds_begun,
         sim.dying_deliveries,
+        sim.dying_lost,
         sim.model.counts
     );
     sim.stream
@@ -1745,8 +1768,9 @@ fn simulation_seeds() {
 
 /// Seed 7: `Broker::connection_closed` releases a connection's channels one at a time, so a
 /// message requeued from channel 1 is delivered to a consumer on channel 3 of the same,
-/// closing connection (step 1301: m357 to "c106"). An acking consumer's copy comes back when
-/// channel 3 goes (a wasted delivery, counted); a no-ack consumer's is lost.
+/// closing connection (step 2553: m734, unacked on 61/1, goes to the no-ack consumer "c194"
+/// on 61/3 and is lost). With an acking consumer the copy comes back when channel 3 goes: a
+/// wasted delivery, counted in the metrics. Seeds 0, 1, 2, 12 and 13 hit the acking case.
 #[test]
 #[ignore = "broker bug: connection_closed delivers to the closing connection's own consumers"]
 fn deliveries_to_a_dying_connection() {
