@@ -1698,9 +1698,7 @@ impl Broker {
         let Some(c) = self.conns.get(&conn) else { return };
         let mut channels: Vec<u16> = c.channels.keys().copied().collect();
         channels.sort_unstable();
-        for ch in channels {
-            self.release_channel(conn, ch, now_ms, out);
-        }
+        self.release_channels(conn, &channels, now_ms, out);
         let Some(c) = self.conns.remove(&conn) else { return };
         self.counters.connections_closed += 1;
         if let Some(vh) = self.vhosts.get(&*c.vhost).filter(|_| c.owns_exclusive) {
@@ -2104,22 +2102,32 @@ impl Broker {
     /// Cancels the channel's consumers and requeues its unacked messages; the channel entry
     /// stays (the caller removes it or marks it closing).
     fn release_channel(&mut self, conn: ConnId, channel: u16, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
-        let vhost = c.vhost.clone();
-        let Some(ch) = c.channels.get_mut(&channel) else { return };
-        let unacked: Vec<Unacked> = ch.unacked.drain(..).collect();
-        let tags: Vec<ShortStr> = ch.consumers.keys().cloned().collect();
-        ch.tx = None;
-        ch.deferred.clear();
-        if let Some((_, suffix)) = ch.reply_to.take() {
-            self.reply_targets.remove(&suffix);
-        }
-        // Consumers go first, so that requeued messages cannot be handed straight back to them;
-        // the queues deliver again only once the messages are back in place.
+        self.release_channels(conn, &[channel], now_ms, out);
+    }
+
+    /// Cancels the consumers of these channels of `conn` and requeues their unacked messages.
+    /// Every consumer goes first, so that requeued messages cannot be handed straight back to
+    /// them (nor to another channel of the same, closing connection); the queues deliver again
+    /// only once the messages are back in place.
+    fn release_channels(&mut self, conn: ConnId, channels: &[u16], now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let Some(vhost) = self.conns.get(&conn).map(|c| c.vhost.clone()) else { return };
+        let mut unacked: Vec<Unacked> = Vec::new();
         let mut queues = Vec::new();
-        for tag in tags {
-            if let Some(q) = self.detach_consumer(conn, channel, &tag, now_ms) {
-                queues.push(q);
+        for &channel in channels {
+            let Some(ch) = self.conns.get_mut(&conn).and_then(|c| c.channels.get_mut(&channel)) else { continue };
+            unacked.extend(ch.unacked.drain(..));
+            let tags: Vec<ShortStr> = ch.consumers.keys().cloned().collect();
+            ch.tx = None;
+            ch.deferred.clear();
+            if let Some((_, suffix)) = ch.reply_to.take() {
+                self.reply_targets.remove(&suffix);
+            }
+            for tag in tags {
+                if let Some(q) = self.detach_consumer(conn, channel, &tag, now_ms) {
+                    if !queues.contains(&q) {
+                        queues.push(q);
+                    }
+                }
             }
         }
         self.requeue(&vhost, unacked, now_ms, out);

@@ -30,6 +30,15 @@ const SMALL_BATCH_FRAMES: usize = 16;
 /// Frames handed to the broker under one lock at most.
 const FRAMES_PER_BATCH: usize = 512;
 
+/// How long one wake-up of a connection hands frames to the broker before it lets other tasks
+/// run (and other connections take the lock): a publish that fans out to thousands of queues
+/// is costly, and a connection with a full read buffer of them would otherwise keep a worker
+/// thread and the lock for seconds, starving handshakes, the HTTP API and every other client.
+const WORK_SLICE: Duration = Duration::from_micros(250);
+
+/// Frames handed over between two looks at the clock.
+const FRAMES_PER_CLOCK_CHECK: usize = 4;
+
 fn close_method(e: &ProtocolError) -> Method {
     Method::ConnectionClose {
         reply_code: e.code.code(),
@@ -119,6 +128,7 @@ pub(crate) async fn run<S: Transport>(
         flow,
         flow_blocked: false,
         alarm_blocked: false,
+        backlog: false,
     };
     let mut wbuf = BytesMut::new();
     write_open_ok(&mut wbuf);
@@ -176,6 +186,9 @@ struct Connection {
     flow_blocked: bool,
     /// Blocked by a resource alarm: not read until the alarms clear.
     alarm_blocked: bool,
+    /// A work slice ended with frames still to hand over: the rest goes after a yield, before
+    /// anything more is read.
+    backlog: bool,
 }
 
 impl Connection {
@@ -197,7 +210,11 @@ impl Connection {
             }
             let room = self.rbuf.capacity() - self.rbuf.len();
             tokio::select! {
-                read = rd.read_buf(&mut self.rbuf), if !self.flow_blocked && !self.alarm_blocked => match read {
+                _ = tokio::task::yield_now(), if self.backlog && !self.flow_blocked && !self.alarm_blocked => {
+                    self.backlog = false;
+                    self.on_read();
+                }
+                read = rd.read_buf(&mut self.rbuf), if !self.backlog && !self.flow_blocked && !self.alarm_blocked => match read {
                     Ok(0) => return "client closed the TCP connection".into(),
                     Ok(n) => {
                         if n == room {
@@ -305,16 +322,23 @@ impl Connection {
         delivered
     }
 
-    /// Parses every whole frame read so far and hands them to the broker, a bounded batch
-    /// under the lock at a time (so the lock is never held for long, and the batch buffer
-    /// stays small).
+    /// Parses the whole frames read so far and hands them to the broker, a bounded batch under
+    /// the lock at a time (so the lock is never held for long, and the batch buffer stays
+    /// small), for one [`WORK_SLICE`]; what is left waits for the next wake-up (`backlog`).
     fn on_read(&mut self) {
-        while !self.done && !self.flow_blocked && !self.alarm_blocked && self.on_read_batch() {}
+        let started = std::time::Instant::now();
+        while !self.done && !self.flow_blocked && !self.alarm_blocked && self.on_read_batch(started) {
+            if started.elapsed() >= WORK_SLICE {
+                self.backlog = true;
+                return;
+            }
+        }
     }
 
-    /// Parses up to [`FRAMES_PER_BATCH`] frames and hands them over; false when there was
-    /// nothing more to hand over (or a framing error ended reading).
-    fn on_read_batch(&mut self) -> bool {
+    /// Parses up to [`FRAMES_PER_BATCH`] frames (after those left from the last batch) and
+    /// hands them over until the slice that began at `started` is used up; false when there
+    /// was nothing more to hand over (or a framing error ended reading).
+    fn on_read_batch(&mut self, started: std::time::Instant) -> bool {
         let mut frames = std::mem::take(&mut self.frames);
         let mut error = None;
         while frames.len() < FRAMES_PER_BATCH {
@@ -335,9 +359,20 @@ impl Connection {
         let now = self.shared.now_ms();
         let shared = self.shared.clone();
         let mut core = shared.broker();
+        let mut handed = 0;
+        let mut left = false;
         for f in frames.drain(..) {
             if self.done {
                 break;
+            }
+            if left {
+                self.frames.push(f);
+                continue;
+            }
+            handed += 1;
+            if error.is_none() && handed % FRAMES_PER_CLOCK_CHECK == 0 && started.elapsed() >= WORK_SLICE {
+                // The rest of the batch waits for the next slice, in order.
+                left = true;
             }
             // The broker ignores the frames of a connection it is closing; only channel 0 is
             // ours to handle, so that is where its decision is looked up.
@@ -369,8 +404,8 @@ impl Connection {
         }
         frames.clear();
         // A small batch's buffer is not worth keeping (idle connections stay small); a large
-        // one is reused.
-        if frames.capacity() > SMALL_BATCH_FRAMES {
+        // one is reused (unless frames left over are in a buffer of their own).
+        if frames.capacity() > SMALL_BATCH_FRAMES && self.frames.is_empty() {
             self.frames = frames;
         }
         if !self.closing && core.is_closing(self.id) {
@@ -384,7 +419,7 @@ impl Connection {
             self.alarm_blocked = alarm_blocked;
             self.flow.borrow_and_update();
         }
-        let more = full && error.is_none();
+        let more = (full || !self.frames.is_empty()) && error.is_none();
         if let Some(e) = error {
             if !self.closing && !self.done {
                 tracing::warn!("connection {}: protocol error: {}", self.id, e.text);
