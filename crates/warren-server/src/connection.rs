@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::time::{Instant, MissedTickBehavior};
 use warren_amqp::frame::write_heartbeat;
 use warren_amqp::{Frame, FrameParser, Method, ProtocolError, ReplyCode, ShortStr};
@@ -34,7 +34,7 @@ const FRAMES_PER_BATCH: usize = 512;
 /// run (and other connections take the lock): a publish that fans out to thousands of queues
 /// is costly, and a connection with a full read buffer of them would otherwise keep a worker
 /// thread and the lock for seconds, starving handshakes, the HTTP API and every other client.
-const WORK_SLICE: Duration = Duration::from_micros(250);
+const WORK_SLICE: Duration = Duration::from_millis(1);
 
 /// Frames handed over between two looks at the clock.
 const FRAMES_PER_CLOCK_CHECK: usize = 4;
@@ -129,6 +129,7 @@ pub(crate) async fn run<S: Transport>(
         flow_blocked: false,
         alarm_blocked: false,
         backlog: false,
+        turn: None,
     };
     let mut wbuf = BytesMut::new();
     write_open_ok(&mut wbuf);
@@ -186,9 +187,23 @@ struct Connection {
     flow_blocked: bool,
     /// Blocked by a resource alarm: not read until the alarms clear.
     alarm_blocked: bool,
-    /// A work slice ended with frames still to hand over: the rest goes after a yield, before
-    /// anything more is read.
+    /// A work slice ended with frames still to hand over: the rest goes on our next turn
+    /// (`Shared::backlog_turn`), before anything more is read.
     backlog: bool,
+    /// Waiting for that turn (kept across wake-ups so the place in line is kept).
+    turn: Option<TurnWait>,
+}
+
+type TurnWait = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send>,
+>;
+
+/// Waits for the turn `wait` stands in line for (pending forever if none).
+async fn next_turn(wait: &mut Option<TurnWait>) -> Option<OwnedSemaphorePermit> {
+    match wait {
+        Some(w) => w.as_mut().await.ok(),
+        None => std::future::pending().await,
+    }
 }
 
 impl Connection {
@@ -209,10 +224,15 @@ impl Connection {
                 self.rbuf.reserve(self.read_size);
             }
             let room = self.rbuf.capacity() - self.rbuf.len();
+            if self.backlog && self.turn.is_none() {
+                self.turn = Some(Box::pin(self.shared.backlog_turn.clone().acquire_owned()));
+            }
             tokio::select! {
-                _ = tokio::task::yield_now(), if self.backlog && !self.flow_blocked && !self.alarm_blocked => {
+                permit = next_turn(&mut self.turn), if self.backlog && !self.flow_blocked && !self.alarm_blocked => {
+                    self.turn = None;
                     self.backlog = false;
                     self.on_read();
+                    drop(permit);
                 }
                 read = rd.read_buf(&mut self.rbuf), if !self.backlog && !self.flow_blocked && !self.alarm_blocked => match read {
                     Ok(0) => return "client closed the TCP connection".into(),

@@ -21,9 +21,10 @@ mod outbuf;
 pub mod tls;
 
 use foldhash::{HashMap, HashMapExt};
+use parking_lot::{Mutex, MutexGuard};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify};
@@ -166,6 +167,11 @@ pub struct Shared {
     shutdown: watch::Receiver<bool>,
     /// Wakes the sync task when answers wait for the disk.
     sync_wanted: Notify,
+    /// The turn to go on with a backlog: a connection that used up a work slice with frames
+    /// still to hand over waits here, in line (the semaphore is FIFO), not in the runtime's run
+    /// queue. Heavy publishers then take turns one at a time while a handshake, a light client
+    /// or an HTTP request is scheduled at once and waits for the lock one turn at most.
+    pub(crate) backlog_turn: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -180,10 +186,13 @@ impl Shared {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
     }
 
-    /// The broker (and the outboxes), locked. A poisoned lock means a panic inside the broker:
-    /// keep serving the state as it is rather than taking every connection down.
+    /// The broker (and the outboxes), locked. parking_lot's lock is eventually fair: a thread
+    /// that has waited about half a millisecond is handed the lock at the next unlock, so
+    /// connections that take it again and again cannot starve a handshake or an HTTP request.
+    /// It is not poisoned by a panic inside the broker: the state is served as it is rather
+    /// than taking every connection down.
     pub fn broker(&self) -> MutexGuard<'_, Core> {
-        self.core.lock().unwrap_or_else(|p| p.into_inner())
+        self.core.lock()
     }
 }
 
@@ -203,6 +212,7 @@ impl Server {
             started: Instant::now(),
             shutdown,
             sync_wanted: Notify::new(),
+            backlog_turn: Arc::new(tokio::sync::Semaphore::new(1)),
         });
         Server { shared, shutdown_tx, limits: None }
     }
