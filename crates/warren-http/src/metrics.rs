@@ -61,7 +61,7 @@ impl Exposition {
         let _ = writeln!(self.out, "# TYPE {name} {kind}\n# HELP {name} {help}");
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
         self.out.push_str(name);
         if !labels.is_empty() {
             self.out.push('{');
@@ -323,6 +323,16 @@ fn render(shared: &Shared, per_object: bool) -> String {
     );
     e.single("warren_store_fsyncs_total", Counter, "Files synced to disk, over all sync rounds", overview.store.fsyncs);
     e.single("warren_uptime_seconds", Gauge, "Seconds since the broker started", shared.uptime().as_secs());
+    // The core's owners: today one, the whole broker behind one lock ("shard 0").
+    let health = shared.core_health();
+    e.family("warren_core_busy_seconds_total", Counter, "Seconds the core shard was busy (its lock held)");
+    e.sample("warren_core_busy_seconds_total", &[("shard", "0")], format_args!("{:.6}", health.busy_seconds));
+    e.family(
+        "warren_core_inbox_depth",
+        Gauge,
+        "Work waiting for the core shard: threads waiting for its lock and connections waiting for a turn",
+    );
+    e.sample("warren_core_inbox_depth", &[("shard", "0")], health.inbox_depth);
     e.out
 }
 

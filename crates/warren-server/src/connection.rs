@@ -191,17 +191,35 @@ struct Connection {
     /// (`Shared::backlog_turn`), before anything more is read.
     backlog: bool,
     /// Waiting for that turn (kept across wake-ups so the place in line is kept).
-    turn: Option<TurnWait>,
+    turn: Option<InLine>,
 }
 
-type TurnWait = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send>,
->;
+/// A place in line for a turn (`Shared::backlog_turn`), counted in the core's inbox depth
+/// while it lasts.
+struct InLine {
+    wait: std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<OwnedSemaphorePermit, tokio::sync::AcquireError>> + Send>,
+    >,
+    shared: Arc<Shared>,
+}
 
-/// Waits for the turn `wait` stands in line for (pending forever if none).
-async fn next_turn(wait: &mut Option<TurnWait>) -> Option<OwnedSemaphorePermit> {
-    match wait {
-        Some(w) => w.as_mut().await.ok(),
+impl InLine {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.health.turn_waiters.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InLine { wait: Box::pin(shared.backlog_turn.clone().acquire_owned()), shared: shared.clone() }
+    }
+}
+
+impl Drop for InLine {
+    fn drop(&mut self) {
+        self.shared.health.turn_waiters.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Waits for the turn `line` stands in line for (pending forever if none).
+async fn next_turn(line: &mut Option<InLine>) -> Option<OwnedSemaphorePermit> {
+    match line {
+        Some(l) => l.wait.as_mut().await.ok(),
         None => std::future::pending().await,
     }
 }
@@ -225,7 +243,7 @@ impl Connection {
             }
             let room = self.rbuf.capacity() - self.rbuf.len();
             if self.backlog && self.turn.is_none() {
-                self.turn = Some(Box::pin(self.shared.backlog_turn.clone().acquire_owned()));
+                self.turn = Some(InLine::new(&self.shared));
             }
             tokio::select! {
                 permit = next_turn(&mut self.turn), if self.backlog && !self.flow_blocked && !self.alarm_blocked => {

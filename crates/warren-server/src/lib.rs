@@ -23,7 +23,7 @@ pub mod tls;
 use foldhash::{HashMap, HashMapExt};
 use parking_lot::{Mutex, MutexGuard};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -172,6 +172,56 @@ pub struct Shared {
     /// queue. Heavy publishers then take turns one at a time while a handshake, a light client
     /// or an HTTP request is scheduled at once and waits for the lock one turn at most.
     pub(crate) backlog_turn: Arc<tokio::sync::Semaphore>,
+    /// How the core is doing, for operators (`/metrics`).
+    pub(crate) health: CoreHealth,
+}
+
+/// Counters of the core's lock and its line of waiting connections. Today the whole core is
+/// one owner ("shard 0" in the metrics); with queue shards each will have its own.
+#[derive(Debug, Default)]
+pub struct CoreHealth {
+    /// Nanoseconds the core's lock was held, in total.
+    busy_ns: AtomicU64,
+    /// Threads waiting for the lock now.
+    lock_waiters: AtomicUsize,
+    /// Connections waiting for a turn to go on with their backlog now.
+    pub(crate) turn_waiters: AtomicUsize,
+}
+
+/// What [`Shared::core_health`] reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CoreHealthSnapshot {
+    /// Seconds the core has been busy (its lock held) since the start.
+    pub busy_seconds: f64,
+    /// Work waiting for the core now: threads waiting for its lock and connections waiting
+    /// for a turn with frames already read.
+    pub inbox_depth: usize,
+}
+
+/// The locked core; records how long it was held when dropped.
+pub struct CoreGuard<'a> {
+    guard: MutexGuard<'a, Core>,
+    since: std::time::Instant,
+    busy_ns: &'a AtomicU64,
+}
+
+impl std::ops::Deref for CoreGuard<'_> {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for CoreGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Core {
+        &mut self.guard
+    }
+}
+
+impl Drop for CoreGuard<'_> {
+    fn drop(&mut self) {
+        self.busy_ns.fetch_add(self.since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -191,8 +241,26 @@ impl Shared {
     /// connections that take it again and again cannot starve a handshake or an HTTP request.
     /// It is not poisoned by a panic inside the broker: the state is served as it is rather
     /// than taking every connection down.
-    pub fn broker(&self) -> MutexGuard<'_, Core> {
-        self.core.lock()
+    pub fn broker(&self) -> CoreGuard<'_> {
+        let guard = match self.core.try_lock() {
+            Some(guard) => guard,
+            None => {
+                self.health.lock_waiters.fetch_add(1, Ordering::Relaxed);
+                let guard = self.core.lock();
+                self.health.lock_waiters.fetch_sub(1, Ordering::Relaxed);
+                guard
+            }
+        };
+        CoreGuard { guard, since: std::time::Instant::now(), busy_ns: &self.health.busy_ns }
+    }
+
+    /// The core's busy time and the work waiting for it.
+    pub fn core_health(&self) -> CoreHealthSnapshot {
+        CoreHealthSnapshot {
+            busy_seconds: self.health.busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            inbox_depth: self.health.lock_waiters.load(Ordering::Relaxed)
+                + self.health.turn_waiters.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -213,6 +281,7 @@ impl Server {
             shutdown,
             sync_wanted: Notify::new(),
             backlog_turn: Arc::new(tokio::sync::Semaphore::new(1)),
+            health: CoreHealth::default(),
         });
         Server { shared, shutdown_tx, limits: None }
     }

@@ -256,8 +256,13 @@ async fn counters_and_gauges_follow_publishing_and_consuming() {
     assert!(s.plain("rabbitmq_process_max_fds") >= s.plain("rabbitmq_process_open_fds"));
     assert_eq!(s.types["warren_store_sync_rounds_total"], "counter");
     assert_eq!(s.types["warren_store_fsyncs_total"], "counter");
+    // The core's health: busy time only grows with work, and nothing waits for it when idle.
+    let busy = s.value("warren_core_busy_seconds_total", &[("shard", "0")]);
+    assert!(busy > 0.0, "the core did work: {busy}");
+    assert_eq!(s.value("warren_core_inbox_depth", &[("shard", "0")]), 0.0);
     within("queue.delete", ch.queue_delete(&queue, QueueDeleteOptions::default())).await.expect("delete");
     let s = scrape(&http);
+    assert!(s.value("warren_core_busy_seconds_total", &[("shard", "0")]) > busy, "a delete is work");
     assert_eq!(s.plain("rabbitmq_queues_deleted_total"), 1.0);
     assert_eq!(s.plain("rabbitmq_queues"), 0.0);
     close(&conn).await;
