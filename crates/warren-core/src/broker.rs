@@ -427,6 +427,12 @@ pub struct Broker {
     operator_policies: Vec<Policy>,
     /// The broker's randomness, seeded from [`Config::seed`].
     rng: fastrand::Rng,
+    /// The definitions journal has appends not yet synced: the next sync round covers it, so
+    /// no confirm can go out for a queue whose declaration could still be lost.
+    journal_unsynced: bool,
+    /// The client connection whose command appended them and whose answers must wait for that
+    /// sync ([`Broker::take_definitions_sync`]).
+    defs_sync_owed: Option<ConnId>,
 }
 
 /// What a message costs in memory beyond its body, for the memory alarm's headroom.
@@ -552,6 +558,10 @@ pub struct SyncJob {
 /// of it nacks every publish of its round, and a publish waiting on it is nacked by any failure.
 pub const SYNC_ANY: u32 = u32::MAX;
 
+/// The sync owner of the definitions journal: its failure nacks every publish of the round (a
+/// queue they went to may not be durable) and makes the next change rewrite the snapshot.
+const SYNC_DEFINITIONS: u32 = u32::MAX - 1;
+
 /// Whose sync a publish waits for, merged over its queues: `None` when it needs no sync.
 fn merge_sync_target(a: Option<u32>, b: Option<u32>) -> Option<u32> {
     match (a, b) {
@@ -616,6 +626,8 @@ impl Broker {
             journal_ops: 0,
         };
         let mut broker = Broker {
+            journal_unsynced: false,
+            defs_sync_owed: None,
             rng: fastrand::Rng::with_seed(config.seed),
             config,
             users,
@@ -957,6 +969,15 @@ impl Broker {
     /// (O(1) each); anything else, or a journal grown as large as the snapshot, rewrites the
     /// snapshot and starts a new journal.
     fn save_definitions(&mut self) -> Res {
+        self.save_definitions_for(None)
+    }
+
+    /// Makes changed definitions durable. For a client connection (`for_conn`), a journal
+    /// append is not synced here, under the broker lock: the connection's answers wait until
+    /// its host has synced the journal ([`Broker::take_definitions_sync`]), and any sync round
+    /// covers it meanwhile. Everyone else (the management API, the broker's own clean-ups) gets
+    /// it synced before this returns.
+    fn save_definitions_for(&mut self, for_conn: Option<ConnId>) -> Res {
         if self.defs_batched || (!self.defs_dirty && self.def_ops.is_empty()) {
             return Ok(());
         }
@@ -964,7 +985,13 @@ impl Broker {
         let append = !self.defs_dirty
             && self.store.journal.is_some()
             && self.store.journal_ops + self.def_ops.len() <= journal_room;
-        let result = if append { self.append_journal() } else { self.write_snapshot() };
+        let result = if append { self.append_journal(for_conn.is_none()) } else { self.write_snapshot() };
+        if append && result.is_ok() {
+            if let Some(conn) = for_conn {
+                self.journal_unsynced = true;
+                self.defs_sync_owed = Some(conn);
+            }
+        }
         self.defs_dirty = false;
         self.def_ops.clear();
         result.map_err(|e| {
@@ -986,16 +1013,38 @@ impl Broker {
         result.and_then(|r| saved.map(|_| r))
     }
 
-    fn append_journal(&mut self) -> std::io::Result<()> {
+    fn append_journal(&mut self, sync: bool) -> std::io::Result<()> {
         let mut records = BytesMut::new();
         for op in &self.def_ops {
             op.encode_record(&mut records);
         }
         let journal = self.store.journal.as_mut().ok_or_else(|| std::io::Error::other("no journal"))?;
         journal.append(&records)?;
-        journal.sync_handle().sync()?;
+        if sync {
+            journal.sync_handle().sync()?;
+        }
         self.store.journal_ops += self.def_ops.len();
         Ok(())
+    }
+
+    /// After a batch of `conn`'s frames: the definitions journal's sync that its answers must
+    /// wait for, if its commands appended to the journal. The host syncs it outside the lock and
+    /// writes nothing to `conn` until it succeeded; on failure it calls
+    /// [`Broker::definitions_sync_failed`].
+    pub fn take_definitions_sync(&mut self, conn: ConnId) -> Option<Arc<dyn SyncHandle>> {
+        if self.defs_sync_owed != Some(conn) {
+            return None;
+        }
+        self.defs_sync_owed = None;
+        self.store.journal.as_ref().map(|j| j.sync_handle())
+    }
+
+    /// A sync from [`Broker::take_definitions_sync`] failed: the journal's state is unknown, so
+    /// the next change rewrites the whole snapshot (and is synced before it is answered).
+    pub fn definitions_sync_failed(&mut self, e: &std::io::Error) {
+        self.store.journal = None;
+        self.defs_dirty = true;
+        self.errors.push(format!("cannot sync the definitions journal: {e}"));
     }
 
     /// Writes the whole snapshot as the next generation, then a fresh journal for it. A crash
@@ -1123,7 +1172,7 @@ impl Broker {
     /// True when some log has writes that a sync round should pick up now: appends at once,
     /// settles once [`ACK_SYNC_INTERVAL_MS`] has passed since the acks were last synced.
     pub fn has_unsynced_writes(&self, now_ms: u64) -> bool {
-        !self.dirty.is_empty() || !self.dirty_exchanges.is_empty() || self.acks_due(now_ms)
+        !self.dirty.is_empty() || !self.dirty_exchanges.is_empty() || self.journal_unsynced || self.acks_due(now_ms)
     }
 
     fn acks_due(&self, now_ms: u64) -> bool {
@@ -1172,6 +1221,14 @@ impl Broker {
                 }
             }
         }
+        if std::mem::take(&mut self.journal_unsynced) {
+            // Topology a confirm may depend on (a queue just declared) is made durable with it.
+            if let Some(j) = self.store.journal.as_ref() {
+                owners.resize(handles.len(), SYNC_ANY);
+                handles.push(j.sync_handle());
+                owners.push(SYNC_DEFINITIONS);
+            }
+        }
         owners.resize(handles.len(), SYNC_ANY);
         self.stats.sync_rounds += 1;
         self.stats.fsyncs += handles.len() as u64;
@@ -1198,9 +1255,10 @@ impl Broker {
     }
 
     fn take_sync_id(&mut self) -> u32 {
-        // SYNC_ANY is never a queue's; wrapping past it only makes nacks coarser.
+        // SYNC_ANY and SYNC_DEFINITIONS are never a queue's; wrapping past them only makes
+        // nacks coarser.
         let id = self.next_sync_id;
-        self.next_sync_id = self.next_sync_id.wrapping_add(1) % SYNC_ANY;
+        self.next_sync_id = self.next_sync_id.wrapping_add(1) % SYNC_DEFINITIONS;
         id
     }
 
@@ -1228,6 +1286,12 @@ impl Broker {
     ) {
         let mut failed: Vec<u32> = Vec::with_capacity(failures.len());
         for (owner, e) in failures {
+            let owner = if owner == SYNC_DEFINITIONS {
+                self.definitions_sync_failed(&e);
+                SYNC_ANY
+            } else {
+                owner
+            };
             if !failed.contains(&owner) {
                 self.errors.push(format!("store sync failed: {e}; confirms waiting for it are nacked"));
                 failed.push(owner);
@@ -2030,28 +2094,53 @@ impl Broker {
     }
 
     pub fn queues(&self) -> Vec<QueueInfo> {
-        let mut v: Vec<QueueInfo> = self
-            .vhosts
-            .values()
-            .flat_map(|vh| {
-                vh.queues.values().map(move |q| QueueInfo {
-                    vhost: vh.name.clone(),
-                    name: q.name.to_string(),
-                    durable: q.durable,
-                    exclusive: q.exclusive_owner.is_some(),
-                    auto_delete: q.auto_delete,
-                    messages_ready: q.message_count(),
-                    messages_unacked: q.unacked as u32,
-                    consumers: q.consumer_count(),
-                    policy: q.policy.clone(),
-                    operator_policy: q.operator_policy.clone(),
-                    arguments: q.arguments.clone(),
-                    storage_trouble: q.storage_trouble().map(str::to_string),
-                })
-            })
-            .collect();
+        let mut v: Vec<QueueInfo> =
+            self.vhosts.values().flat_map(|vh| vh.queues.values().map(move |q| Self::queue_info(vh, q))).collect();
         v.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
         v
+    }
+
+    fn queue_info(vh: &VHost, q: &Queue) -> QueueInfo {
+        QueueInfo {
+            vhost: vh.name.clone(),
+            name: q.name.to_string(),
+            durable: q.durable,
+            exclusive: q.exclusive_owner.is_some(),
+            auto_delete: q.auto_delete,
+            messages_ready: q.message_count(),
+            messages_unacked: q.unacked as u32,
+            consumers: q.consumer_count(),
+            policy: q.policy.clone(),
+            operator_policy: q.operator_policy.clone(),
+            arguments: q.arguments.clone(),
+            storage_trouble: q.storage_trouble().map(str::to_string),
+        }
+    }
+
+    /// The (vhost, name) of every queue, unsorted: cheap to take under the lock, so that a
+    /// long listing can then fetch the details a chunk at a time ([`Broker::queue_details`])
+    /// instead of holding the lock for all of them.
+    pub fn queue_keys(&self) -> Vec<(String, String)> {
+        self.vhosts.values().flat_map(|vh| vh.queues.keys().map(move |q| (vh.name.clone(), q.to_string()))).collect()
+    }
+
+    /// Whether the queue exists.
+    pub fn has_queue(&self, vhost: &str, name: &str) -> bool {
+        self.vhosts.get(vhost).is_some_and(|vh| vh.queues.contains_key(name))
+    }
+
+    /// The details and message counters of these queues, in this order; a queue deleted since
+    /// its key was taken is left out.
+    pub fn queue_details(&self, keys: &[(String, String)]) -> Vec<(QueueInfo, crate::broker::management::QueueStats)> {
+        keys.iter()
+            .filter_map(|(v, n)| {
+                let vh = self.vhosts.get(v.as_str())?;
+                let q = vh.queues.get(n.as_str())?;
+                let stats =
+                    crate::broker::management::QueueStats { vhost: v.clone(), name: n.clone(), counters: q.counters };
+                Some((Self::queue_info(vh, q), stats))
+            })
+            .collect()
     }
 
     // ---- errors ----------------------------------------------------------------------------
@@ -2155,8 +2244,9 @@ impl Broker {
         let ids = method.ids();
         let result = self.method(conn, channel, method, content, now_ms, out);
         // A durable definition that changed is on disk before the client hears of it: the
-        // answer is in `out`, written only after this returns.
-        let saved = self.save_definitions();
+        // answer is in `out`, written only after this returns, and for a client only after its
+        // host synced the journal (`take_definitions_sync`).
+        let saved = self.save_definitions_for((conn != crate::broker::management::MANAGEMENT_CONN).then_some(conn));
         result.and(saved).map_err(|e| if e.class_id == 0 { e.on(ids) } else { e })
     }
 

@@ -120,8 +120,14 @@ fn a_failed_sync_nacks_only_the_publishes_that_waited_on_its_queue() {
         h.connect(conn, true);
         h.open(conn, 1);
         h.send(conn, 1, durable_declare(queue));
+        // As the server does before it answers the declare.
+        if let Some(journal) = h.broker.take_definitions_sync(conn) {
+            journal.sync().expect("sync");
+        }
         h.send(conn, 1, Method::ConfirmSelect { nowait: false });
     }
+    // The first round also covers the journal; the one that matters here does not.
+    sync(&mut h, false);
     h.out.clear();
     // One round covers both publishes; the sync of queue a's file fails.
     h.publish_props(1, 1, "", "a", persistent.clone(), "to a");
@@ -140,4 +146,47 @@ fn a_failed_sync_nacks_only_the_publishes_that_waited_on_its_queue() {
     let mut got = [one.clone(), two.clone()];
     got.sort();
     assert_eq!(got, [vec![(false, 1)], vec![(true, 1)]], "exactly one publisher is nacked: {one:?} {two:?}");
+}
+
+/// The queues of a broker opened on what a power cut leaves of `mem` now.
+fn queues_after_power_cut(mem: &MemBackend) -> Vec<String> {
+    let cut = mem.snapshot();
+    cut.crash(&mut |_, durable, _| durable);
+    let backend: Arc<dyn Backend> = Arc::new(cut);
+    let (b, _) = Broker::open(Config::default(), backend, PathBuf::from("/data")).expect("reopens");
+    b.queues().into_iter().map(|q| q.name).collect()
+}
+
+/// A client's durable declare appends to the definitions journal under the lock but does not
+/// sync it there: its host syncs the journal (`take_definitions_sync`) before it answers, and a
+/// sync round covers the journal too, so a confirm never depends on a declaration that a power
+/// cut could take back.
+#[test]
+fn a_clients_durable_declare_is_synced_by_its_host_or_the_next_round_not_under_the_lock() {
+    let mem = MemBackend::new();
+    let backend: Arc<dyn Backend> = Arc::new(mem.clone());
+    let (broker, _) = Broker::open(Config::default(), backend, PathBuf::from("/data")).expect("opens");
+    let mut h = Harness { broker, out: Vec::new(), now_ms: 1_000_000 };
+    h.connect(1, true);
+    h.open(1, 1);
+    // The first durable change writes the whole snapshot (synced at once); later ones append.
+    h.send(1, 1, durable_declare("first"));
+    if let Some(handle) = h.broker.take_definitions_sync(1) {
+        handle.sync().expect("sync");
+    }
+    assert_eq!(queues_after_power_cut(&mem), ["first"]);
+
+    h.send(1, 1, durable_declare("jobs"));
+    assert!(h.broker.take_definitions_sync(2).is_none(), "owed to the connection that declared");
+    let handle = h.broker.take_definitions_sync(1).expect("the declare's journal append waits for a sync");
+    assert!(h.broker.take_definitions_sync(1).is_none(), "handed over once");
+    assert_eq!(queues_after_power_cut(&mem), ["first"], "not synced under the lock");
+    handle.sync().expect("sync");
+    assert_eq!(queues_after_power_cut(&mem), ["first", "jobs"], "durable once the host synced it");
+
+    // Without the host's sync, the next round covers the journal.
+    h.send(1, 1, durable_declare("more"));
+    assert!(h.broker.has_unsynced_writes(h.now_ms), "the journal is owed a sync");
+    assert!(sync(&mut h, false) > 0);
+    assert_eq!(queues_after_power_cut(&mem), ["first", "jobs", "more"]);
 }

@@ -176,6 +176,16 @@ pub struct QueueChurnArgs {
     /// Declare durable queues (they go through the broker's definitions store).
     #[arg(long)]
     pub durable: bool,
+    /// Declare-and-delete cycles per second; 0 is as fast as the broker answers.
+    #[arg(short = 'r', long, default_value_t = 0, value_name = "CYCLES_PER_S")]
+    pub rate: u32,
+    /// First declare this many more queues and keep them until the end (a broker with many
+    /// queues, for whoever lists them meanwhile); they are deleted at the end.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep: u32,
+    /// Print "ready" on stdout once the kept queues are declared and the churn starts.
+    #[arg(long)]
+    pub announce: bool,
     #[arg(long)]
     pub json: bool,
     #[arg(long)]

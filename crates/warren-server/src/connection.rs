@@ -130,6 +130,7 @@ pub(crate) async fn run<S: Transport>(
         alarm_blocked: false,
         backlog: false,
         turn: None,
+        defs_sync: None,
     };
     let mut wbuf = BytesMut::new();
     write_open_ok(&mut wbuf);
@@ -192,6 +193,9 @@ struct Connection {
     backlog: bool,
     /// Waiting for that turn (kept across wake-ups so the place in line is kept).
     turn: Option<InLine>,
+    /// Our commands changed durable definitions: the journal is synced (outside the lock)
+    /// before anything more is written to the client.
+    defs_sync: Option<Arc<dyn warren_store::SyncHandle>>,
 }
 
 /// A place in line for a turn (`Shared::backlog_turn`), counted in the core's inbox depth
@@ -292,6 +296,25 @@ impl Connection {
                 }
                 _ = shutdown.changed(), if !self.closing => {
                     let e = ProtocolError::new(ReplyCode::ConnectionForced, "broker forced connection closure with reason 'shutdown'");
+                    self.closing = true;
+                    self.mine.push(Out::Method { channel: 0, method: close_method(&e) });
+                }
+            }
+            if let Some(handle) = self.defs_sync.take() {
+                // A declare, bind or delete of something durable is answered once the
+                // definitions journal is on disk; the sync runs outside the broker lock.
+                let synced = tokio::task::spawn_blocking(move || handle.sync())
+                    .await
+                    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+                if let Err(e) = synced {
+                    self.shared.broker().definitions_sync_failed(&e);
+                    tracing::error!("connection {}: cannot sync the definitions journal: {e}", self.id);
+                    // What it was about to be told may not be durable: it is not told.
+                    self.mine.clear();
+                    let e = ProtocolError::new(
+                        ReplyCode::InternalError,
+                        format_args!("cannot make the definitions durable: {e}"),
+                    );
                     self.closing = true;
                     self.mine.push(Out::Method { channel: 0, method: close_method(&e) });
                 }
@@ -468,6 +491,9 @@ impl Connection {
             self.rbuf.clear();
         }
         core.end_batch(self.id, &mut self.out);
+        if let Some(handle) = core.take_definitions_sync(self.id) {
+            self.defs_sync = Some(handle);
+        }
         let sync_wanted = core.sync_wanted();
         core.log_errors();
         core.deliver(&mut self.out);

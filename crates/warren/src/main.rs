@@ -164,11 +164,41 @@ async fn run(settings: Settings) -> Result<(), String> {
     let https_addr = listeners.https;
     let https = https.map(|(listener, acceptor, _)| (listener, acceptor));
     let http_config = settings.management_http;
-    tokio::spawn(async move {
-        if let Err(e) = warren_http::serve_listeners(http, https, shared, listeners, http_config).await {
-            tracing::error!("management listener stopped: {e}");
+    // The management API runs on a runtime of its own: a request that works long (JSON for
+    // 10,000 queues takes a quarter of a second) then holds one of its threads, never one
+    // that serves AMQP clients.
+    let http = http.into_std().map_err(|e| format!("cannot hand over the HTTP listener: {e}"))?;
+    let https = match https {
+        Some((listener, acceptor)) => {
+            Some((listener.into_std().map_err(|e| format!("cannot hand over the HTTPS listener: {e}"))?, acceptor))
         }
-    });
+        None => None,
+    };
+    let http_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("warren-http")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the management runtime: {e}"))?;
+    std::thread::Builder::new()
+        .name("warren-http".into())
+        .spawn(move || {
+            http_runtime.block_on(async move {
+                let listeners_std = (TcpListener::from_std(http), https.map(|(l, a)| (TcpListener::from_std(l), a)));
+                let (http, https) = match listeners_std {
+                    (Ok(http), None) => (http, None),
+                    (Ok(http), Some((Ok(l), a))) => (http, Some((l, a))),
+                    (Err(e), _) | (_, Some((Err(e), _))) => {
+                        tracing::error!("management listener stopped: {e}");
+                        return;
+                    }
+                };
+                if let Err(e) = warren_http::serve_listeners(http, https, shared, listeners, http_config).await {
+                    tracing::error!("management listener stopped: {e}");
+                }
+            })
+        })
+        .map_err(|e| format!("cannot start the management thread: {e}"))?;
     tracing::info!(
         "Warren {} started: AMQP on {amqp_addr}, HTTP on {http_addr}, data in {}",
         env!("CARGO_PKG_VERSION"),

@@ -74,7 +74,7 @@ fn require_exchange(shared: &Shared, vhost: &str, name: &str) -> Result<(), ApiE
 }
 
 fn require_queue(shared: &Shared, vhost: &str, name: &str) -> Result<(), ApiError> {
-    if shared.broker().queues().iter().any(|q| q.vhost == vhost && q.name == name) {
+    if shared.broker().has_queue(vhost, name) {
         Ok(())
     } else {
         Err(ApiError::NotFound)

@@ -48,17 +48,24 @@ fn queue_json(q: &QueueInfo, stats: Option<&Value>) -> Value {
     v
 }
 
+/// Queues whose details are read under one hold of the broker lock: a listing of many queues
+/// takes the lock once per chunk, so clients are never held up for the whole list.
+const LIST_CHUNK: usize = 256;
+
 fn listing(shared: &Shared, rates: &Rates, vhost: Option<&str>, name: Option<&str>) -> Vec<Value> {
-    let (queues, stats) = {
-        let core = shared.broker();
-        (core.queues(), core.queue_stats())
+    let mut keys = match (vhost, name) {
+        (Some(v), Some(n)) => vec![(v.to_string(), n.to_string())],
+        _ => shared.broker().queue_keys(),
     };
-    let stats = rates.queues(&stats);
-    queues
-        .iter()
-        .filter(|q| vhost.is_none_or(|v| v == q.vhost) && name.is_none_or(|n| n == q.name))
-        .map(|q| queue_json(q, stats.get(&(q.vhost.clone(), q.name.clone()))))
-        .collect()
+    keys.retain(|(v, _)| vhost.is_none_or(|x| x == v));
+    keys.sort_unstable();
+    let mut details = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(LIST_CHUNK) {
+        details.extend(shared.broker().queue_details(chunk));
+    }
+    let (queues, stats): (Vec<QueueInfo>, Vec<_>) = details.into_iter().unzip();
+    let stats = rates.queues(&stats, vhost.is_none());
+    queues.iter().map(|q| queue_json(q, stats.get(&(q.vhost.clone(), q.name.clone())))).collect()
 }
 
 /// GET /api/queues, paged when asked (see [`Paging`]).
@@ -99,7 +106,7 @@ pub(crate) async fn show(
 }
 
 fn exists(shared: &Shared, vhost: &str, name: &str) -> bool {
-    shared.broker().queues().iter().any(|q| q.vhost == vhost && q.name == name)
+    shared.broker().has_queue(vhost, name)
 }
 
 pub(crate) async fn declare(

@@ -60,7 +60,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Rates {
     /// The `message_stats` of each queue (by vhost and name); forgets queues that are gone.
-    pub(crate) fn queues(&self, stats: &[QueueStats]) -> HashMap<(String, String), Value> {
+    /// `complete`: `stats` covers every queue, so the samples of queues not in it (deleted) are
+    /// forgotten.
+    pub(crate) fn queues(&self, stats: &[QueueStats], complete: bool) -> HashMap<(String, String), Value> {
         let now = Instant::now();
         let mut samples = lock(&self.queues);
         let mut result = HashMap::with_capacity(stats.len());
@@ -69,7 +71,9 @@ impl Rates {
             let r = sample(samples.entry(key.clone()).or_default(), now, s.counters);
             result.insert(key, message_stats(s.counters, r));
         }
-        samples.retain(|k, _| result.contains_key(k));
+        if complete {
+            samples.retain(|k, _| result.contains_key(k));
+        }
         result
     }
 

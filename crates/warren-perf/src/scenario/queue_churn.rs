@@ -1,6 +1,8 @@
 //! Queue churn: on one channel, declare a server-named queue and delete it, again, as fast as the
 //! broker allows. With `--durable` every declare and delete goes through the broker's definitions
-//! store. Reports queues per second and the time one declare-and-delete takes.
+//! store. Reports queues per second and the time one declare-and-delete takes. `--rate` paces
+//! the cycles; `--keep N` first declares N queues that stay until the end (many queues for an
+//! HTTP client to list meanwhile).
 
 use serde::Serialize;
 use std::time::{Duration, Instant};
@@ -40,15 +42,28 @@ impl QueueChurnSummary {
 }
 
 pub async fn run(args: &QueueChurnArgs) -> QueueChurnSummary {
-    let start = Instant::now();
-    let deadline = start + Duration::from_secs_f64(args.duration);
+    let mut start = Instant::now();
     let mut cycles = Histogram::new();
     let mut count = 0u64;
-    let mut last = (0u64, start);
     let churn = async {
         let mut c = Connection::open(&args.uri, "warren-perf queue-churn").await?;
         c.channel_open(1).await?;
+        let mut kept = Vec::with_capacity(args.keep as usize);
+        for _ in 0..args.keep {
+            kept.push(c.queue_declare(1, "", false, false, false).await?);
+        }
+        if args.announce {
+            println!("ready");
+        }
+        start = Instant::now();
+        let deadline = start + Duration::from_secs_f64(args.duration);
+        let mut last = (0u64, start);
+        let interval = (args.rate > 0).then(|| Duration::from_secs_f64(1.0 / f64::from(args.rate)));
         while Instant::now() < deadline {
+            if let Some(interval) = interval {
+                // Paced from the start, so a slow cycle is caught up rather than lost.
+                tokio::time::sleep_until((start + interval * count as u32).into()).await;
+            }
             let t0 = Instant::now();
             let name = c.queue_declare(1, "", args.durable, false, false).await?;
             c.queue_delete(1, &name).await?;
@@ -65,6 +80,9 @@ pub async fn run(args: &QueueChurnArgs) -> QueueChurnSummary {
                 }
                 last = (count, now);
             }
+        }
+        for name in &kept {
+            c.queue_delete(1, name).await?;
         }
         c.close().await?;
         Ok::<_, Error>(())
