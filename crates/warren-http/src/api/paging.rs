@@ -39,6 +39,23 @@ struct Page {
     name: Option<NameFilter>,
 }
 
+impl Page {
+    /// The page's number and size, and how many filtered items come before it; a page that
+    /// starts past the end is refused. Both are at least 1 here; RabbitMQ refuses only a page
+    /// that starts past the end, so the page just after a full last page is answered, empty.
+    fn window(&self, filtered_count: usize) -> Result<(u64, u64, usize), ApiError> {
+        let (number, size) = (self.number as u64, self.size as u64);
+        let skip = (number - 1).saturating_mul(size);
+        if skip > filtered_count as u64 {
+            return Err(ApiError::Invalid {
+                error: "page_out_of_range",
+                reason: format!("Page out of range, page: {number} page size: {size}, len: {filtered_count}"),
+            });
+        }
+        Ok((number, size, skip as usize))
+    }
+}
+
 /// RabbitMQ matches `name` case-insensitively, as a substring or (`use_regex=true`) a regex.
 enum NameFilter {
     Substring(String),
@@ -97,6 +114,51 @@ impl Paging {
     }
 
     /// The answer for `items` (in the listing's own order): the sorted array, or one page.
+    /// [`Paging::answer`] for typed rows, serialized directly (no JSON tree per row) unless a
+    /// sort by a field asks for one. `name` gives a row's name, for the page's name filter.
+    pub(crate) fn answer_rows<T: serde::Serialize>(
+        &self,
+        mut rows: Vec<T>,
+        name: impl Fn(&T) -> &str,
+    ) -> Result<Response, ApiError> {
+        if self.sort.is_some() {
+            let items = rows.iter().map(|r| serde_json::to_value(r).unwrap_or(Value::Null)).collect();
+            return self.answer(items);
+        }
+        if self.sort_reverse {
+            rows.reverse();
+        }
+        let Some(page) = &self.page else { return Ok(Json(rows).into_response()) };
+        let total_count = rows.len();
+        if let Some(filter) = &page.name {
+            rows.retain(|r| filter.matches(name(r)));
+        }
+        let filtered_count = rows.len();
+        let (number, size, skip) = page.window(filtered_count)?;
+        let items: Vec<T> = rows.into_iter().skip(skip).take(size as usize).collect();
+        /// Fields in alphabetical order, as the untyped answer's.
+        #[derive(serde::Serialize)]
+        struct Rows<T> {
+            filtered_count: usize,
+            item_count: usize,
+            items: Vec<T>,
+            page: u64,
+            page_count: u64,
+            page_size: u64,
+            total_count: usize,
+        }
+        Ok(Json(Rows {
+            filtered_count,
+            item_count: items.len(),
+            items,
+            page: number,
+            page_count: (filtered_count as u64).div_ceil(size),
+            page_size: size,
+            total_count,
+        })
+        .into_response())
+    }
+
     pub(crate) fn answer(&self, mut items: Vec<Value>) -> Result<Response, ApiError> {
         if let Some(sort) = &self.sort {
             let path: Vec<&str> = sort.split('.').collect();
@@ -111,17 +173,8 @@ impl Paging {
             items.retain(|item| filter.matches(item["name"].as_str().unwrap_or_default()));
         }
         let filtered_count = items.len();
-        // Both are at least 1 here; RabbitMQ refuses only a page that starts past the end, so
-        // the page just after a full last page is answered, empty.
-        let (number, size) = (page.number as u64, page.size as u64);
-        let skip = (number - 1).saturating_mul(size);
-        if skip > filtered_count as u64 {
-            return Err(ApiError::Invalid {
-                error: "page_out_of_range",
-                reason: format!("Page out of range, page: {number} page size: {size}, len: {filtered_count}"),
-            });
-        }
-        let items: Vec<Value> = items.into_iter().skip(skip as usize).take(size as usize).collect();
+        let (number, size, skip) = page.window(filtered_count)?;
+        let items: Vec<Value> = items.into_iter().skip(skip).take(size as usize).collect();
         Ok(Json(json!({
             "filtered_count": filtered_count,
             "item_count": items.len(),

@@ -41,6 +41,41 @@ fn sample(samples: &mut Samples, now: Instant, counters: QueueCounters) -> [f64;
 }
 
 /// RabbitMQ's `message_stats` object: each count with its `_details.rate`.
+/// A rate, as RabbitMQ gives it (`{"rate": 1.5}`).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(crate) struct Rate {
+    rate: f64,
+}
+
+/// A queue's `message_stats`, typed (a listing of many queues serializes these directly).
+/// Fields in alphabetical order, as the untyped JSON objects come out.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub(crate) struct MessageStats {
+    ack: u64,
+    ack_details: Rate,
+    deliver_get: u64,
+    deliver_get_details: Rate,
+    publish: u64,
+    publish_details: Rate,
+    redeliver: u64,
+    redeliver_details: Rate,
+}
+
+impl MessageStats {
+    fn new(c: QueueCounters, r: [f64; 4]) -> Self {
+        MessageStats {
+            ack: c.ack,
+            ack_details: Rate { rate: r[2] },
+            deliver_get: c.deliver_get,
+            deliver_get_details: Rate { rate: r[1] },
+            publish: c.publish,
+            publish_details: Rate { rate: r[0] },
+            redeliver: c.redeliver,
+            redeliver_details: Rate { rate: r[3] },
+        }
+    }
+}
+
 fn message_stats(c: QueueCounters, r: [f64; 4]) -> Value {
     json!({
         "publish": c.publish,
@@ -62,17 +97,24 @@ impl Rates {
     /// The `message_stats` of each queue (by vhost and name); forgets queues that are gone.
     /// `complete`: `stats` covers every queue, so the samples of queues not in it (deleted) are
     /// forgotten.
-    pub(crate) fn queues(&self, stats: &[QueueStats], complete: bool) -> HashMap<(String, String), Value> {
+    pub(crate) fn queues(&self, stats: &[QueueStats], complete: bool) -> Vec<MessageStats> {
         let now = Instant::now();
         let mut samples = lock(&self.queues);
-        let mut result = HashMap::with_capacity(stats.len());
+        let mut result = Vec::with_capacity(stats.len());
+        let mut seen = std::collections::HashSet::with_capacity(if complete { stats.len() } else { 0 });
         for s in stats {
             let key = (s.vhost.clone(), s.name.clone());
-            let r = sample(samples.entry(key.clone()).or_default(), now, s.counters);
-            result.insert(key, message_stats(s.counters, r));
+            let r = match samples.get_mut(&key) {
+                Some(samples) => sample(samples, now, s.counters),
+                None => sample(samples.entry(key.clone()).or_default(), now, s.counters),
+            };
+            if complete {
+                seen.insert(key);
+            }
+            result.push(MessageStats::new(s.counters, r));
         }
         if complete {
-            samples.retain(|k, _| result.contains_key(k));
+            samples.retain(|k, _| seen.contains(k));
         }
         result
     }
