@@ -43,77 +43,28 @@ struct QSpec {
     max_priority: Option<u8>,
 }
 
+/// A queue with no limits, TTL, dead-lettering or priorities.
+const fn spec(name: &'static str, durable: bool, consumable: bool) -> QSpec {
+    QSpec {
+        name,
+        durable,
+        consumable,
+        max_len: None,
+        reject_publish: false,
+        ttl_ms: None,
+        dlx: false,
+        max_priority: None,
+    }
+}
+
 const QUEUES: &[QSpec] = &[
-    QSpec {
-        name: "plain",
-        durable: false,
-        consumable: true,
-        max_len: None,
-        reject_publish: false,
-        ttl_ms: None,
-        dlx: false,
-        max_priority: None,
-    },
-    QSpec {
-        name: "durable",
-        durable: true,
-        consumable: true,
-        max_len: None,
-        reject_publish: false,
-        ttl_ms: None,
-        dlx: false,
-        max_priority: None,
-    },
-    QSpec {
-        name: "prio",
-        durable: true,
-        consumable: true,
-        max_len: None,
-        reject_publish: false,
-        ttl_ms: None,
-        dlx: false,
-        max_priority: Some(3),
-    },
-    QSpec {
-        name: "dead",
-        durable: true,
-        consumable: true,
-        max_len: None,
-        reject_publish: false,
-        ttl_ms: None,
-        dlx: false,
-        max_priority: None,
-    },
-    QSpec {
-        name: "capped",
-        durable: false,
-        consumable: false,
-        max_len: Some(4),
-        reject_publish: false,
-        ttl_ms: None,
-        dlx: true,
-        max_priority: None,
-    },
-    QSpec {
-        name: "ttl",
-        durable: true,
-        consumable: false,
-        max_len: None,
-        reject_publish: false,
-        ttl_ms: Some(60),
-        dlx: true,
-        max_priority: None,
-    },
-    QSpec {
-        name: "refusing",
-        durable: false,
-        consumable: false,
-        max_len: Some(3),
-        reject_publish: true,
-        ttl_ms: None,
-        dlx: false,
-        max_priority: None,
-    },
+    spec("plain", false, true),
+    spec("durable", true, true),
+    QSpec { max_priority: Some(3), ..spec("prio", true, true) },
+    spec("dead", true, true),
+    QSpec { max_len: Some(4), dlx: true, ..spec("capped", false, false) },
+    QSpec { ttl_ms: Some(60), dlx: true, ..spec("ttl", true, false) },
+    QSpec { max_len: Some(3), reject_publish: true, ..spec("refusing", false, false) },
 ];
 
 /// The dead-letter queue ("dead").

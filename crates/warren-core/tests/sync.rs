@@ -21,12 +21,17 @@ fn sync(h: &mut Harness, all: bool) -> usize {
     n
 }
 
-/// Ready messages of "jobs" in a broker opened on what a power cut leaves of `mem` now.
-fn after_power_cut(mem: &MemBackend) -> u32 {
+/// A broker opened on what a power cut leaves of `mem` now.
+fn reopened_after_power_cut(mem: &MemBackend) -> Broker {
     let cut = mem.snapshot();
     cut.crash(&mut |_, durable, _| durable);
     let backend: Arc<dyn Backend> = Arc::new(cut);
-    let (b, _) = Broker::open(Config::default(), backend, PathBuf::from("/data")).expect("reopens");
+    Broker::open(Config::default(), backend, PathBuf::from("/data")).expect("reopens").0
+}
+
+/// Ready messages of "jobs" in a broker opened on what a power cut leaves of `mem` now.
+fn after_power_cut(mem: &MemBackend) -> u32 {
+    let b = reopened_after_power_cut(mem);
     b.queues().iter().find(|q| q.name == "jobs").map_or(0, |q| q.messages_ready)
 }
 
@@ -42,13 +47,18 @@ fn durable_declare(queue: &str) -> Method {
     }
 }
 
-/// A broker on a fresh in-memory disk with a durable queue "jobs" holding one persistent
-/// message (not synced yet).
-fn one_persistent_message() -> (MemBackend, Harness) {
+/// A broker on a fresh in-memory disk.
+fn fresh() -> (MemBackend, Harness) {
     let mem = MemBackend::new();
     let backend: Arc<dyn Backend> = Arc::new(mem.clone());
     let (broker, _) = Broker::open(Config::default(), backend, PathBuf::from("/data")).expect("opens");
-    let mut h = Harness { broker, out: Vec::new(), now_ms: 1_000_000 };
+    (mem, Harness { broker, out: Vec::new(), now_ms: 1_000_000 })
+}
+
+/// A broker on a fresh in-memory disk with a durable queue "jobs" holding one persistent
+/// message (not synced yet).
+fn one_persistent_message() -> (MemBackend, Harness) {
+    let (mem, mut h) = fresh();
     h.connect(1, true);
     h.open(1, 1);
     h.send(1, 1, durable_declare("jobs"));
@@ -111,10 +121,7 @@ fn confirms(h: &mut Harness, conn: u64) -> Vec<(bool, u64)> {
 
 #[test]
 fn a_failed_sync_nacks_only_the_publishes_that_waited_on_its_queue() {
-    let mem = MemBackend::new();
-    let backend: Arc<dyn Backend> = Arc::new(mem.clone());
-    let (broker, _) = Broker::open(Config::default(), backend, PathBuf::from("/data")).expect("opens");
-    let mut h = Harness { broker, out: Vec::new(), now_ms: 1_000_000 };
+    let (_mem, mut h) = fresh();
     let persistent = BasicProperties { delivery_mode: Some(2), ..Default::default() };
     for (conn, queue) in [(1, "a"), (2, "b")] {
         h.connect(conn, true);
@@ -150,11 +157,7 @@ fn a_failed_sync_nacks_only_the_publishes_that_waited_on_its_queue() {
 
 /// The queues of a broker opened on what a power cut leaves of `mem` now.
 fn queues_after_power_cut(mem: &MemBackend) -> Vec<String> {
-    let cut = mem.snapshot();
-    cut.crash(&mut |_, durable, _| durable);
-    let backend: Arc<dyn Backend> = Arc::new(cut);
-    let (b, _) = Broker::open(Config::default(), backend, PathBuf::from("/data")).expect("reopens");
-    b.queues().into_iter().map(|q| q.name).collect()
+    reopened_after_power_cut(mem).queues().into_iter().map(|q| q.name).collect()
 }
 
 /// A client's durable declare appends to the definitions journal under the lock but does not
@@ -163,10 +166,7 @@ fn queues_after_power_cut(mem: &MemBackend) -> Vec<String> {
 /// cut could take back.
 #[test]
 fn a_clients_durable_declare_is_synced_by_its_host_or_the_next_round_not_under_the_lock() {
-    let mem = MemBackend::new();
-    let backend: Arc<dyn Backend> = Arc::new(mem.clone());
-    let (broker, _) = Broker::open(Config::default(), backend, PathBuf::from("/data")).expect("opens");
-    let mut h = Harness { broker, out: Vec::new(), now_ms: 1_000_000 };
+    let (mem, mut h) = fresh();
     h.connect(1, true);
     h.open(1, 1);
     // The first durable change writes the whole snapshot (synced at once); later ones append.
