@@ -11,6 +11,7 @@
 
 use crate::args::{QueueArgs, QueueType};
 use crate::auth::{Access, Grants, Password, Permission, TopicPermission, User, Users, SHA256, SHA512};
+pub use crate::channel::Publish;
 use crate::channel::{AckOp, Channel, ChannelState, Consumer, DeferredKind, TxState, Unacked};
 use crate::config::{Config, CONNECTION_OUTBOUND_MAX_BYTES};
 use crate::definitions::{
@@ -150,17 +151,6 @@ impl VHost {
         }
         v
     }
-}
-
-/// A publish after validation, ready to route (kept back by a transaction until commit).
-#[derive(Debug, Clone)]
-pub struct Publish {
-    pub exchange: ShortStr,
-    pub routing_key: ShortStr,
-    pub mandatory: bool,
-    pub msg: MessageRef,
-    /// Confirm-mode sequence number.
-    pub confirm_seq: Option<u64>,
 }
 
 /// Where a direct reply-to suffix leads.

@@ -43,6 +43,17 @@ pub enum AckOp {
     Nack { delivery_tag: u64, multiple: bool, requeue: bool },
 }
 
+/// A publish after validation, ready to route (kept back by a transaction until commit).
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub exchange: ShortStr,
+    pub routing_key: ShortStr,
+    pub mandatory: bool,
+    pub msg: crate::message::MessageRef,
+    /// Confirm-mode sequence number.
+    pub confirm_seq: Option<u64>,
+}
+
 /// What a deferred answer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeferredKind {
@@ -59,14 +70,14 @@ pub struct Deferred {
     /// The store sync epoch that must complete first; 0 when nothing needs syncing.
     pub epoch: u64,
     pub kind: DeferredKind,
-    /// Whose sync it waits for: the one queue's `sync_id`, or [`crate::broker::SYNC_ANY`]
+    /// Whose sync it waits for: the one queue's `sync_id`, or `SYNC_ANY` (broker.rs)
     /// (several queues, an exchange's store): a failed sync of that owner makes it a nack.
     pub target: u32,
 }
 
 #[derive(Debug, Default)]
 pub struct TxState {
-    pub publishes: Vec<crate::broker::Publish>,
+    pub publishes: Vec<Publish>,
     pub acks: Vec<AckOp>,
     /// Delivery tags an ack or nack of this transaction names: they stay unacked until the
     /// commit (a rollback or a close leaves them unacked), but a second ack of one is refused.
