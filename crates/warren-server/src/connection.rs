@@ -253,6 +253,9 @@ impl Connection {
                 permit = next_turn(&mut self.turn), if self.backlog && !self.flow_blocked && !self.alarm_blocked => {
                     self.turn = None;
                     self.backlog = false;
+                    // The client is not silent: we have not read what it sent yet (a long
+                    // backlog must not look like missed heartbeats).
+                    last_read = Instant::now();
                     self.on_read();
                     drop(permit);
                 }
