@@ -183,20 +183,17 @@ async fn run(settings: Settings) -> Result<(), String> {
     std::thread::Builder::new()
         .name("warren-http".into())
         .spawn(move || {
-            http_runtime.block_on(async move {
-                let listeners_std = (TcpListener::from_std(http), https.map(|(l, a)| (TcpListener::from_std(l), a)));
-                let (http, https) = match listeners_std {
-                    (Ok(http), None) => (http, None),
-                    (Ok(http), Some((Ok(l), a))) => (http, Some((l, a))),
-                    (Err(e), _) | (_, Some((Err(e), _))) => {
-                        tracing::error!("management listener stopped: {e}");
-                        return;
-                    }
+            let served = http_runtime.block_on(async move {
+                let http = TcpListener::from_std(http)?;
+                let https = match https {
+                    Some((listener, acceptor)) => Some((TcpListener::from_std(listener)?, acceptor)),
+                    None => None,
                 };
-                if let Err(e) = warren_http::serve_listeners(http, https, shared, listeners, http_config).await {
-                    tracing::error!("management listener stopped: {e}");
-                }
-            })
+                warren_http::serve_listeners(http, https, shared, listeners, http_config).await
+            });
+            if let Err(e) = served {
+                tracing::error!("management listener stopped: {e}");
+            }
         })
         .map_err(|e| format!("cannot start the management thread: {e}"))?;
     tracing::info!(

@@ -1,7 +1,7 @@
 //! Message rates from the broker's per-queue counters: each listing samples the counters, and
 //! a rate is the change over the samples of the last few seconds.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -40,15 +40,15 @@ fn sample(samples: &mut Samples, now: Instant, counters: QueueCounters) -> [f64;
     ]
 }
 
-/// RabbitMQ's `message_stats` object: each count with its `_details.rate`.
 /// A rate, as RabbitMQ gives it (`{"rate": 1.5}`).
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub(crate) struct Rate {
     rate: f64,
 }
 
-/// A queue's `message_stats`, typed (a listing of many queues serializes these directly).
-/// Fields in alphabetical order, as the untyped JSON objects come out.
+/// RabbitMQ's `message_stats` object: each count with its `_details.rate`, typed (a listing of
+/// many queues serializes these directly). Fields in alphabetical order, as the untyped JSON
+/// objects come out.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub(crate) struct MessageStats {
     ack: u64,
@@ -76,19 +76,6 @@ impl MessageStats {
     }
 }
 
-fn message_stats(c: QueueCounters, r: [f64; 4]) -> Value {
-    json!({
-        "publish": c.publish,
-        "publish_details": {"rate": r[0]},
-        "deliver_get": c.deliver_get,
-        "deliver_get_details": {"rate": r[1]},
-        "ack": c.ack,
-        "ack_details": {"rate": r[2]},
-        "redeliver": c.redeliver,
-        "redeliver_details": {"rate": r[3]},
-    })
-}
-
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -104,10 +91,7 @@ impl Rates {
         let mut seen = std::collections::HashSet::with_capacity(if complete { stats.len() } else { 0 });
         for s in stats {
             let key = (s.vhost.clone(), s.name.clone());
-            let r = match samples.get_mut(&key) {
-                Some(samples) => sample(samples, now, s.counters),
-                None => sample(samples.entry(key.clone()).or_default(), now, s.counters),
-            };
+            let r = sample(samples.entry(key.clone()).or_default(), now, s.counters);
             if complete {
                 seen.insert(key);
             }
@@ -129,7 +113,7 @@ impl Rates {
             sum.redeliver += s.counters.redeliver;
         }
         let r = sample(&mut lock(&self.total), Instant::now(), sum);
-        message_stats(sum, r)
+        serde_json::to_value(MessageStats::new(sum, r)).unwrap_or(Value::Null)
     }
 }
 
