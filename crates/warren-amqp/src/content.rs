@@ -184,6 +184,110 @@ impl ContentAssembler {
     }
 }
 
+/// What a connection hands to the broker: a frame for its channel's assembler, or a whole
+/// content-bearing command assembled ahead ([`assemble_ahead`]).
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Frame(Frame),
+    /// Always an [`Assembled::Content`].
+    Content {
+        channel: u16,
+        content: Assembled,
+    },
+}
+
+/// A command begun ahead: its method, then its header.
+#[allow(clippy::large_enum_variant)]
+enum Ahead {
+    Method { channel: u16, method: Method },
+    Header { channel: u16, method: Method, properties: BasicProperties, raw: Bytes, body_size: u64 },
+}
+
+impl Ahead {
+    /// Gives the frames back as they came.
+    fn undo(self, out: &mut Vec<Input>) {
+        match self {
+            Ahead::Method { channel, method } => out.push(Input::Frame(Frame::Method { channel, method })),
+            Ahead::Header { channel, method, raw, body_size, .. } => {
+                out.push(Input::Frame(Frame::Method { channel, method }));
+                out.push(Input::Frame(Frame::Header { channel, class_id: CLASS_BASIC, body_size, properties: raw }));
+            }
+        }
+    }
+}
+
+/// Assembles ahead, where the frames were read (outside the broker's lock), each
+/// content-bearing command whose frames are all here, in a row and well formed: a method with
+/// content on a channel other than 0, its content header of class 60 declaring at most
+/// `max_body` bytes with properties that decode, and the whole body in no more than one frame.
+/// Every other frame is passed on as it is, for the channel's own assembler to judge, so errors
+/// are found and worded in one place.
+///
+/// A channel given [`Input::Content`] treats it as the frames it was made of: when its
+/// assembler is idle, it is the command that assembler would have made of them; otherwise the
+/// method frame alone tells what happens (it is an error there, and the rest is dropped).
+pub fn assemble_ahead(frames: impl IntoIterator<Item = Frame>, max_body: u64, out: &mut Vec<Input>) {
+    let mut ahead: Option<Ahead> = None;
+    for frame in frames {
+        ahead = match (ahead.take(), frame) {
+            (None, Frame::Method { channel, method }) if channel != 0 && method.has_content() => {
+                Some(Ahead::Method { channel, method })
+            }
+            (None, frame) => {
+                out.push(Input::Frame(frame));
+                None
+            }
+            (
+                Some(Ahead::Method { channel, method }),
+                Frame::Header { channel: c, class_id: CLASS_BASIC, body_size, properties: raw },
+            ) if c == channel && body_size <= max_body => match BasicProperties::decode(raw.clone()) {
+                Ok(properties) if body_size == 0 => {
+                    let content = Assembled::Content { method, properties, raw_properties: raw, body: Bytes::new() };
+                    out.push(Input::Content { channel, content });
+                    None
+                }
+                Ok(properties) => Some(Ahead::Header { channel, method, properties, raw, body_size }),
+                Err(_) => {
+                    out.push(Input::Frame(Frame::Method { channel, method }));
+                    out.push(Input::Frame(Frame::Header {
+                        channel,
+                        class_id: CLASS_BASIC,
+                        body_size,
+                        properties: raw,
+                    }));
+                    None
+                }
+            },
+            (
+                Some(Ahead::Header { channel, method, properties, raw, body_size }),
+                Frame::Body { channel: c, payload },
+            ) if c == channel && payload.len() as u64 == body_size => {
+                let content = Assembled::Content { method, properties, raw_properties: raw, body: payload };
+                out.push(Input::Content { channel, content });
+                None
+            }
+            (Some(begun), frame) => {
+                // Not a whole command: the frames go on as they came, and this one starts
+                // afresh (it may begin the next command).
+                begun.undo(out);
+                match frame {
+                    Frame::Method { channel, method } if channel != 0 && method.has_content() => {
+                        Some(Ahead::Method { channel, method })
+                    }
+                    frame => {
+                        out.push(Input::Frame(frame));
+                        None
+                    }
+                }
+            }
+        };
+    }
+    if let Some(begun) = ahead {
+        begun.undo(out);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,6 +309,132 @@ mod tests {
     }
     fn body(b: &'static [u8]) -> Frame {
         Frame::Body { channel: 1, payload: Bytes::from_static(b) }
+    }
+
+    /// What a connection's channels make of what it hands over, as the broker does: one
+    /// assembler per channel, content assembled ahead taken as is by an idle assembler and as
+    /// its method frame otherwise; everything stops at the first error (it closes the channel
+    /// or the connection, and what follows is dropped).
+    fn channels_make(inputs: Vec<Input>, max_body: u64) -> Vec<Result<Assembled, ReplyCode>> {
+        let mut assemblers: std::collections::HashMap<u16, ContentAssembler> = Default::default();
+        let mut made = Vec::new();
+        for input in inputs {
+            let (channel, result) = match input {
+                Input::Frame(f) => {
+                    let channel = f.channel();
+                    (channel, assemblers.entry(channel).or_default().push(f, max_body))
+                }
+                Input::Content { channel, content } => {
+                    let a = assemblers.entry(channel).or_default();
+                    if a.in_progress() {
+                        let Assembled::Content { method, .. } = content else { panic!("not content") };
+                        (channel, a.push(Frame::Method { channel, method }, max_body))
+                    } else {
+                        (channel, Ok(Some(content)))
+                    }
+                }
+            };
+            let _ = channel;
+            match result {
+                Ok(Some(a)) => made.push(Ok(a)),
+                Ok(None) => {}
+                Err(e) => {
+                    made.push(Err(e.code));
+                    break;
+                }
+            }
+        }
+        made
+    }
+
+    fn frame_strategy() -> impl proptest::strategy::Strategy<Value = Frame> {
+        use proptest::prelude::*;
+        let channel = 0u16..3;
+        prop_oneof![
+            4 => channel.clone().prop_map(|channel| Frame::Method {
+                channel,
+                method: Method::BasicPublish {
+                    exchange: ShortStr::from(""),
+                    routing_key: ShortStr::from("q"),
+                    mandatory: false,
+                    immediate: false,
+                },
+            }),
+            1 => channel.clone().prop_map(|channel| Frame::Method { channel, method: Method::BasicQos {
+                prefetch_size: 0, prefetch_count: 1, global: false } }),
+            4 => (channel.clone(), prop_oneof![Just(60u16), Just(50u16)], 0u64..6, prop_oneof![
+                    3 => Just(Bytes::from_static(&[0, 0])),
+                    1 => Just(Bytes::from_static(&[0x10, 0, 2])),
+                    1 => Just(Bytes::from_static(&[0x80])),
+                ])
+                .prop_map(|(channel, class_id, body_size, properties)| Frame::Header { channel, class_id, body_size, properties }),
+            4 => (channel, 0usize..6).prop_map(|(channel, n)| Frame::Body { channel, payload: Bytes::from(vec![7u8; n]) }),
+            1 => Just(Frame::Heartbeat),
+        ]
+    }
+
+    /// Mostly publishes whose frames come in a row (well formed or nearly), among stray frames.
+    fn frames_strategy() -> impl proptest::strategy::Strategy<Value = Vec<Frame>> {
+        use proptest::prelude::*;
+        let publish_run = (1u16..3, 0u64..5, 0usize..6, proptest::bool::weighted(0.8)).prop_map(
+            |(channel, body_size, body_len, with_body)| {
+                let mut run = vec![
+                    Frame::Method {
+                        channel,
+                        method: Method::BasicPublish {
+                            exchange: ShortStr::from(""),
+                            routing_key: ShortStr::from("q"),
+                            mandatory: false,
+                            immediate: false,
+                        },
+                    },
+                    Frame::Header { channel, class_id: 60, body_size, properties: Bytes::from_static(&[0, 0]) },
+                ];
+                if with_body {
+                    run.push(Frame::Body { channel, payload: Bytes::from(vec![1u8; body_len]) });
+                }
+                run
+            },
+        );
+        let piece = prop_oneof![2 => publish_run, 1 => frame_strategy().prop_map(|f| vec![f])];
+        proptest::collection::vec(piece, 0..10).prop_map(|pieces| pieces.into_iter().flatten().collect())
+    }
+
+    proptest::proptest! {
+        /// Assembling ahead never changes what the channels make of a connection's frames:
+        /// the same commands, the same first error.
+        #[test]
+        fn assembling_ahead_changes_nothing(
+            frames in frames_strategy(),
+            split in 0usize..30,
+            max_body in 0u64..6,
+        ) {
+            let raw: Vec<Input> = frames.iter().cloned().map(Input::Frame).collect();
+            // Frames arrive in two reads: what is begun at the end of one is passed on as frames.
+            let split = split.min(frames.len());
+            let mut ahead = Vec::new();
+            assemble_ahead(frames[..split].iter().cloned(), max_body, &mut ahead);
+            assemble_ahead(frames[split..].iter().cloned(), max_body, &mut ahead);
+            proptest::prop_assert_eq!(channels_make(ahead, max_body), channels_make(raw, max_body));
+        }
+    }
+
+    #[test]
+    fn whole_publishes_are_assembled_ahead_and_the_rest_passed_on() {
+        let mut out = Vec::new();
+        let frames = vec![publish(), header(2), body(b"hi"), publish(), header(0), publish(), header(5), body(b"he")];
+        assemble_ahead(frames, 100, &mut out);
+        let kinds: Vec<&str> = out
+            .iter()
+            .map(|i| match i {
+                Input::Content { .. } => "content",
+                Input::Frame(Frame::Method { .. }) => "method",
+                Input::Frame(Frame::Header { .. }) => "header",
+                Input::Frame(_) => "body",
+            })
+            .collect();
+        // A body in several frames is left to the channel's assembler.
+        assert_eq!(kinds, ["content", "content", "method", "header", "body"]);
     }
 
     #[test]

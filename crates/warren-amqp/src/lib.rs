@@ -24,7 +24,7 @@ pub mod reply;
 pub mod shortstr;
 pub mod table;
 
-pub use content::{Assembled, ContentAssembler};
+pub use content::{assemble_ahead, Assembled, ContentAssembler, Input};
 pub use frame::{Frame, FrameParser};
 pub use method::Method;
 pub use properties::BasicProperties;

@@ -99,7 +99,7 @@ struct Conn {
     /// After we sent connection.close: drop everything until the socket goes.
     closing: bool,
     /// Bytes of deliveries handed to the server and not yet reported written.
-    out_bytes: usize,
+    out_bytes: Arc<Outbound>,
     /// A message it published had to be paged to disk behind a consumer whose connection is
     /// full: the server pauses reading from it for a while (see [`Broker::take_flow_blocked`]).
     flow_blocked: bool,
@@ -116,7 +116,37 @@ struct Conn {
 
 impl Conn {
     fn writable(&self) -> bool {
-        self.out_bytes < CONNECTION_OUTBOUND_MAX_BYTES
+        self.out_bytes.get() < CONNECTION_OUTBOUND_MAX_BYTES
+    }
+}
+
+/// Bytes of deliveries handed to a connection and not yet written to its socket, shared by the
+/// broker (which adds what it hands over) and the connection's task (which takes off what it
+/// wrote, [`Outbound::written`]). A write then needs no trip through the broker unless it makes
+/// a full connection writable again ([`Broker::on_writable`]).
+///
+/// No wake-up is lost: the broker skips a connection only while the count is at the limit or
+/// over it, and then bytes are in flight whose write brings it under the limit.
+#[derive(Debug, Default)]
+pub struct Outbound(std::sync::atomic::AtomicUsize);
+
+impl Outbound {
+    fn add(&self, bytes: usize) {
+        self.0.fetch_add(bytes, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn get(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Takes off bytes written; true when that brought a full connection under the limit (the
+    /// caller then calls [`Broker::on_writable`]).
+    pub fn written(&self, bytes: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        let before = match self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(bytes))) {
+            Ok(v) | Err(v) => v,
+        };
+        before >= CONNECTION_OUTBOUND_MAX_BYTES && before.saturating_sub(bytes) < CONNECTION_OUTBOUND_MAX_BYTES
     }
 }
 
@@ -1639,7 +1669,7 @@ impl Broker {
                 cancel_notify,
                 channels: HashMap::default(),
                 closing: false,
-                out_bytes: 0,
+                out_bytes: Arc::default(),
                 flow_blocked: false,
                 alarm_blocked: false,
                 blocked_sent: false,
@@ -1730,6 +1760,43 @@ impl Broker {
             Ok(Some(cmd)) => self.command(conn, channel, cmd, now_ms, out),
             Err(e) => Err(e),
         };
+        self.command_result(conn, channel, result, now_ms, out);
+    }
+
+    /// A whole content-bearing command (basic.publish with its header and body) that the
+    /// connection's task assembled ahead, outside the lock ([`warren_amqp::assemble_ahead`]).
+    /// It is taken exactly as its frames would be through [`Broker::handle_frame`]: where the
+    /// channel is open and between commands, as the command its assembler would have made;
+    /// anywhere else as its method frame alone, which is then an error or dropped, and so are
+    /// the header and body after it.
+    pub fn handle_content(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        content: Assembled,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) {
+        let between_commands = self.conns.get(&conn).is_some_and(|c| {
+            !c.closing
+                && c.channels
+                    .get(&channel)
+                    .is_some_and(|ch| ch.state == ChannelState::Open && !ch.assembler.in_progress())
+        });
+        if !between_commands {
+            let (Assembled::Content { method, .. } | Assembled::Method(method)) = content;
+            self.handle_frame(conn, Frame::Method { channel, method }, now_ms, out);
+            return;
+        }
+        if self.alarms.any() && matches!(content, Assembled::Content { method: Method::BasicPublish { .. }, .. }) {
+            self.block_publisher(conn, out);
+        }
+        let result = self.command(conn, channel, content, now_ms, out);
+        self.command_result(conn, channel, result, now_ms, out);
+    }
+
+    /// A command's error closes its channel (a soft error) or its connection (a hard one).
+    fn command_result(&mut self, conn: ConnId, channel: u16, result: Res, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
         if let Err(e) = result {
             if e.code.is_hard() {
                 self.connection_error(conn, e, out);
@@ -1884,7 +1951,7 @@ impl Broker {
                 cancel_notify: false,
                 channels: HashMap::default(),
                 closing: false,
-                out_bytes: 0,
+                out_bytes: Arc::default(),
                 flow_blocked: false,
                 alarm_blocked: false,
                 blocked_sent: false,
@@ -1905,19 +1972,31 @@ impl Broker {
         }
     }
 
-    /// The server wrote `bytes` of deliveries to the connection's socket.
+    /// The server wrote `bytes` of deliveries to the connection's socket. (The server itself
+    /// takes them off the connection's [`Outbound`] count and calls [`Broker::on_writable`]
+    /// only when that makes it writable again.)
     pub fn on_written(&mut self, conn: ConnId, bytes: usize, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
-        let was_writable = c.writable();
-        c.out_bytes = c.out_bytes.saturating_sub(bytes);
-        if !was_writable && c.writable() {
-            self.flow_released = true;
-            let queues: Vec<ShortStr> =
-                c.channels.values().flat_map(|ch| ch.consumers.values().map(|co| co.queue.clone())).collect();
-            let vhost = c.vhost.clone();
-            for q in queues {
-                self.dispatch(&vhost, &q, now_ms, out);
-            }
+        let Some(c) = self.conns.get(&conn) else { return };
+        if c.out_bytes.written(bytes) {
+            self.on_writable(conn, now_ms, out);
+        }
+    }
+
+    /// The count of bytes handed to the connection and not yet written (shared with its task).
+    pub fn outbound(&self, conn: ConnId) -> Option<Arc<Outbound>> {
+        self.conns.get(&conn).map(|c| c.out_bytes.clone())
+    }
+
+    /// A full connection can take deliveries again ([`Outbound::written`] said so): its
+    /// consumers' queues deliver what they held back, and flow-blocked publishers may go on.
+    pub fn on_writable(&mut self, conn: ConnId, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        self.flow_released = true;
+        let queues: Vec<ShortStr> =
+            c.channels.values().flat_map(|ch| ch.consumers.values().map(|co| co.queue.clone())).collect();
+        let vhost = c.vhost.clone();
+        for q in queues {
+            self.dispatch(&vhost, &q, now_ms, out);
         }
     }
 
@@ -3586,7 +3665,7 @@ impl Broker {
         };
         let delivery_tag = ch.take_delivery_tag();
         if let Some(c) = self.conns.get_mut(&target.conn) {
-            c.out_bytes += p.msg.wire_size();
+            c.out_bytes.add(p.msg.wire_size());
         }
         out.push((
             target.conn,
@@ -3668,7 +3747,7 @@ impl Broker {
                     }
                     settled_any = true;
                 }
-                c.out_bytes += msg.wire_size();
+                c.out_bytes.add(msg.wire_size());
                 out.push((
                     key.conn,
                     Out::Content {

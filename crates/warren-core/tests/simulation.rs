@@ -20,7 +20,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
-use warren_amqp::{BasicProperties, FieldTable, FieldValue, Frame, Method};
+use warren_amqp::{assemble_ahead, BasicProperties, FieldTable, FieldValue, Frame, Input, Method};
 use warren_core::{Broker, Config, ConnInfo, Out, SyncJob};
 use warren_store::{Backend, MemBackend};
 
@@ -634,6 +634,9 @@ struct Sim {
     /// Every (connection, output) in order, as `{:?}`.
     stream: Vec<String>,
     history: VecDeque<String>,
+    /// Publishes sent so far: every other one goes as frames, the rest assembled ahead, as the
+    /// server does outside the lock (`Broker::handle_content`).
+    publishes_sent: u64,
 }
 
 fn persistent_props(persistent: bool, priority: u8) -> BasicProperties {
@@ -663,6 +666,7 @@ impl Sim {
             max_conns,
             next_conn: 1,
             next_ctag: 1,
+            publishes_sent: 0,
             strict_order: true,
             expect_get: None,
             expect_returns: VecDeque::new(),
@@ -881,12 +885,28 @@ impl Sim {
     ) -> Vec<(u64, Out)> {
         let mut out = Vec::new();
         let m = Method::BasicPublish { exchange: "".into(), routing_key: key.into(), mandatory, immediate: false };
-        self.broker.handle_frame(conn, Frame::Method { channel: ch, method: m }, self.now, &mut out);
         let header =
             Frame::Header { channel: ch, class_id: 60, body_size: body.len() as u64, properties: props.to_bytes() };
-        self.broker.handle_frame(conn, header, self.now, &mut out);
         let b = Frame::Body { channel: ch, payload: Bytes::from(body.into_bytes()) };
-        self.broker.handle_frame(conn, b, self.now, &mut out);
+        let frames = vec![Frame::Method { channel: ch, method: m }, header, b];
+        self.publishes_sent += 1;
+        if self.publishes_sent.is_multiple_of(2) {
+            for f in frames {
+                self.broker.handle_frame(conn, f, self.now, &mut out);
+            }
+        } else {
+            let mut inputs = Vec::new();
+            assemble_ahead(frames, self.broker.config().max_message_size, &mut inputs);
+            assert!(matches!(inputs[..], [Input::Content { .. }]), "a whole publish is assembled ahead");
+            for input in inputs {
+                match input {
+                    Input::Frame(f) => self.broker.handle_frame(conn, f, self.now, &mut out),
+                    Input::Content { channel, content } => {
+                        self.broker.handle_content(conn, channel, content, self.now, &mut out)
+                    }
+                }
+            }
+        }
         self.broker.end_batch(conn, &mut out);
         out
     }

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio::time::{Instant, MissedTickBehavior};
 use warren_amqp::frame::write_heartbeat;
-use warren_amqp::{Frame, FrameParser, Method, ProtocolError, ReplyCode, ShortStr};
+use warren_amqp::{assemble_ahead, Frame, FrameParser, Input, Method, ProtocolError, ReplyCode, ShortStr};
 use warren_core::{ConnId, Out};
 
 /// The longest a flow-blocked publisher waits before reading again, should no consumer catch
@@ -94,19 +94,24 @@ pub(crate) async fn run<S: Transport>(
     let (tx, rx) = mpsc::unbounded_channel();
     let vhost = negotiated.info.vhost.clone();
     let user = negotiated.info.user.clone();
-    let (opened, flow) = {
+    let (opened, flow, send_timeout, max_body) = {
         let mut core = shared.broker();
         let opened = core.open_connection(id, negotiated.info);
         if opened.is_ok() {
             core.register(id, tx);
         }
-        (opened, core.flow_watch())
+        let config = core.config();
+        let (send_timeout, max_body) = (Duration::from_millis(config.send_timeout_ms), config.max_message_size);
+        (opened.map(|()| core.outbound(id).unwrap_or_default()), core.flow_watch(), send_timeout, max_body)
     };
-    if let Err(e) = opened {
-        tracing::warn!("connection {name}: refused access to vhost '{vhost}': {}", e.text);
-        handshake::refuse_open(&mut socket, &e.on((10, 40))).await;
-        return;
-    }
+    let outbound = match opened {
+        Ok(outbound) => outbound,
+        Err(e) => {
+            tracing::warn!("connection {name}: refused access to vhost '{vhost}': {}", e.text);
+            handshake::refuse_open(&mut socket, &e.on((10, 40))).await;
+            return;
+        }
+    };
     tracing::info!("connection {name}: user '{user}' authenticated and granted access to vhost '{vhost}'");
 
     let mut conn = Connection {
@@ -115,7 +120,7 @@ pub(crate) async fn run<S: Transport>(
         parser: FrameParser::new(negotiated.frame_max),
         frame_max: negotiated.frame_max,
         heartbeat: Duration::from_secs(u64::from(negotiated.heartbeat_s)),
-        send_timeout: Duration::from_millis(shared.broker().config().send_timeout_ms),
+        send_timeout,
         rbuf,
         wbuf: crate::outbuf::OutBuf::default(),
         closing_since: None,
@@ -124,6 +129,7 @@ pub(crate) async fn run<S: Transport>(
         out: Vec::new(),
         mine: Vec::new(),
         frames: Vec::new(),
+        max_body,
         read_size: READ_BUFFER_MIN_BYTES,
         flow,
         flow_blocked: false,
@@ -131,6 +137,7 @@ pub(crate) async fn run<S: Transport>(
         backlog: false,
         turn: None,
         defs_sync: None,
+        outbound,
     };
     let mut wbuf = BytesMut::new();
     write_open_ok(&mut wbuf);
@@ -177,8 +184,12 @@ struct Connection {
     out: Vec<(ConnId, Out)>,
     /// What this connection will write next, in order.
     mine: Vec<Out>,
-    /// Frames parsed from one read (kept to reuse its allocation).
-    frames: Vec<Frame>,
+    /// Frames parsed from one read, whole publishes assembled ahead (kept to reuse its
+    /// allocation; frames left over from a work slice wait here).
+    frames: Vec<Input>,
+    /// The largest message body the broker takes (`max_message_size`): a publish declaring
+    /// more is left to the broker to refuse.
+    max_body: u64,
     /// How much room the next read gets: doubled while reads fill it, up to
     /// `READ_BUFFER_BYTES`.
     read_size: usize,
@@ -196,6 +207,8 @@ struct Connection {
     /// Our commands changed durable definitions: the journal is synced (outside the lock)
     /// before anything more is written to the client.
     defs_sync: Option<Arc<dyn warren_store::SyncHandle>>,
+    /// Bytes of deliveries the broker handed us and we have not written yet (shared with it).
+    outbound: Arc<warren_core::broker::Outbound>,
 }
 
 /// A place in line for a turn (`Shared::backlog_turn`), counted in the core's inbox depth
@@ -345,11 +358,11 @@ impl Connection {
                 }
                 last_write = Instant::now();
             }
-            if delivered > 0 {
+            if delivered > 0 && self.outbound.written(delivered) {
                 // Deliveries the broker held back for a full socket may resume: they arrive
-                // through the outbox like everything else.
+                // through the outbox like everything else. (Any other write needs no lock.)
                 let mut core = self.shared.broker();
-                core.on_written(self.id, delivered, self.shared.now_ms(), &mut self.out);
+                core.on_writable(self.id, self.shared.now_ms(), &mut self.out);
                 core.deliver(&mut self.out);
             }
             if self.done {
@@ -388,11 +401,12 @@ impl Connection {
 
     /// Parses the whole frames read so far and hands them to the broker, a bounded batch under
     /// the lock at a time (so the lock is never held for long, and the batch buffer stays
-    /// small), for one [`WORK_SLICE`]; what is left waits for the next wake-up (`backlog`).
+    /// small), until it has held the lock for one [`WORK_SLICE`]; what is left waits for the
+    /// next turn (`backlog`).
     fn on_read(&mut self) {
-        let started = std::time::Instant::now();
-        while !self.done && !self.flow_blocked && !self.alarm_blocked && self.on_read_batch(started) {
-            if started.elapsed() >= WORK_SLICE {
+        let mut held = Duration::ZERO;
+        while !self.done && !self.flow_blocked && !self.alarm_blocked && self.on_read_batch(&mut held) {
+            if held >= WORK_SLICE {
                 self.backlog = true;
                 return;
             }
@@ -400,14 +414,17 @@ impl Connection {
     }
 
     /// Parses up to [`FRAMES_PER_BATCH`] frames (after those left from the last batch) and
-    /// hands them over until the slice that began at `started` is used up; false when there
-    /// was nothing more to hand over (or a framing error ended reading).
-    fn on_read_batch(&mut self, started: std::time::Instant) -> bool {
+    /// hands them over while the time this turn has held the lock (`held`, which it adds to) is
+    /// under the slice; false when there was nothing more to hand over (or a framing error ended
+    /// reading). The slice counts time holding the lock, not time waiting for it: a connection
+    /// is held back for the work it does, not for the contention it meets.
+    fn on_read_batch(&mut self, held: &mut Duration) -> bool {
         let mut frames = std::mem::take(&mut self.frames);
         let mut error = None;
-        while frames.len() < FRAMES_PER_BATCH {
+        let mut parsed = Vec::new();
+        while frames.len() + parsed.len() < FRAMES_PER_BATCH {
             match self.parser.parse(&mut self.rbuf) {
-                Ok(Some(f)) => frames.push(f),
+                Ok(Some(f)) => parsed.push(f),
                 Ok(None) => break,
                 Err(e) => {
                     error = Some(e);
@@ -415,29 +432,45 @@ impl Connection {
                 }
             }
         }
-        if frames.is_empty() && error.is_none() {
+        if frames.is_empty() && parsed.is_empty() && error.is_none() {
             self.frames = frames;
             return false;
         }
-        let full = frames.len() == FRAMES_PER_BATCH;
+        let full = frames.len() + parsed.len() == FRAMES_PER_BATCH;
+        // Whole publishes are assembled here, before the lock is taken.
+        assemble_ahead(parsed, self.max_body, &mut frames);
         let now = self.shared.now_ms();
         let shared = self.shared.clone();
         let mut core = shared.broker();
-        let mut handed = 0;
+        let locked_at = std::time::Instant::now();
+        // Frames handed over since the clock was last looked at.
+        let mut unclocked = 0;
         let mut left = false;
-        for f in frames.drain(..) {
+        for input in frames.drain(..) {
             if self.done {
                 break;
             }
             if left {
-                self.frames.push(f);
+                self.frames.push(input);
                 continue;
             }
-            handed += 1;
-            if error.is_none() && handed % FRAMES_PER_CLOCK_CHECK == 0 && started.elapsed() >= WORK_SLICE {
+            // A publish (costly when it fans out) is worth a look at the clock after each.
+            unclocked += if matches!(input, Input::Content { .. }) { FRAMES_PER_CLOCK_CHECK } else { 1 };
+            if unclocked >= FRAMES_PER_CLOCK_CHECK {
+                unclocked = 0;
                 // The rest of the batch waits for the next slice, in order.
-                left = true;
+                left = error.is_none() && *held + locked_at.elapsed() >= WORK_SLICE;
             }
+            let f = match input {
+                Input::Frame(f) => f,
+                Input::Content { channel, content } => {
+                    // Never on channel 0, so never the connection's own; dropped once closing.
+                    if !self.closing {
+                        core.handle_content(self.id, channel, content, now, &mut self.out);
+                    }
+                    continue;
+                }
+            };
             // The broker ignores the frames of a connection it is closing; only channel 0 is
             // ours to handle, so that is where its decision is looked up.
             if f.channel() == 0 && !self.closing && core.is_closing(self.id) {
@@ -500,6 +533,7 @@ impl Connection {
         let sync_wanted = core.sync_wanted();
         core.log_errors();
         core.deliver(&mut self.out);
+        *held += locked_at.elapsed();
         drop(core);
         if self.out.capacity() <= SMALL_BATCH_FRAMES {
             self.out = Vec::new();

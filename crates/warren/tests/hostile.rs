@@ -202,6 +202,27 @@ async fn content_on_another_channel_than_its_publish_is_an_unexpected_frame() {
     expect_close(bytes, true, UNEXPECTED_FRAME).await;
 }
 
+// A publish whose frames arrive in one read is assembled ahead, outside the broker's lock; it
+// must meet the same fate as frames taken one at a time.
+#[tokio::test]
+async fn a_whole_publish_on_a_channel_never_opened_is_a_channel_error() {
+    let mut bytes = publish_frame(7);
+    bytes.extend(header(7, 3));
+    bytes.extend(frame(3, 7, b"abc", 0xCE));
+    let text = expect_close(bytes, false, CHANNEL_ERROR).await;
+    assert!(text.contains("channel.open"), "{text}");
+}
+
+#[tokio::test]
+async fn a_whole_publish_where_a_header_was_due_is_an_unexpected_frame() {
+    // The first publish never gets its header: the second one's method frame is unexpected.
+    let mut bytes = publish_frame(1);
+    bytes.extend(publish_frame(1));
+    bytes.extend(header(1, 3));
+    bytes.extend(frame(3, 1, b"abc", 0xCE));
+    expect_close(bytes, true, UNEXPECTED_FRAME).await;
+}
+
 #[tokio::test]
 async fn a_method_of_an_unknown_class_is_not_implemented() {
     if common::is_external() {
