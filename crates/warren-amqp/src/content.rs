@@ -14,12 +14,17 @@ use crate::reply::{ProtocolError, ReplyCode};
 use bytes::{Bytes, BytesMut};
 
 /// A whole command.
-// Moved once per command; boxing the large variant would cost an allocation per publish.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Assembled {
     Method(Method),
-    Content { method: Method, properties: BasicProperties, raw_properties: Bytes, body: Bytes },
+    /// The decoded properties are boxed: a command is moved several times on its way (into a
+    /// batch, to the broker), and they are most of its size.
+    Content {
+        method: Method,
+        properties: Box<BasicProperties>,
+        raw_properties: Bytes,
+        body: Bytes,
+    },
 }
 
 #[allow(clippy::large_enum_variant)]
@@ -30,7 +35,7 @@ enum State {
     AwaitHeader(Method),
     AwaitBody {
         method: Method,
-        properties: BasicProperties,
+        properties: Box<BasicProperties>,
         raw_properties: Bytes,
         remaining: u64,
         parts: BodyParts,
@@ -126,7 +131,7 @@ impl ContentAssembler {
                     )
                     .on(ids));
                 }
-                let properties = BasicProperties::decode(raw.clone()).map_err(|e| e.on(ids))?;
+                let properties = Box::new(BasicProperties::decode(raw.clone()).map_err(|e| e.on(ids))?);
                 if body_size == 0 {
                     return Ok(Some(Assembled::Content {
                         method,
@@ -197,26 +202,6 @@ pub enum Input {
     },
 }
 
-/// A command begun ahead: its method, then its header.
-#[allow(clippy::large_enum_variant)]
-enum Ahead {
-    Method { channel: u16, method: Method },
-    Header { channel: u16, method: Method, properties: BasicProperties, raw: Bytes, body_size: u64 },
-}
-
-impl Ahead {
-    /// Gives the frames back as they came.
-    fn undo(self, out: &mut Vec<Input>) {
-        match self {
-            Ahead::Method { channel, method } => out.push(Input::Frame(Frame::Method { channel, method })),
-            Ahead::Header { channel, method, raw, body_size, .. } => {
-                out.push(Input::Frame(Frame::Method { channel, method }));
-                out.push(Input::Frame(Frame::Header { channel, class_id: CLASS_BASIC, body_size, properties: raw }));
-            }
-        }
-    }
-}
-
 /// Assembles ahead, where the frames were read (outside the broker's lock), each
 /// content-bearing command whose frames are all here, in a row and well formed: a method with
 /// content on a channel other than 0, its content header of class 60 declaring at most
@@ -228,63 +213,51 @@ impl Ahead {
 /// assembler is idle, it is the command that assembler would have made of them; otherwise the
 /// method frame alone tells what happens (it is an error there, and the rest is dropped).
 pub fn assemble_ahead(frames: impl IntoIterator<Item = Frame>, max_body: u64, out: &mut Vec<Input>) {
-    let mut ahead: Option<Ahead> = None;
-    for frame in frames {
-        ahead = match (ahead.take(), frame) {
-            (None, Frame::Method { channel, method }) if channel != 0 && method.has_content() => {
-                Some(Ahead::Method { channel, method })
-            }
-            (None, frame) => {
-                out.push(Input::Frame(frame));
-                None
-            }
-            (
-                Some(Ahead::Method { channel, method }),
-                Frame::Header { channel: c, class_id: CLASS_BASIC, body_size, properties: raw },
-            ) if c == channel && body_size <= max_body => match BasicProperties::decode(raw.clone()) {
-                Ok(properties) if body_size == 0 => {
-                    let content = Assembled::Content { method, properties, raw_properties: raw, body: Bytes::new() };
-                    out.push(Input::Content { channel, content });
-                    None
-                }
-                Ok(properties) => Some(Ahead::Header { channel, method, properties, raw, body_size }),
-                Err(_) => {
-                    out.push(Input::Frame(Frame::Method { channel, method }));
-                    out.push(Input::Frame(Frame::Header {
-                        channel,
-                        class_id: CLASS_BASIC,
-                        body_size,
-                        properties: raw,
-                    }));
-                    None
-                }
-            },
-            (
-                Some(Ahead::Header { channel, method, properties, raw, body_size }),
-                Frame::Body { channel: c, payload },
-            ) if c == channel && payload.len() as u64 == body_size => {
-                let content = Assembled::Content { method, properties, raw_properties: raw, body: payload };
-                out.push(Input::Content { channel, content });
-                None
-            }
-            (Some(begun), frame) => {
-                // Not a whole command: the frames go on as they came, and this one starts
-                // afresh (it may begin the next command).
-                begun.undo(out);
-                match frame {
-                    Frame::Method { channel, method } if channel != 0 && method.has_content() => {
-                        Some(Ahead::Method { channel, method })
-                    }
-                    frame => {
-                        out.push(Input::Frame(frame));
-                        None
-                    }
-                }
+    let mut frames = frames.into_iter().peekable();
+    while let Some(frame) = frames.next() {
+        let Frame::Method { channel, method } = frame else {
+            out.push(Input::Frame(frame));
+            continue;
+        };
+        if channel == 0 || !method.has_content() {
+            out.push(Input::Frame(Frame::Method { channel, method }));
+            continue;
+        }
+        // Its header, when it comes next, is for it and is one the assembler would take.
+        let header = frames.next_if(|f| {
+            matches!(f, Frame::Header { channel: c, class_id: CLASS_BASIC, body_size, .. }
+                if *c == channel && *body_size <= max_body)
+        });
+        let Some(Frame::Header { body_size, properties: raw, .. }) = header else {
+            out.push(Input::Frame(Frame::Method { channel, method }));
+            continue;
+        };
+        let properties = match BasicProperties::decode(raw.clone()) {
+            Ok(p) => Box::new(p),
+            Err(_) => {
+                out.push(Input::Frame(Frame::Method { channel, method }));
+                out.push(Input::Frame(Frame::Header { channel, class_id: CLASS_BASIC, body_size, properties: raw }));
+                continue;
             }
         };
-    }
-    if let Some(begun) = ahead {
-        begun.undo(out);
+        let body = if body_size == 0 {
+            Bytes::new()
+        } else {
+            let next = frames.next_if(|f| {
+                matches!(f, Frame::Body { channel: c, payload } if *c == channel && payload.len() as u64 == body_size)
+            });
+            let Some(Frame::Body { payload, .. }) = next else {
+                // The body is elsewhere or in several frames: the frames go on as they came.
+                out.push(Input::Frame(Frame::Method { channel, method }));
+                out.push(Input::Frame(Frame::Header { channel, class_id: CLASS_BASIC, body_size, properties: raw }));
+                continue;
+            };
+            payload
+        };
+        out.push(Input::Content {
+            channel,
+            content: Assembled::Content { method, properties, raw_properties: raw, body },
+        });
     }
 }
 

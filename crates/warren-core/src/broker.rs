@@ -2328,7 +2328,7 @@ impl Broker {
         conn: ConnId,
         channel: u16,
         method: Method,
-        content: Option<(BasicProperties, Bytes, Bytes)>,
+        content: Option<(Box<BasicProperties>, Bytes, Bytes)>,
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
@@ -3252,7 +3252,7 @@ impl Broker {
         exchange: ShortStr,
         routing_key: ShortStr,
         mandatory: bool,
-        mut properties: BasicProperties,
+        mut properties: Box<BasicProperties>,
         mut raw: Bytes,
         body: Bytes,
         now_ms: u64,
@@ -3310,7 +3310,7 @@ impl Broker {
         if let Some(n) = confirm_seq {
             ch.confirm_next = Some(n + 1);
         }
-        let msg = Message::new(exchange.clone(), routing_key.clone(), properties, raw, body);
+        let msg = Message::new(exchange.clone(), routing_key.clone(), *properties, raw, body);
         let p = Publish { exchange, routing_key, mandatory, msg, confirm_seq };
         if let Some(tx) = ch.tx.as_mut() {
             tx.publishes.push(p);

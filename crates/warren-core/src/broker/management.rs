@@ -450,7 +450,7 @@ impl Broker {
         };
         let raw = properties.to_bytes();
         self.management(vhost, user, now_ms, out, |b, out| {
-            let answers = b.management_method(m, Some((properties, raw, body)), now_ms, out)?;
+            let answers = b.management_method(m, Some((Box::new(properties), raw, body)), now_ms, out)?;
             Ok(!answers.iter().any(|o| matches!(o, Out::Content { method: Method::BasicReturn { .. }, .. })))
         })
     }
@@ -566,7 +566,7 @@ impl Broker {
     fn management_method(
         &mut self,
         method: Method,
-        content: Option<(BasicProperties, Bytes, Bytes)>,
+        content: Option<(Box<BasicProperties>, Bytes, Bytes)>,
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) -> Result<Vec<Out>, ProtocolError> {
