@@ -1,7 +1,8 @@
 //! The broker state machine.
 //!
 //! The server calls [`Broker::handle_frame`] with every frame of a channel (channel 0, the
-//! connection's own methods, stays in the server), then [`Broker::end_batch`] once per batch of
+//! connection's own methods, stays in the server), or [`Broker::handle_content`] with a whole
+//! publish it assembled ahead from its frames, then [`Broker::end_batch`] once per batch of
 //! frames read. Whatever the broker wants written, to this connection or to any other, is
 //! appended to the `out` vector as `(connection, Out)` pairs.
 //!
