@@ -267,8 +267,11 @@ mod tests {
     use crate::ShortStr;
 
     fn publish() -> Frame {
+        publish_on(1)
+    }
+    fn publish_on(channel: u16) -> Frame {
         Frame::Method {
-            channel: 1,
+            channel,
             method: Method::BasicPublish {
                 exchange: ShortStr::from(""),
                 routing_key: ShortStr::from("q"),
@@ -324,15 +327,7 @@ mod tests {
         use proptest::prelude::*;
         let channel = 0u16..3;
         prop_oneof![
-            4 => channel.clone().prop_map(|channel| Frame::Method {
-                channel,
-                method: Method::BasicPublish {
-                    exchange: ShortStr::from(""),
-                    routing_key: ShortStr::from("q"),
-                    mandatory: false,
-                    immediate: false,
-                },
-            }),
+            4 => channel.clone().prop_map(publish_on),
             1 => channel.clone().prop_map(|channel| Frame::Method { channel, method: Method::BasicQos {
                 prefetch_size: 0, prefetch_count: 1, global: false } }),
             4 => (channel.clone(), prop_oneof![Just(60u16), Just(50u16)], 0u64..6, prop_oneof![
@@ -352,15 +347,7 @@ mod tests {
         let publish_run = (1u16..3, 0u64..5, 0usize..6, proptest::bool::weighted(0.8)).prop_map(
             |(channel, body_size, body_len, with_body)| {
                 let mut run = vec![
-                    Frame::Method {
-                        channel,
-                        method: Method::BasicPublish {
-                            exchange: ShortStr::from(""),
-                            routing_key: ShortStr::from("q"),
-                            mandatory: false,
-                            immediate: false,
-                        },
-                    },
+                    publish_on(channel),
                     Frame::Header { channel, class_id: 60, body_size, properties: Bytes::from_static(&[0, 0]) },
                 ];
                 if with_body {
