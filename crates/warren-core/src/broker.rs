@@ -14,7 +14,9 @@ use crate::args::{QueueArgs, QueueType};
 use crate::auth::{Access, Grants, Password, Permission, TopicPermission, User, Users, SHA256, SHA512};
 pub use crate::channel::Publish;
 use crate::channel::{AckOp, Channel, ChannelState, Consumer, DeferredKind, TxState, Unacked};
-use crate::config::{Config, CONNECTION_OUTBOUND_MAX_BYTES};
+use crate::config::Config;
+use crate::credit::ConsumerCredit;
+pub use crate::credit::Outbound;
 use crate::definitions::{
     journal_header, BindingDef, DefOp, Definitions, ExchangeDef, PermissionDef, PolicyDef, QueueDef,
     TopicPermissionDef, UserDef, UserLimits, VhostLimits,
@@ -113,42 +115,6 @@ struct Conn {
     /// the ones it owns: most connections never declare one, and the management API opens and
     /// closes a connection per operation (100,000 times for a definitions import).
     owns_exclusive: bool,
-}
-
-impl Conn {
-    fn writable(&self) -> bool {
-        self.out_bytes.get() < CONNECTION_OUTBOUND_MAX_BYTES
-    }
-}
-
-/// Bytes of deliveries handed to a connection and not yet written to its socket, shared by the
-/// broker (which adds what it hands over) and the connection's task (which takes off what it
-/// wrote, [`Outbound::written`]). A write then needs no trip through the broker unless it makes
-/// a full connection writable again ([`Broker::on_writable`]).
-///
-/// No wake-up is lost: the broker skips a connection only while the count is at the limit or
-/// over it, and then bytes are in flight whose write brings it under the limit.
-#[derive(Debug, Default)]
-pub struct Outbound(std::sync::atomic::AtomicUsize);
-
-impl Outbound {
-    fn add(&self, bytes: usize) {
-        self.0.fetch_add(bytes, std::sync::atomic::Ordering::AcqRel);
-    }
-
-    fn get(&self) -> usize {
-        self.0.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Takes off bytes written; true when that brought a full connection under the limit (the
-    /// caller then calls [`Broker::on_writable`]).
-    pub fn written(&self, bytes: usize) -> bool {
-        use std::sync::atomic::Ordering;
-        let before = match self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(bytes))) {
-            Ok(v) | Err(v) => v,
-        };
-        before >= CONNECTION_OUTBOUND_MAX_BYTES && before.saturating_sub(bytes) < CONNECTION_OUTBOUND_MAX_BYTES
-    }
 }
 
 #[derive(Debug)]
@@ -1349,7 +1315,7 @@ impl Broker {
         channels.sort_unstable();
         for channel in channels {
             let Some(ch) = c.channels.get_mut(&channel) else { continue };
-            let open = ch.state == ChannelState::Open;
+            let open = ch.state() == ChannelState::Open;
             // A run of acks: (first, last) publish sequence numbers.
             let mut run: Option<(u64, u64)> = None;
             let flush = |run: &mut Option<(u64, u64)>, out: &mut Vec<(ConnId, Out)>| {
@@ -1718,8 +1684,7 @@ impl Broker {
                     } else if let Some(e) = over_user_channels {
                         self.connection_error(conn, e.on((20, 10)), out);
                     } else {
-                        let mut ch = Channel::new();
-                        ch.unacked_max = self.config.unacked_max_per_channel.map_or(usize::MAX, |n| n as usize);
+                        let ch = Channel::new(self.config.unacked_max_per_channel.map_or(usize::MAX, |n| n as usize));
                         c.channels.insert(channel, Box::new(ch));
                         self.counters.channels_opened += 1;
                         out.push((conn, Out::Method { channel, method: Method::ChannelOpenOk }));
@@ -1742,7 +1707,7 @@ impl Broker {
                     return;
                 }
             },
-            Some(ch) if ch.state == ChannelState::Closing => {
+            Some(ch) if ch.state() == ChannelState::Closing => {
                 match frame {
                     Frame::Method { method: Method::ChannelCloseOk, .. } => {
                         c.channels.remove(&channel);
@@ -1782,7 +1747,7 @@ impl Broker {
             !c.closing
                 && c.channels
                     .get(&channel)
-                    .is_some_and(|ch| ch.state == ChannelState::Open && !ch.assembler.in_progress())
+                    .is_some_and(|ch| ch.state() == ChannelState::Open && !ch.assembler.in_progress())
         });
         if !between_commands {
             let (Assembled::Content { method, .. } | Assembled::Method(method)) = content;
@@ -2082,10 +2047,10 @@ impl Broker {
                 continue;
             }
             for (&channel, ch) in &c.channels {
-                if ch.state != ChannelState::Open {
+                if ch.state() != ChannelState::Open {
                     continue;
                 }
-                if let Some(u) = ch.unacked.iter().find(|u| now_ms.saturating_sub(u.delivered_at_ms) > timeout) {
+                if let Some(u) = ch.unacked().iter().find(|u| now_ms.saturating_sub(u.delivered_at_ms) > timeout) {
                     let consumer = u.consumer.clone().filter(|t| ch.consumers.contains_key(t));
                     expired.push((conn, channel, consumer, c.cancel_notify));
                 }
@@ -2117,9 +2082,7 @@ impl Broker {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         let vhost = c.vhost.clone();
         let Some(ch) = c.channels.get_mut(&channel) else { return };
-        let (mine, rest): (Vec<Unacked>, Vec<Unacked>) =
-            ch.unacked.drain(..).partition(|u| u.consumer.as_ref() == Some(&tag));
-        ch.unacked = rest.into();
+        let mine = ch.take_unacked_of(&tag);
         ch.reclaimed.extend(mine.iter().map(|u| u.delivery_tag));
         out.push((
             conn,
@@ -2242,7 +2205,7 @@ impl Broker {
     ) {
         self.release_channel(conn, channel, now_ms, out);
         let Some(ch) = self.conns.get_mut(&conn).and_then(|c| c.channels.get_mut(&channel)) else { return };
-        ch.state = ChannelState::Closing;
+        ch.start_closing();
         ch.assembler.reset();
         out.push((
             conn,
@@ -2274,7 +2237,7 @@ impl Broker {
         let mut queues = Vec::new();
         for &channel in channels {
             let Some(ch) = self.conns.get_mut(&conn).and_then(|c| c.channels.get_mut(&channel)) else { continue };
-            unacked.extend(ch.unacked.drain(..));
+            unacked.extend(ch.take_all_unacked());
             let tags: Vec<ShortStr> = ch.consumers.keys().cloned().collect();
             ch.tx = None;
             ch.deferred.clear();
@@ -2483,7 +2446,7 @@ impl Broker {
                 }
                 let ch = self.channel_mut(conn, channel)?;
                 if global {
-                    ch.prefetch_channel = prefetch_count;
+                    ch.set_prefetch_channel(prefetch_count);
                 } else {
                     ch.prefetch_consumer = prefetch_count;
                 }
@@ -2537,7 +2500,7 @@ impl Broker {
                 let sync = matches!(method, Method::BasicRecover { .. });
                 let vhost = self.vhost_of(conn)?;
                 let ch = self.channel_mut(conn, channel)?;
-                let unacked: Vec<Unacked> = ch.unacked.drain(..).collect();
+                let unacked: Vec<Unacked> = ch.take_all_unacked();
                 self.forget_consumer_unacked(conn, channel, &unacked);
                 if sync {
                     Self::reply(out, conn, channel, Method::BasicRecoverOk);
@@ -3097,7 +3060,7 @@ impl Broker {
             let Some(c) = self.conns.get_mut(&key.conn) else { continue };
             if let Some(ch) = c.channels.get_mut(&key.channel) {
                 ch.consumers.remove(&key.tag);
-                if c.cancel_notify && ch.state == ChannelState::Open {
+                if c.cancel_notify && ch.state() == ChannelState::Open {
                     out.push((
                         key.conn,
                         Out::Method {
@@ -3151,7 +3114,9 @@ impl Broker {
         let queue = self.resolve_queue_name(conn, channel, queue)?;
         self.check(conn, Access::Read, "queue", &queue)?;
         let ch = self.channel_mut(conn, channel)?;
-        let prefetch = ch.prefetch_consumer;
+        let credit = ConsumerCredit::new(no_ack, ch.prefetch_consumer);
+        let channel_credit = ch.credit().clone();
+        let outbound = self.conns.get(&conn).ok_or_else(|| internal("unknown connection"))?.out_bytes.clone();
         let (vhost, q) = self.queue_for_use(conn, &queue)?;
         if q.exclusive_consumer || (exclusive && !q.consumers.is_empty()) {
             return Err(ProtocolError::new(
@@ -3159,12 +3124,20 @@ impl Broker {
                 format_args!("queue '{queue}' in vhost '{vhost}' in exclusive use"),
             ));
         }
-        q.add_consumer(ConsumerKey { conn, channel, tag: tag.clone(), priority });
+        q.add_consumer(ConsumerKey {
+            conn,
+            channel,
+            tag: tag.clone(),
+            priority,
+            credit: credit.clone(),
+            channel_credit,
+            outbound,
+        });
         q.had_consumer = true;
         q.exclusive_consumer = exclusive;
         q.last_used_ms = now_ms;
         let ch = self.channel_mut(conn, channel)?;
-        ch.consumers.insert(tag.clone(), Consumer { queue: queue.clone(), no_ack, prefetch, unacked: 0 });
+        ch.consumers.insert(tag.clone(), Consumer { queue: queue.clone(), credit });
         if !nowait {
             Self::reply(out, conn, channel, Method::BasicConsumeOk { consumer_tag: tag });
         }
@@ -3462,7 +3435,7 @@ impl Broker {
                 let may_have_ttl = msg.properties.expiration.is_some() || queue.args.message_ttl_ms.is_some();
                 if may_have_ttl
                     && queue.expiry_for(msg, now_ms) == Some(now_ms)
-                    && !(queue.is_empty() && choose_consumer(queue, &self.conns).is_some())
+                    && !(queue.is_empty() && choose_consumer(queue).is_some())
                 {
                     dead.push((q.clone(), Queued::unqueued(0, msg.clone(), Some(now_ms)), "expired"));
                     continue;
@@ -3483,9 +3456,7 @@ impl Broker {
                 }
                 self.disk_written += outcome.stored_bytes;
                 if outcome.paged && !self.paged_behind_consumer {
-                    let conns = &self.conns;
-                    self.paged_behind_consumer =
-                        queue.consumers.iter().any(|k| conns.get(&k.conn).is_some_and(|c| !c.writable()));
+                    self.paged_behind_consumer = queue.consumers.iter().any(|k| !k.outbound.writable());
                 }
                 if outcome.rejected {
                     rejected = true;
@@ -3698,8 +3669,9 @@ impl Broker {
             let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
             let mut settled_any = false;
             while !q.is_empty() && !q.consumers.is_empty() {
-                let Some(idx) = choose_consumer(q, conns) else { break };
-                let key = q.consumers[idx].clone();
+                let Some(idx) = choose_consumer(q) else { break };
+                let key = &q.consumers[idx];
+                let (key_conn, key_channel, tag, no_ack) = (key.conn, key.channel, key.tag.clone(), key.credit.no_ack);
                 let m = match q.pop() {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
@@ -3720,25 +3692,24 @@ impl Broker {
                 }
                 q.rr = idx + 1;
                 q.mark_delivered(&m);
-                let Some(c) = conns.get_mut(&key.conn) else { break };
-                let Some(ch) = c.channels.get_mut(&key.channel) else { break };
+                let Some(c) = conns.get_mut(&key_conn) else { break };
+                let Some(ch) = c.channels.get_mut(&key_channel) else { break };
                 let delivery_tag = ch.take_delivery_tag();
-                let Some(co) = ch.consumers.get_mut(&key.tag) else { break };
                 let msg = delivered_message(q, &m);
                 counters.redelivered += u64::from(m.redelivered);
-                if co.no_ack {
+                if no_ack {
                     counters.delivered_consume_auto_ack += 1;
                 } else {
                     counters.delivered_consume_manual_ack += 1;
                 }
-                if !co.no_ack {
-                    co.unacked += 1;
+                if !no_ack {
+                    q.consumers[idx].credit.delivered();
                     q.unacked += 1;
-                    ch.unacked.push_back(Unacked {
+                    ch.push_unacked(Unacked {
                         delivery_tag,
                         queue: q.name.clone(),
                         item: m.clone(),
-                        consumer: Some(key.tag.clone()),
+                        consumer: Some(tag.clone()),
                         delivered_at_ms: now_ms,
                     });
                 } else {
@@ -3750,11 +3721,11 @@ impl Broker {
                 }
                 c.out_bytes.add(msg.wire_size());
                 out.push((
-                    key.conn,
+                    key_conn,
                     Out::Content {
-                        channel: key.channel,
+                        channel: key_channel,
                         method: Method::BasicDeliver {
-                            consumer_tag: key.tag,
+                            consumer_tag: tag,
                             delivery_tag,
                             redelivered: m.redelivered,
                             exchange: msg.exchange.clone(),
@@ -3825,10 +3796,10 @@ impl Broker {
         self.check(conn, Access::Read, "queue", &queue)?;
         let (vhost, _) = self.queue_for_use(conn, &queue)?;
         let ch = self.channel_mut(conn, channel)?;
-        if !no_ack && ch.unacked.len() >= ch.unacked_max {
+        if !no_ack && ch.unacked().len() >= ch.unacked_max() {
             return Err(precondition(format_args!(
                 "unacked message limit of the channel ({}) is reached: acknowledge deliveries before getting more",
-                ch.unacked_max
+                ch.unacked_max()
             )));
         }
         self.expire(&vhost, &queue, now_ms, out);
@@ -3861,7 +3832,7 @@ impl Broker {
         let ch = self.channel_mut(conn, channel)?;
         let delivery_tag = ch.take_delivery_tag();
         if !no_ack {
-            ch.unacked.push_back(Unacked {
+            ch.push_unacked(Unacked {
                 delivery_tag,
                 queue: qname,
                 item: m.clone(),
@@ -3961,8 +3932,8 @@ impl Broker {
     fn forget_consumer_unacked(&mut self, conn: ConnId, channel: u16, settled: &[Unacked]) {
         let Some(ch) = self.conns.get_mut(&conn).and_then(|c| c.channels.get_mut(&channel)) else { return };
         for u in settled {
-            if let Some(co) = u.consumer.as_ref().and_then(|t| ch.consumers.get_mut(t)) {
-                co.unacked = co.unacked.saturating_sub(1);
+            if let Some(co) = u.consumer.as_ref().and_then(|t| ch.consumers.get(t)) {
+                co.credit.settled();
             }
         }
     }
@@ -4026,20 +3997,8 @@ impl Broker {
 /// The consumer the next message goes to: the first in priority order (then round-robin from
 /// `rr` among equals) whose connection, channel and prefetch allow another delivery. With a
 /// single active consumer only the first consumer is considered.
-fn choose_consumer(q: &Queue, conns: &HashMap<ConnId, Conn>) -> Option<usize> {
-    let can_take = |idx: usize| {
-        let key = &q.consumers[idx];
-        let Some(c) = conns.get(&key.conn) else { return false };
-        let Some(ch) = c.channels.get(&key.channel) else { return false };
-        let Some(co) = ch.consumers.get(&key.tag) else { return false };
-        c.writable()
-            && ch.state == ChannelState::Open
-            && if co.no_ack {
-                !ch.global_prefetch_reached()
-            } else {
-                (co.prefetch == 0 || co.unacked < u32::from(co.prefetch)) && ch.has_channel_credit()
-            }
-    };
+fn choose_consumer(q: &Queue) -> Option<usize> {
+    let can_take = |idx: usize| q.consumers[idx].can_take();
     if q.args.single_active_consumer {
         return (!q.consumers.is_empty() && can_take(0)).then_some(0);
     }

@@ -1,12 +1,15 @@
 //! Per-channel state: the command assembler, consumers, unacknowledged deliveries, prefetch,
 //! confirm mode and transactions.
 //!
-//! Invariant: `unacked` is ordered by delivery tag (tags are handed out increasing), so the
-//! oldest delivery is at the front and `multiple` acks drain a prefix.
+//! Invariants: `unacked` is ordered by delivery tag (tags are handed out increasing), so the
+//! oldest delivery is at the front and `multiple` acks drain a prefix; its length is what the
+//! channel's [`ChannelCredit`] tells the queues (every change goes through a method here).
 
+use crate::credit::{ChannelCredit, ConsumerCredit};
 use crate::hash::HashMap;
 use crate::queue::Queued;
 use std::collections::VecDeque;
+use std::sync::Arc;
 use warren_amqp::{ContentAssembler, ShortStr};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,10 +22,9 @@ pub enum ChannelState {
 #[derive(Debug)]
 pub struct Consumer {
     pub queue: ShortStr,
-    pub no_ack: bool,
-    /// Per-consumer prefetch (basic.qos global=false at the time of consume); 0 = unlimited.
-    pub prefetch: u16,
-    pub unacked: u32,
+    /// Its no-ack mode, its prefetch (basic.qos global=false at the time of consume; 0 =
+    /// unlimited) and its deliveries not yet settled, shared with its queue.
+    pub credit: Arc<ConsumerCredit>,
 }
 
 #[derive(Debug, Clone)]
@@ -86,17 +88,16 @@ pub struct TxState {
 
 #[derive(Debug)]
 pub struct Channel {
-    pub state: ChannelState,
+    state: ChannelState,
     pub assembler: ContentAssembler,
     pub consumers: HashMap<ShortStr, Consumer>,
-    pub unacked: VecDeque<Unacked>,
+    unacked: VecDeque<Unacked>,
     pub next_delivery_tag: u64,
     /// basic.qos global=false: the prefetch given to consumers created from now on.
     pub prefetch_consumer: u16,
-    /// basic.qos global=true: the limit on unacked deliveries of the whole channel; 0 = none.
-    pub prefetch_channel: u16,
-    /// The node's cap on this channel's unacked deliveries (`unacked_max_per_channel`).
-    pub unacked_max: usize,
+    /// What the queues of its consumers read: open or not, the unacked count, the channel's
+    /// prefetch (basic.qos global=true) and the node's cap (`unacked_max_per_channel`).
+    credit: Arc<ChannelCredit>,
     /// Confirm mode: the sequence number of the next publish.
     pub confirm_next: Option<u64>,
     /// Answers held back until the store has synced the epoch they wait for (0: none), in the
@@ -114,7 +115,8 @@ pub struct Channel {
 }
 
 impl Channel {
-    pub fn new() -> Self {
+    /// An open channel whose unacked deliveries the node caps at `unacked_max`.
+    pub fn new(unacked_max: usize) -> Self {
         Channel {
             state: ChannelState::Open,
             assembler: ContentAssembler::default(),
@@ -122,8 +124,7 @@ impl Channel {
             unacked: VecDeque::new(),
             next_delivery_tag: 1,
             prefetch_consumer: 0,
-            prefetch_channel: 0,
-            unacked_max: usize::MAX,
+            credit: ChannelCredit::new(unacked_max),
             confirm_next: None,
             deferred: VecDeque::new(),
             tx: None,
@@ -139,21 +140,76 @@ impl Channel {
         t
     }
 
-    /// True when the channel-wide prefetch and the node's cap leave room for another delivery.
-    pub fn has_channel_credit(&self) -> bool {
-        !self.global_prefetch_reached() && self.unacked.len() < self.unacked_max
+    pub fn state(&self) -> ChannelState {
+        self.state
     }
 
-    /// The channel's global prefetch (basic.qos global=true) is used up. As RabbitMQ's channel
-    /// limiter, this holds back no-ack consumers of the channel too, although their own
-    /// deliveries never count against it.
-    pub fn global_prefetch_reached(&self) -> bool {
-        self.prefetch_channel != 0 && self.unacked.len() >= self.prefetch_channel as usize
+    /// We sent channel.close: every frame but close-ok is dropped from now on, and its
+    /// consumers' queues see it closed.
+    pub fn start_closing(&mut self) {
+        self.state = ChannelState::Closing;
+        self.credit.close();
+    }
+
+    /// What its consumers' queues read (see [`ChannelCredit`]).
+    pub fn credit(&self) -> &Arc<ChannelCredit> {
+        &self.credit
+    }
+
+    /// basic.qos global=true: the limit on unacked deliveries of the whole channel; 0 = none.
+    pub fn prefetch_channel(&self) -> u16 {
+        self.credit.prefetch()
+    }
+
+    pub fn set_prefetch_channel(&mut self, prefetch: u16) {
+        self.credit.set_prefetch(prefetch);
+    }
+
+    /// The node's cap on this channel's unacked deliveries (`unacked_max_per_channel`).
+    pub fn unacked_max(&self) -> usize {
+        self.credit.unacked_max()
+    }
+
+    /// Deliveries (and basic.get answers) waiting for an ack, oldest first.
+    pub fn unacked(&self) -> &VecDeque<Unacked> {
+        &self.unacked
+    }
+
+    /// A delivery that waits for an ack; its tag is the newest.
+    pub fn push_unacked(&mut self, u: Unacked) {
+        debug_assert!(
+            self.unacked.back().is_none_or(|last| last.delivery_tag < u.delivery_tag),
+            "unacked deliveries are kept in tag order"
+        );
+        self.unacked.push_back(u);
+        self.credit.set_unacked(self.unacked.len());
+    }
+
+    /// Takes every unacked delivery (the channel closes, or basic.recover).
+    pub fn take_all_unacked(&mut self) -> Vec<Unacked> {
+        let all = self.unacked.drain(..).collect();
+        self.credit.set_unacked(0);
+        all
+    }
+
+    /// Takes the unacked deliveries of one consumer, keeping the others in order.
+    pub fn take_unacked_of(&mut self, tag: &ShortStr) -> Vec<Unacked> {
+        let (mine, rest): (Vec<Unacked>, Vec<Unacked>) =
+            self.unacked.drain(..).partition(|u| u.consumer.as_ref() == Some(tag));
+        self.unacked = rest.into();
+        self.credit.set_unacked(self.unacked.len());
+        mine
     }
 
     /// Removes and returns the unacked deliveries an ack / nack names, or None when the tag is
     /// unknown. Tag 0 with `multiple` means every outstanding delivery.
     pub fn take_acked(&mut self, delivery_tag: u64, multiple: bool) -> Option<Vec<Unacked>> {
+        let taken = self.find_acked(delivery_tag, multiple);
+        self.credit.set_unacked(self.unacked.len());
+        taken
+    }
+
+    fn find_acked(&mut self, delivery_tag: u64, multiple: bool) -> Option<Vec<Unacked>> {
         if multiple {
             if delivery_tag == 0 {
                 return Some(self.unacked.drain(..).collect());
@@ -209,6 +265,6 @@ impl Channel {
 
 impl Default for Channel {
     fn default() -> Self {
-        Self::new()
+        Self::new(usize::MAX)
     }
 }

@@ -21,6 +21,7 @@ pub mod auth;
 pub mod broker;
 pub mod channel;
 pub mod config;
+pub mod credit;
 pub mod dead_letter;
 pub mod dedup;
 pub mod definitions;

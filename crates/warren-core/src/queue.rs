@@ -15,6 +15,7 @@
 //! delivered first.
 
 use crate::args::{Overflow, QueueArgs};
+use crate::credit::{ChannelCredit, ConsumerCredit, Outbound};
 use crate::message::{decode_from_store, encode_for_store, MessageRef};
 use crate::ConnId;
 use std::collections::VecDeque;
@@ -60,14 +61,34 @@ impl Queued {
     }
 }
 
-/// Which consumer: connection, channel and tag.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which consumer (connection, channel and tag), and what the queue reads before it hands the
+/// consumer a message, shared with its channel and connection (so the queue looks neither up).
+#[derive(Debug, Clone)]
 pub struct ConsumerKey {
     pub conn: ConnId,
     pub channel: u16,
     pub tag: ShortStr,
     /// Consumer priority (`x-priority`); higher ones are served first.
     pub priority: i64,
+    pub credit: Arc<ConsumerCredit>,
+    pub channel_credit: Arc<ChannelCredit>,
+    pub outbound: Arc<Outbound>,
+}
+
+impl ConsumerKey {
+    /// The consumer can take a message now: its connection has room to write, its channel is
+    /// open, and neither its own prefetch nor its channel's (prefetch and unacked cap) is used
+    /// up. A no-ack consumer is held back only by its channel's prefetch, as by RabbitMQ's
+    /// channel limiter.
+    pub fn can_take(&self) -> bool {
+        self.outbound.writable()
+            && self.channel_credit.is_open()
+            && if self.credit.no_ack {
+                !self.channel_credit.prefetch_reached()
+            } else {
+                self.credit.has_room() && self.channel_credit.has_room()
+            }
+    }
 }
 
 #[derive(Debug)]

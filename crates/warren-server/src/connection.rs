@@ -208,7 +208,7 @@ struct Connection {
     /// before anything more is written to the client.
     defs_sync: Option<Arc<dyn warren_store::SyncHandle>>,
     /// Bytes of deliveries the broker handed us and we have not written yet (shared with it).
-    outbound: Arc<warren_core::broker::Outbound>,
+    outbound: Arc<warren_core::credit::Outbound>,
 }
 
 /// A place in line for a turn (`Shared::backlog_turn`), counted in the core's inbox depth
@@ -280,6 +280,11 @@ impl Connection {
                         }
                         last_read = Instant::now();
                         self.on_read();
+                        // Let the worker thread run other connections before this one reads
+                        // again: a publisher whose socket is never empty would otherwise keep it
+                        // for tokio's whole cooperative budget (128 reads, each with a work
+                        // slice), and consumers waiting to ack and write starved.
+                        tokio::task::yield_now().await;
                     }
                     Err(e) => return format!("read failed: {e}"),
                 },

@@ -160,9 +160,9 @@ impl Broker {
                     peer: c.info.peer.clone(),
                     tls: c.info.session.tls,
                     consumers: ch.consumers.len(),
-                    unacked: ch.unacked.len(),
+                    unacked: ch.unacked().len(),
                     prefetch: ch.prefetch_consumer,
-                    global_prefetch: ch.prefetch_channel,
+                    global_prefetch: ch.prefetch_channel(),
                     confirm: ch.confirm_next.is_some(),
                     transactional: ch.tx.is_some(),
                 });
@@ -192,8 +192,8 @@ impl Broker {
                         vhost: c.info.vhost.clone(),
                         queue: co.queue.to_string(),
                         tag: tag.to_string(),
-                        ack_required: !co.no_ack,
-                        prefetch: co.prefetch,
+                        ack_required: !co.credit.no_ack,
+                        prefetch: co.credit.prefetch,
                         exclusive,
                     });
                 }
@@ -554,7 +554,7 @@ impl Broker {
             None => self.open_internal_connection(MANAGEMENT_CONN, vhost)?,
         }
         if let Some(c) = self.conns.get_mut(&MANAGEMENT_CONN) {
-            c.channels.insert(1, Box::new(Channel::new()));
+            c.channels.insert(1, Box::new(Channel::default()));
         }
         let result = f(self, out);
         self.connection_closed(MANAGEMENT_CONN, now_ms, out);

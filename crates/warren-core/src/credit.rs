@@ -1,0 +1,181 @@
+//! What a queue reads before it hands a message to a consumer, shared with the consumer's
+//! channel and connection so that the queue never looks them up: the connection's unwritten
+//! bytes ([`Outbound`]), the channel's state and prefetch ([`ChannelCredit`]), and the
+//! consumer's own prefetch ([`ConsumerCredit`]).
+//!
+//! Each count is written by one side for what it does: the queue counts a delivery against the
+//! consumer and the channel takes it back when it is settled; the broker counts bytes handed to
+//! a connection and the connection's task takes off what it wrote. Today both sides run under
+//! the broker's lock; the counts are atomics so that a queue owner on another thread can read
+//! them without one (queue shards, issue 14).
+
+use crate::config::CONNECTION_OUTBOUND_MAX_BYTES;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Bytes of deliveries handed to a connection and not yet written to its socket, shared by the
+/// broker (which adds what it hands over) and the connection's task (which takes off what it
+/// wrote, [`Outbound::written`]). A write then needs no trip through the broker unless it makes
+/// a full connection writable again (`Broker::on_writable`).
+///
+/// No wake-up is lost: the broker skips a connection only while the count is at the limit or
+/// over it, and then bytes are in flight whose write brings it under the limit.
+#[derive(Debug, Default)]
+pub struct Outbound(AtomicUsize);
+
+impl Outbound {
+    pub(crate) fn add(&self, bytes: usize) {
+        self.0.fetch_add(bytes, Ordering::AcqRel);
+    }
+
+    /// The connection can take more deliveries.
+    pub fn writable(&self) -> bool {
+        self.0.load(Ordering::Acquire) < CONNECTION_OUTBOUND_MAX_BYTES
+    }
+
+    /// Takes off bytes written; true when that brought a full connection under the limit (the
+    /// caller then calls `Broker::on_writable`).
+    pub fn written(&self, bytes: usize) -> bool {
+        let before = match self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(bytes))) {
+            Ok(v) | Err(v) => v,
+        };
+        before >= CONNECTION_OUTBOUND_MAX_BYTES && before.saturating_sub(bytes) < CONNECTION_OUTBOUND_MAX_BYTES
+    }
+}
+
+/// A channel as its consumers' queues see it: open or closing, its unacked deliveries (every
+/// consumer's and basic.get's), its prefetch (basic.qos global=true) and the node's cap on its
+/// unacked deliveries (`unacked_max_per_channel`). Written only by the channel.
+#[derive(Debug)]
+pub struct ChannelCredit {
+    open: AtomicBool,
+    unacked: AtomicUsize,
+    /// 0 = none.
+    prefetch: AtomicU16,
+    unacked_max: usize,
+}
+
+impl ChannelCredit {
+    pub(crate) fn new(unacked_max: usize) -> Arc<Self> {
+        Arc::new(ChannelCredit {
+            open: AtomicBool::new(true),
+            unacked: AtomicUsize::new(0),
+            prefetch: AtomicU16::new(0),
+            unacked_max,
+        })
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn close(&self) {
+        self.open.store(false, Ordering::Release);
+    }
+
+    pub fn unacked(&self) -> usize {
+        self.unacked.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_unacked(&self, n: usize) {
+        self.unacked.store(n, Ordering::Release);
+    }
+
+    pub fn prefetch(&self) -> u16 {
+        self.prefetch.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_prefetch(&self, n: u16) {
+        self.prefetch.store(n, Ordering::Release);
+    }
+
+    pub fn unacked_max(&self) -> usize {
+        self.unacked_max
+    }
+
+    /// The channel's prefetch is used up. As RabbitMQ's channel limiter, this holds back the
+    /// channel's no-ack consumers too, although their own deliveries never count against it.
+    pub fn prefetch_reached(&self) -> bool {
+        let prefetch = self.prefetch();
+        prefetch != 0 && self.unacked() >= usize::from(prefetch)
+    }
+
+    /// Room for one more delivery that waits for an ack.
+    pub fn has_room(&self) -> bool {
+        !self.prefetch_reached() && self.unacked() < self.unacked_max
+    }
+}
+
+/// A consumer's own limit (basic.qos global=false when it was created; 0 = none) and its
+/// deliveries not yet settled. The queue counts a delivery; the channel counts it settled.
+#[derive(Debug)]
+pub struct ConsumerCredit {
+    pub no_ack: bool,
+    pub prefetch: u16,
+    unacked: AtomicU32,
+}
+
+impl ConsumerCredit {
+    pub(crate) fn new(no_ack: bool, prefetch: u16) -> Arc<Self> {
+        Arc::new(ConsumerCredit { no_ack, prefetch, unacked: AtomicU32::new(0) })
+    }
+
+    pub fn unacked(&self) -> u32 {
+        self.unacked.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn delivered(&self) {
+        self.unacked.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn settled(&self) {
+        let _ = self.unacked.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(1)));
+    }
+
+    /// Room for one more delivery by the consumer's own prefetch.
+    pub fn has_room(&self) -> bool {
+        self.prefetch == 0 || self.unacked() < u32::from(self.prefetch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_that_empties_a_full_connection_says_so_once() {
+        let o = Outbound::default();
+        o.add(CONNECTION_OUTBOUND_MAX_BYTES + 10);
+        assert!(!o.writable());
+        assert!(!o.written(5), "still full");
+        assert!(o.written(10), "under the limit now");
+        assert!(o.writable());
+        assert!(!o.written(1), "it was not full");
+        assert!(!o.written(usize::MAX), "never below zero");
+    }
+
+    #[test]
+    fn channel_prefetch_and_cap() {
+        let c = ChannelCredit::new(3);
+        assert!(c.has_room());
+        c.set_prefetch(2);
+        c.set_unacked(2);
+        assert!(c.prefetch_reached() && !c.has_room());
+        c.set_prefetch(0);
+        assert!(c.has_room());
+        c.set_unacked(3);
+        assert!(!c.has_room() && !c.prefetch_reached(), "the cap holds, the prefetch does not");
+    }
+
+    #[test]
+    fn consumer_prefetch() {
+        let c = ConsumerCredit::new(false, 1);
+        assert!(c.has_room());
+        c.delivered();
+        assert!(!c.has_room());
+        c.settled();
+        c.settled();
+        assert_eq!(c.unacked(), 0);
+        assert!(ConsumerCredit::new(false, 0).has_room());
+    }
+}
