@@ -426,24 +426,34 @@ impl Connection {
     fn on_read_batch(&mut self, held: &mut Duration) -> bool {
         let mut frames = std::mem::take(&mut self.frames);
         let mut error = None;
-        let mut parsed = Vec::new();
-        while frames.len() + parsed.len() < FRAMES_PER_BATCH {
-            match self.parser.parse(&mut self.rbuf) {
-                Ok(Some(f)) => parsed.push(f),
-                Ok(None) => break,
+        let had = frames.len();
+        let room = FRAMES_PER_BATCH.saturating_sub(had);
+        let mut parsed = 0;
+        // Frames are parsed straight into the assembler: whole publishes are assembled here,
+        // before the lock is taken.
+        let (parser, rbuf) = (&mut self.parser, &mut self.rbuf);
+        let reads = std::iter::from_fn(|| {
+            if parsed == room || error.is_some() {
+                return None;
+            }
+            match parser.parse(rbuf) {
+                Ok(Some(f)) => {
+                    parsed += 1;
+                    Some(f)
+                }
+                Ok(None) => None,
                 Err(e) => {
                     error = Some(e);
-                    break;
+                    None
                 }
             }
-        }
-        if frames.is_empty() && parsed.is_empty() && error.is_none() {
+        });
+        assemble_ahead(reads, self.max_body, &mut frames);
+        if parsed == 0 && had == 0 && error.is_none() {
             self.frames = frames;
             return false;
         }
-        let full = frames.len() + parsed.len() == FRAMES_PER_BATCH;
-        // Whole publishes are assembled here, before the lock is taken.
-        assemble_ahead(parsed, self.max_body, &mut frames);
+        let full = parsed == room;
         let now = self.shared.now_ms();
         let shared = self.shared.clone();
         let mut core = shared.broker();
