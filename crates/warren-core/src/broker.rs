@@ -420,6 +420,10 @@ pub struct Broker {
     /// The client connection whose command appended them and whose answers must wait for that
     /// sync ([`Broker::take_definitions_sync`]).
     defs_sync_owed: Option<ConnId>,
+    /// The next delivery id a queue keeps a delivered message under ([`Queue::check_out`]):
+    /// unique for the broker's life, so a tag of a deleted queue never names a message of a
+    /// queue declared again under its name.
+    next_delivery_id: u64,
 }
 
 /// What a message costs in memory beyond its body, for the memory alarm's headroom.
@@ -637,6 +641,7 @@ impl Broker {
             warnings: Vec::new(),
             notices: Vec::new(),
             next_sync_id: 0,
+            next_delivery_id: 1,
             disk_headroom: None,
             disk_written: 0,
             paged_behind_consumer: false,
@@ -2106,7 +2111,7 @@ impl Broker {
             for q in vh.queues.values() {
                 o.consumers += q.consumers.len();
                 o.messages_ready += u64::from(q.message_count());
-                o.messages_unacked += q.unacked as u64;
+                o.messages_unacked += q.unacked() as u64;
             }
         }
         o
@@ -2141,7 +2146,7 @@ impl Broker {
             exclusive: q.exclusive_owner.is_some(),
             auto_delete: q.auto_delete,
             messages_ready: q.message_count(),
-            messages_unacked: q.unacked as u32,
+            messages_unacked: q.unacked() as u32,
             consumers: q.consumer_count(),
             policy: q.policy.clone(),
             operator_policy: q.operator_policy.clone(),
@@ -3665,7 +3670,7 @@ impl Broker {
     fn dispatch(&mut self, vhost: &str, queue: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
         let mut expired: Vec<(ShortStr, Queued, &'static str)> = Vec::new();
         {
-            let Broker { vhosts, conns, errors, dirty, counters, .. } = self;
+            let Broker { vhosts, conns, errors, dirty, counters, next_delivery_id, .. } = self;
             let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
             let mut settled_any = false;
             while !q.is_empty() && !q.consumers.is_empty() {
@@ -3702,13 +3707,16 @@ impl Broker {
                 } else {
                     counters.delivered_consume_manual_ack += 1;
                 }
+                let redelivered = m.redelivered;
                 if !no_ack {
                     q.consumers[idx].credit.delivered();
-                    q.unacked += 1;
+                    let id = *next_delivery_id;
+                    *next_delivery_id += 1;
+                    q.check_out(id, m);
                     ch.push_unacked(Unacked {
                         delivery_tag,
                         queue: q.name.clone(),
-                        item: m.clone(),
+                        id,
                         consumer: Some(tag.clone()),
                         delivered_at_ms: now_ms,
                     });
@@ -3727,7 +3735,7 @@ impl Broker {
                         method: Method::BasicDeliver {
                             consumer_tag: tag,
                             delivery_tag,
-                            redelivered: m.redelivered,
+                            redelivered,
                             exchange: msg.exchange.clone(),
                             routing_key: msg.routing_key.clone(),
                         },
@@ -3803,6 +3811,7 @@ impl Broker {
             )));
         }
         self.expire(&vhost, &queue, now_ms, out);
+        let id = self.next_delivery_id;
         let (vhost, q) = self.queue_for_use(conn, &queue)?;
         q.last_used_ms = now_ms;
         let popped = q.pop().map_err(|e| internal(format_args!("cannot read queue '{queue}' from disk: {e}")))?;
@@ -3812,14 +3821,16 @@ impl Broker {
         };
         q.mark_delivered(&m);
         let redelivered = m.redelivered;
+        let msg = delivered_message(q, &m);
+        let mut checked_out = None;
         if no_ack {
             q.settle(&m).map_err(|e| internal(format_args!("cannot settle a message of queue '{queue}': {e}")))?;
         } else {
-            q.unacked += 1;
+            q.check_out(id, m);
+            checked_out = Some(id);
         }
         let message_count = q.message_count();
         let qname = q.name.clone();
-        let msg = delivered_message(q, &m);
         if q.durable {
             self.dirty.insert((vhost, qname.clone()));
         }
@@ -3829,16 +3840,13 @@ impl Broker {
             self.counters.delivered_get_manual_ack += 1;
         }
         self.counters.redelivered += u64::from(redelivered);
+        if checked_out.is_some() {
+            self.next_delivery_id += 1;
+        }
         let ch = self.channel_mut(conn, channel)?;
         let delivery_tag = ch.take_delivery_tag();
-        if !no_ack {
-            ch.push_unacked(Unacked {
-                delivery_tag,
-                queue: qname,
-                item: m.clone(),
-                consumer: None,
-                delivered_at_ms: now_ms,
-            });
+        if let Some(id) = checked_out {
+            ch.push_unacked(Unacked { delivery_tag, queue: qname, id, consumer: None, delivered_at_ms: now_ms });
         }
         out.push((
             conn,
@@ -3846,7 +3854,7 @@ impl Broker {
                 channel,
                 method: Method::BasicGetOk {
                     delivery_tag,
-                    redelivered: m.redelivered,
+                    redelivered,
                     exchange: msg.exchange.clone(),
                     routing_key: msg.routing_key.clone(),
                     message_count,
@@ -3909,16 +3917,16 @@ impl Broker {
             if let Some(vh) = self.vhosts.get_mut(&*vhost) {
                 for u in settled {
                     let Some(q) = vh.queues.get_mut(&u.queue) else { continue };
-                    q.unacked = q.unacked.saturating_sub(1);
+                    let Some(item) = q.take_checked_out(u.id) else { continue };
                     q.counters.ack += u64::from(requeue.is_none());
-                    if let Err(e) = q.settle(&u.item) {
+                    if let Err(e) = q.settle(&item) {
                         self.errors.push(format!("cannot settle a message of queue '{}': {e}", u.queue));
                     }
                     if q.durable {
                         self.dirty.insert((vhost.clone(), u.queue.clone()));
                     }
                     if requeue == Some(false) {
-                        rejected.push((u.queue, u.item, "rejected"));
+                        rejected.push((u.queue, item, "rejected"));
                     }
                 }
             }
@@ -3949,10 +3957,9 @@ impl Broker {
         if let Some(vh) = self.vhosts.get_mut(vhost) {
             for u in unacked {
                 let Some(q) = vh.queues.get_mut(&u.queue) else { continue };
-                let mut item = u.item;
+                let Some(mut item) = q.take_checked_out(u.id) else { continue };
                 item.returns = item.returns.saturating_add(1);
                 if q.args.delivery_limit.is_some_and(|limit| u64::from(item.returns) > limit) {
-                    q.unacked = q.unacked.saturating_sub(1);
                     if let Err(e) = q.settle(&item) {
                         self.errors.push(format!("cannot settle a message of queue '{}': {e}", u.queue));
                     }

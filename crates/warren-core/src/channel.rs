@@ -7,7 +7,6 @@
 
 use crate::credit::{ChannelCredit, ConsumerCredit};
 use crate::hash::HashMap;
-use crate::queue::Queued;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use warren_amqp::{ContentAssembler, ShortStr};
@@ -27,12 +26,13 @@ pub struct Consumer {
     pub credit: Arc<ConsumerCredit>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unacked {
     pub delivery_tag: u64,
     pub queue: ShortStr,
-    /// The message as its queue knows it (lane, seq, expiry, returns), to settle or requeue.
-    pub item: Queued,
+    /// The delivery id the queue keeps the message under ([`crate::queue::Queue::check_out`]),
+    /// to settle or return it.
+    pub id: u64,
     /// None for basic.get.
     pub consumer: Option<ShortStr>,
     pub delivered_at_ms: u64,

@@ -178,7 +178,10 @@ pub struct Queue {
     /// Ready messages and bytes held in memory.
     mem_count: usize,
     mem_bytes: usize,
-    pub unacked: usize,
+    /// Messages delivered to consumers (or fetched with basic.get) and not yet settled, by
+    /// delivery id: an ack settles one, a reject or a closed channel returns it. The channels
+    /// keep only which delivery tag names which id (see [`Queue::check_out`]).
+    checked_out: crate::hash::HashMap<u64, Queued>,
     pub consumers: Vec<ConsumerKey>,
     /// Index into `consumers` where the next round-robin search starts.
     pub rr: usize,
@@ -265,7 +268,7 @@ impl Queue {
             ready_bytes: 0,
             mem_count: 0,
             mem_bytes: 0,
-            unacked: 0,
+            checked_out: Default::default(),
             consumers: Vec::new(),
             rr: 0,
             had_consumer: false,
@@ -286,6 +289,24 @@ impl Queue {
 
     pub fn message_count(&self) -> u32 {
         self.ready_count.min(u64::from(u32::MAX)) as u32
+    }
+
+    /// Messages delivered and not yet settled.
+    pub fn unacked(&self) -> usize {
+        self.checked_out.len()
+    }
+
+    /// A message taken with [`Queue::pop`] was delivered and waits for an ack: the queue keeps
+    /// it under `id` (unique for the life of the broker) until [`Queue::take_checked_out`].
+    pub fn check_out(&mut self, id: u64, m: Queued) {
+        let before = self.checked_out.insert(id, m);
+        debug_assert!(before.is_none(), "delivery id {id} checked out twice");
+    }
+
+    /// The delivered message `id` names, now settled or to be returned; None when the queue
+    /// does not hold it (it was deleted and declared again, or the id was taken before).
+    pub fn take_checked_out(&mut self, id: u64) -> Option<Queued> {
+        self.checked_out.remove(&id)
     }
 
     pub fn consumer_count(&self) -> u32 {
@@ -552,10 +573,9 @@ impl Queue {
         }
     }
 
-    /// Puts a message taken by a consumer back at its place, marked redelivered.
+    /// Puts a message taken back from a consumer ([`Queue::take_checked_out`]) at its place,
+    /// marked redelivered.
     pub fn requeue(&mut self, mut q: Queued) {
-        debug_assert!(self.unacked > 0, "requeue of a message the queue does not count as unacked");
-        self.unacked = self.unacked.saturating_sub(1);
         q.redelivered = true;
         let len = q.msg.body.len();
         let Some(lane) = self.lanes.get_mut(usize::from(q.lane)).and_then(Option::as_mut) else { return };
@@ -721,15 +741,19 @@ mod tests {
         }
         let mut taken = Vec::new();
         while let Some(m) = q.pop().expect("pop") {
-            q.unacked += 1;
-            taken.push(m);
+            taken.push(m.clone());
+            q.check_out(taken.len() as u64, m);
         }
+        assert_eq!(q.unacked(), 6);
         assert_eq!(taken.iter().map(body).collect::<Vec<_>>(), ["0", "1", "2", "3", "4", "5"]);
         assert_eq!(taken.iter().filter(|m| m.stored).count(), 2, "only the persistent ones were stored");
         // Requeued in reverse, they come back in their original order.
-        for m in taken.into_iter().rev() {
+        for id in (1..=taken.len() as u64).rev() {
+            let m = q.take_checked_out(id).expect("checked out");
             q.requeue(m);
         }
+        assert_eq!(q.unacked(), 0);
+        assert!(q.take_checked_out(1).is_none(), "a delivery id is taken once");
         let again: Vec<String> = std::iter::from_fn(|| q.pop().expect("pop")).map(|m| body(&m)).collect();
         assert_eq!(again, ["0", "1", "2", "3", "4", "5"]);
         // The log holds the two persistent records and nothing else.
@@ -751,12 +775,13 @@ mod tests {
         // Take the first in-memory message, let the rest drain from memory and disk, then put
         // it back: it is delivered again before the messages read back from disk.
         let first = q.pop().expect("pop").expect("a message");
-        q.unacked += 1;
         assert!(!first.stored);
+        q.check_out(7, first);
         let mut seen = Vec::new();
         for _ in 0..QUEUE_MEMORY_MESSAGES_MAX - 1 {
             seen.push(body(&q.pop().expect("pop").expect("a message")));
         }
+        let first = q.take_checked_out(7).expect("checked out");
         q.requeue(first);
         let next = q.pop().expect("pop").expect("a message");
         assert_eq!(body(&next), "0");
