@@ -2055,8 +2055,8 @@ impl Broker {
                 if ch.state() != ChannelState::Open {
                     continue;
                 }
-                if let Some(u) = ch.unacked().iter().find(|u| now_ms.saturating_sub(u.delivered_at_ms) > timeout) {
-                    let consumer = u.consumer.clone().filter(|t| ch.consumers.contains_key(t));
+                if let Some(consumer) = ch.overdue(now_ms.saturating_sub(timeout)) {
+                    let consumer = consumer.filter(|t| ch.consumers.contains_key(t));
                     expired.push((conn, channel, consumer, c.cancel_notify));
                 }
             }
@@ -3670,7 +3670,7 @@ impl Broker {
     fn dispatch(&mut self, vhost: &str, queue: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
         let mut expired: Vec<(ShortStr, Queued, &'static str)> = Vec::new();
         {
-            let Broker { vhosts, conns, errors, dirty, counters, next_delivery_id, .. } = self;
+            let Broker { vhosts, errors, dirty, counters, next_delivery_id, .. } = self;
             let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
             let mut settled_any = false;
             while !q.is_empty() && !q.consumers.is_empty() {
@@ -3697,9 +3697,6 @@ impl Broker {
                 }
                 q.rr = idx + 1;
                 q.mark_delivered(&m);
-                let Some(c) = conns.get_mut(&key_conn) else { break };
-                let Some(ch) = c.channels.get_mut(&key_channel) else { break };
-                let delivery_tag = ch.take_delivery_tag();
                 let msg = delivered_message(q, &m);
                 counters.redelivered += u64::from(m.redelivered);
                 if no_ack {
@@ -3708,26 +3705,31 @@ impl Broker {
                     counters.delivered_consume_manual_ack += 1;
                 }
                 let redelivered = m.redelivered;
-                if !no_ack {
-                    q.consumers[idx].credit.delivered();
-                    let id = *next_delivery_id;
-                    *next_delivery_id += 1;
-                    q.check_out(id, m);
-                    ch.push_unacked(Unacked {
-                        delivery_tag,
-                        queue: q.name.clone(),
-                        id,
-                        consumer: Some(tag.clone()),
-                        delivered_at_ms: now_ms,
-                    });
-                } else {
+                // The consumer's channel hands out the tag and keeps the delivery's place; the
+                // queue keeps the message (nothing of the connection is looked up).
+                let delivery_tag = if no_ack {
                     // Acknowledged on delivery: it leaves the log now.
                     if let Err(e) = q.settle(&m) {
                         errors.push(format!("cannot settle a message of queue '{queue}' in vhost '{vhost}': {e}"));
                     }
                     settled_any = true;
-                }
-                c.out_bytes.add(msg.wire_size());
+                    q.consumers[idx].channel_credit.deliver(None)
+                } else {
+                    let key = &q.consumers[idx];
+                    key.credit.delivered();
+                    let id = *next_delivery_id;
+                    *next_delivery_id += 1;
+                    let tag = key.channel_credit.deliver(Some(Unacked {
+                        delivery_tag: 0,
+                        queue: q.name.clone(),
+                        id,
+                        consumer: Some(tag.clone()),
+                        delivered_at_ms: now_ms,
+                    }));
+                    q.check_out(id, m);
+                    tag
+                };
+                q.consumers[idx].outbound.add(msg.wire_size());
                 out.push((
                     key_conn,
                     Out::Content {
@@ -3804,7 +3806,7 @@ impl Broker {
         self.check(conn, Access::Read, "queue", &queue)?;
         let (vhost, _) = self.queue_for_use(conn, &queue)?;
         let ch = self.channel_mut(conn, channel)?;
-        if !no_ack && ch.unacked().len() >= ch.unacked_max() {
+        if !no_ack && ch.unacked_count() >= ch.unacked_max() {
             return Err(precondition(format_args!(
                 "unacked message limit of the channel ({}) is reached: acknowledge deliveries before getting more",
                 ch.unacked_max()
@@ -3844,10 +3846,10 @@ impl Broker {
             self.next_delivery_id += 1;
         }
         let ch = self.channel_mut(conn, channel)?;
-        let delivery_tag = ch.take_delivery_tag();
-        if let Some(id) = checked_out {
-            ch.push_unacked(Unacked { delivery_tag, queue: qname, id, consumer: None, delivered_at_ms: now_ms });
-        }
+        let delivery_tag = match checked_out {
+            Some(id) => ch.push_unacked(Unacked { delivery_tag: 0, queue: qname, id, consumer: None, delivered_at_ms: now_ms }),
+            None => ch.take_delivery_tag(),
+        };
         out.push((
             conn,
             Out::Content {

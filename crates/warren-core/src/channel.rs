@@ -1,10 +1,11 @@
 //! Per-channel state: the command assembler, consumers, unacknowledged deliveries, prefetch,
 //! confirm mode and transactions.
 //!
-//! Invariants: `unacked` is ordered by delivery tag (tags are handed out increasing), so the
-//! oldest delivery is at the front and `multiple` acks drain a prefix; its length is what the
-//! channel's [`ChannelCredit`] tells the queues (every change goes through a method here).
+//! The channel's delivery tags and its deliveries waiting for an ack live in its
+//! [`ChannelCredit`], shared with the queues of its consumers: a queue hands out the tag and
+//! records the delivery itself, without looking the channel up (see `credit.rs`).
 
+pub use crate::credit::Unacked;
 use crate::credit::{ChannelCredit, ConsumerCredit};
 use crate::hash::HashMap;
 use std::collections::VecDeque;
@@ -24,18 +25,6 @@ pub struct Consumer {
     /// Its no-ack mode, its prefetch (basic.qos global=false at the time of consume; 0 =
     /// unlimited) and its deliveries not yet settled, shared with its queue.
     pub credit: Arc<ConsumerCredit>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Unacked {
-    pub delivery_tag: u64,
-    pub queue: ShortStr,
-    /// The delivery id the queue keeps the message under ([`crate::queue::Queue::check_out`]),
-    /// to settle or return it.
-    pub id: u64,
-    /// None for basic.get.
-    pub consumer: Option<ShortStr>,
-    pub delivered_at_ms: u64,
 }
 
 /// An acknowledgement kept back by a transaction until commit.
@@ -91,8 +80,6 @@ pub struct Channel {
     state: ChannelState,
     pub assembler: ContentAssembler,
     pub consumers: HashMap<ShortStr, Consumer>,
-    unacked: VecDeque<Unacked>,
-    pub next_delivery_tag: u64,
     /// basic.qos global=false: the prefetch given to consumers created from now on.
     pub prefetch_consumer: u16,
     /// What the queues of its consumers read: open or not, the unacked count, the channel's
@@ -121,8 +108,6 @@ impl Channel {
             state: ChannelState::Open,
             assembler: ContentAssembler::default(),
             consumers: HashMap::default(),
-            unacked: VecDeque::new(),
-            next_delivery_tag: 1,
             prefetch_consumer: 0,
             credit: ChannelCredit::new(unacked_max),
             confirm_next: None,
@@ -134,10 +119,9 @@ impl Channel {
         }
     }
 
+    /// A delivery that needs no ack (no-ack consumers, direct reply-to, basic.get no-ack).
     pub fn take_delivery_tag(&mut self) -> u64 {
-        let t = self.next_delivery_tag;
-        self.next_delivery_tag += 1;
-        t
+        self.credit.deliver(None)
     }
 
     pub fn state(&self) -> ChannelState {
@@ -170,59 +154,57 @@ impl Channel {
         self.credit.unacked_max()
     }
 
-    /// Deliveries (and basic.get answers) waiting for an ack, oldest first.
-    pub fn unacked(&self) -> &VecDeque<Unacked> {
-        &self.unacked
+    /// Deliveries (and basic.get answers) waiting for an ack.
+    pub fn unacked_count(&self) -> usize {
+        self.credit.unacked()
     }
 
-    /// A delivery that waits for an ack; its tag is the newest.
-    pub fn push_unacked(&mut self, u: Unacked) {
-        debug_assert!(
-            self.unacked.back().is_none_or(|last| last.delivery_tag < u.delivery_tag),
-            "unacked deliveries are kept in tag order"
-        );
-        self.unacked.push_back(u);
-        self.credit.set_unacked(self.unacked.len());
+    /// The oldest delivery still waiting for an ack that was made before `deadline_ms`: its
+    /// consumer (None for basic.get). None when there is none.
+    pub fn overdue(&self, deadline_ms: u64) -> Option<Option<ShortStr>> {
+        self.credit.with_unacked(|unacked| {
+            unacked.iter().find(|u| u.delivered_at_ms < deadline_ms).map(|u| u.consumer.clone())
+        })
+    }
+
+    /// A basic.get answer that waits for an ack: its tag is the next one.
+    pub fn push_unacked(&mut self, u: Unacked) -> u64 {
+        self.credit.deliver(Some(u))
     }
 
     /// Takes every unacked delivery (the channel closes, or basic.recover).
     pub fn take_all_unacked(&mut self) -> Vec<Unacked> {
-        let all = self.unacked.drain(..).collect();
-        self.credit.set_unacked(0);
-        all
+        self.credit.with_unacked(|unacked| unacked.drain(..).collect())
     }
 
     /// Takes the unacked deliveries of one consumer, keeping the others in order.
     pub fn take_unacked_of(&mut self, tag: &ShortStr) -> Vec<Unacked> {
-        let (mine, rest): (Vec<Unacked>, Vec<Unacked>) =
-            self.unacked.drain(..).partition(|u| u.consumer.as_ref() == Some(tag));
-        self.unacked = rest.into();
-        self.credit.set_unacked(self.unacked.len());
-        mine
+        self.credit.with_unacked(|unacked| {
+            let (mine, rest): (Vec<Unacked>, Vec<Unacked>) =
+                unacked.drain(..).partition(|u| u.consumer.as_ref() == Some(tag));
+            *unacked = rest.into();
+            mine
+        })
     }
 
     /// Removes and returns the unacked deliveries an ack / nack names, or None when the tag is
     /// unknown. Tag 0 with `multiple` means every outstanding delivery.
     pub fn take_acked(&mut self, delivery_tag: u64, multiple: bool) -> Option<Vec<Unacked>> {
-        let taken = self.find_acked(delivery_tag, multiple);
-        self.credit.set_unacked(self.unacked.len());
-        taken
-    }
-
-    fn find_acked(&mut self, delivery_tag: u64, multiple: bool) -> Option<Vec<Unacked>> {
-        if multiple {
-            if delivery_tag == 0 {
-                return Some(self.unacked.drain(..).collect());
+        self.credit.with_unacked(|unacked| {
+            if multiple {
+                if delivery_tag == 0 {
+                    return Some(unacked.drain(..).collect());
+                }
+                // Everything outstanding up to and including the tag; nothing there is an error.
+                let end = unacked.partition_point(|u| u.delivery_tag <= delivery_tag);
+                if end == 0 {
+                    return None;
+                }
+                return Some(unacked.drain(..end).collect());
             }
-            // Everything outstanding up to and including the tag; nothing there is an error.
-            let end = self.unacked.partition_point(|u| u.delivery_tag <= delivery_tag);
-            if end == 0 {
-                return None;
-            }
-            return Some(self.unacked.drain(..end).collect());
-        }
-        let pos = self.unacked.binary_search_by_key(&delivery_tag, |u| u.delivery_tag).ok()?;
-        self.unacked.remove(pos).map(|u| vec![u])
+            let pos = unacked.binary_search_by_key(&delivery_tag, |u| u.delivery_tag).ok()?;
+            unacked.remove(pos).map(|u| vec![u])
+        })
     }
 
     /// Forgets reclaimed tags an ack / nack names; true if it named any (and nothing else).
@@ -242,19 +224,21 @@ impl Channel {
     pub fn hold_for_tx(&mut self, delivery_tag: u64, multiple: bool) -> bool {
         let Some(tx) = self.tx.as_mut() else { return false };
         let all = multiple && delivery_tag == 0;
-        if !all {
-            let known = self.unacked.binary_search_by_key(&delivery_tag, |u| u.delivery_tag).is_ok();
-            if !known || tx.pending.contains(&delivery_tag) {
-                return false;
+        self.credit.with_unacked(|unacked| {
+            if !all {
+                let known = unacked.binary_search_by_key(&delivery_tag, |u| u.delivery_tag).is_ok();
+                if !known || tx.pending.contains(&delivery_tag) {
+                    return false;
+                }
             }
-        }
-        let last = if all { u64::MAX } else { delivery_tag };
-        for u in self.unacked.iter().take_while(|u| u.delivery_tag <= last) {
-            if multiple || u.delivery_tag == delivery_tag {
-                tx.pending.insert(u.delivery_tag);
+            let last = if all { u64::MAX } else { delivery_tag };
+            for u in unacked.iter().take_while(|u| u.delivery_tag <= last) {
+                if multiple || u.delivery_tag == delivery_tag {
+                    tx.pending.insert(u.delivery_tag);
+                }
             }
-        }
-        true
+            true
+        })
     }
 
     /// Queues an answer behind those already waiting.

@@ -10,8 +10,10 @@
 //! them without one (queue shards, issue 14).
 
 use crate::config::CONNECTION_OUTBOUND_MAX_BYTES;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use warren_amqp::ShortStr;
 
 /// Bytes of deliveries handed to a connection and not yet written to its socket, shared by the
 /// broker (which adds what it hands over) and the connection's task (which takes off what it
@@ -43,9 +45,37 @@ impl Outbound {
     }
 }
 
+/// A delivery that waits for an ack: the channel's tag for it, and where its queue keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unacked {
+    pub delivery_tag: u64,
+    pub queue: ShortStr,
+    /// The delivery id the queue keeps the message under ([`crate::queue::Queue::check_out`]),
+    /// to settle or return it.
+    pub id: u64,
+    /// None for basic.get.
+    pub consumer: Option<ShortStr>,
+    pub delivered_at_ms: u64,
+}
+
+/// A channel's delivery tags and its deliveries waiting for an ack.
+///
+/// Invariant: `unacked` is ordered by delivery tag (tags are handed out increasing), so the
+/// oldest delivery is at the front and `multiple` acks drain a prefix; its length is the
+/// channel's `unacked` count (kept by [`ChannelCredit::with_unacked`]).
+#[derive(Debug)]
+struct Deliveries {
+    next_tag: u64,
+    unacked: VecDeque<Unacked>,
+}
+
 /// A channel as its consumers' queues see it: open or closing, its unacked deliveries (every
 /// consumer's and basic.get's), its prefetch (basic.qos global=true) and the node's cap on its
-/// unacked deliveries (`unacked_max_per_channel`). Written only by the channel.
+/// unacked deliveries (`unacked_max_per_channel`); and its delivery tags, which the queue that
+/// delivers takes ([`ChannelCredit::deliver`]). The flags are written only by the channel.
+///
+/// `deliveries` is a leaf lock: nothing else is locked while it is held, so a queue owner and
+/// the channel's session may both take it in any state.
 #[derive(Debug)]
 pub struct ChannelCredit {
     open: AtomicBool,
@@ -53,6 +83,7 @@ pub struct ChannelCredit {
     /// 0 = none.
     prefetch: AtomicU16,
     unacked_max: usize,
+    deliveries: Mutex<Deliveries>,
 }
 
 impl ChannelCredit {
@@ -62,7 +93,36 @@ impl ChannelCredit {
             unacked: AtomicUsize::new(0),
             prefetch: AtomicU16::new(0),
             unacked_max,
+            deliveries: Mutex::new(Deliveries { next_tag: 1, unacked: VecDeque::new() }),
         })
+    }
+
+    fn deliveries(&self) -> MutexGuard<'_, Deliveries> {
+        // A panic while the lock was held left the list consistent (every change is one push,
+        // drain or remove), so a poisoned lock is taken as it is.
+        self.deliveries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the channel's next delivery tag for a delivery; one that waits for an ack is
+    /// recorded under it (its `delivery_tag` is set here).
+    pub(crate) fn deliver(&self, unacked: Option<Unacked>) -> u64 {
+        let mut d = self.deliveries();
+        let tag = d.next_tag;
+        d.next_tag += 1;
+        if let Some(mut u) = unacked {
+            u.delivery_tag = tag;
+            d.unacked.push_back(u);
+            self.unacked.store(d.unacked.len(), Ordering::Release);
+        }
+        tag
+    }
+
+    /// Reads or changes the deliveries waiting for an ack; the count follows.
+    pub(crate) fn with_unacked<R>(&self, f: impl FnOnce(&mut VecDeque<Unacked>) -> R) -> R {
+        let mut d = self.deliveries();
+        let r = f(&mut d.unacked);
+        self.unacked.store(d.unacked.len(), Ordering::Release);
+        r
     }
 
     pub fn is_open(&self) -> bool {
@@ -75,10 +135,6 @@ impl ChannelCredit {
 
     pub fn unacked(&self) -> usize {
         self.unacked.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn set_unacked(&self, n: usize) {
-        self.unacked.store(n, Ordering::Release);
     }
 
     pub fn prefetch(&self) -> u16 {
@@ -154,17 +210,29 @@ mod tests {
         assert!(!o.written(usize::MAX), "never below zero");
     }
 
+    fn pending(id: u64) -> Unacked {
+        Unacked { delivery_tag: 0, queue: ShortStr::from_static("q"), id, consumer: None, delivered_at_ms: 0 }
+    }
+
     #[test]
     fn channel_prefetch_and_cap() {
         let c = ChannelCredit::new(3);
         assert!(c.has_room());
         c.set_prefetch(2);
-        c.set_unacked(2);
+        assert_eq!(c.deliver(Some(pending(10))), 1);
+        assert_eq!(c.deliver(None), 2, "a delivery with no ack takes a tag and no room");
+        assert!(c.has_room());
+        assert_eq!(c.deliver(Some(pending(11))), 3);
         assert!(c.prefetch_reached() && !c.has_room());
         c.set_prefetch(0);
         assert!(c.has_room());
-        c.set_unacked(3);
+        c.deliver(Some(pending(12)));
         assert!(!c.has_room() && !c.prefetch_reached(), "the cap holds, the prefetch does not");
+        let tags: Vec<(u64, u64)> = c.with_unacked(|u| u.iter().map(|u| (u.delivery_tag, u.id)).collect());
+        assert_eq!(tags, [(1, 10), (3, 11), (4, 12)]);
+        c.with_unacked(|u| u.pop_front());
+        assert_eq!(c.unacked(), 2, "the count follows the list");
+        assert!(c.has_room());
     }
 
     #[test]

@@ -160,7 +160,7 @@ impl Broker {
                     peer: c.info.peer.clone(),
                     tls: c.info.session.tls,
                     consumers: ch.consumers.len(),
-                    unacked: ch.unacked().len(),
+                    unacked: ch.unacked_count(),
                     prefetch: ch.prefetch_consumer,
                     global_prefetch: ch.prefetch_channel(),
                     confirm: ch.confirm_next.is_some(),
