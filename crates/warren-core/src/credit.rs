@@ -11,7 +11,7 @@
 
 use crate::config::CONNECTION_OUTBOUND_MAX_BYTES;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use warren_amqp::ShortStr;
 
@@ -63,9 +63,8 @@ pub struct Unacked {
 /// Invariant: `unacked` is ordered by delivery tag (tags are handed out increasing), so the
 /// oldest delivery is at the front and `multiple` acks drain a prefix; its length is the
 /// channel's `unacked` count (kept by [`ChannelCredit::with_unacked`]).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Deliveries {
-    next_tag: u64,
     unacked: VecDeque<Unacked>,
 }
 
@@ -83,6 +82,9 @@ pub struct ChannelCredit {
     /// 0 = none.
     prefetch: AtomicU16,
     unacked_max: usize,
+    /// The next delivery tag. A delivery that waits for an ack takes it while holding
+    /// `deliveries`, so the list stays in tag order; one that does not takes it alone.
+    next_tag: AtomicU64,
     deliveries: Mutex<Deliveries>,
 }
 
@@ -93,7 +95,8 @@ impl ChannelCredit {
             unacked: AtomicUsize::new(0),
             prefetch: AtomicU16::new(0),
             unacked_max,
-            deliveries: Mutex::new(Deliveries { next_tag: 1, unacked: VecDeque::new() }),
+            next_tag: AtomicU64::new(1),
+            deliveries: Mutex::new(Deliveries::default()),
         })
     }
 
@@ -106,14 +109,12 @@ impl ChannelCredit {
     /// Takes the channel's next delivery tag for a delivery; one that waits for an ack is
     /// recorded under it (its `delivery_tag` is set here).
     pub(crate) fn deliver(&self, unacked: Option<Unacked>) -> u64 {
+        let Some(mut u) = unacked else { return self.next_tag.fetch_add(1, Ordering::AcqRel) };
         let mut d = self.deliveries();
-        let tag = d.next_tag;
-        d.next_tag += 1;
-        if let Some(mut u) = unacked {
-            u.delivery_tag = tag;
-            d.unacked.push_back(u);
-            self.unacked.store(d.unacked.len(), Ordering::Release);
-        }
+        let tag = self.next_tag.fetch_add(1, Ordering::AcqRel);
+        u.delivery_tag = tag;
+        d.unacked.push_back(u);
+        self.unacked.store(d.unacked.len(), Ordering::Release);
         tag
     }
 
