@@ -71,7 +71,7 @@ struct Deliveries {
 /// A channel as its consumers' queues see it: open or closing, its unacked deliveries (every
 /// consumer's and basic.get's), its prefetch (basic.qos global=true) and the node's cap on its
 /// unacked deliveries (`unacked_max_per_channel`); and its delivery tags, which the queue that
-/// delivers takes ([`ChannelCredit::deliver`]). The flags are written only by the channel.
+/// delivers takes (`ChannelCredit::deliver`). The flags are written only by the channel.
 ///
 /// `deliveries` is a leaf lock: nothing else is locked while it is held, so a queue owner and
 /// the channel's session may both take it in any state.

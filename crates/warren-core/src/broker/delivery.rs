@@ -1,0 +1,600 @@
+//! Consumers and deliveries: basic.consume and cancel, handing ready messages to consumers
+//! within their credit, basic.get, acks, rejects and requeues, and the consumer
+//! acknowledgement timeout.
+//!
+//! A queue delivers with nothing but its own state and its consumers' shared credit (see
+//! `credit.rs`): the consumer's channel hands out the delivery tag and records where the queue
+//! keeps the unsettled message; an ack or reject names that place back to the queue.
+
+use super::*;
+
+/// The consumer the next message goes to: the first in priority order (then round-robin from
+/// `rr` among equals) whose connection, channel and prefetch allow another delivery. With a
+/// single active consumer only the first consumer is considered.
+pub(super) fn choose_consumer(q: &Queue) -> Option<usize> {
+    let can_take = |idx: usize| q.consumers[idx].can_take();
+    if q.args.single_active_consumer {
+        return (!q.consumers.is_empty() && can_take(0)).then_some(0);
+    }
+    let n = q.consumers.len();
+    let mut start = 0;
+    while start < n {
+        let priority = q.consumers[start].priority;
+        let end = start + q.consumers[start..].iter().take_while(|c| c.priority == priority).count();
+        let len = end - start;
+        let from = if (start..end).contains(&q.rr) { q.rr - start } else { 0 };
+        if let Some(idx) = (0..len).map(|i| start + (from + i) % len).find(|&idx| can_take(idx)) {
+            return Some(idx);
+        }
+        start = end;
+    }
+    None
+}
+
+/// The message as delivered: quorum queues tell how often it came back (`x-delivery-count`).
+pub(super) fn delivered_message(q: &Queue, m: &Queued) -> MessageRef {
+    if q.args.queue_type != QueueType::Quorum || m.returns == 0 {
+        return m.msg.clone();
+    }
+    let mut props = m.msg.decode_properties();
+    props.headers.get_or_insert_with(FieldTable::new).insert("x-delivery-count", FieldValue::I64(i64::from(m.returns)));
+    let raw = props.to_bytes();
+    Message::new(m.msg.exchange.clone(), m.msg.routing_key.clone(), props, raw, m.msg.body.clone())
+}
+
+impl Broker {
+    pub(super) fn tick_consumer_timeouts(&mut self, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let Some(timeout) = self.config.consumer_timeout_ms else { return };
+        let mut expired = Vec::new();
+        for (&conn, c) in &self.conns {
+            if c.closing {
+                continue;
+            }
+            for (&channel, ch) in &c.channels {
+                if ch.state() != ChannelState::Open {
+                    continue;
+                }
+                if let Some(consumer) = ch.overdue(now_ms.saturating_sub(timeout)) {
+                    let consumer = consumer.filter(|t| ch.consumers.contains_key(t));
+                    expired.push((conn, channel, consumer, c.cancel_notify));
+                }
+            }
+        }
+        for (conn, channel, consumer, cancel_notify) in expired {
+            match consumer {
+                Some(tag) if cancel_notify => self.expire_consumer(conn, channel, tag, now_ms, out),
+                _ => {
+                    let e = precondition(format_args!(
+                        "delivery acknowledgement on channel {channel} timed out. Timeout value used: {timeout} ms. This timeout value can be configured, see consumers doc guide to learn more"
+                    ));
+                    self.channel_error(conn, channel, e, now_ms, out);
+                }
+            }
+        }
+    }
+
+    /// A consumer that held a message past the timeout and understands basic.cancel: cancel
+    /// it and put all its unacked messages back.
+    pub(super) fn expire_consumer(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        tag: ShortStr,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let vhost = c.vhost.clone();
+        let Some(ch) = c.channels.get_mut(&channel) else { return };
+        let mine = ch.take_unacked_of(&tag);
+        ch.reclaimed.extend(mine.iter().map(|u| u.delivery_tag));
+        out.push((
+            conn,
+            Out::Method { channel, method: Method::BasicCancel { consumer_tag: tag.clone(), nowait: true } },
+        ));
+        let queue = self.detach_consumer(conn, channel, &tag, now_ms);
+        self.requeue(&vhost, mine, now_ms, out);
+        if let Some(queue) = queue {
+            self.after_consumer_left(&vhost, &queue, now_ms, out);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn consume(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        queue: ShortStr,
+        tag: ShortStr,
+        no_ack: bool,
+        exclusive: bool,
+        nowait: bool,
+        arguments: &FieldTable,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        let tag = if tag.is_empty() { generated_name(&mut self.rng, "amq.ctag-") } else { tag };
+        let priority = match arguments.get("x-priority") {
+            None => 0,
+            Some(v) => v.as_i64().ok_or_else(|| {
+                precondition(format_args!("invalid arg 'x-priority' for consumer '{tag}': not an integer"))
+            })?,
+        };
+        if self.channel_mut(conn, channel)?.consumers.contains_key(&tag) {
+            return Err(ProtocolError::new(
+                ReplyCode::NotAllowed,
+                format_args!("attempt to reuse consumer tag '{tag}'"),
+            ));
+        }
+        if queue.as_str() == REPLY_TO_QUEUE {
+            return self.consume_reply_to(conn, channel, tag, no_ack, nowait, out);
+        }
+        let queue = self.resolve_queue_name(conn, channel, queue)?;
+        self.check(conn, Access::Read, "queue", &queue)?;
+        let ch = self.channel_mut(conn, channel)?;
+        let credit = ConsumerCredit::new(no_ack, ch.prefetch_consumer);
+        let channel_credit = ch.credit().clone();
+        let outbound = self.conns.get(&conn).ok_or_else(|| internal("unknown connection"))?.out_bytes.clone();
+        let (vhost, q) = self.queue_for_use(conn, &queue)?;
+        if q.exclusive_consumer || (exclusive && !q.consumers.is_empty()) {
+            return Err(ProtocolError::new(
+                ReplyCode::AccessRefused,
+                format_args!("queue '{queue}' in vhost '{vhost}' in exclusive use"),
+            ));
+        }
+        q.add_consumer(ConsumerKey {
+            conn,
+            channel,
+            tag: tag.clone(),
+            priority,
+            credit: credit.clone(),
+            channel_credit,
+            outbound,
+        });
+        q.had_consumer = true;
+        q.exclusive_consumer = exclusive;
+        q.last_used_ms = now_ms;
+        let ch = self.channel_mut(conn, channel)?;
+        ch.consumers.insert(tag.clone(), Consumer { queue: queue.clone(), credit });
+        if !nowait {
+            Self::reply(out, conn, channel, Method::BasicConsumeOk { consumer_tag: tag });
+        }
+        self.dispatch(&vhost, &queue, now_ms, out);
+        Ok(())
+    }
+
+    pub(super) fn consume_reply_to(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        tag: ShortStr,
+        no_ack: bool,
+        nowait: bool,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        if !no_ack {
+            return Err(precondition("reply consumer cannot acknowledge"));
+        }
+        let suffix = generated_name(&mut self.rng, "");
+        let ch = self.channel_mut(conn, channel)?;
+        if ch.reply_to.is_some() {
+            return Err(precondition("reply consumer already set"));
+        }
+
+        ch.reply_to = Some((tag.clone(), suffix.clone()));
+        self.reply_targets.insert(suffix, ReplyTarget { conn, channel, consumer_tag: tag.clone() });
+        if !nowait {
+            Self::reply(out, conn, channel, Method::BasicConsumeOk { consumer_tag: tag });
+        }
+        Ok(())
+    }
+
+    /// Removes a consumer (basic.cancel, channel close, timeout). Its unacked messages stay
+    /// unacked on the channel. An auto-delete queue losing its last consumer is deleted.
+    pub(super) fn remove_consumer(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        tag: &ShortStr,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let vhost = c.vhost.clone();
+        let Some(ch) = c.channels.get_mut(&channel) else { return };
+        if ch.reply_to.as_ref().is_some_and(|(t, _)| t == tag) {
+            if let Some((_, suffix)) = ch.reply_to.take() {
+                self.reply_targets.remove(&suffix);
+            }
+            return;
+        }
+        if let Some(queue) = self.detach_consumer(conn, channel, tag, now_ms) {
+            self.after_consumer_left(&vhost, &queue, now_ms, out);
+        }
+    }
+
+    /// Takes a consumer off its channel and queue; returns the queue.
+    pub(super) fn detach_consumer(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        tag: &ShortStr,
+        now_ms: u64,
+    ) -> Option<ShortStr> {
+        let c = self.conns.get_mut(&conn)?;
+        let consumer = c.channels.get_mut(&channel)?.consumers.remove(tag)?;
+        let q = self.vhosts.get_mut(&*c.vhost).and_then(|v| v.queues.get_mut(&consumer.queue))?;
+        q.remove_consumer(conn, channel, tag);
+        q.last_used_ms = now_ms;
+        Some(consumer.queue)
+    }
+
+    /// A consumer left `queue`: an auto-delete queue left without consumers goes; otherwise
+    /// the queue delivers again (with a single active consumer, the next one takes over).
+    pub(super) fn after_consumer_left(
+        &mut self,
+        vhost: &str,
+        queue: &ShortStr,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) {
+        let Some(q) = self.vhosts.get(vhost).and_then(|v| v.queues.get(queue)) else { return };
+        if q.auto_delete && q.had_consumer && q.consumers.is_empty() {
+            self.delete_queue(vhost, queue, now_ms, out);
+        } else {
+            self.dispatch(vhost, queue, now_ms, out);
+        }
+    }
+
+    /// Hands ready messages of a queue to its consumers: to the highest-priority consumers
+    /// that can take more (round-robin among equals), within their prefetch limits and while
+    /// their connections can take more; with a single active consumer, only to the first.
+    /// Expired messages met at the head are dead-lettered instead.
+    pub(super) fn dispatch(&mut self, vhost: &str, queue: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let mut expired: Vec<(ShortStr, Queued, &'static str)> = Vec::new();
+        {
+            let Broker { vhosts, errors, dirty, counters, next_delivery_id, .. } = self;
+            let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
+            let mut settled_any = false;
+            while !q.is_empty() && !q.consumers.is_empty() {
+                let Some(idx) = choose_consumer(q) else { break };
+                let key = &q.consumers[idx];
+                let (key_conn, key_channel, tag, no_ack) = (key.conn, key.channel, key.tag.clone(), key.credit.no_ack);
+                let m = match q.pop() {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        errors.push(format!("cannot read queue '{queue}' in vhost '{vhost}' from disk: {e}"));
+                        break;
+                    }
+                };
+                // Expired once its deadline is in the past: a TTL of 0 still reaches a consumer
+                // that is there at once, as in RabbitMQ.
+                if m.expires_at.is_some_and(|t| t < now_ms) {
+                    if let Err(e) = q.settle(&m) {
+                        errors.push(format!("cannot settle an expired message of queue '{queue}': {e}"));
+                    }
+                    settled_any = true;
+                    expired.push((q.name.clone(), m, "expired"));
+                    continue;
+                }
+                q.rr = idx + 1;
+                q.mark_delivered(&m);
+                let msg = delivered_message(q, &m);
+                counters.redelivered += u64::from(m.redelivered);
+                if no_ack {
+                    counters.delivered_consume_auto_ack += 1;
+                } else {
+                    counters.delivered_consume_manual_ack += 1;
+                }
+                let redelivered = m.redelivered;
+                // The consumer's channel hands out the tag and keeps the delivery's place; the
+                // queue keeps the message (nothing of the connection is looked up).
+                let delivery_tag = if no_ack {
+                    // Acknowledged on delivery: it leaves the log now.
+                    if let Err(e) = q.settle(&m) {
+                        errors.push(format!("cannot settle a message of queue '{queue}' in vhost '{vhost}': {e}"));
+                    }
+                    settled_any = true;
+                    q.consumers[idx].channel_credit.deliver(None)
+                } else {
+                    let key = &q.consumers[idx];
+                    key.credit.delivered();
+                    let id = *next_delivery_id;
+                    *next_delivery_id += 1;
+                    let tag = key.channel_credit.deliver(Some(Unacked {
+                        delivery_tag: 0,
+                        queue: q.name.clone(),
+                        id,
+                        consumer: Some(tag.clone()),
+                        delivered_at_ms: now_ms,
+                    }));
+                    q.check_out(id, m);
+                    tag
+                };
+                q.consumers[idx].outbound.add(msg.wire_size());
+                out.push((
+                    key_conn,
+                    Out::Content {
+                        channel: key_channel,
+                        method: Method::BasicDeliver {
+                            consumer_tag: tag,
+                            delivery_tag,
+                            redelivered,
+                            exchange: msg.exchange.clone(),
+                            routing_key: msg.routing_key.clone(),
+                        },
+                        msg,
+                    },
+                ));
+            }
+            if settled_any && q.durable {
+                dirty.insert((Arc::from(vhost), q.name.clone()));
+            }
+        }
+        if !expired.is_empty() {
+            self.dead_letter(&Arc::from(vhost), expired, now_ms, out);
+        }
+    }
+
+    /// Drops (dead-letters) the expired messages at the head of a queue.
+    pub(super) fn expire(&mut self, vhost: &str, queue: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let mut expired = Vec::new();
+        let Some(q) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
+        loop {
+            match q.pop_expired(now_ms) {
+                Ok(Some(m)) => {
+                    if let Err(e) = q.settle(&m) {
+                        self.errors.push(format!("cannot settle an expired message of queue '{queue}': {e}"));
+                    }
+                    expired.push((q.name.clone(), m, "expired"));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.errors.push(format!("cannot read queue '{queue}' in vhost '{vhost}' from disk: {e}"));
+                    break;
+                }
+            }
+        }
+        if !expired.is_empty() {
+            if q.durable {
+                self.dirty.insert((Arc::from(vhost), q.name.clone()));
+            }
+            self.dead_letter(&Arc::from(vhost), expired, now_ms, out);
+        }
+    }
+
+    pub(super) fn dispatch_channel_queues(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) {
+        let Some(c) = self.conns.get(&conn) else { return };
+        let vhost = c.vhost.clone();
+        let Some(ch) = c.channels.get(&channel) else { return };
+        let mut queues: Vec<ShortStr> = ch.consumers.values().map(|co| co.queue.clone()).collect();
+        queues.sort();
+        queues.dedup();
+        for q in queues {
+            self.dispatch(&vhost, &q, now_ms, out);
+        }
+    }
+
+    pub(super) fn get(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        queue: ShortStr,
+        no_ack: bool,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        let queue = self.resolve_queue_name(conn, channel, queue)?;
+        self.check(conn, Access::Read, "queue", &queue)?;
+        let (vhost, _) = self.queue_for_use(conn, &queue)?;
+        let ch = self.channel_mut(conn, channel)?;
+        if !no_ack && ch.unacked_count() >= ch.unacked_max() {
+            return Err(precondition(format_args!(
+                "unacked message limit of the channel ({}) is reached: acknowledge deliveries before getting more",
+                ch.unacked_max()
+            )));
+        }
+        self.expire(&vhost, &queue, now_ms, out);
+        let id = self.next_delivery_id;
+        let (vhost, q) = self.queue_for_use(conn, &queue)?;
+        q.last_used_ms = now_ms;
+        let popped = q.pop().map_err(|e| internal(format_args!("cannot read queue '{queue}' from disk: {e}")))?;
+        let Some(m) = popped else {
+            Self::reply(out, conn, channel, Method::BasicGetEmpty);
+            return Ok(());
+        };
+        q.mark_delivered(&m);
+        let redelivered = m.redelivered;
+        let msg = delivered_message(q, &m);
+        let mut checked_out = None;
+        if no_ack {
+            q.settle(&m).map_err(|e| internal(format_args!("cannot settle a message of queue '{queue}': {e}")))?;
+        } else {
+            q.check_out(id, m);
+            checked_out = Some(id);
+        }
+        let message_count = q.message_count();
+        let qname = q.name.clone();
+        if q.durable {
+            self.dirty.insert((vhost, qname.clone()));
+        }
+        if no_ack {
+            self.counters.delivered_get_auto_ack += 1;
+        } else {
+            self.counters.delivered_get_manual_ack += 1;
+        }
+        self.counters.redelivered += u64::from(redelivered);
+        if checked_out.is_some() {
+            self.next_delivery_id += 1;
+        }
+        let ch = self.channel_mut(conn, channel)?;
+        let delivery_tag = match checked_out {
+            Some(id) => {
+                ch.push_unacked(Unacked { delivery_tag: 0, queue: qname, id, consumer: None, delivered_at_ms: now_ms })
+            }
+            None => ch.take_delivery_tag(),
+        };
+        out.push((
+            conn,
+            Out::Content {
+                channel,
+                method: Method::BasicGetOk {
+                    delivery_tag,
+                    redelivered,
+                    exchange: msg.exchange.clone(),
+                    routing_key: msg.routing_key.clone(),
+                    message_count,
+                },
+                msg,
+            },
+        ));
+        Ok(())
+    }
+
+    pub(super) fn settle(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        op: AckOp,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        let ch = self.channel_mut(conn, channel)?;
+        if ch.tx.is_some() {
+            let (tag, multiple) = match op {
+                AckOp::Ack { delivery_tag, multiple } | AckOp::Nack { delivery_tag, multiple, .. } => {
+                    (delivery_tag, multiple)
+                }
+            };
+            if !ch.hold_for_tx(tag, multiple) {
+                return Err(precondition(format_args!("unknown delivery tag {tag}")));
+            }
+            if let Some(tx) = ch.tx.as_mut() {
+                tx.acks.push(op);
+            }
+            return Ok(());
+        }
+        self.apply_settle(conn, channel, op, now_ms, out)
+    }
+
+    pub(super) fn apply_settle(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        op: AckOp,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        let vhost = self.vhost_of(conn)?;
+        let (tag, multiple, requeue) = match op {
+            AckOp::Ack { delivery_tag, multiple } => (delivery_tag, multiple, None),
+            AckOp::Nack { delivery_tag, multiple, requeue } => (delivery_tag, multiple, Some(requeue)),
+        };
+        let ch = self.channel_mut(conn, channel)?;
+        let Some(settled) = ch.take_acked(tag, multiple) else {
+            if ch.forget_reclaimed(tag, multiple) {
+                return Ok(());
+            }
+            return Err(precondition(format_args!("unknown delivery tag {tag}")));
+        };
+        self.forget_consumer_unacked(conn, channel, &settled);
+        if requeue.is_none() {
+            self.counters.acknowledged += settled.len() as u64;
+        }
+        if requeue == Some(true) {
+            self.requeue(&vhost, settled, now_ms, out);
+        } else {
+            let mut rejected = Vec::new();
+            if let Some(vh) = self.vhosts.get_mut(&*vhost) {
+                for u in settled {
+                    let Some(q) = vh.queues.get_mut(&u.queue) else { continue };
+                    let Some(item) = q.take_checked_out(u.id) else { continue };
+                    q.counters.ack += u64::from(requeue.is_none());
+                    if let Err(e) = q.settle(&item) {
+                        self.errors.push(format!("cannot settle a message of queue '{}': {e}", u.queue));
+                    }
+                    if q.durable {
+                        self.dirty.insert((vhost.clone(), u.queue.clone()));
+                    }
+                    if requeue == Some(false) {
+                        rejected.push((u.queue, item, "rejected"));
+                    }
+                }
+            }
+            self.dead_letter(&vhost, rejected, now_ms, out);
+        }
+        self.dispatch_channel_queues(conn, channel, now_ms, out);
+        Ok(())
+    }
+
+    /// Lowers the per-consumer unacked counts for deliveries leaving the channel's unacked set.
+    pub(super) fn forget_consumer_unacked(&mut self, conn: ConnId, channel: u16, settled: &[Unacked]) {
+        let Some(ch) = self.conns.get_mut(&conn).and_then(|c| c.channels.get_mut(&channel)) else { return };
+        for u in settled {
+            if let Some(co) = u.consumer.as_ref().and_then(|t| ch.consumers.get(t)) {
+                co.credit.settled();
+            }
+        }
+    }
+
+    /// Puts deliveries back in their queues (in their original order) and delivers again. A
+    /// message returned more often than its queue's delivery limit is dead-lettered instead.
+    pub(super) fn requeue(&mut self, vhost: &str, unacked: Vec<Unacked>, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        if unacked.is_empty() {
+            return;
+        }
+        let mut touched: Vec<ShortStr> = Vec::new();
+        let mut over_limit = Vec::new();
+        if let Some(vh) = self.vhosts.get_mut(vhost) {
+            for u in unacked {
+                let Some(q) = vh.queues.get_mut(&u.queue) else { continue };
+                let Some(mut item) = q.take_checked_out(u.id) else { continue };
+                item.returns = item.returns.saturating_add(1);
+                if q.args.delivery_limit.is_some_and(|limit| u64::from(item.returns) > limit) {
+                    if let Err(e) = q.settle(&item) {
+                        self.errors.push(format!("cannot settle a message of queue '{}': {e}", u.queue));
+                    }
+                    if q.durable {
+                        self.dirty.insert((Arc::from(vhost), u.queue.clone()));
+                    }
+                    over_limit.push((u.queue.clone(), item, "delivery_limit"));
+                } else {
+                    q.requeue(item);
+                }
+                if !touched.contains(&u.queue) {
+                    touched.push(u.queue);
+                }
+            }
+        }
+        // As RabbitMQ: requeued messages count against a drop-head length limit, and being at
+        // the head they are the ones dropped.
+        if let Some(vh) = self.vhosts.get_mut(vhost) {
+            for name in &touched {
+                let Some(q) = vh.queues.get_mut(name) else { continue };
+                if q.args.overflow != crate::args::Overflow::DropHead {
+                    continue;
+                }
+                match q.trim_to_limit() {
+                    Ok(dropped) => {
+                        if !dropped.is_empty() && q.durable {
+                            self.dirty.insert((Arc::from(vhost), name.clone()));
+                        }
+                        over_limit.extend(dropped.into_iter().map(|d| (name.clone(), d, "maxlen")));
+                    }
+                    Err(e) => self.errors.push(format!("cannot apply the length limit of queue '{name}': {e}")),
+                }
+            }
+        }
+        self.dead_letter(&Arc::from(vhost), over_limit, now_ms, out);
+        for q in touched {
+            self.dispatch(vhost, &q, now_ms, out);
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! Publishing: a publish checked, routed through exchanges (alternate exchanges, exchange
+//! bindings, direct reply-to), enqueued on every queue it reaches with what each queue's
+//! limits decide, and dead-lettering, which routes again.
+
+use super::*;
+
+impl Broker {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn publish(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        exchange: ShortStr,
+        routing_key: ShortStr,
+        mandatory: bool,
+        mut properties: Box<BasicProperties>,
+        mut raw: Bytes,
+        body: Bytes,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Res {
+        let c = self.conns.get_mut(&conn).ok_or_else(|| internal("unknown connection"))?;
+        // The write permission is checked when the exchange differs from the last one allowed:
+        // a publisher sending to one exchange pays one comparison per message.
+        if c.write_ok.as_ref() != Some(&exchange) {
+            if !c.grants.permission.allows(Access::Write, permission_name("exchange", &exchange)) {
+                return Err(access_refused("exchange", &exchange, &c.vhost, &c.info.user));
+            }
+            c.write_ok = Some(exchange.clone());
+        }
+        let vhost = c.vhost.clone();
+        let c = self.conns.get(&conn).ok_or_else(|| internal("unknown connection"))?;
+        {
+            let vh = self.vhosts.get(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
+            let x = vh.exchanges.get(&exchange).ok_or_else(|| not_found("exchange", &exchange, &vhost))?;
+            if x.internal {
+                return Err(ProtocolError::new(
+                    ReplyCode::AccessRefused,
+                    format_args!("cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"),
+                ));
+            }
+            if x.kind == ExchangeKind::Topic
+                && !c.grants.topic.is_empty()
+                && !c.grants.topic_allows(&exchange, Access::Write, &routing_key)
+            {
+                return Err(topic_refused(&routing_key, &exchange, &vhost, &c.info.user));
+            }
+        }
+        if let Some(expiration) = &properties.expiration {
+            crate::args::message_ttl_ms(expiration)?;
+        }
+        if let Some(uid) = &properties.user_id {
+            let user = &c.info.user;
+            if uid.as_str() != user && !c.grants.impersonator {
+                return Err(precondition(format_args!(
+                    "user_id property set to '{uid}' but authenticated user was '{user}'"
+                )));
+            }
+        }
+        self.count_ingest(body.len());
+        self.counters.messages_received += 1;
+        let ch = self.channel_mut(conn, channel)?;
+        if properties.reply_to.as_ref().is_some_and(|r| r.as_str() == REPLY_TO_QUEUE) {
+            let Some((_, suffix)) = &ch.reply_to else {
+                return Err(precondition("fast reply consumer does not exist"));
+            };
+            properties.reply_to = Some(ShortStr::from(format!("{REPLY_TO_PREFIX}{suffix}")));
+            raw = properties.to_bytes();
+        }
+        let confirm_seq = ch.confirm_next;
+        if let Some(n) = confirm_seq {
+            ch.confirm_next = Some(n + 1);
+        }
+        let msg = Message::new(exchange.clone(), routing_key.clone(), *properties, raw, body);
+        let p = Publish { exchange, routing_key, mandatory, msg, confirm_seq };
+        if let Some(tx) = ch.tx.as_mut() {
+            tx.publishes.push(p);
+            return Ok(());
+        }
+        self.route_publish(conn, channel, p, now_ms, out).map(|_| ())
+    }
+
+    /// Routes a publish to its queues, returns it when unroutable and mandatory, and records
+    /// its confirm.
+    pub(super) fn route_publish(
+        &mut self,
+        conn: ConnId,
+        channel: u16,
+        p: Publish,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Result<PublishSync, ProtocolError> {
+        let vhost = self.vhost_of(conn)?;
+        let mut sync = PublishSync::default();
+        let mut rejected = false;
+        let direct_reply = p.exchange.is_empty() && p.routing_key.starts_with(REPLY_TO_PREFIX);
+        let routed = if direct_reply {
+            self.deliver_reply(&p, out)
+        } else {
+            // Sender-selected distribution: the CC and BCC headers add routing keys; BCC is
+            // taken off the message that queues see.
+            let (extra_keys, msg) = crate::dead_letter::sender_selected(&p.msg);
+            let headers = msg.properties.headers.as_ref();
+            // A deduplication exchange drops a message it has seen, before any routing; a
+            // delayed-message exchange holds a message with x-delay until it is due. One lookup
+            // serves both (and ordinary exchanges skip both).
+            let mut duplicate = false;
+            let mut held = None;
+            let exchange = self.vhosts.get_mut(&*vhost).and_then(|vh| vh.exchanges.get_mut(&p.exchange));
+            if let Some(x) = exchange.filter(|x| x.dedup.is_some() || x.delayed.is_some()) {
+                if let Some(cache) = x.dedup.as_mut() {
+                    match cache.check_and_insert(headers, now_ms) {
+                        Ok(dup) => {
+                            if cache.dirty {
+                                // A confirm promises the cache entry is on disk too.
+                                self.dirty_exchanges.insert((vhost.clone(), p.exchange.clone()));
+                                sync.target = Some(SYNC_ANY);
+                            }
+                            duplicate = dup;
+                        }
+                        // The cache could not be written: let the message through rather than
+                        // drop one that may be new.
+                        Err(e) => self.errors.push(format!("deduplication cache of exchange '{}': {e}", p.exchange)),
+                    }
+                }
+                if let (Some(delay_ms), Some(store)) = (crate::delayed::delay_of(headers), x.delayed.as_mut()) {
+                    let durable = store
+                        .hold(msg.clone(), now_ms.saturating_add(delay_ms))
+                        .map_err(|e| internal(format_args!("cannot hold a delayed message: {e}")))?;
+                    if durable {
+                        self.dirty_exchanges.insert((vhost.clone(), p.exchange.clone()));
+                    }
+                    held = Some(durable);
+                }
+            }
+            if held == Some(true) {
+                // Accepted: confirmed once on disk (durable exchange), routed when due.
+                sync.target = Some(SYNC_ANY);
+            }
+            let queues = if duplicate || held.is_some() {
+                Vec::new()
+            } else if extra_keys.is_empty() {
+                self.route(&vhost, &p.exchange, &[&p.routing_key], headers, &msg.raw_properties)
+            } else {
+                let mut keys: Vec<&str> = vec![&p.routing_key];
+                keys.extend(extra_keys.iter().map(String::as_str));
+                self.route(&vhost, &p.exchange, &keys, headers, &msg.raw_properties)
+            };
+            let (queued, rejected_by) = self.enqueue(&vhost, &queues, &msg, now_ms, out);
+            if std::mem::take(&mut self.paged_behind_consumer) {
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.flow_blocked = true;
+                }
+            }
+            sync.target = merge_sync_target(sync.target, queued.target);
+            sync.failed = queued.failed;
+            rejected = rejected_by;
+            !queues.is_empty() || held.is_some()
+        };
+        // Confirm mode and transactions exclude each other, so this is the publish as received.
+        self.counters.messages_received_confirm += u64::from(p.confirm_seq.is_some());
+        // RabbitMQ 3.10 counts a direct reply-to answer as unroutable and dropped (no queue took
+        // it) and its hand-over as no delivery: the metrics follow.
+        if routed && !direct_reply {
+            self.counters.messages_routed += 1;
+        } else if p.mandatory && !routed {
+            self.counters.messages_unroutable_returned += 1;
+        } else {
+            self.counters.messages_unroutable_dropped += 1;
+        }
+        if !routed && p.mandatory {
+            out.push((
+                conn,
+                Out::Content {
+                    channel,
+                    method: Method::BasicReturn {
+                        reply_code: ReplyCode::NoRoute.code(),
+                        reply_text: ShortStr::from_static("NO_ROUTE"),
+                        exchange: p.exchange.clone(),
+                        routing_key: p.routing_key.clone(),
+                    },
+                    msg: p.msg.clone(),
+                },
+            ));
+        }
+        if let Some(seq) = p.confirm_seq {
+            // A persistent message in a durable queue is confirmed once it is on disk.
+            let epoch = if sync.target.is_some() { self.write_epoch } else { 0 };
+            // A queue that refused it (reject-publish) or could not store it makes it a nack.
+            let kind = if rejected || sync.failed { DeferredKind::Nack(seq) } else { DeferredKind::Ack(seq) };
+            self.channel_mut(conn, channel)?.defer(epoch, kind, sync.target.unwrap_or(SYNC_ANY));
+            if sync.target.is_some() {
+                self.waiting.insert(conn);
+            }
+        }
+        Ok(sync)
+    }
+
+    /// Appends a message to each queue (routing result) and hands it to consumers. Messages
+    /// the queues drop to make room are dead-lettered. Returns whose sync must precede the
+    /// confirm (or that a queue's storage could not take it: the confirm is a nack, and nothing
+    /// else is affected), and whether a queue refused the message (reject-publish).
+    pub(super) fn enqueue(
+        &mut self,
+        vhost: &Arc<str>,
+        queues: &[ShortStr],
+        msg: &MessageRef,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> (PublishSync, bool) {
+        let mut sync = PublishSync::default();
+        let mut rejected = false;
+        self.paged_behind_consumer = false;
+        let mut dead: Vec<(ShortStr, Queued, &'static str)> = Vec::new();
+        if let Some(vh) = self.vhosts.get_mut(&**vhost) {
+            for q in queues {
+                let Some(queue) = vh.queues.get_mut(q) else { continue };
+                queue.memory_pressure = self.alarms.memory;
+                // A TTL of 0 lets a message through only to a consumer that takes it at once
+                // (nothing ahead of it, a consumer with room); otherwise it expires on arrival,
+                // as in RabbitMQ.
+                let may_have_ttl = msg.properties.expiration.is_some() || queue.args.message_ttl_ms.is_some();
+                if may_have_ttl
+                    && queue.expiry_for(msg, now_ms) == Some(now_ms)
+                    && !(queue.is_empty() && choose_consumer(queue).is_some())
+                {
+                    dead.push((q.clone(), Queued::unqueued(0, msg.clone(), Some(now_ms)), "expired"));
+                    continue;
+                }
+                let outcome = match queue.push(msg.clone(), now_ms) {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        // The log says why once (report_storage); it is retried at every round.
+                        sync.failed = true;
+                        Self::report_storage(&mut self.warnings, &mut self.notices, vhost, queue);
+                        self.dirty.insert((vhost.clone(), q.clone()));
+                        continue;
+                    }
+                };
+                Self::note_push(&mut self.dirty, vhost, q, &outcome);
+                if outcome.needs_sync {
+                    sync.target = merge_sync_target(sync.target, Some(queue.sync_id));
+                }
+                self.disk_written += outcome.stored_bytes;
+                if outcome.paged && !self.paged_behind_consumer {
+                    self.paged_behind_consumer = queue.consumers.iter().any(|k| !k.outbound.writable());
+                }
+                if outcome.rejected {
+                    rejected = true;
+                    if queue.args.overflow == crate::args::Overflow::RejectPublishDlx {
+                        let expires_at = queue.expiry_for(msg, now_ms);
+                        let item = Queued::unqueued(0, msg.clone(), expires_at);
+                        dead.push((q.clone(), item, "maxlen"));
+                    }
+                }
+                dead.extend(outcome.dropped.into_iter().map(|d| (q.clone(), d, "maxlen")));
+            }
+        }
+        self.dead_letter(vhost, dead, now_ms, out);
+        for q in queues {
+            self.dispatch(vhost, q, now_ms, out);
+        }
+        if self.disk_headroom.is_some_and(|h| self.disk_written > h) && !self.alarms.disk {
+            // The flood would fill the disk past its limit before the next measurement.
+            self.alarms.disk = true;
+            self.warnings.push(format!(
+                "disk resource limit alarm set: {} bytes written since free space was measured, \
+                 more than the {} bytes left above the limit. Publishers will be blocked until \
+                 this alarm clears",
+                self.disk_written,
+                self.disk_headroom.unwrap_or(0)
+            ));
+        }
+        (sync, rejected)
+    }
+
+    pub(super) fn note_push(
+        dirty: &mut HashSet<(Arc<str>, ShortStr)>,
+        vhost: &Arc<str>,
+        q: &ShortStr,
+        outcome: &PushOutcome,
+    ) {
+        if outcome.needs_sync || !outcome.dropped.is_empty() {
+            dirty.insert((vhost.clone(), q.clone()));
+        }
+    }
+
+    /// Dead-letters messages that left `queue`s (already settled there): each goes to its
+    /// queue's dead-letter exchange with an updated `x-death` header, or is dropped when the
+    /// queue has none. Messages that the target queues drop in turn are dead-lettered too,
+    /// from a work list (bounded), so chains of queues cannot recurse without end.
+    pub(super) fn dead_letter(
+        &mut self,
+        vhost: &Arc<str>,
+        work: Vec<(ShortStr, Queued, &'static str)>,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) {
+        // First in, first out: messages reach the dead-letter queues in the order they died.
+        let mut work: std::collections::VecDeque<_> = work.into();
+        /// A bound on dead-lettering caused by one event (each step moves one message).
+        const DEAD_LETTER_STEPS_MAX: usize = 100_000;
+        let mut touched: Vec<ShortStr> = Vec::new();
+        let mut steps = 0;
+        while let Some((from, item, reason)) = work.pop_front() {
+            steps += 1;
+            if steps > DEAD_LETTER_STEPS_MAX {
+                self.errors
+                    .push(format!("dead-lettering from queue '{from}' stopped after {DEAD_LETTER_STEPS_MAX} steps"));
+                break;
+            }
+            let Some(vh) = self.vhosts.get(&**vhost) else { return };
+            let Some(q) = vh.queues.get(&from) else { continue };
+            let dlx = q.args.dead_letter_exchange.clone();
+            self.counters.count_dead_lettered(reason, dlx.is_some());
+            let Some(dlx) = dlx else { continue };
+            // As RabbitMQ: the queue's dead-letter routing key replaces every key of the message
+            // (and its CC and BCC headers go); without one, the message's own keys, CC included.
+            let dlrk = q.args.dead_letter_routing_key.clone();
+            let routing_key = dlrk.clone().unwrap_or_else(|| item.msg.routing_key.clone());
+            let msg =
+                crate::dead_letter::dead_lettered(&item.msg, &dlx, &routing_key, &from, reason, now_ms, dlrk.is_some());
+            let cc = if dlrk.is_some() { Vec::new() } else { crate::dead_letter::cc_keys(&msg) };
+            let mut keys: Vec<&str> = vec![&routing_key];
+            keys.extend(cc.iter().map(String::as_str));
+            let mut targets = self.route(vhost, &dlx, &keys, msg.properties.headers.as_ref(), &msg.raw_properties);
+            targets.retain(|t| !crate::dead_letter::is_cycle(&msg, t));
+            let Some(vh) = self.vhosts.get_mut(&**vhost) else { return };
+            for t in &targets {
+                let Some(queue) = vh.queues.get_mut(t) else { continue };
+                queue.memory_pressure = self.alarms.memory;
+                match queue.push(msg.clone(), now_ms) {
+                    Ok(outcome) => {
+                        Self::note_push(&mut self.dirty, vhost, t, &outcome);
+                        work.extend(outcome.dropped.into_iter().map(|d| (t.clone(), d, "maxlen")));
+                    }
+                    Err(e) => self.errors.push(format!("cannot dead-letter a message into queue '{t}': {e}")),
+                }
+                if !touched.contains(t) {
+                    touched.push(t.clone());
+                }
+            }
+        }
+        for t in touched {
+            self.dispatch(vhost, &t, now_ms, out);
+        }
+    }
+
+    /// The queues a message reaches from `exchange`, following exchange-to-exchange bindings
+    /// (each exchange visited once, so cycles end), without duplicates.
+    ///
+    /// `keys` are the routing key and the `CC`/`BCC` keys: as RabbitMQ, every hop routes the
+    /// whole set. A queue reached several ways is listed once; the check is a hash set once the
+    /// list is long, so a fanout to thousands of queues stays linear.
+    pub(super) fn route(
+        &self,
+        vhost: &str,
+        exchange: &ShortStr,
+        keys: &[&str],
+        headers: Option<&FieldTable>,
+        raw_properties: &Bytes,
+    ) -> Vec<ShortStr> {
+        let Some(vh) = self.vhosts.get(vhost) else { return Vec::new() };
+        let mut queues: Vec<ShortStr> = Vec::new();
+        let mut seen: Option<HashSet<ShortStr>> = None;
+        let mut add = |queues: &mut Vec<ShortStr>, q: ShortStr| {
+            /// Past this many queues, duplicates are found with a hash set, not a scan.
+            const SCAN_MAX: usize = 16;
+            if queues.len() < SCAN_MAX && seen.is_none() {
+                if !queues.contains(&q) {
+                    queues.push(q);
+                }
+                return;
+            }
+            let set = seen.get_or_insert_with(|| queues.iter().cloned().collect());
+            if set.insert(q.clone()) {
+                queues.push(q);
+            }
+        };
+        if exchange.is_empty() {
+            for key in keys {
+                // The queue's own name, shared rather than copied.
+                if let Some((name, _)) = vh.queues.get_key_value(*key) {
+                    add(&mut queues, name.clone());
+                }
+            }
+            return queues;
+        }
+        let mut visited: Vec<ShortStr> = vec![exchange.clone()];
+        let mut pending: Vec<ShortStr> = vec![exchange.clone()];
+        let mut dests = Vec::new();
+        while let Some(x) = pending.pop() {
+            let Some(ex) = vh.exchanges.get(&x) else { continue };
+            dests.clear();
+            for key in keys {
+                ex.route(key, headers, raw_properties, &mut dests);
+            }
+            if dests.is_empty() {
+                // Unroutable here: the alternate exchange, if any, gets it.
+                let own = ex.arguments.get("alternate-exchange").and_then(FieldValue::as_str).map(ShortStr::from);
+                if let Some(ae) = own.or_else(|| ex.policy_alternate_exchange.clone()) {
+                    if !visited.contains(&ae) {
+                        visited.push(ae.clone());
+                        pending.push(ae);
+                    }
+                }
+            }
+            for d in dests.drain(..) {
+                match d {
+                    Destination::Queue(q) => add(&mut queues, q),
+                    Destination::Exchange(e) => {
+                        if !visited.contains(&e) {
+                            visited.push(e.clone());
+                            pending.push(e);
+                        }
+                    }
+                }
+            }
+        }
+        queues
+    }
+
+    /// Direct reply-to: hand the message straight to the requester's reply consumer.
+    pub(super) fn deliver_reply(&mut self, p: &Publish, out: &mut Vec<(ConnId, Out)>) -> bool {
+        let suffix = &p.routing_key[REPLY_TO_PREFIX.len()..];
+        let Some(target) = self.reply_targets.get(suffix).cloned() else { return false };
+        let Some(ch) = self.conns.get_mut(&target.conn).and_then(|c| c.channels.get_mut(&target.channel)) else {
+            return false;
+        };
+        let delivery_tag = ch.take_delivery_tag();
+        if let Some(c) = self.conns.get_mut(&target.conn) {
+            c.out_bytes.add(p.msg.wire_size());
+        }
+        out.push((
+            target.conn,
+            Out::Content {
+                channel: target.channel,
+                method: Method::BasicDeliver {
+                    consumer_tag: target.consumer_tag,
+                    delivery_tag,
+                    redelivered: false,
+                    exchange: p.exchange.clone(),
+                    routing_key: p.routing_key.clone(),
+                },
+                msg: p.msg.clone(),
+            },
+        ));
+        true
+    }
+}
