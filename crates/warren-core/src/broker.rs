@@ -58,7 +58,6 @@ mod topology;
 pub use alarms::{Alarms, ResourceUse};
 pub use sync::{SyncJob, SYNC_ANY};
 
-use delivery::choose_consumer;
 use persist::{durable_binding_def, exchange_def, queue_def, Store};
 use sync::{merge_sync_target, PublishSync};
 

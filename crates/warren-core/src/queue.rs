@@ -14,15 +14,15 @@
 //! of these. Requeued messages go back to their lane at their place by seq. Higher lanes are
 //! delivered first.
 
-use crate::args::{Overflow, QueueArgs};
-use crate::credit::{ChannelCredit, ConsumerCredit, Outbound};
-use crate::message::{decode_from_store, encode_for_store, MessageRef};
+use crate::args::{Overflow, QueueArgs, QueueType};
+use crate::credit::{ChannelCredit, ConsumerCredit, Outbound, Unacked};
+use crate::message::{decode_from_store, encode_for_store, Message, MessageRef};
 use crate::ConnId;
 use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use warren_amqp::{FieldTable, ShortStr};
+use warren_amqp::{FieldTable, FieldValue, Method, ShortStr};
 use warren_store::{Backend, LogConfig, Recovered, SegmentLog, SyncHandle};
 
 /// Ready messages a queue holds in memory before it keeps new ones on disk only. Enough to
@@ -160,6 +160,21 @@ pub struct PushOutcome {
     pub paged: bool,
     /// Bytes appended to the log (the disk alarm counts them against the free space).
     pub stored_bytes: u64,
+}
+
+/// What a dispatch round did besides its deliveries, for the queue's owner to act on.
+#[derive(Debug, Default)]
+pub struct Dispatched {
+    /// Expired messages met at the head, settled here, to dead-letter.
+    pub expired: Vec<Queued>,
+    /// Something left the log: a durable queue's store has writes to sync.
+    pub settled: bool,
+    /// Storage failures, to log.
+    pub errors: Vec<String>,
+    /// Deliveries made: redeliveries among them, and to no-ack and to manual-ack consumers.
+    pub redelivered: u64,
+    pub auto_ack: u64,
+    pub manual_ack: u64,
 }
 
 #[derive(Debug)]
@@ -307,6 +322,125 @@ impl Queue {
     /// does not hold it (it was deleted and declared again, or the id was taken before).
     pub fn take_checked_out(&mut self, id: u64) -> Option<Queued> {
         self.checked_out.remove(&id)
+    }
+
+    /// The consumer the next message goes to: the first in priority order (then round-robin
+    /// from `rr` among equals) whose connection, channel and prefetch allow another delivery.
+    /// With a single active consumer only the first consumer is considered.
+    pub fn choose_consumer(&self) -> Option<usize> {
+        let can_take = |idx: usize| self.consumers[idx].can_take();
+        if self.args.single_active_consumer {
+            return (!self.consumers.is_empty() && can_take(0)).then_some(0);
+        }
+        let n = self.consumers.len();
+        let mut start = 0;
+        while start < n {
+            let priority = self.consumers[start].priority;
+            let end = start + self.consumers[start..].iter().take_while(|c| c.priority == priority).count();
+            let len = end - start;
+            let from = if (start..end).contains(&self.rr) { self.rr - start } else { 0 };
+            if let Some(idx) = (0..len).map(|i| start + (from + i) % len).find(|&idx| can_take(idx)) {
+                return Some(idx);
+            }
+            start = end;
+        }
+        None
+    }
+
+    /// The message as delivered: quorum queues tell how often it came back
+    /// (`x-delivery-count`).
+    pub fn delivered_message(&self, m: &Queued) -> MessageRef {
+        if self.args.queue_type != QueueType::Quorum || m.returns == 0 {
+            return m.msg.clone();
+        }
+        let mut props = m.msg.decode_properties();
+        props
+            .headers
+            .get_or_insert_with(FieldTable::new)
+            .insert("x-delivery-count", FieldValue::I64(i64::from(m.returns)));
+        let raw = props.to_bytes();
+        Message::new(m.msg.exchange.clone(), m.msg.routing_key.clone(), props, raw, m.msg.body.clone())
+    }
+
+    /// Hands ready messages to the consumers: to the highest-priority consumers that can take
+    /// more (round-robin among equals), within their prefetch limits and while their
+    /// connections can take more; with a single active consumer, only to the first. Expired
+    /// messages met at the head are settled and handed back for dead-lettering instead.
+    ///
+    /// The queue reads nothing but its own state and its consumers' shared credit: the
+    /// consumer's channel hands out the delivery tag and records the delivery
+    /// ([`ChannelCredit::deliver`]); a delivery that waits for an ack stays here, checked out
+    /// under the next id of `next_id`. Each delivery goes to `deliver` as (connection, channel,
+    /// basic.deliver, message).
+    pub fn dispatch(
+        &mut self,
+        now_ms: u64,
+        next_id: &mut u64,
+        mut deliver: impl FnMut(ConnId, u16, Method, MessageRef),
+    ) -> Dispatched {
+        let mut done = Dispatched::default();
+        while !self.is_empty() && !self.consumers.is_empty() {
+            let Some(idx) = self.choose_consumer() else { break };
+            let m = match self.pop() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    done.errors.push(format!("cannot read queue '{}' from disk: {e}", self.name));
+                    break;
+                }
+            };
+            // Expired once its deadline is in the past: a TTL of 0 still reaches a consumer
+            // that is there at once, as in RabbitMQ.
+            if m.expires_at.is_some_and(|t| t < now_ms) {
+                if let Err(e) = self.settle(&m) {
+                    done.errors.push(format!("cannot settle an expired message of queue '{}': {e}", self.name));
+                }
+                done.settled = true;
+                done.expired.push(m);
+                continue;
+            }
+            self.rr = idx + 1;
+            self.mark_delivered(&m);
+            let msg = self.delivered_message(&m);
+            let redelivered = m.redelivered;
+            done.redelivered += u64::from(redelivered);
+            let no_ack = self.consumers[idx].credit.no_ack;
+            let delivery_tag = if no_ack {
+                done.auto_ack += 1;
+                // Acknowledged on delivery: it leaves the log now.
+                if let Err(e) = self.settle(&m) {
+                    done.errors.push(format!("cannot settle a message of queue '{}': {e}", self.name));
+                }
+                done.settled = true;
+                self.consumers[idx].channel_credit.deliver(None)
+            } else {
+                done.manual_ack += 1;
+                let id = *next_id;
+                *next_id += 1;
+                let key = &self.consumers[idx];
+                key.credit.delivered();
+                let tag = key.channel_credit.deliver(Some(Unacked {
+                    delivery_tag: 0,
+                    queue: self.name.clone(),
+                    id,
+                    consumer: Some(key.tag.clone()),
+                    delivered_at_ms: now_ms,
+                }));
+                self.check_out(id, m);
+                tag
+            };
+            let key = &self.consumers[idx];
+            key.outbound.add(msg.wire_size());
+            let method = Method::BasicDeliver {
+                consumer_tag: key.tag.clone(),
+                delivery_tag,
+                redelivered,
+                exchange: msg.exchange.clone(),
+                routing_key: msg.routing_key.clone(),
+            };
+            deliver(key.conn, key.channel, method, msg);
+        }
+        done
     }
 
     pub fn consumer_count(&self) -> u32 {

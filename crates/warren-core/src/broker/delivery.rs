@@ -8,40 +8,6 @@
 
 use super::*;
 
-/// The consumer the next message goes to: the first in priority order (then round-robin from
-/// `rr` among equals) whose connection, channel and prefetch allow another delivery. With a
-/// single active consumer only the first consumer is considered.
-pub(super) fn choose_consumer(q: &Queue) -> Option<usize> {
-    let can_take = |idx: usize| q.consumers[idx].can_take();
-    if q.args.single_active_consumer {
-        return (!q.consumers.is_empty() && can_take(0)).then_some(0);
-    }
-    let n = q.consumers.len();
-    let mut start = 0;
-    while start < n {
-        let priority = q.consumers[start].priority;
-        let end = start + q.consumers[start..].iter().take_while(|c| c.priority == priority).count();
-        let len = end - start;
-        let from = if (start..end).contains(&q.rr) { q.rr - start } else { 0 };
-        if let Some(idx) = (0..len).map(|i| start + (from + i) % len).find(|&idx| can_take(idx)) {
-            return Some(idx);
-        }
-        start = end;
-    }
-    None
-}
-
-/// The message as delivered: quorum queues tell how often it came back (`x-delivery-count`).
-pub(super) fn delivered_message(q: &Queue, m: &Queued) -> MessageRef {
-    if q.args.queue_type != QueueType::Quorum || m.returns == 0 {
-        return m.msg.clone();
-    }
-    let mut props = m.msg.decode_properties();
-    props.headers.get_or_insert_with(FieldTable::new).insert("x-delivery-count", FieldValue::I64(i64::from(m.returns)));
-    let raw = props.to_bytes();
-    Message::new(m.msg.exchange.clone(), m.msg.routing_key.clone(), props, raw, m.msg.body.clone())
-}
-
 impl Broker {
     pub(super) fn tick_consumer_timeouts(&mut self, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
         let Some(timeout) = self.config.consumer_timeout_ms else { return };
@@ -251,88 +217,21 @@ impl Broker {
     /// their connections can take more; with a single active consumer, only to the first.
     /// Expired messages met at the head are dead-lettered instead.
     pub(super) fn dispatch(&mut self, vhost: &str, queue: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
-        let mut expired: Vec<(ShortStr, Queued, &'static str)> = Vec::new();
-        {
-            let Broker { vhosts, errors, dirty, counters, next_delivery_id, .. } = self;
-            let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
-            let mut settled_any = false;
-            while !q.is_empty() && !q.consumers.is_empty() {
-                let Some(idx) = choose_consumer(q) else { break };
-                let key = &q.consumers[idx];
-                let (key_conn, key_channel, tag, no_ack) = (key.conn, key.channel, key.tag.clone(), key.credit.no_ack);
-                let m = match q.pop() {
-                    Ok(Some(m)) => m,
-                    Ok(None) => break,
-                    Err(e) => {
-                        errors.push(format!("cannot read queue '{queue}' in vhost '{vhost}' from disk: {e}"));
-                        break;
-                    }
-                };
-                // Expired once its deadline is in the past: a TTL of 0 still reaches a consumer
-                // that is there at once, as in RabbitMQ.
-                if m.expires_at.is_some_and(|t| t < now_ms) {
-                    if let Err(e) = q.settle(&m) {
-                        errors.push(format!("cannot settle an expired message of queue '{queue}': {e}"));
-                    }
-                    settled_any = true;
-                    expired.push((q.name.clone(), m, "expired"));
-                    continue;
-                }
-                q.rr = idx + 1;
-                q.mark_delivered(&m);
-                let msg = delivered_message(q, &m);
-                counters.redelivered += u64::from(m.redelivered);
-                if no_ack {
-                    counters.delivered_consume_auto_ack += 1;
-                } else {
-                    counters.delivered_consume_manual_ack += 1;
-                }
-                let redelivered = m.redelivered;
-                // The consumer's channel hands out the tag and keeps the delivery's place; the
-                // queue keeps the message (nothing of the connection is looked up).
-                let delivery_tag = if no_ack {
-                    // Acknowledged on delivery: it leaves the log now.
-                    if let Err(e) = q.settle(&m) {
-                        errors.push(format!("cannot settle a message of queue '{queue}' in vhost '{vhost}': {e}"));
-                    }
-                    settled_any = true;
-                    q.consumers[idx].channel_credit.deliver(None)
-                } else {
-                    let key = &q.consumers[idx];
-                    key.credit.delivered();
-                    let id = *next_delivery_id;
-                    *next_delivery_id += 1;
-                    let tag = key.channel_credit.deliver(Some(Unacked {
-                        delivery_tag: 0,
-                        queue: q.name.clone(),
-                        id,
-                        consumer: Some(tag.clone()),
-                        delivered_at_ms: now_ms,
-                    }));
-                    q.check_out(id, m);
-                    tag
-                };
-                q.consumers[idx].outbound.add(msg.wire_size());
-                out.push((
-                    key_conn,
-                    Out::Content {
-                        channel: key_channel,
-                        method: Method::BasicDeliver {
-                            consumer_tag: tag,
-                            delivery_tag,
-                            redelivered,
-                            exchange: msg.exchange.clone(),
-                            routing_key: msg.routing_key.clone(),
-                        },
-                        msg,
-                    },
-                ));
-            }
-            if settled_any && q.durable {
-                dirty.insert((Arc::from(vhost), q.name.clone()));
-            }
+        let Broker { vhosts, errors, dirty, counters, next_delivery_id, .. } = self;
+        let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
+        let done = q.dispatch(now_ms, next_delivery_id, |conn, channel, method, msg| {
+            out.push((conn, Out::Content { channel, method, msg }));
+        });
+        counters.redelivered += done.redelivered;
+        counters.delivered_consume_auto_ack += done.auto_ack;
+        counters.delivered_consume_manual_ack += done.manual_ack;
+        errors.extend(done.errors.into_iter().map(|e| format!("{e} (vhost '{vhost}')")));
+        if done.settled && q.durable {
+            dirty.insert((Arc::from(vhost), q.name.clone()));
         }
-        if !expired.is_empty() {
+        if !done.expired.is_empty() {
+            let name = q.name.clone();
+            let expired = done.expired.into_iter().map(|m| (name.clone(), m, "expired")).collect();
             self.dead_letter(&Arc::from(vhost), expired, now_ms, out);
         }
     }
@@ -412,7 +311,7 @@ impl Broker {
         };
         q.mark_delivered(&m);
         let redelivered = m.redelivered;
-        let msg = delivered_message(q, &m);
+        let msg = q.delivered_message(&m);
         let mut checked_out = None;
         if no_ack {
             q.settle(&m).map_err(|e| internal(format_args!("cannot settle a message of queue '{queue}': {e}")))?;

@@ -222,7 +222,7 @@ impl Broker {
                 let may_have_ttl = msg.properties.expiration.is_some() || queue.args.message_ttl_ms.is_some();
                 if may_have_ttl
                     && queue.expiry_for(msg, now_ms) == Some(now_ms)
-                    && !(queue.is_empty() && choose_consumer(queue).is_some())
+                    && !(queue.is_empty() && queue.choose_consumer().is_some())
                 {
                     dead.push((q.clone(), Queued::unqueued(0, msg.clone(), Some(now_ms)), "expired"));
                     continue;
