@@ -1350,7 +1350,7 @@ impl Broker {
                 }
                 if q.args
                     .expires_ms
-                    .is_some_and(|e| q.consumers.is_empty() && now_ms.saturating_sub(q.last_used_ms) >= e)
+                    .is_some_and(|e| q.consumers().is_empty() && now_ms.saturating_sub(q.last_used_ms) >= e)
                 {
                     unused.push((vh.name.clone(), q.name.clone()));
                 }
@@ -1373,7 +1373,7 @@ impl Broker {
             o.exchanges += vh.exchanges.len();
             o.queues += vh.queues.len();
             for q in vh.queues.values() {
-                o.consumers += q.consumers.len();
+                o.consumers += q.consumers().len();
                 o.messages_ready += u64::from(q.message_count());
                 o.messages_unacked += q.unacked() as u64;
             }
@@ -1691,7 +1691,7 @@ impl Broker {
                         if q.exclusive_owner.is_some_and(|o| o != conn) {
                             return Err(locked(&queue, &vhost));
                         }
-                        if if_unused && !q.consumers.is_empty() {
+                        if if_unused && !q.consumers().is_empty() {
                             return Err(precondition(format_args!("queue '{queue}' in vhost '{vhost}' in use")));
                         }
                         if if_empty && !q.is_empty() {

@@ -197,13 +197,14 @@ pub struct Queue {
     /// delivery id: an ack settles one, a reject or a closed channel returns it. The channels
     /// keep only which delivery tag names which id (see [`Queue::check_out`]).
     checked_out: crate::hash::HashMap<u64, Queued>,
-    pub consumers: Vec<ConsumerKey>,
+    /// In priority order (highest first; among equals, in the order they came).
+    consumers: Vec<ConsumerKey>,
     /// Index into `consumers` where the next round-robin search starts.
-    pub rr: usize,
+    rr: usize,
     /// An auto-delete queue is deleted when its last consumer goes, but only once it had one.
-    pub had_consumer: bool,
+    had_consumer: bool,
     /// Set while a consumer holds the queue with basic.consume exclusive=true.
-    pub exclusive_consumer: bool,
+    exclusive_consumer: bool,
     /// When the queue was last used (consumer, get, declare), for `x-expires`.
     pub last_used_ms: u64,
     /// Some message here may carry an expiry: the broker checks the head over time.
@@ -786,13 +787,32 @@ impl Queue {
     }
 
     /// Adds a consumer, keeping consumers ordered by priority (highest first; among equals, in
-    /// the order they came).
-    pub fn add_consumer(&mut self, key: ConsumerKey) {
+    /// the order they came). An exclusive one holds the queue alone until it goes.
+    pub fn add_consumer(&mut self, key: ConsumerKey, exclusive: bool) {
+        debug_assert!(!self.exclusive_consumer, "a queue held by an exclusive consumer takes no other");
+        debug_assert!(!exclusive || self.consumers.is_empty(), "an exclusive consumer comes alone");
         let at = self.consumers.partition_point(|c| c.priority >= key.priority);
         self.consumers.insert(at, key);
         if self.rr > at {
             self.rr += 1;
         }
+        self.had_consumer = true;
+        self.exclusive_consumer = exclusive;
+    }
+
+    /// The consumers, in the order deliveries consider them.
+    pub fn consumers(&self) -> &[ConsumerKey] {
+        &self.consumers
+    }
+
+    /// A consumer holds the queue with basic.consume exclusive=true.
+    pub fn has_exclusive_consumer(&self) -> bool {
+        self.exclusive_consumer
+    }
+
+    /// An auto-delete queue whose last consumer went (it had one): it is deleted now.
+    pub fn auto_delete_due(&self) -> bool {
+        self.auto_delete && self.had_consumer && self.consumers.is_empty()
     }
 
     /// Files written since the last call, to be synced (see `Broker::begin_sync`); with

@@ -102,23 +102,16 @@ impl Broker {
         let channel_credit = ch.credit().clone();
         let outbound = self.conns.get(&conn).ok_or_else(|| internal("unknown connection"))?.out_bytes.clone();
         let (vhost, q) = self.queue_for_use(conn, &queue)?;
-        if q.exclusive_consumer || (exclusive && !q.consumers.is_empty()) {
+        if q.has_exclusive_consumer() || (exclusive && !q.consumers().is_empty()) {
             return Err(ProtocolError::new(
                 ReplyCode::AccessRefused,
                 format_args!("queue '{queue}' in vhost '{vhost}' in exclusive use"),
             ));
         }
-        q.add_consumer(ConsumerKey {
-            conn,
-            channel,
-            tag: tag.clone(),
-            priority,
-            credit: credit.clone(),
-            channel_credit,
-            outbound,
-        });
-        q.had_consumer = true;
-        q.exclusive_consumer = exclusive;
+        q.add_consumer(
+            ConsumerKey { conn, channel, tag: tag.clone(), priority, credit: credit.clone(), channel_credit, outbound },
+            exclusive,
+        );
         q.last_used_ms = now_ms;
         let ch = self.channel_mut(conn, channel)?;
         ch.consumers.insert(tag.clone(), Consumer { queue: queue.clone(), credit });
@@ -205,7 +198,7 @@ impl Broker {
         out: &mut Vec<(ConnId, Out)>,
     ) {
         let Some(q) = self.vhosts.get(vhost).and_then(|v| v.queues.get(queue)) else { return };
-        if q.auto_delete && q.had_consumer && q.consumers.is_empty() {
+        if q.auto_delete_due() {
             self.delete_queue(vhost, queue, now_ms, out);
         } else {
             self.dispatch(vhost, queue, now_ms, out);

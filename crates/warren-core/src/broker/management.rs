@@ -182,7 +182,7 @@ impl Broker {
                         .vhosts
                         .get(&*c.vhost)
                         .and_then(|vh| vh.queues.get(&co.queue))
-                        .is_some_and(|q| q.exclusive_consumer);
+                        .is_some_and(|q| q.has_exclusive_consumer());
                     v.push(ConsumerSummary {
                         conn: *id,
                         channel: *n,

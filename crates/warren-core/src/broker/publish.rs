@@ -243,7 +243,7 @@ impl Broker {
                 }
                 self.disk_written += outcome.stored_bytes;
                 if outcome.paged && !self.paged_behind_consumer {
-                    self.paged_behind_consumer = queue.consumers.iter().any(|k| !k.outbound.writable());
+                    self.paged_behind_consumer = queue.consumers().iter().any(|k| !k.outbound.writable());
                 }
                 if outcome.rejected {
                     rejected = true;

@@ -394,7 +394,7 @@ impl Broker {
             self.def_ops.push(DefOp::DelQueue { vhost: vhost.to_owned(), name: name.to_owned() });
         }
         Self::remove_bindings_to(vh, &Destination::Queue(q.name.clone()), &mut self.def_ops);
-        for key in &q.consumers {
+        for key in q.consumers() {
             let Some(c) = self.conns.get_mut(&key.conn) else { continue };
             if let Some(ch) = c.channels.get_mut(&key.channel) {
                 ch.consumers.remove(&key.tag);
