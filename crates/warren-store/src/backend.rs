@@ -35,6 +35,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn replace_durably(&self, path: &Path, bytes: &[u8]) -> io::Result<()>;
     /// Truncates a file to `len` (used to cut a torn tail at recovery).
     fn truncate(&self, path: &Path, len: u64) -> io::Result<()>;
+    /// Creates `dir` and whatever ancestors are missing, without waiting for the new entries to
+    /// be durable; returns the directories whose entries changed (the parents of those created,
+    /// outermost first), for a [`Backend::dir_sync_handle`] of each to make them durable later,
+    /// with the first writes in `dir`. The default creates them durably at once and returns
+    /// none.
+    fn create_dir_all_deferred(&self, dir: &Path) -> io::Result<Vec<std::path::PathBuf>> {
+        self.create_dir_all(dir)?;
+        Ok(Vec::new())
+    }
     /// A handle that makes the removals of files in `dir` done so far durable (fsync of the
     /// directory). The default does nothing, for backends whose removals are durable at once.
     fn dir_sync_handle(&self, dir: &Path) -> Arc<dyn SyncHandle> {

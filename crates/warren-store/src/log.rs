@@ -281,6 +281,8 @@ enum Tag {
     Seg(u64),
     Ack(u64),
     Dir,
+    /// The entries of the directories the log's directory was created in.
+    Parents,
 }
 
 /// Files whose sync failed, noted by the handles (on the syncing thread) for the log to act on
@@ -320,6 +322,13 @@ pub struct SegmentLog {
     pending: Vec<(Tag, Arc<dyn SyncHandle>)>,
     /// Files were removed since the last `pending_sync`: the directory needs a sync too.
     removed_files: bool,
+    /// The directory exists (it is made at the first write, so a log that is opened and
+    /// destroyed without a write never touches the disk).
+    dir_made: bool,
+    /// Directories whose entries changed when the log's directory was made, to sync with the
+    /// first writes; and those handed to the last round, synced again if that failed.
+    parents_unsynced: Vec<PathBuf>,
+    parents_in_flight: Vec<PathBuf>,
     next_seq: u64,
     unsettled: u64,
     delivered: Option<u64>,
@@ -517,7 +526,6 @@ impl SegmentLog {
     /// files) are skipped. Never panics on any file content. Fails on I/O errors and on files of
     /// an unknown format version.
     pub fn open(backend: Arc<dyn Backend>, dir: &Path, config: LogConfig) -> io::Result<(SegmentLog, Recovered)> {
-        backend.create_dir_all(dir)?;
         let mut log = SegmentLog {
             backend,
             dir: dir.to_path_buf(),
@@ -528,6 +536,9 @@ impl SegmentLog {
             ack_writers: Vec::new(),
             pending: Vec::new(),
             removed_files: false,
+            dir_made: false,
+            parents_unsynced: Vec::new(),
+            parents_in_flight: Vec::new(),
             next_seq: 0,
             unsettled: 0,
             delivered: None,
@@ -661,6 +672,17 @@ impl SegmentLog {
         Ok(())
     }
 
+    /// Makes the log's directory before its first file: the new entries become durable with
+    /// the first round's syncs ([`Backend::create_dir_all_deferred`]), not here.
+    fn make_dir(&mut self) -> io::Result<()> {
+        if !self.dir_made {
+            let changed = self.backend.create_dir_all_deferred(&self.dir)?;
+            self.parents_unsynced.extend(changed);
+            self.dir_made = true;
+        }
+        Ok(())
+    }
+
     /// Makes sure `seg_writer` writes the active segment; returns its base.
     fn open_seg_writer(&mut self) -> io::Result<u64> {
         let Some(base) = self.active else {
@@ -673,6 +695,7 @@ impl SegmentLog {
             w.flush()?;
         }
         self.seg_writer = None;
+        self.make_dir()?;
         let file = self.backend.open_append(&self.seg_path(base))?;
         let Some(seg) = self.segments.get_mut(&base) else {
             return Err(io::Error::other("active segment missing"));
@@ -926,7 +949,7 @@ impl SegmentLog {
 
     /// True when some file was written and not yet handed out for a sync.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty() || self.removed_files || self.delivered_dirty
+        !self.pending.is_empty() || self.removed_files || self.delivered_dirty || !self.parents_unsynced.is_empty()
     }
 
     fn take_pending(&mut self, acks: bool) -> Vec<Arc<dyn SyncHandle>> {
@@ -954,6 +977,13 @@ impl SegmentLog {
             }
             !take
         });
+        for dir in &self.parents_unsynced {
+            // The log's directory itself, made since the last round: its files are durable only
+            // once its entry is.
+            let inner = self.backend.dir_sync_handle(dir);
+            handles.push(Arc::new(TrackedSync { inner, tag: Tag::Parents, failures: failures.clone() }));
+        }
+        self.parents_in_flight = std::mem::take(&mut self.parents_unsynced);
         if std::mem::take(&mut self.removed_files) {
             // A settle that deleted a segment is durable only once the removal is.
             let inner = self.backend.dir_sync_handle(&self.dir);
@@ -973,6 +1003,7 @@ impl SegmentLog {
     fn absorb_sync_failures(&mut self) -> Option<io::Error> {
         let failed = std::mem::take(&mut *self.sync_failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
         let mut failure = None;
+        let mut parents_failed = false;
         for tag in failed {
             match tag {
                 Tag::Seg(base) => {
@@ -991,7 +1022,17 @@ impl SegmentLog {
                     self.owe_acks(base, io::Error::other(format!("a sync of {} failed", self.ack_path(base).display())))
                 }
                 Tag::Dir => self.removed_files = true,
+                Tag::Parents => {
+                    parents_failed = true;
+                    failure.get_or_insert_with(|| {
+                        io::Error::other(format!("a sync of the directories holding {} failed", self.dir.display()))
+                    });
+                }
             }
+        }
+        let in_flight = std::mem::take(&mut self.parents_in_flight);
+        if parents_failed {
+            self.parents_unsynced.splice(0..0, in_flight);
         }
         failure
     }
@@ -1114,6 +1155,7 @@ impl SegmentLog {
                 self.owe_acks(oldest.base, e);
             }
         }
+        self.make_dir()?;
         let file = self.backend.open_append(&self.ack_path(base))?;
         let Some(seg) = self.segments.get_mut(&base) else {
             return Err(io::Error::other("ack for a segment that does not exist"));

@@ -61,24 +61,32 @@ fn parent(path: &Path) -> &Path {
 
 impl Backend for FsBackend {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        if dir.is_dir() {
-            return Ok(());
+        // Each new entry made durable, outermost first.
+        for changed in self.create_dir_all_deferred(dir)? {
+            sync_dir(&changed)?;
         }
-        // Create (and make durable) each missing ancestor, outermost first.
+        Ok(())
+    }
+
+    fn create_dir_all_deferred(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        if dir.is_dir() {
+            return Ok(Vec::new());
+        }
         let mut missing = Vec::new();
         let mut d = dir;
         while !d.as_os_str().is_empty() && !d.is_dir() {
             missing.push(d.to_path_buf());
             d = parent(d);
         }
+        let mut changed = Vec::new();
         for d in missing.iter().rev() {
             match fs::create_dir(d) {
-                Ok(()) => sync_dir(parent(d))?,
+                Ok(()) => changed.push(parent(d).to_path_buf()),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(changed)
     }
 
     fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
