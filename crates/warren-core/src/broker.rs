@@ -1422,8 +1422,15 @@ impl Broker {
     /// The (vhost, name) of every queue, unsorted: cheap to take under the lock, so that a
     /// long listing can then fetch the details a chunk at a time ([`Broker::queue_details`])
     /// instead of holding the lock for all of them.
-    pub fn queue_keys(&self) -> Vec<(String, String)> {
-        self.vhosts.values().flat_map(|vh| vh.queues.keys().map(move |q| (vh.name.clone(), q.to_string()))).collect()
+    pub fn queue_keys(&self) -> Vec<(Arc<str>, ShortStr)> {
+        // Under the lock for every queue of the node: clones of shared names (no allocation per
+        // queue), sorted by the caller after the lock is released.
+        let mut keys = Vec::with_capacity(self.vhosts.values().map(|vh| vh.queues.len()).sum());
+        for vh in self.vhosts.values() {
+            let vhost: Arc<str> = Arc::from(vh.name.as_str());
+            keys.extend(vh.queues.keys().map(|q| (vhost.clone(), q.clone())));
+        }
+        keys
     }
 
     /// Whether the queue exists.
@@ -1433,13 +1440,16 @@ impl Broker {
 
     /// The details and message counters of these queues, in this order; a queue deleted since
     /// its key was taken is left out.
-    pub fn queue_details(&self, keys: &[(String, String)]) -> Vec<(QueueInfo, crate::broker::management::QueueStats)> {
+    pub fn queue_details(&self, keys: &[(Arc<str>, ShortStr)]) -> Vec<(QueueInfo, crate::broker::management::QueueStats)> {
         keys.iter()
             .filter_map(|(v, n)| {
-                let vh = self.vhosts.get(v.as_str())?;
-                let q = vh.queues.get(n.as_str())?;
-                let stats =
-                    crate::broker::management::QueueStats { vhost: v.clone(), name: n.clone(), counters: q.counters };
+                let vh = self.vhosts.get(&**v)?;
+                let q = vh.queues.get(n)?;
+                let stats = crate::broker::management::QueueStats {
+                    vhost: v.to_string(),
+                    name: n.to_string(),
+                    counters: q.counters,
+                };
                 Some((Self::queue_info(vh, q), stats))
             })
             .collect()

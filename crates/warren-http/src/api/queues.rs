@@ -86,10 +86,10 @@ fn listing(
     visible: Option<&VisibleVhosts>,
 ) -> Vec<(QueueInfo, MessageStats)> {
     let mut keys = match (vhost, name) {
-        (Some(v), Some(n)) => vec![(v.to_string(), n.to_string())],
+        (Some(v), Some(n)) => vec![(Arc::from(v), warren_amqp::ShortStr::from(n))],
         _ => shared.broker().queue_keys(),
     };
-    keys.retain(|(v, _)| vhost.is_none_or(|x| x == v) && VisibleVhosts::allows(visible, v));
+    keys.retain(|(v, _)| vhost.is_none_or(|x| x == &**v) && VisibleVhosts::allows(visible, v));
     keys.sort_unstable();
     let mut details = Vec::with_capacity(keys.len());
     for chunk in keys.chunks(LIST_CHUNK) {
