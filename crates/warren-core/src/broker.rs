@@ -1440,7 +1440,10 @@ impl Broker {
 
     /// The details and message counters of these queues, in this order; a queue deleted since
     /// its key was taken is left out.
-    pub fn queue_details(&self, keys: &[(Arc<str>, ShortStr)]) -> Vec<(QueueInfo, crate::broker::management::QueueStats)> {
+    pub fn queue_details(
+        &self,
+        keys: &[(Arc<str>, ShortStr)],
+    ) -> Vec<(QueueInfo, crate::broker::management::QueueStats)> {
         keys.iter()
             .filter_map(|(v, n)| {
                 let vh = self.vhosts.get(&**v)?;

@@ -47,6 +47,7 @@ enum Kind {
     Counter,
     Gauge,
     Untyped,
+    Histogram,
 }
 
 impl Exposition {
@@ -55,6 +56,7 @@ impl Exposition {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
             Kind::Untyped => "untyped",
+            Kind::Histogram => "histogram",
         };
         // HELP text escapes backslash and newline; ours has neither, but stay correct.
         let help = help.replace('\\', "\\\\").replace('\n', "\\n");
@@ -108,7 +110,7 @@ fn render(shared: &Shared, per_object: bool) -> String {
         (core.overview(), core.counters(), queues, core.data_dir().to_path_buf(), core.alarms(), degraded)
     };
     let mut e = Exposition { out: String::with_capacity(8 * 1024) };
-    use Kind::{Counter, Gauge, Untyped};
+    use Kind::{Counter, Gauge, Histogram, Untyped};
 
     // Object counts.
     e.single("rabbitmq_connections", Gauge, "Connections currently open", overview.connections as u64);
@@ -333,6 +335,19 @@ fn render(shared: &Shared, per_object: bool) -> String {
         "Work waiting for the core shard: threads waiting for its lock and connections waiting for a turn",
     );
     e.sample("warren_core_inbox_depth", &[("shard", "0")], health.inbox_depth);
+    e.family(
+        "warren_core_hold_seconds",
+        Histogram,
+        "How long each hold of the core shard's lock lasted (every other connection waited meanwhile)",
+    );
+    let mut cumulative = 0;
+    for (i, n) in health.holds.iter().enumerate() {
+        cumulative += n;
+        let le = warren_server::HOLD_BUCKETS_NS.get(i).map_or("+Inf".to_string(), |&ns| format!("{}", ns as f64 / 1e9));
+        e.sample("warren_core_hold_seconds_bucket", &[("shard", "0"), ("le", &le)], cumulative);
+    }
+    e.sample("warren_core_hold_seconds_sum", &[("shard", "0")], format_args!("{:.6}", health.busy_seconds));
+    e.sample("warren_core_hold_seconds_count", &[("shard", "0")], cumulative);
     e.out
 }
 

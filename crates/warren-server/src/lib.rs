@@ -182,11 +182,18 @@ pub struct Shared {
 pub struct CoreHealth {
     /// Nanoseconds the core's lock was held, in total.
     busy_ns: AtomicU64,
+    /// How many holds of the lock took up to each of [`HOLD_BUCKETS_NS`] (and longer, last):
+    /// a long hold is a stall of every connection waiting for it.
+    holds: [AtomicU64; HOLD_BUCKETS_NS.len() + 1],
     /// Threads waiting for the lock now.
     lock_waiters: AtomicUsize,
     /// Connections waiting for a turn to go on with their backlog now.
     pub(crate) turn_waiters: AtomicUsize,
 }
+
+/// The upper bounds of the lock-hold histogram's buckets, in nanoseconds: 100 µs, 1 ms, 10 ms,
+/// 100 ms and 1 s (and above).
+pub const HOLD_BUCKETS_NS: [u64; 5] = [100_000, 1_000_000, 10_000_000, 100_000_000, 1_000_000_000];
 
 /// What [`Shared::core_health`] reports.
 #[derive(Debug, Clone, Copy, Default)]
@@ -196,13 +203,16 @@ pub struct CoreHealthSnapshot {
     /// Work waiting for the core now: threads waiting for its lock and connections waiting
     /// for a turn with frames already read.
     pub inbox_depth: usize,
+    /// Holds of the lock by duration: how many took up to each of [`HOLD_BUCKETS_NS`] and
+    /// more than the last (not cumulative).
+    pub holds: [u64; HOLD_BUCKETS_NS.len() + 1],
 }
 
 /// The locked core; records how long it was held when dropped.
 pub struct CoreGuard<'a> {
     guard: MutexGuard<'a, Core>,
     since: std::time::Instant,
-    busy_ns: &'a AtomicU64,
+    health: &'a CoreHealth,
 }
 
 impl std::ops::Deref for CoreGuard<'_> {
@@ -220,7 +230,10 @@ impl std::ops::DerefMut for CoreGuard<'_> {
 
 impl Drop for CoreGuard<'_> {
     fn drop(&mut self) {
-        self.busy_ns.fetch_add(self.since.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let ns = self.since.elapsed().as_nanos() as u64;
+        self.health.busy_ns.fetch_add(ns, Ordering::Relaxed);
+        let bucket = HOLD_BUCKETS_NS.iter().position(|&b| ns <= b).unwrap_or(HOLD_BUCKETS_NS.len());
+        self.health.holds[bucket].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -251,7 +264,7 @@ impl Shared {
                 guard
             }
         };
-        CoreGuard { guard, since: std::time::Instant::now(), busy_ns: &self.health.busy_ns }
+        CoreGuard { guard, since: std::time::Instant::now(), health: &self.health }
     }
 
     /// The core's busy time and the work waiting for it.
@@ -260,6 +273,7 @@ impl Shared {
             busy_seconds: self.health.busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
             inbox_depth: self.health.lock_waiters.load(Ordering::Relaxed)
                 + self.health.turn_waiters.load(Ordering::Relaxed),
+            holds: std::array::from_fn(|i| self.health.holds[i].load(Ordering::Relaxed)),
         }
     }
 }

@@ -105,7 +105,16 @@ fn parse(text: &str) -> Scrape {
             let name_end = line.find(['{', ' ']).unwrap_or_else(|| panic!("sample without value: {line:?}"));
             let name = &line[..name_end];
             assert!(is_metric_name(name), "bad metric name in {line:?}");
-            let kind = scrape.types.get(name).unwrap_or_else(|| panic!("sample before its TYPE: {line:?}"));
+            // A histogram's samples are its name with _bucket, _sum or _count.
+            let histogram = ["_bucket", "_sum", "_count"]
+                .iter()
+                .filter_map(|suffix| name.strip_suffix(suffix))
+                .find(|base| scrape.types.get(*base).is_some_and(|k| k == "histogram"));
+            let kind: &str = match scrape.types.get(name) {
+                Some(kind) => kind,
+                None if histogram.is_some() => "histogram",
+                None => panic!("sample before its TYPE: {line:?}"),
+            };
             if kind == "counter" {
                 assert!(name.ends_with("_total"), "counter {name} is not named *_total");
             }
@@ -260,9 +269,20 @@ async fn counters_and_gauges_follow_publishing_and_consuming() {
     let busy = s.value("warren_core_busy_seconds_total", &[("shard", "0")]);
     assert!(busy > 0.0, "the core did work: {busy}");
     assert_eq!(s.value("warren_core_inbox_depth", &[("shard", "0")]), 0.0);
+    // Every hold of its lock is in the histogram: cumulative buckets, the last one all of them,
+    // and their sum the busy time.
+    assert_eq!(s.types["warren_core_hold_seconds"], "histogram");
+    let bucket = |s: &Scrape, le: &str| s.value("warren_core_hold_seconds_bucket", &[("shard", "0"), ("le", le)]);
+    let les = ["0.0001", "0.001", "0.01", "0.1", "1", "+Inf"];
+    let holds: Vec<f64> = les.iter().map(|le| bucket(&s, le)).collect();
+    assert!(holds.windows(2).all(|w| w[0] <= w[1]), "buckets are cumulative: {holds:?}");
+    assert!(holds[0] > 0.0, "short holds are counted: {holds:?}");
+    assert_eq!(s.value("warren_core_hold_seconds_count", &[("shard", "0")]), holds[5]);
+    assert_eq!(s.value("warren_core_hold_seconds_sum", &[("shard", "0")]), busy);
     within("queue.delete", ch.queue_delete(&queue, QueueDeleteOptions::default())).await.expect("delete");
     let s = scrape(&http);
     assert!(s.value("warren_core_busy_seconds_total", &[("shard", "0")]) > busy, "a delete is work");
+    assert!(bucket(&s, "+Inf") > holds[5], "the delete held the lock");
     assert_eq!(s.plain("rabbitmq_queues_deleted_total"), 1.0);
     assert_eq!(s.plain("rabbitmq_queues"), 0.0);
     close(&conn).await;
