@@ -8,6 +8,29 @@
 
 use super::*;
 
+/// Hosts a queue's [`Queue::dispatch`]: its deliveries become `Out::Content` for their
+/// connections, its counts go to the node's metrics and its storage errors to the log. Returns
+/// whether it settled something (a durable queue then has writes to sync) and the messages that
+/// expired, to dead-letter.
+pub(super) fn host_dispatch(
+    q: &mut Queue,
+    vhost: &str,
+    now_ms: u64,
+    next_id: &mut u64,
+    counters: &mut crate::metrics::Counters,
+    errors: &mut Vec<String>,
+    out: &mut Vec<(ConnId, Out)>,
+) -> (bool, Vec<Queued>) {
+    let done = q.dispatch(now_ms, next_id, |conn, channel, method, msg| {
+        out.push((conn, Out::Content { channel, method, msg }));
+    });
+    counters.redelivered += done.redelivered;
+    counters.delivered_consume_auto_ack += done.auto_ack;
+    counters.delivered_consume_manual_ack += done.manual_ack;
+    errors.extend(done.errors.into_iter().map(|e| format!("{e} (vhost '{vhost}')")));
+    (done.settled, done.expired)
+}
+
 impl Broker {
     pub(super) fn tick_consumer_timeouts(&mut self, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
         let Some(timeout) = self.config.consumer_timeout_ms else { return };
@@ -212,19 +235,13 @@ impl Broker {
     pub(super) fn dispatch(&mut self, vhost: &str, queue: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
         let Broker { vhosts, errors, dirty, counters, next_delivery_id, .. } = self;
         let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
-        let done = q.dispatch(now_ms, next_delivery_id, |conn, channel, method, msg| {
-            out.push((conn, Out::Content { channel, method, msg }));
-        });
-        counters.redelivered += done.redelivered;
-        counters.delivered_consume_auto_ack += done.auto_ack;
-        counters.delivered_consume_manual_ack += done.manual_ack;
-        errors.extend(done.errors.into_iter().map(|e| format!("{e} (vhost '{vhost}')")));
-        if done.settled && q.durable {
+        let (settled, expired) = host_dispatch(q, vhost, now_ms, next_delivery_id, counters, errors, out);
+        if settled && q.durable {
             dirty.insert((Arc::from(vhost), q.name.clone()));
         }
-        if !done.expired.is_empty() {
+        if !expired.is_empty() {
             let name = q.name.clone();
-            let expired = done.expired.into_iter().map(|m| (name.clone(), m, "expired")).collect();
+            let expired = expired.into_iter().map(|m| (name.clone(), m, "expired")).collect();
             self.dead_letter(&Arc::from(vhost), expired, now_ms, out);
         }
     }

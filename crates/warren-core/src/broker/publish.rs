@@ -215,51 +215,64 @@ impl Broker {
         if let Some(vh) = self.vhosts.get_mut(&**vhost) {
             for q in queues {
                 let Some(queue) = vh.queues.get_mut(q) else { continue };
-                queue.memory_pressure = self.alarms.memory;
-                // A TTL of 0 lets a message through only to a consumer that takes it at once
-                // (nothing ahead of it, a consumer with room); otherwise it expires on arrival,
-                // as in RabbitMQ.
-                let may_have_ttl = msg.properties.expiration.is_some() || queue.args.message_ttl_ms.is_some();
-                if may_have_ttl
-                    && queue.expiry_for(msg, now_ms) == Some(now_ms)
-                    && !(queue.is_empty() && queue.choose_consumer().is_some())
-                {
-                    dead.push((q.clone(), Queued::unqueued(0, msg.clone(), Some(now_ms)), "expired"));
-                    continue;
-                }
-                let outcome = match queue.push(msg.clone(), now_ms) {
-                    Ok(outcome) => outcome,
-                    Err(_) => {
-                        // The log says why once (report_storage); it is retried at every round.
-                        sync.failed = true;
-                        Self::report_storage(&mut self.warnings, &mut self.notices, vhost, queue);
-                        self.dirty.insert((vhost.clone(), q.clone()));
-                        continue;
+                'push: {
+                    queue.memory_pressure = self.alarms.memory;
+                    // A TTL of 0 lets a message through only to a consumer that takes it at once
+                    // (nothing ahead of it, a consumer with room); otherwise it expires on arrival,
+                    // as in RabbitMQ.
+                    let may_have_ttl = msg.properties.expiration.is_some() || queue.args.message_ttl_ms.is_some();
+                    if may_have_ttl
+                        && queue.expiry_for(msg, now_ms) == Some(now_ms)
+                        && !(queue.is_empty() && queue.choose_consumer().is_some())
+                    {
+                        dead.push((q.clone(), Queued::unqueued(0, msg.clone(), Some(now_ms)), "expired"));
+                        break 'push;
                     }
-                };
-                Self::note_push(&mut self.dirty, vhost, q, &outcome);
-                if outcome.needs_sync {
-                    sync.target = merge_sync_target(sync.target, Some(queue.sync_id));
-                }
-                self.disk_written += outcome.stored_bytes;
-                if outcome.paged && !self.paged_behind_consumer {
-                    self.paged_behind_consumer = queue.consumers().iter().any(|k| !k.outbound.writable());
-                }
-                if outcome.rejected {
-                    rejected = true;
-                    if queue.args.overflow == crate::args::Overflow::RejectPublishDlx {
-                        let expires_at = queue.expiry_for(msg, now_ms);
-                        let item = Queued::unqueued(0, msg.clone(), expires_at);
-                        dead.push((q.clone(), item, "maxlen"));
+                    let outcome = match queue.push(msg.clone(), now_ms) {
+                        Ok(outcome) => outcome,
+                        Err(_) => {
+                            // The log says why once (report_storage); it is retried at every round.
+                            sync.failed = true;
+                            Self::report_storage(&mut self.warnings, &mut self.notices, vhost, queue);
+                            self.dirty.insert((vhost.clone(), q.clone()));
+                            break 'push;
+                        }
+                    };
+                    Self::note_push(&mut self.dirty, vhost, q, &outcome);
+                    if outcome.needs_sync {
+                        sync.target = merge_sync_target(sync.target, Some(queue.sync_id));
                     }
+                    self.disk_written += outcome.stored_bytes;
+                    if outcome.paged && !self.paged_behind_consumer {
+                        self.paged_behind_consumer = queue.consumers().iter().any(|k| !k.outbound.writable());
+                    }
+                    if outcome.rejected {
+                        rejected = true;
+                        if queue.args.overflow == crate::args::Overflow::RejectPublishDlx {
+                            let expires_at = queue.expiry_for(msg, now_ms);
+                            let item = Queued::unqueued(0, msg.clone(), expires_at);
+                            dead.push((q.clone(), item, "maxlen"));
+                        }
+                    }
+                    dead.extend(outcome.dropped.into_iter().map(|d| (q.clone(), d, "maxlen")));
                 }
-                dead.extend(outcome.dropped.into_iter().map(|d| (q.clone(), d, "maxlen")));
+                // Delivered at once, while the queue is at hand (one lookup per queue reached).
+                let (settled, expired) = super::delivery::host_dispatch(
+                    queue,
+                    vhost,
+                    now_ms,
+                    &mut self.next_delivery_id,
+                    &mut self.counters,
+                    &mut self.errors,
+                    out,
+                );
+                if settled && queue.durable {
+                    self.dirty.insert((vhost.clone(), q.clone()));
+                }
+                dead.extend(expired.into_iter().map(|m| (q.clone(), m, "expired")));
             }
         }
         self.dead_letter(vhost, dead, now_ms, out);
-        for q in queues {
-            self.dispatch(vhost, q, now_ms, out);
-        }
         if self.disk_headroom.is_some_and(|h| self.disk_written > h) && !self.alarms.disk {
             // The flood would fill the disk past its limit before the next measurement.
             self.alarms.disk = true;
