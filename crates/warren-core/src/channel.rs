@@ -10,7 +10,7 @@ use crate::credit::{ChannelCredit, ConsumerCredit};
 use crate::hash::HashMap;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use warren_amqp::{ContentAssembler, ShortStr};
+use warren_amqp::{ContentAssembler, Method, ShortStr};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelState {
@@ -45,6 +45,24 @@ pub struct Publish {
     pub confirm_seq: Option<u64>,
 }
 
+/// The sync owner of what is not one queue's (several queues, an exchange's store): a failure
+/// of it nacks every publish of its round, and a publish waiting on it is nacked by any failure.
+pub const SYNC_ANY: u32 = u32::MAX;
+
+/// What a sync round's outcome released of a channel's deferred answers
+/// ([`Channel::release_deferred`]).
+#[derive(Debug, Default, PartialEq)]
+pub struct Released {
+    /// To send on the channel, in order (nothing once it is closing).
+    pub answers: Vec<Method>,
+    /// Answers still wait for a later round.
+    pub waiting: bool,
+    /// A tx.commit's sync failed: the channel is to be closed.
+    pub commit_failed: bool,
+    /// Publishes confirmed (acks, not nacks).
+    pub confirms: u64,
+}
+
 /// What a deferred answer is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeferredKind {
@@ -61,7 +79,7 @@ pub struct Deferred {
     /// The store sync epoch that must complete first; 0 when nothing needs syncing.
     pub epoch: u64,
     pub kind: DeferredKind,
-    /// Whose sync it waits for: the one queue's `sync_id`, or `SYNC_ANY` (broker.rs)
+    /// Whose sync it waits for: the one queue's `sync_id`, or [`SYNC_ANY`]
     /// (several queues, an exchange's store): a failed sync of that owner makes it a nack.
     pub target: u32,
 }
@@ -241,6 +259,64 @@ impl Channel {
         })
     }
 
+    /// The deferred answers whose sync is done (their epoch is at most `synced`), in order, acks
+    /// coalesced into `multiple` runs. `failed`: the epoch whose sync failed and the owners it
+    /// failed for; an answer waiting on that epoch or before, on one of those owners, becomes a
+    /// nack (and a commit fails instead). The channel's session decides its answers; the sync's
+    /// host only tells it the outcome.
+    pub fn release_deferred(&mut self, synced: u64, failed: Option<(u64, &[u32])>) -> Released {
+        let open = self.state == ChannelState::Open;
+        let mut r = Released::default();
+        // A run of acks: (first, last) publish sequence numbers.
+        let mut run: Option<(u64, u64)> = None;
+        let flush = |run: &mut Option<(u64, u64)>, answers: &mut Vec<Method>| {
+            if let Some((first, last)) = run.take() {
+                if open {
+                    answers.push(Method::BasicAck { delivery_tag: last, multiple: last > first });
+                }
+            }
+        };
+        while let Some(d) = self.deferred.front().copied() {
+            if d.epoch > synced {
+                r.waiting = true;
+                break;
+            }
+            self.deferred.pop_front();
+            let hit = failed.is_some_and(|(f, owners)| {
+                d.epoch > 0
+                    && d.epoch <= f
+                    && (d.target == SYNC_ANY || owners.iter().any(|&o| o == d.target || o == SYNC_ANY))
+            });
+            match d.kind {
+                DeferredKind::Ack(seq) if !hit => {
+                    r.confirms += 1;
+                    run = Some(match run {
+                        Some((first, last)) if last + 1 == seq => (first, seq),
+                        mut other => {
+                            flush(&mut other, &mut r.answers);
+                            (seq, seq)
+                        }
+                    });
+                }
+                DeferredKind::Ack(seq) | DeferredKind::Nack(seq) => {
+                    flush(&mut run, &mut r.answers);
+                    if open {
+                        r.answers.push(Method::BasicNack { delivery_tag: seq, multiple: false, requeue: false });
+                    }
+                }
+                DeferredKind::CommitOk if hit => r.commit_failed = true,
+                DeferredKind::CommitOk => {
+                    flush(&mut run, &mut r.answers);
+                    if open {
+                        r.answers.push(Method::TxCommitOk);
+                    }
+                }
+            }
+        }
+        flush(&mut run, &mut r.answers);
+        r
+    }
+
     /// Queues an answer behind those already waiting.
     pub fn defer(&mut self, epoch: u64, kind: DeferredKind, target: u32) {
         self.deferred.push_back(Deferred { epoch, kind, target });
@@ -250,5 +326,57 @@ impl Channel {
 impl Default for Channel {
     fn default() -> Self {
         Self::new(usize::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(delivery_tag: u64, multiple: bool) -> Method {
+        Method::BasicAck { delivery_tag, multiple }
+    }
+
+    fn nack(delivery_tag: u64) -> Method {
+        Method::BasicNack { delivery_tag, multiple: false, requeue: false }
+    }
+
+    #[test]
+    fn synced_answers_go_in_order_with_acks_coalesced() {
+        let mut ch = Channel::default();
+        for seq in 1..=3 {
+            ch.defer(1, DeferredKind::Ack(seq), 7);
+        }
+        ch.defer(0, DeferredKind::Nack(4), SYNC_ANY);
+        ch.defer(1, DeferredKind::Ack(5), 7);
+        ch.defer(2, DeferredKind::Ack(6), 7);
+        let r = ch.release_deferred(1, None);
+        assert_eq!(r.answers, [ack(3, true), nack(4), ack(5, false)]);
+        assert!(r.waiting, "seq 6 waits for epoch 2");
+        assert_eq!(r.confirms, 4);
+        let r = ch.release_deferred(2, None);
+        assert_eq!(r.answers, [ack(6, false)]);
+        assert!(!r.waiting && !r.commit_failed);
+    }
+
+    #[test]
+    fn a_failed_sync_nacks_what_waited_on_its_owner_and_fails_a_commit() {
+        let mut ch = Channel::default();
+        ch.defer(3, DeferredKind::Ack(1), 7);
+        ch.defer(3, DeferredKind::Ack(2), 8);
+        ch.defer(3, DeferredKind::Ack(3), SYNC_ANY);
+        ch.defer(4, DeferredKind::Ack(4), 7);
+        let r = ch.release_deferred(4, Some((3, &[7])));
+        assert_eq!(r.answers, [nack(1), ack(2, false), nack(3), ack(4, false)], "epoch 4 came after the failure");
+        assert_eq!(r.confirms, 2);
+        ch.defer(5, DeferredKind::CommitOk, SYNC_ANY);
+        let r = ch.release_deferred(5, Some((5, &[9])));
+        assert!(r.commit_failed && r.answers.is_empty());
+        // A closing channel answers nothing, but its answers are still taken.
+        ch.defer(6, DeferredKind::Ack(5), 7);
+        ch.start_closing();
+        let r = ch.release_deferred(6, None);
+        assert!(r.answers.is_empty() && !r.waiting);
+        assert!(ch.deferred.is_empty());
     }
 }

@@ -19,9 +19,7 @@ pub struct SyncJob {
     pub owners: Vec<u32>,
 }
 
-/// The sync owner of what is not one queue's (several queues, an exchange's store): a failure
-/// of it nacks every publish of its round, and a publish waiting on it is nacked by any failure.
-pub const SYNC_ANY: u32 = u32::MAX;
+pub use crate::channel::SYNC_ANY;
 
 /// The sync owner of the definitions journal: its failure nacks every publish of the round (a
 /// queue they went to may not be durable) and makes the next change rewrite the snapshot.
@@ -210,64 +208,13 @@ impl Broker {
         channels.sort_unstable();
         for channel in channels {
             let Some(ch) = c.channels.get_mut(&channel) else { continue };
-            let open = ch.state() == ChannelState::Open;
-            // A run of acks: (first, last) publish sequence numbers.
-            let mut run: Option<(u64, u64)> = None;
-            let flush = |run: &mut Option<(u64, u64)>, out: &mut Vec<(ConnId, Out)>| {
-                if let Some((first, last)) = run.take() {
-                    if open {
-                        let method = Method::BasicAck { delivery_tag: last, multiple: last > first };
-                        out.push((conn, Out::Method { channel, method }));
-                    }
-                }
-            };
-            while let Some(d) = ch.deferred.front().copied() {
-                if d.epoch > synced {
-                    still_waiting = true;
-                    break;
-                }
-                ch.deferred.pop_front();
-                let hit = failed.is_some_and(|(f, owners)| {
-                    d.epoch > 0
-                        && d.epoch <= f
-                        && (d.target == SYNC_ANY || owners.iter().any(|&o| o == d.target || o == SYNC_ANY))
-                });
-                let kind = match d.kind {
-                    DeferredKind::Ack(seq) if hit => DeferredKind::Nack(seq),
-                    DeferredKind::CommitOk if hit => {
-                        failed_commits.push(channel);
-                        continue;
-                    }
-                    k => k,
-                };
-                match kind {
-                    DeferredKind::Ack(seq) => {
-                        self.stats.confirms += 1;
-                        run = Some(match run {
-                            Some((first, last)) if last + 1 == seq => (first, seq),
-                            other => {
-                                let mut prev = other;
-                                flush(&mut prev, out);
-                                (seq, seq)
-                            }
-                        });
-                    }
-                    DeferredKind::Nack(seq) => {
-                        flush(&mut run, out);
-                        if open {
-                            let method = Method::BasicNack { delivery_tag: seq, multiple: false, requeue: false };
-                            out.push((conn, Out::Method { channel, method }));
-                        }
-                    }
-                    DeferredKind::CommitOk => {
-                        flush(&mut run, out);
-                        if open {
-                            out.push((conn, Out::Method { channel, method: Method::TxCommitOk }));
-                        }
-                    }
-                }
+            let released = ch.release_deferred(synced, failed);
+            self.stats.confirms += released.confirms;
+            out.extend(released.answers.into_iter().map(|method| (conn, Out::Method { channel, method })));
+            still_waiting |= released.waiting;
+            if released.commit_failed {
+                failed_commits.push(channel);
             }
-            flush(&mut run, out);
         }
         if still_waiting {
             self.waiting.insert(conn);
