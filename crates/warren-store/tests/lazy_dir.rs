@@ -60,9 +60,7 @@ impl SyncHandle for DirSync {
 }
 
 impl Backend for Watched {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.mem.create_dir_all(dir)
-    }
+    pass_to_mem!();
     fn create_dir_all_deferred(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
         let mut made = self.made.lock().expect("lock");
         if made.iter().any(|d| d == dir) {
@@ -72,29 +70,11 @@ impl Backend for Watched {
         self.mem.create_dir_all(dir)?;
         Ok(vec![dir.parent().expect("a parent").to_path_buf()])
     }
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        self.mem.list(dir)
-    }
-    fn list_dirs(&self, dir: &Path) -> io::Result<Vec<String>> {
-        self.mem.list_dirs(dir)
-    }
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        self.mem.read(path)
-    }
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
         self.mem.open_append(path)
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         self.mem.remove_file(path)
-    }
-    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.mem.remove_dir_all(dir)
-    }
-    fn replace_durably(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        self.mem.replace_durably(path, bytes)
-    }
-    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
-        self.mem.truncate(path, len)
     }
     fn dir_sync_handle(&self, dir: &Path) -> Arc<dyn SyncHandle> {
         Arc::new(DirSync { dir: dir.to_path_buf(), backend: self.clone() })

@@ -105,18 +105,7 @@ impl SyncHandle for FlakySync {
 }
 
 impl Backend for Flaky {
-    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.mem.create_dir_all(dir)
-    }
-    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
-        self.mem.list(dir)
-    }
-    fn list_dirs(&self, dir: &Path) -> io::Result<Vec<String>> {
-        self.mem.list_dirs(dir)
-    }
-    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        self.mem.read(path)
-    }
+    pass_to_mem!();
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn AppendFile>> {
         self.faults.hit()?;
         Ok(Box::new(FlakyFile { inner: self.mem.open_append(path)?, path: path.to_path_buf(), flaky: self.clone() }))
@@ -124,15 +113,6 @@ impl Backend for Flaky {
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         self.faults.hit()?;
         self.mem.remove_file(path)
-    }
-    fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
-        self.mem.remove_dir_all(dir)
-    }
-    fn replace_durably(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        self.mem.replace_durably(path, bytes)
-    }
-    fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
-        self.mem.truncate(path, len)
     }
     fn dir_sync_handle(&self, dir: &Path) -> Arc<dyn SyncHandle> {
         Arc::new(FlakySync { inner: None, path: dir.to_path_buf(), flaky: self.clone() })

@@ -71,3 +71,32 @@ pub fn assert_matches(records: &[Record], model: &Model) {
     let want: Vec<(u64, bool, &[u8])> = model.iter().map(|(&s, (p, b))| (s, *p, &b[..])).collect();
     assert_eq!(got, want);
 }
+
+/// The `Backend` methods a test backend wrapping a `MemBackend` (its field `mem`) passes
+/// straight through; the backend writes the others itself (those it watches or breaks).
+#[macro_export]
+macro_rules! pass_to_mem {
+    () => {
+        fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+            self.mem.create_dir_all(dir)
+        }
+        fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+            self.mem.list(dir)
+        }
+        fn list_dirs(&self, dir: &Path) -> io::Result<Vec<String>> {
+            self.mem.list_dirs(dir)
+        }
+        fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+            self.mem.read(path)
+        }
+        fn remove_dir_all(&self, dir: &Path) -> io::Result<()> {
+            self.mem.remove_dir_all(dir)
+        }
+        fn replace_durably(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
+            self.mem.replace_durably(path, bytes)
+        }
+        fn truncate(&self, path: &Path, len: u64) -> io::Result<()> {
+            self.mem.truncate(path, len)
+        }
+    };
+}
