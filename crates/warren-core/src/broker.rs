@@ -38,6 +38,7 @@ use crate::policy::{ApplyTo, Policy};
 use crate::queue::{ConsumerKey, PushOutcome, Queue, QueueStore, Queued};
 use crate::ConnId;
 use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -149,7 +150,10 @@ struct Conn {
 pub struct VHost {
     pub name: String,
     pub exchanges: HashMap<ShortStr, Exchange>,
-    pub queues: HashMap<ShortStr, Queue>,
+    /// Each queue behind its own lock: under the broker's exclusive lock it is reached with
+    /// `get_mut` (no locking); work that shares the broker (a publish routed by its connection
+    /// while others publish) locks the queues it reaches one at a time.
+    pub queues: HashMap<ShortStr, Mutex<Queue>>,
     pub limits: VhostLimits,
 }
 
@@ -704,7 +708,7 @@ impl Broker {
             report.messages += messages;
             report.progress.push(format!("recovered queue '{}' in vhost '{}': {} messages", q.name, q.vhost, messages));
             let vh = self.vhosts.entry(q.vhost.clone()).or_insert_with(|| VHost::new(&q.vhost));
-            vh.queues.insert(name, queue);
+            vh.queues.insert(name, Mutex::new(queue));
         }
         for b in &defs.bindings {
             let Some(vh) = self.vhosts.get_mut(&b.vhost) else { continue };
@@ -959,8 +963,13 @@ impl Broker {
         let Some(c) = self.conns.remove(&conn) else { return };
         self.counters.connections_closed += 1;
         if let Some(vh) = self.vhosts.get(&*c.vhost).filter(|_| c.owns_exclusive) {
-            let exclusive: Vec<ShortStr> =
-                vh.queues.values().filter(|q| q.exclusive_owner == Some(conn)).map(|q| q.name.clone()).collect();
+            let exclusive: Vec<ShortStr> = vh
+                .queues
+                .values()
+                .map(|q| q.lock())
+                .filter(|q| q.exclusive_owner == Some(conn))
+                .map(|q| q.name.clone())
+                .collect();
             for q in exclusive {
                 self.delete_queue(&c.vhost, &q, now_ms, out);
             }
@@ -1058,7 +1067,7 @@ impl Broker {
         let mut to_expire = Vec::new();
         let mut unused = Vec::new();
         for vh in self.vhosts.values_mut() {
-            for q in vh.queues.values_mut() {
+            for q in vh.queues.values_mut().map(Mutex::get_mut) {
                 if q.last_used_ms == 0 {
                     // Recovered at start: the x-expires period starts now.
                     q.last_used_ms = now_ms;
@@ -1090,7 +1099,7 @@ impl Broker {
         for vh in self.vhosts.values() {
             o.exchanges += vh.exchanges.len();
             o.queues += vh.queues.len();
-            for q in vh.queues.values() {
+            for q in vh.queues.values().map(|q| q.lock()) {
                 o.consumers += q.consumers().len();
                 o.messages_ready += u64::from(q.message_count());
                 o.messages_unacked += q.unacked() as u64;
@@ -1114,8 +1123,11 @@ impl Broker {
     }
 
     pub fn queues(&self) -> Vec<QueueInfo> {
-        let mut v: Vec<QueueInfo> =
-            self.vhosts.values().flat_map(|vh| vh.queues.values().map(move |q| Self::queue_info(vh, q))).collect();
+        let mut v: Vec<QueueInfo> = self
+            .vhosts
+            .values()
+            .flat_map(|vh| vh.queues.values().map(|q| q.lock()).map(move |q| Self::queue_info(vh, &q)))
+            .collect();
         v.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
         v
     }
@@ -1165,13 +1177,13 @@ impl Broker {
         keys.iter()
             .filter_map(|(v, n)| {
                 let vh = self.vhosts.get(&**v)?;
-                let q = vh.queues.get(n)?;
+                let q = vh.queues.get(n).map(|q| q.lock())?;
                 let stats = crate::broker::management::QueueStats {
                     vhost: v.to_string(),
                     name: n.to_string(),
                     counters: q.counters,
                 };
-                Some((Self::queue_info(vh, q), stats))
+                Some((Self::queue_info(vh, &q), stats))
             })
             .collect()
     }
@@ -1415,17 +1427,21 @@ impl Broker {
                 // delete-ok goes before the basic.cancel of consumers on this channel, as in
                 // RabbitMQ: py-amqp (kombu, Celery) fails a queue_delete that sees the cancel first.
                 let at = out.len();
-                let n = match self.vhosts.get(&*vhost).and_then(|v| v.queues.get(&queue)) {
+                let found = self.vhosts.get(&*vhost).and_then(|v| v.queues.get(&queue)).map(|q| {
+                    let q = q.lock();
+                    (q.exclusive_owner, q.consumers().is_empty(), q.is_empty())
+                });
+                let n = match found {
                     // Deleting a queue that does not exist succeeds, as in RabbitMQ.
                     None => 0,
-                    Some(q) => {
-                        if q.exclusive_owner.is_some_and(|o| o != conn) {
+                    Some((owner, unused, empty)) => {
+                        if owner.is_some_and(|o| o != conn) {
                             return Err(locked(&queue, &vhost));
                         }
-                        if if_unused && !q.consumers().is_empty() {
+                        if if_unused && !unused {
                             return Err(precondition(format_args!("queue '{queue}' in vhost '{vhost}' in use")));
                         }
-                        if if_empty && !q.is_empty() {
+                        if if_empty && !empty {
                             return Err(precondition(format_args!("queue '{queue}' in vhost '{vhost}' not empty")));
                         }
                         self.delete_queue(&vhost, &queue, now_ms, out)
@@ -1607,7 +1623,7 @@ impl Broker {
         let q = self
             .vhosts
             .get_mut(&*vhost)
-            .and_then(|v| v.queues.get_mut(name))
+            .and_then(|v| v.queues.get_mut(name).map(Mutex::get_mut))
             .ok_or_else(|| not_found("queue", name, &vhost))?;
         if q.exclusive_owner.is_some_and(|o| o != conn) {
             return Err(locked(name, &vhost));

@@ -205,7 +205,7 @@ impl Broker {
     ) -> Option<ShortStr> {
         let c = self.conns.get_mut(&conn)?;
         let consumer = c.channels.get_mut(&channel)?.consumers.remove(tag)?;
-        let q = self.vhosts.get_mut(&*c.vhost).and_then(|v| v.queues.get_mut(&consumer.queue))?;
+        let q = self.vhosts.get_mut(&*c.vhost).and_then(|v| v.queues.get_mut(&consumer.queue).map(Mutex::get_mut))?;
         q.remove_consumer(conn, channel, tag);
         q.last_used_ms = now_ms;
         Some(consumer.queue)
@@ -220,8 +220,11 @@ impl Broker {
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) {
-        let Some(q) = self.vhosts.get(vhost).and_then(|v| v.queues.get(queue)) else { return };
-        if q.auto_delete_due() {
+        let Some(due) = self.vhosts.get(vhost).and_then(|v| v.queues.get(queue).map(|q| q.lock().auto_delete_due()))
+        else {
+            return;
+        };
+        if due {
             self.delete_queue(vhost, queue, now_ms, out);
         } else {
             self.dispatch(vhost, queue, now_ms, out);
@@ -234,7 +237,7 @@ impl Broker {
     /// Expired messages met at the head are dead-lettered instead.
     pub(super) fn dispatch(&mut self, vhost: &str, queue: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
         let Broker { vhosts, errors, dirty, counters, next_delivery_id, .. } = self;
-        let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
+        let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue).map(Mutex::get_mut)) else { return };
         let (settled, expired) = host_dispatch(q, vhost, now_ms, next_delivery_id, counters, errors, out);
         if settled && q.durable {
             dirty.insert((Arc::from(vhost), q.name.clone()));
@@ -249,7 +252,9 @@ impl Broker {
     /// Drops (dead-letters) the expired messages at the head of a queue.
     pub(super) fn expire(&mut self, vhost: &str, queue: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
         let mut expired = Vec::new();
-        let Some(q) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue)) else { return };
+        let Some(q) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue).map(Mutex::get_mut)) else {
+            return;
+        };
         loop {
             match q.pop_expired(now_ms) {
                 Ok(Some(m)) => {
@@ -423,7 +428,7 @@ impl Broker {
             let mut rejected = Vec::new();
             if let Some(vh) = self.vhosts.get_mut(&*vhost) {
                 for u in settled {
-                    let Some(q) = vh.queues.get_mut(&u.queue) else { continue };
+                    let Some(q) = vh.queues.get_mut(&u.queue).map(Mutex::get_mut) else { continue };
                     let Some(item) = q.take_checked_out(u.id) else { continue };
                     q.counters.ack += u64::from(requeue.is_none());
                     if let Err(e) = q.settle(&item) {
@@ -463,7 +468,7 @@ impl Broker {
         let mut over_limit = Vec::new();
         if let Some(vh) = self.vhosts.get_mut(vhost) {
             for u in unacked {
-                let Some(q) = vh.queues.get_mut(&u.queue) else { continue };
+                let Some(q) = vh.queues.get_mut(&u.queue).map(Mutex::get_mut) else { continue };
                 let Some(mut item) = q.take_checked_out(u.id) else { continue };
                 item.returns = item.returns.saturating_add(1);
                 if q.args.delivery_limit.is_some_and(|limit| u64::from(item.returns) > limit) {
@@ -486,7 +491,7 @@ impl Broker {
         // the head they are the ones dropped.
         if let Some(vh) = self.vhosts.get_mut(vhost) {
             for name in &touched {
-                let Some(q) = vh.queues.get_mut(name) else { continue };
+                let Some(q) = vh.queues.get_mut(name).map(Mutex::get_mut) else { continue };
                 if q.args.overflow != crate::args::Overflow::DropHead {
                     continue;
                 }

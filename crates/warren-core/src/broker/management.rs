@@ -181,7 +181,7 @@ impl Broker {
                     let exclusive = self
                         .vhosts
                         .get(&*c.vhost)
-                        .and_then(|vh| vh.queues.get(&co.queue))
+                        .and_then(|vh| vh.queues.get(&co.queue).map(|q| q.lock()))
                         .is_some_and(|q| q.has_exclusive_consumer());
                     v.push(ConsumerSummary {
                         conn: *id,
@@ -273,7 +273,7 @@ impl Broker {
         self.vhosts
             .values()
             .flat_map(|vh| {
-                vh.queues.values().map(move |q| QueueStats {
+                vh.queues.values().map(|q| q.lock()).map(move |q| QueueStats {
                     vhost: vh.name.clone(),
                     name: q.name.to_string(),
                     counters: q.counters,

@@ -186,8 +186,9 @@ impl Broker {
                 d.vhost_limits.push((vh.name.clone(), vh.limits));
             }
             let durable_exchange = |n: &ShortStr| vh.exchanges.get(n).is_some_and(|x| x.durable);
-            let durable_queue =
-                |n: &ShortStr| vh.queues.get(n).is_some_and(|q| q.durable && q.exclusive_owner.is_none());
+            let durable_queue = |n: &ShortStr| {
+                vh.queues.get(n).map(|q| q.lock()).is_some_and(|q| q.durable && q.exclusive_owner.is_none())
+            };
             let mut exchanges: Vec<&Exchange> = vh.exchanges.values().collect();
             exchanges.sort_by(|a, b| a.name.cmp(&b.name));
             for x in exchanges {
@@ -210,11 +211,11 @@ impl Broker {
                     }
                 }
             }
-            let mut queues: Vec<&Queue> =
-                vh.queues.values().filter(|q| q.durable && q.exclusive_owner.is_none()).collect();
+            let mut queues: Vec<_> =
+                vh.queues.values().map(|q| q.lock()).filter(|q| q.durable && q.exclusive_owner.is_none()).collect();
             queues.sort_by(|a, b| a.name.cmp(&b.name));
             for q in queues {
-                d.queues.push(queue_def(&vh.name, q));
+                d.queues.push(queue_def(&vh.name, &q));
             }
         }
         d

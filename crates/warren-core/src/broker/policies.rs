@@ -81,12 +81,14 @@ impl Broker {
     pub(super) fn apply_policies(&mut self, vhost: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
         let Some(vh) = self.vhosts.get(vhost) else { return };
         let queues: Vec<(ShortStr, FieldTable)> =
-            vh.queues.values().map(|q| (q.name.clone(), q.arguments.clone())).collect();
+            vh.queues.values().map(|q| q.lock()).map(|q| (q.name.clone(), q.arguments.clone())).collect();
         let exchanges: Vec<ShortStr> = vh.exchanges.keys().cloned().collect();
         let mut dead = Vec::new();
         for (name, declared) in queues {
             let Ok(effective) = self.queue_args(vhost, &name, &declared) else { continue };
-            let Some(q) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(&name)) else { continue };
+            let Some(q) = self.vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(&name).map(Mutex::get_mut)) else {
+                continue;
+            };
             q.policy = effective.policy;
             q.operator_policy = effective.operator_policy;
             match q.set_args(effective.args) {

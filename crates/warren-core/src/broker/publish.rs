@@ -214,7 +214,7 @@ impl Broker {
         let mut dead: Vec<(ShortStr, Queued, &'static str)> = Vec::new();
         if let Some(vh) = self.vhosts.get_mut(&**vhost) {
             for q in queues {
-                let Some(queue) = vh.queues.get_mut(q) else { continue };
+                let Some(queue) = vh.queues.get_mut(q).map(Mutex::get_mut) else { continue };
                 'push: {
                     queue.memory_pressure = self.alarms.memory;
                     // A TTL of 0 lets a message through only to a consumer that takes it at once
@@ -323,13 +323,14 @@ impl Broker {
                 break;
             }
             let Some(vh) = self.vhosts.get(&**vhost) else { return };
-            let Some(q) = vh.queues.get(&from) else { continue };
+            let Some(q) = vh.queues.get(&from).map(|q| q.lock()) else { continue };
             let dlx = q.args.dead_letter_exchange.clone();
+            let dlrk = q.args.dead_letter_routing_key.clone();
+            drop(q);
             self.counters.count_dead_lettered(reason, dlx.is_some());
             let Some(dlx) = dlx else { continue };
             // As RabbitMQ: the queue's dead-letter routing key replaces every key of the message
             // (and its CC and BCC headers go); without one, the message's own keys, CC included.
-            let dlrk = q.args.dead_letter_routing_key.clone();
             let routing_key = dlrk.clone().unwrap_or_else(|| item.msg.routing_key.clone());
             let msg =
                 crate::dead_letter::dead_lettered(&item.msg, &dlx, &routing_key, &from, reason, now_ms, dlrk.is_some());
@@ -340,7 +341,7 @@ impl Broker {
             targets.retain(|t| !crate::dead_letter::is_cycle(&msg, t));
             let Some(vh) = self.vhosts.get_mut(&**vhost) else { return };
             for t in &targets {
-                let Some(queue) = vh.queues.get_mut(t) else { continue };
+                let Some(queue) = vh.queues.get_mut(t).map(Mutex::get_mut) else { continue };
                 queue.memory_pressure = self.alarms.memory;
                 match queue.push(msg.clone(), now_ms) {
                     Ok(outcome) => {

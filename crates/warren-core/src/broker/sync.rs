@@ -77,7 +77,7 @@ impl Broker {
         }
         let mut owners = Vec::new();
         for (vhost, name) in std::mem::take(&mut self.dirty) {
-            if let Some(q) = self.vhosts.get_mut(&*vhost).and_then(|v| v.queues.get_mut(&name)) {
+            if let Some(q) = self.vhosts.get_mut(&*vhost).and_then(|v| v.queues.get_mut(&name).map(Mutex::get_mut)) {
                 handles.extend(q.pending_sync(acks));
                 owners.resize(handles.len(), q.sync_id);
                 if !acks && q.has_pending_sync() {
@@ -144,7 +144,11 @@ impl Broker {
 
     /// How many queues have degraded storage (see [`QueueInfo::storage_trouble`]).
     pub fn degraded_queues(&self) -> usize {
-        self.vhosts.values().flat_map(|v| v.queues.values()).filter(|q| q.storage_trouble().is_some()).count()
+        self.vhosts
+            .values()
+            .flat_map(|v| v.queues.values().map(|q| q.lock()))
+            .filter(|q| q.storage_trouble().is_some())
+            .count()
     }
 
     /// Warnings and notices since the last call, for the log.

@@ -176,7 +176,9 @@ impl Broker {
             crate::exchange::headers::validate_binding(&arguments).map_err(precondition)?;
         }
         let durable_dest = match &dest {
-            Destination::Queue(q) => vh.queues.get(q).is_some_and(|q| q.durable && q.exclusive_owner.is_none()),
+            Destination::Queue(q) => {
+                vh.queues.get(q).map(|q| q.lock()).is_some_and(|q| q.durable && q.exclusive_owner.is_none())
+            }
             Destination::Exchange(x) => vh.exchanges.get(x).is_some_and(|x| x.durable),
         };
         if let Some(x) = vh.exchanges.get_mut(source) {
@@ -236,7 +238,7 @@ impl Broker {
         }
         match dest {
             Destination::Queue(q) => {
-                let queue = vh.queues.get(q).ok_or_else(|| not_found("queue", q, vhost))?;
+                let queue = vh.queues.get(q).map(|q| q.lock()).ok_or_else(|| not_found("queue", q, vhost))?;
                 if queue.exclusive_owner.is_some_and(|o| o != conn) {
                     return Err(locked(q, vhost));
                 }
@@ -288,7 +290,7 @@ impl Broker {
             }
         }
         let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
-        let result = match vh.queues.get(&name) {
+        let result = match vh.queues.get_mut(&name).map(Mutex::get_mut) {
             Some(q) => {
                 if q.exclusive_owner.is_some_and(|o| o != conn) {
                     return Err(locked(&name, &vhost));
@@ -313,9 +315,7 @@ impl Broker {
                     }
                 }
                 let r = (name.clone(), q.message_count(), q.consumer_count());
-                if let Some(q) = vh.queues.get_mut(&name) {
-                    q.last_used_ms = now_ms;
-                }
+                q.last_used_ms = now_ms;
                 r
             }
             None => {
@@ -372,7 +372,7 @@ impl Broker {
                 if survives {
                     self.def_ops.push(DefOp::PutQueue(queue_def(&vhost, &queue)));
                 }
-                vh.queues.insert(name.clone(), queue);
+                vh.queues.insert(name.clone(), Mutex::new(queue));
                 self.counters.queues_created += 1;
                 if let Some(c) = self.conns.get_mut(&conn).filter(|_| exclusive) {
                     c.owns_exclusive = true;
@@ -388,7 +388,7 @@ impl Broker {
     /// bindings removed, its messages dropped. Returns the number of ready messages dropped.
     pub(super) fn delete_queue(&mut self, vhost: &str, name: &str, _now_ms: u64, out: &mut Vec<(ConnId, Out)>) -> u32 {
         let Some(vh) = self.vhosts.get_mut(vhost) else { return 0 };
-        let Some(q) = vh.queues.remove(name) else { return 0 };
+        let Some(q) = vh.queues.remove(name).map(Mutex::into_inner) else { return 0 };
         self.counters.queues_deleted += 1;
         if q.durable && q.exclusive_owner.is_none() {
             self.def_ops.push(DefOp::DelQueue { vhost: vhost.to_owned(), name: name.to_owned() });
