@@ -390,7 +390,8 @@ pub struct Broker {
     config: Config,
     users: Users,
     vhosts: HashMap<String, VHost>,
-    conns: HashMap<ConnId, Conn>,
+    /// Each connection's session behind its own lock, as the queues are (see [`VHost::queues`]).
+    conns: HashMap<ConnId, Mutex<Conn>>,
     reply_targets: HashMap<ShortStr, ReplyTarget>,
     store: Store,
     /// The store sync that will cover writes made now; `synced_epoch` is the last one done.
@@ -768,7 +769,7 @@ impl Broker {
     /// cancelled and its unacked messages requeued at once.
     fn force_close(&mut self, conn: ConnId, why: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
         let channels: Vec<u16> =
-            self.conns.get(&conn).map(|c| c.channels.keys().copied().collect()).unwrap_or_default();
+            self.conns.get(&conn).map(|c| c.lock()).map(|c| c.channels.keys().copied().collect()).unwrap_or_default();
         for ch in channels {
             self.release_channel(conn, ch, now_ms, out);
         }
@@ -802,7 +803,7 @@ impl Broker {
         let vhost: Arc<str> = info.vhost.as_str().into();
         self.conns.insert(
             conn,
-            Conn {
+            Mutex::new(Conn {
                 info,
                 vhost,
                 grants,
@@ -815,7 +816,7 @@ impl Broker {
                 alarm_blocked: false,
                 blocked_sent: false,
                 owns_exclusive: false,
-            },
+            }),
         );
         self.counters.connections_opened += 1;
         Ok(())
@@ -830,7 +831,7 @@ impl Broker {
             Frame::Method { method: Method::ChannelOpen, .. } => self.check_user_channel_limit(conn).err(),
             _ => None,
         };
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn).map(Mutex::get_mut) else { return };
         if c.closing {
             return;
         }
@@ -917,7 +918,7 @@ impl Broker {
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) {
-        let between_commands = self.conns.get(&conn).is_some_and(|c| {
+        let between_commands = self.conns.get(&conn).map(|c| c.lock()).is_some_and(|c| {
             !c.closing
                 && c.channels
                     .get(&channel)
@@ -956,11 +957,13 @@ impl Broker {
     /// The connection is gone (socket closed, or closed by protocol): requeue its unacked
     /// messages, cancel its consumers, delete its exclusive queues.
     pub fn connection_closed(&mut self, conn: ConnId, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
-        let Some(c) = self.conns.get(&conn) else { return };
-        let mut channels: Vec<u16> = c.channels.keys().copied().collect();
+        let Some(mut channels) = self.conns.get(&conn).map(|c| c.lock().channels.keys().copied().collect::<Vec<u16>>())
+        else {
+            return;
+        };
         channels.sort_unstable();
         self.release_channels(conn, &channels, now_ms, out);
-        let Some(c) = self.conns.remove(&conn) else { return };
+        let Some(c) = self.conns.remove(&conn).map(Mutex::into_inner) else { return };
         self.counters.connections_closed += 1;
         if let Some(vh) = self.vhosts.get(&*c.vhost).filter(|_| c.owns_exclusive) {
             let exclusive: Vec<ShortStr> = vh
@@ -982,7 +985,7 @@ impl Broker {
     /// True once the broker closed the connection (connection.close sent); the server then
     /// waits for close-ok.
     pub fn is_closing(&self, conn: ConnId) -> bool {
-        self.conns.get(&conn).is_some_and(|c| c.closing)
+        self.conns.get(&conn).map(|c| c.lock()).is_some_and(|c| c.closing)
     }
 
     /// Opens a connection for the broker's own use on `vhost`, allowed everything.
@@ -1000,7 +1003,7 @@ impl Broker {
         };
         self.conns.insert(
             conn,
-            Conn {
+            Mutex::new(Conn {
                 info,
                 vhost: vhost.into(),
                 grants,
@@ -1013,7 +1016,7 @@ impl Broker {
                 alarm_blocked: false,
                 blocked_sent: false,
                 owns_exclusive: false,
-            },
+            }),
         );
         Ok(())
     }
@@ -1093,7 +1096,7 @@ impl Broker {
 
     pub fn overview(&self) -> Overview {
         let mut o = Overview { connections: self.conns.len(), store: self.stats, ..Default::default() };
-        for c in self.conns.values() {
+        for c in self.conns.values().map(|c| c.lock()) {
             o.channels += c.channels.len();
         }
         for vh in self.vhosts.values() {
@@ -1111,7 +1114,7 @@ impl Broker {
     /// The message and object counters since start. Channels closed is derived: a channel
     /// leaves the broker only once, so it is those opened less those open now.
     pub fn counters(&self) -> crate::metrics::Counters {
-        let open: usize = self.conns.values().map(|c| c.channels.len()).sum();
+        let open: usize = self.conns.values().map(|c| c.lock()).map(|c| c.channels.len()).sum();
         let mut c = self.counters;
         c.channels_closed = c.channels_opened.saturating_sub(open as u64);
         c
@@ -1191,7 +1194,7 @@ impl Broker {
     // ---- errors ----------------------------------------------------------------------------
 
     fn connection_error(&mut self, conn: ConnId, e: ProtocolError, out: &mut Vec<(ConnId, Out)>) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn).map(Mutex::get_mut) else { return };
         c.closing = true;
         out.push((
             conn,
@@ -1216,7 +1219,9 @@ impl Broker {
         out: &mut Vec<(ConnId, Out)>,
     ) {
         self.release_channel(conn, channel, now_ms, out);
-        let Some(ch) = self.conns.get_mut(&conn).and_then(|c| c.channels.get_mut(&channel)) else { return };
+        let Some(ch) = self.conns.get_mut(&conn).map(Mutex::get_mut).and_then(|c| c.channels.get_mut(&channel)) else {
+            return;
+        };
         ch.start_closing();
         ch.assembler.reset();
         out.push((
@@ -1244,11 +1249,14 @@ impl Broker {
     /// them (nor to another channel of the same, closing connection); the queues deliver again
     /// only once the messages are back in place.
     fn release_channels(&mut self, conn: ConnId, channels: &[u16], now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
-        let Some(vhost) = self.conns.get(&conn).map(|c| c.vhost.clone()) else { return };
+        let Some(vhost) = self.conns.get(&conn).map(|c| c.lock()).map(|c| c.vhost.clone()) else { return };
         let mut unacked: Vec<Unacked> = Vec::new();
         let mut queues = Vec::new();
         for &channel in channels {
-            let Some(ch) = self.conns.get_mut(&conn).and_then(|c| c.channels.get_mut(&channel)) else { continue };
+            let Some(ch) = self.conns.get_mut(&conn).map(Mutex::get_mut).and_then(|c| c.channels.get_mut(&channel))
+            else {
+                continue;
+            };
             unacked.extend(ch.take_all_unacked());
             let tags: Vec<ShortStr> = ch.consumers.keys().cloned().collect();
             ch.tx = None;
@@ -1314,7 +1322,7 @@ impl Broker {
             Method::ChannelOpen => Err(ProtocolError::new(ReplyCode::ChannelError, "second 'channel.open' seen")),
             Method::ChannelClose { .. } => {
                 self.release_channel(conn, channel, now_ms, out);
-                if let Some(c) = self.conns.get_mut(&conn) {
+                if let Some(c) = self.conns.get_mut(&conn).map(Mutex::get_mut) {
                     c.channels.remove(&channel);
                 }
                 Self::reply(out, conn, channel, Method::ChannelCloseOk);
@@ -1594,14 +1602,14 @@ impl Broker {
     fn vhost_of(&self, conn: ConnId) -> Result<Arc<str>, ProtocolError> {
         self.conns
             .get(&conn)
-            .map(|c| c.vhost.clone())
+            .map(|c| c.lock().vhost.clone())
             .ok_or_else(|| ProtocolError::new(ReplyCode::InternalError, "unknown connection"))
     }
 
     fn channel_mut(&mut self, conn: ConnId, channel: u16) -> Result<&mut Channel, ProtocolError> {
         self.conns
             .get_mut(&conn)
-            .and_then(|c| c.channels.get_mut(&channel))
+            .and_then(|c| c.get_mut().channels.get_mut(&channel))
             .map(|ch| &mut **ch)
             .ok_or_else(|| ProtocolError::new(ReplyCode::ChannelError, format_args!("channel {channel} is not open")))
     }

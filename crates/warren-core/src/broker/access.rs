@@ -49,7 +49,13 @@ impl Broker {
         if !self.vhosts.contains_key(name) {
             return Ok(false);
         }
-        let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| &*c.vhost == name).map(|(id, _)| *id).collect();
+        let conns: Vec<ConnId> = self
+            .conns
+            .iter()
+            .map(|(k, c)| (k, c.lock()))
+            .filter(|(_, c)| &*c.vhost == name)
+            .map(|(id, _)| *id)
+            .collect();
         for id in conns {
             self.force_close(id, &format!("vhost '{name}' is deleted"), now_ms, out);
         }
@@ -114,7 +120,13 @@ impl Broker {
         }
         self.user_limits.remove(name);
         self.refresh_grants(Some(name));
-        let conns: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.info.user == name).map(|(id, _)| *id).collect();
+        let conns: Vec<ConnId> = self
+            .conns
+            .iter()
+            .map(|(k, c)| (k, c.lock()))
+            .filter(|(_, c)| c.info.user == name)
+            .map(|(id, _)| *id)
+            .collect();
         for id in conns {
             self.force_close(id, &format!("user '{name}' is deleted"), now_ms, out);
         }
@@ -199,7 +211,7 @@ impl Broker {
     /// Checks that the connection's user may `access` the resource (`kind` is "queue" or
     /// "exchange"), with RabbitMQ's refusal.
     pub(super) fn check(&self, conn: ConnId, access: Access, kind: &str, name: &str) -> Res {
-        let c = self.conns.get(&conn).ok_or_else(|| internal("unknown connection"))?;
+        let c = self.conns.get(&conn).map(|c| c.lock()).ok_or_else(|| internal("unknown connection"))?;
         if c.grants.permission.allows(access, permission_name(kind, name)) {
             Ok(())
         } else {
@@ -209,7 +221,7 @@ impl Broker {
 
     /// Checks a routing key against the topic permissions, when `exchange` is a topic exchange.
     pub(super) fn check_topic(&self, conn: ConnId, exchange: &str, access: Access, routing_key: &str) -> Res {
-        let c = self.conns.get(&conn).ok_or_else(|| internal("unknown connection"))?;
+        let c = self.conns.get(&conn).map(|c| c.lock()).ok_or_else(|| internal("unknown connection"))?;
         if c.grants.topic.is_empty() {
             return Ok(());
         }
@@ -228,7 +240,7 @@ impl Broker {
     /// Resolves again what the connections of `user` (or of everyone when None) may do, after
     /// a permission changed. Connections whose user lost its permissions can do nothing more.
     pub(super) fn refresh_grants(&mut self, user: Option<&str>) {
-        for c in self.conns.values_mut() {
+        for c in self.conns.values_mut().map(Mutex::get_mut) {
             if user.is_some_and(|u| u != c.info.user) {
                 continue;
             }

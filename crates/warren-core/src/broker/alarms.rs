@@ -49,7 +49,7 @@ impl Broker {
     /// pace. Queues without consumers, or whose consumers are held back by their prefetch, do
     /// not block publishers: their backlog is paged to disk as usual.
     pub fn take_flow_blocked(&mut self, conn: ConnId) -> bool {
-        self.conns.get_mut(&conn).is_some_and(|c| std::mem::take(&mut c.flow_blocked))
+        self.conns.get_mut(&conn).map(Mutex::get_mut).is_some_and(|c| std::mem::take(&mut c.flow_blocked))
     }
 
     /// True (once) when a consumer's connection drained, or the resource alarms cleared, since
@@ -73,7 +73,7 @@ impl Broker {
         let was = self.alarms;
         self.alarms = alarms;
         if was.any() && !alarms.any() {
-            for (&id, c) in self.conns.iter_mut() {
+            for (&id, c) in self.conns.iter_mut().map(|(k, c)| (k, c.get_mut())) {
                 c.alarm_blocked = false;
                 if std::mem::take(&mut c.blocked_sent) && !c.closing {
                     out.push((id, Out::Method { channel: 0, method: Method::ConnectionUnblocked }));
@@ -126,13 +126,13 @@ impl Broker {
 
     /// True while the connection is blocked by a resource alarm: do not read from it.
     pub fn is_alarm_blocked(&self, conn: ConnId) -> bool {
-        self.alarms.any() && self.conns.get(&conn).is_some_and(|c| c.alarm_blocked)
+        self.alarms.any() && self.conns.get(&conn).map(|c| c.lock()).is_some_and(|c| c.alarm_blocked)
     }
 
     /// A connection publishes under an alarm: it is blocked from now on (and told once).
     pub(super) fn block_publisher(&mut self, conn: ConnId, out: &mut Vec<(ConnId, Out)>) {
         let reason = self.alarms.reason();
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn).map(Mutex::get_mut) else { return };
         c.alarm_blocked = true;
         if !c.blocked_sent && c.info.has_capability("connection.blocked") {
             c.blocked_sent = true;
@@ -144,25 +144,25 @@ impl Broker {
     /// takes them off the connection's [`Outbound`] count and calls [`Broker::on_writable`]
     /// only when that makes it writable again.)
     pub fn on_written(&mut self, conn: ConnId, bytes: usize, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
-        let Some(c) = self.conns.get(&conn) else { return };
-        if c.out_bytes.written(bytes) {
+        let Some(writable) = self.conns.get(&conn).map(|c| c.lock().out_bytes.written(bytes)) else { return };
+        if writable {
             self.on_writable(conn, now_ms, out);
         }
     }
 
     /// The count of bytes handed to the connection and not yet written (shared with its task).
     pub fn outbound(&self, conn: ConnId) -> Option<Arc<Outbound>> {
-        self.conns.get(&conn).map(|c| c.out_bytes.clone())
+        self.conns.get(&conn).map(|c| c.lock()).map(|c| c.out_bytes.clone())
     }
 
     /// A full connection can take deliveries again ([`Outbound::written`] said so): its
     /// consumers' queues deliver what they held back, and flow-blocked publishers may go on.
     pub fn on_writable(&mut self, conn: ConnId, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
-        let Some(c) = self.conns.get(&conn) else { return };
-        self.flow_released = true;
+        let Some(c) = self.conns.get_mut(&conn).map(Mutex::get_mut) else { return };
         let queues: Vec<ShortStr> =
             c.channels.values().flat_map(|ch| ch.consumers.values().map(|co| co.queue.clone())).collect();
         let vhost = c.vhost.clone();
+        self.flow_released = true;
         for q in queues {
             self.dispatch(&vhost, &q, now_ms, out);
         }

@@ -36,6 +36,7 @@ impl Broker {
         let Some(timeout) = self.config.consumer_timeout_ms else { return };
         let mut expired = Vec::new();
         for (&conn, c) in &self.conns {
+            let c = c.lock();
             if c.closing {
                 continue;
             }
@@ -72,7 +73,7 @@ impl Broker {
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn).map(Mutex::get_mut) else { return };
         let vhost = c.vhost.clone();
         let Some(ch) = c.channels.get_mut(&channel) else { return };
         let mine = ch.take_unacked_of(&tag);
@@ -123,7 +124,8 @@ impl Broker {
         let ch = self.channel_mut(conn, channel)?;
         let credit = ConsumerCredit::new(no_ack, ch.prefetch_consumer);
         let channel_credit = ch.credit().clone();
-        let outbound = self.conns.get(&conn).ok_or_else(|| internal("unknown connection"))?.out_bytes.clone();
+        let outbound =
+            self.conns.get(&conn).map(|c| c.lock()).ok_or_else(|| internal("unknown connection"))?.out_bytes.clone();
         let (vhost, q) = self.queue_for_use(conn, &queue)?;
         if q.has_exclusive_consumer() || (exclusive && !q.consumers().is_empty()) {
             return Err(ProtocolError::new(
@@ -181,7 +183,7 @@ impl Broker {
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) {
-        let Some(c) = self.conns.get_mut(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn).map(Mutex::get_mut) else { return };
         let vhost = c.vhost.clone();
         let Some(ch) = c.channels.get_mut(&channel) else { return };
         if ch.reply_to.as_ref().is_some_and(|(t, _)| t == tag) {
@@ -203,7 +205,7 @@ impl Broker {
         tag: &ShortStr,
         now_ms: u64,
     ) -> Option<ShortStr> {
-        let c = self.conns.get_mut(&conn)?;
+        let c = self.conns.get_mut(&conn).map(Mutex::get_mut)?;
         let consumer = c.channels.get_mut(&channel)?.consumers.remove(tag)?;
         let q = self.vhosts.get_mut(&*c.vhost).and_then(|v| v.queues.get_mut(&consumer.queue).map(Mutex::get_mut))?;
         q.remove_consumer(conn, channel, tag);
@@ -285,7 +287,7 @@ impl Broker {
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) {
-        let Some(c) = self.conns.get(&conn) else { return };
+        let Some(c) = self.conns.get_mut(&conn).map(Mutex::get_mut) else { return };
         let vhost = c.vhost.clone();
         let Some(ch) = c.channels.get(&channel) else { return };
         let mut queues: Vec<ShortStr> = ch.consumers.values().map(|co| co.queue.clone()).collect();
@@ -450,7 +452,9 @@ impl Broker {
 
     /// Lowers the per-consumer unacked counts for deliveries leaving the channel's unacked set.
     pub(super) fn forget_consumer_unacked(&mut self, conn: ConnId, channel: u16, settled: &[Unacked]) {
-        let Some(ch) = self.conns.get_mut(&conn).and_then(|c| c.channels.get_mut(&channel)) else { return };
+        let Some(ch) = self.conns.get_mut(&conn).map(Mutex::get_mut).and_then(|c| c.channels.get_mut(&channel)) else {
+            return;
+        };
         for u in settled {
             if let Some(co) = u.consumer.as_ref().and_then(|t| ch.consumers.get(t)) {
                 co.credit.settled();

@@ -99,8 +99,8 @@ impl Broker {
         let Some(max) = self.vhosts.get(&info.vhost).and_then(|vh| vh.limits.connections()) else {
             return Ok(());
         };
-        let open =
-            self.conns.iter().filter(|&(&id, c)| id != MANAGEMENT_CONN && *c.vhost == *info.vhost).count() as u64;
+        let open = self.conns.iter().filter(|&(&id, c)| id != MANAGEMENT_CONN && *c.lock().vhost == *info.vhost).count()
+            as u64;
         if open >= max {
             return Err(ProtocolError::new(
                 ReplyCode::NotAllowed,
@@ -154,7 +154,8 @@ impl Broker {
     /// Refuses a connection of a user that has as many as its `max-connections` allows.
     pub(super) fn check_user_connection_limit(&self, info: &ConnInfo) -> Res {
         let Some(max) = self.user_limits.get(&info.user).and_then(UserLimits::connections) else { return Ok(()) };
-        let open = self.conns.iter().filter(|&(&id, c)| id != MANAGEMENT_CONN && c.info.user == info.user).count();
+        let open =
+            self.conns.iter().filter(|&(&id, c)| id != MANAGEMENT_CONN && c.lock().info.user == info.user).count();
         if open as u64 >= max {
             return Err(ProtocolError::new(
                 ReplyCode::NotAllowed,
@@ -167,14 +168,16 @@ impl Broker {
     /// Refuses one more channel to a user that has as many, on all its connections, as its
     /// `max-channels` allows (a connection error, as in RabbitMQ).
     pub(super) fn check_user_channel_limit(&self, conn: ConnId) -> Res {
-        let Some(user) = self.conns.get(&conn).map(|c| &c.info.user) else { return Ok(()) };
-        let Some(max) = self.user_limits.get(user).and_then(UserLimits::channels) else { return Ok(()) };
+        let Some(user) = self.conns.get(&conn).map(|c| c.lock().info.user.clone()) else { return Ok(()) };
+        let Some(max) = self.user_limits.get(&user).and_then(UserLimits::channels) else { return Ok(()) };
         // The channels of a connection being closed are gone for its client already.
         let open: usize = self
             .conns
             .iter()
-            .filter(|&(&id, c)| id != MANAGEMENT_CONN && !c.closing && c.info.user == *user)
-            .map(|(_, c)| c.channels.len())
+            .filter(|&(&id, _)| id != MANAGEMENT_CONN)
+            .map(|(_, c)| c.lock())
+            .filter(|c| !c.closing && c.info.user == user)
+            .map(|c| c.channels.len())
             .sum();
         if open as u64 >= max {
             return Err(ProtocolError::new(

@@ -12,6 +12,7 @@ use crate::exchange::Destination;
 use crate::queue::QueueCounters;
 use crate::ConnId;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use warren_amqp::{BasicProperties, FieldTable, Method, ProtocolError, ReplyCode, ShortStr};
 
 /// The id of the internal connection that carries management operations; never handed to a
@@ -132,6 +133,7 @@ impl Broker {
             .conns
             .iter()
             .filter(|(id, _)| **id != MANAGEMENT_CONN)
+            .map(|(id, c)| (id, c.lock()))
             .map(|(id, c)| ConnectionSummary {
                 id: *id,
                 user: c.info.user.clone(),
@@ -150,7 +152,7 @@ impl Broker {
     /// The open channels, by connection and number.
     pub fn channels(&self) -> Vec<ChannelSummary> {
         let mut v = Vec::new();
-        for (id, c) in self.conns.iter().filter(|(id, _)| **id != MANAGEMENT_CONN) {
+        for (id, c) in self.conns.iter().map(|(k, c)| (k, c.lock())).filter(|(id, _)| **id != MANAGEMENT_CONN) {
             for (n, ch) in &c.channels {
                 v.push(ChannelSummary {
                     conn: *id,
@@ -176,6 +178,7 @@ impl Broker {
     pub fn consumers(&self) -> Vec<ConsumerSummary> {
         let mut v = Vec::new();
         for (id, c) in &self.conns {
+            let c = c.lock();
             for (n, ch) in &c.channels {
                 for (tag, co) in &ch.consumers {
                     let exclusive = self
@@ -286,7 +289,7 @@ impl Broker {
     /// `reason` (the server then waits for close-ok, as for any connection error). False when
     /// there is no such connection.
     pub fn close_connection(&mut self, conn: ConnId, reason: &str, out: &mut Vec<(ConnId, Out)>) -> bool {
-        if conn == MANAGEMENT_CONN || self.conns.get(&conn).is_none_or(|c| c.closing) {
+        if conn == MANAGEMENT_CONN || self.conns.get(&conn).map(|c| c.lock()).is_none_or(|c| c.closing) {
             return false;
         }
         let e = ProtocolError::new(ReplyCode::ConnectionForced, reason);
@@ -553,7 +556,7 @@ impl Broker {
             // The broker itself (definitions loaded at boot): everything is allowed.
             None => self.open_internal_connection(MANAGEMENT_CONN, vhost)?,
         }
-        if let Some(c) = self.conns.get_mut(&MANAGEMENT_CONN) {
+        if let Some(c) = self.conns.get_mut(&MANAGEMENT_CONN).map(Mutex::get_mut) {
             c.channels.insert(1, Box::new(Channel::default()));
         }
         let result = f(self, out);

@@ -19,7 +19,7 @@ impl Broker {
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
-        let c = self.conns.get_mut(&conn).ok_or_else(|| internal("unknown connection"))?;
+        let c = self.conns.get_mut(&conn).map(Mutex::get_mut).ok_or_else(|| internal("unknown connection"))?;
         // The write permission is checked when the exchange differs from the last one allowed:
         // a publisher sending to one exchange pays one comparison per message.
         if c.write_ok.as_ref() != Some(&exchange) {
@@ -29,7 +29,7 @@ impl Broker {
             c.write_ok = Some(exchange.clone());
         }
         let vhost = c.vhost.clone();
-        let c = self.conns.get(&conn).ok_or_else(|| internal("unknown connection"))?;
+        let c = self.conns.get_mut(&conn).map(Mutex::get_mut).ok_or_else(|| internal("unknown connection"))?;
         {
             let vh = self.vhosts.get(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
             let x = vh.exchanges.get(&exchange).ok_or_else(|| not_found("exchange", &exchange, &vhost))?;
@@ -148,7 +148,7 @@ impl Broker {
             };
             let (queued, rejected_by) = self.enqueue(&vhost, &queues, &msg, now_ms, out);
             if std::mem::take(&mut self.paged_behind_consumer) {
-                if let Some(c) = self.conns.get_mut(&conn) {
+                if let Some(c) = self.conns.get_mut(&conn).map(Mutex::get_mut) {
                     c.flow_blocked = true;
                 }
             }
@@ -438,11 +438,13 @@ impl Broker {
     pub(super) fn deliver_reply(&mut self, p: &Publish, out: &mut Vec<(ConnId, Out)>) -> bool {
         let suffix = &p.routing_key[REPLY_TO_PREFIX.len()..];
         let Some(target) = self.reply_targets.get(suffix).cloned() else { return false };
-        let Some(ch) = self.conns.get_mut(&target.conn).and_then(|c| c.channels.get_mut(&target.channel)) else {
+        let Some(ch) =
+            self.conns.get_mut(&target.conn).map(Mutex::get_mut).and_then(|c| c.channels.get_mut(&target.channel))
+        else {
             return false;
         };
         let delivery_tag = ch.take_delivery_tag();
-        if let Some(c) = self.conns.get_mut(&target.conn) {
+        if let Some(c) = self.conns.get_mut(&target.conn).map(Mutex::get_mut) {
             c.out_bytes.add(p.msg.wire_size());
         }
         out.push((

@@ -202,7 +202,7 @@ impl Broker {
         out: &mut Vec<(ConnId, Out)>,
     ) {
         let synced = self.synced_epoch;
-        let Some(c) = self.conns.get_mut(&conn) else {
+        let Some(c) = self.conns.get_mut(&conn).map(Mutex::get_mut) else {
             self.waiting.remove(&conn);
             return;
         };

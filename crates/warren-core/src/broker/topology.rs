@@ -374,7 +374,7 @@ impl Broker {
                 }
                 vh.queues.insert(name.clone(), Mutex::new(queue));
                 self.counters.queues_created += 1;
-                if let Some(c) = self.conns.get_mut(&conn).filter(|_| exclusive) {
+                if let Some(c) = self.conns.get_mut(&conn).map(Mutex::get_mut).filter(|_| exclusive) {
                     c.owns_exclusive = true;
                 }
                 (name.clone(), 0, 0)
@@ -395,7 +395,7 @@ impl Broker {
         }
         Self::remove_bindings_to(vh, &Destination::Queue(q.name.clone()), &mut self.def_ops);
         for key in q.consumers() {
-            let Some(c) = self.conns.get_mut(&key.conn) else { continue };
+            let Some(c) = self.conns.get_mut(&key.conn).map(Mutex::get_mut) else { continue };
             if let Some(ch) = c.channels.get_mut(&key.channel) {
                 ch.consumers.remove(&key.tag);
                 if c.cancel_notify && ch.state() == ChannelState::Open {
