@@ -35,7 +35,7 @@ use crate::exchange::{Binding, Destination, Exchange, ExchangeKind};
 use crate::hash::{HashMap, HashSet};
 use crate::message::{Message, MessageRef};
 use crate::policy::{ApplyTo, Policy};
-use crate::queue::{ConsumerKey, PushOutcome, Queue, QueueStore, Queued};
+use crate::queue::{ConsumerKey, Queue, QueueStore, Queued};
 use crate::ConnId;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
@@ -56,14 +56,16 @@ mod persist;
 mod policies;
 mod publish;
 pub mod recovery;
+mod shared;
 mod sync;
 mod topology;
 
 pub use alarms::{Alarms, ResourceUse};
+pub use shared::{Sink, Stage, Tally};
 pub use sync::{SyncJob, SYNC_ANY};
 
 use persist::{durable_binding_def, exchange_def, queue_def, Store};
-use sync::{merge_sync_target, PublishSync};
+use sync::{merge_sync_target, PublishSync, Routed};
 
 /// Something to write to a connection.
 #[derive(Debug, Clone)]
@@ -426,9 +428,7 @@ pub struct Broker {
     /// Bytes that may still be written before free disk space reaches its limit, as of the last
     /// measurement, and what was written since ([`Broker::set_disk_free`]).
     disk_headroom: Option<u64>,
-    disk_written: u64,
-    /// The last enqueue paged a message behind a consumer that cannot keep up.
-    paged_behind_consumer: bool,
+    disk_written: std::sync::atomic::AtomicU64,
     /// Resource alarms in force (see [`Broker::set_alarms`]).
     alarms: Alarms,
     resource_use: ResourceUse,
@@ -437,7 +437,7 @@ pub struct Broker {
     /// Bytes that may still come in before memory reaches the high watermark, as of the last
     /// measurement, and what was published since ([`Broker::set_memory_use`]).
     memory_headroom: Option<u64>,
-    ingested: u64,
+    ingested: std::sync::atomic::AtomicU64,
     /// Some connection became writable again: flow-blocked publishers may go on.
     flow_released: bool,
     stats: StoreStats,
@@ -456,7 +456,10 @@ pub struct Broker {
     /// The next delivery id a queue keeps a delivered message under ([`Queue::check_out`]):
     /// unique for the broker's life, so a tag of a deleted queue never names a message of a
     /// queue declared again under its name.
-    next_delivery_id: u64,
+    next_delivery_id: std::sync::atomic::AtomicU64,
+    /// What shared work left that is not yet folded into the fields above
+    /// ([`Broker::fold_shared`]).
+    pending: Mutex<Tally>,
 }
 
 /// What recovery found, for the log.
@@ -529,16 +532,16 @@ impl Broker {
             warnings: Vec::new(),
             notices: Vec::new(),
             next_sync_id: 0,
-            next_delivery_id: 1,
+            next_delivery_id: std::sync::atomic::AtomicU64::new(1),
+            pending: Mutex::new(Tally::default()),
             disk_headroom: None,
-            disk_written: 0,
-            paged_behind_consumer: false,
+            disk_written: std::sync::atomic::AtomicU64::new(0),
             flow_released: false,
             alarms: Alarms::default(),
             resource_use: ResourceUse::default(),
             acting_user: None,
             memory_headroom: None,
-            ingested: 0,
+            ingested: std::sync::atomic::AtomicU64::new(0),
             stats: StoreStats::default(),
             counters: crate::metrics::Counters::default(),
             policies: Vec::new(),
@@ -752,6 +755,7 @@ impl Broker {
 
     /// Storage failures since the last call, for the log.
     pub fn take_errors(&mut self) -> Vec<String> {
+        self.fold_shared();
         std::mem::take(&mut self.errors)
     }
 
@@ -1025,6 +1029,7 @@ impl Broker {
     /// Periodic work: message TTL at queue heads, queue expiry (`x-expires`), and the consumer
     /// acknowledgement timeout.
     pub fn tick(&mut self, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        self.fold_shared();
         self.tick_delayed(now_ms, out);
         self.tick_queues(now_ms, out);
         self.tick_consumer_timeouts(now_ms, out);
@@ -1056,7 +1061,10 @@ impl Broker {
                 let mut keys: Vec<&str> = vec![&msg.routing_key];
                 keys.extend(cc.iter().map(String::as_str));
                 let queues = self.route(&vhost, &exchange, &keys, msg.properties.headers.as_ref(), &msg.raw_properties);
-                let (sync, _) = self.enqueue(&vhost, &queues, &msg, now_ms, out);
+                let mut tally = Tally::default();
+                let (sync, _, _) = self.enqueue(&vhost, &queues, &msg, now_ms, out, &mut tally, Sink::Out);
+                self.fold(tally);
+                self.predict_disk_alarm();
                 if sync.failed {
                     self.errors.push(format!(
                         "a delayed message of exchange '{exchange}' came due but a queue's storage could not take it"
@@ -1096,6 +1104,7 @@ impl Broker {
 
     pub fn overview(&self) -> Overview {
         let mut o = Overview { connections: self.conns.len(), store: self.stats, ..Default::default() };
+        o.store.confirms += self.pending_counters().1;
         for c in self.conns.values().map(|c| c.lock()) {
             o.channels += c.channels.len();
         }
@@ -1116,6 +1125,7 @@ impl Broker {
     pub fn counters(&self) -> crate::metrics::Counters {
         let open: usize = self.conns.values().map(|c| c.lock()).map(|c| c.channels.len()).sum();
         let mut c = self.counters;
+        c.add(&self.pending_counters().0);
         c.channels_closed = c.channels_opened.saturating_sub(open as u64);
         c
     }

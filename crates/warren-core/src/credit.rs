@@ -62,7 +62,8 @@ pub struct Unacked {
 ///
 /// Invariant: `unacked` is ordered by delivery tag (tags are handed out increasing), so the
 /// oldest delivery is at the front and `multiple` acks drain a prefix; its length is the
-/// channel's `unacked` count (kept by [`ChannelCredit::with_unacked`]).
+/// channel's `unacked` count (kept by [`ChannelCredit::with_unacked`]), but for the room a
+/// queue has reserved for a delivery it is making ([`ChannelCredit::try_reserve`]).
 #[derive(Debug, Default)]
 struct Deliveries {
     unacked: VecDeque<Unacked>,
@@ -73,8 +74,10 @@ struct Deliveries {
 /// unacked deliveries (`unacked_max_per_channel`); and its delivery tags, which the queue that
 /// delivers takes (`ChannelCredit::deliver`). The flags are written only by the channel.
 ///
-/// `deliveries` is a leaf lock: nothing else is locked while it is held, so a queue owner and
-/// the channel's session may both take it in any state.
+/// `deliveries` is a leaf lock: nothing is locked while it is held but the receiving
+/// connection's output (which [`ChannelCredit::deliver_reserved`] hands the delivery to under
+/// it, so that deliveries from queues on different threads reach the client in tag order), so
+/// a queue and the channel's session may both take it in any state.
 #[derive(Debug)]
 pub struct ChannelCredit {
     open: AtomicBool,
@@ -82,8 +85,7 @@ pub struct ChannelCredit {
     /// 0 = none.
     prefetch: AtomicU16,
     unacked_max: usize,
-    /// The next delivery tag. A delivery that waits for an ack takes it while holding
-    /// `deliveries`, so the list stays in tag order; one that does not takes it alone.
+    /// The next delivery tag, taken while holding `deliveries`, so the list stays in tag order.
     next_tag: AtomicU64,
     deliveries: Mutex<Deliveries>,
 }
@@ -107,22 +109,60 @@ impl ChannelCredit {
     }
 
     /// Takes the channel's next delivery tag for a delivery; one that waits for an ack is
-    /// recorded under it (its `delivery_tag` is set here).
+    /// recorded under it (its `delivery_tag` is set here) and counted.
     pub(crate) fn deliver(&self, unacked: Option<Unacked>) -> u64 {
-        let Some(mut u) = unacked else { return self.next_tag.fetch_add(1, Ordering::AcqRel) };
         let mut d = self.deliveries();
         let tag = self.next_tag.fetch_add(1, Ordering::AcqRel);
-        u.delivery_tag = tag;
-        d.unacked.push_back(u);
-        self.unacked.store(d.unacked.len(), Ordering::Release);
+        if let Some(mut u) = unacked {
+            u.delivery_tag = tag;
+            d.unacked.push_back(u);
+            self.unacked.fetch_add(1, Ordering::AcqRel);
+        }
         tag
+    }
+
+    /// A queue's delivery: takes the next tag, records a delivery that waits for an ack (its
+    /// room was reserved, [`ChannelCredit::try_reserve`]) and hands the delivery on (`emit`),
+    /// all under the channel's lock, so that the client sees its tags in order whichever
+    /// queues deliver to the channel at once.
+    pub(crate) fn deliver_reserved<R>(&self, unacked: Option<Unacked>, emit: impl FnOnce(u64) -> R) -> R {
+        let mut d = self.deliveries();
+        let tag = self.next_tag.fetch_add(1, Ordering::AcqRel);
+        if let Some(mut u) = unacked {
+            u.delivery_tag = tag;
+            d.unacked.push_back(u);
+        }
+        emit(tag)
+    }
+
+    /// Takes room for one delivery that waits for an ack, within the channel's prefetch and
+    /// cap; false when there is none. Two queues delivering to the channel at once cannot both
+    /// take its last place.
+    pub(crate) fn try_reserve(&self) -> bool {
+        let prefetch = usize::from(self.prefetch());
+        self.unacked
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                ((prefetch == 0 || n < prefetch) && n < self.unacked_max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back room reserved for a delivery that was not made.
+    pub(crate) fn unreserve(&self) {
+        self.unacked.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Reads or changes the deliveries waiting for an ack; the count follows.
     pub(crate) fn with_unacked<R>(&self, f: impl FnOnce(&mut VecDeque<Unacked>) -> R) -> R {
         let mut d = self.deliveries();
+        let before = d.unacked.len();
         let r = f(&mut d.unacked);
-        self.unacked.store(d.unacked.len(), Ordering::Release);
+        let after = d.unacked.len();
+        if after >= before {
+            self.unacked.fetch_add(after - before, Ordering::AcqRel);
+        } else {
+            self.unacked.fetch_sub(before - after, Ordering::AcqRel);
+        }
         r
     }
 
@@ -234,6 +274,24 @@ mod tests {
         c.with_unacked(|u| u.pop_front());
         assert_eq!(c.unacked(), 2, "the count follows the list");
         assert!(c.has_room());
+    }
+
+    #[test]
+    fn reserved_room_is_counted_until_given_back() {
+        let c = ChannelCredit::new(10);
+        c.set_prefetch(2);
+        assert!(c.try_reserve());
+        assert!(c.try_reserve());
+        assert!(!c.try_reserve(), "the prefetch is taken by reservations");
+        c.unreserve();
+        assert_eq!(c.unacked(), 1);
+        let tag = c.deliver_reserved(Some(pending(7)), |tag| tag);
+        assert_eq!((tag, c.unacked()), (1, 1), "a reserved delivery is not counted twice");
+        assert_eq!(c.deliver_reserved(None, |tag| tag), 2);
+        c.with_unacked(|u| u.clear());
+        assert_eq!(c.unacked(), 0);
+        let u = ChannelCredit::new(1);
+        assert!(u.try_reserve() && !u.try_reserve(), "the node's cap holds without a prefetch");
     }
 
     #[test]

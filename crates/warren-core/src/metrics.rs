@@ -49,6 +49,54 @@ pub struct Counters {
 pub const DEAD_LETTER_REASONS: [&str; 4] = ["expired", "maxlen", "rejected", "delivery_limit"];
 
 impl Counters {
+    /// Adds another set of counts to these.
+    pub fn add(&mut self, o: &Counters) {
+        let Counters {
+            messages_received,
+            messages_received_confirm,
+            messages_routed,
+            messages_unroutable_dropped,
+            messages_unroutable_returned,
+            delivered_consume_manual_ack,
+            delivered_consume_auto_ack,
+            delivered_get_manual_ack,
+            delivered_get_auto_ack,
+            redelivered,
+            acknowledged,
+            connections_opened,
+            connections_closed,
+            channels_opened,
+            channels_closed,
+            queues_declared,
+            queues_created,
+            queues_deleted,
+            dead_lettered,
+        } = self;
+        *messages_received += o.messages_received;
+        *messages_received_confirm += o.messages_received_confirm;
+        *messages_routed += o.messages_routed;
+        *messages_unroutable_dropped += o.messages_unroutable_dropped;
+        *messages_unroutable_returned += o.messages_unroutable_returned;
+        *delivered_consume_manual_ack += o.delivered_consume_manual_ack;
+        *delivered_consume_auto_ack += o.delivered_consume_auto_ack;
+        *delivered_get_manual_ack += o.delivered_get_manual_ack;
+        *delivered_get_auto_ack += o.delivered_get_auto_ack;
+        *redelivered += o.redelivered;
+        *acknowledged += o.acknowledged;
+        *connections_opened += o.connections_opened;
+        *connections_closed += o.connections_closed;
+        *channels_opened += o.channels_opened;
+        *channels_closed += o.channels_closed;
+        *queues_declared += o.queues_declared;
+        *queues_created += o.queues_created;
+        *queues_deleted += o.queues_deleted;
+        for (mine, theirs) in dead_lettered.iter_mut().zip(o.dead_lettered.iter()) {
+            for (m, t) in mine.iter_mut().zip(theirs.iter()) {
+                *m += t;
+            }
+        }
+    }
+
     /// Counts one message that died for `reason` (one of [`DEAD_LETTER_REASONS`]).
     pub fn count_dead_lettered(&mut self, reason: &str, to_exchange: bool) {
         if let Some(i) = DEAD_LETTER_REASONS.iter().position(|r| *r == reason) {

@@ -370,22 +370,37 @@ impl Queue {
     ///
     /// The queue reads nothing but its own state and its consumers' shared credit: the
     /// consumer's channel hands out the delivery tag and records the delivery
-    /// ([`ChannelCredit::deliver`]); a delivery that waits for an ack stays here, checked out
+    /// ([`ChannelCredit::deliver_reserved`], which hands it to `deliver` under the channel's lock); a delivery that waits for an ack stays here, checked out
     /// under the next id of `next_id`. Each delivery goes to `deliver` as (connection, channel,
     /// basic.deliver, message).
     pub fn dispatch(
         &mut self,
         now_ms: u64,
-        next_id: &mut u64,
+        next_id: &std::sync::atomic::AtomicU64,
         mut deliver: impl FnMut(ConnId, u16, Method, MessageRef),
     ) -> Dispatched {
         let mut done = Dispatched::default();
         while !self.is_empty() && !self.consumers.is_empty() {
             let Some(idx) = self.choose_consumer() else { break };
+            let no_ack = self.consumers[idx].credit.no_ack;
+            // The channel's room is taken before the message: another queue may be delivering
+            // to the same channel at this moment (its prefetch is shared).
+            if !no_ack && !self.consumers[idx].channel_credit.try_reserve() {
+                continue;
+            }
+            let unreserve = |q: &Self| {
+                if !no_ack {
+                    q.consumers[idx].channel_credit.unreserve();
+                }
+            };
             let m = match self.pop() {
                 Ok(Some(m)) => m,
-                Ok(None) => break,
+                Ok(None) => {
+                    unreserve(self);
+                    break;
+                }
                 Err(e) => {
+                    unreserve(self);
                     done.errors.push(format!("cannot read queue '{}' from disk: {e}", self.name));
                     break;
                 }
@@ -393,6 +408,7 @@ impl Queue {
             // Expired once its deadline is in the past: a TTL of 0 still reaches a consumer
             // that is there at once, as in RabbitMQ.
             if m.expires_at.is_some_and(|t| t < now_ms) {
+                unreserve(self);
                 if let Err(e) = self.settle(&m) {
                     done.errors.push(format!("cannot settle an expired message of queue '{}': {e}", self.name));
                 }
@@ -405,41 +421,35 @@ impl Queue {
             let msg = self.delivered_message(&m);
             let redelivered = m.redelivered;
             done.redelivered += u64::from(redelivered);
-            let no_ack = self.consumers[idx].credit.no_ack;
-            let delivery_tag = if no_ack {
+            let unacked = if no_ack {
                 done.auto_ack += 1;
                 // Acknowledged on delivery: it leaves the log now.
                 if let Err(e) = self.settle(&m) {
                     done.errors.push(format!("cannot settle a message of queue '{}': {e}", self.name));
                 }
                 done.settled = true;
-                self.consumers[idx].channel_credit.deliver(None)
+                None
             } else {
                 done.manual_ack += 1;
-                let id = *next_id;
-                *next_id += 1;
+                let id = next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let key = &self.consumers[idx];
                 key.credit.delivered();
-                let tag = key.channel_credit.deliver(Some(Unacked {
-                    delivery_tag: 0,
-                    queue: self.name.clone(),
-                    id,
-                    consumer: Some(key.tag.clone()),
-                    delivered_at_ms: now_ms,
-                }));
+                let consumer = Some(key.tag.clone());
                 self.check_out(id, m);
-                tag
+                Some(Unacked { delivery_tag: 0, queue: self.name.clone(), id, consumer, delivered_at_ms: now_ms })
             };
             let key = &self.consumers[idx];
             key.outbound.add(msg.wire_size());
-            let method = Method::BasicDeliver {
-                consumer_tag: key.tag.clone(),
-                delivery_tag,
-                redelivered,
-                exchange: msg.exchange.clone(),
-                routing_key: msg.routing_key.clone(),
-            };
-            deliver(key.conn, key.channel, method, msg);
+            key.channel_credit.deliver_reserved(unacked, |delivery_tag| {
+                let method = Method::BasicDeliver {
+                    consumer_tag: key.tag.clone(),
+                    delivery_tag,
+                    redelivered,
+                    exchange: msg.exchange.clone(),
+                    routing_key: msg.routing_key.clone(),
+                };
+                deliver(key.conn, key.channel, method, msg);
+            });
         }
         done
     }

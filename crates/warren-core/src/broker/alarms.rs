@@ -90,7 +90,7 @@ impl Broker {
     pub fn set_memory_use(&mut self, used: u64, watermark: u64, out: &mut Vec<(ConnId, Out)>) {
         (self.resource_use.mem_used, self.resource_use.mem_limit) = (used, watermark);
         self.memory_headroom = Some(watermark.saturating_sub(used));
-        self.ingested = 0;
+        *self.ingested.get_mut() = 0;
         let alarms = Alarms { memory: used >= watermark, ..self.alarms };
         self.set_alarms(alarms, out);
     }
@@ -103,7 +103,7 @@ impl Broker {
     pub fn set_disk_free(&mut self, free: u64, limit: u64, out: &mut Vec<(ConnId, Out)>) {
         (self.resource_use.disk_free, self.resource_use.disk_free_limit) = (free, limit);
         self.disk_headroom = Some(free.saturating_sub(limit));
-        self.disk_written = 0;
+        *self.disk_written.get_mut() = 0;
         let alarms = Alarms { disk: free < limit, ..self.alarms };
         self.set_alarms(alarms, out);
     }
@@ -117,8 +117,9 @@ impl Broker {
     pub(super) fn count_ingest(&mut self, bytes: usize) {
         if let Some(headroom) = self.memory_headroom {
             // What a message costs beyond its body: its header, bookkeeping and buffers.
-            self.ingested += bytes as u64 + MESSAGE_OVERHEAD_BYTES;
-            if self.ingested > headroom && !self.alarms.memory {
+            let ingested = self.ingested.get_mut();
+            *ingested += bytes as u64 + MESSAGE_OVERHEAD_BYTES;
+            if *ingested > headroom && !self.alarms.memory {
                 self.alarms.memory = true;
             }
         }

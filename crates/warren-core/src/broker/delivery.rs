@@ -16,18 +16,23 @@ pub(super) fn host_dispatch(
     q: &mut Queue,
     vhost: &str,
     now_ms: u64,
-    next_id: &mut u64,
-    counters: &mut crate::metrics::Counters,
-    errors: &mut Vec<String>,
+    next_id: &std::sync::atomic::AtomicU64,
+    tally: &mut Tally,
     out: &mut Vec<(ConnId, Out)>,
+    sink: Sink<'_>,
 ) -> (bool, Vec<Queued>) {
     let done = q.dispatch(now_ms, next_id, |conn, channel, method, msg| {
-        out.push((conn, Out::Content { channel, method, msg }));
+        let o = Out::Content { channel, method, msg };
+        match sink {
+            Sink::Out => out.push((conn, o)),
+            Sink::Staged(stage) => stage.stage(conn, o),
+        }
     });
+    let counters = &mut tally.counters;
     counters.redelivered += done.redelivered;
     counters.delivered_consume_auto_ack += done.auto_ack;
     counters.delivered_consume_manual_ack += done.manual_ack;
-    errors.extend(done.errors.into_iter().map(|e| format!("{e} (vhost '{vhost}')")));
+    tally.errors.extend(done.errors.into_iter().map(|e| format!("{e} (vhost '{vhost}')")));
     (done.settled, done.expired)
 }
 
@@ -238,16 +243,32 @@ impl Broker {
     /// their connections can take more; with a single active consumer, only to the first.
     /// Expired messages met at the head are dead-lettered instead.
     pub(super) fn dispatch(&mut self, vhost: &str, queue: &str, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
-        let Broker { vhosts, errors, dirty, counters, next_delivery_id, .. } = self;
-        let Some(q) = vhosts.get_mut(vhost).and_then(|v| v.queues.get_mut(queue).map(Mutex::get_mut)) else { return };
-        let (settled, expired) = host_dispatch(q, vhost, now_ms, next_delivery_id, counters, errors, out);
+        let mut tally = Tally::default();
+        self.dispatch_in(vhost, queue, now_ms, out, &mut tally, Sink::Out);
+        self.fold(tally);
+    }
+
+    /// [`Broker::dispatch`], holding only the queue's lock (see [`Broker::enqueue`]).
+    pub(super) fn dispatch_in(
+        &self,
+        vhost: &str,
+        queue: &str,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+        tally: &mut Tally,
+        sink: Sink<'_>,
+    ) {
+        let Some(mut q) = self.vhosts.get(vhost).and_then(|v| v.queues.get(queue)).map(|q| q.lock()) else { return };
+        let (settled, expired) = host_dispatch(&mut q, vhost, now_ms, &self.next_delivery_id, tally, out, sink);
+        let vhost: Arc<str> = Arc::from(vhost);
         if settled && q.durable {
-            dirty.insert((Arc::from(vhost), q.name.clone()));
+            tally.dirty(&vhost, &q.name);
         }
+        let name = q.name.clone();
+        drop(q);
         if !expired.is_empty() {
-            let name = q.name.clone();
             let expired = expired.into_iter().map(|m| (name.clone(), m, "expired")).collect();
-            self.dead_letter(&Arc::from(vhost), expired, now_ms, out);
+            self.dead_letter_in(&vhost, expired, now_ms, out, tally, sink);
         }
     }
 
@@ -318,7 +339,7 @@ impl Broker {
             )));
         }
         self.expire(&vhost, &queue, now_ms, out);
-        let id = self.next_delivery_id;
+        let id = *self.next_delivery_id.get_mut();
         let (vhost, q) = self.queue_for_use(conn, &queue)?;
         q.last_used_ms = now_ms;
         let popped = q.pop().map_err(|e| internal(format_args!("cannot read queue '{queue}' from disk: {e}")))?;
@@ -348,7 +369,7 @@ impl Broker {
         }
         self.counters.redelivered += u64::from(redelivered);
         if checked_out.is_some() {
-            self.next_delivery_id += 1;
+            *self.next_delivery_id.get_mut() += 1;
         }
         let ch = self.channel_mut(conn, channel)?;
         let delivery_tag = match checked_out {

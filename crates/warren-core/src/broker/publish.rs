@@ -20,43 +20,8 @@ impl Broker {
         out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
         let c = self.conns.get_mut(&conn).map(Mutex::get_mut).ok_or_else(|| internal("unknown connection"))?;
-        // The write permission is checked when the exchange differs from the last one allowed:
-        // a publisher sending to one exchange pays one comparison per message.
-        if c.write_ok.as_ref() != Some(&exchange) {
-            if !c.grants.permission.allows(Access::Write, permission_name("exchange", &exchange)) {
-                return Err(access_refused("exchange", &exchange, &c.vhost, &c.info.user));
-            }
-            c.write_ok = Some(exchange.clone());
-        }
-        let vhost = c.vhost.clone();
-        let c = self.conns.get_mut(&conn).map(Mutex::get_mut).ok_or_else(|| internal("unknown connection"))?;
-        {
-            let vh = self.vhosts.get(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
-            let x = vh.exchanges.get(&exchange).ok_or_else(|| not_found("exchange", &exchange, &vhost))?;
-            if x.internal {
-                return Err(ProtocolError::new(
-                    ReplyCode::AccessRefused,
-                    format_args!("cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"),
-                ));
-            }
-            if x.kind == ExchangeKind::Topic
-                && !c.grants.topic.is_empty()
-                && !c.grants.topic_allows(&exchange, Access::Write, &routing_key)
-            {
-                return Err(topic_refused(&routing_key, &exchange, &vhost, &c.info.user));
-            }
-        }
-        if let Some(expiration) = &properties.expiration {
-            crate::args::message_ttl_ms(expiration)?;
-        }
-        if let Some(uid) = &properties.user_id {
-            let user = &c.info.user;
-            if uid.as_str() != user && !c.grants.impersonator {
-                return Err(precondition(format_args!(
-                    "user_id property set to '{uid}' but authenticated user was '{user}'"
-                )));
-            }
-        }
+        Self::check_publish(&self.vhosts, c, &exchange, &routing_key, &properties)?;
+        c.write_ok = Some(exchange.clone());
         self.count_ingest(body.len());
         self.counters.messages_received += 1;
         let ch = self.channel_mut(conn, channel)?;
@@ -78,6 +43,51 @@ impl Broker {
             return Ok(());
         }
         self.route_publish(conn, channel, p, now_ms, out).map(|_| ())
+    }
+
+    /// What a publish must pass, read without changing anything: the write permission (checked
+    /// only when the exchange differs from the last one allowed, `Conn::write_ok`: a publisher
+    /// sending to one exchange pays one comparison per message), the exchange, topic
+    /// permissions, the expiration and the user id.
+    pub(super) fn check_publish(
+        vhosts: &HashMap<String, VHost>,
+        c: &Conn,
+        exchange: &ShortStr,
+        routing_key: &str,
+        properties: &BasicProperties,
+    ) -> Res {
+        if c.write_ok.as_ref() != Some(exchange)
+            && !c.grants.permission.allows(Access::Write, permission_name("exchange", exchange))
+        {
+            return Err(access_refused("exchange", exchange, &c.vhost, &c.info.user));
+        }
+        let vhost = &c.vhost;
+        let vh = vhosts.get(&**vhost).ok_or_else(|| not_found("vhost", vhost, vhost))?;
+        let x = vh.exchanges.get(exchange).ok_or_else(|| not_found("exchange", exchange, vhost))?;
+        if x.internal {
+            return Err(ProtocolError::new(
+                ReplyCode::AccessRefused,
+                format_args!("cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"),
+            ));
+        }
+        if x.kind == ExchangeKind::Topic
+            && !c.grants.topic.is_empty()
+            && !c.grants.topic_allows(exchange, Access::Write, routing_key)
+        {
+            return Err(topic_refused(routing_key, exchange, vhost, &c.info.user));
+        }
+        if let Some(expiration) = &properties.expiration {
+            crate::args::message_ttl_ms(expiration)?;
+        }
+        if let Some(uid) = &properties.user_id {
+            let user = &c.info.user;
+            if uid.as_str() != user && !c.grants.impersonator {
+                return Err(precondition(format_args!(
+                    "user_id property set to '{uid}' but authenticated user was '{user}'"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Routes a publish to its queues, returns it when unroutable and mandatory, and records
@@ -146,8 +156,11 @@ impl Broker {
                 keys.extend(extra_keys.iter().map(String::as_str));
                 self.route(&vhost, &p.exchange, &keys, headers, &msg.raw_properties)
             };
-            let (queued, rejected_by) = self.enqueue(&vhost, &queues, &msg, now_ms, out);
-            if std::mem::take(&mut self.paged_behind_consumer) {
+            let mut tally = Tally::default();
+            let (queued, rejected_by, paged) = self.enqueue(&vhost, &queues, &msg, now_ms, out, &mut tally, Sink::Out);
+            self.fold(tally);
+            self.predict_disk_alarm();
+            if paged {
                 if let Some(c) = self.conns.get_mut(&conn).map(Mutex::get_mut) {
                     c.flow_blocked = true;
                 }
@@ -157,16 +170,40 @@ impl Broker {
             rejected = rejected_by;
             !queues.is_empty() || held.is_some()
         };
+        let c = self.conns.get_mut(&conn).map(Mutex::get_mut).ok_or_else(|| internal("unknown connection"))?;
+        let outcome = Routed { routed, direct_reply, rejected, sync };
+        if Self::finish_publish(c, conn, channel, &p, &outcome, self.write_epoch, &mut self.counters, out)? {
+            self.waiting.insert(conn);
+        }
+        Ok(sync)
+    }
+
+    /// What follows routing, the same whether the broker is held or shared: the counts, the
+    /// return of a mandatory publish that reached nothing, and the confirm, recorded on the
+    /// channel to go out when `outcome.sync` allows. True when the connection now waits for
+    /// a sync round.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn finish_publish(
+        c: &mut Conn,
+        conn: ConnId,
+        channel: u16,
+        p: &Publish,
+        outcome: &Routed,
+        write_epoch: u64,
+        counters: &mut crate::metrics::Counters,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Result<bool, ProtocolError> {
+        let Routed { routed, direct_reply, rejected, sync } = *outcome;
         // Confirm mode and transactions exclude each other, so this is the publish as received.
-        self.counters.messages_received_confirm += u64::from(p.confirm_seq.is_some());
+        counters.messages_received_confirm += u64::from(p.confirm_seq.is_some());
         // RabbitMQ 3.10 counts a direct reply-to answer as unroutable and dropped (no queue took
         // it) and its hand-over as no delivery: the metrics follow.
         if routed && !direct_reply {
-            self.counters.messages_routed += 1;
+            counters.messages_routed += 1;
         } else if p.mandatory && !routed {
-            self.counters.messages_unroutable_returned += 1;
+            counters.messages_unroutable_returned += 1;
         } else {
-            self.counters.messages_unroutable_dropped += 1;
+            counters.messages_unroutable_dropped += 1;
         }
         if !routed && p.mandatory {
             out.push((
@@ -183,38 +220,61 @@ impl Broker {
                 },
             ));
         }
-        if let Some(seq) = p.confirm_seq {
-            // A persistent message in a durable queue is confirmed once it is on disk.
-            let epoch = if sync.target.is_some() { self.write_epoch } else { 0 };
-            // A queue that refused it (reject-publish) or could not store it makes it a nack.
-            let kind = if rejected || sync.failed { DeferredKind::Nack(seq) } else { DeferredKind::Ack(seq) };
-            self.channel_mut(conn, channel)?.defer(epoch, kind, sync.target.unwrap_or(SYNC_ANY));
-            if sync.target.is_some() {
-                self.waiting.insert(conn);
-            }
+        let Some(seq) = p.confirm_seq else { return Ok(false) };
+        // A persistent message in a durable queue is confirmed once it is on disk.
+        let epoch = if sync.target.is_some() { write_epoch } else { 0 };
+        // A queue that refused it (reject-publish) or could not store it makes it a nack.
+        let kind = if rejected || sync.failed { DeferredKind::Nack(seq) } else { DeferredKind::Ack(seq) };
+        let ch = c.channels.get_mut(&channel).ok_or_else(|| {
+            ProtocolError::new(ReplyCode::ChannelError, format_args!("channel {channel} is not open"))
+        })?;
+        ch.defer(epoch, kind, sync.target.unwrap_or(SYNC_ANY));
+        Ok(sync.target.is_some())
+    }
+
+    /// The disk alarm, predicted: a flood that would fill the disk past its limit before the
+    /// next measurement sets it now.
+    pub(super) fn predict_disk_alarm(&mut self) {
+        let written = *self.disk_written.get_mut();
+        if self.disk_headroom.is_some_and(|h| written > h) && !self.alarms.disk {
+            self.alarms.disk = true;
+            self.warnings.push(format!(
+                "disk resource limit alarm set: {written} bytes written since free space was measured, \
+                 more than the {} bytes left above the limit. Publishers will be blocked until \
+                 this alarm clears",
+                self.disk_headroom.unwrap_or(0)
+            ));
         }
-        Ok(sync)
     }
 
     /// Appends a message to each queue (routing result) and hands it to consumers. Messages
     /// the queues drop to make room are dead-lettered. Returns whose sync must precede the
     /// confirm (or that a queue's storage could not take it: the confirm is a nack, and nothing
-    /// else is affected), and whether a queue refused the message (reject-publish).
+    /// else is affected), whether a queue refused the message (reject-publish), and whether it
+    /// was paged to disk behind a consumer whose connection is full.
+    ///
+    /// It takes one queue's lock at a time, so it runs as well while the broker is shared
+    /// (`Sink::Staged`) as while it is held (`Sink::Out`); what it leaves for the broker's
+    /// bookkeeping goes to `tally`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn enqueue(
-        &mut self,
+        &self,
         vhost: &Arc<str>,
         queues: &[ShortStr],
         msg: &MessageRef,
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
-    ) -> (PublishSync, bool) {
+        tally: &mut Tally,
+        sink: Sink<'_>,
+    ) -> (PublishSync, bool, bool) {
         let mut sync = PublishSync::default();
         let mut rejected = false;
-        self.paged_behind_consumer = false;
+        let mut paged_behind_consumer = false;
         let mut dead: Vec<(ShortStr, Queued, &'static str)> = Vec::new();
-        if let Some(vh) = self.vhosts.get_mut(&**vhost) {
+        if let Some(vh) = self.vhosts.get(&**vhost) {
             for q in queues {
-                let Some(queue) = vh.queues.get_mut(q).map(Mutex::get_mut) else { continue };
+                let Some(mut queue) = vh.queues.get(q).map(|q| q.lock()) else { continue };
+                let queue = &mut *queue;
                 'push: {
                     queue.memory_pressure = self.alarms.memory;
                     // A TTL of 0 lets a message through only to a consumer that takes it at once
@@ -233,18 +293,20 @@ impl Broker {
                         Err(_) => {
                             // The log says why once (report_storage); it is retried at every round.
                             sync.failed = true;
-                            Self::report_storage(&mut self.warnings, &mut self.notices, vhost, queue);
-                            self.dirty.insert((vhost.clone(), q.clone()));
+                            Self::report_storage(&mut tally.warnings, &mut tally.notices, vhost, queue);
+                            tally.dirty(vhost, q);
                             break 'push;
                         }
                     };
-                    Self::note_push(&mut self.dirty, vhost, q, &outcome);
+                    if outcome.needs_sync || !outcome.dropped.is_empty() {
+                        tally.dirty(vhost, q);
+                    }
                     if outcome.needs_sync {
                         sync.target = merge_sync_target(sync.target, Some(queue.sync_id));
                     }
-                    self.disk_written += outcome.stored_bytes;
-                    if outcome.paged && !self.paged_behind_consumer {
-                        self.paged_behind_consumer = queue.consumers().iter().any(|k| !k.outbound.writable());
+                    self.disk_written.fetch_add(outcome.stored_bytes, std::sync::atomic::Ordering::Relaxed);
+                    if outcome.paged && !paged_behind_consumer {
+                        paged_behind_consumer = queue.consumers().iter().any(|k| !k.outbound.writable());
                     }
                     if outcome.rejected {
                         rejected = true;
@@ -257,45 +319,16 @@ impl Broker {
                     dead.extend(outcome.dropped.into_iter().map(|d| (q.clone(), d, "maxlen")));
                 }
                 // Delivered at once, while the queue is at hand (one lookup per queue reached).
-                let (settled, expired) = super::delivery::host_dispatch(
-                    queue,
-                    vhost,
-                    now_ms,
-                    &mut self.next_delivery_id,
-                    &mut self.counters,
-                    &mut self.errors,
-                    out,
-                );
+                let (settled, expired) =
+                    super::delivery::host_dispatch(queue, vhost, now_ms, &self.next_delivery_id, tally, out, sink);
                 if settled && queue.durable {
-                    self.dirty.insert((vhost.clone(), q.clone()));
+                    tally.dirty(vhost, q);
                 }
                 dead.extend(expired.into_iter().map(|m| (q.clone(), m, "expired")));
             }
         }
-        self.dead_letter(vhost, dead, now_ms, out);
-        if self.disk_headroom.is_some_and(|h| self.disk_written > h) && !self.alarms.disk {
-            // The flood would fill the disk past its limit before the next measurement.
-            self.alarms.disk = true;
-            self.warnings.push(format!(
-                "disk resource limit alarm set: {} bytes written since free space was measured, \
-                 more than the {} bytes left above the limit. Publishers will be blocked until \
-                 this alarm clears",
-                self.disk_written,
-                self.disk_headroom.unwrap_or(0)
-            ));
-        }
-        (sync, rejected)
-    }
-
-    pub(super) fn note_push(
-        dirty: &mut HashSet<(Arc<str>, ShortStr)>,
-        vhost: &Arc<str>,
-        q: &ShortStr,
-        outcome: &PushOutcome,
-    ) {
-        if outcome.needs_sync || !outcome.dropped.is_empty() {
-            dirty.insert((vhost.clone(), q.clone()));
-        }
+        self.dead_letter_in(vhost, dead, now_ms, out, tally, sink);
+        (sync, rejected, paged_behind_consumer)
     }
 
     /// Dead-letters messages that left `queue`s (already settled there): each goes to its
@@ -309,6 +342,24 @@ impl Broker {
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) {
+        let mut tally = Tally::default();
+        self.dead_letter_in(vhost, work, now_ms, out, &mut tally, Sink::Out);
+        self.fold(tally);
+    }
+
+    /// [`Broker::dead_letter`], one queue's lock at a time (see [`Broker::enqueue`]).
+    pub(super) fn dead_letter_in(
+        &self,
+        vhost: &Arc<str>,
+        work: Vec<(ShortStr, Queued, &'static str)>,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+        tally: &mut Tally,
+        sink: Sink<'_>,
+    ) {
+        if work.is_empty() {
+            return;
+        }
         // First in, first out: messages reach the dead-letter queues in the order they died.
         let mut work: std::collections::VecDeque<_> = work.into();
         /// A bound on dead-lettering caused by one event (each step moves one message).
@@ -318,7 +369,8 @@ impl Broker {
         while let Some((from, item, reason)) = work.pop_front() {
             steps += 1;
             if steps > DEAD_LETTER_STEPS_MAX {
-                self.errors
+                tally
+                    .errors
                     .push(format!("dead-lettering from queue '{from}' stopped after {DEAD_LETTER_STEPS_MAX} steps"));
                 break;
             }
@@ -327,7 +379,7 @@ impl Broker {
             let dlx = q.args.dead_letter_exchange.clone();
             let dlrk = q.args.dead_letter_routing_key.clone();
             drop(q);
-            self.counters.count_dead_lettered(reason, dlx.is_some());
+            tally.counters.count_dead_lettered(reason, dlx.is_some());
             let Some(dlx) = dlx else { continue };
             // As RabbitMQ: the queue's dead-letter routing key replaces every key of the message
             // (and its CC and BCC headers go); without one, the message's own keys, CC included.
@@ -339,16 +391,17 @@ impl Broker {
             keys.extend(cc.iter().map(String::as_str));
             let mut targets = self.route(vhost, &dlx, &keys, msg.properties.headers.as_ref(), &msg.raw_properties);
             targets.retain(|t| !crate::dead_letter::is_cycle(&msg, t));
-            let Some(vh) = self.vhosts.get_mut(&**vhost) else { return };
             for t in &targets {
-                let Some(queue) = vh.queues.get_mut(t).map(Mutex::get_mut) else { continue };
+                let Some(mut queue) = vh.queues.get(t).map(|q| q.lock()) else { continue };
                 queue.memory_pressure = self.alarms.memory;
                 match queue.push(msg.clone(), now_ms) {
                     Ok(outcome) => {
-                        Self::note_push(&mut self.dirty, vhost, t, &outcome);
+                        if outcome.needs_sync || !outcome.dropped.is_empty() {
+                            tally.dirty(vhost, t);
+                        }
                         work.extend(outcome.dropped.into_iter().map(|d| (t.clone(), d, "maxlen")));
                     }
-                    Err(e) => self.errors.push(format!("cannot dead-letter a message into queue '{t}': {e}")),
+                    Err(e) => tally.errors.push(format!("cannot dead-letter a message into queue '{t}': {e}")),
                 }
                 if !touched.contains(t) {
                     touched.push(t.clone());
@@ -356,7 +409,7 @@ impl Broker {
             }
         }
         for t in touched {
-            self.dispatch(vhost, &t, now_ms, out);
+            self.dispatch_in(vhost, &t, now_ms, out, tally, sink);
         }
     }
 

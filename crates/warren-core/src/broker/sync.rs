@@ -43,6 +43,18 @@ pub(super) struct PublishSync {
     pub(super) failed: bool,
 }
 
+/// What became of a publish once routed, for its counts, return and confirm.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Routed {
+    /// It reached a queue (or an exchange that holds it).
+    pub(super) routed: bool,
+    /// It was a direct reply-to answer.
+    pub(super) direct_reply: bool,
+    /// A queue refused it (reject-publish).
+    pub(super) rejected: bool,
+    pub(super) sync: PublishSync,
+}
+
 impl Broker {
     /// True when answers wait for a store sync: the server should start one now.
     pub fn sync_wanted(&self) -> bool {
@@ -67,6 +79,7 @@ impl Broker {
     /// acknowledged message may come back after a crash within that window (at-least-once), a
     /// confirmed one is never lost.
     pub fn begin_sync(&mut self, now_ms: u64, all: bool) -> SyncJob {
+        self.fold_shared();
         let epoch = self.write_epoch;
         self.write_epoch += 1;
         let mut handles = Vec::new();
@@ -168,6 +181,7 @@ impl Broker {
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) {
+        self.fold_shared();
         let mut failed: Vec<u32> = Vec::with_capacity(failures.len());
         for (owner, e) in failures {
             let owner = if owner == SYNC_DEFINITIONS {

@@ -1,0 +1,250 @@
+//! Work done while the broker is shared: a whole publish handled by its own connection's
+//! thread while other connections do the same, each holding only its own session's lock and
+//! one queue's lock at a time (see docs/architecture.md, "Publishing in parallel").
+//!
+//! Everything else still runs with the broker held exclusively. A publish is taken here only
+//! when nothing about it needs more: its channel open between commands and outside a
+//! transaction, every check passed, no resource alarm, no exchange that keeps state of its own
+//! (deduplication, delayed messages), no direct reply-to. Otherwise it is handed back
+//! untouched, and the caller takes the broker exclusively and handles it as always. The checks
+//! read state only, so a publish handed back has changed nothing.
+//!
+//! What a shared publish changes outside its session and its queues (counters, queues to sync,
+//! messages to log, connections that wait for a sync) is gathered in a [`Tally`] by the thread
+//! that did it, merged into the broker's pending tally once per batch
+//! ([`Broker::finish_shared`]), and folded into the broker's own fields when it is next held
+//! exclusively ([`Broker::fold_shared`]), always before a sync round starts.
+
+use super::*;
+use std::sync::atomic::Ordering;
+
+/// Where a queue's deliveries go.
+#[derive(Clone, Copy)]
+pub enum Sink<'a> {
+    /// Into the caller's output, handed to the connections in order while the broker is held.
+    Out,
+    /// Straight to the receiving connection ([`Stage`]), under the receiving channel's lock,
+    /// while the broker is shared.
+    Staged(&'a dyn Stage),
+}
+
+/// The host's way to hand a delivery to a connection while the broker is shared. It is called
+/// with the receiving channel's lock held (so deliveries reach each channel in tag order
+/// whichever threads make them), and must neither block nor call back into the broker.
+pub trait Stage {
+    fn stage(&self, conn: ConnId, out: Out);
+}
+
+/// What shared work leaves for the broker's bookkeeping (see the module's documentation).
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub(crate) counters: crate::metrics::Counters,
+    /// Queues (vhost, name) with writes not yet synced.
+    dirty: Vec<(Arc<str>, ShortStr)>,
+    pub(crate) errors: Vec<String>,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) notices: Vec<String>,
+    /// Connections whose answers now wait for a sync round (true) or no longer do (false), in
+    /// the order that was decided.
+    waiting: Vec<(ConnId, bool)>,
+    /// Publisher confirms sent.
+    confirms: u64,
+}
+
+impl Tally {
+    /// Marks a queue for the next sync round (a run of publishes to one queue marks it once).
+    pub(crate) fn dirty(&mut self, vhost: &Arc<str>, queue: &ShortStr) {
+        if self.dirty.last().is_some_and(|(v, q)| v == vhost && q == queue) {
+            return;
+        }
+        self.dirty.push((vhost.clone(), queue.clone()));
+    }
+
+    /// Errors, warnings and notices to log, taken out.
+    pub fn take_log(&mut self) -> (Vec<String>, Vec<String>, Vec<String>) {
+        (std::mem::take(&mut self.errors), std::mem::take(&mut self.warnings), std::mem::take(&mut self.notices))
+    }
+
+    /// True when a connection now waits for a sync round: the host should start one.
+    pub fn sync_wanted(&self) -> bool {
+        self.waiting.last().is_some_and(|&(_, w)| w)
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.counters.add(&other.counters);
+        self.dirty.extend(other.dirty);
+        self.errors.extend(other.errors);
+        self.warnings.extend(other.warnings);
+        self.notices.extend(other.notices);
+        self.waiting.extend(other.waiting);
+        self.confirms += other.confirms;
+    }
+}
+
+impl Broker {
+    /// Folds a tally into the broker's own fields.
+    pub(super) fn fold(&mut self, t: Tally) {
+        self.counters.add(&t.counters);
+        self.dirty.extend(t.dirty);
+        self.errors.extend(t.errors);
+        self.warnings.extend(t.warnings);
+        self.notices.extend(t.notices);
+        for (conn, waits) in t.waiting {
+            // A connection that left meanwhile waits for nothing.
+            if waits && self.conns.contains_key(&conn) {
+                self.waiting.insert(conn);
+            } else {
+                self.waiting.remove(&conn);
+            }
+        }
+        self.stats.confirms += t.confirms;
+    }
+
+    /// Folds in what shared work left since the broker was last held exclusively. The host
+    /// calls it whenever it takes the broker exclusively; the broker's own readers of those
+    /// fields (sync rounds, ticks) call it too.
+    pub fn fold_shared(&mut self) {
+        let t = std::mem::take(self.pending.get_mut());
+        self.fold(t);
+    }
+
+    /// Ends a batch of shared work: its tally is kept for the next exclusive hold.
+    pub fn finish_shared(&self, t: Tally) {
+        self.pending.lock().merge(t);
+    }
+
+    /// Counters that shared work has added and that are not yet folded in.
+    pub(super) fn pending_counters(&self) -> (crate::metrics::Counters, u64) {
+        let p = self.pending.lock();
+        (p.counters, p.confirms)
+    }
+
+    /// A whole publish, handled while the broker is shared (see the module's documentation).
+    /// Deliveries go to `stage`, the publisher's own answers (returns) to `out`. Hands the
+    /// publish back, having changed nothing, when it needs the broker held exclusively.
+    #[allow(clippy::too_many_arguments)]
+    pub fn publish_shared(
+        &self,
+        conn: ConnId,
+        channel: u16,
+        content: Assembled,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+        tally: &mut Tally,
+        stage: &dyn Stage,
+    ) -> Option<Assembled> {
+        let Assembled::Content {
+            method: Method::BasicPublish { exchange, routing_key, immediate: false, .. },
+            properties,
+            body,
+            ..
+        } = &content
+        else {
+            return Some(content);
+        };
+        if self.alarms.any() {
+            return Some(content);
+        }
+        let Some(cell) = self.conns.get(&conn) else { return Some(content) };
+        let mut c = cell.lock();
+        let simple = !c.closing
+            && c.channels
+                .get(&channel)
+                .is_some_and(|ch| ch.state() == ChannelState::Open && !ch.assembler.in_progress() && ch.tx.is_none());
+        let direct_reply = properties.reply_to.as_ref().is_some_and(|r| r.as_str() == REPLY_TO_QUEUE)
+            || (exchange.is_empty() && routing_key.starts_with(REPLY_TO_PREFIX));
+        let stateful_exchange = self
+            .vhosts
+            .get(&*c.vhost)
+            .and_then(|vh| vh.exchanges.get(exchange))
+            .is_some_and(|x| x.dedup.is_some() || x.delayed.is_some());
+        if !simple
+            || direct_reply
+            || stateful_exchange
+            || Self::check_publish(&self.vhosts, &c, exchange, routing_key, properties).is_err()
+            || self.near_resource_limit(body.len())
+        {
+            return Some(content);
+        }
+        let Assembled::Content {
+            method: Method::BasicPublish { exchange, routing_key, mandatory, .. },
+            properties,
+            raw_properties,
+            body,
+        } = content
+        else {
+            unreachable!("matched above")
+        };
+        // From here on the publish is taken.
+        if c.write_ok.as_ref() != Some(&exchange) {
+            c.write_ok = Some(exchange.clone());
+        }
+        if self.memory_headroom.is_some() {
+            self.ingested.fetch_add(body.len() as u64 + alarms::MESSAGE_OVERHEAD_BYTES, Ordering::Relaxed);
+        }
+        tally.counters.messages_received += 1;
+        let vhost = c.vhost.clone();
+        let ch = c.channels.get_mut(&channel).expect("checked above");
+        let confirm_seq = ch.confirm_next;
+        if let Some(n) = confirm_seq {
+            ch.confirm_next = Some(n + 1);
+        }
+        let msg = Message::new(exchange.clone(), routing_key.clone(), *properties, raw_properties, body);
+        let p = Publish { exchange, routing_key, mandatory, msg, confirm_seq };
+        let (extra_keys, msg) = crate::dead_letter::sender_selected(&p.msg);
+        let headers = msg.properties.headers.as_ref();
+        let queues = if extra_keys.is_empty() {
+            self.route(&vhost, &p.exchange, &[&p.routing_key], headers, &msg.raw_properties)
+        } else {
+            let mut keys: Vec<&str> = vec![&p.routing_key];
+            keys.extend(extra_keys.iter().map(String::as_str));
+            self.route(&vhost, &p.exchange, &keys, headers, &msg.raw_properties)
+        };
+        let (queued, rejected, paged) = self.enqueue(&vhost, &queues, &msg, now_ms, out, tally, Sink::Staged(stage));
+        if paged {
+            c.flow_blocked = true;
+        }
+        let outcome = Routed { routed: !queues.is_empty(), direct_reply: false, rejected, sync: queued };
+        match Self::finish_publish(&mut c, conn, channel, &p, &outcome, self.write_epoch, &mut tally.counters, out) {
+            Ok(true) => tally.waiting.push((conn, true)),
+            Ok(false) => {}
+            Err(e) => tally.errors.push(format!("connection {conn}: {}", e.text)),
+        }
+        None
+    }
+
+    /// True when a publish of `body` bytes could cross the memory or disk headroom predicted
+    /// since the last measurement: it is then handled with the broker held, which sets the
+    /// alarm when it is crossed.
+    fn near_resource_limit(&self, body: usize) -> bool {
+        // Generous: what a message may cost in memory or on disk beyond its body.
+        let cost = 2 * body as u64 + 4 * alarms::MESSAGE_OVERHEAD_BYTES;
+        let memory = self.memory_headroom.is_some_and(|h| self.ingested.load(Ordering::Relaxed) + cost > h);
+        let disk = self.disk_headroom.is_some_and(|h| self.disk_written.load(Ordering::Relaxed) + cost > h);
+        memory || disk
+    }
+
+    /// Ends a batch of shared work for `conn`: the confirms that need no sync go out (as
+    /// [`Broker::end_batch`]), and whether the connection still waits for a sync is tallied.
+    pub fn end_batch_shared(&self, conn: ConnId, out: &mut Vec<(ConnId, Out)>, tally: &mut Tally) {
+        let Some(cell) = self.conns.get(&conn) else { return };
+        let mut c = cell.lock();
+        let mut still_waiting = false;
+        let mut channels: Vec<u16> = c.channels.keys().copied().collect();
+        channels.sort_unstable();
+        for channel in channels {
+            let Some(ch) = c.channels.get_mut(&channel) else { continue };
+            let released = ch.release_deferred(self.synced_epoch, None);
+            tally.confirms += released.confirms;
+            out.extend(released.answers.into_iter().map(|method| (conn, Out::Method { channel, method })));
+            still_waiting |= released.waiting;
+        }
+        tally.waiting.push((conn, still_waiting));
+    }
+
+    /// Takes the connection's flow block (see [`Broker::take_flow_blocked`]) while the broker
+    /// is shared.
+    pub fn take_flow_blocked_shared(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| std::mem::take(&mut c.lock().flow_blocked))
+    }
+}
