@@ -439,7 +439,7 @@ pub struct Broker {
     memory_headroom: Option<u64>,
     ingested: std::sync::atomic::AtomicU64,
     /// Some connection became writable again: flow-blocked publishers may go on.
-    flow_released: bool,
+    flow_released: std::sync::atomic::AtomicBool,
     stats: StoreStats,
     /// Message and object counters for the metrics endpoint (plain adds under the lock).
     counters: crate::metrics::Counters,
@@ -536,7 +536,7 @@ impl Broker {
             pending: Mutex::new(Tally::default()),
             disk_headroom: None,
             disk_written: std::sync::atomic::AtomicU64::new(0),
-            flow_released: false,
+            flow_released: std::sync::atomic::AtomicBool::new(false),
             alarms: Alarms::default(),
             resource_use: ResourceUse::default(),
             acting_user: None,

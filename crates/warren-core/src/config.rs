@@ -50,6 +50,12 @@ pub struct Config {
     /// consumers get no more until some are settled, and basic.get past it closes the channel
     /// with 406. Bounds the memory a client that never acks can pin. `None`: no limit.
     pub unacked_max_per_channel: Option<u32>,
+    /// How many connections may do data-plane work at once (Warren's
+    /// `data_plane_parallelism`): above 1, whole publishes are handled with the broker shared,
+    /// each holding its own session and one queue at a time, and that many heavy publishers
+    /// take their turns together. 1 holds the whole broker for every batch (one owner, as
+    /// before); 0, the default, is the number of cores.
+    pub data_plane_parallelism: usize,
     /// How long a failed login waits before it is answered, so passwords cannot be tried at
     /// speed (Warren's `auth_failure_delay`, ms).
     pub auth_failure_delay_ms: u64,
@@ -89,6 +95,7 @@ impl Default for Config {
             connection_max: None,
             consumer_max_per_channel: None,
             unacked_max_per_channel: Some(UNACKED_MAX_PER_CHANNEL_DEFAULT),
+            data_plane_parallelism: 0,
             auth_failure_delay_ms: AUTH_FAILURE_DELAY_MS_DEFAULT,
             auth_mechanisms: DEFAULT_MECHANISMS.to_vec(),
             ssl_cert_login_from: CertLoginFrom::default(),

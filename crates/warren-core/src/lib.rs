@@ -39,8 +39,8 @@ pub use broker::management::{
     QueueStats, MANAGEMENT_CONN,
 };
 pub use broker::{
-    Alarms, Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, ResourceUse, Session, StoreStats, SyncJob,
-    ACK_SYNC_INTERVAL_MS, SYNC_ANY,
+    Alarms, Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, ResourceUse, Session, Sink, Stage, StoreStats,
+    SyncJob, Tally, ACK_SYNC_INTERVAL_MS, SYNC_ANY,
 };
 pub use config::Config;
 pub use definitions::{UserLimits, VhostLimits};

@@ -39,6 +39,14 @@ const WORK_SLICE: Duration = Duration::from_millis(1);
 /// Frames handed over between two looks at the clock.
 const FRAMES_PER_CLOCK_CHECK: usize = 4;
 
+/// The channel of a frame handed over as it is (0 for a whole command, never held back).
+fn m_channel(i: &Input) -> u16 {
+    match i {
+        Input::Frame(f) => f.channel(),
+        Input::Content { channel, .. } => *channel,
+    }
+}
+
 fn close_method(e: &ProtocolError) -> Method {
     Method::ConnectionClose {
         reply_code: e.code.code(),
@@ -129,6 +137,7 @@ pub(crate) async fn run<S: Transport>(
         out: Vec::new(),
         mine: Vec::new(),
         frames: Vec::new(),
+        partial: Vec::new(),
         max_body,
         read_size: READ_BUFFER_MIN_BYTES,
         flow,
@@ -187,6 +196,10 @@ struct Connection {
     /// Frames parsed from one read, whole publishes assembled ahead (kept to reuse its
     /// allocation; frames left over from a work slice wait here).
     frames: Vec<Input>,
+    /// The frames of a publish whose content had not all arrived when the read ended (its
+    /// method, and its header when that came): they wait for the rest, so that the publish is
+    /// handed over whole (and can go with the broker shared) rather than frame by frame.
+    partial: Vec<Frame>,
     /// The largest message body the broker takes (`max_message_size`): a publish declaring
     /// more is left to the broker to refuse.
     max_body: u64,
@@ -366,9 +379,17 @@ impl Connection {
             if delivered > 0 && self.outbound.written(delivered) {
                 // Deliveries the broker held back for a full socket may resume: they arrive
                 // through the outbox like everything else. (Any other write needs no lock.)
-                let mut core = self.shared.broker();
-                core.on_writable(self.id, self.shared.now_ms(), &mut self.out);
-                core.deliver(&mut self.out);
+                if self.shared.publish_shared {
+                    let core = self.shared.broker_shared();
+                    let stager = crate::Stager::new(&core);
+                    let mut tally = warren_core::Tally::default();
+                    core.on_writable_shared(self.id, self.shared.now_ms(), &mut self.out, &mut tally, &stager);
+                    core.finish_shared(tally, &stager, &mut self.out);
+                } else {
+                    let mut core = self.shared.broker();
+                    core.on_writable(self.id, self.shared.now_ms(), &mut self.out);
+                    core.deliver(&mut self.out);
+                }
             }
             if self.done {
                 // Let the client close the TCP connection once it has read close-ok (or our
@@ -448,13 +469,29 @@ impl Connection {
                 }
             }
         });
-        assemble_ahead(reads, self.max_body, &mut frames);
-        if parsed == 0 && had == 0 && error.is_none() {
+        assemble_ahead(std::mem::take(&mut self.partial).into_iter().chain(reads), self.max_body, &mut frames);
+        if error.is_none() && !self.closing {
+            self.hold_partial_publish(&mut frames);
+        }
+        if frames.is_empty() && error.is_none() {
             self.frames = frames;
             return false;
         }
         let full = parsed == room;
         let now = self.shared.now_ms();
+        // Whole publishes at the head of the batch go with the broker shared, in parallel with
+        // other connections' (`Broker::publish_shared`); from the first that cannot on, the
+        // batch goes with the broker held.
+        if self.shared.publish_shared
+            && error.is_none()
+            && !self.closing
+            && matches!(frames.first(), Some(Input::Content { .. }))
+        {
+            self.publish_in_parallel(&mut frames, held, now);
+            if frames.is_empty() {
+                return full || !self.frames.is_empty();
+            }
+        }
         let shared = self.shared.clone();
         let mut core = shared.broker();
         let locked_at = std::time::Instant::now();
@@ -557,6 +594,88 @@ impl Connection {
             self.shared.sync_wanted.notify_one();
         }
         more
+    }
+
+    /// Keeps back a publish at the end of `frames` whose content is still to come (only its
+    /// method, or its method and header with a body to follow): the next read completes it,
+    /// and it is assembled then ([`assemble_ahead`]). A body in several frames is never
+    /// assembled ahead, so one of those goes on as it is.
+    fn hold_partial_publish(&mut self, frames: &mut Vec<Input>) {
+        let n = frames.len();
+        let is_content_method = |i: &Input| matches!(i, Input::Frame(Frame::Method { channel, method }) if *channel != 0 && method.has_content());
+        let hold = match frames.as_slice() {
+            [.., last] if is_content_method(last) => 1,
+            [.., m, Input::Frame(Frame::Header { channel, body_size, .. })]
+                if *body_size > 0
+                    && *body_size <= self.max_body
+                    && is_content_method(m)
+                    && m_channel(m) == *channel =>
+            {
+                2
+            }
+            _ => 0,
+        };
+        self.partial.extend(frames.drain(n - hold..).map(|i| match i {
+            Input::Frame(f) => f,
+            Input::Content { .. } => unreachable!("only frames are held"),
+        }));
+    }
+
+    /// Hands whole publishes from the head of `frames` to the broker while it is shared, until
+    /// one needs it held (that one and the rest stay in `frames`) or the work slice is used up
+    /// (the rest wait in `self.frames` for the next turn). Deliveries are staged and handed to
+    /// their connections, and this connection's answers sent, before the broker is let go.
+    fn publish_in_parallel(&mut self, frames: &mut Vec<Input>, held: &mut Duration, now: u64) {
+        let shared = self.shared.clone();
+        let core = shared.broker_shared();
+        let locked_at = std::time::Instant::now();
+        let stager = crate::Stager::new(&core);
+        let mut tally = warren_core::Tally::default();
+        let mut handed_back = None;
+        let mut out_of_time = false;
+        let mut inputs = frames.drain(..);
+        for input in inputs.by_ref() {
+            let Input::Content { channel, content } = input else {
+                handed_back = Some(input);
+                break;
+            };
+            if let Some(content) =
+                core.publish_shared(self.id, channel, content, now, &mut self.out, &mut tally, &stager)
+            {
+                handed_back = Some(Input::Content { channel, content });
+                break;
+            }
+            // A publish (costly when it fans out) is worth a look at the clock after each.
+            if *held + locked_at.elapsed() >= WORK_SLICE {
+                out_of_time = true;
+                break;
+            }
+        }
+        let rest: Vec<Input> = handed_back.into_iter().chain(inputs).collect();
+        core.end_batch_shared(self.id, &mut self.out, &mut tally);
+        let flow_blocked = core.take_flow_blocked_shared(self.id);
+        let alarm_blocked = core.is_alarm_blocked(self.id);
+        if flow_blocked || alarm_blocked {
+            // Releases happen with the broker held, so one after this is seen as a change.
+            self.flow_blocked = flow_blocked;
+            self.alarm_blocked = alarm_blocked;
+            self.flow.borrow_and_update();
+        }
+        let sync_wanted = core.finish_shared(tally, &stager, &mut self.out);
+        *held += locked_at.elapsed();
+        drop(stager);
+        drop(core);
+        if out_of_time {
+            self.frames.extend(rest);
+        } else {
+            *frames = rest;
+        }
+        if self.out.capacity() <= SMALL_BATCH_FRAMES {
+            self.out = Vec::new();
+        }
+        if sync_wanted {
+            self.shared.sync_wanted.notify_one();
+        }
     }
 
     /// Methods of channel 0 after the handshake; answers go out in order with the broker's.

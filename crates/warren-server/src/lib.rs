@@ -9,10 +9,12 @@
 //!   batch to the broker under one lock, then write every pending frame in one write.
 //!
 //! # Lock
-//! One lock, [`Core`]: the broker and the outboxes, never held across an `.await`. A connection
-//! takes it once per batch of frames read, and hands every frame the broker produced to the
-//! outboxes (its own included) before releasing it, so frames reach each connection in the
-//! order the broker made them.
+//! One reader-writer lock, [`Core`]: the broker and the outboxes, never held across an
+//! `.await`. A connection takes it once per batch of frames read, and hands every frame the
+//! broker produced to the outboxes (its own included) before releasing it, so frames reach each
+//! connection in the order the broker made them. Whole publishes are handled with the lock
+//! shared (`Broker::publish_shared`: each publisher holds its own session's lock and one
+//! queue's at a time), everything else with it held exclusively.
 
 pub mod alarms;
 mod connection;
@@ -21,7 +23,7 @@ mod outbuf;
 pub mod tls;
 
 use foldhash::{HashMap, HashMapExt};
-use parking_lot::{Mutex, MutexGuard};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -39,7 +41,15 @@ pub const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// start a sync at once.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(200);
 
-type Outbox = mpsc::UnboundedSender<Vec<Out>>;
+/// Where a connection's output goes: its task's channel, and the deliveries staged for it while
+/// the broker is shared ([`Stager`]).
+struct Outbox {
+    tx: mpsc::UnboundedSender<Vec<Out>>,
+    /// Deliveries staged by publishers' threads, in the order their channels gave them tags;
+    /// handed to `tx` (under this lock, so in that order) before the stager lets go of the
+    /// broker.
+    staged: Mutex<Vec<Out>>,
+}
 
 /// A byte stream a client connection runs on (plain TCP, or TLS over TCP).
 pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
@@ -97,6 +107,43 @@ impl std::ops::DerefMut for Core {
     }
 }
 
+/// Hands deliveries made while the broker is shared to their connections' outboxes
+/// (`warren_core::Stage`), and then to their tasks, before the broker is let go.
+pub(crate) struct Stager<'a> {
+    core: &'a Core,
+    /// Connections this stager found nothing staged for: it hands theirs on.
+    touched: std::cell::RefCell<Vec<ConnId>>,
+}
+
+impl<'a> Stager<'a> {
+    pub(crate) fn new(core: &'a Core) -> Self {
+        Stager { core, touched: std::cell::RefCell::new(Vec::new()) }
+    }
+
+    /// Hands what was staged to the connections' tasks. Another stager may hand over what this
+    /// one staged, or the other way round; either way each outbox's order is kept.
+    pub(crate) fn flush(&self) {
+        for conn in self.touched.borrow_mut().drain(..) {
+            let Some(o) = self.core.outboxes.get(&conn) else { continue };
+            let mut staged = o.staged.lock();
+            if !staged.is_empty() {
+                let _ = o.tx.send(std::mem::take(&mut *staged));
+            }
+        }
+    }
+}
+
+impl warren_core::Stage for Stager<'_> {
+    fn stage(&self, conn: ConnId, out: Out) {
+        let Some(o) = self.core.outboxes.get(&conn) else { return };
+        let mut staged = o.staged.lock();
+        if staged.is_empty() {
+            self.touched.borrow_mut().push(conn);
+        }
+        staged.push(out);
+    }
+}
+
 impl Core {
     /// Hands the broker's output to the connections it is for, in order.
     pub fn deliver(&mut self, out: &mut Vec<(ConnId, Out)>) {
@@ -126,13 +173,54 @@ impl Core {
     fn send(&self, conn: ConnId, outs: Vec<Out>) {
         // A connection that is going away has dropped its receiver; the broker requeues
         // whatever it had unacked when it learns of the close.
-        if let Some(tx) = self.outboxes.get(&conn) {
-            let _ = tx.send(outs);
+        if let Some(o) = self.outboxes.get(&conn) {
+            let _ = o.tx.send(outs);
         }
     }
 
-    fn register(&mut self, conn: ConnId, outbox: Outbox) {
-        self.outboxes.insert(conn, outbox);
+    /// Ends work done with the broker shared: logs what it reported, keeps its tally for the
+    /// broker, hands the staged deliveries and then `out` to the connections, and wakes
+    /// flow-blocked publishers when a consumer caught up. True when a sync round is wanted.
+    pub(crate) fn finish_shared(
+        &self,
+        mut tally: warren_core::Tally,
+        stager: &Stager,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> bool {
+        let (errors, warnings, notices) = tally.take_log();
+        errors.iter().for_each(|e| tracing::error!("{e}"));
+        warnings.iter().for_each(|w| tracing::warn!("{w}"));
+        notices.iter().for_each(|n| tracing::info!("{n}"));
+        let sync_wanted = tally.sync_wanted();
+        self.broker.finish_shared(tally);
+        stager.flush();
+        if self.broker.take_flow_released() {
+            self.flow.send_modify(|v| *v = v.wrapping_add(1));
+        }
+        self.deliver_shared(out);
+        sync_wanted
+    }
+
+    /// [`Core::deliver`] while the broker is shared (after the stager's deliveries).
+    fn deliver_shared(&self, out: &mut Vec<(ConnId, Out)>) {
+        let mut batch: Vec<Out> = Vec::new();
+        let mut current: Option<ConnId> = None;
+        for (conn, o) in out.drain(..) {
+            if current != Some(conn) {
+                if let Some(c) = current {
+                    self.send(c, std::mem::take(&mut batch));
+                }
+                current = Some(conn);
+            }
+            batch.push(o);
+        }
+        if let Some(c) = current {
+            self.send(c, batch);
+        }
+    }
+
+    fn register(&mut self, conn: ConnId, tx: mpsc::UnboundedSender<Vec<Out>>) {
+        self.outboxes.insert(conn, Outbox { tx, staged: Mutex::new(Vec::new()) });
     }
 
     /// Where a connection learns that flow-blocked publishers may go on.
@@ -161,7 +249,7 @@ impl Core {
 
 /// State shared by every connection task.
 pub struct Shared {
-    core: Mutex<Core>,
+    core: RwLock<Core>,
     next_conn: AtomicU64,
     started: Instant,
     shutdown: watch::Receiver<bool>,
@@ -169,9 +257,12 @@ pub struct Shared {
     sync_wanted: Notify,
     /// The turn to go on with a backlog: a connection that used up a work slice with frames
     /// still to hand over waits here, in line (the semaphore is FIFO), not in the runtime's run
-    /// queue. Heavy publishers then take turns one at a time while a handshake, a light client
-    /// or an HTTP request is scheduled at once and waits for the lock one turn at most.
+    /// queue. Heavy publishers then take turns (as many at once as the data plane's
+    /// parallelism, `Config::data_plane_parallelism`) while a handshake, a light client or an
+    /// HTTP request is scheduled at once and waits for the lock one turn at most.
     pub(crate) backlog_turn: Arc<tokio::sync::Semaphore>,
+    /// Whole publishes may be handled with the broker shared (parallelism above 1).
+    pub(crate) publish_shared: bool,
     /// How the core is doing, for operators (`/metrics`).
     pub(crate) health: CoreHealth,
 }
@@ -180,8 +271,11 @@ pub struct Shared {
 /// one owner ("shard 0" in the metrics); with queue shards each will have its own.
 #[derive(Debug, Default)]
 pub struct CoreHealth {
-    /// Nanoseconds the core's lock was held, in total.
+    /// Nanoseconds the core's lock was held exclusively, in total.
     busy_ns: AtomicU64,
+    /// Nanoseconds connections held it shared (publishing in parallel), added over
+    /// connections: it may grow faster than the clock.
+    shared_busy_ns: AtomicU64,
     /// How many holds of the lock took up to each of [`HOLD_BUCKETS_NS`] (and longer, last):
     /// a long hold is a stall of every connection waiting for it.
     holds: [AtomicU64; HOLD_BUCKETS_NS.len() + 1],
@@ -198,8 +292,11 @@ pub const HOLD_BUCKETS_NS: [u64; 5] = [100_000, 1_000_000, 10_000_000, 100_000_0
 /// What [`Shared::core_health`] reports.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CoreHealthSnapshot {
-    /// Seconds the core has been busy (its lock held) since the start.
+    /// Seconds the core has been busy (its lock held exclusively) since the start.
     pub busy_seconds: f64,
+    /// Seconds of work done with the lock shared (publishes in parallel), added over
+    /// connections.
+    pub shared_busy_seconds: f64,
     /// Work waiting for the core now: threads waiting for its lock and connections waiting
     /// for a turn with frames already read.
     pub inbox_depth: usize,
@@ -210,9 +307,30 @@ pub struct CoreHealthSnapshot {
 
 /// The locked core; records how long it was held when dropped.
 pub struct CoreGuard<'a> {
-    guard: MutexGuard<'a, Core>,
+    guard: RwLockWriteGuard<'a, Core>,
     since: std::time::Instant,
     health: &'a CoreHealth,
+}
+
+/// The core, shared with other publishers; records how long it was held when dropped.
+pub struct SharedCoreGuard<'a> {
+    guard: RwLockReadGuard<'a, Core>,
+    since: std::time::Instant,
+    health: &'a CoreHealth,
+}
+
+impl std::ops::Deref for SharedCoreGuard<'_> {
+    type Target = Core;
+    fn deref(&self) -> &Core {
+        &self.guard
+    }
+}
+
+impl Drop for SharedCoreGuard<'_> {
+    fn drop(&mut self) {
+        let ns = self.since.elapsed().as_nanos() as u64;
+        self.health.shared_busy_ns.fetch_add(ns, Ordering::Relaxed);
+    }
 }
 
 impl std::ops::Deref for CoreGuard<'_> {
@@ -254,23 +372,41 @@ impl Shared {
     /// connections that take it again and again cannot starve a handshake or an HTTP request.
     /// It is not poisoned by a panic inside the broker: the state is served as it is rather
     /// than taking every connection down.
+    ///
+    /// What publishes left while the broker was shared is folded in first.
     pub fn broker(&self) -> CoreGuard<'_> {
-        let guard = match self.core.try_lock() {
+        let mut guard = match self.core.try_write() {
             Some(guard) => guard,
             None => {
                 self.health.lock_waiters.fetch_add(1, Ordering::Relaxed);
-                let guard = self.core.lock();
+                let guard = self.core.write();
                 self.health.lock_waiters.fetch_sub(1, Ordering::Relaxed);
                 guard
             }
         };
+        guard.broker.fold_shared();
         CoreGuard { guard, since: std::time::Instant::now(), health: &self.health }
+    }
+
+    /// The broker shared with other connections' publishes (see `Broker::publish_shared`).
+    pub(crate) fn broker_shared(&self) -> SharedCoreGuard<'_> {
+        let guard = match self.core.try_read() {
+            Some(guard) => guard,
+            None => {
+                self.health.lock_waiters.fetch_add(1, Ordering::Relaxed);
+                let guard = self.core.read();
+                self.health.lock_waiters.fetch_sub(1, Ordering::Relaxed);
+                guard
+            }
+        };
+        SharedCoreGuard { guard, since: std::time::Instant::now(), health: &self.health }
     }
 
     /// The core's busy time and the work waiting for it.
     pub fn core_health(&self) -> CoreHealthSnapshot {
         CoreHealthSnapshot {
             busy_seconds: self.health.busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            shared_busy_seconds: self.health.shared_busy_ns.load(Ordering::Relaxed) as f64 / 1e9,
             inbox_depth: self.health.lock_waiters.load(Ordering::Relaxed)
                 + self.health.turn_waiters.load(Ordering::Relaxed),
             holds: std::array::from_fn(|i| self.health.holds[i].load(Ordering::Relaxed)),
@@ -288,13 +424,18 @@ pub struct Server {
 impl Server {
     pub fn new(broker: Broker) -> Self {
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let parallelism = match broker.config().data_plane_parallelism {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let shared = Arc::new(Shared {
-            core: Mutex::new(Core { broker, outboxes: HashMap::new(), flow: watch::channel(0).0 }),
+            core: RwLock::new(Core { broker, outboxes: HashMap::new(), flow: watch::channel(0).0 }),
             next_conn: AtomicU64::new(1),
             started: Instant::now(),
             shutdown,
             sync_wanted: Notify::new(),
-            backlog_turn: Arc::new(tokio::sync::Semaphore::new(1)),
+            backlog_turn: Arc::new(tokio::sync::Semaphore::new(parallelism)),
+            publish_shared: parallelism > 1,
             health: CoreHealth::default(),
         });
         Server { shared, shutdown_tx, limits: None }

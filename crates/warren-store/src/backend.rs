@@ -86,7 +86,7 @@ fn copy_dir<B: Backend + ?Sized>(backend: &B, from: &Path, to: &Path) -> io::Res
     Ok(())
 }
 
-pub trait AppendFile: Send + std::fmt::Debug {
+pub trait AppendFile: Send + Sync + std::fmt::Debug {
     /// Appends all of `bytes` or, on error, nothing: a failed append leaves the file as it was
     /// (the log retries the same bytes later, after ENOSPC or EIO).
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;

@@ -204,6 +204,7 @@ impl Settings {
                             if value == "infinity" { None } else { Some(parse_num(value)?) }
                     }
                     "auth_failure_delay" => self.core.auth_failure_delay_ms = parse_num(value)?,
+                    "data_plane_parallelism" => self.core.data_plane_parallelism = parse_num(value)?,
                     k if k.starts_with("auth_mechanisms.") => {
                         let m = Mechanism::parse(value).ok_or_else(|| {
                             format!("'{value}' is not a mechanism Warren offers (PLAIN, AMQPLAIN, EXTERNAL)")

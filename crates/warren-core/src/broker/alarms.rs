@@ -54,8 +54,8 @@ impl Broker {
 
     /// True (once) when a consumer's connection drained, or the resource alarms cleared, since
     /// the last call.
-    pub fn take_flow_released(&mut self) -> bool {
-        std::mem::take(&mut self.flow_released)
+    pub fn take_flow_released(&self) -> bool {
+        self.flow_released.swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// The resource alarms in force.
@@ -79,7 +79,7 @@ impl Broker {
                     out.push((id, Out::Method { channel: 0, method: Method::ConnectionUnblocked }));
                 }
             }
-            self.flow_released = true;
+            *self.flow_released.get_mut() = true;
         }
     }
 
@@ -163,7 +163,7 @@ impl Broker {
         let queues: Vec<ShortStr> =
             c.channels.values().flat_map(|ch| ch.consumers.values().map(|co| co.queue.clone())).collect();
         let vhost = c.vhost.clone();
-        self.flow_released = true;
+        *self.flow_released.get_mut() = true;
         for q in queues {
             self.dispatch(&vhost, &q, now_ms, out);
         }

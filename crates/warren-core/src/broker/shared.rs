@@ -242,6 +242,31 @@ impl Broker {
         tally.waiting.push((conn, still_waiting));
     }
 
+    /// [`Broker::on_writable`] while the broker is shared: the connection's consumers' queues
+    /// deliver what they held back for it, to `stage`.
+    pub fn on_writable_shared(
+        &self,
+        conn: ConnId,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+        tally: &mut Tally,
+        stage: &dyn Stage,
+    ) {
+        let Some(cell) = self.conns.get(&conn) else { return };
+        let (vhost, mut queues) = {
+            let c = cell.lock();
+            let queues: Vec<ShortStr> =
+                c.channels.values().flat_map(|ch| ch.consumers.values().map(|co| co.queue.clone())).collect();
+            (c.vhost.clone(), queues)
+        };
+        self.flow_released.store(true, Ordering::Release);
+        queues.sort();
+        queues.dedup();
+        for q in queues {
+            self.dispatch_in(&vhost, &q, now_ms, out, tally, Sink::Staged(stage));
+        }
+    }
+
     /// Takes the connection's flow block (see [`Broker::take_flow_blocked`]) while the broker
     /// is shared.
     pub fn take_flow_blocked_shared(&self, conn: ConnId) -> bool {
