@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use warren_amqp::{assemble_ahead, BasicProperties, FieldTable, FieldValue, Frame, Input, Method};
-use warren_core::{Broker, Config, ConnInfo, Out, SyncJob};
+use warren_core::{Broker, Config, ConnInfo, Out, Stage, SyncJob, Tally};
 use warren_store::{Backend, MemBackend};
 
 // ---- topology --------------------------------------------------------------------------
@@ -634,9 +634,14 @@ struct Sim {
     /// Every (connection, output) in order, as `{:?}`.
     stream: Vec<String>,
     history: VecDeque<String>,
-    /// Publishes sent so far: every other one goes as frames, the rest assembled ahead, as the
-    /// server does outside the lock (`Broker::handle_content`).
+    /// Publishes sent so far: one in three goes as frames, one assembled ahead, as the server
+    /// does outside the lock (`Broker::handle_content`), and one assembled ahead and handed to
+    /// the broker shared (`Broker::publish_shared`, as the server does when connections
+    /// publish in parallel).
     publishes_sent: u64,
+    /// Publishes the broker took while shared, and those it handed back to be handled held.
+    shared_taken: u64,
+    shared_handed_back: u64,
 }
 
 fn persistent_props(persistent: bool, priority: u8) -> BasicProperties {
@@ -644,6 +649,16 @@ fn persistent_props(persistent: bool, priority: u8) -> BasicProperties {
         delivery_mode: Some(if persistent { 2 } else { 1 }),
         priority: (priority > 0).then_some(priority),
         ..Default::default()
+    }
+}
+
+/// Deliveries staged while the broker is shared, in order.
+#[derive(Default)]
+struct Staged(std::cell::RefCell<Vec<(u64, Out)>>);
+
+impl Stage for Staged {
+    fn stage(&self, conn: u64, out: Out) {
+        self.0.borrow_mut().push((conn, out));
     }
 }
 
@@ -667,6 +682,8 @@ impl Sim {
             next_conn: 1,
             next_ctag: 1,
             publishes_sent: 0,
+            shared_taken: 0,
+            shared_handed_back: 0,
             strict_order: true,
             expect_get: None,
             expect_returns: VecDeque::new(),
@@ -890,9 +907,33 @@ impl Sim {
         let b = Frame::Body { channel: ch, payload: Bytes::from(body.into_bytes()) };
         let frames = vec![Frame::Method { channel: ch, method: m }, header, b];
         self.publishes_sent += 1;
-        if self.publishes_sent.is_multiple_of(2) {
+        if self.publishes_sent % 3 == 0 {
             for f in frames {
                 self.broker.handle_frame(conn, f, self.now, &mut out);
+            }
+        } else if self.publishes_sent % 3 == 2 {
+            let mut inputs = Vec::new();
+            assemble_ahead(frames, self.broker.config().max_message_size, &mut inputs);
+            let Some(Input::Content { channel, content }) = inputs.pop() else { panic!("a whole publish") };
+            let stage = Staged::default();
+            let mut tally = Tally::default();
+            let handed_back =
+                self.broker.publish_shared(conn, channel, content, self.now, &mut out, &mut tally, &stage);
+            // Staged deliveries reach their connections before the publisher's own answers.
+            let mut staged = stage.0.into_inner();
+            staged.append(&mut out);
+            out = staged;
+            self.broker.end_batch_shared(conn, &mut out, &mut tally);
+            self.broker.finish_shared(tally);
+            // The server folds the tally in when it next holds the broker.
+            self.broker.fold_shared();
+            if let Some(content) = handed_back {
+                self.shared_handed_back += 1;
+                // It needs the broker held: handed over as the server then does.
+                self.broker.handle_content(conn, channel, content, self.now, &mut out);
+            } else {
+                self.shared_taken += 1;
+                return out;
             }
         } else {
             let mut inputs = Vec::new();
@@ -1604,12 +1645,16 @@ fn run(seed: u64, steps: usize) -> Vec<String> {
     sim.drain(steps);
     let promised = sim.model.msgs.iter().filter(|m| m.promised).count();
     eprintln!(
-        "seed {seed}: {} messages, {promised} promised durable, {} kept by power cuts, {} sync rounds, {:?}",
+        "seed {seed}: {} messages, {promised} promised durable, {} kept by power cuts, {} sync rounds, \
+         {} publishes taken shared and {} handed back, {:?}",
         sim.model.msgs.len(),
         sim.cut_required,
         sim.model.rounds_begun,
+        sim.shared_taken,
+        sim.shared_handed_back,
         sim.model.counts
     );
+    assert!(sim.shared_taken > 0, "seed {seed}: no publish was handled with the broker shared");
     sim.stream
 }
 
