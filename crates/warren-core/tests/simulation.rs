@@ -907,7 +907,7 @@ impl Sim {
         let b = Frame::Body { channel: ch, payload: Bytes::from(body.into_bytes()) };
         let frames = vec![Frame::Method { channel: ch, method: m }, header, b];
         self.publishes_sent += 1;
-        if self.publishes_sent % 3 == 0 {
+        if self.publishes_sent.is_multiple_of(3) {
             for f in frames {
                 self.broker.handle_frame(conn, f, self.now, &mut out);
             }
