@@ -327,8 +327,22 @@ fn render(shared: &Shared, per_object: bool) -> String {
     e.single("warren_uptime_seconds", Gauge, "Seconds since the broker started", shared.uptime().as_secs());
     // The core's owners: today one, the whole broker behind one lock ("shard 0").
     let health = shared.core_health();
-    e.family("warren_core_busy_seconds_total", Counter, "Seconds the core shard was busy (its lock held)");
+    e.family(
+        "warren_core_busy_seconds_total",
+        Counter,
+        "Seconds the core shard was busy with its lock held exclusively (every other connection waited)",
+    );
     e.sample("warren_core_busy_seconds_total", &[("shard", "0")], format_args!("{:.6}", health.busy_seconds));
+    e.family(
+        "warren_core_shared_busy_seconds_total",
+        Counter,
+        "Seconds of work done with the core shard shared (publishes in parallel), added over connections",
+    );
+    e.sample(
+        "warren_core_shared_busy_seconds_total",
+        &[("shard", "0")],
+        format_args!("{:.6}", health.shared_busy_seconds),
+    );
     e.family(
         "warren_core_inbox_depth",
         Gauge,

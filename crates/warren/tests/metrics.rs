@@ -269,6 +269,15 @@ async fn counters_and_gauges_follow_publishing_and_consuming() {
     let busy = s.value("warren_core_busy_seconds_total", &[("shard", "0")]);
     assert!(busy > 0.0, "the core did work: {busy}");
     assert_eq!(s.value("warren_core_inbox_depth", &[("shard", "0")]), 0.0);
+    // Work done with the core shared (publishes, with more than one core: the default
+    // data_plane_parallelism is the number of cores) is counted apart.
+    assert_eq!(s.types["warren_core_shared_busy_seconds_total"], "counter");
+    let shared_busy = s.value("warren_core_shared_busy_seconds_total", &[("shard", "0")]);
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        assert!(shared_busy > 0.0, "the publishes were handled with the core shared");
+    } else {
+        assert_eq!(shared_busy, 0.0, "one core: every publish holds the core");
+    }
     // Every hold of its lock is in the histogram: cumulative buckets, the last one all of them,
     // and their sum the busy time.
     assert_eq!(s.types["warren_core_hold_seconds"], "histogram");
