@@ -639,7 +639,11 @@ struct Sim {
     /// the broker shared (`Broker::publish_shared`, as the server does when connections
     /// publish in parallel).
     publishes_sent: u64,
-    /// Publishes the broker took while shared, and those it handed back to be handled held.
+    /// Acks, nacks and rejects sent so far: every other one is offered to the broker shared
+    /// (`Broker::settle_shared`).
+    settles_sent: u64,
+    /// Publishes and settles the broker took while shared, and publishes it handed back to be
+    /// handled held.
     shared_taken: u64,
     shared_handed_back: u64,
 }
@@ -682,6 +686,7 @@ impl Sim {
             next_conn: 1,
             next_ctag: 1,
             publishes_sent: 0,
+            settles_sent: 0,
             shared_taken: 0,
             shared_handed_back: 0,
             strict_order: true,
@@ -887,6 +892,25 @@ impl Sim {
     // ---- doing actions -----------------------------------------------------------------
 
     fn send(&mut self, conn: u64, ch: u16, method: Method, out: &mut Vec<(u64, Out)>) {
+        if matches!(method, Method::BasicAck { .. } | Method::BasicNack { .. } | Method::BasicReject { .. }) {
+            self.settles_sent += 1;
+            // Every other settle is first offered to the broker shared, as the server does.
+            if self.settles_sent.is_multiple_of(2) {
+                let stage = Staged::default();
+                let mut tally = Tally::default();
+                let taken = self.broker.settle_shared(conn, ch, &method, self.now, out, &mut tally, &stage);
+                out.extend(stage.0.into_inner());
+                if taken {
+                    self.shared_taken += 1;
+                    self.broker.end_batch_shared(conn, out, &mut tally);
+                }
+                self.broker.finish_shared(tally);
+                self.broker.fold_shared();
+                if taken {
+                    return;
+                }
+            }
+        }
         self.broker.handle_frame(conn, Frame::Method { channel: ch, method }, self.now, out);
         self.broker.end_batch(conn, out);
     }
@@ -1646,7 +1670,7 @@ fn run(seed: u64, steps: usize) -> Vec<String> {
     let promised = sim.model.msgs.iter().filter(|m| m.promised).count();
     eprintln!(
         "seed {seed}: {} messages, {promised} promised durable, {} kept by power cuts, {} sync rounds, \
-         {} publishes taken shared and {} handed back, {:?}",
+         {} publishes and settles taken shared, {} publishes handed back, {:?}",
         sim.model.msgs.len(),
         sim.cut_required,
         sim.model.rounds_begun,

@@ -39,6 +39,21 @@ const WORK_SLICE: Duration = Duration::from_millis(1);
 /// Frames handed over between two looks at the clock.
 const FRAMES_PER_CLOCK_CHECK: usize = 4;
 
+/// What may go to the broker while it is shared, when the broker agrees: a whole publish, an
+/// ack, or a reject or nack that does not requeue.
+fn shareable(i: &Input) -> bool {
+    match i {
+        Input::Content { .. } => true,
+        Input::Frame(Frame::Method { method, .. }) => matches!(
+            method,
+            Method::BasicAck { .. }
+                | Method::BasicNack { requeue: false, .. }
+                | Method::BasicReject { requeue: false, .. }
+        ),
+        Input::Frame(_) => false,
+    }
+}
+
 /// The channel of a frame handed over as it is (0 for a whole command, never held back).
 fn m_channel(i: &Input) -> u16 {
     match i {
@@ -482,12 +497,8 @@ impl Connection {
         // Whole publishes at the head of the batch go with the broker shared, in parallel with
         // other connections' (`Broker::publish_shared`); from the first that cannot on, the
         // batch goes with the broker held.
-        if self.shared.publish_shared
-            && error.is_none()
-            && !self.closing
-            && matches!(frames.first(), Some(Input::Content { .. }))
-        {
-            self.publish_in_parallel(&mut frames, held, now);
+        if self.shared.publish_shared && error.is_none() && !self.closing && frames.first().is_some_and(shareable) {
+            self.hand_over_shared(&mut frames, held, now);
             if frames.is_empty() {
                 return full || !self.frames.is_empty();
             }
@@ -621,11 +632,12 @@ impl Connection {
         }));
     }
 
-    /// Hands whole publishes from the head of `frames` to the broker while it is shared, until
-    /// one needs it held (that one and the rest stay in `frames`) or the work slice is used up
-    /// (the rest wait in `self.frames` for the next turn). Deliveries are staged and handed to
-    /// their connections, and this connection's answers sent, before the broker is let go.
-    fn publish_in_parallel(&mut self, frames: &mut Vec<Input>, held: &mut Duration, now: u64) {
+    /// Hands whole publishes and acks from the head of `frames` to the broker while it is
+    /// shared, until one needs it held (that one and the rest stay in `frames`) or the work
+    /// slice is used up (the rest wait in `self.frames` for the next turn). Deliveries are
+    /// staged and handed to their connections, and this connection's answers sent, before the
+    /// broker is let go.
+    fn hand_over_shared(&mut self, frames: &mut Vec<Input>, held: &mut Duration, now: u64) {
         let shared = self.shared.clone();
         let core = shared.broker_shared();
         let locked_at = std::time::Instant::now();
@@ -635,15 +647,21 @@ impl Connection {
         let mut out_of_time = false;
         let mut inputs = frames.drain(..);
         for input in inputs.by_ref() {
-            let Input::Content { channel, content } = input else {
-                handed_back = Some(input);
-                break;
-            };
-            if let Some(content) =
-                core.publish_shared(self.id, channel, content, now, &mut self.out, &mut tally, &stager)
-            {
-                handed_back = Some(Input::Content { channel, content });
-                break;
+            match input {
+                Input::Content { channel, content } => {
+                    if let Some(content) =
+                        core.publish_shared(self.id, channel, content, now, &mut self.out, &mut tally, &stager)
+                    {
+                        handed_back = Some(Input::Content { channel, content });
+                        break;
+                    }
+                }
+                Input::Frame(Frame::Method { channel, method })
+                    if core.settle_shared(self.id, channel, &method, now, &mut self.out, &mut tally, &stager) => {}
+                other => {
+                    handed_back = Some(other);
+                    break;
+                }
             }
             // A publish (costly when it fans out) is worth a look at the clock after each.
             if *held + locked_at.elapsed() >= WORK_SLICE {

@@ -242,6 +242,77 @@ impl Broker {
         tally.waiting.push((conn, still_waiting));
     }
 
+    /// An ack, or a reject or nack that does not requeue, handled while the broker is shared:
+    /// the deliveries leave the channel and their queues (rejected ones are dead-lettered),
+    /// and the channel's queues deliver again, to `stage`. False, having changed nothing, when
+    /// it needs the broker held: another method, a transaction, a tag the channel does not
+    /// hold (an error, or one reclaimed from a timed-out consumer), a requeue.
+    #[allow(clippy::too_many_arguments)]
+    pub fn settle_shared(
+        &self,
+        conn: ConnId,
+        channel: u16,
+        method: &Method,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+        tally: &mut Tally,
+        stage: &dyn Stage,
+    ) -> bool {
+        let (tag, multiple, reject) = match *method {
+            Method::BasicAck { delivery_tag, multiple } => (delivery_tag, multiple, false),
+            Method::BasicNack { delivery_tag, multiple, requeue: false } => (delivery_tag, multiple, true),
+            Method::BasicReject { delivery_tag, requeue: false } => (delivery_tag, false, true),
+            _ => return false,
+        };
+        let Some(cell) = self.conns.get(&conn) else { return false };
+        let (vhost, settled, mut queues) = {
+            let mut c = cell.lock();
+            if c.closing {
+                return false;
+            }
+            let vhost = c.vhost.clone();
+            let Some(ch) = c.channels.get_mut(&channel) else { return false };
+            if ch.state() != ChannelState::Open || ch.assembler.in_progress() || ch.tx.is_some() {
+                return false;
+            }
+            let Some(settled) = ch.take_acked(tag, multiple) else { return false };
+            for u in &settled {
+                if let Some(co) = u.consumer.as_ref().and_then(|t| ch.consumers.get(t)) {
+                    co.credit.settled();
+                }
+            }
+            let queues: Vec<ShortStr> = ch.consumers.values().map(|co| co.queue.clone()).collect();
+            (vhost, settled, queues)
+        };
+        if !reject {
+            tally.counters.acknowledged += settled.len() as u64;
+        }
+        let mut rejected = Vec::new();
+        if let Some(vh) = self.vhosts.get(&*vhost) {
+            for u in settled {
+                let Some(mut q) = vh.queues.get(&u.queue).map(|q| q.lock()) else { continue };
+                let Some(item) = q.take_checked_out(u.id) else { continue };
+                q.counters.ack += u64::from(!reject);
+                if let Err(e) = q.settle(&item) {
+                    tally.errors.push(format!("cannot settle a message of queue '{}': {e}", u.queue));
+                }
+                if q.durable {
+                    tally.dirty(&vhost, &u.queue);
+                }
+                if reject {
+                    rejected.push((u.queue, item, "rejected"));
+                }
+            }
+        }
+        self.dead_letter_in(&vhost, rejected, now_ms, out, tally, Sink::Staged(stage));
+        queues.sort();
+        queues.dedup();
+        for q in queues {
+            self.dispatch_in(&vhost, &q, now_ms, out, tally, Sink::Staged(stage));
+        }
+        true
+    }
+
     /// [`Broker::on_writable`] while the broker is shared: the connection's consumers' queues
     /// deliver what they held back for it, to `stage`.
     pub fn on_writable_shared(
