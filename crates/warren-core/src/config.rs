@@ -53,7 +53,7 @@ pub struct Config {
     /// How many connections may do data-plane work at once (Warren's
     /// `data_plane_parallelism`): above 1, whole publishes are handled with the broker shared,
     /// each holding its own session and one queue at a time, and that many heavy publishers
-    /// take their turns together. 1 holds the whole broker for every batch (one owner, as
+    /// less one (at least one) take their turns together. 1 holds the whole broker for every batch (one owner, as
     /// before); 0, the default, is the number of cores.
     pub data_plane_parallelism: usize,
     /// How long a failed login waits before it is answered, so passwords cannot be tried at

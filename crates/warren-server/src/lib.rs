@@ -258,8 +258,11 @@ pub struct Shared {
     /// The turn to go on with a backlog: a connection that used up a work slice with frames
     /// still to hand over waits here, in line (the semaphore is FIFO), not in the runtime's run
     /// queue. Heavy publishers then take turns (as many at once as the data plane's
-    /// parallelism, `Config::data_plane_parallelism`) while a handshake, a light client or an
-    /// HTTP request is scheduled at once and waits for the lock one turn at most.
+    /// parallelism less one, `Config::data_plane_parallelism`, and at least one) while a
+    /// handshake, a light client or an HTTP request is scheduled at once and waits for the lock
+    /// one turn at most. One worker is left to them: with a turn for every core, the publishers
+    /// woken one after another kept every worker, and new connections waited seconds
+    /// (`bench/flood`).
     pub(crate) backlog_turn: Arc<tokio::sync::Semaphore>,
     /// Whole publishes may be handled with the broker shared (parallelism above 1).
     pub(crate) publish_shared: bool,
@@ -434,7 +437,7 @@ impl Server {
             started: Instant::now(),
             shutdown,
             sync_wanted: Notify::new(),
-            backlog_turn: Arc::new(tokio::sync::Semaphore::new(parallelism)),
+            backlog_turn: Arc::new(tokio::sync::Semaphore::new(parallelism.saturating_sub(1).max(1))),
             publish_shared: parallelism > 1,
             health: CoreHealth::default(),
         });
