@@ -571,14 +571,7 @@ impl Connection {
         if !self.closing && core.is_closing(self.id) {
             self.closing = true;
         }
-        let flow_blocked = core.take_flow_blocked(self.id);
-        let alarm_blocked = core.is_alarm_blocked(self.id);
-        if flow_blocked || alarm_blocked {
-            // Under the lock, so a release that comes after this is seen as a change.
-            self.flow_blocked = flow_blocked;
-            self.alarm_blocked = alarm_blocked;
-            self.flow.borrow_and_update();
-        }
+        self.note_blocked(core.take_flow_blocked(self.id), core.is_alarm_blocked(self.id));
         let more = (full || !self.frames.is_empty()) && error.is_none();
         if let Some(e) = error {
             if !self.closing && !self.done {
@@ -605,6 +598,19 @@ impl Connection {
             self.shared.sync_wanted.notify_one();
         }
         more
+    }
+
+    /// Notes that the broker asked this connection to pause reading (a publish paged behind a
+    /// slow consumer, or a resource alarm). Called under the lock, so a release that comes
+    /// after this is seen as a change; one made at the same moment by a consumer catching up
+    /// while the broker is shared may be missed, and then the wait ends after
+    /// [`FLOW_WAIT_MAX`] as when no consumer catches up.
+    fn note_blocked(&mut self, flow_blocked: bool, alarm_blocked: bool) {
+        if flow_blocked || alarm_blocked {
+            self.flow_blocked = flow_blocked;
+            self.alarm_blocked = alarm_blocked;
+            self.flow.borrow_and_update();
+        }
     }
 
     /// Keeps back a publish at the end of `frames` whose content is still to come (only its
@@ -671,14 +677,7 @@ impl Connection {
         }
         let rest: Vec<Input> = handed_back.into_iter().chain(inputs).collect();
         core.end_batch_shared(self.id, &mut self.out, &mut tally);
-        let flow_blocked = core.take_flow_blocked_shared(self.id);
-        let alarm_blocked = core.is_alarm_blocked(self.id);
-        if flow_blocked || alarm_blocked {
-            // Releases happen with the broker held, so one after this is seen as a change.
-            self.flow_blocked = flow_blocked;
-            self.alarm_blocked = alarm_blocked;
-            self.flow.borrow_and_update();
-        }
+        self.note_blocked(core.take_flow_blocked_shared(self.id), core.is_alarm_blocked(self.id));
         let sync_wanted = core.finish_shared(tally, &stager, &mut self.out);
         *held += locked_at.elapsed();
         drop(stager);

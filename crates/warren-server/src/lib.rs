@@ -150,6 +150,11 @@ impl Core {
         if self.broker.take_flow_released() {
             self.flow.send_modify(|v| *v = v.wrapping_add(1));
         }
+        self.send_all(out);
+    }
+
+    /// Hands output to the connections it is for, in order (the broker held or shared).
+    fn send_all(&self, out: &mut Vec<(ConnId, Out)>) {
         if out.is_empty() {
             return;
         }
@@ -197,26 +202,8 @@ impl Core {
         if self.broker.take_flow_released() {
             self.flow.send_modify(|v| *v = v.wrapping_add(1));
         }
-        self.deliver_shared(out);
+        self.send_all(out);
         sync_wanted
-    }
-
-    /// [`Core::deliver`] while the broker is shared (after the stager's deliveries).
-    fn deliver_shared(&self, out: &mut Vec<(ConnId, Out)>) {
-        let mut batch: Vec<Out> = Vec::new();
-        let mut current: Option<ConnId> = None;
-        for (conn, o) in out.drain(..) {
-            if current != Some(conn) {
-                if let Some(c) = current {
-                    self.send(c, std::mem::take(&mut batch));
-                }
-                current = Some(conn);
-            }
-            batch.push(o);
-        }
-        if let Some(c) = current {
-            self.send(c, batch);
-        }
     }
 
     fn register(&mut self, conn: ConnId, tx: mpsc::UnboundedSender<Vec<Out>>) {
