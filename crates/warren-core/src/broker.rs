@@ -1609,6 +1609,11 @@ impl Broker {
 
     // ---- lookups ---------------------------------------------------------------------------
 
+    /// The connections (with the broker held) that `pred` picks.
+    fn conns_where(&mut self, pred: impl Fn(&Conn) -> bool) -> Vec<ConnId> {
+        self.conns.iter_mut().filter_map(|(id, c)| pred(c.get_mut()).then_some(*id)).collect()
+    }
+
     fn vhost_of(&self, conn: ConnId) -> Result<Arc<str>, ProtocolError> {
         self.conns
             .get(&conn)

@@ -365,30 +365,25 @@ impl Shared {
     ///
     /// What publishes left while the broker was shared is folded in first.
     pub fn broker(&self) -> CoreGuard<'_> {
-        let mut guard = match self.core.try_write() {
-            Some(guard) => guard,
-            None => {
-                self.health.lock_waiters.fetch_add(1, Ordering::Relaxed);
-                let guard = self.core.write();
-                self.health.lock_waiters.fetch_sub(1, Ordering::Relaxed);
-                guard
-            }
-        };
+        let mut guard = self.counting_waiters(self.core.try_write(), || self.core.write());
         guard.broker.fold_shared();
         CoreGuard { guard, since: std::time::Instant::now(), health: &self.health }
     }
 
+    /// A lock taken at once (`taken`), or else waited for (`wait`), counted meanwhile among the
+    /// core's waiters (its inbox depth).
+    fn counting_waiters<G>(&self, taken: Option<G>, wait: impl FnOnce() -> G) -> G {
+        taken.unwrap_or_else(|| {
+            self.health.lock_waiters.fetch_add(1, Ordering::Relaxed);
+            let guard = wait();
+            self.health.lock_waiters.fetch_sub(1, Ordering::Relaxed);
+            guard
+        })
+    }
+
     /// The broker shared with other connections' publishes (see `Broker::publish_shared`).
     pub(crate) fn broker_shared(&self) -> SharedCoreGuard<'_> {
-        let guard = match self.core.try_read() {
-            Some(guard) => guard,
-            None => {
-                self.health.lock_waiters.fetch_add(1, Ordering::Relaxed);
-                let guard = self.core.read();
-                self.health.lock_waiters.fetch_sub(1, Ordering::Relaxed);
-                guard
-            }
-        };
+        let guard = self.counting_waiters(self.core.try_read(), || self.core.read());
         SharedCoreGuard { guard, since: std::time::Instant::now(), health: &self.health }
     }
 

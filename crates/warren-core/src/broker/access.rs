@@ -49,13 +49,7 @@ impl Broker {
         if !self.vhosts.contains_key(name) {
             return Ok(false);
         }
-        let conns: Vec<ConnId> = self
-            .conns
-            .iter()
-            .map(|(k, c)| (k, c.lock()))
-            .filter(|(_, c)| &*c.vhost == name)
-            .map(|(id, _)| *id)
-            .collect();
+        let conns = self.conns_where(|c| &*c.vhost == name);
         for id in conns {
             self.force_close(id, &format!("vhost '{name}' is deleted"), now_ms, out);
         }
@@ -120,13 +114,7 @@ impl Broker {
         }
         self.user_limits.remove(name);
         self.refresh_grants(Some(name));
-        let conns: Vec<ConnId> = self
-            .conns
-            .iter()
-            .map(|(k, c)| (k, c.lock()))
-            .filter(|(_, c)| c.info.user == name)
-            .map(|(id, _)| *id)
-            .collect();
+        let conns = self.conns_where(|c| c.info.user == name);
         for id in conns {
             self.force_close(id, &format!("user '{name}' is deleted"), now_ms, out);
         }

@@ -48,14 +48,14 @@ impl Broker {
     /// What a publish must pass, read without changing anything: the write permission (checked
     /// only when the exchange differs from the last one allowed, `Conn::write_ok`: a publisher
     /// sending to one exchange pays one comparison per message), the exchange, topic
-    /// permissions, the expiration and the user id.
-    pub(super) fn check_publish(
-        vhosts: &HashMap<String, VHost>,
+    /// permissions, the expiration and the user id. Returns the exchange.
+    pub(super) fn check_publish<'v>(
+        vhosts: &'v HashMap<String, VHost>,
         c: &Conn,
         exchange: &ShortStr,
         routing_key: &str,
         properties: &BasicProperties,
-    ) -> Res {
+    ) -> Result<&'v Exchange, ProtocolError> {
         if c.write_ok.as_ref() != Some(exchange)
             && !c.grants.permission.allows(Access::Write, permission_name("exchange", exchange))
         {
@@ -87,7 +87,7 @@ impl Broker {
                 )));
             }
         }
-        Ok(())
+        Ok(x)
     }
 
     /// Routes a publish to its queues, returns it when unroutable and mandatory, and records

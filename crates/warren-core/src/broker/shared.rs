@@ -153,15 +153,12 @@ impl Broker {
                 .is_some_and(|ch| ch.state() == ChannelState::Open && !ch.assembler.in_progress() && ch.tx.is_none());
         let direct_reply = properties.reply_to.as_ref().is_some_and(|r| r.as_str() == REPLY_TO_QUEUE)
             || (exchange.is_empty() && routing_key.starts_with(REPLY_TO_PREFIX));
-        let stateful_exchange = self
-            .vhosts
-            .get(&*c.vhost)
-            .and_then(|vh| vh.exchanges.get(exchange))
-            .is_some_and(|x| x.dedup.is_some() || x.delayed.is_some());
+        // An exchange that keeps state of its own (deduplication, delayed messages) needs the
+        // broker held.
+        let plain_exchange = |x: &Exchange| x.dedup.is_none() && x.delayed.is_none();
         if !simple
             || direct_reply
-            || stateful_exchange
-            || Self::check_publish(&self.vhosts, &c, exchange, routing_key, properties).is_err()
+            || !Self::check_publish(&self.vhosts, &c, exchange, routing_key, properties).is_ok_and(plain_exchange)
             || self.near_resource_limit(body.len())
         {
             return Some(content);
