@@ -59,6 +59,7 @@ pub mod recovery;
 mod shared;
 mod sync;
 mod topology;
+use access::Actor;
 
 pub use alarms::{Alarms, ResourceUse};
 pub use shared::{Sink, Stage, Tally};
@@ -1350,50 +1351,46 @@ impl Broker {
             }
             Method::ChannelFlowOk { .. } => Ok(()),
             Method::ExchangeDeclare { exchange, kind, passive, durable, auto_delete, internal, nowait, arguments } => {
-                self.exchange_declare(conn, &exchange, &kind, passive, durable, auto_delete, internal, arguments)?;
+                let who = self.actor_of(conn)?;
+                self.exchange_declare(&who, &exchange, &kind, passive, durable, auto_delete, internal, arguments)?;
                 if !nowait {
                     Self::reply(out, conn, channel, Method::ExchangeDeclareOk);
                 }
                 Ok(())
             }
             Method::ExchangeDelete { exchange, if_unused, nowait } => {
-                self.check(conn, Access::Configure, "exchange", &exchange)?;
-                self.exchange_delete(conn, &exchange, if_unused)?;
+                let who = self.actor_of(conn)?;
+                self.exchange_delete(&who, &exchange, if_unused)?;
                 if !nowait {
                     Self::reply(out, conn, channel, Method::ExchangeDeleteOk);
                 }
                 Ok(())
             }
             Method::ExchangeBind { destination, source, routing_key, nowait, arguments } => {
-                self.check(conn, Access::Write, "exchange", &destination)?;
-                self.check(conn, Access::Read, "exchange", &source)?;
-                self.bind(conn, Destination::Exchange(destination), &source, routing_key, arguments)?;
+                let who = self.actor_of(conn)?;
+                self.bind(&who, Destination::Exchange(destination), &source, routing_key, arguments)?;
                 if !nowait {
                     Self::reply(out, conn, channel, Method::ExchangeBindOk);
                 }
                 Ok(())
             }
             Method::ExchangeUnbind { destination, source, routing_key, nowait, arguments } => {
-                self.check(conn, Access::Write, "exchange", &destination)?;
-                self.check(conn, Access::Read, "exchange", &source)?;
-                self.unbind(conn, Destination::Exchange(destination), &source, routing_key, arguments)?;
+                let who = self.actor_of(conn)?;
+                self.unbind(&who, Destination::Exchange(destination), &source, routing_key, arguments)?;
                 if !nowait {
                     Self::reply(out, conn, channel, Method::ExchangeUnbindOk);
                 }
                 Ok(())
             }
             Method::QueueDeclare { queue, passive, durable, exclusive, auto_delete, nowait, arguments } => {
-                let (name, messages, consumers) = self.queue_declare(
-                    conn,
-                    channel,
-                    queue,
-                    passive,
-                    durable,
-                    exclusive,
-                    auto_delete,
-                    arguments,
-                    now_ms,
-                )?;
+                let who = self.actor_of(conn)?;
+                // A passive declare of no name means the channel's last declared queue.
+                let queue = if passive { self.resolve_queue_name(conn, channel, queue)? } else { queue };
+                let (name, messages, consumers) =
+                    self.queue_declare(&who, queue, passive, durable, exclusive, auto_delete, arguments, now_ms)?;
+                if name.as_str() != REPLY_TO_QUEUE {
+                    self.channel_mut(conn, channel)?.last_queue = Some(name.clone());
+                }
                 // As RabbitMQ counts them: every declare but a passive one.
                 self.counters.queues_declared += u64::from(!passive);
                 if !nowait {
@@ -1408,9 +1405,8 @@ impl Broker {
             }
             Method::QueueBind { queue, exchange, routing_key, nowait, arguments } => {
                 let queue = self.resolve_queue_name(conn, channel, queue)?;
-                self.check(conn, Access::Write, "queue", &queue)?;
-                self.check(conn, Access::Read, "exchange", &exchange)?;
-                self.bind(conn, Destination::Queue(queue), &exchange, routing_key, arguments)?;
+                let who = self.actor_of(conn)?;
+                self.bind(&who, Destination::Queue(queue), &exchange, routing_key, arguments)?;
                 if !nowait {
                     Self::reply(out, conn, channel, Method::QueueBindOk);
                 }
@@ -1418,21 +1414,15 @@ impl Broker {
             }
             Method::QueueUnbind { queue, exchange, routing_key, arguments } => {
                 let queue = self.resolve_queue_name(conn, channel, queue)?;
-                self.check(conn, Access::Write, "queue", &queue)?;
-                self.check(conn, Access::Read, "exchange", &exchange)?;
-                self.unbind(conn, Destination::Queue(queue), &exchange, routing_key, arguments)?;
+                let who = self.actor_of(conn)?;
+                self.unbind(&who, Destination::Queue(queue), &exchange, routing_key, arguments)?;
                 Self::reply(out, conn, channel, Method::QueueUnbindOk);
                 Ok(())
             }
             Method::QueuePurge { queue, nowait } => {
                 let queue = self.resolve_queue_name(conn, channel, queue)?;
-                self.check(conn, Access::Read, "queue", &queue)?;
-                let (vhost, q) = self.queue_for_use(conn, &queue)?;
-                let n = q.purge().map_err(|e| internal(format_args!("cannot purge queue '{queue}': {e}")))?;
-                if q.durable {
-                    let key = (vhost, q.name.clone());
-                    self.dirty.insert(key);
-                }
+                let who = self.actor_of(conn)?;
+                let n = self.queue_purge(&who, &queue)?;
                 if !nowait {
                     Self::reply(out, conn, channel, Method::QueuePurgeOk { message_count: n });
                 }
@@ -1440,31 +1430,11 @@ impl Broker {
             }
             Method::QueueDelete { queue, if_unused, if_empty, nowait } => {
                 let queue = self.resolve_queue_name(conn, channel, queue)?;
-                self.check(conn, Access::Configure, "queue", &queue)?;
-                let vhost = self.vhost_of(conn)?;
+                let who = self.actor_of(conn)?;
                 // delete-ok goes before the basic.cancel of consumers on this channel, as in
                 // RabbitMQ: py-amqp (kombu, Celery) fails a queue_delete that sees the cancel first.
                 let at = out.len();
-                let found = self.vhosts.get(&*vhost).and_then(|v| v.queues.get(&queue)).map(|q| {
-                    let q = q.lock();
-                    (q.exclusive_owner, q.consumers().is_empty(), q.is_empty())
-                });
-                let n = match found {
-                    // Deleting a queue that does not exist succeeds, as in RabbitMQ.
-                    None => 0,
-                    Some((owner, unused, empty)) => {
-                        if owner.is_some_and(|o| o != conn) {
-                            return Err(locked(&queue, &vhost));
-                        }
-                        if if_unused && !unused {
-                            return Err(precondition(format_args!("queue '{queue}' in vhost '{vhost}' in use")));
-                        }
-                        if if_empty && !empty {
-                            return Err(precondition(format_args!("queue '{queue}' in vhost '{vhost}' not empty")));
-                        }
-                        self.delete_queue(&vhost, &queue, now_ms, out)
-                    }
-                };
+                let n = self.queue_delete(&who, &queue, if_unused, if_empty, now_ms, out)?;
                 if !nowait {
                     let ok = Method::QueueDeleteOk { message_count: n };
                     out.insert(at, (conn, Out::Method { channel, method: ok }));

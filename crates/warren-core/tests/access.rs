@@ -414,3 +414,53 @@ fn a_snapshot_from_before_access_control_gets_the_default_user() {
     // Other vhosts need permissions, as they do in RabbitMQ.
     assert!(b.open_connection(2, info("guest", "legacy")).is_err());
 }
+
+/// The management API acts as its request's user with a client's checks and refusals, but
+/// opens no connection to do it: an exclusive queue of a client stays locked to it, and no
+/// connection is counted.
+#[test]
+fn management_operations_act_as_their_user_without_a_connection() {
+    let mut h = with_alice("^alice", "^alice", "^alice");
+    let mut out = Vec::new();
+    let opened = h.broker.counters().connections_opened;
+    h.broker.set_acting_user(Some("alice".into()));
+    h.broker.declare_queue("v1", "alice.q", true, false, FieldTable::new(), 0, &mut out).expect("allowed");
+    let e = h.broker.declare_queue("v1", "other", true, false, FieldTable::new(), 0, &mut out).expect_err("configure");
+    assert_eq!(e.text.as_str(), "ACCESS_REFUSED - access to queue 'other' in vhost 'v1' refused for user 'alice'");
+    let e = h
+        .broker
+        .set_binding(true, "v1", "amq.direct", "alice.q", true, "k", FieldTable::new(), 0, &mut out)
+        .expect_err("read on amq.direct");
+    assert_eq!(
+        e.text.as_str(),
+        "ACCESS_REFUSED - access to exchange 'amq.direct' in vhost 'v1' refused for user 'alice'"
+    );
+    let e = h.broker.declare_queue("/", "alice.q", true, false, FieldTable::new(), 0, &mut out).expect_err("no vhost");
+    assert_eq!(e.code, ReplyCode::NotAllowed);
+    // Names lose CR and LF as a client's do.
+    h.broker
+        .declare_exchange("v1", "alice\r\n.x", "fanout", false, false, false, FieldTable::new(), 0, &mut out)
+        .expect("x");
+    h.broker.set_binding(true, "v1", "alice.x", "alice.q", true, "", FieldTable::new(), 0, &mut out).expect("bind");
+    assert!(h.broker.bindings().iter().any(|b| b.source == "alice.x" && b.destination == "alice.q"));
+
+    // A client's exclusive queue is locked to its connection, for the management API too.
+    h.broker.set_acting_user(None);
+    let exclusive = Method::QueueDeclare {
+        queue: "alice.mine".into(),
+        passive: false,
+        durable: false,
+        exclusive: true,
+        auto_delete: false,
+        nowait: false,
+        arguments: FieldTable::new(),
+    };
+    assert_eq!(try_method(&mut h, 1, exclusive), None);
+    let e = h.broker.purge_queue("v1", "alice.mine", 0, &mut out).expect_err("locked");
+    assert_eq!(e.code, ReplyCode::ResourceLocked);
+    let e = h.broker.delete_queue_checked("v1", "alice.mine", false, false, 0, &mut out).expect_err("locked");
+    assert_eq!(e.code, ReplyCode::ResourceLocked);
+    h.broker.delete_queue_checked("v1", "alice.q", false, false, 0, &mut out).expect("the broker itself may");
+    assert!(!h.broker.queues().iter().any(|q| q.name == "alice.q"));
+    assert_eq!(h.broker.counters().connections_opened, opened, "no connection was opened");
+}

@@ -200,28 +200,56 @@ impl Broker {
     /// "exchange"), with RabbitMQ's refusal.
     pub(super) fn check(&self, conn: ConnId, access: Access, kind: &str, name: &str) -> Res {
         let c = self.conns.get(&conn).map(|c| c.lock()).ok_or_else(|| internal("unknown connection"))?;
-        if c.grants.permission.allows(access, permission_name(kind, name)) {
-            Ok(())
-        } else {
-            Err(access_refused(kind, name, &c.vhost, &c.info.user))
+        allowed(&c.grants, &c.vhost, &c.info.user, access, kind, name)
+    }
+
+    /// Who a client connection is, for a change to the topology.
+    pub(super) fn actor_of(&self, conn: ConnId) -> Result<Actor, ProtocolError> {
+        let c = self.conns.get(&conn).map(|c| c.lock()).ok_or_else(|| internal("unknown connection"))?;
+        Ok(Actor { conn: Some(conn), vhost: c.vhost.clone(), user: c.info.user.clone(), grants: c.grants.clone() })
+    }
+
+    /// The management API acting in `vhost` as its request's user (see
+    /// [`Broker::set_acting_user`]), or as the broker itself (allowed everything) when there is
+    /// none: NOT_FOUND for a vhost that does not exist, NOT_ALLOWED for a user without
+    /// permissions in it (the refusals a client connection would get).
+    pub(super) fn management_actor(&self, vhost: &str) -> Result<Actor, ProtocolError> {
+        if !self.vhosts.contains_key(vhost) {
+            return Err(not_found("vhost", vhost, vhost));
         }
+        let (user, grants) = match &self.acting_user {
+            Some(user) => {
+                let grants = self.users.grants(user, vhost).ok_or_else(|| {
+                    ProtocolError::new(
+                        ReplyCode::NotAllowed,
+                        format_args!("access to vhost '{vhost}' refused for user '{user}'"),
+                    )
+                })?;
+                (user.clone(), grants)
+            }
+            None => {
+                let everything = Permission::new("", vhost, ".*", ".*", ".*")
+                    .map_err(|e| ProtocolError::new(ReplyCode::InternalError, e))?;
+                (String::new(), Arc::new(Grants { permission: everything, topic: Vec::new(), impersonator: true }))
+            }
+        };
+        Ok(Actor { conn: None, vhost: vhost.into(), user, grants })
     }
 
     /// Checks a routing key against the topic permissions, when `exchange` is a topic exchange.
-    pub(super) fn check_topic(&self, conn: ConnId, exchange: &str, access: Access, routing_key: &str) -> Res {
-        let c = self.conns.get(&conn).map(|c| c.lock()).ok_or_else(|| internal("unknown connection"))?;
-        if c.grants.topic.is_empty() {
+    pub(super) fn check_topic(&self, who: &Actor, exchange: &str, access: Access, routing_key: &str) -> Res {
+        if who.grants.topic.is_empty() {
             return Ok(());
         }
         let is_topic = self
             .vhosts
-            .get(&*c.vhost)
+            .get(&*who.vhost)
             .and_then(|v| v.exchanges.get(exchange))
             .is_some_and(|x| x.kind == ExchangeKind::Topic);
-        if !is_topic || c.grants.topic_allows(exchange, access, routing_key) {
+        if !is_topic || who.grants.topic_allows(exchange, access, routing_key) {
             Ok(())
         } else {
-            Err(topic_refused(routing_key, exchange, &c.vhost, &c.info.user))
+            Err(topic_refused(routing_key, exchange, &who.vhost, &who.user))
         }
     }
 
@@ -242,5 +270,36 @@ impl Broker {
             });
             c.write_ok = None;
         }
+    }
+}
+
+/// Who asks for a change to the topology (a declare, a bind, a delete, a purge): a client
+/// connection, or the management API acting as its request's user or as the broker itself.
+/// The same checks apply to both; only a client connection can own an exclusive queue.
+pub(super) struct Actor {
+    pub(super) conn: Option<ConnId>,
+    pub(super) vhost: Arc<str>,
+    pub(super) user: String,
+    pub(super) grants: Arc<Grants>,
+}
+
+impl Actor {
+    /// Checks that the actor may `access` the resource (`kind` is "queue" or "exchange"), with
+    /// RabbitMQ's refusal.
+    pub(super) fn check(&self, access: Access, kind: &str, name: &str) -> Res {
+        allowed(&self.grants, &self.vhost, &self.user, access, kind, name)
+    }
+
+    /// True when a queue owned by `owner` (exclusive) is someone else's.
+    pub(super) fn locked_out(&self, owner: Option<ConnId>) -> bool {
+        owner.is_some_and(|o| Some(o) != self.conn)
+    }
+}
+
+fn allowed(grants: &Grants, vhost: &str, user: &str, access: Access, kind: &str, name: &str) -> Res {
+    if grants.permission.allows(access, permission_name(kind, name)) {
+        Ok(())
+    } else {
+        Err(access_refused(kind, name, vhost, user))
     }
 }

@@ -1,10 +1,12 @@
 //! What the management API reads from and does to the broker, as plain data.
 //!
 //! Reads ([`Broker::connections`], [`Broker::channels`], ...) copy what they need out of the
-//! broker's state. Operations (declare, delete, bind, publish, get, ...) run as AMQP methods on
-//! a short-lived internal connection ([`MANAGEMENT_CONN`]) with one channel, so they get exactly
-//! the checks and semantics a client's methods get; the connection is gone when the call
-//! returns, and nothing it produced for itself is left in `out`.
+//! broker's state. Changes to the topology (declare, delete, purge, bind) call the operations a
+//! client's methods call, as the request's user (an [`Actor`](super::Actor) with that user's
+//! permissions), so they get exactly the same checks and semantics, and make a durable change
+//! durable before they return. Publishing and getting messages still run as AMQP methods on a
+//! short-lived internal connection ([`MANAGEMENT_CONN`]) with one channel; it is gone when the
+//! call returns, and nothing it produced for itself is left in `out`.
 
 use super::{Broker, ConnInfo, Out, Res};
 use crate::channel::Channel;
@@ -307,18 +309,13 @@ impl Broker {
         auto_delete: bool,
         arguments: FieldTable,
         now_ms: u64,
-        out: &mut Vec<(ConnId, Out)>,
+        _out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
-        let m = Method::QueueDeclare {
-            queue: short(name)?,
-            passive: false,
-            durable,
-            exclusive: false,
-            auto_delete,
-            nowait: false,
-            arguments,
-        };
-        self.management(vhost, "", now_ms, out, |b, out| b.management_method(m, None, now_ms, out).map(drop))
+        let who = self.management_actor(vhost)?;
+        let name = name_of(name)?;
+        self.queue_declare(&who, name, false, durable, false, auto_delete, arguments, now_ms)?;
+        self.counters.queues_declared += 1;
+        self.save_definitions()
     }
 
     /// Deletes a queue (as queue.delete). Fails with NOT_FOUND when it does not exist.
@@ -333,8 +330,9 @@ impl Broker {
         out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
         self.require_queue(vhost, name)?;
-        let m = Method::QueueDelete { queue: short(name)?, if_unused, if_empty, nowait: false };
-        self.management(vhost, "", now_ms, out, |b, out| b.management_method(m, None, now_ms, out).map(drop))
+        let who = self.management_actor(vhost)?;
+        self.queue_delete(&who, &name_of(name)?, if_unused, if_empty, now_ms, out)?;
+        self.save_definitions()
     }
 
     /// Drops a queue's ready messages (as queue.purge); returns how many there were.
@@ -342,21 +340,13 @@ impl Broker {
         &mut self,
         vhost: &str,
         name: &str,
-        now_ms: u64,
-        out: &mut Vec<(ConnId, Out)>,
+        _now_ms: u64,
+        _out: &mut Vec<(ConnId, Out)>,
     ) -> Result<u32, ProtocolError> {
         self.require_queue(vhost, name)?;
-        let m = Method::QueuePurge { queue: short(name)?, nowait: false };
-        self.management(vhost, "", now_ms, out, |b, out| {
-            let answers = b.management_method(m, None, now_ms, out)?;
-            Ok(answers
-                .iter()
-                .find_map(|o| match o {
-                    Out::Method { method: Method::QueuePurgeOk { message_count }, .. } => Some(*message_count),
-                    _ => None,
-                })
-                .unwrap_or(0))
-        })
+        let who = self.management_actor(vhost)?;
+        // As queue.purge: the name is taken as it is.
+        self.queue_purge(&who, &short(name)?)
     }
 
     /// Declares an exchange (as exchange.declare).
@@ -370,20 +360,13 @@ impl Broker {
         auto_delete: bool,
         internal: bool,
         arguments: FieldTable,
-        now_ms: u64,
-        out: &mut Vec<(ConnId, Out)>,
+        _now_ms: u64,
+        _out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
-        let m = Method::ExchangeDeclare {
-            exchange: short(name)?,
-            kind: short(kind)?,
-            passive: false,
-            durable,
-            auto_delete,
-            internal,
-            nowait: false,
-            arguments,
-        };
-        self.management(vhost, "", now_ms, out, |b, out| b.management_method(m, None, now_ms, out).map(drop))
+        let who = self.management_actor(vhost)?;
+        let (name, kind) = (name_of(name)?, short(kind)?);
+        self.exchange_declare(&who, &name, &kind, false, durable, auto_delete, internal, arguments)?;
+        self.save_definitions()
     }
 
     /// Deletes an exchange (as exchange.delete). Fails with NOT_FOUND when it does not exist.
@@ -392,15 +375,16 @@ impl Broker {
         vhost: &str,
         name: &str,
         if_unused: bool,
-        now_ms: u64,
-        out: &mut Vec<(ConnId, Out)>,
+        _now_ms: u64,
+        _out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
         let exists = self.vhosts.get(vhost).is_some_and(|vh| vh.exchanges.contains_key(name));
         if !exists {
             return Err(super::not_found("exchange", name, vhost));
         }
-        let m = Method::ExchangeDelete { exchange: short(name)?, if_unused, nowait: false };
-        self.management(vhost, "", now_ms, out, |b, out| b.management_method(m, None, now_ms, out).map(drop))
+        let who = self.management_actor(vhost)?;
+        self.exchange_delete(&who, &name_of(name)?, if_unused)?;
+        self.save_definitions()
     }
 
     /// Binds (`bind`) or unbinds a queue or exchange to the exchange `source`.
@@ -414,21 +398,18 @@ impl Broker {
         to_queue: bool,
         routing_key: &str,
         arguments: FieldTable,
-        now_ms: u64,
-        out: &mut Vec<(ConnId, Out)>,
+        _now_ms: u64,
+        _out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
-        let (exchange, dest, routing_key) = (short(source)?, short(destination)?, short(routing_key)?);
-        let m = match (bind, to_queue) {
-            (true, true) => Method::QueueBind { queue: dest, exchange, routing_key, nowait: false, arguments },
-            (false, true) => Method::QueueUnbind { queue: dest, exchange, routing_key, arguments },
-            (true, false) => {
-                Method::ExchangeBind { destination: dest, source: exchange, routing_key, nowait: false, arguments }
-            }
-            (false, false) => {
-                Method::ExchangeUnbind { destination: dest, source: exchange, routing_key, nowait: false, arguments }
-            }
-        };
-        self.management(vhost, "", now_ms, out, |b, out| b.management_method(m, None, now_ms, out).map(drop))
+        let who = self.management_actor(vhost)?;
+        let (source, dest, routing_key) = (name_of(source)?, name_of(destination)?, short(routing_key)?);
+        let dest = if to_queue { Destination::Queue(dest) } else { Destination::Exchange(dest) };
+        if bind {
+            self.bind(&who, dest, &source, routing_key, arguments)?;
+        } else {
+            self.unbind(&who, dest, &source, routing_key, arguments)?;
+        }
+        self.save_definitions()
     }
 
     /// Publishes a message as `user` (as basic.publish, mandatory); true when it reached at
@@ -587,6 +568,14 @@ impl Broker {
         out.extend(rest);
         Ok(mine)
     }
+}
+
+/// A queue's or exchange's name for a declare, delete or bind: without CR and LF, as a
+/// client's would be (see `strip_cr_lf_names`).
+fn name_of(s: &str) -> Result<ShortStr, ProtocolError> {
+    let mut name = short(s)?;
+    super::strip_cr_lf(&mut name);
+    Ok(name)
 }
 
 fn short(s: &str) -> Result<ShortStr, ProtocolError> {

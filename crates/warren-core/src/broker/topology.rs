@@ -8,7 +8,7 @@ impl Broker {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn exchange_declare(
         &mut self,
-        conn: ConnId,
+        who: &Actor,
         name: &ShortStr,
         kind: &str,
         passive: bool,
@@ -17,7 +17,7 @@ impl Broker {
         internal: bool,
         arguments: FieldTable,
     ) -> Res {
-        let vhost = self.vhost_of(conn)?;
+        let vhost = who.vhost.clone();
         let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
         if passive {
             // As RabbitMQ: even a passive declare of the default exchange is refused.
@@ -26,10 +26,10 @@ impl Broker {
             }
             return if vh.exchanges.contains_key(name) { Ok(()) } else { Err(not_found("exchange", name, &vhost)) };
         }
-        self.check(conn, Access::Configure, "exchange", name)?;
+        who.check(Access::Configure, "exchange", name)?;
         if let Some(ae) = arguments.get("alternate-exchange").and_then(FieldValue::as_str) {
-            self.check(conn, Access::Write, "exchange", ae)?;
-            self.check(conn, Access::Read, "exchange", name)?;
+            who.check(Access::Write, "exchange", ae)?;
+            who.check(Access::Read, "exchange", name)?;
         }
         let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
         let Some(kind) = ExchangeKind::parse(kind) else {
@@ -104,8 +104,9 @@ impl Broker {
         }
     }
 
-    pub(super) fn exchange_delete(&mut self, conn: ConnId, name: &ShortStr, if_unused: bool) -> Res {
-        let vhost = self.vhost_of(conn)?;
+    pub(super) fn exchange_delete(&mut self, who: &Actor, name: &ShortStr, if_unused: bool) -> Res {
+        who.check(Access::Configure, "exchange", name)?;
+        let vhost = who.vhost.clone();
         if name.is_empty() {
             return Err(default_exchange_refused());
         }
@@ -160,17 +161,20 @@ impl Broker {
         }
     }
 
+    /// Binds `dest` to the exchange `source` (queue.bind, exchange.bind), with RabbitMQ's
+    /// checks in its order: permissions, then both ends, then topic permissions.
     pub(super) fn bind(
         &mut self,
-        conn: ConnId,
+        who: &Actor,
         dest: Destination,
         source: &ShortStr,
         routing_key: ShortStr,
         arguments: FieldTable,
     ) -> Res {
-        let vhost = self.vhost_of(conn)?;
-        self.check_binding_ends(conn, &vhost, &dest, source)?;
-        self.check_topic(conn, source, Access::Read, &routing_key)?;
+        Self::check_binding_access(who, &dest, source)?;
+        let vhost = who.vhost.clone();
+        self.check_binding_ends(who, &vhost, &dest, source)?;
+        self.check_topic(who, source, Access::Read, &routing_key)?;
         let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(()) };
         if vh.exchanges.get(source).is_some_and(|x| x.kind == ExchangeKind::Headers) {
             crate::exchange::headers::validate_binding(&arguments).map_err(precondition)?;
@@ -191,15 +195,17 @@ impl Broker {
         Ok(())
     }
 
+    /// Removes a binding (queue.unbind, exchange.unbind).
     pub(super) fn unbind(
         &mut self,
-        conn: ConnId,
+        who: &Actor,
         dest: Destination,
         source: &ShortStr,
         routing_key: ShortStr,
         arguments: FieldTable,
     ) -> Res {
-        let vhost = self.vhost_of(conn)?;
+        Self::check_binding_access(who, &dest, source)?;
+        let vhost = who.vhost.clone();
         // RabbitMQ answers unbind-ok when an end does not exist (aio-pika unbinds a reply
         // queue that is already gone); the default exchange is still refused.
         let ends_exist = self.vhosts.get(&*vhost).is_some_and(|vh| {
@@ -213,8 +219,8 @@ impl Broker {
         if !ends_exist && !default_exchange {
             return Ok(());
         }
-        self.check_binding_ends(conn, &vhost, &dest, source)?;
-        self.check_topic(conn, source, Access::Read, &routing_key)?;
+        self.check_binding_ends(who, &vhost, &dest, source)?;
+        self.check_topic(who, source, Access::Read, &routing_key)?;
         let Some(vh) = self.vhosts.get_mut(&*vhost) else { return Ok(()) };
         let mut emptied = false;
         if let Some(x) = vh.exchanges.get_mut(source) {
@@ -231,7 +237,16 @@ impl Broker {
         Ok(())
     }
 
-    pub(super) fn check_binding_ends(&self, conn: ConnId, vhost: &str, dest: &Destination, source: &ShortStr) -> Res {
+    /// A binding writes to its destination and reads from its source.
+    fn check_binding_access(who: &Actor, dest: &Destination, source: &ShortStr) -> Res {
+        match dest {
+            Destination::Queue(q) => who.check(Access::Write, "queue", q)?,
+            Destination::Exchange(x) => who.check(Access::Write, "exchange", x)?,
+        }
+        who.check(Access::Read, "exchange", source)
+    }
+
+    fn check_binding_ends(&self, who: &Actor, vhost: &str, dest: &Destination, source: &ShortStr) -> Res {
         let vh = self.vhosts.get(vhost).ok_or_else(|| not_found("vhost", vhost, vhost))?;
         if source.is_empty() || matches!(dest, Destination::Exchange(d) if d.is_empty()) {
             return Err(default_exchange_refused());
@@ -239,7 +254,7 @@ impl Broker {
         match dest {
             Destination::Queue(q) => {
                 let queue = vh.queues.get(q).map(|q| q.lock()).ok_or_else(|| not_found("queue", q, vhost))?;
-                if queue.exclusive_owner.is_some_and(|o| o != conn) {
+                if who.locked_out(queue.exclusive_owner) {
                     return Err(locked(q, vhost));
                 }
             }
@@ -256,10 +271,11 @@ impl Broker {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// Declares a queue (queue.declare): an empty name (not passive) gets a generated one.
+    /// Returns its name, messages and consumers.
     pub(super) fn queue_declare(
         &mut self,
-        conn: ConnId,
-        channel: u16,
+        who: &Actor,
         name: ShortStr,
         passive: bool,
         durable: bool,
@@ -268,31 +284,23 @@ impl Broker {
         arguments: FieldTable,
         now_ms: u64,
     ) -> Result<(ShortStr, u32, u32), ProtocolError> {
-        let vhost = self.vhost_of(conn)?;
+        let vhost = who.vhost.clone();
         if name.as_str() == REPLY_TO_QUEUE {
             // As RabbitMQ: the pseudo-queue always answers with one consumer.
             return Ok((name, 0, 1));
         }
-        let name = if name.is_empty() {
-            if passive {
-                self.resolve_queue_name(conn, channel, name)?
-            } else {
-                generated_name(&mut self.rng, "amq.gen-")
-            }
-        } else {
-            name
-        };
+        let name = if name.is_empty() && !passive { generated_name(&mut self.rng, "amq.gen-") } else { name };
         if !passive {
-            self.check(conn, Access::Configure, "queue", &name)?;
+            who.check(Access::Configure, "queue", &name)?;
             if let Some(dlx) = arguments.get("x-dead-letter-exchange").and_then(FieldValue::as_str) {
-                self.check(conn, Access::Write, "exchange", dlx)?;
-                self.check(conn, Access::Read, "queue", &name)?;
+                who.check(Access::Write, "exchange", dlx)?;
+                who.check(Access::Read, "queue", &name)?;
             }
         }
         let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
         let result = match vh.queues.get_mut(&name).map(Mutex::get_mut) {
             Some(q) => {
-                if q.exclusive_owner.is_some_and(|o| o != conn) {
+                if who.locked_out(q.exclusive_owner) {
                     return Err(locked(&name, &vhost));
                 }
                 if !passive {
@@ -356,7 +364,15 @@ impl Broker {
                         )));
                     }
                 }
-                let owner = exclusive.then_some(conn);
+                let owner = match (exclusive, who.conn) {
+                    (false, _) => None,
+                    (true, Some(conn)) => Some(conn),
+                    (true, None) => {
+                        return Err(precondition(format_args!(
+                            "queue '{name}' in vhost '{vhost}': only a client connection can own an exclusive queue"
+                        )))
+                    }
+                };
                 // Exclusive queues die with their connection, so never outlive a restart.
                 let survives = durable && !exclusive;
                 let dir = if survives { self.store.durable_dir(&vhost, &name) } else { self.store.transient_dir() };
@@ -374,14 +390,63 @@ impl Broker {
                 }
                 vh.queues.insert(name.clone(), Mutex::new(queue));
                 self.counters.queues_created += 1;
-                if let Some(c) = self.conns.get_mut(&conn).map(Mutex::get_mut).filter(|_| exclusive) {
+                if let Some(c) = owner.and_then(|conn| self.conns.get_mut(&conn)).map(Mutex::get_mut) {
                     c.owns_exclusive = true;
                 }
                 (name.clone(), 0, 0)
             }
         };
-        self.channel_mut(conn, channel)?.last_queue = Some(name);
         Ok(result)
+    }
+
+    /// Drops a queue's ready messages (queue.purge); returns how many there were.
+    pub(super) fn queue_purge(&mut self, who: &Actor, name: &ShortStr) -> Result<u32, ProtocolError> {
+        who.check(Access::Read, "queue", name)?;
+        let vhost = who.vhost.clone();
+        let q = self
+            .vhosts
+            .get_mut(&*vhost)
+            .and_then(|v| v.queues.get_mut(name).map(Mutex::get_mut))
+            .ok_or_else(|| not_found("queue", name, &vhost))?;
+        if who.locked_out(q.exclusive_owner) {
+            return Err(locked(name, &vhost));
+        }
+        let n = q.purge().map_err(|e| internal(format_args!("cannot purge queue '{name}': {e}")))?;
+        if q.durable {
+            let key = (vhost, q.name.clone());
+            self.dirty.insert(key);
+        }
+        Ok(n)
+    }
+
+    /// Deletes a queue (queue.delete) with its checks; deleting one that does not exist
+    /// succeeds, as in RabbitMQ. Returns the ready messages dropped.
+    pub(super) fn queue_delete(
+        &mut self,
+        who: &Actor,
+        name: &ShortStr,
+        if_unused: bool,
+        if_empty: bool,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Result<u32, ProtocolError> {
+        who.check(Access::Configure, "queue", name)?;
+        let vhost = who.vhost.clone();
+        let found = self.vhosts.get(&*vhost).and_then(|v| v.queues.get(name)).map(|q| {
+            let q = q.lock();
+            (q.exclusive_owner, q.consumers().is_empty(), q.is_empty())
+        });
+        let Some((owner, unused, empty)) = found else { return Ok(0) };
+        if who.locked_out(owner) {
+            return Err(locked(name, &vhost));
+        }
+        if if_unused && !unused {
+            return Err(precondition(format_args!("queue '{name}' in vhost '{vhost}' in use")));
+        }
+        if if_empty && !empty {
+            return Err(precondition(format_args!("queue '{name}' in vhost '{vhost}' not empty")));
+        }
+        Ok(self.delete_queue(&vhost, name, now_ms, out))
     }
 
     /// Deletes a queue: its consumers are cancelled (told so when they understand it), its
