@@ -788,8 +788,7 @@ impl Broker {
             return Err(ProtocolError::new(ReplyCode::NotAllowed, format_args!("vhost {} not found", info.vhost)));
         }
         if let Some(max) = self.config.connection_max {
-            let clients = self.conns.keys().filter(|&&c| c != crate::broker::management::MANAGEMENT_CONN).count();
-            if clients >= max as usize {
+            if self.conns.len() >= max as usize {
                 return Err(ProtocolError::new(
                     ReplyCode::NotAllowed,
                     format_args!("connection refused: node connection limit ({max}) is reached"),
@@ -991,39 +990,6 @@ impl Broker {
     /// waits for close-ok.
     pub fn is_closing(&self, conn: ConnId) -> bool {
         self.conns.get(&conn).map(|c| c.lock()).is_some_and(|c| c.closing)
-    }
-
-    /// Opens a connection for the broker's own use on `vhost`, allowed everything.
-    pub(crate) fn open_internal_connection(&mut self, conn: ConnId, vhost: &str) -> Res {
-        let everything = crate::auth::Permission::new("", vhost, ".*", ".*", ".*")
-            .map_err(|e| ProtocolError::new(ReplyCode::InternalError, e))?;
-        let grants = Arc::new(crate::auth::Grants { permission: everything, topic: Vec::new(), impersonator: true });
-        let info = ConnInfo {
-            user: String::new(),
-            vhost: vhost.to_string(),
-            peer: "internal".into(),
-            client_properties: FieldTable::new(),
-            channel_max: 1,
-            session: Session::default(),
-        };
-        self.conns.insert(
-            conn,
-            Mutex::new(Conn {
-                info,
-                vhost: vhost.into(),
-                grants,
-                write_ok: None,
-                cancel_notify: false,
-                channels: HashMap::default(),
-                closing: false,
-                out_bytes: Arc::default(),
-                flow_blocked: false,
-                alarm_blocked: false,
-                blocked_sent: false,
-                owns_exclusive: false,
-            }),
-        );
-        Ok(())
     }
 
     /// Periodic work: the consumer acknowledgement timeout.
@@ -1310,7 +1276,7 @@ impl Broker {
         // A durable definition that changed is on disk before the client hears of it: the
         // answer is in `out`, written only after this returns, and for a client only after its
         // host synced the journal (`take_definitions_sync`).
-        let saved = self.save_definitions_for((conn != crate::broker::management::MANAGEMENT_CONN).then_some(conn));
+        let saved = self.save_definitions_for(Some(conn));
         result.and(saved).map_err(|e| if e.class_id == 0 { e.on(ids) } else { e })
     }
 

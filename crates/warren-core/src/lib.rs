@@ -36,7 +36,7 @@ pub mod queue;
 pub use broker::limits::{UserLimit, VhostLimit};
 pub use broker::management::{
     BindingSummary, ChannelSummary, ConnectionSummary, ConsumerSummary, ExchangeSummary, GetAckMode, GotMessage,
-    QueueStats, MANAGEMENT_CONN,
+    QueueStats,
 };
 pub use broker::{
     Alarms, Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, ResourceUse, Session, Sink, Stage, StoreStats,

@@ -10,7 +10,7 @@ use warren_amqp::BasicProperties;
 use warren_amqp::{FieldTable, FieldValue, Method, ReplyCode};
 use warren_core::auth::{Password, SHA256};
 use warren_core::definitions::{Definitions, QueueDef};
-use warren_core::{Broker, Config, ConnInfo, Out};
+use warren_core::{Broker, Config, ConnInfo, GetAckMode, Out};
 use warren_store::{Backend, MemBackend};
 
 fn info(user: &str, vhost: &str) -> ConnInfo {
@@ -463,4 +463,53 @@ fn management_operations_act_as_their_user_without_a_connection() {
     h.broker.delete_queue_checked("v1", "alice.q", false, false, 0, &mut out).expect("the broker itself may");
     assert!(!h.broker.queues().iter().any(|q| q.name == "alice.q"));
     assert_eq!(h.broker.counters().connections_opened, opened, "no connection was opened");
+}
+
+/// The management API publishes and gets as its user, with a client's refusals, and settles
+/// what it got as asked: requeued (redelivered next time) or rejected (dead-lettered).
+#[test]
+fn management_publish_and_get_check_permissions_and_settle_as_asked() {
+    let mut h = with_alice(".*", "^alice", "^alice");
+    let mut out = Vec::new();
+    h.broker.set_acting_user(Some("alice".into()));
+    let b = &mut h.broker;
+    let dlx = table(&[("x-dead-letter-exchange", FieldValue::from("alice.dlx"))]);
+    b.declare_queue("v1", "alice.q", false, false, dlx, 0, &mut out).expect("q");
+    b.declare_queue("v1", "alice.dead", false, false, FieldTable::new(), 0, &mut out).expect("dead");
+    for x in ["alice.x", "alice.dlx"] {
+        b.declare_exchange("v1", x, "fanout", false, false, false, FieldTable::new(), 0, &mut out).expect("x");
+    }
+    b.set_binding(true, "v1", "alice.x", "alice.q", true, "", FieldTable::new(), 0, &mut out).expect("bind");
+    b.set_binding(true, "v1", "alice.dlx", "alice.dead", true, "", FieldTable::new(), 0, &mut out).expect("bind");
+
+    let body = bytes::Bytes::from_static(b"m");
+    let publish = |b: &mut Broker, x: &str, out: &mut Vec<_>| {
+        b.publish_message("v1", "", x, "k", BasicProperties::default(), body.clone(), 0, out)
+    };
+    let e = publish(b, "amq.direct", &mut out).expect_err("write on amq.direct");
+    assert_eq!(
+        e.text.as_str(),
+        "ACCESS_REFUSED - access to exchange 'amq.direct' in vhost 'v1' refused for user 'alice'"
+    );
+    let e = publish(b, "alice.none", &mut out).expect_err("no such exchange");
+    assert_eq!(e.code, ReplyCode::NotFound);
+    assert!(publish(b, "alice.x", &mut out).expect("routed"));
+    assert!(publish(b, "alice.dlx", &mut out).expect("routed to alice.dead"));
+    b.declare_exchange("v1", "alice.lonely", "fanout", false, false, false, FieldTable::new(), 0, &mut out).expect("x");
+    assert!(!publish(b, "alice.lonely", &mut out).expect("published"), "no binding: not routed");
+
+    let ready = |b: &Broker, q: &str| b.queues().into_iter().find(|s| s.name == q).map(|s| s.messages_ready);
+    let got = b.get_messages("v1", "alice.q", 5, GetAckMode::Requeue, 0, &mut out).expect("get");
+    assert_eq!(got.len(), 1);
+    assert!(!got[0].redelivered);
+    let got = b.get_messages("v1", "alice.q", 5, GetAckMode::Reject, 0, &mut out).expect("get");
+    assert!(got[0].redelivered, "requeued by the first get");
+    assert_eq!(ready(b, "alice.q"), Some(0));
+    assert_eq!(ready(b, "alice.dead"), Some(2), "rejected: dead-lettered beside the one published there");
+    let e = b.get_messages("v1", "other", 1, GetAckMode::Ack, 0, &mut out).expect_err("no such queue");
+    assert_eq!(e.code, ReplyCode::NotFound);
+    b.set_acting_user(Some("guest".into()));
+    let e = b.get_messages("v1", "alice.dead", 1, GetAckMode::Ack, 0, &mut out).expect_err("guest has no v1");
+    assert_eq!(e.code, ReplyCode::NotAllowed);
+    assert_eq!(b.counters().connections_opened, 1, "alice's own connection only");
 }

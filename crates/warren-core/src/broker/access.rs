@@ -214,18 +214,24 @@ impl Broker {
     /// none: NOT_FOUND for a vhost that does not exist, NOT_ALLOWED for a user without
     /// permissions in it (the refusals a client connection would get).
     pub(super) fn management_actor(&self, vhost: &str) -> Result<Actor, ProtocolError> {
+        self.management_actor_as(vhost, None)
+    }
+
+    /// As [`Broker::management_actor`], acting as `user` when it is given.
+    pub(super) fn management_actor_as(&self, vhost: &str, user: Option<&str>) -> Result<Actor, ProtocolError> {
         if !self.vhosts.contains_key(vhost) {
             return Err(not_found("vhost", vhost, vhost));
         }
-        let (user, grants) = match &self.acting_user {
+        let user = user.map(str::to_string).or_else(|| self.acting_user.clone());
+        let (user, grants) = match user {
             Some(user) => {
-                let grants = self.users.grants(user, vhost).ok_or_else(|| {
+                let grants = self.users.grants(&user, vhost).ok_or_else(|| {
                     ProtocolError::new(
                         ReplyCode::NotAllowed,
                         format_args!("access to vhost '{vhost}' refused for user '{user}'"),
                     )
                 })?;
-                (user.clone(), grants)
+                (user, grants)
             }
             None => {
                 let everything = Permission::new("", vhost, ".*", ".*", ".*")

@@ -338,15 +338,59 @@ impl Broker {
                 ch.unacked_max()
             )));
         }
-        self.expire(&vhost, &queue, now_ms, out);
-        let id = *self.next_delivery_id.get_mut();
-        let (vhost, q) = self.queue_for_use(conn, &queue)?;
-        q.last_used_ms = now_ms;
-        let popped = q.pop().map_err(|e| internal(format_args!("cannot read queue '{queue}' from disk: {e}")))?;
-        let Some(m) = popped else {
+        let Some(got) = self.take_one(&vhost, &queue, no_ack, now_ms, out)? else {
             Self::reply(out, conn, channel, Method::BasicGetEmpty);
             return Ok(());
         };
+        let ch = self.channel_mut(conn, channel)?;
+        let delivery_tag = match got.id {
+            Some(id) => ch.push_unacked(Unacked {
+                delivery_tag: 0,
+                queue: got.queue,
+                id,
+                consumer: None,
+                delivered_at_ms: now_ms,
+            }),
+            None => ch.take_delivery_tag(),
+        };
+        out.push((
+            conn,
+            Out::Content {
+                channel,
+                method: Method::BasicGetOk {
+                    delivery_tag,
+                    redelivered: got.redelivered,
+                    exchange: got.msg.exchange.clone(),
+                    routing_key: got.msg.routing_key.clone(),
+                    message_count: got.message_count,
+                },
+                msg: got.msg,
+            },
+        ));
+        Ok(())
+    }
+
+    /// Takes the message at the head of a queue (basic.get, whoever gets it: a client's
+    /// channel or the management API), after the queue's expired messages went. Without
+    /// `no_ack` it stays checked out under the returned id until settled.
+    pub(super) fn take_one(
+        &mut self,
+        vhost: &Arc<str>,
+        queue: &ShortStr,
+        no_ack: bool,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Result<Option<Taken>, ProtocolError> {
+        self.expire(vhost, queue, now_ms, out);
+        let id = *self.next_delivery_id.get_mut();
+        let q = self
+            .vhosts
+            .get_mut(&**vhost)
+            .and_then(|v| v.queues.get_mut(queue).map(Mutex::get_mut))
+            .ok_or_else(|| not_found("queue", queue, vhost))?;
+        q.last_used_ms = now_ms;
+        let popped = q.pop().map_err(|e| internal(format_args!("cannot read queue '{queue}' from disk: {e}")))?;
+        let Some(m) = popped else { return Ok(None) };
         q.mark_delivered(&m);
         let redelivered = m.redelivered;
         let msg = q.delivered_message(&m);
@@ -360,7 +404,7 @@ impl Broker {
         let message_count = q.message_count();
         let qname = q.name.clone();
         if q.durable {
-            self.dirty.insert((vhost, qname.clone()));
+            self.dirty.insert((vhost.clone(), qname.clone()));
         }
         if no_ack {
             self.counters.delivered_get_auto_ack += 1;
@@ -371,28 +415,7 @@ impl Broker {
         if checked_out.is_some() {
             *self.next_delivery_id.get_mut() += 1;
         }
-        let ch = self.channel_mut(conn, channel)?;
-        let delivery_tag = match checked_out {
-            Some(id) => {
-                ch.push_unacked(Unacked { delivery_tag: 0, queue: qname, id, consumer: None, delivered_at_ms: now_ms })
-            }
-            None => ch.take_delivery_tag(),
-        };
-        out.push((
-            conn,
-            Out::Content {
-                channel,
-                method: Method::BasicGetOk {
-                    delivery_tag,
-                    redelivered,
-                    exchange: msg.exchange.clone(),
-                    routing_key: msg.routing_key.clone(),
-                    message_count,
-                },
-                msg,
-            },
-        ));
-        Ok(())
+        Ok(Some(Taken { msg, redelivered, message_count, queue: qname, id: checked_out }))
     }
 
     pub(super) fn settle(
@@ -442,14 +465,29 @@ impl Broker {
             return Err(precondition(format_args!("unknown delivery tag {tag}")));
         };
         self.forget_consumer_unacked(conn, channel, &settled);
+        self.settle_taken(&vhost, settled, requeue, now_ms, out);
+        self.dispatch_channel_queues(conn, channel, now_ms, out);
+        Ok(())
+    }
+
+    /// Settles deliveries taken from their channel (or got by the management API): acked
+    /// (`requeue` None), requeued, or rejected (dead-lettered).
+    pub(super) fn settle_taken(
+        &mut self,
+        vhost: &Arc<str>,
+        settled: Vec<Unacked>,
+        requeue: Option<bool>,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) {
         if requeue.is_none() {
             self.counters.acknowledged += settled.len() as u64;
         }
         if requeue == Some(true) {
-            self.requeue(&vhost, settled, now_ms, out);
+            self.requeue(vhost, settled, now_ms, out);
         } else {
             let mut rejected = Vec::new();
-            if let Some(vh) = self.vhosts.get_mut(&*vhost) {
+            if let Some(vh) = self.vhosts.get_mut(&**vhost) {
                 for u in settled {
                     let Some(q) = vh.queues.get_mut(&u.queue).map(Mutex::get_mut) else { continue };
                     let Some(item) = q.take_checked_out(u.id) else { continue };
@@ -465,10 +503,8 @@ impl Broker {
                     }
                 }
             }
-            self.dead_letter(&vhost, rejected, now_ms, out);
+            self.dead_letter(vhost, rejected, now_ms, out);
         }
-        self.dispatch_channel_queues(conn, channel, now_ms, out);
-        Ok(())
     }
 
     /// Lowers the per-consumer unacked counts for deliveries leaving the channel's unacked set.
@@ -536,4 +572,15 @@ impl Broker {
             self.dispatch(vhost, &q, now_ms, out);
         }
     }
+}
+
+/// A message taken from a queue by [`Broker::take_one`].
+pub(super) struct Taken {
+    pub(super) msg: MessageRef,
+    pub(super) redelivered: bool,
+    /// Messages left in the queue.
+    pub(super) message_count: u32,
+    pub(super) queue: ShortStr,
+    /// The id it is checked out under, unless it was settled at once (no-ack).
+    pub(super) id: Option<u64>,
 }

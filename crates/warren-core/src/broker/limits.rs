@@ -4,7 +4,6 @@
 //! client opens a connection or a channel or declares a new queue.
 
 use super::{Broker, ConnInfo, Res};
-use crate::broker::management::MANAGEMENT_CONN;
 use crate::definitions::{UserLimits, VhostLimits};
 use crate::ConnId;
 use warren_amqp::{ProtocolError, ReplyCode};
@@ -99,8 +98,7 @@ impl Broker {
         let Some(max) = self.vhosts.get(&info.vhost).and_then(|vh| vh.limits.connections()) else {
             return Ok(());
         };
-        let open = self.conns.iter().filter(|&(&id, c)| id != MANAGEMENT_CONN && *c.lock().vhost == *info.vhost).count()
-            as u64;
+        let open = self.conns.values().filter(|c| *c.lock().vhost == *info.vhost).count() as u64;
         if open >= max {
             return Err(ProtocolError::new(
                 ReplyCode::NotAllowed,
@@ -154,8 +152,7 @@ impl Broker {
     /// Refuses a connection of a user that has as many as its `max-connections` allows.
     pub(super) fn check_user_connection_limit(&self, info: &ConnInfo) -> Res {
         let Some(max) = self.user_limits.get(&info.user).and_then(UserLimits::connections) else { return Ok(()) };
-        let open =
-            self.conns.iter().filter(|&(&id, c)| id != MANAGEMENT_CONN && c.lock().info.user == info.user).count();
+        let open = self.conns.values().filter(|c| c.lock().info.user == info.user).count();
         if open as u64 >= max {
             return Err(ProtocolError::new(
                 ReplyCode::NotAllowed,
@@ -173,9 +170,8 @@ impl Broker {
         // The channels of a connection being closed are gone for its client already.
         let open: usize = self
             .conns
-            .iter()
-            .filter(|&(&id, _)| id != MANAGEMENT_CONN)
-            .map(|(_, c)| c.lock())
+            .values()
+            .map(|c| c.lock())
             .filter(|c| !c.closing && c.info.user == user)
             .map(|c| c.channels.len())
             .sum();

@@ -4,22 +4,16 @@
 //! broker's state. Changes to the topology (declare, delete, purge, bind) call the operations a
 //! client's methods call, as the request's user (an [`Actor`](super::Actor) with that user's
 //! permissions), so they get exactly the same checks and semantics, and make a durable change
-//! durable before they return. Publishing and getting messages still run as AMQP methods on a
-//! short-lived internal connection ([`MANAGEMENT_CONN`]) with one channel; it is gone when the
-//! call returns, and nothing it produced for itself is left in `out`.
+//! durable before they return. Publishing and getting messages likewise call the routing and
+//! the taking and settling that a client's basic.publish and basic.get call: no connection or
+//! channel is made for them.
 
-use super::{Broker, ConnInfo, Out, Res};
-use crate::channel::Channel;
+use super::{Access, Broker, Message, Out, Publish, Res, Unacked, REPLY_TO_QUEUE};
 use crate::exchange::Destination;
 use crate::queue::QueueCounters;
 use crate::ConnId;
 use bytes::Bytes;
-use parking_lot::Mutex;
-use warren_amqp::{BasicProperties, FieldTable, Method, ProtocolError, ReplyCode, ShortStr};
-
-/// The id of the internal connection that carries management operations; never handed to a
-/// network connection (those count up from 1).
-pub const MANAGEMENT_CONN: ConnId = u64::MAX;
+use warren_amqp::{BasicProperties, FieldTable, ProtocolError, ReplyCode, ShortStr};
 
 /// A client connection, for `/api/connections`.
 #[derive(Debug, Clone)]
@@ -134,7 +128,6 @@ impl Broker {
         let mut v: Vec<ConnectionSummary> = self
             .conns
             .iter()
-            .filter(|(id, _)| **id != MANAGEMENT_CONN)
             .map(|(id, c)| (id, c.lock()))
             .map(|(id, c)| ConnectionSummary {
                 id: *id,
@@ -154,7 +147,7 @@ impl Broker {
     /// The open channels, by connection and number.
     pub fn channels(&self) -> Vec<ChannelSummary> {
         let mut v = Vec::new();
-        for (id, c) in self.conns.iter().map(|(k, c)| (k, c.lock())).filter(|(id, _)| **id != MANAGEMENT_CONN) {
+        for (id, c) in self.conns.iter().map(|(k, c)| (k, c.lock())) {
             for (n, ch) in &c.channels {
                 v.push(ChannelSummary {
                     conn: *id,
@@ -291,7 +284,7 @@ impl Broker {
     /// `reason` (the server then waits for close-ok, as for any connection error). False when
     /// there is no such connection.
     pub fn close_connection(&mut self, conn: ConnId, reason: &str, out: &mut Vec<(ConnId, Out)>) -> bool {
-        if conn == MANAGEMENT_CONN || self.conns.get(&conn).map(|c| c.lock()).is_none_or(|c| c.closing) {
+        if self.conns.get(&conn).map(|c| c.lock()).is_none_or(|c| c.closing) {
             return false;
         }
         let e = ProtocolError::new(ReplyCode::ConnectionForced, reason);
@@ -413,7 +406,7 @@ impl Broker {
     }
 
     /// Publishes a message as `user` (as basic.publish, mandatory); true when it reached at
-    /// least one queue.
+    /// least one queue. `user` empty: the request's user (see [`Broker::set_acting_user`]).
     #[allow(clippy::too_many_arguments)]
     pub fn publish_message(
         &mut self,
@@ -426,17 +419,21 @@ impl Broker {
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) -> Result<bool, ProtocolError> {
-        let m = Method::BasicPublish {
-            exchange: short(exchange)?,
-            routing_key: short(routing_key)?,
-            mandatory: true,
-            immediate: false,
-        };
+        let who = self.management_actor_as(vhost, (!user.is_empty()).then_some(user))?;
+        let (exchange, routing_key) = (short(exchange)?, short(routing_key)?);
+        Self::check_publish(&self.vhosts, who.publisher(), &exchange, &routing_key, &properties)?;
+        if properties.reply_to.as_ref().is_some_and(|r| r.as_str() == REPLY_TO_QUEUE) {
+            // Direct reply-to needs a consumer on the publishing channel: there is none here.
+            return Err(super::precondition("fast reply consumer does not exist"));
+        }
+        self.count_ingest(body.len());
+        self.counters.messages_received += 1;
         let raw = properties.to_bytes();
-        self.management(vhost, user, now_ms, out, |b, out| {
-            let answers = b.management_method(m, Some((Box::new(properties), raw, body)), now_ms, out)?;
-            Ok(!answers.iter().any(|o| matches!(o, Out::Content { method: Method::BasicReturn { .. }, .. })))
-        })
+        let msg = Message::new(exchange.clone(), routing_key.clone(), properties, raw, body);
+        let p = Publish { exchange, routing_key, mandatory: true, msg, confirm_seq: None };
+        let (outcome, _paged) = self.route_message(&who.vhost, &p, now_ms, out)?;
+        Self::count_routed(&mut self.counters, &p, &outcome);
+        Ok(outcome.routed)
     }
 
     /// Takes up to `count` messages from a queue (as basic.get), then settles them as `mode`
@@ -451,46 +448,36 @@ impl Broker {
         out: &mut Vec<(ConnId, Out)>,
     ) -> Result<Vec<GotMessage>, ProtocolError> {
         self.require_queue(vhost, queue)?;
+        let who = self.management_actor(vhost)?;
         let queue = short(queue)?;
-        self.management(vhost, "", now_ms, out, |b, out| {
-            let mut got = Vec::new();
-            let mut last_tag = None;
-            for _ in 0..count {
-                let answers =
-                    b.management_method(Method::BasicGet { queue: queue.clone(), no_ack: false }, None, now_ms, out)?;
-                let Some((tag, m)) = answers.into_iter().find_map(|o| match o {
-                    Out::Content {
-                        method: Method::BasicGetOk { delivery_tag, redelivered, exchange, routing_key, message_count },
-                        msg,
-                        ..
-                    } => Some((
-                        delivery_tag,
-                        GotMessage {
-                            exchange: exchange.to_string(),
-                            routing_key: routing_key.to_string(),
-                            redelivered,
-                            message_count,
-                            properties: msg.decode_properties(),
-                            body: msg.body.clone(),
-                        },
-                    )),
-                    _ => None,
-                }) else {
-                    break;
-                };
-                last_tag = Some(tag);
-                got.push(m);
+        who.check(Access::Read, "queue", &queue)?;
+        let owner = self.vhosts.get(vhost).and_then(|v| v.queues.get(&queue)).and_then(|q| q.lock().exclusive_owner);
+        if who.locked_out(owner) {
+            return Err(super::locked(&queue, vhost));
+        }
+        let mut got = Vec::new();
+        let mut taken = Vec::new();
+        for _ in 0..count {
+            let Some(t) = self.take_one(&who.vhost, &queue, false, now_ms, out)? else { break };
+            got.push(GotMessage {
+                exchange: t.msg.exchange.to_string(),
+                routing_key: t.msg.routing_key.to_string(),
+                redelivered: t.redelivered,
+                message_count: t.message_count,
+                properties: t.msg.decode_properties(),
+                body: t.msg.body.clone(),
+            });
+            if let Some(id) = t.id {
+                taken.push(Unacked { delivery_tag: 0, queue: t.queue, id, consumer: None, delivered_at_ms: now_ms });
             }
-            if let Some(delivery_tag) = last_tag {
-                let settle = match mode {
-                    GetAckMode::Ack => Method::BasicAck { delivery_tag, multiple: true },
-                    GetAckMode::Requeue => Method::BasicNack { delivery_tag, multiple: true, requeue: true },
-                    GetAckMode::Reject => Method::BasicNack { delivery_tag, multiple: true, requeue: false },
-                };
-                b.management_method(settle, None, now_ms, out)?;
-            }
-            Ok(got)
-        })
+        }
+        let requeue = match mode {
+            GetAckMode::Ack => None,
+            GetAckMode::Requeue => Some(true),
+            GetAckMode::Reject => Some(false),
+        };
+        self.settle_taken(&who.vhost, taken, requeue, now_ms, out);
+        Ok(got)
     }
 
     fn require_queue(&self, vhost: &str, name: &str) -> Res {
@@ -505,68 +492,6 @@ impl Broker {
     /// `None`: the broker itself.
     pub fn set_acting_user(&mut self, user: Option<String>) {
         self.acting_user = user;
-    }
-
-    /// Runs `f` with the internal management connection open on `vhost` (channel 1), then
-    /// closes it and removes whatever it produced for itself from `out`.
-    fn management<T>(
-        &mut self,
-        vhost: &str,
-        user: &str,
-        now_ms: u64,
-        out: &mut Vec<(ConnId, Out)>,
-        f: impl FnOnce(&mut Broker, &mut Vec<(ConnId, Out)>) -> Result<T, ProtocolError>,
-    ) -> Result<T, ProtocolError> {
-        if !self.vhosts.contains_key(vhost) {
-            return Err(super::not_found("vhost", vhost, vhost));
-        }
-        let acting = if user.is_empty() { self.acting_user.clone() } else { Some(user.to_string()) };
-        match acting {
-            // Opened like any client connection: the user's permissions in the vhost apply.
-            Some(user) => {
-                let info = ConnInfo {
-                    user,
-                    vhost: vhost.to_string(),
-                    peer: "management".into(),
-                    client_properties: FieldTable::new(),
-                    channel_max: 1,
-                    session: Default::default(),
-                };
-                self.open_connection(MANAGEMENT_CONN, info)?;
-            }
-            // The broker itself (definitions loaded at boot): everything is allowed.
-            None => self.open_internal_connection(MANAGEMENT_CONN, vhost)?,
-        }
-        if let Some(c) = self.conns.get_mut(&MANAGEMENT_CONN).map(Mutex::get_mut) {
-            c.channels.insert(1, Box::new(Channel::default()));
-        }
-        let result = f(self, out);
-        self.connection_closed(MANAGEMENT_CONN, now_ms, out);
-        out.retain(|(c, _)| *c != MANAGEMENT_CONN);
-        result
-    }
-
-    /// One method on the management channel; returns what it answered.
-    fn management_method(
-        &mut self,
-        method: Method,
-        content: Option<(Box<BasicProperties>, Bytes, Bytes)>,
-        now_ms: u64,
-        out: &mut Vec<(ConnId, Out)>,
-    ) -> Result<Vec<Out>, ProtocolError> {
-        let start = out.len();
-        self.method(MANAGEMENT_CONN, 1, method, content, now_ms, out)?;
-        let mut mine = Vec::new();
-        let mut rest = Vec::with_capacity(out.len() - start);
-        for (c, o) in out.drain(start..) {
-            if c == MANAGEMENT_CONN {
-                mine.push(o);
-            } else {
-                rest.push((c, o));
-            }
-        }
-        out.extend(rest);
-        Ok(mine)
     }
 }
 

@@ -20,7 +20,7 @@ impl Broker {
         out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
         let c = self.conns.get_mut(&conn).map(Mutex::get_mut).ok_or_else(|| internal("unknown connection"))?;
-        Self::check_publish(&self.vhosts, c, &exchange, &routing_key, &properties)?;
+        Self::check_publish(&self.vhosts, c.publisher(), &exchange, &routing_key, &properties)?;
         c.write_ok = Some(exchange.clone());
         self.count_ingest(body.len());
         self.counters.messages_received += 1;
@@ -51,18 +51,18 @@ impl Broker {
     /// permissions, the expiration and the user id. Returns the exchange.
     pub(super) fn check_publish<'v>(
         vhosts: &'v HashMap<String, VHost>,
-        c: &Conn,
+        c: Publisher<'_>,
         exchange: &ShortStr,
         routing_key: &str,
         properties: &BasicProperties,
     ) -> Result<&'v Exchange, ProtocolError> {
-        if c.write_ok.as_ref() != Some(exchange)
+        if c.write_ok != Some(exchange)
             && !c.grants.permission.allows(Access::Write, permission_name("exchange", exchange))
         {
-            return Err(access_refused("exchange", exchange, &c.vhost, &c.info.user));
+            return Err(access_refused("exchange", exchange, c.vhost, c.user));
         }
-        let vhost = &c.vhost;
-        let vh = vhosts.get(&**vhost).ok_or_else(|| not_found("vhost", vhost, vhost))?;
+        let vhost = c.vhost;
+        let vh = vhosts.get(vhost).ok_or_else(|| not_found("vhost", vhost, vhost))?;
         let x = vh.exchanges.get(exchange).ok_or_else(|| not_found("exchange", exchange, vhost))?;
         if x.internal {
             return Err(ProtocolError::new(
@@ -74,13 +74,13 @@ impl Broker {
             && !c.grants.topic.is_empty()
             && !c.grants.topic_allows(exchange, Access::Write, routing_key)
         {
-            return Err(topic_refused(routing_key, exchange, vhost, &c.info.user));
+            return Err(topic_refused(routing_key, exchange, vhost, c.user));
         }
         if let Some(expiration) = &properties.expiration {
             crate::args::message_ttl_ms(expiration)?;
         }
         if let Some(uid) = &properties.user_id {
-            let user = &c.info.user;
+            let user = c.user;
             if uid.as_str() != user && !c.grants.impersonator {
                 return Err(precondition(format_args!(
                     "user_id property set to '{uid}' but authenticated user was '{user}'"
@@ -101,11 +101,33 @@ impl Broker {
         out: &mut Vec<(ConnId, Out)>,
     ) -> Result<PublishSync, ProtocolError> {
         let vhost = self.vhost_of(conn)?;
+        let (outcome, paged) = self.route_message(&vhost, &p, now_ms, out)?;
+        let c = self.conns.get_mut(&conn).map(Mutex::get_mut).ok_or_else(|| internal("unknown connection"))?;
+        c.flow_blocked |= paged;
+        if Self::finish_publish(c, conn, channel, &p, &outcome, self.write_epoch, &mut self.counters, out)? {
+            self.waiting.insert(conn);
+        }
+        Ok(outcome.sync)
+    }
+
+    /// Routes a message to its queues and enqueues it there, whoever published it (a client's
+    /// channel or the management API): direct reply-to, sender-selected distribution,
+    /// deduplication and delayed-message exchanges, exchanges and their bindings. Returns what
+    /// came of it, and whether it was paged to disk behind a consumer whose connection is full.
+    pub(super) fn route_message(
+        &mut self,
+        vhost: &Arc<str>,
+        p: &Publish,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> Result<(Routed, bool), ProtocolError> {
+        let vhost = vhost.clone();
+        let mut paged_behind = false;
         let mut sync = PublishSync::default();
         let mut rejected = false;
         let direct_reply = p.exchange.is_empty() && p.routing_key.starts_with(REPLY_TO_PREFIX);
         let routed = if direct_reply {
-            self.deliver_reply(&p, out)
+            self.deliver_reply(p, out)
         } else {
             // Sender-selected distribution: the CC and BCC headers add routing keys; BCC is
             // taken off the message that queues see.
@@ -160,22 +182,13 @@ impl Broker {
             let (queued, rejected_by, paged) = self.enqueue(&vhost, &queues, &msg, now_ms, out, &mut tally, Sink::Out);
             self.fold(tally);
             self.predict_disk_alarm();
-            if paged {
-                if let Some(c) = self.conns.get_mut(&conn).map(Mutex::get_mut) {
-                    c.flow_blocked = true;
-                }
-            }
+            paged_behind = paged;
             sync.target = merge_sync_target(sync.target, queued.target);
             sync.failed = queued.failed;
             rejected = rejected_by;
             !queues.is_empty() || held.is_some()
         };
-        let c = self.conns.get_mut(&conn).map(Mutex::get_mut).ok_or_else(|| internal("unknown connection"))?;
-        let outcome = Routed { routed, direct_reply, rejected, sync };
-        if Self::finish_publish(c, conn, channel, &p, &outcome, self.write_epoch, &mut self.counters, out)? {
-            self.waiting.insert(conn);
-        }
-        Ok(sync)
+        Ok((Routed { routed, direct_reply, rejected, sync }, paged_behind))
     }
 
     /// What follows routing, the same whether the broker is held or shared: the counts, the
@@ -193,18 +206,8 @@ impl Broker {
         counters: &mut crate::metrics::Counters,
         out: &mut Vec<(ConnId, Out)>,
     ) -> Result<bool, ProtocolError> {
-        let Routed { routed, direct_reply, rejected, sync } = *outcome;
-        // Confirm mode and transactions exclude each other, so this is the publish as received.
-        counters.messages_received_confirm += u64::from(p.confirm_seq.is_some());
-        // RabbitMQ 3.10 counts a direct reply-to answer as unroutable and dropped (no queue took
-        // it) and its hand-over as no delivery: the metrics follow.
-        if routed && !direct_reply {
-            counters.messages_routed += 1;
-        } else if p.mandatory && !routed {
-            counters.messages_unroutable_returned += 1;
-        } else {
-            counters.messages_unroutable_dropped += 1;
-        }
+        let Routed { routed, rejected, sync, .. } = *outcome;
+        Self::count_routed(counters, p, outcome);
         if !routed && p.mandatory {
             out.push((
                 conn,
@@ -230,6 +233,21 @@ impl Broker {
         })?;
         ch.defer(epoch, kind, sync.target.unwrap_or(SYNC_ANY));
         Ok(sync.target.is_some())
+    }
+
+    /// Counts a publish by what came of it.
+    pub(super) fn count_routed(counters: &mut crate::metrics::Counters, p: &Publish, outcome: &Routed) {
+        // Confirm mode and transactions exclude each other, so this is the publish as received.
+        counters.messages_received_confirm += u64::from(p.confirm_seq.is_some());
+        // RabbitMQ 3.10 counts a direct reply-to answer as unroutable and dropped (no queue took
+        // it) and its hand-over as no delivery: the metrics follow.
+        if outcome.routed && !outcome.direct_reply {
+            counters.messages_routed += 1;
+        } else if p.mandatory && !outcome.routed {
+            counters.messages_unroutable_returned += 1;
+        } else {
+            counters.messages_unroutable_dropped += 1;
+        }
     }
 
     /// The disk alarm, predicted: a flood that would fill the disk past its limit before the
@@ -515,5 +533,28 @@ impl Broker {
             },
         ));
         true
+    }
+}
+
+/// Who publishes, as [`Broker::check_publish`] needs it: a client connection, or the
+/// management API acting as a user.
+#[derive(Clone, Copy)]
+pub(super) struct Publisher<'a> {
+    pub(super) vhost: &'a str,
+    pub(super) user: &'a str,
+    pub(super) grants: &'a Grants,
+    /// The exchange a publish was last allowed to write to (see `Conn::write_ok`).
+    pub(super) write_ok: Option<&'a ShortStr>,
+}
+
+impl Conn {
+    pub(super) fn publisher(&self) -> Publisher<'_> {
+        Publisher { vhost: &self.vhost, user: &self.info.user, grants: &self.grants, write_ok: self.write_ok.as_ref() }
+    }
+}
+
+impl Actor {
+    pub(super) fn publisher(&self) -> Publisher<'_> {
+        Publisher { vhost: &self.vhost, user: &self.user, grants: &self.grants, write_ok: None }
     }
 }

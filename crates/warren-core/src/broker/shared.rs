@@ -158,7 +158,8 @@ impl Broker {
         let plain_exchange = |x: &Exchange| x.dedup.is_none() && x.delayed.is_none();
         if !simple
             || direct_reply
-            || !Self::check_publish(&self.vhosts, &c, exchange, routing_key, properties).is_ok_and(plain_exchange)
+            || !Self::check_publish(&self.vhosts, c.publisher(), exchange, routing_key, properties)
+                .is_ok_and(plain_exchange)
             || self.near_resource_limit(body.len())
         {
             return Some(content);
