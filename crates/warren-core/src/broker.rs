@@ -60,6 +60,7 @@ mod shared;
 mod sync;
 mod topology;
 use access::Actor;
+use management::Caller;
 
 pub use alarms::{Alarms, ResourceUse};
 pub use shared::{Sink, Stage, Tally};
@@ -433,8 +434,6 @@ pub struct Broker {
     /// Resource alarms in force (see [`Broker::set_alarms`]).
     alarms: Alarms,
     resource_use: ResourceUse,
-    /// The user management requests act as (see `Broker::set_acting_user`).
-    acting_user: Option<String>,
     /// Bytes that may still come in before memory reaches the high watermark, as of the last
     /// measurement, and what was published since ([`Broker::set_memory_use`]).
     memory_headroom: Option<u64>,
@@ -540,7 +539,6 @@ impl Broker {
             flow_released: std::sync::atomic::AtomicBool::new(false),
             alarms: Alarms::default(),
             resource_use: ResourceUse::default(),
-            acting_user: None,
             memory_headroom: None,
             ingested: std::sync::atomic::AtomicU64::new(0),
             stats: StoreStats::default(),

@@ -35,8 +35,8 @@ pub mod queue;
 
 pub use broker::limits::{UserLimit, VhostLimit};
 pub use broker::management::{
-    BindingSummary, ChannelSummary, ConnectionSummary, ConsumerSummary, ExchangeSummary, GetAckMode, GotMessage,
-    QueueStats,
+    BindingSummary, Caller, ChannelSummary, ConnectionSummary, ConsumerSummary, ExchangeSummary, GetAckMode,
+    GotMessage, QueueStats,
 };
 pub use broker::{
     Alarms, Broker, ConnInfo, Out, Overview, QueueInfo, RecoveryReport, ResourceUse, Session, Sink, Stage, StoreStats,

@@ -10,7 +10,7 @@ use warren_amqp::BasicProperties;
 use warren_amqp::{FieldTable, FieldValue, Method, ReplyCode};
 use warren_core::auth::{Password, SHA256};
 use warren_core::definitions::{Definitions, QueueDef};
-use warren_core::{Broker, Config, ConnInfo, GetAckMode, Out};
+use warren_core::{Broker, Caller, Config, ConnInfo, GetAckMode, Out};
 use warren_store::{Backend, MemBackend};
 
 fn info(user: &str, vhost: &str) -> ConnInfo {
@@ -423,29 +423,27 @@ fn management_operations_act_as_their_user_without_a_connection() {
     let mut h = with_alice("^alice", "^alice", "^alice");
     let mut out = Vec::new();
     let opened = h.broker.counters().connections_opened;
-    h.broker.set_acting_user(Some("alice".into()));
-    h.broker.declare_queue("v1", "alice.q", true, false, FieldTable::new(), 0, &mut out).expect("allowed");
-    let e = h.broker.declare_queue("v1", "other", true, false, FieldTable::new(), 0, &mut out).expect_err("configure");
+    let alice = Caller::User("alice");
+    let b = &mut h.broker;
+    b.declare_queue(alice, "v1", "alice.q", true, false, FieldTable::new(), 0, &mut out).expect("allowed");
+    let e = b.declare_queue(alice, "v1", "other", true, false, FieldTable::new(), 0, &mut out).expect_err("configure");
     assert_eq!(e.text.as_str(), "ACCESS_REFUSED - access to queue 'other' in vhost 'v1' refused for user 'alice'");
-    let e = h
-        .broker
-        .set_binding(true, "v1", "amq.direct", "alice.q", true, "k", FieldTable::new(), 0, &mut out)
+    let e = b
+        .set_binding(alice, true, "v1", "amq.direct", "alice.q", true, "k", FieldTable::new(), 0, &mut out)
         .expect_err("read on amq.direct");
     assert_eq!(
         e.text.as_str(),
         "ACCESS_REFUSED - access to exchange 'amq.direct' in vhost 'v1' refused for user 'alice'"
     );
-    let e = h.broker.declare_queue("/", "alice.q", true, false, FieldTable::new(), 0, &mut out).expect_err("no vhost");
+    let e = b.declare_queue(alice, "/", "alice.q", true, false, FieldTable::new(), 0, &mut out).expect_err("no vhost");
     assert_eq!(e.code, ReplyCode::NotAllowed);
     // Names lose CR and LF as a client's do.
-    h.broker
-        .declare_exchange("v1", "alice\r\n.x", "fanout", false, false, false, FieldTable::new(), 0, &mut out)
+    b.declare_exchange(alice, "v1", "alice\r\n.x", "fanout", false, false, false, FieldTable::new(), 0, &mut out)
         .expect("x");
-    h.broker.set_binding(true, "v1", "alice.x", "alice.q", true, "", FieldTable::new(), 0, &mut out).expect("bind");
-    assert!(h.broker.bindings().iter().any(|b| b.source == "alice.x" && b.destination == "alice.q"));
+    b.set_binding(alice, true, "v1", "alice.x", "alice.q", true, "", FieldTable::new(), 0, &mut out).expect("bind");
+    assert!(b.bindings().iter().any(|b| b.source == "alice.x" && b.destination == "alice.q"));
 
     // A client's exclusive queue is locked to its connection, for the management API too.
-    h.broker.set_acting_user(None);
     let exclusive = Method::QueueDeclare {
         queue: "alice.mine".into(),
         passive: false,
@@ -456,13 +454,14 @@ fn management_operations_act_as_their_user_without_a_connection() {
         arguments: FieldTable::new(),
     };
     assert_eq!(try_method(&mut h, 1, exclusive), None);
-    let e = h.broker.purge_queue("v1", "alice.mine", 0, &mut out).expect_err("locked");
+    let b = &mut h.broker;
+    let e = b.purge_queue(Caller::Broker, "v1", "alice.mine", 0, &mut out).expect_err("locked");
     assert_eq!(e.code, ReplyCode::ResourceLocked);
-    let e = h.broker.delete_queue_checked("v1", "alice.mine", false, false, 0, &mut out).expect_err("locked");
+    let e = b.delete_queue_checked(Caller::Broker, "v1", "alice.mine", false, false, 0, &mut out).expect_err("locked");
     assert_eq!(e.code, ReplyCode::ResourceLocked);
-    h.broker.delete_queue_checked("v1", "alice.q", false, false, 0, &mut out).expect("the broker itself may");
-    assert!(!h.broker.queues().iter().any(|q| q.name == "alice.q"));
-    assert_eq!(h.broker.counters().connections_opened, opened, "no connection was opened");
+    b.delete_queue_checked(Caller::Broker, "v1", "alice.q", false, false, 0, &mut out).expect("the broker itself may");
+    assert!(!b.queues().iter().any(|q| q.name == "alice.q"));
+    assert_eq!(b.counters().connections_opened, opened, "no connection was opened");
 }
 
 /// The management API publishes and gets as its user, with a client's refusals, and settles
@@ -471,20 +470,21 @@ fn management_operations_act_as_their_user_without_a_connection() {
 fn management_publish_and_get_check_permissions_and_settle_as_asked() {
     let mut h = with_alice(".*", "^alice", "^alice");
     let mut out = Vec::new();
-    h.broker.set_acting_user(Some("alice".into()));
+    let alice = Caller::User("alice");
     let b = &mut h.broker;
     let dlx = table(&[("x-dead-letter-exchange", FieldValue::from("alice.dlx"))]);
-    b.declare_queue("v1", "alice.q", false, false, dlx, 0, &mut out).expect("q");
-    b.declare_queue("v1", "alice.dead", false, false, FieldTable::new(), 0, &mut out).expect("dead");
-    for x in ["alice.x", "alice.dlx"] {
-        b.declare_exchange("v1", x, "fanout", false, false, false, FieldTable::new(), 0, &mut out).expect("x");
+    b.declare_queue(alice, "v1", "alice.q", false, false, dlx, 0, &mut out).expect("q");
+    b.declare_queue(alice, "v1", "alice.dead", false, false, FieldTable::new(), 0, &mut out).expect("dead");
+    for x in ["alice.x", "alice.dlx", "alice.lonely"] {
+        b.declare_exchange(alice, "v1", x, "fanout", false, false, false, FieldTable::new(), 0, &mut out).expect("x");
     }
-    b.set_binding(true, "v1", "alice.x", "alice.q", true, "", FieldTable::new(), 0, &mut out).expect("bind");
-    b.set_binding(true, "v1", "alice.dlx", "alice.dead", true, "", FieldTable::new(), 0, &mut out).expect("bind");
+    b.set_binding(alice, true, "v1", "alice.x", "alice.q", true, "", FieldTable::new(), 0, &mut out).expect("bind");
+    b.set_binding(alice, true, "v1", "alice.dlx", "alice.dead", true, "", FieldTable::new(), 0, &mut out)
+        .expect("bind");
 
     let body = bytes::Bytes::from_static(b"m");
     let publish = |b: &mut Broker, x: &str, out: &mut Vec<_>| {
-        b.publish_message("v1", "", x, "k", BasicProperties::default(), body.clone(), 0, out)
+        b.publish_message(alice, "v1", x, "k", BasicProperties::default(), body.clone(), 0, out)
     };
     let e = publish(b, "amq.direct", &mut out).expect_err("write on amq.direct");
     assert_eq!(
@@ -495,21 +495,20 @@ fn management_publish_and_get_check_permissions_and_settle_as_asked() {
     assert_eq!(e.code, ReplyCode::NotFound);
     assert!(publish(b, "alice.x", &mut out).expect("routed"));
     assert!(publish(b, "alice.dlx", &mut out).expect("routed to alice.dead"));
-    b.declare_exchange("v1", "alice.lonely", "fanout", false, false, false, FieldTable::new(), 0, &mut out).expect("x");
     assert!(!publish(b, "alice.lonely", &mut out).expect("published"), "no binding: not routed");
 
     let ready = |b: &Broker, q: &str| b.queues().into_iter().find(|s| s.name == q).map(|s| s.messages_ready);
-    let got = b.get_messages("v1", "alice.q", 5, GetAckMode::Requeue, 0, &mut out).expect("get");
+    let got = b.get_messages(alice, "v1", "alice.q", 5, GetAckMode::Requeue, 0, &mut out).expect("get");
     assert_eq!(got.len(), 1);
     assert!(!got[0].redelivered);
-    let got = b.get_messages("v1", "alice.q", 5, GetAckMode::Reject, 0, &mut out).expect("get");
+    let got = b.get_messages(alice, "v1", "alice.q", 5, GetAckMode::Reject, 0, &mut out).expect("get");
     assert!(got[0].redelivered, "requeued by the first get");
     assert_eq!(ready(b, "alice.q"), Some(0));
     assert_eq!(ready(b, "alice.dead"), Some(2), "rejected: dead-lettered beside the one published there");
-    let e = b.get_messages("v1", "other", 1, GetAckMode::Ack, 0, &mut out).expect_err("no such queue");
+    let e = b.get_messages(alice, "v1", "other", 1, GetAckMode::Ack, 0, &mut out).expect_err("no such queue");
     assert_eq!(e.code, ReplyCode::NotFound);
-    b.set_acting_user(Some("guest".into()));
-    let e = b.get_messages("v1", "alice.dead", 1, GetAckMode::Ack, 0, &mut out).expect_err("guest has no v1");
+    let guest = Caller::User("guest");
+    let e = b.get_messages(guest, "v1", "alice.dead", 1, GetAckMode::Ack, 0, &mut out).expect_err("guest has no v1");
     assert_eq!(e.code, ReplyCode::NotAllowed);
     assert_eq!(b.counters().connections_opened, 1, "alice's own connection only");
 }

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use warren_amqp::FieldTable;
-use warren_core::{Broker, Config};
+use warren_core::{Broker, Caller, Config};
 use warren_store::{Backend, MemBackend};
 
 /// The durable topology as the broker shows it: queues, exchanges, and bindings whose ends are
@@ -61,11 +61,12 @@ fn random_change(b: &mut Broker, rng: &mut fastrand::Rng, step: usize) {
         return;
     }
     let _ = match rng.u8(0..19) {
-        0..=4 => b.declare_queue(vhost, &q, rng.u8(0..5) > 0, false, FieldTable::new(), 0, &mut out),
-        5..=6 => b.delete_queue_checked(vhost, &q, false, false, 0, &mut out),
+        0..=4 => b.declare_queue(Caller::Broker, vhost, &q, rng.u8(0..5) > 0, false, FieldTable::new(), 0, &mut out),
+        5..=6 => b.delete_queue_checked(Caller::Broker, vhost, &q, false, false, 0, &mut out),
         7..=9 => {
             let kind = ["direct", "fanout", "topic"][rng.usize(0..3)];
             b.declare_exchange(
+                Caller::Broker,
                 vhost,
                 &x,
                 kind,
@@ -77,11 +78,11 @@ fn random_change(b: &mut Broker, rng: &mut fastrand::Rng, step: usize) {
                 &mut out,
             )
         }
-        10 => b.delete_exchange_checked(vhost, &x, false, 0, &mut out),
-        11..=14 => b.set_binding(true, vhost, &x, &q, true, &key, FieldTable::new(), 0, &mut out),
-        15..=16 => b.set_binding(false, vhost, &x, &q, true, &key, FieldTable::new(), 0, &mut out),
-        17 => b.set_binding(true, vhost, &x, &y, false, &key, FieldTable::new(), 0, &mut out),
-        _ => b.set_binding(false, vhost, &x, &y, false, &key, FieldTable::new(), 0, &mut out),
+        10 => b.delete_exchange_checked(Caller::Broker, vhost, &x, false, 0, &mut out),
+        11..=14 => b.set_binding(Caller::Broker, true, vhost, &x, &q, true, &key, FieldTable::new(), 0, &mut out),
+        15..=16 => b.set_binding(Caller::Broker, false, vhost, &x, &q, true, &key, FieldTable::new(), 0, &mut out),
+        17 => b.set_binding(Caller::Broker, true, vhost, &x, &y, false, &key, FieldTable::new(), 0, &mut out),
+        _ => b.set_binding(Caller::Broker, false, vhost, &x, &y, false, &key, FieldTable::new(), 0, &mut out),
     };
 }
 
@@ -131,7 +132,7 @@ fn a_journal_of_another_generation_is_not_replayed() {
     let (mut b, _) = Broker::open(Config::default(), backend.clone(), dir.clone()).expect("opens");
     let mut out = Vec::new();
     b.add_vhost("v").expect("vhost");
-    b.declare_queue("v", "gone", true, false, FieldTable::new(), 0, &mut out).expect("declare");
+    b.declare_queue(Caller::Broker, "v", "gone", true, false, FieldTable::new(), 0, &mut out).expect("declare");
     let old_journal = backend.read(&journal).expect("journal");
     // Deleting the vhost rewrites the snapshot (without the queue) and starts a new journal.
     assert!(b.delete_vhost("v", 0, &mut out).expect("delete vhost"));

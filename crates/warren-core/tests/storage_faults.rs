@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use warren_amqp::{BasicProperties, FieldTable, FieldValue, Method};
 use warren_core::broker::recovery::{ACCEPT_LOSS, QUARANTINE};
-use warren_core::{Broker, Config, RecoveryReport};
+use warren_core::{Broker, Caller, Config, RecoveryReport};
 use warren_store::{Backend, MemBackend};
 
 const DIR: &str = "/data";
@@ -106,10 +106,14 @@ fn fixture() -> Fixture {
     publish(&mut h, "j3", 1, None);
     publish(&mut h, "j3", 1, Some(3));
     let mut out = Vec::new();
-    h.broker.declare_exchange("/", "x", "direct", true, false, false, FieldTable::new(), 0, &mut out).expect("x");
-    h.broker.set_binding(true, "/", "x", "j1", true, "k", FieldTable::new(), 0, &mut out).expect("bind");
+    h.broker
+        .declare_exchange(Caller::Broker, "/", "x", "direct", true, false, false, FieldTable::new(), 0, &mut out)
+        .expect("x");
+    h.broker
+        .set_binding(Caller::Broker, true, "/", "x", "j1", true, "k", FieldTable::new(), 0, &mut out)
+        .expect("bind");
     declare(&mut h, "j4", FieldTable::new());
-    h.broker.delete_queue_checked("/", "j4", false, false, 0, &mut out).expect("delete j4");
+    h.broker.delete_queue_checked(Caller::Broker, "/", "j4", false, false, 0, &mut out).expect("delete j4");
     sync(&mut h);
     drop(h);
     let counts = BTreeMap::from([("s1", 2), ("s2", 1), ("j1", 3), ("j2", 0), ("j3", 2)]);

@@ -209,20 +209,17 @@ impl Broker {
         Ok(Actor { conn: Some(conn), vhost: c.vhost.clone(), user: c.info.user.clone(), grants: c.grants.clone() })
     }
 
-    /// The management API acting in `vhost` as its request's user (see
-    /// [`Broker::set_acting_user`]), or as the broker itself (allowed everything) when there is
-    /// none: NOT_FOUND for a vhost that does not exist, NOT_ALLOWED for a user without
-    /// permissions in it (the refusals a client connection would get).
-    pub(super) fn management_actor(&self, vhost: &str) -> Result<Actor, ProtocolError> {
-        self.management_actor_as(vhost, None)
-    }
-
-    /// As [`Broker::management_actor`], acting as `user` when it is given.
-    pub(super) fn management_actor_as(&self, vhost: &str, user: Option<&str>) -> Result<Actor, ProtocolError> {
+    /// The management API acting in `vhost` for `caller`: NOT_FOUND for a vhost that does
+    /// not exist, NOT_ALLOWED for a user without permissions in it (the refusals a client
+    /// connection would get).
+    pub(super) fn management_actor(&self, vhost: &str, caller: Caller<'_>) -> Result<Actor, ProtocolError> {
         if !self.vhosts.contains_key(vhost) {
             return Err(not_found("vhost", vhost, vhost));
         }
-        let user = user.map(str::to_string).or_else(|| self.acting_user.clone());
+        let user = match caller {
+            Caller::Broker => None,
+            Caller::User(user) => Some(user.to_string()),
+        };
         let (user, grants) = match user {
             Some(user) => {
                 let grants = self.users.grants(&user, vhost).ok_or_else(|| {

@@ -15,6 +15,17 @@ use crate::ConnId;
 use bytes::Bytes;
 use warren_amqp::{BasicProperties, FieldTable, ProtocolError, ReplyCode, ShortStr};
 
+/// On whose behalf a management operation acts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller<'a> {
+    /// The broker itself (definitions loaded at boot or imported by an administrator):
+    /// everything is allowed.
+    Broker,
+    /// A user of the HTTP API: that user's permissions apply, as they would to a client
+    /// connection of theirs.
+    User(&'a str),
+}
+
 /// A client connection, for `/api/connections`.
 #[derive(Debug, Clone)]
 pub struct ConnectionSummary {
@@ -296,6 +307,7 @@ impl Broker {
     #[allow(clippy::too_many_arguments)]
     pub fn declare_queue(
         &mut self,
+        caller: Caller<'_>,
         vhost: &str,
         name: &str,
         durable: bool,
@@ -304,7 +316,7 @@ impl Broker {
         now_ms: u64,
         _out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
-        let who = self.management_actor(vhost)?;
+        let who = self.management_actor(vhost, caller)?;
         let name = name_of(name)?;
         self.queue_declare(&who, name, false, durable, false, auto_delete, arguments, now_ms)?;
         self.counters.queues_declared += 1;
@@ -315,6 +327,7 @@ impl Broker {
     #[allow(clippy::too_many_arguments)]
     pub fn delete_queue_checked(
         &mut self,
+        caller: Caller<'_>,
         vhost: &str,
         name: &str,
         if_unused: bool,
@@ -323,7 +336,7 @@ impl Broker {
         out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
         self.require_queue(vhost, name)?;
-        let who = self.management_actor(vhost)?;
+        let who = self.management_actor(vhost, caller)?;
         self.queue_delete(&who, &name_of(name)?, if_unused, if_empty, now_ms, out)?;
         self.save_definitions()
     }
@@ -331,13 +344,14 @@ impl Broker {
     /// Drops a queue's ready messages (as queue.purge); returns how many there were.
     pub fn purge_queue(
         &mut self,
+        caller: Caller<'_>,
         vhost: &str,
         name: &str,
         _now_ms: u64,
         _out: &mut Vec<(ConnId, Out)>,
     ) -> Result<u32, ProtocolError> {
         self.require_queue(vhost, name)?;
-        let who = self.management_actor(vhost)?;
+        let who = self.management_actor(vhost, caller)?;
         // As queue.purge: the name is taken as it is.
         self.queue_purge(&who, &short(name)?)
     }
@@ -346,6 +360,7 @@ impl Broker {
     #[allow(clippy::too_many_arguments)]
     pub fn declare_exchange(
         &mut self,
+        caller: Caller<'_>,
         vhost: &str,
         name: &str,
         kind: &str,
@@ -356,7 +371,7 @@ impl Broker {
         _now_ms: u64,
         _out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
-        let who = self.management_actor(vhost)?;
+        let who = self.management_actor(vhost, caller)?;
         let (name, kind) = (name_of(name)?, short(kind)?);
         self.exchange_declare(&who, &name, &kind, false, durable, auto_delete, internal, arguments)?;
         self.save_definitions()
@@ -365,6 +380,7 @@ impl Broker {
     /// Deletes an exchange (as exchange.delete). Fails with NOT_FOUND when it does not exist.
     pub fn delete_exchange_checked(
         &mut self,
+        caller: Caller<'_>,
         vhost: &str,
         name: &str,
         if_unused: bool,
@@ -375,7 +391,7 @@ impl Broker {
         if !exists {
             return Err(super::not_found("exchange", name, vhost));
         }
-        let who = self.management_actor(vhost)?;
+        let who = self.management_actor(vhost, caller)?;
         self.exchange_delete(&who, &name_of(name)?, if_unused)?;
         self.save_definitions()
     }
@@ -384,6 +400,7 @@ impl Broker {
     #[allow(clippy::too_many_arguments)]
     pub fn set_binding(
         &mut self,
+        caller: Caller<'_>,
         bind: bool,
         vhost: &str,
         source: &str,
@@ -394,7 +411,7 @@ impl Broker {
         _now_ms: u64,
         _out: &mut Vec<(ConnId, Out)>,
     ) -> Res {
-        let who = self.management_actor(vhost)?;
+        let who = self.management_actor(vhost, caller)?;
         let (source, dest, routing_key) = (name_of(source)?, name_of(destination)?, short(routing_key)?);
         let dest = if to_queue { Destination::Queue(dest) } else { Destination::Exchange(dest) };
         if bind {
@@ -405,13 +422,13 @@ impl Broker {
         self.save_definitions()
     }
 
-    /// Publishes a message as `user` (as basic.publish, mandatory); true when it reached at
-    /// least one queue. `user` empty: the request's user (see [`Broker::set_acting_user`]).
+    /// Publishes a message (as basic.publish, mandatory); true when it reached at least one
+    /// queue.
     #[allow(clippy::too_many_arguments)]
     pub fn publish_message(
         &mut self,
+        caller: Caller<'_>,
         vhost: &str,
-        user: &str,
         exchange: &str,
         routing_key: &str,
         properties: BasicProperties,
@@ -419,7 +436,7 @@ impl Broker {
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) -> Result<bool, ProtocolError> {
-        let who = self.management_actor_as(vhost, (!user.is_empty()).then_some(user))?;
+        let who = self.management_actor(vhost, caller)?;
         let (exchange, routing_key) = (short(exchange)?, short(routing_key)?);
         Self::check_publish(&self.vhosts, who.publisher(), &exchange, &routing_key, &properties)?;
         if properties.reply_to.as_ref().is_some_and(|r| r.as_str() == REPLY_TO_QUEUE) {
@@ -438,8 +455,10 @@ impl Broker {
 
     /// Takes up to `count` messages from a queue (as basic.get), then settles them as `mode`
     /// says. Messages requeued come back at their place, marked redelivered, after the call.
+    #[allow(clippy::too_many_arguments)]
     pub fn get_messages(
         &mut self,
+        caller: Caller<'_>,
         vhost: &str,
         queue: &str,
         count: usize,
@@ -448,7 +467,7 @@ impl Broker {
         out: &mut Vec<(ConnId, Out)>,
     ) -> Result<Vec<GotMessage>, ProtocolError> {
         self.require_queue(vhost, queue)?;
-        let who = self.management_actor(vhost)?;
+        let who = self.management_actor(vhost, caller)?;
         let queue = short(queue)?;
         who.check(Access::Read, "queue", &queue)?;
         let owner = self.vhosts.get(vhost).and_then(|v| v.queues.get(&queue)).and_then(|q| q.lock().exclusive_owner);
@@ -486,12 +505,6 @@ impl Broker {
         } else {
             Err(super::not_found("queue", name, vhost))
         }
-    }
-
-    /// Management requests act as this user (set around each request by the HTTP layer);
-    /// `None`: the broker itself.
-    pub fn set_acting_user(&mut self, user: Option<String>) {
-        self.acting_user = user;
     }
 }
 

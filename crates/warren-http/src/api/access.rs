@@ -98,7 +98,7 @@ pub(crate) async fn put_vhost(
 ) -> ApiResult {
     admin(&shared, &user)?;
     object_body(&body)?;
-    let created = with_broker(&shared, &user, |b, _, _| {
+    let created = with_broker(&shared, |b, _, _| {
         let created = b.add_vhost(&vhost)?;
         if created {
             b.set_permissions(&user, &vhost, ".*", ".*", ".*")?;
@@ -114,7 +114,7 @@ pub(crate) async fn delete_vhost(
     Path(vhost): Path<String>,
 ) -> ApiResult {
     admin(&shared, &user)?;
-    deleted_or_not_found(with_broker(&shared, &user, |b, now, out| b.delete_vhost(&vhost, now, out))?)
+    deleted_or_not_found(with_broker(&shared, |b, now, out| b.delete_vhost(&vhost, now, out))?)
 }
 
 // ---- users ---------------------------------------------------------------------------------
@@ -206,7 +206,7 @@ pub(crate) async fn put_user(
         // existing user's password is cleared): it cannot log in until one is set.
         (None, None) => Password::None,
     };
-    with_broker(&shared, &user, |b, _, _| b.put_user(&name, password, tags))?;
+    with_broker(&shared, |b, _, _| b.put_user(&name, password, tags))?;
     Ok(created_or_not(existed))
 }
 
@@ -216,7 +216,7 @@ pub(crate) async fn delete_user(
     Path(name): Path<String>,
 ) -> ApiResult {
     admin(&shared, &user)?;
-    deleted_or_not_found(with_broker(&shared, &user, |b, now, out| b.delete_user(&name, now, out))?)
+    deleted_or_not_found(with_broker(&shared, |b, now, out| b.delete_user(&name, now, out))?)
 }
 
 /// POST /api/users/bulk-delete `{"users": [...]}`: deletes in order and stops at the first
@@ -231,7 +231,7 @@ pub(crate) async fn bulk_delete_users(
     let names = doc.get("users").and_then(Value::as_array).ok_or_else(|| bad("[{key_missing,users}]"))?;
     for name in names {
         let name = name.as_str().ok_or_else(|| bad("users must be a list of names"))?;
-        if !with_broker(&shared, &user, |b, now, out| b.delete_user(name, now, out))? {
+        if !with_broker(&shared, |b, now, out| b.delete_user(name, now, out))? {
             let body = json!({"error": "bad_request", "reason": ["no_such_user", name]});
             return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
         }
@@ -351,7 +351,7 @@ pub(crate) async fn put_permission(
     let (configure, write, read) = (required(&doc, "configure")?, required(&doc, "write")?, required(&doc, "read")?);
     missing_user_or_vhost(&shared, &name, &vhost)?;
     let existed = shared.broker().users().permission(&name, &vhost).is_some();
-    with_broker(&shared, &user, |b, _, _| b.set_permissions(&name, &vhost, configure, write, read))?;
+    with_broker(&shared, |b, _, _| b.set_permissions(&name, &vhost, configure, write, read))?;
     Ok(created_or_not(existed))
 }
 
@@ -361,7 +361,7 @@ pub(crate) async fn delete_permission(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     admin(&shared, &user)?;
-    deleted_or_not_found(with_broker(&shared, &user, |b, _, _| b.clear_permissions(&name, &vhost))?)
+    deleted_or_not_found(with_broker(&shared, |b, _, _| b.clear_permissions(&name, &vhost))?)
 }
 
 /// GET /api/topic-permissions/{vhost}/{user}: a list (404 when empty, as in RabbitMQ).
@@ -393,7 +393,7 @@ pub(crate) async fn put_topic_permission(
         .users()
         .topic_permissions()
         .any(|t| t.user == name && t.vhost == vhost && t.exchange == exchange);
-    with_broker(&shared, &user, |b, _, _| b.set_topic_permissions(&name, &vhost, exchange, write, read))?;
+    with_broker(&shared, |b, _, _| b.set_topic_permissions(&name, &vhost, exchange, write, read))?;
     Ok(created_or_not(existed))
 }
 
@@ -403,7 +403,7 @@ pub(crate) async fn delete_topic_permission(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     admin(&shared, &user)?;
-    deleted_or_not_found(with_broker(&shared, &user, |b, _, _| b.clear_topic_permissions(&name, &vhost, None))?)
+    deleted_or_not_found(with_broker(&shared, |b, _, _| b.clear_topic_permissions(&name, &vhost, None))?)
 }
 
 // ---- what a non-administrator sees ----------------------------------------------------------

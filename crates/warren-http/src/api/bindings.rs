@@ -11,7 +11,7 @@ use axum::Json;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use warren_amqp::FieldTable;
-use warren_core::BindingSummary;
+use warren_core::{BindingSummary, Caller};
 use warren_server::Shared;
 
 /// The key that names a binding in the API's paths: the routing key alone (`~` when it is
@@ -152,8 +152,8 @@ pub(crate) async fn create(
     };
     let args = arguments(&doc)?;
     let key = properties_key(routing_key, &args);
-    with_broker(&shared, &user, |b, now, out| {
-        b.set_binding(true, &vhost, source, &dest, queue, routing_key, args, now, out)
+    with_broker(&shared, |b, now, out| {
+        b.set_binding(Caller::User(&user), true, &vhost, source, &dest, queue, routing_key, args, now, out)
     })?;
     let location = format!("{}/{}", percent_encode(&dest), percent_encode(&key));
     Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
@@ -188,8 +188,19 @@ pub(crate) async fn remove(
     if b.source.is_empty() {
         return Err(ApiError::BadRequest("cannot remove the default exchange's bindings".into()));
     }
-    with_broker(&shared, &user, |br, now, out| {
-        br.set_binding(false, &vhost, &b.source, &b.destination, queue, &b.routing_key, b.arguments.clone(), now, out)
+    with_broker(&shared, |br, now, out| {
+        br.set_binding(
+            Caller::User(&user),
+            false,
+            &vhost,
+            &b.source,
+            &b.destination,
+            queue,
+            &b.routing_key,
+            b.arguments.clone(),
+            now,
+            out,
+        )
     })?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -17,7 +17,7 @@ use axum::{Extension, Json};
 use serde_json::{json, Map, Value};
 use std::sync::Arc;
 use warren_amqp::{FieldTable, FieldValue, ProtocolError};
-use warren_core::{Broker, ConnId, Out};
+use warren_core::{Broker, Caller, ConnId, Out};
 use warren_server::Shared;
 
 /// The exchanges every vhost has; not exported.
@@ -234,7 +234,18 @@ pub fn apply_topology(
         let (durable, auto_delete, internal) =
             (boolean(x, "durable", true), boolean(x, "auto_delete", false), boolean(x, "internal", false));
         broker
-            .declare_exchange(&vhost, &name, &kind, durable, auto_delete, internal, table_of(x)?, now_ms, out)
+            .declare_exchange(
+                Caller::Broker,
+                &vhost,
+                &name,
+                &kind,
+                durable,
+                auto_delete,
+                internal,
+                table_of(x)?,
+                now_ms,
+                out,
+            )
             .map_err(|e| describe("exchange", &name, e))?;
         applied += 1;
     }
@@ -242,7 +253,7 @@ pub fn apply_topology(
         let (name, vhost) = (text(q, "name", "a queue")?, text(q, "vhost", "a queue")?);
         let (durable, auto_delete) = (boolean(q, "durable", true), boolean(q, "auto_delete", false));
         broker
-            .declare_queue(&vhost, &name, durable, auto_delete, table_of(q)?, now_ms, out)
+            .declare_queue(Caller::Broker, &vhost, &name, durable, auto_delete, table_of(q)?, now_ms, out)
             .map_err(|e| describe("queue", &name, e))?;
         applied += 1;
     }
@@ -259,7 +270,7 @@ pub fn apply_topology(
             continue;
         }
         broker
-            .set_binding(true, &vhost, &source, &dest, to_queue, routing_key, table_of(b)?, now_ms, out)
+            .set_binding(Caller::Broker, true, &vhost, &source, &dest, to_queue, routing_key, table_of(b)?, now_ms, out)
             .map_err(|e| describe("binding to", &dest, e))?;
         applied += 1;
     }

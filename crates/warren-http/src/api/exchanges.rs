@@ -12,7 +12,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
-use warren_core::ExchangeSummary;
+use warren_core::{Caller, ExchangeSummary};
 use warren_server::Shared;
 
 fn exchange_json(x: &ExchangeSummary, user: &str) -> Value {
@@ -77,8 +77,8 @@ pub(crate) async fn declare(
     let internal = flag(&doc, "internal", false)?;
     let args = arguments(&doc)?;
     let existed = shared.broker().exchanges().iter().any(|x| x.vhost == vhost && x.name == name);
-    with_broker(&shared, &user, |b, now, out| {
-        b.declare_exchange(&vhost, &name, kind, durable, auto_delete, internal, args, now, out)
+    with_broker(&shared, |b, now, out| {
+        b.declare_exchange(Caller::User(&user), &vhost, &name, kind, durable, auto_delete, internal, args, now, out)
     })?;
     Ok(created_or_not(existed))
 }
@@ -90,7 +90,9 @@ pub(crate) async fn remove(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let if_unused = query_flag(&query, "if-unused");
-    with_broker(&shared, &user, |b, now, out| b.delete_exchange_checked(&vhost, &name, if_unused, now, out))?;
+    with_broker(&shared, |b, now, out| {
+        b.delete_exchange_checked(Caller::User(&user), &vhost, &name, if_unused, now, out)
+    })?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -118,8 +120,8 @@ pub(crate) async fn publish(
     let properties = properties_from_json(doc.get("properties"))?;
     // The default exchange is named "amq.default" in the API's paths.
     let exchange = if name == "amq.default" { "" } else { name.as_str() };
-    let routed = with_broker(&shared, &user, |b, now, out| {
-        b.publish_message(&vhost, &user, exchange, routing_key, properties, body, now, out)
+    let routed = with_broker(&shared, |b, now, out| {
+        b.publish_message(Caller::User(&user), &vhost, exchange, routing_key, properties, body, now, out)
     })
     .map_err(|e| match e {
         // RabbitMQ answers a publish to a missing exchange with 400 and the AMQP error.

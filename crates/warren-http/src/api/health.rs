@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde_json::json;
 use std::sync::Arc;
-use warren_core::GetAckMode;
+use warren_core::{Caller, GetAckMode};
 use warren_server::Shared;
 
 /// Checks that hold for a single node without alarms: alarms, local-alarms, virtual-hosts.
@@ -65,10 +65,19 @@ pub(crate) async fn aliveness(
     Path(vhost): Path<String>,
 ) -> ApiResult {
     const QUEUE: &str = "aliveness-test";
-    let got = with_broker(&shared, &user, |b, now, out| {
-        b.declare_queue(&vhost, QUEUE, false, false, Default::default(), now, out)?;
-        b.publish_message(&vhost, "", "", QUEUE, Default::default(), Bytes::from_static(b"test_message"), now, out)?;
-        b.get_messages(&vhost, QUEUE, 1, GetAckMode::Ack, now, out)
+    let got = with_broker(&shared, |b, now, out| {
+        b.declare_queue(Caller::User(&user), &vhost, QUEUE, false, false, Default::default(), now, out)?;
+        b.publish_message(
+            Caller::User(&user),
+            &vhost,
+            "",
+            QUEUE,
+            Default::default(),
+            Bytes::from_static(b"test_message"),
+            now,
+            out,
+        )?;
+        b.get_messages(Caller::User(&user), &vhost, QUEUE, 1, GetAckMode::Ack, now, out)
     })?;
     if got.first().is_some_and(|m| &m.body[..] == b"test_message") {
         Ok(Json(json!({"status": "ok"})).into_response())

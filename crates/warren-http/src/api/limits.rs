@@ -83,7 +83,7 @@ pub(crate) async fn put(
     if !shared.broker().has_vhost(&vhost) {
         return Err(ApiError::NotFound);
     }
-    with_broker(&shared, &user, |b, _, _| b.set_vhost_limit(&vhost, limit, n))?;
+    with_broker(&shared, |b, _, _| b.set_vhost_limit(&vhost, limit, n))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -98,7 +98,7 @@ pub(crate) async fn delete(
         return Err(ApiError::NotFound);
     }
     if let Some(limit) = VhostLimit::parse(&name) {
-        with_broker(&shared, &user, |b, _, _| b.clear_vhost_limit(&vhost, limit))?;
+        with_broker(&shared, |b, _, _| b.clear_vhost_limit(&vhost, limit))?;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -155,7 +155,7 @@ pub(crate) async fn put_user(
     if shared.broker().user(&name).is_none() {
         return Err(ApiError::BadRequest(format!("no_such_user: {name}")));
     }
-    with_broker(&shared, &user, |b, _, _| b.set_user_limit(&name, which, n))?;
+    with_broker(&shared, |b, _, _| b.set_user_limit(&name, which, n))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -167,7 +167,7 @@ pub(crate) async fn delete_user(
 ) -> ApiResult {
     admin(&shared, &user)?;
     if let Some(which) = UserLimit::parse(&limit) {
-        with_broker(&shared, &user, |b, _, _| b.clear_user_limit(&name, which))?;
+        with_broker(&shared, |b, _, _| b.clear_user_limit(&name, which))?;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }

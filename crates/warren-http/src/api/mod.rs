@@ -204,16 +204,12 @@ pub(crate) type ApiResult = Result<Response, ApiError>;
 /// Runs a broker operation under the lock and hands what it produced to the connections.
 pub(crate) fn with_broker<T>(
     shared: &Shared,
-    user: &str,
     f: impl FnOnce(&mut Broker, u64, &mut Vec<(ConnId, Out)>) -> Result<T, ProtocolError>,
 ) -> Result<T, ApiError> {
     let now_ms = shared.now_ms();
     let mut out = Vec::new();
     let mut core = shared.broker();
-    // What the request does, it does as its user, with that user's permissions.
-    core.broker.set_acting_user(Some(user.to_string()));
     let result = f(&mut core.broker, now_ms, &mut out);
-    core.broker.set_acting_user(None);
     core.deliver(&mut out);
     Ok(result?)
 }

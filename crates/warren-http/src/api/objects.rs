@@ -215,13 +215,12 @@ pub(crate) async fn connection(
 pub(crate) async fn close_connection(
     Extension(l): Extension<Listeners>,
     State(shared): State<Arc<Shared>>,
-    Extension(User(user)): Extension<User>,
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> ApiResult {
     let c = find_connection(&shared, &name, &l).ok_or(ApiError::NotFound)?;
     let reason = headers.get("x-reason").and_then(|v| v.to_str().ok()).unwrap_or(CLOSED_VIA_MANAGEMENT);
-    let closed = with_broker(&shared, &user, |b, _, out| Ok(b.close_connection(c.id, reason, out)))?;
+    let closed = with_broker(&shared, |b, _, out| Ok(b.close_connection(c.id, reason, out)))?;
     if !closed {
         return Err(ApiError::NotFound);
     }

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 use warren_amqp::BasicProperties;
-use warren_core::{GetAckMode, GotMessage, QueueInfo};
+use warren_core::{Caller, GetAckMode, GotMessage, QueueInfo};
 use warren_server::Shared;
 
 /// A row of /api/queues, serialized directly: a listing of 10,000 queues is built without a
@@ -155,7 +155,9 @@ pub(crate) async fn declare(
     }
     let args = arguments(&doc)?;
     let existed = exists(&shared, &vhost, &name);
-    with_broker(&shared, &user, |b, now, out| b.declare_queue(&vhost, &name, durable, auto_delete, args, now, out))?;
+    with_broker(&shared, |b, now, out| {
+        b.declare_queue(Caller::User(&user), &vhost, &name, durable, auto_delete, args, now, out)
+    })?;
     Ok(created_or_not(existed))
 }
 
@@ -166,7 +168,9 @@ pub(crate) async fn remove(
     Query(query): Query<HashMap<String, String>>,
 ) -> ApiResult {
     let (if_unused, if_empty) = (query_flag(&query, "if-unused"), query_flag(&query, "if-empty"));
-    with_broker(&shared, &user, |b, now, out| b.delete_queue_checked(&vhost, &name, if_unused, if_empty, now, out))?;
+    with_broker(&shared, |b, now, out| {
+        b.delete_queue_checked(Caller::User(&user), &vhost, &name, if_unused, if_empty, now, out)
+    })?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -175,7 +179,7 @@ pub(crate) async fn purge(
     Extension(User(user)): Extension<User>,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
-    with_broker(&shared, &user, |b, now, out| b.purge_queue(&vhost, &name, now, out))?;
+    with_broker(&shared, |b, now, out| b.purge_queue(Caller::User(&user), &vhost, &name, now, out))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -211,7 +215,8 @@ pub(crate) async fn get_messages(
     };
     let truncate = doc.get("truncate").and_then(|t| t.as_u64().or_else(|| t.as_str().and_then(|s| s.parse().ok())));
     let count = usize::try_from(count).unwrap_or(usize::MAX);
-    let got = with_broker(&shared, &user, |b, now, out| b.get_messages(&vhost, &name, count, mode, now, out))?;
+    let got =
+        with_broker(&shared, |b, now, out| b.get_messages(Caller::User(&user), &vhost, &name, count, mode, now, out))?;
     let items = got.iter().map(|m| message_json(m, base64_wanted, truncate)).collect();
     Ok(super::json_list(items))
 }
