@@ -322,7 +322,9 @@ impl Broker {
                     if outcome.needs_sync {
                         sync.target = merge_sync_target(sync.target, Some(queue.sync_id));
                     }
-                    self.disk_written.fetch_add(outcome.stored_bytes, std::sync::atomic::Ordering::Relaxed);
+                    if outcome.stored_bytes > 0 {
+                        tally.add_disk_written(&self.disk_written, outcome.stored_bytes);
+                    }
                     if outcome.paged && !paged_behind_consumer {
                         paged_behind_consumer = queue.consumers().iter().any(|k| !k.outbound.writable());
                     }

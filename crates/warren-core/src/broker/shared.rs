@@ -16,7 +16,7 @@
 //! exclusively ([`Broker::fold_shared`]), always before a sync round starts.
 
 use super::*;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Where a queue's deliveries go.
 #[derive(Clone, Copy)]
@@ -49,7 +49,17 @@ pub struct Tally {
     waiting: Vec<(ConnId, bool)>,
     /// Publisher confirms sent.
     confirms: u64,
+    /// Bytes taken in (for the memory alarm's prediction) and written to queue logs (for the
+    /// disk alarm's), not yet added to the broker's counters: they are added a run at a time
+    /// ([`TALLY_FLUSH_BYTES`]), since each add writes a cache line every publishing thread
+    /// shares.
+    pub(crate) ingested: u64,
+    pub(crate) disk_written: u64,
 }
+
+/// How many bytes taken in or written a tally holds before it adds them to the broker's
+/// counters: what another thread's prediction of an alarm may miss, per publishing thread.
+const TALLY_FLUSH_BYTES: u64 = 256 * 1024;
 
 impl Tally {
     /// Marks a queue for the next sync round (a run of publishes to one queue marks it once).
@@ -70,6 +80,22 @@ impl Tally {
         self.waiting.last().is_some_and(|&(_, w)| w)
     }
 
+    /// Counts bytes taken in, adding them to the broker's counter a run at a time.
+    pub(crate) fn add_ingested(&mut self, counter: &AtomicU64, bytes: u64) {
+        self.ingested += bytes;
+        if self.ingested >= TALLY_FLUSH_BYTES {
+            counter.fetch_add(std::mem::take(&mut self.ingested), Ordering::Relaxed);
+        }
+    }
+
+    /// Counts bytes written to queue logs, likewise.
+    pub(crate) fn add_disk_written(&mut self, counter: &AtomicU64, bytes: u64) {
+        self.disk_written += bytes;
+        if self.disk_written >= TALLY_FLUSH_BYTES {
+            counter.fetch_add(std::mem::take(&mut self.disk_written), Ordering::Relaxed);
+        }
+    }
+
     fn merge(&mut self, other: Tally) {
         self.counters.add(&other.counters);
         self.dirty.extend(other.dirty);
@@ -84,6 +110,8 @@ impl Tally {
 impl Broker {
     /// Folds a tally into the broker's own fields.
     pub(super) fn fold(&mut self, t: Tally) {
+        *self.ingested.get_mut() += t.ingested;
+        *self.disk_written.get_mut() += t.disk_written;
         self.counters.add(&t.counters);
         self.dirty.extend(t.dirty);
         self.errors.extend(t.errors);
@@ -109,7 +137,12 @@ impl Broker {
     }
 
     /// Ends a batch of shared work: its tally is kept for the next exclusive hold.
-    pub fn finish_shared(&self, t: Tally) {
+    pub fn finish_shared(&self, mut t: Tally) {
+        for (counter, bytes) in [(&self.ingested, &mut t.ingested), (&self.disk_written, &mut t.disk_written)] {
+            if *bytes > 0 {
+                counter.fetch_add(std::mem::take(bytes), Ordering::Relaxed);
+            }
+        }
         self.pending.lock().merge(t);
     }
 
@@ -160,7 +193,7 @@ impl Broker {
             || direct_reply
             || !Self::check_publish(&self.vhosts, c.publisher(), exchange, routing_key, properties)
                 .is_ok_and(plain_exchange)
-            || self.near_resource_limit(body.len())
+            || self.near_resource_limit(body.len(), tally)
         {
             return Some(content);
         }
@@ -178,7 +211,7 @@ impl Broker {
             c.write_ok = Some(exchange.clone());
         }
         if self.memory_headroom.is_some() {
-            self.ingested.fetch_add(body.len() as u64 + alarms::MESSAGE_OVERHEAD_BYTES, Ordering::Relaxed);
+            tally.add_ingested(&self.ingested, body.len() as u64 + alarms::MESSAGE_OVERHEAD_BYTES);
         }
         tally.counters.messages_received += 1;
         let vhost = c.vhost.clone();
@@ -214,11 +247,15 @@ impl Broker {
     /// True when a publish of `body` bytes could cross the memory or disk headroom predicted
     /// since the last measurement: it is then handled with the broker held, which sets the
     /// alarm when it is crossed.
-    fn near_resource_limit(&self, body: usize) -> bool {
-        // Generous: what a message may cost in memory or on disk beyond its body.
-        let cost = 2 * body as u64 + 4 * alarms::MESSAGE_OVERHEAD_BYTES;
-        let memory = self.memory_headroom.is_some_and(|h| self.ingested.load(Ordering::Relaxed) + cost > h);
-        let disk = self.disk_headroom.is_some_and(|h| self.disk_written.load(Ordering::Relaxed) + cost > h);
+    fn near_resource_limit(&self, body: usize, tally: &Tally) -> bool {
+        // Generous: what a message may cost in memory or on disk beyond its body, and what
+        // other publishing threads may hold in their tallies.
+        let cost = 2 * body as u64 + 4 * alarms::MESSAGE_OVERHEAD_BYTES + TALLY_FLUSH_BYTES;
+        let memory =
+            self.memory_headroom.is_some_and(|h| self.ingested.load(Ordering::Relaxed) + tally.ingested + cost > h);
+        let disk = self
+            .disk_headroom
+            .is_some_and(|h| self.disk_written.load(Ordering::Relaxed) + tally.disk_written + cost > h);
         memory || disk
     }
 
