@@ -37,8 +37,7 @@ pub enum AckOp {
 /// A publish after validation, ready to route (kept back by a transaction until commit).
 #[derive(Debug, Clone)]
 pub struct Publish {
-    pub exchange: ShortStr,
-    pub routing_key: ShortStr,
+    /// The exchange and routing key it was published with are the message's.
     pub mandatory: bool,
     pub msg: crate::message::MessageRef,
     /// Confirm-mode sequence number.

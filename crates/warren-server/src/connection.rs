@@ -39,6 +39,10 @@ const WORK_SLICE: Duration = Duration::from_millis(1);
 /// Frames handed over between two looks at the clock.
 const FRAMES_PER_CLOCK_CHECK: usize = 4;
 
+/// Shared work between two looks at the clock: queues reached by publishes and messages
+/// settled (a publish that fans out is looked after at once).
+const WORK_PER_LOOK: u64 = 32;
+
 /// What may go to the broker while it is shared, when the broker agrees: a whole publish, an
 /// ack, or a reject or nack that does not requeue.
 fn shareable(i: &Input) -> bool {
@@ -651,6 +655,7 @@ impl Connection {
         let mut tally = warren_core::Tally::default();
         let mut handed_back = None;
         let mut out_of_time = false;
+        let mut next_look = 0;
         let mut inputs = frames.drain(..);
         for input in inputs.by_ref() {
             match input {
@@ -669,10 +674,14 @@ impl Connection {
                     break;
                 }
             }
-            // A publish (costly when it fans out) is worth a look at the clock after each.
-            if *held + locked_at.elapsed() >= WORK_SLICE {
-                out_of_time = true;
-                break;
+            // A look at the clock after a publish that fanned out, and otherwise every few
+            // publishes and acks (a look costs more than a publish to one queue).
+            if tally.work >= next_look {
+                next_look = tally.work + WORK_PER_LOOK;
+                if *held + locked_at.elapsed() >= WORK_SLICE {
+                    out_of_time = true;
+                    break;
+                }
             }
         }
         let rest: Vec<Input> = handed_back.into_iter().chain(inputs).collect();

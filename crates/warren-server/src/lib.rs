@@ -127,7 +127,9 @@ impl<'a> Stager<'a> {
             let Some(o) = self.core.outboxes.get(&conn) else { continue };
             let mut staged = o.staged.lock();
             if !staged.is_empty() {
-                let _ = o.tx.send(std::mem::take(&mut *staged));
+                // The next batch is likely as large: room for it saves growing from nothing.
+                let next = Vec::with_capacity(staged.len());
+                let _ = o.tx.send(std::mem::replace(&mut *staged, next));
             }
         }
     }

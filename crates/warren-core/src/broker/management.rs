@@ -446,8 +446,8 @@ impl Broker {
         self.count_ingest(body.len());
         self.counters.messages_received += 1;
         let raw = properties.to_bytes();
-        let msg = Message::new(exchange.clone(), routing_key.clone(), properties, raw, body);
-        let p = Publish { exchange, routing_key, mandatory: true, msg, confirm_seq: None };
+        let msg = Message::new(exchange, routing_key, properties, raw, body);
+        let p = Publish { mandatory: true, msg, confirm_seq: None };
         let (outcome, _paged) = self.route_message(&who.vhost, &p, now_ms, out)?;
         Self::count_routed(&mut self.counters, &p, &outcome);
         Ok(outcome.routed)

@@ -36,8 +36,8 @@ impl Broker {
         if let Some(n) = confirm_seq {
             ch.confirm_next = Some(n + 1);
         }
-        let msg = Message::new(exchange.clone(), routing_key.clone(), *properties, raw, body);
-        let p = Publish { exchange, routing_key, mandatory, msg, confirm_seq };
+        let msg = Message::new(exchange, routing_key, *properties, raw, body);
+        let p = Publish { mandatory, msg, confirm_seq };
         if let Some(tx) = ch.tx.as_mut() {
             tx.publishes.push(p);
             return Ok(());
@@ -125,7 +125,7 @@ impl Broker {
         let mut paged_behind = false;
         let mut sync = PublishSync::default();
         let mut rejected = false;
-        let direct_reply = p.exchange.is_empty() && p.routing_key.starts_with(REPLY_TO_PREFIX);
+        let direct_reply = p.msg.exchange.is_empty() && p.msg.routing_key.starts_with(REPLY_TO_PREFIX);
         let routed = if direct_reply {
             self.deliver_reply(p, out)
         } else {
@@ -138,21 +138,23 @@ impl Broker {
             // serves both (and ordinary exchanges skip both).
             let mut duplicate = false;
             let mut held = None;
-            let exchange = self.vhosts.get_mut(&*vhost).and_then(|vh| vh.exchanges.get_mut(&p.exchange));
+            let exchange = self.vhosts.get_mut(&*vhost).and_then(|vh| vh.exchanges.get_mut(&p.msg.exchange));
             if let Some(x) = exchange.filter(|x| x.dedup.is_some() || x.delayed.is_some()) {
                 if let Some(cache) = x.dedup.as_mut() {
                     match cache.check_and_insert(headers, now_ms) {
                         Ok(dup) => {
                             if cache.dirty {
                                 // A confirm promises the cache entry is on disk too.
-                                self.dirty_exchanges.insert((vhost.clone(), p.exchange.clone()));
+                                self.dirty_exchanges.insert((vhost.clone(), p.msg.exchange.clone()));
                                 sync.target = Some(SYNC_ANY);
                             }
                             duplicate = dup;
                         }
                         // The cache could not be written: let the message through rather than
                         // drop one that may be new.
-                        Err(e) => self.errors.push(format!("deduplication cache of exchange '{}': {e}", p.exchange)),
+                        Err(e) => {
+                            self.errors.push(format!("deduplication cache of exchange '{}': {e}", p.msg.exchange))
+                        }
                     }
                 }
                 if let (Some(delay_ms), Some(store)) = (crate::delayed::delay_of(headers), x.delayed.as_mut()) {
@@ -160,7 +162,7 @@ impl Broker {
                         .hold(msg.clone(), now_ms.saturating_add(delay_ms))
                         .map_err(|e| internal(format_args!("cannot hold a delayed message: {e}")))?;
                     if durable {
-                        self.dirty_exchanges.insert((vhost.clone(), p.exchange.clone()));
+                        self.dirty_exchanges.insert((vhost.clone(), p.msg.exchange.clone()));
                     }
                     held = Some(durable);
                 }
@@ -172,11 +174,11 @@ impl Broker {
             let queues = if duplicate || held.is_some() {
                 Vec::new()
             } else if extra_keys.is_empty() {
-                self.route(&vhost, &p.exchange, &[&p.routing_key], headers, &msg.raw_properties)
+                self.route(&vhost, &p.msg.exchange, &[&p.msg.routing_key], headers, &msg.raw_properties)
             } else {
-                let mut keys: Vec<&str> = vec![&p.routing_key];
+                let mut keys: Vec<&str> = vec![&p.msg.routing_key];
                 keys.extend(extra_keys.iter().map(String::as_str));
-                self.route(&vhost, &p.exchange, &keys, headers, &msg.raw_properties)
+                self.route(&vhost, &p.msg.exchange, &keys, headers, &msg.raw_properties)
             };
             let mut tally = Tally::default();
             let (queued, rejected_by, paged) = self.enqueue(&vhost, &queues, &msg, now_ms, out, &mut tally, Sink::Out);
@@ -216,8 +218,8 @@ impl Broker {
                     method: Method::BasicReturn {
                         reply_code: ReplyCode::NoRoute.code(),
                         reply_text: ShortStr::from_static("NO_ROUTE"),
-                        exchange: p.exchange.clone(),
-                        routing_key: p.routing_key.clone(),
+                        exchange: p.msg.exchange.clone(),
+                        routing_key: p.msg.routing_key.clone(),
                     },
                     msg: p.msg.clone(),
                 },
@@ -509,7 +511,7 @@ impl Broker {
 
     /// Direct reply-to: hand the message straight to the requester's reply consumer.
     pub(super) fn deliver_reply(&mut self, p: &Publish, out: &mut Vec<(ConnId, Out)>) -> bool {
-        let suffix = &p.routing_key[REPLY_TO_PREFIX.len()..];
+        let suffix = &p.msg.routing_key[REPLY_TO_PREFIX.len()..];
         let Some(target) = self.reply_targets.get(suffix).cloned() else { return false };
         let Some(ch) =
             self.conns.get_mut(&target.conn).map(Mutex::get_mut).and_then(|c| c.channels.get_mut(&target.channel))
@@ -528,8 +530,8 @@ impl Broker {
                     consumer_tag: target.consumer_tag,
                     delivery_tag,
                     redelivered: false,
-                    exchange: p.exchange.clone(),
-                    routing_key: p.routing_key.clone(),
+                    exchange: p.msg.exchange.clone(),
+                    routing_key: p.msg.routing_key.clone(),
                 },
                 msg: p.msg.clone(),
             },

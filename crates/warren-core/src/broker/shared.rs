@@ -55,6 +55,9 @@ pub struct Tally {
     /// shares.
     pub(crate) ingested: u64,
     pub(crate) disk_written: u64,
+    /// Queues reached by publishes and messages settled: what the work done so far cost,
+    /// roughly, for a host that looks at the clock only now and then.
+    pub work: u64,
 }
 
 /// How many bytes taken in or written a tally holds before it adds them to the broker's
@@ -220,17 +223,18 @@ impl Broker {
         if let Some(n) = confirm_seq {
             ch.confirm_next = Some(n + 1);
         }
-        let msg = Message::new(exchange.clone(), routing_key.clone(), *properties, raw_properties, body);
-        let p = Publish { exchange, routing_key, mandatory, msg, confirm_seq };
+        let msg = Message::new(exchange, routing_key, *properties, raw_properties, body);
+        let p = Publish { mandatory, msg, confirm_seq };
         let (extra_keys, msg) = crate::dead_letter::sender_selected(&p.msg);
         let headers = msg.properties.headers.as_ref();
         let queues = if extra_keys.is_empty() {
-            self.route(&vhost, &p.exchange, &[&p.routing_key], headers, &msg.raw_properties)
+            self.route(&vhost, &p.msg.exchange, &[&p.msg.routing_key], headers, &msg.raw_properties)
         } else {
-            let mut keys: Vec<&str> = vec![&p.routing_key];
+            let mut keys: Vec<&str> = vec![&p.msg.routing_key];
             keys.extend(extra_keys.iter().map(String::as_str));
-            self.route(&vhost, &p.exchange, &keys, headers, &msg.raw_properties)
+            self.route(&vhost, &p.msg.exchange, &keys, headers, &msg.raw_properties)
         };
+        tally.work += 1 + queues.len() as u64;
         let (queued, rejected, paged) = self.enqueue(&vhost, &queues, &msg, now_ms, out, tally, Sink::Staged(stage));
         if paged {
             c.flow_blocked = true;
@@ -319,6 +323,7 @@ impl Broker {
             let queues: Vec<ShortStr> = ch.consumers.values().map(|co| co.queue.clone()).collect();
             (vhost, settled, queues)
         };
+        tally.work += 1 + settled.len() as u64;
         if !reject {
             tally.counters.acknowledged += settled.len() as u64;
         }
