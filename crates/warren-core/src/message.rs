@@ -50,6 +50,24 @@ impl Message {
         Arc::new(Message { exchange, routing_key, properties, raw_properties, body })
     }
 
+    /// As [`Message::new`], taking what it keeps out of boxed properties (the rest is not
+    /// copied).
+    pub fn from_boxed(
+        exchange: ShortStr,
+        routing_key: ShortStr,
+        mut properties: Box<BasicProperties>,
+        raw_properties: Bytes,
+        body: Bytes,
+    ) -> Arc<Self> {
+        let properties = Props {
+            delivery_mode: properties.delivery_mode,
+            priority: properties.priority,
+            expiration: properties.expiration.take(),
+            headers: properties.headers.take(),
+        };
+        Arc::new(Message { exchange, routing_key, properties, raw_properties, body })
+    }
+
     /// Every property, decoded from the raw property list.
     pub fn decode_properties(&self) -> BasicProperties {
         // The raw list was decoded once already (when it arrived, or when it was encoded here),

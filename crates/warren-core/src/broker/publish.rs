@@ -36,7 +36,7 @@ impl Broker {
         if let Some(n) = confirm_seq {
             ch.confirm_next = Some(n + 1);
         }
-        let msg = Message::new(exchange, routing_key, *properties, raw, body);
+        let msg = Message::from_boxed(exchange, routing_key, properties, raw, body);
         let p = Publish { mandatory, msg, confirm_seq };
         if let Some(tx) = ch.tx.as_mut() {
             tx.publishes.push(p);
@@ -449,8 +449,27 @@ impl Broker {
         headers: Option<&FieldTable>,
         raw_properties: &Bytes,
     ) -> Vec<ShortStr> {
-        let Some(vh) = self.vhosts.get(vhost) else { return Vec::new() };
-        let mut queues: Vec<ShortStr> = Vec::new();
+        let mut queues = Vec::new();
+        self.route_into(vhost, exchange, keys, headers, raw_properties, &mut queues, &mut Vec::new());
+        queues
+    }
+
+    /// [`Broker::route`] into `queues`, with `dests` to work in: both cleared first, and kept
+    /// by a caller that routes many messages so that routing allocates nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn route_into(
+        &self,
+        vhost: &str,
+        exchange: &ShortStr,
+        keys: &[&str],
+        headers: Option<&FieldTable>,
+        raw_properties: &Bytes,
+        queues: &mut Vec<ShortStr>,
+        dests: &mut Vec<Destination>,
+    ) {
+        queues.clear();
+        dests.clear();
+        let Some(vh) = self.vhosts.get(vhost) else { return };
         let mut seen: Option<HashSet<ShortStr>> = None;
         let mut add = |queues: &mut Vec<ShortStr>, q: ShortStr| {
             /// Past this many queues, duplicates are found with a hash set, not a scan.
@@ -470,43 +489,42 @@ impl Broker {
             for key in keys {
                 // The queue's own name, shared rather than copied.
                 if let Some((name, _)) = vh.queues.get_key_value(*key) {
-                    add(&mut queues, name.clone());
+                    add(queues, name.clone());
                 }
             }
-            return queues;
+            return;
         }
-        let mut visited: Vec<ShortStr> = vec![exchange.clone()];
-        let mut pending: Vec<ShortStr> = vec![exchange.clone()];
-        let mut dests = Vec::new();
-        while let Some(x) = pending.pop() {
+        // Exchanges reached besides the first, and those still to route through: most
+        // messages stop at the first, and these stay empty (unallocated).
+        let mut visited: Vec<ShortStr> = Vec::new();
+        let mut pending: Vec<ShortStr> = Vec::new();
+        let mut next = Some(exchange.clone());
+        while let Some(x) = next.take().or_else(|| pending.pop()) {
             let Some(ex) = vh.exchanges.get(&x) else { continue };
             dests.clear();
             for key in keys {
-                ex.route(key, headers, raw_properties, &mut dests);
+                ex.route(key, headers, raw_properties, dests);
             }
+            let mut reach = |e: ShortStr, pending: &mut Vec<ShortStr>| {
+                if e != *exchange && !visited.contains(&e) {
+                    visited.push(e.clone());
+                    pending.push(e);
+                }
+            };
             if dests.is_empty() {
                 // Unroutable here: the alternate exchange, if any, gets it.
                 let own = ex.arguments.get("alternate-exchange").and_then(FieldValue::as_str).map(ShortStr::from);
                 if let Some(ae) = own.or_else(|| ex.policy_alternate_exchange.clone()) {
-                    if !visited.contains(&ae) {
-                        visited.push(ae.clone());
-                        pending.push(ae);
-                    }
+                    reach(ae, &mut pending);
                 }
             }
             for d in dests.drain(..) {
                 match d {
-                    Destination::Queue(q) => add(&mut queues, q),
-                    Destination::Exchange(e) => {
-                        if !visited.contains(&e) {
-                            visited.push(e.clone());
-                            pending.push(e);
-                        }
-                    }
+                    Destination::Queue(q) => add(queues, q),
+                    Destination::Exchange(e) => reach(e, &mut pending),
                 }
             }
         }
-        queues
     }
 
     /// Direct reply-to: hand the message straight to the requester's reply consumer.

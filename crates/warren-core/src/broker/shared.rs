@@ -58,6 +58,9 @@ pub struct Tally {
     /// Queues reached by publishes and messages settled: what the work done so far cost,
     /// roughly, for a host that looks at the clock only now and then.
     pub work: u64,
+    /// Where routing works, kept from one publish of the batch to the next.
+    route_queues: Vec<ShortStr>,
+    route_dests: Vec<crate::exchange::Destination>,
 }
 
 /// How many bytes taken in or written a tally holds before it adds them to the broker's
@@ -223,23 +226,27 @@ impl Broker {
         if let Some(n) = confirm_seq {
             ch.confirm_next = Some(n + 1);
         }
-        let msg = Message::new(exchange, routing_key, *properties, raw_properties, body);
+        let msg = Message::from_boxed(exchange, routing_key, properties, raw_properties, body);
         let p = Publish { mandatory, msg, confirm_seq };
         let (extra_keys, msg) = crate::dead_letter::sender_selected(&p.msg);
         let headers = msg.properties.headers.as_ref();
-        let queues = if extra_keys.is_empty() {
-            self.route(&vhost, &p.msg.exchange, &[&p.msg.routing_key], headers, &msg.raw_properties)
+        let (mut queues, mut dests) = (std::mem::take(&mut tally.route_queues), std::mem::take(&mut tally.route_dests));
+        let (exchange, raw) = (&p.msg.exchange, &msg.raw_properties);
+        if extra_keys.is_empty() {
+            self.route_into(&vhost, exchange, &[&p.msg.routing_key], headers, raw, &mut queues, &mut dests);
         } else {
             let mut keys: Vec<&str> = vec![&p.msg.routing_key];
             keys.extend(extra_keys.iter().map(String::as_str));
-            self.route(&vhost, &p.msg.exchange, &keys, headers, &msg.raw_properties)
-        };
+            self.route_into(&vhost, exchange, &keys, headers, raw, &mut queues, &mut dests);
+        }
         tally.work += 1 + queues.len() as u64;
         let (queued, rejected, paged) = self.enqueue(&vhost, &queues, &msg, now_ms, out, tally, Sink::Staged(stage));
         if paged {
             c.flow_blocked = true;
         }
         let outcome = Routed { routed: !queues.is_empty(), direct_reply: false, rejected, sync: queued };
+        queues.clear();
+        (tally.route_queues, tally.route_dests) = (queues, dests);
         match Self::finish_publish(&mut c, conn, channel, &p, &outcome, self.write_epoch, &mut tally.counters, out) {
             Ok(true) => tally.waiting.push((conn, true)),
             Ok(false) => {}
