@@ -142,6 +142,34 @@ pub fn write_method(out: &mut BytesMut, channel: u16, method: &Method) {
     out.put_u8(FRAME_END);
 }
 
+/// Appends a basic.deliver method frame, as [`write_method`] would of `Method::BasicDeliver`
+/// with these fields, without building the method (a delivery need not copy its message's
+/// exchange and routing key).
+pub fn write_deliver(
+    out: &mut BytesMut,
+    channel: u16,
+    consumer_tag: &str,
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &str,
+    routing_key: &str,
+) {
+    out.put_u8(FRAME_METHOD);
+    out.put_u16(channel);
+    let at = out.len();
+    out.put_u32(0);
+    out.put_u16(60);
+    out.put_u16(60);
+    crate::codec::put_shortstr(out, consumer_tag);
+    out.put_u64(delivery_tag);
+    out.put_u8(u8::from(redelivered));
+    crate::codec::put_shortstr(out, exchange);
+    crate::codec::put_shortstr(out, routing_key);
+    let size = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&size.to_be_bytes());
+    out.put_u8(FRAME_END);
+}
+
 /// Appends a content header and the body frames, each body frame at most `frame_max` long.
 /// `properties` is an encoded property list (as in [`Frame::Header`]).
 pub fn write_content(out: &mut BytesMut, channel: u16, properties: &[u8], body: &[u8], frame_max: u32) {
@@ -186,6 +214,23 @@ pub fn write_heartbeat(out: &mut BytesMut) {
 mod tests {
     use super::*;
     use crate::ShortStr;
+
+    #[test]
+    fn write_deliver_writes_what_write_method_writes() {
+        for (redelivered, tag, exchange) in [(false, 1, ""), (true, u64::MAX, "amq.topic")] {
+            let m = Method::BasicDeliver {
+                consumer_tag: ShortStr::from("ctag-1"),
+                delivery_tag: tag,
+                redelivered,
+                exchange: ShortStr::from(exchange),
+                routing_key: ShortStr::from("a.b"),
+            };
+            let (mut want, mut got) = (BytesMut::new(), BytesMut::new());
+            write_method(&mut want, 7, &m);
+            write_deliver(&mut got, 7, "ctag-1", tag, redelivered, exchange, "a.b");
+            assert_eq!(got, want);
+        }
+    }
 
     #[test]
     fn method_frame_round_trips_and_waits_for_bytes() {

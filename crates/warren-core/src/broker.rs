@@ -76,12 +76,50 @@ pub enum Out {
         channel: u16,
         method: Method,
     },
-    /// A content-bearing method (deliver, get-ok, return) with its message.
+    /// A content-bearing method (get-ok, return) with its message.
     Content {
         channel: u16,
         method: Method,
         msg: MessageRef,
     },
+    /// basic.deliver with its message: the exchange and routing key it names are the
+    /// message's (not copied for every delivery).
+    Deliver {
+        channel: u16,
+        consumer_tag: ShortStr,
+        delivery_tag: u64,
+        redelivered: bool,
+        msg: MessageRef,
+    },
+}
+
+impl Out {
+    /// The message this output carries, if any.
+    pub fn msg(&self) -> Option<&MessageRef> {
+        match self {
+            Out::Method { .. } => None,
+            Out::Content { msg, .. } | Out::Deliver { msg, .. } => Some(msg),
+        }
+    }
+
+    /// The method as it goes on the wire, and its message if it carries one.
+    pub fn to_method(&self) -> (u16, Method, Option<&MessageRef>) {
+        match self {
+            Out::Method { channel, method } => (*channel, method.clone(), None),
+            Out::Content { channel, method, msg } => (*channel, method.clone(), Some(msg)),
+            Out::Deliver { channel, consumer_tag, delivery_tag, redelivered, msg } => (
+                *channel,
+                Method::BasicDeliver {
+                    consumer_tag: consumer_tag.clone(),
+                    delivery_tag: *delivery_tag,
+                    redelivered: *redelivered,
+                    exchange: msg.exchange.clone(),
+                    routing_key: msg.routing_key.clone(),
+                },
+                Some(msg),
+            ),
+        }
+    }
 }
 
 /// The pseudo-queue of direct reply-to.

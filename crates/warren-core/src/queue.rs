@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use warren_amqp::{FieldTable, FieldValue, Method, ShortStr};
+use warren_amqp::{FieldTable, FieldValue, ShortStr};
 use warren_store::{Backend, LogConfig, Recovered, SegmentLog, SyncHandle};
 
 /// Ready messages a queue holds in memory before it keeps new ones on disk only. Enough to
@@ -385,7 +385,7 @@ impl Queue {
         &mut self,
         now_ms: u64,
         next_id: &std::sync::atomic::AtomicU64,
-        mut deliver: impl FnMut(ConnId, u16, Method, MessageRef),
+        mut deliver: impl FnMut(ConnId, u16, crate::broker::Out),
     ) -> Dispatched {
         let mut done = Dispatched::default();
         while !self.is_empty() && !self.consumers.is_empty() {
@@ -456,14 +456,14 @@ impl Queue {
             let key = &self.consumers[idx];
             key.outbound.add(msg.wire_size());
             key.channel_credit.deliver_reserved(unacked, |delivery_tag| {
-                let method = Method::BasicDeliver {
+                let o = crate::broker::Out::Deliver {
+                    channel: key.channel,
                     consumer_tag: key.tag.clone(),
                     delivery_tag,
                     redelivered,
-                    exchange: msg.exchange.clone(),
-                    routing_key: msg.routing_key.clone(),
+                    msg,
                 };
-                deliver(key.conn, key.channel, method, msg);
+                deliver(key.conn, key.channel, o);
             });
         }
         done

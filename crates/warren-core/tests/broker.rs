@@ -346,7 +346,7 @@ fn publish_until_blocked(h: &mut Harness, limit: usize) -> (Option<usize>, usize
     let mut delivered = 0;
     for i in 0..limit {
         h.publish(1, 1, "", "q", "x");
-        delivered += h.out.iter().filter(|(c, o)| *c == 2 && matches!(o, Out::Content { .. })).count();
+        delivered += h.out.iter().filter(|(c, o)| *c == 2 && matches!(o, Out::Deliver { .. })).count();
         h.out.clear();
         if h.broker.take_flow_blocked(1) {
             return (Some(i + 1), delivered);

@@ -1270,14 +1270,14 @@ impl Sim {
                 "output for connection {conn} while connection_closed takes it down: {o:?}"
             );
             ensure!(self.model.conns.contains_key(&conn), "output for a closed connection {conn}: {o:?}");
-            match o {
-                Out::Content { channel, method, msg } => {
+            match o.to_method() {
+                (channel, method, Some(msg)) => {
                     *written.entry(conn).or_default() += msg.wire_size();
                     let id = id_of(&msg.body)?;
                     ensure!(id < self.model.msgs.len(), "m{id} was never published");
                     self.content(conn, channel, method, id)?;
                 }
-                Out::Method { channel, method } => self.method(conn, channel, method)?,
+                (channel, method, None) => self.method(conn, channel, method)?,
             }
         }
         self.dying = None;

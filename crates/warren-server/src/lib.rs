@@ -596,9 +596,19 @@ pub(crate) fn encode(buf: &mut outbuf::OutBuf, outs: &[Out], frame_max: u32) -> 
             Out::Content { channel, method, msg } => {
                 warren_amqp::frame::write_method(buf.small(), *channel, method);
                 outbuf::put_content(buf, *channel, &msg.raw_properties, &msg.body, frame_max);
-                if matches!(method, warren_amqp::Method::BasicDeliver { .. }) {
-                    delivered += msg.wire_size();
-                }
+            }
+            Out::Deliver { channel, consumer_tag, delivery_tag, redelivered, msg } => {
+                warren_amqp::frame::write_deliver(
+                    buf.small(),
+                    *channel,
+                    consumer_tag,
+                    *delivery_tag,
+                    *redelivered,
+                    &msg.exchange,
+                    &msg.routing_key,
+                );
+                outbuf::put_content(buf, *channel, &msg.raw_properties, &msg.body, frame_max);
+                delivered += msg.wire_size();
             }
         }
     }

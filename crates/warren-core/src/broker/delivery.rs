@@ -21,12 +21,9 @@ pub(super) fn host_dispatch(
     out: &mut Vec<(ConnId, Out)>,
     sink: Sink<'_>,
 ) -> (bool, Vec<Queued>) {
-    let done = q.dispatch(now_ms, next_id, |conn, channel, method, msg| {
-        let o = Out::Content { channel, method, msg };
-        match sink {
-            Sink::Out => out.push((conn, o)),
-            Sink::Staged(stage) => stage.stage(conn, o),
-        }
+    let done = q.dispatch(now_ms, next_id, |conn, _channel, o| match sink {
+        Sink::Out => out.push((conn, o)),
+        Sink::Staged(stage) => stage.stage(conn, o),
     });
     let counters = &mut tally.counters;
     counters.redelivered += done.redelivered;

@@ -542,15 +542,11 @@ impl Broker {
         }
         out.push((
             target.conn,
-            Out::Content {
+            Out::Deliver {
                 channel: target.channel,
-                method: Method::BasicDeliver {
-                    consumer_tag: target.consumer_tag,
-                    delivery_tag,
-                    redelivered: false,
-                    exchange: p.msg.exchange.clone(),
-                    routing_key: p.msg.routing_key.clone(),
-                },
+                consumer_tag: target.consumer_tag,
+                delivery_tag,
+                redelivered: false,
                 msg: p.msg.clone(),
             },
         ));

@@ -70,11 +70,7 @@ impl Harness {
         self.take(conn)
             .into_iter()
             .filter_map(|o| match o {
-                Out::Content {
-                    method: Method::BasicDeliver { consumer_tag, delivery_tag, redelivered, .. },
-                    msg,
-                    ..
-                } => Some((
+                Out::Deliver { consumer_tag, delivery_tag, redelivered, msg, .. } => Some((
                     consumer_tag.to_string(),
                     delivery_tag,
                     redelivered,
