@@ -96,6 +96,18 @@ impl Reader {
         ShortStr::from_bytes(b).ok_or_else(|| ProtocolError::syntax("short string is not valid UTF-8"))
     }
 
+    /// Checks a short string as [`Reader::shortstr`] does, and passes over it.
+    pub fn skip_shortstr(&mut self) -> Result<(), ProtocolError> {
+        let len = self.u8()? as usize;
+        if self.remaining() < len {
+            return Err(short());
+        }
+        std::str::from_utf8(&self.buf[self.pos..self.pos + len])
+            .map_err(|_| ProtocolError::syntax("short string is not valid UTF-8"))?;
+        self.pos += len;
+        Ok(())
+    }
+
     pub fn longstr(&mut self) -> Result<Bytes, ProtocolError> {
         let len = self.u32()? as usize;
         self.take(len)

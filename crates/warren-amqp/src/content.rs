@@ -9,7 +9,7 @@
 
 use crate::frame::Frame;
 use crate::method::{Method, CLASS_BASIC};
-use crate::properties::BasicProperties;
+use crate::properties::PublishProperties;
 use crate::reply::{ProtocolError, ReplyCode};
 use bytes::{Bytes, BytesMut};
 
@@ -17,11 +17,11 @@ use bytes::{Bytes, BytesMut};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Assembled {
     Method(Method),
-    /// The decoded properties are boxed: a command is moved several times on its way (into a
-    /// batch, to the broker), and they are most of its size.
+    /// The properties the broker reads, decoded (every property was checked); the whole list
+    /// is `raw_properties`.
     Content {
         method: Method,
-        properties: Box<BasicProperties>,
+        properties: PublishProperties,
         raw_properties: Bytes,
         body: Bytes,
     },
@@ -35,7 +35,7 @@ enum State {
     AwaitHeader(Method),
     AwaitBody {
         method: Method,
-        properties: Box<BasicProperties>,
+        properties: PublishProperties,
         raw_properties: Bytes,
         remaining: u64,
         parts: BodyParts,
@@ -131,7 +131,7 @@ impl ContentAssembler {
                     )
                     .on(ids));
                 }
-                let properties = Box::new(BasicProperties::decode(raw.clone()).map_err(|e| e.on(ids))?);
+                let properties = PublishProperties::decode(&raw).map_err(|e| e.on(ids))?;
                 if body_size == 0 {
                     return Ok(Some(Assembled::Content {
                         method,
@@ -232,8 +232,8 @@ pub fn assemble_ahead(frames: impl IntoIterator<Item = Frame>, max_body: u64, ou
             out.push(Input::Frame(Frame::Method { channel, method }));
             continue;
         };
-        let properties = match BasicProperties::decode(raw.clone()) {
-            Ok(p) => Box::new(p),
+        let properties = match PublishProperties::decode(&raw) {
+            Ok(p) => p,
             Err(_) => {
                 out.push(Input::Frame(Frame::Method { channel, method }));
                 out.push(Input::Frame(Frame::Header { channel, class_id: CLASS_BASIC, body_size, properties: raw }));

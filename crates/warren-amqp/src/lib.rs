@@ -27,7 +27,7 @@ pub mod table;
 pub use content::{assemble_ahead, Assembled, ContentAssembler, Input};
 pub use frame::{Frame, FrameParser};
 pub use method::Method;
-pub use properties::BasicProperties;
+pub use properties::{BasicProperties, PublishProperties};
 pub use reply::{ProtocolError, ReplyCode};
 pub use shortstr::ShortStr;
 pub use table::{FieldTable, FieldValue};

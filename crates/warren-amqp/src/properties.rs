@@ -45,6 +45,66 @@ const F_CLUSTER_ID: u16 = 1 << 2;
 /// Bit 0 says another flag word follows; the basic class never needs one.
 const F_CONTINUATION: u16 = 1;
 
+/// What a broker needs of a published message's properties; the whole list travels on as its
+/// encoded bytes. Decoded once, when the content header arrives, with every property checked
+/// as [`BasicProperties::decode`] checks it (so a header either decodes both ways or neither),
+/// but the others are not kept: no allocation, no copies of strings nobody reads.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PublishProperties {
+    pub headers: Option<FieldTable>,
+    pub delivery_mode: Option<u8>,
+    pub priority: Option<u8>,
+    pub reply_to: Option<ShortStr>,
+    pub expiration: Option<ShortStr>,
+    pub user_id: Option<ShortStr>,
+}
+
+impl PublishProperties {
+    pub fn decode(raw: &Bytes) -> Result<Self, ProtocolError> {
+        let mut r = Reader::new(raw.clone());
+        let flags = r.u16()?;
+        if flags & F_CONTINUATION != 0 {
+            return Err(ProtocolError::frame("content header has more property flags than the basic class defines"));
+        }
+        let skip_str = |r: &mut Reader, f: u16| if flags & f != 0 { r.skip_shortstr() } else { Ok(()) };
+        let opt_str = |r: &mut Reader, f: u16| if flags & f != 0 { r.shortstr().map(Some) } else { Ok(None) };
+        skip_str(&mut r, F_CONTENT_TYPE)?;
+        skip_str(&mut r, F_CONTENT_ENCODING)?;
+        let headers = if flags & F_HEADERS != 0 { Some(FieldTable::decode(&mut r)?) } else { None };
+        let delivery_mode = if flags & F_DELIVERY_MODE != 0 { Some(r.u8()?) } else { None };
+        let priority = if flags & F_PRIORITY != 0 { Some(r.u8()?) } else { None };
+        skip_str(&mut r, F_CORRELATION_ID)?;
+        let reply_to = opt_str(&mut r, F_REPLY_TO)?;
+        let expiration = opt_str(&mut r, F_EXPIRATION)?;
+        skip_str(&mut r, F_MESSAGE_ID)?;
+        if flags & F_TIMESTAMP != 0 {
+            r.u64()?;
+        }
+        skip_str(&mut r, F_TYPE)?;
+        let user_id = opt_str(&mut r, F_USER_ID)?;
+        skip_str(&mut r, F_APP_ID)?;
+        skip_str(&mut r, F_CLUSTER_ID)?;
+        Ok(PublishProperties { headers, delivery_mode, priority, reply_to, expiration, user_id })
+    }
+
+    pub fn is_persistent(&self) -> bool {
+        self.delivery_mode == Some(DELIVERY_MODE_PERSISTENT)
+    }
+}
+
+impl From<&BasicProperties> for PublishProperties {
+    fn from(p: &BasicProperties) -> Self {
+        PublishProperties {
+            headers: p.headers.clone(),
+            delivery_mode: p.delivery_mode,
+            priority: p.priority,
+            reply_to: p.reply_to.clone(),
+            expiration: p.expiration.clone(),
+            user_id: p.user_id.clone(),
+        }
+    }
+}
+
 impl BasicProperties {
     pub fn is_persistent(&self) -> bool {
         self.delivery_mode == Some(DELIVERY_MODE_PERSISTENT)
@@ -162,6 +222,11 @@ mod tests {
             cluster_id: Some("cl".into()),
         };
         assert_eq!(BasicProperties::decode(p.to_bytes()).expect("decodes"), p);
+        // What a publish keeps of them, read past the others.
+        let kept = PublishProperties::decode(&p.to_bytes()).expect("decodes");
+        assert_eq!(kept, PublishProperties::from(&p));
+        assert_eq!(kept.user_id.as_deref(), Some("guest"));
+        assert_eq!(kept.expiration.as_deref(), Some("60000"));
         let empty = BasicProperties::default();
         assert_eq!(empty.to_bytes().as_ref(), &[0, 0]);
         assert_eq!(BasicProperties::decode(empty.to_bytes()).expect("decodes"), empty);
@@ -170,6 +235,17 @@ mod tests {
     #[test]
     fn truncated_properties_are_an_error() {
         let raw = Bytes::from_static(&[0x80, 0x00, 5, b'a']);
-        assert!(BasicProperties::decode(raw).is_err());
+        assert!(BasicProperties::decode(raw.clone()).is_err());
+        assert!(PublishProperties::decode(&raw).is_err());
+    }
+
+    #[test]
+    fn a_property_a_publish_does_not_keep_is_still_checked() {
+        // content-type (not kept) with a byte that is not UTF-8, then a delivery mode.
+        let raw = Bytes::from_static(&[0x90, 0x00, 2, b'a', 0xff, 2]);
+        let (all, kept) = (BasicProperties::decode(raw.clone()), PublishProperties::decode(&raw));
+        assert_eq!(all.expect_err("not UTF-8").text, kept.expect_err("not UTF-8").text);
+        let raw = Bytes::from_static(&[0x90, 0x00, 2, b'a', b'b', 2]);
+        assert_eq!(PublishProperties::decode(&raw).expect("decodes").delivery_mode, Some(2));
     }
 }

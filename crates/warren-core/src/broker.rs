@@ -43,7 +43,8 @@ use sha2::{Digest, Sha256};
 use std::path::PathBuf;
 use std::sync::Arc;
 use warren_amqp::{
-    Assembled, BasicProperties, FieldTable, FieldValue, Frame, Method, ProtocolError, ReplyCode, ShortStr,
+    Assembled, BasicProperties, FieldTable, FieldValue, Frame, Method, ProtocolError, PublishProperties, ReplyCode,
+    ShortStr,
 };
 use warren_store::{Backend, LogConfig, MemBackend, SegmentLog, SyncHandle};
 
@@ -1325,7 +1326,7 @@ impl Broker {
         conn: ConnId,
         channel: u16,
         method: Method,
-        content: Option<(Box<BasicProperties>, Bytes, Bytes)>,
+        content: Option<(PublishProperties, Bytes, Bytes)>,
         now_ms: u64,
         out: &mut Vec<(ConnId, Out)>,
     ) -> Res {

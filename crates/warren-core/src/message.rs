@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use std::sync::Arc;
 use warren_amqp::properties::DELIVERY_MODE_PERSISTENT;
-use warren_amqp::{BasicProperties, FieldTable, ShortStr};
+use warren_amqp::{BasicProperties, FieldTable, PublishProperties, ShortStr};
 
 /// The properties the broker itself reads (routing, priority, TTL, persistence). The others stay
 /// encoded in `Message::raw_properties` until something asks for them
@@ -50,21 +50,16 @@ impl Message {
         Arc::new(Message { exchange, routing_key, properties, raw_properties, body })
     }
 
-    /// As [`Message::new`], taking what it keeps out of boxed properties (the rest is not
-    /// copied).
-    pub fn from_boxed(
+    /// As [`Message::new`], from a publish's decoded properties.
+    pub fn published(
         exchange: ShortStr,
         routing_key: ShortStr,
-        mut properties: Box<BasicProperties>,
+        properties: PublishProperties,
         raw_properties: Bytes,
         body: Bytes,
     ) -> Arc<Self> {
-        let properties = Props {
-            delivery_mode: properties.delivery_mode,
-            priority: properties.priority,
-            expiration: properties.expiration.take(),
-            headers: properties.headers.take(),
-        };
+        let PublishProperties { delivery_mode, priority, expiration, headers, .. } = properties;
+        let properties = Props { delivery_mode, priority, expiration, headers };
         Arc::new(Message { exchange, routing_key, properties, raw_properties, body })
     }
 

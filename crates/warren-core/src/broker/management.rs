@@ -438,7 +438,7 @@ impl Broker {
     ) -> Result<bool, ProtocolError> {
         let who = self.management_actor(vhost, caller)?;
         let (exchange, routing_key) = (short(exchange)?, short(routing_key)?);
-        Self::check_publish(&self.vhosts, who.publisher(), &exchange, &routing_key, &properties)?;
+        Self::check_publish(&self.vhosts, who.publisher(), &exchange, &routing_key, &(&properties).into())?;
         if properties.reply_to.as_ref().is_some_and(|r| r.as_str() == REPLY_TO_QUEUE) {
             // Direct reply-to needs a consumer on the publishing channel: there is none here.
             return Err(super::precondition("fast reply consumer does not exist"));

@@ -13,7 +13,7 @@ impl Broker {
         exchange: ShortStr,
         routing_key: ShortStr,
         mandatory: bool,
-        mut properties: Box<BasicProperties>,
+        mut properties: PublishProperties,
         mut raw: Bytes,
         body: Bytes,
         now_ms: u64,
@@ -29,14 +29,18 @@ impl Broker {
             let Some((_, suffix)) = &ch.reply_to else {
                 return Err(precondition("fast reply consumer does not exist"));
             };
-            properties.reply_to = Some(ShortStr::from(format!("{REPLY_TO_PREFIX}{suffix}")));
-            raw = properties.to_bytes();
+            // The whole list is decoded to rewrite it (it decoded when it arrived).
+            let mut all = BasicProperties::decode(raw.clone())?;
+            let reply_to = ShortStr::from(format!("{REPLY_TO_PREFIX}{suffix}"));
+            all.reply_to = Some(reply_to.clone());
+            properties.reply_to = Some(reply_to);
+            raw = all.to_bytes();
         }
         let confirm_seq = ch.confirm_next;
         if let Some(n) = confirm_seq {
             ch.confirm_next = Some(n + 1);
         }
-        let msg = Message::from_boxed(exchange, routing_key, properties, raw, body);
+        let msg = Message::published(exchange, routing_key, properties, raw, body);
         let p = Publish { mandatory, msg, confirm_seq };
         if let Some(tx) = ch.tx.as_mut() {
             tx.publishes.push(p);
@@ -54,7 +58,7 @@ impl Broker {
         c: Publisher<'_>,
         exchange: &ShortStr,
         routing_key: &str,
-        properties: &BasicProperties,
+        properties: &PublishProperties,
     ) -> Result<&'v Exchange, ProtocolError> {
         if c.write_ok != Some(exchange)
             && !c.grants.permission.allows(Access::Write, permission_name("exchange", exchange))

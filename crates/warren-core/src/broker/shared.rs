@@ -226,7 +226,7 @@ impl Broker {
         if let Some(n) = confirm_seq {
             ch.confirm_next = Some(n + 1);
         }
-        let msg = Message::from_boxed(exchange, routing_key, properties, raw_properties, body);
+        let msg = Message::published(exchange, routing_key, properties, raw_properties, body);
         let p = Publish { mandatory, msg, confirm_seq };
         let (extra_keys, msg) = crate::dead_letter::sender_selected(&p.msg);
         let headers = msg.properties.headers.as_ref();
