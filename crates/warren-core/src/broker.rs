@@ -95,14 +95,6 @@ pub enum Out {
 }
 
 impl Out {
-    /// The message this output carries, if any.
-    pub fn msg(&self) -> Option<&MessageRef> {
-        match self {
-            Out::Method { .. } => None,
-            Out::Content { msg, .. } | Out::Deliver { msg, .. } => Some(msg),
-        }
-    }
-
     /// The method as it goes on the wire, and its message if it carries one.
     pub fn to_method(&self) -> (u16, Method, Option<&MessageRef>) {
         match self {

@@ -67,6 +67,15 @@ pub struct Tally {
 /// counters: what another thread's prediction of an alarm may miss, per publishing thread.
 const TALLY_FLUSH_BYTES: u64 = 256 * 1024;
 
+/// Adds `bytes` to a tally's `pending` count, and the count to the broker's `counter` once it
+/// reaches `run`.
+fn add_run(pending: &mut u64, counter: &AtomicU64, bytes: u64, run: u64) {
+    *pending += bytes;
+    if *pending >= run {
+        counter.fetch_add(std::mem::take(pending), Ordering::Relaxed);
+    }
+}
+
 impl Tally {
     /// Marks a queue for the next sync round (a run of publishes to one queue marks it once).
     pub(crate) fn dirty(&mut self, vhost: &Arc<str>, queue: &ShortStr) {
@@ -88,18 +97,12 @@ impl Tally {
 
     /// Counts bytes taken in, adding them to the broker's counter a run at a time.
     pub(crate) fn add_ingested(&mut self, counter: &AtomicU64, bytes: u64) {
-        self.ingested += bytes;
-        if self.ingested >= TALLY_FLUSH_BYTES {
-            counter.fetch_add(std::mem::take(&mut self.ingested), Ordering::Relaxed);
-        }
+        add_run(&mut self.ingested, counter, bytes, TALLY_FLUSH_BYTES);
     }
 
     /// Counts bytes written to queue logs, likewise.
     pub(crate) fn add_disk_written(&mut self, counter: &AtomicU64, bytes: u64) {
-        self.disk_written += bytes;
-        if self.disk_written >= TALLY_FLUSH_BYTES {
-            counter.fetch_add(std::mem::take(&mut self.disk_written), Ordering::Relaxed);
-        }
+        add_run(&mut self.disk_written, counter, bytes, TALLY_FLUSH_BYTES);
     }
 
     fn merge(&mut self, other: Tally) {
@@ -144,11 +147,8 @@ impl Broker {
 
     /// Ends a batch of shared work: its tally is kept for the next exclusive hold.
     pub fn finish_shared(&self, mut t: Tally) {
-        for (counter, bytes) in [(&self.ingested, &mut t.ingested), (&self.disk_written, &mut t.disk_written)] {
-            if *bytes > 0 {
-                counter.fetch_add(std::mem::take(bytes), Ordering::Relaxed);
-            }
-        }
+        add_run(&mut t.ingested, &self.ingested, 0, 1);
+        add_run(&mut t.disk_written, &self.disk_written, 0, 1);
         self.pending.lock().merge(t);
     }
 
