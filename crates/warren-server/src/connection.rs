@@ -504,7 +504,12 @@ impl Connection {
         if self.shared.publish_shared && error.is_none() && !self.closing && frames.first().is_some_and(shareable) {
             self.hand_over_shared(&mut frames, held, now);
             if frames.is_empty() {
-                return full || !self.frames.is_empty();
+                let more = full || !self.frames.is_empty();
+                // A large batch's buffer is reused, as below.
+                if frames.capacity() > SMALL_BATCH_FRAMES && self.frames.is_empty() {
+                    self.frames = frames;
+                }
+                return more;
             }
         }
         let shared = self.shared.clone();
@@ -684,7 +689,13 @@ impl Connection {
                 }
             }
         }
-        let rest: Vec<Input> = handed_back.into_iter().chain(inputs).collect();
+        // What is left of the batch; usually nothing, and then `frames` keeps its room.
+        let rest: Vec<Input> = if handed_back.is_some() || out_of_time {
+            handed_back.into_iter().chain(inputs).collect()
+        } else {
+            drop(inputs);
+            Vec::new()
+        };
         core.end_batch_shared(self.id, &mut self.out, &mut tally);
         self.note_blocked(core.take_flow_blocked_shared(self.id), core.is_alarm_blocked(self.id));
         let sync_wanted = core.finish_shared(tally, &stager, &mut self.out);
@@ -693,7 +704,7 @@ impl Connection {
         drop(core);
         if out_of_time {
             self.frames.extend(rest);
-        } else {
+        } else if !rest.is_empty() {
             *frames = rest;
         }
         if self.out.capacity() <= SMALL_BATCH_FRAMES {
