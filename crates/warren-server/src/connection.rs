@@ -125,7 +125,7 @@ pub(crate) async fn run<S: Transport>(
         let mut core = shared.broker();
         let opened = core.open_connection(id, negotiated.info);
         if opened.is_ok() {
-            core.register(id, tx);
+            core.register(id, tx, negotiated.frame_max);
         }
         let config = core.config();
         let (send_timeout, max_body) = (Duration::from_millis(config.send_timeout_ms), config.max_message_size);
@@ -165,6 +165,7 @@ pub(crate) async fn run<S: Transport>(
         backlog: false,
         turn: None,
         defs_sync: None,
+        delivered_encoded: 0,
         outbound,
     };
     let mut wbuf = BytesMut::new();
@@ -239,6 +240,8 @@ struct Connection {
     /// Our commands changed durable definitions: the journal is synced (outside the lock)
     /// before anything more is written to the client.
     defs_sync: Option<Arc<dyn warren_store::SyncHandle>>,
+    /// Bytes of deliveries encoded into `wbuf` and not yet reported written to `outbound`.
+    delivered_encoded: usize,
     /// Bytes of deliveries the broker handed us and we have not written yet (shared with it).
     outbound: Arc<warren_core::credit::Outbound>,
 }
@@ -274,7 +277,7 @@ async fn next_turn(line: &mut Option<InLine>) -> Option<OwnedSemaphorePermit> {
 }
 
 impl Connection {
-    async fn serve<S: Transport>(&mut self, socket: S, mut rx: mpsc::UnboundedReceiver<Vec<Out>>) -> String {
+    async fn serve<S: Transport>(&mut self, socket: S, mut rx: mpsc::UnboundedReceiver<crate::Outgoing>) -> String {
         let (mut rd, mut wr) = socket.split_halves();
         let mut shutdown = self.shared.shutdown.clone();
         // Send heartbeats at half the interval, as RabbitMQ does; a peer silent for two
@@ -320,7 +323,7 @@ impl Connection {
                     }
                     Err(e) => return format!("read failed: {e}"),
                 },
-                Some(outs) = rx.recv() => self.mine.extend(outs),
+                Some(outgoing) = rx.recv() => self.take_outgoing(outgoing),
                 _ = self.flow.changed(), if self.flow_blocked || self.alarm_blocked => {
                     self.flow_blocked = false;
                     if self.alarm_blocked {
@@ -374,9 +377,9 @@ impl Connection {
             }
             // Everything queued for us so far (in the broker's order) goes out in one write.
             while let Ok(more) = rx.try_recv() {
-                self.mine.extend(more);
+                self.take_outgoing(more);
             }
-            let delivered = self.flush_mine();
+            let delivered = self.flush_mine() + std::mem::take(&mut self.delivered_encoded);
             if !self.wbuf.is_empty() {
                 // One vectored write: small frames from one buffer, large bodies from their own.
                 self.wbuf.prepare();
@@ -423,6 +426,18 @@ impl Connection {
                 }
                 let _ = wr.shutdown().await;
                 return "client closed the connection".into();
+            }
+        }
+    }
+
+    /// Takes output handed to this connection: to encode with its own, or already encoded
+    /// (which goes after what waits to be encoded, to keep the order).
+    fn take_outgoing(&mut self, outgoing: crate::Outgoing) {
+        match outgoing {
+            crate::Outgoing::Outs(outs) => self.mine.extend(outs),
+            crate::Outgoing::Encoded(buf, delivered) => {
+                self.delivered_encoded += self.flush_mine() + delivered;
+                self.wbuf.append(buf);
             }
         }
     }

@@ -44,11 +44,31 @@ pub const SYNC_INTERVAL: Duration = Duration::from_millis(200);
 /// Where a connection's output goes: its task's channel, and the deliveries staged for it while
 /// the broker is shared ([`Stager`]).
 struct Outbox {
-    tx: mpsc::UnboundedSender<Vec<Out>>,
-    /// Deliveries staged by publishers' threads, in the order their channels gave them tags;
-    /// handed to `tx` (under this lock, so in that order) before the stager lets go of the
-    /// broker.
-    staged: Mutex<Vec<Out>>,
+    tx: mpsc::UnboundedSender<Outgoing>,
+    /// Deliveries staged by publishers' threads, in the order their channels gave them tags,
+    /// encoded as they are staged; handed to `tx` (under this lock, so in that order) before
+    /// the stager lets go of the broker.
+    staged: Mutex<Staged>,
+    /// The connection's negotiated frame size, for encoding what is staged.
+    frame_max: u32,
+}
+
+/// What a connection's task receives, in the order it is to be written: output to encode, or
+/// deliveries another thread encoded as it made them, with their bytes as counted by the
+/// connection's `Outbound`.
+pub(crate) enum Outgoing {
+    Outs(Vec<Out>),
+    Encoded(outbuf::OutBuf, usize),
+}
+
+/// Deliveries staged for a connection: encoded by the thread that made them, while their
+/// message is still in its cache, so neither the message nor the buffer it was read into is
+/// touched by the receiving connection's thread.
+#[derive(Default)]
+struct Staged {
+    buf: outbuf::OutBuf,
+    /// Bytes of the deliveries in `buf`, as `Message::wire_size` counts them.
+    delivered: usize,
 }
 
 /// A byte stream a client connection runs on (plain TCP, or TLS over TCP).
@@ -126,10 +146,11 @@ impl<'a> Stager<'a> {
         for conn in self.touched.borrow_mut().drain(..) {
             let Some(o) = self.core.outboxes.get(&conn) else { continue };
             let mut staged = o.staged.lock();
-            if !staged.is_empty() {
+            if !staged.buf.is_empty() {
                 // The next batch is likely as large: room for it saves growing from nothing.
-                let next = Vec::with_capacity(staged.len());
-                let _ = o.tx.send(std::mem::replace(&mut *staged, next));
+                let next = Staged { buf: outbuf::OutBuf::with_capacity(staged.buf.len()), delivered: 0 };
+                let Staged { buf, delivered } = std::mem::replace(&mut *staged, next);
+                let _ = o.tx.send(Outgoing::Encoded(buf, delivered));
             }
         }
     }
@@ -139,10 +160,11 @@ impl warren_core::Stage for Stager<'_> {
     fn stage(&self, conn: ConnId, out: Out) {
         let Some(o) = self.core.outboxes.get(&conn) else { return };
         let mut staged = o.staged.lock();
-        if staged.is_empty() {
+        if staged.buf.is_empty() {
             self.touched.borrow_mut().push(conn);
         }
-        staged.push(out);
+        let staged = &mut *staged;
+        staged.delivered += encode(&mut staged.buf, std::slice::from_ref(&out), o.frame_max);
     }
 }
 
@@ -181,7 +203,7 @@ impl Core {
         // A connection that is going away has dropped its receiver; the broker requeues
         // whatever it had unacked when it learns of the close.
         if let Some(o) = self.outboxes.get(&conn) {
-            let _ = o.tx.send(outs);
+            let _ = o.tx.send(Outgoing::Outs(outs));
         }
     }
 
@@ -208,8 +230,8 @@ impl Core {
         sync_wanted
     }
 
-    fn register(&mut self, conn: ConnId, tx: mpsc::UnboundedSender<Vec<Out>>) {
-        self.outboxes.insert(conn, Outbox { tx, staged: Mutex::new(Vec::new()) });
+    fn register(&mut self, conn: ConnId, tx: mpsc::UnboundedSender<Outgoing>, frame_max: u32) {
+        self.outboxes.insert(conn, Outbox { tx, staged: Mutex::new(Staged::default()), frame_max });
     }
 
     /// Where a connection learns that flow-blocked publishers may go on.

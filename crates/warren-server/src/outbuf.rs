@@ -20,6 +20,27 @@ pub struct OutBuf {
 }
 
 impl OutBuf {
+    /// An empty buffer with room for `bytes` of small frames.
+    pub fn with_capacity(bytes: usize) -> Self {
+        OutBuf { small: BytesMut::with_capacity(bytes), ..Default::default() }
+    }
+
+    /// Bytes queued so far.
+    pub fn len(&self) -> usize {
+        self.remaining + self.small.len()
+    }
+
+    /// Queues everything `other` holds after everything so far, without copying it.
+    pub fn append(&mut self, mut other: OutBuf) {
+        other.seal();
+        if other.chunks.is_empty() {
+            return;
+        }
+        self.seal();
+        self.remaining += other.remaining;
+        self.chunks.extend(other.chunks);
+    }
+
     /// Where small frames are encoded (appended after everything queued so far).
     pub fn small(&mut self) -> &mut BytesMut {
         &mut self.small
@@ -134,6 +155,26 @@ mod tests {
             expected.extend_from_slice(b"after");
             assert_eq!(drain(&mut out), expected.to_vec(), "body of {size} bytes");
         }
+    }
+
+    #[test]
+    fn appended_buffers_follow_in_order() {
+        let big = Bytes::from(vec![7u8; ZERO_COPY_BODY_MIN_BYTES]);
+        let mut first = OutBuf::default();
+        first.small().extend_from_slice(b"one");
+        let mut second = OutBuf::with_capacity(64);
+        second.small().extend_from_slice(b"two");
+        put_content(&mut second, 1, &[0, 0], &big, 131_072);
+        second.small().extend_from_slice(b"three");
+        let second_len = second.len();
+        first.append(second);
+        first.append(OutBuf::default());
+        first.small().extend_from_slice(b"four");
+        assert_eq!(first.len(), 3 + second_len + 4);
+        let mut expected = BytesMut::from(&b"onetwo"[..]);
+        warren_amqp::frame::write_content(&mut expected, 1, &[0, 0], &big, 131_072);
+        expected.extend_from_slice(b"threefour");
+        assert_eq!(drain(&mut first), expected.to_vec());
     }
 
     #[test]
