@@ -1,0 +1,159 @@
+//! [`LocalNet`]: an in-process network for tests, with faults on demand.
+//!
+//! Every node's group is registered in one shared table; a node's [`LocalTransport`] delivers an
+//! RPC by calling the target group directly, in the sender's task. Faults are checked on the way
+//! there and on the way back: an RPC whose request path is cut never reaches the target, and one
+//! whose reply path is cut reaches it (and takes effect) but the sender sees it fail, as with a
+//! real one-way partition. Every failure is [`RpcError::Unreachable`].
+//!
+//! Invariant: the table's lock is held only to read faults or clone a group handle, never across
+//! a delivery.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::network::{Peer, RpcError, Transport};
+use crate::types::{AppendRequest, AppendResponse, Snapshot, SnapshotResponse, Vote, VoteRequest, VoteResponse};
+use crate::{AppliedRx, Group, GroupConfig, Machine, StartError, Stopped};
+
+/// An in-process network of groups replicating `M`; clones share the same network.
+pub struct LocalNet<M: Machine> {
+    inner: Arc<Mutex<NetState<M>>>,
+}
+
+struct NetState<M: Machine> {
+    nodes: BTreeMap<u64, Group<M>>,
+    isolated: BTreeSet<u64>,
+    /// `(from, to)`: messages from `from` to `to` are lost.
+    cut: BTreeSet<(u64, u64)>,
+}
+
+impl<M: Machine> NetState<M> {
+    fn passes(&self, from: u64, to: u64) -> bool {
+        !self.isolated.contains(&from) && !self.isolated.contains(&to) && !self.cut.contains(&(from, to))
+    }
+}
+
+impl<M: Machine> Clone for LocalNet<M> {
+    fn clone(&self) -> Self {
+        LocalNet { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<M: Machine> Default for LocalNet<M> {
+    fn default() -> Self {
+        LocalNet::new()
+    }
+}
+
+impl<M: Machine> LocalNet<M> {
+    /// An empty network without faults.
+    pub fn new() -> Self {
+        LocalNet {
+            inner: Arc::new(Mutex::new(NetState {
+                nodes: BTreeMap::new(),
+                isolated: BTreeSet::new(),
+                cut: BTreeSet::new(),
+            })),
+        }
+    }
+
+    /// The transport node `from` sends through.
+    pub fn transport(&self, from: u64) -> LocalTransport<M> {
+        LocalTransport { from, net: self.clone() }
+    }
+
+    /// Makes `group` reachable as its node id, replacing any group registered under that id.
+    pub fn register(&self, group: Group<M>) {
+        self.inner.lock().nodes.insert(group.id(), group);
+    }
+
+    /// Removes node `id` from the network; RPCs to it then fail. Returns its group.
+    pub fn unregister(&self, id: u64) -> Option<Group<M>> {
+        self.inner.lock().nodes.remove(&id)
+    }
+
+    /// Starts node `id` on this network and registers it.
+    pub async fn start(
+        &self,
+        id: u64,
+        config: &GroupConfig,
+        machine: M,
+    ) -> Result<(Group<M>, AppliedRx<M::Output>), StartError> {
+        let (group, applied) = Group::start(id, config, machine, self.transport(id)).await?;
+        self.register(group.clone());
+        Ok((group, applied))
+    }
+
+    /// The group registered as node `id`.
+    pub fn group(&self, id: u64) -> Option<Group<M>> {
+        self.inner.lock().nodes.get(&id).cloned()
+    }
+
+    /// Cuts node `id` off: every RPC it sends or is sent fails, both ways, until [`heal`](Self::heal).
+    pub fn isolate(&self, id: u64) {
+        self.inner.lock().isolated.insert(id);
+    }
+
+    /// Loses every message from node `from` to node `to` (requests and replies alike), until
+    /// [`heal`](Self::heal); the other direction is untouched.
+    pub fn cut(&self, from: u64, to: u64) {
+        self.inner.lock().cut.insert((from, to));
+    }
+
+    /// Removes every fault.
+    pub fn heal(&self) {
+        let mut state = self.inner.lock();
+        state.isolated.clear();
+        state.cut.clear();
+    }
+
+    /// The target's group if the path there is open.
+    fn route(&self, from: u64, to: u64) -> Result<Group<M>, RpcError> {
+        let state = self.inner.lock();
+        if !state.passes(from, to) {
+            return Err(unreachable(format!("path {from} -> {to} is cut")));
+        }
+        state.nodes.get(&to).cloned().ok_or_else(|| unreachable(format!("node {to} is not on the network")))
+    }
+
+    /// Checks the reply path of an RPC the target has already handled.
+    fn reply<R>(&self, from: u64, to: u64, reply: Result<R, Stopped>) -> Result<R, RpcError> {
+        if !self.inner.lock().passes(to, from) {
+            return Err(unreachable(format!("reply path {to} -> {from} is cut")));
+        }
+        reply.map_err(|stopped| unreachable(format!("node {to}: {stopped}")))
+    }
+}
+
+fn unreachable(reason: String) -> RpcError {
+    RpcError::Unreachable { reason }
+}
+
+/// One node's way onto a [`LocalNet`].
+pub struct LocalTransport<M: Machine> {
+    from: u64,
+    net: LocalNet<M>,
+}
+
+impl<M: Machine> Transport<M> for LocalTransport<M> {
+    async fn append(&self, target: &Peer, request: AppendRequest<M>) -> Result<AppendResponse, RpcError> {
+        let group = self.net.route(self.from, target.id)?;
+        let reply = group.handle_append(request).await;
+        self.net.reply(self.from, target.id, reply)
+    }
+
+    async fn vote(&self, target: &Peer, request: VoteRequest) -> Result<VoteResponse, RpcError> {
+        let group = self.net.route(self.from, target.id)?;
+        let reply = group.handle_vote(request).await;
+        self.net.reply(self.from, target.id, reply)
+    }
+
+    async fn snapshot(&self, target: &Peer, vote: Vote, snapshot: Snapshot<M>) -> Result<SnapshotResponse, RpcError> {
+        let group = self.net.route(self.from, target.id)?;
+        let reply = group.handle_snapshot(vote, snapshot).await;
+        self.net.reply(self.from, target.id, reply)
+    }
+}

@@ -1,0 +1,221 @@
+//! [`MemLog`]: an in-memory Raft log, the default log store of a group.
+//!
+//! It implements openraft's v2 [`RaftLogStorage`] (with `storage-v2`), which is the seam a
+//! durable log replaces: a group takes any `RaftLogStorage<Types<M>>` (see
+//! [`Group::start_with_log`](crate::Group::start_with_log)).
+//!
+//! Invariants: the entries held are consecutive (no holes), all above `last_purged`; a write
+//! is "persisted" the moment it is in memory, so every flush callback fires at once. Nothing
+//! survives the process: a node restarted on a `MemLog` has lost its vote and log, which Raft
+//! only tolerates while a quorum of the others keeps theirs.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{LogId, LogState, OptionalSend, RaftLogReader, StorageError};
+use parking_lot::Mutex;
+
+use crate::types::{Entry, Types, Vote};
+use crate::Machine;
+
+/// An in-memory Raft log for a group replicating `M`; clones share the same log.
+pub struct MemLog<M: Machine> {
+    inner: Arc<Mutex<LogInner<M>>>,
+}
+
+struct LogInner<M: Machine> {
+    vote: Option<Vote>,
+    committed: Option<LogId<u64>>,
+    last_purged: Option<LogId<u64>>,
+    entries: BTreeMap<u64, Entry<M>>,
+}
+
+impl<M: Machine> MemLog<M> {
+    /// An empty log with no vote.
+    pub fn new() -> Self {
+        MemLog {
+            inner: Arc::new(Mutex::new(LogInner {
+                vote: None,
+                committed: None,
+                last_purged: None,
+                entries: BTreeMap::new(),
+            })),
+        }
+    }
+}
+
+impl<M: Machine> Default for MemLog<M> {
+    fn default() -> Self {
+        MemLog::new()
+    }
+}
+
+impl<M: Machine> Clone for MemLog<M> {
+    fn clone(&self) -> Self {
+        MemLog { inner: Arc::clone(&self.inner) }
+    }
+}
+
+impl<M: Machine> RaftLogReader<Types<M>> for MemLog<M> {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<M>>, StorageError<u64>> {
+        let inner = self.inner.lock();
+        Ok(inner.entries.range(range).map(|(_, entry)| entry.clone()).collect())
+    }
+}
+
+impl<M: Machine> RaftLogStorage<Types<M>> for MemLog<M> {
+    type LogReader = MemLog<M>;
+
+    async fn get_log_state(&mut self) -> Result<LogState<Types<M>>, StorageError<u64>> {
+        let inner = self.inner.lock();
+        let last_log_id = match inner.entries.last_key_value() {
+            Some((_, entry)) => Some(entry.log_id),
+            None => inner.last_purged,
+        };
+        Ok(LogState { last_purged_log_id: inner.last_purged, last_log_id })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError<u64>> {
+        self.inner.lock().vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError<u64>> {
+        Ok(self.inner.lock().vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError<u64>> {
+        self.inner.lock().committed = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+        Ok(self.inner.lock().committed)
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<Types<M>>) -> Result<(), StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<M>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        {
+            let mut inner = self.inner.lock();
+            for entry in entries {
+                debug_assert!(
+                    inner.entries.last_key_value().is_none_or(|(last, _)| *last + 1 == entry.log_id.index),
+                    "append must extend the log without a hole"
+                );
+                inner.entries.insert(entry.log_id.index, entry);
+            }
+        }
+        // In memory, written is as durable as it gets.
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        let mut inner = self.inner.lock();
+        // Drops `log_id.index` and everything after it: they conflict with the leader's log.
+        inner.entries.split_off(&log_id.index);
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        let mut inner = self.inner.lock();
+        debug_assert!(inner.last_purged <= Some(log_id), "purge must not go backwards");
+        inner.last_purged = Some(log_id);
+        // Keeps everything after `log_id.index`.
+        inner.entries = inner.entries.split_off(&(log_id.index + 1));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+
+    struct Nop;
+    impl Machine for Nop {
+        type Command = u64;
+        type Output = ();
+        fn apply(&mut self, _: u64, _: &u64) {}
+        fn snapshot(&self) -> Vec<u8> {
+            Vec::new()
+        }
+        fn restore(&mut self, _: &[u8]) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn log_id(term: u64, index: u64) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
+    }
+
+    fn entry(term: u64, index: u64) -> Entry<Nop> {
+        openraft::Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(index) }
+    }
+
+    async fn indexes(log: &mut MemLog<Nop>) -> Vec<u64> {
+        let entries = log.try_get_log_entries(..).await.expect("read");
+        entries.iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[tokio::test]
+    async fn truncate_drops_the_suffix_from_the_given_index() {
+        let mut log = MemLog::<Nop>::new();
+        log.blocking_append((1..=5).map(|i| entry(1, i))).await.expect("append");
+        log.truncate(log_id(1, 3)).await.expect("truncate");
+        assert_eq!(indexes(&mut log).await, vec![1, 2]);
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id, Some(log_id(1, 2)));
+        assert_eq!(state.last_purged_log_id, None);
+    }
+
+    #[tokio::test]
+    async fn purge_drops_the_prefix_and_remembers_it() {
+        let mut log = MemLog::<Nop>::new();
+        log.blocking_append((1..=5).map(|i| entry(1, i))).await.expect("append");
+        log.purge(log_id(1, 3)).await.expect("purge");
+        assert_eq!(indexes(&mut log).await, vec![4, 5]);
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 3)));
+        assert_eq!(state.last_log_id, Some(log_id(1, 5)));
+    }
+
+    #[tokio::test]
+    async fn purging_everything_keeps_the_last_log_id() {
+        let mut log = MemLog::<Nop>::new();
+        log.blocking_append((1..=3).map(|i| entry(2, i))).await.expect("append");
+        log.purge(log_id(2, 3)).await.expect("purge");
+        assert!(indexes(&mut log).await.is_empty());
+        let state = log.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id, Some(log_id(2, 3)));
+        // The log goes on from the purged point.
+        log.blocking_append([entry(3, 4)]).await.expect("append");
+        assert_eq!(indexes(&mut log).await, vec![4]);
+    }
+
+    #[tokio::test]
+    async fn vote_and_committed_read_back() {
+        let mut log = MemLog::<Nop>::new();
+        assert_eq!(log.read_vote().await.expect("vote"), None);
+        let vote = Vote::new(3, 2);
+        log.save_vote(&vote).await.expect("save");
+        assert_eq!(log.read_vote().await.expect("vote"), Some(vote));
+        log.save_committed(Some(log_id(3, 7))).await.expect("save");
+        assert_eq!(log.read_committed().await.expect("read"), Some(log_id(3, 7)));
+    }
+}

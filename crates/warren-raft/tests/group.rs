@@ -1,0 +1,126 @@
+//! The rest of the group API: membership changes, the applied stream's bound, one-way cuts.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::{commands, fast_config, Cluster, List, WAIT};
+use warren_raft::{AdminError, Applied, GroupConfig, LocalNet, Peer, RpcError, Transport, Vote, VoteRequest};
+
+#[tokio::test]
+async fn a_learner_joins_as_voter_and_a_voter_leaves() {
+    let mut cluster = Cluster::start(fast_config()).await;
+    let leader = cluster.leader();
+    let group = cluster.group(leader);
+    for value in 0..5 {
+        group.propose(value).await.expect("committed");
+    }
+
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let refused = cluster.group(follower).add_learner(4, "local-4".into()).await;
+    assert_eq!(refused, Err(AdminError::NotLeader { leader: Some(leader) }));
+    let not_learner = group.change_membership(BTreeSet::from([leader, 9])).await;
+    assert!(matches!(not_learner, Err(AdminError::Rejected { .. })), "{not_learner:?}");
+
+    cluster.add_node(4).await;
+    let added_at = group.add_learner(4, "local-4".into()).await.expect("learner added");
+    group
+        .wait_until(WAIT, "node 4 caught up", |s| s.matched.get(&4).is_some_and(|m| *m >= Some(added_at)))
+        .await
+        .expect("learner catches up");
+    assert!(group.status().learners.contains(&4));
+
+    let voters = BTreeSet::from([leader, follower, 4]);
+    let removed = (1..=3).find(|id| !voters.contains(id)).expect("a voter to remove");
+    let changed_at = group.change_membership(voters.clone()).await.expect("membership changed");
+    let status = group
+        .wait_until(WAIT, "replication to the removed voter stopped", |s| !s.matched.contains_key(&removed))
+        .await
+        .expect("the leader stops replicating to the removed voter");
+    assert_eq!(status.voters, voters);
+    assert!(status.learners.is_empty(), "a removed voter is gone, not a learner");
+
+    let (index, _) = group.propose(100).await.expect("the new membership commits");
+    assert!(index > changed_at);
+    cluster.wait_applied(&[leader, follower, 4], index).await;
+    let expected: Vec<u64> = (0..5).chain([100]).collect();
+    assert_eq!(cluster.state(4).0, expected);
+    assert_eq!(cluster.state(4), cluster.state(leader));
+    // The learner's stream holds every command from the start, since it replayed the whole log.
+    let indexes: Vec<u64> = commands(&cluster.drain(4)).iter().map(|(i, _)| *i).collect();
+    assert_eq!(indexes.len(), 6);
+    assert_eq!(indexes.last(), Some(&index));
+
+    cluster.shutdown(&[1, 2, 3, 4]).await;
+}
+
+#[tokio::test]
+async fn a_full_applied_stream_holds_back_applying_until_the_host_reads() {
+    const CAPACITY: usize = 4;
+    let config = GroupConfig { applied_capacity: CAPACITY, ..fast_config() };
+    let net = LocalNet::new();
+    let (group, mut applied) = net.start(1, &config, List::default()).await.expect("start");
+    group.initialize(BTreeMap::from([(1, "local-1".to_owned())])).await.expect("initialize");
+    group.wait_for_leader(WAIT).await.expect("leader");
+
+    // At the limit: every proposal completes though nobody reads.
+    for value in 0..CAPACITY as u64 {
+        group.propose(value).await.expect("committed");
+    }
+    // One past it: applying waits for room, and the proposal with it.
+    let mut blocked = tokio::spawn({
+        let group = group.clone();
+        async move { group.propose(99).await }
+    });
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut blocked).await;
+    assert!(early.is_err(), "the proposal completed with the stream full: {early:?}");
+
+    let first = applied.recv().await.expect("an event");
+    assert!(matches!(first, Applied::Command { output, .. } if output == 0));
+    let (index, _) =
+        tokio::time::timeout(WAIT, blocked).await.expect("room frees the apply").expect("task").expect("committed");
+    let mut rest = Vec::new();
+    while let Ok(event) = applied.try_recv() {
+        rest.push(event);
+    }
+    assert_eq!(rest.len(), CAPACITY);
+    assert_eq!(rest.last().map(Applied::index), Some(index));
+
+    group.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_one_way_cut_loses_requests_or_replies_in_that_direction_only() {
+    let net = LocalNet::<List>::new();
+    let config = fast_config();
+    let (_one, _) = net.start(1, &config, List::default()).await.expect("start");
+    let (two, _) = net.start(2, &config, List::default()).await.expect("start");
+    let to_two = Peer { id: 2, addr: "local-2".into() };
+    let ask = |term| VoteRequest::new(Vote::new(term, 1), None);
+
+    net.cut(1, 2);
+    let lost = net.transport(1).vote(&to_two, ask(5)).await;
+    assert!(matches!(lost, Err(RpcError::Unreachable { .. })), "{lost:?}");
+    assert_eq!(two.status().term, 0, "the request never arrived");
+
+    net.heal();
+    net.cut(2, 1);
+    let lost = net.transport(1).vote(&to_two, ask(6)).await;
+    assert!(matches!(lost, Err(RpcError::Unreachable { .. })), "{lost:?}");
+    two.wait_until(WAIT, "term 6", |s| s.term == 6).await.expect("the request arrived, only the reply was lost");
+
+    net.heal();
+    let granted = net.transport(1).vote(&to_two, ask(7)).await.expect("delivered both ways");
+    assert!(granted.vote_granted);
+    two.wait_until(WAIT, "term 7", |s| s.term == 7).await.expect("vote recorded");
+
+    net.isolate(2);
+    let lost = net.transport(1).vote(&to_two, ask(8)).await;
+    assert!(matches!(lost, Err(RpcError::Unreachable { .. })), "{lost:?}");
+    assert_eq!(two.status().term, 7);
+
+    let to_nowhere = Peer { id: 9, addr: "local-9".into() };
+    let lost = net.transport(1).vote(&to_nowhere, ask(9)).await;
+    assert!(matches!(lost, Err(RpcError::Unreachable { .. })), "{lost:?}");
+}
