@@ -32,6 +32,7 @@ pub mod message;
 pub mod metrics;
 pub mod policy;
 pub mod queue;
+pub mod quorum;
 
 pub use broker::limits::{UserLimit, VhostLimit};
 pub use broker::management::{

@@ -1,0 +1,577 @@
+//! A quorum queue's state machine: what every replica of a quorum queue applies, in log order,
+//! to hold the same queue (issue 15, docs/clustering.md).
+//!
+//! It is a plain value with one entry point, [`QuorumQueue::apply`]: a command stamped with
+//! the leader's clock goes in, a reply for whoever proposed it and the effects for the leader's
+//! host come out. It reads nothing else (no connection, no channel, no clock, no randomness),
+//! and it iterates only ordered collections, so three replicas that apply the same log hold the
+//! same state and produce the same outputs byte for byte.
+//!
+//! Unlike a classic queue ([`crate::queue::Queue`]), which asks its consumers' channels for
+//! room at the moment it delivers, a quorum queue keeps its consumers' credit in its own state:
+//! a consumer attaches with a prefetch, each delivery it has not settled uses one, and a settle
+//! or return gives it back. That is how RabbitMQ's quorum queues work too, and why they do not
+//! support a channel-wide (global) prefetch.
+//!
+//! Semantics, as RabbitMQ's quorum queues and Warren's single-node quorum queues before this:
+//! - messages go out in order; a returned message (requeued by a nack or reject, or left
+//!   unsettled by a channel that went away) goes back to its place, ahead of every message not
+//!   yet delivered, and counts one more delivery attempt (`x-delivery-count`);
+//! - a message returned more often than `x-delivery-limit` is dead-lettered (`delivery_limit`)
+//!   instead;
+//! - consumers of a higher priority are served first, round-robin among equals; with a single
+//!   active consumer only the first consumer attached and not cancelled is served;
+//! - a cancelled consumer keeps what it was given until it settles or returns it;
+//! - per-message and per-queue TTL expire messages at the head (`expired`);
+//! - a length limit drops from the head (`maxlen`) or refuses the publish (reject-publish).
+//!
+//! Invariant: every message is in exactly one of `returned`, `ready` or `checked_out`; ids in
+//! `returned` are all lower than every id in `ready`; each consumer's `checked_out` count is the
+//! number of entries of `checked_out` it holds.
+
+use crate::args::{Overflow, QueueArgs};
+use crate::message::MessageRef;
+use std::collections::{BTreeMap, VecDeque};
+use warren_amqp::ShortStr;
+
+/// A message's id in its queue: given in enqueue order, never reused.
+pub type MsgId = u64;
+
+/// Where a consumer or a basic.get lives: a channel of a connection of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Owner {
+    pub node: u32,
+    pub conn: u64,
+    pub channel: u16,
+}
+
+/// What went away: a channel, a whole connection, or a whole node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    Channel(Owner),
+    Connection { node: u32, conn: u64 },
+    Node(u32),
+}
+
+impl Gone {
+    fn covers(&self, o: &Owner) -> bool {
+        match *self {
+            Gone::Channel(c) => c == *o,
+            Gone::Connection { node, conn } => o.node == node && o.conn == conn,
+            Gone::Node(node) => o.node == node,
+        }
+    }
+}
+
+/// What the queue is told, each in a log entry.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// A message published to the queue.
+    Enqueue { msg: MessageRef },
+    /// basic.consume: a consumer with room for `prefetch` unsettled deliveries (0: no limit).
+    /// A no-ack consumer's deliveries are settled as they go out.
+    Attach { owner: Owner, tag: ShortStr, prefetch: u32, no_ack: bool, priority: i64 },
+    /// basic.cancel: no more deliveries to the consumer; what it holds stays until settled.
+    Cancel { owner: Owner, tag: ShortStr },
+    /// basic.ack of deliveries the channel holds.
+    Settle { owner: Owner, ids: Vec<MsgId> },
+    /// basic.nack or basic.reject with requeue: back to their places.
+    Return { owner: Owner, ids: Vec<MsgId> },
+    /// basic.nack or basic.reject without requeue: dead-lettered (`rejected`).
+    Discard { owner: Owner, ids: Vec<MsgId> },
+    /// basic.get: the message at the head, held by the channel unless `no_ack`.
+    Get { owner: Owner, no_ack: bool },
+    /// A channel, connection or node went away: its consumers go, and what they held returns.
+    Down(Gone),
+    /// queue.purge: every message not delivered goes.
+    Purge,
+    /// Time passed: expired messages at the head go.
+    Tick,
+}
+
+/// A command and the leader's clock when it proposed it, ms since the Unix epoch: the only
+/// time the queue knows.
+#[derive(Debug, Clone)]
+pub struct Stamped {
+    pub now_ms: u64,
+    pub command: Command,
+}
+
+/// A message handed to a consumer or a basic.get.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: MsgId,
+    pub msg: MessageRef,
+    /// It was delivered before.
+    pub redelivered: bool,
+    /// Times it was returned (`x-delivery-count`).
+    pub delivery_count: u32,
+}
+
+/// Why a message left for the dead-letter exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadReason {
+    Expired,
+    MaxLen,
+    Rejected,
+    DeliveryLimit,
+}
+
+impl DeadReason {
+    /// The reason as RabbitMQ writes it in `x-death`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::Expired => "expired",
+            DeadReason::MaxLen => "maxlen",
+            DeadReason::Rejected => "rejected",
+            DeadReason::DeliveryLimit => "delivery_limit",
+        }
+    }
+}
+
+/// What the leader's host does after a command: deliver, dead-letter.
+#[derive(Debug, Clone)]
+pub enum Effect {
+    Deliver { owner: Owner, tag: ShortStr, delivery: Delivery },
+    DeadLetter { msg: MessageRef, reason: DeadReason, delivery_count: u32 },
+}
+
+/// The answer to whoever proposed the command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Ok,
+    /// The publish was refused: the queue is full and its overflow is reject-publish.
+    Rejected,
+    /// basic.get: the message, if any, and how many are left ready.
+    Got {
+        delivery: Option<GotMessage>,
+        remaining: u64,
+    },
+    /// queue.purge: how many messages went.
+    Purged(u64),
+    /// basic.consume with a tag the channel already uses on this queue.
+    TagInUse,
+}
+
+/// A message taken by basic.get (a [`Delivery`] without its body, for comparing replies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GotMessage {
+    pub id: MsgId,
+    pub redelivered: bool,
+    pub delivery_count: u32,
+}
+
+/// What applying one command produced.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub reply: Reply,
+    pub effects: Vec<Effect>,
+    /// basic.get's message (its id, flags and count are in `reply`).
+    pub got: Option<Delivery>,
+}
+
+/// What a quorum queue was declared with, as far as its state machine cares.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QuorumConfig {
+    pub message_ttl_ms: Option<u64>,
+    pub max_length: Option<u64>,
+    pub max_length_bytes: Option<u64>,
+    pub reject_publish: bool,
+    pub delivery_limit: Option<u64>,
+    pub single_active_consumer: bool,
+}
+
+impl From<&QueueArgs> for QuorumConfig {
+    fn from(a: &QueueArgs) -> Self {
+        QuorumConfig {
+            message_ttl_ms: a.message_ttl_ms,
+            max_length: a.max_length,
+            max_length_bytes: a.max_length_bytes,
+            reject_publish: a.overflow != Overflow::DropHead,
+            delivery_limit: a.delivery_limit,
+            single_active_consumer: a.single_active_consumer,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    id: MsgId,
+    msg: MessageRef,
+    expires_at: Option<u64>,
+    delivered: bool,
+    returns: u32,
+}
+
+impl Entry {
+    fn delivery(&self) -> Delivery {
+        Delivery { id: self.id, msg: self.msg.clone(), redelivered: self.delivered, delivery_count: self.returns }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Consumer {
+    owner: Owner,
+    tag: ShortStr,
+    prefetch: u32,
+    no_ack: bool,
+    priority: i64,
+    cancelled: bool,
+    /// Deliveries it holds, unsettled.
+    holding: u32,
+}
+
+impl Consumer {
+    fn has_credit(&self) -> bool {
+        !self.cancelled && (self.no_ack || self.prefetch == 0 || self.holding < self.prefetch)
+    }
+}
+
+/// Who holds a delivered message: a consumer (by tag) or a basic.get (no tag) of a channel.
+#[derive(Debug, Clone)]
+struct Held {
+    owner: Owner,
+    tag: Option<ShortStr>,
+    entry: Entry,
+}
+
+/// A quorum queue's replicated state (see the module's documentation).
+#[derive(Debug, Clone, Default)]
+pub struct QuorumQueue {
+    config: QuorumConfig,
+    next_id: MsgId,
+    /// Returned messages, in id order: delivered before `ready`.
+    returned: BTreeMap<MsgId, Entry>,
+    ready: VecDeque<Entry>,
+    /// Body bytes of `returned` and `ready`.
+    ready_bytes: u64,
+    checked_out: BTreeMap<MsgId, Held>,
+    /// In priority order (highest first), then in the order they attached.
+    consumers: Vec<Consumer>,
+    /// Where the next round-robin search starts.
+    rr: usize,
+    /// The index of the last command applied.
+    applied: u64,
+}
+
+impl QuorumQueue {
+    pub fn new(config: QuorumConfig) -> Self {
+        QuorumQueue { config, ..Default::default() }
+    }
+
+    /// Messages ready to deliver (returned or never delivered).
+    pub fn ready_count(&self) -> u64 {
+        (self.returned.len() + self.ready.len()) as u64
+    }
+
+    /// Messages delivered and not yet settled.
+    pub fn unsettled_count(&self) -> u64 {
+        self.checked_out.len() as u64
+    }
+
+    pub fn consumer_count(&self) -> usize {
+        self.consumers.len()
+    }
+
+    /// The index of the last command applied.
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    /// Applies the command at log `index`.
+    pub fn apply(&mut self, index: u64, stamped: &Stamped) -> Output {
+        debug_assert!(index > self.applied || self.applied == 0, "commands are applied once, in log order");
+        self.applied = index;
+        let now = stamped.now_ms;
+        let mut out = Output { reply: Reply::Ok, effects: Vec::new(), got: None };
+        match &stamped.command {
+            Command::Enqueue { msg } => self.enqueue(msg, now, &mut out),
+            Command::Attach { owner, tag, prefetch, no_ack, priority } => {
+                if self.consumers.iter().any(|c| c.owner == *owner && c.tag == *tag) {
+                    out.reply = Reply::TagInUse;
+                } else {
+                    let c = Consumer {
+                        owner: *owner,
+                        tag: tag.clone(),
+                        prefetch: *prefetch,
+                        no_ack: *no_ack,
+                        priority: *priority,
+                        cancelled: false,
+                        holding: 0,
+                    };
+                    let at =
+                        self.consumers.iter().position(|e| e.priority < c.priority).unwrap_or(self.consumers.len());
+                    if at <= self.rr && at < self.consumers.len() {
+                        self.rr += 1;
+                    }
+                    self.consumers.insert(at, c);
+                }
+            }
+            Command::Cancel { owner, tag } => {
+                if let Some(i) = self.consumers.iter().position(|c| c.owner == *owner && c.tag == *tag) {
+                    self.consumers[i].cancelled = true;
+                    if self.consumers[i].holding == 0 {
+                        self.remove_consumer(i);
+                    }
+                }
+            }
+            Command::Settle { owner, ids } => {
+                for id in ids {
+                    self.take_held(*owner, *id);
+                }
+            }
+            Command::Return { owner, ids } => {
+                for id in ids {
+                    if let Some(entry) = self.take_held(*owner, *id) {
+                        self.give_back(entry, &mut out);
+                    }
+                }
+                self.trim(&mut out);
+            }
+            Command::Discard { owner, ids } => {
+                for id in ids {
+                    if let Some(e) = self.take_held(*owner, *id) {
+                        out.effects.push(Effect::DeadLetter {
+                            msg: e.msg,
+                            reason: DeadReason::Rejected,
+                            delivery_count: e.returns,
+                        });
+                    }
+                }
+            }
+            Command::Get { owner, no_ack } => {
+                self.expire_head(now, &mut out);
+                let got = self.pop();
+                let remaining = self.ready_count();
+                out.reply = Reply::Got {
+                    delivery: got.as_ref().map(|e| GotMessage {
+                        id: e.id,
+                        redelivered: e.delivered,
+                        delivery_count: e.returns,
+                    }),
+                    remaining,
+                };
+                if let Some(mut e) = got {
+                    out.got = Some(e.delivery());
+                    if !no_ack {
+                        e.delivered = true;
+                        self.checked_out.insert(e.id, Held { owner: *owner, tag: None, entry: e });
+                    }
+                }
+            }
+            Command::Down(gone) => {
+                let held: Vec<MsgId> =
+                    self.checked_out.iter().filter(|(_, h)| gone.covers(&h.owner)).map(|(id, _)| *id).collect();
+                for id in held {
+                    if let Some(h) = self.checked_out.remove(&id) {
+                        self.give_back(h.entry, &mut out);
+                    }
+                }
+                let mut i = 0;
+                while i < self.consumers.len() {
+                    if gone.covers(&self.consumers[i].owner) {
+                        self.remove_consumer(i);
+                    } else {
+                        i += 1;
+                    }
+                }
+                self.trim(&mut out);
+            }
+            Command::Purge => {
+                let n = self.ready_count();
+                self.returned.clear();
+                self.ready.clear();
+                self.ready_bytes = 0;
+                out.reply = Reply::Purged(n);
+            }
+            Command::Tick => self.expire_head(now, &mut out),
+        }
+        self.deliver(now, &mut out);
+        out
+    }
+
+    fn enqueue(&mut self, msg: &MessageRef, now: u64, out: &mut Output) {
+        let len = msg.body.len() as u64;
+        let over = |q: &Self, extra_len: u64, extra_bytes: u64| {
+            q.config.max_length.is_some_and(|m| q.ready_count() + extra_len > m)
+                || q.config.max_length_bytes.is_some_and(|m| q.ready_bytes + extra_bytes > m)
+        };
+        if self.config.reject_publish && over(self, 1, len) {
+            out.reply = Reply::Rejected;
+            return;
+        }
+        let own = msg.properties.expiration.as_ref().and_then(|e| e.parse::<u64>().ok());
+        let ttl = match (self.config.message_ttl_ms, own) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        self.ready_bytes += len;
+        self.ready.push_back(Entry {
+            id,
+            msg: msg.clone(),
+            expires_at: ttl.map(|t| now.saturating_add(t)),
+            delivered: false,
+            returns: 0,
+        });
+        self.trim(out);
+    }
+
+    /// Drops from the head while over a length limit (drop-head overflow).
+    fn trim(&mut self, out: &mut Output) {
+        if self.config.reject_publish {
+            return;
+        }
+        while self.config.max_length.is_some_and(|m| self.ready_count() > m)
+            || self.config.max_length_bytes.is_some_and(|m| self.ready_bytes > m)
+        {
+            let Some(e) = self.pop() else { break };
+            out.effects.push(Effect::DeadLetter { msg: e.msg, reason: DeadReason::MaxLen, delivery_count: e.returns });
+        }
+    }
+
+    /// The next message to deliver, taken out of the ready set.
+    fn pop(&mut self) -> Option<Entry> {
+        let e = match self.returned.pop_first() {
+            Some((_, e)) => e,
+            None => self.ready.pop_front()?,
+        };
+        self.ready_bytes -= e.msg.body.len() as u64;
+        Some(e)
+    }
+
+    fn peek(&self) -> Option<&Entry> {
+        self.returned.first_key_value().map(|(_, e)| e).or_else(|| self.ready.front())
+    }
+
+    /// Dead-letters expired messages at the head. A message expires once its deadline is in
+    /// the past.
+    fn expire_head(&mut self, now: u64, out: &mut Output) {
+        while self.peek().is_some_and(|e| e.expires_at.is_some_and(|t| t < now)) {
+            if let Some(e) = self.pop() {
+                out.effects.push(Effect::DeadLetter {
+                    msg: e.msg,
+                    reason: DeadReason::Expired,
+                    delivery_count: e.returns,
+                });
+            }
+        }
+    }
+
+    /// Takes a delivery `owner` holds; a consumer that was cancelled goes with its last one.
+    fn take_held(&mut self, owner: Owner, id: MsgId) -> Option<Entry> {
+        if self.checked_out.get(&id).is_none_or(|h| h.owner != owner) {
+            return None;
+        }
+        let h = self.checked_out.remove(&id)?;
+        if let Some(tag) = &h.tag {
+            if let Some(i) = self.consumers.iter().position(|c| c.owner == owner && c.tag == *tag) {
+                let c = &mut self.consumers[i];
+                c.holding -= 1;
+                if c.cancelled && c.holding == 0 {
+                    self.remove_consumer(i);
+                }
+            }
+        }
+        Some(h.entry)
+    }
+
+    /// A message returned: back to its place, or dead-lettered past the delivery limit.
+    fn give_back(&mut self, mut e: Entry, out: &mut Output) {
+        e.returns = e.returns.saturating_add(1);
+        if self.config.delivery_limit.is_some_and(|limit| u64::from(e.returns) > limit) {
+            out.effects.push(Effect::DeadLetter {
+                msg: e.msg,
+                reason: DeadReason::DeliveryLimit,
+                delivery_count: e.returns,
+            });
+            return;
+        }
+        self.ready_bytes += e.msg.body.len() as u64;
+        self.returned.insert(e.id, e);
+    }
+
+    fn remove_consumer(&mut self, i: usize) {
+        self.consumers.remove(i);
+        if i < self.rr {
+            self.rr -= 1;
+        }
+        // Whatever it still held (a consumer removed by `Down` held nothing by now) stays
+        // checked out under its channel until settled.
+    }
+
+    /// The consumer the next message goes to: the first in priority order with credit,
+    /// round-robin from `rr` among equals; with a single active consumer, only the first
+    /// consumer not cancelled.
+    fn choose(&self) -> Option<usize> {
+        if self.config.single_active_consumer {
+            let active = self.consumers.iter().position(|c| !c.cancelled)?;
+            return self.consumers[active].has_credit().then_some(active);
+        }
+        let n = self.consumers.len();
+        let mut start = 0;
+        while start < n {
+            let priority = self.consumers[start].priority;
+            let end = start + self.consumers[start..].iter().take_while(|c| c.priority == priority).count();
+            let len = end - start;
+            let from = if (start..end).contains(&self.rr) { self.rr - start } else { 0 };
+            if let Some(i) = (0..len).map(|k| start + (from + k) % len).find(|&i| self.consumers[i].has_credit()) {
+                return Some(i);
+            }
+            start = end;
+        }
+        None
+    }
+
+    /// Hands ready messages to consumers with credit; expired ones met at the head go.
+    fn deliver(&mut self, now: u64, out: &mut Output) {
+        while self.peek().is_some() {
+            let Some(i) = self.choose() else { return };
+            self.expire_head(now, out);
+            let Some(mut e) = self.pop() else { return };
+            self.rr = i + 1;
+            let c = &mut self.consumers[i];
+            out.effects.push(Effect::Deliver { owner: c.owner, tag: c.tag.clone(), delivery: e.delivery() });
+            if !c.no_ack {
+                c.holding += 1;
+                e.delivered = true;
+                let held = Held { owner: c.owner, tag: Some(c.tag.clone()), entry: e };
+                self.checked_out.insert(held.entry.id, held);
+            }
+        }
+    }
+
+    /// Checks the module's invariant (for tests and debug builds).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if let (Some((last_returned, _)), Some(first_ready)) = (self.returned.last_key_value(), self.ready.front()) {
+            if *last_returned >= first_ready.id {
+                return Err(format!("returned id {last_returned} not before ready id {}", first_ready.id));
+            }
+        }
+        let bytes: u64 = self.returned.values().chain(self.ready.iter()).map(|e| e.msg.body.len() as u64).sum();
+        if bytes != self.ready_bytes {
+            return Err(format!("ready bytes {} but messages hold {bytes}", self.ready_bytes));
+        }
+        for c in &self.consumers {
+            let holding =
+                self.checked_out.values().filter(|h| h.owner == c.owner && h.tag.as_ref() == Some(&c.tag)).count();
+            if holding != c.holding as usize {
+                return Err(format!("consumer {:?} counts {} held but holds {holding}", c.tag, c.holding));
+            }
+            if !c.no_ack && c.prefetch > 0 && c.holding > c.prefetch {
+                return Err(format!("consumer {:?} holds {} past its prefetch {}", c.tag, c.holding, c.prefetch));
+            }
+        }
+        let mut ids: Vec<MsgId> = self.returned.keys().copied().collect();
+        ids.extend(self.ready.iter().map(|e| e.id));
+        ids.extend(self.checked_out.keys().copied());
+        let n = ids.len();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.len() != n {
+            return Err("a message is in two places".into());
+        }
+        Ok(())
+    }
+}
