@@ -277,7 +277,7 @@ fn end(l: &mut Ledger, n: u64, how: &'static str) {
 }
 
 /// Runs `steps` random commands from `seed`; returns the transcript of outputs.
-fn run(seed: u64, steps: usize) -> (String, QuorumQueue) {
+fn run(seed: u64, steps: usize, restore_at: Option<usize>) -> (String, QuorumQueue) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let config = QuorumConfig {
         delivery_limit: Some(rng.u64(1..4)),
@@ -295,6 +295,10 @@ fn run(seed: u64, steps: usize) -> (String, QuorumQueue) {
     let mut transcript = String::new();
     let mut next = 0u64;
     for step in 0..steps {
+        if restore_at == Some(step) {
+            // A replica that joins from a snapshot here must go on exactly as this one.
+            log.q = QuorumQueue::restore(&log.q.snapshot()).expect("restores");
+        }
         log.now += rng.u64(0..10);
         let owner = owners[rng.usize(0..owners.len())];
         let mine: Vec<MsgId> = ledger.held.iter().filter(|(_, (o, _))| *o == owner).map(|(id, _)| *id).collect();
@@ -482,14 +486,39 @@ fn seeded_runs_conserve_every_message_and_replay_byte_for_byte() {
     };
     for seed in seeds {
         let result = std::panic::catch_unwind(|| {
-            let (first, q1) = run(seed, 600);
-            let (second, q2) = run(seed, 600);
+            let (first, q1) = run(seed, 600, None);
+            let (second, q2) = run(seed, 600, None);
             assert_eq!(first, second, "seed {seed}: a second run differs");
             assert_eq!(format!("{q1:?}"), format!("{q2:?}"), "seed {seed}: the states differ");
+            let (restored, q3) = run(seed, 600, Some((200 + seed as usize * 7) % 600));
+            assert_eq!(first, restored, "seed {seed}: a run restored from a snapshot differs");
+            assert_eq!(q1.snapshot(), q3.snapshot(), "seed {seed}: the snapshots differ");
         });
         if let Err(e) = result {
             eprintln!("quorum machine failed with seed {seed}: replay with WARREN_QUORUM_SEED={seed}");
             std::panic::resume_unwind(e);
         }
     }
+}
+
+#[test]
+fn a_snapshot_restores_the_same_queue_and_refuses_what_is_not_one() {
+    let mut log = Log::new(QuorumConfig { delivery_limit: Some(3), max_length: Some(10), ..Default::default() });
+    for n in 0..4 {
+        log.publish(n);
+    }
+    log.apply(Command::Enqueue { msg: msg_with(4, Some("500")) });
+    let out = log.attach(A, "c", 2);
+    log.apply(Command::Return { owner: A, ids: ids(&out)[..1].to_vec() });
+    log.apply(Command::Get { owner: B, no_ack: false });
+    let bytes = log.q.snapshot();
+    let back = QuorumQueue::restore(&bytes).expect("restores");
+    assert_eq!(format!("{back:?}"), format!("{:?}", log.q));
+    assert_eq!(back.snapshot(), bytes);
+    for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+        assert!(QuorumQueue::restore(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(QuorumQueue::restore(&longer).is_err());
 }
