@@ -99,6 +99,126 @@ pub struct Stamped {
     pub command: Command,
 }
 
+impl Stamped {
+    /// The command as it goes in a log entry or over the network: the clock, a tag byte, then
+    /// the command's fields (integers big-endian, names as short strings, a message in its
+    /// store encoding behind a length).
+    pub fn encode(&self, b: &mut Vec<u8>) {
+        b.put_u64(self.now_ms);
+        let ids = |b: &mut Vec<u8>, tag: u8, owner: &Owner, ids: &[MsgId]| {
+            b.put_u8(tag);
+            put_owner(b, owner);
+            b.put_u64(ids.len() as u64);
+            ids.iter().for_each(|id| b.put_u64(*id));
+        };
+        match &self.command {
+            Command::Enqueue { msg } => {
+                b.put_u8(1);
+                let mut scratch = Vec::new();
+                encode_for_store(msg, None, &mut scratch);
+                b.put_u64(scratch.len() as u64);
+                b.put_slice(&scratch);
+            }
+            Command::Attach { owner, tag, prefetch, no_ack, priority } => {
+                b.put_u8(2);
+                put_owner(b, owner);
+                put_str(b, tag);
+                b.put_u32(*prefetch);
+                b.put_u8(u8::from(*no_ack));
+                b.put_i64(*priority);
+            }
+            Command::Cancel { owner, tag } => {
+                b.put_u8(3);
+                put_owner(b, owner);
+                put_str(b, tag);
+            }
+            Command::Settle { owner, ids: i } => ids(b, 4, owner, i),
+            Command::Return { owner, ids: i } => ids(b, 5, owner, i),
+            Command::Discard { owner, ids: i } => ids(b, 6, owner, i),
+            Command::Get { owner, no_ack } => {
+                b.put_u8(7);
+                put_owner(b, owner);
+                b.put_u8(u8::from(*no_ack));
+            }
+            Command::Down(gone) => {
+                b.put_u8(8);
+                match *gone {
+                    Gone::Channel(o) => {
+                        b.put_u8(0);
+                        put_owner(b, &o);
+                    }
+                    Gone::Connection { node, conn } => {
+                        b.put_u8(1);
+                        b.put_u32(node);
+                        b.put_u64(conn);
+                    }
+                    Gone::Node(node) => {
+                        b.put_u8(2);
+                        b.put_u32(node);
+                    }
+                }
+            }
+            Command::Purge => b.put_u8(9),
+            Command::Tick => b.put_u8(10),
+        }
+    }
+
+    /// A command [`Stamped::encode`] wrote; an error says what is wrong with bytes that are not
+    /// one.
+    pub fn decode(bytes: &[u8]) -> io::Result<Stamped> {
+        let mut r = Bytes::copy_from_slice(bytes);
+        let now_ms = get_u64(&mut r)?;
+        let ids = |r: &mut Bytes| -> io::Result<(Owner, Vec<MsgId>)> {
+            let owner = get_owner(r)?;
+            let n = get_u64(r)?;
+            need(r, usize::try_from(n.saturating_mul(8)).map_err(|_| bad("too many ids"))?)?;
+            Ok((owner, (0..n).map(|_| r.get_u64()).collect()))
+        };
+        let command = match get_u8(&mut r)? {
+            1 => {
+                let n = usize::try_from(get_u64(&mut r)?).map_err(|_| bad("a message too long"))?;
+                need(&r, n)?;
+                let (msg, _) = decode_from_store(r.split_to(n)).ok_or_else(|| bad("a message it cannot decode"))?;
+                Command::Enqueue { msg }
+            }
+            2 => Command::Attach {
+                owner: get_owner(&mut r)?,
+                tag: get_str(&mut r)?,
+                prefetch: get_u32(&mut r)?,
+                no_ack: get_u8(&mut r)? != 0,
+                priority: get_u64(&mut r)? as i64,
+            },
+            3 => Command::Cancel { owner: get_owner(&mut r)?, tag: get_str(&mut r)? },
+            4 => {
+                let (owner, ids) = ids(&mut r)?;
+                Command::Settle { owner, ids }
+            }
+            5 => {
+                let (owner, ids) = ids(&mut r)?;
+                Command::Return { owner, ids }
+            }
+            6 => {
+                let (owner, ids) = ids(&mut r)?;
+                Command::Discard { owner, ids }
+            }
+            7 => Command::Get { owner: get_owner(&mut r)?, no_ack: get_u8(&mut r)? != 0 },
+            8 => Command::Down(match get_u8(&mut r)? {
+                0 => Gone::Channel(get_owner(&mut r)?),
+                1 => Gone::Connection { node: get_u32(&mut r)?, conn: get_u64(&mut r)? },
+                2 => Gone::Node(get_u32(&mut r)?),
+                _ => return Err(bad("an unknown kind of going")),
+            }),
+            9 => Command::Purge,
+            10 => Command::Tick,
+            _ => return Err(bad("an unknown command")),
+        };
+        if r.has_remaining() {
+            return Err(bad("bytes after the end"));
+        }
+        Ok(Stamped { now_ms, command })
+    }
+}
+
 /// A message handed to a consumer or a basic.get.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -687,7 +807,7 @@ impl QuorumQueue {
 const SNAPSHOT_FORMAT: u8 = 1;
 
 fn bad(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("not a quorum queue snapshot: {what}"))
+    io::Error::new(io::ErrorKind::InvalidData, format!("not a quorum queue snapshot or command: {what}"))
 }
 
 fn need(r: &Bytes, n: usize) -> io::Result<()> {

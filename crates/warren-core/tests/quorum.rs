@@ -329,6 +329,12 @@ fn run(seed: u64, steps: usize, restore_at: Option<usize>) -> (String, QuorumQue
             90..=91 => Command::Purge,
             _ => Command::Tick,
         };
+        // Every command goes through its log encoding, as a replica would read it.
+        let mut encoded = Vec::new();
+        Stamped { now_ms: log.now, command: command.clone() }.encode(&mut encoded);
+        let decoded = Stamped::decode(&encoded).expect("decodes");
+        assert_eq!(decoded.now_ms, log.now);
+        let command = decoded.command;
         let ready_before = log.q.ready_count();
         let out = log.apply(command.clone());
         writeln!(transcript, "{step} {:?}", summary(&out)).expect("write");
@@ -521,4 +527,21 @@ fn a_snapshot_restores_the_same_queue_and_refuses_what_is_not_one() {
     let mut longer = bytes.clone();
     longer.push(0);
     assert!(QuorumQueue::restore(&longer).is_err());
+}
+
+#[test]
+fn a_command_that_is_cut_or_unknown_is_refused() {
+    let mut b = Vec::new();
+    Stamped { now_ms: 5, command: Command::Enqueue { msg: msg(1) } }.encode(&mut b);
+    for cut in [0, 8, 9, b.len() - 1] {
+        assert!(Stamped::decode(&b[..cut]).is_err(), "cut at {cut}");
+    }
+    let mut unknown = b.clone();
+    unknown[8] = 99;
+    assert!(Stamped::decode(&unknown).is_err());
+    let mut settle = Vec::new();
+    Stamped { now_ms: 5, command: Command::Settle { owner: A, ids: vec![1, 2] } }.encode(&mut settle);
+    // A count of ids larger than the bytes that follow.
+    settle[8 + 1 + 14 + 7] = 200;
+    assert!(Stamped::decode(&settle).is_err());
 }
