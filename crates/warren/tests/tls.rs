@@ -34,6 +34,13 @@ struct Pki {
     ca_key: KeyPair,
 }
 
+impl Drop for Pki {
+    /// The certificates, keys and configuration files live only as long as the test.
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 impl Pki {
     /// A client certificate from the CA whose subject has these attributes (outermost first).
     fn issue(&self, subject: &[(DnType, &str)]) -> Identity {
