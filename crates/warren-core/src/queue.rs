@@ -122,6 +122,29 @@ impl Lane {
     }
 }
 
+/// Of `n` consumers in priority order (highest first), the first of the highest priority that
+/// `can_take`, searching each run of equal priority round-robin from `rr` (when `rr` falls in
+/// that run; from its start otherwise). Classic and quorum queues choose alike.
+pub(crate) fn pick_by_priority(
+    n: usize,
+    rr: usize,
+    priority: impl Fn(usize) -> i64,
+    can_take: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let mut start = 0;
+    while start < n {
+        let p = priority(start);
+        let end = (start..n).find(|&i| priority(i) != p).unwrap_or(n);
+        let len = end - start;
+        let from = if (start..end).contains(&rr) { rr - start } else { 0 };
+        if let Some(idx) = (0..len).map(|i| start + (from + i) % len).find(|&idx| can_take(idx)) {
+            return Some(idx);
+        }
+        start = end;
+    }
+    None
+}
+
 /// Where a queue's lanes keep their logs.
 #[derive(Debug, Clone)]
 pub struct QueueStore {
@@ -341,19 +364,7 @@ impl Queue {
         if self.args.single_active_consumer {
             return (!self.consumers.is_empty() && can_take(0)).then_some(0);
         }
-        let n = self.consumers.len();
-        let mut start = 0;
-        while start < n {
-            let priority = self.consumers[start].priority;
-            let end = start + self.consumers[start..].iter().take_while(|c| c.priority == priority).count();
-            let len = end - start;
-            let from = if (start..end).contains(&self.rr) { self.rr - start } else { 0 };
-            if let Some(idx) = (0..len).map(|i| start + (from + i) % len).find(|&idx| can_take(idx)) {
-                return Some(idx);
-            }
-            start = end;
-        }
-        None
+        pick_by_priority(self.consumers.len(), self.rr, |i| self.consumers[i].priority, can_take)
     }
 
     /// The message as delivered: quorum queues tell how often it came back

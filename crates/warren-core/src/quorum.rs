@@ -631,19 +631,8 @@ impl QuorumQueue {
             let active = self.consumers.iter().position(|c| !c.cancelled)?;
             return self.consumers[active].has_credit().then_some(active);
         }
-        let n = self.consumers.len();
-        let mut start = 0;
-        while start < n {
-            let priority = self.consumers[start].priority;
-            let end = start + self.consumers[start..].iter().take_while(|c| c.priority == priority).count();
-            let len = end - start;
-            let from = if (start..end).contains(&self.rr) { self.rr - start } else { 0 };
-            if let Some(i) = (0..len).map(|k| start + (from + k) % len).find(|&i| self.consumers[i].has_credit()) {
-                return Some(i);
-            }
-            start = end;
-        }
-        None
+        let c = &self.consumers;
+        crate::queue::pick_by_priority(c.len(), self.rr, |i| c[i].priority, |i| c[i].has_credit())
     }
 
     /// Hands ready messages to consumers with credit; expired ones met at the head go.
