@@ -13,10 +13,10 @@
 //! or return gives it back. That is how RabbitMQ's quorum queues work too, and why they do not
 //! support a channel-wide (global) prefetch.
 //!
-//! Semantics, as RabbitMQ's quorum queues and Warren's single-node quorum queues before this:
+//! Semantics, as RabbitMQ 3.10's quorum queues (checked against 3.10.8 with pika):
 //! - messages go out in order; a returned message (requeued by a nack or reject, or left
-//!   unsettled by a channel that went away) goes back to its place, ahead of every message not
-//!   yet delivered, and counts one more delivery attempt (`x-delivery-count`);
+//!   unsettled by a channel that went away) goes to the back of the queue, in the order it came
+//!   back, and counts one more delivery attempt (`x-delivery-count`);
 //! - a message returned more often than `x-delivery-limit` is dead-lettered (`delivery_limit`)
 //!   instead;
 //! - consumers of a higher priority are served first, round-robin among equals; with a single
@@ -25,9 +25,8 @@
 //! - per-message and per-queue TTL expire messages at the head (`expired`);
 //! - a length limit drops from the head (`maxlen`) or refuses the publish (reject-publish).
 //!
-//! Invariant: every message is in exactly one of `returned`, `ready` or `checked_out`; ids in
-//! `returned` are all lower than every id in `ready`; each consumer's `checked_out` count is the
-//! number of entries of `checked_out` it holds.
+//! Invariant: every message is in exactly one of `ready` or `checked_out`; each consumer's
+//! `holding` count is the number of entries of `checked_out` it holds.
 
 use crate::args::{Overflow, QueueArgs};
 use crate::message::{decode_from_store, encode_for_store, MessageRef};
@@ -362,10 +361,9 @@ struct Held {
 pub struct QuorumQueue {
     config: QuorumConfig,
     next_id: MsgId,
-    /// Returned messages, in id order: delivered before `ready`.
-    returned: BTreeMap<MsgId, Entry>,
+    /// Messages to deliver, in order (returned ones at the back, as they came back).
     ready: VecDeque<Entry>,
-    /// Body bytes of `returned` and `ready`.
+    /// Body bytes of `ready`.
     ready_bytes: u64,
     checked_out: BTreeMap<MsgId, Held>,
     /// In priority order (highest first), then in the order they attached.
@@ -383,7 +381,7 @@ impl QuorumQueue {
 
     /// Messages ready to deliver (returned or never delivered).
     pub fn ready_count(&self) -> u64 {
-        (self.returned.len() + self.ready.len()) as u64
+        self.ready.len() as u64
     }
 
     /// Messages delivered and not yet settled.
@@ -501,7 +499,6 @@ impl QuorumQueue {
             }
             Command::Purge => {
                 let n = self.ready_count();
-                self.returned.clear();
                 self.ready.clear();
                 self.ready_bytes = 0;
                 out.reply = Reply::Purged(n);
@@ -555,16 +552,13 @@ impl QuorumQueue {
 
     /// The next message to deliver, taken out of the ready set.
     fn pop(&mut self) -> Option<Entry> {
-        let e = match self.returned.pop_first() {
-            Some((_, e)) => e,
-            None => self.ready.pop_front()?,
-        };
+        let e = self.ready.pop_front()?;
         self.ready_bytes -= e.msg.body.len() as u64;
         Some(e)
     }
 
     fn peek(&self) -> Option<&Entry> {
-        self.returned.first_key_value().map(|(_, e)| e).or_else(|| self.ready.front())
+        self.ready.front()
     }
 
     /// Dead-letters expired messages at the head. A message expires once its deadline is in
@@ -599,7 +593,7 @@ impl QuorumQueue {
         Some(h.entry)
     }
 
-    /// A message returned: back to its place, or dead-lettered past the delivery limit.
+    /// A message returned: to the back of the queue, or dead-lettered past the delivery limit.
     fn give_back(&mut self, mut e: Entry, out: &mut Output) {
         e.returns = e.returns.saturating_add(1);
         if self.config.delivery_limit.is_some_and(|limit| u64::from(e.returns) > limit) {
@@ -611,7 +605,7 @@ impl QuorumQueue {
             return;
         }
         self.ready_bytes += e.msg.body.len() as u64;
-        self.returned.insert(e.id, e);
+        self.ready.push_back(e);
     }
 
     fn remove_consumer(&mut self, i: usize) {
@@ -669,10 +663,6 @@ impl QuorumQueue {
         b.put_u64(self.rr as u64);
         b.put_u64(self.applied);
         let mut scratch = Vec::new();
-        b.put_u64(self.returned.len() as u64);
-        for e in self.returned.values() {
-            put_entry(&mut b, e, &mut scratch);
-        }
         b.put_u64(self.ready.len() as u64);
         for e in &self.ready {
             put_entry(&mut b, e, &mut scratch);
@@ -728,11 +718,6 @@ impl QuorumQueue {
         for _ in 0..get_u64(&mut r)? {
             let e = get_entry(&mut r)?;
             q.ready_bytes += e.msg.body.len() as u64;
-            q.returned.insert(e.id, e);
-        }
-        for _ in 0..get_u64(&mut r)? {
-            let e = get_entry(&mut r)?;
-            q.ready_bytes += e.msg.body.len() as u64;
             q.ready.push_back(e);
         }
         for _ in 0..get_u64(&mut r)? {
@@ -760,12 +745,7 @@ impl QuorumQueue {
 
     /// Checks the module's invariant (for tests and debug builds).
     pub fn check_invariants(&self) -> Result<(), String> {
-        if let (Some((last_returned, _)), Some(first_ready)) = (self.returned.last_key_value(), self.ready.front()) {
-            if *last_returned >= first_ready.id {
-                return Err(format!("returned id {last_returned} not before ready id {}", first_ready.id));
-            }
-        }
-        let bytes: u64 = self.returned.values().chain(self.ready.iter()).map(|e| e.msg.body.len() as u64).sum();
+        let bytes: u64 = self.ready.iter().map(|e| e.msg.body.len() as u64).sum();
         if bytes != self.ready_bytes {
             return Err(format!("ready bytes {} but messages hold {bytes}", self.ready_bytes));
         }
@@ -779,8 +759,7 @@ impl QuorumQueue {
                 return Err(format!("consumer {:?} holds {} past its prefetch {}", c.tag, c.holding, c.prefetch));
             }
         }
-        let mut ids: Vec<MsgId> = self.returned.keys().copied().collect();
-        ids.extend(self.ready.iter().map(|e| e.id));
+        let mut ids: Vec<MsgId> = self.ready.iter().map(|e| e.id).collect();
         ids.extend(self.checked_out.keys().copied());
         let n = ids.len();
         ids.sort_unstable();

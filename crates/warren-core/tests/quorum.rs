@@ -5,7 +5,7 @@
 //! log must). `WARREN_QUORUM_SEED=n` replays one seed.
 
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write;
 use warren_amqp::{BasicProperties, ShortStr};
 use warren_core::message::{Message, MessageRef};
@@ -111,7 +111,9 @@ fn prefetch_bounds_what_a_consumer_holds_and_a_settle_gives_room() {
 }
 
 #[test]
-fn a_returned_message_goes_back_ahead_of_the_rest_and_counts_a_delivery() {
+fn a_returned_message_goes_to_the_back_and_counts_a_delivery() {
+    // As RabbitMQ 3.10.8's quorum queues: a nack with requeue puts the message behind the
+    // messages not yet delivered, in the order messages came back.
     let mut log = Log::new(QuorumConfig::default());
     for n in 0..3 {
         log.publish(n);
@@ -119,17 +121,17 @@ fn a_returned_message_goes_back_ahead_of_the_rest_and_counts_a_delivery() {
     let out = log.attach(A, "c", 1);
     let id = ids(&out)[0];
     let out = log.apply(Command::Return { owner: A, ids: vec![id] });
-    assert_eq!(delivered(&out), vec![("c".into(), 0, true, 1)], "the same message, redelivered, count 1");
-    let id = ids(&out)[0];
-    let out = log.apply(Command::Settle { owner: A, ids: vec![id] });
-    assert_eq!(delivered(&out), vec![("c".into(), 1, false, 0)]);
+    assert_eq!(delivered(&out), vec![("c".into(), 1, false, 0)], "the next fresh message first");
+    let out = log.apply(Command::Settle { owner: A, ids: ids(&out) });
+    assert_eq!(delivered(&out), vec![("c".into(), 2, false, 0)]);
+    let out = log.apply(Command::Settle { owner: A, ids: ids(&out) });
+    assert_eq!(delivered(&out), vec![("c".into(), 0, true, 1)], "then the returned one, redelivered, count 1");
 }
 
 #[test]
 fn past_the_delivery_limit_a_message_is_dead_lettered() {
     let mut log = Log::new(QuorumConfig { delivery_limit: Some(2), ..Default::default() });
     log.publish(0);
-    log.publish(1);
     let mut out = log.attach(A, "c", 1);
     for returns in 1..=2 {
         let id = ids(&out)[0];
@@ -139,7 +141,8 @@ fn past_the_delivery_limit_a_message_is_dead_lettered() {
     let id = ids(&out)[0];
     out = log.apply(Command::Return { owner: A, ids: vec![id] });
     assert_eq!(dead(&out), vec![(0, DeadReason::DeliveryLimit)]);
-    assert_eq!(delivered(&out), vec![("c".into(), 1, false, 0)], "the next message goes out");
+    assert!(delivered(&out).is_empty());
+    assert_eq!(delivered(&log.publish(1)), vec![("c".into(), 1, false, 0)], "the consumer has its room back");
 }
 
 #[test]
@@ -251,9 +254,13 @@ fn a_get_without_no_ack_is_held_by_its_channel_until_settled_or_returned() {
     );
     let out = log.apply(Command::Down(Gone::Channel(A)));
     assert!(out.effects.is_empty());
-    let out = log.apply(Command::Get { owner: B, no_ack: true });
-    let got = out.got.expect("the returned message first");
-    assert_eq!((number(&got.msg), got.redelivered, got.delivery_count), (0, true, 1));
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let d = log.apply(Command::Get { owner: B, no_ack: true }).got.expect("a message");
+        got.push((number(&d.msg), d.redelivered, d.delivery_count));
+    }
+    assert_eq!(got, vec![(1, false, 0), (0, true, 1)], "the returned message behind the other");
+    log.publish(2);
     let out = log.apply(Command::Purge);
     assert_eq!(out.reply, Reply::Purged(1));
 }
@@ -266,8 +273,8 @@ struct Ledger {
     ended: BTreeMap<u64, &'static str>,
     /// Held deliveries: id -> (owner, message number).
     held: BTreeMap<MsgId, (Owner, u64)>,
-    /// The highest number delivered for the first time, to check first deliveries keep order.
-    last_first: Option<u64>,
+    /// The ready messages in the order they must go out.
+    order: VecDeque<u64>,
 }
 
 fn end(l: &mut Ledger, n: u64, how: &'static str) {
@@ -276,7 +283,21 @@ fn end(l: &mut Ledger, n: u64, how: &'static str) {
     assert!(before.is_none(), "message {n} ended twice: {before:?}, then {how}");
 }
 
-/// Runs `steps` random commands from `seed`; returns the transcript of outputs.
+/// Held deliveries coming back, in this order: to the back of the queue, unless the output
+/// dead-lettered them (past the delivery limit).
+fn give_back(l: &mut Ledger, ids: impl IntoIterator<Item = MsgId>, out: &Output) {
+    let over_limit: BTreeSet<u64> =
+        dead(out).into_iter().filter(|(_, r)| *r == DeadReason::DeliveryLimit).map(|(n, _)| n).collect();
+    for id in ids {
+        let (_, n) = l.held.remove(&id).expect("held");
+        if !over_limit.contains(&n) {
+            l.order.push_back(n);
+        }
+    }
+}
+
+/// Runs `steps` random commands from `seed` (restored from its own snapshot before step
+/// `restore_at`); returns the transcript of outputs and the queue.
 fn run(seed: u64, steps: usize, restore_at: Option<usize>) -> (String, QuorumQueue) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let config = QuorumConfig {
@@ -318,7 +339,11 @@ fn run(seed: u64, steps: usize, restore_at: Option<usize>) -> (String, QuorumQue
             },
             45..=49 => Command::Cancel { owner, tag: format!("t{}", rng.u8(0..3)).into() },
             50..=64 => Command::Settle { owner, ids: some(&mut rng) },
-            65..=72 => Command::Return { owner, ids: some(&mut rng) },
+            65..=72 => {
+                let mut ids = some(&mut rng);
+                rng.shuffle(&mut ids);
+                Command::Return { owner, ids }
+            }
             73..=77 => Command::Discard { owner, ids: some(&mut rng) },
             78..=85 => Command::Get { owner, no_ack: rng.bool() },
             86..=89 => Command::Down(match rng.u8(0..3) {
@@ -335,13 +360,13 @@ fn run(seed: u64, steps: usize, restore_at: Option<usize>) -> (String, QuorumQue
         let decoded = Stamped::decode(&encoded).expect("decodes");
         assert_eq!(decoded.now_ms, log.now);
         let command = decoded.command;
-        let ready_before = log.q.ready_count();
         let out = log.apply(command.clone());
         writeln!(transcript, "{step} {:?}", summary(&out)).expect("write");
-        // The test's own view of what the command did.
+        // The test's own view of what the command did, before its effects.
         match &command {
             Command::Enqueue { msg } if out.reply != Reply::Rejected => {
                 ledger.accepted.insert(number(msg));
+                ledger.order.push_back(number(msg));
             }
             Command::Attach { owner, tag, prefetch, no_ack, .. } if out.reply == Reply::Ok => {
                 consumers.insert((*owner, tag.to_string()), (*prefetch, *no_ack));
@@ -355,23 +380,10 @@ fn run(seed: u64, steps: usize, restore_at: Option<usize>) -> (String, QuorumQue
                     end(&mut ledger, n, "settled");
                 }
             }
-            Command::Return { ids, .. } => {
-                for id in ids {
-                    ledger.held.remove(id).expect("held");
-                }
-            }
+            Command::Return { ids, .. } => give_back(&mut ledger, ids.iter().copied(), &out),
             Command::Discard { ids, .. } => {
                 for id in ids {
                     ledger.held.remove(id).expect("held");
-                }
-            }
-            Command::Get { owner, no_ack } => {
-                if let Some(d) = &out.got {
-                    if *no_ack {
-                        end(&mut ledger, number(&d.msg), "got");
-                    } else {
-                        ledger.held.insert(d.id, (*owner, number(&d.msg)));
-                    }
                 }
             }
             Command::Down(gone) => {
@@ -380,38 +392,43 @@ fn run(seed: u64, steps: usize, restore_at: Option<usize>) -> (String, QuorumQue
                     Gone::Connection { node, conn } => o.node == node && o.conn == conn,
                     Gone::Node(node) => o.node == node,
                 };
-                ledger.held.retain(|_, (o, _)| !covers(o));
+                let back: Vec<MsgId> = ledger.held.iter().filter(|(_, (o, _))| covers(o)).map(|(id, _)| *id).collect();
+                give_back(&mut ledger, back, &out);
                 consumers.retain(|(o, _), _| !covers(o));
-            }
-            Command::Purge => {
-                let Reply::Purged(n) = out.reply else { panic!("purge replies Purged") };
-                assert_eq!(n, ready_before);
             }
             _ => {}
         }
         account(seed, step, &mut ledger, &consumers, &out);
-        if let Command::Purge = command {
-            // Purged messages are not reported one by one: everything accepted, not ended and
-            // not held is gone.
-            let held: BTreeSet<u64> = ledger.held.values().map(|(_, n)| *n).collect();
-            let gone: Vec<u64> = ledger
-                .accepted
-                .iter()
-                .copied()
-                .filter(|n| !ledger.ended.contains_key(n) && !held.contains(n))
-                .collect();
-            for n in gone {
-                end(&mut ledger, n, "purged");
+        // After its effects (expired messages leave the head before a get takes it).
+        match &command {
+            Command::Get { owner, no_ack } => {
+                if let Some(d) = &out.got {
+                    let n = number(&d.msg);
+                    assert_eq!(ledger.order.pop_front(), Some(n), "seed {seed} step {step}: got the head");
+                    if *no_ack {
+                        end(&mut ledger, n, "got");
+                    } else {
+                        ledger.held.insert(d.id, (*owner, n));
+                    }
+                }
             }
+            Command::Purge => {
+                let Reply::Purged(n) = out.reply else { panic!("purge replies Purged") };
+                assert_eq!(n, ledger.order.len() as u64);
+                while let Some(n) = ledger.order.pop_front() {
+                    end(&mut ledger, n, "purged");
+                }
+            }
+            _ => {}
         }
         assert_eq!(log.q.unsettled_count(), ledger.held.len() as u64, "seed {seed} step {step}: held");
-        let live = ledger.accepted.len() - ledger.ended.len() - ledger.held.len();
-        assert_eq!(log.q.ready_count(), live as u64, "seed {seed} step {step}: ready");
+        assert_eq!(log.q.ready_count(), ledger.order.len() as u64, "seed {seed} step {step}: ready");
     }
     // Drain: every channel goes, and one consumer takes what is left.
     for node in 1..=3 {
         let out = log.apply(Command::Down(Gone::Node(node)));
-        ledger.held.retain(|_, (o, _)| o.node != node);
+        let back: Vec<MsgId> = ledger.held.iter().filter(|(_, (o, _))| o.node == node).map(|(id, _)| *id).collect();
+        give_back(&mut ledger, back, &out);
         consumers.retain(|(o, _), _| o.node != node);
         account(seed, steps, &mut ledger, &consumers, &out);
     }
@@ -425,7 +442,8 @@ fn run(seed: u64, steps: usize, restore_at: Option<usize>) -> (String, QuorumQue
 }
 
 /// Keeps the ledger's account of an output's effects: deliveries (only to attached consumers,
-/// always the head) and dead-lettering.
+/// always the head of the expected order) and dead-lettering (expired and dropped messages from
+/// the head; rejected and over-limit ones from what was held).
 fn account(
     seed: u64,
     step: usize,
@@ -440,24 +458,24 @@ fn account(
                 let (_, no_ack) = *consumers
                     .get(&(*owner, tag.to_string()))
                     .unwrap_or_else(|| panic!("seed {seed} step {step}: delivery to {tag} which is not attached"));
-                // Always the head: the lowest-numbered message neither ended nor held.
-                let head = ledger
-                    .accepted
-                    .iter()
-                    .copied()
-                    .find(|m| !ledger.ended.contains_key(m) && !ledger.held.values().any(|(_, h)| h == m));
+                let head = ledger.order.pop_front();
                 assert_eq!(head, Some(n), "seed {seed} step {step}: delivered {n} but the head is {head:?}");
-                if !delivery.redelivered {
-                    assert!(ledger.last_first.is_none_or(|l| n > l), "seed {seed} step {step}: order");
-                    ledger.last_first = Some(n);
-                }
                 if no_ack {
                     end(ledger, n, "auto-acked");
                 } else {
                     ledger.held.insert(delivery.id, (*owner, n));
                 }
             }
-            Effect::DeadLetter { msg, reason, .. } => end(ledger, number(msg), reason.as_str()),
+            Effect::DeadLetter { msg, reason, .. } => {
+                let n = number(msg);
+                if matches!(reason, DeadReason::Expired | DeadReason::MaxLen) {
+                    let head = ledger.order.pop_front();
+                    assert_eq!(head, Some(n), "seed {seed} step {step}: {reason:?} {n} but the head is {head:?}");
+                } else {
+                    assert!(!ledger.order.contains(&n), "seed {seed} step {step}: {reason:?} {n} was ready");
+                }
+                end(ledger, n, reason.as_str());
+            }
         }
     }
 }
