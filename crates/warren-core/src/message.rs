@@ -86,14 +86,26 @@ pub type MessageRef = Arc<Message>;
 
 /// Version of the stored payload layout below.
 const STORE_FORMAT: u8 = 1;
+/// The same layout with, after the expiry, how many times the message was returned (a u32: a
+/// quorum queue's delivery count, kept for a message requeued to the back of its queue).
+const STORE_FORMAT_RETURNED: u8 = 2;
 
 /// The payload a message is stored under in a queue's log: a format byte, the absolute expiry
 /// (ms since the Unix epoch, 0 for none), exchange and routing key as short strings, the raw
 /// property list as a long string, then the body to the end.
 pub fn encode_for_store(msg: &Message, expires_at_ms: Option<u64>, out: &mut Vec<u8>) {
+    encode_returned_for_store(msg, expires_at_ms, 0, out);
+}
+
+/// As [`encode_for_store`], with the times the message was returned (the second layout, used
+/// only when `returns` is not 0).
+pub fn encode_returned_for_store(msg: &Message, expires_at_ms: Option<u64>, returns: u32, out: &mut Vec<u8>) {
     out.clear();
-    out.push(STORE_FORMAT);
+    out.push(if returns == 0 { STORE_FORMAT } else { STORE_FORMAT_RETURNED });
     out.extend_from_slice(&expires_at_ms.unwrap_or(0).to_be_bytes());
+    if returns != 0 {
+        out.extend_from_slice(&returns.to_be_bytes());
+    }
     out.push(msg.exchange.len() as u8);
     out.extend_from_slice(msg.exchange.as_bytes());
     out.push(msg.routing_key.len() as u8);
@@ -106,17 +118,24 @@ pub fn encode_for_store(msg: &Message, expires_at_ms: Option<u64>, out: &mut Vec
 /// Decodes a stored payload into the message and its expiry; `None` if it is not one (a store
 /// checksum makes that unlikely: it means another version wrote it).
 pub fn decode_from_store(payload: Bytes) -> Option<(MessageRef, Option<u64>)> {
+    decode_returned_from_store(payload).map(|(msg, expires_at, _)| (msg, expires_at))
+}
+
+/// As [`decode_from_store`], with the times the message was returned (0 for the first layout).
+pub fn decode_returned_from_store(payload: Bytes) -> Option<(MessageRef, Option<u64>, u32)> {
     let mut r = warren_amqp::codec::Reader::new(payload.clone());
-    if r.u8().ok()? != STORE_FORMAT {
+    let format = r.u8().ok()?;
+    if format != STORE_FORMAT && format != STORE_FORMAT_RETURNED {
         return None;
     }
     let expires_at = Some(r.u64().ok()?).filter(|t| *t != 0);
+    let returns = if format == STORE_FORMAT_RETURNED { r.u32().ok()? } else { 0 };
     let exchange = r.shortstr().ok()?;
     let routing_key = r.shortstr().ok()?;
     let raw_properties = r.longstr().ok()?;
     let body = payload.slice(payload.len() - r.remaining()..);
     let properties = BasicProperties::decode(raw_properties.clone()).ok()?;
-    Some((Message::new(exchange, routing_key, properties, raw_properties, body), expires_at))
+    Some((Message::new(exchange, routing_key, properties, raw_properties, body), expires_at, returns))
 }
 
 #[cfg(test)]
@@ -129,7 +148,7 @@ mod tests {
         let msg = Message::new("ex".into(), "rk".into(), props.clone(), props.to_bytes(), Bytes::from_static(b"body"));
         let mut out = Vec::new();
         encode_for_store(&msg, Some(1234), &mut out);
-        let (back, expires) = decode_from_store(Bytes::from(out)).expect("decodes");
+        let (back, expires) = decode_from_store(Bytes::from(out.clone())).expect("decodes");
         assert_eq!(expires, Some(1234));
         assert_eq!(back.exchange, "ex");
         assert_eq!(back.routing_key, "rk");
@@ -137,5 +156,11 @@ mod tests {
         assert!(back.properties.is_persistent());
         assert_eq!(&back.body[..], b"body");
         assert!(decode_from_store(Bytes::from_static(b"\x05ab")).is_none());
+        assert_eq!(decode_returned_from_store(Bytes::from(out)).map(|m| m.2), Some(0));
+        let mut with_returns = Vec::new();
+        encode_returned_for_store(&msg, None, 3, &mut with_returns);
+        let (back, expires, returns) = decode_returned_from_store(Bytes::from(with_returns)).expect("decodes");
+        assert_eq!((expires, returns, &back.body[..]), (None, 3, &b"body"[..]));
+        assert_eq!(back.decode_properties(), props);
     }
 }

@@ -16,7 +16,7 @@
 
 use crate::args::{Overflow, QueueArgs, QueueType};
 use crate::credit::{ChannelCredit, ConsumerCredit, Outbound, Unacked};
-use crate::message::{decode_from_store, encode_for_store, Message, MessageRef};
+use crate::message::{decode_returned_from_store, encode_returned_for_store, Message, MessageRef};
 use crate::ConnId;
 use std::collections::VecDeque;
 use std::io;
@@ -183,6 +183,16 @@ pub struct PushOutcome {
     pub paged: bool,
     /// Bytes appended to the log (the disk alarm counts them against the free space).
     pub stored_bytes: u64,
+}
+
+/// Where [`Queue::place`] put a message.
+struct Placed {
+    /// Bytes appended to the log.
+    stored_bytes: u64,
+    /// On disk only: the memory window was full.
+    paged: bool,
+    /// It must reach the disk before it is confirmed.
+    persistent: bool,
 }
 
 /// What a dispatch round did besides its deliveries, for the queue's owner to act on.
@@ -370,7 +380,18 @@ impl Queue {
     /// The message as delivered: quorum queues tell how often it came back
     /// (`x-delivery-count`).
     pub fn delivered_message(&self, m: &Queued) -> MessageRef {
-        if self.args.queue_type != QueueType::Quorum || m.returns == 0 {
+        self.with_delivery_count(m, false)
+    }
+
+    /// The message as basic.get hands it out: from a quorum queue it always carries
+    /// `x-delivery-count`, 0 on a first delivery, as RabbitMQ 3.10 does (a consumer's delivery
+    /// carries it only once the message came back).
+    pub fn got_message(&self, m: &Queued) -> MessageRef {
+        self.with_delivery_count(m, true)
+    }
+
+    fn with_delivery_count(&self, m: &Queued, even_zero: bool) -> MessageRef {
+        if self.args.queue_type != QueueType::Quorum || (m.returns == 0 && !even_zero) {
             return m.msg.clone();
         }
         let mut props = m.msg.decode_properties();
@@ -563,9 +584,27 @@ impl Queue {
                 }
             }
         }
-        let persistent = self.durable && msg.properties.is_persistent();
         let expires_at = self.expiry_for(&msg, now_ms);
         self.may_expire |= expires_at.is_some();
+        let placed = self.place(msg, expires_at, 0, key)?;
+        outcome.stored_bytes = placed.stored_bytes;
+        outcome.paged = placed.paged;
+        outcome.needs_sync = placed.persistent;
+        Ok(outcome)
+    }
+
+    /// Puts a message at the tail of its lane: in memory while the window has room and
+    /// nothing of the lane is on disk only, else on disk only; in the lane's log when it is
+    /// persistent, paged or keyed for deduplication.
+    fn place(
+        &mut self,
+        msg: MessageRef,
+        expires_at: Option<u64>,
+        returns: u32,
+        key: Option<Vec<u8>>,
+    ) -> io::Result<Placed> {
+        let persistent = self.durable && msg.properties.is_persistent();
+        let len = msg.body.len() as u64;
         let lane_no = self.lane_of(&msg);
         let fits_memory = !self.memory_pressure
             && self.mem_count < QUEUE_MEMORY_MESSAGES_MAX
@@ -576,12 +615,13 @@ impl Queue {
         // A transient message that fits in memory never touches the disk: it could not survive
         // a restart anyway. Deduplicating queues store everything (their keys name log seqs).
         let stored = persistent || !in_memory || keyed;
+        let mut stored_bytes = 0;
         let seq = if stored {
             let mut scratch = std::mem::take(&mut self.scratch);
-            encode_for_store(&msg, expires_at, &mut scratch);
+            encode_returned_for_store(&msg, expires_at, returns, &mut scratch);
             let lane = self.lane_mut(lane_no)?;
             let appended = lane.log.append(&scratch, persistent);
-            outcome.stored_bytes = (scratch.len() + warren_store::format::REC_HEADER_LEN) as u64;
+            stored_bytes = (scratch.len() + warren_store::format::REC_HEADER_LEN) as u64;
             self.scratch = scratch;
             appended?
         } else {
@@ -594,30 +634,46 @@ impl Queue {
         if in_memory {
             let order = lane.next_order;
             lane.next_order += 1;
+            let body_len = msg.body.len();
             lane.ready.push_back(Queued {
                 lane: lane_no,
                 seq,
                 stored,
                 order,
-                msg: msg.clone(),
-                redelivered: false,
+                msg,
+                redelivered: returns > 0,
                 expires_at,
-                returns: 0,
+                returns,
             });
             lane.disk_from = lane.log.next_seq();
             self.mem_count += 1;
-            self.mem_bytes += msg.body.len();
+            self.mem_bytes += body_len;
         } else {
             if lane.disk_count == 0 {
                 lane.disk_from = seq;
             }
             lane.disk_count += 1;
-            outcome.paged = true;
         }
         self.ready_count += 1;
         self.ready_bytes += len;
-        outcome.needs_sync = persistent;
-        Ok(outcome)
+        Ok(Placed { stored_bytes, paged: !in_memory, persistent })
+    }
+
+    /// Puts a message taken back from a consumer at the back of the queue, as a quorum queue
+    /// does (RabbitMQ 3.10): appended again at the tail with its delivery count, then its old
+    /// record settled. Should the append fail, it goes back to its place instead
+    /// ([`Queue::requeue`]) and the error is returned.
+    pub fn requeue_to_back(&mut self, mut q: Queued) -> io::Result<()> {
+        q.redelivered = true;
+        let key = match &self.keys {
+            Some(_) => crate::dedup::key_of(q.msg.properties.headers.as_ref()),
+            None => None,
+        };
+        if let Err(e) = self.place(q.msg.clone(), q.expires_at, q.returns.max(1), key) {
+            self.requeue(q);
+            return Err(e);
+        }
+        self.settle(&q)
     }
 
     /// Takes new effective arguments (a policy changed). The priority lanes stay as declared.
@@ -678,9 +734,9 @@ impl Queue {
         for r in records {
             lane.disk_count = lane.disk_count.saturating_sub(1);
             lane.disk_from = r.seq + 1;
-            match decode_from_store(r.payload) {
-                Some((msg, expires_at)) => {
-                    let redelivered = lane.redelivered_through.is_some_and(|t| r.seq <= t);
+            match decode_returned_from_store(r.payload) {
+                Some((msg, expires_at, returns)) => {
+                    let redelivered = returns > 0 || lane.redelivered_through.is_some_and(|t| r.seq <= t);
                     self.mem_count += 1;
                     self.mem_bytes += msg.body.len();
                     let order = lane.next_order;
@@ -693,7 +749,7 @@ impl Queue {
                         msg,
                         redelivered,
                         expires_at,
-                        returns: 0,
+                        returns,
                     });
                 }
                 // Checksummed, so this is a record another version wrote: drop it (settled
@@ -952,6 +1008,43 @@ mod tests {
             SegmentLog::open(backend.clone(), Path::new("/q"), LogConfig::default()).expect("reopen");
         assert_eq!(recovered.unsettled, 2);
         assert_eq!(log.next_seq(), 2);
+    }
+
+    #[test]
+    fn requeued_to_the_back_behind_memory_and_disk_with_its_count_kept() {
+        let backend = Arc::new(MemBackend::new());
+        let mut q = durable_queue(&backend);
+        for i in 0..3 {
+            q.push(message(&i.to_string(), true), 0).expect("push");
+        }
+        let mut zero = q.pop().expect("pop").expect("a message");
+        // The rest of the queue is on disk only (as behind a full memory window).
+        q.memory_pressure = true;
+        q.push(message("3", true), 0).expect("push");
+        zero.returns = 2;
+        q.requeue_to_back(zero).expect("requeue");
+        q.push(message("4", true), 0).expect("push");
+        let order: Vec<(String, bool, u32)> =
+            std::iter::from_fn(|| q.pop().expect("pop")).map(|m| (body(&m), m.redelivered, m.returns)).collect();
+        assert_eq!(
+            order,
+            [
+                ("1".to_string(), false, 0),
+                ("2".to_string(), false, 0),
+                ("3".to_string(), false, 0),
+                ("0".to_string(), true, 2),
+                ("4".to_string(), false, 0)
+            ],
+            "behind what was ready, before what came after, its count read back from disk"
+        );
+        // Its old record is settled: after a restart the queue holds the five, the returned one
+        // once, at the back, still counted.
+        drop(q);
+        let mut q = durable_queue(&backend);
+        let order: Vec<(String, u32)> =
+            std::iter::from_fn(|| q.pop().expect("pop")).map(|m| (body(&m), m.returns)).collect();
+        assert_eq!(order.iter().map(|m| m.0.as_str()).collect::<Vec<_>>(), ["1", "2", "3", "0", "4"]);
+        assert_eq!(order[3].1, 2);
     }
 
     #[test]

@@ -607,6 +607,62 @@ async fn quorum_queue_delivers_acks_and_counts_redeliveries() {
     close(&conn).await;
 }
 
+/// RabbitMQ 3.10's quorum queues put a requeued message at the back of the queue, in the order
+/// messages came back (classic queues put it back at its place), and basic.get hands out
+/// `x-delivery-count` from 0.
+#[tokio::test]
+async fn quorum_queue_requeues_to_the_back_and_basic_get_counts_from_zero() {
+    let broker = Broker::start();
+    let conn = connect(&broker).await;
+    let (ch, consumer_ch) = (confirm_channel(&conn).await, channel(&conn).await);
+    let queue = unique("quorum-back");
+    declare_with(&ch, &queue, durable(), field_table(&[("x-queue-type", long_string("quorum"))])).await;
+    publish_all(&ch, &queue, &["m0", "m1", "m2", "m3", "m4", "m5"]).await;
+    within("basic.qos", consumer_ch.basic_qos(3, BasicQosOptions::default())).await.expect("qos");
+    let mut consumer = consume(&consumer_ch, &queue, false).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(next_delivery(&mut consumer).await);
+    }
+    assert_eq!(held.iter().map(body).collect::<Vec<_>>(), ["m0", "m1", "m2"]);
+    let nack = BasicNackOptions { multiple: false, requeue: true };
+    within("basic.nack", held[2].acker.nack(nack)).await.expect("nack m2");
+    within("basic.nack", held[0].acker.nack(nack)).await.expect("nack m0");
+    // The two places freed go to the messages not yet delivered.
+    let mut next = Vec::new();
+    for _ in 0..2 {
+        next.push(next_delivery(&mut consumer).await);
+    }
+    assert_eq!(next.iter().map(body).collect::<Vec<_>>(), ["m3", "m4"]);
+    for d in next.iter().chain([&held[1]]) {
+        within("basic.ack", d.acker.ack(BasicAckOptions::default())).await.expect("ack");
+    }
+    let mut rest = Vec::new();
+    for _ in 0..3 {
+        rest.push(next_delivery(&mut consumer).await);
+    }
+    let seen: Vec<(String, bool, Option<AMQPValue>)> =
+        rest.iter().map(|d| (body(d), d.redelivered, headers(d).inner().get("x-delivery-count").cloned())).collect();
+    assert_eq!(
+        seen,
+        [
+            ("m5".to_string(), false, None),
+            ("m2".to_string(), true, Some(AMQPValue::LongLongInt(1))),
+            ("m0".to_string(), true, Some(AMQPValue::LongLongInt(1))),
+        ]
+    );
+    for d in &rest {
+        within("basic.ack", d.acker.ack(BasicAckOptions::default())).await.expect("ack");
+    }
+    close_channel(&consumer_ch).await;
+    publish_all(&ch, &queue, &["g"]).await;
+    let got = get(&ch, &queue, true).await.expect("a message");
+    let count = got.delivery.properties.headers().as_ref().and_then(|h| h.inner().get("x-delivery-count").cloned());
+    assert_eq!(count, Some(AMQPValue::LongLongInt(0)), "basic.get counts from 0");
+    delete_queue(&ch, &queue).await;
+    close(&conn).await;
+}
+
 async fn delete_queue(ch: &Channel, queue: &str) {
     within("queue.delete-ok", ch.queue_delete(queue, Default::default())).await.expect("delete queue");
 }

@@ -390,7 +390,7 @@ impl Broker {
         let Some(m) = popped else { return Ok(None) };
         q.mark_delivered(&m);
         let redelivered = m.redelivered;
-        let msg = q.delivered_message(&m);
+        let msg = q.got_message(&m);
         let mut checked_out = None;
         if no_ack {
             q.settle(&m).map_err(|e| internal(format_args!("cannot settle a message of queue '{queue}': {e}")))?;
@@ -537,6 +537,14 @@ impl Broker {
                         self.dirty.insert((Arc::from(vhost), u.queue.clone()));
                     }
                     over_limit.push((u.queue.clone(), item, "delivery_limit"));
+                } else if q.args.queue_type == QueueType::Quorum {
+                    // To the back of the queue, as RabbitMQ's quorum queues do.
+                    if let Err(e) = q.requeue_to_back(item) {
+                        self.errors.push(format!("cannot requeue a message of queue '{}' to its back: {e}", u.queue));
+                    }
+                    if q.durable {
+                        self.dirty.insert((Arc::from(vhost), u.queue.clone()));
+                    }
                 } else {
                     q.requeue(item);
                 }
