@@ -42,4 +42,12 @@ impl warren_raft::Machine for ReplicatedQueue {
         self.queue = QuorumQueue::restore(bytes)?;
         Ok(())
     }
+
+    fn encode_command(command: &Stamped, out: &mut Vec<u8>) {
+        command.encode(out);
+    }
+
+    fn decode_command(bytes: &[u8]) -> io::Result<Stamped> {
+        Stamped::decode(bytes)
+    }
 }

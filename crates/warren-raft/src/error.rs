@@ -77,6 +77,41 @@ pub enum WaitError {
     Stopped,
 }
 
+/// Why a group could not be registered with a [`TcpNode`](crate::TcpNode).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegisterError {
+    /// Another group is registered under this group id.
+    Taken {
+        /// The group id.
+        group: u64,
+    },
+    /// The group's member is not this endpoint's node.
+    WrongNode {
+        /// The group id.
+        group: u64,
+        /// The node id the group's member runs as.
+        member: u64,
+        /// The endpoint's node id.
+        endpoint: u64,
+    },
+    /// The endpoint has been shut down.
+    Stopped,
+}
+
+impl fmt::Display for RegisterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegisterError::Taken { group } => write!(f, "group {group} is already registered on this node"),
+            RegisterError::WrongNode { group, member, endpoint } => {
+                write!(f, "group {group}'s member is node {member}, but this endpoint is node {endpoint}")
+            }
+            RegisterError::Stopped => f.write_str("the node's endpoint has been shut down"),
+        }
+    }
+}
+
+impl std::error::Error for RegisterError {}
+
 impl fmt::Display for Stopped {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "raft group stopped: {}", self.reason)

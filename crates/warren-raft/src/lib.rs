@@ -24,6 +24,10 @@
 //! - `state`: openraft's state machine store around a [`Machine`], snapshots in memory.
 //! - `network`: [`Transport`], the seam for a real network, and its plumbing into openraft.
 //! - `local`: [`LocalNet`], an in-process network with fault controls, for tests.
+//! - `tcp`: [`TcpNode`], a node's endpoint on the real network: one authenticated TCP
+//!   connection per peer carrying the RPCs of every group on the node, and [`TcpTransport`],
+//!   one group's transport through it.
+//! - [`codec`]: the wire encoding of the RPCs, and of log entries for a durable log.
 //! - `types`: openraft's type configuration and the message types a transport carries.
 //! - `error`: the error enums.
 //!
@@ -34,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+pub mod codec;
 mod config;
 mod error;
 mod group;
@@ -42,6 +47,7 @@ mod log;
 mod machine;
 mod network;
 mod state;
+mod tcp;
 mod types;
 
 pub use config::{
@@ -49,13 +55,18 @@ pub use config::{
     DEFAULT_HEARTBEAT_MS, DEFAULT_KEPT_AFTER_SNAPSHOT_ENTRIES, DEFAULT_SNAPSHOT_EVERY_ENTRIES,
     DEFAULT_SNAPSHOT_TIMEOUT_MS,
 };
-pub use error::{AdminError, ProposeError, StartError, Stopped, WaitError};
+pub use error::{AdminError, ProposeError, RegisterError, StartError, Stopped, WaitError};
 pub use group::{AppliedRx, Group, Role, Status};
 pub use local::{LocalNet, LocalTransport};
 pub use log::MemLog;
 pub use machine::{Applied, Machine};
 pub use network::{Peer, RpcError, Transport};
+pub use tcp::{
+    TcpConfig, TcpNode, TcpStats, TcpTransport, DEFAULT_DEAD_AFTER_MS, DEFAULT_DIAL_TIMEOUT_MS,
+    DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_KEEPALIVE_MS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+    DEFAULT_REDIAL_BACKOFF_MS, MIN_MAX_FRAME_BYTES,
+};
 pub use types::{
-    AppendRequest, AppendResponse, Entry, Snapshot, SnapshotMeta, SnapshotResponse, Types, Vote, VoteRequest,
-    VoteResponse,
+    AppendRequest, AppendResponse, Entry, EntryPayload, LeaderId, LogId, Membership, Snapshot, SnapshotMeta,
+    SnapshotResponse, StoredMembership, Types, Vote, VoteRequest, VoteResponse,
 };

@@ -11,6 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -138,20 +139,33 @@ pub struct LocalTransport<M: Machine> {
     net: LocalNet<M>,
 }
 
+// Delivery is a direct call in the sender's task, so the timeout needs no handling here: openraft
+// drops the call when its own bound passes.
 impl<M: Machine> Transport<M> for LocalTransport<M> {
-    async fn append(&self, target: &Peer, request: AppendRequest<M>) -> Result<AppendResponse, RpcError> {
+    async fn append(
+        &self,
+        target: &Peer,
+        request: AppendRequest<M>,
+        _timeout: Duration,
+    ) -> Result<AppendResponse, RpcError> {
         let group = self.net.route(self.from, target.id)?;
         let reply = group.handle_append(request).await;
         self.net.reply(self.from, target.id, reply)
     }
 
-    async fn vote(&self, target: &Peer, request: VoteRequest) -> Result<VoteResponse, RpcError> {
+    async fn vote(&self, target: &Peer, request: VoteRequest, _timeout: Duration) -> Result<VoteResponse, RpcError> {
         let group = self.net.route(self.from, target.id)?;
         let reply = group.handle_vote(request).await;
         self.net.reply(self.from, target.id, reply)
     }
 
-    async fn snapshot(&self, target: &Peer, vote: Vote, snapshot: Snapshot<M>) -> Result<SnapshotResponse, RpcError> {
+    async fn snapshot(
+        &self,
+        target: &Peer,
+        vote: Vote,
+        snapshot: Snapshot<M>,
+        _timeout: Duration,
+    ) -> Result<SnapshotResponse, RpcError> {
         let group = self.net.route(self.from, target.id)?;
         let reply = group.handle_snapshot(vote, snapshot).await;
         self.net.reply(self.from, target.id, reply)

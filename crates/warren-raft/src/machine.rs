@@ -33,6 +33,20 @@ pub trait Machine: Send + Sync + 'static {
     /// stops on a failed restore and a half-replaced state would be observable through
     /// [`Group::with_machine`](crate::Group::with_machine).
     fn restore(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+
+    /// Appends `command`'s bytes to `out`, in the form [`decode_command`](Machine::decode_command)
+    /// reads back: how a command travels to peers and, later, how it is written to disk.
+    ///
+    /// The encoding must be deterministic and self-contained: the same command always gives the
+    /// same bytes, and nothing is read but the command.
+    fn encode_command(command: &Self::Command, out: &mut Vec<u8>);
+
+    /// Rebuilds a command from exactly the bytes [`encode_command`](Machine::encode_command)
+    /// wrote.
+    ///
+    /// The bytes may come from the network: anything that is not one whole command (truncated,
+    /// trailing or unknown bytes) must be an error of kind `InvalidData`, never a panic.
+    fn decode_command(bytes: &[u8]) -> std::io::Result<Self::Command>;
 }
 
 /// One event from a node's applied stream, in log order.

@@ -2,15 +2,18 @@
 //! plugs a transport into openraft.
 //!
 //! A transport only carries messages. openraft bounds each append and vote RPC with its own
-//! timeout and backs off from a peer that returned [`RpcError::Unreachable`]; the adapter bounds
-//! a snapshot transfer by the group's `snapshot_timeout_ms`. On the receiving node the transport
-//! hands each request to that node's [`Group`](crate::Group) (`handle_append`, `handle_vote`,
-//! `handle_snapshot`).
+//! timeout (the heartbeat interval) and backs off from a peer that returned
+//! [`RpcError::Unreachable`]; the adapter bounds a snapshot transfer by the group's
+//! `snapshot_timeout_ms`. Each bound is passed to the transport as the RPC's `timeout`, so that
+//! it gives up (and frees what the RPC holds) no later than openraft does. On the receiving node
+//! the transport hands each request to that node's [`Group`](crate::Group) (`handle_append`,
+//! `handle_vote`, `handle_snapshot`).
 
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::{NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -43,6 +46,11 @@ pub enum RpcError {
         /// What happened.
         reason: String,
     },
+    /// No answer came within the RPC's timeout; the request may or may not have taken effect.
+    Timeout {
+        /// The timeout that passed.
+        after: Duration,
+    },
 }
 
 impl fmt::Display for RpcError {
@@ -50,6 +58,7 @@ impl fmt::Display for RpcError {
         match self {
             RpcError::Unreachable { reason } => write!(f, "peer unreachable: {reason}"),
             RpcError::Network { reason } => write!(f, "network error: {reason}"),
+            RpcError::Timeout { after } => write!(f, "no answer within {after:?}"),
         }
     }
 }
@@ -59,17 +68,25 @@ impl std::error::Error for RpcError {}
 /// Carries one node's RPCs to its peers, for a group replicating `M`.
 ///
 /// One transport serves one node (it knows which node it sends from); openraft calls it from
-/// several tasks at once. Each method delivers the request to `target` and returns its answer.
+/// several tasks at once. Each method delivers the request to `target` and returns its answer,
+/// or fails no later than `timeout` after it was called (openraft drops the call then anyway;
+/// a transport that knows the bound can stop waiting and release the request's resources).
 pub trait Transport<M: Machine>: Send + Sync + 'static {
     /// Sends a leader's append-entries request (also its heartbeat).
     fn append(
         &self,
         target: &Peer,
         request: AppendRequest<M>,
+        timeout: Duration,
     ) -> impl Future<Output = Result<AppendResponse, RpcError>> + Send;
 
     /// Sends a candidate's vote request.
-    fn vote(&self, target: &Peer, request: VoteRequest) -> impl Future<Output = Result<VoteResponse, RpcError>> + Send;
+    fn vote(
+        &self,
+        target: &Peer,
+        request: VoteRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<VoteResponse, RpcError>> + Send;
 
     /// Sends a whole snapshot from the leader whose term and id are `vote`.
     fn snapshot(
@@ -77,6 +94,7 @@ pub trait Transport<M: Machine>: Send + Sync + 'static {
         target: &Peer,
         vote: Vote,
         snapshot: Snapshot<M>,
+        timeout: Duration,
     ) -> impl Future<Output = Result<SnapshotResponse, RpcError>> + Send;
 }
 
@@ -111,11 +129,13 @@ pub(crate) struct PeerClient<M, T> {
     _machine: PhantomData<fn() -> M>,
 }
 
-/// openraft's error for a failed RPC whose remote error type is `E`.
-fn rpc_error<E: std::error::Error>(err: RpcError) -> RPCError<u64, BasicNode, E> {
+/// openraft's error for a failed `action` RPC from node `from` to node `to`, whose remote error
+/// type is `E`.
+fn rpc_error<E: std::error::Error>(err: RpcError, action: RPCTypes, from: u64, to: u64) -> RPCError<u64, BasicNode, E> {
     match err {
         RpcError::Unreachable { .. } => RPCError::Unreachable(Unreachable::new(&err)),
         RpcError::Network { .. } => RPCError::Network(NetworkError::new(&err)),
+        RpcError::Timeout { after } => RPCError::Timeout(Timeout { action, id: from, target: to, timeout: after }),
     }
 }
 
@@ -123,17 +143,21 @@ impl<M: Machine, T: Transport<M>> RaftNetwork<Types<M>> for PeerClient<M, T> {
     async fn append_entries(
         &mut self,
         request: AppendRequest<M>,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<AppendResponse, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.transport.append(&self.peer, request).await.map_err(rpc_error)
+        let leader = request.vote.leader_id().voted_for().unwrap_or_default();
+        let sent = self.transport.append(&self.peer, request, option.hard_ttl()).await;
+        sent.map_err(|e| rpc_error(e, RPCTypes::AppendEntries, leader, self.peer.id))
     }
 
     async fn vote(
         &mut self,
         request: VoteRequest,
-        _option: RPCOption,
+        option: RPCOption,
     ) -> Result<VoteResponse, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.transport.vote(&self.peer, request).await.map_err(rpc_error)
+        let candidate = request.vote.leader_id().voted_for().unwrap_or_default();
+        let sent = self.transport.vote(&self.peer, request, option.hard_ttl()).await;
+        sent.map_err(|e| rpc_error(e, RPCTypes::Vote, candidate, self.peer.id))
     }
 
     async fn full_snapshot(
@@ -144,19 +168,22 @@ impl<M: Machine, T: Transport<M>> RaftNetwork<Types<M>> for PeerClient<M, T> {
         option: RPCOption,
     ) -> Result<SnapshotResponse, StreamingError<Types<M>, openraft::error::Fatal<u64>>> {
         let ttl = option.hard_ttl();
-        let send = tokio::time::timeout(ttl, self.transport.snapshot(&self.peer, vote, snapshot));
+        let send = tokio::time::timeout(ttl, self.transport.snapshot(&self.peer, vote, snapshot, ttl));
+        let timeout = || {
+            StreamingError::Timeout(Timeout {
+                action: RPCTypes::InstallSnapshot,
+                id: vote.leader_id().voted_for().unwrap_or_default(),
+                target: self.peer.id,
+                timeout: ttl,
+            })
+        };
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             sent = send => match sent {
                 Ok(Ok(response)) => Ok(response),
                 Ok(Err(err @ RpcError::Unreachable { .. })) => Err(StreamingError::Unreachable(Unreachable::new(&err))),
                 Ok(Err(err @ RpcError::Network { .. })) => Err(StreamingError::Network(NetworkError::new(&err))),
-                Err(_elapsed) => Err(StreamingError::Timeout(Timeout {
-                    action: RPCTypes::InstallSnapshot,
-                    id: vote.leader_id().voted_for().unwrap_or_default(),
-                    target: self.peer.id,
-                    timeout: ttl,
-                })),
+                Ok(Err(RpcError::Timeout { .. })) | Err(_) => Err(timeout()),
             },
         }
     }

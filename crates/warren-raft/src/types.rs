@@ -85,3 +85,14 @@ pub type Snapshot<M> = openraft::Snapshot<Types<M>>;
 pub type SnapshotMeta = openraft::SnapshotMeta<u64, BasicNode>;
 /// The answer to an installed snapshot.
 pub type SnapshotResponse = openraft::raft::SnapshotResponse<u64>;
+/// The payload of a log entry: nothing (a new leader's blank entry), a command, or a membership.
+pub type EntryPayload<M> = openraft::EntryPayload<Types<M>>;
+/// A log entry's identity: the leader (term and node) that wrote it, and its index.
+pub type LogId = openraft::LogId<u64>;
+/// The term and node of the leader that wrote a log entry.
+pub type LeaderId = openraft::CommittedLeaderId<u64>;
+/// A group's membership: one voter set, or two while a change is joint, and every member's
+/// address (learners are the members outside the voter sets).
+pub type Membership = openraft::Membership<u64, BasicNode>;
+/// A membership and the id of the log entry that holds it.
+pub type StoredMembership = openraft::StoredMembership<u64, BasicNode>;

@@ -100,27 +100,27 @@ async fn a_one_way_cut_loses_requests_or_replies_in_that_direction_only() {
     let ask = |term| VoteRequest::new(Vote::new(term, 1), None);
 
     net.cut(1, 2);
-    let lost = net.transport(1).vote(&to_two, ask(5)).await;
+    let lost = net.transport(1).vote(&to_two, ask(5), WAIT).await;
     assert!(matches!(lost, Err(RpcError::Unreachable { .. })), "{lost:?}");
     assert_eq!(two.status().term, 0, "the request never arrived");
 
     net.heal();
     net.cut(2, 1);
-    let lost = net.transport(1).vote(&to_two, ask(6)).await;
+    let lost = net.transport(1).vote(&to_two, ask(6), WAIT).await;
     assert!(matches!(lost, Err(RpcError::Unreachable { .. })), "{lost:?}");
     two.wait_until(WAIT, "term 6", |s| s.term == 6).await.expect("the request arrived, only the reply was lost");
 
     net.heal();
-    let granted = net.transport(1).vote(&to_two, ask(7)).await.expect("delivered both ways");
+    let granted = net.transport(1).vote(&to_two, ask(7), WAIT).await.expect("delivered both ways");
     assert!(granted.vote_granted);
     two.wait_until(WAIT, "term 7", |s| s.term == 7).await.expect("vote recorded");
 
     net.isolate(2);
-    let lost = net.transport(1).vote(&to_two, ask(8)).await;
+    let lost = net.transport(1).vote(&to_two, ask(8), WAIT).await;
     assert!(matches!(lost, Err(RpcError::Unreachable { .. })), "{lost:?}");
     assert_eq!(two.status().term, 7);
 
     let to_nowhere = Peer { id: 9, addr: "local-9".into() };
-    let lost = net.transport(1).vote(&to_nowhere, ask(9)).await;
+    let lost = net.transport(1).vote(&to_nowhere, ask(9), WAIT).await;
     assert!(matches!(lost, Err(RpcError::Unreachable { .. })), "{lost:?}");
 }

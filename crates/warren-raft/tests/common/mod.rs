@@ -50,6 +50,16 @@ impl Machine for List {
         self.values = values;
         Ok(())
     }
+
+    fn encode_command(value: &u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(&value.to_be_bytes());
+    }
+
+    fn decode_command(bytes: &[u8]) -> io::Result<u64> {
+        let bytes: [u8; 8] =
+            bytes.try_into().map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a command is 8 bytes"))?;
+        Ok(u64::from_be_bytes(bytes))
+    }
 }
 
 /// Timeouts short enough for tests: heartbeat 50 ms, election 150-300 ms.

@@ -1,0 +1,612 @@
+//! The node-to-node network over TCP: one endpoint per node ([`TcpNode`]) carrying the RPCs of
+//! every group on the node, whatever machine each replicates.
+//!
+//! # Layout
+//!
+//! - this file: [`TcpNode`] (listening, the registry of groups, the connection per peer, dialing,
+//!   shutdown), [`TcpConfig`] and its limits, [`TcpStats`].
+//! - `handshake`: the opening exchange, mutual proof of the shared cookie.
+//! - `frame`: the frames that follow it (requests, responses, pings) and reading them in limits.
+//! - `conn`: one connection, its pending requests, its reader and writer tasks.
+//! - `transport`: [`TcpTransport`], one group's [`Transport`](crate::Transport) through the
+//!   endpoint, and the handler that decodes a peer's requests for a registered group.
+//!
+//! # Connections
+//!
+//! A node keeps at most one connection per peer, used both ways: each side sends requests on
+//! it, framed with the group id chosen by the host and a request id of the sender's, and answers
+//! the other's requests on it; answers are matched to requests by id, so any number may be in
+//! flight. A request to a peer without a connection dials it (one dial at a time per peer; other
+//! requests wait for it). If two nodes dial each other at once, both keep the connection dialed
+//! by the lower node id and close the other; a connection from a peer's new incarnation (it
+//! restarted) replaces the old one. A broken connection fails its pending requests as
+//! unreachable and is redialled by the next request; a failed dial makes the peer unreachable
+//! for a short backoff. Quiet connections carry pings, and one that receives nothing for
+//! `dead_after_ms` is closed.
+//!
+//! Lock order: the registry of peers, the registry of groups, the task set and each connection's
+//! pending map are separate locks, never held two at a time and never across an `.await`.
+
+mod conn;
+mod frame;
+mod handshake;
+#[cfg(test)]
+mod tests;
+mod transport;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use self::conn::{CloseReason, Conn, Response};
+use self::handshake::{HandshakeError, Identity};
+use self::transport::{GroupHandler, Handler};
+use crate::{AppliedRx, Group, GroupConfig, Machine, Peer, RegisterError, RpcError, StartError};
+
+pub use self::transport::TcpTransport;
+
+/// Default largest frame, in bytes, a node sends or accepts. A snapshot travels whole in one
+/// frame, so this also bounds a group's snapshot; a peer that announces a larger frame is
+/// disconnected.
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 64 * 1024 * 1024;
+
+/// Smallest frame limit accepted: room for a heartbeat and a membership with a few nodes.
+pub const MIN_MAX_FRAME_BYTES: u32 = 4 * 1024;
+
+/// Default time allowed to open a TCP connection to a peer, in milliseconds.
+pub const DEFAULT_DIAL_TIMEOUT_MS: u64 = 1_000;
+
+/// Default time allowed for the handshake, in milliseconds; a peer that takes longer (or a
+/// stranger that connects and says nothing) is dropped.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 2_000;
+
+/// Default time, in milliseconds, during which a peer that could not be dialed is reported
+/// unreachable without dialing again: bounds the dials to a dead peer however many groups ask.
+pub const DEFAULT_REDIAL_BACKOFF_MS: u64 = 100;
+
+/// Default quiet time, in milliseconds, after which a connection carries a ping.
+pub const DEFAULT_KEEPALIVE_MS: u64 = 1_000;
+
+/// Default time, in milliseconds, after which a connection that received nothing (not even a
+/// ping), or whose peer took no data, is closed as dead: a peer gone without closing its
+/// sockets (power loss, a partition) is noticed within it.
+pub const DEFAULT_DEAD_AFTER_MS: u64 = 5_000;
+
+/// Default number of a peer's requests handled at once per connection; more are answered
+/// "busy" (openraft retries), so a peer cannot make this node run unbounded tasks.
+pub const DEFAULT_MAX_REQUESTS_IN_FLIGHT: usize = 1024;
+
+/// Incoming connections in their handshake at once; more are dropped at once, so strangers
+/// cannot tie up the endpoint.
+const MAX_HANDSHAKES: usize = 64;
+
+/// Backlog of the listening socket.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Pause after a failed accept (out of file descriptors, say) before accepting again.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Configuration of one node's endpoint.
+///
+/// Every node of a cluster must share the cookie, and should share the limits: a node refuses
+/// frames above its own `max_frame_bytes`, whatever the sender's.
+#[derive(Clone)]
+pub struct TcpConfig {
+    /// This node's id, the one its groups are members under.
+    pub node_id: u64,
+    /// The cluster's shared secret. Never sent: each side proves it knows it. Must not be empty.
+    pub cookie: Vec<u8>,
+    /// Largest frame sent or accepted, in bytes (see [`DEFAULT_MAX_FRAME_BYTES`]).
+    pub max_frame_bytes: u32,
+    /// Time allowed to open a connection, in milliseconds.
+    pub dial_timeout_ms: u64,
+    /// Time allowed for a handshake, in milliseconds.
+    pub handshake_timeout_ms: u64,
+    /// How long a peer that could not be dialed stays unreachable, in milliseconds.
+    pub redial_backoff_ms: u64,
+    /// Quiet time after which a connection carries a ping, in milliseconds.
+    pub keepalive_ms: u64,
+    /// Silence after which a connection is closed, in milliseconds; must exceed `keepalive_ms`.
+    pub dead_after_ms: u64,
+    /// A peer's requests handled at once per connection.
+    pub max_requests_in_flight: usize,
+}
+
+impl TcpConfig {
+    /// The defaults for node `node_id` with the cluster's `cookie`.
+    pub fn new(node_id: u64, cookie: impl Into<Vec<u8>>) -> Self {
+        TcpConfig {
+            node_id,
+            cookie: cookie.into(),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            dial_timeout_ms: DEFAULT_DIAL_TIMEOUT_MS,
+            handshake_timeout_ms: DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            redial_backoff_ms: DEFAULT_REDIAL_BACKOFF_MS,
+            keepalive_ms: DEFAULT_KEEPALIVE_MS,
+            dead_after_ms: DEFAULT_DEAD_AFTER_MS,
+            max_requests_in_flight: DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+        }
+    }
+
+    fn validate(&self) -> io::Result<()> {
+        let problem = if self.cookie.is_empty() {
+            Some("the cookie must not be empty".to_owned())
+        } else if self.max_frame_bytes < MIN_MAX_FRAME_BYTES {
+            Some(format!("max_frame_bytes must be at least {MIN_MAX_FRAME_BYTES}"))
+        } else if self.dial_timeout_ms == 0 || self.handshake_timeout_ms == 0 || self.keepalive_ms == 0 {
+            Some("timeouts must be positive".to_owned())
+        } else if self.dead_after_ms <= self.keepalive_ms {
+            Some("dead_after_ms must exceed keepalive_ms".to_owned())
+        } else if self.max_requests_in_flight == 0 {
+            Some("max_requests_in_flight must be at least 1".to_owned())
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => Err(io::Error::new(io::ErrorKind::InvalidInput, problem)),
+            None => Ok(()),
+        }
+    }
+}
+
+// Written out so that the cookie never reaches a log.
+impl fmt::Debug for TcpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpConfig")
+            .field("node_id", &self.node_id)
+            .field("cookie", &"<redacted>")
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("dial_timeout_ms", &self.dial_timeout_ms)
+            .field("handshake_timeout_ms", &self.handshake_timeout_ms)
+            .field("redial_backoff_ms", &self.redial_backoff_ms)
+            .field("keepalive_ms", &self.keepalive_ms)
+            .field("dead_after_ms", &self.dead_after_ms)
+            .field("max_requests_in_flight", &self.max_requests_in_flight)
+            .finish()
+    }
+}
+
+/// Counters of an endpoint since it started, for operators and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpStats {
+    /// Connections this node dialed that completed the handshake.
+    pub dialed: u64,
+    /// Connections this node accepted that completed the handshake.
+    pub accepted: u64,
+    /// Dials that did not connect (refused, unreachable, timed out).
+    pub dial_failures: u64,
+    /// Handshakes in which the peer's proof was wrong: it does not share this node's cookie.
+    pub auth_failures: u64,
+    /// Other failed handshakes: the peer hung up or stalled, is not a Warren node, speaks another
+    /// version, or is not the node expected at the address.
+    pub handshake_failures: u64,
+    /// Connections closed because the peer announced a frame above the limit.
+    pub oversized_frames: u64,
+    /// Connections that broke (closed by the peer, failed, went quiet, broke the protocol).
+    pub lost: u64,
+}
+
+/// What the endpoint knows of one peer.
+enum Slot {
+    /// An authenticated connection.
+    Up(Arc<Conn>),
+    /// A dial is under way; `done` ends when it does.
+    Dialing { dial: u64, done: watch::Receiver<()> },
+    /// The last dial failed; requests fail at once until `until`.
+    Down { until: Instant, reason: String },
+}
+
+struct Peers {
+    stopped: bool,
+    slots: HashMap<u64, Slot>,
+}
+
+/// The endpoint's shared state, behind every [`TcpNode`] and [`TcpTransport`] handle and every
+/// task of the endpoint.
+struct Node {
+    config: TcpConfig,
+    me: Identity,
+    local_addr: SocketAddr,
+    groups: Mutex<HashMap<u64, Arc<dyn Handler>>>,
+    peers: Mutex<Peers>,
+    /// Every task of the endpoint, so that shutdown can end them all; `None` once stopped.
+    tasks: Mutex<Option<JoinSet<()>>>,
+    stats: watch::Sender<TcpStats>,
+    next_id: AtomicU64,
+}
+
+/// One node's endpoint: listens for peers, holds a connection per peer, and carries the RPCs of
+/// every group registered on it. Clones are handles on the same endpoint.
+///
+/// A host binds one per node, then for each group takes a [`transport`](Self::transport) to
+/// start the group with and [`register`](Self::register)s the group to receive its peers'
+/// requests (or does both with [`start_group`](Self::start_group)). The endpoint runs until
+/// [`shutdown`](Self::shutdown); dropping the handles does not stop it.
+#[derive(Clone)]
+pub struct TcpNode {
+    node: Arc<Node>,
+}
+
+impl fmt::Debug for TcpNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpNode").field("id", &self.node.me.node_id).field("addr", &self.node.local_addr).finish()
+    }
+}
+
+impl TcpNode {
+    /// Listens on `addr` (port 0 picks a free port: see [`local_addr`](Self::local_addr)) as
+    /// the node `config` names. Must be called within a tokio runtime.
+    ///
+    /// The listening socket reuses the address, so a node restarted at once can bind the port
+    /// its previous run used.
+    pub async fn bind(addr: SocketAddr, config: TcpConfig) -> io::Result<TcpNode> {
+        config.validate()?;
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let listener = socket.listen(LISTEN_BACKLOG)?;
+        let local_addr = listener.local_addr()?;
+        let incarnation =
+            getrandom::u64().map_err(|e| io::Error::other(format!("no random incarnation for the endpoint: {e}")))?;
+        let node = Arc::new(Node {
+            me: Identity { node_id: config.node_id, incarnation },
+            config,
+            local_addr,
+            groups: Mutex::new(HashMap::new()),
+            peers: Mutex::new(Peers { stopped: false, slots: HashMap::new() }),
+            tasks: Mutex::new(Some(JoinSet::new())),
+            stats: watch::Sender::new(TcpStats::default()),
+            next_id: AtomicU64::new(1),
+        });
+        node.spawn(accept_loop(Arc::clone(&node), listener));
+        Ok(TcpNode { node })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.node.me.node_id
+    }
+
+    /// The address the endpoint listens on: what peers are told to dial (the `addr` of
+    /// [`Group::initialize`] and [`Group::add_learner`]).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.node.local_addr
+    }
+
+    /// The transport through which the group `group` on this node reaches its peers. Every node
+    /// must use the same group id for the same group.
+    pub fn transport<M: Machine>(&self, group: u64) -> TcpTransport<M> {
+        TcpTransport::new(Arc::clone(&self.node), group)
+    }
+
+    /// Hands the peers' requests for group `group` to `handle`, which must be this node's
+    /// member of it.
+    pub fn register<M: Machine>(&self, group: u64, handle: Group<M>) -> Result<(), RegisterError> {
+        if handle.id() != self.id() {
+            return Err(RegisterError::WrongNode { group, member: handle.id(), endpoint: self.id() });
+        }
+        if self.node.peers.lock().stopped {
+            return Err(RegisterError::Stopped);
+        }
+        let mut groups = self.node.groups.lock();
+        if groups.contains_key(&group) {
+            return Err(RegisterError::Taken { group });
+        }
+        groups.insert(group, Arc::new(GroupHandler::new(handle)));
+        Ok(())
+    }
+
+    /// Stops handing requests to group `group` (they are answered "no such group", which peers
+    /// take as unreachable); returns whether it was registered.
+    pub fn unregister(&self, group: u64) -> bool {
+        self.node.groups.lock().remove(&group).is_some()
+    }
+
+    /// Starts this node's member of group `group` on this endpoint and registers it: the group
+    /// starts with an in-memory log, `machine` as its state, and node id [`id`](Self::id).
+    pub async fn start_group<M: Machine>(
+        &self,
+        group: u64,
+        config: &GroupConfig,
+        machine: M,
+    ) -> Result<(Group<M>, AppliedRx<M::Output>), StartError> {
+        let (handle, applied) = Group::start(self.id(), config, machine, self.transport::<M>(group)).await?;
+        if let Err(e) = self.register(group, handle.clone()) {
+            // The group never served a request; how its shutdown went changes nothing.
+            let _ = handle.shutdown().await;
+            return Err(StartError::Config { reason: e.to_string() });
+        }
+        Ok((handle, applied))
+    }
+
+    /// The peers this node holds an open connection to, ascending.
+    pub fn peers(&self) -> Vec<u64> {
+        let peers = self.node.peers.lock();
+        let mut ids: Vec<u64> = peers
+            .slots
+            .iter()
+            .filter(|(_, slot)| matches!(slot, Slot::Up(conn) if !conn.is_closed()))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// The endpoint's counters now.
+    pub fn stats(&self) -> TcpStats {
+        *self.node.stats.borrow()
+    }
+
+    /// A receiver that sees every change of the counters, to wait for one.
+    pub fn watch_stats(&self) -> watch::Receiver<TcpStats> {
+        self.node.stats.subscribe()
+    }
+
+    /// Stops the endpoint: it stops listening, closes every connection (failing the requests in
+    /// flight on them), forgets its groups and ends its tasks; later requests through its
+    /// transports fail as unreachable. Returns once the sockets are closed, so the address can
+    /// be bound again. The groups themselves keep running: shutting them down is the host's.
+    pub async fn shutdown(&self) {
+        let conns: Vec<Arc<Conn>> = {
+            let mut peers = self.node.peers.lock();
+            peers.stopped = true;
+            peers
+                .slots
+                .drain()
+                .filter_map(|(_, slot)| match slot {
+                    Slot::Up(conn) => Some(conn),
+                    Slot::Dialing { .. } | Slot::Down { .. } => None,
+                })
+                .collect()
+        };
+        for conn in conns {
+            conn.close(&CloseReason::Stopped);
+        }
+        self.node.groups.lock().clear();
+        let tasks = self.node.tasks.lock().take();
+        if let Some(mut tasks) = tasks {
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+}
+
+impl Node {
+    /// Runs `task` as one of the endpoint's; `false` (and `task` dropped) once stopped.
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) -> bool {
+        let mut tasks = self.tasks.lock();
+        match tasks.as_mut() {
+            None => false,
+            Some(set) => {
+                // Reap finished tasks so the set holds only live ones.
+                while set.try_join_next().is_some() {}
+                set.spawn(task);
+                true
+            }
+        }
+    }
+
+    fn count(&self, update: impl FnOnce(&mut TcpStats)) {
+        self.stats.send_modify(update);
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn handler(&self, group: u64) -> Option<Arc<dyn Handler>> {
+        self.groups.lock().get(&group).cloned()
+    }
+
+    /// Sends request `frame` to `target` and waits for its answer, within `timeout`.
+    async fn call(self: &Arc<Self>, target: &Peer, frame: Vec<u8>, timeout: Duration) -> Result<Response, RpcError> {
+        let deadline = Instant::now() + timeout;
+        let len = frame::outgoing_len(&frame);
+        if len > self.config.max_frame_bytes as usize {
+            return Err(RpcError::Network {
+                reason: format!("a request of {len} bytes exceeds the frame limit of {}", self.config.max_frame_bytes),
+            });
+        }
+        let conn = self.connection(target, deadline, timeout).await?;
+        conn.call(frame, deadline, timeout).await
+    }
+
+    /// The open connection to `target`, dialing it if there is none.
+    async fn connection(
+        self: &Arc<Self>,
+        target: &Peer,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<Arc<Conn>, RpcError> {
+        loop {
+            let mut dial = None;
+            let mut done = {
+                let mut peers = self.peers.lock();
+                if peers.stopped {
+                    return Err(RpcError::Unreachable { reason: "this node's endpoint stopped".to_owned() });
+                }
+                match peers.slots.get(&target.id) {
+                    Some(Slot::Up(conn)) if !conn.is_closed() => return Ok(Arc::clone(conn)),
+                    // A dial whose task is gone (its sender dropped without a verdict) is over.
+                    Some(Slot::Dialing { done, .. }) if done.has_changed().is_ok() => done.clone(),
+                    Some(Slot::Down { until, reason }) if Instant::now() < *until => {
+                        return Err(RpcError::Unreachable { reason: reason.clone() });
+                    }
+                    _ => {
+                        let id = self.next_id();
+                        let (sender, done) = watch::channel(());
+                        peers.slots.insert(target.id, Slot::Dialing { dial: id, done: done.clone() });
+                        dial = Some((id, sender));
+                        done
+                    }
+                }
+            };
+            if let Some((id, sender)) = dial {
+                // If the endpoint stopped meanwhile, the task is dropped with its sender, which
+                // wakes us to find the endpoint stopped.
+                self.spawn(Arc::clone(self).dial(target.clone(), id, sender));
+            }
+            // Wakes when the dial ends, whichever way; then the slot says how.
+            if tokio::time::timeout_at(deadline, done.changed()).await.is_err() {
+                return Err(RpcError::Timeout { after: timeout });
+            }
+        }
+    }
+
+    /// Dials `peer` as dial `id`; `done` is dropped when it is over.
+    async fn dial(self: Arc<Self>, peer: Peer, id: u64, done: watch::Sender<()>) {
+        if let Err(reason) = self.try_dial(&peer).await {
+            let until = Instant::now() + Duration::from_millis(self.config.redial_backoff_ms);
+            let mut peers = self.peers.lock();
+            // Only if no connection arrived from the peer meanwhile.
+            if matches!(peers.slots.get(&peer.id), Some(Slot::Dialing { dial, .. }) if *dial == id) {
+                peers.slots.insert(peer.id, Slot::Down { until, reason });
+            }
+        }
+        drop(done);
+    }
+
+    async fn try_dial(self: &Arc<Self>, peer: &Peer) -> Result<(), String> {
+        let dial_timeout = Duration::from_millis(self.config.dial_timeout_ms);
+        let mut stream = match tokio::time::timeout(dial_timeout, TcpStream::connect(peer.addr.as_str())).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                self.count(|s| s.dial_failures += 1);
+                return Err(format!("cannot connect to node {} at {}: {e}", peer.id, peer.addr));
+            }
+            Err(_) => {
+                self.count(|s| s.dial_failures += 1);
+                return Err(format!("connecting to node {} at {} took over {dial_timeout:?}", peer.id, peer.addr));
+            }
+        };
+        // Raft's messages are small and latency-bound; without this, Nagle holds them back.
+        let _ = stream.set_nodelay(true);
+        let handshake_timeout = Duration::from_millis(self.config.handshake_timeout_ms);
+        let handshake = handshake::dial(&mut stream, self.me, &self.config.cookie, peer.id);
+        match tokio::time::timeout(handshake_timeout, handshake).await {
+            Ok(Ok(identity)) => {
+                self.count(|s| s.dialed += 1);
+                self.start(stream, identity, self.me.node_id);
+                Ok(())
+            }
+            Ok(Err(HandshakeError::Auth(reason))) => {
+                self.count(|s| s.auth_failures += 1);
+                Err(reason)
+            }
+            Ok(Err(HandshakeError::Failed(reason))) => {
+                self.count(|s| s.handshake_failures += 1);
+                Err(format!("node {} at {}: {reason}", peer.id, peer.addr))
+            }
+            Err(_) => {
+                self.count(|s| s.handshake_failures += 1);
+                Err(format!("the handshake with node {} at {} took over {handshake_timeout:?}", peer.id, peer.addr))
+            }
+        }
+    }
+
+    /// Runs the acceptor's handshake on an incoming connection and starts it if it passes.
+    async fn accept(self: Arc<Self>, mut stream: TcpStream) {
+        let _ = stream.set_nodelay(true);
+        let handshake_timeout = Duration::from_millis(self.config.handshake_timeout_ms);
+        let handshake = handshake::accept(&mut stream, self.me, &self.config.cookie);
+        match tokio::time::timeout(handshake_timeout, handshake).await {
+            Ok(Ok(identity)) => {
+                self.count(|s| s.accepted += 1);
+                self.start(stream, identity, identity.node_id);
+            }
+            // The stream is dropped, which closes it; the counters are the only report.
+            Ok(Err(HandshakeError::Auth(_))) => self.count(|s| s.auth_failures += 1),
+            Ok(Err(HandshakeError::Failed(_))) | Err(_) => self.count(|s| s.handshake_failures += 1),
+        }
+    }
+
+    /// Makes an authenticated stream a connection to `peer`, if the registry keeps it.
+    fn start(self: &Arc<Self>, stream: TcpStream, peer: Identity, dialed_by: u64) {
+        let (reader, writer) = stream.into_split();
+        let (conn, outbox) = Conn::new(self.next_id(), peer, dialed_by);
+        if !self.install(&conn) {
+            // Dropping the halves closes the socket; the peer keeps the other connection too.
+            return;
+        }
+        let started = self.spawn(conn::read_loop(Arc::clone(self), Arc::clone(&conn), reader))
+            && self.spawn(conn::write_loop(Arc::clone(self), Arc::clone(&conn), outbox, writer));
+        if !started {
+            self.lost(&conn, CloseReason::Stopped);
+        }
+    }
+
+    /// Puts `conn` in its peer's slot unless a preferred open connection is there; returns
+    /// whether it did. Both ends of two crossing connections decide alike, so they keep the same.
+    fn install(&self, conn: &Arc<Conn>) -> bool {
+        let displaced = {
+            let mut peers = self.peers.lock();
+            if peers.stopped {
+                return false;
+            }
+            let displaced = match peers.slots.get(&conn.peer.node_id) {
+                Some(Slot::Up(old)) if !old.is_closed() => {
+                    let replace = old.peer.incarnation != conn.peer.incarnation || conn.dialed_by <= old.dialed_by;
+                    if !replace {
+                        return false;
+                    }
+                    Some(Arc::clone(old))
+                }
+                _ => None,
+            };
+            peers.slots.insert(conn.peer.node_id, Slot::Up(Arc::clone(conn)));
+            displaced
+        };
+        if let Some(old) = displaced {
+            old.close(&CloseReason::Replaced);
+        }
+        true
+    }
+
+    /// Closes `conn` for `reason` and forgets it, unless another has taken its slot.
+    fn lost(&self, conn: &Conn, reason: CloseReason) {
+        conn.close(&reason);
+        {
+            let mut peers = self.peers.lock();
+            if matches!(peers.slots.get(&conn.peer.node_id), Some(Slot::Up(c)) if c.id == conn.id) {
+                peers.slots.remove(&conn.peer.node_id);
+            }
+        }
+        if matches!(reason, CloseReason::Broken(_)) {
+            self.count(|s| s.lost += 1);
+        }
+    }
+}
+
+/// Accepts connections until the endpoint stops, each handshake in a task of its own.
+async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _addr)) => stream,
+            Err(_) => {
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+            node.count(|s| s.handshake_failures += 1);
+            continue;
+        };
+        let accepting = Arc::clone(&node);
+        node.spawn(async move {
+            accepting.accept(stream).await;
+            drop(permit);
+        });
+    }
+}

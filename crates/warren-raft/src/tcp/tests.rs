@@ -1,0 +1,288 @@
+//! The endpoint against hand-driven peers on real sockets: frame limits, answers matched by
+//! request id, timeouts, unreachable peers and their backoff, redialling a broken connection,
+//! and registration.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::frame::{self, status, Header};
+use super::handshake::{self, Identity};
+use super::*;
+use crate::{codec, Transport, Vote, VoteRequest, VoteResponse};
+
+const COOKIE: &[u8] = b"unit-test-cookie";
+const WAIT: Duration = Duration::from_secs(5);
+
+/// A machine for typing transports and groups; its commands are never sent here.
+struct Nop;
+
+impl Machine for Nop {
+    type Command = u64;
+    type Output = ();
+    fn apply(&mut self, _: u64, _: &u64) {}
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    fn restore(&mut self, _: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+    fn encode_command(command: &u64, out: &mut Vec<u8>) {
+        out.extend_from_slice(&command.to_be_bytes());
+    }
+    fn decode_command(bytes: &[u8]) -> io::Result<u64> {
+        let bytes: [u8; 8] = bytes.try_into().map_err(|_| io::ErrorKind::InvalidData)?;
+        Ok(u64::from_be_bytes(bytes))
+    }
+}
+
+fn localhost() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+async fn endpoint(id: u64, config: impl FnOnce(&mut TcpConfig)) -> TcpNode {
+    let mut tcp = TcpConfig::new(id, COOKIE);
+    config(&mut tcp);
+    TcpNode::bind(localhost(), tcp).await.expect("bind")
+}
+
+async fn wait_stats(node: &TcpNode, condition: impl Fn(&TcpStats) -> bool) -> TcpStats {
+    let mut stats = node.watch_stats();
+    let seen = tokio::time::timeout(WAIT, stats.wait_for(|s| condition(s))).await.expect("in time").map(|s| *s);
+    seen.expect("counters")
+}
+
+/// A peer played by hand: node `id` listening on a plain socket.
+struct FakePeer {
+    listener: TcpListener,
+    me: Identity,
+}
+
+impl FakePeer {
+    async fn bind(id: u64) -> FakePeer {
+        let listener = TcpListener::bind(localhost()).await.expect("bind");
+        FakePeer { listener, me: Identity { node_id: id, incarnation: 1 } }
+    }
+
+    fn peer(&self) -> Peer {
+        Peer { id: self.me.node_id, addr: self.listener.local_addr().expect("addr").to_string() }
+    }
+
+    /// Accepts the next connection and completes the handshake.
+    async fn accept(&self) -> TcpStream {
+        let (mut stream, _) = self.listener.accept().await.expect("accept");
+        handshake::accept(&mut stream, self.me, COOKIE).await.expect("handshake");
+        stream
+    }
+}
+
+/// Reads the next request frame; returns its id and the vote request it carries.
+async fn read_vote_request(stream: &mut TcpStream) -> (u64, VoteRequest) {
+    loop {
+        let frame = frame::read_frame(stream, DEFAULT_MAX_FRAME_BYTES, WAIT).await.expect("a frame");
+        match frame::parse(&frame) {
+            Some(Header::Request { id, .. }) => {
+                let request = codec::decode_vote_request(frame::request_body(&frame)).expect("a vote request");
+                return (id, request);
+            }
+            Some(Header::Ping) => continue,
+            other => panic!("expected a request, got {other:?}"),
+        }
+    }
+}
+
+/// Answers request `id` by granting `vote`.
+async fn grant(stream: &mut TcpStream, id: u64, vote: Vote) {
+    let mut body = Vec::new();
+    codec::encode_vote_response(&VoteResponse::new(vote, None, true), &mut body);
+    stream.write_all(&frame::response(id, status::OK, &body)).await.expect("write");
+}
+
+fn ask(term: u64) -> VoteRequest {
+    VoteRequest::new(Vote::new(term, 1), None)
+}
+
+#[tokio::test]
+async fn answers_are_matched_to_requests_by_id_whatever_their_order() {
+    let peer = FakePeer::bind(2).await;
+    let node = endpoint(1, |_| {}).await;
+    let transport = node.transport::<Nop>(7);
+    let target = peer.peer();
+
+    let serve = async {
+        let mut stream = peer.accept().await;
+        let (first, first_request) = read_vote_request(&mut stream).await;
+        let (second, second_request) = read_vote_request(&mut stream).await;
+        assert_ne!(first, second);
+        // Answered in the opposite order, each with the vote it asked for.
+        grant(&mut stream, second, second_request.vote).await;
+        grant(&mut stream, first, first_request.vote).await;
+        stream
+    };
+    let (stream, five, six) =
+        tokio::join!(serve, transport.vote(&target, ask(5), WAIT), transport.vote(&target, ask(6), WAIT));
+    assert_eq!(five.expect("answered").vote, Vote::new(5, 1));
+    assert_eq!(six.expect("answered").vote, Vote::new(6, 1));
+    assert_eq!(node.peers(), vec![2]);
+    assert_eq!(node.stats().dialed, 1, "one connection carried both");
+    drop(stream);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_without_an_answer_times_out_and_the_connection_stays() {
+    let peer = FakePeer::bind(2).await;
+    let node = endpoint(1, |_| {}).await;
+    let transport = node.transport::<Nop>(7);
+    let target = peer.peer();
+
+    let timeout = Duration::from_millis(100);
+    let serve = async {
+        let mut stream = peer.accept().await;
+        let _ignored = read_vote_request(&mut stream).await;
+        let (id, request) = read_vote_request(&mut stream).await;
+        grant(&mut stream, id, request.vote).await;
+        stream
+    };
+    let client = async {
+        let lost = transport.vote(&target, ask(5), timeout).await;
+        let answered = transport.vote(&target, ask(6), WAIT).await;
+        (lost, answered)
+    };
+    let (_stream, (lost, answered)) = tokio::join!(serve, client);
+    assert_eq!(lost, Err(RpcError::Timeout { after: timeout }));
+    assert_eq!(answered.expect("answered").vote, Vote::new(6, 1));
+    assert_eq!(node.stats().dialed, 1, "the timeout did not close the connection");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_peer_that_cannot_be_dialed_is_unreachable_and_not_redialled_within_the_backoff() {
+    let closed_port = TcpListener::bind(localhost()).await.expect("bind").local_addr().expect("addr");
+    let node = endpoint(1, |c| c.redial_backoff_ms = 60_000).await;
+    let transport = node.transport::<Nop>(7);
+    let target = Peer { id: 2, addr: closed_port.to_string() };
+
+    let first = transport.vote(&target, ask(5), WAIT).await;
+    assert!(matches!(&first, Err(RpcError::Unreachable { reason }) if reason.contains("cannot connect")), "{first:?}");
+    let second = transport.vote(&target, ask(6), WAIT).await;
+    assert_eq!(second, first, "the same failure, from the backoff");
+    assert_eq!(node.stats().dial_failures, 1, "dialed once");
+
+    let nowhere = Peer { id: 3, addr: "not an address".to_owned() };
+    let bad = transport.vote(&nowhere, ask(5), WAIT).await;
+    assert!(matches!(bad, Err(RpcError::Unreachable { .. })), "{bad:?}");
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_broken_connection_fails_its_requests_and_the_next_request_redials() {
+    let peer = FakePeer::bind(2).await;
+    let node = endpoint(1, |_| {}).await;
+    let transport = node.transport::<Nop>(7);
+    let target = peer.peer();
+
+    let hang_up = async {
+        let mut stream = peer.accept().await;
+        let _ = read_vote_request(&mut stream).await;
+        drop(stream);
+    };
+    let (_, broken) = tokio::join!(hang_up, transport.vote(&target, ask(5), WAIT));
+    assert!(matches!(&broken, Err(RpcError::Unreachable { reason }) if reason.contains("lost")), "{broken:?}");
+    wait_stats(&node, |s| s.lost == 1).await;
+
+    let serve = async {
+        let mut stream = peer.accept().await;
+        let (id, request) = read_vote_request(&mut stream).await;
+        grant(&mut stream, id, request.vote).await;
+        stream
+    };
+    let (_stream, answered) = tokio::join!(serve, transport.vote(&target, ask(6), WAIT));
+    assert_eq!(answered.expect("answered over a new connection").vote, Vote::new(6, 1));
+    assert_eq!(node.stats().dialed, 2);
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_frame_at_the_limit_is_answered_and_one_past_it_closes_the_connection() {
+    let node = endpoint(1, |c| c.max_frame_bytes = MIN_MAX_FRAME_BYTES).await;
+    let mut stream = TcpStream::connect(node.local_addr()).await.expect("connect");
+    let me = Identity { node_id: 2, incarnation: 1 };
+    handshake::dial(&mut stream, me, COOKIE, 1).await.expect("handshake");
+
+    // A request for a group the node does not have, exactly at the limit: answered.
+    let mut at_limit = frame::request(77, frame::Kind::Vote, |out| out.resize(out.len() + 4096, 0));
+    let excess = frame::outgoing_len(&at_limit) - MIN_MAX_FRAME_BYTES as usize;
+    at_limit.truncate(at_limit.len() - excess);
+    let len = (at_limit.len() - 4) as u32;
+    at_limit[..4].copy_from_slice(&len.to_be_bytes());
+    frame::set_request_id(&mut at_limit, 9);
+    stream.write_all(&at_limit).await.expect("write");
+    let answer = loop {
+        let frame = frame::read_frame(&mut stream, DEFAULT_MAX_FRAME_BYTES, WAIT).await.expect("an answer");
+        if frame::parse(&frame) != Some(Header::Ping) {
+            break frame;
+        }
+    };
+    assert_eq!(frame::parse(&answer), Some(Header::Response { id: 9, status: status::NO_GROUP }));
+
+    // One byte past it: the node hangs up without reading the rest.
+    stream.write_all(&(MIN_MAX_FRAME_BYTES + 1).to_be_bytes()).await.expect("write");
+    let closed = loop {
+        match frame::read_frame(&mut stream, DEFAULT_MAX_FRAME_BYTES, WAIT).await {
+            Ok(frame) if frame::parse(&frame) == Some(Header::Ping) => continue,
+            other => break other,
+        }
+    };
+    assert!(matches!(closed, Err(frame::ReadError::Closed | frame::ReadError::Io(_))), "{closed:?}");
+    wait_stats(&node, |s| s.oversized_frames == 1 && s.lost == 1).await;
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stranger_is_dropped_and_counted() {
+    let node = endpoint(1, |c| c.handshake_timeout_ms = 100).await;
+    let mut stream = TcpStream::connect(node.local_addr()).await.expect("connect");
+    stream.write_all(b"GET / HTTP/1.1\r\n\r\n").await.expect("write");
+    wait_stats(&node, |s| s.handshake_failures == 1).await;
+    // And one that says nothing is dropped after the handshake timeout.
+    let _silent = TcpStream::connect(node.local_addr()).await.expect("connect");
+    wait_stats(&node, |s| s.handshake_failures == 2).await;
+    assert!(node.peers().is_empty());
+    node.shutdown().await;
+}
+
+#[tokio::test]
+async fn groups_register_once_under_the_endpoints_node_id() {
+    let node = endpoint(1, |_| {}).await;
+    let config = crate::GroupConfig::default();
+    let (group, _applied) = node.start_group(5, &config, Nop).await.expect("start");
+    let again = node.register(5, group.clone());
+    assert_eq!(again, Err(RegisterError::Taken { group: 5 }));
+    let (stranger, _) = Group::start(2, &config, Nop, node.transport::<Nop>(6)).await.expect("start");
+    assert_eq!(node.register(6, stranger.clone()), Err(RegisterError::WrongNode { group: 6, member: 2, endpoint: 1 }));
+    assert!(node.unregister(5));
+    assert!(!node.unregister(5));
+
+    node.shutdown().await;
+    assert_eq!(node.register(5, group.clone()), Err(RegisterError::Stopped));
+    let after = node.transport::<Nop>(5).vote(&Peer { id: 2, addr: "127.0.0.1:1".into() }, ask(1), WAIT).await;
+    assert!(matches!(after, Err(RpcError::Unreachable { .. })), "{after:?}");
+    group.shutdown().await.expect("shutdown");
+    stranger.shutdown().await.expect("shutdown");
+}
+
+#[test]
+fn the_config_is_checked_and_its_debug_hides_the_cookie() {
+    let config = TcpConfig::new(1, "s3cret-cookie");
+    assert!(config.validate().is_ok());
+    assert!(!format!("{config:?}").contains("s3cret"));
+    assert!(TcpConfig::new(1, "").validate().is_err());
+    let small = TcpConfig { max_frame_bytes: MIN_MAX_FRAME_BYTES - 1, ..config.clone() };
+    assert!(small.validate().is_err());
+    let deaf = TcpConfig { dead_after_ms: config.keepalive_ms, ..config };
+    assert!(deaf.validate().is_err());
+}

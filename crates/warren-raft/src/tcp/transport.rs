@@ -1,0 +1,176 @@
+//! The typed ends of the endpoint: [`TcpTransport`] encodes one group's requests and decodes the
+//! answers; [`GroupHandler`] decodes a peer's requests for a registered group, runs them on the
+//! group and encodes the answers. Both use the group's own machine `M` for commands, which is
+//! what lets groups of different machines share one endpoint: the endpoint itself sees bytes.
+
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::frame::{self, status, Kind};
+use super::Node;
+use crate::codec;
+use crate::types::{AppendRequest, AppendResponse, Snapshot, SnapshotResponse, Vote, VoteRequest, VoteResponse};
+use crate::{Group, Machine, Peer, RpcError, Stopped, Transport};
+
+/// A refused request: a status of [`frame::status`] and the reason, sent as the answer's body.
+pub(super) type Refusal = (u8, String);
+
+/// A request being handled; resolves to the encoded answer.
+pub(super) type Answer = Pin<Box<dyn Future<Output = Result<Vec<u8>, Refusal>> + Send>>;
+
+/// A registered group as the endpoint sees it: bytes in, bytes out.
+pub(super) trait Handler: Send + Sync + 'static {
+    /// Decodes `body` as a request of `kind` and returns the work of answering it.
+    fn handle(&self, kind: Kind, body: &[u8]) -> Answer;
+}
+
+/// The handler of this node's member of a group replicating `M`.
+pub(super) struct GroupHandler<M: Machine> {
+    group: Group<M>,
+}
+
+impl<M: Machine> GroupHandler<M> {
+    pub(super) fn new(group: Group<M>) -> Self {
+        GroupHandler { group }
+    }
+}
+
+fn bad_request(err: std::io::Error) -> Answer {
+    Box::pin(std::future::ready(Err((status::BAD_REQUEST, err.to_string()))))
+}
+
+fn stopped(stopped: Stopped) -> Refusal {
+    (status::STOPPED, stopped.to_string())
+}
+
+fn encoded(write: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::new();
+    write(&mut out);
+    out
+}
+
+impl<M: Machine> Handler for GroupHandler<M> {
+    fn handle(&self, kind: Kind, body: &[u8]) -> Answer {
+        let group = self.group.clone();
+        match kind {
+            Kind::Append => match codec::decode_append_request::<M>(body) {
+                Err(e) => bad_request(e),
+                Ok(request) => Box::pin(async move {
+                    let response = group.handle_append(request).await.map_err(stopped)?;
+                    Ok(encoded(|out| codec::encode_append_response(&response, out)))
+                }),
+            },
+            Kind::Vote => match codec::decode_vote_request(body) {
+                Err(e) => bad_request(e),
+                Ok(request) => Box::pin(async move {
+                    let response = group.handle_vote(request).await.map_err(stopped)?;
+                    Ok(encoded(|out| codec::encode_vote_response(&response, out)))
+                }),
+            },
+            Kind::Snapshot => match codec::decode_snapshot_request::<M>(body) {
+                Err(e) => bad_request(e),
+                Ok((vote, snapshot)) => Box::pin(async move {
+                    let response = group.handle_snapshot(vote, snapshot).await.map_err(stopped)?;
+                    Ok(encoded(|out| codec::encode_snapshot_response(&response, out)))
+                }),
+            },
+        }
+    }
+}
+
+/// One group's [`Transport`] over a [`TcpNode`](super::TcpNode): its requests go, framed with
+/// the group's id, on the endpoint's connection to each peer.
+///
+/// Failures: a peer that cannot be dialed or authenticated, a connection that breaks, a peer
+/// without the group or whose group stopped are [`RpcError::Unreachable`]; an answer that does
+/// not decode, a request the peer could not decode or was too busy for, and a request over the
+/// frame limit are [`RpcError::Network`]; no answer within the RPC's timeout is
+/// [`RpcError::Timeout`].
+pub struct TcpTransport<M> {
+    node: Arc<Node>,
+    group: u64,
+    _machine: PhantomData<fn() -> M>,
+}
+
+impl<M> Clone for TcpTransport<M> {
+    fn clone(&self) -> Self {
+        TcpTransport { node: Arc::clone(&self.node), group: self.group, _machine: PhantomData }
+    }
+}
+
+impl<M: Machine> TcpTransport<M> {
+    pub(super) fn new(node: Arc<Node>, group: u64) -> Self {
+        TcpTransport { node, group, _machine: PhantomData }
+    }
+
+    /// The group id this transport frames its requests with.
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// Sends `request`, a request frame of `kind`, to `target`; returns the answer's body,
+    /// decoded by `decode`.
+    async fn exchange<R>(
+        &self,
+        target: &Peer,
+        kind: Kind,
+        request: Vec<u8>,
+        decode: impl FnOnce(&[u8]) -> std::io::Result<R>,
+        timeout: Duration,
+    ) -> Result<R, RpcError> {
+        let response = self.node.call(target, request, timeout).await?;
+        let body = frame::response_body(&response.frame);
+        let peer = target.id;
+        let group = self.group;
+        match response.status {
+            status::OK => decode(body).map_err(|e| RpcError::Network {
+                reason: format!("node {peer} answered group {group}'s {kind:?} with bytes that do not decode: {e}"),
+            }),
+            status::NO_GROUP | status::STOPPED => {
+                Err(RpcError::Unreachable { reason: format!("node {peer}: {}", String::from_utf8_lossy(body)) })
+            }
+            other => Err(RpcError::Network {
+                reason: format!(
+                    "node {peer} refused group {group}'s {kind:?} (status {other}): {}",
+                    String::from_utf8_lossy(body)
+                ),
+            }),
+        }
+    }
+}
+
+// Each request is encoded into its frame and dropped before the wait for the answer, so a large
+// snapshot is not held twice.
+impl<M: Machine> Transport<M> for TcpTransport<M> {
+    async fn append(
+        &self,
+        target: &Peer,
+        request: AppendRequest<M>,
+        timeout: Duration,
+    ) -> Result<AppendResponse, RpcError> {
+        let frame = frame::request(self.group, Kind::Append, |out| codec::encode_append_request(&request, out));
+        drop(request);
+        self.exchange(target, Kind::Append, frame, codec::decode_append_response, timeout).await
+    }
+
+    async fn vote(&self, target: &Peer, request: VoteRequest, timeout: Duration) -> Result<VoteResponse, RpcError> {
+        let frame = frame::request(self.group, Kind::Vote, |out| codec::encode_vote_request(&request, out));
+        self.exchange(target, Kind::Vote, frame, codec::decode_vote_response, timeout).await
+    }
+
+    async fn snapshot(
+        &self,
+        target: &Peer,
+        vote: Vote,
+        snapshot: Snapshot<M>,
+        timeout: Duration,
+    ) -> Result<SnapshotResponse, RpcError> {
+        let frame =
+            frame::request(self.group, Kind::Snapshot, |out| codec::encode_snapshot_request(&vote, &snapshot, out));
+        drop(snapshot);
+        self.exchange(target, Kind::Snapshot, frame, codec::decode_snapshot_response, timeout).await
+    }
+}
