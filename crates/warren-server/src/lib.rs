@@ -61,6 +61,9 @@ pub(crate) enum Outgoing {
     Encoded(outbuf::OutBuf, usize),
 }
 
+/// The most room a connection's staged buffer keeps ready for the next batch.
+const STAGED_ROOM_MAX: usize = 64 * 1024;
+
 /// Deliveries staged for a connection: encoded by the thread that made them, while their
 /// message is still in its cache, so neither the message nor the buffer it was read into is
 /// touched by the receiving connection's thread.
@@ -147,8 +150,11 @@ impl<'a> Stager<'a> {
             let Some(o) = self.core.outboxes.get(&conn) else { continue };
             let mut staged = o.staged.lock();
             if !staged.buf.is_empty() {
-                // The next batch is likely as large: room for it saves growing from nothing.
-                let next = Staged { buf: outbuf::OutBuf::with_capacity(staged.buf.len()), delivered: 0 };
+                // The next batch is likely as large: room for it saves growing from nothing
+                // (up to a bound, so that a burst leaves no large buffer behind on a connection
+                // that then goes quiet).
+                let room = staged.buf.len().min(STAGED_ROOM_MAX);
+                let next = Staged { buf: outbuf::OutBuf::with_capacity(room), delivered: 0 };
                 let Staged { buf, delivered } = std::mem::replace(&mut *staged, next);
                 let _ = o.tx.send(Outgoing::Encoded(buf, delivered));
             }
