@@ -19,8 +19,8 @@
 //! - `group`: [`Group`], one group on one node: start, initialize, propose, read, membership,
 //!   status, shutdown, and the entry points for RPCs from peers.
 //! - `config`: [`GroupConfig`] and its defaults, translated to openraft's config.
-//! - `log`: [`MemLog`], the in-memory log store; a durable one implements the same openraft
-//!   trait and is passed to [`Group::start_with_log`].
+//! - `log`: [`MemLog`], the in-memory log store; `file_log`: [`FileLog`], a durable one (a
+//!   file per group); either is passed to [`Group::start_with_log`].
 //! - `state`: openraft's state machine store around a [`Machine`], snapshots in memory.
 //! - `network`: [`Transport`], the seam for a real network, and its plumbing into openraft.
 //! - `local`: [`LocalNet`], an in-process network with fault controls, for tests.
@@ -41,6 +41,7 @@
 pub mod codec;
 mod config;
 mod error;
+mod file_log;
 mod group;
 mod local;
 mod log;
@@ -48,6 +49,8 @@ mod machine;
 mod network;
 mod state;
 mod tcp;
+#[cfg(test)]
+mod test_machine;
 mod types;
 
 pub use config::{
@@ -56,6 +59,7 @@ pub use config::{
     DEFAULT_SNAPSHOT_TIMEOUT_MS,
 };
 pub use error::{AdminError, ProposeError, RegisterError, StartError, Stopped, WaitError};
+pub use file_log::FileLog;
 pub use group::{AppliedRx, Group, Role, Status};
 pub use local::{LocalNet, LocalTransport};
 pub use log::MemLog;

@@ -147,25 +147,7 @@ mod tests {
 
     use super::*;
 
-    struct Nop;
-    impl Machine for Nop {
-        type Command = u64;
-        type Output = ();
-        fn apply(&mut self, _: u64, _: &u64) {}
-        fn snapshot(&self) -> Vec<u8> {
-            Vec::new()
-        }
-        fn restore(&mut self, _: &[u8]) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn encode_command(command: &u64, out: &mut Vec<u8>) {
-            out.extend_from_slice(&command.to_be_bytes());
-        }
-        fn decode_command(bytes: &[u8]) -> std::io::Result<u64> {
-            let bytes: [u8; 8] = bytes.try_into().map_err(|_| std::io::ErrorKind::InvalidData)?;
-            Ok(u64::from_be_bytes(bytes))
-        }
-    }
+    use crate::test_machine::Nop;
 
     fn log_id(term: u64, index: u64) -> LogId<u64> {
         LogId::new(CommittedLeaderId::new(term, 1), index)

@@ -2,7 +2,6 @@
 //! request id, timeouts, unreachable peers and their backoff, redialling a broken connection,
 //! and registration.
 
-use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -17,27 +16,7 @@ use crate::{codec, Transport, Vote, VoteRequest, VoteResponse};
 const COOKIE: &[u8] = b"unit-test-cookie";
 const WAIT: Duration = Duration::from_secs(5);
 
-/// A machine for typing transports and groups; its commands are never sent here.
-struct Nop;
-
-impl Machine for Nop {
-    type Command = u64;
-    type Output = ();
-    fn apply(&mut self, _: u64, _: &u64) {}
-    fn snapshot(&self) -> Vec<u8> {
-        Vec::new()
-    }
-    fn restore(&mut self, _: &[u8]) -> io::Result<()> {
-        Ok(())
-    }
-    fn encode_command(command: &u64, out: &mut Vec<u8>) {
-        out.extend_from_slice(&command.to_be_bytes());
-    }
-    fn decode_command(bytes: &[u8]) -> io::Result<u64> {
-        let bytes: [u8; 8] = bytes.try_into().map_err(|_| io::ErrorKind::InvalidData)?;
-        Ok(u64::from_be_bytes(bytes))
-    }
-}
+use crate::test_machine::Nop;
 
 fn localhost() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))

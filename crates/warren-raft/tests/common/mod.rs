@@ -93,6 +93,37 @@ impl Cluster {
         cluster
     }
 
+    /// Nodes 1, 2 and 3 on durable logs (`dir/node-<id>.log`), initialized from node 1.
+    pub async fn start_durable(config: GroupConfig, dir: &std::path::Path) -> Cluster {
+        let net = LocalNet::new();
+        let mut cluster = Cluster { net, config, applied: BTreeMap::new() };
+        for id in 1..=3 {
+            cluster.start_from_file(id, dir).await;
+        }
+        let members = (1..=3).map(|id| (id, format!("local-{id}"))).collect();
+        cluster.group(1).initialize(members).await.expect("initialize");
+        cluster.group(1).wait_for_leader(WAIT).await.expect("a leader");
+        cluster
+    }
+
+    /// Starts node `id` with a fresh machine on the durable log it keeps in `dir` (which may
+    /// hold what an earlier run of it wrote), and registers it on the network.
+    pub async fn start_from_file(&mut self, id: u64, dir: &std::path::Path) -> Group<List> {
+        let log = warren_raft::FileLog::open(&dir.join(format!("node-{id}.log"))).expect("open the log");
+        let (group, applied) =
+            Group::start_with_log(id, &self.config, List::default(), self.net.transport(id), log).await.expect("start");
+        self.net.register(group.clone());
+        self.applied.insert(id, applied);
+        group
+    }
+
+    /// Stops node `id` as a crash would leave it: its group shut down and off the network.
+    pub async fn stop(&mut self, id: u64) {
+        let group = self.net.unregister(id).expect("registered node");
+        group.shutdown().await.expect("clean shutdown");
+        self.applied.remove(&id);
+    }
+
     /// Starts node `id` on the network, not yet a member.
     pub async fn add_node(&mut self, id: u64) -> Group<List> {
         let (group, applied) = self.net.start(id, &self.config, List::default()).await.expect("start");

@@ -1,0 +1,87 @@
+//! Members on durable logs (`FileLog`): a member restarted from its file comes back with its
+//! vote and every entry it acknowledged, and a whole cluster stopped and started again keeps
+//! everything it committed.
+
+mod common;
+
+use common::{fast_config, Cluster, WAIT};
+use warren_raft::GroupConfig;
+
+fn durable_config() -> GroupConfig {
+    // No snapshots: the machine is rebuilt from the log alone (snapshots are not durable yet).
+    GroupConfig { snapshot_every_entries: 0, ..fast_config() }
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("warren-raft-durable-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    dir
+}
+
+#[tokio::test]
+async fn a_member_restarted_from_its_log_rejoins_with_its_vote_and_entries() {
+    let dir = temp("member");
+    let mut cluster = Cluster::start_durable(durable_config(), &dir).await;
+    let mut last = 0;
+    for value in 0..10 {
+        last = cluster.propose(value).await.0;
+    }
+    cluster.wait_applied(&[1, 2, 3], last).await;
+    let leader = cluster.leader();
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let term = cluster.group(follower).status().term;
+    cluster.stop(follower).await;
+    for value in 10..20 {
+        last = cluster.propose(value).await.0;
+    }
+
+    // What it acknowledged is in its file before it hears from anyone, and so is its vote.
+    {
+        use warren_raft::FileLog;
+        let mut log = FileLog::<common::List>::open(&dir.join(format!("node-{follower}.log"))).expect("open");
+        let (last_index, voted_term) = stored(&mut log).await;
+        assert!(last_index >= 10, "the follower's log holds the first ten commands (last index {last_index})");
+        assert!(voted_term >= term, "its vote is kept: term {voted_term} against {term} before it stopped");
+    }
+    cluster.start_from_file(follower, &dir).await;
+    cluster.wait_applied(&[follower], last).await;
+    let (values, _) = cluster.state(follower);
+    assert_eq!(values, (0..20).collect::<Vec<_>>());
+    assert_eq!(cluster.state(follower), cluster.state(leader));
+    cluster.shutdown(&[1, 2, 3]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_whole_cluster_stopped_and_started_keeps_what_it_committed() {
+    let dir = temp("cluster");
+    let mut cluster = Cluster::start_durable(durable_config(), &dir).await;
+    for value in 0..15 {
+        cluster.propose(value).await;
+    }
+    for id in 1..=3 {
+        cluster.stop(id).await;
+    }
+    for id in 1..=3 {
+        cluster.start_from_file(id, &dir).await;
+    }
+    // No initialize: the members know the group from their logs and elect a leader.
+    cluster.group(1).wait_for_leader(WAIT).await.expect("a leader after the restart");
+    let (last, _) = cluster.propose(15).await;
+    cluster.wait_applied(&[1, 2, 3], last).await;
+    for id in 1..=3 {
+        let (values, _) = cluster.state(id);
+        assert_eq!(values, (0..16).collect::<Vec<_>>(), "node {id}");
+    }
+    cluster.shutdown(&[1, 2, 3]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The index of the last entry a log holds and the term of its vote, as openraft reads them.
+async fn stored(log: &mut warren_raft::FileLog<common::List>) -> (u64, u64) {
+    use openraft::storage::RaftLogStorage;
+    let state = log.get_log_state().await.expect("log state");
+    let vote = log.read_vote().await.expect("vote");
+    (state.last_log_id.map_or(0, |id| id.index), vote.map_or(0, |v| v.leader_id().term))
+}
