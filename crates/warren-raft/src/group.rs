@@ -154,6 +154,34 @@ impl<M: Machine> Group<M> {
         Ok((Group { id, raft, machine }, applied_rx))
     }
 
+    /// Starts node `id` durably: its log in `log` (a [`FileLog`](crate::FileLog)) and its
+    /// snapshots in the file `snapshot_file`; a node that ran before comes back with its vote,
+    /// its log and its latest snapshot (`machine` is restored from it), and applies the log on
+    /// from there.
+    pub async fn start_durable<T, L>(
+        id: u64,
+        config: &GroupConfig,
+        machine: M,
+        transport: T,
+        log: L,
+        snapshot_file: std::path::PathBuf,
+    ) -> Result<(Self, AppliedRx<M::Output>), StartError>
+    where
+        T: Transport<M>,
+        L: RaftLogStorage<Types<M>>,
+    {
+        let raft_config = Arc::new(config.to_openraft()?);
+        let (applied_tx, applied_rx) = mpsc::channel(config.applied_capacity);
+        let store = MachineStore::durable(machine, applied_tx, snapshot_file)
+            .map_err(|e| StartError::Storage { reason: format!("cannot read the group's snapshot: {e}") })?;
+        let machine = store.state();
+        let network = NetworkFactory::new(transport);
+        let raft = Raft::new(id, raft_config, network, log, store)
+            .await
+            .map_err(|e| StartError::Storage { reason: e.to_string() })?;
+        Ok((Group { id, raft, machine }, applied_rx))
+    }
+
     /// This node's id.
     pub fn id(&self) -> u64 {
         self.id

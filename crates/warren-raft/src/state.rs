@@ -1,5 +1,6 @@
 //! [`MachineStore`]: openraft's v2 [`RaftStateMachine`] around a user [`Machine`], with the
-//! latest snapshot kept in memory.
+//! latest snapshot kept in memory and, for a durable group, in a file (written whole or not at
+//! all: a synced temporary file renamed over it) before openraft hears of it.
 //!
 //! The machine, its applied position and the latest snapshot live under one lock shared with
 //! the [`Group`](crate::Group), which reads the machine through it. The lock is never held across
@@ -9,7 +10,8 @@
 //! Invariant: `last_applied` is the id of the last entry whose effect is in `machine`, and
 //! `membership` is the last membership among those entries; a snapshot records both.
 
-use std::io;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
@@ -37,12 +39,65 @@ pub(crate) struct MachineState<M: Machine> {
 pub(crate) struct MachineStore<M: Machine> {
     state: Arc<Mutex<MachineState<M>>>,
     applied: mpsc::Sender<Applied<M::Output>>,
+    /// Where the latest snapshot is kept on disk, for a durable group.
+    snapshot_file: Option<Arc<PathBuf>>,
 }
 
 impl<M: Machine> Clone for MachineStore<M> {
     fn clone(&self) -> Self {
-        MachineStore { state: Arc::clone(&self.state), applied: self.applied.clone() }
+        MachineStore {
+            state: Arc::clone(&self.state),
+            applied: self.applied.clone(),
+            snapshot_file: self.snapshot_file.clone(),
+        }
     }
+}
+
+/// Writes a snapshot to `path` so that a crash leaves either the old file or the new one whole:
+/// a temporary file beside it, synced, renamed over it, and the directory synced.
+fn write_snapshot_file(path: &Path, meta: &SnapshotMeta, bytes: &[u8]) -> io::Result<()> {
+    let mut out = Vec::with_capacity(bytes.len() + 64);
+    let mut encoded_meta = Vec::new();
+    crate::codec::encode_snapshot_meta(meta, &mut encoded_meta);
+    out.extend_from_slice(&(encoded_meta.len() as u32).to_be_bytes());
+    out.extend_from_slice(&encoded_meta);
+    out.extend_from_slice(bytes);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(&out)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// The snapshot a [`write_snapshot_file`] left, if there is one.
+fn read_snapshot_file(path: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {what}", path.display()));
+    if bytes.len() < 8 {
+        return Err(bad("too short for a snapshot"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body).to_be_bytes() != crc {
+        return Err(bad("its checksum does not hold"));
+    }
+    let meta_len = u32::from_be_bytes([body[0], body[1], body[2], body[3]]) as usize;
+    if body.len() - 4 < meta_len {
+        return Err(bad("it ends inside its metadata"));
+    }
+    let meta = crate::codec::decode_snapshot_meta(&body[4..4 + meta_len])?;
+    Ok(Some((meta, body[4 + meta_len..].to_vec())))
 }
 
 impl<M: Machine> MachineStore<M> {
@@ -55,7 +110,36 @@ impl<M: Machine> MachineStore<M> {
             snapshot: None,
             snapshots_built: 0,
         };
-        MachineStore { state: Arc::new(Mutex::new(state)), applied }
+        MachineStore { state: Arc::new(Mutex::new(state)), applied, snapshot_file: None }
+    }
+
+    /// A store that keeps its snapshots in `path`, starting from the one there if there is one
+    /// (`machine` restored from it); otherwise as [`MachineStore::new`].
+    pub(crate) fn durable(machine: M, applied: mpsc::Sender<Applied<M::Output>>, path: PathBuf) -> io::Result<Self> {
+        let kept = read_snapshot_file(&path)?;
+        let mut state = MachineState {
+            machine,
+            last_applied: None,
+            membership: StoredMembership::default(),
+            snapshot: None,
+            snapshots_built: 0,
+        };
+        if let Some((meta, bytes)) = kept {
+            state.machine.restore(&bytes)?;
+            state.last_applied = meta.last_log_id;
+            state.membership = meta.last_membership.clone();
+            state.snapshot = Some((meta, bytes));
+        }
+        Ok(MachineStore { state: Arc::new(Mutex::new(state)), applied, snapshot_file: Some(Arc::new(path)) })
+    }
+
+    /// Keeps a snapshot on disk, for a durable store, before openraft is told of it. (The
+    /// error is openraft's own type, large as it is: it goes straight back to openraft.)
+    #[allow(clippy::result_large_err)]
+    fn persist(&self, meta: &SnapshotMeta, bytes: &[u8]) -> Result<(), StorageError<u64>> {
+        let Some(path) = &self.snapshot_file else { return Ok(()) };
+        write_snapshot_file(path, meta, bytes)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)).into())
     }
 
     /// The shared state, for the group to read the machine.
@@ -134,6 +218,8 @@ impl<M: Machine> RaftStateMachine<Types<M>> for MachineStore<M> {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Vec<u8>>) -> Result<(), StorageError<u64>> {
+        // On disk first: the log behind it may be purged once openraft hears it is installed.
+        self.persist(meta, &snapshot)?;
         let index = {
             let mut state = self.state.lock();
             state.machine.restore(&snapshot).map_err(|e| snapshot_error(meta, &e))?;
@@ -169,6 +255,8 @@ impl<M: Machine> RaftSnapshotBuilder<Types<M>> for MachineStore<M> {
         };
         let meta =
             SnapshotMeta { last_log_id: state.last_applied, last_membership: state.membership.clone(), snapshot_id };
+        // On disk before openraft hears of it (and purges the log behind it).
+        self.persist(&meta, &bytes)?;
         state.snapshot = Some((meta.clone(), bytes.clone()));
         Ok(Snapshot { meta, snapshot: Box::new(bytes) })
     }
@@ -176,4 +264,31 @@ impl<M: Machine> RaftSnapshotBuilder<Types<M>> for MachineStore<M> {
 
 fn snapshot_error(meta: &SnapshotMeta, err: &io::Error) -> StorageError<u64> {
     StorageIOError::read_snapshot(Some(meta.signature()), AnyError::new(err)).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, LogId};
+
+    #[test]
+    fn a_snapshot_file_reads_back_and_a_damaged_one_is_refused() {
+        let dir = std::env::temp_dir().join(format!("warren-raft-snapfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("group.snapshot");
+        assert!(read_snapshot_file(&path).expect("no file is no snapshot").is_none());
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(3, 1), 42)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "3-42-1".into(),
+        };
+        write_snapshot_file(&path, &meta, b"state bytes").expect("write");
+        let (back, bytes) = read_snapshot_file(&path).expect("read").expect("a snapshot");
+        assert_eq!((back, bytes.as_slice()), (meta, &b"state bytes"[..]));
+        let mut damaged = std::fs::read(&path).expect("read");
+        damaged[5] ^= 1;
+        std::fs::write(&path, &damaged).expect("write");
+        assert_eq!(read_snapshot_file(&path).expect_err("refused").kind(), io::ErrorKind::InvalidData);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

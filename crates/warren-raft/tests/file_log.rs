@@ -8,8 +8,13 @@ use common::{fast_config, Cluster, WAIT};
 use warren_raft::GroupConfig;
 
 fn durable_config() -> GroupConfig {
-    // No snapshots: the machine is rebuilt from the log alone (snapshots are not durable yet).
+    // No snapshots: the machine is rebuilt from the log alone.
     GroupConfig { snapshot_every_entries: 0, ..fast_config() }
+}
+
+fn snapshotting_config() -> GroupConfig {
+    // A snapshot every 5 entries and nothing kept behind it: a restart needs the snapshot.
+    GroupConfig { snapshot_every_entries: 5, kept_after_snapshot_entries: 0, ..fast_config() }
 }
 
 fn temp(name: &str) -> std::path::PathBuf {
@@ -84,4 +89,37 @@ async fn stored(log: &mut warren_raft::FileLog<common::List>) -> (u64, u64) {
     let state = log.get_log_state().await.expect("log state");
     let vote = log.read_vote().await.expect("vote");
     (state.last_log_id.map_or(0, |id| id.index), vote.map_or(0, |v| v.leader_id().term))
+}
+
+#[tokio::test]
+async fn members_restart_from_their_snapshot_and_the_log_after_it() {
+    let dir = temp("snapshots");
+    let mut cluster = Cluster::start_durable(snapshotting_config(), &dir).await;
+    for value in 0..23 {
+        cluster.propose(value).await;
+    }
+    // Every member has snapshotted and purged its log behind the snapshot.
+    for id in 1..=3 {
+        cluster
+            .group(id)
+            .wait_until(WAIT, "a purged log", |s| s.purged_index.is_some_and(|p| p >= 15))
+            .await
+            .expect("snapshot and purge");
+    }
+    for id in 1..=3 {
+        cluster.stop(id).await;
+        assert!(dir.join(format!("node-{id}.snapshot")).exists(), "node {id} kept its snapshot");
+    }
+    for id in 1..=3 {
+        cluster.start_from_file(id, &dir).await;
+    }
+    cluster.group(1).wait_for_leader(WAIT).await.expect("a leader after the restart");
+    let (last, _) = cluster.propose(23).await;
+    cluster.wait_applied(&[1, 2, 3], last).await;
+    for id in 1..=3 {
+        let (values, _) = cluster.state(id);
+        assert_eq!(values, (0..24).collect::<Vec<_>>(), "node {id}: the snapshot, then the log after it");
+    }
+    cluster.shutdown(&[1, 2, 3]).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -106,12 +106,15 @@ impl Cluster {
         cluster
     }
 
-    /// Starts node `id` with a fresh machine on the durable log it keeps in `dir` (which may
-    /// hold what an earlier run of it wrote), and registers it on the network.
+    /// Starts node `id` with a fresh machine on the durable log and snapshot it keeps in `dir`
+    /// (which may hold what an earlier run of it wrote), and registers it on the network.
     pub async fn start_from_file(&mut self, id: u64, dir: &std::path::Path) -> Group<List> {
         let log = warren_raft::FileLog::open(&dir.join(format!("node-{id}.log"))).expect("open the log");
+        let snapshot = dir.join(format!("node-{id}.snapshot"));
         let (group, applied) =
-            Group::start_with_log(id, &self.config, List::default(), self.net.transport(id), log).await.expect("start");
+            Group::start_durable(id, &self.config, List::default(), self.net.transport(id), log, snapshot)
+                .await
+                .expect("start");
         self.net.register(group.clone());
         self.applied.insert(id, applied);
         group
