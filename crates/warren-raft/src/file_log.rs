@@ -17,7 +17,6 @@
 //! the next step builds), reclaiming space (purged entries stay in the file), and I/O off the
 //! async worker (a sync blocks the thread that appends).
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -32,6 +31,7 @@ use openraft::{
 use parking_lot::Mutex;
 
 use crate::codec;
+use crate::log::LogEntries;
 use crate::types::{Entry, LogId, Types, Vote};
 use crate::Machine;
 
@@ -53,10 +53,7 @@ pub struct FileLog<M: Machine> {
 
 struct Inner<M: Machine> {
     file: File,
-    vote: Option<Vote>,
-    committed: Option<LogId>,
-    last_purged: Option<LogId>,
-    entries: BTreeMap<u64, Entry<M>>,
+    log: LogEntries<M>,
 }
 
 impl<M: Machine> Clone for FileLog<M> {
@@ -87,7 +84,7 @@ impl<M: Machine> FileLog<M> {
         let mut bytes = Vec::new();
         file.seek(SeekFrom::Start(0))?;
         file.read_to_end(&mut bytes)?;
-        let mut inner = Inner { file, vote: None, committed: None, last_purged: None, entries: BTreeMap::new() };
+        let mut inner = Inner { file, log: LogEntries::new() };
         let mut at = 0;
         while bytes.len() - at >= HEADER_BYTES {
             let len = u32::from_be_bytes(bytes[at..at + 4].try_into().map_err(|_| bad("header".into()))?) as usize;
@@ -119,11 +116,11 @@ impl<M: Machine> Inner<M> {
         match kind {
             ENTRY => {
                 let entry = codec::decode_entry::<M>(payload)?;
-                self.entries.insert(entry.log_id.index, entry);
+                self.log.entries.insert(entry.log_id.index, entry);
             }
-            VOTE => self.vote = Some(codec::decode_vote(payload)?),
+            VOTE => self.log.vote = Some(codec::decode_vote(payload)?),
             COMMITTED => {
-                self.committed = match payload.split_first() {
+                self.log.committed = match payload.split_first() {
                     Some((0, [])) => None,
                     Some((1, id)) => Some(codec::decode_log_id(id)?),
                     _ => return Err(bad("a committed record that is not one".into())),
@@ -131,12 +128,10 @@ impl<M: Machine> Inner<M> {
             }
             TRUNCATE => {
                 let index = u64::from_be_bytes(payload.try_into().map_err(|_| bad("a truncation".into()))?);
-                self.entries.split_off(&index);
+                self.log.truncate(index);
             }
             PURGE => {
-                let id = codec::decode_log_id(payload)?;
-                self.entries = self.entries.split_off(&(id.index + 1));
-                self.last_purged = Some(id);
+                self.log.purge(codec::decode_log_id(payload)?);
             }
             other => return Err(bad(format!("unknown record kind {other}"))),
         }
@@ -162,8 +157,7 @@ impl<M: Machine> RaftLogReader<Types<M>> for FileLog<M> {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<M>>, StorageError<u64>> {
-        let inner = self.inner.lock();
-        Ok(inner.entries.range(range).map(|(_, entry)| entry.clone()).collect())
+        Ok(self.inner.lock().log.read(range))
     }
 }
 
@@ -171,12 +165,7 @@ impl<M: Machine> RaftLogStorage<Types<M>> for FileLog<M> {
     type LogReader = FileLog<M>;
 
     async fn get_log_state(&mut self) -> Result<LogState<Types<M>>, StorageError<u64>> {
-        let inner = self.inner.lock();
-        let last_log_id = match inner.entries.last_key_value() {
-            Some((_, entry)) => Some(entry.log_id),
-            None => inner.last_purged,
-        };
-        Ok(LogState { last_purged_log_id: inner.last_purged, last_log_id })
+        Ok(self.inner.lock().log.log_state())
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -190,12 +179,12 @@ impl<M: Machine> RaftLogStorage<Types<M>> for FileLog<M> {
         record(VOTE, &payload, &mut records);
         let mut inner = self.inner.lock();
         inner.write(&records, true).map_err(|e| io_error(ErrorSubject::Vote, ErrorVerb::Write, &e))?;
-        inner.vote = Some(*vote);
+        inner.log.vote = Some(*vote);
         Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError<u64>> {
-        Ok(self.inner.lock().vote)
+        Ok(self.inner.lock().log.vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<u64>> {
@@ -212,12 +201,12 @@ impl<M: Machine> RaftLogStorage<Types<M>> for FileLog<M> {
         let mut inner = self.inner.lock();
         // Not synced: a committed index lost in a crash is learnt again from the leader.
         inner.write(&records, false).map_err(|e| io_error(ErrorSubject::Store, ErrorVerb::Write, &e))?;
-        inner.committed = committed;
+        inner.log.committed = committed;
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError<u64>> {
-        Ok(self.inner.lock().committed)
+        Ok(self.inner.lock().log.committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<Types<M>>) -> Result<(), StorageError<u64>>
@@ -239,13 +228,7 @@ impl<M: Machine> RaftLogStorage<Types<M>> for FileLog<M> {
             callback.log_io_completed(Err(io::Error::other(e.to_string())));
             return Err(error);
         }
-        for entry in entries {
-            debug_assert!(
-                inner.entries.last_key_value().is_none_or(|(last, _)| *last + 1 == entry.log_id.index),
-                "append must extend the log without a hole"
-            );
-            inner.entries.insert(entry.log_id.index, entry);
-        }
+        inner.log.extend(entries);
         drop(inner);
         // On disk: only now may the leader count this member as holding them.
         callback.log_io_completed(Ok(()));
@@ -257,7 +240,7 @@ impl<M: Machine> RaftLogStorage<Types<M>> for FileLog<M> {
         record(TRUNCATE, &log_id.index.to_be_bytes(), &mut records);
         let mut inner = self.inner.lock();
         inner.write(&records, true).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
-        inner.entries.split_off(&log_id.index);
+        inner.log.truncate(log_id.index);
         Ok(())
     }
 
@@ -269,8 +252,7 @@ impl<M: Machine> RaftLogStorage<Types<M>> for FileLog<M> {
         let mut inner = self.inner.lock();
         // Not synced: purged entries that come back after a crash are purged again.
         inner.write(&records, false).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
-        inner.last_purged = Some(log_id);
-        inner.entries = inner.entries.split_off(&(log_id.index + 1));
+        inner.log.purge(log_id);
         Ok(())
     }
 }

@@ -143,15 +143,7 @@ impl<M: Machine> Group<M> {
         T: Transport<M>,
         L: RaftLogStorage<Types<M>>,
     {
-        let raft_config = Arc::new(config.to_openraft()?);
-        let (applied_tx, applied_rx) = mpsc::channel(config.applied_capacity);
-        let store = MachineStore::new(machine, applied_tx);
-        let machine = store.state();
-        let network = NetworkFactory::new(transport);
-        let raft = Raft::new(id, raft_config, network, log, store)
-            .await
-            .map_err(|e| StartError::Storage { reason: e.to_string() })?;
-        Ok((Group { id, raft, machine }, applied_rx))
+        Self::launch(id, config, transport, log, |applied| Ok(MachineStore::new(machine, applied))).await
     }
 
     /// Starts node `id` durably: its log in `log` (a [`FileLog`](crate::FileLog)) and its
@@ -170,10 +162,28 @@ impl<M: Machine> Group<M> {
         T: Transport<M>,
         L: RaftLogStorage<Types<M>>,
     {
+        Self::launch(id, config, transport, log, |applied| {
+            MachineStore::durable(machine, applied, snapshot_file)
+                .map_err(|e| StartError::Storage { reason: format!("cannot read the group's snapshot: {e}") })
+        })
+        .await
+    }
+
+    /// Starts the group on the store `store` makes from the applied stream's sending end.
+    async fn launch<T, L>(
+        id: u64,
+        config: &GroupConfig,
+        transport: T,
+        log: L,
+        store: impl FnOnce(mpsc::Sender<Applied<M::Output>>) -> Result<MachineStore<M>, StartError>,
+    ) -> Result<(Self, AppliedRx<M::Output>), StartError>
+    where
+        T: Transport<M>,
+        L: RaftLogStorage<Types<M>>,
+    {
         let raft_config = Arc::new(config.to_openraft()?);
         let (applied_tx, applied_rx) = mpsc::channel(config.applied_capacity);
-        let store = MachineStore::durable(machine, applied_tx, snapshot_file)
-            .map_err(|e| StartError::Storage { reason: format!("cannot read the group's snapshot: {e}") })?;
+        let store = store(applied_tx)?;
         let machine = store.state();
         let network = NetworkFactory::new(transport);
         let raft = Raft::new(id, raft_config, network, log, store)

@@ -23,27 +23,64 @@ use crate::Machine;
 
 /// An in-memory Raft log for a group replicating `M`; clones share the same log.
 pub struct MemLog<M: Machine> {
-    inner: Arc<Mutex<LogInner<M>>>,
+    inner: Arc<Mutex<LogEntries<M>>>,
 }
 
-struct LogInner<M: Machine> {
-    vote: Option<Vote>,
-    committed: Option<LogId<u64>>,
-    last_purged: Option<LogId<u64>>,
-    entries: BTreeMap<u64, Entry<M>>,
+/// What a log holds, in memory: the vote, the committed id, the purge point and the entries
+/// after it. [`MemLog`] is only this; [`FileLog`](crate::FileLog) keeps it beside its file.
+pub(crate) struct LogEntries<M: Machine> {
+    pub(crate) vote: Option<Vote>,
+    pub(crate) committed: Option<LogId<u64>>,
+    pub(crate) last_purged: Option<LogId<u64>>,
+    pub(crate) entries: BTreeMap<u64, Entry<M>>,
+}
+
+impl<M: Machine> LogEntries<M> {
+    pub(crate) fn new() -> Self {
+        LogEntries { vote: None, committed: None, last_purged: None, entries: BTreeMap::new() }
+    }
+
+    /// The entries in `range`.
+    pub(crate) fn read<RB: RangeBounds<u64>>(&self, range: RB) -> Vec<Entry<M>> {
+        self.entries.range(range).map(|(_, entry)| entry.clone()).collect()
+    }
+
+    /// openraft's view: the purge point and the last entry (the purge point when none is left).
+    pub(crate) fn log_state(&self) -> LogState<Types<M>> {
+        let last_log_id = match self.entries.last_key_value() {
+            Some((_, entry)) => Some(entry.log_id),
+            None => self.last_purged,
+        };
+        LogState { last_purged_log_id: self.last_purged, last_log_id }
+    }
+
+    /// Adds entries that extend the log.
+    pub(crate) fn extend(&mut self, entries: impl IntoIterator<Item = Entry<M>>) {
+        for entry in entries {
+            debug_assert!(
+                self.entries.last_key_value().is_none_or(|(last, _)| *last + 1 == entry.log_id.index),
+                "append must extend the log without a hole"
+            );
+            self.entries.insert(entry.log_id.index, entry);
+        }
+    }
+
+    /// Drops the entry at `index` and everything after it: they conflict with the leader's log.
+    pub(crate) fn truncate(&mut self, index: u64) {
+        self.entries.split_off(&index);
+    }
+
+    /// Drops everything up to `log_id` and remembers it.
+    pub(crate) fn purge(&mut self, log_id: LogId<u64>) {
+        self.last_purged = Some(log_id);
+        self.entries = self.entries.split_off(&(log_id.index + 1));
+    }
 }
 
 impl<M: Machine> MemLog<M> {
     /// An empty log with no vote.
     pub fn new() -> Self {
-        MemLog {
-            inner: Arc::new(Mutex::new(LogInner {
-                vote: None,
-                committed: None,
-                last_purged: None,
-                entries: BTreeMap::new(),
-            })),
-        }
+        MemLog { inner: Arc::new(Mutex::new(LogEntries::new())) }
     }
 }
 
@@ -64,8 +101,7 @@ impl<M: Machine> RaftLogReader<Types<M>> for MemLog<M> {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<M>>, StorageError<u64>> {
-        let inner = self.inner.lock();
-        Ok(inner.entries.range(range).map(|(_, entry)| entry.clone()).collect())
+        Ok(self.inner.lock().read(range))
     }
 }
 
@@ -73,12 +109,7 @@ impl<M: Machine> RaftLogStorage<Types<M>> for MemLog<M> {
     type LogReader = MemLog<M>;
 
     async fn get_log_state(&mut self) -> Result<LogState<Types<M>>, StorageError<u64>> {
-        let inner = self.inner.lock();
-        let last_log_id = match inner.entries.last_key_value() {
-            Some((_, entry)) => Some(entry.log_id),
-            None => inner.last_purged,
-        };
-        Ok(LogState { last_purged_log_id: inner.last_purged, last_log_id })
+        Ok(self.inner.lock().log_state())
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -108,34 +139,21 @@ impl<M: Machine> RaftLogStorage<Types<M>> for MemLog<M> {
         I: IntoIterator<Item = Entry<M>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        {
-            let mut inner = self.inner.lock();
-            for entry in entries {
-                debug_assert!(
-                    inner.entries.last_key_value().is_none_or(|(last, _)| *last + 1 == entry.log_id.index),
-                    "append must extend the log without a hole"
-                );
-                inner.entries.insert(entry.log_id.index, entry);
-            }
-        }
+        self.inner.lock().extend(entries);
         // In memory, written is as durable as it gets.
         callback.log_io_completed(Ok(()));
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        let mut inner = self.inner.lock();
-        // Drops `log_id.index` and everything after it: they conflict with the leader's log.
-        inner.entries.split_off(&log_id.index);
+        self.inner.lock().truncate(log_id.index);
         Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
         let mut inner = self.inner.lock();
         debug_assert!(inner.last_purged <= Some(log_id), "purge must not go backwards");
-        inner.last_purged = Some(log_id);
-        // Keeps everything after `log_id.index`.
-        inner.entries = inner.entries.split_off(&(log_id.index + 1));
+        inner.purge(log_id);
         Ok(())
     }
 }

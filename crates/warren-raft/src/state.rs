@@ -117,20 +117,16 @@ impl<M: Machine> MachineStore<M> {
     /// (`machine` restored from it); otherwise as [`MachineStore::new`].
     pub(crate) fn durable(machine: M, applied: mpsc::Sender<Applied<M::Output>>, path: PathBuf) -> io::Result<Self> {
         let kept = read_snapshot_file(&path)?;
-        let mut state = MachineState {
-            machine,
-            last_applied: None,
-            membership: StoredMembership::default(),
-            snapshot: None,
-            snapshots_built: 0,
-        };
+        let mut store = MachineStore::new(machine, applied);
         if let Some((meta, bytes)) = kept {
+            let mut state = store.state.lock();
             state.machine.restore(&bytes)?;
             state.last_applied = meta.last_log_id;
             state.membership = meta.last_membership.clone();
             state.snapshot = Some((meta, bytes));
         }
-        Ok(MachineStore { state: Arc::new(Mutex::new(state)), applied, snapshot_file: Some(Arc::new(path)) })
+        store.snapshot_file = Some(Arc::new(path));
+        Ok(store)
     }
 
     /// Keeps a snapshot on disk, for a durable store, before openraft is told of it. (The
