@@ -57,6 +57,7 @@ mod persist;
 mod policies;
 mod publish;
 pub mod recovery;
+mod replication;
 mod shared;
 mod sync;
 mod topology;
@@ -491,6 +492,9 @@ pub struct Broker {
     /// What shared work left that is not yet folded into the fields above
     /// ([`Broker::fold_shared`]).
     pending: Mutex<Tally>,
+    /// In a cluster: topology changes made here are kept for the metadata group
+    /// ([`Broker::take_replication`]).
+    replication: replication::Replication,
 }
 
 /// What recovery found, for the log.
@@ -565,6 +569,7 @@ impl Broker {
             next_sync_id: 0,
             next_delivery_id: std::sync::atomic::AtomicU64::new(1),
             pending: Mutex::new(Tally::default()),
+            replication: replication::Replication::default(),
             disk_headroom: None,
             disk_written: std::sync::atomic::AtomicU64::new(0),
             flow_released: std::sync::atomic::AtomicBool::new(false),

@@ -157,7 +157,7 @@ impl BindingDef {
     }
 
     /// Bindings are the same binding when all their fields are; the encoding says so.
-    fn key(&self) -> Vec<u8> {
+    pub fn key(&self) -> Vec<u8> {
         let mut b = BytesMut::new();
         if let FieldValue::Table(t) = self.to_field() {
             t.encode(&mut b);
@@ -609,6 +609,18 @@ impl DefOp {
         out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
         out.extend_from_slice(&payload);
+    }
+}
+
+impl DefOp {
+    /// Reads one change written by [`DefOp::encode_record`] from `bytes`, which must hold that
+    /// record and nothing else.
+    pub fn decode_record(bytes: &[u8]) -> Result<DefOp, String> {
+        let (op, end) = journal_record(bytes, 0)?;
+        if end != bytes.len() {
+            return Err(format!("{} bytes after the record", bytes.len() - end));
+        }
+        Ok(op)
     }
 }
 

@@ -249,6 +249,7 @@ impl Broker {
             }
         }
         self.defs_dirty = false;
+        self.note_replication(for_conn);
         self.def_ops.clear();
         result.map_err(|e| {
             // The journal's state is unknown after a failed write: the next change rewrites all.
