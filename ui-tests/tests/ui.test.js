@@ -95,6 +95,13 @@ test('overview shows totals as numbers and plots rates', async () => {
   assert.ok(Number(queues.replace(/,/g, '')) >= 1);
   assert.match(await page.locator('[data-total="Connections"] .n').textContent(), /^\d+$/);
   assert.ok((await page.locator('#rates-chart path').count()) >= 1, 'the rates chart draws its series');
+  // The cluster's nodes with their state: a node on its own lists itself, running.
+  const { node, cluster_name: clusterName } = (await call('GET', '/api/overview')).body;
+  const row = page.locator(`#nodes-table tr[data-node="${node}"]`);
+  await row.waitFor();
+  assert.equal(await row.locator('td').nth(1).textContent(), 'running');
+  assert.equal(await page.locator('#nodes-table tbody tr').count(), 1);
+  assert.equal(await page.locator('#cluster-name').textContent(), `Cluster name: ${clusterName}`);
   await shot('overview');
 });
 

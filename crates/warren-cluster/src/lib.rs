@@ -5,7 +5,12 @@
 //! snapshots the queue's own. To come, in this crate: the node-to-node transport, the metadata
 //! group, and the hosts that turn a queue's effects into deliveries on the leader.
 
+pub mod host;
 pub mod meta;
+
+pub mod node;
+
+pub use node::{ClusterSettings, NodeName, PortRange};
 
 use std::io;
 use warren_core::quorum::{Output, QuorumConfig, QuorumQueue, Stamped};

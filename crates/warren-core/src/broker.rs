@@ -58,6 +58,7 @@ mod policies;
 mod publish;
 pub mod recovery;
 mod replication;
+pub use replication::describe_op;
 mod shared;
 mod sync;
 mod topology;

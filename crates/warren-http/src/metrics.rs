@@ -20,9 +20,6 @@ use warren_server::Shared;
 /// The content type of the text exposition format, version 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The node name Warren reports (the management API's `node` too).
-pub const NODE: &str = "warren@localhost";
-
 /// `GET /metrics`: every family aggregated over the node.
 pub async fn aggregated(State(shared): State<Arc<Shared>>) -> Response {
     text(render(&shared, false))
@@ -314,7 +311,9 @@ fn render(shared: &Shared, per_object: bool) -> String {
         1,
     );
     e.family("rabbitmq_identity_info", Untyped, "RabbitMQ node & cluster identity info");
-    e.sample("rabbitmq_identity_info", &[("rabbitmq_node", NODE), ("rabbitmq_cluster", NODE)], 1);
+    let cluster = shared.cluster_view();
+    let (node, cluster_name) = (cluster.node_name(), cluster.cluster_name());
+    e.sample("rabbitmq_identity_info", &[("rabbitmq_node", &node), ("rabbitmq_cluster", &cluster_name)], 1);
 
     // Warren's own.
     e.single(

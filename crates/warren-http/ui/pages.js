@@ -130,11 +130,14 @@ async function overview(ctx) {
       <section class="card"><h2>Queued messages</h2><svg class="chart" id="queued-chart" role="img" aria-label="Queued messages over time"></svg>
         <div class="legend"><span><i style="background:#b3541e"></i>ready</span><span><i style="background:#7a4bb5"></i>unacknowledged</span></div></section>
     </div>
-    <section class="card"><h2>Node</h2><dl class="details" id="node"></dl></section>`;
+    <section class="card"><h2>Node</h2><dl class="details" id="node"></dl></section>
+    <section class="card"><h2>Cluster</h2><p id="cluster-name"></p>
+      <table id="nodes-table"><thead><tr><th scope="col">Node</th><th scope="col">State</th></tr></thead><tbody></tbody></table></section>`;
   const refresh = async () => {
     const [o, nodes] = await Promise.all([get('/api/overview'), get('/api/nodes').catch(() => [])]);
     if (!document.getElementById('totals')) return;
-    const n = nodes[0] || {};
+    // This node's figures; the others are listed with their state.
+    const n = nodes.find((x) => x.name === o.node) || {};
     const t = o.object_totals || {};
     const q = o.queue_totals || {};
     const s = o.message_stats || {};
@@ -157,6 +160,9 @@ async function overview(ctx) {
     document.getElementById('node').innerHTML = `<dt>Node</dt><dd>${esc(o.node)}</dd><dt>Product</dt><dd>${esc(o.product_name)} ${esc(o.product_version)}</dd><dt>Rates mode</dt><dd>${esc(o.rates_mode)}</dd>
       <dt>Memory</dt><dd data-resource="memory">${bytes(n.mem_used)} of ${bytes(n.mem_limit)} high watermark ${gauge(n.mem_used, n.mem_limit, n.mem_alarm, 'Memory used against the high watermark')} ${n.mem_alarm ? '<strong class="bad">alarm</strong>' : '<span class="good">OK</span>'}</dd>
       <dt>Disk free</dt><dd data-resource="disk">${bytes(n.disk_free)} (limit ${bytes(n.disk_free_limit)}) ${n.disk_free_alarm ? '<strong class="bad">alarm</strong>' : '<span class="good">OK</span>'}</dd>`;
+    document.getElementById('cluster-name').innerHTML = `Cluster name: <strong>${esc(o.cluster_name)}</strong>`;
+    document.querySelector('#nodes-table tbody').innerHTML = nodes
+      .map((x) => `<tr data-node="${esc(x.name)}"><td>${esc(x.name)}${x.name === o.node ? ' (this node)' : ''}</td><td>${x.running ? '<span class="good">running</span>' : '<strong class="bad">down</strong>'}</td></tr>`).join('');
     const now = Date.now();
     push(history.rates.publish, [now, rate(s, 'publish')]);
     push(history.rates.deliver, [now, rate(s, 'deliver_get')]);

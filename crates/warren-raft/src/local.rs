@@ -104,6 +104,13 @@ impl<M: Machine> LocalNet<M> {
         self.inner.lock().cut.insert((from, to));
     }
 
+    /// Whether messages from `from` to `to` are lost now (either is isolated, or that
+    /// direction is cut): for a host's own traffic over this network, such as forwarding a
+    /// proposal to the leader.
+    pub fn is_cut(&self, from: u64, to: u64) -> bool {
+        !self.inner.lock().passes(from, to)
+    }
+
     /// Removes every fault.
     pub fn heal(&self) {
         let mut state = self.inner.lock();

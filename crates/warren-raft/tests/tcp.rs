@@ -426,3 +426,64 @@ async fn a_node_restarted_at_the_same_address_catches_up_by_snapshot() {
 
     cluster.shutdown().await;
 }
+
+/// Waits until `node`'s set of connected peers satisfies `condition`.
+async fn wait_connected(node: &TcpNode, what: &str, condition: impl Fn(&BTreeSet<u64>) -> bool) {
+    let mut connected = node.watch_connected();
+    let seen = tokio::time::timeout(WAIT, connected.wait_for(|c| condition(c))).await;
+    match seen {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => panic!("node {}: the endpoint is gone", node.id()),
+        Err(_) => panic!("node {}: not {what} within {WAIT:?}: {:?}", node.id(), node.peer_status()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watched_peers_stay_connected_without_any_group() {
+    let cookie = format!("warren-test-{:016x}", getrandom::u64().expect("random")).into_bytes();
+    let one = TcpNode::bind(any_port(), TcpConfig::new(1, cookie.clone())).await.expect("bind");
+    let two = TcpNode::bind(any_port(), TcpConfig::new(2, cookie.clone())).await.expect("bind");
+    let (addr_one, addr_two) = (one.local_addr(), two.local_addr());
+    // By host name: the name is looked up at each dial.
+    let by_name = |addr: SocketAddr| format!("localhost:{}", addr.port());
+    // Each lists the whole cluster, itself included (left out by the endpoint).
+    let cluster = BTreeMap::from([(1, by_name(addr_one)), (2, by_name(addr_two))]);
+    one.watch_peers(cluster.clone());
+    two.watch_peers(cluster.clone());
+    wait_connected(&one, "connected to node 2", |c| c.contains(&2)).await;
+    wait_connected(&two, "connected to node 1", |c| c.contains(&1)).await;
+    assert_eq!(one.peer_status(), vec![(2, true)]);
+    assert_eq!(two.peer_status(), vec![(1, true)]);
+
+    // Node 2 stops: node 1 sees it down and keeps trying it.
+    two.shutdown().await;
+    wait_connected(&one, "without node 2", |c| !c.contains(&2)).await;
+    assert_eq!(one.peer_status(), vec![(2, false)]);
+    let failures = one.stats().dial_failures;
+    wait_stats(&one, "redial of the stopped node", |s| s.dial_failures > failures).await;
+
+    // Node 2 back on its address, watching nobody: node 1 dials it.
+    let two = TcpNode::bind(addr_two, TcpConfig::new(2, cookie.clone())).await.expect("bind again");
+    wait_connected(&one, "connected to the restarted node 2", |c| c.contains(&2)).await;
+    wait_connected(&two, "connected to node 1", |c| c.contains(&1)).await;
+    assert_eq!(one.peer_status(), vec![(2, true)]);
+    assert!(two.peer_status().is_empty(), "node 2 watches nobody");
+
+    // A node at that address with another cookie is never counted as connected.
+    two.shutdown().await;
+    wait_connected(&one, "without node 2", |c| !c.contains(&2)).await;
+    let stranger = TcpNode::bind(addr_two, TcpConfig::new(2, b"another-cookie".to_vec())).await.expect("bind");
+    stranger.watch_peers(cluster.clone());
+    wait_stats(&one, "authentication failures", |s| s.auth_failures >= 2).await;
+    wait_stats(&stranger, "authentication failures", |s| s.auth_failures >= 2).await;
+    assert_eq!(one.peer_status(), vec![(2, false)]);
+    assert_eq!(stranger.peer_status(), vec![(1, false)]);
+    assert!(one.peers().is_empty() && stranger.peers().is_empty());
+
+    // A later list replaces the earlier one.
+    one.watch_peers(BTreeMap::new());
+    assert!(one.peer_status().is_empty());
+    stranger.shutdown().await;
+    one.shutdown().await;
+    assert!(one.watch_connected().borrow().is_empty());
+}

@@ -165,6 +165,7 @@ pub(crate) async fn run<S: Transport>(
         backlog: false,
         turn: None,
         defs_sync: None,
+        replication: None,
         delivered_encoded: 0,
         outbound,
     };
@@ -240,6 +241,9 @@ struct Connection {
     /// Our commands changed durable definitions: the journal is synced (outside the lock)
     /// before anything more is written to the client.
     defs_sync: Option<Arc<dyn warren_store::SyncHandle>>,
+    /// Topology changes the last batch made, to be committed by the cluster's metadata group
+    /// before anything more is written to the client.
+    replication: Option<Vec<warren_core::definitions::DefOp>>,
     /// Bytes of deliveries encoded into `wbuf` and not yet reported written to `outbound`.
     delivered_encoded: usize,
     /// Bytes of deliveries the broker handed us and we have not written yet (shared with it).
@@ -373,6 +377,22 @@ impl Connection {
                     );
                     self.closing = true;
                     self.mine.push(Out::Method { channel: 0, method: close_method(&e) });
+                }
+            }
+            if let Some(ops) = self.replication.take() {
+                // In a cluster, a durable declare, bind or delete is answered once the
+                // metadata group committed it (and it is undone here if it did not).
+                if let Some(replicator) = self.shared.replicator().cloned() {
+                    if let Err(why) = replicator.replicate(ops).await {
+                        tracing::warn!("connection {}: a topology change was not committed: {why}", self.id);
+                        self.mine.clear();
+                        let e = ProtocolError::new(
+                            ReplyCode::InternalError,
+                            format_args!("the cluster did not commit the change: {why}"),
+                        );
+                        self.closing = true;
+                        self.mine.push(Out::Method { channel: 0, method: close_method(&e) });
+                    }
                 }
             }
             // Everything queued for us so far (in the broker's order) goes out in one write.
@@ -609,6 +629,11 @@ impl Connection {
         core.end_batch(self.id, &mut self.out);
         if let Some(handle) = core.take_definitions_sync(self.id) {
             self.defs_sync = Some(handle);
+        }
+        if core.is_replicating() {
+            if let Some(ops) = core.take_replication(Some(self.id)) {
+                self.replication.get_or_insert_with(Vec::new).extend(ops);
+            }
         }
         let sync_wanted = core.sync_wanted();
         core.log_errors();

@@ -38,7 +38,8 @@ impl From<std::io::Error> for Failed {
     }
 }
 
-fn server_properties() -> FieldTable {
+/// What connection.start tells the client about the server; `cluster_name` as RabbitMQ's.
+fn server_properties(cluster_name: &str) -> FieldTable {
     let mut caps = FieldTable::new();
     for cap in [
         "publisher_confirms",
@@ -55,7 +56,7 @@ fn server_properties() -> FieldTable {
     }
     let mut p = FieldTable::new();
     p.insert("capabilities", FieldValue::Table(caps));
-    p.insert("cluster_name", "warren".into());
+    p.insert("cluster_name", cluster_name.into());
     p.insert("product", "Warren".into());
     p.insert("version", env!("CARGO_PKG_VERSION").into());
     p.insert("platform", "Rust".into());
@@ -155,7 +156,7 @@ pub(crate) async fn handshake<S: Io>(
         &Method::ConnectionStart {
             version_major: 0,
             version_minor: 9,
-            server_properties: server_properties(),
+            server_properties: server_properties(&shared.cluster_view().cluster_name()),
             mechanisms: Bytes::from(mechanisms_field(&mechanisms)),
             locales: Bytes::from_static(b"en_US"),
         },

@@ -17,6 +17,7 @@
 //! queue's at a time), everything else with it held exclusively.
 
 pub mod alarms;
+pub mod cluster;
 mod connection;
 mod handshake;
 mod outbuf;
@@ -285,6 +286,23 @@ pub struct Shared {
     pub(crate) publish_shared: bool,
     /// How the core is doing, for operators (`/metrics`).
     pub(crate) health: CoreHealth,
+    /// In a cluster: the metadata group, through which topology changes are committed before
+    /// they are answered.
+    replicator: std::sync::OnceLock<Arc<dyn Replicator>>,
+    /// The cluster as the management side shows it (set once by the binary).
+    cluster_view: std::sync::OnceLock<Arc<dyn cluster::ClusterView>>,
+}
+
+/// The metadata group as connections see it (issue 15, docs/clustering.md): the durable
+/// topology changes a client's commands made (kept by the broker, `Broker::take_replication`)
+/// are handed to it, and the client hears nothing more until it answers. On an error the
+/// change is not the cluster's (no majority, or it clashed with one made meanwhile on another
+/// node): the replicator has undone it here, and the connection is closed with the reason.
+pub trait Replicator: Send + Sync {
+    fn replicate(
+        &self,
+        ops: Vec<warren_core::definitions::DefOp>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + 'static>>;
 }
 
 /// Counters of the core's lock and its line of waiting connections. Today the whole core is
@@ -377,6 +395,30 @@ impl Drop for CoreGuard<'_> {
 
 impl Shared {
     /// How long the server has been running.
+    /// Makes this node replicate its topology through `replicator` (once; later calls are
+    /// ignored), and turns on the broker's keeping of changes for it.
+    pub fn set_replicator(&self, replicator: Arc<dyn Replicator>) {
+        if self.replicator.set(replicator).is_ok() {
+            self.broker().set_replicating(true);
+        }
+    }
+
+    /// The metadata group, in a cluster.
+    pub fn replicator(&self) -> Option<&Arc<dyn Replicator>> {
+        self.replicator.get()
+    }
+
+    /// Sets what the management side shows of the cluster (once; later calls are ignored).
+    pub fn set_cluster_view(&self, view: Arc<dyn cluster::ClusterView>) {
+        let _ = self.cluster_view.set(view);
+    }
+
+    /// The cluster's name, this node's name and the nodes; a node on its own, named
+    /// `warren@localhost`, until set.
+    pub fn cluster_view(&self) -> Arc<dyn cluster::ClusterView> {
+        self.cluster_view.get().cloned().unwrap_or_else(cluster::default_view)
+    }
+
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
@@ -452,6 +494,8 @@ impl Server {
             backlog_turn: Arc::new(tokio::sync::Semaphore::new(parallelism.saturating_sub(1).max(1))),
             publish_shared: parallelism > 1,
             health: CoreHealth::default(),
+            replicator: std::sync::OnceLock::new(),
+            cluster_view: std::sync::OnceLock::new(),
         });
         Server { shared, shutdown_tx, limits: None }
     }

@@ -2,8 +2,9 @@
 //! comments. Keys are RabbitMQ's where one exists; an unknown key or a bad value is an error
 //! naming its line, so a typo never passes silently.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use warren_cluster::{ClusterSettings, NodeName, PortRange};
 use warren_core::auth::{CertLoginFrom, Mechanism, SanType};
 use warren_core::Config as CoreConfig;
 
@@ -30,6 +31,15 @@ pub struct Settings {
     pub disk_free_limit: Limit,
     /// The management listener's limits (`management.http.max_body_size`).
     pub management_http: warren_http::HttpConfig,
+    /// `cluster_name`, when set (the node's name otherwise, as in RabbitMQ).
+    pub cluster_name: Option<String>,
+    /// `cluster_formation.classic_config.nodes.N`, in the order of N: clustering is on when
+    /// there are any.
+    pub cluster_nodes: Vec<NodeName>,
+    /// The inter-node listener's ports (`distribution.listener.port_range.min` / `.max`).
+    pub distribution_ports: PortRange,
+    /// The inter-node listener's interface (`distribution.listener.interface`).
+    pub distribution_interface: IpAddr,
     pub core: CoreConfig,
 }
 
@@ -73,6 +83,10 @@ impl Default for Settings {
             memory_high_watermark: Limit::Relative(0.4),
             disk_free_limit: Limit::Absolute(50_000_000),
             management_http: warren_http::HttpConfig::default(),
+            cluster_name: None,
+            cluster_nodes: Vec::new(),
+            distribution_ports: PortRange::default(),
+            distribution_interface: IpAddr::from([0, 0, 0, 0]),
             core: CoreConfig::default(),
         }
     }
@@ -85,6 +99,20 @@ fn parse_listener(v: &str) -> Result<SocketAddr, String> {
         return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
     }
     v.parse::<SocketAddr>().map_err(|_| format!("'{v}' is neither a port nor an ip:port address"))
+}
+
+/// An inter-node port: 1 to 65535.
+fn parse_port(v: &str) -> Result<u16, String> {
+    match v.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err(format!("'{v}' is not a port (1 to 65535)")),
+    }
+}
+
+/// Sorts `(N, value)` pairs of `key.N = value` lines by N, numerically where N is a number
+/// (`.10` after `.9`).
+fn sort_by_label<T>(items: &mut [(String, T)]) {
+    items.sort_by(|(a, _), (b, _)| (a.parse::<u64>().ok(), a).cmp(&(b.parse::<u64>().ok(), b)));
 }
 
 fn parse_num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
@@ -136,6 +164,9 @@ impl Settings {
         let mut mgmt_ssl_listen: Option<SocketAddr> = None;
         // `auth_mechanisms.N = NAME` lines, by N: together they replace the default list.
         let mut mechanisms: Vec<(String, Mechanism)> = Vec::new();
+        // `cluster_formation.classic_config.nodes.N = name@host[:port]` lines, by N.
+        let mut nodes: Vec<(String, NodeName)> = Vec::new();
+        let (mut dist_min, mut dist_max): (Option<u16>, Option<u16>) = (None, None);
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -258,6 +289,37 @@ impl Settings {
                             self.core.loopback_users.push(user.into());
                         }
                     }
+                    "cluster_name" => {
+                        if value.is_empty() {
+                            return Err("cluster_name must not be empty".into());
+                        }
+                        self.cluster_name = Some(value.into());
+                    }
+                    "cluster_formation.peer_discovery_backend" => match value {
+                        "classic_config" | "rabbit_peer_discovery_classic_config" => {}
+                        _ => {
+                            return Err(format!(
+                                "peer discovery backend '{value}' is not supported: Warren supports classic_config \
+                                 (rabbit_peer_discovery_classic_config), the nodes listed in \
+                                 cluster_formation.classic_config.nodes.N"
+                            ))
+                        }
+                    },
+                    k if k.starts_with("cluster_formation.classic_config.nodes.") => {
+                        let index = &k["cluster_formation.classic_config.nodes.".len()..];
+                        if index.is_empty() {
+                            return Err(format!("'{k}' needs a label after 'nodes.'"));
+                        }
+                        let node: NodeName = value.parse()?;
+                        nodes.retain(|(i, _)| i != index);
+                        nodes.push((index.to_string(), node));
+                    }
+                    "distribution.listener.port_range.min" => dist_min = Some(parse_port(value)?),
+                    "distribution.listener.port_range.max" => dist_max = Some(parse_port(value)?),
+                    "distribution.listener.interface" => {
+                        self.distribution_interface =
+                            value.parse().map_err(|_| format!("'{value}' is not an IP address"))?
+                    }
                     "log.console.level" | "log.level" => self.log_level = value.into(),
                     "vm_memory_high_watermark.relative" => {
                         self.memory_high_watermark = Limit::Relative(parse_fraction(value)?)
@@ -277,9 +339,29 @@ impl Settings {
             self.http_listen =
                 SocketAddr::new(mgmt_ip.unwrap_or(self.http_listen.ip()), mgmt_port.unwrap_or(self.http_listen.port()));
         }
+        if !nodes.is_empty() {
+            sort_by_label(&mut nodes);
+            self.cluster_nodes = nodes.into_iter().map(|(_, node)| node).collect();
+        }
+        // A minimum alone is the whole range (as Erlang's inet_dist_listen_max defaults to the
+        // minimum); a maximum alone extends the default minimum.
+        match (dist_min, dist_max) {
+            (Some(min), None) => self.distribution_ports = PortRange { min, max: min },
+            (min, Some(max)) => {
+                self.distribution_ports = PortRange { min: min.unwrap_or(self.distribution_ports.min), max }
+            }
+            (None, None) => {}
+        }
+        let PortRange { min, max } = self.distribution_ports;
+        if min > max {
+            return Err(format!(
+                "{origin}: distribution.listener.port_range.min ({min}) is above distribution.listener.port_range.max \
+                 ({max})"
+            ));
+        }
         if !mechanisms.is_empty() {
             // By N, numerically where N is a number (auth_mechanisms.10 after .9).
-            mechanisms.sort_by(|(a, _), (b, _)| (a.parse::<u64>().ok(), a).cmp(&(b.parse::<u64>().ok(), b)));
+            sort_by_label(&mut mechanisms);
             self.core.auth_mechanisms.clear();
             for (_, m) in mechanisms {
                 if !self.core.auth_mechanisms.contains(&m) {
@@ -293,6 +375,17 @@ impl Settings {
             (None, None) => {}
         }
         Ok(())
+    }
+
+    /// The cluster settings of the node named `me`.
+    pub fn cluster(&self, me: NodeName) -> Result<ClusterSettings, String> {
+        ClusterSettings::new(
+            me,
+            self.cluster_name.clone(),
+            self.cluster_nodes.clone(),
+            self.distribution_interface,
+            self.distribution_ports,
+        )
     }
 }
 
@@ -394,6 +487,73 @@ mod tests {
             let err = Settings::default().apply_file(&conf, "t.conf").expect_err("bad size");
             assert!(err.starts_with("t.conf:2:") && err.contains(bad), "{err}");
         }
+    }
+
+    fn node(text: &str) -> NodeName {
+        text.parse().expect("a node name")
+    }
+
+    #[test]
+    fn reads_cluster_keys() {
+        let mut s = Settings::default();
+        let me = node("warren@localhost");
+        let single = s.cluster(me.clone()).expect("defaults");
+        assert!(!single.is_clustered());
+        assert_eq!(single.cluster_name, "warren@localhost");
+        assert_eq!(single.listen, "0.0.0.0:25672".parse().expect("addr"));
+        s.apply_file(
+            "cluster_name = prod\n\
+             cluster_formation.peer_discovery_backend = rabbit_peer_discovery_classic_config\n\
+             cluster_formation.classic_config.nodes.10 = w3@h3\n\
+             cluster_formation.classic_config.nodes.2 = w2@h2:30002\n\
+             cluster_formation.classic_config.nodes.1 = w1@h1:30001\n\
+             distribution.listener.port_range.min = 26000\n\
+             distribution.listener.port_range.max = 26010\n\
+             distribution.listener.interface = 127.0.0.1\n",
+            "t.conf",
+        )
+        .expect("valid");
+        assert_eq!(s.cluster_nodes, [node("w1@h1:30001"), node("w2@h2:30002"), node("w3@h3")]);
+        let c = s.cluster(node("w1@h1")).expect("clustered");
+        assert!(c.is_clustered());
+        assert_eq!(c.cluster_name, "prod");
+        assert_eq!(c.listen, "127.0.0.1:30001".parse().expect("addr"));
+        assert_eq!(c.peers()[&node("w3@h3").id()], "h3:26000");
+        // A node not listed joins the list, on the range.
+        let c = s.cluster(node("w4@h4")).expect("clustered");
+        assert_eq!(c.nodes.len(), 4);
+        assert_eq!(c.listen_ports(), 26000..=26010);
+
+        let mut s = Settings::default();
+        s.apply_file("cluster_formation.peer_discovery_backend = classic_config\n", "t.conf").expect("valid");
+        s.apply_file("distribution.listener.port_range.min = 30000\n", "t.conf").expect("a minimum alone");
+        assert_eq!(s.distribution_ports, PortRange { min: 30000, max: 30000 });
+    }
+
+    #[test]
+    fn bad_cluster_keys_name_their_line() {
+        for (conf, says) in [
+            ("cluster_formation.peer_discovery_backend = rabbit_peer_discovery_consul\n", "classic_config"),
+            ("cluster_formation.classic_config.nodes.1 = warren\n", "name@host"),
+            ("cluster_formation.classic_config.nodes.1 = w@h:port\n", "not a port"),
+            ("distribution.listener.port_range.min = 0\n", "not a port"),
+            ("distribution.listener.interface = anywhere\n", "not an IP address"),
+            ("cluster_name =\n", "empty"),
+        ] {
+            let err = Settings::default().apply_file(&format!("heartbeat = 5\n{conf}"), "t.conf").expect_err(conf);
+            assert!(err.starts_with("t.conf:2:") && err.contains(says), "{conf}: {err}");
+        }
+        let err = Settings::default()
+            .apply_file(
+                "distribution.listener.port_range.min = 26001\ndistribution.listener.port_range.max = 26000\n",
+                "t.conf",
+            )
+            .expect_err("min above max");
+        assert!(err.contains("min (26001) is above"), "{err}");
+        let err = Settings::default()
+            .apply_file("distribution.listener.port_range.max = 25000\n", "t.conf")
+            .expect_err("max below the default min");
+        assert!(err.contains("(25672)"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The `warren` binary: reads settings (defaults, then the config file, then flags), starts the
-//! AMQP and HTTP listeners, and runs until interrupted.
+//! AMQP and HTTP listeners (and, in a cluster, the inter-node one), and runs until interrupted.
 
+mod cluster;
 mod config;
 
 use clap::Parser;
@@ -11,6 +12,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use warren_cluster::{ClusterSettings, NodeName};
+
+/// The environment variable naming the node (as RABBITMQ_NODENAME).
+const NODENAME_VAR: &str = "WARREN_NODENAME";
 
 #[derive(Parser, Debug)]
 #[command(name = "warren", version, about = "Warren: an AMQP 0-9-1 message broker that speaks RabbitMQ's dialect")]
@@ -27,6 +32,22 @@ struct Args {
     /// Configuration file in rabbitmq.conf format.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// This node's name, name@host (a bare name takes the machine's host name); overrides
+    /// WARREN_NODENAME. Default warren@localhost.
+    #[arg(long, value_name = "NAME@HOST")]
+    nodename: Option<String>,
+}
+
+/// The node's name: the flag, else the environment, else `warren@localhost`.
+fn node_name(args: &Args) -> Result<NodeName, String> {
+    if let Some(name) = &args.nodename {
+        return NodeName::own(name).map_err(|e| format!("--nodename: {e}"));
+    }
+    match std::env::var(NODENAME_VAR) {
+        Ok(name) if !name.trim().is_empty() => NodeName::own(&name).map_err(|e| format!("{NODENAME_VAR}: {e}")),
+        Ok(_) | Err(std::env::VarError::NotPresent) => NodeName::own(warren_cluster::node::DEFAULT_NODE_NAME),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{NODENAME_VAR} is not valid UTF-8")),
+    }
 }
 
 fn settings(args: &Args) -> Result<Settings, String> {
@@ -50,7 +71,11 @@ fn settings(args: &Args) -> Result<Settings, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let settings = match settings(&args) {
+    let resolved = settings(&args).and_then(|s| {
+        let cluster = s.cluster(node_name(&args)?)?;
+        Ok((s, cluster))
+    });
+    let (settings, cluster) = match resolved {
         Ok(s) => s,
         Err(e) => {
             eprintln!("warren: {e}");
@@ -68,7 +93,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(settings)) {
+    match runtime.block_on(run(settings, cluster)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("warren: {e}");
@@ -77,7 +102,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(settings: Settings) -> Result<(), String> {
+async fn run(settings: Settings, cluster: ClusterSettings) -> Result<(), String> {
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(|e| format!("cannot create data directory {}: {e}", settings.data_dir.display()))?;
     let amqp = TcpListener::bind(settings.amqp_listen)
@@ -95,6 +120,8 @@ async fn run(settings: Settings) -> Result<(), String> {
     // AMQPS and HTTPS when configured: a bad certificate or key stops the start with a clear error.
     let amqps = tls_listener("AMQPS", settings.amqps_listen, &settings.tls, "ssl_options").await?;
     let https = tls_listener("HTTPS", settings.https_listen, &settings.management_tls, "management.ssl").await?;
+    // In a cluster: the cookie and the inter-node listener, kept connected to the other nodes.
+    let endpoint = cluster::start(&cluster, &settings.data_dir).await?;
 
     let started = std::time::Instant::now();
     tracing::info!("recovering from {}", settings.data_dir.display());
@@ -155,6 +182,7 @@ async fn run(settings: Settings) -> Result<(), String> {
     );
     server.set_resource_limits(limits);
     let shared = server.shared();
+    shared.set_cluster_view(cluster::View::new(&cluster, endpoint.as_ref()));
     let listeners = warren_http::Listeners {
         amqp: Some(amqp_addr),
         amqps: amqps.as_ref().map(|(_, _, a)| *a),
@@ -197,8 +225,9 @@ async fn run(settings: Settings) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the management thread: {e}"))?;
     tracing::info!(
-        "Warren {} started: AMQP on {amqp_addr}, HTTP on {http_addr}, data in {}",
+        "Warren {} started as {}: AMQP on {amqp_addr}, HTTP on {http_addr}, data in {}",
         env!("CARGO_PKG_VERSION"),
+        cluster.me,
         settings.data_dir.display()
     );
     // Tests and scripts wait for these lines to learn the bound ports (port 0 picks a free one).
@@ -211,6 +240,9 @@ async fn run(settings: Settings) -> Result<(), String> {
         }
         if let Some(addr) = https_addr {
             let _ = writeln!(stdout, "listening https {addr}");
+        }
+        if let Some(endpoint) = &endpoint {
+            let _ = writeln!(stdout, "listening cluster {}", endpoint.local_addr());
         }
         let _ = stdout.flush();
     }
@@ -236,6 +268,9 @@ async fn run(settings: Settings) -> Result<(), String> {
             // Nothing written is left unsynced, acknowledgements included.
             server.sync_all().await;
         }
+    }
+    if let Some(endpoint) = endpoint {
+        endpoint.shutdown().await;
     }
     Ok(())
 }
@@ -274,4 +309,24 @@ async fn tls_listener(
     let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for {what} on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     Ok(Some((listener, acceptor, local)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(argv: &[&str]) -> Args {
+        Args::try_parse_from(argv).expect("valid arguments")
+    }
+
+    #[test]
+    fn the_nodename_flag_names_the_node() {
+        // The flag wins whatever WARREN_NODENAME says (it is not read then).
+        let me = node_name(&args(&["warren", "--nodename", "w1@10.0.0.1"])).expect("valid");
+        assert_eq!(me.node(), "w1@10.0.0.1");
+        let me = node_name(&args(&["warren", "--nodename", "w1"])).expect("a bare name");
+        assert_eq!(me.node(), format!("w1@{}", warren_cluster::node::short_hostname()));
+        let err = node_name(&args(&["warren", "--nodename", "w1@"])).expect_err("no host");
+        assert!(err.starts_with("--nodename: ") && err.contains("w1@"), "{err}");
+    }
 }

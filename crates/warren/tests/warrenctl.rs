@@ -196,6 +196,40 @@ async fn full_cycle(http: &str, amqp_url: &str) {
     wait_for("the client to see its connection closed", Duration::from_secs(10), || !conn.status().connected());
 }
 
+/// `cluster_status` names the node answering, lists it among the disk and the running nodes, and
+/// agrees with its JSON form.
+fn cluster_status_names_the_node(http: &str) {
+    let doc = json(http, &["cluster_status"]);
+    let node = doc["node"].as_str().expect("the answering node").to_string();
+    let cluster = doc["cluster_name"].as_str().expect("the cluster name").to_string();
+    assert!(doc["disk_nodes"].as_array().expect("disk nodes").iter().any(|n| n == node.as_str()), "{doc}");
+    assert!(doc["running_nodes"].as_array().expect("running nodes").iter().any(|n| n == node.as_str()), "{doc}");
+    let text = ok(http, &["cluster_status"]);
+    assert!(text.starts_with(&format!("Cluster status of node {node} ...\n")), "{text}");
+    assert!(text.contains(&format!("\nCluster name: {cluster}\n")), "{text}");
+    let running = text.split("Running Nodes\n\n").nth(1).expect("a Running Nodes section");
+    assert!(running.lines().any(|l| l == node), "{text}");
+    let disk = text.split("Disk Nodes\n\n").nth(1).expect("a Disk Nodes section");
+    assert!(disk.lines().take_while(|l| !l.is_empty()).any(|l| l == node), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_against_warren() {
+    if Broker::is_external() {
+        eprintln!("skipped: drives Warren's HTTP listener");
+        return;
+    }
+    let broker = Broker::start();
+    let http = broker.http_addr().expect("HTTP listener");
+    cluster_status_names_the_node(&http);
+    // A node on its own: the cluster is named after it.
+    assert_eq!(
+        ok(&http, &["cluster_status"]),
+        "Cluster status of node warren@localhost ...\nBasics\n\nCluster name: warren@localhost\n\n\
+         Disk Nodes\n\nwarren@localhost\n\nRunning Nodes\n\nwarren@localhost\n"
+    );
+}
+
 /// A server-named exclusive queue for a consumer to sit on.
 async fn unique_queue(ch: &lapin::Channel) -> String {
     let options = lapin::options::QueueDeclareOptions { exclusive: true, ..Default::default() };
@@ -209,6 +243,7 @@ async fn full_cycle_against_the_reference() {
         return;
     };
     full_cycle(&http, &amqp).await;
+    cluster_status_names_the_node(&http);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,8 @@
 //! Commands:
 //! `list queues|exchanges|bindings|connections|consumers|vhosts|users|permissions`,
 //! `declare queue|exchange|binding`, `delete queue|exchange|binding`, `purge queue`,
-//! `export definitions FILE`, `import definitions FILE`, `close connection NAME`.
+//! `export definitions FILE`, `import definitions FILE`, `close connection NAME`,
+//! `cluster_status`.
 
 use base64::Engine;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -107,6 +108,9 @@ pub enum Command {
         #[command(subcommand)]
         what: Close,
     },
+    /// The cluster's name, its nodes and which are running (as `rabbitmqctl cluster_status`).
+    #[command(name = "cluster_status", alias = "cluster-status")]
+    ClusterStatus,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -543,6 +547,49 @@ fn binding_path(vhost: &str, b: &BindingArgs) -> String {
     )
 }
 
+/// `cluster_status` from the answers to GET /api/overview and GET /api/nodes: the cluster's
+/// name, its disk nodes (every node but RAM ones, which Warren has none of) and the running
+/// ones, each sorted by name.
+pub fn cluster_status(overview: &Value, nodes: &Value, format: Format) -> Result<String, Error> {
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
+    let Value::Array(nodes) = nodes else { return Err(Error(format!("expected a list of nodes, got {nodes}"))) };
+    let mut listed: Vec<(String, bool, bool)> = nodes
+        .iter()
+        .filter_map(|n| {
+            let name = text(n, "name")?;
+            let running = n.get("running").and_then(Value::as_bool).unwrap_or(false);
+            let ram = n.get("type").and_then(Value::as_str) == Some("ram");
+            Some((name, running, ram))
+        })
+        .collect();
+    listed.sort();
+    let node = text(overview, "node").unwrap_or_default();
+    let cluster_name = text(overview, "cluster_name").unwrap_or_else(|| node.clone());
+    let disk: Vec<&str> = listed.iter().filter(|(_, _, ram)| !ram).map(|(n, _, _)| n.as_str()).collect();
+    let ram: Vec<&str> = listed.iter().filter(|(_, _, ram)| *ram).map(|(n, _, _)| n.as_str()).collect();
+    let running: Vec<&str> = listed.iter().filter(|(_, up, _)| *up).map(|(n, _, _)| n.as_str()).collect();
+    if format == Format::Json {
+        let mut doc = json!({"node": node, "cluster_name": cluster_name, "disk_nodes": disk, "running_nodes": running});
+        if !ram.is_empty() {
+            doc["ram_nodes"] = json!(ram);
+        }
+        return Ok(pretty(&doc));
+    }
+    let mut out = format!("Cluster status of node {node} ...\nBasics\n\nCluster name: {cluster_name}\n");
+    let mut section = |title: &str, names: &[&str]| {
+        let _ = write!(out, "\n{title}\n\n");
+        for name in names {
+            let _ = writeln!(out, "{name}");
+        }
+    };
+    section("Disk Nodes", &disk);
+    if !ram.is_empty() {
+        section("RAM Nodes", &ram);
+    }
+    section("Running Nodes", &running);
+    Ok(out)
+}
+
 /// Runs one command and returns what to print.
 pub fn run(cli: &Cli) -> Result<String, Error> {
     let g = &cli.global;
@@ -651,6 +698,7 @@ pub fn run(cli: &Cli) -> Result<String, Error> {
             client.delete_with_reason(&format!("/connections/{}", encode_segment(name)), reason)?;
             Ok(format!("connection closed: {name}\n"))
         }
+        Command::ClusterStatus => cluster_status(&client.get("/overview")?, &client.get("/nodes")?, g.format),
     }
 }
 
@@ -693,6 +741,30 @@ mod tests {
         assert_eq!(cell(lookup(&v, "c")), "3");
         assert_eq!(cell(lookup(&v, "d.e")), "true");
         assert_eq!(cell(lookup(&v, "t")), "admin,monitoring");
+    }
+
+    #[test]
+    fn cluster_status_lists_disk_and_running_nodes_by_name() {
+        let cli = Cli::try_parse_from(["warrenctl", "cluster_status"]).expect("cluster_status parses");
+        assert!(matches!(cli.command, Command::ClusterStatus));
+        let overview = json!({"node": "w1@h", "cluster_name": "prod"});
+        let nodes = json!([
+            {"name": "w3@h", "type": "disc", "running": false},
+            {"name": "w1@h", "type": "disc", "running": true, "uptime": 5},
+            {"name": "w2@h", "type": "disc", "running": true},
+        ]);
+        let text = cluster_status(&overview, &nodes, Format::Table).expect("rendered");
+        assert_eq!(
+            text,
+            "Cluster status of node w1@h ...\nBasics\n\nCluster name: prod\n\nDisk Nodes\n\nw1@h\nw2@h\nw3@h\n\n\
+             Running Nodes\n\nw1@h\nw2@h\n"
+        );
+        let doc: Value =
+            serde_json::from_str(&cluster_status(&overview, &nodes, Format::Json).expect("json")).expect("JSON");
+        assert_eq!(doc["disk_nodes"], json!(["w1@h", "w2@h", "w3@h"]));
+        assert_eq!(doc["running_nodes"], json!(["w1@h", "w2@h"]));
+        assert_eq!(doc["cluster_name"], "prod");
+        assert!(cluster_status(&overview, &json!({}), Format::Table).is_err());
     }
 
     #[test]

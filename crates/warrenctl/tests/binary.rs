@@ -11,7 +11,7 @@ fn help_names_every_command() {
     let out = warrenctl(&["--help"]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for command in ["list", "declare", "delete", "purge", "export", "import", "close"] {
+    for command in ["list", "declare", "delete", "purge", "export", "import", "close", "cluster_status"] {
         assert!(help.contains(command), "--help mentions {command}: {help}");
     }
     let out = warrenctl(&["list", "--help"]);

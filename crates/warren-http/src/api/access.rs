@@ -4,9 +4,7 @@
 //! Authorization is RabbitMQ's: everything here needs the administrator tag, except listing
 //! vhosts (a non-administrator sees the vhosts it has permissions in, a monitoring user all).
 
-use super::{
-    created_or_not, deleted_or_not_found, json_list, parse_body, with_broker, ApiError, ApiResult, User, NODE,
-};
+use super::{created_or_not, deleted_or_not_found, json_list, parse_body, with_broker, ApiError, ApiResult, User};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -52,7 +50,16 @@ pub(crate) fn object_body(body: &[u8]) -> Result<Value, ApiError> {
 
 // ---- vhosts --------------------------------------------------------------------------------
 
-fn vhost_json(name: &str) -> Value {
+/// Every node's state for vhosts' `cluster_state`, as RabbitMQ shows it: `running`, or
+/// `nodedown` for a node this one is not connected to.
+fn cluster_state(shared: &Shared) -> Value {
+    let nodes = shared.cluster_view().nodes();
+    Value::Object(
+        nodes.into_iter().map(|n| (n.name, Value::from(if n.running { "running" } else { "nodedown" }))).collect(),
+    )
+}
+
+fn vhost_json(name: &str, cluster_state: &Value) -> Value {
     json!({
         "name": name,
         "description": "",
@@ -60,19 +67,20 @@ fn vhost_json(name: &str) -> Value {
         "default_queue_type": "undefined",
         "metadata": {"description": "", "tags": []},
         "tracing": false,
-        "cluster_state": {NODE: "running"},
+        "cluster_state": cluster_state,
     })
 }
 
 /// GET /api/vhosts: all for administrators and monitoring users, else those with permissions.
 pub(crate) async fn list_vhosts(State(shared): State<Arc<Shared>>, Extension(User(user)): Extension<User>) -> Response {
+    let state = cluster_state(&shared);
     let core = shared.broker();
     let sees_all = core.user(&user).is_some_and(|u| u.is_administrator() || u.has_tag("monitoring"));
     let visible = core
         .vhost_names()
         .into_iter()
         .filter(|v| sees_all || core.users().permission(&user, v).is_some())
-        .map(|v| vhost_json(&v))
+        .map(|v| vhost_json(&v, &state))
         .collect();
     json_list(visible)
 }
@@ -86,7 +94,7 @@ pub(crate) async fn show_vhost(
     if !shared.broker().has_vhost(&vhost) {
         return Err(ApiError::NotFound);
     }
-    Ok(Json(vhost_json(&vhost)).into_response())
+    Ok(Json(vhost_json(&vhost, &cluster_state(&shared))).into_response())
 }
 
 /// PUT /api/vhosts/{vhost}: the creating user gets `.*` permissions in it, as in RabbitMQ.

@@ -23,10 +23,11 @@ pub(crate) async fn alarms(State(shared): State<Arc<Shared>>) -> Response {
     if !alarms.any() {
         return Json(json!({"status": "ok"})).into_response();
     }
+    let node = super::node_name(&shared);
     let list: Vec<_> = [("memory", alarms.memory), ("disk", alarms.disk)]
         .into_iter()
         .filter(|(_, on)| *on)
-        .map(|(resource, _)| json!({"node": super::NODE, "resource": resource}))
+        .map(|(resource, _)| json!({"node": node, "resource": resource}))
         .collect();
     (
         StatusCode::SERVICE_UNAVAILABLE,

@@ -32,8 +32,10 @@ use warren_amqp::{ProtocolError, ReplyCode};
 use warren_core::{Broker, ConnId, Out};
 use warren_server::Shared;
 
-/// The node name Warren reports (RabbitMQ's `rabbit@host`).
-pub(crate) const NODE: &str = "warren@localhost";
+/// This node's name (RabbitMQ's `rabbit@host`), as configured.
+pub(crate) fn node_name(shared: &Shared) -> String {
+    shared.cluster_view().node_name()
+}
 
 /// The broker's listeners, as far as the management API knows them (connection names, the
 /// port-listener health check).
@@ -55,6 +57,7 @@ pub(crate) fn router(shared: Arc<Shared>, listeners: Listeners, config: crate::H
     let import_limit = || axum::extract::DefaultBodyLimit::max(config.max_body_size_bytes);
     Router::new()
         .route("/api/overview", get(objects::overview))
+        .route("/api/cluster-name", get(objects::cluster_name))
         .route("/api/whoami", get(objects::whoami))
         .route("/api/nodes", get(objects::nodes))
         .route("/api/nodes/{name}", get(objects::node))

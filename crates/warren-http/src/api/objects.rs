@@ -1,7 +1,7 @@
 //! Overview, whoami, nodes, connections, channels and consumers.
 
 use super::rates::Rates;
-use super::{with_broker, ApiError, ApiResult, Listeners, User, NODE};
+use super::{node_name, with_broker, ApiError, ApiResult, Listeners, User};
 use crate::table_json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -10,6 +10,7 @@ use axum::{Extension, Json};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use warren_core::{ChannelSummary, ConnectionSummary, ConsumerSummary};
+use warren_server::cluster::NodeView;
 use warren_server::Shared;
 
 /// What RabbitMQ tells a client whose connection is closed from the management UI.
@@ -21,14 +22,15 @@ pub(crate) async fn overview(State(shared): State<Arc<Shared>>, Extension(rates)
         (core.overview(), core.queue_stats())
     };
     let message_stats = rates.totals(&stats);
+    let cluster = shared.cluster_view();
     Json(json!({
         "management_version": env!("CARGO_PKG_VERSION"),
         "rates_mode": "basic",
         "product_name": "Warren",
         "product_version": env!("CARGO_PKG_VERSION"),
         "rabbitmq_version": env!("CARGO_PKG_VERSION"),
-        "cluster_name": NODE,
-        "node": NODE,
+        "cluster_name": cluster.cluster_name(),
+        "node": cluster.node_name(),
         "erlang_version": "none",
         "erlang_full_version": "none",
         "statistics_db_event_queue": 0,
@@ -61,6 +63,11 @@ pub(crate) async fn overview(State(shared): State<Arc<Shared>>, Extension(rates)
     .into_response()
 }
 
+/// GET /api/cluster-name: `{"name": ...}`, as RabbitMQ's.
+pub(crate) async fn cluster_name(State(shared): State<Arc<Shared>>) -> Response {
+    Json(json!({"name": shared.cluster_view().cluster_name()})).into_response()
+}
+
 pub(crate) async fn whoami(State(shared): State<Arc<Shared>>, Extension(User(name)): Extension<User>) -> Response {
     let tags = shared.broker().user(&name).map(|u| u.tags.clone()).unwrap_or_default();
     Json(json!({"name": name, "tags": tags})).into_response()
@@ -72,7 +79,8 @@ fn exchange_types() -> Value {
     Value::Array(types.iter().map(|t| json!({"name": t, "description": "", "enabled": true})).collect())
 }
 
-fn node_json(shared: &Shared) -> Value {
+/// This node with its figures.
+fn node_json(shared: &Shared, name: &str) -> Value {
     use warren_core::auth::Mechanism;
     let (alarms, resources, configured) = {
         let core = shared.broker();
@@ -87,7 +95,7 @@ fn node_json(shared: &Shared) -> Value {
     .map(|(m, d)| json!({"name": m.as_str(), "description": d, "enabled": configured.contains(m)}))
     .collect();
     json!({
-        "name": NODE,
+        "name": name,
         "type": "disc",
         "running": true,
         "uptime": shared.uptime().as_millis() as u64,
@@ -109,15 +117,36 @@ fn node_json(shared: &Shared) -> Value {
     })
 }
 
+/// Another node: what this node knows of it, whether it is connected to it. (RabbitMQ shows a
+/// node that is down with these few fields; one that is up, with its figures, which this node
+/// does not gather from the others yet.)
+fn other_node_json(node: &NodeView) -> Value {
+    json!({
+        "name": node.name,
+        "type": "disc",
+        "running": node.running,
+        "being_drained": false,
+    })
+}
+
+fn any_node_json(shared: &Shared, node: &NodeView) -> Value {
+    if node.is_self {
+        node_json(shared, &node.name)
+    } else {
+        other_node_json(node)
+    }
+}
+
+/// GET /api/nodes: every node of the cluster, by name.
 pub(crate) async fn nodes(State(shared): State<Arc<Shared>>) -> Response {
-    Json(json!([node_json(&shared)])).into_response()
+    let nodes = shared.cluster_view().nodes();
+    super::json_list(nodes.iter().map(|n| any_node_json(&shared, n)).collect())
 }
 
 pub(crate) async fn node(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> ApiResult {
-    if name != NODE {
-        return Err(ApiError::NotFound);
-    }
-    Ok(Json(node_json(&shared)).into_response())
+    let nodes = shared.cluster_view().nodes();
+    let node = nodes.iter().find(|n| n.name == name).ok_or(ApiError::NotFound)?;
+    Ok(Json(any_node_json(&shared, node)).into_response())
 }
 
 /// The listener a connection came in on: AMQPS for TLS connections, else AMQP.
@@ -145,12 +174,12 @@ fn split_peer(peer: &str) -> (&str, u16) {
     }
 }
 
-fn connection_json(c: &ConnectionSummary, l: &Listeners) -> Value {
+fn connection_json(c: &ConnectionSummary, l: &Listeners, node: &str) -> Value {
     let (host, port) = split_peer(&c.peer);
     let listener = listener_of(c.session.tls, l);
     json!({
         "name": connection_name(&c.peer, c.session.tls, l),
-        "node": NODE,
+        "node": node,
         "vhost": c.vhost,
         "user": c.user,
         "user_who_performed_action": c.user,
@@ -172,7 +201,8 @@ fn connection_json(c: &ConnectionSummary, l: &Listeners) -> Value {
 
 pub(crate) async fn connections(Extension(l): Extension<Listeners>, State(shared): State<Arc<Shared>>) -> Response {
     let list = shared.broker().connections();
-    let items = list.iter().map(|c| connection_json(c, &l)).collect();
+    let node = node_name(&shared);
+    let items = list.iter().map(|c| connection_json(c, &l, &node)).collect();
     super::json_list(items)
 }
 
@@ -183,6 +213,7 @@ pub(crate) async fn vhost_connections(
     Extension(User(user)): Extension<User>,
     Path(vhost): Path<String>,
 ) -> ApiResult {
+    let node = node_name(&shared);
     let core = shared.broker();
     if !core.has_vhost(&vhost) {
         return Err(ApiError::NotFound);
@@ -192,7 +223,7 @@ pub(crate) async fn vhost_connections(
         .connections()
         .iter()
         .filter(|c| c.vhost == vhost && (sees_all || c.user == user))
-        .map(|c| connection_json(c, &l))
+        .map(|c| connection_json(c, &l, &node))
         .collect();
     Ok(super::json_list(items))
 }
@@ -207,7 +238,7 @@ pub(crate) async fn connection(
     Path(name): Path<String>,
 ) -> ApiResult {
     let c = find_connection(&shared, &name, &l).ok_or(ApiError::NotFound)?;
-    Ok(Json(connection_json(&c, &l)).into_response())
+    Ok(Json(connection_json(&c, &l, &node_name(&shared))).into_response())
 }
 
 /// DELETE /api/connections/{name}: the client gets connection.close 320 CONNECTION_FORCED,
@@ -231,12 +262,12 @@ fn channel_name(ch: &ChannelSummary, l: &Listeners) -> String {
     format!("{} ({})", connection_name(&ch.peer, ch.tls, l), ch.number)
 }
 
-fn channel_json(ch: &ChannelSummary, l: &Listeners) -> Value {
+fn channel_json(ch: &ChannelSummary, l: &Listeners, node: &str) -> Value {
     let (host, port) = split_peer(&ch.peer);
     json!({
         "name": channel_name(ch, l),
         "number": ch.number,
-        "node": NODE,
+        "node": node,
         "vhost": ch.vhost,
         "user": ch.user,
         "user_who_performed_action": ch.user,
@@ -256,7 +287,8 @@ fn channel_json(ch: &ChannelSummary, l: &Listeners) -> Value {
 
 pub(crate) async fn channels(Extension(l): Extension<Listeners>, State(shared): State<Arc<Shared>>) -> Response {
     let list = shared.broker().channels();
-    super::json_list(list.iter().map(|ch| channel_json(ch, &l)).collect())
+    let node = node_name(&shared);
+    super::json_list(list.iter().map(|ch| channel_json(ch, &l, &node)).collect())
 }
 
 pub(crate) async fn channel(
@@ -266,7 +298,7 @@ pub(crate) async fn channel(
 ) -> ApiResult {
     let list = shared.broker().channels();
     let ch = list.iter().find(|ch| channel_name(ch, &l) == name).ok_or(ApiError::NotFound)?;
-    Ok(Json(channel_json(ch, &l)).into_response())
+    Ok(Json(channel_json(ch, &l, &node_name(&shared))).into_response())
 }
 
 pub(crate) async fn connection_channels(
@@ -276,10 +308,11 @@ pub(crate) async fn connection_channels(
 ) -> ApiResult {
     let c = find_connection(&shared, &name, &l).ok_or(ApiError::NotFound)?;
     let list = shared.broker().channels();
-    Ok(super::json_list(list.iter().filter(|ch| ch.conn == c.id).map(|ch| channel_json(ch, &l)).collect()))
+    let node = node_name(&shared);
+    Ok(super::json_list(list.iter().filter(|ch| ch.conn == c.id).map(|ch| channel_json(ch, &l, &node)).collect()))
 }
 
-fn consumer_json(c: &ConsumerSummary, timeout_ms: u64, l: &Listeners) -> Value {
+fn consumer_json(c: &ConsumerSummary, timeout_ms: u64, l: &Listeners, node: &str) -> Value {
     let (host, port) = split_peer(&c.peer);
     json!({
         "consumer_tag": c.tag,
@@ -288,7 +321,7 @@ fn consumer_json(c: &ConsumerSummary, timeout_ms: u64, l: &Listeners) -> Value {
             "name": format!("{} ({})", connection_name(&c.peer, c.tls, l), c.channel),
             "number": c.channel,
             "connection_name": connection_name(&c.peer, c.tls, l),
-            "node": NODE,
+            "node": node,
             "peer_host": host,
             "peer_port": port,
             "user": c.user,
@@ -308,8 +341,12 @@ fn consumer_list(shared: &Shared, vhost: Option<&str>, l: &Listeners) -> Respons
         let core = shared.broker();
         (core.consumers(), core.config().consumer_timeout_ms.unwrap_or(0))
     };
-    let items =
-        list.iter().filter(|c| vhost.is_none_or(|v| v == c.vhost)).map(|c| consumer_json(c, timeout, l)).collect();
+    let node = node_name(shared);
+    let items = list
+        .iter()
+        .filter(|c| vhost.is_none_or(|v| v == c.vhost))
+        .map(|c| consumer_json(c, timeout, l, &node))
+        .collect();
     super::json_list(items)
 }
 

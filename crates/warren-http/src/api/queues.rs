@@ -3,7 +3,9 @@
 use super::access::VisibleVhosts;
 use super::paging::Paging;
 use super::rates::{MessageStats, Rates};
-use super::{arguments, created_or_not, flag, parse_body, query_flag, with_broker, ApiError, ApiResult, User, NODE};
+use super::{
+    arguments, created_or_not, flag, node_name, parse_body, query_flag, with_broker, ApiError, ApiResult, User,
+};
 use crate::table_json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -35,7 +37,7 @@ struct QueueRow<'a> {
     messages_ready: u32,
     messages_unacknowledged: u32,
     name: &'a str,
-    node: &'static str,
+    node: &'a str,
     operator_policy: &'a Option<String>,
     policy: &'a Option<String>,
     // RabbitMQ's states have no word for it: a queue whose storage failed keeps serving what
@@ -47,7 +49,7 @@ struct QueueRow<'a> {
     vhost: &'a str,
 }
 
-fn queue_row<'a>(q: &'a QueueInfo, stats: MessageStats) -> QueueRow<'a> {
+fn queue_row<'a>(q: &'a QueueInfo, stats: MessageStats, node: &'a str) -> QueueRow<'a> {
     QueueRow {
         arguments: table_json(&q.arguments),
         auto_delete: q.auto_delete,
@@ -62,7 +64,7 @@ fn queue_row<'a>(q: &'a QueueInfo, stats: MessageStats) -> QueueRow<'a> {
         messages_ready: q.messages_ready,
         messages_unacknowledged: q.messages_unacked,
         name: &q.name,
-        node: NODE,
+        node,
         operator_policy: &q.operator_policy,
         policy: &q.policy,
         state: if q.storage_trouble.is_some() { "degraded" } else { "running" },
@@ -110,7 +112,8 @@ pub(crate) async fn list(
     let paging = Paging::from_query(&query)?;
     let visible = visible.map(|Extension(v)| v);
     let queues = listing(&shared, &rates, None, None, visible.as_ref());
-    paging.answer_rows(queues.iter().map(|(q, s)| queue_row(q, *s)).collect(), |r| r.name)
+    let node = node_name(&shared);
+    paging.answer_rows(queues.iter().map(|(q, s)| queue_row(q, *s, &node)).collect(), |r| r.name)
 }
 
 /// GET /api/queues/{vhost}, paged when asked; 404 for a vhost that does not exist.
@@ -125,7 +128,8 @@ pub(crate) async fn list_vhost(
     }
     let paging = Paging::from_query(&query)?;
     let queues = listing(&shared, &rates, Some(&vhost), None, None);
-    paging.answer_rows(queues.iter().map(|(q, s)| queue_row(q, *s)).collect(), |r| r.name)
+    let node = node_name(&shared);
+    paging.answer_rows(queues.iter().map(|(q, s)| queue_row(q, *s, &node)).collect(), |r| r.name)
 }
 
 pub(crate) async fn show(
@@ -134,7 +138,7 @@ pub(crate) async fn show(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     let (q, stats) = listing(&shared, &rates, Some(&vhost), Some(&name), None).pop().ok_or(ApiError::NotFound)?;
-    Ok(Json(queue_row(&q, stats)).into_response())
+    Ok(Json(queue_row(&q, stats, &node_name(&shared))).into_response())
 }
 
 fn exists(shared: &Shared, vhost: &str, name: &str) -> bool {

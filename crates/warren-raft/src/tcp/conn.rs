@@ -87,6 +87,11 @@ impl Conn {
         *self.closed.borrow()
     }
 
+    /// Resolves once the connection is closed.
+    pub(super) async fn wait_closed(&self) {
+        until_closed(self.closed.subscribe()).await;
+    }
+
     /// Closes the connection: its tasks end (dropping the socket) and every pending request
     /// fails. A connection replaced by another fails them as retryable at once; a broken one as
     /// unreachable, so that openraft backs off.

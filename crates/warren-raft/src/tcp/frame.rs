@@ -46,6 +46,8 @@ pub(crate) enum Kind {
     Vote = 2,
     /// A whole snapshot.
     Snapshot = 3,
+    /// A command for the group's leader, forwarded by a member that does not lead.
+    Propose = 4,
 }
 
 impl Kind {
@@ -54,6 +56,7 @@ impl Kind {
             1 => Some(Kind::Append),
             2 => Some(Kind::Vote),
             3 => Some(Kind::Snapshot),
+            4 => Some(Kind::Propose),
             _ => None,
         }
     }

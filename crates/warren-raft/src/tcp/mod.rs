@@ -24,8 +24,18 @@
 //! for a short backoff. Quiet connections carry pings, and one that receives nothing for
 //! `dead_after_ms` is closed.
 //!
+//! # Liveness without groups
+//!
+//! A host that wants to know which of its cluster's nodes are up before (or without) any group
+//! asks the endpoint to [`watch_peers`](TcpNode::watch_peers): a task per listed peer keeps a
+//! connection to it, dialing it (and redialing after the backoff) whenever there is none, and
+//! the connection's pings keep it alive. [`peer_status`](TcpNode::peer_status) and
+//! [`watch_connected`](TcpNode::watch_connected) report which peers have a connection.
+//!
 //! Lock order: the registry of peers, the registry of groups, the task set and each connection's
-//! pending map are separate locks, never held two at a time and never across an `.await`.
+//! pending map are separate locks, never held two at a time and never across an `.await`. The
+//! set of connected peers (a watch channel) is updated while the registry of peers is held, so it
+//! always matches the registry; it is a leaf: nothing else is locked while it is.
 
 mod conn;
 mod frame;
@@ -34,7 +44,7 @@ mod handshake;
 mod tests;
 mod transport;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -54,7 +64,7 @@ use self::handshake::{HandshakeError, Identity};
 use self::transport::{GroupHandler, Handler};
 use crate::{AppliedRx, Group, GroupConfig, Machine, Peer, RegisterError, RpcError, StartError};
 
-pub use self::transport::TcpTransport;
+pub use self::transport::{Forwarded, TcpTransport};
 
 /// Default largest frame, in bytes, a node sends or accepts. A snapshot travels whole in one
 /// frame, so this also bounds a group's snapshot; a peer that announces a larger frame is
@@ -224,6 +234,19 @@ struct Node {
     tasks: Mutex<Option<JoinSet<()>>>,
     stats: watch::Sender<TcpStats>,
     next_id: AtomicU64,
+    /// The peers with an open connection: the ids of the `Up` slots of `peers`, updated under
+    /// that lock.
+    connected: watch::Sender<BTreeSet<u64>>,
+    /// The peers [`TcpNode::watch_peers`] keeps connected, and that call's generation: a
+    /// watcher of an older generation ends.
+    watched: watch::Sender<Watched>,
+}
+
+/// The peers kept connected, by id, with their addresses.
+#[derive(Default)]
+struct Watched {
+    generation: u64,
+    peers: BTreeMap<u64, String>,
 }
 
 /// One node's endpoint: listens for peers, holds a connection per peer, and carries the RPCs of
@@ -268,6 +291,8 @@ impl TcpNode {
             tasks: Mutex::new(Some(JoinSet::new())),
             stats: watch::Sender::new(TcpStats::default()),
             next_id: AtomicU64::new(1),
+            connected: watch::Sender::new(BTreeSet::new()),
+            watched: watch::Sender::new(Watched::default()),
         });
         node.spawn(accept_loop(Arc::clone(&node), listener));
         Ok(TcpNode { node })
@@ -353,6 +378,42 @@ impl TcpNode {
         self.node.stats.subscribe()
     }
 
+    /// Keeps a connection to each of `peers` (node id to address, `host:port`; a host name is
+    /// looked up at each dial), without any group: a peer without a connection is dialed, and
+    /// dialed again after [`redial_backoff_ms`](TcpConfig::redial_backoff_ms) while it cannot
+    /// be reached; an open connection is kept alive by its pings, and a lost one is redialed.
+    /// This node's own id, if listed, is left out.
+    ///
+    /// Each call replaces the list of the previous one. Connections already open stay open
+    /// whatever the list (a peer may still dial this node, and groups may still need it).
+    pub fn watch_peers(&self, peers: BTreeMap<u64, String>) {
+        let me = self.id();
+        let peers: BTreeMap<u64, String> = peers.into_iter().filter(|(id, _)| *id != me).collect();
+        let mut generation = 0;
+        self.node.watched.send_modify(|watched| {
+            watched.generation += 1;
+            watched.peers = peers.clone();
+            generation = watched.generation;
+        });
+        for (id, addr) in peers {
+            self.node.spawn(keep_connected(Arc::clone(&self.node), Peer { id, addr }, generation));
+        }
+    }
+
+    /// The peers listed by [`watch_peers`](Self::watch_peers), ascending, each with whether
+    /// this node holds an open connection to it now.
+    pub fn peer_status(&self) -> Vec<(u64, bool)> {
+        let watched: Vec<u64> = self.node.watched.borrow().peers.keys().copied().collect();
+        let connected = self.node.connected.borrow().clone();
+        watched.into_iter().map(|id| (id, connected.contains(&id))).collect()
+    }
+
+    /// A receiver of the set of peers this node holds an open connection to (whether watched,
+    /// dialed for a group or dialing this node), to wait for a change.
+    pub fn watch_connected(&self) -> watch::Receiver<BTreeSet<u64>> {
+        self.node.connected.subscribe()
+    }
+
     /// Stops the endpoint: it stops listening, closes every connection (failing the requests in
     /// flight on them), forgets its groups and ends its tasks; later requests through its
     /// transports fail as unreachable. Returns once the sockets are closed, so the address can
@@ -361,14 +422,16 @@ impl TcpNode {
         let conns: Vec<Arc<Conn>> = {
             let mut peers = self.node.peers.lock();
             peers.stopped = true;
-            peers
+            let conns = peers
                 .slots
                 .drain()
                 .filter_map(|(_, slot)| match slot {
                     Slot::Up(conn) => Some(conn),
                     Slot::Dialing { .. } | Slot::Down { .. } => None,
                 })
-                .collect()
+                .collect();
+            self.node.publish_connected(&peers);
+            conns
         };
         for conn in conns {
             conn.close(&CloseReason::Stopped);
@@ -399,6 +462,33 @@ impl Node {
 
     fn count(&self, update: impl FnOnce(&mut TcpStats)) {
         self.stats.send_modify(update);
+    }
+
+    /// Makes the set of connected peers that of `peers`' `Up` slots; called with the registry of
+    /// peers locked after each change of a slot to or from `Up`.
+    fn publish_connected(&self, peers: &Peers) {
+        let up: BTreeSet<u64> =
+            peers.slots.iter().filter(|(_, slot)| matches!(slot, Slot::Up(_))).map(|(id, _)| *id).collect();
+        self.connected.send_if_modified(|connected| {
+            let changed = *connected != up;
+            *connected = up;
+            changed
+        });
+    }
+
+    /// Keeps a connection to `peer` until the endpoint stops: waits while one is open, dials
+    /// when there is none, and waits out the backoff after a failed dial.
+    async fn keep_dialing(self: &Arc<Self>, peer: &Peer) {
+        let backoff = Duration::from_millis(self.config.redial_backoff_ms.max(1));
+        let patience = Duration::from_millis(self.config.dial_timeout_ms + self.config.handshake_timeout_ms);
+        loop {
+            match self.connection(peer, Instant::now() + patience, patience).await {
+                Ok(conn) => conn.wait_closed().await,
+                Err(_) if self.peers.lock().stopped => return,
+                // Unreachable (the backoff of a failed dial is running) or the dial overran.
+                Err(_) => tokio::time::sleep(backoff).await,
+            }
+        }
     }
 
     fn next_id(&self) -> u64 {
@@ -447,6 +537,8 @@ impl Node {
                         let id = self.next_id();
                         let (sender, done) = watch::channel(());
                         peers.slots.insert(target.id, Slot::Dialing { dial: id, done: done.clone() });
+                        // The slot may have held a connection closed a moment ago.
+                        self.publish_connected(&peers);
                         dial = Some((id, sender));
                         done
                     }
@@ -565,6 +657,7 @@ impl Node {
                 _ => None,
             };
             peers.slots.insert(conn.peer.node_id, Slot::Up(Arc::clone(conn)));
+            self.publish_connected(&peers);
             displaced
         };
         if let Some(old) = displaced {
@@ -580,11 +673,23 @@ impl Node {
             let mut peers = self.peers.lock();
             if matches!(peers.slots.get(&conn.peer.node_id), Some(Slot::Up(c)) if c.id == conn.id) {
                 peers.slots.remove(&conn.peer.node_id);
+                self.publish_connected(&peers);
             }
         }
         if matches!(reason, CloseReason::Broken(_)) {
             self.count(|s| s.lost += 1);
         }
+    }
+}
+
+/// The task that [`TcpNode::watch_peers`] runs for `peer`: keeps it connected until a later
+/// call replaces the list of `generation`, or the endpoint stops.
+async fn keep_connected(node: Arc<Node>, peer: Peer, generation: u64) {
+    let mut watched = node.watched.subscribe();
+    tokio::select! {
+        // An error means the endpoint is gone, which ends the watch as well.
+        _ = watched.wait_for(|w| w.generation != generation) => {}
+        () = node.keep_dialing(&peer) => {}
     }
 }
 

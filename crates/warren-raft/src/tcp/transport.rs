@@ -77,6 +77,56 @@ impl<M: Machine> Handler for GroupHandler<M> {
                     Ok(encoded(|out| codec::encode_snapshot_response(&response, out)))
                 }),
             },
+            Kind::Propose => match M::decode_command(body) {
+                Err(e) => bad_request(e),
+                Ok(command) => Box::pin(async move {
+                    let answer = match group.propose(command).await {
+                        Ok((index, _)) => Forwarded::Committed(index),
+                        Err(crate::ProposeError::NotLeader { leader }) => Forwarded::NotLeader(leader),
+                        Err(crate::ProposeError::Stopped(s)) => return Err(stopped(s)),
+                    };
+                    Ok(encoded(|out| answer.encode(out)))
+                }),
+            },
+        }
+    }
+}
+
+/// What a member answered to a command forwarded to it ([`TcpTransport::propose`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarded {
+    /// It led the group, and the command is committed at this log index.
+    Committed(u64),
+    /// It does not lead the group; this is the leader it knows of, if any.
+    NotLeader(Option<u64>),
+}
+
+impl Forwarded {
+    fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Forwarded::Committed(index) => {
+                out.push(0);
+                out.extend_from_slice(&index.to_be_bytes());
+            }
+            Forwarded::NotLeader(None) => out.push(1),
+            Forwarded::NotLeader(Some(leader)) => {
+                out.push(2);
+                out.extend_from_slice(&leader.to_be_bytes());
+            }
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> std::io::Result<Forwarded> {
+        let invalid = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an answer to a forwarded command");
+        let u64_after_tag = || -> std::io::Result<u64> {
+            let b: [u8; 8] = bytes.get(1..).and_then(|b| b.try_into().ok()).ok_or_else(invalid)?;
+            Ok(u64::from_be_bytes(b))
+        };
+        match bytes.first() {
+            Some(0) => Ok(Forwarded::Committed(u64_after_tag()?)),
+            Some(1) if bytes.len() == 1 => Ok(Forwarded::NotLeader(None)),
+            Some(2) => Ok(Forwarded::NotLeader(Some(u64_after_tag()?))),
+            _ => Err(invalid()),
         }
     }
 }
@@ -139,6 +189,17 @@ impl<M: Machine> TcpTransport<M> {
                 ),
             }),
         }
+    }
+}
+
+impl<M: Machine> TcpTransport<M> {
+    /// Hands `command` to the group's member on `target` (the leader, as this member believes)
+    /// to propose; answers once it is committed there, or with the leader that member knows.
+    /// A member that does not lead the group forwards a host's proposal this way. On a timeout
+    /// the command may or may not have been committed.
+    pub async fn propose(&self, target: &Peer, command: &M::Command, timeout: Duration) -> Result<Forwarded, RpcError> {
+        let frame = frame::request(self.group, Kind::Propose, |out| M::encode_command(command, out));
+        self.exchange(target, Kind::Propose, frame, Forwarded::decode, timeout).await
     }
 }
 

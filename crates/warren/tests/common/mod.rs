@@ -110,7 +110,7 @@ impl Broker {
     /// [`Broker::is_external`] first).
     pub fn start_in(data_dir: &Path) -> Broker {
         std::fs::create_dir_all(data_dir).expect("create broker data dir");
-        Broker::spawn_in(data_dir.to_path_buf(), None, true)
+        Broker::spawn_in(data_dir.to_path_buf(), None, true, &[])
     }
 
     /// Kills a spawned broker with SIGKILL (`Child::kill` on unix) and waits
@@ -149,7 +149,14 @@ impl Broker {
     /// Starts a broker on `data_dir` with a config file, kept like [`Broker::start_in`].
     pub fn start_in_with_config(data_dir: &Path, conf: &str) -> Broker {
         std::fs::create_dir_all(data_dir).expect("create broker data dir");
-        Broker::spawn_in(data_dir.to_path_buf(), Some(conf), true)
+        Broker::spawn_in(data_dir.to_path_buf(), Some(conf), true, &[])
+    }
+
+    /// Like [`Broker::start_in_with_config`] (without a config file for `None`), with these
+    /// environment variables set for the process (`WARREN_NODENAME`, say).
+    pub fn start_in_with_env(data_dir: &Path, conf: Option<&str>, env: &[(&str, &str)]) -> Broker {
+        std::fs::create_dir_all(data_dir).expect("create broker data dir");
+        Broker::spawn_in(data_dir.to_path_buf(), conf, true, env)
     }
 
     /// The data directory of a spawned broker (`None` for an external one).
@@ -215,13 +222,13 @@ impl Broker {
     fn spawn(conf: Option<&str>) -> Broker {
         let data_dir = std::env::temp_dir().join(unique("warren-test"));
         std::fs::create_dir_all(&data_dir).expect("create broker data dir");
-        Broker::spawn_in(data_dir, conf, false)
+        Broker::spawn_in(data_dir, conf, false, &[])
     }
 
     /// Spawns `warren` on an existing `data_dir`. A kept directory (`keep_dir`)
     /// gets the broker's stderr appended to its log; otherwise the log is
     /// created afresh and the directory is removed with the broker.
-    fn spawn_in(data_dir: PathBuf, conf: Option<&str>, keep_dir: bool) -> Broker {
+    fn spawn_in(data_dir: PathBuf, conf: Option<&str>, keep_dir: bool, env: &[(&str, &str)]) -> Broker {
         let stderr_path = data_dir.join("broker.stderr");
         let stderr = if keep_dir {
             std::fs::OpenOptions::new().create(true).append(true).open(&stderr_path)
@@ -232,6 +239,7 @@ impl Broker {
 
         let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
         command.args(["--amqp-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]).arg("--data-dir").arg(&data_dir);
+        command.envs(env.iter().copied());
         if let Some(conf) = conf {
             let conf_path = data_dir.join("rabbitmq.conf");
             std::fs::write(&conf_path, conf).expect("write broker config");

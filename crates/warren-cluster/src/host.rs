@@ -1,0 +1,356 @@
+//! The metadata group on one node: proposes the topology changes made here, applies those
+//! made elsewhere to this node's broker, and undoes here what the cluster did not commit
+//! (docs/clustering.md, "The metadata group").
+
+use crate::meta::{MetaCommand, MetaOutput, Metadata};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use warren_core::definitions::{DefOp, Definitions};
+use warren_core::{ConnId, Out};
+use warren_raft::{Applied, AppliedRx, Group, ProposeError};
+use warren_server::{Replicator, Shared};
+
+/// How long a change may take to commit before its client is told it was not.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many outputs of this node's own proposals are kept for proposers still to collect them.
+const KEPT_OUTPUTS: usize = 4096;
+
+/// A proposal that did not reach the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposeFailure {
+    /// Nobody this node can reach leads the group (no majority here, or an election).
+    NoLeader,
+    /// The leader did not take it, or could not be reached.
+    Failed(String),
+}
+
+/// Hands a command to the group's leader wherever it is: the log index it was written at once
+/// committed.
+pub type Forward =
+    Arc<dyn Fn(u64, MetaCommand) -> Pin<Box<dyn Future<Output = Result<u64, ProposeFailure>> + Send>> + Send + Sync>;
+
+/// How a host starts.
+#[derive(Debug, Clone, Copy)]
+pub struct HostOptions {
+    /// The group's log was empty at start (see [`MetaHost::start`]).
+    pub fresh: bool,
+    /// How long a change may take to commit ([`COMMIT_TIMEOUT`] by default).
+    pub commit_timeout: Duration,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        HostOptions { fresh: false, commit_timeout: COMMIT_TIMEOUT }
+    }
+}
+
+/// The metadata group's member on this node, with what its host needs.
+pub struct MetaHost {
+    me: u64,
+    group: Group<Metadata>,
+    shared: Arc<Shared>,
+    forward: Forward,
+    commit_timeout: Duration,
+    /// Outputs of this node's own commands, by log index, until their proposer collects them.
+    own: parking_lot::Mutex<BTreeMap<u64, MetaOutput>>,
+    /// The last index the host handled (applied to the broker).
+    handled: watch::Sender<u64>,
+}
+
+impl MetaHost {
+    /// Hosts `group` (this node's member, `applied` its stream) for the broker in `shared`, and
+    /// makes it the broker's replicator. `fresh` says the group's log was empty at start (a
+    /// new cluster, or a node new to it): what the broker held before is then proposed to the
+    /// cluster, so that no durable exchange, queue or binding is dropped by joining.
+    pub fn start(
+        group: Group<Metadata>,
+        applied: AppliedRx<MetaOutput>,
+        shared: Arc<Shared>,
+        forward: Forward,
+        options: HostOptions,
+    ) -> Arc<MetaHost> {
+        let fresh = options.fresh;
+        let host = Arc::new(MetaHost {
+            me: group.id(),
+            group,
+            shared: shared.clone(),
+            forward,
+            commit_timeout: options.commit_timeout,
+            own: parking_lot::Mutex::new(BTreeMap::new()),
+            handled: watch::Sender::new(0),
+        });
+        tokio::spawn(host.clone().apply_loop(applied));
+        shared.set_replicator(Arc::new(Replicate(host.clone())));
+        if fresh {
+            tokio::spawn(host.clone().join());
+        }
+        host
+    }
+
+    /// This node's member of the group.
+    pub fn group(&self) -> &Group<Metadata> {
+        &self.group
+    }
+
+    /// Proposes `command`, following the leader, until it is in the log or `timeout` passed;
+    /// returns its index.
+    async fn propose_index(&self, command: MetaCommand, timeout: Duration) -> Result<u64, ProposeFailure> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = ProposeFailure::NoLeader;
+        loop {
+            let attempt = async {
+                match self.group.propose(command.clone()).await {
+                    Ok((index, _)) => Ok(index),
+                    Err(ProposeError::NotLeader { leader: Some(leader) }) if leader != self.me => {
+                        (self.forward)(leader, command.clone()).await
+                    }
+                    Err(ProposeError::NotLeader { .. }) => Err(ProposeFailure::NoLeader),
+                    Err(ProposeError::Stopped(_)) => Err(ProposeFailure::Failed("the metadata group stopped".into())),
+                }
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(index)) => return Ok(index),
+                Ok(Err(e)) => last = e,
+                Err(_) => return Err(last),
+            }
+            // Wait for a leader to be known (or the deadline) before trying again.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let pause = left.min(Duration::from_millis(50));
+            if pause.is_zero() {
+                return Err(last);
+            }
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Proposes `ops` made on this node and returns what the cluster did with them, once this
+    /// node's broker is up to date with them.
+    pub async fn commit(&self, ops: Vec<DefOp>, timeout: Duration) -> Result<MetaOutput, ProposeFailure> {
+        let command = MetaCommand::Topology { origin: self.me, ops };
+        let index = self.propose_index(command, timeout).await?;
+        let mut handled = self.handled.subscribe();
+        // The index is committed: this node applies it as soon as it hears so.
+        let wait = handled.wait_for(|h| *h >= index);
+        if tokio::time::timeout(timeout, wait).await.is_err() {
+            return Err(ProposeFailure::Failed(format!("entry {index} committed but not applied here in time")));
+        }
+        self.own.lock().remove(&index).ok_or_else(|| ProposeFailure::Failed(format!("no output for entry {index}")))
+    }
+
+    async fn apply_loop(self: Arc<Self>, mut applied: AppliedRx<MetaOutput>) {
+        while let Some(event) = applied.recv().await {
+            match event {
+                Applied::Command { index, output } => {
+                    if output.origin == self.me {
+                        let mut own = self.own.lock();
+                        own.insert(index, output);
+                        while own.len() > KEPT_OUTPUTS {
+                            own.pop_first();
+                        }
+                    } else if !output.applied.is_empty() {
+                        self.apply_here(&output.applied);
+                    }
+                    self.handled.send_replace(index);
+                }
+                Applied::Restored { index } => {
+                    // The commands up to `index` were not seen one by one: make the broker
+                    // match the group's state as a whole.
+                    let topology = self.group.with_machine(Metadata::topology);
+                    self.reconcile(&topology, None);
+                    self.handled.send_replace(index);
+                }
+            }
+        }
+    }
+
+    /// Applies changes committed by other nodes to this node's broker.
+    fn apply_here(&self, ops: &[DefOp]) {
+        let now = self.shared.now_ms();
+        let mut out: Vec<(ConnId, Out)> = Vec::new();
+        let mut core = self.shared.broker();
+        for op in ops {
+            if let Err(e) = core.apply_replicated(op, now, &mut out) {
+                tracing::error!("metadata: {e}");
+            }
+        }
+        core.deliver(&mut out);
+    }
+
+    /// Makes the broker's durable topology match `target` (the group's), for the keys `ops`
+    /// touch, or everywhere when `ops` is None.
+    fn reconcile(&self, target: &Definitions, ops: Option<&[DefOp]>) {
+        let target = Metadata::from_topology(target);
+        let mut core = self.shared.broker();
+        let here = Metadata::from_topology(&core.durable_topology());
+        let fixes = differences(&here, &target, ops);
+        if fixes.is_empty() {
+            return;
+        }
+        let now = self.shared.now_ms();
+        let mut out: Vec<(ConnId, Out)> = Vec::new();
+        for op in &fixes {
+            if let Err(e) = core.apply_replicated(op, now, &mut out) {
+                tracing::error!("metadata: while undoing an uncommitted change: {e}");
+            }
+        }
+        core.deliver(&mut out);
+    }
+
+    /// Proposes what the broker held before this node's first start in the cluster.
+    async fn join(self: Arc<Self>) {
+        let ops = {
+            let core = self.shared.broker();
+            let d = core.durable_topology();
+            let mut ops: Vec<DefOp> = d.exchanges.into_iter().map(DefOp::PutExchange).collect();
+            ops.extend(d.queues.into_iter().map(DefOp::PutQueue));
+            ops.extend(d.bindings.into_iter().map(DefOp::PutBinding));
+            ops
+        };
+        loop {
+            match self.commit(ops.clone(), self.commit_timeout).await {
+                Ok(output) => {
+                    if !output.refused.is_empty() {
+                        let refused: Vec<DefOp> = output.refused.iter().map(|(op, _)| op.clone()).collect();
+                        for (op, why) in &output.refused {
+                            tracing::warn!(
+                                "metadata: this node's {} gives way to the cluster's: {why}",
+                                warren_core::broker::describe_op(op)
+                            );
+                        }
+                        let topology = self.group.with_machine(Metadata::topology);
+                        self.reconcile(&topology, Some(&refused));
+                    }
+                    tracing::info!("metadata: this node's topology is the cluster's");
+                    return;
+                }
+                Err(e) => {
+                    tracing::info!("metadata: waiting for the cluster to take this node's topology ({e:?})");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
+/// The host as the server's replicator.
+struct Replicate(Arc<MetaHost>);
+
+impl Replicator for Replicate {
+    fn replicate(&self, ops: Vec<DefOp>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>> {
+        let host = self.0.clone();
+        Box::pin(async move { host.replicate(ops).await })
+    }
+}
+
+impl MetaHost {
+    /// Commits `ops`, made here by a client; undoes here what was not committed, and says why.
+    pub async fn replicate(&self, ops: Vec<DefOp>) -> Result<(), String> {
+        let (undo, why): (Vec<DefOp>, String) = match self.commit(ops.clone(), self.commit_timeout).await {
+            Ok(output) if output.refused.is_empty() => return Ok(()),
+            Ok(output) => {
+                let why = output.refused.iter().map(|(_, why)| why.as_str()).collect::<Vec<_>>().join("; ");
+                (output.refused.into_iter().map(|(op, _)| op).collect(), why)
+            }
+            Err(ProposeFailure::NoLeader) => (
+                ops,
+                format!(
+                    "no leader of the metadata group within {} ms (is a majority of nodes reachable?)",
+                    self.commit_timeout.as_millis()
+                ),
+            ),
+            Err(ProposeFailure::Failed(why)) => (ops, why),
+        };
+        let topology = self.group.with_machine(Metadata::topology);
+        self.reconcile(&topology, Some(&undo));
+        Err(why)
+    }
+}
+
+type Key = (String, String);
+
+/// The changes that make `here` match `target` for what `ops` touch (everything when None):
+/// exchanges and queues first, then bindings added, then bindings removed, then exchanges and
+/// queues removed.
+fn differences(here: &Metadata, target: &Metadata, ops: Option<&[DefOp]>) -> Vec<DefOp> {
+    let (h, t) = (here.topology(), target.topology());
+    let mut exchanges: Option<std::collections::BTreeSet<Key>> = None;
+    let mut queues: Option<std::collections::BTreeSet<Key>> = None;
+    if let Some(ops) = ops {
+        let (mut xs, mut qs) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+        for op in ops {
+            match op {
+                DefOp::PutExchange(x) => {
+                    xs.insert((x.vhost.clone(), x.name.clone()));
+                }
+                DefOp::DelExchange { vhost, name } => {
+                    xs.insert((vhost.clone(), name.clone()));
+                }
+                DefOp::PutQueue(q) => {
+                    qs.insert((q.vhost.clone(), q.name.clone()));
+                }
+                DefOp::DelQueue { vhost, name } => {
+                    qs.insert((vhost.clone(), name.clone()));
+                }
+                DefOp::PutBinding(b) | DefOp::DelBinding(b) => {
+                    xs.insert((b.vhost.clone(), b.source.clone()));
+                    if b.destination_is_queue {
+                        qs.insert((b.vhost.clone(), b.destination.clone()));
+                    } else {
+                        xs.insert((b.vhost.clone(), b.destination.clone()));
+                    }
+                }
+            }
+        }
+        exchanges = Some(xs);
+        queues = Some(qs);
+    }
+    let exchange_touched =
+        |vhost: &str, name: &str| exchanges.as_ref().is_none_or(|s| s.contains(&(vhost.to_owned(), name.to_owned())));
+    let queue_touched =
+        |vhost: &str, name: &str| queues.as_ref().is_none_or(|s| s.contains(&(vhost.to_owned(), name.to_owned())));
+    let binding_touched = |b: &warren_core::definitions::BindingDef| {
+        exchange_touched(&b.vhost, &b.source)
+            && if b.destination_is_queue {
+                queue_touched(&b.vhost, &b.destination)
+            } else {
+                exchange_touched(&b.vhost, &b.destination)
+            }
+    };
+    let mut fixes = Vec::new();
+    for x in &t.exchanges {
+        if exchange_touched(&x.vhost, &x.name) && here.exchange(&x.vhost, &x.name) != Some(x) {
+            fixes.push(DefOp::PutExchange(x.clone()));
+        }
+    }
+    for q in &t.queues {
+        if queue_touched(&q.vhost, &q.name) && here.queue(&q.vhost, &q.name) != Some(q) {
+            fixes.push(DefOp::PutQueue(q.clone()));
+        }
+    }
+    for b in &t.bindings {
+        if binding_touched(b) && !here.has_binding(b) {
+            fixes.push(DefOp::PutBinding(b.clone()));
+        }
+    }
+    for b in &h.bindings {
+        if binding_touched(b) && !target.has_binding(b) {
+            fixes.push(DefOp::DelBinding(b.clone()));
+        }
+    }
+    for q in &h.queues {
+        if queue_touched(&q.vhost, &q.name) && target.queue(&q.vhost, &q.name).is_none() {
+            fixes.push(DefOp::DelQueue { vhost: q.vhost.clone(), name: q.name.clone() });
+        }
+    }
+    for x in &h.exchanges {
+        if exchange_touched(&x.vhost, &x.name) && target.exchange(&x.vhost, &x.name).is_none() {
+            fixes.push(DefOp::DelExchange { vhost: x.vhost.clone(), name: x.name.clone() });
+        }
+    }
+    fixes
+}

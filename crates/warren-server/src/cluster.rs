@@ -1,0 +1,65 @@
+//! What the management side (the HTTP API, metrics, the AMQP handshake's server properties)
+//! knows of the cluster this node is in: its name, this node's name, and which nodes there are
+//! and are running. The binary sets it ([`Shared::set_cluster_view`](crate::Shared)); a server
+//! without one is a node on its own named [`DEFAULT_NODE_NAME`].
+
+use std::sync::{Arc, LazyLock};
+
+/// The node name of a server told nothing else (the binary's default too).
+pub const DEFAULT_NODE_NAME: &str = "warren@localhost";
+
+/// One node of the cluster, as the management API lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeView {
+    /// `name@host`.
+    pub name: String,
+    /// This node always; another while this node holds a connection to it.
+    pub running: bool,
+    /// Whether it is this node.
+    pub is_self: bool,
+}
+
+/// The cluster as this node sees it.
+pub trait ClusterView: Send + Sync {
+    /// `cluster_name` (by default the name of the node).
+    fn cluster_name(&self) -> String;
+    /// This node's name, `name@host`.
+    fn node_name(&self) -> String;
+    /// Every node of the cluster, this one included, sorted by name.
+    fn nodes(&self) -> Vec<NodeView>;
+}
+
+/// A node on its own: the cluster is the node, named after it.
+#[derive(Clone, Debug)]
+pub struct SingleNode {
+    pub cluster_name: String,
+    pub node_name: String,
+}
+
+impl SingleNode {
+    /// Node `node_name`, in a cluster named after it.
+    pub fn new(node_name: impl Into<String>) -> Self {
+        let node_name = node_name.into();
+        SingleNode { cluster_name: node_name.clone(), node_name }
+    }
+}
+
+impl ClusterView for SingleNode {
+    fn cluster_name(&self) -> String {
+        self.cluster_name.clone()
+    }
+
+    fn node_name(&self) -> String {
+        self.node_name.clone()
+    }
+
+    fn nodes(&self) -> Vec<NodeView> {
+        vec![NodeView { name: self.node_name.clone(), running: true, is_self: true }]
+    }
+}
+
+/// The view of a server that was given none.
+pub(crate) fn default_view() -> Arc<dyn ClusterView> {
+    static DEFAULT: LazyLock<Arc<dyn ClusterView>> = LazyLock::new(|| Arc::new(SingleNode::new(DEFAULT_NODE_NAME)));
+    Arc::clone(&DEFAULT)
+}

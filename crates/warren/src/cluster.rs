@@ -1,0 +1,184 @@
+//! The binary's part of the cluster: the inter-node endpoint (a `warren_raft::TcpNode` on the
+//! `distribution.listener` address, authenticated by the `.cookie`), kept connected to every
+//! other configured node so that liveness is known without any Raft group, and the view of the
+//! cluster the management side shows (`/api/nodes`, `/api/overview`, metrics).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use warren_cluster::node::{load_or_create_cookie, COOKIE_FILE};
+use warren_cluster::ClusterSettings;
+use warren_raft::{TcpConfig, TcpNode};
+use warren_server::cluster::{ClusterView, NodeView};
+
+/// Authentication failures are logged at most this often: a node with the wrong cookie is
+/// redialed every 100 ms.
+const AUTH_WARNING_EVERY: Duration = Duration::from_secs(30);
+
+/// A clustered node's endpoint and the task that logs its peers coming and going.
+pub struct Endpoint {
+    node: TcpNode,
+    reporter: JoinHandle<()>,
+}
+
+impl Endpoint {
+    /// The endpoint itself, on which the node's Raft groups are to register.
+    #[allow(dead_code)] // for the metadata group and quorum queues, still to come
+    pub fn node(&self) -> &TcpNode {
+        &self.node
+    }
+
+    /// The inter-node listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.node.local_addr()
+    }
+
+    /// Closes the listener and every connection to other nodes.
+    pub async fn shutdown(self) {
+        self.reporter.abort();
+        self.node.shutdown().await;
+    }
+}
+
+/// Starts the endpoint of a clustered node: reads (or creates) the cookie in `data_dir`, binds
+/// the inter-node listener and keeps a connection to every other listed node. `None` for a
+/// node on its own, which touches neither the cookie nor any port.
+pub async fn start(settings: &ClusterSettings, data_dir: &Path) -> Result<Option<Endpoint>, String> {
+    if !settings.is_clustered() {
+        return Ok(None);
+    }
+    let cookie = load_or_create_cookie(data_dir)?;
+    let node = bind(settings, cookie).await?;
+    let peers = settings.peers();
+    let names: BTreeMap<u64, String> = settings.nodes.iter().map(|n| (n.id(), n.node())).collect();
+    tracing::info!(
+        "cluster {}: node {} (id {:016x}) listening for other nodes on {}; nodes: {}",
+        settings.cluster_name,
+        settings.me,
+        node.id(),
+        node.local_addr(),
+        settings.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+    );
+    node.watch_peers(peers);
+    let cookie_path = data_dir.join(COOKIE_FILE);
+    let reporter = tokio::spawn(report(node.clone(), names, cookie_path.display().to_string()));
+    Ok(Some(Endpoint { node, reporter }))
+}
+
+/// Binds the listener on this node's port, or on the first free one of the configured range.
+async fn bind(settings: &ClusterSettings, cookie: Vec<u8>) -> Result<TcpNode, String> {
+    let ip = settings.listen.ip();
+    let ports = settings.listen_ports();
+    let (first, last) = (*ports.start(), *ports.end());
+    for port in ports {
+        let addr = SocketAddr::new(ip, port);
+        match TcpNode::bind(addr, TcpConfig::new(settings.me.id(), cookie.clone())).await {
+            Ok(node) => return Ok(node),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && port < last => continue,
+            Err(e) if first < last && e.kind() == std::io::ErrorKind::AddrInUse => {
+                return Err(format!(
+                    "cannot listen for other nodes on {ip}: every port from {first} to {last} is in use \
+                     (distribution.listener.port_range)"
+                ))
+            }
+            Err(e) => return Err(format!("cannot listen for other nodes on {addr}: {e}")),
+        }
+    }
+    Err(format!("cannot listen for other nodes on {ip}: no port from {first} to {last}"))
+}
+
+/// Logs other nodes coming up and going down, and peers failing to authenticate.
+async fn report(node: TcpNode, names: BTreeMap<u64, String>, cookie_path: String) {
+    let name = |id: &u64| names.get(id).cloned().unwrap_or_else(|| format!("node {id:016x}"));
+    let mut connected = node.watch_connected();
+    let mut stats = node.watch_stats();
+    let mut up: BTreeSet<u64> = BTreeSet::new();
+    let mut auth_failures = stats.borrow().auth_failures;
+    let mut last_warning: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            changed = connected.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = connected.borrow_and_update().clone();
+                for id in now.difference(&up) {
+                    tracing::info!("node {} is up", name(id));
+                }
+                for id in up.difference(&now) {
+                    tracing::warn!("node {} is down", name(id));
+                }
+                up = now;
+            }
+            changed = stats.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let failures = stats.borrow_and_update().auth_failures;
+                let due = last_warning.is_none_or(|at| at.elapsed() >= AUTH_WARNING_EVERY);
+                if failures > auth_failures && due {
+                    tracing::warn!(
+                        "a node failed to authenticate ({failures} failures so far): every node of the cluster must \
+                         have the same cookie as {cookie_path}"
+                    );
+                    last_warning = Some(tokio::time::Instant::now());
+                }
+                auth_failures = failures;
+            }
+        }
+    }
+}
+
+/// The cluster as the management side shows it: the configured nodes, this one running, the
+/// others while this node holds a connection to them.
+pub struct View {
+    cluster_name: String,
+    me: String,
+    /// Every node, by name, with its id.
+    nodes: Vec<(String, u64)>,
+    endpoint: Option<TcpNode>,
+}
+
+impl View {
+    pub fn new(settings: &ClusterSettings, endpoint: Option<&Endpoint>) -> Arc<View> {
+        let mut nodes: Vec<(String, u64)> = settings.nodes.iter().map(|n| (n.node(), n.id())).collect();
+        if nodes.is_empty() {
+            nodes.push((settings.me.node(), settings.me.id()));
+        }
+        nodes.sort();
+        Arc::new(View {
+            cluster_name: settings.cluster_name.clone(),
+            me: settings.me.node(),
+            nodes,
+            endpoint: endpoint.map(|e| e.node.clone()),
+        })
+    }
+}
+
+impl ClusterView for View {
+    fn cluster_name(&self) -> String {
+        self.cluster_name.clone()
+    }
+
+    fn node_name(&self) -> String {
+        self.me.clone()
+    }
+
+    fn nodes(&self) -> Vec<NodeView> {
+        let connected: BTreeSet<u64> = match &self.endpoint {
+            Some(node) => node.peer_status().into_iter().filter(|(_, up)| *up).map(|(id, _)| id).collect(),
+            None => BTreeSet::new(),
+        };
+        self.nodes
+            .iter()
+            .map(|(name, id)| {
+                let is_self = *name == self.me;
+                NodeView { name: name.clone(), running: is_self || connected.contains(id), is_self }
+            })
+            .collect()
+    }
+}
