@@ -13,9 +13,9 @@
 //! acknowledged, since every acknowledged write was synced after all before it), and the file is
 //! cut back to the last whole record so that new records follow it.
 //!
-//! Not yet: one log shared by every group of a node with group commit across them (the design
-//! the next step builds), reclaiming space (purged entries stay in the file), and I/O off the
-//! async worker (a sync blocks the thread that appends).
+//! What it does not do, [`Wal`](crate::Wal) does (the log the cluster uses): one log shared by
+//! every group of a node with group commit across them, reclaiming space (here purged entries
+//! stay in the file), and I/O off the async worker (here a sync blocks the thread that appends).
 
 use std::fmt::Debug;
 use std::fs::{File, OpenOptions};

@@ -20,7 +20,9 @@
 //!   status, shutdown, and the entry points for RPCs from peers.
 //! - `config`: [`GroupConfig`] and its defaults, translated to openraft's config.
 //! - `log`: [`MemLog`], the in-memory log store; `file_log`: [`FileLog`], a durable one (a
-//!   file per group); either is passed to [`Group::start_with_log`].
+//!   file per group); `wal`: [`Wal`], a node's write-ahead log shared by all its groups with
+//!   group commit, and [`WalLog`], one group's durable log on it (what the cluster uses); any
+//!   of them is passed to [`Group::start_with_log`].
 //! - `state`: openraft's state machine store around a [`Machine`], snapshots in memory.
 //! - `network`: [`Transport`], the seam for a real network, and its plumbing into openraft.
 //! - `local`: [`LocalNet`], an in-process network with fault controls, for tests.
@@ -52,6 +54,7 @@ mod tcp;
 #[cfg(test)]
 mod test_machine;
 mod types;
+mod wal;
 
 pub use config::{
     GroupConfig, DEFAULT_APPLIED_CAPACITY, DEFAULT_ELECTION_TIMEOUT_MAX_MS, DEFAULT_ELECTION_TIMEOUT_MIN_MS,
@@ -74,3 +77,4 @@ pub use types::{
     AppendRequest, AppendResponse, Entry, EntryPayload, LeaderId, LogId, Membership, Snapshot, SnapshotMeta,
     SnapshotResponse, StoredMembership, Types, Vote, VoteRequest, VoteResponse,
 };
+pub use wal::{Wal, WalConfig, WalLog, WalStats, DEFAULT_WAL_SEGMENT_BYTES};
