@@ -60,6 +60,14 @@ pub struct MetaHost {
     own: parking_lot::Mutex<BTreeMap<u64, MetaOutput>>,
     /// The last index the host handled (applied to the broker).
     handled: watch::Sender<u64>,
+    /// Restarted, the group replays the log it had: those changes reached the broker before
+    /// (or never did, if they were not committed), and applying them again one by one could
+    /// replay a deletion the broker has gone past (a queue deleted, declared again and
+    /// filled). Until this node's own barrier comes back through the log, nothing is applied;
+    /// then the broker is made to match the group's state as a whole.
+    catching_up: std::sync::atomic::AtomicBool,
+    /// This run's barrier.
+    nonce: u64,
 }
 
 impl MetaHost {
@@ -83,13 +91,39 @@ impl MetaHost {
             commit_timeout: options.commit_timeout,
             own: parking_lot::Mutex::new(BTreeMap::new()),
             handled: watch::Sender::new(0),
+            catching_up: std::sync::atomic::AtomicBool::new(!fresh),
+            nonce: {
+                use std::hash::{BuildHasher, RandomState};
+                RandomState::new().hash_one(std::time::SystemTime::now())
+            },
         });
         tokio::spawn(host.clone().apply_loop(applied));
         shared.set_replicator(Arc::new(Replicate(host.clone())));
         if fresh {
             tokio::spawn(host.clone().join());
+        } else {
+            tokio::spawn(host.clone().catch_up());
         }
         host
+    }
+
+    /// Whether the host is still replaying the log it had at start (see `catching_up`).
+    pub fn is_catching_up(&self) -> bool {
+        self.catching_up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Proposes this run's barrier until it is in the log.
+    async fn catch_up(self: Arc<Self>) {
+        let barrier = MetaCommand::Barrier { origin: self.me, nonce: self.nonce };
+        loop {
+            match self.propose_index(barrier.clone(), self.commit_timeout).await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::info!("metadata: waiting for a majority to catch up with ({e:?})");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
     }
 
     /// This node's member of the group.
@@ -146,14 +180,24 @@ impl MetaHost {
         while let Some(event) = applied.recv().await {
             match event {
                 Applied::Command { index, output } => {
+                    if self.is_catching_up() {
+                        if output.origin == self.me && output.barrier == Some(self.nonce) {
+                            let topology = self.group.with_machine(Metadata::topology);
+                            self.reconcile(&topology, None);
+                            self.catching_up.store(false, std::sync::atomic::Ordering::Release);
+                            tracing::info!("metadata: caught up with the cluster at entry {index}");
+                        }
+                    } else if !output.applied.is_empty() {
+                        // Every node's changes, this one's too: in log order they end where
+                        // the group's state is, whatever this broker did meanwhile.
+                        self.apply_here(&output.applied);
+                    }
                     if output.origin == self.me {
                         let mut own = self.own.lock();
                         own.insert(index, output);
                         while own.len() > KEPT_OUTPUTS {
                             own.pop_first();
                         }
-                    } else if !output.applied.is_empty() {
-                        self.apply_here(&output.applied);
                     }
                     self.handled.send_replace(index);
                 }

@@ -18,6 +18,9 @@ use warren_core::definitions::{BindingDef, DefOp, Definitions, ExchangeDef, Queu
 pub enum MetaCommand {
     /// Topology changes made on node `origin`, in the order they were made there.
     Topology { origin: u64, ops: Vec<DefOp> },
+    /// Changes nothing: node `origin`, restarted, learns from its output that it has applied
+    /// everything committed before (`nonce` tells its own barrier from one of an earlier run).
+    Barrier { origin: u64, nonce: u64 },
 }
 
 /// What applying a command did, on every node.
@@ -30,6 +33,8 @@ pub struct MetaOutput {
     pub applied: Vec<DefOp>,
     /// The changes refused, with why, in order.
     pub refused: Vec<(DefOp, String)>,
+    /// The nonce of a [`MetaCommand::Barrier`].
+    pub barrier: Option<u64>,
 }
 
 type Key = (String, String);
@@ -152,7 +157,7 @@ impl Metadata {
     pub fn apply(&mut self, command: &MetaCommand) -> MetaOutput {
         match command {
             MetaCommand::Topology { origin, ops } => {
-                let mut out = MetaOutput { origin: *origin, applied: Vec::new(), refused: Vec::new() };
+                let mut out = MetaOutput { origin: *origin, applied: Vec::new(), refused: Vec::new(), barrier: None };
                 for op in ops {
                     match self.apply_op(op) {
                         Ok(true) => out.applied.push(op.clone()),
@@ -162,11 +167,15 @@ impl Metadata {
                 }
                 out
             }
+            MetaCommand::Barrier { origin, nonce } => {
+                MetaOutput { origin: *origin, applied: Vec::new(), refused: Vec::new(), barrier: Some(*nonce) }
+            }
         }
     }
 }
 
 const TOPOLOGY_TAG: u8 = 1;
+const BARRIER_TAG: u8 = 2;
 
 fn invalid(why: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why.into())
@@ -187,12 +196,23 @@ impl MetaCommand {
                 }
                 out.extend_from_slice(&records);
             }
+            MetaCommand::Barrier { origin, nonce } => {
+                out.push(BARRIER_TAG);
+                out.extend_from_slice(&origin.to_be_bytes());
+                out.extend_from_slice(&nonce.to_be_bytes());
+            }
         }
     }
 
     /// Reads back exactly what [`MetaCommand::encode`] wrote.
     pub fn decode(bytes: &[u8]) -> io::Result<MetaCommand> {
         let (&tag, rest) = bytes.split_first().ok_or_else(|| invalid("an empty metadata command"))?;
+        if tag == BARRIER_TAG {
+            let fields: [u8; 16] = rest.try_into().map_err(|_| invalid("a barrier of the wrong length"))?;
+            let origin = u64::from_be_bytes(fields[..8].try_into().expect("8 bytes"));
+            let nonce = u64::from_be_bytes(fields[8..].try_into().expect("8 bytes"));
+            return Ok(MetaCommand::Barrier { origin, nonce });
+        }
         if tag != TOPOLOGY_TAG {
             return Err(invalid(format!("unknown metadata command {tag}")));
         }
@@ -348,6 +368,11 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(MetaCommand::decode(&bytes[..cut]).is_err(), "cut at {cut} accepted");
         }
+        let barrier = MetaCommand::Barrier { origin: 3, nonce: u64::MAX };
+        let mut b = Vec::new();
+        barrier.encode(&mut b);
+        assert_eq!(MetaCommand::decode(&b).expect("decode"), barrier);
+        assert!(MetaCommand::decode(&b[..b.len() - 1]).is_err());
         let mut longer = bytes.clone();
         longer.push(0);
         assert!(MetaCommand::decode(&longer).is_err());

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
+use warren_cluster::host::{Forward, HostOptions, MetaHost, ProposeFailure, COMMIT_TIMEOUT};
+use warren_cluster::meta::Metadata;
 use warren_cluster::node::{load_or_create_cookie, COOKIE_FILE};
 use warren_cluster::ClusterSettings;
-use warren_raft::{TcpConfig, TcpNode};
+use warren_raft::{Forwarded, Group, GroupConfig, Peer, TcpConfig, TcpNode, Wal, WalConfig};
 use warren_server::cluster::{ClusterView, NodeView};
 
 /// Authentication failures are logged at most this often: a node with the wrong cookie is
@@ -27,7 +29,6 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// The endpoint itself, on which the node's Raft groups are to register.
-    #[allow(dead_code)] // for the metadata group and quorum queues, still to come
     pub fn node(&self) -> &TcpNode {
         &self.node
     }
@@ -180,5 +181,79 @@ impl ClusterView for View {
                 NodeView { name: name.clone(), running: is_self || connected.contains(id), is_self }
             })
             .collect()
+    }
+}
+
+/// The node's Raft side: its write-ahead log (shared by every group on the node) and the
+/// metadata group's host.
+pub struct Groups {
+    wal: Wal,
+    meta: Arc<MetaHost>,
+}
+
+/// The metadata group's id on every node.
+const METADATA_GROUP: u64 = 0;
+
+impl Groups {
+    /// Starts the node's write-ahead log under `<data>/cluster/wal` and its member of the
+    /// metadata group, registered on the endpoint, hosted for the broker in `shared`. On the
+    /// node's first start in the cluster every node founds the group with the same members
+    /// (openraft allows that: identical initial memberships are one membership).
+    pub async fn start(
+        settings: &ClusterSettings,
+        endpoint: &Endpoint,
+        data_dir: &Path,
+        shared: Arc<warren_server::Shared>,
+    ) -> Result<Groups, String> {
+        let dir = data_dir.join("cluster");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let wal = Wal::open(&dir.join("wal"), WalConfig::default())
+            .map_err(|e| format!("cannot open the cluster's write-ahead log in {}: {e}", dir.display()))?;
+        let log =
+            wal.log::<Metadata>(METADATA_GROUP).map_err(|e| format!("cannot read the metadata group's log: {e}"))?;
+        let fresh = log.is_pristine();
+        let node = endpoint.node();
+        let (group, applied) = Group::start_durable(
+            node.id(),
+            &GroupConfig::default(),
+            Metadata::default(),
+            node.transport::<Metadata>(METADATA_GROUP),
+            log,
+            dir.join("metadata.snapshot"),
+        )
+        .await
+        .map_err(|e| format!("cannot start the metadata group: {e:?}"))?;
+        node.register(METADATA_GROUP, group.clone()).map_err(|e| format!("cannot register the metadata group: {e}"))?;
+        let members: BTreeMap<u64, String> =
+            settings.nodes.iter().map(|n| (n.id(), n.dial_addr(settings.port_range.min))).collect();
+        if fresh {
+            tracing::info!("metadata: founding the group with {} members", members.len());
+            if let Err(e) = group.initialize(members.clone()).await {
+                // Already founded (by a run that stopped before its log held anything).
+                tracing::info!("metadata: the group was founded already ({e:?})");
+            }
+        }
+        let transport = node.transport::<Metadata>(METADATA_GROUP);
+        let forward: Forward = Arc::new(move |leader, command| {
+            let transport = transport.clone();
+            let addr = members.get(&leader).cloned();
+            Box::pin(async move {
+                let addr = addr.ok_or_else(|| ProposeFailure::Failed(format!("node {leader:016x} is not a member")))?;
+                let peer = Peer { id: leader, addr };
+                match transport.propose(&peer, &command, COMMIT_TIMEOUT).await {
+                    Ok(Forwarded::Committed(index)) => Ok(index),
+                    Ok(Forwarded::NotLeader(_)) => Err(ProposeFailure::NoLeader),
+                    Err(e) => Err(ProposeFailure::Failed(format!("forwarding to the leader: {e}"))),
+                }
+            })
+        });
+        let meta = MetaHost::start(group, applied, shared, forward, HostOptions { fresh, ..Default::default() });
+        Ok(Groups { wal, meta })
+    }
+
+    /// Stops the groups and closes the write-ahead log (everything in it synced).
+    pub async fn shutdown(self) {
+        let _ = self.meta.group().shutdown().await;
+        self.wal.close().await;
     }
 }

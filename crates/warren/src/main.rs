@@ -183,6 +183,12 @@ async fn run(settings: Settings, cluster: ClusterSettings) -> Result<(), String>
     server.set_resource_limits(limits);
     let shared = server.shared();
     shared.set_cluster_view(cluster::View::new(&cluster, endpoint.as_ref()));
+    // In a cluster: the write-ahead log and the metadata group, through which durable
+    // declarations are committed before they are answered.
+    let groups = match &endpoint {
+        Some(endpoint) => Some(cluster::Groups::start(&cluster, endpoint, &settings.data_dir, shared.clone()).await?),
+        None => None,
+    };
     let listeners = warren_http::Listeners {
         amqp: Some(amqp_addr),
         amqps: amqps.as_ref().map(|(_, _, a)| *a),
@@ -268,6 +274,9 @@ async fn run(settings: Settings, cluster: ClusterSettings) -> Result<(), String>
             // Nothing written is left unsynced, acknowledgements included.
             server.sync_all().await;
         }
+    }
+    if let Some(groups) = groups {
+        groups.shutdown().await;
     }
     if let Some(endpoint) = endpoint {
         endpoint.shutdown().await;

@@ -8,117 +8,16 @@
 
 mod common;
 
-use common::{eventually, unique, Broker};
+use common::cluster::{
+    cluster_status, free_port, get, nodes, random_cookie, temp_dir, wait_nodes, write_cookie, Dirs, Node,
+    START_FAILURE_WITHIN,
+};
+use common::{eventually, Broker};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// How long a process that must fail at start is given before it counts as started.
-const START_FAILURE_WITHIN: Duration = Duration::from_secs(10);
-
-/// Data directories removed at the end of the test, whatever its outcome.
-struct Dirs(Vec<PathBuf>);
-
-impl Drop for Dirs {
-    fn drop(&mut self) {
-        for dir in &self.0 {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique(tag));
-    std::fs::create_dir_all(&dir).expect("create a data dir");
-    dir
-}
-
-/// A port free now (the listener is closed at once, so the node can take it).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("its address").port()
-}
-
-/// Writes `cookie` as `dir/.cookie`, readable by its owner only.
-fn write_cookie(dir: &Path, cookie: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join(".cookie");
-    // A 0400 file cannot be opened for writing; replace it.
-    let _ = std::fs::remove_file(&path);
-    std::fs::write(&path, cookie).expect("write the cookie");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).expect("chmod 0400");
-}
-
-fn random_cookie() -> String {
-    unique("cookie").to_uppercase().replace('-', "")
-}
-
-/// GET `path` on the management API at `addr` as guest; the status and the JSON.
-async fn get(addr: &str, path: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .get(format!("http://{addr}{path}"))
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .expect("HTTP request");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("HTTP body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-/// `/api/nodes` at `addr`: each node's name and whether it is running, in the order listed.
-async fn nodes(addr: &str) -> Vec<(String, bool)> {
-    let (status, list) = get(addr, "/api/nodes").await;
-    assert_eq!(status, 200, "{list}");
-    list.as_array()
-        .expect("a list of nodes")
-        .iter()
-        .map(|n| (n["name"].as_str().expect("a name").to_owned(), n["running"].as_bool().expect("running")))
-        .collect()
-}
-
-/// Waits until `/api/nodes` at `addr` lists exactly `expected` (name, running), in that order.
-async fn wait_nodes(addr: &str, what: &str, expected: &[(String, bool)]) {
-    eventually(&format!("{what} (node at {addr})"), || async { nodes(addr).await == expected }).await;
-}
-
-/// `warrenctl cluster_status` against the management API at `addr`.
-fn cluster_status(addr: &str, json: bool) -> String {
-    let (host, port) = addr.rsplit_once(':').expect("host:port");
-    let mut argv = vec!["warrenctl", "--host", host, "--port", port, "cluster_status"];
-    if json {
-        argv.extend(["--format", "json"]);
-    }
-    let cli = <warrenctl::Cli as clap::Parser>::try_parse_from(argv).expect("cluster_status parses");
-    warrenctl::run(&cli).unwrap_or_else(|e| panic!("warrenctl cluster_status failed: {e}"))
-}
-
-struct Node {
-    name: String,
-    dir: PathBuf,
-    broker: Option<Broker>,
-}
-
-impl Node {
-    fn start(&mut self, conf: &str) {
-        let env = [("WARREN_NODENAME", self.name.as_str())];
-        self.broker = Some(Broker::start_in_with_env(&self.dir, Some(conf), &env));
-    }
-
-    fn http(&self) -> String {
-        self.broker.as_ref().expect("running").http_addr().expect("an HTTP listener")
-    }
-
-    fn kill(&mut self) {
-        self.broker.take().expect("running").kill9();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("broker.stderr")).unwrap_or_default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_see_each_other_and_a_lost_node() {

@@ -451,6 +451,13 @@ impl<M: Machine> WalLog<M> {
     pub fn wal(&self) -> &Wal {
         &self.wal
     }
+
+    /// Whether the group has never written anything here: no entry, no vote, nothing purged
+    /// (a member new to its group, or a group new to the cluster).
+    pub fn is_pristine(&self) -> bool {
+        let log = self.log.lock();
+        log.entries.is_empty() && log.vote.is_none() && log.last_purged.is_none()
+    }
 }
 
 fn io_error(subject: ErrorSubject<u64>, verb: ErrorVerb, e: &io::Error) -> StorageError<u64> {

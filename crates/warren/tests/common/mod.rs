@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod amqprs_client;
+pub mod cluster;
 pub mod lapin_client;
 pub mod raw;
 
