@@ -68,6 +68,8 @@ pub struct MetaHost {
     catching_up: std::sync::atomic::AtomicBool,
     /// This run's barrier.
     nonce: u64,
+    /// Told when the queues may have changed ([`MetaHost::on_queues_changed`]).
+    listeners: parking_lot::Mutex<Vec<Arc<dyn Fn() + Send + Sync>>>,
 }
 
 impl MetaHost {
@@ -92,6 +94,7 @@ impl MetaHost {
             own: parking_lot::Mutex::new(BTreeMap::new()),
             handled: watch::Sender::new(0),
             catching_up: std::sync::atomic::AtomicBool::new(!fresh),
+            listeners: parking_lot::Mutex::new(Vec::new()),
             nonce: {
                 use std::hash::{BuildHasher, RandomState};
                 RandomState::new().hash_one(std::time::SystemTime::now())
@@ -105,6 +108,22 @@ impl MetaHost {
             tokio::spawn(host.clone().catch_up());
         }
         host
+    }
+
+    /// Calls `f` on the host's task whenever the group's queues may have changed (a queue
+    /// declared or deleted, a snapshot, the end of catching up), after the broker was told:
+    /// how quorum queues' groups follow the metadata. `f` reads the state through
+    /// [`MetaHost::group`] (`with_machine`) and must not block.
+    pub fn on_queues_changed(&self, f: Arc<dyn Fn() + Send + Sync>) {
+        self.listeners.lock().push(f.clone());
+        f();
+    }
+
+    fn queues_changed(&self) {
+        let listeners = self.listeners.lock().clone();
+        for f in listeners {
+            f();
+        }
     }
 
     /// Whether the host is still replaying the log it had at start (see `catching_up`).
@@ -186,11 +205,15 @@ impl MetaHost {
                             self.reconcile(&topology, None);
                             self.catching_up.store(false, std::sync::atomic::Ordering::Release);
                             tracing::info!("metadata: caught up with the cluster at entry {index}");
+                            self.queues_changed();
                         }
                     } else if !output.applied.is_empty() {
                         // Every node's changes, this one's too: in log order they end where
                         // the group's state is, whatever this broker did meanwhile.
                         self.apply_here(&output.applied);
+                        if output.applied.iter().any(|op| matches!(op, DefOp::PutQueue(_) | DefOp::DelQueue { .. })) {
+                            self.queues_changed();
+                        }
                     }
                     if output.origin == self.me {
                         let mut own = self.own.lock();
@@ -206,6 +229,7 @@ impl MetaHost {
                     // match the group's state as a whole.
                     let topology = self.group.with_machine(Metadata::topology);
                     self.reconcile(&topology, None);
+                    self.queues_changed();
                     self.handled.send_replace(index);
                 }
             }

@@ -39,12 +39,30 @@ pub struct MetaOutput {
 
 type Key = (String, String);
 
+/// Where a replicated (quorum) queue lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// Its Raft group's id: the metadata log index of the declaration that created it, so a
+    /// queue deleted and declared again gets a new group.
+    pub group: u64,
+    /// The node whose client declared it: its first leader (RabbitMQ's `client-local`
+    /// leader locator, its default).
+    pub origin: u64,
+}
+
 /// The replicated topology.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Metadata {
     exchanges: BTreeMap<Key, ExchangeDef>,
     queues: BTreeMap<Key, QueueDef>,
     bindings: BTreeMap<Vec<u8>, BindingDef>,
+    /// The quorum queues' placements.
+    placements: BTreeMap<Key, Placement>,
+}
+
+/// Whether a queue's declaration makes it a quorum queue (replicated by a group of its own).
+pub fn is_quorum(q: &QueueDef) -> bool {
+    q.arguments.get("x-queue-type").and_then(|v| v.as_str()) == Some("quorum")
 }
 
 fn key(vhost: &str, name: &str) -> Key {
@@ -73,7 +91,18 @@ impl Metadata {
             exchanges: defs.exchanges.iter().map(|x| (key(&x.vhost, &x.name), x.clone())).collect(),
             queues: defs.queues.iter().map(|q| (key(&q.vhost, &q.name), q.clone())).collect(),
             bindings: defs.bindings.iter().map(|b| (b.key(), b.clone())).collect(),
+            placements: BTreeMap::new(),
         }
+    }
+
+    /// Where the quorum queue `name` in `vhost` lives.
+    pub fn placement(&self, vhost: &str, name: &str) -> Option<Placement> {
+        self.placements.get(&key(vhost, name)).copied()
+    }
+
+    /// Every quorum queue with its placement, ordered.
+    pub fn placements(&self) -> impl Iterator<Item = (&Key, &Placement)> {
+        self.placements.iter()
     }
 
     pub fn exchange(&self, vhost: &str, name: &str) -> Option<&ExchangeDef> {
@@ -94,7 +123,7 @@ impl Metadata {
 
     /// Applies one change: `Ok(true)` when it took effect, `Ok(false)` when it changed nothing,
     /// `Err` when it is refused.
-    fn apply_op(&mut self, op: &DefOp) -> Result<bool, String> {
+    fn apply_op(&mut self, index: u64, origin: u64, op: &DefOp) -> Result<bool, String> {
         match op {
             DefOp::PutExchange(x) => match self.exchanges.get(&key(&x.vhost, &x.name)) {
                 Some(current) if current == x => Ok(false),
@@ -123,6 +152,9 @@ impl Metadata {
                     q.name, q.vhost
                 )),
                 None => {
+                    if is_quorum(q) {
+                        self.placements.insert(key(&q.vhost, &q.name), Placement { group: index, origin });
+                    }
                     self.queues.insert(key(&q.vhost, &q.name), q.clone());
                     Ok(true)
                 }
@@ -131,6 +163,7 @@ impl Metadata {
                 if self.queues.remove(&key(vhost, name)).is_none() {
                     return Ok(false);
                 }
+                self.placements.remove(&key(vhost, name));
                 self.bindings.retain(|_, b| b.vhost != *vhost || !b.destination_is_queue || b.destination != *name);
                 Ok(true)
             }
@@ -153,13 +186,13 @@ impl Metadata {
         }
     }
 
-    /// Applies a command; deterministic.
-    pub fn apply(&mut self, command: &MetaCommand) -> MetaOutput {
+    /// Applies the command at log `index`; deterministic.
+    pub fn apply(&mut self, index: u64, command: &MetaCommand) -> MetaOutput {
         match command {
             MetaCommand::Topology { origin, ops } => {
                 let mut out = MetaOutput { origin: *origin, applied: Vec::new(), refused: Vec::new(), barrier: None };
                 for op in ops {
-                    match self.apply_op(op) {
+                    match self.apply_op(index, *origin, op) {
                         Ok(true) => out.applied.push(op.clone()),
                         Ok(false) => {}
                         Err(why) => out.refused.push((op.clone(), why)),
@@ -241,17 +274,54 @@ impl warren_raft::Machine for Metadata {
     type Command = MetaCommand;
     type Output = MetaOutput;
 
-    fn apply(&mut self, _index: u64, command: &MetaCommand) -> MetaOutput {
-        Metadata::apply(self, command)
+    fn apply(&mut self, index: u64, command: &MetaCommand) -> MetaOutput {
+        Metadata::apply(self, index, command)
     }
 
+    /// The topology in the definitions snapshot format (length first), then each placement:
+    /// vhost and name (u16 length, bytes), group and origin (u64), big-endian.
     fn snapshot(&self) -> Vec<u8> {
-        self.topology().encode().to_vec()
+        let defs = self.topology().encode();
+        let mut out = Vec::with_capacity(defs.len() + 4 + self.placements.len() * 48);
+        out.extend_from_slice(&(defs.len() as u32).to_be_bytes());
+        out.extend_from_slice(&defs);
+        for ((vhost, name), p) in &self.placements {
+            for s in [vhost, name] {
+                out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            out.extend_from_slice(&p.group.to_be_bytes());
+            out.extend_from_slice(&p.origin.to_be_bytes());
+        }
+        out
     }
 
     fn restore(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let defs = Definitions::decode(Bytes::copy_from_slice(bytes)).map_err(invalid)?;
-        *self = Metadata::from_topology(&defs);
+        let cut = || invalid("a metadata snapshot cut short");
+        let len = u32::from_be_bytes(bytes.get(..4).ok_or_else(cut)?.try_into().expect("4 bytes")) as usize;
+        let defs = bytes.get(4..4 + len).ok_or_else(cut)?;
+        let defs = Definitions::decode(Bytes::copy_from_slice(defs)).map_err(invalid)?;
+        let mut restored = Metadata::from_topology(&defs);
+        let mut at = &bytes[4 + len..];
+        while !at.is_empty() {
+            let mut text = || -> io::Result<String> {
+                let n = u16::from_be_bytes(at.get(..2).ok_or_else(cut)?.try_into().expect("2 bytes")) as usize;
+                let s = at.get(2..2 + n).ok_or_else(cut)?;
+                let s = String::from_utf8(s.to_vec()).map_err(|_| invalid("a name that is not UTF-8"))?;
+                at = &at[2 + n..];
+                Ok(s)
+            };
+            let (vhost, name) = (text()?, text()?);
+            let nums = at.get(..16).ok_or_else(cut)?;
+            let group = u64::from_be_bytes(nums[..8].try_into().expect("8 bytes"));
+            let origin = u64::from_be_bytes(nums[8..].try_into().expect("8 bytes"));
+            at = &at[16..];
+            if !restored.queues.contains_key(&key(&vhost, &name)) {
+                return Err(invalid(format!("a placement of '{name}' in '{vhost}', which is not a queue")));
+            }
+            restored.placements.insert((vhost, name), Placement { group, origin });
+        }
+        *self = restored;
         Ok(())
     }
 
@@ -302,25 +372,28 @@ mod tests {
     #[test]
     fn declarations_take_effect_once_and_conflicts_are_refused() {
         let mut m = Metadata::default();
-        let out = m.apply(&topo(
-            7,
-            vec![
-                DefOp::PutExchange(exchange("logs", "fanout")),
-                DefOp::PutQueue(queue("q")),
-                DefOp::PutBinding(binding("logs", "q", "")),
-            ],
-        ));
+        let out = m.apply(
+            10,
+            &topo(
+                7,
+                vec![
+                    DefOp::PutExchange(exchange("logs", "fanout")),
+                    DefOp::PutQueue(queue("q")),
+                    DefOp::PutBinding(binding("logs", "q", "")),
+                ],
+            ),
+        );
         assert_eq!(out.origin, 7);
         assert_eq!(out.applied.len(), 3);
         assert!(out.refused.is_empty());
         // The same declarations again change nothing.
-        let again = m.apply(&topo(
-            8,
-            vec![DefOp::PutExchange(exchange("logs", "fanout")), DefOp::PutBinding(binding("logs", "q", ""))],
-        ));
+        let again = m.apply(
+            20,
+            &topo(8, vec![DefOp::PutExchange(exchange("logs", "fanout")), DefOp::PutBinding(binding("logs", "q", ""))]),
+        );
         assert!(again.applied.is_empty() && again.refused.is_empty(), "{again:?}");
         // Another type for the same exchange is refused, and the first stays.
-        let clash = m.apply(&topo(9, vec![DefOp::PutExchange(exchange("logs", "direct"))]));
+        let clash = m.apply(30, &topo(9, vec![DefOp::PutExchange(exchange("logs", "direct"))]));
         assert_eq!(clash.refused.len(), 1, "{clash:?}");
         assert_eq!(m.exchange("/", "logs").map(|x| x.kind.as_str()), Some("fanout"));
     }
@@ -328,24 +401,33 @@ mod tests {
     #[test]
     fn deletions_take_their_bindings_and_bindings_need_both_ends() {
         let mut m = Metadata::default();
-        m.apply(&topo(
-            1,
-            vec![
-                DefOp::PutExchange(exchange("x", "direct")),
-                DefOp::PutQueue(queue("q")),
-                DefOp::PutBinding(binding("x", "q", "k")),
-                DefOp::PutBinding(binding("amq.topic", "q", "a.#")),
-            ],
-        ));
+        m.apply(
+            40,
+            &topo(
+                1,
+                vec![
+                    DefOp::PutExchange(exchange("x", "direct")),
+                    DefOp::PutQueue(queue("q")),
+                    DefOp::PutBinding(binding("x", "q", "k")),
+                    DefOp::PutBinding(binding("amq.topic", "q", "a.#")),
+                ],
+            ),
+        );
         assert!(m.has_binding(&binding("amq.topic", "q", "a.#")));
-        let out = m.apply(&topo(1, vec![DefOp::DelQueue { vhost: "/".into(), name: "q".into() }]));
+        let out = m.apply(50, &topo(1, vec![DefOp::DelQueue { vhost: "/".into(), name: "q".into() }]));
         assert_eq!(out.applied.len(), 1);
         assert!(!m.has_binding(&binding("x", "q", "k")) && !m.has_binding(&binding("amq.topic", "q", "a.#")));
         // A binding to the deleted queue is refused; deleting it again changes nothing.
-        let late = m.apply(&topo(
-            2,
-            vec![DefOp::PutBinding(binding("x", "q", "k")), DefOp::DelQueue { vhost: "/".into(), name: "q".into() }],
-        ));
+        let late = m.apply(
+            60,
+            &topo(
+                2,
+                vec![
+                    DefOp::PutBinding(binding("x", "q", "k")),
+                    DefOp::DelQueue { vhost: "/".into(), name: "q".into() },
+                ],
+            ),
+        );
         assert_eq!(late.refused.len(), 1, "{late:?}");
         assert!(late.applied.is_empty());
         assert_eq!(m.topology().bindings.len(), 0);
@@ -382,12 +464,37 @@ mod tests {
         assert!(MetaCommand::decode(&flipped).is_err(), "a damaged change passed its checksum");
 
         let mut m = Metadata::default();
-        m.apply(&topo(1, vec![DefOp::PutExchange(exchange("x", "topic")), DefOp::PutQueue(queue("q"))]));
-        m.apply(&topo(1, vec![DefOp::PutBinding(binding("x", "q", "a.*"))]));
+        m.apply(70, &topo(1, vec![DefOp::PutExchange(exchange("x", "topic")), DefOp::PutQueue(queue("q"))]));
+        m.apply(80, &topo(1, vec![DefOp::PutBinding(binding("x", "q", "a.*"))]));
         let snap = warren_raft::Machine::snapshot(&m);
         let mut back = Metadata::default();
         warren_raft::Machine::restore(&mut back, &snap).expect("restore");
         assert_eq!(back, m);
         assert!(warren_raft::Machine::restore(&mut back, &snap[..snap.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn a_quorum_queue_is_placed_by_the_declaration_that_made_it() {
+        let mut quorum = queue("qq");
+        quorum.arguments.insert("x-queue-type", warren_amqp::FieldValue::from("quorum"));
+        let mut m = Metadata::default();
+        m.apply(5, &topo(7, vec![DefOp::PutQueue(quorum.clone()), DefOp::PutQueue(queue("classic"))]));
+        assert_eq!(m.placement("/", "qq"), Some(Placement { group: 5, origin: 7 }));
+        assert_eq!(m.placement("/", "classic"), None);
+        // Declared again as it is: same group.
+        m.apply(6, &topo(8, vec![DefOp::PutQueue(quorum.clone())]));
+        assert_eq!(m.placement("/", "qq"), Some(Placement { group: 5, origin: 7 }));
+        let snap = warren_raft::Machine::snapshot(&m);
+        let mut back = Metadata::default();
+        warren_raft::Machine::restore(&mut back, &snap).expect("restore");
+        assert_eq!(back, m);
+        for cut in [snap.len() - 1, snap.len() - 17] {
+            assert!(warren_raft::Machine::restore(&mut back, &snap[..cut]).is_err(), "cut at {cut}");
+        }
+        // Deleted and declared again: a new group.
+        m.apply(9, &topo(8, vec![DefOp::DelQueue { vhost: "/".into(), name: "qq".into() }]));
+        assert_eq!(m.placement("/", "qq"), None);
+        m.apply(12, &topo(8, vec![DefOp::PutQueue(quorum)]));
+        assert_eq!(m.placement("/", "qq"), Some(Placement { group: 12, origin: 8 }));
     }
 }
