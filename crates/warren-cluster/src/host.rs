@@ -1,6 +1,7 @@
-//! The metadata group on one node: proposes the topology changes made here, applies those
-//! made elsewhere to this node's broker, and undoes here what the cluster did not commit
-//! (docs/clustering.md, "The metadata group").
+//! The metadata group on one node: proposes the changes to the definitions made here (by
+//! clients, the management API, or the broker itself), applies those made elsewhere to this
+//! node's broker, and undoes here what the cluster did not commit (docs/clustering.md, "The
+//! metadata group").
 
 use crate::meta::{MetaCommand, MetaOutput, Metadata};
 use std::collections::BTreeMap;
@@ -9,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use warren_core::definitions::{DefOp, Definitions};
+use warren_core::definitions::DefOp;
 use warren_core::{ConnId, Out};
 use warren_raft::{Applied, AppliedRx, Group, ProposeError};
 use warren_server::{Replicator, Shared};
@@ -19,6 +20,10 @@ pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many outputs of this node's own proposals are kept for proposers still to collect them.
 const KEPT_OUTPUTS: usize = 4096;
+
+/// How often the host looks for changes the broker made on its own (a queue expired, an
+/// auto-delete queue's last consumer gone, definitions loaded at boot) to propose them.
+const UNOWNED_EVERY: Duration = Duration::from_millis(100);
 
 /// A proposal that did not reach the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +75,15 @@ pub struct MetaHost {
     nonce: u64,
     /// Told when the queues may have changed ([`MetaHost::on_queues_changed`]).
     listeners: parking_lot::Mutex<Vec<Arc<dyn Fn() + Send + Sync>>>,
+    /// False on a node's first start in the cluster until what it held before is committed
+    /// (see `join`): changes made here meanwhile wait, so that none is proposed before the
+    /// vhost, user or exchange it needs.
+    joined: watch::Sender<bool>,
+    /// The runtime the host runs on: a change handed over is committed (or undone) there to
+    /// the end, even if whoever waits for it goes away (an HTTP client hanging up).
+    runtime: tokio::runtime::Handle,
+    /// The group's applied stream ended (it stopped): the host's loops end.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl MetaHost {
@@ -95,6 +109,9 @@ impl MetaHost {
             handled: watch::Sender::new(0),
             catching_up: std::sync::atomic::AtomicBool::new(!fresh),
             listeners: parking_lot::Mutex::new(Vec::new()),
+            joined: watch::Sender::new(!fresh),
+            runtime: tokio::runtime::Handle::current(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             nonce: {
                 use std::hash::{BuildHasher, RandomState};
                 RandomState::new().hash_one(std::time::SystemTime::now())
@@ -107,6 +124,7 @@ impl MetaHost {
         } else {
             tokio::spawn(host.clone().catch_up());
         }
+        tokio::spawn(host.clone().unowned_loop());
         host
     }
 
@@ -184,7 +202,10 @@ impl MetaHost {
     /// Proposes `ops` made on this node and returns what the cluster did with them, once this
     /// node's broker is up to date with them.
     pub async fn commit(&self, ops: Vec<DefOp>, timeout: Duration) -> Result<MetaOutput, ProposeFailure> {
-        let command = MetaCommand::Topology { origin: self.me, ops };
+        self.commit_command(MetaCommand::Topology { origin: self.me, ops }, timeout).await
+    }
+
+    async fn commit_command(&self, command: MetaCommand, timeout: Duration) -> Result<MetaOutput, ProposeFailure> {
         let index = self.propose_index(command, timeout).await?;
         let mut handled = self.handled.subscribe();
         // The index is committed: this node applies it as soon as it hears so.
@@ -201,8 +222,7 @@ impl MetaHost {
                 Applied::Command { index, output } => {
                     if self.is_catching_up() {
                         if output.origin == self.me && output.barrier == Some(self.nonce) {
-                            let topology = self.group.with_machine(Metadata::topology);
-                            self.reconcile(&topology, None);
+                            self.reconcile(None);
                             self.catching_up.store(false, std::sync::atomic::Ordering::Release);
                             tracing::info!("metadata: caught up with the cluster at entry {index}");
                             self.queues_changed();
@@ -211,7 +231,10 @@ impl MetaHost {
                         // Every node's changes, this one's too: in log order they end where
                         // the group's state is, whatever this broker did meanwhile.
                         self.apply_here(&output.applied);
-                        if output.applied.iter().any(|op| matches!(op, DefOp::PutQueue(_) | DefOp::DelQueue { .. })) {
+                        let queues = |op: &DefOp| {
+                            matches!(op, DefOp::PutQueue(_) | DefOp::DelQueue { .. } | DefOp::DelVhost { .. })
+                        };
+                        if output.applied.iter().any(queues) {
                             self.queues_changed();
                         }
                     }
@@ -227,13 +250,14 @@ impl MetaHost {
                 Applied::Restored { index } => {
                     // The commands up to `index` were not seen one by one: make the broker
                     // match the group's state as a whole.
-                    let topology = self.group.with_machine(Metadata::topology);
-                    self.reconcile(&topology, None);
+                    self.reconcile(None);
                     self.queues_changed();
                     self.handled.send_replace(index);
                 }
             }
         }
+        // The group stopped.
+        self.stopped.store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Applies changes committed by other nodes to this node's broker.
@@ -249,13 +273,13 @@ impl MetaHost {
         core.deliver(&mut out);
     }
 
-    /// Makes the broker's durable topology match `target` (the group's), for the keys `ops`
-    /// touch, or everywhere when `ops` is None.
-    fn reconcile(&self, target: &Definitions, ops: Option<&[DefOp]>) {
-        let target = Metadata::from_topology(target);
+    /// Makes the broker's definitions match the group's state, for what `ops` touch
+    /// ([`Metadata::changes_to`]), or everywhere when `ops` is None.
+    fn reconcile(&self, ops: Option<&[DefOp]>) {
+        let target = self.group.with_machine(Metadata::clone);
         let mut core = self.shared.broker();
-        let here = Metadata::from_topology(&core.durable_topology());
-        let fixes = differences(&here, &target, ops);
+        let here = Metadata::from_definitions(&core.replicated_definitions());
+        let fixes = here.changes_to(&target, ops);
         if fixes.is_empty() {
             return;
         }
@@ -269,31 +293,36 @@ impl MetaHost {
         core.deliver(&mut out);
     }
 
-    /// Proposes what the broker held before this node's first start in the cluster.
+    /// Proposes what the broker held before this node's first start in the cluster: its
+    /// vhosts, users, permissions, policies, limits and durable topology (a
+    /// [`MetaCommand::Join`]: where the cluster has something else already, the cluster's is
+    /// kept and made this node's).
     async fn join(self: Arc<Self>) {
         let ops = {
-            let core = self.shared.broker();
-            let d = core.durable_topology();
-            let mut ops: Vec<DefOp> = d.exchanges.into_iter().map(DefOp::PutExchange).collect();
-            ops.extend(d.queues.into_iter().map(DefOp::PutQueue));
-            ops.extend(d.bindings.into_iter().map(DefOp::PutBinding));
-            ops
+            let mut core = self.shared.broker();
+            // Changes the broker made before (definitions loaded at boot) are in its state.
+            let _ = core.take_replication(None);
+            Metadata::join_ops(&core.replicated_definitions())
         };
+        let command = MetaCommand::Join { origin: self.me, ops };
         loop {
-            match self.commit(ops.clone(), self.commit_timeout).await {
+            match self.commit_command(command.clone(), self.commit_timeout).await {
                 Ok(output) => {
                     if !output.refused.is_empty() {
                         let refused: Vec<DefOp> = output.refused.iter().map(|(op, _)| op.clone()).collect();
                         for (op, why) in &output.refused {
-                            tracing::warn!(
-                                "metadata: this node's {} gives way to the cluster's: {why}",
-                                warren_core::broker::describe_op(op)
-                            );
+                            let what = warren_core::broker::describe_op(op);
+                            // A user's password differs on every fresh node (it is salted).
+                            if op.is_topology() {
+                                tracing::warn!("metadata: this node's {what} gives way to the cluster's: {why}");
+                            } else {
+                                tracing::info!("metadata: this node's {what} gives way to the cluster's: {why}");
+                            }
                         }
-                        let topology = self.group.with_machine(Metadata::topology);
-                        self.reconcile(&topology, Some(&refused));
+                        self.reconcile(Some(&refused));
                     }
-                    tracing::info!("metadata: this node's topology is the cluster's");
+                    tracing::info!("metadata: this node's definitions are the cluster's");
+                    self.joined.send_replace(true);
                     return;
                 }
                 Err(e) => {
@@ -311,14 +340,31 @@ struct Replicate(Arc<MetaHost>);
 impl Replicator for Replicate {
     fn replicate(&self, ops: Vec<DefOp>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'static>> {
         let host = self.0.clone();
-        Box::pin(async move { host.replicate(ops).await })
+        // On the host's runtime, to the end: a change given up half way would be neither
+        // committed nor undone.
+        let task = self.0.runtime.spawn(async move { host.replicate(ops).await });
+        Box::pin(async move { task.await.unwrap_or_else(|e| Err(format!("the metadata host failed: {e}"))) })
     }
 }
 
 impl MetaHost {
-    /// Commits `ops`, made here by a client; undoes here what was not committed, and says why.
+    /// Commits `ops`, made here by a client or the management API; undoes here what was not
+    /// committed, and says why.
     pub async fn replicate(&self, ops: Vec<DefOp>) -> Result<(), String> {
-        let (undo, why): (Vec<DefOp>, String) = match self.commit(ops.clone(), self.commit_timeout).await {
+        let started = tokio::time::Instant::now();
+        // On a node's first start, nothing goes before what it held already (which waits
+        // for a majority as any change does).
+        let mut joined = self.joined.subscribe();
+        let joined = match tokio::time::timeout(self.commit_timeout, joined.wait_for(|j| *j)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ProposeFailure::Failed("the metadata host stopped".into())),
+            Err(_) => Err(ProposeFailure::NoLeader),
+        };
+        let committed = match joined {
+            Ok(()) => self.commit(ops.clone(), self.commit_timeout.saturating_sub(started.elapsed())).await,
+            Err(e) => Err(e),
+        };
+        let (undo, why): (Vec<DefOp>, String) = match committed {
             Ok(output) if output.refused.is_empty() => return Ok(()),
             Ok(output) => {
                 let why = output.refused.iter().map(|(_, why)| why.as_str()).collect::<Vec<_>>().join("; ");
@@ -333,92 +379,36 @@ impl MetaHost {
             ),
             Err(ProposeFailure::Failed(why)) => (ops, why),
         };
-        let topology = self.group.with_machine(Metadata::topology);
-        self.reconcile(&topology, Some(&undo));
+        self.reconcile(Some(&undo));
         Err(why)
     }
-}
 
-type Key = (String, String);
-
-/// The changes that make `here` match `target` for what `ops` touch (everything when None):
-/// exchanges and queues first, then bindings added, then bindings removed, then exchanges and
-/// queues removed.
-fn differences(here: &Metadata, target: &Metadata, ops: Option<&[DefOp]>) -> Vec<DefOp> {
-    let (h, t) = (here.topology(), target.topology());
-    let mut exchanges: Option<std::collections::BTreeSet<Key>> = None;
-    let mut queues: Option<std::collections::BTreeSet<Key>> = None;
-    if let Some(ops) = ops {
-        let (mut xs, mut qs) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
-        for op in ops {
-            match op {
-                DefOp::PutExchange(x) => {
-                    xs.insert((x.vhost.clone(), x.name.clone()));
+    /// Proposes the changes the broker made on its own (a queue expired, an auto-delete
+    /// queue's last consumer gone, definitions loaded at boot), once this node is caught up
+    /// with the cluster (before, its broker is made to match the group's state, and then they
+    /// are proposed again).
+    async fn unowned_loop(self: Arc<Self>) {
+        let mut joined = self.joined.subscribe();
+        if joined.wait_for(|j| *j).await.is_err() {
+            return;
+        }
+        while !self.stopped.load(std::sync::atomic::Ordering::Acquire) {
+            tokio::time::sleep(UNOWNED_EVERY).await;
+            if self.is_catching_up() {
+                continue;
+            }
+            let ops = {
+                let mut core = self.shared.broker();
+                if !core.has_unowned_replication() {
+                    continue;
                 }
-                DefOp::DelExchange { vhost, name } => {
-                    xs.insert((vhost.clone(), name.clone()));
-                }
-                DefOp::PutQueue(q) => {
-                    qs.insert((q.vhost.clone(), q.name.clone()));
-                }
-                DefOp::DelQueue { vhost, name } => {
-                    qs.insert((vhost.clone(), name.clone()));
-                }
-                DefOp::PutBinding(b) | DefOp::DelBinding(b) => {
-                    xs.insert((b.vhost.clone(), b.source.clone()));
-                    if b.destination_is_queue {
-                        qs.insert((b.vhost.clone(), b.destination.clone()));
-                    } else {
-                        xs.insert((b.vhost.clone(), b.destination.clone()));
-                    }
-                }
+                core.take_replication(None)
+            };
+            let Some(ops) = ops else { continue };
+            let what: Vec<String> = ops.iter().map(warren_core::broker::describe_op).collect();
+            if let Err(why) = self.replicate(ops).await {
+                tracing::warn!("metadata: the cluster did not commit this node's {}: {why}", what.join(", "));
             }
         }
-        exchanges = Some(xs);
-        queues = Some(qs);
     }
-    let exchange_touched =
-        |vhost: &str, name: &str| exchanges.as_ref().is_none_or(|s| s.contains(&(vhost.to_owned(), name.to_owned())));
-    let queue_touched =
-        |vhost: &str, name: &str| queues.as_ref().is_none_or(|s| s.contains(&(vhost.to_owned(), name.to_owned())));
-    let binding_touched = |b: &warren_core::definitions::BindingDef| {
-        exchange_touched(&b.vhost, &b.source)
-            && if b.destination_is_queue {
-                queue_touched(&b.vhost, &b.destination)
-            } else {
-                exchange_touched(&b.vhost, &b.destination)
-            }
-    };
-    let mut fixes = Vec::new();
-    for x in &t.exchanges {
-        if exchange_touched(&x.vhost, &x.name) && here.exchange(&x.vhost, &x.name) != Some(x) {
-            fixes.push(DefOp::PutExchange(x.clone()));
-        }
-    }
-    for q in &t.queues {
-        if queue_touched(&q.vhost, &q.name) && here.queue(&q.vhost, &q.name) != Some(q) {
-            fixes.push(DefOp::PutQueue(q.clone()));
-        }
-    }
-    for b in &t.bindings {
-        if binding_touched(b) && !here.has_binding(b) {
-            fixes.push(DefOp::PutBinding(b.clone()));
-        }
-    }
-    for b in &h.bindings {
-        if binding_touched(b) && !target.has_binding(b) {
-            fixes.push(DefOp::DelBinding(b.clone()));
-        }
-    }
-    for q in &h.queues {
-        if queue_touched(&q.vhost, &q.name) && target.queue(&q.vhost, &q.name).is_none() {
-            fixes.push(DefOp::DelQueue { vhost: q.vhost.clone(), name: q.name.clone() });
-        }
-    }
-    for x in &h.exchanges {
-        if exchange_touched(&x.vhost, &x.name) && target.exchange(&x.vhost, &x.name).is_none() {
-            fixes.push(DefOp::DelExchange { vhost: x.vhost.clone(), name: x.name.clone() });
-        }
-    }
-    fixes
 }

@@ -9,6 +9,7 @@ pub mod host;
 pub mod meta;
 
 pub mod node;
+pub mod queues;
 
 pub use node::{ClusterSettings, NodeName, PortRange};
 

@@ -58,7 +58,7 @@ mod policies;
 mod publish;
 pub mod recovery;
 mod replication;
-pub use replication::describe_op;
+pub use replication::{describe_op, ReplicaWork};
 mod shared;
 mod sync;
 mod topology;

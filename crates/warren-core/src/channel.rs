@@ -81,6 +81,10 @@ pub struct Deferred {
     /// Whose sync it waits for: the one queue's `sync_id`, or [`SYNC_ANY`]
     /// (several queues, an exchange's store): a failed sync of that owner makes it a nack.
     pub target: u32,
+    /// Replicated queues (Raft groups) that have still to commit the publish.
+    pub awaiting: u32,
+    /// A replicated queue refused the publish or could not take it: a nack.
+    pub refused: bool,
 }
 
 #[derive(Debug, Default)]
@@ -276,16 +280,17 @@ impl Channel {
             }
         };
         while let Some(d) = self.deferred.front().copied() {
-            if d.epoch > synced {
+            if d.epoch > synced || d.awaiting > 0 {
                 r.waiting = true;
                 break;
             }
             self.deferred.pop_front();
-            let hit = failed.is_some_and(|(f, owners)| {
-                d.epoch > 0
-                    && d.epoch <= f
-                    && (d.target == SYNC_ANY || owners.iter().any(|&o| o == d.target || o == SYNC_ANY))
-            });
+            let hit = d.refused
+                || failed.is_some_and(|(f, owners)| {
+                    d.epoch > 0
+                        && d.epoch <= f
+                        && (d.target == SYNC_ANY || owners.iter().any(|&o| o == d.target || o == SYNC_ANY))
+                });
             match d.kind {
                 DeferredKind::Ack(seq) if !hit => {
                     r.confirms += 1;
@@ -318,7 +323,31 @@ impl Channel {
 
     /// Queues an answer behind those already waiting.
     pub fn defer(&mut self, epoch: u64, kind: DeferredKind, target: u32) {
-        self.deferred.push_back(Deferred { epoch, kind, target });
+        self.deferred.push_back(Deferred { epoch, kind, target, awaiting: 0, refused: false });
+    }
+
+    /// Queues the confirm of publish `seq` behind those already waiting, to go out once
+    /// `groups` replicated queues committed it (and the sync `epoch` of any other queue it
+    /// reached completed).
+    pub fn defer_replicated(&mut self, epoch: u64, seq: u64, target: u32, groups: u32) {
+        self.deferred.push_back(Deferred {
+            epoch,
+            kind: DeferredKind::Ack(seq),
+            target,
+            awaiting: groups,
+            refused: false,
+        });
+    }
+
+    /// One replicated queue committed publish `seq` (`ok`), or refused or lost it (not `ok`).
+    /// False when no confirm of that number waits.
+    pub fn replicated(&mut self, seq: u64, ok: bool) -> bool {
+        let Some(d) = self.deferred.iter_mut().find(|d| d.kind == DeferredKind::Ack(seq) && d.awaiting > 0) else {
+            return false;
+        };
+        d.awaiting -= 1;
+        d.refused |= !ok;
+        true
     }
 }
 

@@ -166,6 +166,130 @@ impl BindingDef {
     }
 }
 
+impl UserDef {
+    fn to_field(&self) -> FieldValue {
+        table(vec![
+            ("name", s(&self.name)),
+            ("password_hash", s(&self.password_hash)),
+            ("hashing_algorithm", s(&self.hashing_algorithm)),
+            ("tags", FieldValue::Array(self.tags.iter().map(|t| s(t)).collect())),
+        ])
+    }
+
+    fn from_table(t: &FieldTable) -> Result<Self, String> {
+        let mut tags = Vec::new();
+        for v in get_array(t, "tags")? {
+            tags.push(v.as_str().ok_or("user tag is not a string")?.to_owned());
+        }
+        Ok(UserDef {
+            name: get_str(t, "name")?,
+            password_hash: get_str(t, "password_hash")?,
+            hashing_algorithm: get_str(t, "hashing_algorithm")?,
+            tags,
+        })
+    }
+}
+
+impl PermissionDef {
+    fn to_field(&self) -> FieldValue {
+        table(vec![
+            ("user", s(&self.user)),
+            ("vhost", s(&self.vhost)),
+            ("configure", s(&self.configure)),
+            ("write", s(&self.write)),
+            ("read", s(&self.read)),
+        ])
+    }
+
+    fn from_table(t: &FieldTable) -> Result<Self, String> {
+        Ok(PermissionDef {
+            user: get_str(t, "user")?,
+            vhost: get_str(t, "vhost")?,
+            configure: get_str(t, "configure")?,
+            write: get_str(t, "write")?,
+            read: get_str(t, "read")?,
+        })
+    }
+}
+
+impl TopicPermissionDef {
+    fn to_field(&self) -> FieldValue {
+        table(vec![
+            ("user", s(&self.user)),
+            ("vhost", s(&self.vhost)),
+            ("exchange", s(&self.exchange)),
+            ("write", s(&self.write)),
+            ("read", s(&self.read)),
+        ])
+    }
+
+    fn from_table(t: &FieldTable) -> Result<Self, String> {
+        Ok(TopicPermissionDef {
+            user: get_str(t, "user")?,
+            vhost: get_str(t, "vhost")?,
+            exchange: get_str(t, "exchange")?,
+            write: get_str(t, "write")?,
+            read: get_str(t, "read")?,
+        })
+    }
+}
+
+impl PolicyDef {
+    fn to_field(&self) -> FieldValue {
+        table(vec![
+            ("vhost", s(&self.vhost)),
+            ("name", s(&self.name)),
+            ("pattern", s(&self.pattern)),
+            ("apply-to", s(&self.apply_to)),
+            ("priority", FieldValue::I64(self.priority)),
+            ("definition", FieldValue::Table(self.definition.clone())),
+            ("operator", FieldValue::Bool(self.operator)),
+        ])
+    }
+
+    fn from_table(t: &FieldTable) -> Result<Self, String> {
+        Ok(PolicyDef {
+            vhost: get_str(t, "vhost")?,
+            name: get_str(t, "name")?,
+            pattern: get_str(t, "pattern")?,
+            apply_to: get_str(t, "apply-to")?,
+            priority: t.get("priority").and_then(FieldValue::as_i64).unwrap_or(0),
+            definition: get_table(t, "definition")?,
+            operator: get_bool(t, "operator")?,
+        })
+    }
+}
+
+/// A vhost's limits as a table: `key` (its name), then the limits that are set.
+fn vhost_limits_field(key: (&'static str, &str), l: &VhostLimits) -> FieldValue {
+    let mut t = vec![(key.0, s(key.1))];
+    t.extend(l.max_connections.map(|n| ("max-connections", FieldValue::I64(n))));
+    t.extend(l.max_queues.map(|n| ("max-queues", FieldValue::I64(n))));
+    table(t)
+}
+
+fn vhost_limits_of(t: &FieldTable) -> VhostLimits {
+    VhostLimits {
+        max_connections: t.get("max-connections").and_then(FieldValue::as_i64),
+        max_queues: t.get("max-queues").and_then(FieldValue::as_i64),
+    }
+}
+
+/// A user's limits as a table: `key` (its name), then the limits that are set.
+fn user_limits_field(key: (&'static str, &str), l: &UserLimits) -> FieldValue {
+    let mut t = vec![(key.0, s(key.1))];
+    t.extend(l.max_connections.map(|n| ("max-connections", FieldValue::I64(n))));
+    t.extend(l.max_channels.map(|n| ("max-channels", FieldValue::I64(n))));
+    table(t)
+}
+
+fn user_limits_of(t: &FieldTable) -> UserLimits {
+    UserLimits {
+        max_connections: t.get("max-connections").and_then(FieldValue::as_i64),
+        max_channels: t.get("max-channels").and_then(FieldValue::as_i64),
+    }
+}
+
 /// A vhost's limits (RabbitMQ's `max-connections` and `max-queues`), as set: a negative value
 /// means no limit, as in RabbitMQ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -281,104 +405,24 @@ impl Definitions {
         root.insert(
             "vhost_limits",
             FieldValue::Array(
-                self.vhost_limits
-                    .iter()
-                    .map(|(vhost, l)| {
-                        let mut t = vec![("vhost", s(vhost))];
-                        t.extend(l.max_connections.map(|n| ("max-connections", FieldValue::I64(n))));
-                        t.extend(l.max_queues.map(|n| ("max-queues", FieldValue::I64(n))));
-                        table(t)
-                    })
-                    .collect(),
+                self.vhost_limits.iter().map(|(vhost, l)| vhost_limits_field(("vhost", vhost), l)).collect(),
             ),
         );
         root.insert(
             "user_limits",
-            FieldValue::Array(
-                self.user_limits
-                    .iter()
-                    .map(|(user, l)| {
-                        let mut t = vec![("user", s(user))];
-                        t.extend(l.max_connections.map(|n| ("max-connections", FieldValue::I64(n))));
-                        t.extend(l.max_channels.map(|n| ("max-channels", FieldValue::I64(n))));
-                        table(t)
-                    })
-                    .collect(),
-            ),
+            FieldValue::Array(self.user_limits.iter().map(|(user, l)| user_limits_field(("user", user), l)).collect()),
         );
         root.insert("exchanges", FieldValue::Array(self.exchanges.iter().map(ExchangeDef::to_field).collect()));
         root.insert("queues", FieldValue::Array(self.queues.iter().map(QueueDef::to_field).collect()));
         root.insert("bindings", FieldValue::Array(self.bindings.iter().map(BindingDef::to_field).collect()));
-        root.insert(
-            "policies",
-            FieldValue::Array(
-                self.policies
-                    .iter()
-                    .map(|p| {
-                        table(vec![
-                            ("vhost", s(&p.vhost)),
-                            ("name", s(&p.name)),
-                            ("pattern", s(&p.pattern)),
-                            ("apply-to", s(&p.apply_to)),
-                            ("priority", FieldValue::I64(p.priority)),
-                            ("definition", FieldValue::Table(p.definition.clone())),
-                            ("operator", FieldValue::Bool(p.operator)),
-                        ])
-                    })
-                    .collect(),
-            ),
-        );
+        root.insert("policies", FieldValue::Array(self.policies.iter().map(PolicyDef::to_field).collect()));
         if let Some(users) = &self.users {
-            root.insert(
-                "users",
-                FieldValue::Array(
-                    users
-                        .iter()
-                        .map(|u| {
-                            table(vec![
-                                ("name", s(&u.name)),
-                                ("password_hash", s(&u.password_hash)),
-                                ("hashing_algorithm", s(&u.hashing_algorithm)),
-                                ("tags", FieldValue::Array(u.tags.iter().map(|t| s(t)).collect())),
-                            ])
-                        })
-                        .collect(),
-                ),
-            );
+            root.insert("users", FieldValue::Array(users.iter().map(UserDef::to_field).collect()));
         }
-        root.insert(
-            "permissions",
-            FieldValue::Array(
-                self.permissions
-                    .iter()
-                    .map(|p| {
-                        table(vec![
-                            ("user", s(&p.user)),
-                            ("vhost", s(&p.vhost)),
-                            ("configure", s(&p.configure)),
-                            ("write", s(&p.write)),
-                            ("read", s(&p.read)),
-                        ])
-                    })
-                    .collect(),
-            ),
-        );
+        root.insert("permissions", FieldValue::Array(self.permissions.iter().map(PermissionDef::to_field).collect()));
         root.insert(
             "topic_permissions",
-            FieldValue::Array(
-                self.topic_permissions
-                    .iter()
-                    .map(|p| {
-                        table(vec![
-                            ("user", s(&p.user)),
-                            ("vhost", s(&p.vhost)),
-                            ("exchange", s(&p.exchange)),
-                            ("write", s(&p.write)),
-                            ("read", s(&p.read)),
-                        ])
-                    })
-                    .collect(),
-            ),
+            FieldValue::Array(self.topic_permissions.iter().map(TopicPermissionDef::to_field).collect()),
         );
         let mut body = BytesMut::new();
         root.encode(&mut body);
@@ -411,21 +455,13 @@ impl Definitions {
         if root.get("vhost_limits").is_some() {
             for t in tables(get_array(&root, "vhost_limits")?) {
                 let t = t?;
-                let limits = VhostLimits {
-                    max_connections: t.get("max-connections").and_then(FieldValue::as_i64),
-                    max_queues: t.get("max-queues").and_then(FieldValue::as_i64),
-                };
-                d.vhost_limits.push((get_str(t, "vhost")?, limits));
+                d.vhost_limits.push((get_str(t, "vhost")?, vhost_limits_of(t)));
             }
         }
         if root.get("user_limits").is_some() {
             for t in tables(get_array(&root, "user_limits")?) {
                 let t = t?;
-                let limits = UserLimits {
-                    max_connections: t.get("max-connections").and_then(FieldValue::as_i64),
-                    max_channels: t.get("max-channels").and_then(FieldValue::as_i64),
-                };
-                d.user_limits.push((get_str(t, "user")?, limits));
+                d.user_limits.push((get_str(t, "user")?, user_limits_of(t)));
             }
         }
         d.generation = root.get("generation").and_then(FieldValue::as_i64).map_or(0, |g| g as u64);
@@ -441,58 +477,25 @@ impl Definitions {
         // Snapshots written before policies existed have none.
         if root.get("policies").is_some() {
             for t in tables(get_array(&root, "policies")?) {
-                let t = t?;
-                d.policies.push(PolicyDef {
-                    vhost: get_str(t, "vhost")?,
-                    name: get_str(t, "name")?,
-                    pattern: get_str(t, "pattern")?,
-                    apply_to: get_str(t, "apply-to")?,
-                    priority: t.get("priority").and_then(FieldValue::as_i64).unwrap_or(0),
-                    definition: get_table(t, "definition")?,
-                    operator: get_bool(t, "operator")?,
-                });
+                d.policies.push(PolicyDef::from_table(t?)?);
             }
         }
         // Snapshots written before access control existed have no users and permissions.
         if root.get("users").is_some() {
             let mut users = Vec::new();
             for t in tables(get_array(&root, "users")?) {
-                let t = t?;
-                let mut tags = Vec::new();
-                for v in get_array(t, "tags")? {
-                    tags.push(v.as_str().ok_or("user tag is not a string")?.to_owned());
-                }
-                users.push(UserDef {
-                    name: get_str(t, "name")?,
-                    password_hash: get_str(t, "password_hash")?,
-                    hashing_algorithm: get_str(t, "hashing_algorithm")?,
-                    tags,
-                });
+                users.push(UserDef::from_table(t?)?);
             }
             d.users = Some(users);
         }
         if root.get("permissions").is_some() {
             for t in tables(get_array(&root, "permissions")?) {
-                let t = t?;
-                d.permissions.push(PermissionDef {
-                    user: get_str(t, "user")?,
-                    vhost: get_str(t, "vhost")?,
-                    configure: get_str(t, "configure")?,
-                    write: get_str(t, "write")?,
-                    read: get_str(t, "read")?,
-                });
+                d.permissions.push(PermissionDef::from_table(t?)?);
             }
         }
         if root.get("topic_permissions").is_some() {
             for t in tables(get_array(&root, "topic_permissions")?) {
-                let t = t?;
-                d.topic_permissions.push(TopicPermissionDef {
-                    user: get_str(t, "user")?,
-                    vhost: get_str(t, "vhost")?,
-                    exchange: get_str(t, "exchange")?,
-                    write: get_str(t, "write")?,
-                    read: get_str(t, "read")?,
-                });
+                d.topic_permissions.push(TopicPermissionDef::from_table(t?)?);
             }
         }
         Ok(d)
@@ -554,7 +557,10 @@ pub const JOURNAL_HEADER_LEN: usize = 16;
 /// A record header: payload length and payload checksum.
 const JOURNAL_RECORD_HEADER_LEN: usize = 8;
 
-/// One change to the durable topology.
+/// One change to the durable definitions. The topology's (exchanges, queues, bindings) are
+/// the journal's records; the others (vhosts, users, permissions, policies, limits) rewrite
+/// the snapshot (see "the journal" above) and exist as changes for the metadata group, which
+/// replicates them all in the order they were made (docs/clustering.md, "The metadata group").
 #[derive(Debug, Clone, PartialEq)]
 pub enum DefOp {
     PutExchange(ExchangeDef),
@@ -571,9 +577,65 @@ pub enum DefOp {
     },
     PutBinding(BindingDef),
     DelBinding(BindingDef),
+    /// A vhost (with its built-in exchanges) exists.
+    PutVhost {
+        name: String,
+    },
+    /// Also removes everything in it: exchanges, queues, bindings, permissions, topic
+    /// permissions, policies, limits.
+    DelVhost {
+        name: String,
+    },
+    /// Adds or replaces a user (its password as hashed where it was set, never in clear).
+    PutUser(UserDef),
+    /// Also removes its permissions, topic permissions and limits.
+    DelUser {
+        name: String,
+    },
+    PutPermission(PermissionDef),
+    DelPermission {
+        user: String,
+        vhost: String,
+    },
+    PutTopicPermission(TopicPermissionDef),
+    DelTopicPermission {
+        user: String,
+        vhost: String,
+        exchange: String,
+    },
+    /// Adds or replaces a policy or operator policy (`operator`).
+    PutPolicy(PolicyDef),
+    DelPolicy {
+        vhost: String,
+        name: String,
+        operator: bool,
+    },
+    /// A vhost's limits, all of them as they are now (none set: no limits).
+    SetVhostLimits {
+        vhost: String,
+        limits: VhostLimits,
+    },
+    /// A user's limits, all of them as they are now (none set: no limits).
+    SetUserLimits {
+        user: String,
+        limits: UserLimits,
+    },
 }
 
 impl DefOp {
+    /// A change to exchanges, queues or bindings (the changes the journal holds).
+    pub fn is_topology(&self) -> bool {
+        matches!(
+            self,
+            DefOp::PutExchange(_)
+                | DefOp::DelExchange { .. }
+                | DefOp::PutQueue(_)
+                | DefOp::DelQueue { .. }
+                | DefOp::PutBinding(_)
+                | DefOp::DelBinding(_)
+        )
+    }
+
     fn to_table(&self) -> FieldTable {
         let (op, body) = match self {
             DefOp::PutExchange(x) => ("put-exchange", x.to_field()),
@@ -582,6 +644,27 @@ impl DefOp {
             DefOp::DelQueue { vhost, name } => ("del-queue", table(vec![("vhost", s(vhost)), ("name", s(name))])),
             DefOp::PutBinding(b) => ("put-binding", b.to_field()),
             DefOp::DelBinding(b) => ("del-binding", b.to_field()),
+            DefOp::PutVhost { name } => ("put-vhost", table(vec![("name", s(name))])),
+            DefOp::DelVhost { name } => ("del-vhost", table(vec![("name", s(name))])),
+            DefOp::PutUser(u) => ("put-user", u.to_field()),
+            DefOp::DelUser { name } => ("del-user", table(vec![("name", s(name))])),
+            DefOp::PutPermission(p) => ("put-permission", p.to_field()),
+            DefOp::DelPermission { user, vhost } => {
+                ("del-permission", table(vec![("user", s(user)), ("vhost", s(vhost))]))
+            }
+            DefOp::PutTopicPermission(p) => ("put-topic-permission", p.to_field()),
+            DefOp::DelTopicPermission { user, vhost, exchange } => {
+                ("del-topic-permission", table(vec![("user", s(user)), ("vhost", s(vhost)), ("exchange", s(exchange))]))
+            }
+            DefOp::PutPolicy(p) => ("put-policy", p.to_field()),
+            DefOp::DelPolicy { vhost, name, operator } => (
+                "del-policy",
+                table(vec![("vhost", s(vhost)), ("name", s(name)), ("operator", FieldValue::Bool(*operator))]),
+            ),
+            DefOp::SetVhostLimits { vhost, limits } => {
+                ("set-vhost-limits", vhost_limits_field(("vhost", vhost), limits))
+            }
+            DefOp::SetUserLimits { user, limits } => ("set-user-limits", user_limits_field(("user", user), limits)),
         };
         let mut t = FieldTable::new();
         t.insert("op", s(op));
@@ -591,13 +674,30 @@ impl DefOp {
 
     fn from_table(t: &FieldTable) -> Result<Self, String> {
         let def = get_table(t, "def")?;
+        let field = |k: &str| get_str(&def, k);
         Ok(match get_str(t, "op")?.as_str() {
             "put-exchange" => DefOp::PutExchange(ExchangeDef::from_table(&def)?),
-            "del-exchange" => DefOp::DelExchange { vhost: get_str(&def, "vhost")?, name: get_str(&def, "name")? },
+            "del-exchange" => DefOp::DelExchange { vhost: field("vhost")?, name: field("name")? },
             "put-queue" => DefOp::PutQueue(QueueDef::from_table(&def)?),
-            "del-queue" => DefOp::DelQueue { vhost: get_str(&def, "vhost")?, name: get_str(&def, "name")? },
+            "del-queue" => DefOp::DelQueue { vhost: field("vhost")?, name: field("name")? },
             "put-binding" => DefOp::PutBinding(BindingDef::from_table(&def)?),
             "del-binding" => DefOp::DelBinding(BindingDef::from_table(&def)?),
+            "put-vhost" => DefOp::PutVhost { name: field("name")? },
+            "del-vhost" => DefOp::DelVhost { name: field("name")? },
+            "put-user" => DefOp::PutUser(UserDef::from_table(&def)?),
+            "del-user" => DefOp::DelUser { name: field("name")? },
+            "put-permission" => DefOp::PutPermission(PermissionDef::from_table(&def)?),
+            "del-permission" => DefOp::DelPermission { user: field("user")?, vhost: field("vhost")? },
+            "put-topic-permission" => DefOp::PutTopicPermission(TopicPermissionDef::from_table(&def)?),
+            "del-topic-permission" => {
+                DefOp::DelTopicPermission { user: field("user")?, vhost: field("vhost")?, exchange: field("exchange")? }
+            }
+            "put-policy" => DefOp::PutPolicy(PolicyDef::from_table(&def)?),
+            "del-policy" => {
+                DefOp::DelPolicy { vhost: field("vhost")?, name: field("name")?, operator: get_bool(&def, "operator")? }
+            }
+            "set-vhost-limits" => DefOp::SetVhostLimits { vhost: field("vhost")?, limits: vhost_limits_of(&def) },
+            "set-user-limits" => DefOp::SetUserLimits { user: field("user")?, limits: user_limits_of(&def) },
             other => return Err(format!("unknown journal operation '{other}'")),
         })
     }
@@ -772,6 +872,9 @@ impl Definitions {
                 DefOp::DelBinding(b) => {
                     bindings.remove(&b.key());
                 }
+                // Never in a journal: a change to anything but the topology rewrites the
+                // snapshot (`Broker::save_definitions_for` appends topology changes only).
+                _ => {}
             }
         }
         self.exchanges = exchanges.into_values().collect();

@@ -213,6 +213,18 @@ pub struct Dispatched {
 /// How many delivery ids a queue takes from the broker's counter at a time.
 const DELIVERY_ID_BLOCK: u64 = 1024;
 
+/// A quorum queue served by its Raft group (see [`Queue::replica`]), as this node's replica
+/// last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Replica {
+    /// The group's id.
+    pub group: u64,
+    /// Ready messages, as of the last entry this node applied.
+    pub ready: u64,
+    /// Messages delivered and not yet settled.
+    pub unacked: u64,
+}
+
 #[derive(Debug)]
 pub struct Queue {
     pub name: ShortStr,
@@ -264,6 +276,9 @@ pub struct Queue {
     pub sync_id: u32,
     /// The storage trouble last reported for this queue (logged once, until it clears).
     pub storage_reported: Option<String>,
+    /// In a cluster: the quorum queue is its Raft group's, served through it; this node's
+    /// local queue holds no messages and only keeps its consumers for the broker's bookkeeping.
+    pub replica: Option<Replica>,
 }
 
 /// Per-queue message counters (plain increments on the hot path; the management API turns
@@ -340,12 +355,14 @@ impl Queue {
             counters: QueueCounters::default(),
             sync_id: 0,
             storage_reported: None,
+            replica: None,
         };
         Ok((q, recovered_all))
     }
 
     pub fn message_count(&self) -> u32 {
-        self.ready_count.min(u64::from(u32::MAX)) as u32
+        let ready = self.replica.map_or(self.ready_count, |r| r.ready);
+        ready.min(u64::from(u32::MAX)) as u32
     }
 
     /// Messages delivered and not yet settled.

@@ -398,9 +398,10 @@ impl QuorumQueue {
         self.applied
     }
 
-    /// Applies the command at log `index`.
+    /// Applies the command at log `index` (an entry may hold a batch of commands: they share
+    /// its index).
     pub fn apply(&mut self, index: u64, stamped: &Stamped) -> Output {
-        debug_assert!(index > self.applied || self.applied == 0, "commands are applied once, in log order");
+        debug_assert!(index >= self.applied, "commands are applied in log order");
         self.applied = index;
         let now = stamped.now_ms;
         let mut out = Output { reply: Reply::Ok, effects: Vec::new(), got: None };

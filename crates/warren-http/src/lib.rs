@@ -117,6 +117,7 @@ fn app(shared: Arc<Shared>, listeners: Listeners, config: HttpConfig) -> Router 
         // The definitions routes raise it for themselves (a route's limit wins over this one).
         .layer(axum::extract::DefaultBodyLimit::max(OTHER_BODY_SIZE_MAX_BYTES))
         .layer(axum::middleware::map_response(too_large_as_json))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), api::replicate_changes))
         .with_state(shared)
 }
 
@@ -254,7 +255,7 @@ fn put(shared: &Shared, operator: bool, vhost: &str, name: &str, body: &[u8]) ->
         _ => return bad_request("definition must be an object"),
     };
     let mut out = Vec::new();
-    let mut core = shared.broker();
+    let mut core = api::broker_for_change(shared);
     let existed = core.policies(operator).iter().any(|p| p.vhost == vhost && p.name == name);
     let result =
         core.set_policy(vhost, name, pattern, apply_to, priority, definition, operator, shared.now_ms(), &mut out);
@@ -268,7 +269,7 @@ fn put(shared: &Shared, operator: bool, vhost: &str, name: &str, body: &[u8]) ->
 
 fn delete(shared: &Shared, operator: bool, vhost: &str, name: &str) -> Response {
     let mut out = Vec::new();
-    let mut core = shared.broker();
+    let mut core = api::broker_for_change(shared);
     let result = core.clear_policy(vhost, name, operator, shared.now_ms(), &mut out);
     core.deliver(&mut out);
     match result {

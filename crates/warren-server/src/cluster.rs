@@ -19,6 +19,17 @@ pub struct NodeView {
     pub is_self: bool,
 }
 
+/// A quorum queue's group as this node sees it (RabbitMQ's `leader`, `members`, `online`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaView {
+    /// The leader this node knows of, by node name.
+    pub leader: Option<String>,
+    /// The group's voters, by node name, sorted.
+    pub members: Vec<String>,
+    /// The members running as far as this node knows (itself, and those it is connected to).
+    pub online: Vec<String>,
+}
+
 /// The cluster as this node sees it.
 pub trait ClusterView: Send + Sync {
     /// `cluster_name` (by default the name of the node).
@@ -27,6 +38,10 @@ pub trait ClusterView: Send + Sync {
     fn node_name(&self) -> String;
     /// Every node of the cluster, this one included, sorted by name.
     fn nodes(&self) -> Vec<NodeView>;
+    /// The group of quorum queue `name` in `vhost`, if this node is one of its members.
+    fn replica(&self, _vhost: &str, _name: &str) -> Option<ReplicaView> {
+        None
+    }
 }
 
 /// A node on its own: the cluster is the node, named after it.

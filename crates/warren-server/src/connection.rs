@@ -181,6 +181,7 @@ pub(crate) async fn run<S: Transport>(
         let mut core = shared.broker();
         core.connection_closed(id, shared.now_ms(), &mut out);
         core.unregister(id);
+        shared.submit_replica_work(&mut core);
         core.deliver(&mut out);
     }
     tracing::info!("closing AMQP connection {name} (vhost '{vhost}', user '{user}'): {reason}");
@@ -634,6 +635,7 @@ impl Connection {
             if let Some(ops) = core.take_replication(Some(self.id)) {
                 self.replication.get_or_insert_with(Vec::new).extend(ops);
             }
+            self.shared.submit_replica_work(&mut core);
         }
         let sync_wanted = core.sync_wanted();
         core.log_errors();

@@ -289,8 +289,17 @@ pub struct Shared {
     /// In a cluster: the metadata group, through which topology changes are committed before
     /// they are answered.
     replicator: std::sync::OnceLock<Arc<dyn Replicator>>,
+    /// In a cluster: where commands for replicated queues' groups go.
+    replica_sink: std::sync::OnceLock<Arc<dyn ReplicaSink>>,
     /// The cluster as the management side shows it (set once by the binary).
     cluster_view: std::sync::OnceLock<Arc<dyn cluster::ClusterView>>,
+}
+
+/// Where the commands the broker makes for replicated (quorum) queues go, in the order it
+/// made them (`Broker::take_replica_work`); the host proposes them to their groups. Must not
+/// block: it is called with the broker locked.
+pub trait ReplicaSink: Send + Sync {
+    fn submit(&self, work: Vec<warren_core::broker::ReplicaWork>);
 }
 
 /// The metadata group as connections see it (issue 15, docs/clustering.md): the durable
@@ -408,6 +417,34 @@ impl Shared {
         self.replicator.get()
     }
 
+    /// An id no connection has or will have (from the connections' sequence): for changes that
+    /// must be told apart from every connection's, a management API request's
+    /// (`Broker::set_change_owner`).
+    pub fn new_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends commands for replicated queues to `sink` (once; later calls are ignored).
+    pub fn set_replica_sink(&self, sink: Arc<dyn ReplicaSink>) {
+        let _ = self.replica_sink.set(sink);
+    }
+
+    /// Hands what the broker made for replicated queues to the sink; call with the broker
+    /// locked, after anything that may have made some.
+    pub fn submit_replica_work(&self, core: &mut Core) {
+        if !core.is_replicating() {
+            return;
+        }
+        let work = core.take_replica_work();
+        if work.is_empty() {
+            return;
+        }
+        match self.replica_sink.get() {
+            Some(sink) => sink.submit(work),
+            None => tracing::error!("{} commands for replicated queues and no host to take them", work.len()),
+        }
+    }
+
     /// Sets what the management side shows of the cluster (once; later calls are ignored).
     pub fn set_cluster_view(&self, view: Arc<dyn cluster::ClusterView>) {
         let _ = self.cluster_view.set(view);
@@ -495,6 +532,7 @@ impl Server {
             publish_shared: parallelism > 1,
             health: CoreHealth::default(),
             replicator: std::sync::OnceLock::new(),
+            replica_sink: std::sync::OnceLock::new(),
             cluster_view: std::sync::OnceLock::new(),
         });
         Server { shared, shutdown_tx, limits: None }
@@ -611,6 +649,7 @@ async fn tick_loop(shared: Arc<Shared>) {
         let mut core = shared.broker();
         core.tick(shared.now_ms(), &mut out);
         core.log_errors();
+        shared.submit_replica_work(&mut core);
         core.deliver(&mut out);
     }
 }

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use warren_cluster::host::{Forward, HostOptions, MetaHost, ProposeFailure, COMMIT_TIMEOUT};
 use warren_cluster::meta::Metadata;
 use warren_cluster::node::{load_or_create_cookie, COOKIE_FILE};
+use warren_cluster::queues::QueueHost;
 use warren_cluster::ClusterSettings;
 use warren_raft::{Forwarded, Group, GroupConfig, Peer, TcpConfig, TcpNode, Wal, WalConfig};
 use warren_server::cluster::{ClusterView, NodeView};
@@ -142,6 +143,8 @@ pub struct View {
     /// Every node, by name, with its id.
     nodes: Vec<(String, u64)>,
     endpoint: Option<TcpNode>,
+    /// The quorum queues' groups, once started.
+    queues: std::sync::OnceLock<std::sync::Weak<QueueHost>>,
 }
 
 impl View {
@@ -156,11 +159,36 @@ impl View {
             me: settings.me.node(),
             nodes,
             endpoint: endpoint.map(|e| e.node.clone()),
+            queues: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Shows the quorum queues' groups of `groups` from now on.
+    pub fn set_groups(&self, groups: &Groups) {
+        let _ = self.queues.set(Arc::downgrade(&groups.queues));
+    }
+
+    fn name_of(&self, id: u64) -> String {
+        self.nodes.iter().find(|(_, n)| *n == id).map_or_else(|| format!("node {id:016x}"), |(name, _)| name.clone())
     }
 }
 
 impl ClusterView for View {
+    fn replica(&self, vhost: &str, name: &str) -> Option<warren_server::cluster::ReplicaView> {
+        let queues = self.queues.get()?.upgrade()?;
+        let (leader, members, online) = queues.replica_status(vhost, name)?;
+        let names = |ids: Vec<u64>| {
+            let mut names: Vec<String> = ids.into_iter().map(|id| self.name_of(id)).collect();
+            names.sort();
+            names
+        };
+        Some(warren_server::cluster::ReplicaView {
+            leader: leader.map(|id| self.name_of(id)),
+            members: names(members),
+            online: names(online),
+        })
+    }
+
     fn cluster_name(&self) -> String {
         self.cluster_name.clone()
     }
@@ -189,6 +217,8 @@ impl ClusterView for View {
 pub struct Groups {
     wal: Wal,
     meta: Arc<MetaHost>,
+    /// The quorum queues' groups on this node.
+    queues: Arc<QueueHost>,
 }
 
 /// The metadata group's id on every node.
@@ -247,8 +277,12 @@ impl Groups {
                 }
             })
         });
-        let meta = MetaHost::start(group, applied, shared, forward, HostOptions { fresh, ..Default::default() });
-        Ok(Groups { wal, meta })
+        let nodes: BTreeMap<u64, String> =
+            settings.nodes.iter().map(|n| (n.id(), n.dial_addr(settings.port_range.min))).collect();
+        let meta =
+            MetaHost::start(group, applied, shared.clone(), forward, HostOptions { fresh, ..Default::default() });
+        let queues = QueueHost::start(node.clone(), wal.clone(), dir.join("queues"), shared, meta.clone(), nodes);
+        Ok(Groups { wal, meta, queues })
     }
 
     /// Stops the groups and closes the write-ahead log (everything in it synced).

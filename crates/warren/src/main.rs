@@ -151,6 +151,8 @@ async fn run(settings: Settings, cluster: ClusterSettings) -> Result<(), String>
         started.elapsed().as_millis()
     );
     let mut broker = broker;
+    // In a cluster, definitions loaded at boot are changes for the metadata group too.
+    broker.set_replicating(endpoint.is_some());
     if let Some(path) = &settings.load_definitions {
         let text =
             std::fs::read_to_string(path).map_err(|e| format!("cannot read definitions {}: {e}", path.display()))?;
@@ -182,13 +184,17 @@ async fn run(settings: Settings, cluster: ClusterSettings) -> Result<(), String>
     );
     server.set_resource_limits(limits);
     let shared = server.shared();
-    shared.set_cluster_view(cluster::View::new(&cluster, endpoint.as_ref()));
+    let view = cluster::View::new(&cluster, endpoint.as_ref());
+    shared.set_cluster_view(view.clone());
     // In a cluster: the write-ahead log and the metadata group, through which durable
     // declarations are committed before they are answered.
     let groups = match &endpoint {
         Some(endpoint) => Some(cluster::Groups::start(&cluster, endpoint, &settings.data_dir, shared.clone()).await?),
         None => None,
     };
+    if let Some(groups) = &groups {
+        view.set_groups(groups);
+    }
     let listeners = warren_http::Listeners {
         amqp: Some(amqp_addr),
         amqps: amqps.as_ref().map(|(_, _, a)| *a),

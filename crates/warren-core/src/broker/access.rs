@@ -2,6 +2,7 @@
 //! held), authentication, and the permission checks every client command goes through (a
 //! connection's grants are replaced when its user's permissions change).
 
+use super::persist::{permission_def, topic_permission_def, user_def};
 use super::*;
 
 impl Broker {
@@ -33,6 +34,7 @@ impl Broker {
             return Ok(false);
         }
         self.vhosts.insert(name.into(), VHost::new(name));
+        self.def_ops.push(DefOp::PutVhost { name: name.to_owned() });
         self.defs_dirty = true;
         self.save_definitions().map(|_| true)
     }
@@ -76,6 +78,7 @@ impl Broker {
         self.policies.retain(|p| p.vhost != name);
         self.operator_policies.retain(|p| p.vhost != name);
         self.users.forget_vhost(name);
+        self.def_ops.push(DefOp::DelVhost { name: name.to_owned() });
         self.defs_dirty = true;
         self.save_definitions().map(|_| true)
     }
@@ -97,7 +100,9 @@ impl Broker {
             }
             Password::None => (String::new(), SHA256.to_string()),
         };
-        self.users.put(User { name: name.into(), password_hash, hashing_algorithm, tags });
+        let user = User { name: name.into(), password_hash, hashing_algorithm, tags };
+        self.def_ops.push(DefOp::PutUser(user_def(&user)));
+        self.users.put(user);
         self.access_changed(name)
     }
 
@@ -113,6 +118,7 @@ impl Broker {
             return Ok(false);
         }
         self.user_limits.remove(name);
+        self.def_ops.push(DefOp::DelUser { name: name.to_owned() });
         self.refresh_grants(Some(name));
         let conns = self.conns_where(|c| c.info.user == name);
         for id in conns {
@@ -161,6 +167,7 @@ impl Broker {
     pub fn set_permissions(&mut self, user: &str, vhost: &str, configure: &str, write: &str, read: &str) -> Res {
         self.user_and_vhost_exist(user, vhost)?;
         let p = Permission::new(user, vhost, configure, write, read).map_err(precondition)?;
+        self.def_ops.push(DefOp::PutPermission(permission_def(&p)));
         self.users.set_permission(p);
         self.access_changed(user)
     }
@@ -170,6 +177,7 @@ impl Broker {
         if !self.users.clear_permission(user, vhost) {
             return Ok(false);
         }
+        self.def_ops.push(DefOp::DelPermission { user: user.to_owned(), vhost: vhost.to_owned() });
         self.access_changed(user).map(|_| true)
     }
 
@@ -178,6 +186,7 @@ impl Broker {
     pub fn set_topic_permissions(&mut self, user: &str, vhost: &str, exchange: &str, write: &str, read: &str) -> Res {
         self.user_and_vhost_exist(user, vhost)?;
         let p = TopicPermission::new(user, vhost, exchange, write, read).map_err(precondition)?;
+        self.def_ops.push(DefOp::PutTopicPermission(topic_permission_def(&p)));
         self.users.set_topic_permission(p);
         self.access_changed(user)
     }
@@ -190,8 +199,17 @@ impl Broker {
         vhost: &str,
         exchange: Option<&str>,
     ) -> Result<bool, ProtocolError> {
+        let cleared: Vec<String> = self
+            .users
+            .topic_permissions()
+            .filter(|p| p.user == user && p.vhost == vhost && exchange.is_none_or(|x| x == p.exchange))
+            .map(|p| p.exchange.clone())
+            .collect();
         if !self.users.clear_topic_permission(user, vhost, exchange) {
             return Ok(false);
+        }
+        for exchange in cleared {
+            self.def_ops.push(DefOp::DelTopicPermission { user: user.to_owned(), vhost: vhost.to_owned(), exchange });
         }
         self.access_changed(user).map(|_| true)
     }

@@ -140,6 +140,18 @@ impl Broker {
             exclusive,
         );
         q.last_used_ms = now_ms;
+        let replica = q.replica;
+        if let Some(replica) = replica {
+            let owner = self.replica_owner(conn, channel);
+            let command = crate::quorum::Command::Attach {
+                owner,
+                tag: tag.clone(),
+                prefetch: u32::from(credit.prefetch),
+                no_ack,
+                priority,
+            };
+            self.push_replica_work(replica.group, command);
+        }
         let ch = self.channel_mut(conn, channel)?;
         ch.consumers.insert(tag.clone(), Consumer { queue: queue.clone(), credit });
         if !nowait {
@@ -212,6 +224,10 @@ impl Broker {
         let q = self.vhosts.get_mut(&*c.vhost).and_then(|v| v.queues.get_mut(&consumer.queue).map(Mutex::get_mut))?;
         q.remove_consumer(conn, channel, tag);
         q.last_used_ms = now_ms;
+        if let Some(replica) = q.replica {
+            let owner = self.replica_owner(conn, channel);
+            self.push_replica_work(replica.group, crate::quorum::Command::Cancel { owner, tag: tag.clone() });
+        }
         Some(consumer.queue)
     }
 
@@ -327,7 +343,15 @@ impl Broker {
     ) -> Res {
         let queue = self.resolve_queue_name(conn, channel, queue)?;
         self.check(conn, Access::Read, "queue", &queue)?;
-        let (vhost, _) = self.queue_for_use(conn, &queue)?;
+        let (vhost, q) = self.queue_for_use(conn, &queue)?;
+        if q.replica.is_some() {
+            return Err(ProtocolError::new(
+                ReplyCode::NotImplemented,
+                format_args!(
+                    "basic.get from quorum queue '{queue}' in vhost '{vhost}' is not served in a cluster yet: consume instead"
+                ),
+            ));
+        }
         let ch = self.channel_mut(conn, channel)?;
         if !no_ack && ch.unacked_count() >= ch.unacked_max() {
             return Err(precondition(format_args!(
@@ -480,6 +504,7 @@ impl Broker {
         if requeue.is_none() {
             self.counters.acknowledged += settled.len() as u64;
         }
+        let settled = self.settle_replicas(settled, requeue);
         if requeue == Some(true) {
             self.requeue(vhost, settled, now_ms, out);
         } else {
@@ -519,6 +544,7 @@ impl Broker {
     /// Puts deliveries back in their queues (in their original order) and delivers again. A
     /// message returned more often than its queue's delivery limit is dead-lettered instead.
     pub(super) fn requeue(&mut self, vhost: &str, unacked: Vec<Unacked>, now_ms: u64, out: &mut Vec<(ConnId, Out)>) {
+        let unacked = self.settle_replicas(unacked, Some(true));
         if unacked.is_empty() {
             return;
         }

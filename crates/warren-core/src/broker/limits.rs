@@ -4,7 +4,7 @@
 //! client opens a connection or a channel or declares a new queue.
 
 use super::{Broker, ConnInfo, Res};
-use crate::definitions::{UserLimits, VhostLimits};
+use crate::definitions::{DefOp, UserLimits, VhostLimits};
 use crate::ConnId;
 use warren_amqp::{ProtocolError, ReplyCode};
 
@@ -75,6 +75,25 @@ impl Broker {
             .get_mut(vhost)
             .ok_or_else(|| ProtocolError::new(ReplyCode::NotFound, format_args!("no vhost '{vhost}'")))?;
         *limit.slot(&mut vh.limits) = Some(value);
+        let limits = vh.limits;
+        self.vhost_limits_changed(vhost, limits)
+    }
+
+    /// Sets all the limits of a vhost at once (as the metadata group replicates them).
+    pub fn set_vhost_limits(&mut self, vhost: &str, limits: VhostLimits) -> Res {
+        let vh = self
+            .vhosts
+            .get_mut(vhost)
+            .ok_or_else(|| ProtocolError::new(ReplyCode::NotFound, format_args!("no vhost '{vhost}'")))?;
+        if vh.limits == limits {
+            return Ok(());
+        }
+        vh.limits = limits;
+        self.vhost_limits_changed(vhost, limits)
+    }
+
+    fn vhost_limits_changed(&mut self, vhost: &str, limits: VhostLimits) -> Res {
+        self.def_ops.push(DefOp::SetVhostLimits { vhost: vhost.to_owned(), limits });
         self.defs_dirty = true;
         self.save_definitions()
     }
@@ -88,8 +107,8 @@ impl Broker {
         if limit.slot(&mut vh.limits).take().is_none() {
             return Ok(false);
         }
-        self.defs_dirty = true;
-        self.save_definitions().map(|_| true)
+        let limits = vh.limits;
+        self.vhost_limits_changed(vhost, limits).map(|_| true)
     }
 
     /// Refuses a connection to a vhost that has as many client connections as its
@@ -131,7 +150,30 @@ impl Broker {
         if self.users.get(user).is_none() {
             return Err(ProtocolError::new(ReplyCode::NotFound, format_args!("no user '{user}'")));
         }
-        *limit.slot(self.user_limits.entry(user.to_owned()).or_default()) = Some(value);
+        let limits = self.user_limits.entry(user.to_owned()).or_default();
+        *limit.slot(limits) = Some(value);
+        let limits = *limits;
+        self.user_limits_changed(user, limits)
+    }
+
+    /// Sets all the limits of a user at once (as the metadata group replicates them).
+    pub fn set_user_limits(&mut self, user: &str, limits: UserLimits) -> Res {
+        if self.users.get(user).is_none() {
+            return Err(ProtocolError::new(ReplyCode::NotFound, format_args!("no user '{user}'")));
+        }
+        if self.limits_of_user(user) == limits {
+            return Ok(());
+        }
+        if limits.is_empty() {
+            self.user_limits.remove(user);
+        } else {
+            self.user_limits.insert(user.to_owned(), limits);
+        }
+        self.user_limits_changed(user, limits)
+    }
+
+    fn user_limits_changed(&mut self, user: &str, limits: UserLimits) -> Res {
+        self.def_ops.push(DefOp::SetUserLimits { user: user.to_owned(), limits });
         self.defs_dirty = true;
         self.save_definitions()
     }
@@ -142,11 +184,11 @@ impl Broker {
         if limit.slot(limits).take().is_none() {
             return Ok(false);
         }
-        if limits.is_empty() {
+        let left = *limits;
+        if left.is_empty() {
             self.user_limits.remove(user);
         }
-        self.defs_dirty = true;
-        self.save_definitions().map(|_| true)
+        self.user_limits_changed(user, left).map(|_| true)
     }
 
     /// Refuses a connection of a user that has as many as its `max-connections` allows.

@@ -124,57 +124,64 @@ pub(super) fn durable_binding_def(vhost: &str, source: &str, b: &Binding) -> Bin
     binding_def(vhost, source, dest, to_queue, b)
 }
 
+/// A user's definition.
+pub(super) fn user_def(u: &User) -> UserDef {
+    UserDef {
+        name: u.name.clone(),
+        password_hash: u.password_hash.clone(),
+        hashing_algorithm: u.hashing_algorithm.clone(),
+        tags: u.tags.clone(),
+    }
+}
+
+/// A permission's definition.
+pub(super) fn permission_def(p: &Permission) -> PermissionDef {
+    PermissionDef {
+        user: p.user.clone(),
+        vhost: p.vhost.clone(),
+        configure: p.configure.as_str().into(),
+        write: p.write.as_str().into(),
+        read: p.read.as_str().into(),
+    }
+}
+
+/// A topic permission's definition.
+pub(super) fn topic_permission_def(p: &TopicPermission) -> TopicPermissionDef {
+    TopicPermissionDef {
+        user: p.user.clone(),
+        vhost: p.vhost.clone(),
+        exchange: p.exchange.clone(),
+        write: p.write.as_str().into(),
+        read: p.read.as_str().into(),
+    }
+}
+
+/// A policy's (or an operator policy's) definition.
+pub(super) fn policy_def(p: &Policy, operator: bool) -> PolicyDef {
+    PolicyDef {
+        vhost: p.vhost.clone(),
+        name: p.name.clone(),
+        pattern: p.pattern.clone(),
+        apply_to: p.apply_to.as_str().into(),
+        priority: p.priority,
+        definition: p.definition.clone(),
+        operator,
+    }
+}
+
 impl Broker {
     /// The durable definitions as they are now.
     pub(super) fn definitions(&self) -> Definitions {
         let mut d = Definitions {
-            users: Some(
-                self.users
-                    .list()
-                    .map(|u| UserDef {
-                        name: u.name.clone(),
-                        password_hash: u.password_hash.clone(),
-                        hashing_algorithm: u.hashing_algorithm.clone(),
-                        tags: u.tags.clone(),
-                    })
-                    .collect(),
-            ),
-            permissions: self
-                .users
-                .permissions()
-                .map(|p| PermissionDef {
-                    user: p.user.clone(),
-                    vhost: p.vhost.clone(),
-                    configure: p.configure.as_str().into(),
-                    write: p.write.as_str().into(),
-                    read: p.read.as_str().into(),
-                })
-                .collect(),
-            topic_permissions: self
-                .users
-                .topic_permissions()
-                .map(|p| TopicPermissionDef {
-                    user: p.user.clone(),
-                    vhost: p.vhost.clone(),
-                    exchange: p.exchange.clone(),
-                    write: p.write.as_str().into(),
-                    read: p.read.as_str().into(),
-                })
-                .collect(),
+            users: Some(self.users.list().map(user_def).collect()),
+            permissions: self.users.permissions().map(permission_def).collect(),
+            topic_permissions: self.users.topic_permissions().map(topic_permission_def).collect(),
             ..Definitions::default()
         };
         for (p, operator) in
             self.policies.iter().map(|p| (p, false)).chain(self.operator_policies.iter().map(|p| (p, true)))
         {
-            d.policies.push(PolicyDef {
-                vhost: p.vhost.clone(),
-                name: p.name.clone(),
-                pattern: p.pattern.clone(),
-                apply_to: p.apply_to.as_str().into(),
-                priority: p.priority,
-                definition: p.definition.clone(),
-                operator,
-            });
+            d.policies.push(policy_def(p, operator));
         }
         d.user_limits = self.user_limits.iter().map(|(u, l)| (u.clone(), *l)).collect();
         d.user_limits.sort_by(|a, b| a.0.cmp(&b.0));
@@ -239,6 +246,7 @@ impl Broker {
         }
         let journal_room = self.store.snapshot_topology + JOURNAL_SLACK;
         let append = !self.defs_dirty
+            && self.def_ops.iter().all(DefOp::is_topology)
             && self.store.journal.is_some()
             && self.store.journal_ops + self.def_ops.len() <= journal_room;
         let result = if append { self.append_journal(for_conn.is_none()) } else { self.write_snapshot() };

@@ -2,6 +2,7 @@
 //! from its declaration and the policies that match it (applied again to every queue of a
 //! vhost when a policy changes).
 
+use super::persist::policy_def;
 use super::*;
 
 impl Broker {
@@ -40,6 +41,7 @@ impl Broker {
             return Err(not_found("vhost", vhost, vhost));
         }
         let policy = Policy::new(vhost, name, pattern, apply_to, priority, definition, operator)?;
+        self.def_ops.push(DefOp::PutPolicy(policy_def(&policy, operator)));
         let list = if operator { &mut self.operator_policies } else { &mut self.policies };
         list.retain(|p| !(p.vhost == vhost && p.name == name));
         list.push(policy);
@@ -63,6 +65,7 @@ impl Broker {
         if list.len() == before {
             return Ok(false);
         }
+        self.def_ops.push(DefOp::DelPolicy { vhost: vhost.to_owned(), name: name.to_owned(), operator });
         self.defs_dirty = true;
         self.apply_policies(vhost, now_ms, out);
         self.save_definitions().map(|_| true)

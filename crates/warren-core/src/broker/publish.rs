@@ -105,7 +105,17 @@ impl Broker {
         out: &mut Vec<(ConnId, Out)>,
     ) -> Result<PublishSync, ProtocolError> {
         let vhost = self.vhost_of(conn)?;
-        let (outcome, paged) = self.route_message(&vhost, &p, now_ms, out)?;
+        let work_before = self.replication.work.len();
+        let (mut outcome, paged) = self.route_message(&vhost, &p, now_ms, out)?;
+        // The publishes to replicated queues this made wait for their groups: its confirm
+        // goes out once each committed.
+        let replicated = &mut self.replication.work[work_before..];
+        outcome.replicated = replicated.len() as u32;
+        if let Some(seq) = p.confirm_seq {
+            for w in replicated {
+                w.confirm = Some((conn, channel, seq));
+            }
+        }
         let c = self.conns.get_mut(&conn).map(Mutex::get_mut).ok_or_else(|| internal("unknown connection"))?;
         c.flow_blocked |= paged;
         if Self::finish_publish(c, conn, channel, &p, &outcome, self.write_epoch, &mut self.counters, out)? {
@@ -194,7 +204,7 @@ impl Broker {
             rejected = rejected_by;
             !queues.is_empty() || held.is_some()
         };
-        Ok((Routed { routed, direct_reply, rejected, sync }, paged_behind))
+        Ok((Routed { routed, direct_reply, rejected, sync, replicated: 0 }, paged_behind))
     }
 
     /// What follows routing, the same whether the broker is held or shared: the counts, the
@@ -212,7 +222,7 @@ impl Broker {
         counters: &mut crate::metrics::Counters,
         out: &mut Vec<(ConnId, Out)>,
     ) -> Result<bool, ProtocolError> {
-        let Routed { routed, rejected, sync, .. } = *outcome;
+        let Routed { routed, rejected, sync, replicated, .. } = *outcome;
         Self::count_routed(counters, p, outcome);
         if !routed && p.mandatory {
             out.push((
@@ -237,6 +247,10 @@ impl Broker {
         let ch = c.channels.get_mut(&channel).ok_or_else(|| {
             ProtocolError::new(ReplyCode::ChannelError, format_args!("channel {channel} is not open"))
         })?;
+        if replicated > 0 && matches!(kind, DeferredKind::Ack(_)) {
+            ch.defer_replicated(epoch, seq, sync.target.unwrap_or(SYNC_ANY), replicated);
+            return Ok(sync.target.is_some());
+        }
         ch.defer(epoch, kind, sync.target.unwrap_or(SYNC_ANY));
         Ok(sync.target.is_some())
     }
@@ -299,6 +313,18 @@ impl Broker {
             for q in queues {
                 let Some(mut queue) = vh.queues.get(q).map(|q| q.lock()) else { continue };
                 let queue = &mut *queue;
+                if let Some(replica) = queue.replica {
+                    // Its group takes it; the confirm waits for the commit.
+                    let command = crate::quorum::Command::Enqueue { msg: msg.clone() };
+                    tally.replica_work.push(ReplicaWork { group: replica.group, command, confirm: None });
+                    continue;
+                }
+                if self.replication.on && queue.args.queue_type == QueueType::Quorum {
+                    // In a cluster a quorum queue holds messages only in its group, which
+                    // this node has not joined yet (it is starting): refused, so nacked.
+                    rejected = true;
+                    continue;
+                }
                 'push: {
                     queue.memory_pressure = self.alarms.memory;
                     // A TTL of 0 lets a message through only to a consumer that takes it at once

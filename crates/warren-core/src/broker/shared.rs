@@ -58,6 +58,8 @@ pub struct Tally {
     /// Queues reached by publishes and messages settled: what the work done so far cost,
     /// roughly, for a host that looks at the clock only now and then.
     pub work: u64,
+    /// Commands for replicated queues' groups.
+    pub(crate) replica_work: Vec<super::ReplicaWork>,
     /// Where routing works, kept from one publish of the batch to the next.
     route_queues: Vec<ShortStr>,
     route_dests: Vec<crate::exchange::Destination>,
@@ -113,6 +115,7 @@ impl Tally {
         self.notices.extend(other.notices);
         self.waiting.extend(other.waiting);
         self.confirms += other.confirms;
+        self.replica_work.extend(other.replica_work);
     }
 }
 
@@ -135,6 +138,7 @@ impl Broker {
             }
         }
         self.stats.confirms += t.confirms;
+        self.replication.work.extend(t.replica_work);
     }
 
     /// Folds in what shared work left since the broker was last held exclusively. The host
@@ -181,7 +185,9 @@ impl Broker {
         else {
             return Some(content);
         };
-        if self.alarms.any() {
+        // In a cluster, publishes are handled with the broker held: one that reaches a
+        // replicated queue makes a command for its group and a confirm that waits for it.
+        if self.alarms.any() || self.replication.on {
             return Some(content);
         }
         let Some(cell) = self.conns.get(&conn) else { return Some(content) };
@@ -244,7 +250,7 @@ impl Broker {
         if paged {
             c.flow_blocked = true;
         }
-        let outcome = Routed { routed: !queues.is_empty(), direct_reply: false, rejected, sync: queued };
+        let outcome = Routed { routed: !queues.is_empty(), direct_reply: false, rejected, sync: queued, replicated: 0 };
         queues.clear();
         (tally.route_queues, tally.route_dests) = (queues, dests);
         match Self::finish_publish(&mut c, conn, channel, &p, &outcome, self.write_epoch, &mut tally.counters, out) {
@@ -310,6 +316,11 @@ impl Broker {
             Method::BasicReject { delivery_tag, requeue: false } => (delivery_tag, false, true),
             _ => return false,
         };
+        // Deliveries of replicated queues are settled through their groups, with the broker
+        // held.
+        if self.replication.on {
+            return false;
+        }
         let Some(cell) = self.conns.get(&conn) else { return false };
         let (vhost, settled, mut queues) = {
             let mut c = cell.lock();

@@ -53,6 +53,8 @@ pub(super) struct Routed {
     /// A queue refused it (reject-publish).
     pub(super) rejected: bool,
     pub(super) sync: PublishSync,
+    /// Replicated queues (Raft groups) it went to: its confirm waits for each to commit.
+    pub(super) replicated: u32,
 }
 
 impl Broker {

@@ -411,6 +411,12 @@ impl Broker {
         if who.locked_out(q.exclusive_owner) {
             return Err(locked(name, &vhost));
         }
+        if let Some(replica) = q.replica {
+            // Its group purges it; the count is the replica's as this node last saw it.
+            let n = replica.ready.min(u64::from(u32::MAX)) as u32;
+            self.push_replica_work(replica.group, crate::quorum::Command::Purge);
+            return Ok(n);
+        }
         let n = q.purge().map_err(|e| internal(format_args!("cannot purge queue '{name}': {e}")))?;
         if q.durable {
             let key = (vhost, q.name.clone());

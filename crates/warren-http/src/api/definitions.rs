@@ -145,7 +145,7 @@ fn import_doc(shared: &Shared, user: &str, doc: &Value) -> ApiResult {
     // in one go before the answer.
     let result = {
         let mut out = Vec::new();
-        let mut core = shared.broker();
+        let mut core = super::broker_for_change(shared);
         let r = core.broker.batch_definitions(|b| {
             crate::apply_definitions(b, doc, now_ms)?;
             apply_topology(b, doc, now_ms, &mut out)

@@ -205,16 +205,96 @@ impl From<ProtocolError> for ApiError {
 pub(crate) type ApiResult = Result<Response, ApiError>;
 
 /// Runs a broker operation under the lock and hands what it produced to the connections.
+/// What it changes in the definitions is the request's ([`broker_for_change`]).
 pub(crate) fn with_broker<T>(
     shared: &Shared,
     f: impl FnOnce(&mut Broker, u64, &mut Vec<(ConnId, Out)>) -> Result<T, ProtocolError>,
 ) -> Result<T, ApiError> {
     let now_ms = shared.now_ms();
     let mut out = Vec::new();
-    let mut core = shared.broker();
+    let mut core = broker_for_change(shared);
     let result = f(&mut core.broker, now_ms, &mut out);
     core.deliver(&mut out);
     Ok(result?)
+}
+
+// ---- changes in a cluster ----------------------------------------------------------------
+//
+// In a cluster, a change a request makes to the definitions (a queue, exchange or binding
+// declared or deleted, a vhost, user, permission, policy or limit set or cleared, a definitions
+// import) is answered only once the metadata group committed it (docs/clustering.md, "The
+// metadata group"). Every request runs inside [`replicate_changes`], which gives it an owner
+// id; the handlers lock the broker for a change through [`broker_for_change`] (as
+// [`with_broker`] does), so the broker keeps what they change under that id; once the handler
+// has answered (and let go of the lock), the layer takes those changes and waits for the
+// cluster. A change the cluster did not take was undone here by the host, and the answer is
+// a 503 with the reason instead of the handler's. With no replicator (a node on its own)
+// nothing of this runs.
+
+tokio::task_local! {
+    /// The owner of the changes made by the request being served (see [`replicate_changes`]).
+    static CHANGE_OWNER: ConnId;
+}
+
+/// The broker, locked for a change made by the request being served: what changes while it
+/// is held is kept for that request's replication (none outside a cluster).
+pub(crate) fn broker_for_change(shared: &Shared) -> ChangeGuard<'_> {
+    let mut core = shared.broker();
+    if let Ok(owner) = CHANGE_OWNER.try_with(|owner| *owner) {
+        core.broker.set_change_owner(Some(owner));
+    }
+    ChangeGuard(core)
+}
+
+/// See [`broker_for_change`]; dropping it makes later changes the broker's own again.
+pub(crate) struct ChangeGuard<'a>(warren_server::CoreGuard<'a>);
+
+impl<'a> std::ops::Deref for ChangeGuard<'a> {
+    type Target = warren_server::CoreGuard<'a>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChangeGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for ChangeGuard<'_> {
+    fn drop(&mut self) {
+        self.0.broker.set_change_owner(None);
+    }
+}
+
+/// The layer of every management route: in a cluster, answers a request that changed the
+/// definitions once the metadata group committed the change, or with 503 and the reason when
+/// it did not (the change was undone here by then).
+pub(crate) async fn replicate_changes(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let Some(replicator) = shared.replicator().cloned() else { return next.run(request).await };
+    let owner = shared.new_id();
+    // A task of its own, so that a client hanging up cannot leave a change made here and
+    // never handed over.
+    let task = tokio::spawn(CHANGE_OWNER.scope(owner, async move {
+        let response = next.run(request).await;
+        // The handler has answered and let go of the broker: its changes are complete.
+        let Some(ops) = shared.broker().take_replication(Some(owner)) else { return response };
+        match replicator.replicate(ops).await {
+            Ok(()) => response,
+            Err(why) => not_committed(&why),
+        }
+    }));
+    task.await.unwrap_or_else(|e| {
+        let reason = format!("the request failed: {e}");
+        (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({"error": "internal", "reason": reason}))).into_response()
+    })
+}
+
+/// The answer to a change the cluster did not commit.
+pub(crate) fn not_committed(why: &str) -> Response {
+    let reason = format!("the cluster did not commit the change: {why}");
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "not_committed", "reason": reason}))).into_response()
 }
 
 /// The JSON body of a request, or 400.

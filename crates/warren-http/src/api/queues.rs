@@ -47,10 +47,20 @@ struct QueueRow<'a> {
     #[serde(rename = "type")]
     kind: &'a str,
     vhost: &'a str,
+    // A quorum queue served by its group (in a cluster): RabbitMQ's fields.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    leader: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    members: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    online: Option<Vec<String>>,
 }
 
 fn queue_row<'a>(q: &'a QueueInfo, stats: MessageStats, node: &'a str) -> QueueRow<'a> {
     QueueRow {
+        leader: None,
+        members: None,
+        online: None,
         arguments: table_json(&q.arguments),
         auto_delete: q.auto_delete,
         consumer_details: [],
@@ -72,6 +82,19 @@ fn queue_row<'a>(q: &'a QueueInfo, stats: MessageStats, node: &'a str) -> QueueR
         kind: q.arguments.get("x-queue-type").and_then(|t| t.as_str()).unwrap_or("classic"),
         vhost: &q.vhost,
     }
+}
+
+/// A row with the queue's group as this node sees it, for a quorum queue in a cluster.
+fn queue_row_in<'a>(shared: &Shared, q: &'a QueueInfo, stats: MessageStats, node: &'a str) -> QueueRow<'a> {
+    let mut row = queue_row(q, stats, node);
+    if row.kind == "quorum" {
+        if let Some(r) = shared.cluster_view().replica(&q.vhost, &q.name) {
+            row.leader = r.leader;
+            row.members = Some(r.members);
+            row.online = Some(r.online);
+        }
+    }
+    row
 }
 
 /// Queues whose details are read under one hold of the broker lock: a listing of many queues
@@ -113,7 +136,7 @@ pub(crate) async fn list(
     let visible = visible.map(|Extension(v)| v);
     let queues = listing(&shared, &rates, None, None, visible.as_ref());
     let node = node_name(&shared);
-    paging.answer_rows(queues.iter().map(|(q, s)| queue_row(q, *s, &node)).collect(), |r| r.name)
+    paging.answer_rows(queues.iter().map(|(q, s)| queue_row_in(&shared, q, *s, &node)).collect(), |r| r.name)
 }
 
 /// GET /api/queues/{vhost}, paged when asked; 404 for a vhost that does not exist.
@@ -129,7 +152,7 @@ pub(crate) async fn list_vhost(
     let paging = Paging::from_query(&query)?;
     let queues = listing(&shared, &rates, Some(&vhost), None, None);
     let node = node_name(&shared);
-    paging.answer_rows(queues.iter().map(|(q, s)| queue_row(q, *s, &node)).collect(), |r| r.name)
+    paging.answer_rows(queues.iter().map(|(q, s)| queue_row_in(&shared, q, *s, &node)).collect(), |r| r.name)
 }
 
 pub(crate) async fn show(
@@ -138,7 +161,7 @@ pub(crate) async fn show(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     let (q, stats) = listing(&shared, &rates, Some(&vhost), Some(&name), None).pop().ok_or(ApiError::NotFound)?;
-    Ok(Json(queue_row(&q, stats, &node_name(&shared))).into_response())
+    Ok(Json(queue_row_in(&shared, &q, stats, &node_name(&shared))).into_response())
 }
 
 fn exists(shared: &Shared, vhost: &str, name: &str) -> bool {

@@ -1,0 +1,572 @@
+//! Quorum queues served through their Raft groups (docs/clustering.md, "Quorum queues over
+//! AMQP").
+//!
+//! Each quorum queue the metadata group places ([`crate::meta::Placement`]) is a group of its
+//! own over its members (every node, up to `x-quorum-initial-group-size`), its log in the
+//! node's WAL. The broker of every node keeps the queue's name and consumers but no messages:
+//! what its clients do to the queue becomes commands ([`warren_core::broker::ReplicaWork`]),
+//! which this host proposes to the group, in order, a batch at a time; every member applies
+//! the batch, and each acts on the effects that are its own: a delivery to a consumer on this
+//! node goes to it here, a publish made here is confirmed here once committed.
+
+use crate::host::MetaHost;
+use crate::meta::{Metadata, Placement};
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use warren_amqp::ShortStr;
+use warren_core::broker::ReplicaWork;
+use warren_core::quorum::{Command, Effect, Output, QuorumConfig, QuorumQueue, Reply, Stamped};
+use warren_core::{ConnId, Out};
+use warren_raft::{
+    Applied, AppliedRx, Forwarded, Group, GroupConfig, Machine, Peer, ProposeError, TcpNode, TcpTransport, Wal,
+};
+use warren_server::{ReplicaSink, Shared};
+
+/// How long a batch may take to commit before the publishes in it are nacked.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Commands proposed as one log entry at most.
+const BATCH_MAX: usize = 512;
+
+/// A quorum queue as its group replicates it: each log entry is a batch of commands, applied
+/// in order.
+#[derive(Debug, Clone, Default)]
+pub struct QueueMachine {
+    queue: QuorumQueue,
+}
+
+impl QueueMachine {
+    pub fn new(config: QuorumConfig) -> Self {
+        QueueMachine { queue: QuorumQueue::new(config) }
+    }
+
+    pub fn queue(&self) -> &QuorumQueue {
+        &self.queue
+    }
+}
+
+fn invalid(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.to_owned())
+}
+
+impl Machine for QueueMachine {
+    type Command = Vec<Stamped>;
+    type Output = Vec<Output>;
+
+    fn apply(&mut self, index: u64, batch: &Vec<Stamped>) -> Vec<Output> {
+        batch.iter().map(|c| self.queue.apply(index, c)).collect()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        self.queue.snapshot()
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.queue = QuorumQueue::restore(bytes)?;
+        Ok(())
+    }
+
+    /// A count (u32), then each command: its length (u32) and its bytes, big-endian.
+    fn encode_command(batch: &Vec<Stamped>, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(batch.len() as u32).to_be_bytes());
+        let mut one = Vec::new();
+        for c in batch {
+            one.clear();
+            c.encode(&mut one);
+            out.extend_from_slice(&(one.len() as u32).to_be_bytes());
+            out.extend_from_slice(&one);
+        }
+    }
+
+    fn decode_command(bytes: &[u8]) -> io::Result<Vec<Stamped>> {
+        let cut = || invalid("a batch of queue commands cut short");
+        let count = u32::from_be_bytes(bytes.get(..4).ok_or_else(cut)?.try_into().expect("4 bytes")) as usize;
+        let mut at = &bytes[4..];
+        let mut batch = Vec::with_capacity(count.min(at.len() / 4));
+        for _ in 0..count {
+            let len = u32::from_be_bytes(at.get(..4).ok_or_else(cut)?.try_into().expect("4 bytes")) as usize;
+            let one = at.get(4..4 + len).ok_or_else(cut)?;
+            batch.push(Stamped::decode(one)?);
+            at = &at[4 + len..];
+        }
+        if !at.is_empty() {
+            return Err(invalid("bytes after a batch of queue commands"));
+        }
+        Ok(batch)
+    }
+}
+
+/// The members of a quorum queue's group: its first leader (the declaring node) and the
+/// nodes after it in an order drawn from the queue's name, `size` in all (RabbitMQ's
+/// `x-quorum-initial-group-size`, default: every node).
+pub fn members_of(placement: &Placement, vhost: &str, name: &str, nodes: &[u64], size: usize) -> Vec<u64> {
+    let spread = |node: u64| {
+        use std::hash::{Hash, Hasher};
+        // A fixed hash (SipHash with zero keys): the same order on every node and every run.
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new();
+        (vhost, name, node).hash(&mut h);
+        h.finish()
+    };
+    let mut others: Vec<u64> = nodes.iter().copied().filter(|&n| n != placement.origin).collect();
+    others.sort_by_key(|&n| (spread(n), n));
+    let mut members = Vec::with_capacity(size);
+    if nodes.contains(&placement.origin) {
+        members.push(placement.origin);
+    }
+    members.extend(others);
+    members.truncate(size.max(1));
+    members.sort_unstable();
+    members
+}
+
+/// A group this node is to be a member of: its queue (vhost, name), placement and members.
+type Wanted = ((String, String), Placement, Vec<u64>);
+
+/// One quorum queue's member on this node.
+struct Replica {
+    vhost: String,
+    name: ShortStr,
+    group_id: u64,
+    group: Group<QueueMachine>,
+    transport: TcpTransport<QueueMachine>,
+    /// Commands waiting to be proposed, in the order the broker made them.
+    pending: parking_lot::Mutex<Vec<ReplicaWork>>,
+    wake: Notify,
+    /// Replies of the entries applied here (by log index), for the proposer to collect.
+    replies: parking_lot::Mutex<BTreeMap<u64, Vec<Reply>>>,
+    handled: watch::Sender<u64>,
+    stop: watch::Sender<bool>,
+}
+
+/// The quorum queues' groups on this node.
+pub struct QueueHost {
+    me: u64,
+    me32: u32,
+    node: TcpNode,
+    wal: Wal,
+    dir: PathBuf,
+    shared: Arc<Shared>,
+    meta: Arc<MetaHost>,
+    /// Every node of the cluster with its inter-node address.
+    nodes: BTreeMap<u64, String>,
+    replicas: parking_lot::Mutex<HashMap<u64, Arc<Replica>>>,
+    changed: Notify,
+    config: GroupConfig,
+}
+
+/// This node's number in quorum queues' commands (their owners are u32).
+pub fn node32(id: u64) -> u32 {
+    id as u32
+}
+
+impl QueueHost {
+    /// Starts hosting the quorum queues the metadata group places on this node.
+    pub fn start(
+        node: TcpNode,
+        wal: Wal,
+        dir: PathBuf,
+        shared: Arc<Shared>,
+        meta: Arc<MetaHost>,
+        nodes: BTreeMap<u64, String>,
+    ) -> Arc<QueueHost> {
+        let me = node.id();
+        let host = Arc::new(QueueHost {
+            me,
+            me32: node32(me),
+            node,
+            wal,
+            dir,
+            shared: shared.clone(),
+            meta: meta.clone(),
+            nodes,
+            replicas: parking_lot::Mutex::new(HashMap::new()),
+            changed: Notify::new(),
+            config: GroupConfig::default(),
+        });
+        shared.broker().set_replica_node(host.me32);
+        shared.set_replica_sink(Arc::new(Sink(Arc::downgrade(&host))));
+        tokio::spawn(host.clone().follow_metadata());
+        tokio::spawn(host.clone().watch_nodes());
+        let weak = Arc::downgrade(&host);
+        meta.on_queues_changed(Arc::new(move || {
+            if let Some(host) = weak.upgrade() {
+                host.changed.notify_one();
+            }
+        }));
+        host
+    }
+
+    /// Starts and stops groups as the metadata places and removes quorum queues.
+    async fn follow_metadata(self: Arc<Self>) {
+        loop {
+            self.changed.notified().await;
+            if self.meta.is_catching_up() {
+                continue;
+            }
+            let placed: Vec<((String, String), Placement, usize)> = self.meta.group().with_machine(|m: &Metadata| {
+                m.placements()
+                    .map(|(key, p)| {
+                        let size = m
+                            .queue(&key.0, &key.1)
+                            .and_then(|q| q.arguments.get("x-quorum-initial-group-size"))
+                            .and_then(|v| v.as_i64())
+                            .filter(|&n| n > 0)
+                            .map_or(usize::MAX, |n| n as usize);
+                        (key.clone(), *p, size)
+                    })
+                    .collect()
+            });
+            let nodes: Vec<u64> = self.nodes.keys().copied().collect();
+            let wanted: HashMap<u64, Wanted> = placed
+                .into_iter()
+                .map(|(key, p, size)| {
+                    let members = members_of(&p, &key.0, &key.1, &nodes, size.min(nodes.len()));
+                    (p.group, (key, p, members))
+                })
+                .filter(|(_, (_, _, members))| members.contains(&self.me))
+                .collect();
+            let running: Vec<u64> = self.replicas.lock().keys().copied().collect();
+            for group in running {
+                if !wanted.contains_key(&group) {
+                    self.stop_replica(group).await;
+                }
+            }
+            for (group, (key, p, members)) in wanted {
+                if self.replicas.lock().contains_key(&group) {
+                    continue;
+                }
+                if let Err(e) = self.start_replica(group, &key.0, &key.1, &p, &members).await {
+                    tracing::error!("quorum queue '{}' in vhost '{}': cannot start its group: {e}", key.1, key.0);
+                }
+            }
+        }
+    }
+
+    async fn start_replica(
+        self: &Arc<Self>,
+        group_id: u64,
+        vhost: &str,
+        name: &str,
+        placement: &Placement,
+        members: &[u64],
+    ) -> Result<(), String> {
+        let config = self.shared.broker().replica_config(vhost, name).unwrap_or_default();
+        let log = self.wal.log::<QueueMachine>(group_id).map_err(|e| format!("its log: {e}"))?;
+        let pristine = log.is_pristine();
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        let transport = self.node.transport::<QueueMachine>(group_id);
+        let (group, applied) = Group::start_durable(
+            self.me,
+            &self.config,
+            QueueMachine::new(config),
+            transport.clone(),
+            log,
+            self.dir.join(format!("{group_id:016x}.snapshot")),
+        )
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+        self.node.register(group_id, group.clone()).map_err(|e| e.to_string())?;
+        if pristine && placement.origin == self.me {
+            let founders: BTreeMap<u64, String> =
+                members.iter().filter_map(|m| self.nodes.get(m).map(|a| (*m, a.clone()))).collect();
+            if let Err(e) = group.initialize(founders).await {
+                tracing::info!("quorum queue '{name}': its group was founded already ({e:?})");
+            }
+        }
+        let (stop, stopped) = watch::channel(false);
+        let replica = Arc::new(Replica {
+            vhost: vhost.to_owned(),
+            name: ShortStr::from(name.to_owned()),
+            group_id,
+            group,
+            transport,
+            pending: parking_lot::Mutex::new(Vec::new()),
+            wake: Notify::new(),
+            replies: parking_lot::Mutex::new(BTreeMap::new()),
+            handled: watch::Sender::new(0),
+            stop,
+        });
+        self.replicas.lock().insert(group_id, replica.clone());
+        self.shared.broker().set_replica(vhost, name, Some(group_id));
+        tokio::spawn(self.clone().apply_loop(replica.clone(), applied));
+        tokio::spawn(self.clone().propose_loop(replica, stopped));
+        tracing::info!("quorum queue '{name}' in vhost '{vhost}': member of group {group_id:016x}");
+        Ok(())
+    }
+
+    async fn stop_replica(&self, group_id: u64) {
+        let Some(replica) = self.replicas.lock().remove(&group_id) else { return };
+        replica.stop.send_replace(true);
+        self.node.unregister(group_id);
+        let _ = replica.group.shutdown().await;
+        if let Err(e) = self.wal.forget(group_id).await {
+            tracing::error!("cannot forget the log of group {group_id:016x}: {e}");
+        }
+        let _ = std::fs::remove_file(self.dir.join(format!("{group_id:016x}.snapshot")));
+        tracing::info!("quorum queue '{}' in vhost '{}': group {group_id:016x} stopped", replica.name, replica.vhost);
+    }
+
+    /// Follows the other nodes coming and going. A member lost to a group this node leads is
+    /// told to the group (`Down`): what its consumers held goes back to the queue, counted
+    /// as a delivery attempt, as RabbitMQ does when a node goes. A node back in touch attaches
+    /// its consumers again (the leader may have taken them off meanwhile).
+    async fn watch_nodes(self: Arc<Self>) {
+        let mut connected = self.node.watch_connected();
+        let mut up: std::collections::BTreeSet<u64> = connected.borrow_and_update().clone();
+        // (group, node) told down, until the node is back: a leader elected after a node went
+        // tells it too (the node's loss may have been the old leader's).
+        let mut told: std::collections::HashSet<(u64, u64)> = std::collections::HashSet::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                changed = connected.changed() => if changed.is_err() { return },
+                _ = tick.tick() => {}
+            }
+            let now = connected.borrow_and_update().clone();
+            let back = now.difference(&up).next().is_some();
+            told.retain(|(_, node)| !now.contains(node));
+            up = now;
+            let replicas: Vec<Arc<Replica>> = self.replicas.lock().values().cloned().collect();
+            for replica in &replicas {
+                let status = replica.group.status();
+                if status.leader != Some(self.me) {
+                    continue;
+                }
+                for &node in status.voters.iter().filter(|&&n| n != self.me && !up.contains(&n)) {
+                    if !told.insert((replica.group_id, node)) {
+                        continue;
+                    }
+                    let command = Command::Down(warren_core::quorum::Gone::Node(node32(node)));
+                    replica.pending.lock().push(ReplicaWork { group: replica.group_id, command, confirm: None });
+                    replica.wake.notify_one();
+                }
+            }
+            if back {
+                let mut core = self.shared.broker();
+                for replica in &replicas {
+                    core.reattach_replica(&replica.vhost, &replica.name);
+                }
+                self.shared.submit_replica_work(&mut core);
+            }
+        }
+    }
+
+    /// The group of quorum queue `name` in `vhost` as this node sees it, if it is a member:
+    /// its leader, its voters, and those of them running as far as this node knows.
+    pub fn replica_status(&self, vhost: &str, name: &str) -> Option<(Option<u64>, Vec<u64>, Vec<u64>)> {
+        let replica = self.replicas.lock().values().find(|r| r.vhost == vhost && r.name.as_str() == name)?.clone();
+        let status = replica.group.status();
+        let members: Vec<u64> = status.voters.iter().copied().collect();
+        let connected: std::collections::BTreeSet<u64> =
+            self.node.peer_status().into_iter().filter(|(_, up)| *up).map(|(id, _)| id).collect();
+        let online = members.iter().copied().filter(|m| *m == self.me || connected.contains(m)).collect();
+        Some((status.leader, members, online))
+    }
+
+    /// Takes the broker's commands for the groups, in order.
+    fn submit(&self, work: Vec<ReplicaWork>) {
+        let replicas = self.replicas.lock();
+        let mut lost = Vec::new();
+        for w in work {
+            match replicas.get(&w.group) {
+                Some(r) => {
+                    r.pending.lock().push(w);
+                    r.wake.notify_one();
+                }
+                None => lost.push(w),
+            }
+        }
+        drop(replicas);
+        if !lost.is_empty() {
+            // No member here (the group stopped): the publishes among them are nacked.
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                let mut core = shared.broker();
+                let mut out: Vec<(ConnId, Out)> = Vec::new();
+                for w in lost {
+                    if let Some((conn, channel, seq)) = w.confirm {
+                        core.replica_committed(conn, channel, seq, false, &mut out);
+                    }
+                }
+                core.deliver(&mut out);
+            });
+        }
+    }
+
+    /// Proposes a replica's commands a batch at a time, in order, following the leader.
+    async fn propose_loop(self: Arc<Self>, replica: Arc<Replica>, mut stopped: watch::Receiver<bool>) {
+        loop {
+            let batch: Vec<ReplicaWork> = {
+                let mut pending = replica.pending.lock();
+                let n = pending.len().min(BATCH_MAX);
+                pending.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                tokio::select! {
+                    _ = replica.wake.notified() => continue,
+                    _ = stopped.changed() => return,
+                }
+            }
+            let now_ms = self.shared.now_ms();
+            let commands: Vec<Stamped> = batch.iter().map(|w| Stamped { now_ms, command: w.command.clone() }).collect();
+            let replies = match self.commit(&replica, commands).await {
+                Ok(replies) => Some(replies),
+                Err(e) => {
+                    tracing::warn!("quorum queue '{}': {} commands not committed: {e}", replica.name, batch.len());
+                    None
+                }
+            };
+            let mut core = self.shared.broker();
+            let mut out: Vec<(ConnId, Out)> = Vec::new();
+            for (i, w) in batch.iter().enumerate() {
+                if let Some((conn, channel, seq)) = w.confirm {
+                    let ok = replies.as_ref().and_then(|r| r.get(i)).is_some_and(|r| !matches!(r, Reply::Rejected));
+                    core.replica_committed(conn, channel, seq, ok, &mut out);
+                }
+            }
+            core.deliver(&mut out);
+        }
+    }
+
+    /// Proposes one batch (through the leader, wherever it is) and returns its replies once
+    /// this node applied it.
+    async fn commit(&self, replica: &Replica, batch: Vec<Stamped>) -> Result<Vec<Reply>, String> {
+        let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT;
+        let mut why = String::from("no leader");
+        let index = loop {
+            let attempt = async {
+                match replica.group.propose(batch.clone()).await {
+                    Ok((index, _)) => Ok(index),
+                    Err(ProposeError::NotLeader { leader: Some(leader) }) if leader != self.me => {
+                        let addr = self.nodes.get(&leader).cloned().ok_or("the leader is not a known node")?;
+                        match replica.transport.propose(&Peer { id: leader, addr }, &batch, COMMIT_TIMEOUT).await {
+                            Ok(Forwarded::Committed(index)) => Ok(index),
+                            Ok(Forwarded::NotLeader(_)) => Err("the leader moved".to_owned()),
+                            Err(e) => Err(format!("forwarding to the leader: {e}")),
+                        }
+                    }
+                    Err(ProposeError::NotLeader { .. }) => Err("no leader".to_owned()),
+                    Err(ProposeError::Stopped(_)) => Err("the group stopped".to_owned()),
+                }
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(index)) => break index,
+                Ok(Err(e)) => why = e,
+                Err(_) => return Err(format!("not committed within {COMMIT_TIMEOUT:?} ({why})")),
+            }
+            if tokio::time::Instant::now() + Duration::from_millis(50) >= deadline {
+                return Err(format!("not committed within {COMMIT_TIMEOUT:?} ({why})"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut handled = replica.handled.subscribe();
+        if tokio::time::timeout_at(deadline, handled.wait_for(|h| *h >= index)).await.is_err() {
+            return Err(format!("entry {index} committed but not applied here in time"));
+        }
+        replica.replies.lock().remove(&index).ok_or_else(|| format!("no replies for entry {index}"))
+    }
+
+    /// Applies what the group committed: this node's deliveries, its replica's counts, the
+    /// replies its proposers wait for.
+    async fn apply_loop(self: Arc<Self>, replica: Arc<Replica>, mut applied: AppliedRx<Vec<Output>>) {
+        while let Some(event) = applied.recv().await {
+            let index = event.index();
+            if let Applied::Command { output, .. } = event {
+                let mut returns = Vec::new();
+                {
+                    let now_ms = self.shared.now_ms();
+                    let mut core = self.shared.broker();
+                    let mut out: Vec<(ConnId, Out)> = Vec::new();
+                    for o in &output {
+                        for effect in &o.effects {
+                            let Effect::Deliver { owner, tag, delivery } = effect else { continue };
+                            if owner.node != self.me32 {
+                                continue;
+                            }
+                            let delivered = core.replica_deliver(
+                                &replica.vhost,
+                                &replica.name,
+                                replica.group_id,
+                                *owner,
+                                tag,
+                                delivery,
+                                now_ms,
+                                &mut out,
+                            );
+                            if !delivered {
+                                returns.push(ReplicaWork {
+                                    group: replica.group_id,
+                                    command: Command::Return { owner: *owner, ids: vec![delivery.id] },
+                                    confirm: None,
+                                });
+                            }
+                        }
+                    }
+                    let ready = replica.group.with_machine(|m| m.queue().ready_count());
+                    core.set_replica_counts(&replica.vhost, &replica.name, ready, 0);
+                    core.deliver(&mut out);
+                }
+                if !returns.is_empty() {
+                    replica.pending.lock().extend(returns);
+                    replica.wake.notify_one();
+                }
+                let mut replies = replica.replies.lock();
+                replies.insert(index, output.into_iter().map(|o| o.reply).collect());
+                while replies.len() > 4096 {
+                    replies.pop_first();
+                }
+            }
+            replica.handled.send_replace(index);
+        }
+    }
+}
+
+/// The host as the server's sink; weak, so that the server does not keep the host alive.
+struct Sink(std::sync::Weak<QueueHost>);
+
+impl ReplicaSink for Sink {
+    fn submit(&self, work: Vec<ReplicaWork>) {
+        if let Some(host) = self.0.upgrade() {
+            host.submit(work);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_start_with_the_declaring_node_and_agree_everywhere() {
+        let nodes = [11, 22, 33, 44, 55];
+        let p = Placement { group: 9, origin: 33 };
+        let three = members_of(&p, "/", "q", &nodes, 3);
+        assert_eq!(three.len(), 3);
+        assert!(three.contains(&33));
+        assert_eq!(members_of(&p, "/", "q", &nodes, 3), three, "the same on every call");
+        assert_eq!(members_of(&p, "/", "q", &nodes, 99).len(), 5);
+        // Names spread queues over the nodes.
+        let spread: std::collections::BTreeSet<Vec<u64>> =
+            (0..20).map(|i| members_of(&p, "/", &format!("q{i}"), &nodes, 2)).collect();
+        assert!(spread.len() > 1);
+    }
+
+    #[test]
+    fn batches_read_back_and_damage_is_refused() {
+        let batch = vec![Stamped { now_ms: 5, command: Command::Purge }, Stamped { now_ms: 6, command: Command::Tick }];
+        let mut bytes = Vec::new();
+        QueueMachine::encode_command(&batch, &mut bytes);
+        let back = QueueMachine::decode_command(&bytes).expect("decode");
+        assert_eq!(format!("{back:?}"), format!("{batch:?}"));
+        for cut in 0..bytes.len() {
+            assert!(QueueMachine::decode_command(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        bytes.push(0);
+        assert!(QueueMachine::decode_command(&bytes).is_err());
+    }
+}
