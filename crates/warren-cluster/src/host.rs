@@ -15,6 +15,10 @@ use warren_core::{ConnId, Out};
 use warren_raft::{Applied, AppliedRx, Group, ProposeError};
 use warren_server::{Replicator, Shared};
 
+/// How long a client's declaration of a quorum queue waits for the queue's group to be
+/// started here ([`MetaHost::replicate`]).
+const SERVED_WITHIN: Duration = Duration::from_secs(3);
+
 /// How long a change may take to commit before its client is told it was not.
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -350,6 +354,26 @@ impl Replicator for Replicate {
 impl MetaHost {
     /// Commits `ops`, made here by a client or the management API; undoes here what was not
     /// committed, and says why.
+    /// Waits (a bounded while) until the quorum queues `ops` declare are served by their
+    /// groups here, so that a client told its declaration is done can publish to it at once
+    /// (until then this node refuses publishes to it). A node that is not a member of the
+    /// group never serves it; it waits the bound out.
+    async fn until_quorum_queues_served(&self, ops: &[DefOp]) {
+        let deadline = tokio::time::Instant::now() + SERVED_WITHIN;
+        for op in ops {
+            let DefOp::PutQueue(q) = op else { continue };
+            if !crate::meta::is_quorum(q) {
+                continue;
+            }
+            while self.shared.broker().replica_group(&q.vhost, &q.name).is_none() {
+                if tokio::time::Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+
     pub async fn replicate(&self, ops: Vec<DefOp>) -> Result<(), String> {
         let started = tokio::time::Instant::now();
         // On a node's first start, nothing goes before what it held already (which waits
@@ -365,7 +389,10 @@ impl MetaHost {
             Err(e) => Err(e),
         };
         let (undo, why): (Vec<DefOp>, String) = match committed {
-            Ok(output) if output.refused.is_empty() => return Ok(()),
+            Ok(output) if output.refused.is_empty() => {
+                self.until_quorum_queues_served(&ops).await;
+                return Ok(());
+            }
             Ok(output) => {
                 let why = output.refused.iter().map(|(_, why)| why.as_str()).collect::<Vec<_>>().join("; ");
                 (output.refused.into_iter().map(|(op, _)| op).collect(), why)

@@ -157,6 +157,9 @@ pub struct QueueHost {
     replicas: parking_lot::Mutex<HashMap<u64, Arc<Replica>>>,
     changed: Notify,
     config: GroupConfig,
+    /// This run's first connection id: a consumer named with a lower one was an earlier
+    /// run's (its deliveries, replayed from the log at start, are no one's here).
+    first_conn: std::sync::atomic::AtomicU64,
 }
 
 /// This node's number in quorum queues' commands (their owners are u32).
@@ -187,9 +190,11 @@ impl QueueHost {
             replicas: parking_lot::Mutex::new(HashMap::new()),
             changed: Notify::new(),
             config: GroupConfig::default(),
+            first_conn: std::sync::atomic::AtomicU64::new(u64::MAX),
         });
         shared.broker().set_replica_node(host.me32);
-        shared.set_replica_sink(Arc::new(Sink(Arc::downgrade(&host))));
+        let first_conn = shared.set_replica_sink(Arc::new(Sink(Arc::downgrade(&host))));
+        host.first_conn.store(first_conn, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(host.clone().follow_metadata());
         tokio::spawn(host.clone().watch_nodes());
         let weak = Arc::downgrade(&host);
@@ -292,7 +297,12 @@ impl QueueHost {
             stop,
         });
         self.replicas.lock().insert(group_id, replica.clone());
-        self.shared.broker().set_replica(vhost, name, Some(group_id));
+        {
+            // Consumers that came before attach now.
+            let mut core = self.shared.broker();
+            core.set_replica(vhost, name, Some(group_id));
+            self.shared.submit_replica_work(&mut core);
+        }
         tokio::spawn(self.clone().apply_loop(replica.clone(), applied));
         tokio::spawn(self.clone().propose_loop(replica, stopped));
         tracing::info!("quorum queue '{name}' in vhost '{vhost}': member of group {group_id:016x}");
@@ -480,12 +490,31 @@ impl QueueHost {
                 let mut returns = Vec::new();
                 {
                     let now_ms = self.shared.now_ms();
+                    // Dead-lettering is the leader's, as it applies (at most once).
+                    let leads = replica.group.status().leader == Some(self.me);
                     let mut core = self.shared.broker();
                     let mut out: Vec<(ConnId, Out)> = Vec::new();
                     for o in &output {
                         for effect in &o.effects {
-                            let Effect::Deliver { owner, tag, delivery } = effect else { continue };
-                            if owner.node != self.me32 {
+                            let (owner, tag, delivery) = match effect {
+                                Effect::Deliver { owner, tag, delivery } => (owner, tag, delivery),
+                                Effect::DeadLetter { msg, reason, delivery_count } => {
+                                    if leads {
+                                        core.replica_dead_letter(
+                                            &replica.vhost,
+                                            &replica.name,
+                                            msg.clone(),
+                                            reason.as_str(),
+                                            *delivery_count,
+                                            now_ms,
+                                            &mut out,
+                                        );
+                                    }
+                                    continue;
+                                }
+                            };
+                            let earlier_run = owner.conn < self.first_conn.load(std::sync::atomic::Ordering::Relaxed);
+                            if owner.node != self.me32 || earlier_run {
                                 continue;
                             }
                             let delivered = core.replica_deliver(
@@ -509,6 +538,8 @@ impl QueueHost {
                     }
                     let ready = replica.group.with_machine(|m| m.queue().ready_count());
                     core.set_replica_counts(&replica.vhost, &replica.name, ready, 0);
+                    // Dead-lettered messages routed to quorum queues make commands too.
+                    self.shared.submit_replica_work(&mut core);
                     core.deliver(&mut out);
                 }
                 if !returns.is_empty() {

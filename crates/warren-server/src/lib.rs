@@ -425,8 +425,17 @@ impl Shared {
     }
 
     /// Sends commands for replicated queues to `sink` (once; later calls are ignored).
-    pub fn set_replica_sink(&self, sink: Arc<dyn ReplicaSink>) {
-        let _ = self.replica_sink.set(sink);
+    ///
+    /// Replicated queues name a consumer by node, connection id and channel, in logs that
+    /// outlive the process: connection ids then start from this start's clock (microseconds),
+    /// so that no connection of this run has the id of one of an earlier run.
+    /// Returns the first connection id of this run: owners below it are an earlier run's.
+    pub fn set_replica_sink(&self, sink: Arc<dyn ReplicaSink>) -> u64 {
+        if self.replica_sink.set(sink).is_ok() {
+            let base = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+            self.next_conn.fetch_max(base as u64, Ordering::Relaxed);
+        }
+        self.next_conn.load(Ordering::Relaxed)
     }
 
     /// Hands what the broker made for replicated queues to the sink; call with the broker

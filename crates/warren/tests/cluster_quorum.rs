@@ -174,4 +174,97 @@ async fn a_quorum_queue_is_served_by_its_group_through_every_node() {
         q["online"] == serde_json::json!(cluster.names[1..]) && q["leader"].as_str() != Some(cluster.names[0].as_str())
     })
     .await;
+
+    // Node 1 back: it catches up and serves the queue again (to its consumer alone).
+    drop(consumer);
+    ch2.close(200, "bye").await.expect("close");
+    cluster.restart(0);
+    let first_http = cluster.nodes[0].http();
+    eventually("node 1 back online in the group", || async {
+        let (_, q) = get(&first_http, "/api/queues/%2F/qq").await;
+        q["online"] == serde_json::json!(cluster.names)
+    })
+    .await;
+    let c1 = connect_url(&cluster.nodes[0].amqp_url()).await;
+    let ch1 = confirm_channel(&c1).await;
+    let fourth: Vec<String> = (80..90).map(|i| format!("m{i}")).collect();
+    publish_confirmed(&ch1, fourth.clone()).await;
+    let ch1b = channel(&c1).await;
+    let mut consumer =
+        ch1b.basic_consume("qq", "c1b", BasicConsumeOptions::default(), FieldTable::default()).await.expect("consume");
+    assert_eq!(receive(&mut consumer, 10).await, fourth);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_delivery_limit_a_message_is_dead_lettered_once() {
+    if common::Broker::is_external() {
+        eprintln!("skipped: starts Warren processes");
+        return;
+    }
+    let cluster = Cluster::start(3, "warren-qq-dlx");
+    let (c1, c2, c3) = (
+        connect_url(&cluster.nodes[0].amqp_url()).await,
+        connect_url(&cluster.nodes[1].amqp_url()).await,
+        connect_url(&cluster.nodes[2].amqp_url()).await,
+    );
+    let ch1 = channel(&c1).await;
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    ch1.queue_declare("dlq", durable, quorum_args()).await.expect("declare dlq");
+    let mut args = quorum_args();
+    args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(1));
+    args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+    args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString("dlq".into()));
+    ch1.queue_declare("limited", durable, args).await.expect("declare limited");
+
+    // Published through node 1, nacked with requeue twice through node 3: past the limit.
+    let confirms = confirm_channel(&c1).await;
+    let confirm = confirms
+        .basic_publish("", "limited", BasicPublishOptions::default(), b"poison", BasicProperties::default())
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack());
+    let ch3 = channel(&c3).await;
+    let mut consumer = ch3
+        .basic_consume("limited", "c3", BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("consume");
+    for attempt in 0..2 {
+        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("delivery {attempt} did not come"))
+            .expect("a delivery")
+            .expect("a delivery");
+        assert_eq!(d.redelivered, attempt > 0);
+        d.nack(lapin::options::BasicNackOptions { requeue: true, ..Default::default() }).await.expect("nack");
+    }
+
+    // It is in the dead-letter queue, once, with its death told.
+    let ch2 = channel(&c2).await;
+    let mut dead =
+        ch2.basic_consume("dlq", "c2", BasicConsumeOptions::default(), FieldTable::default()).await.expect("consume");
+    let d = tokio::time::timeout(Duration::from_secs(10), dead.next())
+        .await
+        .expect("the dead-lettered message")
+        .expect("a delivery")
+        .expect("a delivery");
+    assert_eq!(&d.data[..], b"poison");
+    let headers = d.properties.headers().clone().unwrap_or_default();
+    let field = |name: &str| -> Option<String> {
+        let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else { return None };
+        let Some(AMQPValue::FieldTable(first)) = deaths.as_slice().first() else { return None };
+        match first.inner().get(name) {
+            Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            _ => None,
+        }
+    };
+    assert_eq!(field("reason").as_deref(), Some("delivery_limit"), "{headers:?}");
+    assert_eq!(field("queue").as_deref(), Some("limited"), "{headers:?}");
+    d.ack(BasicAckOptions::default()).await.expect("ack");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), dead.next()).await.is_err(),
+        "dead-lettered more than once"
+    );
+    assert!(tokio::time::timeout(Duration::from_millis(200), consumer.next()).await.is_err(), "came back");
 }

@@ -445,6 +445,12 @@ impl Broker {
             targets.retain(|t| !crate::dead_letter::is_cycle(&msg, t));
             for t in &targets {
                 let Some(mut queue) = vh.queues.get(t).map(|q| q.lock()) else { continue };
+                if let Some(replica) = queue.replica {
+                    // A quorum queue's group takes it.
+                    let command = crate::quorum::Command::Enqueue { msg: msg.clone() };
+                    tally.replica_work.push(ReplicaWork { group: replica.group, command, confirm: None });
+                    continue;
+                }
                 queue.memory_pressure = self.alarms.memory;
                 match queue.push(msg.clone(), now_ms) {
                     Ok(outcome) => {

@@ -283,6 +283,11 @@ impl Broker {
         }
     }
 
+    /// The Raft group serving queue `name` in `vhost`, if one does.
+    pub fn replica_group(&self, vhost: &str, name: &str) -> Option<u64> {
+        self.vhosts.get(vhost)?.queues.get(name)?.lock().replica.map(|r| r.group)
+    }
+
     /// The quorum queue settings of queue `name` in `vhost` (its arguments and policies), for
     /// its group's machine.
     pub fn replica_config(&self, vhost: &str, name: &str) -> Option<crate::quorum::QuorumConfig> {
@@ -393,6 +398,26 @@ impl Broker {
             },
         ));
         true
+    }
+
+    /// Dead-letters a message that replicated queue `queue` let go (`reason`: expired,
+    /// maxlen, rejected, delivery_limit), through the queue's dead-letter exchange as a local
+    /// queue's would be. The leader's host calls it, once per message (at most once, as
+    /// RabbitMQ's quorum queues dead-letter by default).
+    #[allow(clippy::too_many_arguments)]
+    pub fn replica_dead_letter(
+        &mut self,
+        vhost: &str,
+        queue: &ShortStr,
+        msg: MessageRef,
+        reason: &'static str,
+        delivery_count: u32,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) {
+        let mut item = crate::queue::Queued::unqueued(0, msg, None);
+        item.returns = delivery_count;
+        self.dead_letter(&Arc::from(vhost), vec![(queue.clone(), item, reason)], now_ms, out);
     }
 
     /// Hands settled deliveries of replicated queues to their groups (acked: settle;

@@ -1,0 +1,312 @@
+//! The fault schedule: seeded, one fault at a time (chosen, held, healed, then a quiet spell),
+//! SIGKILL and pauses biased to the queue's leader.
+//!
+//! Every random draw of a step is made before the harness looks at the cluster (the leader),
+//! so a seed replays the same kinds, timings and random targets; only where the leader was
+//! (and so a leader-biased target) depends on the run.
+
+use crate::history::{Fault, FaultKind};
+use crate::mgmt::Api;
+use crate::nodes::Cluster;
+use crate::workload::Ctx;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub kinds: Vec<FaultKind>,
+    pub seed: u64,
+    /// How long to inject faults for (when `count` is not given).
+    pub duration: Duration,
+    /// Inject exactly this many faults instead.
+    pub count: Option<usize>,
+    /// Seconds a fault is held, and seconds of quiet after its heal (ranges).
+    pub hold: (f64, f64),
+    pub quiet: (f64, f64),
+    /// Seconds before the first fault.
+    pub warmup: f64,
+    /// Probability of aiming a kill, pause, isolation or one-way cut at the leader, when known.
+    pub leader_bias: f64,
+    /// How long a killed node gets to answer again after its restart.
+    pub restart_within: Duration,
+}
+
+/// What the schedule did, beyond the faults recorded in the history.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Time from each restart to the node answering again (ms).
+    pub restarts_ms: Vec<f64>,
+    /// Faults aimed at a known leader.
+    pub leader_hits: usize,
+    /// Faults made while the leader was known.
+    pub leader_known: usize,
+    /// Things that went wrong in the harness's own steps (a node that did not come back...).
+    pub failures: Vec<String>,
+}
+
+/// One step's draws.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Draw {
+    pub kind: FaultKind,
+    pub hold: f64,
+    pub quiet: f64,
+    pub coin: f64,
+    pub random_target: usize,
+    pub order: Vec<usize>,
+    pub inbound: bool,
+}
+
+/// The draws of one step, from the schedule's generator.
+pub fn draw(rng: &mut fastrand::Rng, opts: &Options, nodes: usize) -> Draw {
+    let span = |(lo, hi): (f64, f64), r: f64| lo + (hi - lo).max(0.0) * r;
+    let kind = opts.kinds[rng.usize(..opts.kinds.len())];
+    let hold = span(opts.hold, rng.f64());
+    let quiet = span(opts.quiet, rng.f64());
+    let coin = rng.f64();
+    let random_target = rng.usize(..nodes);
+    let mut order: Vec<usize> = (0..nodes).collect();
+    rng.shuffle(&mut order);
+    let inbound = rng.bool();
+    Draw { kind, hold, quiet, coin, random_target, order, inbound }
+}
+
+/// The queue's leader, as the first node that names one says (by index).
+pub async fn leader(cluster: &mut Cluster, api: &Api, queue: &str) -> Option<usize> {
+    let specs = cluster.specs();
+    for (i, spec) in specs.iter().enumerate() {
+        if cluster.nodes[i].paused || !cluster.nodes[i].running() {
+            continue;
+        }
+        if let Some(name) = api.leader(&spec.http(), queue).await {
+            return specs.iter().position(|s| s.name == name);
+        }
+    }
+    None
+}
+
+fn log(ctx: &Ctx, line: &str) {
+    eprintln!("[{:>7.1}s] {line}", ctx.t0.elapsed().as_secs_f64());
+}
+
+/// Runs the schedule; the faults go into the history as they are made.
+pub async fn run(cluster: &mut Cluster, ctx: &Ctx, api: &Api, opts: &Options) -> Outcome {
+    let mut out = Outcome::default();
+    let n = cluster.nodes.len();
+    if opts.kinds.is_empty() {
+        tokio::time::sleep(opts.duration).await;
+        return out;
+    }
+    let mut rng = fastrand::Rng::with_seed(opts.seed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(opts.warmup)).await;
+    let mut done = 0usize;
+    loop {
+        let more = match opts.count {
+            Some(count) => done < count,
+            None => started.elapsed() < opts.duration,
+        };
+        if !more {
+            break;
+        }
+        let d = draw(&mut rng, opts, n);
+        let leader = leader(cluster, api, &ctx.opts.queue).await;
+        let aimed = match leader {
+            Some(l) if d.coin < opts.leader_bias => l,
+            _ => d.random_target,
+        };
+        if leader.is_some() {
+            out.leader_known += 1;
+        }
+        let (targets, cut_off, note) = match apply(cluster, &d, aimed) {
+            Ok(x) => x,
+            Err(e) => {
+                out.failures.push(format!("fault {done} ({}): {e}", d.kind.name()));
+                log(ctx, &format!("fault {done}: {} failed: {e}", d.kind.name()));
+                heal(cluster, ctx, &mut out, opts.restart_within).await;
+                done += 1;
+                continue;
+            }
+        };
+        if leader.is_some_and(|l| targets.contains(&l)) {
+            out.leader_hits += 1;
+        }
+        let index = {
+            let mut h = ctx.history();
+            h.faults.push(Fault {
+                kind: d.kind,
+                targets: targets.clone(),
+                cut_off,
+                leader,
+                start_us: ctx.now_us(),
+                end_us: None,
+                note: note.clone(),
+            });
+            h.faults.len() - 1
+        };
+        log(
+            ctx,
+            &format!(
+                "fault {done}: {note}{} for {:.1} s",
+                match leader {
+                    Some(l) if targets.contains(&l) => " (the leader)",
+                    Some(_) => " (not the leader)",
+                    None => "",
+                },
+                d.hold
+            ),
+        );
+        tokio::time::sleep(Duration::from_secs_f64(d.hold)).await;
+        let end = ctx.now_us();
+        ctx.history().faults[index].end_us = Some(end);
+        heal(cluster, ctx, &mut out, opts.restart_within).await;
+        tokio::time::sleep(Duration::from_secs_f64(d.quiet)).await;
+        done += 1;
+    }
+    out
+}
+
+/// Puts the fault of draw `d` in place; its targets, the nodes it cuts off from a majority,
+/// and a description.
+fn apply(cluster: &mut Cluster, d: &Draw, aimed: usize) -> Result<(Vec<usize>, Vec<usize>, String), String> {
+    let n = cluster.nodes.len();
+    let name = |i: usize| format!("node {}", i + 1);
+    match d.kind {
+        FaultKind::Kill => {
+            cluster.kill(aimed);
+            Ok((vec![aimed], vec![], format!("SIGKILL {}", name(aimed))))
+        }
+        FaultKind::Pause => {
+            cluster.pause(aimed)?;
+            Ok((vec![aimed], vec![], format!("SIGSTOP {}", name(aimed))))
+        }
+        FaultKind::Isolate | FaultKind::Halves | FaultKind::OneWay => {
+            let ns = cluster.namespaces().ok_or("partitions need the network namespaces")?;
+            match d.kind {
+                FaultKind::Isolate => {
+                    for o in (0..n).filter(|&o| o != aimed) {
+                        ns.cut(o, aimed)?;
+                        ns.cut(aimed, o)?;
+                    }
+                    Ok((vec![aimed], alone_and_rest(aimed, n), format!("isolate {}", name(aimed))))
+                }
+                FaultKind::Halves => {
+                    let (a, b) = d.order.split_at(n / 2);
+                    for &x in a {
+                        for &y in b {
+                            ns.cut(x, y)?;
+                            ns.cut(y, x)?;
+                        }
+                    }
+                    let mut cut: Vec<usize> = Vec::new();
+                    for side in [a, b] {
+                        if side.len() * 2 <= n {
+                            cut.extend_from_slice(side);
+                        }
+                    }
+                    let show = |s: &[usize]| s.iter().map(|i| (i + 1).to_string()).collect::<Vec<_>>().join(",");
+                    Ok((a.to_vec(), cut, format!("partition [{}] | [{}]", show(a), show(b))))
+                }
+                _ => {
+                    for o in (0..n).filter(|&o| o != aimed) {
+                        if d.inbound {
+                            ns.cut(o, aimed)?;
+                        } else {
+                            ns.cut(aimed, o)?;
+                        }
+                    }
+                    let note = if d.inbound {
+                        format!("one-way: {} hears nobody", name(aimed))
+                    } else {
+                        format!("one-way: nobody hears {}", name(aimed))
+                    };
+                    Ok((vec![aimed], alone_and_rest(aimed, n), note))
+                }
+            }
+        }
+    }
+}
+
+/// The nodes without a majority when node `alone` is cut off from the `n - 1` others.
+fn alone_and_rest(alone: usize, n: usize) -> Vec<usize> {
+    let mut cut = Vec::new();
+    if 2 <= n {
+        cut.push(alone);
+    }
+    if 2 * (n - 1) <= n {
+        cut.extend((0..n).filter(|&o| o != alone));
+    }
+    cut
+}
+
+/// Undoes every fault: the network healed, paused nodes continued, killed ones restarted on
+/// their data directories.
+pub async fn heal(cluster: &mut Cluster, ctx: &Ctx, out: &mut Outcome, restart_within: Duration) {
+    if let Some(ns) = cluster.namespaces() {
+        if let Err(e) = ns.heal() {
+            out.failures.push(format!("heal: {e}"));
+        }
+    }
+    for i in 0..cluster.nodes.len() {
+        if cluster.nodes[i].paused {
+            if let Err(e) = cluster.resume(i) {
+                out.failures.push(format!("SIGCONT node {}: {e}", i + 1));
+            }
+        }
+        if !cluster.nodes[i].running() {
+            if let Err(e) = cluster.start(i) {
+                out.failures.push(e);
+                continue;
+            }
+            match cluster.wait_ready(i, restart_within).await {
+                Ok(took) => {
+                    out.restarts_ms.push(took.as_secs_f64() * 1000.0);
+                    log(
+                        ctx,
+                        &format!("node {} restarted, answering after {:.0} ms", i + 1, took.as_secs_f64() * 1000.0),
+                    );
+                }
+                Err(e) => {
+                    log(ctx, &format!("node {} did not come back: {e}", i + 1));
+                    out.failures.push(format!("a killed node did not rejoin: {e}"));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> Options {
+        Options {
+            kinds: FaultKind::ALL.to_vec(),
+            seed: 7,
+            duration: Duration::from_secs(1),
+            count: None,
+            hold: (1.0, 3.0),
+            quiet: (2.0, 2.0),
+            warmup: 0.0,
+            leader_bias: 0.8,
+            restart_within: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_seed_replays_the_same_draws() {
+        let o = opts();
+        let run = |seed| {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            (0..50).map(|_| draw(&mut rng, &o, 3)).collect::<Vec<_>>()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+        for d in run(7) {
+            assert!((1.0..=3.0).contains(&d.hold) && d.quiet == 2.0 && d.random_target < 3, "{d:?}");
+            let mut order = d.order.clone();
+            order.sort_unstable();
+            assert_eq!(order, vec![0, 1, 2]);
+        }
+        let kinds: std::collections::BTreeSet<_> = run(7).into_iter().map(|d| d.kind).collect();
+        assert_eq!(kinds.len(), 5, "every kind is drawn in 50 steps");
+    }
+}
