@@ -427,7 +427,26 @@ impl QueueHost {
             let replies = match self.commit(&replica, commands).await {
                 Ok(replies) => Some(replies),
                 Err(e) => {
-                    tracing::warn!("quorum queue '{}': {} commands not committed: {e}", replica.name, batch.len());
+                    // Publishes not committed are nacked (their publishers may send them
+                    // again); everything else (acks, returns, consumers coming and going, a
+                    // node told down) is tried again, ahead of what came since: dropping an
+                    // ack or a return would leave a message checked out for good. Each of
+                    // them changes nothing when applied twice (had it been committed after
+                    // all).
+                    let again: Vec<ReplicaWork> =
+                        batch.iter().filter(|w| !matches!(w.command, Command::Enqueue { .. })).cloned().collect();
+                    tracing::warn!(
+                        "quorum queue '{}': {} commands not committed ({} to be tried again): {e}",
+                        replica.name,
+                        batch.len(),
+                        again.len()
+                    );
+                    if !again.is_empty() {
+                        let mut pending = replica.pending.lock();
+                        let later = std::mem::take(&mut *pending);
+                        pending.extend(again);
+                        pending.extend(later);
+                    }
                     None
                 }
             };

@@ -82,6 +82,9 @@ async fn a_quorum_queue_is_served_by_its_group_through_every_node() {
     let mut consumer =
         ch2.basic_consume("qq", "c2", BasicConsumeOptions::default(), FieldTable::default()).await.expect("consume");
     let ch3 = confirm_channel(&c3).await;
+    // As clients do: the publisher declares the queue too (a node takes publishes to a
+    // quorum queue once its group has started there, which the declaration waits for).
+    declare(&ch3).await;
     let first: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
     publish_confirmed(&ch3, first.clone()).await;
     let got = receive(&mut consumer, 50).await;
