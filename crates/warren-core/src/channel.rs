@@ -280,8 +280,16 @@ impl Channel {
             }
         };
         while let Some(d) = self.deferred.front().copied() {
-            if d.epoch > synced || d.awaiting > 0 {
+            if d.epoch > synced {
                 r.waiting = true;
+                break;
+            }
+            if d.awaiting > 0 {
+                // Held by a replicated queue's commit, which releases it when it comes
+                // (Broker::replica_committed): the channel waits for a sync round only if
+                // something behind needs one. (Waiting for sync rounds here kept the sync
+                // task going round after round with nothing to sync.)
+                r.waiting = self.deferred.iter().any(|d| d.epoch > synced);
                 break;
             }
             self.deferred.pop_front();
@@ -406,5 +414,28 @@ mod tests {
         let r = ch.release_deferred(6, None);
         assert!(r.answers.is_empty() && !r.waiting);
         assert!(ch.deferred.is_empty());
+    }
+
+    #[test]
+    fn a_confirm_held_by_a_replicated_queue_waits_for_no_sync_round() {
+        let mut ch = Channel::default();
+        ch.defer_replicated(0, 1, SYNC_ANY, 1);
+        let r = ch.release_deferred(0, None);
+        assert!(r.answers.is_empty() && !r.waiting, "{r:?}");
+        // A confirm behind it that needs a sync makes the channel wait for one.
+        ch.defer(5, DeferredKind::Ack(2), 3);
+        assert!(ch.release_deferred(0, None).waiting);
+        // The commit comes: the first goes out, the second once synced.
+        assert!(ch.replicated(1, true));
+        let r = ch.release_deferred(0, None);
+        assert_eq!(r.answers, vec![Method::BasicAck { delivery_tag: 1, multiple: false }]);
+        assert!(r.waiting);
+        let r = ch.release_deferred(5, None);
+        assert_eq!(r.answers, vec![Method::BasicAck { delivery_tag: 2, multiple: false }]);
+        // A refused one is a nack.
+        ch.defer_replicated(0, 3, SYNC_ANY, 2);
+        assert!(ch.replicated(3, true) && ch.replicated(3, false));
+        let r = ch.release_deferred(5, None);
+        assert_eq!(r.answers, vec![Method::BasicNack { delivery_tag: 3, multiple: false, requeue: false }]);
     }
 }

@@ -8,6 +8,7 @@ use crate::stamp::STAMP_LEN;
 use crate::uri::AmqpUri;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use warren_amqp::shortstr::SHORT_STR_MAX;
+use warren_amqp::{FieldTable, FieldValue};
 
 pub const DEFAULT_URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// The largest body: RabbitMQ's default max_message_size (16 MiB), which Warren shares.
@@ -68,6 +69,16 @@ pub struct PerfArgs {
     /// Broker URI.
     #[arg(long, default_value = DEFAULT_URI, value_parser = parse_uri)]
     pub uri: AmqpUri,
+    /// Several broker URIs, comma-separated (PerfTest's --uris), instead of --uri: the nodes of
+    /// a cluster. Producer i and consumer i connect to URI i modulo their number; the queues and
+    /// bindings are declared through the first.
+    #[arg(long, value_parser = parse_uri, value_delimiter = ',', conflicts_with = "uri")]
+    pub uris: Vec<AmqpUri>,
+    /// Queue arguments, comma-separated key=value pairs (PerfTest's --queue-args), e.g.
+    /// x-queue-type=quorum,x-max-length=1000: an integer value is sent as a long, true and
+    /// false as booleans, anything else as a string.
+    #[arg(long, value_parser = parse_queue_arg, value_delimiter = ',', value_name = "KEY=VALUE,...")]
+    pub queue_args: Vec<(String, String)>,
     /// Producers, each on its own connection.
     #[arg(short = 'x', long, default_value_t = 1)]
     pub producers: u32,
@@ -213,6 +224,13 @@ fn parse_uri(s: &str) -> Result<AmqpUri, String> {
     AmqpUri::parse(s)
 }
 
+fn parse_queue_arg(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s}: a queue argument is KEY=VALUE")),
+    }
+}
+
 fn check_seconds(name: &str, s: f64) -> Result<(), String> {
     // A year bounds it so that Duration::from_secs_f64 never panics.
     if s.is_finite() && s > 0.0 && s <= 365.0 * 86400.0 {
@@ -223,6 +241,37 @@ fn check_seconds(name: &str, s: f64) -> Result<(), String> {
 }
 
 impl PerfArgs {
+    /// The URI the queues and bindings are declared through: the first of `--uris`, else `--uri`.
+    pub fn setup_uri(&self) -> &AmqpUri {
+        self.uris.first().unwrap_or(&self.uri)
+    }
+
+    /// The URI producer or consumer `i` connects to.
+    pub fn uri_for(&self, i: usize) -> &AmqpUri {
+        if self.uris.is_empty() {
+            &self.uri
+        } else {
+            &self.uris[i % self.uris.len()]
+        }
+    }
+
+    /// `--queue-args` as a field table: integers as longs, true and false as booleans, the
+    /// rest as strings.
+    pub fn queue_arguments(&self) -> FieldTable {
+        let mut t = FieldTable::new();
+        for (k, v) in &self.queue_args {
+            let value = if let Ok(n) = v.parse::<i64>() {
+                FieldValue::I64(n)
+            } else if v == "true" || v == "false" {
+                FieldValue::Bool(v == "true")
+            } else {
+                FieldValue::from(v.as_str())
+            };
+            t.insert(k.as_str(), value);
+        }
+        t
+    }
+
     /// Refuses combinations that cannot mean anything.
     pub fn validate(&self) -> Result<(), String> {
         if (self.size as usize) < STAMP_LEN {
@@ -288,6 +337,14 @@ impl PerfArgs {
         }
         if self.no_declare && self.queue.is_none() {
             return Err("--no-declare needs --queue to name the existing queue".into());
+        }
+        if self.no_declare && !self.queue_args.is_empty() {
+            return Err("--queue-args needs a declare: --no-declare declares nothing".into());
+        }
+        for (k, _) in &self.queue_args {
+            if k.len() > SHORT_STR_MAX {
+                return Err(format!("--queue-args: the key {k:.20}... is longer than {SHORT_STR_MAX} bytes"));
+            }
         }
         Ok(())
     }
@@ -394,6 +451,30 @@ mod tests {
         assert_eq!((p.producers, p.queues, p.bindings_per_queue), (4, 10, 10));
         assert!(p.no_declare && p.json && p.quiet);
         p.validate().expect("valid");
+    }
+
+    #[test]
+    fn several_uris_and_queue_arguments() {
+        let p = perf(&[
+            "--uris",
+            "amqp://h:1/%2f,amqp://h:2/%2f,amqp://h:3/%2f",
+            "--queue-args",
+            "x-queue-type=quorum,x-max-length=10,x-single-active-consumer=true",
+        ]);
+        p.validate().expect("valid");
+        assert_eq!(p.setup_uri().port, 1);
+        assert_eq!([0, 1, 2, 3, 4].map(|i| p.uri_for(i).port), [1, 2, 3, 1, 2]);
+        let t = p.queue_arguments();
+        assert_eq!(t.get("x-queue-type").and_then(|v| v.as_str()), Some("quorum"));
+        assert_eq!(t.get("x-max-length"), Some(&FieldValue::I64(10)));
+        assert_eq!(t.get("x-single-active-consumer"), Some(&FieldValue::Bool(true)));
+        let one = perf(&["--uri", "amqp://h:9/%2f"]);
+        assert_eq!((one.setup_uri().port, one.uri_for(5).port), (9, 9));
+        assert!(one.queue_arguments().is_empty());
+        assert!(cli(&["--uri", "amqp://h:1", "--uris", "amqp://h:2"]).is_err(), "--uri and --uris conflict");
+        assert!(cli(&["--queue-args", "novalue"]).is_err());
+        let err = perf(&["-u", "q", "--no-declare", "--queue-args", "a=b"]).validate().expect_err("invalid");
+        assert!(err.contains("--no-declare"), "{err}");
     }
 
     #[test]

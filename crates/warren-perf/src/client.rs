@@ -369,6 +369,19 @@ impl Connection {
         exclusive: bool,
         auto_delete: bool,
     ) -> Result<String, Error> {
+        self.queue_declare_with(channel, name, durable, exclusive, auto_delete, FieldTable::new()).await
+    }
+
+    /// Declares a queue with arguments; returns its name.
+    pub async fn queue_declare_with(
+        &mut self,
+        channel: u16,
+        name: &str,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: FieldTable,
+    ) -> Result<String, Error> {
         let m = Method::QueueDeclare {
             queue: ShortStr::from(name),
             passive: false,
@@ -376,7 +389,7 @@ impl Connection {
             exclusive,
             auto_delete,
             nowait: false,
-            arguments: FieldTable::new(),
+            arguments,
         };
         match self.rpc(channel, m).await? {
             Method::QueueDeclareOk { queue, .. } => Ok(queue.to_string()),

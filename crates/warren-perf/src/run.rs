@@ -1,7 +1,8 @@
 //! A throughput run, from declare to summary.
 //!
-//! 1. A setup connection declares the exchange, the queues (server-named ones unless `--queue`)
-//!    and the bindings, unless `--no-declare`.
+//! 1. A setup connection declares the exchange, the queues (server-named ones unless `--queue`,
+//!    with `--queue-args`) and the bindings, unless `--no-declare`; through the first of `--uris`
+//!    when several are given, and producers and consumers connect to them in turn.
 //! 2. Every consumer connects and subscribes, then every producer connects (all concurrently);
 //!    only when all are ready does the clock start, so no message is published before its
 //!    consumers exist.
@@ -48,7 +49,7 @@ struct Setup {
 impl Setup {
     /// Declares the run's exchange, queues and bindings; returns the queue names.
     async fn declare(&mut self, args: &PerfArgs) -> Result<Vec<String>, Error> {
-        let mut conn = Connection::open(&args.uri, "warren-perf setup").await?;
+        let mut conn = Connection::open(args.setup_uri(), "warren-perf setup").await?;
         conn.channel_open(CHANNEL).await?;
         let conn = self.conn.insert(conn);
         if !args.exchange.is_empty() {
@@ -59,7 +60,9 @@ impl Setup {
         let mut names = Vec::with_capacity(args.queues as usize);
         for i in 0..args.queues as usize {
             let wanted = queue_name(args, i);
-            let name = conn.queue_declare(CHANNEL, &wanted, args.persistent, false, false).await?;
+            let name = conn
+                .queue_declare_with(CHANNEL, &wanted, args.persistent, false, false, args.queue_arguments())
+                .await?;
             if wanted.is_empty() {
                 self.server_named.push(name.clone());
             }
@@ -98,7 +101,7 @@ pub async fn run(args: &PerfArgs) -> Result<Summary, String> {
     };
     let result = match names {
         Ok(names) => measure(args, Topology::new(args, names)).await,
-        Err(e) => Err(format!("declaring on {}: {e}", args.uri)),
+        Err(e) => Err(format!("declaring on {}: {e}", args.setup_uri())),
     };
     if let Err(e) = setup.cleanup().await {
         eprintln!("warren-perf: cleaning up the server-named queues: {e}");
@@ -156,7 +159,7 @@ where
 {
     let mut set = JoinSet::new();
     for (i, spec) in specs.into_iter().enumerate() {
-        let uri = args.uri.clone();
+        let uri = args.uri_for(i).clone();
         let prepare = prepare.clone();
         set.spawn(async move {
             let c = Connection::open(&uri, &format!("warren-perf {role} {i}")).await.map_err(|e| (i, e))?;

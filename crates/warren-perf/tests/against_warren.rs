@@ -206,6 +206,28 @@ fn a_broker_error_is_reported_with_its_reply_code_and_fails_the_run() {
 }
 
 #[test]
+fn queue_arguments_reach_the_broker_and_several_uris_share_the_run() {
+    let Some(broker) = Broker::start() else { return };
+    // A negative length limit is refused (406): the argument went out with the declare.
+    let out = broker.perf(&["-u", "qa-bad", "-x", "1", "-y", "0", "-C", "1", "--queue-args", "x-max-length=-1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("406") && stderr.contains("x-max-length"), "{stderr}");
+    // Two URIs (the same broker twice): producers and consumers connect to them in turn.
+    let uris = format!("{0},{0}", broker.uri);
+    let out = Command::new(env!("CARGO_BIN_EXE_warren-perf"))
+        .args(["--uris", &uris, "--quiet", "--json", "-x", "2", "-y", "2", "-c", "10", "-C", "500", "-D", "500"])
+        .args(["-u", "qa-uris", "--queue-args", "x-max-length=100000,x-queue-mode=default"])
+        .output()
+        .expect("warren-perf runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON summary");
+    assert_eq!(count(&v, "confirmed"), 1000, "{v}");
+    assert_eq!(count(&v, "consumed"), 1000, "{v}");
+    assert_eq!(count(&v, "lost"), 0, "{v}");
+}
+
+#[test]
 fn scenarios_run_and_report() {
     let Some(broker) = Broker::start() else { return };
     let v = broker.perf_json(&["connection-churn", "-z", "0.5", "-P", "2", "--channel"]);

@@ -323,6 +323,10 @@ impl Broker {
         let released = ch.release_deferred(synced, None);
         self.stats.confirms += released.confirms;
         out.extend(released.answers.into_iter().map(|method| (conn, Out::Method { channel, method })));
+        if released.waiting {
+            // What the commit let through next waits for a sync round.
+            self.waiting.insert(conn);
+        }
     }
 
     /// Delivers a message of replicated queue `queue` (group `group`) to consumer `tag` of
