@@ -538,6 +538,24 @@ async fn scenario(
         pause_gate_ms: args.pause_gate_ms,
     };
     let messages = plan.messages.then(|| check::check_messages(&history, &rules));
+    if let Some(m) = messages.as_ref().filter(|m| m.lost > 0) {
+        // What the lost messages went through, for whoever looks into it: one line each.
+        let lines: String = m
+            .lost_sample
+            .iter()
+            .filter_map(|&id| history.publishes.get(id as usize).map(|p| (id, p)))
+            .map(|(id, p)| {
+                format!(
+                    "id {id} node {} sent {} us settled {:?} us {:?}\n",
+                    p.node + 1,
+                    p.sent_us,
+                    p.settled_us,
+                    p.outcome
+                )
+            })
+            .collect();
+        let _ = std::fs::write(run_dir.join("lost.txt"), lines);
+    }
     let meta = plan.metadata.then(|| {
         let present: BTreeSet<(Entity, String)> = final_topology
             .as_ref()

@@ -252,10 +252,13 @@ impl MetaHost {
                     self.handled.send_replace(index);
                 }
                 Applied::Restored { index } => {
-                    // The commands up to `index` were not seen one by one: make the broker
-                    // match the group's state as a whole.
-                    self.reconcile(None);
-                    self.queues_changed();
+                    // The commands up to `index` were not seen one by one (a snapshot, or the
+                    // log replayed at start): make the broker match the group's state as a
+                    // whole; while catching up, the barrier's coming back does that.
+                    if !self.is_catching_up() {
+                        self.reconcile(None);
+                        self.queues_changed();
+                    }
                     self.handled.send_replace(index);
                 }
             }

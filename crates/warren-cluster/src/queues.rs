@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use warren_amqp::ShortStr;
 use warren_core::broker::ReplicaWork;
-use warren_core::quorum::{Command, Effect, Output, QuorumConfig, QuorumQueue, Reply, Stamped};
+use warren_core::quorum::{Command, Delivery, Effect, Output, QuorumConfig, QuorumQueue, Reply, Stamped};
 use warren_core::{ConnId, Out};
 use warren_raft::{
     Applied, AppliedRx, Forwarded, Group, GroupConfig, Machine, Peer, ProposeError, TcpNode, TcpTransport, Wal,
@@ -138,7 +138,7 @@ struct Replica {
     pending: parking_lot::Mutex<Vec<ReplicaWork>>,
     wake: Notify,
     /// Replies of the entries applied here (by log index), for the proposer to collect.
-    replies: parking_lot::Mutex<BTreeMap<u64, Vec<Reply>>>,
+    replies: parking_lot::Mutex<BTreeMap<u64, Vec<Answer>>>,
     handled: watch::Sender<u64>,
     stop: watch::Sender<bool>,
 }
@@ -161,6 +161,9 @@ pub struct QueueHost {
     /// run's (its deliveries, replayed from the log at start, are no one's here).
     first_conn: std::sync::atomic::AtomicU64,
 }
+
+/// What a command's proposer is told: the reply, and basic.get's message.
+type Answer = (Reply, Option<Delivery>);
 
 /// This node's number in quorum queues' commands (their owners are u32).
 pub fn node32(id: u64) -> u32 {
@@ -433,8 +436,21 @@ impl QueueHost {
                     // ack or a return would leave a message checked out for good. Each of
                     // them changes nothing when applied twice (had it been committed after
                     // all).
-                    let again: Vec<ReplicaWork> =
-                        batch.iter().filter(|w| !matches!(w.command, Command::Enqueue { .. })).cloned().collect();
+                    // A get is not tried again (a second try could take a second message):
+                    // its channel is closed, and the group told the channel is gone, which
+                    // returns the message had the get been committed after all.
+                    let again: Vec<ReplicaWork> = batch
+                        .iter()
+                        .filter_map(|w| match w.command {
+                            Command::Enqueue { .. } => None,
+                            Command::Get { owner, .. } => Some(ReplicaWork {
+                                group: w.group,
+                                command: Command::Down(warren_core::quorum::Gone::Channel(owner)),
+                                confirm: None,
+                            }),
+                            _ => Some(w.clone()),
+                        })
+                        .collect();
                     tracing::warn!(
                         "quorum queue '{}': {} commands not committed ({} to be tried again): {e}",
                         replica.name,
@@ -450,42 +466,88 @@ impl QueueHost {
                     None
                 }
             };
+            let now_ms = self.shared.now_ms();
+            let mut returns = Vec::new();
             let mut core = self.shared.broker();
             let mut out: Vec<(ConnId, Out)> = Vec::new();
             for (i, w) in batch.iter().enumerate() {
+                let reply = replies.as_ref().and_then(|r| r.get(i));
                 if let Some((conn, channel, seq)) = w.confirm {
-                    let ok = replies.as_ref().and_then(|r| r.get(i)).is_some_and(|r| !matches!(r, Reply::Rejected));
+                    let ok = reply.is_some_and(|(r, _)| !matches!(r, Reply::Rejected));
                     core.replica_committed(conn, channel, seq, ok, &mut out);
+                }
+                if let Command::Get { owner, no_ack } = w.command {
+                    let got = match reply {
+                        Some((Reply::Got { remaining, .. }, got)) => Some((got.as_ref(), *remaining)),
+                        _ => None,
+                    };
+                    let taken = got.and_then(|(g, _)| g.map(|d| d.id));
+                    if !core.replica_got(&replica.name, replica.group_id, owner, no_ack, got, now_ms, &mut out) {
+                        returns.extend(taken.map(|id| ReplicaWork {
+                            group: replica.group_id,
+                            command: Command::Return { owner, ids: vec![id] },
+                            confirm: None,
+                        }));
+                    }
                 }
             }
             core.deliver(&mut out);
+            drop(core);
+            if !returns.is_empty() {
+                replica.pending.lock().extend(returns);
+            }
         }
     }
 
     /// Proposes one batch (through the leader, wherever it is) and returns its replies once
     /// this node applied it.
-    async fn commit(&self, replica: &Replica, batch: Vec<Stamped>) -> Result<Vec<Reply>, String> {
+    async fn commit(&self, replica: &Replica, batch: Vec<Stamped>) -> Result<Vec<Answer>, String> {
         let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT;
+        let has_get = batch.iter().any(|c| matches!(c.command, Command::Get { .. }));
         let mut why = String::from("no leader");
         let index = loop {
+            // An attempt's error: what went wrong, and whether trying again is allowed.
             let attempt = async {
                 match replica.group.propose(batch.clone()).await {
                     Ok((index, _)) => Ok(index),
                     Err(ProposeError::NotLeader { leader: Some(leader) }) if leader != self.me => {
-                        let addr = self.nodes.get(&leader).cloned().ok_or("the leader is not a known node")?;
-                        match replica.transport.propose(&Peer { id: leader, addr }, &batch, COMMIT_TIMEOUT).await {
-                            Ok(Forwarded::Committed(index)) => Ok(index),
-                            Ok(Forwarded::NotLeader(_)) => Err("the leader moved".to_owned()),
-                            Err(e) => Err(format!("forwarding to the leader: {e}")),
+                        let addr = self
+                            .nodes
+                            .get(&leader)
+                            .cloned()
+                            .ok_or(("the leader is not a known node".to_owned(), true))?;
+                        // A leader paused or cut off does not answer: once this node's replica
+                        // moved to a later term (an election), the batch goes to whoever leads
+                        // now rather than waiting out the timeout. Should the old leader's copy
+                        // be committed after all, the new leader had it, and it comes first:
+                        // its commands are applied twice in a row, which changes nothing but a
+                        // publish's count (at least once, as a publisher retrying would) and a
+                        // get's (so a batch with a get is not sent twice: it fails instead).
+                        let term = replica.group.status().term;
+                        let peer = Peer { id: leader, addr };
+                        let forward = replica.transport.propose(&peer, &batch, COMMIT_TIMEOUT);
+                        let moved = replica.group.wait_until(COMMIT_TIMEOUT, "a later term", move |s| s.term > term);
+                        tokio::select! {
+                            forwarded = forward => match forwarded {
+                                Ok(Forwarded::Committed(index)) => Ok(index),
+                                Ok(Forwarded::NotLeader(_)) => Err(("the leader moved".to_owned(), true)),
+                                Err(e) => Err((format!("forwarding to the leader: {e}"), true)),
+                            },
+                            Ok(_) = moved => Err(("the leader changed while the batch was forwarded".to_owned(), !has_get)),
                         }
                     }
-                    Err(ProposeError::NotLeader { .. }) => Err("no leader".to_owned()),
-                    Err(ProposeError::Stopped(_)) => Err("the group stopped".to_owned()),
+                    Err(ProposeError::NotLeader { .. }) => Err(("no leader".to_owned(), true)),
+                    Err(ProposeError::Stopped(_)) => Err(("the group stopped".to_owned(), true)),
                 }
             };
             match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok(index)) => break index,
-                Ok(Err(e)) => why = e,
+                Ok(Err((e, again))) => {
+                    if !again {
+                        return Err(e);
+                    }
+                    why = e;
+                }
                 Err(_) => return Err(format!("not committed within {COMMIT_TIMEOUT:?} ({why})")),
             }
             if tokio::time::Instant::now() + Duration::from_millis(50) >= deadline {
@@ -505,6 +567,11 @@ impl QueueHost {
     async fn apply_loop(self: Arc<Self>, replica: Arc<Replica>, mut applied: AppliedRx<Vec<Output>>) {
         while let Some(event) = applied.recv().await {
             let index = event.index();
+            if let Applied::Restored { .. } = event {
+                // The log replayed at start, or a snapshot: the counts as they are now.
+                let ready = replica.group.with_machine(|m| m.queue().ready_count());
+                self.shared.broker().set_replica_counts(&replica.vhost, &replica.name, ready, 0);
+            }
             if let Applied::Command { output, .. } = event {
                 let mut returns = Vec::new();
                 {
@@ -566,7 +633,7 @@ impl QueueHost {
                     replica.wake.notify_one();
                 }
                 let mut replies = replica.replies.lock();
-                replies.insert(index, output.into_iter().map(|o| o.reply).collect());
+                replies.insert(index, output.into_iter().map(|o| (o.reply, o.got)).collect());
                 while replies.len() > 4096 {
                     replies.pop_first();
                 }

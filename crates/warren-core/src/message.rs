@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use std::sync::Arc;
 use warren_amqp::properties::DELIVERY_MODE_PERSISTENT;
-use warren_amqp::{BasicProperties, FieldTable, PublishProperties, ShortStr};
+use warren_amqp::{BasicProperties, FieldTable, FieldValue, PublishProperties, ShortStr};
 
 /// The properties the broker itself reads (routing, priority, TTL, persistence). The others stay
 /// encoded in `Message::raw_properties` until something asks for them
@@ -74,6 +74,15 @@ impl Message {
             headers: self.properties.headers.clone(),
             ..Default::default()
         })
+    }
+
+    /// The message with header `x-delivery-count` set to `count`: how a quorum queue hands out
+    /// a message that came back (RabbitMQ's delivery count).
+    pub fn with_delivery_count(&self, count: u32) -> Arc<Self> {
+        let mut props = self.decode_properties();
+        props.headers.get_or_insert_with(FieldTable::new).insert("x-delivery-count", FieldValue::I64(i64::from(count)));
+        let raw = props.to_bytes();
+        Message::new(self.exchange.clone(), self.routing_key.clone(), props, raw, self.body.clone())
     }
 
     /// Bytes this message costs to deliver, for flow accounting.

@@ -16,13 +16,13 @@
 
 use crate::args::{Overflow, QueueArgs, QueueType};
 use crate::credit::{ChannelCredit, ConsumerCredit, Outbound, Unacked};
-use crate::message::{decode_returned_from_store, encode_returned_for_store, Message, MessageRef};
+use crate::message::{decode_returned_from_store, encode_returned_for_store, MessageRef};
 use crate::ConnId;
 use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
-use warren_amqp::{FieldTable, FieldValue, ShortStr};
+use warren_amqp::{FieldTable, ShortStr};
 use warren_store::{Backend, LogConfig, Recovered, SegmentLog, SyncHandle};
 
 /// Ready messages a queue holds in memory before it keeps new ones on disk only. Enough to
@@ -411,13 +411,7 @@ impl Queue {
         if self.args.queue_type != QueueType::Quorum || (m.returns == 0 && !even_zero) {
             return m.msg.clone();
         }
-        let mut props = m.msg.decode_properties();
-        props
-            .headers
-            .get_or_insert_with(FieldTable::new)
-            .insert("x-delivery-count", FieldValue::I64(i64::from(m.returns)));
-        let raw = props.to_bytes();
-        Message::new(m.msg.exchange.clone(), m.msg.routing_key.clone(), props, raw, m.msg.body.clone())
+        m.msg.with_delivery_count(m.returns)
     }
 
     /// Hands ready messages to the consumers: to the highest-priority consumers that can take

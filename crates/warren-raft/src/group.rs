@@ -185,10 +185,12 @@ impl<M: Machine> Group<M> {
         let (applied_tx, applied_rx) = mpsc::channel(config.applied_capacity);
         let store = store(applied_tx)?;
         let machine = store.state();
+        let starting = store.clone();
         let network = NetworkFactory::new(transport);
         let raft = Raft::new(id, raft_config, network, log, store)
             .await
             .map_err(|e| StartError::Storage { reason: e.to_string() })?;
+        starting.started().await;
         Ok((Group { id, raft, machine }, applied_rx))
     }
 

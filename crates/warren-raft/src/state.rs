@@ -41,6 +41,19 @@ pub(crate) struct MachineStore<M: Machine> {
     applied: mpsc::Sender<Applied<M::Output>>,
     /// Where the latest snapshot is kept on disk, for a durable group.
     snapshot_file: Option<Arc<PathBuf>>,
+    /// Whether the group is still starting, and how far it replayed its log meanwhile; held
+    /// while events are sent, so that they go out in log order.
+    replay: Arc<tokio::sync::Mutex<Replay>>,
+}
+
+/// While a group starts, openraft applies the log it kept before the host can read the applied
+/// stream: those commands are not reported one by one (a log longer than the stream's capacity
+/// would wait for a reader that is not there yet) but as one [`Applied::Restored`] once the
+/// group runs ([`MachineStore::started`]).
+#[derive(Default)]
+struct Replay {
+    done: bool,
+    upto: Option<u64>,
 }
 
 impl<M: Machine> Clone for MachineStore<M> {
@@ -49,6 +62,7 @@ impl<M: Machine> Clone for MachineStore<M> {
             state: Arc::clone(&self.state),
             applied: self.applied.clone(),
             snapshot_file: self.snapshot_file.clone(),
+            replay: Arc::clone(&self.replay),
         }
     }
 }
@@ -110,7 +124,12 @@ impl<M: Machine> MachineStore<M> {
             snapshot: None,
             snapshots_built: 0,
         };
-        MachineStore { state: Arc::new(Mutex::new(state)), applied, snapshot_file: None }
+        MachineStore {
+            state: Arc::new(Mutex::new(state)),
+            applied,
+            snapshot_file: None,
+            replay: Arc::new(tokio::sync::Mutex::new(Replay::default())),
+        }
     }
 
     /// A store that keeps its snapshots in `path`, starting from the one there if there is one
@@ -145,11 +164,33 @@ impl<M: Machine> MachineStore<M> {
 
     /// Reports events to the host in order. A host that dropped its receiver wants none: that is
     /// not an error.
+    ///
+    /// While the group starts, the events are not sent: how far the log was applied is kept,
+    /// to be reported as one `Restored` first.
     async fn report(&self, events: Vec<Applied<M::Output>>) {
-        for event in events {
+        let mut replay = self.replay.lock().await;
+        if !replay.done {
+            if let Some(last) = events.last() {
+                replay.upto = Some(last.index());
+            }
+            return;
+        }
+        let restored = replay.upto.take().map(|index| Applied::Restored { index });
+        for event in restored.into_iter().chain(events) {
             if self.applied.send(event).await.is_err() {
                 return;
             }
+        }
+    }
+
+    /// The group runs and its host reads the applied stream: what was applied while it
+    /// started is reported (as one `Restored`), and every event from now on.
+    pub(crate) async fn started(&self) {
+        let mut replay = self.replay.lock().await;
+        replay.done = true;
+        if let Some(index) = replay.upto.take() {
+            // The stream is empty (nothing was sent before), so this does not wait.
+            let _ = self.applied.send(Applied::Restored { index }).await;
         }
     }
 }

@@ -123,3 +123,38 @@ async fn members_restart_from_their_snapshot_and_the_log_after_it() {
     cluster.shutdown(&[1, 2, 3]).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_log_longer_than_the_applied_stream_replays_at_start_as_one_restored_event() {
+    // Before the fix, a member restarting on more entries than its applied stream holds waited
+    // for a reader that could not exist yet: its start never returned.
+    let dir = temp("long-replay");
+    let config = GroupConfig { applied_capacity: 4, ..durable_config() };
+    let mut cluster = Cluster::start_durable(config, &dir).await;
+    let mut last = 0;
+    for value in 0..20 {
+        last = cluster.propose(value).await.0;
+        for id in 1..=3 {
+            cluster.drain(id);
+        }
+    }
+    cluster.wait_applied(&[1, 2, 3], last).await;
+    for id in 1..=3 {
+        cluster.drain(id);
+    }
+    let leader = cluster.leader();
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    cluster.stop(follower).await;
+    tokio::time::timeout(WAIT, cluster.start_from_file(follower, &dir)).await.expect("the member started");
+    let (values, _) = cluster.state(follower);
+    assert_eq!(values, (0..20).collect::<Vec<_>>(), "the replayed machine");
+    // The replay is one event, and what comes after it is reported one by one.
+    let events = cluster.drain(follower);
+    assert!(matches!(events.first(), Some(warren_raft::Applied::Restored { index }) if *index >= last), "{events:?}");
+    let (next, _) = cluster.propose(20).await;
+    cluster.wait_applied(&[follower], next).await;
+    let events = cluster.drain(follower);
+    assert!(matches!(events.as_slice(), [warren_raft::Applied::Command { index, .. }] if *index == next), "{events:?}");
+    cluster.shutdown(&[1, 2, 3]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

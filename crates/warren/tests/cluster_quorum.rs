@@ -271,3 +271,74 @@ async fn past_its_delivery_limit_a_message_is_dead_lettered_once() {
     );
     assert!(tokio::time::timeout(Duration::from_millis(200), consumer.next()).await.is_err(), "came back");
 }
+
+/// The `x-delivery-count` header of a message, if it has one.
+fn delivery_count(d: &lapin::message::Delivery) -> Option<i64> {
+    match d.properties.headers().as_ref()?.inner().get("x-delivery-count")? {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        other => panic!("x-delivery-count is {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_get_takes_from_the_group_through_any_node() {
+    if common::Broker::is_external() {
+        eprintln!("skipped: starts Warren processes");
+        return;
+    }
+    let cluster = Cluster::start(3, "warren-qq-get");
+    let (c1, c2, c3) = (
+        connect_url(&cluster.nodes[0].amqp_url()).await,
+        connect_url(&cluster.nodes[1].amqp_url()).await,
+        connect_url(&cluster.nodes[2].amqp_url()).await,
+    );
+    let ch1 = confirm_channel(&c1).await;
+    declare(&ch1).await;
+    publish_confirmed(&ch1, (0..3).map(|i| format!("m{i}"))).await;
+
+    // Through node 2, acked: the head, with the count of those left and x-delivery-count 0.
+    let ch2 = channel(&c2).await;
+    let got = ch2.basic_get("qq", Default::default()).await.expect("get").expect("a message");
+    assert_eq!(&got.delivery.data[..], b"m0");
+    assert_eq!(got.message_count, 2);
+    assert!(!got.delivery.redelivered);
+    assert_eq!(delivery_count(&got.delivery), Some(0));
+    got.delivery.ack(BasicAckOptions::default()).await.expect("ack");
+
+    // Through node 3 without ack: the next one, gone for good.
+    let ch3 = channel(&c3).await;
+    let got = ch3.basic_get("qq", lapin::options::BasicGetOptions { no_ack: true }).await.expect("get").expect("m1");
+    assert_eq!(&got.delivery.data[..], b"m1");
+    assert_eq!(got.message_count, 1);
+
+    // Through node 2 again, and the channel closed before acking: the message comes back.
+    let ch2b = channel(&c2).await;
+    let got = ch2b.basic_get("qq", Default::default()).await.expect("get").expect("m2");
+    assert_eq!(&got.delivery.data[..], b"m2");
+    assert_eq!(got.message_count, 0);
+    assert!(ch3.basic_get("qq", Default::default()).await.expect("get while m2 is held").is_none());
+    ch2b.close(200, "bye").await.expect("close");
+    let again = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(g) = ch3.basic_get("qq", Default::default()).await.expect("get") {
+                return g.delivery;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("m2 came back within 10 s");
+    assert_eq!(&again.data[..], b"m2");
+    assert!(again.redelivered);
+    assert_eq!(delivery_count(&again), Some(1));
+    again.ack(BasicAckOptions::default()).await.expect("ack");
+
+    // Empty everywhere, and the API agrees.
+    for ch in [&ch1, &ch2, &ch3] {
+        assert!(ch.basic_get("qq", Default::default()).await.expect("get").is_none());
+    }
+    let (status, q) = get(&cluster.nodes[0].http(), "/api/queues/%2F/qq").await;
+    assert_eq!(status, 200);
+    assert_eq!(q["messages_ready"], 0, "{q}");
+}

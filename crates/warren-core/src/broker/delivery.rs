@@ -344,20 +344,20 @@ impl Broker {
         let queue = self.resolve_queue_name(conn, channel, queue)?;
         self.check(conn, Access::Read, "queue", &queue)?;
         let (vhost, q) = self.queue_for_use(conn, &queue)?;
-        if q.replica.is_some() {
-            return Err(ProtocolError::new(
-                ReplyCode::NotImplemented,
-                format_args!(
-                    "basic.get from quorum queue '{queue}' in vhost '{vhost}' is not served in a cluster yet: consume instead"
-                ),
-            ));
-        }
+        let replica = q.replica.map(|r| r.group);
         let ch = self.channel_mut(conn, channel)?;
         if !no_ack && ch.unacked_count() >= ch.unacked_max() {
             return Err(precondition(format_args!(
                 "unacked message limit of the channel ({}) is reached: acknowledge deliveries before getting more",
                 ch.unacked_max()
             )));
+        }
+        if let Some(group) = replica {
+            // A quorum queue's group takes the message at its head; the answer goes out once
+            // the group committed that (Broker::replica_got).
+            let owner = self.replica_owner(conn, channel);
+            self.push_replica_work(group, crate::quorum::Command::Get { owner, no_ack });
+            return Ok(());
         }
         let Some(got) = self.take_one(&vhost, &queue, no_ack, now_ms, out)? else {
             Self::reply(out, conn, channel, Method::BasicGetEmpty);

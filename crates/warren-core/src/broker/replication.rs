@@ -354,19 +354,7 @@ impl Broker {
             return false;
         };
         let msg = if delivery.delivery_count > 0 {
-            let mut props = delivery.msg.decode_properties();
-            props
-                .headers
-                .get_or_insert_with(FieldTable::new)
-                .insert("x-delivery-count", FieldValue::I64(i64::from(delivery.delivery_count)));
-            let raw = props.to_bytes();
-            Message::new(
-                delivery.msg.exchange.clone(),
-                delivery.msg.routing_key.clone(),
-                props,
-                raw,
-                delivery.msg.body.clone(),
-            )
+            delivery.msg.with_delivery_count(delivery.delivery_count)
         } else {
             delivery.msg.clone()
         };
@@ -398,6 +386,96 @@ impl Broker {
                 consumer_tag: tag.clone(),
                 delivery_tag,
                 redelivered: delivery.redelivered,
+                msg,
+            },
+        ));
+        true
+    }
+
+    /// Answers a basic.get of `owner`'s channel here from replicated queue `queue` (group
+    /// `group`): with the message the group handed it (`got`, and how many are left ready),
+    /// with get-empty, or, when the group did not commit the get (`None`), by closing the
+    /// channel (the client cannot tell whether the message was taken). False when the group
+    /// checked a message out to a channel that is gone: the host returns it to the group.
+    #[allow(clippy::too_many_arguments)]
+    pub fn replica_got(
+        &mut self,
+        queue: &ShortStr,
+        group: u64,
+        owner: Owner,
+        no_ack: bool,
+        got: Option<(Option<&QDelivery>, u64)>,
+        now_ms: u64,
+        out: &mut Vec<(ConnId, Out)>,
+    ) -> bool {
+        let open = self
+            .conns
+            .get_mut(&owner.conn)
+            .map(Mutex::get_mut)
+            .and_then(|c| c.channels.get(&owner.channel))
+            .is_some_and(|ch| ch.state() == crate::channel::ChannelState::Open);
+        let Some((delivery, remaining)) = got else {
+            if open {
+                let e = ProtocolError::new(
+                    ReplyCode::InternalError,
+                    format_args!(
+                        "basic.get from quorum queue '{queue}' was not committed by a majority of its members in time"
+                    ),
+                )
+                .on((60, 70));
+                self.channel_error(owner.conn, owner.channel, e, now_ms, out);
+            }
+            return true;
+        };
+        let Some(delivery) = delivery else {
+            if open {
+                out.push((owner.conn, Out::Method { channel: owner.channel, method: Method::BasicGetEmpty }));
+            }
+            return true;
+        };
+        if !open {
+            return no_ack;
+        }
+        let id = *self.next_delivery_id.get_mut();
+        let Some(ch) =
+            self.conns.get_mut(&owner.conn).map(Mutex::get_mut).and_then(|c| c.channels.get_mut(&owner.channel))
+        else {
+            return no_ack;
+        };
+        let delivery_tag = if no_ack {
+            ch.take_delivery_tag()
+        } else {
+            let tag = ch.push_unacked(Unacked {
+                delivery_tag: 0,
+                queue: queue.clone(),
+                id,
+                consumer: None,
+                delivered_at_ms: now_ms,
+            });
+            *self.next_delivery_id.get_mut() += 1;
+            self.replication.unacked.insert(id, (group, delivery.id, owner));
+            tag
+        };
+        if no_ack {
+            self.counters.delivered_get_auto_ack += 1;
+        } else {
+            self.counters.delivered_get_manual_ack += 1;
+        }
+        self.counters.redelivered += u64::from(delivery.redelivered);
+        // basic.get from a quorum queue always carries the count, 0 on a first delivery (as
+        // RabbitMQ 3.10).
+        let msg = delivery.msg.with_delivery_count(delivery.delivery_count);
+        out.push((
+            owner.conn,
+            Out::Content {
+                channel: owner.channel,
+                method: Method::BasicGetOk {
+                    delivery_tag,
+                    redelivered: delivery.redelivered,
+                    exchange: msg.exchange.clone(),
+                    routing_key: msg.routing_key.clone(),
+                    message_count: u32::try_from(remaining).unwrap_or(u32::MAX),
+                },
                 msg,
             },
         ));
