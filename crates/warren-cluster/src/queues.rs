@@ -286,6 +286,14 @@ impl QueueHost {
                 tracing::info!("quorum queue '{name}': its group was founded already ({e:?})");
             }
         }
+        // What this node's earlier run held (its consumers are gone with it) goes back first,
+        // ahead of this run's consumers: a node restarted before a leader saw it go would
+        // otherwise leave those messages checked out to no one for good.
+        let first = ReplicaWork {
+            group: group_id,
+            command: Command::Down(warren_core::quorum::Gone::Node(self.me32)),
+            confirm: None,
+        };
         let (stop, stopped) = watch::channel(false);
         let replica = Arc::new(Replica {
             vhost: vhost.to_owned(),
@@ -293,7 +301,7 @@ impl QueueHost {
             group_id,
             group,
             transport,
-            pending: parking_lot::Mutex::new(Vec::new()),
+            pending: parking_lot::Mutex::new(vec![first]),
             wake: Notify::new(),
             replies: parking_lot::Mutex::new(BTreeMap::new()),
             handled: watch::Sender::new(0),
@@ -306,10 +314,36 @@ impl QueueHost {
             core.set_replica(vhost, name, Some(group_id));
             self.shared.submit_replica_work(&mut core);
         }
+        tokio::spawn(Self::log_leaders(replica.clone(), stopped.clone()));
         tokio::spawn(self.clone().apply_loop(replica.clone(), applied));
         tokio::spawn(self.clone().propose_loop(replica, stopped));
         tracing::info!("quorum queue '{name}' in vhost '{vhost}': member of group {group_id:016x}");
         Ok(())
+    }
+
+    /// Logs each change of a group's leader as this node sees it (for operators, and for
+    /// reading a fault run's logs).
+    async fn log_leaders(replica: Arc<Replica>, mut stopped: watch::Receiver<bool>) {
+        let mut seen = (None, 0);
+        loop {
+            let changed = replica
+                .group
+                .wait_until(Duration::from_secs(3600), "a new leader", move |s| (s.leader, s.term) != seen);
+            let status = tokio::select! {
+                status = changed => status,
+                _ = stopped.changed() => return,
+            };
+            let Ok(status) = status else { continue };
+            if status.leader != seen.0 {
+                match status.leader {
+                    Some(leader) => {
+                        tracing::info!("quorum queue '{}': leader {leader:016x} in term {}", replica.name, status.term)
+                    }
+                    None => tracing::info!("quorum queue '{}': no leader in term {}", replica.name, status.term),
+                }
+            }
+            seen = (status.leader, status.term);
+        }
     }
 
     async fn stop_replica(&self, group_id: u64) {
@@ -342,9 +376,19 @@ impl QueueHost {
             }
             let now = connected.borrow_and_update().clone();
             let back = now.difference(&up).next().is_some();
+            let gone: Vec<u64> = up.difference(&now).copied().collect();
             told.retain(|(_, node)| !now.contains(node));
             up = now;
             let replicas: Vec<Arc<Replica>> = self.replicas.lock().values().cloned().collect();
+            if !gone.is_empty() {
+                // A leader's node whose connection closed (killed, say) is replaced at once
+                // rather than after the election timeout: one member calls the election (the
+                // lowest id of those still here, so that two do not split the vote).
+                for replica in &replicas {
+                    campaign_if_leader_gone(&replica.group, self.me, &up, &gone);
+                }
+                campaign_if_leader_gone(self.meta.group(), self.me, &up, &gone);
+            }
             for replica in &replicas {
                 let status = replica.group.status();
                 if status.leader != Some(self.me) {
@@ -568,9 +612,37 @@ impl QueueHost {
         while let Some(event) = applied.recv().await {
             let index = event.index();
             if let Applied::Restored { .. } = event {
-                // The log replayed at start, or a snapshot: the counts as they are now.
-                let ready = replica.group.with_machine(|m| m.queue().ready_count());
-                self.shared.broker().set_replica_counts(&replica.vhost, &replica.name, ready, 0);
+                // The log replayed at start, or a snapshot installed after this node fell
+                // behind: the deliveries in between were not seen here. A message the group
+                // checked out to a channel of this run that this broker never delivered would
+                // stay checked out for good: it goes back (an earlier run's go back with the
+                // Down this run proposed first).
+                let first_conn = self.first_conn.load(std::sync::atomic::Ordering::Relaxed);
+                let (ready, unacked, held) = replica.group.with_machine(|m| {
+                    (m.queue().ready_count(), m.queue().unsettled_count(), m.queue().held_on(self.me32))
+                });
+                let mut core = self.shared.broker();
+                core.set_replica_counts(&replica.vhost, &replica.name, ready, unacked);
+                let delivered = core.replica_unacked(replica.group_id);
+                drop(core);
+                let returns: Vec<ReplicaWork> = held
+                    .into_iter()
+                    .filter(|(owner, id)| owner.conn >= first_conn && !delivered.contains(id))
+                    .map(|(owner, id)| ReplicaWork {
+                        group: replica.group_id,
+                        command: Command::Return { owner, ids: vec![id] },
+                        confirm: None,
+                    })
+                    .collect();
+                if !returns.is_empty() {
+                    tracing::info!(
+                        "quorum queue '{}': {} messages checked out here while this node was behind go back",
+                        replica.name,
+                        returns.len()
+                    );
+                    replica.pending.lock().extend(returns);
+                    replica.wake.notify_one();
+                }
             }
             if let Applied::Command { output, .. } = event {
                 let mut returns = Vec::new();
@@ -622,8 +694,9 @@ impl QueueHost {
                             }
                         }
                     }
-                    let ready = replica.group.with_machine(|m| m.queue().ready_count());
-                    core.set_replica_counts(&replica.vhost, &replica.name, ready, 0);
+                    let (ready, unacked) =
+                        replica.group.with_machine(|m| (m.queue().ready_count(), m.queue().unsettled_count()));
+                    core.set_replica_counts(&replica.vhost, &replica.name, ready, unacked);
                     // Dead-lettered messages routed to quorum queues make commands too.
                     self.shared.submit_replica_work(&mut core);
                     core.deliver(&mut out);
@@ -640,6 +713,27 @@ impl QueueHost {
             }
             replica.handled.send_replace(index);
         }
+    }
+}
+
+/// Calls an election in `group` when its leader is among the nodes `gone` and this node is
+/// the lowest id of its voters still connected (`up`, and this node `me`).
+fn campaign_if_leader_gone<M: warren_raft::Machine>(
+    group: &Group<M>,
+    me: u64,
+    up: &std::collections::BTreeSet<u64>,
+    gone: &[u64],
+) {
+    let status = group.status();
+    let lost_leader = status.leader.is_some_and(|l| gone.contains(&l));
+    let first_here = status.voters.iter().copied().filter(|v| *v == me || up.contains(v)).min() == Some(me);
+    if lost_leader && first_here {
+        let group = group.clone();
+        tokio::spawn(async move {
+            if let Err(e) = group.campaign().await {
+                tracing::warn!("cannot call an election in group {:016x}: {}", group.id(), e.reason);
+            }
+        });
     }
 }
 

@@ -367,7 +367,7 @@ impl Queue {
 
     /// Messages delivered and not yet settled.
     pub fn unacked(&self) -> usize {
-        self.checked_out.len()
+        self.replica.map_or(self.checked_out.len(), |r| usize::try_from(r.unacked).unwrap_or(usize::MAX))
     }
 
     /// A message taken with [`Queue::pop`] was delivered and waits for an ack: the queue keeps

@@ -389,6 +389,11 @@ impl QuorumQueue {
         self.checked_out.len() as u64
     }
 
+    /// The messages checked out to channels of node `node`, with who holds each.
+    pub fn held_on(&self, node: u32) -> Vec<(Owner, MsgId)> {
+        self.checked_out.iter().filter(|(_, h)| h.owner.node == node).map(|(id, h)| (h.owner, *id)).collect()
+    }
+
     pub fn consumer_count(&self) -> usize {
         self.consumers.len()
     }

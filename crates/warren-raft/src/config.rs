@@ -15,11 +15,17 @@ pub const DEFAULT_HEARTBEAT_MS: u64 = 100;
 
 /// Default lower bound of the election timeout, in milliseconds: several heartbeats may be lost
 /// before a follower calls an election.
-pub const DEFAULT_ELECTION_TIMEOUT_MIN_MS: u64 = 500;
+///
+/// A follower that heard a leader waits the leader lease (openraft takes it to be the upper
+/// bound below) on top of its timeout: 0.9 to 1.2 s in all, doubled when it saw a longer log
+/// than its own. (At 500-1000 ms a paused or cut-off leader was replaced only after 1.5 to 4 s,
+/// too slow for the 5 s a publisher may wait; a killed one is replaced sooner: the host calls
+/// an election when the leader's node connection closes, `Group::campaign`.)
+pub const DEFAULT_ELECTION_TIMEOUT_MIN_MS: u64 = 300;
 
 /// Default upper bound of the election timeout, in milliseconds. openraft draws each node's
 /// timeout once, at start, from `[min, max)`; a wide range makes split votes unlikely.
-pub const DEFAULT_ELECTION_TIMEOUT_MAX_MS: u64 = 1000;
+pub const DEFAULT_ELECTION_TIMEOUT_MAX_MS: u64 = 600;
 
 /// Default number of applied entries after which a node snapshots its machine again
 /// (openraft's own default).

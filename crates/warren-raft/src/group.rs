@@ -302,6 +302,14 @@ impl<M: Machine> Group<M> {
         Ok(())
     }
 
+    /// Calls an election now, without waiting for the election timeout: for a host that knows
+    /// the leader is gone (its node's connection closed), which is how a leader killed outright
+    /// is replaced in well under the timeout. Other members still refuse their vote until
+    /// their leader lease (`election_timeout_max_ms` since they last heard the leader) ends.
+    pub async fn campaign(&self) -> Result<(), Stopped> {
+        self.raft.trigger().elect().await.map_err(|e| Stopped { reason: format!("raft core task failed: {e}") })
+    }
+
     /// Stops the group on this node: its tasks end, pending proposals fail with
     /// [`ProposeError::Stopped`], and RPCs to it fail. Errs only if its core task had panicked.
     pub async fn shutdown(&self) -> Result<(), Stopped> {

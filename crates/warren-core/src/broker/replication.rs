@@ -502,6 +502,11 @@ impl Broker {
         self.dead_letter(&Arc::from(vhost), vec![(queue.clone(), item, reason)], now_ms, out);
     }
 
+    /// The messages of group `group` delivered here and waiting for an ack.
+    pub fn replica_unacked(&self, group: u64) -> std::collections::BTreeSet<MsgId> {
+        self.replication.unacked.values().filter(|(g, _, _)| *g == group).map(|(_, id, _)| *id).collect()
+    }
+
     /// Hands settled deliveries of replicated queues to their groups (acked: settle;
     /// `requeue` true: return; false: discard, which dead-letters); returns the others.
     pub(super) fn settle_replicas(&mut self, settled: Vec<Unacked>, requeue: Option<bool>) -> Vec<Unacked> {
