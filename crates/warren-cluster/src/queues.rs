@@ -82,6 +82,16 @@ impl Machine for QueueMachine {
         }
     }
 
+    /// One byte per command: 0 done, 1 a publish refused (reject-publish), 2 an answer only
+    /// the proposer's own apply has (a get's message, a purge's count, a consumer tag in use).
+    fn receipt(outputs: &Vec<Output>, out: &mut Vec<u8>) {
+        out.extend(outputs.iter().map(|o| match o.reply {
+            Reply::Ok => 0,
+            Reply::Rejected => 1,
+            _ => 2,
+        }));
+    }
+
     fn decode_command(bytes: &[u8]) -> io::Result<Vec<Stamped>> {
         let cut = || invalid("a batch of queue commands cut short");
         let count = u32::from_be_bytes(bytes.get(..4).ok_or_else(cut)?.try_into().expect("4 bytes")) as usize;
@@ -105,12 +115,9 @@ impl Machine for QueueMachine {
 /// `x-quorum-initial-group-size`, default: every node).
 pub fn members_of(placement: &Placement, vhost: &str, name: &str, nodes: &[u64], size: usize) -> Vec<u64> {
     let spread = |node: u64| {
-        use std::hash::{Hash, Hasher};
-        // A fixed hash (SipHash with zero keys): the same order on every node and every run.
-        #[allow(deprecated)]
-        let mut h = std::hash::SipHasher::new();
-        (vhost, name, node).hash(&mut h);
-        h.finish()
+        // A fixed hash (64-bit FNV-1a): the same order on every node, run and version.
+        let bytes = vhost.bytes().chain([0xff]).chain(name.bytes()).chain([0xff]).chain(node.to_le_bytes());
+        bytes.fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
     };
     let mut others: Vec<u64> = nodes.iter().copied().filter(|&n| n != placement.origin).collect();
     others.sort_by_key(|&n| (spread(n), n));
@@ -549,11 +556,11 @@ impl QueueHost {
         let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT;
         let has_get = batch.iter().any(|c| matches!(c.command, Command::Get { .. }));
         let mut why = String::from("no leader");
-        let index = loop {
+        let (index, receipt) = loop {
             // An attempt's error: what went wrong, and whether trying again is allowed.
             let attempt = async {
                 match replica.group.propose(batch.clone()).await {
-                    Ok((index, _)) => Ok(index),
+                    Ok((index, _)) => Ok((index, Vec::new())),
                     Err(ProposeError::NotLeader { leader: Some(leader) }) if leader != self.me => {
                         let addr = self
                             .nodes
@@ -573,7 +580,7 @@ impl QueueHost {
                         let moved = replica.group.wait_until(COMMIT_TIMEOUT, "a later term", move |s| s.term > term);
                         tokio::select! {
                             forwarded = forward => match forwarded {
-                                Ok(Forwarded::Committed(index)) => Ok(index),
+                                Ok(Forwarded::Committed { index, receipt }) => Ok((index, receipt)),
                                 Ok(Forwarded::NotLeader(_)) => Err(("the leader moved".to_owned(), true)),
                                 Err(e) => Err((format!("forwarding to the leader: {e}"), true)),
                             },
@@ -585,7 +592,7 @@ impl QueueHost {
                 }
             };
             match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Ok(index)) => break index,
+                Ok(Ok(done)) => break done,
                 Ok(Err((e, again))) => {
                     if !again {
                         return Err(e);
@@ -599,6 +606,12 @@ impl QueueHost {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
+        // Committed through another node: its receipt answers publishes and the like at once,
+        // without waiting for this node to hear of the commit and apply the entry (the
+        // deliveries to this node's consumers come as it applies, all the same).
+        if receipt.len() == batch.len() && receipt.iter().all(|r| *r < 2) {
+            return Ok(receipt.iter().map(|r| (if *r == 1 { Reply::Rejected } else { Reply::Ok }, None)).collect());
+        }
         let mut handled = replica.handled.subscribe();
         if tokio::time::timeout_at(deadline, handled.wait_for(|h| *h >= index)).await.is_err() {
             return Err(format!("entry {index} committed but not applied here in time"));

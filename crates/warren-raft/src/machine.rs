@@ -47,6 +47,12 @@ pub trait Machine: Send + Sync + 'static {
     /// The bytes may come from the network: anything that is not one whole command (truncated,
     /// trailing or unknown bytes) must be an error of kind `InvalidData`, never a panic.
     fn decode_command(bytes: &[u8]) -> std::io::Result<Self::Command>;
+
+    /// What the leader sends back, with the index, to a member that forwarded a command
+    /// ([`TcpTransport::propose`](crate::TcpTransport::propose)) once it committed and applied
+    /// it: as much of `output` as lets the proposer answer its clients without waiting to apply
+    /// the entry itself. Nothing by default (the proposer waits).
+    fn receipt(_output: &Self::Output, _out: &mut Vec<u8>) {}
 }
 
 /// One event from a node's applied stream, in log order.

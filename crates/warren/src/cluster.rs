@@ -271,7 +271,7 @@ impl Groups {
                 let addr = addr.ok_or_else(|| ProposeFailure::Failed(format!("node {leader:016x} is not a member")))?;
                 let peer = Peer { id: leader, addr };
                 match transport.propose(&peer, &command, COMMIT_TIMEOUT).await {
-                    Ok(Forwarded::Committed(index)) => Ok(index),
+                    Ok(Forwarded::Committed { index, .. }) => Ok(index),
                     Ok(Forwarded::NotLeader(_)) => Err(ProposeFailure::NoLeader),
                     Err(e) => Err(ProposeFailure::Failed(format!("forwarding to the leader: {e}"))),
                 }

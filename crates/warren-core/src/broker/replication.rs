@@ -63,12 +63,13 @@ impl Broker {
         self.replication.owner = owner;
     }
 
-    /// Called as durable changes are written: keeps them for the metadata group.
+    /// Called as durable changes are written: takes them (the broker's list of changes made
+    /// since the last write) for the metadata group.
     pub(super) fn note_replication(&mut self, for_conn: Option<ConnId>) {
         if !self.replication.on || self.replication.applying || self.def_ops.is_empty() {
             return;
         }
-        let ops = self.def_ops.clone();
+        let ops = std::mem::take(&mut self.def_ops);
         let for_conn = for_conn.or(self.replication.owner);
         match self.replication.owed.iter_mut().find(|(c, _)| *c == for_conn) {
             Some((_, owed)) => owed.extend(ops),

@@ -81,7 +81,11 @@ impl<M: Machine> Handler for GroupHandler<M> {
                 Err(e) => bad_request(e),
                 Ok(command) => Box::pin(async move {
                     let answer = match group.propose(command).await {
-                        Ok((index, _)) => Forwarded::Committed(index),
+                        Ok((index, output)) => {
+                            let mut receipt = Vec::new();
+                            M::receipt(&output, &mut receipt);
+                            Forwarded::Committed { index, receipt }
+                        }
                         Err(crate::ProposeError::NotLeader { leader }) => Forwarded::NotLeader(leader),
                         Err(crate::ProposeError::Stopped(s)) => return Err(stopped(s)),
                     };
@@ -93,10 +97,16 @@ impl<M: Machine> Handler for GroupHandler<M> {
 }
 
 /// What a member answered to a command forwarded to it ([`TcpTransport::propose`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Forwarded {
-    /// It led the group, and the command is committed at this log index.
-    Committed(u64),
+    /// It led the group, and the command is committed.
+    Committed {
+        /// The command's log index.
+        index: u64,
+        /// What [`Machine::receipt`](crate::Machine::receipt) made of its output (empty when the
+        /// machine makes none).
+        receipt: Vec<u8>,
+    },
     /// It does not lead the group; this is the leader it knows of, if any.
     NotLeader(Option<u64>),
 }
@@ -104,9 +114,14 @@ pub enum Forwarded {
 impl Forwarded {
     fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Forwarded::Committed(index) => {
+            Forwarded::Committed { index, receipt } if receipt.is_empty() => {
                 out.push(0);
                 out.extend_from_slice(&index.to_be_bytes());
+            }
+            Forwarded::Committed { index, receipt } => {
+                out.push(3);
+                out.extend_from_slice(&index.to_be_bytes());
+                out.extend_from_slice(receipt);
             }
             Forwarded::NotLeader(None) => out.push(1),
             Forwarded::NotLeader(Some(leader)) => {
@@ -123,7 +138,11 @@ impl Forwarded {
             Ok(u64::from_be_bytes(b))
         };
         match bytes.first() {
-            Some(0) => Ok(Forwarded::Committed(u64_after_tag()?)),
+            Some(0) => Ok(Forwarded::Committed { index: u64_after_tag()?, receipt: Vec::new() }),
+            Some(3) if bytes.len() > 9 => {
+                let index = u64::from_be_bytes(bytes[1..9].try_into().map_err(|_| invalid())?);
+                Ok(Forwarded::Committed { index, receipt: bytes[9..].to_vec() })
+            }
             Some(1) if bytes.len() == 1 => Ok(Forwarded::NotLeader(None)),
             Some(2) => Ok(Forwarded::NotLeader(Some(u64_after_tag()?))),
             _ => Err(invalid()),
@@ -233,5 +252,30 @@ impl<M: Machine> Transport<M> for TcpTransport<M> {
             frame::request(self.group, Kind::Snapshot, |out| codec::encode_snapshot_request(&vote, &snapshot, out));
         drop(snapshot);
         self.exchange(target, Kind::Snapshot, frame, codec::decode_snapshot_response, timeout).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Forwarded;
+
+    #[test]
+    fn answers_to_forwarded_commands_read_back_and_damage_is_refused() {
+        let answers = [
+            Forwarded::Committed { index: 7, receipt: Vec::new() },
+            Forwarded::Committed { index: 1 << 40, receipt: vec![0, 1, 2] },
+            Forwarded::NotLeader(None),
+            Forwarded::NotLeader(Some(42)),
+        ];
+        for answer in answers {
+            let mut bytes = Vec::new();
+            answer.encode(&mut bytes);
+            assert_eq!(Forwarded::decode(&bytes).expect("decode"), answer);
+            for cut in 0..bytes.len().min(9) {
+                assert!(Forwarded::decode(&bytes[..cut]).is_err(), "{answer:?} cut at {cut}");
+            }
+        }
+        assert!(Forwarded::decode(&[9]).is_err());
+        assert!(Forwarded::decode(&[1, 0]).is_err());
     }
 }
