@@ -169,6 +169,14 @@ pub struct QueueHost {
     first_conn: std::sync::atomic::AtomicU64,
 }
 
+/// A quorum queue's group: snapshots every 1,000 entries with 100 kept behind (rather than
+/// every 5,000 with 1,000 kept): an entry is a batch of up to `BATCH_MAX` commands, published
+/// messages included, and the log's entries stay in memory until a snapshot lets them go,
+/// while a snapshot holds only the messages still in the queue.
+fn queue_group_config() -> GroupConfig {
+    GroupConfig { snapshot_every_entries: 1000, kept_after_snapshot_entries: 100, ..GroupConfig::default() }
+}
+
 /// What a command's proposer is told: the reply, and basic.get's message.
 type Answer = (Reply, Option<Delivery>);
 
@@ -199,7 +207,7 @@ impl QueueHost {
             nodes,
             replicas: parking_lot::Mutex::new(HashMap::new()),
             changed: Notify::new(),
-            config: GroupConfig::default(),
+            config: queue_group_config(),
             first_conn: std::sync::atomic::AtomicU64::new(u64::MAX),
         });
         shared.broker().set_replica_node(host.me32);
