@@ -348,7 +348,13 @@ impl QueueHost {
                 status = changed => status,
                 _ = stopped.changed() => return,
             };
-            let Ok(status) = status else { continue };
+            let status = match status {
+                Ok(status) => status,
+                Err(warren_raft::WaitError::Timeout { .. }) => continue,
+                // The group stopped: nothing more to wait for (waiting again would return at
+                // once, for ever).
+                Err(_) => return,
+            };
             if status.leader != seen.0 {
                 match status.leader {
                     Some(leader) => {
