@@ -43,9 +43,16 @@ function showLogin(reason) {
   });
 }
 
+// Each navigation renders into a view of its own, and only the latest one's view is in the
+// page and may poll: a slower earlier page (the overview still loading when the user moves on)
+// finishes into a detached view instead of over the current page.
+let generation = 0;
+
 async function route() {
   clearInterval(timer);
   timer = null;
+  const mine = ++generation;
+  const current = () => mine === generation;
   if (!credentials()) return showLogin();
   let me;
   try {
@@ -67,16 +74,25 @@ async function route() {
     a.classList.toggle('active', active);
     if (active) a.setAttribute('aria-current', 'page'); else a.removeAttribute('aria-current');
   }
-  const ctx = { main, args, flash, poll: (fn, ms) => { timer = setInterval(fn, ms); }, go: (h) => { location.hash = h; } };
+  if (!current()) return;
+  const view = document.createElement('div');
+  main.replaceChildren(view);
+  const poll = (fn, ms) => {
+    if (!current()) return;
+    const id = setInterval(() => { if (current()) fn(); else clearInterval(id); }, ms);
+    timer = id;
+  };
+  const ctx = { main: view, args, flash, poll, go: (h) => { location.hash = h; } };
   try {
     await page(ctx);
   } catch (err) {
+    if (!current()) return;
     if (err instanceof ApiError && err.status === 401) { clearCredentials(); return showLogin('Please log in'); }
-    main.innerHTML = '';
+    view.innerHTML = '';
     const p = document.createElement('p');
     p.className = 'muted';
     p.textContent = `Could not load this page: ${err.message}`;
-    main.append(p);
+    view.append(p);
   }
 }
 
