@@ -379,6 +379,12 @@ impl QuorumQueue {
         QuorumQueue { config, ..Default::default() }
     }
 
+    /// When the message at the head of the queue expires (ms since the Unix epoch), if it has
+    /// a TTL: the leader proposes a `Tick` once that time has passed.
+    pub fn head_expires_at(&self) -> Option<u64> {
+        self.peek().and_then(|e| e.expires_at)
+    }
+
     /// Messages ready to deliver (returned or never delivered).
     pub fn ready_count(&self) -> u64 {
         self.ready.len() as u64

@@ -166,6 +166,34 @@ fn render(shared: &Shared, per_object: bool) -> String {
             e.sample(name, &[], total);
         }
     }
+    // Quorum queues' Raft state on this node, as RabbitMQ's ra_metrics: one sample per queue
+    // this node holds a member of (per-object), or their sum (aggregated, as RabbitMQ sums
+    // them); none on a node without quorum queues.
+    let raft = shared.cluster_view().raft_metrics();
+    type RaftValue = fn(&warren_server::cluster::RaftMetrics) -> f64;
+    let raft_families: [(&str, Kind, &str, RaftValue); 6] = [
+        ("rabbitmq_raft_term_total", Counter, "Current Raft term number", |m| m.term as f64),
+        ("rabbitmq_raft_log_snapshot_index", Gauge, "Raft log snapshot index", |m| m.snapshot_index as f64),
+        ("rabbitmq_raft_log_last_applied_index", Gauge, "Raft log last applied index", |m| m.last_applied_index as f64),
+        ("rabbitmq_raft_log_commit_index", Gauge, "Raft log commit index", |m| m.commit_index as f64),
+        ("rabbitmq_raft_log_last_written_index", Gauge, "Raft log last written index", |m| m.last_written_index as f64),
+        ("rabbitmq_raft_entry_commit_latency_seconds", Gauge, "Time taken for a log entry to be committed", |m| {
+            m.commit_latency_seconds
+        }),
+    ];
+    if !raft.is_empty() {
+        for (name, kind, help, value) in raft_families {
+            e.family(name, kind, help);
+            if per_object {
+                for m in &raft {
+                    e.sample(name, &[("vhost", &m.vhost), ("queue", &m.queue)], value(m));
+                }
+            } else {
+                e.sample(name, &[], raft.iter().map(value).sum::<f64>());
+            }
+        }
+    }
+
     // Warren's own: queues whose storage failed and has not healed yet (RabbitMQ has none).
     let name = "warren_queue_storage_degraded";
     e.family(name, Gauge, "Queues whose storage is degraded: a write or sync failed and is being retried");

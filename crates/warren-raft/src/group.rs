@@ -6,7 +6,9 @@
 //! metrics, which the core publishes after every change.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use openraft::storage::RaftLogStorage;
@@ -217,16 +219,44 @@ impl<M: Machine> Group<M> {
     /// pending until it commits (the cut heals in time) or the node learns of a newer leader
     /// (then it fails with [`ProposeError::NotLeader`]), so callers should bound the wait.
     pub async fn propose(&self, command: M::Command) -> Result<(u64, M::Output), ProposeError> {
-        let response = self.raft.client_write(command).await?;
-        let index = response.log_id.index;
-        match response.data {
-            Some(output) => Ok((index, output)),
-            // openraft answers a proposal with the response its own entry produced, and a command
-            // entry always produces one.
-            None => {
-                Err(ProposeError::Stopped(Stopped { reason: format!("no output for the command at index {index}") }))
+        self.submit(command)?.await
+    }
+
+    /// Hands `command` to the group's core now and returns the wait for its outcome (what
+    /// [`propose`](Self::propose) returns). Commands submitted one after another from one task
+    /// are appended to the log in that order, however their waits are then awaited: this is
+    /// how a host keeps several proposals in flight without reordering them.
+    ///
+    /// The hand-over itself never waits: openraft 0.9's core takes requests through an
+    /// unbounded channel, so the send completes on its first poll (a send that does not is a
+    /// core that stopped, reported as such).
+    pub fn submit(
+        &self,
+        command: M::Command,
+    ) -> Result<impl Future<Output = Result<(u64, M::Output), ProposeError>> + Send + 'static, ProposeError> {
+        let send = std::pin::pin!(self.raft.client_write_ff(command));
+        let rx = match send.poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(rx)) => rx,
+            Poll::Ready(Err(fatal)) => return Err(ProposeError::Stopped(fatal.into())),
+            Poll::Pending => {
+                return Err(ProposeError::Stopped(Stopped { reason: "the raft core took no more requests".to_owned() }))
             }
-        }
+        };
+        Ok(async move {
+            let result = rx.await.map_err(|_| {
+                ProposeError::Stopped(Stopped { reason: "the raft core stopped before answering".to_owned() })
+            })?;
+            let response = result.map_err(|e| ProposeError::from(openraft::error::RaftError::APIError(e)))?;
+            let index = response.log_id.index;
+            match response.data {
+                Some(output) => Ok((index, output)),
+                // openraft answers a proposal with the response its own entry produced, and a
+                // command entry always produces one.
+                None => Err(ProposeError::Stopped(Stopped {
+                    reason: format!("no output for the command at index {index}"),
+                })),
+            }
+        })
     }
 
     /// The leader this node knows of. A node's view may be stale; only a successful

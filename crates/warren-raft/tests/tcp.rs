@@ -487,3 +487,74 @@ async fn watched_peers_stay_connected_without_any_group() {
     one.shutdown().await;
     assert!(one.watch_connected().borrow().is_empty());
 }
+
+/// Commands forwarded from a follower one after another, without waiting for each answer, are
+/// appended by the leader in the order they were sent: the leader's endpoint hands each to its
+/// group as it reads it (a task per request would race). And commands submitted to the leader
+/// one after another are appended in that order however their waits are awaited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_and_submitted_commands_keep_their_order() {
+    let cluster = Cluster::start().await;
+    let group = GROUPS[0];
+    let leader = cluster.leader(group).await;
+    let follower = *cluster.live().iter().find(|id| **id != leader).expect("a follower");
+    let transport = cluster.node(follower).transport::<List>(group);
+    let peer = warren_raft::Peer { id: leader, addr: cluster.addrs[&leader].clone() };
+    let sent: Vec<u64> = (0..200).map(|n| value(group, n)).collect();
+    let forwards: Vec<_> = sent.iter().map(|v| transport.propose(&peer, v, WAIT)).collect();
+    let mut indexes = Vec::new();
+    for answer in join_in_order(forwards).await {
+        match answer.expect("forwarded") {
+            warren_raft::Forwarded::Committed { index, .. } => indexes.push(index),
+            other => panic!("the leader answered {other:?}"),
+        }
+    }
+    assert!(indexes.windows(2).all(|w| w[0] < w[1]), "forwarded commands reordered: {indexes:?}");
+
+    let lead = cluster.group(leader, group);
+    let more: Vec<u64> = (200..300).map(|n| value(group, n)).collect();
+    let waits: Vec<_> = more.iter().map(|v| lead.submit(*v).expect("submitted")).collect();
+    let mut last = None;
+    // Awaited last first: the order of the log is the order of submission all the same.
+    let mut answered: Vec<(u64, u64)> = Vec::new();
+    for wait in waits.into_iter().rev() {
+        answered.push(wait.await.expect("committed"));
+    }
+    answered.reverse();
+    for (index, _) in &answered {
+        assert!(last < Some(*index), "submitted commands reordered: {answered:?}");
+        last = Some(*index);
+    }
+    let end = answered.last().expect("answers").0;
+    cluster.wait_applied(&cluster.live(), group, end).await;
+    let values = cluster.state(follower, group).0;
+    let tail: Vec<u64> = values.iter().copied().filter(|v| sent.contains(v) || more.contains(v)).collect();
+    assert_eq!(tail, sent.iter().chain(&more).copied().collect::<Vec<_>>());
+    cluster.shutdown().await;
+}
+
+/// Polls every future in order each time any may progress (so each sends its request on the
+/// first sweep, in order) and returns their outputs in order.
+async fn join_in_order<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    use std::task::Poll;
+    let mut futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    Poll::Ready(value) => *output = Some(value),
+                    Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("every future is ready")).collect()
+}

@@ -30,6 +30,26 @@ pub struct ReplicaView {
     pub online: Vec<String>,
 }
 
+/// The Raft state of this node's member of a quorum queue's group, for `/metrics`
+/// (RabbitMQ's `rabbitmq_raft_*` families).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RaftMetrics {
+    pub vhost: String,
+    pub queue: String,
+    /// The member's current term.
+    pub term: u64,
+    /// The last index covered by its latest snapshot.
+    pub snapshot_index: u64,
+    /// The last index applied to its machine.
+    pub last_applied_index: u64,
+    /// The last index it knows committed.
+    pub commit_index: u64,
+    /// The last index in its log.
+    pub last_written_index: u64,
+    /// How long this node's latest batch took to commit, in seconds.
+    pub commit_latency_seconds: f64,
+}
+
 /// The cluster as this node sees it.
 pub trait ClusterView: Send + Sync {
     /// `cluster_name` (by default the name of the node).
@@ -41,6 +61,10 @@ pub trait ClusterView: Send + Sync {
     /// The group of quorum queue `name` in `vhost`, if this node is one of its members.
     fn replica(&self, _vhost: &str, _name: &str) -> Option<ReplicaView> {
         None
+    }
+    /// The Raft state of every quorum queue group this node is a member of.
+    fn raft_metrics(&self) -> Vec<RaftMetrics> {
+        Vec::new()
     }
 }
 

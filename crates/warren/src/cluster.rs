@@ -189,6 +189,10 @@ impl ClusterView for View {
         })
     }
 
+    fn raft_metrics(&self) -> Vec<warren_server::cluster::RaftMetrics> {
+        self.queues.get().and_then(|q| q.upgrade()).map(|q| q.raft_metrics()).unwrap_or_default()
+    }
+
     fn cluster_name(&self) -> String {
         self.cluster_name.clone()
     }

@@ -272,6 +272,100 @@ async fn past_its_delivery_limit_a_message_is_dead_lettered_once() {
     assert!(tokio::time::timeout(Duration::from_millis(200), consumer.next()).await.is_err(), "came back");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_messages_are_dead_lettered_with_nothing_else_happening() {
+    if common::Broker::is_external() {
+        eprintln!("skipped: starts Warren processes");
+        return;
+    }
+    let cluster = Cluster::start(3, "warren-qq-ttl");
+    let (c1, c2, c3) = (
+        connect_url(&cluster.nodes[0].amqp_url()).await,
+        connect_url(&cluster.nodes[1].amqp_url()).await,
+        connect_url(&cluster.nodes[2].amqp_url()).await,
+    );
+    let ch1 = channel(&c1).await;
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    ch1.queue_declare("dlq", durable, quorum_args()).await.expect("declare dlq");
+    let dead_letter_to_dlq = |mut args: FieldTable| {
+        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        args.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString("dlq".into()));
+        args
+    };
+    let mut queue_ttl = quorum_args();
+    queue_ttl.insert("x-message-ttl".into(), AMQPValue::LongInt(300));
+    ch1.queue_declare("ttl", durable, dead_letter_to_dlq(queue_ttl)).await.expect("declare ttl");
+    ch1.queue_declare("own-ttl", durable, dead_letter_to_dlq(quorum_args())).await.expect("declare own-ttl");
+
+    // Three messages under the queue's TTL through node 2, one with its own expiration through
+    // node 3; then nothing is done to either queue.
+    let confirms2 = confirm_channel(&c2).await;
+    for n in 0..3 {
+        let body = format!("queue-ttl-{n}");
+        let confirm = confirms2
+            .basic_publish("", "ttl", BasicPublishOptions::default(), body.as_bytes(), BasicProperties::default())
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack(), "{body}: {confirm:?}");
+    }
+    let confirms3 = confirm_channel(&c3).await;
+    let confirm = confirms3
+        .basic_publish(
+            "",
+            "own-ttl",
+            BasicPublishOptions::default(),
+            b"own-expiration",
+            BasicProperties::default().with_expiration("200".into()),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    assert!(confirm.is_ack());
+
+    // All four come to the dead-letter queue, through node 3, each told why and whence.
+    let ch3 = channel(&c3).await;
+    let mut dead =
+        ch3.basic_consume("dlq", "dead", BasicConsumeOptions::default(), FieldTable::default()).await.expect("consume");
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let d = tokio::time::timeout(Duration::from_secs(10), dead.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {got:?} were dead-lettered"))
+            .expect("a delivery")
+            .expect("a delivery");
+        let headers = d.properties.headers().clone().unwrap_or_default();
+        let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
+            panic!("no x-death: {headers:?}")
+        };
+        let Some(AMQPValue::FieldTable(first)) = deaths.as_slice().first() else { panic!("empty x-death") };
+        let text = |name: &str| match first.inner().get(name) {
+            Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+            other => panic!("x-death {name}: {other:?}"),
+        };
+        got.push((String::from_utf8_lossy(&d.data).into_owned(), text("reason"), text("queue")));
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    got.sort();
+    let expired = |body: &str, queue: &str| (body.to_owned(), "expired".to_owned(), queue.to_owned());
+    assert_eq!(
+        got,
+        vec![
+            expired("own-expiration", "own-ttl"),
+            expired("queue-ttl-0", "ttl"),
+            expired("queue-ttl-1", "ttl"),
+            expired("queue-ttl-2", "ttl"),
+        ]
+    );
+    // And they left their queues.
+    for queue in ["ttl", "own-ttl"] {
+        let left = ch1.basic_get(queue, lapin::options::BasicGetOptions { no_ack: true }).await.expect("basic.get");
+        assert!(left.is_none(), "{queue} still holds a message");
+    }
+}
+
 /// The `x-delivery-count` header of a message, if it has one.
 fn delivery_count(d: &lapin::message::Delivery) -> Option<i64> {
     match d.properties.headers().as_ref()?.inner().get("x-delivery-count")? {
@@ -341,4 +435,33 @@ async fn basic_get_takes_from_the_group_through_any_node() {
     let (status, q) = get(&cluster.nodes[0].http(), "/api/queues/%2F/qq").await;
     assert_eq!(status, 200);
     assert_eq!(q["messages_ready"], 0, "{q}");
+
+    // Every node's /metrics/per-object shows its member's Raft state, on RabbitMQ's names: a
+    // term, and a log through which everything above went (the publishes, gets, acks and the
+    // return: more than ten entries), applied and committed up to what it holds.
+    for node in &cluster.nodes {
+        let text = reqwest::get(format!("http://{}/metrics/per-object", node.http()))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("metrics text");
+        let sample = |family: &str| -> f64 {
+            let prefix = format!("{family}{{vhost=\"/\",queue=\"qq\"}} ");
+            let line = text.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {prefix}in\n{text}"));
+            line[prefix.len()..].parse().expect("a number")
+        };
+        assert!(sample("rabbitmq_raft_term_total") >= 1.0);
+        let written = sample("rabbitmq_raft_log_last_written_index");
+        let committed = sample("rabbitmq_raft_log_commit_index");
+        let applied = sample("rabbitmq_raft_log_last_applied_index");
+        assert!(written > 10.0, "{written}");
+        assert!(
+            applied <= committed && committed <= written,
+            "applied {applied}, committed {committed}, written {written}"
+        );
+        assert!(sample("rabbitmq_raft_log_snapshot_index") <= applied);
+        assert!(sample("rabbitmq_raft_entry_commit_latency_seconds") >= 0.0);
+        assert!(text.contains("# TYPE rabbitmq_raft_term_total counter"), "{text}");
+    }
 }

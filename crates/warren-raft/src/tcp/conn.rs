@@ -21,8 +21,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::frame::{self, status, Header, Kind, ReadError};
+use super::frame::{self, status, Header, ReadError};
 use super::handshake::Identity;
+use super::transport::{Answer, Refusal};
 use super::Node;
 use crate::RpcError;
 
@@ -209,8 +210,18 @@ async fn read_frames(node: &Arc<Node>, conn: &Arc<Conn>, reader: OwnedReadHalf) 
             Some(Header::Response { id, status }) => conn.answer(id, Response { status, frame }),
             Some(Header::Request { group, id, kind }) => match Arc::clone(&permits).try_acquire_owned() {
                 Ok(permit) => {
-                    let task = handle_request(Arc::clone(node), Arc::clone(conn), group, id, kind, frame, permit);
-                    node.spawn(task);
+                    // The handler starts the work here, in arrival order (a forwarded proposal
+                    // is handed to its group's core before the next frame is read); its answer
+                    // is awaited by a task of its own.
+                    let answer = match (kind, node.handler(group)) {
+                        (None, _) => Err((status::BAD_REQUEST, "unknown request kind".to_owned())),
+                        (Some(_), None) => {
+                            Err((status::NO_GROUP, format!("no group {group} on node {}", node.me.node_id)))
+                        }
+                        (Some(kind), Some(handler)) => Ok(handler.handle(kind, frame::request_body(&frame))),
+                    };
+                    drop(frame);
+                    node.spawn(handle_request(Arc::clone(node), Arc::clone(conn), id, answer, permit));
                 }
                 // Refused rather than waited for: the reader must keep reading, since the answers
                 // to this node's own requests arrive on the same connection.
@@ -226,18 +237,14 @@ async fn read_frames(node: &Arc<Node>, conn: &Arc<Conn>, reader: OwnedReadHalf) 
 async fn handle_request(
     node: Arc<Node>,
     conn: Arc<Conn>,
-    group: u64,
     id: u64,
-    kind: Option<Kind>,
-    frame: Vec<u8>,
+    answer: Result<Answer, Refusal>,
     _permit: OwnedSemaphorePermit,
 ) {
-    let answer = match (kind, node.handler(group)) {
-        (None, _) => Err((status::BAD_REQUEST, "unknown request kind".to_owned())),
-        (Some(_), None) => Err((status::NO_GROUP, format!("no group {group} on node {}", node.me.node_id))),
-        (Some(kind), Some(handler)) => handler.handle(kind, frame::request_body(&frame)).await,
+    let answer = match answer {
+        Ok(work) => work.await,
+        Err(refused) => Err(refused),
     };
-    drop(frame);
     let mut response = match answer {
         Ok(body) => frame::response(id, status::OK, &body),
         Err((status, reason)) => frame::response(id, status, reason.as_bytes()),

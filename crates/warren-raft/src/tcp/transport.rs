@@ -77,20 +77,30 @@ impl<M: Machine> Handler for GroupHandler<M> {
                     Ok(encoded(|out| codec::encode_snapshot_response(&response, out)))
                 }),
             },
+            // Submitted here, as the reader takes the request (it calls `handle` in the order
+            // requests arrive): commands one node forwards one after another are appended in
+            // that order, however many are in flight.
             Kind::Propose => match M::decode_command(body) {
                 Err(e) => bad_request(e),
-                Ok(command) => Box::pin(async move {
-                    let answer = match group.propose(command).await {
-                        Ok((index, output)) => {
-                            let mut receipt = Vec::new();
-                            M::receipt(&output, &mut receipt);
-                            Forwarded::Committed { index, receipt }
-                        }
-                        Err(crate::ProposeError::NotLeader { leader }) => Forwarded::NotLeader(leader),
-                        Err(crate::ProposeError::Stopped(s)) => return Err(stopped(s)),
-                    };
-                    Ok(encoded(|out| answer.encode(out)))
-                }),
+                Ok(command) => {
+                    let submitted = group.submit(command);
+                    Box::pin(async move {
+                        let outcome = match submitted {
+                            Ok(wait) => wait.await,
+                            Err(e) => Err(e),
+                        };
+                        let answer = match outcome {
+                            Ok((index, output)) => {
+                                let mut receipt = Vec::new();
+                                M::receipt(&output, &mut receipt);
+                                Forwarded::Committed { index, receipt }
+                            }
+                            Err(crate::ProposeError::NotLeader { leader }) => Forwarded::NotLeader(leader),
+                            Err(crate::ProposeError::Stopped(s)) => return Err(stopped(s)),
+                        };
+                        Ok(encoded(|out| answer.encode(out)))
+                    })
+                }
             },
         }
     }
@@ -191,8 +201,18 @@ impl<M: Machine> TcpTransport<M> {
         timeout: Duration,
     ) -> Result<R, RpcError> {
         let response = self.node.call(target, request, timeout).await?;
+        self.decode_answer(target.id, kind, response, decode)
+    }
+
+    /// The body of `peer`'s answer to a request of `kind`, decoded by `decode`.
+    fn decode_answer<R>(
+        &self,
+        peer: u64,
+        kind: Kind,
+        response: super::conn::Response,
+        decode: impl FnOnce(&[u8]) -> std::io::Result<R>,
+    ) -> Result<R, RpcError> {
         let body = frame::response_body(&response.frame);
-        let peer = target.id;
         let group = self.group;
         match response.status {
             status::OK => decode(body).map_err(|e| RpcError::Network {

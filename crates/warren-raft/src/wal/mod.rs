@@ -442,6 +442,11 @@ impl<M: Machine> Clone for WalLog<M> {
 }
 
 impl<M: Machine> WalLog<M> {
+    /// The last index openraft said is committed (saved with the log; none before the first).
+    pub fn committed_index(&self) -> Option<u64> {
+        self.log.lock().committed.map(|c| c.index)
+    }
+
     /// The group's id.
     pub fn group(&self) -> u64 {
         self.group
