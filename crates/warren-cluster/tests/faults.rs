@@ -1,12 +1,17 @@
-//! A replicated quorum queue under network faults, in one process: three members over
-//! warren-raft's LocalNet, publishes proposed through whichever member a seeded schedule picks
-//! while the schedule isolates members, cuts links one way and heals them. Afterwards every
-//! confirmed publish must be delivered exactly once, nothing that was never published may
-//! appear, and every member must hold the same queue, byte for byte.
+//! A replicated quorum queue under faults, in one process: three members over warren-raft's
+//! LocalNet, each with its log in a write-ahead log of its own on disk (`Wal`, as a node's)
+//! and its snapshots in a file. Publishes are proposed through whichever member a seeded
+//! schedule picks while the schedule isolates members, cuts links one way, heals them, and
+//! crashes a member (its group stopped, its WAL closed) to restart it later from what its disk
+//! holds; all the while the network loses requests and replies at random and delays each, so
+//! that RPCs in flight arrive in other orders. Afterwards every confirmed publish must be
+//! delivered exactly once, nothing that was never published may appear, and every member, the
+//! restarted ones included, must hold the same queue, byte for byte.
 //!
-//! The fault schedule comes from the seed; openraft's own timing does not (its election timeouts
-//! are drawn from an unseeded source), so a seed replays the same faults, not the same
-//! interleaving. `WARREN_FAULTS_SEED=n` runs one seed.
+//! The fault schedule and the message faults' generator come from the seed; openraft's own
+//! timing does not (its election timeouts are drawn from an unseeded source, and the order in
+//! which RPCs meet the generator is its tasks'), so a seed replays the same faults, not the
+//! same interleaving. `WARREN_FAULTS_SEED=n` runs one seed.
 
 use bytes::Bytes;
 use std::collections::BTreeSet;
@@ -15,7 +20,7 @@ use warren_amqp::{BasicProperties, ShortStr};
 use warren_cluster::ReplicatedQueue;
 use warren_core::message::Message;
 use warren_core::quorum::{Command, Effect, Output, Owner, QuorumConfig, Reply, Stamped};
-use warren_raft::{Group, GroupConfig, LocalNet, ProposeError};
+use warren_raft::{Group, GroupConfig, LocalNet, ProposeError, Wal, WalConfig};
 
 const WAIT: Duration = Duration::from_secs(10);
 /// How long a publish waits for its confirm before its outcome counts as unknown.
@@ -50,22 +55,63 @@ fn numbers(out: &Output) -> Vec<u64> {
         .collect()
 }
 
+/// One member: its group and the WAL its log is in (`None` while crashed).
+struct Member {
+    group: Group<ReplicatedQueue>,
+    wal: Wal,
+}
+
+/// Starts member `id` on its disk in `dir` (empty the first time, what it held when it
+/// crashed afterwards) and puts it on the network.
+async fn start(net: &LocalNet<ReplicatedQueue>, dir: &std::path::Path, id: u64) -> Member {
+    let dir = dir.join(format!("node-{id}"));
+    std::fs::create_dir_all(&dir).expect("the member's directory");
+    let wal = Wal::open(&dir.join("wal"), WalConfig::default()).expect("open the WAL");
+    let log = wal.log::<ReplicatedQueue>(1).expect("the group's log");
+    let (group, _applied) = Group::start_durable(
+        id,
+        &config(),
+        ReplicatedQueue::new(QuorumConfig::default()),
+        net.transport(id),
+        log,
+        dir.join("snapshot"),
+    )
+    .await
+    .expect("start");
+    net.register(group.clone());
+    Member { group, wal }
+}
+
+/// Crashes a member: off the network, its group stopped, its WAL closed (what it synced stays;
+/// nothing it had not acknowledged counts).
+async fn crash(net: &LocalNet<ReplicatedQueue>, member: Member) {
+    net.unregister(member.group.id());
+    member.group.shutdown().await.expect("shutdown");
+    member.wal.close().await;
+}
+
 async fn run(seed: u64) {
     let mut rng = fastrand::Rng::with_seed(seed);
+    let dir = std::env::temp_dir().join(format!("warren-faults-{}-{seed}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     let net: LocalNet<ReplicatedQueue> = LocalNet::new();
-    let mut groups: Vec<Group<ReplicatedQueue>> = Vec::new();
+    let mut members: Vec<Option<Member>> = Vec::new();
     for id in 1..=3 {
-        let (g, _applied) =
-            net.start(id, &config(), ReplicatedQueue::new(QuorumConfig::default())).await.expect("start");
-        groups.push(g);
+        members.push(Some(start(&net, &dir, id).await));
     }
-    groups[0].initialize((1..=3).map(|id| (id, format!("local-{id}"))).collect()).await.expect("initialize");
-    groups[0].wait_for_leader(WAIT).await.expect("a leader");
+    let first = members[0].as_ref().expect("member 1").group.clone();
+    first.initialize((1..=3).map(|id| (id, format!("local-{id}"))).collect()).await.expect("initialize");
+    first.wait_for_leader(WAIT).await.expect("a leader");
+    // Every message from here on: 2% lost, each held back up to 5 ms.
+    net.set_message_faults(seed, 0.02, Duration::from_millis(5));
+    // The crashed member and the step at which it comes back.
+    let mut down: Option<(u64, u64)> = None;
+    let (mut crashes, mut restarts) = (0, 0);
 
     let (mut confirmed, mut unknown) = (BTreeSet::new(), BTreeSet::new());
     let mut now = 1_000;
     for n in 0..40u64 {
-        match rng.u8(0..10) {
+        match rng.u8(0..12) {
             0 => net.isolate(rng.u64(1..4)),
             1 => {
                 let (a, b) = (rng.u64(1..4), rng.u64(1..4));
@@ -74,7 +120,22 @@ async fn run(seed: u64) {
                 }
             }
             2 | 3 => net.heal(),
+            // A crash, while every member runs (one at a time: two down would stop the queue).
+            4 if down.is_none() => {
+                let id = rng.u64(1..4);
+                let member = members[id as usize - 1].take().expect("a running member");
+                crash(&net, member).await;
+                down = Some((id, n + rng.u64(1..5)));
+                crashes += 1;
+            }
             _ => {}
+        }
+        if let Some((id, back)) = down {
+            if n >= back {
+                members[id as usize - 1] = Some(start(&net, &dir, id).await);
+                down = None;
+                restarts += 1;
+            }
         }
         // One step in eight publishes nothing: that number must never be delivered.
         if rng.u8(0..8) == 0 {
@@ -86,7 +147,11 @@ async fn run(seed: u64) {
         let stamped = Stamped { now_ms: now, command: enqueue(n) };
         let mut outcome = Some(false);
         for _ in 0..3 {
-            let group = &groups[target as usize - 1];
+            let Some(member) = &members[target as usize - 1] else {
+                // Crashed: the publisher's connection to it failed, as a client's would.
+                break;
+            };
+            let group = &member.group;
             match tokio::time::timeout(CONFIRM_WAIT, group.propose(stamped.clone())).await {
                 Ok(Ok((_, out))) => {
                     assert_eq!(out.reply, Reply::Ok, "seed {seed}: publish {n}");
@@ -123,8 +188,16 @@ async fn run(seed: u64) {
         }
     }
 
-    // Heal, let a leader settle, and drain through it with a consumer that takes everything.
+    // Heal, restart a crashed member, let a leader settle, and drain through it with a
+    // consumer that takes everything.
     net.heal();
+    net.clear_message_faults();
+    if let Some((id, _)) = down.take() {
+        members[id as usize - 1] = Some(start(&net, &dir, id).await);
+        restarts += 1;
+    }
+    let groups: Vec<Group<ReplicatedQueue>> =
+        members.iter().map(|m| m.as_ref().expect("every member runs").group.clone()).collect();
     let leader = groups[0].wait_for_leader(WAIT).await.expect("a leader after healing");
     let drain = Owner { node: 9, conn: 9, channel: 9 };
     let attach = Command::Attach { owner: drain, tag: ShortStr::from("drain"), prefetch: 0, no_ack: true, priority: 0 };
@@ -160,21 +233,23 @@ async fn run(seed: u64) {
     let snapshots: Vec<Vec<u8>> = groups.iter().map(|g| g.with_machine(|m| m.queue().snapshot())).collect();
     assert!(snapshots.windows(2).all(|w| w[0] == w[1]), "seed {seed}: the members differ");
     eprintln!(
-        "seed {seed}: {} confirmed, {} unknown, {} delivered, all members equal at index {index}",
+        "seed {seed}: {} confirmed, {} unknown, {} delivered, {crashes} crashes and {restarts} restarts, \
+         all members equal at index {index}",
         confirmed.len(),
         unknown.len(),
         delivered.len()
     );
-    for g in &groups {
-        g.shutdown().await.expect("shutdown");
+    for member in members.into_iter().flatten() {
+        crash(&net, member).await;
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn confirmed_publishes_survive_isolation_and_one_way_cuts() {
+async fn confirmed_publishes_survive_partitions_crashes_and_lost_and_reordered_messages() {
     let seeds: Vec<u64> = match std::env::var("WARREN_FAULTS_SEED") {
         Ok(s) => vec![s.parse().expect("a seed")],
-        Err(_) => (0..3).collect(),
+        Err(_) => (0..5).collect(),
     };
     for seed in seeds {
         eprintln!("faults: seed {seed} (replay with WARREN_FAULTS_SEED={seed})");

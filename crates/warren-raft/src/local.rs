@@ -6,6 +6,10 @@
 //! whose reply path is cut reaches it (and takes effect) but the sender sees it fail, as with a
 //! real one-way partition. Every failure is [`RpcError::Unreachable`].
 //!
+//! Message faults ([`LocalNet::set_message_faults`]) lose requests and replies at random and hold
+//! each back a random delay, so that RPCs in flight at once may arrive in another order; the
+//! draws come from a seeded generator, in the order RPCs pass (which openraft's timing decides).
+//!
 //! Invariant: the table's lock is held only to read faults or clone a group handle, never across
 //! a delivery.
 
@@ -29,11 +33,30 @@ struct NetState<M: Machine> {
     isolated: BTreeSet<u64>,
     /// `(from, to)`: messages from `from` to `to` are lost.
     cut: BTreeSet<(u64, u64)>,
+    faults: Option<MessageFaults>,
+}
+
+/// Random loss and delay of every message, from a seeded generator.
+struct MessageFaults {
+    rng: fastrand::Rng,
+    /// Chance in a million that a message is lost.
+    loss_ppm: u32,
+    /// The longest a message is held back, in microseconds.
+    max_delay_us: u64,
 }
 
 impl<M: Machine> NetState<M> {
     fn passes(&self, from: u64, to: u64) -> bool {
         !self.isolated.contains(&from) && !self.isolated.contains(&to) && !self.cut.contains(&(from, to))
+    }
+
+    /// One message's fate under the message faults: lost (`None`) or delivered after a delay.
+    fn draw(&mut self) -> Option<Duration> {
+        let Some(f) = self.faults.as_mut() else { return Some(Duration::ZERO) };
+        if f.rng.u32(0..1_000_000) < f.loss_ppm {
+            return None;
+        }
+        Some(Duration::from_micros(f.rng.u64(0..=f.max_delay_us)))
     }
 }
 
@@ -57,6 +80,7 @@ impl<M: Machine> LocalNet<M> {
                 nodes: BTreeMap::new(),
                 isolated: BTreeSet::new(),
                 cut: BTreeSet::new(),
+                faults: None,
             })),
         }
     }
@@ -111,26 +135,58 @@ impl<M: Machine> LocalNet<M> {
         !self.inner.lock().passes(from, to)
     }
 
-    /// Removes every fault.
+    /// From now on every request and every reply is lost with probability `loss` (0 to 1)
+    /// and otherwise held back a delay drawn up to `max_delay`, from a generator seeded with
+    /// `seed`, until [`clear_message_faults`](Self::clear_message_faults).
+    pub fn set_message_faults(&self, seed: u64, loss: f64, max_delay: Duration) {
+        let loss_ppm = (loss.clamp(0.0, 1.0) * 1_000_000.0) as u32;
+        let max_delay_us = u64::try_from(max_delay.as_micros()).unwrap_or(u64::MAX);
+        self.inner.lock().faults = Some(MessageFaults { rng: fastrand::Rng::with_seed(seed), loss_ppm, max_delay_us });
+    }
+
+    /// Ends the message faults ([`heal`](Self::heal) leaves them).
+    pub fn clear_message_faults(&self) {
+        self.inner.lock().faults = None;
+    }
+
+    /// Removes every partition (isolations and cuts).
     pub fn heal(&self) {
         let mut state = self.inner.lock();
         state.isolated.clear();
         state.cut.clear();
     }
 
-    /// The target's group if the path there is open.
-    fn route(&self, from: u64, to: u64) -> Result<Group<M>, RpcError> {
-        let state = self.inner.lock();
-        if !state.passes(from, to) {
-            return Err(unreachable(format!("path {from} -> {to} is cut")));
+    /// The target's group if the path there is open and the request is not lost, after the
+    /// request's delay.
+    async fn route(&self, from: u64, to: u64) -> Result<Group<M>, RpcError> {
+        let (group, delay) = {
+            let mut state = self.inner.lock();
+            if !state.passes(from, to) {
+                return Err(unreachable(format!("path {from} -> {to} is cut")));
+            }
+            let group =
+                state.nodes.get(&to).cloned().ok_or_else(|| unreachable(format!("node {to} is not on the network")))?;
+            let delay = state.draw().ok_or_else(|| unreachable(format!("a request {from} -> {to} was lost")))?;
+            (group, delay)
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
-        state.nodes.get(&to).cloned().ok_or_else(|| unreachable(format!("node {to} is not on the network")))
+        Ok(group)
     }
 
-    /// Checks the reply path of an RPC the target has already handled.
-    fn reply<R>(&self, from: u64, to: u64, reply: Result<R, Stopped>) -> Result<R, RpcError> {
-        if !self.inner.lock().passes(to, from) {
-            return Err(unreachable(format!("reply path {to} -> {from} is cut")));
+    /// Checks the reply path of an RPC the target has already handled, and delays or loses the
+    /// reply as the message faults say.
+    async fn reply<R>(&self, from: u64, to: u64, reply: Result<R, Stopped>) -> Result<R, RpcError> {
+        let delay = {
+            let mut state = self.inner.lock();
+            if !state.passes(to, from) {
+                return Err(unreachable(format!("reply path {to} -> {from} is cut")));
+            }
+            state.draw().ok_or_else(|| unreachable(format!("a reply {to} -> {from} was lost")))?
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
         reply.map_err(|stopped| unreachable(format!("node {to}: {stopped}")))
     }
@@ -155,15 +211,15 @@ impl<M: Machine> Transport<M> for LocalTransport<M> {
         request: AppendRequest<M>,
         _timeout: Duration,
     ) -> Result<AppendResponse, RpcError> {
-        let group = self.net.route(self.from, target.id)?;
+        let group = self.net.route(self.from, target.id).await?;
         let reply = group.handle_append(request).await;
-        self.net.reply(self.from, target.id, reply)
+        self.net.reply(self.from, target.id, reply).await
     }
 
     async fn vote(&self, target: &Peer, request: VoteRequest, _timeout: Duration) -> Result<VoteResponse, RpcError> {
-        let group = self.net.route(self.from, target.id)?;
+        let group = self.net.route(self.from, target.id).await?;
         let reply = group.handle_vote(request).await;
-        self.net.reply(self.from, target.id, reply)
+        self.net.reply(self.from, target.id, reply).await
     }
 
     async fn snapshot(
@@ -173,8 +229,8 @@ impl<M: Machine> Transport<M> for LocalTransport<M> {
         snapshot: Snapshot<M>,
         _timeout: Duration,
     ) -> Result<SnapshotResponse, RpcError> {
-        let group = self.net.route(self.from, target.id)?;
+        let group = self.net.route(self.from, target.id).await?;
         let reply = group.handle_snapshot(vote, snapshot).await;
-        self.net.reply(self.from, target.id, reply)
+        self.net.reply(self.from, target.id, reply).await
     }
 }

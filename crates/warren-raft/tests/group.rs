@@ -124,3 +124,47 @@ async fn a_one_way_cut_loses_requests_or_replies_in_that_direction_only() {
     let lost = net.transport(1).vote(&to_nowhere, ask(9), WAIT).await;
     assert!(matches!(lost, Err(RpcError::Unreachable { .. })), "{lost:?}");
 }
+
+#[tokio::test]
+async fn message_faults_lose_and_delay_messages_until_cleared() {
+    let net = LocalNet::<List>::new();
+    let config = fast_config();
+    let (_one, _) = net.start(1, &config, List::default()).await.expect("start");
+    let (two, _) = net.start(2, &config, List::default()).await.expect("start");
+    let to_two = Peer { id: 2, addr: "local-2".into() };
+    let ask = |term| VoteRequest::new(Vote::new(term, 1), None);
+
+    // Everything lost: the request never arrives.
+    net.set_message_faults(7, 1.0, Duration::ZERO);
+    let lost = net.transport(1).vote(&to_two, ask(5), WAIT).await;
+    assert!(matches!(lost, Err(RpcError::Unreachable { .. })), "{lost:?}");
+    assert_eq!(two.status().term, 0, "the request never arrived");
+
+    // Nothing lost, every message held back up to 30 ms: delivered, each way after its delay.
+    net.set_message_faults(7, 0.0, Duration::from_millis(30));
+    let granted = net.transport(1).vote(&to_two, ask(6), WAIT).await.expect("delivered");
+    assert!(granted.vote_granted);
+    assert_eq!(two.status().term, 6);
+
+    // Half lost, from one seed: the same seed gives the same fates to the same sequence.
+    let fates = |seed| {
+        let net = net.clone();
+        let to_two = to_two.clone();
+        async move {
+            net.set_message_faults(seed, 0.5, Duration::ZERO);
+            let mut fates = Vec::new();
+            for term in 10..40 {
+                fates.push(net.transport(1).vote(&to_two, ask(term), WAIT).await.is_ok());
+            }
+            fates
+        }
+    };
+    let first = fates(11).await;
+    assert!(first.contains(&true) && first.contains(&false), "{first:?}");
+    assert_eq!(fates(11).await, first);
+
+    net.clear_message_faults();
+    for term in 50..60 {
+        net.transport(1).vote(&to_two, ask(term), WAIT).await.expect("nothing lost once cleared");
+    }
+}
