@@ -156,6 +156,8 @@ struct Replica {
     log: warren_raft::WalLog<QueueMachine>,
     /// How long the latest batch this node proposed took to commit (µs).
     commit_latency_us: std::sync::atomic::AtomicU64,
+    /// The group's state when it last changed, and when (see `quiet_or_wake`).
+    activity: parking_lot::Mutex<(ActivityKey, tokio::time::Instant)>,
 }
 
 /// The quorum queues' groups on this node.
@@ -332,6 +334,7 @@ impl QueueHost {
             stop,
             log: log_view,
             commit_latency_us: std::sync::atomic::AtomicU64::new(0),
+            activity: parking_lot::Mutex::new(((0, None, None), tokio::time::Instant::now())),
         });
         self.replicas.lock().insert(group_id, replica.clone());
         {
@@ -454,6 +457,12 @@ impl QueueHost {
                 // the other members' leases allow, rather than after the election timeout.
                 let lease = Duration::from_millis(self.config.election_timeout_max_ms);
                 for replica in &replicas {
+                    if replica.group.status().leader.is_some_and(|l| gone.contains(&l)) && replica.group.is_quiet() {
+                        // A quiet group's members wake: the elections below may need their
+                        // timers (a split vote is settled by the election timeout).
+                        replica.group.set_quiet(false);
+                        *replica.activity.lock() = (activity_key(&replica.group.status()), tokio::time::Instant::now());
+                    }
                     campaign_if_leader_gone(&replica.group, self.me, &up, &gone, lease);
                 }
                 campaign_if_leader_gone(self.meta.group(), self.me, &up, &gone, lease);
@@ -473,12 +482,21 @@ impl QueueHost {
                 }
             }
             if back {
+                // A node back may be a restarted member: the groups this node leads wake, so
+                // that it hears their heartbeats before its own election timer runs out.
+                for replica in &replicas {
+                    if replica.group.is_quiet() && replica.group.is_leader() {
+                        replica.group.set_quiet(false);
+                        *replica.activity.lock() = (activity_key(&replica.group.status()), tokio::time::Instant::now());
+                    }
+                }
                 let mut core = self.shared.broker();
                 for replica in &replicas {
                     core.reattach_replica(&replica.vhost, &replica.name);
                 }
                 self.shared.submit_replica_work(&mut core);
             }
+            quiet_or_wake(&replicas);
         }
     }
 
@@ -850,6 +868,49 @@ impl QueueHost {
                 }
             }
             replica.handled.send_replace(index);
+        }
+    }
+}
+
+/// What changes when a group does something: its term, its leader, its last log index.
+type ActivityKey = (u64, Option<u64>, Option<u64>);
+
+fn activity_key(status: &warren_raft::Status) -> ActivityKey {
+    (status.term, status.leader, status.last_log_index)
+}
+
+/// How long a group must have done nothing before a follower's member turns its timers off,
+/// and before a leader's does: followers first, so that none misses heartbeats with its
+/// election timer still running (the check runs every 500 ms, so a follower is quiet within
+/// 2.5 s and a leader not before 4 s).
+const QUIET_FOLLOWER_AFTER: Duration = Duration::from_secs(2);
+const QUIET_LEADER_AFTER: Duration = Duration::from_secs(4);
+
+/// Turns the timers of this node's members of idle groups off, and on again for those that
+/// did something since (`Group::set_quiet`): a thousand idle quorum queues then cost neither
+/// heartbeats nor election ticks. An idle group's leader lost is seen by its node's connection
+/// closing ([`QueueHost::watch_nodes`] wakes the group and calls elections); a leader woken by
+/// a proposal (`Group::submit`) sends heartbeats at once, and its followers wake as their logs
+/// move.
+fn quiet_or_wake(replicas: &[Arc<Replica>]) {
+    let now = tokio::time::Instant::now();
+    for replica in replicas {
+        let status = replica.group.status();
+        let key = activity_key(&status);
+        let mut activity = replica.activity.lock();
+        if activity.0 != key {
+            *activity = (key, now);
+            if replica.group.is_quiet() {
+                replica.group.set_quiet(false);
+            }
+            continue;
+        }
+        let idle_for = now.duration_since(activity.1);
+        let after = if status.role == warren_raft::Role::Leader { QUIET_LEADER_AFTER } else { QUIET_FOLLOWER_AFTER };
+        let settled =
+            matches!(status.role, warren_raft::Role::Leader | warren_raft::Role::Follower) && status.leader.is_some();
+        if settled && idle_for >= after && !replica.group.is_quiet() {
+            replica.group.set_quiet(true);
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -107,11 +108,18 @@ pub struct Group<M: Machine> {
     id: u64,
     raft: Raft<Types<M>>,
     machine: Arc<Mutex<MachineState<M>>>,
+    /// Whether this member's timers are off ([`set_quiet`](Self::set_quiet)).
+    quiet: Arc<AtomicBool>,
 }
 
 impl<M: Machine> Clone for Group<M> {
     fn clone(&self) -> Self {
-        Group { id: self.id, raft: self.raft.clone(), machine: Arc::clone(&self.machine) }
+        Group {
+            id: self.id,
+            raft: self.raft.clone(),
+            machine: Arc::clone(&self.machine),
+            quiet: Arc::clone(&self.quiet),
+        }
     }
 }
 
@@ -193,7 +201,7 @@ impl<M: Machine> Group<M> {
             .await
             .map_err(|e| StartError::Storage { reason: e.to_string() })?;
         starting.started().await;
-        Ok((Group { id, raft, machine }, applied_rx))
+        Ok((Group { id, raft, machine, quiet: Arc::new(AtomicBool::new(false)) }, applied_rx))
     }
 
     /// This node's id.
@@ -230,10 +238,21 @@ impl<M: Machine> Group<M> {
     /// The hand-over itself never waits: openraft 0.9's core takes requests through an
     /// unbounded channel, so the send completes on its first poll (a send that does not is a
     /// core that stopped, reported as such).
+    ///
+    /// A quiet member ([`set_quiet`](Self::set_quiet)) that leads, or knows no leader, wakes
+    /// up first: a leader's followers must hear its heartbeats again, and a member without a
+    /// leader must be able to call an election. One that knows another leader stays quiet (the
+    /// command goes there, and wakes that one).
     pub fn submit(
         &self,
         command: M::Command,
     ) -> Result<impl Future<Output = Result<(u64, M::Output), ProposeError>> + Send + 'static, ProposeError> {
+        if self.is_quiet() {
+            let leader = self.leader();
+            if leader.is_none() || leader == Some(self.id) {
+                self.set_quiet(false);
+            }
+        }
         let send = std::pin::pin!(self.raft.client_write_ff(command));
         let rx = match send.poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(Ok(rx)) => rx,
@@ -338,6 +357,22 @@ impl<M: Machine> Group<M> {
     /// their leader lease (`election_timeout_max_ms` since they last heard the leader) ends.
     pub async fn campaign(&self) -> Result<(), Stopped> {
         self.raft.trigger().elect().await.map_err(|e| Stopped { reason: format!("raft core task failed: {e}") })
+    }
+
+    /// Turns this member's timers off (`true`) or on again: a quiet leader sends no heartbeats
+    /// and a quiet follower never calls an election on its own; appends, votes and proposals
+    /// go on as ever. For a group with nothing to do, whose host watches the leader's node
+    /// itself (and calls [`campaign`](Self::campaign) when it goes): a thousand idle groups
+    /// then cost no heartbeats at all. Wake a leader before its followers, and quiet followers
+    /// before their leader, so that none calls an election for want of heartbeats.
+    pub fn set_quiet(&self, quiet: bool) {
+        self.quiet.store(quiet, Ordering::Relaxed);
+        self.raft.runtime_config().tick(!quiet);
+    }
+
+    /// Whether this member's timers are off ([`set_quiet`](Self::set_quiet)).
+    pub fn is_quiet(&self) -> bool {
+        self.quiet.load(Ordering::Relaxed)
     }
 
     /// Stops the group on this node: its tasks end, pending proposals fail with

@@ -168,3 +168,53 @@ async fn message_faults_lose_and_delay_messages_until_cleared() {
         net.transport(1).vote(&to_two, ask(term), WAIT).await.expect("nothing lost once cleared");
     }
 }
+
+/// Quiet members keep their group as it is with no heartbeats: followers call no election
+/// however long the leader is silent; a proposal wakes the leader and commits; a follower
+/// that knows its leader stays quiet when handed a command; and once the leader is gone, a
+/// member woken and told to campaign takes over.
+#[tokio::test]
+async fn quiet_members_hold_their_leader_until_woken() {
+    let mut cluster = Cluster::start(fast_config()).await;
+    // A quiet leader sends no heartbeats: followers that are not quiet elect another.
+    let first = cluster.leader();
+    let first_term = cluster.group(first).status().term;
+    cluster.group(first).set_quiet(true);
+    let other = [1, 2, 3].into_iter().find(|id| *id != first).expect("a follower");
+    cluster
+        .group(other)
+        .wait_until(WAIT, "a new term", move |s| s.term > first_term && s.leader.is_some())
+        .await
+        .expect("the followers elected a leader without heartbeats");
+    cluster.group(first).set_quiet(false);
+    let leader = cluster.group(other).wait_for_leader(WAIT).await.expect("a leader");
+    cluster.wait_all_know_leader(&[1, 2, 3], leader).await;
+
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    let term = cluster.group(leader).status().term;
+    for id in followers.iter().chain([&leader]) {
+        cluster.group(*id).set_quiet(true);
+    }
+    // Ten election timeouts without a heartbeat: nobody calls an election.
+    let churn =
+        cluster.group(followers[0]).wait_until(Duration::from_secs(3), "a new term", move |s| s.term > term).await;
+    assert!(churn.is_err(), "a quiet follower called an election: {churn:?}");
+    assert_eq!(cluster.group(followers[1]).status().term, term);
+
+    // A follower handed a command stays quiet (it knows the leader); the leader wakes.
+    let refused = cluster.group(followers[0]).propose(1).await;
+    assert!(matches!(refused, Err(warren_raft::ProposeError::NotLeader { leader: Some(l) }) if l == leader));
+    assert!(cluster.group(followers[0]).is_quiet());
+    let (index, _) = cluster.group(leader).propose(2).await.expect("committed");
+    assert!(!cluster.group(leader).is_quiet(), "the leader woke to propose");
+    cluster.wait_applied(&[1, 2, 3], index).await;
+
+    // The leader gone: a quiet follower woken and told to campaign is elected.
+    cluster.group(leader).set_quiet(true);
+    cluster.stop(leader).await;
+    let next = cluster.group(followers[0]);
+    next.set_quiet(false);
+    next.campaign().await.expect("campaign");
+    let status = next.wait_until(WAIT, "a new leader", move |s| s.leader.is_some_and(|l| l != leader)).await;
+    assert!(status.is_ok(), "{status:?}");
+}

@@ -366,6 +366,63 @@ async fn expired_messages_are_dead_lettered_with_nothing_else_happening() {
     }
 }
 
+/// A quorum queue left idle turns its members' timers off (no heartbeats); its leader's node
+/// killed, the others elect a leader as soon as they see the node go and take confirmed
+/// publishes; the node restarted takes its place back in the group and serves the queue,
+/// and every message is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_quorum_queue_fails_over_and_takes_its_member_back() {
+    if common::Broker::is_external() {
+        eprintln!("skipped: starts Warren processes");
+        return;
+    }
+    let mut cluster = Cluster::start(3, "warren-qq-idle");
+    let c1 = connect_url(&cluster.nodes[0].amqp_url()).await;
+    declare(&channel(&c1).await).await;
+    let c2 = connect_url(&cluster.nodes[1].amqp_url()).await;
+    let ch2 = confirm_channel(&c2).await;
+    publish_confirmed(&ch2, ["before".to_owned()]).await;
+    let first_http = cluster.nodes[0].http();
+    let leader = {
+        let (_, q) = get(&first_http, "/api/queues/%2F/qq").await;
+        q["leader"].as_str().unwrap_or_default().to_owned()
+    };
+    let lost = cluster.names.iter().position(|n| *n == leader).unwrap_or_else(|| panic!("no leader: {leader}"));
+    // Idle for longer than the members wait before turning their timers off (followers after
+    // 2 s, the leader after 4 s, checked every 500 ms): there is no event to wait for.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    drop((ch2, c2, c1));
+    cluster.nodes[lost].kill();
+
+    // Through another node: confirmed (the publish waits for the election).
+    let via = (lost + 1) % 3;
+    let cv = connect_url(&cluster.nodes[via].amqp_url()).await;
+    let chv = confirm_channel(&cv).await;
+    publish_confirmed(&chv, ["after".to_owned()]).await;
+    let via_http = cluster.nodes[via].http();
+    let lost_name = cluster.names[lost].clone();
+    eventually("another leader shown", || async {
+        let (_, q) = get(&via_http, "/api/queues/%2F/qq").await;
+        q["leader"].as_str().is_some_and(|l| !l.is_empty() && l != lost_name)
+    })
+    .await;
+
+    // The lost node back: online in the group again, and both messages come out through it.
+    cluster.restart(lost);
+    let lost_http = cluster.nodes[lost].http();
+    let all = cluster.names.clone();
+    eventually("the restarted node online in the group", || async {
+        let (_, q) = get(&lost_http, "/api/queues/%2F/qq").await;
+        q["online"] == serde_json::json!(all)
+    })
+    .await;
+    let cl = connect_url(&cluster.nodes[lost].amqp_url()).await;
+    let chl = channel(&cl).await;
+    let mut consumer =
+        chl.basic_consume("qq", "back", BasicConsumeOptions::default(), FieldTable::default()).await.expect("consume");
+    assert_eq!(receive(&mut consumer, 2).await, ["before", "after"]);
+}
+
 /// The `x-delivery-count` header of a message, if it has one.
 fn delivery_count(d: &lapin::message::Delivery) -> Option<i64> {
     match d.properties.headers().as_ref()?.inner().get("x-delivery-count")? {
