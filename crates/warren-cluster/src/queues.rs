@@ -354,34 +354,54 @@ impl QueueHost {
     /// On the leader: proposes a `Tick` once the message at the head of the queue is past its
     /// TTL, so that an expired message goes (dead-lettered as `expired` where the queue says)
     /// even when nothing else happens to the queue. Between ticks it sleeps until the head's
-    /// deadline, waking when an entry is applied (the head may have changed); a follower looks
-    /// again every second (or when it applies something), since it may lead by then.
+    /// deadline, waking when an entry is applied (the head may have changed); a follower waits
+    /// until it leads.
     async fn expire_loop(self: Arc<Self>, replica: Arc<Replica>, mut stopped: watch::Receiver<bool>) {
         let mut handled = replica.handled.subscribe();
+        let me = self.me;
+        let a_while = Duration::from_secs(3600);
         loop {
-            let leads = replica.group.status().leader == Some(self.me);
-            let head = if leads { replica.group.with_machine(|m| m.queue().head_expires_at()) } else { None };
-            let now = self.shared.now_ms();
-            let wait = match head {
-                Some(deadline) if deadline < now => {
-                    replica.pending.lock().push(ReplicaWork {
-                        group: replica.group_id,
-                        command: Command::Tick,
-                        confirm: None,
-                    });
-                    replica.wake.notify_one();
-                    // Not again before that tick had time to apply.
-                    tokio::select! {
-                        _ = tokio::time::sleep(EXPIRY_RECHECK) => continue,
-                        _ = stopped.changed() => return,
-                    }
+            if replica.group.status().leader != Some(me) {
+                // Nothing to do until this node leads (no timer meanwhile: an idle follower
+                // costs nothing here).
+                let leads = replica.group.wait_until(a_while, "leading", move |s| s.leader == Some(me));
+                tokio::select! {
+                    led = leads => match led {
+                        Ok(_) | Err(warren_raft::WaitError::Timeout { .. }) => continue,
+                        // The group stopped.
+                        Err(_) => return,
+                    },
+                    _ = stopped.changed() => return,
                 }
-                Some(deadline) => Duration::from_millis(deadline + 1 - now),
-                None => Duration::from_secs(1),
+            }
+            let head = replica.group.with_machine(|m| m.queue().head_expires_at());
+            let now = self.shared.now_ms();
+            if head.is_some_and(|deadline| deadline < now) {
+                replica.pending.lock().push(ReplicaWork {
+                    group: replica.group_id,
+                    command: Command::Tick,
+                    confirm: None,
+                });
+                replica.wake.notify_one();
+                // Not again before that tick had time to apply.
+                tokio::select! {
+                    _ = tokio::time::sleep(EXPIRY_RECHECK) => continue,
+                    _ = stopped.changed() => return,
+                }
+            }
+            // The head's deadline, an entry applied (the head may have changed), or the
+            // leadership gone, whichever comes first.
+            let deadline = async move {
+                match head {
+                    Some(deadline) => tokio::time::sleep(Duration::from_millis(deadline + 1 - now)).await,
+                    None => std::future::pending().await,
+                }
             };
+            let deposed = replica.group.wait_until(a_while, "another leader", move |s| s.leader != Some(me));
             tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
+                _ = deadline => {}
                 changed = handled.changed() => if changed.is_err() { return },
+                _ = deposed => {}
                 _ = stopped.changed() => return,
             }
         }
@@ -737,17 +757,18 @@ impl QueueHost {
         };
         let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         replica.commit_latency_us.store(took, std::sync::atomic::Ordering::Relaxed);
-        self.replies(replica, index, receipt, len).await
+        self.replies(replica, index, receipt, len, deadline).await
     }
 
     /// The replies to the batch of `len` commands committed at `index` with `receipt` (see
-    /// [`Forwarded::Committed`]).
+    /// [`Forwarded::Committed`]), once this node applied it, by `deadline`.
     async fn replies(
         &self,
         replica: &Replica,
         index: u64,
         receipt: Vec<u8>,
         len: usize,
+        deadline: tokio::time::Instant,
     ) -> Result<Vec<Answer>, String> {
         // Committed through another node: its receipt answers publishes and the like at once,
         // without waiting for this node to hear of the commit and apply the entry (the
@@ -756,7 +777,7 @@ impl QueueHost {
             return Ok(receipt.iter().map(|r| (if *r == 1 { Reply::Rejected } else { Reply::Ok }, None)).collect());
         }
         let mut handled = replica.handled.subscribe();
-        if tokio::time::timeout(COMMIT_TIMEOUT, handled.wait_for(|h| *h >= index)).await.is_err() {
+        if tokio::time::timeout_at(deadline, handled.wait_for(|h| *h >= index)).await.is_err() {
             return Err(format!("entry {index} committed but not applied here in time"));
         }
         replica.replies.lock().remove(&index).ok_or_else(|| format!("no replies for entry {index}"))
