@@ -90,14 +90,25 @@ async fn a_full_applied_stream_holds_back_applying_until_the_host_reads() {
     group.shutdown().await.expect("shutdown");
 }
 
-#[tokio::test]
-async fn a_one_way_cut_loses_requests_or_replies_in_that_direction_only() {
+/// Nodes 1 and 2 on a LocalNet, not a group yet (votes between them are plain RPCs); node 2's
+/// group.
+async fn two_nodes() -> (LocalNet<List>, warren_raft::Group<List>) {
     let net = LocalNet::<List>::new();
     let config = fast_config();
-    let (_one, _) = net.start(1, &config, List::default()).await.expect("start");
+    net.start(1, &config, List::default()).await.expect("start");
     let (two, _) = net.start(2, &config, List::default()).await.expect("start");
+    (net, two)
+}
+
+/// A vote request from node 1 in `term`.
+fn ask(term: u64) -> VoteRequest {
+    VoteRequest::new(Vote::new(term, 1), None)
+}
+
+#[tokio::test]
+async fn a_one_way_cut_loses_requests_or_replies_in_that_direction_only() {
+    let (net, two) = two_nodes().await;
     let to_two = Peer { id: 2, addr: "local-2".into() };
-    let ask = |term| VoteRequest::new(Vote::new(term, 1), None);
 
     net.cut(1, 2);
     let lost = net.transport(1).vote(&to_two, ask(5), WAIT).await;
@@ -127,12 +138,8 @@ async fn a_one_way_cut_loses_requests_or_replies_in_that_direction_only() {
 
 #[tokio::test]
 async fn message_faults_lose_and_delay_messages_until_cleared() {
-    let net = LocalNet::<List>::new();
-    let config = fast_config();
-    let (_one, _) = net.start(1, &config, List::default()).await.expect("start");
-    let (two, _) = net.start(2, &config, List::default()).await.expect("start");
+    let (net, two) = two_nodes().await;
     let to_two = Peer { id: 2, addr: "local-2".into() };
-    let ask = |term| VoteRequest::new(Vote::new(term, 1), None);
 
     // Everything lost: the request never arrives.
     net.set_message_faults(7, 1.0, Duration::ZERO);

@@ -68,11 +68,7 @@ async fn a_quorum_queue_is_served_by_its_group_through_every_node() {
         return;
     }
     let mut cluster = Cluster::start(3, "warren-qq");
-    let (c1, c2, c3) = (
-        connect_url(&cluster.nodes[0].amqp_url()).await,
-        connect_url(&cluster.nodes[1].amqp_url()).await,
-        connect_url(&cluster.nodes[2].amqp_url()).await,
-    );
+    let (c1, c2, c3) = connect_all(&cluster).await;
     declare(&channel(&c1).await).await;
 
     // A consumer on node 2; a publisher with confirms on node 3.
@@ -205,11 +201,7 @@ async fn past_its_delivery_limit_a_message_is_dead_lettered_once() {
         return;
     }
     let cluster = Cluster::start(3, "warren-qq-dlx");
-    let (c1, c2, c3) = (
-        connect_url(&cluster.nodes[0].amqp_url()).await,
-        connect_url(&cluster.nodes[1].amqp_url()).await,
-        connect_url(&cluster.nodes[2].amqp_url()).await,
-    );
+    let (c1, c2, c3) = connect_all(&cluster).await;
     let ch1 = channel(&c1).await;
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
     ch1.queue_declare("dlq", durable, quorum_args()).await.expect("declare dlq");
@@ -253,17 +245,9 @@ async fn past_its_delivery_limit_a_message_is_dead_lettered_once() {
         .expect("a delivery")
         .expect("a delivery");
     assert_eq!(&d.data[..], b"poison");
-    let headers = d.properties.headers().clone().unwrap_or_default();
-    let field = |name: &str| -> Option<String> {
-        let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else { return None };
-        let Some(AMQPValue::FieldTable(first)) = deaths.as_slice().first() else { return None };
-        match first.inner().get(name) {
-            Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-            _ => None,
-        }
-    };
-    assert_eq!(field("reason").as_deref(), Some("delivery_limit"), "{headers:?}");
-    assert_eq!(field("queue").as_deref(), Some("limited"), "{headers:?}");
+    let field = |name: &str| first_death(&d, name);
+    assert_eq!(field("reason").as_deref(), Some("delivery_limit"), "{:?}", d.properties.headers());
+    assert_eq!(field("queue").as_deref(), Some("limited"), "{:?}", d.properties.headers());
     d.ack(BasicAckOptions::default()).await.expect("ack");
     assert!(
         tokio::time::timeout(Duration::from_millis(500), dead.next()).await.is_err(),
@@ -279,11 +263,7 @@ async fn expired_messages_are_dead_lettered_with_nothing_else_happening() {
         return;
     }
     let cluster = Cluster::start(3, "warren-qq-ttl");
-    let (c1, c2, c3) = (
-        connect_url(&cluster.nodes[0].amqp_url()).await,
-        connect_url(&cluster.nodes[1].amqp_url()).await,
-        connect_url(&cluster.nodes[2].amqp_url()).await,
-    );
+    let (c1, c2, c3) = connect_all(&cluster).await;
     let ch1 = channel(&c1).await;
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
     ch1.queue_declare("dlq", durable, quorum_args()).await.expect("declare dlq");
@@ -336,15 +316,7 @@ async fn expired_messages_are_dead_lettered_with_nothing_else_happening() {
             .unwrap_or_else(|_| panic!("only {got:?} were dead-lettered"))
             .expect("a delivery")
             .expect("a delivery");
-        let headers = d.properties.headers().clone().unwrap_or_default();
-        let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else {
-            panic!("no x-death: {headers:?}")
-        };
-        let Some(AMQPValue::FieldTable(first)) = deaths.as_slice().first() else { panic!("empty x-death") };
-        let text = |name: &str| match first.inner().get(name) {
-            Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
-            other => panic!("x-death {name}: {other:?}"),
-        };
+        let text = |name: &str| first_death(&d, name).unwrap_or_else(|| panic!("no x-death {name}: {d:?}"));
         got.push((String::from_utf8_lossy(&d.data).into_owned(), text("reason"), text("queue")));
         d.ack(BasicAckOptions::default()).await.expect("ack");
     }
@@ -423,6 +395,26 @@ async fn an_idle_quorum_queue_fails_over_and_takes_its_member_back() {
     assert_eq!(receive(&mut consumer, 2).await, ["before", "after"]);
 }
 
+/// Connections to the three nodes of `cluster`, in order.
+async fn connect_all(cluster: &Cluster) -> (lapin::Connection, lapin::Connection, lapin::Connection) {
+    (
+        connect_url(&cluster.nodes[0].amqp_url()).await,
+        connect_url(&cluster.nodes[1].amqp_url()).await,
+        connect_url(&cluster.nodes[2].amqp_url()).await,
+    )
+}
+
+/// Field `name` (a string) of the first entry of a delivery's `x-death` header.
+fn first_death(d: &lapin::message::Delivery, name: &str) -> Option<String> {
+    let headers = d.properties.headers().as_ref()?;
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else { return None };
+    let Some(AMQPValue::FieldTable(first)) = deaths.as_slice().first() else { return None };
+    match first.inner().get(name) {
+        Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    }
+}
+
 /// The `x-delivery-count` header of a message, if it has one.
 fn delivery_count(d: &lapin::message::Delivery) -> Option<i64> {
     match d.properties.headers().as_ref()?.inner().get("x-delivery-count")? {
@@ -439,11 +431,7 @@ async fn basic_get_takes_from_the_group_through_any_node() {
         return;
     }
     let cluster = Cluster::start(3, "warren-qq-get");
-    let (c1, c2, c3) = (
-        connect_url(&cluster.nodes[0].amqp_url()).await,
-        connect_url(&cluster.nodes[1].amqp_url()).await,
-        connect_url(&cluster.nodes[2].amqp_url()).await,
-    );
+    let (c1, c2, c3) = connect_all(&cluster).await;
     let ch1 = confirm_channel(&c1).await;
     declare(&ch1).await;
     publish_confirmed(&ch1, (0..3).map(|i| format!("m{i}"))).await;
