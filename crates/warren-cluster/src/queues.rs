@@ -361,7 +361,7 @@ impl QueueHost {
         let me = self.me;
         let a_while = Duration::from_secs(3600);
         loop {
-            if replica.group.status().leader != Some(me) {
+            if !replica.group.is_leader() {
                 // Nothing to do until this node leads (no timer meanwhile: an idle follower
                 // costs nothing here).
                 let leads = replica.group.wait_until(a_while, "leading", move |s| s.leader == Some(me));
@@ -389,19 +389,18 @@ impl QueueHost {
                     _ = stopped.changed() => return,
                 }
             }
-            // The head's deadline, an entry applied (the head may have changed), or the
-            // leadership gone, whichever comes first.
+            // The head's deadline or an entry applied (the head may have changed), whichever
+            // comes first; a leadership lost is seen then (a new leader's first entry is applied
+            // here too).
             let deadline = async move {
                 match head {
                     Some(deadline) => tokio::time::sleep(Duration::from_millis(deadline + 1 - now)).await,
                     None => std::future::pending().await,
                 }
             };
-            let deposed = replica.group.wait_until(a_while, "another leader", move |s| s.leader != Some(me));
             tokio::select! {
                 _ = deadline => {}
                 changed = handled.changed() => if changed.is_err() { return },
-                _ = deposed => {}
                 _ = stopped.changed() => return,
             }
         }
