@@ -158,6 +158,9 @@ struct Replica {
     commit_latency_us: std::sync::atomic::AtomicU64,
     /// The group's state when it last changed, and when (see `quiet_or_wake`).
     activity: parking_lot::Mutex<(ActivityKey, tokio::time::Instant)>,
+    /// Whether this node's proposer has commands on hand (a member whose node has work for
+    /// the group never goes quiet: its leader may be gone without a word).
+    busy: std::sync::atomic::AtomicBool,
 }
 
 /// The quorum queues' groups on this node.
@@ -335,6 +338,7 @@ impl QueueHost {
             log: log_view,
             commit_latency_us: std::sync::atomic::AtomicU64::new(0),
             activity: parking_lot::Mutex::new(((0, None, None), tokio::time::Instant::now())),
+            busy: std::sync::atomic::AtomicBool::new(false),
         });
         self.replicas.lock().insert(group_id, replica.clone());
         {
@@ -599,11 +603,13 @@ impl QueueHost {
                 pending.drain(..n).collect()
             };
             if batch.is_empty() {
+                replica.busy.store(false, std::sync::atomic::Ordering::Relaxed);
                 tokio::select! {
                     _ = replica.wake.notified() => continue,
                     _ = stopped.changed() => return,
                 }
             }
+            replica.busy.store(true, std::sync::atomic::Ordering::Relaxed);
             let now_ms = self.shared.now_ms();
             let commands: Vec<Stamped> = batch.iter().map(|w| Stamped { now_ms, command: w.command.clone() }).collect();
             self.confirm_before_commit(&batch);
@@ -929,7 +935,10 @@ fn quiet_or_wake(replicas: &[Arc<Replica>]) {
         let after = if status.role == warren_raft::Role::Leader { QUIET_LEADER_AFTER } else { QUIET_FOLLOWER_AFTER };
         let settled =
             matches!(status.role, warren_raft::Role::Leader | warren_raft::Role::Follower) && status.leader.is_some();
-        if settled && idle_for >= after && !replica.group.is_quiet() {
+        // Not while this node has commands for the group: a follower whose leader went silent
+        // (isolated, paused) sees its log stand still too, and must keep its election timer.
+        let busy = replica.busy.load(std::sync::atomic::Ordering::Relaxed) || !replica.pending.lock().is_empty();
+        if settled && !busy && idle_for >= after && !replica.group.is_quiet() {
             replica.group.set_quiet(true);
         }
     }
