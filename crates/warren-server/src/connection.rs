@@ -472,6 +472,16 @@ impl Connection {
             self.closing = true;
             self.closing_since = Some(Instant::now());
         }
+        for o in &self.mine {
+            // The broker closing a channel or the connection is worth an operator's look, as
+            // RabbitMQ logs its channel and connection exceptions.
+            if let Out::Method { channel, method: Method::ChannelClose { reply_code, reply_text, .. } } = o {
+                tracing::warn!("connection {}: closing channel {channel}: {reply_code} {reply_text}", self.id);
+            }
+            if let Out::Method { method: Method::ConnectionClose { reply_code, reply_text, .. }, .. } = o {
+                tracing::warn!("connection {}: closing the connection: {reply_code} {reply_text}", self.id);
+            }
+        }
         let delivered = encode(&mut self.wbuf, &self.mine, self.frame_max);
         self.mine.clear();
         if self.mine.capacity() <= SMALL_BATCH_FRAMES {

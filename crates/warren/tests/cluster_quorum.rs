@@ -61,6 +61,15 @@ async fn receive(consumer: &mut lapin::Consumer, n: usize) -> Vec<String> {
     got
 }
 
+/// Cancels `consumer` and then closes its channel. (Dropping a lapin consumer cancels it in
+/// the background: a close right after races that cancel, and lapin fails the whole
+/// connection when the cancel loses.)
+async fn cancel_and_close(ch: &Channel, consumer: lapin::Consumer) {
+    ch.basic_cancel(consumer.tag().as_str(), lapin::options::BasicCancelOptions::default()).await.expect("cancel");
+    drop(consumer);
+    ch.close(200, "bye").await.expect("close");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_queue_is_served_by_its_group_through_every_node() {
     if common::Broker::is_external() {
@@ -69,6 +78,9 @@ async fn a_quorum_queue_is_served_by_its_group_through_every_node() {
     }
     let mut cluster = Cluster::start(3, "warren-qq");
     let (c1, c2, c3) = connect_all(&cluster).await;
+    for (name, c) in [("c1", &c1), ("c2", &c2), ("c3", &c3)] {
+        c.on_error(move |e| eprintln!("connection {name} failed: {e:?}"));
+    }
     declare(&channel(&c1).await).await;
 
     // A consumer on node 2; a publisher with confirms on node 3.
@@ -115,8 +127,7 @@ async fn a_quorum_queue_is_served_by_its_group_through_every_node() {
 
     // A consumer on node 1 takes five and holds them; then the declaring node (the group's
     // first leader) dies with them.
-    drop(consumer);
-    ch2.close(200, "bye").await.expect("close");
+    cancel_and_close(&ch2, consumer).await;
     let ch1 = channel(&c1).await;
     ch1.basic_qos(5, BasicQosOptions::default()).await.expect("qos");
     let mut holder =
@@ -175,8 +186,7 @@ async fn a_quorum_queue_is_served_by_its_group_through_every_node() {
     .await;
 
     // Node 1 back: it catches up and serves the queue again (to its consumer alone).
-    drop(consumer);
-    ch2.close(200, "bye").await.expect("close");
+    cancel_and_close(&ch2, consumer).await;
     cluster.restart(0);
     let first_http = cluster.nodes[0].http();
     eventually("node 1 back online in the group", || async {

@@ -26,10 +26,24 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// A port free now (the listener is closed at once, so the node can take it).
+/// A port free now, for a node to listen on later (the listener is closed at once). It is
+/// taken below the kernel's ephemeral range (32768 and up here), so no listener bound to port
+/// 0 and no outgoing connection in the meantime can take it first; each call in this process
+/// gives a different one, and a process starts at its own place in the range.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("its address").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let start = std::process::id().wrapping_mul(2_654_435_761) % SPAN;
+    let _ = NEXT.compare_exchange(u32::MAX, start, Ordering::SeqCst, Ordering::SeqCst);
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN)
 }
 
 /// Writes `cookie` as `dir/.cookie`, readable by its owner only.
@@ -155,5 +169,20 @@ impl Cluster {
     pub fn restart(&mut self, i: usize) {
         let conf = self.conf.clone();
         self.nodes[i].start(&conf);
+    }
+}
+
+impl Drop for Cluster {
+    /// A failed test shows what each node logged (Raft's own chatter left out).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for node in &self.nodes {
+            let log = node.log();
+            let lines: Vec<&str> = log.lines().filter(|l| !l.contains("openraft")).collect();
+            let tail = &lines[lines.len().saturating_sub(200)..];
+            eprintln!("==== {} ({})\n{}", node.name, node.dir.display(), tail.join("\n"));
+        }
     }
 }
