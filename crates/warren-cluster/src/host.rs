@@ -209,6 +209,22 @@ impl MetaHost {
         self.commit_command(MetaCommand::Topology { origin: self.me, ops }, timeout).await
     }
 
+    /// Makes `members` the members of quorum queue `name` in `vhost` (its group `group`), as
+    /// an operator asked through this node; done once this node has applied the change (the
+    /// group's leader then changes the group to match).
+    pub async fn set_members(&self, vhost: &str, name: &str, group: u64, members: Vec<u64>) -> Result<(), String> {
+        let command =
+            MetaCommand::Members { origin: self.me, vhost: vhost.to_owned(), name: name.to_owned(), group, members };
+        match self.commit_command(command, self.commit_timeout).await {
+            Ok(output) => output.members.unwrap_or_else(|| Err("no outcome for the member change".into())),
+            Err(ProposeFailure::NoLeader) => Err(format!(
+                "no leader of the metadata group within {} ms (is a majority of nodes reachable?)",
+                self.commit_timeout.as_millis()
+            )),
+            Err(ProposeFailure::Failed(why)) => Err(why),
+        }
+    }
+
     async fn commit_command(&self, command: MetaCommand, timeout: Duration) -> Result<MetaOutput, ProposeFailure> {
         let index = self.propose_index(command, timeout).await?;
         let mut handled = self.handled.subscribe();
@@ -241,6 +257,8 @@ impl MetaHost {
                         if output.applied.iter().any(queues) {
                             self.queues_changed();
                         }
+                    } else if output.members == Some(Ok(())) {
+                        self.queues_changed();
                     }
                     if output.origin == self.me {
                         let mut own = self.own.lock();

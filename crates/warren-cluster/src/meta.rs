@@ -33,10 +33,15 @@ pub enum MetaCommand {
     /// Changes nothing: node `origin`, restarted, learns from its output that it has applied
     /// everything committed before (`nonce` tells its own barrier from one of an earlier run).
     Barrier { origin: u64, nonce: u64 },
+    /// An operator's change of the members of quorum queue `name` in `vhost` (RabbitMQ's
+    /// `add_member`, `delete_member`, `grow`, `shrink`), asked through node `origin`: from now
+    /// on its group is to be `members` (node ids). Refused when the queue is not that group's
+    /// any more (`group`: deleted, or declared again meanwhile).
+    Members { origin: u64, vhost: String, name: String, group: u64, members: Vec<u64> },
 }
 
 /// What applying a command did, on every node.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct MetaOutput {
     /// The node that proposed it.
     pub origin: u64,
@@ -47,6 +52,8 @@ pub struct MetaOutput {
     pub refused: Vec<(DefOp, String)>,
     /// The nonce of a [`MetaCommand::Barrier`].
     pub barrier: Option<u64>,
+    /// What came of a [`MetaCommand::Members`]: done, or refused with why.
+    pub members: Option<Result<(), String>>,
 }
 
 type Key = (String, String);
@@ -84,6 +91,9 @@ pub struct Metadata {
     bindings: BTreeMap<Vec<u8>, BindingDef>,
     /// The quorum queues' placements.
     placements: BTreeMap<Key, Placement>,
+    /// The members of the quorum queues whose membership an operator changed (the others'
+    /// follow from their placement and the nodes: `queues::members_of`), sorted.
+    members: BTreeMap<Key, Vec<u64>>,
 }
 
 /// Whether a queue's declaration makes it a quorum queue (replicated by a group of its own).
@@ -220,6 +230,11 @@ impl Metadata {
         self.placements.get(&key(vhost, name)).copied()
     }
 
+    /// The members an operator made quorum queue `name` in `vhost` have, if one did.
+    pub fn members(&self, vhost: &str, name: &str) -> Option<&[u64]> {
+        self.members.get(&key(vhost, name)).map(Vec::as_slice)
+    }
+
     /// Every quorum queue with its placement, ordered.
     pub fn placements(&self) -> impl Iterator<Item = (&Key, &Placement)> {
         self.placements.iter()
@@ -287,6 +302,7 @@ impl Metadata {
                     need_vhost(self, &q.vhost)?;
                     if is_quorum(q) {
                         self.placements.insert(key(&q.vhost, &q.name), Placement { group: index, origin });
+                        self.members.remove(&key(&q.vhost, &q.name));
                     }
                     self.queues.insert(key(&q.vhost, &q.name), q.clone());
                     Ok(true)
@@ -297,6 +313,7 @@ impl Metadata {
                     return Ok(false);
                 }
                 self.placements.remove(&key(vhost, name));
+                self.members.remove(&key(vhost, name));
                 self.bindings.retain(|_, b| b.vhost != *vhost || !b.destination_is_queue || b.destination != *name);
                 Ok(true)
             }
@@ -332,6 +349,7 @@ impl Metadata {
                 self.exchanges.retain(|k, _| elsewhere(k));
                 self.queues.retain(|k, _| elsewhere(k));
                 self.placements.retain(|k, _| elsewhere(k));
+                self.members.retain(|k, _| elsewhere(k));
                 self.bindings.retain(|_, b| b.vhost != *name);
                 self.permissions.retain(|(_, v), _| v != name);
                 self.topic_permissions.retain(|(_, v, _), _| v != name);
@@ -436,7 +454,7 @@ impl Metadata {
         match command {
             MetaCommand::Topology { origin, ops } | MetaCommand::Join { origin, ops } => {
                 let join = matches!(command, MetaCommand::Join { .. });
-                let mut out = MetaOutput { origin: *origin, applied: Vec::new(), refused: Vec::new(), barrier: None };
+                let mut out = MetaOutput { origin: *origin, ..MetaOutput::default() };
                 for op in ops {
                     match self.apply_op(index, *origin, op, join) {
                         Ok(true) => out.applied.push(op.clone()),
@@ -447,7 +465,22 @@ impl Metadata {
                 out
             }
             MetaCommand::Barrier { origin, nonce } => {
-                MetaOutput { origin: *origin, applied: Vec::new(), refused: Vec::new(), barrier: Some(*nonce) }
+                MetaOutput { origin: *origin, barrier: Some(*nonce), ..MetaOutput::default() }
+            }
+            MetaCommand::Members { origin, vhost, name, group, members } => {
+                let k = key(vhost, name);
+                let done = match self.placements.get(&k) {
+                    _ if members.is_empty() => Err("a quorum queue keeps at least one member".to_owned()),
+                    Some(p) if p.group == *group => {
+                        let mut members = members.clone();
+                        members.sort_unstable();
+                        members.dedup();
+                        self.members.insert(k, members);
+                        Ok(())
+                    }
+                    _ => Err(format!("quorum queue '{name}' in vhost '{vhost}' is not the one asked about any more")),
+                };
+                MetaOutput { origin: *origin, members: Some(done), ..MetaOutput::default() }
             }
         }
     }
@@ -661,6 +694,46 @@ impl Touched {
 const TOPOLOGY_TAG: u8 = 1;
 const BARRIER_TAG: u8 = 2;
 const JOIN_TAG: u8 = 3;
+const MEMBERS_TAG: u8 = 4;
+
+/// In a snapshot, where the placements end and the operators' member lists begin (no vhost
+/// name is that long).
+const MEMBERS_SECTION: u16 = u16::MAX;
+
+fn put_text(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A u16 length and that many bytes of UTF-8, from the front of `at`.
+fn take_text(at: &mut &[u8]) -> io::Result<String> {
+    let cut = || invalid("a name cut short");
+    let n = u16::from_be_bytes(at.get(..2).ok_or_else(cut)?.try_into().expect("2 bytes")) as usize;
+    let s = at.get(2..2 + n).ok_or_else(cut)?;
+    let s = String::from_utf8(s.to_vec()).map_err(|_| invalid("a name that is not UTF-8"))?;
+    *at = &at[2 + n..];
+    Ok(s)
+}
+
+fn take_u64(at: &mut &[u8]) -> io::Result<u64> {
+    let n = u64::from_be_bytes(at.get(..8).ok_or_else(|| invalid("a number cut short"))?.try_into().expect("8 bytes"));
+    *at = &at[8..];
+    Ok(n)
+}
+
+/// A u16 count and that many node ids.
+fn put_ids(out: &mut Vec<u8>, ids: &[u64]) {
+    out.extend_from_slice(&(ids.len() as u16).to_be_bytes());
+    for id in ids {
+        out.extend_from_slice(&id.to_be_bytes());
+    }
+}
+
+fn take_ids(at: &mut &[u8]) -> io::Result<Vec<u64>> {
+    let n = u16::from_be_bytes(at.get(..2).ok_or_else(|| invalid("a member list cut short"))?.try_into().expect("2"));
+    *at = &at[2..];
+    (0..n).map(|_| take_u64(at)).collect()
+}
 
 fn invalid(why: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why.into())
@@ -686,6 +759,14 @@ impl MetaCommand {
                 out.extend_from_slice(&origin.to_be_bytes());
                 out.extend_from_slice(&nonce.to_be_bytes());
             }
+            MetaCommand::Members { origin, vhost, name, group, members } => {
+                out.push(MEMBERS_TAG);
+                out.extend_from_slice(&origin.to_be_bytes());
+                put_text(out, vhost);
+                put_text(out, name);
+                out.extend_from_slice(&group.to_be_bytes());
+                put_ids(out, members);
+            }
         }
     }
 
@@ -697,6 +778,17 @@ impl MetaCommand {
             let origin = u64::from_be_bytes(fields[..8].try_into().expect("8 bytes"));
             let nonce = u64::from_be_bytes(fields[8..].try_into().expect("8 bytes"));
             return Ok(MetaCommand::Barrier { origin, nonce });
+        }
+        if tag == MEMBERS_TAG {
+            let mut at = rest;
+            let origin = take_u64(&mut at)?;
+            let (vhost, name) = (take_text(&mut at)?, take_text(&mut at)?);
+            let group = take_u64(&mut at)?;
+            let members = take_ids(&mut at)?;
+            if !at.is_empty() {
+                return Err(invalid("bytes after a member change"));
+            }
+            return Ok(MetaCommand::Members { origin, vhost, name, group, members });
         }
         if tag != TOPOLOGY_TAG && tag != JOIN_TAG {
             return Err(invalid(format!("unknown metadata command {tag}")));
@@ -731,7 +823,9 @@ impl warren_raft::Machine for Metadata {
     }
 
     /// Everything but the placements in the definitions snapshot format (length first), then
-    /// each placement: vhost and name (u16 length, bytes), group and origin (u64), big-endian.
+    /// each placement: vhost and name (u16 length, bytes), group and origin (u64), big-endian;
+    /// then, if an operator changed any queue's members, the mark `MEMBERS_SECTION` and each
+    /// such queue: vhost, name, the number of members (u16) and their ids (u64).
     fn snapshot(&self) -> Vec<u8> {
         let defs = self.definitions().encode();
         let mut out = Vec::with_capacity(defs.len() + 4 + self.placements.len() * 48);
@@ -745,6 +839,14 @@ impl warren_raft::Machine for Metadata {
             out.extend_from_slice(&p.group.to_be_bytes());
             out.extend_from_slice(&p.origin.to_be_bytes());
         }
+        if !self.members.is_empty() {
+            out.extend_from_slice(&MEMBERS_SECTION.to_be_bytes());
+            for ((vhost, name), members) in &self.members {
+                put_text(&mut out, vhost);
+                put_text(&mut out, name);
+                put_ids(&mut out, members);
+            }
+        }
         out
     }
 
@@ -756,6 +858,18 @@ impl warren_raft::Machine for Metadata {
         let mut restored = Metadata::from_definitions(&defs);
         let mut at = &bytes[4 + len..];
         while !at.is_empty() {
+            if at.starts_with(&MEMBERS_SECTION.to_be_bytes()) {
+                at = &at[2..];
+                while !at.is_empty() {
+                    let (vhost, name) = (take_text(&mut at)?, take_text(&mut at)?);
+                    let members = take_ids(&mut at)?;
+                    if !restored.placements.contains_key(&key(&vhost, &name)) {
+                        return Err(invalid(format!("members of '{name}' in '{vhost}', which is not placed")));
+                    }
+                    restored.members.insert((vhost, name), members);
+                }
+                break;
+            }
             let mut text = || -> io::Result<String> {
                 let n = u16::from_be_bytes(at.get(..2).ok_or_else(cut)?.try_into().expect("2 bytes")) as usize;
                 let s = at.get(2..2 + n).ok_or_else(cut)?;
@@ -953,8 +1067,40 @@ mod tests {
         // Deleted and declared again: a new group.
         m.apply(9, &topo(8, vec![DefOp::DelQueue { vhost: "/".into(), name: "qq".into() }]));
         assert_eq!(m.placement("/", "qq"), None);
-        m.apply(12, &topo(8, vec![DefOp::PutQueue(quorum)]));
+        m.apply(12, &topo(8, vec![DefOp::PutQueue(quorum.clone())]));
         assert_eq!(m.placement("/", "qq"), Some(Placement { group: 12, origin: 8 }));
+
+        // An operator's member list: kept, in snapshots too, and only for the group asked about.
+        let members = |group: u64, members: Vec<u64>| MetaCommand::Members {
+            origin: 3,
+            vhost: "/".into(),
+            name: "qq".into(),
+            group,
+            members,
+        };
+        let stale = m.apply(13, &members(5, vec![1, 2]));
+        assert!(matches!(stale.members, Some(Err(_))), "{stale:?}");
+        assert!(matches!(m.apply(14, &members(12, vec![])).members, Some(Err(_))));
+        assert_eq!(m.members("/", "qq"), None);
+        let done = m.apply(15, &members(12, vec![9, 1, 9]));
+        assert_eq!(done.members, Some(Ok(())));
+        assert_eq!(done.origin, 3);
+        assert_eq!(m.members("/", "qq"), Some(&[1, 9][..]));
+        for command in [members(12, vec![1, 9]), topo(8, vec![])] {
+            let mut bytes = Vec::new();
+            command.encode(&mut bytes);
+            assert_eq!(MetaCommand::decode(&bytes).expect("decode"), command);
+            assert!(MetaCommand::decode(&bytes[..bytes.len() - 1]).is_err());
+        }
+        let snap = warren_raft::Machine::snapshot(&m);
+        let mut back = Metadata::default();
+        warren_raft::Machine::restore(&mut back, &snap).expect("restore");
+        assert_eq!(back, m);
+        assert!(warren_raft::Machine::restore(&mut back, &snap[..snap.len() - 3]).is_err());
+        // A new declaration is a new group with the members drawn afresh.
+        m.apply(16, &topo(8, vec![DefOp::DelQueue { vhost: "/".into(), name: "qq".into() }]));
+        m.apply(17, &topo(8, vec![DefOp::PutQueue(quorum)]));
+        assert_eq!(m.members("/", "qq"), None);
     }
 }
 

@@ -11,7 +11,7 @@
 
 use crate::host::MetaHost;
 use crate::meta::{Metadata, Placement};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -135,8 +135,10 @@ pub fn members_of(placement: &Placement, vhost: &str, name: &str, nodes: &[u64],
     members
 }
 
-/// A group this node is to be a member of: its queue (vhost, name), placement and members.
-type Wanted = ((String, String), Placement, Vec<u64>);
+/// A quorum queue's group as the metadata wants it: its queue (vhost, name), placement and
+/// members, and whether an operator chose those members (the group exists then: no member
+/// founds it again).
+type Wanted = ((String, String), Placement, Vec<u64>, bool);
 
 /// One quorum queue's member on this node.
 struct Replica {
@@ -161,6 +163,11 @@ struct Replica {
     /// Whether this node's proposer has commands on hand (a member whose node has work for
     /// the group never goes quiet: its leader may be gone without a word).
     busy: std::sync::atomic::AtomicBool,
+    /// An operator took this node out of the group: its member stays until the group's
+    /// membership no longer counts it as a voter (see `follow_metadata`), since when.
+    retiring: parking_lot::Mutex<Option<tokio::time::Instant>>,
+    /// Whether this node, leading, is changing the group's members to the metadata's.
+    changing: std::sync::atomic::AtomicBool,
 }
 
 /// The quorum queues' groups on this node.
@@ -244,43 +251,153 @@ impl QueueHost {
             if self.meta.is_catching_up() {
                 continue;
             }
-            let placed: Vec<((String, String), Placement, usize)> = self.meta.group().with_machine(|m: &Metadata| {
-                m.placements()
-                    .map(|(key, p)| {
-                        let size = m
-                            .queue(&key.0, &key.1)
-                            .and_then(|q| q.arguments.get("x-quorum-initial-group-size"))
-                            .and_then(|v| v.as_i64())
-                            .filter(|&n| n > 0)
-                            .map_or(usize::MAX, |n| n as usize);
-                        (key.clone(), *p, size)
-                    })
-                    .collect()
-            });
-            let nodes: Vec<u64> = self.nodes.keys().copied().collect();
+            let placed = self.placed();
             let wanted: HashMap<u64, Wanted> = placed
-                .into_iter()
-                .map(|(key, p, size)| {
-                    let members = members_of(&p, &key.0, &key.1, &nodes, size.min(nodes.len()));
-                    (p.group, (key, p, members))
-                })
-                .filter(|(_, (_, _, members))| members.contains(&self.me))
+                .iter()
+                .filter(|(_, _, members, _)| members.contains(&self.me))
+                .map(|w| (w.1.group, w.clone()))
                 .collect();
-            let running: Vec<u64> = self.replicas.lock().keys().copied().collect();
-            for group in running {
-                if !wanted.contains_key(&group) {
-                    self.stop_replica(group).await;
+            let running: Vec<Arc<Replica>> = self.replicas.lock().values().cloned().collect();
+            for replica in running {
+                if wanted.contains_key(&replica.group_id) {
+                    *replica.retiring.lock() = None;
+                    continue;
                 }
+                // Taken out of a group that goes on: not while the group still counts this
+                // member as a voter (stopping it then could leave the change without the
+                // majority it needs); the leader makes it a learner first, which it sees. A
+                // member that never hears of it (down while the change was made) stops after
+                // `RETIRE_WITHIN` all the same, rather than call elections in a group that
+                // no longer has it.
+                let goes_on = placed.iter().any(|w| w.1.group == replica.group_id);
+                if goes_on && replica.group.status().voters.contains(&self.me) {
+                    let since = *replica.retiring.lock().get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() < RETIRE_WITHIN {
+                        continue;
+                    }
+                    tracing::warn!(
+                        "quorum queue '{}': this node was taken out {} s ago and its group never said so: stopping its member",
+                        replica.name,
+                        RETIRE_WITHIN.as_secs()
+                    );
+                }
+                self.stop_replica(replica.group_id).await;
             }
-            for (group, (key, p, members)) in wanted {
+            for (group, (key, p, members, chosen)) in wanted {
                 if self.replicas.lock().contains_key(&group) {
                     continue;
                 }
-                if let Err(e) = self.start_replica(group, &key.0, &key.1, &p, &members).await {
+                if let Err(e) = self.start_replica(group, &key.0, &key.1, &p, &members, chosen).await {
                     tracing::error!("quorum queue '{}' in vhost '{}': cannot start its group: {e}", key.1, key.0);
                 }
             }
         }
+    }
+
+    /// Every quorum queue's group as the metadata wants it.
+    fn placed(&self) -> Vec<Wanted> {
+        let nodes: Vec<u64> = self.nodes.keys().copied().collect();
+        self.meta.group().with_machine(|m: &Metadata| {
+            m.placements()
+                .map(|(key, p)| {
+                    if let Some(members) = m.members(&key.0, &key.1) {
+                        return (key.clone(), *p, members.to_vec(), true);
+                    }
+                    let size = m
+                        .queue(&key.0, &key.1)
+                        .and_then(|q| q.arguments.get("x-quorum-initial-group-size"))
+                        .and_then(|v| v.as_i64())
+                        .filter(|&n| n > 0)
+                        .map_or(usize::MAX, |n| n as usize);
+                    (key.clone(), *p, members_of(p, &key.0, &key.1, &nodes, size.min(nodes.len())), false)
+                })
+                .collect()
+        })
+    }
+
+    /// The group and members the metadata wants quorum queue `name` in `vhost` to have.
+    pub fn wanted_members(&self, vhost: &str, name: &str) -> Option<(u64, Vec<u64>)> {
+        self.placed().into_iter().find(|w| w.0 .0 == vhost && w.0 .1 == name).map(|w| (w.1.group, w.2))
+    }
+
+    /// Every quorum queue (vhost, name) with its group and the members the metadata wants.
+    pub fn all_wanted_members(&self) -> Vec<(String, String, u64, Vec<u64>)> {
+        self.placed().into_iter().map(|((vhost, name), p, members, _)| (vhost, name, p.group, members)).collect()
+    }
+
+    /// Records `members` as quorum queue `name` in `vhost`'s (group `group`) in the metadata;
+    /// the group's leader then changes the group to match (`change_members`).
+    pub async fn set_members(&self, vhost: &str, name: &str, group: u64, members: Vec<u64>) -> Result<(), String> {
+        if let Some(unknown) = members.iter().find(|m| !self.nodes.contains_key(m)) {
+            return Err(format!("node {unknown:016x} is not in the cluster"));
+        }
+        self.meta.set_members(vhost, name, group, members).await
+    }
+
+    /// On the leader of `replica`'s group: changes its members to `target`, a step at a time
+    /// (RabbitMQ's add_member and delete_member, which Ra does the same way): a new member
+    /// joins as a learner and becomes a voter once it holds the log up to its joining; members
+    /// taken out become learners through a joint configuration (so that each sees it is out
+    /// and stops its member), and are then dropped once they hold that configuration.
+    async fn change_members(self: Arc<Self>, replica: Arc<Replica>, target: BTreeSet<u64>) {
+        let step = Duration::from_secs(10);
+        let result: Result<(), String> = async {
+            let status = replica.group.status();
+            let mut joined_at = 0;
+            for &node in target.iter().filter(|n| !status.voters.contains(n) && !status.learners.contains(n)) {
+                let addr = self.nodes.get(&node).cloned().ok_or_else(|| format!("node {node:016x} unknown"))?;
+                let index = tokio::time::timeout(step, replica.group.add_learner(node, addr))
+                    .await
+                    .map_err(|_| "adding a learner timed out".to_owned())?
+                    .map_err(|e| format!("adding a learner: {e:?}"))?;
+                joined_at = joined_at.max(index);
+                tracing::info!("quorum queue '{}': node {node:016x} joins as a learner", replica.name);
+            }
+            if status.voters != target {
+                let new: Vec<u64> = target.iter().copied().filter(|n| !status.voters.contains(n)).collect();
+                let joined_at =
+                    joined_at.max(status.last_log_index.unwrap_or(0).min(status.applied_index.unwrap_or(0)));
+                replica
+                    .group
+                    .wait_until(step, "new members caught up", move |s| {
+                        new.iter().all(|n| s.matched.get(n).copied().flatten().is_some_and(|m| m >= joined_at))
+                    })
+                    .await
+                    .map_err(|e| format!("new members did not catch up: {e:?}"))?;
+                tokio::time::timeout(step, replica.group.change_membership_retaining(target.clone()))
+                    .await
+                    .map_err(|_| "changing the voters timed out".to_owned())?
+                    .map_err(|e| format!("changing the voters: {e:?}"))?;
+                tracing::info!("quorum queue '{}': voters now {target:x?}", replica.name);
+            }
+            // Members taken out are learners now: dropped once they hold the membership that
+            // says so (each stops its member when it sees it).
+            let status = replica.group.status();
+            let out: BTreeSet<u64> = status.learners.iter().copied().filter(|n| !target.contains(n)).collect();
+            if !out.is_empty() && status.leader == Some(self.me) {
+                let at = status.last_log_index.unwrap_or(0);
+                let watched = out.clone();
+                // Not long: a member taken out may have stopped already (a leader that took
+                // itself out stops once the change commits, before any other leads).
+                let _ = replica
+                    .group
+                    .wait_until(Duration::from_secs(2), "members taken out told", move |s| {
+                        watched.iter().all(|n| s.matched.get(n).copied().flatten().is_some_and(|m| m >= at))
+                    })
+                    .await;
+                tokio::time::timeout(step, replica.group.remove_learners(out.clone()))
+                    .await
+                    .map_err(|_| "dropping learners timed out".to_owned())?
+                    .map_err(|e| format!("dropping learners: {e:?}"))?;
+                tracing::info!("quorum queue '{}': members {out:x?} taken out", replica.name);
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!("quorum queue '{}': changing its members to {target:x?}: {e} (tried again)", replica.name);
+        }
+        replica.changing.store(false, std::sync::atomic::Ordering::Release);
     }
 
     async fn start_replica(
@@ -290,6 +407,7 @@ impl QueueHost {
         name: &str,
         placement: &Placement,
         members: &[u64],
+        chosen: bool,
     ) -> Result<(), String> {
         let config = self.shared.broker().replica_config(vhost, name).unwrap_or_default();
         let log = self.wal.log::<QueueMachine>(group_id).map_err(|e| format!("its log: {e}"))?;
@@ -308,7 +426,9 @@ impl QueueHost {
         .await
         .map_err(|e| format!("{e:?}"))?;
         self.node.register(group_id, group.clone()).map_err(|e| e.to_string())?;
-        if pristine && placement.origin == self.me {
+        // The declaring node founds the group; a member an operator added joins it (the
+        // group's leader sends it the log).
+        if pristine && placement.origin == self.me && !chosen {
             let founders: BTreeMap<u64, String> =
                 members.iter().filter_map(|m| self.nodes.get(m).map(|a| (*m, a.clone()))).collect();
             if let Err(e) = group.initialize(founders).await {
@@ -339,6 +459,8 @@ impl QueueHost {
             commit_latency_us: std::sync::atomic::AtomicU64::new(0),
             activity: parking_lot::Mutex::new(((0, None, None), tokio::time::Instant::now())),
             busy: std::sync::atomic::AtomicBool::new(false),
+            retiring: parking_lot::Mutex::new(None),
+            changing: std::sync::atomic::AtomicBool::new(false),
         });
         self.replicas.lock().insert(group_id, replica.clone());
         {
@@ -520,6 +642,39 @@ impl QueueHost {
                 self.shared.submit_replica_work(&mut core);
             }
             quiet_or_wake(&replicas);
+            // Members taken out stop once their group says they are out; groups this node
+            // leads are changed to the members the metadata wants.
+            if replicas.iter().any(|r| r.retiring.lock().is_some()) {
+                self.changed.notify_one();
+            }
+            self.reconcile_members(&replicas);
+        }
+    }
+
+    /// Starts changing the members of each group this node leads whose voters (or learners
+    /// left over) differ from what the metadata wants, one change at a time per group.
+    fn reconcile_members(self: &Arc<Self>, replicas: &[Arc<Replica>]) {
+        let led: Vec<&Arc<Replica>> = replicas.iter().filter(|r| r.group.is_leader()).collect();
+        if led.is_empty() {
+            return;
+        }
+        let placed = self.placed();
+        for replica in led {
+            let Some((_, _, members, _)) = placed.iter().find(|w| w.1.group == replica.group_id) else { continue };
+            let target: BTreeSet<u64> = members.iter().copied().collect();
+            let status = replica.group.status();
+            let leftover = status.learners.iter().any(|l| !target.contains(l));
+            if status.voters == target && !leftover {
+                continue;
+            }
+            if replica.changing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                continue;
+            }
+            if replica.group.is_quiet() {
+                replica.group.set_quiet(false);
+                *replica.activity.lock() = (activity_key(&status), tokio::time::Instant::now());
+            }
+            tokio::spawn(self.clone().change_members(replica.clone(), target));
         }
     }
 
@@ -574,14 +729,21 @@ impl QueueHost {
         }
         drop(replicas);
         if !lost.is_empty() {
-            // No member here (the group stopped): the publishes among them are nacked.
+            // No member here (the group stopped, or an operator took this node out): the
+            // publishes among them are nacked, a basic.get's channel is closed (as for a get
+            // its group did not commit) rather than left waiting.
             let shared = self.shared.clone();
             tokio::spawn(async move {
                 let mut core = shared.broker();
                 let mut out: Vec<(ConnId, Out)> = Vec::new();
+                let now_ms = shared.now_ms();
                 for w in lost {
                     if let Some((conn, channel, seq)) = w.confirm {
                         core.replica_committed(conn, channel, seq, false, &mut out);
+                    }
+                    if let Command::Get { owner, no_ack } = w.command {
+                        let queue = core.replica_queue_name(w.group).unwrap_or_default();
+                        core.replica_got(&queue, w.group, owner, no_ack, None, now_ms, &mut out);
                     }
                 }
                 core.deliver(&mut out);
@@ -897,6 +1059,10 @@ impl QueueHost {
         }
     }
 }
+
+/// How long a member taken out of its group by an operator waits for the group to say so
+/// before it stops anyway (see `follow_metadata`).
+const RETIRE_WITHIN: Duration = Duration::from_secs(30);
 
 /// What changes when a group does something: its term, its leader, its last log index.
 type ActivityKey = (u64, Option<u64>, Option<u64>);

@@ -344,6 +344,22 @@ impl<M: Machine> Group<M> {
         Ok(response.log_id.index)
     }
 
+    /// On the leader: as [`change_membership`](Self::change_membership), but voters left out
+    /// become learners rather than leave: they go on receiving the log, so each of them sees
+    /// the membership that takes it out (its own [`Status::voters`] no longer has it). Drop
+    /// them afterwards with [`remove_learners`](Self::remove_learners).
+    pub async fn change_membership_retaining(&self, voters: BTreeSet<u64>) -> Result<u64, AdminError> {
+        let response = self.raft.change_membership(voters, true).await?;
+        Ok(response.log_id.index)
+    }
+
+    /// On the leader: removes learners `ids` from the group (voters among them are refused).
+    /// Returns the index of the membership entry once committed.
+    pub async fn remove_learners(&self, ids: BTreeSet<u64>) -> Result<u64, AdminError> {
+        let response = self.raft.change_membership(openraft::ChangeMembers::RemoveNodes(ids), false).await?;
+        Ok(response.log_id.index)
+    }
+
     /// Asks this node to snapshot its machine now, whatever the snapshot policy says; returns
     /// without waiting for the snapshot (see [`Status::snapshot_index`]).
     pub async fn trigger_snapshot(&self) -> Result<(), Stopped> {

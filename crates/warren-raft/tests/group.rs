@@ -56,6 +56,42 @@ async fn a_learner_joins_as_voter_and_a_voter_leaves() {
 }
 
 #[tokio::test]
+async fn a_voter_taken_out_as_learner_sees_it_and_is_then_dropped() {
+    let cluster = Cluster::start(fast_config()).await;
+    let leader = cluster.leader();
+    let group = cluster.group(leader);
+    group.propose(1).await.expect("committed");
+    let out = (1..=3).find(|id| *id != leader).expect("a follower");
+    let voters: BTreeSet<u64> = (1..=3).filter(|id| *id != out).collect();
+
+    let changed_at = group.change_membership_retaining(voters.clone()).await.expect("membership changed");
+    assert_eq!(group.status().voters, voters);
+    assert_eq!(group.status().learners, BTreeSet::from([out]));
+    // The member taken out goes on receiving the log, and sees its own removal.
+    cluster
+        .group(out)
+        .wait_until(WAIT, "the member taken out sees it", move |s| {
+            !s.voters.contains(&out) && s.applied_index >= Some(changed_at)
+        })
+        .await
+        .expect("the learner learns it is out");
+    let (index, _) = group.propose(2).await.expect("two voters of two commit");
+    cluster.wait_applied(&[out], index).await;
+
+    // Voters cannot be dropped as learners; the learner can.
+    let refused = group.remove_learners(BTreeSet::from([leader])).await;
+    assert!(matches!(refused, Err(AdminError::Rejected { .. })), "{refused:?}");
+    group.remove_learners(BTreeSet::from([out])).await.expect("learner dropped");
+    let status = group
+        .wait_until(WAIT, "replication to the dropped learner stopped", move |s| !s.matched.contains_key(&out))
+        .await
+        .expect("the leader stops replicating to it");
+    assert!(status.learners.is_empty());
+    assert_eq!(status.voters, voters);
+    cluster.shutdown(&[1, 2, 3]).await;
+}
+
+#[tokio::test]
 async fn a_full_applied_stream_holds_back_applying_until_the_host_reads() {
     const CAPACITY: usize = 4;
     let config = GroupConfig { applied_capacity: CAPACITY, ..fast_config() };

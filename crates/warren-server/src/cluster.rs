@@ -50,6 +50,28 @@ pub struct RaftMetrics {
     pub commit_latency_seconds: f64,
 }
 
+/// What an operator's change of a quorum queue's members comes to.
+pub type MembersFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, MembersError>> + Send>>;
+
+/// Why a change of a quorum queue's members was refused or failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembersError {
+    /// The queue is not a quorum queue (or there is no such queue).
+    NotQuorum,
+    /// The request makes no sense as asked (an unknown node, a member added twice, the last
+    /// member taken out), with why.
+    Refused(String),
+    /// The cluster could not record the change (no majority of the metadata group), with why.
+    Unavailable(String),
+}
+
+/// Which queues a change of many queues' members touches, by vhost and name.
+pub type QueueSelector = Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// The outcome of a change of many queues' members (`grow`, `shrink`): each queue touched,
+/// by vhost and name, with its member count after the change or why it was not made.
+pub type MembersOutcome = Vec<(String, String, Result<usize, String>)>;
+
 /// The cluster as this node sees it.
 pub trait ClusterView: Send + Sync {
     /// `cluster_name` (by default the name of the node).
@@ -65,6 +87,25 @@ pub trait ClusterView: Send + Sync {
     /// The Raft state of every quorum queue group this node is a member of.
     fn raft_metrics(&self) -> Vec<RaftMetrics> {
         Vec::new()
+    }
+    /// Adds a member on `node` to quorum queue `name` in `vhost` (`add: true`, RabbitMQ's
+    /// `add_member`), or takes the one there out (`delete_member`). Done once the cluster
+    /// recorded it; the group's leader then changes the group.
+    fn change_member(&self, _vhost: &str, _name: &str, _node: &str, _add: bool) -> MembersFuture<()> {
+        Box::pin(std::future::ready(Err(MembersError::NotQuorum)))
+    }
+    /// Adds a member on `node` to every quorum queue that `select` picks (by vhost and name)
+    /// and that has none there (`grow`; `even_only`: only those with an even number of
+    /// members), or takes out the member on `node` of every queue `select` picks (`shrink`,
+    /// `grow: false`) but a queue's last.
+    fn change_members_on(
+        &self,
+        _node: &str,
+        _grow: bool,
+        _even_only: bool,
+        _select: QueueSelector,
+    ) -> MembersFuture<MembersOutcome> {
+        Box::pin(std::future::ready(Err(MembersError::Refused("this node is not in a cluster".into()))))
     }
 }
 

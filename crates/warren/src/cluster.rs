@@ -16,7 +16,7 @@ use warren_cluster::node::{load_or_create_cookie, COOKIE_FILE};
 use warren_cluster::queues::QueueHost;
 use warren_cluster::ClusterSettings;
 use warren_raft::{Forwarded, Group, GroupConfig, Peer, TcpConfig, TcpNode, Wal, WalConfig};
-use warren_server::cluster::{ClusterView, NodeView};
+use warren_server::cluster::{ClusterView, MembersError, MembersFuture, MembersOutcome, NodeView};
 
 /// Authentication failures are logged at most this often: a node with the wrong cookie is
 /// redialed every 100 ms.
@@ -168,6 +168,10 @@ impl View {
         let _ = self.queues.set(Arc::downgrade(&groups.queues));
     }
 
+    fn id_of(&self, name: &str) -> Option<u64> {
+        self.nodes.iter().find(|(n, _)| n == name).map(|(_, id)| *id)
+    }
+
     fn name_of(&self, id: u64) -> String {
         self.nodes.iter().find(|(_, n)| *n == id).map_or_else(|| format!("node {id:016x}"), |(name, _)| name.clone())
     }
@@ -191,6 +195,70 @@ impl ClusterView for View {
 
     fn raft_metrics(&self) -> Vec<warren_server::cluster::RaftMetrics> {
         self.queues.get().and_then(|q| q.upgrade()).map(|q| q.raft_metrics()).unwrap_or_default()
+    }
+
+    fn change_member(&self, vhost: &str, name: &str, node: &str, add: bool) -> MembersFuture<()> {
+        let queues = self.queues.get().and_then(|q| q.upgrade());
+        let id = self.id_of(node);
+        let (vhost, name, node) = (vhost.to_owned(), name.to_owned(), node.to_owned());
+        Box::pin(async move {
+            let queues = queues.ok_or(MembersError::NotQuorum)?;
+            let id = id.ok_or_else(|| MembersError::Refused(format!("node {node} is not in the cluster")))?;
+            let (group, mut members) = queues.wanted_members(&vhost, &name).ok_or(MembersError::NotQuorum)?;
+            let at = members.iter().position(|m| *m == id);
+            match (add, at) {
+                (true, Some(_)) => return Err(MembersError::Refused(format!("{node} is already a member"))),
+                (true, None) => members.push(id),
+                (false, None) => return Err(MembersError::Refused(format!("{node} is not a member"))),
+                (false, Some(_)) if members.len() == 1 => {
+                    return Err(MembersError::Refused(format!("{node} is the last member")))
+                }
+                (false, Some(i)) => {
+                    members.remove(i);
+                }
+            }
+            queues.set_members(&vhost, &name, group, members).await.map_err(MembersError::Unavailable)
+        })
+    }
+
+    fn change_members_on(
+        &self,
+        node: &str,
+        grow: bool,
+        even_only: bool,
+        select: warren_server::cluster::QueueSelector,
+    ) -> MembersFuture<MembersOutcome> {
+        let queues = self.queues.get().and_then(|q| q.upgrade());
+        let id = self.id_of(node);
+        let node = node.to_owned();
+        Box::pin(async move {
+            let id = id.ok_or_else(|| MembersError::Refused(format!("node {node} is not in the cluster")))?;
+            let Some(queues) = queues else { return Ok(Vec::new()) };
+            let mut outcome = Vec::new();
+            for (vhost, name, group, mut members) in queues.all_wanted_members() {
+                if !select(&vhost, &name) {
+                    continue;
+                }
+                let has = members.contains(&id);
+                if grow {
+                    if has || (even_only && members.len() % 2 != 0) {
+                        continue;
+                    }
+                    members.push(id);
+                } else if !has {
+                    continue;
+                } else if members.len() == 1 {
+                    outcome.push((vhost, name, Err(format!("{node} is the last member"))));
+                    continue;
+                } else {
+                    members.retain(|m| *m != id);
+                }
+                let size = members.len();
+                let done = queues.set_members(&vhost, &name, group, members).await.map(|()| size);
+                outcome.push((vhost, name, done));
+            }
+            Ok(outcome)
+        })
     }
 
     fn cluster_name(&self) -> String {

@@ -9,7 +9,8 @@
 //! `list queues|exchanges|bindings|connections|consumers|vhosts|users|permissions`,
 //! `declare queue|exchange|binding`, `delete queue|exchange|binding`, `purge queue`,
 //! `export definitions FILE`, `import definitions FILE`, `close connection NAME`,
-//! `cluster_status`.
+//! `cluster_status`, and for quorum queues' members (as `rabbitmq-queues`): `add_member`,
+//! `delete_member`, `grow`, `shrink`.
 
 use base64::Engine;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -111,6 +112,28 @@ pub enum Command {
     /// The cluster's name, its nodes and which are running (as `rabbitmqctl cluster_status`).
     #[command(name = "cluster_status", alias = "cluster-status")]
     ClusterStatus,
+    /// Add a member on NODE to quorum queue QUEUE (in --vhost), as `rabbitmq-queues add_member`.
+    #[command(name = "add_member", alias = "add-member")]
+    AddMember { queue: String, node: String },
+    /// Take quorum queue QUEUE's member on NODE out, as `rabbitmq-queues delete_member`.
+    #[command(name = "delete_member", alias = "delete-member")]
+    DeleteMember { queue: String, node: String },
+    /// Add a member on NODE to every quorum queue that has none there (`all`) or to those with
+    /// an even number of members (`even`), as `rabbitmq-queues grow`.
+    Grow {
+        node: String,
+        #[arg(value_parser = ["all", "even"])]
+        strategy: String,
+        /// Only vhosts matching this regular expression.
+        #[arg(long, default_value = ".*")]
+        vhost_pattern: String,
+        /// Only queues matching this regular expression.
+        #[arg(long, default_value = ".*")]
+        queue_pattern: String,
+    },
+    /// Take every quorum queue's member on NODE out (a queue's last stays), as
+    /// `rabbitmq-queues shrink`.
+    Shrink { node: String },
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -353,6 +376,16 @@ impl Client {
 
     pub fn post(&self, path: &str, body: &Value) -> Result<(), Error> {
         self.request("POST", path, Some(body)).map(|_| ())
+    }
+
+    /// POST, returning the answer's JSON (null when it has none).
+    pub fn post_for(&self, path: &str, body: &Value) -> Result<Value, Error> {
+        Ok(self.request("POST", path, Some(body))?.unwrap_or(Value::Null))
+    }
+
+    /// DELETE, returning the answer's JSON (null when it has none).
+    pub fn delete_for(&self, path: &str) -> Result<Value, Error> {
+        Ok(self.request("DELETE", path, None)?.unwrap_or(Value::Null))
     }
 
     pub fn delete(&self, path: &str) -> Result<(), Error> {
@@ -699,7 +732,42 @@ pub fn run(cli: &Cli) -> Result<String, Error> {
             Ok(format!("connection closed: {name}\n"))
         }
         Command::ClusterStatus => cluster_status(&client.get("/overview")?, &client.get("/nodes")?, g.format),
+        Command::AddMember { queue, node } => {
+            let path = format!("/queues/quorum/{vhost}/{}/replicas/add", encode_segment(queue));
+            client.post(&path, &json!({ "node": node }))?;
+            Ok(format!("member added: quorum queue {queue} on {node}\n"))
+        }
+        Command::DeleteMember { queue, node } => {
+            let path = format!("/queues/quorum/{vhost}/{}/replicas/delete", encode_segment(queue));
+            client.post(&path, &json!({ "node": node }))?;
+            Ok(format!("member deleted: quorum queue {queue} on {node}\n"))
+        }
+        Command::Grow { node, strategy, vhost_pattern, queue_pattern } => {
+            let path = format!("/queues/quorum/replicas/on/{}/grow", encode_segment(node));
+            let body = json!({"strategy": strategy, "vhost_pattern": vhost_pattern, "queue_pattern": queue_pattern});
+            members_outcome(&client.post_for(&path, &body)?, g.format)
+        }
+        Command::Shrink { node } => {
+            let path = format!("/queues/quorum/replicas/on/{}/shrink", encode_segment(node));
+            members_outcome(&client.delete_for(&path)?, g.format)
+        }
     }
+}
+
+/// What `grow` or `shrink` did, queue by queue: vhost, name, its member count after, and the
+/// result (`ok`, or `error` with why).
+pub fn members_outcome(done: &Value, format: Format) -> Result<String, Error> {
+    let rows = done.as_array().ok_or_else(|| Error(format!("expected a list of queues, got {done}")))?;
+    if format == Format::Json {
+        return Ok(pretty(done));
+    }
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            ["vhost", "name", "size", "result", "reason"].iter().map(|k| cell(lookup(r, k))).collect::<Vec<String>>()
+        })
+        .collect();
+    Ok(table(&["vhost", "name", "size", "result", "reason"], &rows))
 }
 
 #[cfg(test)]

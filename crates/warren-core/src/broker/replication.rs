@@ -284,6 +284,14 @@ impl Broker {
         }
     }
 
+    /// The name of the queue Raft group `group` serves here, if any.
+    pub fn replica_queue_name(&self, group: u64) -> Option<ShortStr> {
+        self.vhosts
+            .values()
+            .flat_map(|vh| vh.queues.iter())
+            .find_map(|(name, q)| q.lock().replica.filter(|r| r.group == group).map(|_| name.clone()))
+    }
+
     /// The Raft group serving queue `name` in `vhost`, if one does.
     pub fn replica_group(&self, vhost: &str, name: &str) -> Option<u64> {
         self.vhosts.get(vhost)?.queues.get(name)?.lock().replica.map(|r| r.group)

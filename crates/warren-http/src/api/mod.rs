@@ -17,6 +17,7 @@ mod objects;
 mod paging;
 mod queues;
 mod rates;
+mod replicas;
 
 use crate::{authorize, unauthorized};
 use axum::extract::{ConnectInfo, Request, State};
@@ -76,6 +77,10 @@ pub(crate) fn router(shared: Arc<Shared>, listeners: Listeners, config: crate::H
         .route("/api/exchanges/{vhost}/{name}/bindings/destination", get(bindings::of_destination))
         .route("/api/queues", get(queues::list))
         .route("/api/queues/{vhost}", get(queues::list_vhost))
+        .route("/api/queues/quorum/replicas/on/{node}/grow", post(replicas::grow))
+        .route("/api/queues/quorum/replicas/on/{node}/shrink", delete(replicas::shrink))
+        .route("/api/queues/quorum/{vhost}/{name}/replicas/add", post(replicas::add))
+        .route("/api/queues/quorum/{vhost}/{name}/replicas/delete", delete(replicas::delete).post(replicas::delete))
         .route("/api/queues/{vhost}/{name}", get(queues::show).put(queues::declare).delete(queues::remove))
         .route("/api/queues/{vhost}/{name}/contents", delete(queues::purge))
         .route("/api/queues/{vhost}/{name}/get", post(queues::get_messages))
@@ -168,6 +173,8 @@ pub(crate) enum ApiError {
     },
     /// The request needs the administrator tag.
     NotAdministrator,
+    /// The cluster could not do it now (no majority), with why: a 503.
+    Unavailable(String),
 }
 
 impl IntoResponse for ApiError {
@@ -177,6 +184,10 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(reason) => crate::bad_request(&reason),
             ApiError::Invalid { error, reason } => {
                 (StatusCode::BAD_REQUEST, Json(json!({"error": error, "reason": reason}))).into_response()
+            }
+            ApiError::Unavailable(reason) => {
+                (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"error": "service_unavailable", "reason": reason})))
+                    .into_response()
             }
             ApiError::NotAdministrator => (
                 axum::http::StatusCode::UNAUTHORIZED,

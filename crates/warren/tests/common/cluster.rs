@@ -73,6 +73,31 @@ pub async fn get(addr: &str, path: &str) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// `method` `path` on the management API at `addr` as guest, with `body` as JSON if given;
+/// the status and the JSON answered (null when none).
+pub async fn send(addr: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+    let mut request =
+        reqwest::Client::new().request(method, format!("http://{addr}{path}")).basic_auth("guest", Some("guest"));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("HTTP request");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("HTTP body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Runs warrenctl with `args` against the management API at `addr`: what it printed, or its
+/// error.
+pub async fn warrenctl(addr: &str, args: &[&str]) -> Result<String, String> {
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    let mut argv: Vec<String> = ["warrenctl", "--host", host, "--port", port].map(String::from).to_vec();
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let cli = <warrenctl::Cli as clap::Parser>::try_parse_from(argv).map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || warrenctl::run(&cli).map_err(|e| e.to_string())).await.expect("warrenctl ran")
+}
+
 /// `/api/nodes` at `addr`: each node's name and whether it is running, in the order listed.
 pub async fn nodes(addr: &str) -> Vec<(String, bool)> {
     let (status, list) = get(addr, "/api/nodes").await;
