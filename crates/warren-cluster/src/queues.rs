@@ -163,11 +163,11 @@ struct Replica {
     /// Whether this node's proposer has commands on hand (a member whose node has work for
     /// the group never goes quiet: its leader may be gone without a word).
     busy: std::sync::atomic::AtomicBool,
-    /// An operator took this node out of the group: its member stays until the group's
-    /// membership no longer counts it as a voter (see `follow_metadata`), since when.
-    retiring: parking_lot::Mutex<Option<tokio::time::Instant>>,
     /// Whether this node, leading, is changing the group's members to the metadata's.
     changing: std::sync::atomic::AtomicBool,
+    /// The term in which this member last saw its leader taken out of the voters (and called
+    /// for an election).
+    deposed: std::sync::atomic::AtomicU64,
 }
 
 /// The quorum queues' groups on this node.
@@ -251,37 +251,15 @@ impl QueueHost {
             if self.meta.is_catching_up() {
                 continue;
             }
-            let placed = self.placed();
-            let wanted: HashMap<u64, Wanted> = placed
-                .iter()
-                .filter(|(_, _, members, _)| members.contains(&self.me))
-                .map(|w| (w.1.group, w.clone()))
-                .collect();
-            let running: Vec<Arc<Replica>> = self.replicas.lock().values().cloned().collect();
-            for replica in running {
-                if wanted.contains_key(&replica.group_id) {
-                    *replica.retiring.lock() = None;
-                    continue;
+            // Every node holds every quorum queue: its voters as members, the other nodes as
+            // learners (they take no part in elections or commits, but receive and apply the
+            // log, so that they serve the queue's clients as members do).
+            let wanted: HashMap<u64, Wanted> = self.placed().into_iter().map(|w| (w.1.group, w)).collect();
+            let running: Vec<u64> = self.replicas.lock().keys().copied().collect();
+            for group in running {
+                if !wanted.contains_key(&group) {
+                    self.stop_replica(group).await;
                 }
-                // Taken out of a group that goes on: not while the group still counts this
-                // member as a voter (stopping it then could leave the change without the
-                // majority it needs); the leader makes it a learner first, which it sees. A
-                // member that never hears of it (down while the change was made) stops after
-                // `RETIRE_WITHIN` all the same, rather than call elections in a group that
-                // no longer has it.
-                let goes_on = placed.iter().any(|w| w.1.group == replica.group_id);
-                if goes_on && replica.group.status().voters.contains(&self.me) {
-                    let since = *replica.retiring.lock().get_or_insert_with(tokio::time::Instant::now);
-                    if since.elapsed() < RETIRE_WITHIN {
-                        continue;
-                    }
-                    tracing::warn!(
-                        "quorum queue '{}': this node was taken out {} s ago and its group never said so: stopping its member",
-                        replica.name,
-                        RETIRE_WITHIN.as_secs()
-                    );
-                }
-                self.stop_replica(replica.group_id).await;
             }
             for (group, (key, p, members, chosen)) in wanted {
                 if self.replicas.lock().contains_key(&group) {
@@ -334,17 +312,18 @@ impl QueueHost {
         self.meta.set_members(vhost, name, group, members).await
     }
 
-    /// On the leader of `replica`'s group: changes its members to `target`, a step at a time
-    /// (RabbitMQ's add_member and delete_member, which Ra does the same way): a new member
-    /// joins as a learner and becomes a voter once it holds the log up to its joining; members
-    /// taken out become learners through a joint configuration (so that each sees it is out
-    /// and stops its member), and are then dropped once they hold that configuration.
+    /// On the leader of `replica`'s group: makes `target` its voters and every other node a
+    /// learner, a step at a time (RabbitMQ's add_member and delete_member, which Ra does the
+    /// same way): a node not in the group joins as a learner, and becomes a voter once it holds
+    /// the log up to its joining; voters taken out become learners through a joint
+    /// configuration (they go on serving the queue's clients on their node).
     async fn change_members(self: Arc<Self>, replica: Arc<Replica>, target: BTreeSet<u64>) {
         let step = Duration::from_secs(10);
         let result: Result<(), String> = async {
             let status = replica.group.status();
             let mut joined_at = 0;
-            for &node in target.iter().filter(|n| !status.voters.contains(n) && !status.learners.contains(n)) {
+            let missing = self.nodes.keys().filter(|n| !status.voters.contains(n) && !status.learners.contains(n));
+            for &node in missing {
                 let addr = self.nodes.get(&node).cloned().ok_or_else(|| format!("node {node:016x} unknown"))?;
                 let index = tokio::time::timeout(step, replica.group.add_learner(node, addr))
                     .await
@@ -370,26 +349,15 @@ impl QueueHost {
                     .map_err(|e| format!("changing the voters: {e:?}"))?;
                 tracing::info!("quorum queue '{}': voters now {target:x?}", replica.name);
             }
-            // Members taken out are learners now: dropped once they hold the membership that
-            // says so (each stops its member when it sees it).
+            // Learners of nodes no longer in the cluster's configuration are dropped.
             let status = replica.group.status();
-            let out: BTreeSet<u64> = status.learners.iter().copied().filter(|n| !target.contains(n)).collect();
-            if !out.is_empty() && status.leader == Some(self.me) {
-                let at = status.last_log_index.unwrap_or(0);
-                let watched = out.clone();
-                // Not long: a member taken out may have stopped already (a leader that took
-                // itself out stops once the change commits, before any other leads).
-                let _ = replica
-                    .group
-                    .wait_until(Duration::from_secs(2), "members taken out told", move |s| {
-                        watched.iter().all(|n| s.matched.get(n).copied().flatten().is_some_and(|m| m >= at))
-                    })
-                    .await;
-                tokio::time::timeout(step, replica.group.remove_learners(out.clone()))
+            let gone: BTreeSet<u64> = status.learners.iter().copied().filter(|n| !self.nodes.contains_key(n)).collect();
+            if !gone.is_empty() && status.leader == Some(self.me) {
+                tokio::time::timeout(step, replica.group.remove_learners(gone.clone()))
                     .await
                     .map_err(|_| "dropping learners timed out".to_owned())?
                     .map_err(|e| format!("dropping learners: {e:?}"))?;
-                tracing::info!("quorum queue '{}': members {out:x?} taken out", replica.name);
+                tracing::info!("quorum queue '{}': learners {gone:x?} dropped", replica.name);
             }
             Ok(())
         }
@@ -459,8 +427,8 @@ impl QueueHost {
             commit_latency_us: std::sync::atomic::AtomicU64::new(0),
             activity: parking_lot::Mutex::new(((0, None, None), tokio::time::Instant::now())),
             busy: std::sync::atomic::AtomicBool::new(false),
-            retiring: parking_lot::Mutex::new(None),
             changing: std::sync::atomic::AtomicBool::new(false),
+            deposed: std::sync::atomic::AtomicU64::new(u64::MAX),
         });
         self.replicas.lock().insert(group_id, replica.clone());
         {
@@ -617,7 +585,9 @@ impl QueueHost {
                 if status.leader != Some(self.me) {
                     continue;
                 }
-                for &node in status.voters.iter().filter(|&&n| n != self.me && !up.contains(&n)) {
+                // Learners too: their nodes' consumers hold messages as members' do.
+                let all = status.voters.iter().chain(&status.learners);
+                for &node in all.filter(|&&n| n != self.me && !up.contains(&n)) {
                     if !told.insert((replica.group_id, node)) {
                         continue;
                     }
@@ -642,11 +612,26 @@ impl QueueHost {
                 self.shared.submit_replica_work(&mut core);
             }
             quiet_or_wake(&replicas);
-            // Members taken out stop once their group says they are out; groups this node
-            // leads are changed to the members the metadata wants.
-            if replicas.iter().any(|r| r.retiring.lock().is_some()) {
-                self.changed.notify_one();
+            // A leader an operator took out of its group stops leading once the change is
+            // committed, without a word (its node stays up): the voters elect another at once
+            // rather than after their timers (which quiet groups do not run).
+            let lease = Duration::from_millis(self.config.election_timeout_max_ms);
+            for replica in &replicas {
+                let status = replica.group.status();
+                let Some(leader) = status.leader.filter(|l| !status.voters.contains(l)) else { continue };
+                if !status.voters.contains(&self.me)
+                    || replica.deposed.swap(status.term, std::sync::atomic::Ordering::Relaxed) == status.term
+                {
+                    continue;
+                }
+                tracing::info!("quorum queue '{}': its leader {leader:016x} is a voter no more", replica.name);
+                if replica.group.is_quiet() {
+                    replica.group.set_quiet(false);
+                    *replica.activity.lock() = (activity_key(&status), tokio::time::Instant::now());
+                }
+                campaign_if_leader_gone(&replica.group, self.me, &up, &[leader], lease);
             }
+            // Groups this node leads are changed to the members the metadata wants.
             self.reconcile_members(&replicas);
         }
     }
@@ -662,9 +647,9 @@ impl QueueHost {
         for replica in led {
             let Some((_, _, members, _)) = placed.iter().find(|w| w.1.group == replica.group_id) else { continue };
             let target: BTreeSet<u64> = members.iter().copied().collect();
+            let learners: BTreeSet<u64> = self.nodes.keys().copied().filter(|n| !target.contains(n)).collect();
             let status = replica.group.status();
-            let leftover = status.learners.iter().any(|l| !target.contains(l));
-            if status.voters == target && !leftover {
+            if status.voters == target && status.learners == learners {
                 continue;
             }
             if replica.changing.swap(true, std::sync::atomic::Ordering::AcqRel) {
@@ -1060,10 +1045,6 @@ impl QueueHost {
     }
 }
 
-/// How long a member taken out of its group by an operator waits for the group to say so
-/// before it stops anyway (see `follow_metadata`).
-const RETIRE_WITHIN: Duration = Duration::from_secs(30);
-
 /// What changes when a group does something: its term, its leader, its last log index.
 type ActivityKey = (u64, Option<u64>, Option<u64>);
 
@@ -1100,7 +1081,8 @@ fn quiet_or_wake(replicas: &[Arc<Replica>]) {
         let idle_for = now.duration_since(activity.1);
         let after = if status.role == warren_raft::Role::Leader { QUIET_LEADER_AFTER } else { QUIET_FOLLOWER_AFTER };
         let settled =
-            matches!(status.role, warren_raft::Role::Leader | warren_raft::Role::Follower) && status.leader.is_some();
+            matches!(status.role, warren_raft::Role::Leader | warren_raft::Role::Follower | warren_raft::Role::Learner)
+                && status.leader.is_some();
         // Not while this node has commands for the group: a follower whose leader went silent
         // (isolated, paused) sees its log stand still too, and must keep its election timer.
         let busy = replica.busy.load(std::sync::atomic::Ordering::Relaxed) || !replica.pending.lock().is_empty();
