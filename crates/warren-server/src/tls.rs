@@ -73,6 +73,35 @@ pub fn acceptor(s: &TlsSettings, prefix: &str) -> Result<TlsAcceptor, String> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// TLS between nodes (`distribution.ssl_options.*`, `prefix`): every node presents its
+/// certificate (`certfile`, `keyfile`) and requires the other's, both checked against
+/// `cacertfile`; a dialing node also checks that the certificate names the host it dialed.
+/// Returns how to accept and how to dial.
+pub fn inter_node(s: &TlsSettings, prefix: &str) -> Result<(TlsAcceptor, tokio_rustls::TlsConnector), String> {
+    let cafile =
+        s.cacertfile.as_deref().ok_or_else(|| format!("{prefix}.cacertfile is required for TLS between nodes"))?;
+    let strict = TlsSettings { verify_peer: true, fail_if_no_peer_cert: true, ..s.clone() };
+    let acceptor = acceptor(&strict, prefix)?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for ca in certs(&format!("{prefix}.cacertfile"), cafile)? {
+        roots.add(ca).map_err(|e| format!("{prefix}.cacertfile {}: {e}", cafile.display()))?;
+    }
+    // `acceptor` checked that both files are there and usable.
+    let (certfile, keyfile) =
+        (s.certfile.as_deref().unwrap_or(Path::new("")), s.keyfile.as_deref().unwrap_or(Path::new("")));
+    let chain = certs(&format!("{prefix}.certfile"), certfile)?;
+    let key = PrivateKeyDer::from_pem_file(keyfile)
+        .map_err(|e| format!("{prefix}.keyfile {}: no usable private key: {e}", keyfile.display()))?;
+    let client = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("{prefix}.certfile and {prefix}.keyfile: {e}"))?;
+    Ok((acceptor, tokio_rustls::TlsConnector::from(Arc::new(client))))
+}
+
 /// The user name EXTERNAL logs in as, from a client certificate (DER) the CA verified; None
 /// when the certificate does not parse or holds no such name.
 pub fn cert_login_name(der: &[u8], from: CertLoginFrom, san: SanSelector) -> Option<String> {
@@ -221,6 +250,32 @@ fn escape_value(value: &str) -> String {
 mod tests {
     use super::*;
     use rcgen::{CertificateParams, DnType, DnValue, KeyPair};
+
+    #[test]
+    fn tls_between_nodes_needs_a_ca_a_certificate_and_its_key() {
+        let dir = std::env::temp_dir().join(format!("warren-inter-node-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let key = KeyPair::generate().expect("key");
+        let cert =
+            CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params").self_signed(&key).expect("cert");
+        std::fs::write(dir.join("c.pem"), cert.pem()).expect("write");
+        std::fs::write(dir.join("k.pem"), key.serialize_pem()).expect("write");
+        let settings = |ca: bool, cert: bool, key: bool| TlsSettings {
+            cacertfile: ca.then(|| dir.join("c.pem")),
+            certfile: cert.then(|| dir.join("c.pem")),
+            keyfile: key.then(|| dir.join("k.pem")),
+            ..TlsSettings::default()
+        };
+        let p = "distribution.ssl_options";
+        let why = |s: TlsSettings| inter_node(&s, p).err().expect("refused");
+        assert!(why(settings(false, true, true)).contains("distribution.ssl_options.cacertfile is required"));
+        assert!(why(settings(true, false, true)).contains("distribution.ssl_options.certfile is required"));
+        assert!(why(settings(true, true, false)).contains("distribution.ssl_options.keyfile is required"));
+        let wrong_key = TlsSettings { keyfile: Some(dir.join("c.pem")), ..settings(true, true, true) };
+        assert!(why(wrong_key).contains("distribution.ssl_options.keyfile"));
+        assert!(inter_node(&settings(true, true, true), p).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     /// A self-signed certificate with the subject's attributes in this order (first is outermost).
     fn cert(subject: &[(DnType, DnValue)]) -> Vec<u8> {

@@ -49,36 +49,47 @@ impl Endpoint {
 /// Starts the endpoint of a clustered node: reads (or creates) the cookie in `data_dir`, binds
 /// the inter-node listener and keeps a connection to every other listed node. `None` for a
 /// node on its own, which touches neither the cookie nor any port.
-pub async fn start(settings: &ClusterSettings, data_dir: &Path) -> Result<Option<Endpoint>, String> {
+pub async fn start(
+    settings: &ClusterSettings,
+    data_dir: &Path,
+    tls: Option<warren_raft::TcpTls>,
+) -> Result<Option<Endpoint>, String> {
     if !settings.is_clustered() {
         return Ok(None);
     }
     let cookie = load_or_create_cookie(data_dir)?;
-    let node = bind(settings, cookie).await?;
+    let encrypted = tls.is_some();
+    let node = bind(settings, cookie, tls).await?;
     let peers = settings.peers();
     let names: BTreeMap<u64, String> = settings.nodes.iter().map(|n| (n.id(), n.node())).collect();
     tracing::info!(
-        "cluster {}: node {} (id {:016x}) listening for other nodes on {}; nodes: {}",
+        "cluster {}: node {} (id {:016x}) listening for other nodes on {}{}; nodes: {}",
         settings.cluster_name,
         settings.me,
         node.id(),
         node.local_addr(),
+        if encrypted { " (TLS)" } else { "" },
         settings.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
     );
     node.watch_peers(peers);
     let cookie_path = data_dir.join(COOKIE_FILE);
-    let reporter = tokio::spawn(report(node.clone(), names, cookie_path.display().to_string()));
+    let reporter = tokio::spawn(report(node.clone(), names, cookie_path.display().to_string(), encrypted));
     Ok(Some(Endpoint { node, reporter }))
 }
 
 /// Binds the listener on this node's port, or on the first free one of the configured range.
-async fn bind(settings: &ClusterSettings, cookie: Vec<u8>) -> Result<TcpNode, String> {
+async fn bind(
+    settings: &ClusterSettings,
+    cookie: Vec<u8>,
+    tls: Option<warren_raft::TcpTls>,
+) -> Result<TcpNode, String> {
     let ip = settings.listen.ip();
     let ports = settings.listen_ports();
     let (first, last) = (*ports.start(), *ports.end());
     for port in ports {
         let addr = SocketAddr::new(ip, port);
-        match TcpNode::bind(addr, TcpConfig::new(settings.me.id(), cookie.clone())).await {
+        let config = TcpConfig { tls: tls.clone(), ..TcpConfig::new(settings.me.id(), cookie.clone()) };
+        match TcpNode::bind(addr, config).await {
             Ok(node) => return Ok(node),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && port < last => continue,
             Err(e) if first < last && e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -94,7 +105,7 @@ async fn bind(settings: &ClusterSettings, cookie: Vec<u8>) -> Result<TcpNode, St
 }
 
 /// Logs other nodes coming up and going down, and peers failing to authenticate.
-async fn report(node: TcpNode, names: BTreeMap<u64, String>, cookie_path: String) {
+async fn report(node: TcpNode, names: BTreeMap<u64, String>, cookie_path: String, tls: bool) {
     let name = |id: &u64| names.get(id).cloned().unwrap_or_else(|| format!("node {id:016x}"));
     let mut connected = node.watch_connected();
     let mut stats = node.watch_stats();
@@ -123,9 +134,11 @@ async fn report(node: TcpNode, names: BTreeMap<u64, String>, cookie_path: String
                 let failures = stats.borrow_and_update().auth_failures;
                 let due = last_warning.is_none_or(|at| at.elapsed() >= AUTH_WARNING_EVERY);
                 if failures > auth_failures && due {
+                    let why = node.last_auth_failure().unwrap_or_default();
                     tracing::warn!(
-                        "a node failed to authenticate ({failures} failures so far): every node of the cluster must \
-                         have the same cookie as {cookie_path}"
+                        "a node failed to authenticate ({failures} failures so far; the latest: {why}): every node \
+                         of the cluster must have the same cookie as {cookie_path}{}",
+                        if tls { ", and a certificate from the CA of distribution.ssl_options.cacertfile" } else { "" }
                     );
                     last_warning = Some(tokio::time::Instant::now());
                 }

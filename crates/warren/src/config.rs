@@ -40,6 +40,9 @@ pub struct Settings {
     pub distribution_ports: PortRange,
     /// The inter-node listener's interface (`distribution.listener.interface`).
     pub distribution_interface: IpAddr,
+    /// TLS between nodes (`distribution.ssl_options.*`, Warren's keys: RabbitMQ configures it
+    /// in an Erlang file of its own), on when `certfile` is set.
+    pub distribution_tls: warren_server::tls::TlsSettings,
     pub core: CoreConfig,
 }
 
@@ -87,6 +90,7 @@ impl Default for Settings {
             cluster_nodes: Vec::new(),
             distribution_ports: PortRange::default(),
             distribution_interface: IpAddr::from([0, 0, 0, 0]),
+            distribution_tls: Default::default(),
             core: CoreConfig::default(),
         }
     }
@@ -316,6 +320,11 @@ impl Settings {
                     }
                     "distribution.listener.port_range.min" => dist_min = Some(parse_port(value)?),
                     "distribution.listener.port_range.max" => dist_max = Some(parse_port(value)?),
+                    "distribution.ssl_options.certfile" => self.distribution_tls.certfile = Some(PathBuf::from(value)),
+                    "distribution.ssl_options.keyfile" => self.distribution_tls.keyfile = Some(PathBuf::from(value)),
+                    "distribution.ssl_options.cacertfile" => {
+                        self.distribution_tls.cacertfile = Some(PathBuf::from(value))
+                    }
                     "distribution.listener.interface" => {
                         self.distribution_interface =
                             value.parse().map_err(|_| format!("'{value}' is not an IP address"))?
@@ -528,6 +537,18 @@ mod tests {
         s.apply_file("cluster_formation.peer_discovery_backend = classic_config\n", "t.conf").expect("valid");
         s.apply_file("distribution.listener.port_range.min = 30000\n", "t.conf").expect("a minimum alone");
         assert_eq!(s.distribution_ports, PortRange { min: 30000, max: 30000 });
+        assert_eq!(s.distribution_tls, Default::default(), "plain TCP unless configured");
+        s.apply_file(
+            "distribution.ssl_options.cacertfile = /ca.pem
+distribution.ssl_options.certfile = /n.pem
+             distribution.ssl_options.keyfile = /n.key
+",
+            "t.conf",
+        )
+        .expect("TLS between nodes");
+        assert_eq!(s.distribution_tls.cacertfile, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(s.distribution_tls.certfile, Some(PathBuf::from("/n.pem")));
+        assert_eq!(s.distribution_tls.keyfile, Some(PathBuf::from("/n.key")));
     }
 
     #[test]

@@ -121,7 +121,14 @@ async fn run(settings: Settings, cluster: ClusterSettings) -> Result<(), String>
     let amqps = tls_listener("AMQPS", settings.amqps_listen, &settings.tls, "ssl_options").await?;
     let https = tls_listener("HTTPS", settings.https_listen, &settings.management_tls, "management.ssl").await?;
     // In a cluster: the cookie and the inter-node listener, kept connected to the other nodes.
-    let endpoint = cluster::start(&cluster, &settings.data_dir).await?;
+    let inter_node_tls = match &settings.distribution_tls {
+        t if t.certfile.is_none() && t.keyfile.is_none() && t.cacertfile.is_none() => None,
+        t => {
+            let (acceptor, connector) = warren_server::tls::inter_node(t, "distribution.ssl_options")?;
+            Some(warren_raft::TcpTls { acceptor, connector })
+        }
+    };
+    let endpoint = cluster::start(&cluster, &settings.data_dir, inter_node_tls).await?;
 
     let started = std::time::Instant::now();
     tracing::info!("recovering from {}", settings.data_dir.display());

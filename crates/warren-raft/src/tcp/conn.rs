@@ -17,14 +17,13 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::frame::{self, status, Header, ReadError};
 use super::handshake::Identity;
 use super::transport::{Answer, Refusal};
-use super::Node;
+use super::{Node, ReadHalf, WriteHalf};
 use crate::RpcError;
 
 /// Frames queued for the writer, per connection. Senders wait when it is full, so a slow peer
@@ -180,7 +179,7 @@ async fn until_closed(mut closed: watch::Receiver<bool>) {
 }
 
 /// The reader task of `conn`.
-pub(super) async fn read_loop(node: Arc<Node>, conn: Arc<Conn>, reader: OwnedReadHalf) {
+pub(super) async fn read_loop(node: Arc<Node>, conn: Arc<Conn>, reader: ReadHalf) {
     let closed = conn.closed.subscribe();
     tokio::select! {
         () = until_closed(closed) => {}
@@ -188,7 +187,7 @@ pub(super) async fn read_loop(node: Arc<Node>, conn: Arc<Conn>, reader: OwnedRea
     }
 }
 
-async fn read_frames(node: &Arc<Node>, conn: &Arc<Conn>, reader: OwnedReadHalf) -> CloseReason {
+async fn read_frames(node: &Arc<Node>, conn: &Arc<Conn>, reader: ReadHalf) -> CloseReason {
     let max = node.config.max_frame_bytes;
     let dead_after = Duration::from_millis(node.config.dead_after_ms);
     let permits = Arc::new(Semaphore::new(node.config.max_requests_in_flight));
@@ -257,12 +256,7 @@ async fn handle_request(
 }
 
 /// The writer task of `conn`.
-pub(super) async fn write_loop(
-    node: Arc<Node>,
-    conn: Arc<Conn>,
-    outbox: mpsc::Receiver<Vec<u8>>,
-    writer: OwnedWriteHalf,
-) {
+pub(super) async fn write_loop(node: Arc<Node>, conn: Arc<Conn>, outbox: mpsc::Receiver<Vec<u8>>, writer: WriteHalf) {
     let closed = conn.closed.subscribe();
     let keepalive = Duration::from_millis(node.config.keepalive_ms);
     let stall = Duration::from_millis(node.config.dead_after_ms);
@@ -274,7 +268,7 @@ pub(super) async fn write_loop(
 
 async fn write_frames(
     mut outbox: mpsc::Receiver<Vec<u8>>,
-    writer: OwnedWriteHalf,
+    writer: WriteHalf,
     keepalive: Duration,
     stall: Duration,
 ) -> CloseReason {
@@ -305,7 +299,7 @@ async fn write_frames(
 
 /// Writes `bytes` in pieces of at most [`WRITE_BUFFER_BYTES`], each of which must go within
 /// `stall`: a slow link that keeps taking a large frame is not mistaken for a dead peer.
-async fn write_paced(writer: &mut BufWriter<OwnedWriteHalf>, bytes: &[u8], stall: Duration) -> Result<(), CloseReason> {
+async fn write_paced(writer: &mut BufWriter<WriteHalf>, bytes: &[u8], stall: Duration) -> Result<(), CloseReason> {
     for piece in bytes.chunks(WRITE_BUFFER_BYTES) {
         match tokio::time::timeout(stall, writer.write_all(piece)).await {
             Ok(Ok(())) => {}

@@ -54,6 +54,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
@@ -107,6 +108,22 @@ const LISTEN_BACKLOG: u32 = 1024;
 /// Pause after a failed accept (out of file descriptors, say) before accepting again.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
+/// A connection's read half, over TCP or TLS.
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+/// A connection's write half, over TCP or TLS.
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// TLS between nodes: how this node accepts (asking the dialer for its certificate) and how it
+/// dials (showing its own, checking the peer's against the name in the peer's address). The
+/// cookie handshake runs inside it, as without.
+#[derive(Clone)]
+pub struct TcpTls {
+    /// Accepts a dialing node's TLS (and asks for its certificate).
+    pub acceptor: tokio_rustls::TlsAcceptor,
+    /// Opens TLS to a node this one dials (with its own certificate).
+    pub connector: tokio_rustls::TlsConnector,
+}
+
 /// Configuration of one node's endpoint.
 ///
 /// Every node of a cluster must share the cookie, and should share the limits: a node refuses
@@ -131,6 +148,8 @@ pub struct TcpConfig {
     pub dead_after_ms: u64,
     /// A peer's requests handled at once per connection.
     pub max_requests_in_flight: usize,
+    /// TLS on every connection to and from other nodes (`None`: plain TCP).
+    pub tls: Option<TcpTls>,
 }
 
 impl TcpConfig {
@@ -146,6 +165,7 @@ impl TcpConfig {
             keepalive_ms: DEFAULT_KEEPALIVE_MS,
             dead_after_ms: DEFAULT_DEAD_AFTER_MS,
             max_requests_in_flight: DEFAULT_MAX_REQUESTS_IN_FLIGHT,
+            tls: None,
         }
     }
 
@@ -183,6 +203,7 @@ impl fmt::Debug for TcpConfig {
             .field("keepalive_ms", &self.keepalive_ms)
             .field("dead_after_ms", &self.dead_after_ms)
             .field("max_requests_in_flight", &self.max_requests_in_flight)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -240,6 +261,8 @@ struct Node {
     /// The peers [`TcpNode::watch_peers`] keeps connected, and that call's generation: a
     /// watcher of an older generation ends.
     watched: watch::Sender<Watched>,
+    /// Why the latest connection that failed to authenticate did.
+    last_auth_failure: Mutex<Option<String>>,
 }
 
 /// The peers kept connected, by id, with their addresses.
@@ -293,6 +316,7 @@ impl TcpNode {
             next_id: AtomicU64::new(1),
             connected: watch::Sender::new(BTreeSet::new()),
             watched: watch::Sender::new(Watched::default()),
+            last_auth_failure: Mutex::new(None),
         });
         node.spawn(accept_loop(Arc::clone(&node), listener));
         Ok(TcpNode { node })
@@ -408,6 +432,11 @@ impl TcpNode {
         watched.into_iter().map(|id| (id, connected.contains(&id))).collect()
     }
 
+    /// Why the latest connection that failed to authenticate (either way) did, if one did.
+    pub fn last_auth_failure(&self) -> Option<String> {
+        self.node.last_auth_failure.lock().clone()
+    }
+
     /// A receiver of the set of peers this node holds an open connection to (whether watched,
     /// dialed for a group or dialing this node), to wait for a change.
     pub fn watch_connected(&self) -> watch::Receiver<BTreeSet<u64>> {
@@ -458,6 +487,12 @@ impl Node {
                 true
             }
         }
+    }
+
+    /// Counts an authentication failure, keeping why.
+    fn auth_failed(&self, reason: &str) {
+        *self.last_auth_failure.lock() = Some(reason.to_owned());
+        self.count(|s| s.auth_failures += 1);
     }
 
     fn count(&self, update: impl FnOnce(&mut TcpStats)) {
@@ -585,15 +620,35 @@ impl Node {
         // Raft's messages are small and latency-bound; without this, Nagle holds them back.
         let _ = stream.set_nodelay(true);
         let handshake_timeout = Duration::from_millis(self.config.handshake_timeout_ms);
-        let handshake = handshake::dial(&mut stream, self.me, &self.config.cookie, peer.id);
+        let handshake = async {
+            match &self.config.tls {
+                None => {
+                    let identity = handshake::dial(&mut stream, self.me, &self.config.cookie, peer.id).await?;
+                    let (reader, writer) = stream.into_split();
+                    Ok::<_, HandshakeError>((identity, Box::new(reader) as ReadHalf, Box::new(writer) as WriteHalf))
+                }
+                Some(tls) => {
+                    let host = peer.addr.rsplit_once(':').map_or(peer.addr.as_str(), |(host, _)| host);
+                    let host = host.trim_start_matches('[').trim_end_matches(']');
+                    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_owned())
+                        .map_err(|e| HandshakeError::Failed(format!("TLS: '{host}' is not a server name: {e}")))?;
+                    let mut stream = tls.connector.connect(name, stream).await.map_err(|e| {
+                        HandshakeError::Auth(format!("TLS with node {} at {}: {e}", peer.id, peer.addr))
+                    })?;
+                    let identity = handshake::dial(&mut stream, self.me, &self.config.cookie, peer.id).await?;
+                    let (reader, writer) = tokio::io::split(stream);
+                    Ok((identity, Box::new(reader) as ReadHalf, Box::new(writer) as WriteHalf))
+                }
+            }
+        };
         match tokio::time::timeout(handshake_timeout, handshake).await {
-            Ok(Ok(identity)) => {
+            Ok(Ok((identity, reader, writer))) => {
                 self.count(|s| s.dialed += 1);
-                self.start(stream, identity, self.me.node_id);
+                self.start(reader, writer, identity, self.me.node_id);
                 Ok(())
             }
             Ok(Err(HandshakeError::Auth(reason))) => {
-                self.count(|s| s.auth_failures += 1);
+                self.auth_failed(&reason);
                 Err(reason)
             }
             Ok(Err(HandshakeError::Failed(reason))) => {
@@ -611,21 +666,35 @@ impl Node {
     async fn accept(self: Arc<Self>, mut stream: TcpStream) {
         let _ = stream.set_nodelay(true);
         let handshake_timeout = Duration::from_millis(self.config.handshake_timeout_ms);
-        let handshake = handshake::accept(&mut stream, self.me, &self.config.cookie);
+        let handshake = async {
+            match &self.config.tls {
+                None => {
+                    let identity = handshake::accept(&mut stream, self.me, &self.config.cookie).await?;
+                    let (reader, writer) = stream.into_split();
+                    Ok::<_, HandshakeError>((identity, Box::new(reader) as ReadHalf, Box::new(writer) as WriteHalf))
+                }
+                Some(tls) => {
+                    let mut stream =
+                        tls.acceptor.accept(stream).await.map_err(|e| HandshakeError::Auth(format!("TLS: {e}")))?;
+                    let identity = handshake::accept(&mut stream, self.me, &self.config.cookie).await?;
+                    let (reader, writer) = tokio::io::split(stream);
+                    Ok((identity, Box::new(reader) as ReadHalf, Box::new(writer) as WriteHalf))
+                }
+            }
+        };
         match tokio::time::timeout(handshake_timeout, handshake).await {
-            Ok(Ok(identity)) => {
+            Ok(Ok((identity, reader, writer))) => {
                 self.count(|s| s.accepted += 1);
-                self.start(stream, identity, identity.node_id);
+                self.start(reader, writer, identity, identity.node_id);
             }
             // The stream is dropped, which closes it; the counters are the only report.
-            Ok(Err(HandshakeError::Auth(_))) => self.count(|s| s.auth_failures += 1),
+            Ok(Err(HandshakeError::Auth(reason))) => self.auth_failed(&reason),
             Ok(Err(HandshakeError::Failed(_))) | Err(_) => self.count(|s| s.handshake_failures += 1),
         }
     }
 
     /// Makes an authenticated stream a connection to `peer`, if the registry keeps it.
-    fn start(self: &Arc<Self>, stream: TcpStream, peer: Identity, dialed_by: u64) {
-        let (reader, writer) = stream.into_split();
+    fn start(self: &Arc<Self>, reader: ReadHalf, writer: WriteHalf, peer: Identity, dialed_by: u64) {
         let (conn, outbox) = Conn::new(self.next_id(), peer, dialed_by);
         if !self.install(&conn) {
             // Dropping the halves closes the socket; the peer keeps the other connection too.

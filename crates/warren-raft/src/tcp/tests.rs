@@ -265,3 +265,103 @@ fn the_config_is_checked_and_its_debug_hides_the_cookie() {
     let deaf = TcpConfig { dead_after_ms: config.keepalive_ms, ..config };
     assert!(deaf.validate().is_err());
 }
+
+/// TLS for nodes whose certificates `ca` signed (for 127.0.0.1), each asking the other for its
+/// certificate.
+mod tls {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio_rustls::rustls::server::WebPkiClientVerifier;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+    pub(super) struct Ca {
+        cert: rcgen::Certificate,
+        key: KeyPair,
+    }
+
+    impl Ca {
+        pub(super) fn new() -> Ca {
+            let key = KeyPair::generate().expect("CA key");
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let cert = params.self_signed(&key).expect("CA certificate");
+            Ca { cert, key }
+        }
+
+        /// A node's TLS: its certificate for `name`, and this CA as the only root.
+        pub(super) fn node(&self, name: &str) -> TcpTls {
+            let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+            let key = KeyPair::generate().expect("key");
+            let cert = CertificateParams::new(vec![name.to_owned()])
+                .expect("params")
+                .signed_by(&key, &self.cert, &self.key)
+                .expect("certificate");
+            let chain: Vec<CertificateDer<'static>> = vec![cert.der().clone()];
+            let private = || PrivateKeyDer::from(PrivatePkcs8KeyDer::from(key.serialize_der()));
+            let mut roots = RootCertStore::empty();
+            roots.add(self.cert.der().clone()).expect("root");
+            let roots = Arc::new(roots);
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone()).build().expect("verifier");
+            let server = ServerConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain.clone(), private())
+                .expect("server config");
+            let client = ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_client_auth_cert(chain, private())
+                .expect("client config");
+            TcpTls {
+                acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+                connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
+            }
+        }
+    }
+}
+
+async fn connected_within(node: &TcpNode, peer: u64, wait: Duration) -> bool {
+    let mut connected = node.watch_connected();
+    let seen = tokio::time::timeout(wait, connected.wait_for(|c| c.contains(&peer))).await.is_ok();
+    seen
+}
+
+#[tokio::test]
+async fn nodes_with_certificates_from_the_cluster_ca_talk_over_tls_and_others_are_refused() {
+    let ca = tls::Ca::new();
+    let a = endpoint(1, |c| c.tls = Some(ca.node("127.0.0.1"))).await;
+    let b = endpoint(2, |c| c.tls = Some(ca.node("127.0.0.1"))).await;
+    let addr = |n: &TcpNode| n.local_addr().to_string();
+    a.watch_peers(BTreeMap::from([(2, addr(&b))]));
+    assert!(connected_within(&a, 2, WAIT).await, "a and b connect over TLS");
+    // A request goes through and b's group answers it.
+    let (group, _applied) = b.start_group(7, &crate::GroupConfig::default(), Nop).await.expect("start");
+    let answer = a.transport::<Nop>(7).vote(&Peer { id: 2, addr: addr(&b) }, ask(1), WAIT).await;
+    assert!(answer.is_ok(), "{answer:?}");
+
+    // A certificate from another CA and no TLS at all: neither gets a connection, and b counts
+    // the failed ones.
+    let other = tls::Ca::new();
+    let strangers = [endpoint(3, |c| c.tls = Some(other.node("127.0.0.1"))).await, endpoint(5, |_| {}).await];
+    let failures = |s: &TcpStats| s.auth_failures + s.handshake_failures;
+    let before = failures(&b.watch_stats().borrow());
+    for stranger in &strangers {
+        stranger.watch_peers(BTreeMap::from([(2, addr(&b))]));
+    }
+    wait_stats(&b, |s| failures(s) >= before + 2).await;
+    for stranger in &strangers {
+        assert!(!connected_within(stranger, 2, Duration::from_millis(300)).await, "{:?}", stranger.id());
+    }
+    // A node whose certificate names another host: b, dialing it, refuses it.
+    let misnamed = endpoint(4, |c| c.tls = Some(ca.node("elsewhere.example"))).await;
+    let before = b.watch_stats().borrow().auth_failures;
+    b.watch_peers(BTreeMap::from([(4, addr(&misnamed))]));
+    wait_stats(&b, |s| s.auth_failures > before).await;
+    assert!(!connected_within(&b, 4, Duration::from_millis(300)).await);
+    assert_eq!(*b.watch_connected().borrow(), BTreeSet::from([1]));
+    group.shutdown().await.expect("shutdown");
+}

@@ -160,6 +160,8 @@ impl Node {
 /// with its inter-node port), sharing a cookie, each in its own data directory.
 pub struct Cluster {
     pub conf: String,
+    /// What each node's configuration has beyond `conf`.
+    extras: Vec<String>,
     pub names: Vec<String>,
     pub nodes: Vec<Node>,
     _dirs: Dirs,
@@ -168,6 +170,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts every node.
     pub fn start(n: usize, tag: &str) -> Cluster {
+        Cluster::start_with(n, tag, |_| String::new())
+    }
+
+    /// Starts every node, node `i` (0-based) with `extra(i)` added to its configuration.
+    pub fn start_with(n: usize, tag: &str, extra: impl Fn(usize) -> String) -> Cluster {
         let cookie = random_cookie();
         let names: Vec<String> = (1..=n).map(|i| format!("warren{i}@127.0.0.1")).collect();
         let mut conf = format!(
@@ -183,16 +190,17 @@ impl Cluster {
             .zip(&dirs.0)
             .map(|(name, dir)| Node { name: name.clone(), dir: dir.clone(), broker: None })
             .collect();
-        for node in &mut nodes {
+        let extras: Vec<String> = (0..n).map(extra).collect();
+        for (node, extra) in nodes.iter_mut().zip(&extras) {
             write_cookie(&node.dir, &cookie);
-            node.start(&conf);
+            node.start(&format!("{conf}{extra}"));
         }
-        Cluster { conf, names, nodes, _dirs: dirs }
+        Cluster { conf, extras, names, nodes, _dirs: dirs }
     }
 
     /// Starts node `i` (0-based) again, on its data directory.
     pub fn restart(&mut self, i: usize) {
-        let conf = self.conf.clone();
+        let conf = format!("{}{}", self.conf, self.extras[i]);
         self.nodes[i].start(&conf);
     }
 }
