@@ -68,6 +68,10 @@ fn non_negative(v: &FieldValue) -> Result<u64, String> {
 fn type_name(v: &FieldValue) -> &'static str {
     match v {
         FieldValue::LongStr(_) => "longstr",
+        FieldValue::I8(_) => "byte",
+        FieldValue::I16(_) => "short",
+        FieldValue::I32(_) => "signedint",
+        FieldValue::I64(_) => "long",
         FieldValue::Bool(_) => "bool",
         FieldValue::Table(_) => "table",
         FieldValue::Array(_) => "array",
@@ -77,9 +81,59 @@ fn type_name(v: &FieldValue) -> &'static str {
     }
 }
 
+/// Arguments RabbitMQ 3.10 knows that one queue type does not take: declaring a queue of that
+/// type with one of them is refused, naming the type as RabbitMQ does (arguments no type
+/// knows are kept and ignored, as there).
+const NOT_FOR_CLASSIC: &[&str] = &[
+    "x-max-in-memory-length",
+    "x-max-in-memory-bytes",
+    "x-quorum-initial-group-size",
+    "x-delivery-limit",
+    "x-queue-leader-locator",
+    "x-dead-letter-strategy",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+];
+const NOT_FOR_QUORUM: &[&str] = &[
+    "x-max-priority",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-queue-master-locator",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+];
+
+/// The leader locators `x-queue-leader-locator` takes (RabbitMQ 3.10's, with the two older
+/// names it still accepts; `least-leaders` and `random` are taken as `balanced`).
+pub const LEADER_LOCATORS: &[&str] = &["client-local", "balanced", "least-leaders", "random"];
+
+/// Whether a quorum queue with these arguments has its first leader placed `balanced` (on the
+/// member leading the fewest queues) rather than `client-local` (on the declaring node), the
+/// argument first, else `default_balanced` (the `queue_leader_locator` setting).
+pub fn balanced_leader(arguments: &FieldTable, default_balanced: bool) -> bool {
+    match arguments.get("x-queue-leader-locator").and_then(FieldValue::as_str) {
+        Some("client-local") => false,
+        Some(_) => true,
+        None => default_balanced,
+    }
+}
+
 impl QueueArgs {
     pub fn parse(arguments: &FieldTable, queue: &str, vhost: &str) -> Result<Self, ProtocolError> {
         let mut a = QueueArgs::default();
+        let quorum = arguments.get("x-queue-type").and_then(FieldValue::as_str) == Some("quorum");
+        let (unsupported, type_name_there) =
+            if quorum { (NOT_FOR_QUORUM, "rabbit_quorum_queue") } else { (NOT_FOR_CLASSIC, "rabbit_classic_queue") };
+        if let Some((k, _)) = arguments.iter().find(|(k, _)| unsupported.contains(&k.as_str())) {
+            return Err(ProtocolError::new(
+                ReplyCode::PreconditionFailed,
+                format_args!(
+                    "invalid arg '{k}' for queue '{queue}' in vhost '{vhost}' of queue type {type_name_there}"
+                ),
+            ));
+        }
         for (k, v) in arguments.iter() {
             let bad = |why: String| invalid(k, queue, vhost, why);
             match k.as_str() {
@@ -129,6 +183,11 @@ impl QueueArgs {
                     }
                 }
                 "x-delivery-limit" => a.delivery_limit = Some(non_negative(v).map_err(bad)?),
+                "x-queue-leader-locator" => match v.as_str() {
+                    Some(l) if LEADER_LOCATORS.contains(&l) => {}
+                    Some(_) => return Err(bad("invalid_queue_locator_arg".to_owned())),
+                    None => return Err(bad(format!("{{unacceptable_type,{}}}", type_name(v)))),
+                },
                 "x-message-deduplication" => {
                     a.deduplication =
                         v.as_bool().ok_or_else(|| bad(format!("{{unacceptable_type,{}}}", type_name(v))))?;

@@ -439,6 +439,62 @@ async fn invalid_queue_arguments_are_precondition_failed() {
     close(&conn).await;
 }
 
+/// Arguments RabbitMQ 3.10 knows but a queue type does not take are refused, naming the type
+/// (`x-delivery-limit` on a classic queue, `x-max-priority` on a quorum queue, ...), as are
+/// leader locators it does not know; what each type takes is accepted.
+#[tokio::test]
+async fn arguments_of_another_queue_type_are_refused_naming_the_type() {
+    let broker = Broker::start();
+    let conn = connect(&broker).await;
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+    let quorum = || ("x-queue-type", text("quorum"));
+    let refused: Vec<(Vec<(&str, AMQPValue)>, &str)> = vec![
+        (vec![("x-delivery-limit", int(5))], "of queue type rabbit_classic_queue"),
+        (vec![("x-quorum-initial-group-size", int(3))], "of queue type rabbit_classic_queue"),
+        (vec![("x-queue-leader-locator", text("balanced"))], "of queue type rabbit_classic_queue"),
+        (
+            vec![("x-queue-type", text("classic")), ("x-max-in-memory-length", int(1))],
+            "of queue type rabbit_classic_queue",
+        ),
+        (vec![quorum(), ("x-max-priority", int(5))], "of queue type rabbit_quorum_queue"),
+        (vec![quorum(), ("x-queue-mode", text("lazy"))], "of queue type rabbit_quorum_queue"),
+        (vec![quorum(), ("x-queue-master-locator", text("min-masters"))], "of queue type rabbit_quorum_queue"),
+        (vec![quorum(), ("x-queue-leader-locator", text("min-masters"))], "invalid_queue_locator_arg"),
+        (vec![quorum(), ("x-queue-leader-locator", int(5))], "{unacceptable_type,signedint}"),
+    ];
+    for (arguments, why) in refused {
+        let ch = channel(&conn).await;
+        let name = unique("type-args");
+        let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        match try_declare_with(&ch, &name, options, field_table(&arguments)).await {
+            Ok(_) => panic!("{arguments:?}: declare-ok instead of 406"),
+            Err(e) => {
+                assert_eq!(reply_code(&e), PRECONDITION_FAILED, "{arguments:?}: {e}");
+                let text = e.to_string();
+                assert!(text.contains(why) && text.contains(&name), "{arguments:?}: {text}");
+            }
+        }
+    }
+    let accepted: Vec<Vec<(&str, AMQPValue)>> = vec![
+        vec![("x-max-priority", int(5)), ("x-queue-master-locator", text("min-masters"))],
+        vec![quorum(), ("x-delivery-limit", int(5)), ("x-quorum-initial-group-size", int(1))],
+        vec![quorum(), ("x-queue-leader-locator", text("balanced")), ("x-max-in-memory-length", int(10))],
+        vec![quorum(), ("x-queue-leader-locator", text("least-leaders"))],
+        vec![quorum(), ("x-queue-leader-locator", text("client-local")), ("x-unknown-thing", int(1))],
+    ];
+    let ch = channel(&conn).await;
+    for arguments in accepted {
+        let name = unique("type-args-ok");
+        let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        try_declare_with(&ch, &name, options, field_table(&arguments))
+            .await
+            .unwrap_or_else(|e| panic!("{arguments:?}: {e}"));
+        ch.queue_delete(&name, Default::default()).await.expect("delete");
+    }
+    assert_broker_alive(&broker).await;
+    close(&conn).await;
+}
+
 // ------------------------------------------------------------ priority queues
 
 #[tokio::test]
