@@ -135,10 +135,26 @@ pub fn members_of(placement: &Placement, vhost: &str, name: &str, nodes: &[u64],
     members
 }
 
-/// A quorum queue's group as the metadata wants it: its queue (vhost, name), placement and
-/// members, and whether an operator chose those members (the group exists then: no member
-/// founds it again).
-type Wanted = ((String, String), Placement, Vec<u64>, bool);
+/// A quorum queue's group as the metadata wants it.
+#[derive(Debug, Clone)]
+struct Wanted {
+    /// Its queue: vhost and name.
+    key: (String, String),
+    placement: Placement,
+    /// Its voters, sorted.
+    members: Vec<u64>,
+    /// Whether an operator chose the members (the group exists then: no member founds it
+    /// again).
+    chosen: bool,
+    /// The member that founds the group, and so leads it first: the declaring node
+    /// (`client-local`), or under the `balanced` leader locator the member that founds the
+    /// fewest of the queues declared before it.
+    founder: u64,
+}
+
+/// How long a declaring node waits for the member it picked to found a `balanced` queue's
+/// group before it founds the group itself (members may, in rare cases, pick differently).
+const FOUNDING_FALLBACK_AFTER: Duration = Duration::from_secs(3);
 
 /// One quorum queue's member on this node.
 struct Replica {
@@ -187,6 +203,9 @@ pub struct QueueHost {
     /// This run's first connection id: a consumer named with a lower one was an earlier
     /// run's (its deliveries, replayed from the log at start, are no one's here).
     first_conn: std::sync::atomic::AtomicU64,
+    /// `queue_leader_locator = balanced`: quorum queues without `x-queue-leader-locator` are
+    /// placed balanced.
+    balanced_by_default: bool,
 }
 
 /// A quorum queue's group: snapshots every 1,000 entries with 100 kept behind (rather than
@@ -214,6 +233,7 @@ impl QueueHost {
         shared: Arc<Shared>,
         meta: Arc<MetaHost>,
         nodes: BTreeMap<u64, String>,
+        balanced_by_default: bool,
     ) -> Arc<QueueHost> {
         let me = node.id();
         let host = Arc::new(QueueHost {
@@ -229,6 +249,7 @@ impl QueueHost {
             changed: Notify::new(),
             config: queue_group_config(),
             first_conn: std::sync::atomic::AtomicU64::new(u64::MAX),
+            balanced_by_default,
         });
         shared.broker().set_replica_node(host.me32);
         let first_conn = shared.set_replica_sink(Arc::new(Sink(Arc::downgrade(&host))));
@@ -254,53 +275,73 @@ impl QueueHost {
             // Every node holds every quorum queue: its voters as members, the other nodes as
             // learners (they take no part in elections or commits, but receive and apply the
             // log, so that they serve the queue's clients as members do).
-            let wanted: HashMap<u64, Wanted> = self.placed().into_iter().map(|w| (w.1.group, w)).collect();
+            let wanted: HashMap<u64, Wanted> = self.placed().into_iter().map(|w| (w.placement.group, w)).collect();
             let running: Vec<u64> = self.replicas.lock().keys().copied().collect();
             for group in running {
                 if !wanted.contains_key(&group) {
                     self.stop_replica(group).await;
                 }
             }
-            for (group, (key, p, members, chosen)) in wanted {
+            for (group, w) in wanted {
                 if self.replicas.lock().contains_key(&group) {
                     continue;
                 }
-                if let Err(e) = self.start_replica(group, &key.0, &key.1, &p, &members, chosen).await {
-                    tracing::error!("quorum queue '{}' in vhost '{}': cannot start its group: {e}", key.1, key.0);
+                if let Err(e) = self.start_replica(group, &w).await {
+                    tracing::error!("quorum queue '{}' in vhost '{}': cannot start its group: {e}", w.key.1, w.key.0);
                 }
             }
         }
     }
 
-    /// Every quorum queue's group as the metadata wants it.
+    /// Every quorum queue's group as the metadata wants it, in the order of their groups'
+    /// creation.
     fn placed(&self) -> Vec<Wanted> {
         let nodes: Vec<u64> = self.nodes.keys().copied().collect();
-        self.meta.group().with_machine(|m: &Metadata| {
+        let balanced_by_default = self.balanced_by_default;
+        let mut placed: Vec<(Wanted, bool)> = self.meta.group().with_machine(|m: &Metadata| {
             m.placements()
                 .map(|(key, p)| {
-                    if let Some(members) = m.members(&key.0, &key.1) {
-                        return (key.clone(), *p, members.to_vec(), true);
-                    }
-                    let size = m
-                        .queue(&key.0, &key.1)
-                        .and_then(|q| q.arguments.get("x-quorum-initial-group-size"))
-                        .and_then(|v| v.as_i64())
-                        .filter(|&n| n > 0)
-                        .map_or(usize::MAX, |n| n as usize);
-                    (key.clone(), *p, members_of(p, &key.0, &key.1, &nodes, size.min(nodes.len())), false)
+                    let args = m.queue(&key.0, &key.1).map(|q| &q.arguments);
+                    let balanced = args.is_some_and(|a| warren_core::args::balanced_leader(a, balanced_by_default));
+                    let (members, chosen) = match m.members(&key.0, &key.1) {
+                        Some(members) => (members.to_vec(), true),
+                        None => {
+                            let size = args
+                                .and_then(|a| a.get("x-quorum-initial-group-size"))
+                                .and_then(|v| v.as_i64())
+                                .filter(|&n| n > 0)
+                                .map_or(usize::MAX, |n| n as usize);
+                            (members_of(p, &key.0, &key.1, &nodes, size.min(nodes.len())), false)
+                        }
+                    };
+                    (Wanted { key: key.clone(), placement: *p, members, chosen, founder: p.origin }, balanced)
                 })
                 .collect()
-        })
+        });
+        // Founders in the order the groups were made, each balanced one on the member that
+        // founds the fewest so far (ties to the lowest id): the same on every node that sees
+        // the same queues.
+        placed.sort_by_key(|(w, _)| w.placement.group);
+        let mut founded: HashMap<u64, usize> = HashMap::new();
+        for (w, balanced) in &mut placed {
+            if *balanced {
+                if let Some(&least) = w.members.iter().min_by_key(|n| (founded.get(n).copied().unwrap_or(0), **n)) {
+                    w.founder = least;
+                }
+            }
+            *founded.entry(w.founder).or_default() += 1;
+        }
+        placed.into_iter().map(|(w, _)| w).collect()
     }
 
     /// The group and members the metadata wants quorum queue `name` in `vhost` to have.
     pub fn wanted_members(&self, vhost: &str, name: &str) -> Option<(u64, Vec<u64>)> {
-        self.placed().into_iter().find(|w| w.0 .0 == vhost && w.0 .1 == name).map(|w| (w.1.group, w.2))
+        self.placed().into_iter().find(|w| w.key.0 == vhost && w.key.1 == name).map(|w| (w.placement.group, w.members))
     }
 
     /// Every quorum queue (vhost, name) with its group and the members the metadata wants.
     pub fn all_wanted_members(&self) -> Vec<(String, String, u64, Vec<u64>)> {
-        self.placed().into_iter().map(|((vhost, name), p, members, _)| (vhost, name, p.group, members)).collect()
+        self.placed().into_iter().map(|w| (w.key.0, w.key.1, w.placement.group, w.members)).collect()
     }
 
     /// Records `members` as quorum queue `name` in `vhost`'s (group `group`) in the metadata;
@@ -368,15 +409,8 @@ impl QueueHost {
         replica.changing.store(false, std::sync::atomic::Ordering::Release);
     }
 
-    async fn start_replica(
-        self: &Arc<Self>,
-        group_id: u64,
-        vhost: &str,
-        name: &str,
-        placement: &Placement,
-        members: &[u64],
-        chosen: bool,
-    ) -> Result<(), String> {
+    async fn start_replica(self: &Arc<Self>, group_id: u64, wanted: &Wanted) -> Result<(), String> {
+        let (vhost, name) = (wanted.key.0.as_str(), wanted.key.1.as_str());
         let config = self.shared.broker().replica_config(vhost, name).unwrap_or_default();
         let log = self.wal.log::<QueueMachine>(group_id).map_err(|e| format!("its log: {e}"))?;
         let pristine = log.is_pristine();
@@ -394,14 +428,30 @@ impl QueueHost {
         .await
         .map_err(|e| format!("{e:?}"))?;
         self.node.register(group_id, group.clone()).map_err(|e| e.to_string())?;
-        // The declaring node founds the group; a member an operator added joins it (the
-        // group's leader sends it the log).
-        if pristine && placement.origin == self.me && !chosen {
-            let founders: BTreeMap<u64, String> =
-                members.iter().filter_map(|m| self.nodes.get(m).map(|a| (*m, a.clone()))).collect();
+        // The founder founds the group (and so leads it first); a member an operator added
+        // joins it (the group's leader sends it the log). Should the founder a declaring node
+        // picked not found it (a member that saw other queues, in rare cases), the declaring
+        // node does after a while: founding twice with the same members is one founding.
+        let founders: BTreeMap<u64, String> =
+            wanted.members.iter().filter_map(|m| self.nodes.get(m).map(|a| (*m, a.clone()))).collect();
+        if pristine && !wanted.chosen && wanted.founder == self.me {
             if let Err(e) = group.initialize(founders).await {
                 tracing::info!("quorum queue '{name}': its group was founded already ({e:?})");
             }
+        } else if pristine && !wanted.chosen && wanted.placement.origin == self.me {
+            let group = group.clone();
+            let name = name.to_owned();
+            tokio::spawn(async move {
+                tokio::time::sleep(FOUNDING_FALLBACK_AFTER).await;
+                let status = group.status();
+                if status.leader.is_none()
+                    && status.last_log_index.is_none()
+                    && status.role != warren_raft::Role::Shutdown
+                {
+                    tracing::info!("quorum queue '{name}': no member founded its group: this node does");
+                    let _ = group.initialize(founders).await;
+                }
+            });
         }
         // What this node's earlier run held (its consumers are gone with it) goes back first,
         // ahead of this run's consumers: a node restarted before a leader saw it go would
@@ -645,8 +695,8 @@ impl QueueHost {
         }
         let placed = self.placed();
         for replica in led {
-            let Some((_, _, members, _)) = placed.iter().find(|w| w.1.group == replica.group_id) else { continue };
-            let target: BTreeSet<u64> = members.iter().copied().collect();
+            let Some(w) = placed.iter().find(|w| w.placement.group == replica.group_id) else { continue };
+            let target: BTreeSet<u64> = w.members.iter().copied().collect();
             let learners: BTreeSet<u64> = self.nodes.keys().copied().filter(|n| !target.contains(n)).collect();
             let status = replica.group.status();
             if status.voters == target && status.learners == learners {

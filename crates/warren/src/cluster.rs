@@ -319,6 +319,7 @@ impl Groups {
         endpoint: &Endpoint,
         data_dir: &Path,
         shared: Arc<warren_server::Shared>,
+        balanced_leaders: bool,
     ) -> Result<Groups, String> {
         let dir = data_dir.join("cluster");
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
@@ -366,7 +367,15 @@ impl Groups {
             settings.nodes.iter().map(|n| (n.id(), n.dial_addr(settings.port_range.min))).collect();
         let meta =
             MetaHost::start(group, applied, shared.clone(), forward, HostOptions { fresh, ..Default::default() });
-        let queues = QueueHost::start(node.clone(), wal.clone(), dir.join("queues"), shared, meta.clone(), nodes);
+        let queues = QueueHost::start(
+            node.clone(),
+            wal.clone(),
+            dir.join("queues"),
+            shared,
+            meta.clone(),
+            nodes,
+            balanced_leaders,
+        );
         Ok(Groups { wal, meta, queues })
     }
 

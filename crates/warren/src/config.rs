@@ -43,6 +43,9 @@ pub struct Settings {
     /// TLS between nodes (`distribution.ssl_options.*`, Warren's keys: RabbitMQ configures it
     /// in an Erlang file of its own), on when `certfile` is set.
     pub distribution_tls: warren_server::tls::TlsSettings,
+    /// `queue_leader_locator = balanced`: a quorum queue's first leader is the member leading
+    /// the fewest (`client-local`, the default: the declaring node).
+    pub balanced_leaders: bool,
     pub core: CoreConfig,
 }
 
@@ -91,6 +94,7 @@ impl Default for Settings {
             distribution_ports: PortRange::default(),
             distribution_interface: IpAddr::from([0, 0, 0, 0]),
             distribution_tls: Default::default(),
+            balanced_leaders: false,
             core: CoreConfig::default(),
         }
     }
@@ -271,6 +275,17 @@ impl Settings {
                         }
                     }
                     "ssl_cert_login_san_index" => self.core.ssl_cert_login_san.index = parse_num(value)?,
+                    "queue_leader_locator" => {
+                        self.balanced_leaders = match value {
+                            "client-local" => false,
+                            "balanced" => true,
+                            other => {
+                                return Err(format!(
+                                    "queue_leader_locator must be client-local or balanced, not '{other}'"
+                                ))
+                            }
+                        }
+                    }
                     "consumer_timeout" => {
                         self.core.consumer_timeout_ms =
                             if value == "false" || value == "infinity" { None } else { Some(parse_num(value)?) }
@@ -549,6 +564,11 @@ distribution.ssl_options.certfile = /n.pem
         assert_eq!(s.distribution_tls.cacertfile, Some(PathBuf::from("/ca.pem")));
         assert_eq!(s.distribution_tls.certfile, Some(PathBuf::from("/n.pem")));
         assert_eq!(s.distribution_tls.keyfile, Some(PathBuf::from("/n.key")));
+        assert!(!s.balanced_leaders, "client-local by default");
+        s.apply_file("queue_leader_locator = balanced\n", "t.conf").expect("balanced");
+        assert!(s.balanced_leaders);
+        let bad = s.apply_file("queue_leader_locator = busiest\n", "t.conf").expect_err("refused");
+        assert!(bad.contains("t.conf:1") && bad.contains("queue_leader_locator"), "{bad}");
     }
 
     #[test]

@@ -196,7 +196,10 @@ async fn run(settings: Settings, cluster: ClusterSettings) -> Result<(), String>
     // In a cluster: the write-ahead log and the metadata group, through which durable
     // declarations are committed before they are answered.
     let groups = match &endpoint {
-        Some(endpoint) => Some(cluster::Groups::start(&cluster, endpoint, &settings.data_dir, shared.clone()).await?),
+        Some(endpoint) => Some(
+            cluster::Groups::start(&cluster, endpoint, &settings.data_dir, shared.clone(), settings.balanced_leaders)
+                .await?,
+        ),
         None => None,
     };
     if let Some(groups) = &groups {

@@ -520,3 +520,41 @@ async fn basic_get_takes_from_the_group_through_any_node() {
         assert!(text.contains("# TYPE rabbitmq_raft_term_total counter"), "{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balanced_queues_spread_their_leaders_and_client_local_ones_lead_where_declared() {
+    if common::Broker::is_external() {
+        eprintln!("skipped: starts Warren processes");
+        return;
+    }
+    let cluster = Cluster::start(3, "warren-qq-balanced");
+    let (c1, _c2, _c3) = connect_all(&cluster).await;
+    let ch = channel(&c1).await;
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    // All declared through node 1: three balanced, then two client-local (by argument and by
+    // default).
+    for (name, locator) in [("b0", "balanced"), ("b1", "balanced"), ("b2", "balanced"), ("c0", "client-local")] {
+        let mut args = quorum_args();
+        args.insert("x-queue-leader-locator".into(), AMQPValue::LongString(locator.into()));
+        ch.queue_declare(name, durable, args).await.expect("declare");
+    }
+    ch.queue_declare("c1", durable, quorum_args()).await.expect("declare");
+    let http = cluster.nodes[1].http();
+    let leader_of = |name: &'static str| {
+        let http = http.clone();
+        async move {
+            let path = format!("/api/queues/%2F/{name}");
+            eventually(&format!("a leader for {name}"), || async { get(&http, &path).await.1["leader"].is_string() })
+                .await;
+            get(&http, &path).await.1["leader"].as_str().expect("a leader").to_owned()
+        }
+    };
+    let mut balanced = Vec::new();
+    for name in ["b0", "b1", "b2"] {
+        balanced.push(leader_of(name).await);
+    }
+    balanced.sort();
+    assert_eq!(balanced, cluster.names, "one balanced queue led by each node");
+    assert_eq!(leader_of("c0").await, cluster.names[0]);
+    assert_eq!(leader_of("c1").await, cluster.names[0]);
+}
