@@ -152,6 +152,9 @@ struct Wanted {
     founder: u64,
 }
 
+/// How often at most a member that stopped on its own is started again.
+const RESTART_DEAD_EVERY: Duration = Duration::from_secs(5);
+
 /// How long a declaring node waits for the member it picked to found a `balanced` queue's
 /// group before it founds the group itself (members may, in rare cases, pick differently).
 const FOUNDING_FALLBACK_AFTER: Duration = Duration::from_secs(3);
@@ -184,6 +187,8 @@ struct Replica {
     /// The term in which this member last saw its leader taken out of the voters (and called
     /// for an election).
     deposed: std::sync::atomic::AtomicU64,
+    /// When this node last started this member again after it stopped on its own.
+    restart_tried: parking_lot::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// The quorum queues' groups on this node.
@@ -410,6 +415,12 @@ impl QueueHost {
     }
 
     async fn start_replica(self: &Arc<Self>, group_id: u64, wanted: &Wanted) -> Result<(), String> {
+        self.start_replica_as(group_id, wanted, true).await
+    }
+
+    /// Starts this node's member of `group_id`; `new_run`: this process never ran it before
+    /// (so what an earlier run's consumers held goes back first).
+    async fn start_replica_as(self: &Arc<Self>, group_id: u64, wanted: &Wanted, new_run: bool) -> Result<(), String> {
         let (vhost, name) = (wanted.key.0.as_str(), wanted.key.1.as_str());
         let config = self.shared.broker().replica_config(vhost, name).unwrap_or_default();
         let log = self.wal.log::<QueueMachine>(group_id).map_err(|e| format!("its log: {e}"))?;
@@ -468,7 +479,7 @@ impl QueueHost {
             group_id,
             group,
             transport,
-            pending: parking_lot::Mutex::new(vec![first]),
+            pending: parking_lot::Mutex::new(if new_run { vec![first] } else { Vec::new() }),
             wake: Notify::new(),
             replies: parking_lot::Mutex::new(BTreeMap::new()),
             handled: watch::Sender::new(0),
@@ -479,6 +490,7 @@ impl QueueHost {
             busy: std::sync::atomic::AtomicBool::new(false),
             changing: std::sync::atomic::AtomicBool::new(false),
             deposed: std::sync::atomic::AtomicU64::new(u64::MAX),
+            restart_tried: parking_lot::Mutex::new(None),
         });
         self.replicas.lock().insert(group_id, replica.clone());
         {
@@ -661,6 +673,7 @@ impl QueueHost {
                 }
                 self.shared.submit_replica_work(&mut core);
             }
+            self.restart_dead_members(&replicas).await;
             quiet_or_wake(&replicas);
             // A leader an operator took out of its group stops leading once the change is
             // committed, without a word (its node stays up): the voters elect another at once
@@ -683,6 +696,56 @@ impl QueueHost {
             }
             // Groups this node leads are changed to the members the metadata wants.
             self.reconcile_members(&replicas);
+        }
+    }
+
+    /// Starts again, from its log, each member of this node that stopped on its own (openraft
+    /// stops a group's core on a storage error: a snapshot that could not be written on a full
+    /// disk, say), at most once every [`RESTART_DEAD_EVERY`]: the failure is logged, and once
+    /// the disk takes writes again the member catches up and serves as before. Its pending
+    /// commands go over to the new member; this node's consumers stay attached (the group
+    /// never heard they went), and what the group checked out to them that the old member
+    /// never delivered goes back when the new one replays its log (`Applied::Restored`).
+    async fn restart_dead_members(self: &Arc<Self>, replicas: &[Arc<Replica>]) {
+        for replica in replicas {
+            if *replica.stop.borrow() || replica.group.status().role != warren_raft::Role::Shutdown {
+                continue;
+            }
+            {
+                let mut last = replica.restart_tried.lock();
+                if last.is_some_and(|at| at.elapsed() < RESTART_DEAD_EVERY) {
+                    continue;
+                }
+                *last = Some(tokio::time::Instant::now());
+            }
+            let Some(wanted) = self.placed().into_iter().find(|w| w.placement.group == replica.group_id) else {
+                continue;
+            };
+            tracing::error!(
+                "quorum queue '{}' in vhost '{}': this node's member of group {:016x} stopped (see the errors above); starting it again from its log",
+                replica.name,
+                replica.vhost,
+                replica.group_id
+            );
+            self.node.unregister(replica.group_id);
+            self.replicas.lock().remove(&replica.group_id);
+            let carried: Vec<ReplicaWork> = std::mem::take(&mut *replica.pending.lock());
+            replica.stop.send_replace(true);
+            match self.start_replica_as(replica.group_id, &wanted, false).await {
+                Ok(()) => {
+                    if let Some(new) = self.replicas.lock().get(&replica.group_id) {
+                        new.pending.lock().extend(carried);
+                        *new.restart_tried.lock() = *replica.restart_tried.lock();
+                        new.wake.notify_one();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("quorum queue '{}': cannot start its member again: {e}", replica.name);
+                    // Tried again at the next look, from the metadata (the queue is not
+                    // running here now).
+                    self.changed.notify_one();
+                }
+            }
         }
     }
 
@@ -812,6 +875,12 @@ impl QueueHost {
             self.confirm_before_commit(&batch);
             let result = self.commit(&replica, commands).await;
             self.finish(&replica, batch, result);
+            if replica.group.status().role == warren_raft::Role::Shutdown {
+                // The member stopped on its own (an I/O error, say): what is left waits for its
+                // restart, which takes the pending commands over; no retrying meanwhile.
+                let _ = stopped.changed().await;
+                return;
+            }
         }
     }
 
@@ -939,7 +1008,9 @@ impl QueueHost {
                         }
                     }
                     Err(ProposeError::NotLeader { .. }) => Err(("no leader".to_owned(), true)),
-                    Err(ProposeError::Stopped(_)) => Err(("the group stopped".to_owned(), true)),
+                    // Not worth waiting for: the host restarts a member that stopped on its own
+                    // (`restart_dead_members`), and the commands go on in the new one.
+                    Err(ProposeError::Stopped(_)) => Err(("this node's member of the group stopped".to_owned(), false)),
                 }
             };
             match tokio::time::timeout_at(deadline, attempt).await {

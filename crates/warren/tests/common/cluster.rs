@@ -175,6 +175,13 @@ impl Cluster {
 
     /// Starts every node, node `i` (0-based) with `extra(i)` added to its configuration.
     pub fn start_with(n: usize, tag: &str, extra: impl Fn(usize) -> String) -> Cluster {
+        Cluster::start_on((0..n).map(|_| temp_dir(tag)).collect(), tag, extra)
+    }
+
+    /// Starts a node in each of `dirs` (removed at the end), node `i` (0-based) with
+    /// `extra(i)` added to its configuration.
+    pub fn start_on(dirs: Vec<PathBuf>, tag: &str, extra: impl Fn(usize) -> String) -> Cluster {
+        let n = dirs.len();
         let cookie = random_cookie();
         let names: Vec<String> = (1..=n).map(|i| format!("warren{i}@127.0.0.1")).collect();
         let mut conf = format!(
@@ -184,7 +191,7 @@ impl Cluster {
         for (i, name) in names.iter().enumerate() {
             conf.push_str(&format!("cluster_formation.classic_config.nodes.{} = {name}:{}\n", i + 1, free_port()));
         }
-        let dirs = Dirs((0..n).map(|_| temp_dir(tag)).collect());
+        let dirs = Dirs(dirs);
         let mut nodes: Vec<Node> = names
             .iter()
             .zip(&dirs.0)
