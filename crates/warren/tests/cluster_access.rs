@@ -18,15 +18,7 @@ use std::time::{Duration, Instant};
 
 /// A request to the management API at `addr` as guest: the status and the JSON answer.
 async fn send(method: reqwest::Method, addr: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut request =
-        reqwest::Client::new().request(method, format!("http://{addr}{path}")).basic_auth("guest", Some("guest"));
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("HTTP request");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("HTTP body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    common::cluster::send(addr, method.as_str(), path, body).await
 }
 
 async fn put(addr: &str, path: &str, body: Value) -> u16 {

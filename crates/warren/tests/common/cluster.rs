@@ -62,15 +62,7 @@ pub fn random_cookie() -> String {
 
 /// GET `path` on the management API at `addr` as guest; the status and the JSON.
 pub async fn get(addr: &str, path: &str) -> (u16, Value) {
-    let response = reqwest::Client::new()
-        .get(format!("http://{addr}{path}"))
-        .basic_auth("guest", Some("guest"))
-        .send()
-        .await
-        .expect("HTTP request");
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("HTTP body");
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    send(addr, "GET", path, None).await
 }
 
 /// `method` `path` on the management API at `addr` as guest, with `body` as JSON if given;
