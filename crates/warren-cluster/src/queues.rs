@@ -729,15 +729,14 @@ impl QueueHost {
             );
             self.node.unregister(replica.group_id);
             self.replicas.lock().remove(&replica.group_id);
-            let carried: Vec<ReplicaWork> = std::mem::take(&mut *replica.pending.lock());
-            replica.stop.send_replace(true);
             match self.start_replica_as(replica.group_id, &wanted, false).await {
                 Ok(()) => {
                     if let Some(new) = self.replicas.lock().get(&replica.group_id) {
-                        new.pending.lock().extend(carried);
                         *new.restart_tried.lock() = *replica.restart_tried.lock();
-                        new.wake.notify_one();
                     }
+                    // What the old member had on hand goes to the new one (and what its
+                    // proposer hands back later, once it sees the stop: `propose_loop`).
+                    self.carry_over(replica);
                 }
                 Err(e) => {
                     tracing::error!("quorum queue '{}': cannot start its member again: {e}", replica.name);
@@ -746,6 +745,20 @@ impl QueueHost {
                     self.changed.notify_one();
                 }
             }
+            replica.stop.send_replace(true);
+        }
+    }
+
+    /// Moves the commands `old` (a member replaced by `restart_dead_members`) has on hand to
+    /// the member now running for its group, if one is.
+    fn carry_over(&self, old: &Arc<Replica>) {
+        let Some(new) = self.replicas.lock().get(&old.group_id).filter(|r| !Arc::ptr_eq(r, old)).cloned() else {
+            return;
+        };
+        let carried: Vec<ReplicaWork> = std::mem::take(&mut *old.pending.lock());
+        if !carried.is_empty() {
+            new.pending.lock().extend(carried);
+            new.wake.notify_one();
         }
     }
 
@@ -879,6 +892,7 @@ impl QueueHost {
                 // The member stopped on its own (an I/O error, say): what is left waits for its
                 // restart, which takes the pending commands over; no retrying meanwhile.
                 let _ = stopped.changed().await;
+                self.carry_over(&replica);
                 return;
             }
         }
