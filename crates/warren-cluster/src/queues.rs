@@ -303,11 +303,14 @@ impl QueueHost {
     fn placed(&self) -> Vec<Wanted> {
         let nodes: Vec<u64> = self.nodes.keys().copied().collect();
         let balanced_by_default = self.balanced_by_default;
+        let locators = self.shared.broker().leader_locator_policies();
         let mut placed: Vec<(Wanted, bool)> = self.meta.group().with_machine(|m: &Metadata| {
             m.placements()
                 .map(|(key, p)| {
                     let args = m.queue(&key.0, &key.1).map(|q| &q.arguments);
-                    let balanced = args.is_some_and(|a| warren_core::args::balanced_leader(a, balanced_by_default));
+                    let policy = warren_core::policy::policy_leader_locator(&key.0, &key.1, &locators);
+                    let balanced =
+                        args.is_some_and(|a| warren_core::args::balanced_leader(policy, a, balanced_by_default));
                     let (members, chosen) = match m.members(&key.0, &key.1) {
                         Some(members) => (members.to_vec(), true),
                         None => {

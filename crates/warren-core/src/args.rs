@@ -109,11 +109,12 @@ const NOT_FOR_QUORUM: &[&str] = &[
 /// names it still accepts; `least-leaders` and `random` are taken as `balanced`).
 pub const LEADER_LOCATORS: &[&str] = &["client-local", "balanced", "least-leaders", "random"];
 
-/// Whether a quorum queue with these arguments has its first leader placed `balanced` (on the
-/// member leading the fewest queues) rather than `client-local` (on the declaring node), the
-/// argument first, else `default_balanced` (the `queue_leader_locator` setting).
-pub fn balanced_leader(arguments: &FieldTable, default_balanced: bool) -> bool {
-    match arguments.get("x-queue-leader-locator").and_then(FieldValue::as_str) {
+/// Whether a quorum queue has its first leader placed `balanced` (on the member leading the
+/// fewest queues) rather than `client-local` (on the declaring node): the locator a policy
+/// sets (`queue-leader-locator`) first, as RabbitMQ reads it, else the queue's
+/// `x-queue-leader-locator`, else `default_balanced` (the `queue_leader_locator` setting).
+pub fn balanced_leader(policy: Option<&str>, arguments: &FieldTable, default_balanced: bool) -> bool {
+    match policy.or_else(|| arguments.get("x-queue-leader-locator").and_then(FieldValue::as_str)) {
         Some("client-local") => false,
         Some(_) => true,
         None => default_balanced,

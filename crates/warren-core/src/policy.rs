@@ -63,6 +63,10 @@ const LOWER_WINS: &[&str] = &["x-message-ttl", "x-expires", "x-max-length", "x-m
 /// Keys an operator policy may set (RabbitMQ's list), all numeric limits.
 const OPERATOR_KEYS: &[&str] = &["message-ttl", "expires", "max-length", "max-length-bytes", "delivery-limit"];
 
+/// The policy key that places quorum queues' leaders (`client-local` or `balanced`); it sets
+/// no queue argument: a cluster reads it where it places a queue's group.
+pub const LEADER_LOCATOR_KEY: &str = "queue-leader-locator";
+
 /// Keys RabbitMQ accepts in a policy that Warren has no use for (replication of classic
 /// mirrored queues, lazy mode): accepted and ignored so that definitions import.
 const IGNORED_KEYS: &[&str] = &[
@@ -110,10 +114,16 @@ impl Policy {
             let known = if operator {
                 OPERATOR_KEYS.contains(&key)
             } else {
-                QUEUE_KEYS.iter().any(|(p, _)| *p == key) || key == "alternate-exchange" || IGNORED_KEYS.contains(&key)
+                QUEUE_KEYS.iter().any(|(p, _)| *p == key)
+                    || key == "alternate-exchange"
+                    || key == LEADER_LOCATOR_KEY
+                    || IGNORED_KEYS.contains(&key)
             };
             if !known {
                 return Err(invalid(format_args!("unrecognised policy key '{key}'")));
+            }
+            if key == LEADER_LOCATOR_KEY && !v.as_str().is_some_and(|l| crate::args::LEADER_LOCATORS.contains(&l)) {
+                return Err(invalid(format_args!("policy key '{key}' must be client-local or balanced")));
             }
             let numeric = OPERATOR_KEYS.contains(&key);
             if numeric && v.as_i64().is_none_or(|n| n < 0) {
@@ -162,10 +172,14 @@ pub fn effective_queue_arguments(
     operator_policies: &[Policy],
 ) -> (FieldTable, Option<String>, Option<String>) {
     let mut args = declared.clone();
+    // A key the queue's type does not take is left out, as RabbitMQ applies a policy to each
+    // queue type with what that type knows (`delivery-limit` is for quorum queues).
+    let quorum = declared.get("x-queue-type").and_then(FieldValue::as_str) == Some("quorum");
+    let takes = |arg: &str| quorum || arg != "x-delivery-limit";
     let policy = pick(policies, |p| p.matches_queue(vhost, queue));
     if let Some(p) = policy {
         for (key, arg) in QUEUE_KEYS {
-            let Some(value) = p.definition.get(key) else { continue };
+            let Some(value) = p.definition.get(key).filter(|_| takes(arg)) else { continue };
             let merged = match args.get(arg) {
                 None => value.clone(),
                 Some(current) if LOWER_WINS.contains(arg) => lower(current, value),
@@ -177,8 +191,8 @@ pub fn effective_queue_arguments(
     let operator = pick(operator_policies, |p| p.matches_queue(vhost, queue));
     if let Some(p) = operator {
         for key in OPERATOR_KEYS {
-            let Some(value) = p.definition.get(key) else { continue };
             let arg = format!("x-{key}");
+            let Some(value) = p.definition.get(key).filter(|_| takes(&arg)) else { continue };
             let merged = match args.get(&arg) {
                 None => value.clone(),
                 Some(current) => lower(current, value),
@@ -187,6 +201,11 @@ pub fn effective_queue_arguments(
         }
     }
     (args, policy.map(|p| p.name.clone()), operator.map(|p| p.name.clone()))
+}
+
+/// The leader locator the policy applying to queue `queue` in `vhost` sets, if it sets one.
+pub fn policy_leader_locator<'a>(vhost: &str, queue: &str, policies: &'a [Policy]) -> Option<&'a str> {
+    pick(policies, |p| p.matches_queue(vhost, queue))?.definition.get(LEADER_LOCATOR_KEY)?.as_str()
 }
 
 /// The alternate exchange a policy gives an exchange whose arguments name none.
@@ -209,6 +228,32 @@ mod tests {
 
     fn policy(name: &str, pattern: &str, priority: i64, d: FieldTable) -> Policy {
         Policy::new("/", name, pattern, ApplyTo::Queues, priority, d, false).expect("valid")
+    }
+
+    #[test]
+    fn a_policy_gives_each_queue_type_what_it_takes() {
+        let p = policy(
+            "p",
+            ".*",
+            0,
+            def(&[("message-ttl", FieldValue::I64(1000)), ("delivery-limit", FieldValue::I64(3))]),
+        );
+        let (classic, _, _) = effective_queue_arguments(&FieldTable::new(), "/", "c", std::slice::from_ref(&p), &[]);
+        assert_eq!(classic.get("x-message-ttl"), Some(&FieldValue::I64(1000)));
+        assert!(classic.get("x-delivery-limit").is_none(), "delivery-limit is for quorum queues");
+        assert!(crate::args::QueueArgs::parse(&classic, "c", "/").is_ok());
+        let quorum_declared = def(&[("x-queue-type", FieldValue::from("quorum"))]);
+        let (quorum, _, _) = effective_queue_arguments(&quorum_declared, "/", "q", &[p], &[]);
+        assert_eq!(quorum.get("x-delivery-limit"), Some(&FieldValue::I64(3)));
+
+        let locator = policy("l", "^q", 1, def(&[(LEADER_LOCATOR_KEY, FieldValue::from("balanced"))]));
+        assert_eq!(policy_leader_locator("/", "q1", std::slice::from_ref(&locator)), Some("balanced"));
+        assert_eq!(policy_leader_locator("/", "other", std::slice::from_ref(&locator)), None);
+        let (args, _, _) = effective_queue_arguments(&FieldTable::new(), "/", "q1", &[locator], &[]);
+        assert!(args.is_empty(), "the locator key sets no queue argument");
+        let bad =
+            Policy::new("/", "b", ".*", ApplyTo::Queues, 0, def(&[(LEADER_LOCATOR_KEY, FieldValue::from("x"))]), false);
+        assert!(bad.is_err());
     }
 
     #[test]

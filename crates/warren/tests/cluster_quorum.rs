@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::cluster::{get, Cluster};
+use common::cluster::{get, send, Cluster};
 use common::eventually;
 use common::lapin_client::*;
 use futures_lite::StreamExt;
@@ -557,4 +557,23 @@ async fn balanced_queues_spread_their_leaders_and_client_local_ones_lead_where_d
     assert_eq!(balanced, cluster.names, "one balanced queue led by each node");
     assert_eq!(leader_of("c0").await, cluster.names[0]);
     assert_eq!(leader_of("c1").await, cluster.names[0]);
+
+    // A policy's `queue-leader-locator` places queues declared with no locator of their own,
+    // and beats the queue's argument (as RabbitMQ reads it).
+    let policy = serde_json::json!({"pattern": "^p", "apply-to": "queues",
+        "definition": {"queue-leader-locator": "balanced"}});
+    let (status, body) = send(&http, "PUT", "/api/policies/%2F/spread", Some(policy)).await;
+    assert!(status < 300, "{status} {body}");
+    for name in ["p0", "p1", "p2"] {
+        let mut args = quorum_args();
+        if name == "p2" {
+            args.insert("x-queue-leader-locator".into(), AMQPValue::LongString("client-local".into()));
+        }
+        ch.queue_declare(name, durable, args).await.expect("declare");
+    }
+    // Node 1 leads three queues and the others one each: balanced places none of these on
+    // node 1, where client-local (the default, and p2's own argument) would put all three.
+    for name in ["p0", "p1", "p2"] {
+        assert_ne!(leader_of(name).await, cluster.names[0], "{name} placed by the policy");
+    }
 }

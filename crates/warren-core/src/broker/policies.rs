@@ -22,6 +22,13 @@ impl Broker {
         Ok(EffectiveArgs { args, policy, operator_policy })
     }
 
+    /// The policies that set a quorum queue leader locator (`queue-leader-locator`), for a
+    /// cluster placing queues' groups (usually none).
+    pub fn leader_locator_policies(&self) -> Vec<crate::policy::Policy> {
+        let key = crate::policy::LEADER_LOCATOR_KEY;
+        self.policies.iter().filter(|p| p.definition.get(key).is_some()).cloned().collect()
+    }
+
     /// Sets (adds or replaces) a policy or operator policy and applies it to the vhost's
     /// existing queues and exchanges at once.
     #[allow(clippy::too_many_arguments)]
