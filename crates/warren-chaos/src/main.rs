@@ -588,6 +588,9 @@ async fn scenario(
         *per_kind.entry(f.kind.name()).or_default() += 1;
     }
     let passed = failures.is_empty();
+    // What each node says of the queue's group, and the warnings its log ends with: in a CI
+    // log, all there may be to go on.
+    let diagnosis = if passed { Vec::new() } else { diagnose(cluster, &api, &args.queue).await };
     let summary = json!({
         "passed": passed,
         "seed": plan.seed,
@@ -607,6 +610,7 @@ async fn scenario(
         "messages": messages,
         "metadata": meta,
         "failures": failures,
+        "diagnosis": diagnosis,
     });
     let text = serde_json::to_string_pretty(&summary).unwrap_or_default();
     let _ = std::fs::write(run_dir.join("summary.json"), &text);
@@ -703,5 +707,75 @@ fn print_human(
             println!("FAILED: {}", f.as_str().unwrap_or(""));
         }
         println!("warren-chaos: FAILED ({} checks)", failures.len());
+        for line in summary["diagnosis"].as_array().into_iter().flatten() {
+            println!("diagnosis: {}", line.as_str().unwrap_or(""));
+        }
     }
+}
+
+/// For a failed run: per node, the queue as its management API shows it (leader, members,
+/// counts, consumers), its group's Raft figures from /metrics, and the last warnings and errors
+/// of its log.
+async fn diagnose(cluster: &nodes::Cluster, api: &mgmt::Api, queue: &str) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (i, spec) in cluster.specs().iter().enumerate() {
+        let node = i + 1;
+        match api.queue(&spec.http(), queue).await {
+            Some(q) => {
+                let pick = |k: &str| q.get(k).map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+                lines.push(format!(
+                    "node {node}: queue leader {} members {} online {} ready {} unacked {} consumers {}",
+                    pick("leader"),
+                    pick("members"),
+                    pick("online"),
+                    pick("messages_ready"),
+                    pick("messages_unacknowledged"),
+                    pick("consumers")
+                ));
+            }
+            None => lines.push(format!("node {node}: the queue is not reported")),
+        }
+        let raft = match api.text(&spec.http(), "/metrics").await {
+            Some(text) => {
+                let label = format!("queue=\"{queue}\"");
+                text.lines()
+                    .filter(|l| l.starts_with("rabbitmq_raft_") && l.contains(&label))
+                    .filter_map(|l| {
+                        let (name, value) = l.split_once('{')?;
+                        Some(format!("{}={}", name.trim_start_matches("rabbitmq_raft_"), value.rsplit(' ').next()?))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            }
+            None => "no answer".into(),
+        };
+        lines.push(format!("node {node}: raft {raft}"));
+        let log = std::fs::read_to_string(spec.dir.join("node.log")).unwrap_or_default();
+        let plain = |l: &str| {
+            let mut out = String::with_capacity(l.len());
+            let mut chars = l.chars();
+            while let Some(c) = chars.next() {
+                if c == '\u{1b}' {
+                    // An ANSI colour sequence: up to its final letter.
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        };
+        let warnings: Vec<String> = log
+            .lines()
+            .map(plain)
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
+            .collect();
+        for l in &warnings[warnings.len().saturating_sub(12)..] {
+            lines.push(format!("node {node} log: {}", l.chars().take(300).collect::<String>()));
+        }
+    }
+    lines
 }

@@ -29,6 +29,16 @@ impl Api {
         Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
+    /// GET `path` as text (/metrics), when the node answers 200.
+    pub async fn text(&self, addr: &str, path: &str) -> Option<String> {
+        let response =
+            self.client.get(format!("http://{addr}{path}")).basic_auth("guest", Some("guest")).send().await.ok()?;
+        if response.status().as_u16() != 200 {
+            return None;
+        }
+        response.text().await.ok()
+    }
+
     /// `GET /api/queues/%2F/{queue}` through `addr`: the queue's JSON when it exists.
     pub async fn queue(&self, addr: &str, queue: &str) -> Option<Value> {
         match self.get(addr, &format!("/api/queues/%2F/{}", encode(queue))).await {

@@ -503,9 +503,11 @@ impl QueueHost {
             self.shared.submit_replica_work(&mut core);
         }
         tokio::spawn(Self::log_leaders(replica.clone(), stopped.clone()));
-        tokio::spawn(self.clone().apply_loop(replica.clone(), applied));
+        let applying = tokio::spawn(self.clone().apply_loop(replica.clone(), applied));
+        tokio::spawn(supervise(replica.clone(), "applying the group's log", applying));
         tokio::spawn(self.clone().expire_loop(replica.clone(), stopped.clone()));
-        tokio::spawn(self.clone().propose_loop(replica, stopped));
+        let proposing = tokio::spawn(self.clone().propose_loop(replica.clone(), stopped));
+        tokio::spawn(supervise(replica, "proposing this node's commands", proposing));
         tracing::info!("quorum queue '{name}' in vhost '{vhost}': member of group {group_id:016x}");
         Ok(())
     }
@@ -1181,6 +1183,31 @@ impl QueueHost {
             replica.handled.send_replace(index);
         }
     }
+}
+
+/// Waits for one of a member's tasks to end. One that panicked would leave the member half
+/// alive: its group goes on (this node still acknowledges the log) while the deliveries to this
+/// node's consumers, or this node's commands, stop for good, and what the group checked out
+/// here stays checked out. The member is stopped instead, with the panic logged, and
+/// `restart_dead_members` starts it again from its log (which returns what was checked out
+/// here and never delivered).
+async fn supervise(replica: Arc<Replica>, what: &'static str, task: tokio::task::JoinHandle<()>) {
+    let Err(e) = task.await else { return };
+    if !e.is_panic() || *replica.stop.borrow() {
+        return;
+    }
+    let panic = e.into_panic();
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned());
+    tracing::error!(
+        "quorum queue '{}' in vhost '{}': {what} failed on this node ({message}); its member stops, to be started again from its log",
+        replica.name,
+        replica.vhost
+    );
+    let _ = replica.group.shutdown().await;
 }
 
 /// What changes when a group does something: its term, its leader, its last log index.

@@ -79,6 +79,7 @@ impl Status {
             ServerState::Leader => Role::Leader,
             ServerState::Shutdown => Role::Shutdown,
         };
+        let role = if m.running_state.is_err() { Role::Shutdown } else { role };
         let membership = m.membership_config.membership();
         let matched = m
             .replication
@@ -290,8 +291,16 @@ impl<M: Machine> Group<M> {
     }
 
     /// What this node knows about its group now.
+    ///
+    /// A member whose core ended without saying so (a panic in one of openraft's tasks drops
+    /// the core's metrics before it can publish `Shutdown`) is reported `Shutdown` all the same.
     pub fn status(&self) -> Status {
-        Status::from_metrics(&self.raft.metrics().borrow())
+        let metrics = self.raft.metrics();
+        let mut status = Status::from_metrics(&metrics.borrow());
+        if metrics.has_changed().is_err() {
+            status.role = Role::Shutdown;
+        }
+        status
     }
 
     /// Waits until `condition` holds for this node's status, for at most `timeout`; returns the

@@ -261,3 +261,57 @@ async fn quiet_members_hold_their_leader_until_woken() {
     let status = next.wait_until(WAIT, "a new leader", move |s| s.leader.is_some_and(|l| l != leader)).await;
     assert!(status.is_ok(), "{status:?}");
 }
+
+/// A list whose machine panics applying `POISON`: a bug in a machine, as a member meets it.
+#[derive(Debug, Default)]
+struct Fragile(List);
+
+const POISON: u64 = 666;
+
+impl warren_raft::Machine for Fragile {
+    type Command = u64;
+    type Output = u64;
+    fn apply(&mut self, index: u64, value: &u64) -> u64 {
+        assert_ne!(*value, POISON, "the poison command");
+        self.0.apply(index, value)
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.snapshot()
+    }
+    fn restore(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.restore(bytes)
+    }
+    fn encode_command(value: &u64, out: &mut Vec<u8>) {
+        List::encode_command(value, out)
+    }
+    fn decode_command(bytes: &[u8]) -> std::io::Result<u64> {
+        List::decode_command(bytes)
+    }
+}
+
+#[tokio::test]
+async fn a_member_whose_machine_panicked_stops_rather_than_going_on_half_alive() {
+    let net = LocalNet::<Fragile>::new();
+    let (group, _applied) = net.start(1, &fast_config(), Fragile::default()).await.expect("start");
+    group.initialize(BTreeMap::from([(1, "local-1".to_owned())])).await.expect("initialize");
+    group.wait_for_leader(WAIT).await.expect("leader");
+    group.propose(1).await.expect("committed");
+    assert_eq!(group.status().role, warren_raft::Role::Leader);
+
+    // Applying the poison panics. The proposals after it are never applied: one of them finds
+    // the member stopped (a host then starts it again from its log), as soon as the core
+    // hands the dead machine something to apply; never a member that goes on taking commands
+    // it does not apply.
+    let poisoned = group.submit(POISON).expect("handed over");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for value in 2.. {
+        match tokio::time::timeout(Duration::from_millis(200), group.propose(value)).await {
+            Ok(Err(_)) => break,
+            Ok(Ok(applied)) => panic!("{value} applied after the poison: {applied:?}"),
+            Err(_) => assert!(tokio::time::Instant::now() < deadline, "the member never stopped"),
+        }
+    }
+    assert_eq!(group.status().role, warren_raft::Role::Shutdown);
+    assert_eq!(group.status().applied_index, Some(2), "nothing applied from the poison on");
+    assert!(tokio::time::timeout(WAIT, poisoned).await.expect("an answer").is_err());
+}
