@@ -714,7 +714,7 @@ fn print_human(
 }
 
 /// For a failed run: per node, the queue as its management API shows it (leader, members,
-/// counts, consumers), its group's Raft figures from /metrics, and the last warnings and errors
+/// counts, consumers), its group's Raft figures from /metrics/per-object, and the last warnings and errors
 /// of its log.
 async fn diagnose(cluster: &nodes::Cluster, api: &mgmt::Api, queue: &str) -> Vec<String> {
     let mut lines = Vec::new();
@@ -735,7 +735,7 @@ async fn diagnose(cluster: &nodes::Cluster, api: &mgmt::Api, queue: &str) -> Vec
             }
             None => lines.push(format!("node {node}: the queue is not reported")),
         }
-        let raft = match api.text(&spec.http(), "/metrics").await {
+        let raft = match api.text(&spec.http(), "/metrics/per-object").await {
             Some(text) => {
                 let label = format!("queue=\"{queue}\"");
                 text.lines()
@@ -771,7 +771,12 @@ async fn diagnose(cluster: &nodes::Cluster, api: &mgmt::Api, queue: &str) -> Vec
         let warnings: Vec<String> = log
             .lines()
             .map(plain)
-            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
+            .filter(|l| {
+                // Warren's own warnings and errors (openraft's, about RPCs that timed out during
+                // the faults, are many and say little), and panics.
+                ((l.contains(" WARN ") || l.contains(" ERROR ")) && !l.contains(" openraft::"))
+                    || l.contains("panicked")
+            })
             .collect();
         for l in &warnings[warnings.len().saturating_sub(12)..] {
             lines.push(format!("node {node} log: {}", l.chars().take(300).collect::<String>()));

@@ -189,6 +189,12 @@ struct Replica {
     deposed: std::sync::atomic::AtomicU64,
     /// When this node last started this member again after it stopped on its own.
     restart_tried: parking_lot::Mutex<Option<tokio::time::Instant>>,
+    /// The highest index this node's forwarded commands were committed at by another node's
+    /// leader: this member must come to apply it.
+    known_committed: std::sync::atomic::AtomicU64,
+    /// The member's progress as last seen (openraft's applied index, the host's handled one),
+    /// and since when it has been behind without moving (`restart_stuck_members`).
+    progress: parking_lot::Mutex<(Option<u64>, u64, Option<tokio::time::Instant>)>,
 }
 
 /// The quorum queues' groups on this node.
@@ -494,6 +500,8 @@ impl QueueHost {
             changing: std::sync::atomic::AtomicBool::new(false),
             deposed: std::sync::atomic::AtomicU64::new(u64::MAX),
             restart_tried: parking_lot::Mutex::new(None),
+            known_committed: std::sync::atomic::AtomicU64::new(0),
+            progress: parking_lot::Mutex::new((None, 0, None)),
         });
         self.replicas.lock().insert(group_id, replica.clone());
         {
@@ -679,6 +687,7 @@ impl QueueHost {
                 self.shared.submit_replica_work(&mut core);
             }
             self.restart_dead_members(&replicas).await;
+            restart_stuck_members(&replicas);
             quiet_or_wake(&replicas);
             // A leader an operator took out of its group stops leading once the change is
             // committed, without a word (its node stays up): the voters elect another at once
@@ -1062,6 +1071,7 @@ impl QueueHost {
         len: usize,
         deadline: tokio::time::Instant,
     ) -> Result<Vec<Answer>, String> {
+        replica.known_committed.fetch_max(index, std::sync::atomic::Ordering::Relaxed);
         // Committed through another node: its receipt answers publishes and the like at once,
         // without waiting for this node to hear of the commit and apply the entry (the
         // deliveries to this node's consumers come as it applies, all the same).
@@ -1182,6 +1192,57 @@ impl QueueHost {
             }
             replica.handled.send_replace(index);
         }
+    }
+}
+
+/// How long a member may stay behind what its group committed, without applying anything,
+/// before it is taken for stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(20);
+
+/// Stops each member that has been stuck for [`STUCK_AFTER`]: entries committed (as this node
+/// knows from its own log, or from the leader that committed its forwarded commands) that
+/// openraft does not apply here, or entries applied that the host does not take in. Whatever
+/// wedged it (none is known: this is a safety net), such a member would leave what the group
+/// checked out to this node's consumers checked out for good, since the node itself is up.
+/// Stopped, it is started again from its log by `restart_dead_members` (a new core calls an
+/// election should its leader not be sending it the log).
+fn restart_stuck_members(replicas: &[Arc<Replica>]) {
+    let now = tokio::time::Instant::now();
+    for replica in replicas {
+        if *replica.stop.borrow() {
+            continue;
+        }
+        let status = replica.group.status();
+        if status.role == warren_raft::Role::Shutdown {
+            continue;
+        }
+        let applied = status.applied_index;
+        let handled = *replica.handled.borrow();
+        let committed = replica
+            .log
+            .committed_index()
+            .max(Some(replica.known_committed.load(std::sync::atomic::Ordering::Relaxed)).filter(|i| *i > 0));
+        let taken_in = replica.group.with_machine(|m| m.queue().applied_index());
+        let behind = committed > applied || taken_in > handled;
+        let mut progress = replica.progress.lock();
+        if !behind || (progress.0, progress.1) != (applied, handled) {
+            *progress = (applied, handled, behind.then_some(now));
+            continue;
+        }
+        let since = *progress.2.get_or_insert(now);
+        if now.duration_since(since) < STUCK_AFTER {
+            continue;
+        }
+        progress.2 = Some(now);
+        tracing::error!(
+            "quorum queue '{}' in vhost '{}': this node's member has applied nothing for {STUCK_AFTER:?} (applied {applied:?}, taken in {handled}, committed {committed:?}); it stops, to be started again from its log",
+            replica.name,
+            replica.vhost
+        );
+        let group = replica.group.clone();
+        tokio::spawn(async move {
+            let _ = group.shutdown().await;
+        });
     }
 }
 
