@@ -178,6 +178,10 @@ fn apply(cluster: &mut Cluster, d: &Draw, aimed: usize) -> Result<(Vec<usize>, V
             cluster.pause(aimed)?;
             Ok((vec![aimed], vec![], format!("SIGSTOP {}", name(aimed))))
         }
+        FaultKind::Disk => {
+            cluster.fill_disk(aimed)?;
+            Ok((vec![aimed], vec![], format!("disk full on {}", name(aimed))))
+        }
         FaultKind::Isolate | FaultKind::Halves | FaultKind::OneWay => {
             let ns = cluster.namespaces().ok_or("partitions need the network namespaces")?;
             match d.kind {
@@ -246,6 +250,15 @@ pub async fn heal(cluster: &mut Cluster, ctx: &Ctx, out: &mut Outcome, restart_w
         }
     }
     for i in 0..cluster.nodes.len() {
+        if cluster.nodes[i].disk_full {
+            // Freed, then the node restarted on its data: a WAL that failed a write stays
+            // stopped (what the kernel holds for the file cannot be trusted) until the process
+            // starts again and replays what reached the disk.
+            if let Err(e) = cluster.free_disk(i) {
+                out.failures.push(format!("freeing node {}'s disk: {e}", i + 1));
+            }
+            cluster.kill(i);
+        }
         if cluster.nodes[i].paused {
             if let Err(e) = cluster.resume(i) {
                 out.failures.push(format!("SIGCONT node {}: {e}", i + 1));

@@ -57,6 +57,11 @@ pub enum FaultKind {
     Isolate,
     /// Cut one direction only between one node and every other.
     OneWay,
+    /// Fill the file system that holds a node's replicated data (its WAL and snapshots: a
+    /// tmpfs of its own), so that its writes fail; at the heal, free it and restart the node
+    /// (a failed WAL write stops a node's Raft side until the process restarts). Not in
+    /// `ALL`: asked for by name (it needs root, to mount the file systems).
+    Disk,
 }
 
 impl FaultKind {
@@ -70,11 +75,12 @@ impl FaultKind {
             FaultKind::Halves => "halves",
             FaultKind::Isolate => "isolate",
             FaultKind::OneWay => "oneway",
+            FaultKind::Disk => "disk",
         }
     }
 
     pub fn parse(s: &str) -> Option<FaultKind> {
-        FaultKind::ALL.into_iter().find(|k| k.name() == s)
+        FaultKind::ALL.into_iter().chain([FaultKind::Disk]).find(|k| k.name() == s)
     }
 
     /// A network partition (needs the namespaces).

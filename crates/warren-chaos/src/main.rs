@@ -49,8 +49,9 @@ struct Args {
     /// (declaring and deleting durable queues and exchanges), or both, comma-separated.
     #[arg(long, default_value = "messages")]
     workload: String,
-    /// Fault kinds, comma-separated: kill, pause, halves, isolate, oneway; `all` for every kind
-    /// the network allows, `process` for kill,pause, `partitions` for the network ones, `none`.
+    /// Fault kinds, comma-separated: kill, pause, halves, isolate, oneway, disk (as root); `all`
+    /// for the first five the network allows, `process` for kill,pause, `partitions` for the
+    /// network ones, `none`.
     #[arg(long, default_value = "all")]
     faults: String,
     /// Seed of the fault schedule (printed; a random one when not given).
@@ -317,6 +318,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if plan.kinds.contains(&FaultKind::Disk) {
+        if let Err(e) = cluster.own_disks() {
+            eprintln!("warren-chaos: disk faults: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let result = tokio::select! {
         r = scenario(&args, &plan, &mode, &mut cluster, &run_dir) => Some(r),
         () = signals() => None,
@@ -783,4 +790,18 @@ async fn diagnose(cluster: &nodes::Cluster, api: &mgmt::Api, queue: &str) -> Vec
         }
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_faults_are_asked_for_by_name_only() {
+        let all = fault_kinds("all").expect("all");
+        assert_eq!(all, FaultKind::ALL.to_vec(), "`all` keeps the schedules seeds replay");
+        assert!(!all.contains(&FaultKind::Disk));
+        assert_eq!(fault_kinds("disk,kill").expect("kinds"), vec![FaultKind::Kill, FaultKind::Disk]);
+        assert!(fault_kinds("disks").is_err());
+    }
 }

@@ -38,6 +38,8 @@ pub struct Node {
     pub spec: Spec,
     child: Option<Child>,
     pub paused: bool,
+    /// Its replicated data's file system is full (a disk fault in place).
+    pub disk_full: bool,
 }
 
 impl Node {
@@ -55,6 +57,21 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub net: Net,
     api: Api,
+    /// Each node's replicated data (`<data dir>/cluster`) is on a tmpfs of its own, for disk
+    /// faults.
+    disks: bool,
+}
+
+/// The size of each node's replicated-data file system under disk faults.
+const DISK_SIZE: &str = "256m";
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+    }
 }
 
 fn free_port() -> Result<u16, String> {
@@ -133,9 +150,10 @@ impl Cluster {
         }
         Ok(Cluster {
             warren: warren.to_path_buf(),
-            nodes: specs.into_iter().map(|spec| Node { spec, child: None, paused: false }).collect(),
+            nodes: specs.into_iter().map(|spec| Node { spec, child: None, paused: false, disk_full: false }).collect(),
             net,
             api: Api::new(),
+            disks: false,
         })
     }
 
@@ -148,6 +166,43 @@ impl Cluster {
             Net::Namespaces(ns) => Some(ns),
             Net::Loopback => None,
         }
+    }
+
+    /// Puts each node's replicated data (`<data dir>/cluster`) on a tmpfs of its own (needs
+    /// root), so that a disk fault can fill it; before the nodes start.
+    pub fn own_disks(&mut self) -> Result<(), String> {
+        for node in &self.nodes {
+            let dir = node.spec.dir.join("cluster");
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let dir = dir.to_string_lossy().into_owned();
+            run("mount", &["-t", "tmpfs", "-o", &format!("size={DISK_SIZE}"), "tmpfs", &dir])?;
+            self.disks = true;
+        }
+        Ok(())
+    }
+
+    /// Fills node `i`'s replicated-data file system: its next writes there fail (no space).
+    pub fn fill_disk(&mut self, i: usize) -> Result<(), String> {
+        if !self.disks {
+            return Err("disk faults need the nodes' own file systems (root)".into());
+        }
+        let filler = self.nodes[i].spec.dir.join("cluster").join("filler");
+        let filler = filler.to_string_lossy().into_owned();
+        // As much as it takes: fallocate fills what is free in one go; dd, should it not be
+        // supported, writes until the file system is full (and fails then, as it should).
+        if run("fallocate", &["-l", DISK_SIZE, &filler]).is_err() {
+            let _ = run("dd", &["if=/dev/zero", &format!("of={filler}"), "bs=1M"]);
+        }
+        self.nodes[i].disk_full = true;
+        Ok(())
+    }
+
+    /// Frees node `i`'s replicated-data file system again.
+    pub fn free_disk(&mut self, i: usize) -> Result<(), String> {
+        let filler = self.nodes[i].spec.dir.join("cluster").join("filler");
+        std::fs::remove_file(&filler).map_err(|e| format!("{}: {e}", filler.display()))?;
+        self.nodes[i].disk_full = false;
+        Ok(())
     }
 
     /// Starts node `i` on its data directory (its output appended to `node.log` there).
@@ -286,9 +341,15 @@ impl Cluster {
         }
     }
 
-    /// Kills every node and removes the namespaces.
+    /// Kills every node, unmounts their own file systems and removes the namespaces.
     pub fn teardown(&mut self) {
         self.stop_all();
+        if self.disks {
+            for node in &self.nodes {
+                let _ = run("umount", &[&node.spec.dir.join("cluster").to_string_lossy()]);
+            }
+            self.disks = false;
+        }
         if let Net::Namespaces(ns) = &mut self.net {
             ns.remove();
         }
