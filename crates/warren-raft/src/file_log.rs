@@ -184,7 +184,7 @@ impl<M: Machine> RaftLogStorage<Types<M>> for FileLog<M> {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError<u64>> {
-        Ok(self.inner.lock().log.vote)
+        Ok(crate::types::startup_vote(self.inner.lock().log.vote))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<u64>> {

@@ -122,7 +122,7 @@ impl<M: Machine> RaftLogStorage<Types<M>> for MemLog<M> {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError<u64>> {
-        Ok(self.inner.lock().vote)
+        Ok(crate::types::startup_vote(self.inner.lock().vote))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError<u64>> {

@@ -79,6 +79,21 @@ pub type VoteRequest = openraft::raft::VoteRequest<u64>;
 pub type VoteResponse = openraft::raft::VoteResponse<u64>;
 /// The leader's term and identity, sent along with a snapshot.
 pub type Vote = openraft::Vote<u64>;
+/// The vote a member starts with: the one it stored, as a vote cast and never as a leadership
+/// held (`committed` off).
+///
+/// openraft 0.9 starts a member whose stored vote is its own committed one straight back as the
+/// leader of that term. But a leader sends entries to its followers before its own copy is
+/// durable, so a leader that crashed (or whose disk failed a write) can come back without the
+/// tail of its log that followers hold. Leading the same term again, it would append other
+/// entries at those indexes under the same log ids, and a follower that already holds the first
+/// ones sees their ids match and keeps them: the copies of the machine diverge. Read back as a
+/// vote cast, the member starts as a follower; it can never win that term again (it voted in
+/// it), so any entry it appends later is under a new term. Every log store returns its vote
+/// through this at startup (openraft reads the vote only then).
+pub(crate) fn startup_vote(stored: Option<Vote>) -> Option<Vote> {
+    stored.map(|v| Vote { leader_id: v.leader_id, committed: false })
+}
 /// A whole snapshot: what it covers (`meta`) and the machine's bytes (`snapshot`).
 pub type Snapshot<M> = openraft::Snapshot<Types<M>>;
 /// What a snapshot covers: its last log id and the membership at that point.

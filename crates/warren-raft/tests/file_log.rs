@@ -83,6 +83,58 @@ async fn a_whole_cluster_stopped_and_started_keeps_what_it_committed() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test]
+async fn a_leader_that_lost_the_tail_of_its_log_comes_back_as_a_follower() {
+    // A leader sends entries to its followers before its own copy is durable: a crash (or a
+    // failed write) can leave it without entries they hold. Before the fix it came back as the
+    // leader of the same term (openraft 0.9 restores a member whose stored vote is its own
+    // committed one) and appended other commands at those indexes under the same log ids, which
+    // the followers took for the ones they had: the machines diverged (seen in the disk-fault
+    // runs of warren-chaos: one node's copy of a quorum queue with 100 messages the others had
+    // not).
+    use openraft::storage::RaftLogStorage;
+    let dir = temp("lost-tail");
+    let mut cluster = Cluster::start_durable(durable_config(), &dir).await;
+    let mut last = 0;
+    for value in 0..10 {
+        last = cluster.propose(value).await.0;
+    }
+    cluster.wait_applied(&[1, 2, 3], last).await;
+    let leader = cluster.leader();
+    let term = cluster.group(leader).status().term;
+    for id in 1..=3 {
+        cluster.stop(id).await;
+    }
+    {
+        // The leader's last three entries (and the commit point past them) never reached its disk.
+        let mut log =
+            warren_raft::FileLog::<common::List>::open(&dir.join(format!("node-{leader}.log"))).expect("open");
+        let kept = log.get_log_state().await.expect("state").last_log_id.expect("entries");
+        assert_eq!(kept.index, last);
+        let cut = openraft::LogId::new(kept.leader_id, last - 2);
+        log.truncate(cut).await.expect("truncate");
+        log.save_committed(Some(openraft::LogId::new(kept.leader_id, last - 3))).await.expect("committed");
+    }
+    // It starts first, as a node that restarts at once would, before the others.
+    cluster.start_from_file(leader, &dir).await;
+    for id in (1..=3).filter(|id| *id != leader) {
+        cluster.start_from_file(id, &dir).await;
+    }
+    cluster.group(1).wait_for_leader(WAIT).await.expect("a leader after the restart");
+    let (at, _) = cluster.propose(100).await;
+    assert!(at > last, "the new command goes after what the followers held (at {at}, they held {last})");
+    cluster.wait_applied(&[1, 2, 3], at).await;
+    let expected: Vec<u64> = (0..10).chain([100]).collect();
+    for id in 1..=3 {
+        assert_eq!(cluster.state(id).0, expected, "node {id}");
+        assert!(cluster.group(id).status().term > term, "node {id} is in a later term");
+    }
+    assert_eq!(cluster.state(1), cluster.state(2));
+    assert_eq!(cluster.state(2), cluster.state(3));
+    cluster.shutdown(&[1, 2, 3]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The index of the last entry a log holds and the term of its vote, as openraft reads them.
 async fn stored(log: &mut warren_raft::FileLog<common::List>) -> (u64, u64) {
     use openraft::storage::RaftLogStorage;

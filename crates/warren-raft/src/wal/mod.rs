@@ -502,7 +502,7 @@ impl<M: Machine> RaftLogStorage<Types<M>> for WalLog<M> {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError<u64>> {
-        Ok(self.log.lock().vote)
+        Ok(crate::types::startup_vote(self.log.lock().vote))
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError<u64>> {
