@@ -75,6 +75,8 @@ pub struct MetaHost {
     /// filled). Until this node's own barrier comes back through the log, nothing is applied;
     /// then the broker is made to match the group's state as a whole.
     catching_up: std::sync::atomic::AtomicBool,
+    /// Turns true when catching up ends (at once on a fresh node).
+    caught_up: watch::Sender<bool>,
     /// This run's barrier.
     nonce: u64,
     /// Told when the queues may have changed ([`MetaHost::on_queues_changed`]).
@@ -112,6 +114,7 @@ impl MetaHost {
             own: parking_lot::Mutex::new(BTreeMap::new()),
             handled: watch::Sender::new(0),
             catching_up: std::sync::atomic::AtomicBool::new(!fresh),
+            caught_up: watch::Sender::new(fresh),
             listeners: parking_lot::Mutex::new(Vec::new()),
             joined: watch::Sender::new(!fresh),
             runtime: tokio::runtime::Handle::current(),
@@ -151,6 +154,13 @@ impl MetaHost {
     /// Whether the host is still replaying the log it had at start (see `catching_up`).
     pub fn is_catching_up(&self) -> bool {
         self.catching_up.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Returns once the host has caught up with the cluster (see `catching_up`): never while
+    /// no majority of the nodes answers.
+    pub async fn until_caught_up(&self) {
+        let mut caught_up = self.caught_up.subscribe();
+        let _ = caught_up.wait_for(|c| *c).await;
     }
 
     /// Proposes this run's barrier until it is in the log.
@@ -244,6 +254,7 @@ impl MetaHost {
                         if output.origin == self.me && output.barrier == Some(self.nonce) {
                             self.reconcile(None);
                             self.catching_up.store(false, std::sync::atomic::Ordering::Release);
+                            self.caught_up.send_replace(true);
                             tracing::info!("metadata: caught up with the cluster at entry {index}");
                             self.queues_changed();
                         }

@@ -195,6 +195,10 @@ struct Replica {
     /// The member's progress as last seen (openraft's applied index, the host's handled one),
     /// and since when it has been behind without moving (`restart_stuck_members`).
     progress: parking_lot::Mutex<(Option<u64>, u64, Option<tokio::time::Instant>)>,
+    /// A batch of this member's commands was committed and applied here: it holds what its
+    /// group had committed before (true from the start for a member started again in the same
+    /// run, which has no first command to wait for).
+    in_step: watch::Sender<bool>,
 }
 
 /// The quorum queues' groups on this node.
@@ -210,6 +214,9 @@ pub struct QueueHost {
     nodes: BTreeMap<u64, String>,
     replicas: parking_lot::Mutex<HashMap<u64, Arc<Replica>>>,
     changed: Notify,
+    /// Passes `follow_metadata` made with the metadata caught up, each having started every
+    /// group the metadata then wanted here.
+    passes: watch::Sender<u64>,
     config: GroupConfig,
     /// This run's first connection id: a consumer named with a lower one was an earlier
     /// run's (its deliveries, replayed from the log at start, are no one's here).
@@ -258,6 +265,7 @@ impl QueueHost {
             nodes,
             replicas: parking_lot::Mutex::new(HashMap::new()),
             changed: Notify::new(),
+            passes: watch::Sender::new(0),
             config: queue_group_config(),
             first_conn: std::sync::atomic::AtomicU64::new(u64::MAX),
             balanced_by_default,
@@ -301,6 +309,27 @@ impl QueueHost {
                     tracing::error!("quorum queue '{}' in vhost '{}': cannot start its group: {e}", w.key.1, w.key.0);
                 }
             }
+            self.passes.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Returns once this node has caught up with the cluster's metadata, started its member
+    /// of every quorum queue's group, and each member has applied what its group committed
+    /// before: from then on each quorum queue here is served by its
+    /// group (before, a recovered one is a plain queue of this node's broker, which refuses
+    /// publishes to it). Never returns while no majority of the nodes answers.
+    pub async fn until_serving(&self) {
+        self.meta.until_caught_up().await;
+        let mut passes = self.passes.subscribe();
+        let seen = *passes.borrow_and_update();
+        self.changed.notify_one();
+        let _ = passes.wait_for(|n| *n > seen).await;
+        // Each member has had a command committed (a new run's first is its `Down`) and applied
+        // here: it holds what its group committed before this node came back.
+        let members: Vec<watch::Receiver<bool>> =
+            self.replicas.lock().values().map(|r| r.in_step.subscribe()).collect();
+        for mut member in members {
+            let _ = member.wait_for(|done| *done).await;
         }
     }
 
@@ -502,6 +531,7 @@ impl QueueHost {
             restart_tried: parking_lot::Mutex::new(None),
             known_committed: std::sync::atomic::AtomicU64::new(0),
             progress: parking_lot::Mutex::new((None, 0, None)),
+            in_step: watch::Sender::new(!new_run),
         });
         self.replicas.lock().insert(group_id, replica.clone());
         {
@@ -901,6 +931,9 @@ impl QueueHost {
             let commands: Vec<Stamped> = batch.iter().map(|w| Stamped { now_ms, command: w.command.clone() }).collect();
             self.confirm_before_commit(&batch);
             let result = self.commit(&replica, commands).await;
+            if result.is_ok() {
+                replica.in_step.send_if_modified(|done| !std::mem::replace(done, true));
+            }
             self.finish(&replica, batch, result);
             if replica.group.status().role == warren_raft::Role::Shutdown {
                 // The member stopped on its own (an I/O error, say): what is left waits for its

@@ -379,6 +379,12 @@ impl Groups {
         Ok(Groups { wal, meta, queues })
     }
 
+    /// Waits, at most `within`, until this node has caught up with the cluster's metadata and
+    /// runs its member of every quorum queue's group; false if it has not by then.
+    pub async fn until_serving(&self, within: Duration) -> bool {
+        tokio::time::timeout(within, self.queues.until_serving()).await.is_ok()
+    }
+
     /// Stops the groups and closes the write-ahead log (everything in it synced).
     pub async fn shutdown(self) {
         let _ = self.meta.group().shutdown().await;

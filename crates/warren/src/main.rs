@@ -17,6 +17,10 @@ use warren_cluster::{ClusterSettings, NodeName};
 /// The environment variable naming the node (as RABBITMQ_NODENAME).
 const NODENAME_VAR: &str = "WARREN_NODENAME";
 
+/// How long a restarted node of a cluster waits to catch up with the cluster before it takes
+/// AMQP clients anyway (RabbitMQ waits for its peers at boot for 30 s at a time).
+const CLUSTER_WAIT_BEFORE_SERVING: Duration = Duration::from_secs(30);
+
 #[derive(Parser, Debug)]
 #[command(name = "warren", version, about = "Warren: an AMQP 0-9-1 message broker that speaks RabbitMQ's dialect")]
 struct Args {
@@ -275,9 +279,38 @@ async fn run(settings: Settings, cluster: ClusterSettings) -> Result<(), String>
             None => std::future::pending().await,
         }
     };
+    // A restarted node of a cluster takes AMQP clients once it has caught up with the cluster
+    // and runs its quorum queues' members (as RabbitMQ opens its listeners at the end of its
+    // boot): before, a quorum queue here is only this node's recovered copy of its declaration.
+    // Connections that come meanwhile wait in the listener's backlog. Without a majority for
+    // that long, the node serves anyway (its quorum queues refuse publishes until their
+    // members run).
+    let serving = async {
+        if let Some(groups) = &groups {
+            let waited = std::time::Instant::now();
+            if groups.until_serving(CLUSTER_WAIT_BEFORE_SERVING).await {
+                tracing::info!(
+                    "caught up with the cluster and its quorum queues' members running after {} ms: \
+                     taking AMQP clients",
+                    waited.elapsed().as_millis()
+                );
+            } else {
+                tracing::warn!(
+                    "not caught up with the cluster within {} s (is a majority of its nodes running?): \
+                     taking AMQP clients anyway",
+                    CLUSTER_WAIT_BEFORE_SERVING.as_secs()
+                );
+            }
+        }
+    };
     tokio::select! {
-        _ = server.serve(amqp) => {}
-        _ = serve_tls => {}
+        _ = async {
+            serving.await;
+            tokio::select! {
+                _ = server.serve(amqp) => {}
+                _ = serve_tls => {}
+            }
+        } => {}
         _ = shutdown_signal() => {
             tracing::info!("shutting down: closing client connections");
             server.shutdown();

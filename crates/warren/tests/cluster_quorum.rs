@@ -577,3 +577,42 @@ async fn balanced_queues_spread_their_leaders_and_client_local_ones_lead_where_d
         assert_ne!(leader_of(name).await, cluster.names[0], "{name} placed by the policy");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_takes_clients_once_its_quorum_queues_are_served_by_their_groups() {
+    if common::Broker::is_external() {
+        eprintln!("skipped: starts Warren processes");
+        return;
+    }
+    // Before the fix, a restarted node took AMQP clients as soon as it had read its own
+    // definitions: for a few hundred milliseconds its quorum queues were plain queues of its
+    // broker (a passive declare said 0 messages, a basic.get found none) until the metadata had
+    // caught up and their members ran.
+    let mut cluster = Cluster::start(3, "warren-qq-restart");
+    let c1 = connect_url(&cluster.nodes[0].amqp_url()).await;
+    let ch1 = confirm_channel(&c1).await;
+    declare(&ch1).await;
+    publish_confirmed(&ch1, (0..5).map(|i| format!("m{i}"))).await;
+    cluster.nodes[2].kill();
+    cluster.restart(2);
+
+    // At once through the restarted node: the group's state, not an empty local queue.
+    let c3 = connect_url(&cluster.nodes[2].amqp_url()).await;
+    let ch3 = confirm_channel(&c3).await;
+    let q = ch3
+        .queue_declare("qq", QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .expect("passive declare through the restarted node");
+    assert_eq!(q.message_count(), 5, "the restarted node's first answer counts the group's messages");
+    let got = ch3.basic_get("qq", Default::default()).await.expect("get").expect("a message through node 3");
+    assert_eq!(&got.delivery.data[..], b"m0");
+    assert_eq!(got.message_count, 4);
+    got.delivery.ack(BasicAckOptions::default()).await.expect("ack");
+    publish_confirmed(&ch3, ["after".to_owned()]).await;
+    let ch1b = channel(&c1).await;
+    let mut consumer =
+        ch1b.basic_consume("qq", "all", BasicConsumeOptions::default(), FieldTable::default()).await.expect("consume");
+    assert_eq!(receive(&mut consumer, 5).await, ["m1", "m2", "m3", "m4", "after"]);
+    let log = cluster.nodes[2].log();
+    assert!(log.contains("taking AMQP clients"), "the restarted node says when it takes clients:\n{log}");
+}
