@@ -69,9 +69,9 @@ pub use log::MemLog;
 pub use machine::{Applied, Machine};
 pub use network::{Peer, RpcError, Transport};
 pub use tcp::{
-    Forwarded, TcpConfig, TcpNode, TcpStats, TcpTls, TcpTransport, DEFAULT_DEAD_AFTER_MS, DEFAULT_DIAL_TIMEOUT_MS,
-    DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_KEEPALIVE_MS, DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_REQUESTS_IN_FLIGHT,
-    DEFAULT_REDIAL_BACKOFF_MS, MIN_MAX_FRAME_BYTES,
+    Forwarded, Service, ServiceAnswer, TcpConfig, TcpNode, TcpStats, TcpTls, TcpTransport, DEFAULT_DEAD_AFTER_MS,
+    DEFAULT_DIAL_TIMEOUT_MS, DEFAULT_HANDSHAKE_TIMEOUT_MS, DEFAULT_KEEPALIVE_MS, DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_REQUESTS_IN_FLIGHT, DEFAULT_REDIAL_BACKOFF_MS, MIN_MAX_FRAME_BYTES,
 };
 pub use types::{
     AppendRequest, AppendResponse, Entry, EntryPayload, LeaderId, LogId, Membership, Snapshot, SnapshotMeta,

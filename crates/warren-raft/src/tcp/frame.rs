@@ -48,6 +48,8 @@ pub(crate) enum Kind {
     Snapshot = 3,
     /// A command for the group's leader, forwarded by a member that does not lead.
     Propose = 4,
+    /// A call to a service the node serves under the request's id ([`super::Service`]).
+    Call = 5,
 }
 
 impl Kind {
@@ -57,6 +59,7 @@ impl Kind {
             2 => Some(Kind::Vote),
             3 => Some(Kind::Snapshot),
             4 => Some(Kind::Propose),
+            5 => Some(Kind::Call),
             _ => None,
         }
     }
@@ -76,6 +79,8 @@ pub(crate) mod status {
     pub(crate) const BUSY: u8 = 4;
     /// The answer would exceed the node's frame limit.
     pub(crate) const TOO_LARGE: u8 = 5;
+    /// A service refused the call; the body says why.
+    pub(crate) const REFUSED: u8 = 6;
 }
 
 /// A frame's header, as read.

@@ -65,7 +65,7 @@ use self::handshake::{HandshakeError, Identity};
 use self::transport::{GroupHandler, Handler};
 use crate::{AppliedRx, Group, GroupConfig, Machine, Peer, RegisterError, RpcError, StartError};
 
-pub use self::transport::{Forwarded, TcpTransport};
+pub use self::transport::{Forwarded, Service, ServiceAnswer, TcpTransport};
 
 /// Default largest frame, in bytes, a node sends or accepts. A snapshot travels whole in one
 /// frame, so this also bounds a group's snapshot; a peer that announces a larger frame is
@@ -354,6 +354,43 @@ impl TcpNode {
         }
         groups.insert(group, Arc::new(GroupHandler::new(handle)));
         Ok(())
+    }
+
+    /// Serves `service` to the peers under `id` (in the same space as the groups' ids: choose
+    /// one no group uses, the same on every node).
+    pub fn serve(&self, id: u64, service: Arc<dyn Service>) -> Result<(), RegisterError> {
+        if self.node.peers.lock().stopped {
+            return Err(RegisterError::Stopped);
+        }
+        let mut groups = self.node.groups.lock();
+        if groups.contains_key(&id) {
+            return Err(RegisterError::Taken { group: id });
+        }
+        groups.insert(id, Arc::new(transport::ServiceHandler(service)));
+        Ok(())
+    }
+
+    /// Calls the service `peer` serves under `service` with `body`; its answer's body, within
+    /// `timeout`. A peer that cannot be reached or serves no such service is
+    /// [`RpcError::Unreachable`]; a call the service refused is [`RpcError::Network`] with its
+    /// reason; no answer in time is [`RpcError::Timeout`] (the call may have been made).
+    pub async fn call(&self, peer: &Peer, service: u64, body: &[u8], timeout: Duration) -> Result<Vec<u8>, RpcError> {
+        let request = frame::request(service, frame::Kind::Call, |out| out.extend_from_slice(body));
+        let response = self.node.call(peer, request, timeout).await?;
+        let answer = frame::response_body(&response.frame);
+        match response.status {
+            frame::status::OK => Ok(answer.to_vec()),
+            frame::status::NO_GROUP | frame::status::STOPPED => {
+                Err(RpcError::Unreachable { reason: format!("node {}: {}", peer.id, String::from_utf8_lossy(answer)) })
+            }
+            other => Err(RpcError::Network {
+                reason: format!(
+                    "node {} refused a call to service {service} (status {other}): {}",
+                    peer.id,
+                    String::from_utf8_lossy(answer)
+                ),
+            }),
+        }
     }
 
     /// Stops handing requests to group `group` (they are answered "no such group", which peers

@@ -254,6 +254,54 @@ async fn groups_register_once_under_the_endpoints_node_id() {
     stranger.shutdown().await.expect("shutdown");
 }
 
+/// A service that records the calls it gets, in order, and answers each in upper case, or
+/// refuses a body that says "no".
+struct Shout(parking_lot::Mutex<Vec<Vec<u8>>>);
+
+impl Service for Shout {
+    fn call(&self, body: &[u8]) -> ServiceAnswer {
+        self.0.lock().push(body.to_vec());
+        let answer = if body == b"no" { Err("refused on purpose".to_owned()) } else { Ok(body.to_ascii_uppercase()) };
+        Box::pin(std::future::ready(answer))
+    }
+}
+
+#[tokio::test]
+async fn services_answer_calls_in_the_order_they_arrive_and_say_why_they_refuse() {
+    let a = endpoint(1, |_| {}).await;
+    let b = endpoint(2, |_| {}).await;
+    let shout = Arc::new(Shout(parking_lot::Mutex::new(Vec::new())));
+    b.serve(u64::MAX - 1, shout.clone()).expect("serve");
+    assert_eq!(b.serve(u64::MAX - 1, shout.clone()), Err(RegisterError::Taken { group: u64::MAX - 1 }));
+    let to_b = Peer { id: 2, addr: b.local_addr().to_string() };
+
+    assert_eq!(a.call(&to_b, u64::MAX - 1, b"hello", WAIT).await.expect("answered"), b"HELLO");
+    for i in 0..20u8 {
+        assert_eq!(a.call(&to_b, u64::MAX - 1, &[b'a' + i], WAIT).await.expect("answered"), vec![b'A' + i]);
+    }
+    let seen = shout.0.lock().clone();
+    let expected: Vec<Vec<u8>> = std::iter::once(b"hello".to_vec()).chain((0..20u8).map(|i| vec![b'a' + i])).collect();
+    assert_eq!(seen, expected, "every call reached the service once, in order");
+
+    let refused = a.call(&to_b, u64::MAX - 1, b"no", WAIT).await;
+    assert!(
+        matches!(&refused, Err(RpcError::Network { reason }) if reason.contains("refused on purpose")),
+        "{refused:?}"
+    );
+    let unknown = a.call(&to_b, 77, b"hello", WAIT).await;
+    assert!(matches!(unknown, Err(RpcError::Unreachable { .. })), "{unknown:?}");
+    // A Raft request sent to a service is refused, and a call sent to a group too.
+    let raft_to_service = a.transport::<Nop>(u64::MAX - 1);
+    let vote = raft_to_service.vote(&to_b, ask(1), WAIT).await;
+    assert!(matches!(vote, Err(RpcError::Network { .. })), "{vote:?}");
+    let (group, _applied) = b.start_group(9, &crate::GroupConfig::default(), Nop).await.expect("start");
+    let to_group = a.call(&to_b, 9, b"hello", WAIT).await;
+    assert!(matches!(to_group, Err(RpcError::Network { .. })), "{to_group:?}");
+    group.shutdown().await.expect("shutdown");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[test]
 fn the_config_is_checked_and_its_debug_hides_the_cookie() {
     let config = TcpConfig::new(1, "s3cret-cookie");

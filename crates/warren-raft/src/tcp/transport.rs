@@ -80,6 +80,10 @@ impl<M: Machine> Handler for GroupHandler<M> {
             // Submitted here, as the reader takes the request (it calls `handle` in the order
             // requests arrive): commands one node forwards one after another are appended in
             // that order, however many are in flight.
+            Kind::Call => bad_request(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a call to a service sent to a Raft group",
+            )),
             Kind::Propose => match M::decode_command(body) {
                 Err(e) => bad_request(e),
                 Ok(command) => {
@@ -103,6 +107,34 @@ impl<M: Machine> Handler for GroupHandler<M> {
                 }
             },
         }
+    }
+}
+
+/// The work of answering a call to a [`Service`]: the answer's body, or why the call is refused.
+pub type ServiceAnswer = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
+
+/// Something a node serves its peers besides Raft groups, under an id of its own in the same
+/// space as the groups' ids ([`TcpNode::serve`](super::TcpNode::serve)); its peers reach it with
+/// [`TcpNode::call`](super::TcpNode::call). It sees bytes: what they mean is its own.
+pub trait Service: Send + Sync + 'static {
+    /// Starts answering a call whose body is `body`. Called in the order calls arrive on a
+    /// connection, before the next frame is read: work started here keeps that order.
+    fn call(&self, body: &[u8]) -> ServiceAnswer;
+}
+
+/// A [`Service`] as the endpoint sees it.
+pub(super) struct ServiceHandler(pub(super) Arc<dyn Service>);
+
+impl Handler for ServiceHandler {
+    fn handle(&self, kind: Kind, body: &[u8]) -> Answer {
+        if kind != Kind::Call {
+            return bad_request(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("a {kind:?} request sent to a service, which answers calls only"),
+            ));
+        }
+        let answer = self.0.call(body);
+        Box::pin(async move { answer.await.map_err(|why| (status::REFUSED, why)) })
     }
 }
 
