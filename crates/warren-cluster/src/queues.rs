@@ -313,19 +313,23 @@ impl QueueHost {
         }
     }
 
-    /// Returns once this node has caught up with the cluster's metadata, started its member
-    /// of every quorum queue's group, and each member has applied what its group committed
-    /// before: from then on each quorum queue here is served by its
+    /// Returns once this node has caught up with the cluster's metadata and started its member
+    /// of every quorum queue's group: from then on each quorum queue here is served by its
     /// group (before, a recovered one is a plain queue of this node's broker, which refuses
     /// publishes to it). Never returns while no majority of the nodes answers.
-    pub async fn until_serving(&self) {
+    pub async fn until_members_run(&self) {
         self.meta.until_caught_up().await;
         let mut passes = self.passes.subscribe();
         let seen = *passes.borrow_and_update();
         self.changed.notify_one();
         let _ = passes.wait_for(|n| *n > seen).await;
-        // Each member has had a command committed (a new run's first is its `Down`) and applied
-        // here: it holds what its group committed before this node came back.
+    }
+
+    /// Returns once each of this node's members has had a command committed (a new run's first
+    /// is its `Down`) and applied here: it holds what its group committed before this node came
+    /// back, and counts its messages as its leader does. A group with no majority running never
+    /// gets there.
+    pub async fn until_members_in_step(&self) {
         let members: Vec<watch::Receiver<bool>> =
             self.replicas.lock().values().map(|r| r.in_step.subscribe()).collect();
         for mut member in members {

@@ -380,9 +380,22 @@ impl Groups {
     }
 
     /// Waits, at most `within`, until this node has caught up with the cluster's metadata and
-    /// runs its member of every quorum queue's group; false if it has not by then.
-    pub async fn until_serving(&self, within: Duration) -> bool {
-        tokio::time::timeout(within, self.queues.until_serving()).await.is_ok()
+    /// runs its member of every quorum queue's group, then at most `in_step` more until each
+    /// member holds what its group committed before (a queue whose group has no majority
+    /// running must not hold the node's clients back for long); false if the first wait ran
+    /// out.
+    pub async fn until_serving(&self, within: Duration, in_step: Duration) -> bool {
+        if tokio::time::timeout(within, self.queues.until_members_run()).await.is_err() {
+            return false;
+        }
+        if tokio::time::timeout(in_step, self.queues.until_members_in_step()).await.is_err() {
+            tracing::warn!(
+                "some quorum queues' members did not hear from their groups within {} ms \
+                 (no majority of their members running?): taking AMQP clients",
+                in_step.as_millis()
+            );
+        }
+        true
     }
 
     /// Stops the groups and closes the write-ahead log (everything in it synced).

@@ -21,6 +21,10 @@ const NODENAME_VAR: &str = "WARREN_NODENAME";
 /// AMQP clients anyway (RabbitMQ waits for its peers at boot for 30 s at a time).
 const CLUSTER_WAIT_BEFORE_SERVING: Duration = Duration::from_secs(30);
 
+/// How long, after that, a restarted node waits for its quorum queues' members to hear what
+/// their groups committed while it was away (a group without a running majority never says).
+const MEMBERS_IN_STEP_WAIT: Duration = Duration::from_secs(3);
+
 #[derive(Parser, Debug)]
 #[command(name = "warren", version, about = "Warren: an AMQP 0-9-1 message broker that speaks RabbitMQ's dialect")]
 struct Args {
@@ -288,7 +292,7 @@ async fn run(settings: Settings, cluster: ClusterSettings) -> Result<(), String>
     let serving = async {
         if let Some(groups) = &groups {
             let waited = std::time::Instant::now();
-            if groups.until_serving(CLUSTER_WAIT_BEFORE_SERVING).await {
+            if groups.until_serving(CLUSTER_WAIT_BEFORE_SERVING, MEMBERS_IN_STEP_WAIT).await {
                 tracing::info!(
                     "caught up with the cluster and its quorum queues' members running after {} ms: \
                      taking AMQP clients",

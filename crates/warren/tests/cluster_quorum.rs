@@ -616,3 +616,39 @@ async fn a_restarted_node_takes_clients_once_its_quorum_queues_are_served_by_the
     let log = cluster.nodes[2].log();
     assert!(log.contains("taking AMQP clients"), "the restarted node says when it takes clients:\n{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_without_a_running_majority_does_not_hold_a_restarted_node_back() {
+    if common::Broker::is_external() {
+        eprintln!("skipped: starts Warren processes");
+        return;
+    }
+    // A queue whose only member is node 1: with node 1 down, node 2 restarted cannot bring that
+    // member in step with its group (there is none running), and takes its clients anyway after
+    // a short wait (3 s) rather than the 30 s it allows for catching up with the cluster.
+    let mut cluster = Cluster::start(3, "warren-qq-solo");
+    let c1 = connect_url(&cluster.nodes[0].amqp_url()).await;
+    let ch1 = confirm_channel(&c1).await;
+    declare(&ch1).await;
+    let mut solo = quorum_args();
+    solo.insert("x-quorum-initial-group-size".into(), AMQPValue::LongInt(1));
+    ch1.queue_declare("solo", QueueDeclareOptions { durable: true, ..Default::default() }, solo)
+        .await
+        .expect("declare solo");
+    publish_confirmed(&ch1, ["kept".to_owned()]).await;
+    drop((ch1, c1));
+    cluster.nodes[0].kill();
+    cluster.nodes[1].kill();
+    cluster.restart(1);
+    let c2 = tokio::time::timeout(Duration::from_secs(15), connect_url(&cluster.nodes[1].amqp_url()))
+        .await
+        .expect("node 2 takes clients while solo's only member is down");
+    let q = channel(&c2)
+        .await
+        .queue_declare("qq", QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .expect("passive declare of qq through node 2");
+    assert_eq!(q.message_count(), 1, "qq's group (nodes 2 and 3) serves through node 2");
+    let log = cluster.nodes[1].log();
+    assert!(log.contains("did not hear from their groups"), "the wait is reported:\n{log}");
+}
