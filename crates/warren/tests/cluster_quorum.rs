@@ -652,3 +652,51 @@ async fn a_quorum_queue_without_a_running_majority_does_not_hold_a_restarted_nod
     let log = cluster.nodes[1].log();
     assert!(log.contains("did not hear from their groups"), "the wait is reported:\n{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_quorum_critical_once_stopping_it_would_cost_a_queue_its_majority() {
+    if common::Broker::is_external() {
+        eprintln!("skipped: starts Warren processes");
+        return;
+    }
+    let mut cluster = Cluster::start(3, "warren-qq-critical");
+    let c1 = connect_url(&cluster.nodes[0].amqp_url()).await;
+    declare(&channel(&c1).await).await;
+    let http = cluster.nodes[0].http();
+    let all = cluster.names.clone();
+    eventually("qq's three members online", || async {
+        let (_, q) = get(&http, "/api/queues/%2F/qq").await;
+        q["online"] == serde_json::json!(all)
+    })
+    .await;
+    // Three members running: one can stop.
+    let (status, body) = get(&http, "/api/health/checks/node-is-quorum-critical").await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{body}");
+
+    // Two running: stopping either of them would leave qq without a majority.
+    drop(c1);
+    cluster.nodes[2].kill();
+    eventually("node 1 sees qq critical", || async {
+        get(&http, "/api/health/checks/node-is-quorum-critical").await.0 == 503
+    })
+    .await;
+    let (_, body) = get(&http, "/api/health/checks/node-is-quorum-critical").await;
+    assert_eq!(body["status"], "failed");
+    assert_eq!(body["reason"], "There are quorum queues that would lose their quorum if the target node is shut down");
+    assert_eq!(
+        body["queues"],
+        serde_json::json!([{"readable_name": "queue 'qq' in vhost '/'", "name": "qq", "virtual_host": "/", "type": "quorum"}])
+    );
+    // warrenctl, as rabbitmq-queues check_if_node_is_quorum_critical: an error naming the queue.
+    let said = common::cluster::warrenctl(&http, &["check_if_node_is_quorum_critical"]).await;
+    let expected = format!("queue 'qq' in vhost '/' would lose quorum if node {} is stopped", cluster.names[0]);
+    assert!(said.as_ref().is_err_and(|e| e.contains(&expected)), "{said:?}");
+    // Back to three: fine again.
+    cluster.restart(2);
+    eventually("node 1 sees qq safe again", || async {
+        get(&http, "/api/health/checks/node-is-quorum-critical").await.0 == 200
+    })
+    .await;
+    let said = common::cluster::warrenctl(&http, &["check_if_node_is_quorum_critical"]).await;
+    assert_eq!(said, Ok(format!("no quorum queue would lose its quorum if node {} is stopped\n", cluster.names[0])));
+}

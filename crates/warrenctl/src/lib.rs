@@ -134,6 +134,10 @@ pub enum Command {
     /// Take every quorum queue's member on NODE out (a queue's last stays), as
     /// `rabbitmq-queues shrink`.
     Shrink { node: String },
+    /// Fail (exit code 1) when stopping the target node would cost a quorum queue its majority,
+    /// as `rabbitmq-queues check_if_node_is_quorum_critical`.
+    #[command(name = "check_if_node_is_quorum_critical", alias = "check-if-node-is-quorum-critical")]
+    CheckIfNodeIsQuorumCritical,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -364,6 +368,25 @@ impl Client {
         serde_json::from_str(&text)
             .map(Some)
             .map_err(|e| Error(format!("{method} {path}: the answer is not JSON: {e}")))
+    }
+
+    /// GET of a health check: its status code and JSON answer, whatever the code.
+    pub fn check(&self, path: &str) -> Result<(u16, Value), Error> {
+        let url = format!("{}{path}", self.base);
+        let mut response = self
+            .agent
+            .get(&url)
+            .header("Authorization", &self.auth)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .map_err(|e| Error(format!("GET {url}: {e}")))?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().map_err(|e| Error(format!("GET {url}: {e}")))?;
+        let body =
+            serde_json::from_str(&text).map_err(|e| Error(format!("GET {path}: the answer is not JSON: {e}")))?;
+        Ok((status, body))
     }
 
     pub fn get(&self, path: &str) -> Result<Value, Error> {
@@ -751,7 +774,34 @@ pub fn run(cli: &Cli) -> Result<String, Error> {
             let path = format!("/queues/quorum/replicas/on/{}/shrink", encode_segment(node));
             members_outcome(&client.delete_for(&path)?, g.format)
         }
+        Command::CheckIfNodeIsQuorumCritical => {
+            let node = client.get("/overview")?.get("node").and_then(Value::as_str).unwrap_or("the node").to_string();
+            let (status, body) = client.check("/health/checks/node-is-quorum-critical")?;
+            quorum_critical(status, &body, &node, g.format)
+        }
     }
+}
+
+/// The outcome of `check_if_node_is_quorum_critical` from the health check's answer: what to
+/// print when no queue is critical, an error naming each critical queue otherwise.
+pub fn quorum_critical(status: u16, body: &Value, node: &str, format: Format) -> Result<String, Error> {
+    if status == 200 {
+        return Ok(match format {
+            Format::Json => pretty(body),
+            Format::Table => format!("no quorum queue would lose its quorum if node {node} is stopped\n"),
+        });
+    }
+    let queues = body.get("queues").and_then(Value::as_array).ok_or_else(|| {
+        Error(format!("the node-is-quorum-critical check failed ({status}) and named no queues: {body}"))
+    })?;
+    let lines: Vec<String> = queues
+        .iter()
+        .map(|q| {
+            let name = q.get("readable_name").and_then(Value::as_str).unwrap_or("a queue");
+            format!("{name} would lose quorum if node {node} is stopped")
+        })
+        .collect();
+    Err(Error(lines.join("\n")))
 }
 
 /// What `grow` or `shrink` did, queue by queue: vhost, name, its member count after, and the
@@ -784,6 +834,24 @@ mod tests {
         assert_eq!(cli.global.format, Format::Json);
         assert_eq!((cli.global.host.as_str(), cli.global.port), ("127.0.0.1", 15672));
         assert_eq!((cli.global.user.as_str(), cli.global.password.as_str()), ("guest", "guest"));
+    }
+
+    #[test]
+    fn the_quorum_critical_check_names_each_critical_queue() {
+        let ok = quorum_critical(200, &json!({"status": "ok"}), "w1@h", Format::Table).expect("ok");
+        assert_eq!(ok, "no quorum queue would lose its quorum if node w1@h is stopped\n");
+        let failed = json!({"status": "failed", "reason": "...", "queues": [
+            {"readable_name": "queue 'a' in vhost '/'", "name": "a", "virtual_host": "/", "type": "quorum"},
+            {"readable_name": "queue 'b' in vhost 'v'", "name": "b", "virtual_host": "v", "type": "quorum"}]});
+        let err = quorum_critical(503, &failed, "w1@h", Format::Table).expect_err("critical");
+        assert_eq!(
+            err.0,
+            "queue 'a' in vhost '/' would lose quorum if node w1@h is stopped\n\
+             queue 'b' in vhost 'v' would lose quorum if node w1@h is stopped"
+        );
+        assert!(quorum_critical(500, &json!({"error": "x"}), "w1@h", Format::Table).is_err());
+        let cli = Cli::try_parse_from(["warrenctl", "check_if_node_is_quorum_critical"]).expect("parses");
+        assert!(matches!(cli.command, Command::CheckIfNodeIsQuorumCritical));
     }
 
     #[test]

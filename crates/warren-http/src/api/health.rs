@@ -36,9 +36,52 @@ pub(crate) async fn alarms(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-/// A single node has no quorum to lose (RabbitMQ answers the same for a one-node cluster).
-pub(crate) async fn quorum_critical() -> Response {
-    Json(json!({"status": "ok", "reason": "single node cluster"})).into_response()
+/// RabbitMQ's `node-is-quorum-critical` check (what `rabbitmq-queues
+/// check_if_node_is_quorum_critical` asks before a node is stopped): 503 listing the quorum
+/// queues with a member on this node whose running members are no more than a majority (this
+/// node stopped, they would lose their quorum), 200 otherwise; a single node has no quorum to
+/// lose, and says so as RabbitMQ does.
+pub(crate) async fn quorum_critical(State(shared): State<Arc<Shared>>) -> Response {
+    let view = shared.cluster_view();
+    if view.nodes().len() <= 1 {
+        return Json(json!({"status": "ok", "reason": "single node cluster"})).into_response();
+    }
+    let me = view.node_name();
+    let keys = shared.broker().queue_keys();
+    let mut critical = Vec::new();
+    for chunk in keys.chunks(256) {
+        let details = shared.broker().queue_details(chunk);
+        for (q, _) in details {
+            if q.arguments.get("x-queue-type").and_then(|t| t.as_str()) != Some("quorum") {
+                continue;
+            }
+            let Some(r) = view.replica(&q.vhost, &q.name) else { continue };
+            if !r.members.contains(&me) {
+                continue;
+            }
+            let running = r.online.iter().filter(|n| r.members.contains(n)).count();
+            if running <= r.members.len() / 2 + 1 {
+                critical.push(json!({
+                    "readable_name": format!("queue '{}' in vhost '{}'", q.name, q.vhost),
+                    "name": q.name.as_str(),
+                    "virtual_host": q.vhost.as_str(),
+                    "type": "quorum",
+                }));
+            }
+        }
+    }
+    if critical.is_empty() {
+        return Json(json!({"status": "ok"})).into_response();
+    }
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({
+            "status": "failed",
+            "reason": "There are quorum queues that would lose their quorum if the target node is shut down",
+            "queues": critical,
+        })),
+    )
+        .into_response()
 }
 
 /// The port is one of Warren's listeners (AMQP, AMQPS, HTTP or HTTPS), as RabbitMQ checks its own.
