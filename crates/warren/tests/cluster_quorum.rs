@@ -669,6 +669,14 @@ async fn a_node_is_quorum_critical_once_stopping_it_would_cost_a_queue_its_major
         q["online"] == serde_json::json!(all)
     })
     .await;
+    // Every node shows the leader as the queue's `node`, as RabbitMQ does for quorum queues.
+    for node in &cluster.nodes {
+        let addr = node.http();
+        eventually("the leader known", || async { get(&addr, "/api/queues/%2F/qq").await.1["leader"].is_string() })
+            .await;
+        let (_, q) = get(&addr, "/api/queues/%2F/qq").await;
+        assert_eq!(q["node"], q["leader"], "{q}");
+    }
     // Three members running: one can stop.
     let (status, body) = get(&http, "/api/health/checks/node-is-quorum-critical").await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")), "{body}");

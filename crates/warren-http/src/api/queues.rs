@@ -37,7 +37,8 @@ struct QueueRow<'a> {
     messages_ready: u32,
     messages_unacknowledged: u32,
     name: &'a str,
-    node: &'a str,
+    /// The node the queue lives on: this one, or a quorum queue's leader (as RabbitMQ shows).
+    node: std::borrow::Cow<'a, str>,
     operator_policy: &'a Option<String>,
     policy: &'a Option<String>,
     // RabbitMQ's states have no word for it: a queue whose storage failed keeps serving what
@@ -74,7 +75,7 @@ fn queue_row<'a>(q: &'a QueueInfo, stats: MessageStats, node: &'a str) -> QueueR
         messages_ready: q.messages_ready,
         messages_unacknowledged: q.messages_unacked,
         name: &q.name,
-        node,
+        node: std::borrow::Cow::Borrowed(node),
         operator_policy: &q.operator_policy,
         policy: &q.policy,
         state: if q.storage_trouble.is_some() { "degraded" } else { "running" },
@@ -89,6 +90,9 @@ fn queue_row_in<'a>(shared: &Shared, q: &'a QueueInfo, stats: MessageStats, node
     let mut row = queue_row(q, stats, node);
     if row.kind == "quorum" {
         if let Some(r) = shared.cluster_view().replica(&q.vhost, &q.name) {
+            if let Some(leader) = &r.leader {
+                row.node = std::borrow::Cow::Owned(leader.clone());
+            }
             row.leader = r.leader;
             row.members = Some(r.members);
             row.online = Some(r.online);
