@@ -41,11 +41,20 @@ const BATCH_MAX: usize = 512;
 #[derive(Debug, Clone, Default)]
 pub struct QueueMachine {
     queue: QuorumQueue,
+    /// Body bytes of the messages this member applied since it started or restored a
+    /// snapshot: how much log a snapshot would let go (`snapshot_when_worth_it`). Not part of
+    /// the replicated state (a snapshot does not carry it).
+    enqueued_bytes: u64,
 }
 
 impl QueueMachine {
     pub fn new(config: QuorumConfig) -> Self {
-        QueueMachine { queue: QuorumQueue::new(config) }
+        QueueMachine { queue: QuorumQueue::new(config), enqueued_bytes: 0 }
+    }
+
+    /// Body bytes of the messages applied since this member started or restored a snapshot.
+    pub fn enqueued_bytes(&self) -> u64 {
+        self.enqueued_bytes
     }
 
     pub fn queue(&self) -> &QuorumQueue {
@@ -62,6 +71,11 @@ impl Machine for QueueMachine {
     type Output = Vec<Output>;
 
     fn apply(&mut self, index: u64, batch: &Vec<Stamped>) -> Vec<Output> {
+        for c in batch {
+            if let Command::Enqueue { msg } = &c.command {
+                self.enqueued_bytes += msg.body.len() as u64;
+            }
+        }
         batch.iter().map(|c| self.queue.apply(index, c)).collect()
     }
 
@@ -71,6 +85,7 @@ impl Machine for QueueMachine {
 
     fn restore(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.queue = QuorumQueue::restore(bytes)?;
+        self.enqueued_bytes = 0;
         Ok(())
     }
 
@@ -195,6 +210,9 @@ struct Replica {
     /// The member's progress as last seen (openraft's applied index, the host's handled one),
     /// and since when it has been behind without moving (`restart_stuck_members`).
     progress: parking_lot::Mutex<(Option<u64>, u64, Option<tokio::time::Instant>)>,
+    /// The machine's `enqueued_bytes` when this host last asked for a snapshot, when, and the
+    /// snapshot index then (`snapshot_when_worth_it`).
+    snapshot_mark: parking_lot::Mutex<(u64, Option<tokio::time::Instant>, u64)>,
     /// A batch of this member's commands was committed and applied here: it holds what its
     /// group had committed before (true from the start for a member started again in the same
     /// run, which has no first command to wait for).
@@ -231,7 +249,58 @@ pub struct QueueHost {
 /// messages included, and the log's entries stay in memory until a snapshot lets them go,
 /// while a snapshot holds only the messages still in the queue.
 fn queue_group_config() -> GroupConfig {
-    GroupConfig { snapshot_every_entries: 1000, kept_after_snapshot_entries: 100, ..GroupConfig::default() }
+    // Snapshots are the host's to call (`snapshot_when_worth_it`), not openraft's every N.
+    GroupConfig { snapshot_every_entries: 0, kept_after_snapshot_entries: 100, ..GroupConfig::default() }
+}
+
+/// Entries applied since a member's last snapshot before it takes another (at the least).
+const SNAPSHOT_AFTER_ENTRIES: u64 = 1000;
+
+/// Whether a snapshot is worth taking `since` entries after the last one, with `new_bytes` of
+/// message bodies applied since and `ready_bytes` in the queue (what the snapshot writes).
+fn worth_snapshotting(since: u64, new_bytes: u64, ready_bytes: u64) -> bool {
+    since >= SNAPSHOT_AFTER_ENTRIES && new_bytes.saturating_mul(2) >= ready_bytes
+}
+
+/// Asks each member for a snapshot once it is worth it: at least [`SNAPSHOT_AFTER_ENTRIES`]
+/// entries applied since the last one, and at least half as many message bytes applied since
+/// as the queue holds ready. A snapshot is the whole queue; taken every 1,000 entries whatever
+/// the queue holds (openraft's policy), a deep backlog was written out again and again, each
+/// time the whole of it, and publishing stalled for seconds at a time (session 16: 300,000
+/// messages of 1 KiB). Now what snapshots write stays within a few times what is published,
+/// while a queue that keeps up still snapshots every 1,000 entries.
+fn snapshot_when_worth_it(replicas: &[Arc<Replica>]) {
+    for replica in replicas {
+        let status = replica.group.status();
+        if matches!(status.role, warren_raft::Role::Shutdown) {
+            continue;
+        }
+        let applied = status.applied_index.unwrap_or(0);
+        let since = applied.saturating_sub(status.snapshot_index.unwrap_or(0));
+        if since < SNAPSHOT_AFTER_ENTRIES {
+            continue;
+        }
+        let (ready_bytes, enqueued) =
+            replica.group.with_machine(|m: &QueueMachine| (m.queue().ready_bytes(), m.enqueued_bytes()));
+        let mut mark = replica.snapshot_mark.lock();
+        // A snapshot asked for and not taken yet: not again for a while.
+        if mark.1.is_some_and(|at| at.elapsed() < Duration::from_secs(10))
+            && status.snapshot_index.unwrap_or(0) <= mark.2
+        {
+            continue;
+        }
+        // The counter starts again from 0 when the member restores a snapshot.
+        let base = if mark.0 > enqueued { 0 } else { mark.0 };
+        if !worth_snapshotting(since, enqueued - base, ready_bytes) {
+            continue;
+        }
+        *mark = (enqueued, Some(tokio::time::Instant::now()), status.snapshot_index.unwrap_or(0));
+        drop(mark);
+        let group = replica.group.clone();
+        tokio::spawn(async move {
+            let _ = group.trigger_snapshot().await;
+        });
+    }
 }
 
 /// What a command's proposer is told: the reply, and basic.get's message.
@@ -535,6 +604,7 @@ impl QueueHost {
             restart_tried: parking_lot::Mutex::new(None),
             known_committed: std::sync::atomic::AtomicU64::new(0),
             progress: parking_lot::Mutex::new((None, 0, None)),
+            snapshot_mark: parking_lot::Mutex::new((0, None, 0)),
             in_step: watch::Sender::new(!new_run),
         });
         self.replicas.lock().insert(group_id, replica.clone());
@@ -722,6 +792,7 @@ impl QueueHost {
             }
             self.restart_dead_members(&replicas).await;
             restart_stuck_members(&replicas);
+            snapshot_when_worth_it(&replicas);
             quiet_or_wake(&replicas);
             // A leader an operator took out of its group stops leading once the change is
             // committed, without a word (its node stays up): the voters elect another at once
@@ -1409,6 +1480,19 @@ impl ReplicaSink for Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_snapshot_is_worth_it_once_the_log_holds_half_what_it_would_write() {
+        // A queue that keeps up: every 1,000 entries, as before.
+        assert!(worth_snapshotting(1000, 10, 0));
+        assert!(!worth_snapshotting(999, 10, 0));
+        // A 300 MB backlog: not until 150 MB came in since the last one.
+        assert!(!worth_snapshotting(5000, 100 << 20, 300 << 20));
+        assert!(worth_snapshotting(5000, 150 << 20, 300 << 20));
+        // Draining it with nothing new: once what is left is no more than twice the log.
+        assert!(!worth_snapshotting(9000, 100 << 20, 250 << 20));
+        assert!(worth_snapshotting(9000, 100 << 20, 200 << 20));
+    }
 
     #[test]
     fn members_start_with_the_declaring_node_and_agree_everywhere() {

@@ -390,6 +390,11 @@ impl QuorumQueue {
         self.ready.len() as u64
     }
 
+    /// Body bytes of the messages ready to deliver.
+    pub fn ready_bytes(&self) -> u64 {
+        self.ready_bytes
+    }
+
     /// Messages delivered and not yet settled.
     pub fn unsettled_count(&self) -> u64 {
         self.checked_out.len() as u64
