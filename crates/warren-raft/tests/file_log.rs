@@ -24,15 +24,22 @@ fn temp(name: &str) -> std::path::PathBuf {
     dir
 }
 
-#[tokio::test]
-async fn a_member_restarted_from_its_log_rejoins_with_its_vote_and_entries() {
-    let dir = temp("member");
-    let mut cluster = Cluster::start_durable(durable_config(), &dir).await;
+/// A durable cluster in `dir` with the values 0 to 9 proposed and applied on every member; the
+/// index of the last.
+async fn durable_with_ten_values(dir: &std::path::Path) -> (Cluster, u64) {
+    let cluster = Cluster::start_durable(durable_config(), dir).await;
     let mut last = 0;
     for value in 0..10 {
         last = cluster.propose(value).await.0;
     }
     cluster.wait_applied(&[1, 2, 3], last).await;
+    (cluster, last)
+}
+
+#[tokio::test]
+async fn a_member_restarted_from_its_log_rejoins_with_its_vote_and_entries() {
+    let dir = temp("member");
+    let (mut cluster, mut last) = durable_with_ten_values(&dir).await;
     let leader = cluster.leader();
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     let term = cluster.group(follower).status().term;
@@ -94,12 +101,7 @@ async fn a_leader_that_lost_the_tail_of_its_log_comes_back_as_a_follower() {
     // not).
     use openraft::storage::RaftLogStorage;
     let dir = temp("lost-tail");
-    let mut cluster = Cluster::start_durable(durable_config(), &dir).await;
-    let mut last = 0;
-    for value in 0..10 {
-        last = cluster.propose(value).await.0;
-    }
-    cluster.wait_applied(&[1, 2, 3], last).await;
+    let (mut cluster, last) = durable_with_ten_values(&dir).await;
     let leader = cluster.leader();
     let term = cluster.group(leader).status().term;
     for id in 1..=3 {
