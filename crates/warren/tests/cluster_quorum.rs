@@ -699,6 +699,9 @@ async fn a_node_is_quorum_critical_once_stopping_it_would_cost_a_queue_its_major
     let said = common::cluster::warrenctl(&http, &["check_if_node_is_quorum_critical"]).await;
     let expected = format!("queue 'qq' in vhost '/' would lose quorum if node {} is stopped", cluster.names[0]);
     assert!(said.as_ref().is_err_and(|e| e.contains(&expected)), "{said:?}");
+    // rabbitmq-upgrade await_online_quorum_plus_one: gives up after its timeout.
+    let said = common::cluster::warrenctl(&http, &["await_online_quorum_plus_one", "--timeout", "1"]).await;
+    assert!(said.as_ref().is_err_and(|e| e.contains("time is up")), "{said:?}");
     // Back to three: fine again.
     cluster.restart(2);
     eventually("node 1 sees qq safe again", || async {
@@ -707,4 +710,6 @@ async fn a_node_is_quorum_critical_once_stopping_it_would_cost_a_queue_its_major
     .await;
     let said = common::cluster::warrenctl(&http, &["check_if_node_is_quorum_critical"]).await;
     assert_eq!(said, Ok(format!("no quorum queue would lose its quorum if node {} is stopped\n", cluster.names[0])));
+    let said = common::cluster::warrenctl(&http, &["await_online_quorum_plus_one", "--timeout", "10"]).await;
+    assert_eq!(said, Ok("every quorum queue has a majority plus one of its members online\n".to_owned()));
 }

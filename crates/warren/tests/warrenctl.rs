@@ -228,6 +228,15 @@ async fn cluster_status_against_warren() {
         "Cluster status of node warren@localhost ...\nBasics\n\nCluster name: warren@localhost\n\n\
          Disk Nodes\n\nwarren@localhost\n\nRunning Nodes\n\nwarren@localhost\n"
     );
+    // The rolling-upgrade checks have nothing to wait for on one node.
+    assert_eq!(
+        ok(&http, &["check_if_node_is_quorum_critical"]),
+        "no quorum queue would lose its quorum if node warren@localhost is stopped\n"
+    );
+    assert_eq!(
+        ok(&http, &["await_online_quorum_plus_one"]),
+        "the target node is the only one in a single node cluster: the command does not apply\n"
+    );
 }
 
 /// A server-named exclusive queue for a consumer to sit on.

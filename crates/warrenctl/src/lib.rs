@@ -138,6 +138,14 @@ pub enum Command {
     /// as `rabbitmq-queues check_if_node_is_quorum_critical`.
     #[command(name = "check_if_node_is_quorum_critical", alias = "check-if-node-is-quorum-critical")]
     CheckIfNodeIsQuorumCritical,
+    /// Wait until no quorum queue would lose its quorum if the target node stopped (each has
+    /// a majority plus one member running), as `rabbitmq-upgrade await_online_quorum_plus_one`;
+    /// fail once TIMEOUT seconds have passed.
+    #[command(name = "await_online_quorum_plus_one", alias = "await-online-quorum-plus-one")]
+    AwaitOnlineQuorumPlusOne {
+        #[arg(long, short = 't', default_value_t = 120)]
+        timeout: u64,
+    },
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -774,6 +782,27 @@ pub fn run(cli: &Cli) -> Result<String, Error> {
             let path = format!("/queues/quorum/replicas/on/{}/shrink", encode_segment(node));
             members_outcome(&client.delete_for(&path)?, g.format)
         }
+        Command::AwaitOnlineQuorumPlusOne { timeout } => {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(*timeout);
+            loop {
+                let (status, body) = client.check("/health/checks/node-is-quorum-critical")?;
+                if status == 200 {
+                    return Ok(if body.get("reason").and_then(Value::as_str) == Some("single node cluster") {
+                        "the target node is the only one in a single node cluster: the command does not apply\n"
+                            .to_string()
+                    } else {
+                        "every quorum queue has a majority plus one of its members online\n".to_string()
+                    });
+                }
+                if std::time::Instant::now() >= deadline {
+                    return Err(Error(
+                        "time is up, no quorum + 1 online replicas came online for at least some quorum queues"
+                            .to_string(),
+                    ));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        }
         Command::CheckIfNodeIsQuorumCritical => {
             let node = client.get("/overview")?.get("node").and_then(Value::as_str).unwrap_or("the node").to_string();
             let (status, body) = client.check("/health/checks/node-is-quorum-critical")?;
@@ -852,6 +881,8 @@ mod tests {
         assert!(quorum_critical(500, &json!({"error": "x"}), "w1@h", Format::Table).is_err());
         let cli = Cli::try_parse_from(["warrenctl", "check_if_node_is_quorum_critical"]).expect("parses");
         assert!(matches!(cli.command, Command::CheckIfNodeIsQuorumCritical));
+        let cli = Cli::try_parse_from(["warrenctl", "await_online_quorum_plus_one", "-t", "5"]).expect("parses");
+        assert!(matches!(cli.command, Command::AwaitOnlineQuorumPlusOne { timeout: 5 }));
     }
 
     #[test]
