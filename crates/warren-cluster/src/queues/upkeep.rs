@@ -1,0 +1,237 @@
+//! Keeping this node's members healthy and cheap, checked every 500 ms by
+//! [`QueueHost::watch_nodes`](super::QueueHost) and around the members' tasks: snapshots when
+//! they are worth it, stuck and panicked members stopped (to be started again from their
+//! logs), idle groups' timers turned off, elections called when a leader's node goes.
+
+use super::*;
+
+/// Entries applied since a member's last snapshot before it takes another (at the least).
+const SNAPSHOT_AFTER_ENTRIES: u64 = 1000;
+
+/// Whether a snapshot is worth taking `since` entries after the last one, with `new_bytes` of
+/// message bodies applied since and `ready_bytes` in the queue (what the snapshot writes).
+fn worth_snapshotting(since: u64, new_bytes: u64, ready_bytes: u64) -> bool {
+    since >= SNAPSHOT_AFTER_ENTRIES && new_bytes.saturating_mul(2) >= ready_bytes
+}
+
+/// Asks each member for a snapshot once it is worth it: at least [`SNAPSHOT_AFTER_ENTRIES`]
+/// entries applied since the last one, and at least half as many message bytes applied since
+/// as the queue holds ready. A snapshot is the whole queue; taken every 1,000 entries whatever
+/// the queue holds (openraft's policy), a deep backlog was written out again and again, each
+/// time the whole of it, and publishing stalled for seconds at a time (session 16: 300,000
+/// messages of 1 KiB). Now what snapshots write stays within a few times what is published,
+/// while a queue that keeps up still snapshots every 1,000 entries.
+pub(super) fn snapshot_when_worth_it(replicas: &[Arc<Replica>]) {
+    for replica in replicas {
+        let status = replica.group.status();
+        if matches!(status.role, warren_raft::Role::Shutdown) {
+            continue;
+        }
+        let applied = status.applied_index.unwrap_or(0);
+        let since = applied.saturating_sub(status.snapshot_index.unwrap_or(0));
+        if since < SNAPSHOT_AFTER_ENTRIES {
+            continue;
+        }
+        let (ready_bytes, enqueued) =
+            replica.group.with_machine(|m: &QueueMachine| (m.queue().ready_bytes(), m.enqueued_bytes()));
+        let mut mark = replica.snapshot_mark.lock();
+        // A snapshot asked for and not taken yet: not again for a while.
+        if mark.1.is_some_and(|at| at.elapsed() < Duration::from_secs(10))
+            && status.snapshot_index.unwrap_or(0) <= mark.2
+        {
+            continue;
+        }
+        // The counter starts again from 0 when the member restores a snapshot.
+        let base = if mark.0 > enqueued { 0 } else { mark.0 };
+        if !worth_snapshotting(since, enqueued - base, ready_bytes) {
+            continue;
+        }
+        *mark = (enqueued, Some(tokio::time::Instant::now()), status.snapshot_index.unwrap_or(0));
+        drop(mark);
+        let group = replica.group.clone();
+        tokio::spawn(async move {
+            let _ = group.trigger_snapshot().await;
+        });
+    }
+}
+
+/// How long a member may stay behind what its group committed, without applying anything,
+/// before it is taken for stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(20);
+
+/// Stops each member that has been stuck for [`STUCK_AFTER`]: entries committed (as this node
+/// knows from its own log, or from the leader that committed its forwarded commands) that
+/// openraft does not apply here, or entries applied that the host does not take in. Whatever
+/// wedged it (none is known: this is a safety net), such a member would leave what the group
+/// checked out to this node's consumers checked out for good, since the node itself is up.
+/// Stopped, it is started again from its log by `restart_dead_members` (a new core calls an
+/// election should its leader not be sending it the log).
+pub(super) fn restart_stuck_members(replicas: &[Arc<Replica>]) {
+    let now = tokio::time::Instant::now();
+    for replica in replicas {
+        if *replica.stop.borrow() {
+            continue;
+        }
+        let status = replica.group.status();
+        if status.role == warren_raft::Role::Shutdown {
+            continue;
+        }
+        let applied = status.applied_index;
+        let handled = *replica.handled.borrow();
+        let committed = replica
+            .log
+            .committed_index()
+            .max(Some(replica.known_committed.load(std::sync::atomic::Ordering::Relaxed)).filter(|i| *i > 0));
+        let taken_in = replica.group.with_machine(|m| m.queue().applied_index());
+        let behind = committed > applied || taken_in > handled;
+        let mut progress = replica.progress.lock();
+        if !behind || (progress.0, progress.1) != (applied, handled) {
+            *progress = (applied, handled, behind.then_some(now));
+            continue;
+        }
+        let since = *progress.2.get_or_insert(now);
+        if now.duration_since(since) < STUCK_AFTER {
+            continue;
+        }
+        progress.2 = Some(now);
+        tracing::error!(
+            "quorum queue '{}' in vhost '{}': this node's member has applied nothing for {STUCK_AFTER:?} (applied {applied:?}, taken in {handled}, committed {committed:?}); it stops, to be started again from its log",
+            replica.name,
+            replica.vhost
+        );
+        let group = replica.group.clone();
+        tokio::spawn(async move {
+            let _ = group.shutdown().await;
+        });
+    }
+}
+
+/// Waits for one of a member's tasks to end. One that panicked would leave the member half
+/// alive: its group goes on (this node still acknowledges the log) while the deliveries to this
+/// node's consumers, or this node's commands, stop for good, and what the group checked out
+/// here stays checked out. The member is stopped instead, with the panic logged, and
+/// `restart_dead_members` starts it again from its log (which returns what was checked out
+/// here and never delivered).
+pub(super) async fn supervise(replica: Arc<Replica>, what: &'static str, task: tokio::task::JoinHandle<()>) {
+    let Err(e) = task.await else { return };
+    if !e.is_panic() || *replica.stop.borrow() {
+        return;
+    }
+    let panic = e.into_panic();
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_owned());
+    tracing::error!(
+        "quorum queue '{}' in vhost '{}': {what} failed on this node ({message}); its member stops, to be started again from its log",
+        replica.name,
+        replica.vhost
+    );
+    let _ = replica.group.shutdown().await;
+}
+
+/// What changes when a group does something: its term, its leader, its last log index.
+pub(super) type ActivityKey = (u64, Option<u64>, Option<u64>);
+
+pub(super) fn activity_key(status: &warren_raft::Status) -> ActivityKey {
+    (status.term, status.leader, status.last_log_index)
+}
+
+/// How long a group must have done nothing before a follower's member turns its timers off,
+/// and before a leader's does: followers first, so that none misses heartbeats with its
+/// election timer still running (the check runs every 500 ms, so a follower is quiet within
+/// 2.5 s and a leader not before 4 s).
+const QUIET_FOLLOWER_AFTER: Duration = Duration::from_secs(2);
+const QUIET_LEADER_AFTER: Duration = Duration::from_secs(4);
+
+/// Turns the timers of this node's members of idle groups off, and on again for those that
+/// did something since (`Group::set_quiet`): a thousand idle quorum queues then cost neither
+/// heartbeats nor election ticks. An idle group's leader lost is seen by its node's connection
+/// closing ([`QueueHost::watch_nodes`] wakes the group and calls elections); a leader woken by
+/// a proposal (`Group::submit`) sends heartbeats at once, and its followers wake as their logs
+/// move.
+pub(super) fn quiet_or_wake(replicas: &[Arc<Replica>]) {
+    let now = tokio::time::Instant::now();
+    for replica in replicas {
+        let status = replica.group.status();
+        let key = activity_key(&status);
+        let mut activity = replica.activity.lock();
+        if activity.0 != key {
+            *activity = (key, now);
+            if replica.group.is_quiet() {
+                replica.group.set_quiet(false);
+            }
+            continue;
+        }
+        let idle_for = now.duration_since(activity.1);
+        let after = if status.role == warren_raft::Role::Leader { QUIET_LEADER_AFTER } else { QUIET_FOLLOWER_AFTER };
+        let settled =
+            matches!(status.role, warren_raft::Role::Leader | warren_raft::Role::Follower | warren_raft::Role::Learner)
+                && status.leader.is_some();
+        // Not while this node has commands for the group: a follower whose leader went silent
+        // (isolated, paused) sees its log stand still too, and must keep its election timer.
+        let busy = replica.busy.load(std::sync::atomic::Ordering::Relaxed) || !replica.pending.lock().is_empty();
+        if settled && !busy && idle_for >= after && !replica.group.is_quiet() {
+            replica.group.set_quiet(true);
+        }
+    }
+}
+
+/// Calls elections in `group` when its leader is among the nodes `gone`, from the members still
+/// connected (`up`, and this node `me`), staggered by their rank so that two do not split the
+/// vote: the lowest id calls one at once (the others may have stopped hearing the leader long
+/// ago) and again just after `lease`, the time a member refuses votes for after it last heard
+/// its leader (openraft's leader lease, its maximal election timeout), when the others grant
+/// it; the second lowest calls one a little later if no leader came by then (the first may have
+/// had the shorter log, which the others refuse). An election a member calls is one openraft's
+/// timers would have called later; each stops once a new leader is known.
+pub(super) fn campaign_if_leader_gone<M: warren_raft::Machine>(
+    group: &Group<M>,
+    me: u64,
+    up: &std::collections::BTreeSet<u64>,
+    gone: &[u64],
+    lease: Duration,
+) {
+    let status = group.status();
+    let Some(leader) = status.leader.filter(|l| gone.contains(l)) else { return };
+    let here = status.voters.iter().copied().filter(|v| *v == me || up.contains(v));
+    let at: Vec<Duration> = match here.into_iter().position(|v| v == me) {
+        Some(0) => vec![Duration::ZERO, lease + Duration::from_millis(30)],
+        Some(1) => vec![lease + Duration::from_millis(300)],
+        _ => return,
+    };
+    let group = group.clone();
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        for when in at {
+            tokio::time::sleep_until(start + when).await;
+            let now = group.status();
+            if now.role == warren_raft::Role::Shutdown || now.leader.is_some_and(|l| l != leader) {
+                return;
+            }
+            if let Err(e) = group.campaign().await {
+                tracing::warn!("cannot call an election in group {:016x}: {}", group.id(), e.reason);
+                return;
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_is_worth_it_once_the_log_holds_half_what_it_would_write() {
+        // A queue that keeps up: every 1,000 entries, as before.
+        assert!(worth_snapshotting(1000, 10, 0));
+        assert!(!worth_snapshotting(999, 10, 0));
+        // A 300 MB backlog: not until 150 MB came in since the last one.
+        assert!(!worth_snapshotting(5000, 100 << 20, 300 << 20));
+        assert!(worth_snapshotting(5000, 150 << 20, 300 << 20));
+        // Draining it with nothing new: once what is left is no more than twice the log.
+        assert!(!worth_snapshotting(9000, 100 << 20, 250 << 20));
+        assert!(worth_snapshotting(9000, 100 << 20, 200 << 20));
+    }
+}
