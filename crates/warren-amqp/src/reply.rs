@@ -35,6 +35,34 @@ impl ReplyCode {
         self as u16
     }
 
+    /// The reply code numbered `code`, if it is one.
+    pub fn from_code(code: u16) -> Option<ReplyCode> {
+        use ReplyCode::*;
+        [
+            ReplySuccess,
+            ContentTooLarge,
+            NoRoute,
+            NoConsumers,
+            ConnectionForced,
+            InvalidPath,
+            AccessRefused,
+            NotFound,
+            ResourceLocked,
+            PreconditionFailed,
+            FrameError,
+            SyntaxError,
+            CommandInvalid,
+            ChannelError,
+            UnexpectedFrame,
+            ResourceError,
+            NotAllowed,
+            NotImplemented,
+            InternalError,
+        ]
+        .into_iter()
+        .find(|c| c.code() == code)
+    }
+
     /// The spec's name, as RabbitMQ puts it at the start of a reply text.
     pub fn name(self) -> &'static str {
         match self {

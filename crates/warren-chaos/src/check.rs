@@ -12,7 +12,7 @@ const SAMPLE: usize = 20;
 #[derive(Clone, Debug)]
 pub struct Rules {
     /// The queue is replicated (a quorum queue): a confirm given by a node cut off from a
-    /// majority is a violation. For a classic queue (each node's own) it is only reported.
+    /// majority is a violation. For a classic queue (on one node, its home) it is only reported.
     pub replicated: bool,
     /// Enforce the time-to-recover gates (needs a majority left standing: 3 nodes or more).
     pub gates: bool,

@@ -306,6 +306,17 @@ impl MetaHost {
                 tracing::error!("metadata: {e}");
             }
         }
+        // A classic queue declared through another node lives there: reached through it.
+        let declared: Vec<crate::meta::Key> = ops
+            .iter()
+            .filter_map(|op| match op {
+                DefOp::PutQueue(q) => Some((q.vhost.clone(), q.name.clone())),
+                _ => None,
+            })
+            .collect();
+        if !declared.is_empty() {
+            self.group.with_machine(|m: &Metadata| crate::forward::mark_homes(&mut core, m, self.me, Some(&declared)));
+        }
         core.deliver(&mut out);
     }
 
@@ -317,6 +328,9 @@ impl MetaHost {
         let here = Metadata::from_definitions(&core.replicated_definitions());
         let fixes = here.changes_to(&target, ops);
         if fixes.is_empty() {
+            if ops.is_none() {
+                crate::forward::mark_homes(&mut core, &target, self.me, None);
+            }
             return;
         }
         let now = self.shared.now_ms();
@@ -325,6 +339,18 @@ impl MetaHost {
             if let Err(e) = core.apply_replicated(op, now, &mut out) {
                 tracing::error!("metadata: while undoing an uncommitted change: {e}");
             }
+        }
+        // Classic queues that live on other nodes are reached through them.
+        let declared: Vec<crate::meta::Key> = fixes
+            .iter()
+            .filter_map(|op| match op {
+                DefOp::PutQueue(q) => Some((q.vhost.clone(), q.name.clone())),
+                _ => None,
+            })
+            .collect();
+        match ops {
+            None => crate::forward::mark_homes(&mut core, &target, self.me, None),
+            Some(_) => crate::forward::mark_homes(&mut core, &target, self.me, Some(&declared)),
         }
         core.deliver(&mut out);
     }

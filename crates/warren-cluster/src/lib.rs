@@ -5,6 +5,7 @@
 //! snapshots the queue's own. To come, in this crate: the node-to-node transport, the metadata
 //! group, and the hosts that turn a queue's effects into deliveries on the leader.
 
+pub mod forward;
 pub mod host;
 pub mod meta;
 

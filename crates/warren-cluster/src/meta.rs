@@ -56,7 +56,7 @@ pub struct MetaOutput {
     pub members: Option<Result<(), String>>,
 }
 
-type Key = (String, String);
+pub type Key = (String, String);
 type TopicKey = (String, String, String);
 /// A policy's key: operator or not, vhost, name.
 type PolicyKey = (bool, String, String);
@@ -240,6 +240,19 @@ impl Metadata {
     /// Every quorum queue with its placement, ordered.
     pub fn placements(&self) -> impl Iterator<Item = (&Key, &Placement)> {
         self.placements.iter().filter(|(k, _)| self.queues.get(*k).is_some_and(is_quorum))
+    }
+
+    /// Every classic queue with a home recorded: its key, its placement's group and its home.
+    pub fn homes(&self) -> impl Iterator<Item = (&Key, u64, u64)> {
+        self.placements
+            .iter()
+            .filter(|(k, _)| self.queues.get(*k).is_some_and(|q| !is_quorum(q)))
+            .map(|(k, p)| (k, p.group, p.origin))
+    }
+
+    /// The classic queue whose placement is `group`, with its home.
+    pub fn home_of_group(&self, group: u64) -> Option<(Key, u64)> {
+        self.homes().find(|(_, g, _)| *g == group).map(|(k, _, home)| (k.clone(), home))
     }
 
     /// The node classic queue `name` in `vhost` lives on (RabbitMQ's queue `node`): the one

@@ -51,6 +51,7 @@ use warren_store::{Backend, LogConfig, MemBackend, SegmentLog, SyncHandle};
 mod access;
 mod alarms;
 mod delivery;
+mod forward;
 pub mod limits;
 pub mod management;
 mod persist;
@@ -181,6 +182,9 @@ struct Conn {
     /// the ones it owns: most connections never declare one, and the management API opens and
     /// closes a connection per operation (100,000 times for a definitions import).
     owns_exclusive: bool,
+    /// A connection with no socket: another node's clients of a classic queue that lives
+    /// here (`Broker::open_virtual_connection`). Not listed, not counted against limits.
+    hidden: bool,
 }
 
 #[derive(Debug)]
@@ -823,7 +827,7 @@ impl Broker {
             return Err(ProtocolError::new(ReplyCode::NotAllowed, format_args!("vhost {} not found", info.vhost)));
         }
         if let Some(max) = self.config.connection_max {
-            if self.conns.len() >= max as usize {
+            if self.conns.values().filter(|c| !c.lock().hidden).count() >= max as usize {
                 return Err(ProtocolError::new(
                     ReplyCode::NotAllowed,
                     format_args!("connection refused: node connection limit ({max}) is reached"),
@@ -855,6 +859,7 @@ impl Broker {
                 alarm_blocked: false,
                 blocked_sent: false,
                 owns_exclusive: false,
+                hidden: false,
             }),
         );
         self.counters.connections_opened += 1;
@@ -1105,7 +1110,8 @@ impl Broker {
     }
 
     pub fn overview(&self) -> Overview {
-        let mut o = Overview { connections: self.conns.len(), store: self.stats, ..Default::default() };
+        let connections = self.conns.values().filter(|c| !c.lock().hidden).count();
+        let mut o = Overview { connections, store: self.stats, ..Default::default() };
         o.store.confirms += self.pending_counters().1;
         for c in self.conns.values().map(|c| c.lock()) {
             o.channels += c.channels.len();

@@ -223,6 +223,10 @@ pub struct Replica {
     pub ready: u64,
     /// Messages delivered and not yet settled.
     pub unacked: u64,
+    /// Not a quorum queue's group but a classic queue's home on another node (`group` is the
+    /// queue's placement there): its deliveries carry no `x-delivery-count`, and it
+    /// dead-letters at home.
+    pub forwarded: bool,
 }
 
 #[derive(Debug)]

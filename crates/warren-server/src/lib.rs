@@ -45,7 +45,7 @@ pub const SYNC_INTERVAL: Duration = Duration::from_millis(200);
 /// Where a connection's output goes: its task's channel, and the deliveries staged for it while
 /// the broker is shared ([`Stager`]).
 struct Outbox {
-    tx: mpsc::UnboundedSender<Outgoing>,
+    tx: OutTx,
     /// Deliveries staged by publishers' threads, in the order their channels gave them tags,
     /// encoded as they are staged; handed to `tx` (under this lock, so in that order) before
     /// the stager lets go of the broker.
@@ -53,6 +53,18 @@ struct Outbox {
     /// The connection's negotiated frame size, for encoding what is staged.
     frame_max: u32,
 }
+
+/// Where an outbox's output goes: a client connection's task, or, for a connection with no
+/// socket (another node's clients, see [`Core::open_virtual`]), whoever carries its output
+/// as it is, tagged with the connection.
+enum OutTx {
+    Socket(mpsc::UnboundedSender<Outgoing>),
+    Virtual(mpsc::UnboundedSender<(ConnId, Vec<Out>)>),
+}
+
+/// Output of connections with no socket, tagged with the connection
+/// ([`Core::open_virtual`]).
+pub type VirtualOutput = mpsc::UnboundedReceiver<(ConnId, Vec<Out>)>;
 
 /// What a connection's task receives, in the order it is to be written: output to encode, or
 /// deliveries another thread encoded as it made them, with their bytes as counted by the
@@ -149,6 +161,7 @@ impl<'a> Stager<'a> {
     pub(crate) fn flush(&self) {
         for conn in self.touched.borrow_mut().drain(..) {
             let Some(o) = self.core.outboxes.get(&conn) else { continue };
+            let OutTx::Socket(tx) = &o.tx else { continue };
             let mut staged = o.staged.lock();
             if !staged.buf.is_empty() {
                 // The next batch is likely as large: room for it saves growing from nothing
@@ -157,7 +170,7 @@ impl<'a> Stager<'a> {
                 let room = staged.buf.len().min(STAGED_ROOM_MAX);
                 let next = Staged { buf: outbuf::OutBuf::with_capacity(room), delivered: 0 };
                 let Staged { buf, delivered } = std::mem::replace(&mut *staged, next);
-                let _ = o.tx.send(Outgoing::Encoded(buf, delivered));
+                let _ = tx.send(Outgoing::Encoded(buf, delivered));
             }
         }
     }
@@ -167,6 +180,11 @@ impl warren_core::Stage for Stager<'_> {
     fn stage(&self, conn: ConnId, out: Out) {
         let Some(o) = self.core.outboxes.get(&conn) else { return };
         let mut staged = o.staged.lock();
+        if let OutTx::Virtual(tx) = &o.tx {
+            // Under the staged lock, so in the order the channels gave the deliveries tags.
+            let _ = tx.send((conn, vec![out]));
+            return;
+        }
         if staged.buf.is_empty() {
             self.touched.borrow_mut().push(conn);
         }
@@ -209,8 +227,14 @@ impl Core {
     fn send(&self, conn: ConnId, outs: Vec<Out>) {
         // A connection that is going away has dropped its receiver; the broker requeues
         // whatever it had unacked when it learns of the close.
-        if let Some(o) = self.outboxes.get(&conn) {
-            let _ = o.tx.send(Outgoing::Outs(outs));
+        match self.outboxes.get(&conn).map(|o| &o.tx) {
+            Some(OutTx::Socket(tx)) => {
+                let _ = tx.send(Outgoing::Outs(outs));
+            }
+            Some(OutTx::Virtual(tx)) => {
+                let _ = tx.send((conn, outs));
+            }
+            None => {}
         }
     }
 
@@ -238,7 +262,7 @@ impl Core {
     }
 
     fn register(&mut self, conn: ConnId, tx: mpsc::UnboundedSender<Outgoing>, frame_max: u32) {
-        self.outboxes.insert(conn, Outbox { tx, staged: Mutex::new(Staged::default()), frame_max });
+        self.outboxes.insert(conn, Outbox { tx: OutTx::Socket(tx), staged: Mutex::new(Staged::default()), frame_max });
     }
 
     /// Where a connection learns that flow-blocked publishers may go on.
@@ -248,6 +272,30 @@ impl Core {
 
     fn unregister(&mut self, conn: ConnId) {
         self.outboxes.remove(&conn);
+    }
+
+    /// Opens a connection with no socket in `vhost` for another node's clients (`peer` names
+    /// them): its output goes to `tx`, tagged with its id, as the broker makes it.
+    pub fn open_virtual(
+        &mut self,
+        conn: ConnId,
+        vhost: &str,
+        peer: String,
+        tx: mpsc::UnboundedSender<(ConnId, Vec<Out>)>,
+    ) -> Result<(), warren_amqp::ProtocolError> {
+        self.broker.open_virtual_connection(conn, vhost, peer)?;
+        self.outboxes
+            .insert(conn, Outbox { tx: OutTx::Virtual(tx), staged: Mutex::new(Staged::default()), frame_max: 0 });
+        Ok(())
+    }
+
+    /// Closes a connection [`Core::open_virtual`] opened, as a client's connection closing:
+    /// its consumers go and what it held unacked is requeued.
+    pub fn close_virtual(&mut self, conn: ConnId, now_ms: u64) {
+        let mut out = Vec::new();
+        self.broker.connection_closed(conn, now_ms, &mut out);
+        self.outboxes.remove(&conn);
+        self.deliver(&mut out);
     }
 
     /// Logs storage failures the broker reported.
@@ -452,6 +500,19 @@ impl Shared {
             Some(sink) => sink.submit(work),
             None => tracing::error!("{} commands for replicated queues and no host to take them", work.len()),
         }
+    }
+
+    /// Hands commands for replicated queues to the sink directly (made without the broker's
+    /// list: by the cluster's own hosts).
+    pub fn submit_work(&self, work: Vec<warren_core::broker::ReplicaWork>) {
+        if let Some(sink) = self.replica_sink.get() {
+            sink.submit(work);
+        }
+    }
+
+    /// Wakes the sync loop: the broker wants a sync round (`Broker::sync_wanted`).
+    pub fn wake_sync(&self) {
+        self.sync_wanted.notify_one();
     }
 
     /// Sets what the management side shows of the cluster (once; later calls are ignored).

@@ -248,6 +248,8 @@ pub struct QueueHost {
     /// `queue_leader_locator = balanced`: quorum queues without `x-queue-leader-locator` are
     /// placed balanced.
     balanced_by_default: bool,
+    /// Classic queues that live on other nodes, reached through them.
+    forward: Arc<crate::forward::Forwarder>,
 }
 
 /// A quorum queue's group: snapshots every 1,000 entries with 100 kept behind (rather than
@@ -279,6 +281,7 @@ impl QueueHost {
         balanced_by_default: bool,
     ) -> Arc<QueueHost> {
         let me = node.id();
+        let forward = crate::forward::Forwarder::start(node.clone(), shared.clone(), meta.clone(), nodes.clone());
         let host = Arc::new(QueueHost {
             me,
             me32: node32(me),
@@ -294,6 +297,7 @@ impl QueueHost {
             config: queue_group_config(),
             first_conn: std::sync::atomic::AtomicU64::new(u64::MAX),
             balanced_by_default,
+            forward,
         });
         shared.broker().set_replica_node(host.me32);
         let first_conn = shared.set_replica_sink(Arc::new(Sink(Arc::downgrade(&host))));
@@ -902,6 +906,11 @@ impl QueueHost {
 
     /// Takes the broker's commands for the groups, in order.
     fn submit(&self, work: Vec<ReplicaWork>) {
+        // Commands for classic queues that live on other nodes go there.
+        let work = self.forward.take(work);
+        if work.is_empty() {
+            return;
+        }
         let replicas = self.replicas.lock();
         let mut lost = Vec::new();
         for w in work {

@@ -117,7 +117,8 @@ impl Broker {
         let Some(max) = self.vhosts.get(&info.vhost).and_then(|vh| vh.limits.connections()) else {
             return Ok(());
         };
-        let open = self.conns.values().filter(|c| *c.lock().vhost == *info.vhost).count() as u64;
+        let open =
+            self.conns.values().map(|c| c.lock()).filter(|c| !c.hidden && *c.vhost == *info.vhost).count() as u64;
         if open >= max {
             return Err(ProtocolError::new(
                 ReplyCode::NotAllowed,
@@ -194,7 +195,7 @@ impl Broker {
     /// Refuses a connection of a user that has as many as its `max-connections` allows.
     pub(super) fn check_user_connection_limit(&self, info: &ConnInfo) -> Res {
         let Some(max) = self.user_limits.get(&info.user).and_then(UserLimits::connections) else { return Ok(()) };
-        let open = self.conns.values().filter(|c| c.lock().info.user == info.user).count();
+        let open = self.conns.values().map(|c| c.lock()).filter(|c| !c.hidden && c.info.user == info.user).count();
         if open as u64 >= max {
             return Err(ProtocolError::new(
                 ReplyCode::NotAllowed,

@@ -140,6 +140,7 @@ impl Broker {
             .conns
             .iter()
             .map(|(id, c)| (id, c.lock()))
+            .filter(|(_, c)| !c.hidden)
             .map(|(id, c)| ConnectionSummary {
                 id: *id,
                 user: c.info.user.clone(),

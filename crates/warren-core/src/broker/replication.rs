@@ -251,7 +251,7 @@ impl Broker {
             return false;
         };
         let was = q.replica.map(|r| r.group);
-        q.replica = group.map(|group| crate::queue::Replica { group, ready: 0, unacked: 0 });
+        q.replica = group.map(|group| crate::queue::Replica { group, ready: 0, unacked: 0, forwarded: false });
         // Consumers that came while it was not served by its group attach to it now.
         if group.is_some_and(|g| was != Some(g)) {
             self.reattach_replica(vhost, name);
@@ -423,14 +423,22 @@ impl Broker {
             .map(Mutex::get_mut)
             .and_then(|c| c.channels.get(&owner.channel))
             .is_some_and(|ch| ch.state() == crate::channel::ChannelState::Open);
+        let forwarded = self.is_forwarded_for(owner.conn, queue);
         let Some((delivery, remaining)) = got else {
             if open {
-                let e = ProtocolError::new(
-                    ReplyCode::InternalError,
-                    format_args!(
-                        "basic.get from quorum queue '{queue}' was not committed by a majority of its members in time"
-                    ),
-                )
+                let e = if forwarded {
+                    ProtocolError::new(
+                        ReplyCode::InternalError,
+                        format_args!("basic.get from queue '{queue}' was not answered by the node it lives on in time"),
+                    )
+                } else {
+                    ProtocolError::new(
+                        ReplyCode::InternalError,
+                        format_args!(
+                            "basic.get from quorum queue '{queue}' was not committed by a majority of its members in time"
+                        ),
+                    )
+                }
                 .on((60, 70));
                 self.channel_error(owner.conn, owner.channel, e, now_ms, out);
             }
@@ -472,8 +480,9 @@ impl Broker {
         }
         self.counters.redelivered += u64::from(delivery.redelivered);
         // basic.get from a quorum queue always carries the count, 0 on a first delivery (as
-        // RabbitMQ 3.10).
-        let msg = delivery.msg.with_delivery_count(delivery.delivery_count);
+        // RabbitMQ 3.10); a classic queue's never does.
+        let msg =
+            if forwarded { delivery.msg.clone() } else { delivery.msg.with_delivery_count(delivery.delivery_count) };
         out.push((
             owner.conn,
             Out::Content {
