@@ -84,6 +84,11 @@ pub trait ClusterView: Send + Sync {
     fn replica(&self, _vhost: &str, _name: &str) -> Option<ReplicaView> {
         None
     }
+    /// The node classic queue `name` in `vhost` lives on, in a cluster (RabbitMQ's queue
+    /// `node`): the one its declaration came through.
+    fn home(&self, _vhost: &str, _name: &str) -> Option<String> {
+        None
+    }
     /// The Raft state of every quorum queue group this node is a member of.
     fn raft_metrics(&self) -> Vec<RaftMetrics> {
         Vec::new()

@@ -206,6 +206,11 @@ impl ClusterView for View {
         })
     }
 
+    fn home(&self, vhost: &str, name: &str) -> Option<String> {
+        let queues = self.queues.get()?.upgrade()?;
+        queues.home(vhost, name).map(|id| self.name_of(id))
+    }
+
     fn raft_metrics(&self) -> Vec<warren_server::cluster::RaftMetrics> {
         self.queues.get().and_then(|q| q.upgrade()).map(|q| q.raft_metrics()).unwrap_or_default()
     }

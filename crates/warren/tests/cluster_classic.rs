@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::cluster::Cluster;
+use common::cluster::{get, Cluster};
 use common::eventually;
 use common::lapin_client::*;
 use futures_lite::StreamExt;
@@ -103,6 +103,11 @@ async fn a_classic_queue_is_reachable_through_every_node() {
     ch1.queue_declare("cq", durable, args).await.expect("declare cq");
     until_known(&c2, "cq").await;
     until_known(&c3, "cq").await;
+    for node in &cluster.nodes {
+        let (status, q) = get(&node.http(), "/api/queues/%2f/cq").await;
+        assert_eq!(status, 200);
+        assert_eq!(q["node"], cluster.names[0], "{} shows the queue's home as its node", node.name);
+    }
 
     // Published through node 2: confirmed once node 1 holds them.
     let ch2 = confirm_channel(&c2).await;

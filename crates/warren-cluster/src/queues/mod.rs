@@ -410,6 +410,11 @@ impl QueueHost {
         placed.into_iter().map(|(w, _)| w).collect()
     }
 
+    /// The node classic queue `name` in `vhost` lives on (its declaration's).
+    pub fn home(&self, vhost: &str, name: &str) -> Option<u64> {
+        self.meta.group().with_machine(|m: &Metadata| m.home(vhost, name))
+    }
+
     /// The group and members the metadata wants quorum queue `name` in `vhost` to have.
     pub fn wanted_members(&self, vhost: &str, name: &str) -> Option<(u64, Vec<u64>)> {
         self.placed().into_iter().find(|w| w.key.0 == vhost && w.key.1 == name).map(|w| (w.placement.group, w.members))

@@ -97,6 +97,11 @@ fn queue_row_in<'a>(shared: &Shared, q: &'a QueueInfo, stats: MessageStats, node
             row.members = Some(r.members);
             row.online = Some(r.online);
         }
+    } else if q.durable {
+        // A classic queue lives on its home: that node is its node everywhere (as RabbitMQ).
+        if let Some(home) = shared.cluster_view().home(&q.vhost, &q.name) {
+            row.node = std::borrow::Cow::Owned(home);
+        }
     }
     row
 }
