@@ -110,6 +110,18 @@ pub fn encode_for_store(msg: &Message, expires_at_ms: Option<u64>, out: &mut Vec
 /// only when `returns` is not 0).
 pub fn encode_returned_for_store(msg: &Message, expires_at_ms: Option<u64>, returns: u32, out: &mut Vec<u8>) {
     out.clear();
+    append_returned_for_store(msg, expires_at_ms, returns, out);
+}
+
+/// The length of [`encode_returned_for_store`]'s payload for `msg`, at most (exactly, with
+/// `returns` not 0).
+pub fn stored_len(msg: &Message) -> usize {
+    1 + 8 + 4 + 1 + msg.exchange.len() + 1 + msg.routing_key.len() + 4 + msg.raw_properties.len() + msg.body.len()
+}
+
+/// As [`encode_returned_for_store`], appended to what `out` holds (in one reservation).
+pub fn append_returned_for_store(msg: &Message, expires_at_ms: Option<u64>, returns: u32, out: &mut Vec<u8>) {
+    out.reserve(stored_len(msg));
     out.push(if returns == 0 { STORE_FORMAT } else { STORE_FORMAT_RETURNED });
     out.extend_from_slice(&expires_at_ms.unwrap_or(0).to_be_bytes());
     if returns != 0 {

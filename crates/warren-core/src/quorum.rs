@@ -99,6 +99,14 @@ pub struct Stamped {
 }
 
 impl Stamped {
+    /// About how many bytes [`Stamped::encode`] writes (exactly for a publish), to reserve.
+    pub fn encoded_len_hint(&self) -> usize {
+        match &self.command {
+            Command::Enqueue { msg } => 8 + 1 + 8 + crate::message::stored_len(msg),
+            _ => 64,
+        }
+    }
+
     /// The command as it goes in a log entry or over the network: the clock, a tag byte, then
     /// the command's fields (integers big-endian, names as short strings, a message in its
     /// store encoding behind a length).
@@ -113,10 +121,12 @@ impl Stamped {
         match &self.command {
             Command::Enqueue { msg } => {
                 b.put_u8(1);
-                let mut scratch = Vec::new();
-                encode_for_store(msg, None, &mut scratch);
-                b.put_u64(scratch.len() as u64);
-                b.put_slice(&scratch);
+                // The length is patched once the message is written in place.
+                let at = b.len();
+                b.put_u64(0);
+                crate::message::append_returned_for_store(msg, None, 0, b);
+                let len = (b.len() - at - 8) as u64;
+                b[at..at + 8].copy_from_slice(&len.to_be_bytes());
             }
             Command::Attach { owner, tag, prefetch, no_ack, priority } => {
                 b.put_u8(2);

@@ -383,6 +383,7 @@ fn put_entry<M: Machine>(out: &mut Vec<u8>, entry: &Entry<M>) {
     match &entry.payload {
         EntryPayload::Blank => out.push(ENTRY_BLANK),
         EntryPayload::Normal(command) => {
+            out.reserve(1 + 4 + M::encoded_len_hint(command));
             out.push(ENTRY_NORMAL);
             // The length goes first and is patched once the machine has written the command.
             let at = out.len();
@@ -433,6 +434,15 @@ pub fn encode_append_request<M: Machine>(request: &AppendRequest<M>, out: &mut V
     put_log_id_option(out, request.prev_log_id.as_ref());
     put_log_id_option(out, request.leader_commit.as_ref());
     put_u32_len(out, request.entries.len());
+    let hint: usize = request
+        .entries
+        .iter()
+        .map(|e| match &e.payload {
+            EntryPayload::Normal(command) => 32 + M::encoded_len_hint(command),
+            _ => 64,
+        })
+        .sum();
+    out.reserve(hint);
     for entry in &request.entries {
         put_entry(out, entry);
     }

@@ -48,6 +48,12 @@ pub trait Machine: Send + Sync + 'static {
     /// trailing or unknown bytes) must be an error of kind `InvalidData`, never a panic.
     fn decode_command(bytes: &[u8]) -> std::io::Result<Self::Command>;
 
+    /// About how many bytes [`Machine::encode_command`] writes for `command`, so that the
+    /// buffers it is written into are sized once (0: no idea).
+    fn encoded_len_hint(_command: &Self::Command) -> usize {
+        0
+    }
+
     /// What the leader sends back, with the index, to a member that forwarded a command
     /// ([`TcpTransport::propose`](crate::TcpTransport::propose)) once it committed and applied
     /// it: as much of `output` as lets the proposer answer its clients without waiting to apply

@@ -73,11 +73,12 @@ fn invalid(why: &str) -> io::Error {
 }
 
 impl Machine for QueueMachine {
-    type Command = Vec<Stamped>;
+    /// Shared: openraft clones entries as it keeps and sends them.
+    type Command = Arc<Vec<Stamped>>;
     type Output = Vec<Output>;
 
-    fn apply(&mut self, index: u64, batch: &Vec<Stamped>) -> Vec<Output> {
-        for c in batch {
+    fn apply(&mut self, index: u64, batch: &Arc<Vec<Stamped>>) -> Vec<Output> {
+        for c in batch.iter() {
             if let Command::Enqueue { msg } = &c.command {
                 self.enqueued_bytes += msg.body.len() as u64;
             }
@@ -96,15 +97,21 @@ impl Machine for QueueMachine {
     }
 
     /// A count (u32), then each command: its length (u32) and its bytes, big-endian.
-    fn encode_command(batch: &Vec<Stamped>, out: &mut Vec<u8>) {
+    fn encode_command(batch: &Arc<Vec<Stamped>>, out: &mut Vec<u8>) {
+        out.reserve(Self::encoded_len_hint(batch));
         out.extend_from_slice(&(batch.len() as u32).to_be_bytes());
-        let mut one = Vec::new();
-        for c in batch {
-            one.clear();
-            c.encode(&mut one);
-            out.extend_from_slice(&(one.len() as u32).to_be_bytes());
-            out.extend_from_slice(&one);
+        for c in batch.iter() {
+            // Written in place, its length patched after.
+            let at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            c.encode(out);
+            let len = (out.len() - at - 4) as u32;
+            out[at..at + 4].copy_from_slice(&len.to_be_bytes());
         }
+    }
+
+    fn encoded_len_hint(batch: &Arc<Vec<Stamped>>) -> usize {
+        4 + batch.iter().map(|c| 4 + c.encoded_len_hint()).sum::<usize>()
     }
 
     /// One byte per command: 0 done, 1 a publish refused (reject-publish), 2 an answer only
@@ -117,7 +124,7 @@ impl Machine for QueueMachine {
         }));
     }
 
-    fn decode_command(bytes: &[u8]) -> io::Result<Vec<Stamped>> {
+    fn decode_command(bytes: &[u8]) -> io::Result<Arc<Vec<Stamped>>> {
         let cut = || invalid("a batch of queue commands cut short");
         let count = u32::from_be_bytes(bytes.get(..4).ok_or_else(cut)?.try_into().expect("4 bytes")) as usize;
         let mut at = &bytes[4..];
@@ -131,7 +138,7 @@ impl Machine for QueueMachine {
         if !at.is_empty() {
             return Err(invalid("bytes after a batch of queue commands"));
         }
-        Ok(batch)
+        Ok(Arc::new(batch))
     }
 }
 
@@ -1077,6 +1084,7 @@ impl QueueHost {
     /// Proposes one batch (through the leader, wherever it is) and returns its replies once
     /// this node applied it.
     async fn commit(&self, replica: &Replica, batch: Vec<Stamped>) -> Result<Vec<Answer>, String> {
+        let batch = Arc::new(batch);
         let deadline = tokio::time::Instant::now() + COMMIT_TIMEOUT;
         let has_get = batch.iter().any(|c| matches!(c.command, Command::Get { .. }));
         let len = batch.len();
@@ -1305,9 +1313,21 @@ mod tests {
 
     #[test]
     fn batches_read_back_and_damage_is_refused() {
-        let batch = vec![Stamped { now_ms: 5, command: Command::Purge }, Stamped { now_ms: 6, command: Command::Tick }];
+        let msg = warren_core::message::Message::published(
+            ShortStr::from("x"),
+            ShortStr::from("k"),
+            Default::default(),
+            warren_amqp::BasicProperties::default().to_bytes(),
+            bytes::Bytes::from_static(b"a body"),
+        );
+        let batch = Arc::new(vec![
+            Stamped { now_ms: 5, command: Command::Purge },
+            Stamped { now_ms: 6, command: Command::Enqueue { msg } },
+            Stamped { now_ms: 7, command: Command::Tick },
+        ]);
         let mut bytes = Vec::new();
         QueueMachine::encode_command(&batch, &mut bytes);
+        assert!(bytes.len() <= QueueMachine::encoded_len_hint(&batch), "the hint covers the encoding");
         let back = QueueMachine::decode_command(&bytes).expect("decode");
         assert_eq!(format!("{back:?}"), format!("{batch:?}"));
         for cut in 0..bytes.len() {

@@ -111,9 +111,20 @@ pub(super) fn record(group: u64, kind: u8, payload: &[u8], out: &mut Vec<u8>) {
     out[crc_at..body_at].copy_from_slice(&crc.to_be_bytes());
 }
 
-/// The length of the record an entry's `payload` makes.
-pub(super) fn record_len(payload: &[u8]) -> usize {
-    HEADER_BYTES + MIN_BODY_BYTES + payload.len()
+/// Appends one record of `group` to `out` whose payload `write` appends in place (no copy of
+/// it is made); returns the payload's length.
+pub(super) fn record_with(group: u64, kind: u8, out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; 8]);
+    let body_at = out.len();
+    out.extend_from_slice(&group.to_be_bytes());
+    out.push(kind);
+    write(out);
+    let len = out.len() - body_at;
+    let crc = crc32fast::hash(&out[body_at..]);
+    out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    out[start + 4..body_at].copy_from_slice(&crc.to_be_bytes());
+    len - MIN_BODY_BYTES
 }
 
 fn put_log_id_option(log_id: Option<&LogId>, out: &mut Vec<u8>) {

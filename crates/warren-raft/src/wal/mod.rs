@@ -527,21 +527,20 @@ impl<M: Machine> RaftLogStorage<Types<M>> for WalLog<M> {
         self.wal.shared.counters.appends.fetch_add(1, Ordering::Relaxed);
         let entries: Vec<Entry<M>> = entries.into_iter().collect();
         let mut bytes = Vec::new();
-        let mut payload = Vec::new();
         let mut ops = Vec::with_capacity(entries.len());
         for entry in &entries {
-            payload.clear();
-            codec::encode_entry(entry, &mut payload);
-            if format::record_len(&payload) > format::MAX_RECORD_BYTES {
+            // Encoded in place in its record.
+            let at = bytes.len();
+            let len = format::record_with(self.group, format::ENTRY, &mut bytes, |out| codec::encode_entry(entry, out));
+            if bytes.len() - at > format::MAX_RECORD_BYTES {
                 let e = io::Error::new(
                     io::ErrorKind::InvalidInput,
-                    format!("an entry of {} bytes is over the WAL's record limit", payload.len()),
+                    format!("an entry of {len} bytes is over the WAL's record limit"),
                 );
                 let error = io_error(ErrorSubject::Logs, ErrorVerb::Write, &e);
                 callback.log_io_completed(Err(e));
                 return Err(error);
             }
-            format::record(self.group, format::ENTRY, &payload, &mut bytes);
             ops.push(Op::Entry(entry.log_id.index));
         }
         // Readable at once (the leader replicates while its own copy is being synced); the
