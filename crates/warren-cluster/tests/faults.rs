@@ -2,8 +2,9 @@
 //! LocalNet, each with its log in a write-ahead log of its own on disk (`Wal`, as a node's)
 //! and its snapshots in a file. Publishes are proposed through whichever member a seeded
 //! schedule picks while the schedule isolates members, cuts links one way, heals them, and
-//! crashes a member (its group stopped, its WAL closed) to restart it later from what its disk
-//! holds; all the while the network loses requests and replies at random and delays each, so
+//! crashes a member (its group stopped, its WAL closed; half the time a power cut, which also
+//! loses what its disk had not synced) to restart it later from what its disk holds; all the
+//! while the network loses requests and replies at random and delays each, so
 //! that RPCs in flight arrive in other orders. Afterwards every confirmed publish must be
 //! delivered exactly once, nothing that was never published may appear, and every member, the
 //! restarted ones included, must hold the same queue, byte for byte.
@@ -61,6 +62,16 @@ struct Member {
     wal: Wal,
 }
 
+/// How a member goes down.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Crash {
+    /// The process dies: what the WAL was handed reaches the files (the page cache keeps it).
+    Process,
+    /// The machine loses power: every segment is cut back to what was synced, so a write
+    /// not yet synced is lost (a leader sends entries before its own copy is synced).
+    Power,
+}
+
 /// Starts member `id` on its disk in `dir` (empty the first time, what it held when it
 /// crashed afterwards) and puts it on the network.
 async fn start(net: &LocalNet<ReplicatedQueue>, dir: &std::path::Path, id: u64) -> Member {
@@ -83,11 +94,34 @@ async fn start(net: &LocalNet<ReplicatedQueue>, dir: &std::path::Path, id: u64) 
 }
 
 /// Crashes a member: off the network, its group stopped, its WAL closed (what it synced stays;
-/// nothing it had not acknowledged counts).
-async fn crash(net: &LocalNet<ReplicatedQueue>, member: Member) {
+/// nothing it had not acknowledged counts); after a power cut, its segment files cut back to
+/// what the WAL had synced when it went off the network.
+/// Returns the bytes a power cut took off.
+async fn crash(net: &LocalNet<ReplicatedQueue>, member: Member, how: Crash) -> u64 {
     net.unregister(member.group.id());
+    // What is on disk at the instant of the cut (off the network, the member can no longer
+    // tell anyone of what it syncs afterwards).
+    let synced = member.wal.synced_extents();
     member.group.shutdown().await.expect("shutdown");
+    let dir = member.wal.dir().to_path_buf();
     member.wal.close().await;
+    let mut cut = 0;
+    if how == Crash::Power {
+        for entry in std::fs::read_dir(&dir).expect("the WAL's directory") {
+            let path = entry.expect("an entry").path();
+            if path.extension().is_none_or(|e| e != "wal") {
+                continue;
+            }
+            let keep = synced.iter().find(|(p, _)| *p == path).map_or(0, |(_, n)| *n);
+            let file = std::fs::OpenOptions::new().write(true).open(&path).expect("a segment");
+            let len = file.metadata().expect("its size").len();
+            if len > keep {
+                file.set_len(keep).expect("cut back to what was synced");
+                cut += len - keep;
+            }
+        }
+    }
+    cut
 }
 
 async fn run(seed: u64) {
@@ -106,7 +140,7 @@ async fn run(seed: u64) {
     net.set_message_faults(seed, 0.02, Duration::from_millis(5));
     // The crashed member and the step at which it comes back.
     let mut down: Option<(u64, u64)> = None;
-    let (mut crashes, mut restarts) = (0, 0);
+    let (mut crashes, mut restarts, mut power_cuts, mut lost_bytes) = (0, 0, 0u32, 0u64);
 
     let (mut confirmed, mut unknown) = (BTreeSet::new(), BTreeSet::new());
     let mut now = 1_000;
@@ -122,9 +156,25 @@ async fn run(seed: u64) {
             2 | 3 => net.heal(),
             // A crash, while every member runs (one at a time: two down would stop the queue).
             4 if down.is_none() => {
-                let id = rng.u64(1..4);
+                // Half the time the member that leads, as far as member 1 knows.
+                let leading = members[0].as_ref().and_then(|m| m.group.status().leader).filter(|_| rng.bool());
+                let id = leading.unwrap_or_else(|| rng.u64(1..4));
                 let member = members[id as usize - 1].take().expect("a running member");
-                crash(&net, member).await;
+                // A publish in flight as it goes: a leader sends entries on before its own copy
+                // is synced, so a power cut may take from it what its followers hold.
+                now += 1;
+                let inflight = 1_000 + n;
+                unknown.insert(inflight);
+                let (group, stamped) = (member.group.clone(), Stamped { now_ms: now, command: enqueue(inflight) });
+                let publish = tokio::spawn(async move { group.propose(stamped).await.map(|_| ()) });
+                // Cut while the publish is on its way to the disk (a few turns of the runtime).
+                for _ in 0..rng.u8(1..12) {
+                    tokio::task::yield_now().await;
+                }
+                let how = if rng.bool() { Crash::Power } else { Crash::Process };
+                lost_bytes += crash(&net, member, how).await;
+                power_cuts += u32::from(how == Crash::Power);
+                publish.abort();
                 down = Some((id, n + rng.u64(1..5)));
                 crashes += 1;
             }
@@ -132,7 +182,16 @@ async fn run(seed: u64) {
         }
         if let Some((id, back)) = down {
             if n >= back {
-                members[id as usize - 1] = Some(start(&net, &dir, id).await);
+                let member = start(&net, &dir, id).await;
+                // A publish through it at once, before it has heard from anyone (a node's host
+                // proposes what waited for the restart): a member that lost its log's tail must
+                // not put something else under log ids its peers hold.
+                now += 1;
+                let at_restart = 2_000 + n;
+                unknown.insert(at_restart);
+                let (group, stamped) = (member.group.clone(), Stamped { now_ms: now, command: enqueue(at_restart) });
+                tokio::spawn(async move { tokio::time::timeout(CONFIRM_WAIT, group.propose(stamped)).await });
+                members[id as usize - 1] = Some(member);
                 down = None;
                 restarts += 1;
             }
@@ -233,14 +292,16 @@ async fn run(seed: u64) {
     let snapshots: Vec<Vec<u8>> = groups.iter().map(|g| g.with_machine(|m| m.queue().snapshot())).collect();
     assert!(snapshots.windows(2).all(|w| w[0] == w[1]), "seed {seed}: the members differ");
     eprintln!(
-        "seed {seed}: {} confirmed, {} unknown, {} delivered, {crashes} crashes and {restarts} restarts, \
+        "seed {seed}: {} confirmed, {} unknown, {} delivered, {crashes} crashes ({power_cuts} power cuts, \
+         {lost_bytes} unsynced bytes lost) and \
+         {restarts} restarts, \
          all members equal at index {index}",
         confirmed.len(),
         unknown.len(),
         delivered.len()
     );
     for member in members.into_iter().flatten() {
-        crash(&net, member).await;
+        let _ = crash(&net, member, Crash::Process).await;
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

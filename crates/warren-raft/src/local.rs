@@ -30,6 +30,11 @@ pub struct LocalNet<M: Machine> {
 
 struct NetState<M: Machine> {
     nodes: BTreeMap<u64, Group<M>>,
+    /// Each registered node's registration: a reply from a node that has gone off the network
+    /// since it took the request (crashed, or crashed and started again) is lost, as a dead
+    /// process's would be.
+    registrations: BTreeMap<u64, u64>,
+    next_registration: u64,
     isolated: BTreeSet<u64>,
     /// `(from, to)`: messages from `from` to `to` are lost.
     cut: BTreeSet<(u64, u64)>,
@@ -78,6 +83,8 @@ impl<M: Machine> LocalNet<M> {
         LocalNet {
             inner: Arc::new(Mutex::new(NetState {
                 nodes: BTreeMap::new(),
+                registrations: BTreeMap::new(),
+                next_registration: 0,
                 isolated: BTreeSet::new(),
                 cut: BTreeSet::new(),
                 faults: None,
@@ -92,12 +99,18 @@ impl<M: Machine> LocalNet<M> {
 
     /// Makes `group` reachable as its node id, replacing any group registered under that id.
     pub fn register(&self, group: Group<M>) {
-        self.inner.lock().nodes.insert(group.id(), group);
+        let mut state = self.inner.lock();
+        state.next_registration += 1;
+        let registration = state.next_registration;
+        state.registrations.insert(group.id(), registration);
+        state.nodes.insert(group.id(), group);
     }
 
     /// Removes node `id` from the network; RPCs to it then fail. Returns its group.
     pub fn unregister(&self, id: u64) -> Option<Group<M>> {
-        self.inner.lock().nodes.remove(&id)
+        let mut state = self.inner.lock();
+        state.registrations.remove(&id);
+        state.nodes.remove(&id)
     }
 
     /// Starts node `id` on this network and registers it.
@@ -158,28 +171,33 @@ impl<M: Machine> LocalNet<M> {
 
     /// The target's group if the path there is open and the request is not lost, after the
     /// request's delay.
-    async fn route(&self, from: u64, to: u64) -> Result<Group<M>, RpcError> {
-        let (group, delay) = {
+    /// Also the target's registration, for [`LocalNet::reply`].
+    async fn route(&self, from: u64, to: u64) -> Result<(Group<M>, u64), RpcError> {
+        let (group, registration, delay) = {
             let mut state = self.inner.lock();
             if !state.passes(from, to) {
                 return Err(unreachable(format!("path {from} -> {to} is cut")));
             }
             let group =
                 state.nodes.get(&to).cloned().ok_or_else(|| unreachable(format!("node {to} is not on the network")))?;
+            let registration = state.registrations.get(&to).copied().unwrap_or(0);
             let delay = state.draw().ok_or_else(|| unreachable(format!("a request {from} -> {to} was lost")))?;
-            (group, delay)
+            (group, registration, delay)
         };
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        Ok(group)
+        Ok((group, registration))
     }
 
     /// Checks the reply path of an RPC the target has already handled, and delays or loses the
     /// reply as the message faults say.
-    async fn reply<R>(&self, from: u64, to: u64, reply: Result<R, Stopped>) -> Result<R, RpcError> {
+    async fn reply<R>(&self, from: u64, to: u64, registration: u64, reply: Result<R, Stopped>) -> Result<R, RpcError> {
         let delay = {
             let mut state = self.inner.lock();
+            if state.registrations.get(&to) != Some(&registration) {
+                return Err(unreachable(format!("node {to} went off the network before replying")));
+            }
             if !state.passes(to, from) {
                 return Err(unreachable(format!("reply path {to} -> {from} is cut")));
             }
@@ -211,15 +229,15 @@ impl<M: Machine> Transport<M> for LocalTransport<M> {
         request: AppendRequest<M>,
         _timeout: Duration,
     ) -> Result<AppendResponse, RpcError> {
-        let group = self.net.route(self.from, target.id).await?;
+        let (group, registration) = self.net.route(self.from, target.id).await?;
         let reply = group.handle_append(request).await;
-        self.net.reply(self.from, target.id, reply).await
+        self.net.reply(self.from, target.id, registration, reply).await
     }
 
     async fn vote(&self, target: &Peer, request: VoteRequest, _timeout: Duration) -> Result<VoteResponse, RpcError> {
-        let group = self.net.route(self.from, target.id).await?;
+        let (group, registration) = self.net.route(self.from, target.id).await?;
         let reply = group.handle_vote(request).await;
-        self.net.reply(self.from, target.id, reply).await
+        self.net.reply(self.from, target.id, registration, reply).await
     }
 
     async fn snapshot(
@@ -229,8 +247,8 @@ impl<M: Machine> Transport<M> for LocalTransport<M> {
         snapshot: Snapshot<M>,
         _timeout: Duration,
     ) -> Result<SnapshotResponse, RpcError> {
-        let group = self.net.route(self.from, target.id).await?;
+        let (group, registration) = self.net.route(self.from, target.id).await?;
         let reply = group.handle_snapshot(vote, snapshot).await;
-        self.net.reply(self.from, target.id, reply).await
+        self.net.reply(self.from, target.id, registration, reply).await
     }
 }

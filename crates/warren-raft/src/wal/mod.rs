@@ -47,7 +47,7 @@ mod format;
 mod writer;
 
 use std::any::Any;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
@@ -125,6 +125,8 @@ struct Counters {
     failures: AtomicU64,
     cut_bytes: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// How many bytes of each segment the writer has synced: what a power cut would leave.
+    synced: Mutex<BTreeMap<u64, u64>>,
     /// Tests make the writer's next writes fail.
     #[cfg(test)]
     fail_writes: std::sync::atomic::AtomicBool,
@@ -348,6 +350,14 @@ impl Wal {
             done(Err(writer::closed()));
         }
         rx.await.unwrap_or_else(|_| Err(writer::closed()))
+    }
+
+    /// Each segment file with how much of it the writer has synced, as of now: what a power
+    /// cut now would leave of it (for crash tests, which cut the files back to this once the
+    /// WAL is closed). A segment not listed has nothing synced.
+    pub fn synced_extents(&self) -> Vec<(PathBuf, u64)> {
+        let synced = self.shared.counters.synced.lock();
+        synced.iter().map(|(id, bytes)| (writer::segment_path(&self.shared.dir, *id), *bytes)).collect()
     }
 
     /// What the WAL has done since it was opened.

@@ -210,6 +210,15 @@ impl Writer {
         claim: Claim,
     ) -> io::Result<Writer> {
         let current = tracker.segments.keys().next_back().map_or(1, |last| last + 1);
+        {
+            // What was replayed is taken as on disk.
+            let mut synced = counters.synced.lock();
+            for id in tracker.segments.keys() {
+                if let Ok(m) = std::fs::metadata(segment_path(&dir, *id)) {
+                    synced.insert(*id, m.len());
+                }
+            }
+        }
         let file = new_segment(&dir, current)?;
         let mut bytes = format::MAGIC.to_vec();
         let records = tracker.checkpoint(current, &mut bytes);
@@ -289,6 +298,7 @@ impl Writer {
                 Ok(()) => {
                     self.unsynced = false;
                     self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+                    self.note_synced();
                 }
                 Err(e) => self.fail(&e),
             }
@@ -337,6 +347,7 @@ impl Writer {
                 self.file.sync_data()?;
                 self.unsynced = false;
                 self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+                self.note_synced();
             }
             let next = self.current + 1;
             self.file = new_segment(&self.dir, next)?;
@@ -379,8 +390,21 @@ impl Writer {
             self.file.sync_data()?;
             self.unsynced = false;
             self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+            self.note_synced();
         }
         Ok(())
+    }
+
+    /// Records that everything written to the current segment is on disk.
+    fn note_synced(&self) {
+        let held = self.tracker.segments.get(&self.current).map_or(0, |s| s.bytes);
+        let mut synced = self.counters.synced.lock();
+        synced.insert(self.current, held);
+        // Deleted segments are dropped from the record.
+        let live: Vec<u64> = synced.keys().copied().filter(|id| !self.tracker.segments.contains_key(id)).collect();
+        for id in live {
+            synced.remove(&id);
+        }
     }
 
     /// Deletes the segments nothing needs; a failure to delete is reported, not fatal.
