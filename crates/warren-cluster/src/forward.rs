@@ -618,6 +618,8 @@ impl Forwarder {
                 .filter_map(|(v, n)| core.home_queue_counts(v, n).map(|(r, u)| (v.clone(), n.clone(), r, u)))
                 .collect()
         };
+        // What the commands made for other queues (dead-lettering to a queue elsewhere, say).
+        self.shared.submit_replica_work(&mut core);
         core.deliver(&mut out);
         let owed = !guest.owed.is_empty();
         drop(core);
@@ -826,6 +828,7 @@ impl Forwarder {
         for vc in guest.standing.keys() {
             core.close_virtual(*vc, now_ms);
         }
+        self.shared.submit_replica_work(&mut core);
     }
 
     /// Carries the output of `origin`'s session here back to it, a call at a time.
@@ -860,6 +863,7 @@ impl Forwarder {
                 for (vc, channel) in closed {
                     core.handle_frame(vc, Frame::Method { channel, method: Method::ChannelCloseOk }, now_ms, &mut out);
                 }
+                self.shared.submit_replica_work(&mut core);
                 core.deliver(&mut out);
             }
             let answer = self.node.call(&peer, FORWARD_SERVICE, &body, CALL_TIMEOUT).await;
@@ -887,6 +891,7 @@ impl Forwarder {
             for (vc, bytes) in written {
                 core.on_written(vc, bytes, now_ms, &mut out);
             }
+            self.shared.submit_replica_work(&mut core);
             core.deliver(&mut out);
         }
     }

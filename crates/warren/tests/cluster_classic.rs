@@ -85,10 +85,12 @@ async fn a_classic_queue_is_reachable_through_every_node() {
     let c1 = connect_url(&cluster.nodes[0].amqp_url()).await;
     let c2 = connect_url(&cluster.nodes[1].amqp_url()).await;
     let c3 = connect_url(&cluster.nodes[2].amqp_url()).await;
-    // Declared through node 1: it lives there, and dead-letters there.
+    // Declared through node 1: it lives there, and dead-letters there, to a queue that lives
+    // on node 2.
     let ch1 = channel(&c1).await;
     let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    ch1.exchange_declare(
+    let ch2d = channel(&c2).await;
+    ch2d.exchange_declare(
         "dlx",
         ExchangeKind::Fanout,
         ExchangeDeclareOptions { durable: true, ..Default::default() },
@@ -96,8 +98,9 @@ async fn a_classic_queue_is_reachable_through_every_node() {
     )
     .await
     .expect("declare dlx");
-    ch1.queue_declare("dead", durable, FieldTable::default()).await.expect("declare dead");
-    ch1.queue_bind("dead", "dlx", "", QueueBindOptions::default(), FieldTable::default()).await.expect("bind");
+    ch2d.queue_declare("dead", durable, FieldTable::default()).await.expect("declare dead");
+    ch2d.queue_bind("dead", "dlx", "", QueueBindOptions::default(), FieldTable::default()).await.expect("bind");
+    until_known(&c1, "dead").await;
     let mut args = FieldTable::default();
     args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("dlx".into()));
     ch1.queue_declare("cq", durable, args).await.expect("declare cq");
@@ -135,7 +138,8 @@ async fn a_classic_queue_is_reachable_through_every_node() {
     ch3.close(200, "bye").await.expect("close");
     eventually("node 3's deliveries to be requeued at home", || async { ready(&c1, "cq").await == 9 }).await;
 
-    // Through node 2: the first comes back redelivered; rejected, it is dead-lettered at home.
+    // Through node 2: the first comes back redelivered; rejected, it is dead-lettered by its
+    // home, node 1, into `dead`, which lives on node 2 and is read here through node 1.
     let ch2g = channel(&c2).await;
     let got = ch2g.basic_get("cq", BasicGetOptions::default()).await.expect("get").expect("a message");
     assert_eq!(String::from_utf8_lossy(&got.delivery.data), "m1");
