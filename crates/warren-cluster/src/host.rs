@@ -307,13 +307,7 @@ impl MetaHost {
             }
         }
         // A classic queue declared through another node lives there: reached through it.
-        let declared: Vec<crate::meta::Key> = ops
-            .iter()
-            .filter_map(|op| match op {
-                DefOp::PutQueue(q) => Some((q.vhost.clone(), q.name.clone())),
-                _ => None,
-            })
-            .collect();
+        let declared = declared_queues(ops);
         if !declared.is_empty() {
             self.group.with_machine(|m: &Metadata| crate::forward::mark_homes(&mut core, m, self.me, Some(&declared)));
         }
@@ -341,13 +335,7 @@ impl MetaHost {
             }
         }
         // Classic queues that live on other nodes are reached through them.
-        let declared: Vec<crate::meta::Key> = fixes
-            .iter()
-            .filter_map(|op| match op {
-                DefOp::PutQueue(q) => Some((q.vhost.clone(), q.name.clone())),
-                _ => None,
-            })
-            .collect();
+        let declared = declared_queues(&fixes);
         match ops {
             None => crate::forward::mark_homes(&mut core, &target, self.me, None),
             Some(_) => crate::forward::mark_homes(&mut core, &target, self.me, Some(&declared)),
@@ -496,4 +484,14 @@ impl MetaHost {
             }
         }
     }
+}
+
+/// The queues `ops` declare.
+fn declared_queues(ops: &[DefOp]) -> Vec<crate::meta::Key> {
+    ops.iter()
+        .filter_map(|op| match op {
+            DefOp::PutQueue(q) => Some((q.vhost.clone(), q.name.clone())),
+            _ => None,
+        })
+        .collect()
 }

@@ -187,6 +187,27 @@ struct Conn {
     hidden: bool,
 }
 
+impl Conn {
+    /// A connection just opened (`hidden`: one with no socket, see `hidden`).
+    fn new(info: ConnInfo, grants: Arc<Grants>, hidden: bool) -> Conn {
+        Conn {
+            vhost: info.vhost.as_str().into(),
+            cancel_notify: info.has_capability("consumer_cancel_notify"),
+            info,
+            grants,
+            write_ok: None,
+            channels: HashMap::default(),
+            closing: false,
+            out_bytes: Arc::default(),
+            flow_blocked: false,
+            alarm_blocked: false,
+            blocked_sent: false,
+            owns_exclusive: false,
+            hidden,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct VHost {
     pub name: String,
@@ -842,26 +863,7 @@ impl Broker {
                 format_args!("access to vhost '{}' refused for user '{}'", info.vhost, info.user),
             ));
         };
-        let cancel_notify = info.has_capability("consumer_cancel_notify");
-        let vhost: Arc<str> = info.vhost.as_str().into();
-        self.conns.insert(
-            conn,
-            Mutex::new(Conn {
-                info,
-                vhost,
-                grants,
-                write_ok: None,
-                cancel_notify,
-                channels: HashMap::default(),
-                closing: false,
-                out_bytes: Arc::default(),
-                flow_blocked: false,
-                alarm_blocked: false,
-                blocked_sent: false,
-                owns_exclusive: false,
-                hidden: false,
-            }),
-        );
+        self.conns.insert(conn, Mutex::new(Conn::new(info, grants, false)));
         self.counters.connections_opened += 1;
         Ok(())
     }

@@ -70,24 +70,7 @@ impl Broker {
             channel_max: 0,
             session: Session::default(),
         };
-        self.conns.insert(
-            conn,
-            Mutex::new(Conn {
-                info,
-                vhost: vhost.into(),
-                grants,
-                write_ok: None,
-                cancel_notify: true,
-                channels: HashMap::default(),
-                closing: false,
-                out_bytes: Arc::default(),
-                flow_blocked: false,
-                alarm_blocked: false,
-                blocked_sent: false,
-                owns_exclusive: false,
-                hidden: true,
-            }),
-        );
+        self.conns.insert(conn, Mutex::new(Conn::new(info, grants, true)));
         Ok(())
     }
 
