@@ -253,8 +253,12 @@ impl Forwarder {
         let Some(wake) = self.wakes.get(&home).cloned() else { return };
         let Some(addr) = self.nodes.get(&home).cloned() else { return };
         let peer = Peer { id: home, addr };
+        let mut swept = tokio::time::Instant::now();
         loop {
-            if tokio::time::timeout(PING_EVERY, wake.notified()).await.is_err() {
+            let _ = tokio::time::timeout(PING_EVERY, wake.notified()).await;
+            // Once a second, busy or not: the connections here that closed.
+            if swept.elapsed() >= PING_EVERY {
+                swept = tokio::time::Instant::now();
                 self.closed_conns(home);
             }
             loop {
