@@ -831,6 +831,8 @@ impl QueueHost {
                 }
                 Err(e) => {
                     tracing::error!("quorum queue '{}': cannot start its member again: {e}", replica.name);
+                    // What waited for it is answered now (publishes nacked), not left hanging.
+                    self.fail(std::mem::take(&mut *replica.pending.lock()));
                     // Tried again at the next look, from the metadata (the queue is not
                     // running here now).
                     self.changed.notify_one();
@@ -844,6 +846,8 @@ impl QueueHost {
     /// the member now running for its group, if one is.
     fn carry_over(&self, old: &Arc<Replica>) {
         let Some(new) = self.replicas.lock().get(&old.group_id).filter(|r| !Arc::ptr_eq(r, old)).cloned() else {
+            // No new member (it could not be started): nothing will take them.
+            self.fail(std::mem::take(&mut *old.pending.lock()));
             return;
         };
         let carried: Vec<ReplicaWork> = std::mem::take(&mut *old.pending.lock());
@@ -935,10 +939,15 @@ impl QueueHost {
             }
         }
         drop(replicas);
+        self.fail(lost);
+    }
+
+    /// Answers commands no member here will take (the group stopped, an operator took this
+    /// node out, or its member could not be started again): the publishes among them are
+    /// nacked, a basic.get's channel is closed (as for a get its group did not commit) rather
+    /// than left waiting.
+    fn fail(&self, lost: Vec<ReplicaWork>) {
         if !lost.is_empty() {
-            // No member here (the group stopped, or an operator took this node out): the
-            // publishes among them are nacked, a basic.get's channel is closed (as for a get
-            // its group did not commit) rather than left waiting.
             let shared = self.shared.clone();
             tokio::spawn(async move {
                 let mut core = shared.broker();
