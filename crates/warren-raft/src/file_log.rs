@@ -31,7 +31,7 @@ use openraft::{
 use parking_lot::Mutex;
 
 use crate::codec;
-use crate::log::LogEntries;
+use crate::log::{DurableLog, LogEntries};
 use crate::types::{Entry, LogId, Types, Vote};
 use crate::Machine;
 
@@ -245,15 +245,34 @@ impl<M: Machine> RaftLogStorage<Types<M>> for FileLog<M> {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
+        let mut inner = self.inner.lock();
+        match inner.log.purge_asked(log_id) {
+            Some(upto) => inner.write_purge(upto).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<M: Machine> Inner<M> {
+    /// Records a purge up to `upto`. Not synced: purged entries that come back after a crash
+    /// are purged again.
+    fn write_purge(&mut self, upto: LogId) -> io::Result<()> {
         let mut payload = Vec::new();
-        codec::encode_log_id(&log_id, &mut payload);
+        codec::encode_log_id(&upto, &mut payload);
         let mut records = Vec::new();
         record(PURGE, &payload, &mut records);
+        self.write(&records, false)
+    }
+}
+
+impl<M: Machine> DurableLog for FileLog<M> {
+    fn snapshot_durable(&self, last: Option<LogId>) {
         let mut inner = self.inner.lock();
-        // Not synced: purged entries that come back after a crash are purged again.
-        inner.write(&records, false).map_err(|e| io_error(ErrorSubject::Logs, ErrorVerb::Write, &e))?;
-        inner.log.purge(log_id);
-        Ok(())
+        if let Some(upto) = inner.log.snapshot_durable(last) {
+            // Purged in memory; should the record not be written, the entries come back
+            // after a restart and are purged again.
+            let _ = inner.write_purge(upto);
+        }
     }
 }
 

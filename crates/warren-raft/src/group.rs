@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::error::{AdminError, ProposeError, StartError, Stopped, WaitError};
-use crate::log::MemLog;
+use crate::log::{DurableLog, MemLog};
 use crate::network::{NetworkFactory, Transport};
 use crate::state::{MachineState, MachineStore};
 use crate::types::{AppendRequest, AppendResponse, Snapshot, SnapshotResponse, Types, Vote, VoteRequest, VoteResponse};
@@ -157,10 +157,11 @@ impl<M: Machine> Group<M> {
         Self::launch(id, config, transport, log, |applied| Ok(MachineStore::new(machine, applied))).await
     }
 
-    /// Starts node `id` durably: its log in `log` (a [`FileLog`](crate::FileLog)) and its
-    /// snapshots in the file `snapshot_file`; a node that ran before comes back with its vote,
-    /// its log and its latest snapshot (`machine` is restored from it), and applies the log on
-    /// from there.
+    /// Starts node `id` durably: its log in `log` (a [`WalLog`](crate::WalLog) or a
+    /// [`FileLog`](crate::FileLog)) and its snapshots in the file `snapshot_file`; a node that ran
+    /// before comes back with its vote, its log and its latest snapshot (`machine` is restored
+    /// from it), and applies the log on from there. The log purges only what a snapshot on disk
+    /// covers ([`DurableLog`]).
     pub async fn start_durable<T, L>(
         id: u64,
         config: &GroupConfig,
@@ -171,10 +172,11 @@ impl<M: Machine> Group<M> {
     ) -> Result<(Self, AppliedRx<M::Output>), StartError>
     where
         T: Transport<M>,
-        L: RaftLogStorage<Types<M>>,
+        L: RaftLogStorage<Types<M>> + DurableLog + Clone,
     {
+        let gate: Arc<dyn DurableLog> = Arc::new(log.clone());
         Self::launch(id, config, transport, log, |applied| {
-            MachineStore::durable(machine, applied, snapshot_file)
+            MachineStore::durable(machine, applied, snapshot_file, gate)
                 .map_err(|e| StartError::Storage { reason: format!("cannot read the group's snapshot: {e}") })
         })
         .await

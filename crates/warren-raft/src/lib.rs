@@ -65,7 +65,7 @@ pub use error::{AdminError, ProposeError, RegisterError, StartError, Stopped, Wa
 pub use file_log::FileLog;
 pub use group::{AppliedRx, Group, Role, Status};
 pub use local::{LocalNet, LocalTransport};
-pub use log::MemLog;
+pub use log::{DurableLog, MemLog};
 pub use machine::{Applied, Machine};
 pub use network::{Peer, RpcError, Transport};
 pub use tcp::{

@@ -33,11 +33,36 @@ pub(crate) struct LogEntries<M: Machine> {
     pub(crate) committed: Option<LogId<u64>>,
     pub(crate) last_purged: Option<LogId<u64>>,
     pub(crate) entries: BTreeMap<u64, Entry<M>>,
+    /// For a durable log whose group keeps its snapshots on disk ([`DurableLog`]): purges wait
+    /// for the snapshot that covers them.
+    gate: Option<PurgeGate>,
+}
+
+/// A durable log whose purges wait for a durable snapshot covering them.
+///
+/// A follower's openraft purges its log up to a snapshot the leader sent as soon as it hands the
+/// snapshot to the state machine, without waiting for it to be written. A log that made such a
+/// purge durable at once would, should the snapshot then fail to be written (or the process die
+/// first), come back with its log purged and no snapshot in its place: a member that cannot
+/// start again. So a durable log keeps (on disk and in memory) what no durable snapshot covers
+/// yet, and purges the rest when the snapshot is written.
+pub trait DurableLog: Send + Sync + 'static {
+    /// The group's state machine store holds, on disk, a snapshot up to `last` (`None`: no
+    /// snapshot). Called as the group starts, then for each snapshot written; until the first
+    /// call, the log purges as openraft asks.
+    fn snapshot_durable(&self, last: Option<LogId<u64>>);
+}
+
+/// The furthest purge openraft asked for and the last durable snapshot, for a gated log.
+#[derive(Default)]
+struct PurgeGate {
+    asked: Option<LogId<u64>>,
+    snapshot: Option<LogId<u64>>,
 }
 
 impl<M: Machine> LogEntries<M> {
     pub(crate) fn new() -> Self {
-        LogEntries { vote: None, committed: None, last_purged: None, entries: BTreeMap::new() }
+        LogEntries { vote: None, committed: None, last_purged: None, entries: BTreeMap::new(), gate: None }
     }
 
     /// The entries in `range`.
@@ -74,6 +99,56 @@ impl<M: Machine> LogEntries<M> {
     pub(crate) fn purge(&mut self, log_id: LogId<u64>) {
         self.last_purged = Some(log_id);
         self.entries = self.entries.split_off(&(log_id.index + 1));
+    }
+
+    /// openraft asks to purge up to `log_id`: purges what a durable snapshot covers (all of it
+    /// for a log that is not gated) and returns how far, for the caller to record, if further
+    /// than before.
+    pub(crate) fn purge_asked(&mut self, log_id: LogId<u64>) -> Option<LogId<u64>> {
+        let upto = match &mut self.gate {
+            None => log_id,
+            Some(gate) => {
+                gate.asked = further(gate.asked, log_id);
+                nearer(log_id, gate.snapshot?)
+            }
+        };
+        self.purge_further(upto)
+    }
+
+    /// A snapshot up to `last` is durable: the log is gated from now on, and what was asked to
+    /// be purged and the snapshot covers is purged; returns how far, if further than before.
+    pub(crate) fn snapshot_durable(&mut self, last: Option<LogId<u64>>) -> Option<LogId<u64>> {
+        let gate = self.gate.get_or_insert_with(PurgeGate::default);
+        if let Some(last) = last {
+            gate.snapshot = further(gate.snapshot, last);
+        }
+        let upto = nearer(gate.asked?, gate.snapshot?);
+        self.purge_further(upto)
+    }
+
+    fn purge_further(&mut self, upto: LogId<u64>) -> Option<LogId<u64>> {
+        if self.last_purged.is_some_and(|purged| purged.index >= upto.index) {
+            return None;
+        }
+        self.purge(upto);
+        Some(upto)
+    }
+}
+
+/// Of two positions in a log, the one with the lower index.
+fn nearer(a: LogId<u64>, b: LogId<u64>) -> LogId<u64> {
+    if b.index < a.index {
+        b
+    } else {
+        a
+    }
+}
+
+/// `id` if it is further along the log than `than`, else `than`.
+fn further(than: Option<LogId<u64>>, id: LogId<u64>) -> Option<LogId<u64>> {
+    match than {
+        Some(than) if than.index >= id.index => Some(than),
+        _ => Some(id),
     }
 }
 
@@ -213,6 +288,34 @@ mod tests {
         // The log goes on from the purged point.
         log.blocking_append([entry(3, 4)]).await.expect("append");
         assert_eq!(indexes(&mut log).await, vec![4]);
+    }
+
+    #[test]
+    fn a_gated_log_purges_only_what_a_durable_snapshot_covers() {
+        let mut log = LogEntries::<Nop>::new();
+        log.extend((1..=8).map(|i| entry(1, i)));
+        // Not gated: purged as asked.
+        assert_eq!(log.purge_asked(log_id(1, 2)), Some(log_id(1, 2)));
+        // Gated with a snapshot up to 3: a purge to 6 goes only to 3.
+        assert_eq!(log.snapshot_durable(Some(log_id(1, 3))), None, "nothing asked past 2 yet");
+        assert_eq!(log.purge_asked(log_id(1, 6)), Some(log_id(1, 3)));
+        assert_eq!(log.entries.keys().copied().collect::<Vec<_>>(), vec![4, 5, 6, 7, 8]);
+        // A snapshot up to 10 (a leader's, past the log's end) purges what was asked, no more.
+        assert_eq!(log.snapshot_durable(Some(log_id(2, 10))), Some(log_id(1, 6)));
+        assert_eq!(log.entries.keys().copied().collect::<Vec<_>>(), vec![7, 8]);
+        // Asked past the log's end, with the snapshot there: everything goes.
+        assert_eq!(log.purge_asked(log_id(2, 10)), Some(log_id(2, 10)));
+        assert!(log.entries.is_empty());
+        assert_eq!(log.log_state().last_log_id, Some(log_id(2, 10)));
+        assert_eq!(log.purge_asked(log_id(2, 10)), None, "not again");
+        // Gated with no snapshot on disk: nothing is purged until one is.
+        let mut log = LogEntries::<Nop>::new();
+        log.extend((1..=4).map(|i| entry(1, i)));
+        assert_eq!(log.snapshot_durable(None), None);
+        assert_eq!(log.purge_asked(log_id(1, 3)), None);
+        assert_eq!(log.entries.len(), 4);
+        assert_eq!(log.snapshot_durable(Some(log_id(1, 4))), Some(log_id(1, 3)));
+        assert_eq!(log.entries.keys().copied().collect::<Vec<_>>(), vec![4]);
     }
 
     #[tokio::test]

@@ -22,6 +22,7 @@ use openraft::{
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
+use crate::log::DurableLog;
 use crate::types::{Entry, Snapshot, SnapshotMeta, Types};
 use crate::{Applied, Machine};
 
@@ -41,6 +42,8 @@ pub(crate) struct MachineStore<M: Machine> {
     applied: mpsc::Sender<Applied<M::Output>>,
     /// Where the latest snapshot is kept on disk, for a durable group.
     snapshot_file: Option<Arc<PathBuf>>,
+    /// The durable group's log, told of each snapshot written (it purges only what one covers).
+    log: Option<Arc<dyn DurableLog>>,
     /// Whether the group is still starting, and how far it replayed its log meanwhile; held
     /// while events are sent, so that they go out in log order.
     replay: Arc<tokio::sync::Mutex<Replay>>,
@@ -62,6 +65,7 @@ impl<M: Machine> Clone for MachineStore<M> {
             state: Arc::clone(&self.state),
             applied: self.applied.clone(),
             snapshot_file: self.snapshot_file.clone(),
+            log: self.log.clone(),
             replay: Arc::clone(&self.replay),
         }
     }
@@ -128,23 +132,34 @@ impl<M: Machine> MachineStore<M> {
             state: Arc::new(Mutex::new(state)),
             applied,
             snapshot_file: None,
+            log: None,
             replay: Arc::new(tokio::sync::Mutex::new(Replay::default())),
         }
     }
 
     /// A store that keeps its snapshots in `path`, starting from the one there if there is one
-    /// (`machine` restored from it); otherwise as [`MachineStore::new`].
-    pub(crate) fn durable(machine: M, applied: mpsc::Sender<Applied<M::Output>>, path: PathBuf) -> io::Result<Self> {
+    /// (`machine` restored from it); otherwise as [`MachineStore::new`]. `log` is told which
+    /// snapshot is on disk, now and after each one written.
+    pub(crate) fn durable(
+        machine: M,
+        applied: mpsc::Sender<Applied<M::Output>>,
+        path: PathBuf,
+        log: Arc<dyn DurableLog>,
+    ) -> io::Result<Self> {
         let kept = read_snapshot_file(&path)?;
         let mut store = MachineStore::new(machine, applied);
+        let mut last = None;
         if let Some((meta, bytes)) = kept {
             let mut state = store.state.lock();
             state.machine.restore(&bytes)?;
             state.last_applied = meta.last_log_id;
             state.membership = meta.last_membership.clone();
+            last = meta.last_log_id;
             state.snapshot = Some((meta, bytes));
         }
+        log.snapshot_durable(last);
         store.snapshot_file = Some(Arc::new(path));
+        store.log = Some(log);
         Ok(store)
     }
 
@@ -154,7 +169,11 @@ impl<M: Machine> MachineStore<M> {
     fn persist(&self, meta: &SnapshotMeta, bytes: &[u8]) -> Result<(), StorageError<u64>> {
         let Some(path) = &self.snapshot_file else { return Ok(()) };
         write_snapshot_file(path, meta, bytes)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)).into())
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)))?;
+        if let Some(log) = &self.log {
+            log.snapshot_durable(meta.last_log_id);
+        }
+        Ok(())
     }
 
     /// The shared state, for the group to read the machine.

@@ -11,7 +11,8 @@ use common::{fast_config, List, WAIT};
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::{CommittedLeaderId, RaftLogReader};
 use warren_raft::{
-    AppliedRx, Entry, EntryPayload, Group, GroupConfig, LocalNet, LogId, ProposeError, Vote, Wal, WalConfig, WalLog,
+    AppliedRx, Entry, EntryPayload, Group, GroupConfig, LocalNet, LogId, ProposeError, Role, Vote, Wal, WalConfig,
+    WalLog,
 };
 
 fn temp(name: &str) -> PathBuf {
@@ -614,6 +615,87 @@ async fn a_cluster_that_snapshots_reclaims_segments_and_restarts_with_everything
         for node in 1..=3 {
             assert_eq!(nodes.values(group, node), expected, "group {group} on node {node}: snapshot, then the WAL");
         }
+    }
+    nodes.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_cannot_write_a_snapshot_it_was_sent_keeps_its_log_and_starts_again() {
+    let dir = temp("snapshot-unwritable");
+    let config = GroupConfig { snapshot_every_entries: 5, kept_after_snapshot_entries: 0, ..fast_config() };
+    let mut nodes = Nodes::start(&dir, config, WalConfig::default()).await;
+    let group = 1;
+    let mut last = nodes.propose(group, value(group, 0)).await;
+    for round in 1..12 {
+        last = nodes.propose(group, value(group, round)).await;
+    }
+    nodes.wait_applied(group, &[1, 2, 3], last).await;
+    let leader = nodes.group(group, 1).leader().expect("a leader");
+    let member = (1..=3).rev().find(|n| *n != leader).expect("a follower");
+    let before = nodes
+        .group(group, member)
+        .wait_until(WAIT, "a snapshot with entries after it", |s| {
+            s.snapshot_index.is_some() && s.last_log_index > s.snapshot_index
+        })
+        .await
+        .expect("a snapshot and the log after it");
+    nodes.stop_node(member).await;
+    // The others go on, snapshot and purge past all the member holds: it must be sent a snapshot.
+    for round in 12..40 {
+        nodes.propose(group, value(group, round)).await;
+    }
+    for node in (1..=3).filter(|n| *n != member) {
+        nodes
+            .group(group, node)
+            .wait_until(WAIT, "purged past the stopped member", |s| s.purged_index > before.last_log_index)
+            .await
+            .expect("purged");
+    }
+
+    // Its snapshot cannot be written (the temporary file's name is taken by a directory): the
+    // member stops when it is sent the leader's.
+    let blocker = nodes.node_dir(member).join(format!("group-{group}.tmp"));
+    std::fs::create_dir_all(&blocker).expect("blocker");
+    nodes.start_node(member).await;
+    let handle = nodes.group(group, member);
+    let stopped = handle.wait_until(WAIT, "stopped", |s| s.role == Role::Shutdown).await;
+    assert!(
+        stopped.is_ok() || handle.status().role == Role::Shutdown,
+        "the member stops on the failed snapshot write: {:?}",
+        handle.status()
+    );
+    for g in GROUPS {
+        let handle = nodes.nets[&g].unregister(member).expect("registered");
+        let _ = handle.shutdown().await;
+        nodes.applied.remove(&(g, member));
+    }
+    nodes.wals.remove(&member).expect("a WAL").close().await;
+
+    // What no snapshot on its disk covers is still in its log: openraft asked for it to be purged
+    // up to the leader's snapshot, but that snapshot never reached the disk.
+    {
+        let wal = Wal::open(&nodes.node_dir(member).join("wal"), WalConfig::default()).expect("open");
+        let mut log = wal.log::<List>(group).expect("log");
+        let (_, _, purged, last_log) = pointers(&mut log).await;
+        assert!(
+            purged.map(|p| p.index) <= before.snapshot_index,
+            "purged {purged:?}, past the snapshot on disk ({:?})",
+            before.snapshot_index
+        );
+        assert!(last_log.map(|l| l.index) >= before.last_log_index, "the log is kept: {last_log:?} {before:?}");
+        wal.close().await;
+    }
+
+    // Once the snapshot can be written, the member starts from its own snapshot and log, is sent
+    // the leader's snapshot and catches up.
+    std::fs::remove_dir(&blocker).expect("blocker removed");
+    nodes.start_node(member).await;
+    last = nodes.propose(group, value(group, 40)).await;
+    nodes.wait_applied(group, &[1, 2, 3], last).await;
+    let expected: Vec<u64> = (0..41).map(|round| value(group, round)).collect();
+    for node in 1..=3 {
+        assert_eq!(nodes.values(group, node), expected, "node {node}");
     }
     nodes.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -64,7 +64,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::codec;
-use crate::log::LogEntries;
+use crate::log::{DurableLog, LogEntries};
 use crate::types::{Entry, LogId, Types, Vote};
 use crate::Machine;
 
@@ -574,18 +574,35 @@ impl<M: Machine> RaftLogStorage<Types<M>> for WalLog<M> {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError<u64>> {
-        let op = Op::Purge(log_id);
-        let mut bytes = Vec::new();
-        format::op_record(self.group, &op, &mut bytes);
-        {
+        let upto = {
             let mut log = self.log.lock();
             debug_assert!(log.last_purged <= Some(log_id), "purge must not go backwards");
-            log.purge(log_id);
+            log.purge_asked(log_id)
+        };
+        if let Some(upto) = upto {
+            self.record_purge(upto);
         }
-        // Not waited for: purged entries that come back after a crash are purged again. The
-        // writer deletes segments on its account only after syncing it.
-        self.wal.send(self.group, vec![op], bytes, None);
         Ok(())
+    }
+}
+
+impl<M: Machine> WalLog<M> {
+    /// Records a purge up to `upto`. Not waited for: purged entries that come back after a crash
+    /// are purged again. The writer deletes segments on its account only after syncing it.
+    fn record_purge(&self, upto: LogId) {
+        let op = Op::Purge(upto);
+        let mut bytes = Vec::new();
+        format::op_record(self.group, &op, &mut bytes);
+        self.wal.send(self.group, vec![op], bytes, None);
+    }
+}
+
+impl<M: Machine> DurableLog for WalLog<M> {
+    fn snapshot_durable(&self, last: Option<LogId>) {
+        let upto = self.log.lock().snapshot_durable(last);
+        if let Some(upto) = upto {
+            self.record_purge(upto);
+        }
     }
 }
 
