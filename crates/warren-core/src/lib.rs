@@ -18,6 +18,7 @@
 
 pub mod args;
 pub mod auth;
+pub mod body_store;
 pub mod broker;
 pub mod channel;
 pub mod config;

@@ -29,9 +29,11 @@
 //! `holding` count is the number of entries of `checked_out` it holds.
 
 use crate::args::{Overflow, QueueArgs};
+use crate::body_store::SharedBodyStore;
 use crate::message::{decode_from_store, encode_for_store, MessageRef};
+use crate::queue::{QUEUE_MEMORY_BYTES_MAX, QUEUE_MEMORY_MESSAGES_MAX};
 use bytes::{Buf, BufMut, Bytes};
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io;
 use warren_amqp::ShortStr;
 
@@ -328,15 +330,33 @@ impl From<&QueueArgs> for QuorumConfig {
 #[derive(Debug, Clone)]
 struct Entry {
     id: MsgId,
-    msg: MessageRef,
+    content: Content,
     expires_at: Option<u64>,
     delivered: bool,
     returns: u32,
 }
 
+/// Where a message's content is: in memory, or only in the member's [`BodyStore`].
+#[derive(Debug, Clone)]
+enum Content {
+    Held(MessageRef),
+    Paged { seq: u64, len: u64 },
+}
+
 impl Entry {
-    fn delivery(&self) -> Delivery {
-        Delivery { id: self.id, msg: self.msg.clone(), redelivered: self.delivered, delivery_count: self.returns }
+    /// Body bytes.
+    fn len(&self) -> u64 {
+        match &self.content {
+            Content::Held(msg) => msg.body.len() as u64,
+            Content::Paged { len, .. } => *len,
+        }
+    }
+
+    fn held_len(&self) -> u64 {
+        match &self.content {
+            Content::Held(msg) => msg.body.len() as u64,
+            Content::Paged { .. } => 0,
+        }
     }
 }
 
@@ -367,6 +387,11 @@ struct Held {
 }
 
 /// A quorum queue's replicated state (see the module's documentation).
+///
+/// With a [`BodyStore`] (a member on a node, [`QuorumQueue::with_store`]), ready messages
+/// past the memory window ([`QUEUE_MEMORY_MESSAGES_MAX`], [`QUEUE_MEMORY_BYTES_MAX`]) are
+/// written there and read back as they are delivered or dead-lettered; which ones is the
+/// member's own choice and changes no output.
 #[derive(Debug, Clone, Default)]
 pub struct QuorumQueue {
     config: QuorumConfig,
@@ -375,6 +400,12 @@ pub struct QuorumQueue {
     ready: VecDeque<Entry>,
     /// Body bytes of `ready`.
     ready_bytes: u64,
+    /// Messages of `ready` held in memory, and their body bytes (this member's, not replicated).
+    held_count: usize,
+    held_bytes: u64,
+    bodies: Option<SharedBodyStore>,
+    /// The memory window, with a store: ready messages held in memory at most, and their bytes.
+    window: (usize, u64),
     checked_out: BTreeMap<MsgId, Held>,
     /// In priority order (highest first), then in the order they attached.
     consumers: Vec<Consumer>,
@@ -387,6 +418,33 @@ pub struct QuorumQueue {
 impl QuorumQueue {
     pub fn new(config: QuorumConfig) -> Self {
         QuorumQueue { config, ..Default::default() }
+    }
+
+    /// As [`QuorumQueue::new`], paging ready messages past the memory window to `bodies`.
+    pub fn with_store(config: QuorumConfig, bodies: SharedBodyStore) -> Self {
+        QuorumQueue { config, bodies: Some(bodies), window: DEFAULT_WINDOW, ..Default::default() }
+    }
+
+    /// Sets the memory window: at most `messages` ready messages and `bytes` of their bodies
+    /// in memory (with a store; a classic queue's by default). For tests and tuning: it changes
+    /// where messages are kept, never what the queue does.
+    pub fn set_window(&mut self, messages: usize, bytes: u64) {
+        self.window = (messages, bytes);
+    }
+
+    /// The store this member pages to, if it has one.
+    pub fn store(&self) -> Option<&SharedBodyStore> {
+        self.bodies.as_ref()
+    }
+
+    /// Body bytes this member holds in memory: what a snapshot of it writes out.
+    pub fn held_bytes(&self) -> u64 {
+        self.held_bytes + self.checked_out.values().map(|h| h.entry.held_len()).sum::<u64>()
+    }
+
+    /// Ready messages this member keeps in its store only.
+    pub fn paged_count(&self) -> u64 {
+        (self.ready.len() - self.held_count) as u64
     }
 
     /// When the message at the head of the queue expires (ms since the Unix epoch), if it has
@@ -464,7 +522,9 @@ impl QuorumQueue {
             }
             Command::Settle { owner, ids } => {
                 for id in ids {
-                    self.take_held(*owner, *id);
+                    if let Some(e) = self.take_held(*owner, *id) {
+                        self.release(&e);
+                    }
                 }
             }
             Command::Return { owner, ids } => {
@@ -478,11 +538,7 @@ impl QuorumQueue {
             Command::Discard { owner, ids } => {
                 for id in ids {
                     if let Some(e) = self.take_held(*owner, *id) {
-                        out.effects.push(Effect::DeadLetter {
-                            msg: e.msg,
-                            reason: DeadReason::Rejected,
-                            delivery_count: e.returns,
-                        });
+                        self.dead_letter(e, DeadReason::Rejected, &mut out.effects);
                     }
                 }
             }
@@ -499,8 +555,10 @@ impl QuorumQueue {
                     remaining,
                 };
                 if let Some(mut e) = got {
-                    out.got = Some(e.delivery());
-                    if !no_ack {
+                    out.got = Some(self.delivery(&e));
+                    if *no_ack {
+                        self.release(&e);
+                    } else {
                         e.delivered = true;
                         self.checked_out.insert(e.id, Held { owner: *owner, tag: None, entry: e });
                     }
@@ -526,8 +584,12 @@ impl QuorumQueue {
             }
             Command::Purge => {
                 let n = self.ready_count();
-                self.ready.clear();
+                for e in std::mem::take(&mut self.ready) {
+                    self.release(&e);
+                }
                 self.ready_bytes = 0;
+                self.held_count = 0;
+                self.held_bytes = 0;
                 out.reply = Reply::Purged(n);
             }
             Command::Tick => self.expire_head(now, &mut out),
@@ -553,15 +615,68 @@ impl QuorumQueue {
         };
         let id = self.next_id;
         self.next_id += 1;
-        self.ready_bytes += len;
-        self.ready.push_back(Entry {
+        self.push_ready(Entry {
             id,
-            msg: msg.clone(),
+            content: Content::Held(msg.clone()),
             expires_at: ttl.map(|t| now.saturating_add(t)),
             delivered: false,
             returns: 0,
         });
         self.trim(out);
+    }
+
+    /// Puts a message at the back of the ready queue: in memory while the window has room,
+    /// else in the store (in memory after all should the store refuse it).
+    fn push_ready(&mut self, mut e: Entry) {
+        if let (Content::Held(msg), Some(bodies)) = (&e.content, &self.bodies) {
+            let len = msg.body.len() as u64;
+            let fits = self.held_count < self.window.0 && self.held_bytes + len <= self.window.1;
+            if !fits {
+                if let Ok(seq) = bodies.lock().put(msg) {
+                    e.content = Content::Paged { seq, len };
+                }
+            }
+        }
+        self.ready_bytes += e.len();
+        if let Content::Held(msg) = &e.content {
+            self.held_count += 1;
+            self.held_bytes += msg.body.len() as u64;
+        }
+        self.ready.push_back(e);
+    }
+
+    /// The message's content, read back from the store if it is paged.
+    ///
+    /// A paged message that cannot be read back (the store's files damaged or unreadable) stops
+    /// the member: its outputs would differ from the other members'. It starts again from its
+    /// snapshot, and the other members serve meanwhile.
+    fn body(&self, e: &Entry) -> MessageRef {
+        match (&e.content, &self.bodies) {
+            (Content::Held(msg), _) => msg.clone(),
+            (Content::Paged { seq, .. }, Some(bodies)) => match bodies.lock().get(*seq) {
+                Ok(msg) => msg,
+                Err(err) => panic!("quorum queue: a paged message cannot be read back: {err}"),
+            },
+            (Content::Paged { seq, .. }, None) => panic!("quorum queue: message record {seq} paged with no store"),
+        }
+    }
+
+    fn delivery(&self, e: &Entry) -> Delivery {
+        Delivery { id: e.id, msg: self.body(e), redelivered: e.delivered, delivery_count: e.returns }
+    }
+
+    /// A message left the queue: its record in the store goes (after the next snapshot).
+    fn release(&self, e: &Entry) {
+        if let (Content::Paged { seq, .. }, Some(bodies)) = (&e.content, &self.bodies) {
+            bodies.lock().release(*seq);
+        }
+    }
+
+    /// A message leaves for the dead-letter exchange.
+    fn dead_letter(&self, e: Entry, reason: DeadReason, effects: &mut Vec<Effect>) {
+        let msg = self.body(&e);
+        self.release(&e);
+        effects.push(Effect::DeadLetter { msg, reason, delivery_count: e.returns });
     }
 
     /// Drops from the head while over a length limit (drop-head overflow).
@@ -573,14 +688,18 @@ impl QuorumQueue {
             || self.config.max_length_bytes.is_some_and(|m| self.ready_bytes > m)
         {
             let Some(e) = self.pop() else { break };
-            out.effects.push(Effect::DeadLetter { msg: e.msg, reason: DeadReason::MaxLen, delivery_count: e.returns });
+            self.dead_letter(e, DeadReason::MaxLen, &mut out.effects);
         }
     }
 
     /// The next message to deliver, taken out of the ready set.
     fn pop(&mut self) -> Option<Entry> {
         let e = self.ready.pop_front()?;
-        self.ready_bytes -= e.msg.body.len() as u64;
+        self.ready_bytes -= e.len();
+        if let Content::Held(msg) = &e.content {
+            self.held_count -= 1;
+            self.held_bytes -= msg.body.len() as u64;
+        }
         Some(e)
     }
 
@@ -593,11 +712,7 @@ impl QuorumQueue {
     fn expire_head(&mut self, now: u64, out: &mut Output) {
         while self.peek().is_some_and(|e| e.expires_at.is_some_and(|t| t < now)) {
             if let Some(e) = self.pop() {
-                out.effects.push(Effect::DeadLetter {
-                    msg: e.msg,
-                    reason: DeadReason::Expired,
-                    delivery_count: e.returns,
-                });
+                self.dead_letter(e, DeadReason::Expired, &mut out.effects);
             }
         }
     }
@@ -624,15 +739,10 @@ impl QuorumQueue {
     fn give_back(&mut self, mut e: Entry, out: &mut Output) {
         e.returns = e.returns.saturating_add(1);
         if self.config.delivery_limit.is_some_and(|limit| u64::from(e.returns) > limit) {
-            out.effects.push(Effect::DeadLetter {
-                msg: e.msg,
-                reason: DeadReason::DeliveryLimit,
-                delivery_count: e.returns,
-            });
+            self.dead_letter(e, DeadReason::DeliveryLimit, &mut out.effects);
             return;
         }
-        self.ready_bytes += e.msg.body.len() as u64;
-        self.ready.push_back(e);
+        self.push_ready(e);
     }
 
     fn remove_consumer(&mut self, i: usize) {
@@ -663,13 +773,16 @@ impl QuorumQueue {
             self.expire_head(now, out);
             let Some(mut e) = self.pop() else { return };
             self.rr = i + 1;
-            let c = &mut self.consumers[i];
-            out.effects.push(Effect::Deliver { owner: c.owner, tag: c.tag.clone(), delivery: e.delivery() });
-            if !c.no_ack {
-                c.holding += 1;
+            let delivery = self.delivery(&e);
+            let (owner, tag, no_ack) =
+                (self.consumers[i].owner, self.consumers[i].tag.clone(), self.consumers[i].no_ack);
+            out.effects.push(Effect::Deliver { owner, tag: tag.clone(), delivery });
+            if no_ack {
+                self.release(&e);
+            } else {
+                self.consumers[i].holding += 1;
                 e.delivered = true;
-                let held = Held { owner: c.owner, tag: Some(c.tag.clone()), entry: e };
-                self.checked_out.insert(held.entry.id, held);
+                self.checked_out.insert(e.id, Held { owner, tag: Some(tag), entry: e });
             }
         }
     }
@@ -677,7 +790,10 @@ impl QuorumQueue {
     /// The whole state as bytes, for a Raft snapshot: what a replica that restores it
     /// ([`QuorumQueue::restore`]) needs to apply the log from the next index on with the same
     /// results. Layout: a format byte, then the fields in declaration order, integers
-    /// big-endian, messages in their store encoding (`encode_for_store`) behind a length.
+    /// big-endian, each message either in its store encoding (`encode_for_store`) behind a
+    /// length or, paged, as its seq in this member's store, its length and its expiry (so a
+    /// snapshot holds no more bodies than the member holds in memory; the store must be synced
+    /// before the snapshot is written).
     pub fn snapshot(&self) -> Vec<u8> {
         let mut b = Vec::new();
         b.put_u8(SNAPSHOT_FORMAT);
@@ -719,12 +835,60 @@ impl QuorumQueue {
     }
 
     /// The state a [`QuorumQueue::snapshot`] holds; an error names what is wrong with bytes
-    /// that are not one.
+    /// that are not one, or that name paged messages (those need the store: see
+    /// [`QuorumQueue::restore_with`]).
     pub fn restore(bytes: &[u8]) -> io::Result<Self> {
+        QuorumQueue::restore_with(bytes, None)
+    }
+
+    /// As [`QuorumQueue::restore`], for a member paging to `bodies`: the paged messages the
+    /// snapshot names are in it (a snapshot this member wrote), every other record of it goes,
+    /// and the messages the snapshot carries go to memory or the store as the window allows.
+    pub fn restore_with(bytes: &[u8], bodies: Option<SharedBodyStore>) -> io::Result<Self> {
+        let (mut q, live) = QuorumQueue::decode(bytes)?;
+        match bodies {
+            Some(bodies) => {
+                bodies.lock().keep_only(&live);
+                q.bodies = Some(bodies);
+                q.window = DEFAULT_WINDOW;
+            }
+            None if !live.is_empty() => return Err(bad("paged messages and no store to read them from")),
+            None => {}
+        }
+        for e in std::mem::take(&mut q.ready) {
+            q.push_ready(e);
+        }
+        q.check_invariants().map_err(|e| bad(&e))?;
+        Ok(q)
+    }
+
+    /// The snapshot `bytes` (one this member wrote) with every paged message's content read
+    /// back from `bodies` and carried inline: what another member, which has not this one's
+    /// store, restores from.
+    pub fn resolve_snapshot(bytes: &[u8], bodies: &SharedBodyStore) -> io::Result<Vec<u8>> {
+        let (mut q, live) = QuorumQueue::decode(bytes)?;
+        if live.is_empty() {
+            return Ok(bytes.to_vec());
+        }
+        let mut store = bodies.lock();
+        let entries = q.ready.iter_mut().chain(q.checked_out.values_mut().map(|h| &mut h.entry));
+        for e in entries {
+            if let Content::Paged { seq, .. } = e.content {
+                e.content = Content::Held(store.get(seq)?);
+            }
+        }
+        Ok(q.snapshot())
+    }
+
+    /// Decodes a snapshot (ready messages in `ready`, uncounted); returns it and the seqs of
+    /// the paged messages it names.
+    fn decode(bytes: &[u8]) -> io::Result<(Self, BTreeSet<u64>)> {
         let mut r = Bytes::copy_from_slice(bytes);
-        if get_u8(&mut r)? != SNAPSHOT_FORMAT {
+        let format = get_u8(&mut r)?;
+        if format != SNAPSHOT_FORMAT && format != SNAPSHOT_FORMAT_INLINE {
             return Err(bad("an unknown snapshot format"));
         }
+        let mut live = BTreeSet::new();
         let mut opts = [None; 4];
         for o in &mut opts {
             *o = get_opt(&mut r)?;
@@ -743,14 +907,13 @@ impl QuorumQueue {
         q.rr = get_u64(&mut r)? as usize;
         q.applied = get_u64(&mut r)?;
         for _ in 0..get_u64(&mut r)? {
-            let e = get_entry(&mut r)?;
-            q.ready_bytes += e.msg.body.len() as u64;
+            let e = get_entry(&mut r, format, &mut live)?;
             q.ready.push_back(e);
         }
         for _ in 0..get_u64(&mut r)? {
             let owner = get_owner(&mut r)?;
             let tag = if get_u8(&mut r)? == 1 { Some(get_str(&mut r)?) } else { None };
-            let entry = get_entry(&mut r)?;
+            let entry = get_entry(&mut r, format, &mut live)?;
             q.checked_out.insert(entry.id, Held { owner, tag, entry });
         }
         for _ in 0..get_u64(&mut r)? {
@@ -766,15 +929,22 @@ impl QuorumQueue {
         if r.has_remaining() {
             return Err(bad("bytes after the end"));
         }
-        q.check_invariants().map_err(|e| bad(&e))?;
-        Ok(q)
+        Ok((q, live))
     }
 
     /// Checks the module's invariant (for tests and debug builds).
     pub fn check_invariants(&self) -> Result<(), String> {
-        let bytes: u64 = self.ready.iter().map(|e| e.msg.body.len() as u64).sum();
+        let bytes: u64 = self.ready.iter().map(Entry::len).sum();
         if bytes != self.ready_bytes {
             return Err(format!("ready bytes {} but messages hold {bytes}", self.ready_bytes));
+        }
+        let held = self.ready.iter().filter(|e| matches!(e.content, Content::Held(_)));
+        let (count, bytes) = held.fold((0, 0), |(n, b), e| (n + 1, b + e.len()));
+        if (count, bytes) != (self.held_count, self.held_bytes) {
+            return Err(format!(
+                "{} held in memory ({} bytes) but counted {} ({} bytes)",
+                count, bytes, self.held_count, self.held_bytes
+            ));
         }
         for c in &self.consumers {
             let holding =
@@ -798,8 +968,13 @@ impl QuorumQueue {
     }
 }
 
-/// Version of [`QuorumQueue::snapshot`]'s layout.
-const SNAPSHOT_FORMAT: u8 = 1;
+/// A member's memory window for ready messages: a classic queue's.
+const DEFAULT_WINDOW: (usize, u64) = (QUEUE_MEMORY_MESSAGES_MAX, QUEUE_MEMORY_BYTES_MAX as u64);
+
+/// Version of [`QuorumQueue::snapshot`]'s layout: each message inline or paged.
+const SNAPSHOT_FORMAT: u8 = 2;
+/// The first layout, every message inline (still read).
+const SNAPSHOT_FORMAT_INLINE: u8 = 1;
 
 fn bad(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, format!("not a quorum queue snapshot or command: {what}"))
@@ -871,17 +1046,38 @@ fn put_entry(b: &mut Vec<u8>, e: &Entry, scratch: &mut Vec<u8>) {
     b.put_u64(e.id);
     b.put_u8(u8::from(e.delivered));
     b.put_u32(e.returns);
-    encode_for_store(&e.msg, e.expires_at, scratch);
-    b.put_u64(scratch.len() as u64);
-    b.put_slice(scratch);
+    match &e.content {
+        Content::Held(msg) => {
+            b.put_u8(0);
+            scratch.clear();
+            encode_for_store(msg, e.expires_at, scratch);
+            b.put_u64(scratch.len() as u64);
+            b.put_slice(scratch);
+        }
+        Content::Paged { seq, len } => {
+            b.put_u8(1);
+            b.put_u64(*seq);
+            b.put_u64(*len);
+            put_opt(b, e.expires_at);
+        }
+    }
 }
 
-fn get_entry(r: &mut Bytes) -> io::Result<Entry> {
+/// An entry of a snapshot of layout `format`; the seq of a paged one is added to `live`.
+fn get_entry(r: &mut Bytes, format: u8, live: &mut BTreeSet<u64>) -> io::Result<Entry> {
     let id = get_u64(r)?;
     let delivered = get_u8(r)? != 0;
     let returns = get_u32(r)?;
+    let paged = format != SNAPSHOT_FORMAT_INLINE && get_u8(r)? == 1;
+    if paged {
+        let (seq, len, expires_at) = (get_u64(r)?, get_u64(r)?, get_opt(r)?);
+        if !live.insert(seq) {
+            return Err(bad("a paged message named twice"));
+        }
+        return Ok(Entry { id, content: Content::Paged { seq, len }, expires_at, delivered, returns });
+    }
     let n = usize::try_from(get_u64(r)?).map_err(|_| bad("a message too long"))?;
     need(r, n)?;
     let (msg, expires_at) = decode_from_store(r.split_to(n)).ok_or_else(|| bad("a message it cannot decode"))?;
-    Ok(Entry { id, msg, expires_at, delivered, returns })
+    Ok(Entry { id, content: Content::Held(msg), expires_at, delivered, returns })
 }

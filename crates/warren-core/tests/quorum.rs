@@ -7,11 +7,14 @@
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write;
+use std::sync::Arc;
 use warren_amqp::{BasicProperties, ShortStr};
+use warren_core::body_store::{BodyStore, SharedBodyStore};
 use warren_core::message::{Message, MessageRef};
 use warren_core::quorum::{
     Command, DeadReason, Effect, Gone, MsgId, Output, Owner, QuorumConfig, QuorumQueue, Reply, Stamped,
 };
+use warren_store::FsBackend;
 
 fn msg(n: u64) -> MessageRef {
     msg_with(n, None)
@@ -299,6 +302,29 @@ fn give_back(l: &mut Ledger, ids: impl IntoIterator<Item = MsgId>, out: &Output)
 /// Runs `steps` random commands from `seed` (restored from its own snapshot before step
 /// `restore_at`); returns the transcript of outputs and the queue.
 fn run(seed: u64, steps: usize, restore_at: Option<usize>) -> (String, QuorumQueue) {
+    run_paged(seed, steps, restore_at, None)
+}
+
+/// The most messages a paging run of this seed kept in its store only at once.
+static PAGED_SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A store in a fresh temporary directory, and the directory.
+fn temp_store(name: &str) -> (SharedBodyStore, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("warren-quorum-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = BodyStore::open_shared(Arc::new(FsBackend), &dir).expect("open the store");
+    (store, dir)
+}
+
+/// As [`run`], by a member that pages to `paged` past a window of a few messages: a snapshot
+/// (taken with its store synced, its releases settled once it is "written") names paged
+/// messages by their place in the store.
+fn run_paged(
+    seed: u64,
+    steps: usize,
+    restore_at: Option<usize>,
+    paged: Option<&SharedBodyStore>,
+) -> (String, QuorumQueue) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let config = QuorumConfig {
         delivery_limit: Some(rng.u64(1..4)),
@@ -308,7 +334,12 @@ fn run(seed: u64, steps: usize, restore_at: Option<usize>) -> (String, QuorumQue
         message_ttl_ms: (rng.u8(0..3) == 0).then(|| rng.u64(5..50)),
         ..Default::default()
     };
-    let mut log = Log::new(config);
+    let mut log = Log::new(config.clone());
+    let window = |q: &mut QuorumQueue| q.set_window(1 + (seed % 4) as usize, 64);
+    if let Some(store) = paged {
+        log.q = QuorumQueue::with_store(config, store.clone());
+        window(&mut log.q);
+    }
     let owners: Vec<Owner> =
         (0..4).map(|i| Owner { node: 1 + i % 3, conn: u64::from(i / 2), channel: 1 + (i % 2) as u16 }).collect();
     let mut ledger = Ledger::default();
@@ -318,7 +349,17 @@ fn run(seed: u64, steps: usize, restore_at: Option<usize>) -> (String, QuorumQue
     for step in 0..steps {
         if restore_at == Some(step) {
             // A replica that joins from a snapshot here must go on exactly as this one.
-            log.q = QuorumQueue::restore(&log.q.snapshot()).expect("restores");
+            match paged {
+                None => log.q = QuorumQueue::restore(&log.q.snapshot()).expect("restores"),
+                Some(store) => {
+                    // A member that restarts from its own snapshot and store.
+                    store.lock().sync().expect("sync");
+                    let bytes = log.q.snapshot();
+                    store.lock().settle_released();
+                    log.q = QuorumQueue::restore_with(&bytes, Some(store.clone())).expect("restores");
+                    window(&mut log.q);
+                }
+            }
         }
         log.now += rng.u64(0..10);
         let owner = owners[rng.usize(0..owners.len())];
@@ -421,6 +462,7 @@ fn run(seed: u64, steps: usize, restore_at: Option<usize>) -> (String, QuorumQue
             }
             _ => {}
         }
+        PAGED_SEEN.fetch_max(log.q.paged_count(), std::sync::atomic::Ordering::Relaxed);
         assert_eq!(log.q.unsettled_count(), ledger.held.len() as u64, "seed {seed} step {step}: held");
         assert_eq!(log.q.ready_count(), ledger.order.len() as u64, "seed {seed} step {step}: ready");
     }
@@ -514,15 +556,77 @@ fn seeded_runs_conserve_every_message_and_replay_byte_for_byte() {
             let (second, q2) = run(seed, 600, None);
             assert_eq!(first, second, "seed {seed}: a second run differs");
             assert_eq!(format!("{q1:?}"), format!("{q2:?}"), "seed {seed}: the states differ");
-            let (restored, q3) = run(seed, 600, Some((200 + seed as usize * 7) % 600));
+            let restore_at = Some((200 + seed as usize * 7) % 600);
+            let (restored, q3) = run(seed, 600, restore_at);
             assert_eq!(first, restored, "seed {seed}: a run restored from a snapshot differs");
             assert_eq!(q1.snapshot(), q3.snapshot(), "seed {seed}: the snapshots differ");
+            // A member that pages past a small window does exactly the same, and once the
+            // queue is empty and a snapshot written, its store holds nothing.
+            let (store, dir) = temp_store(&format!("seed-{seed}"));
+            PAGED_SEEN.store(0, std::sync::atomic::Ordering::Relaxed);
+            let (paged, q4) = run_paged(seed, 600, restore_at, Some(&store));
+            assert!(PAGED_SEEN.load(std::sync::atomic::Ordering::Relaxed) > 0, "seed {seed}: nothing was paged");
+            assert_eq!(first, paged, "seed {seed}: a member that pages differs");
+            assert_eq!(q1.snapshot(), q4.snapshot(), "seed {seed}: the paging member's snapshot differs");
+            store.lock().sync().expect("sync");
+            store.lock().settle_released();
+            assert_eq!(store.lock().records(), 0, "seed {seed}: records left in the store");
+            drop((q4, store));
+            let _ = std::fs::remove_dir_all(dir);
         });
         if let Err(e) = result {
             eprintln!("quorum machine failed with seed {seed}: replay with WARREN_QUORUM_SEED={seed}");
             std::panic::resume_unwind(e);
         }
     }
+}
+
+#[test]
+fn a_member_pages_past_its_window_and_its_snapshot_names_what_it_paged() {
+    let (store, dir) = temp_store("window");
+    let config = QuorumConfig::default();
+    let mut log = Log::new(config.clone());
+    log.q = QuorumQueue::with_store(config.clone(), store.clone());
+    log.q.set_window(3, 1 << 20);
+    let mut plain = Log::new(config);
+    for n in 0..10 {
+        log.publish(n);
+        plain.publish(n);
+    }
+    assert_eq!((log.q.ready_count(), log.q.paged_count()), (10, 7), "three in memory, seven in the store");
+    assert_eq!(store.lock().records(), 7);
+    assert_eq!(log.q.held_bytes(), 3, "the bodies in memory: \"0\", \"1\", \"2\"");
+    store.lock().sync().expect("sync");
+    let bytes = log.q.snapshot();
+    assert!(bytes.len() < plain.q.snapshot().len(), "paged messages are named, not carried");
+    assert!(QuorumQueue::restore(&bytes).is_err(), "paged messages need the store");
+    // Another member gets the bodies inline: the same as a member that never paged.
+    let sent = QuorumQueue::resolve_snapshot(&bytes, &store).expect("resolves");
+    assert_eq!(sent, plain.q.snapshot());
+    assert_eq!(QuorumQueue::restore(&sent).expect("restores").snapshot(), sent);
+    // Records written after the snapshot (the log applied after it writes them again) go when
+    // the member restarts from it.
+    log.publish(10);
+    assert_eq!(store.lock().records(), 8);
+    let mut again = Log::new(QuorumConfig::default());
+    again.q = QuorumQueue::restore_with(&bytes, Some(store.clone())).expect("restores");
+    again.index = log.index;
+    assert_eq!(store.lock().records(), 7);
+    again.q.set_window(3, 1 << 20);
+    again.publish(10);
+    // Delivered in order, the paged ones read back; each settled one is released and goes once
+    // a later snapshot is written.
+    let out = again.attach(A, "c", 0);
+    let got: Vec<u64> = delivered(&out).iter().map(|d| d.1).collect();
+    assert_eq!(got, (0..=10).collect::<Vec<_>>());
+    again.apply(Command::Settle { owner: A, ids: ids(&out) });
+    assert_eq!(store.lock().records(), 8, "kept until a snapshot without them is written");
+    store.lock().sync().expect("sync");
+    let _ = again.q.snapshot();
+    store.lock().settle_released();
+    assert_eq!(store.lock().records(), 0);
+    drop((log, again, store));
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -27,6 +27,23 @@ pub trait Machine: Send + Sync + 'static {
     /// The whole state as bytes, from which [`restore`](Machine::restore) rebuilds it on any node.
     fn snapshot(&self) -> Vec<u8>;
 
+    /// Called before [`snapshot`](Machine::snapshot) when a snapshot is built to be kept: a
+    /// machine whose snapshots refer to data it keeps elsewhere makes that data durable here.
+    /// An error fails the snapshot.
+    fn prepare_snapshot(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    /// The snapshot last built (or installed) is on disk: what only older snapshots needed may
+    /// go.
+    fn snapshot_written(&mut self) {}
+
+    /// The snapshot `snapshot` (the latest this member built or installed) as it goes to another
+    /// member: whole, where it refers to data only this member keeps. By default, as it is.
+    fn snapshot_to_send(&self, snapshot: &[u8]) -> std::io::Result<Vec<u8>> {
+        Ok(snapshot.to_vec())
+    }
+
     /// Replaces the whole state with the one `bytes` describes.
     ///
     /// On error the state should be left as it was (decode first, then swap), because the group

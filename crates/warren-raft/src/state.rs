@@ -281,7 +281,17 @@ impl<M: Machine> RaftStateMachine<Types<M>> for MachineStore<M> {
             state.machine.restore(&snapshot).map_err(|e| snapshot_error(meta, &e))?;
             state.last_applied = meta.last_log_id;
             state.membership = meta.last_membership.clone();
-            state.snapshot = Some((meta.clone(), *snapshot));
+            // The same state as this member keeps it, if that is smaller (a queue's member
+            // keeps a backlog's bodies in its own store, not in its snapshot).
+            let mut kept = *snapshot;
+            if state.machine.prepare_snapshot().is_ok() {
+                let own = state.machine.snapshot();
+                if own.len() < kept.len() && self.persist(meta, &own).is_ok() {
+                    kept = own;
+                }
+            }
+            state.machine.snapshot_written();
+            state.snapshot = Some((meta.clone(), kept));
             meta.last_log_id.map(|id| id.index)
         };
         // A snapshot with no last log id covers nothing: there is nothing to report.
@@ -293,10 +303,9 @@ impl<M: Machine> RaftStateMachine<Types<M>> for MachineStore<M> {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<M>>, StorageError<u64>> {
         let state = self.state.lock();
-        Ok(state
-            .snapshot
-            .as_ref()
-            .map(|(meta, bytes)| Snapshot { meta: meta.clone(), snapshot: Box::new(bytes.clone()) }))
+        let Some((meta, bytes)) = state.snapshot.as_ref() else { return Ok(None) };
+        let whole = state.machine.snapshot_to_send(bytes).map_err(|e| snapshot_error(meta, &e))?;
+        Ok(Some(Snapshot { meta: meta.clone(), snapshot: Box::new(whole) }))
     }
 }
 
@@ -304,6 +313,10 @@ impl<M: Machine> RaftSnapshotBuilder<Types<M>> for MachineStore<M> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<M>, StorageError<u64>> {
         let mut state = self.state.lock();
         state.snapshots_built += 1;
+        state
+            .machine
+            .prepare_snapshot()
+            .map_err(|e| StorageError::from(StorageIOError::<u64>::write_snapshot(None, AnyError::new(&e))))?;
         let bytes = state.machine.snapshot();
         let snapshot_id = match state.last_applied {
             Some(id) => format!("{}-{}-{}", id.leader_id.term, id.index, state.snapshots_built),
@@ -313,6 +326,7 @@ impl<M: Machine> RaftSnapshotBuilder<Types<M>> for MachineStore<M> {
             SnapshotMeta { last_log_id: state.last_applied, last_membership: state.membership.clone(), snapshot_id };
         // On disk before openraft hears of it (and purges the log behind it).
         self.persist(&meta, &bytes)?;
+        state.machine.snapshot_written();
         state.snapshot = Some((meta.clone(), bytes.clone()));
         Ok(Snapshot { meta, snapshot: Box::new(bytes) })
     }

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use warren_amqp::ShortStr;
+use warren_core::body_store::{BodyStore, SharedBodyStore};
 use warren_core::broker::ReplicaWork;
 use warren_core::quorum::{Command, Delivery, Effect, Output, QuorumConfig, QuorumQueue, Reply, Stamped};
 use warren_core::{ConnId, Out};
@@ -47,6 +48,8 @@ const BATCH_MAX: usize = 512;
 #[derive(Debug, Clone, Default)]
 pub struct QueueMachine {
     queue: QuorumQueue,
+    /// Where this member pages a backlog (none: everything in memory).
+    bodies: Option<SharedBodyStore>,
     /// Body bytes of the messages this member applied since it started or restored a
     /// snapshot: how much log a snapshot would let go (`snapshot_when_worth_it`). Not part of
     /// the replicated state (a snapshot does not carry it).
@@ -55,7 +58,13 @@ pub struct QueueMachine {
 
 impl QueueMachine {
     pub fn new(config: QuorumConfig) -> Self {
-        QueueMachine { queue: QuorumQueue::new(config), enqueued_bytes: 0 }
+        QueueMachine { queue: QuorumQueue::new(config), bodies: None, enqueued_bytes: 0 }
+    }
+
+    /// A member that keeps the ready messages past its memory window in `bodies` (its snapshots
+    /// name them there).
+    pub fn with_store(config: QuorumConfig, bodies: SharedBodyStore) -> Self {
+        QueueMachine { queue: QuorumQueue::with_store(config, bodies.clone()), bodies: Some(bodies), enqueued_bytes: 0 }
     }
 
     /// Body bytes of the messages applied since this member started or restored a snapshot.
@@ -91,9 +100,29 @@ impl Machine for QueueMachine {
     }
 
     fn restore(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.queue = QuorumQueue::restore(bytes)?;
+        self.queue = QuorumQueue::restore_with(bytes, self.bodies.clone())?;
         self.enqueued_bytes = 0;
         Ok(())
+    }
+
+    fn prepare_snapshot(&mut self) -> io::Result<()> {
+        match &self.bodies {
+            Some(bodies) => bodies.lock().sync(),
+            None => Ok(()),
+        }
+    }
+
+    fn snapshot_written(&mut self) {
+        if let Some(bodies) = &self.bodies {
+            bodies.lock().settle_released();
+        }
+    }
+
+    fn snapshot_to_send(&self, snapshot: &[u8]) -> io::Result<Vec<u8>> {
+        match &self.bodies {
+            Some(bodies) => QuorumQueue::resolve_snapshot(snapshot, bodies),
+            None => Ok(snapshot.to_vec()),
+        }
     }
 
     /// A count (u32), then each command: its length (u32) and its bytes, big-endian.
@@ -257,6 +286,9 @@ pub struct QueueHost {
     balanced_by_default: bool,
     /// Classic queues that live on other nodes, reached through them.
     forward: Arc<crate::forward::Forwarder>,
+    /// Each member's store of paged messages, opened once per run (a member started again
+    /// takes the same one).
+    bodies: parking_lot::Mutex<HashMap<u64, SharedBodyStore>>,
 }
 
 /// A quorum queue's group: snapshots every 1,000 entries with 100 kept behind (rather than
@@ -305,6 +337,7 @@ impl QueueHost {
             first_conn: std::sync::atomic::AtomicU64::new(u64::MAX),
             balanced_by_default,
             forward,
+            bodies: parking_lot::Mutex::new(HashMap::new()),
         });
         shared.broker().set_replica_node(host.me32);
         let first_conn = shared.set_replica_sink(Arc::new(Sink(Arc::downgrade(&host))));
@@ -511,10 +544,11 @@ impl QueueHost {
         std::fs::create_dir_all(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
         let transport = self.node.transport::<QueueMachine>(group_id);
         let log_view = log.clone();
+        let bodies = self.bodies_of(group_id)?;
         let (group, applied) = Group::start_durable(
             self.me,
             &self.config,
-            QueueMachine::new(config),
+            QueueMachine::with_store(config, bodies),
             transport.clone(),
             log,
             self.dir.join(format!("{group_id:016x}.snapshot")),
@@ -682,6 +716,23 @@ impl QueueHost {
         }
     }
 
+    fn bodies_dir(&self, group_id: u64) -> PathBuf {
+        self.dir.join(format!("{group_id:016x}.bodies"))
+    }
+
+    /// Group `group_id`'s store of paged messages, opened if this run has not yet.
+    fn bodies_of(&self, group_id: u64) -> Result<SharedBodyStore, String> {
+        let mut open = self.bodies.lock();
+        if let Some(bodies) = open.get(&group_id) {
+            return Ok(bodies.clone());
+        }
+        let dir = self.bodies_dir(group_id);
+        let bodies = BodyStore::open_shared(Arc::new(warren_store::FsBackend), &dir)
+            .map_err(|e| format!("its store of paged messages in {}: {e}", dir.display()))?;
+        open.insert(group_id, bodies.clone());
+        Ok(bodies)
+    }
+
     async fn stop_replica(&self, group_id: u64) {
         let Some(replica) = self.replicas.lock().remove(&group_id) else { return };
         replica.stop.send_replace(true);
@@ -691,6 +742,12 @@ impl QueueHost {
             tracing::error!("cannot forget the log of group {group_id:016x}: {e}");
         }
         let _ = std::fs::remove_file(self.dir.join(format!("{group_id:016x}.snapshot")));
+        self.bodies.lock().remove(&group_id);
+        if let Err(e) = std::fs::remove_dir_all(self.bodies_dir(group_id)) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::error!("cannot delete the paged messages of group {group_id:016x}: {e}");
+            }
+        }
         tracing::info!("quorum queue '{}' in vhost '{}': group {group_id:016x} stopped", replica.name, replica.vhost);
     }
 

@@ -7,20 +7,24 @@ use super::*;
 
 /// Entries applied since a member's last snapshot before it takes another (at the least).
 const SNAPSHOT_AFTER_ENTRIES: u64 = 1000;
+/// Message bytes applied since a member's last snapshot after which it takes another sooner:
+/// the log holds its entries in memory until a snapshot lets them go.
+const SNAPSHOT_AFTER_BYTES: u64 = 32 << 20;
 
 /// Whether a snapshot is worth taking `since` entries after the last one, with `new_bytes` of
-/// message bodies applied since and `ready_bytes` in the queue (what the snapshot writes).
-fn worth_snapshotting(since: u64, new_bytes: u64, ready_bytes: u64) -> bool {
-    since >= SNAPSHOT_AFTER_ENTRIES && new_bytes.saturating_mul(2) >= ready_bytes
+/// message bodies applied since and `held_bytes` of bodies in the member's memory (what the
+/// snapshot writes).
+fn worth_snapshotting(since: u64, new_bytes: u64, held_bytes: u64) -> bool {
+    (since >= SNAPSHOT_AFTER_ENTRIES || new_bytes >= SNAPSHOT_AFTER_BYTES) && new_bytes.saturating_mul(2) >= held_bytes
 }
 
 /// Asks each member for a snapshot once it is worth it: at least [`SNAPSHOT_AFTER_ENTRIES`]
-/// entries applied since the last one, and at least half as many message bytes applied since
-/// as the queue holds ready. A snapshot is the whole queue; taken every 1,000 entries whatever
-/// the queue holds (openraft's policy), a deep backlog was written out again and again, each
-/// time the whole of it, and publishing stalled for seconds at a time (session 16: 300,000
-/// messages of 1 KiB). Now what snapshots write stays within a few times what is published,
-/// while a queue that keeps up still snapshots every 1,000 entries.
+/// entries or [`SNAPSHOT_AFTER_BYTES`] of messages applied since the last one, and at least
+/// half as many message bytes applied since as the snapshot would write. A snapshot carries the
+/// bodies the member holds in memory (a backlog past its window is in its store and only named);
+/// taken every 1,000 entries whatever the queue held in memory (openraft's policy), a deep
+/// backlog was written out again and again, each time the whole of it, and publishing stalled
+/// for seconds at a time (session 16: 300,000 messages of 1 KiB).
 pub(super) fn snapshot_when_worth_it(replicas: &[Arc<Replica>]) {
     for replica in replicas {
         let status = replica.group.status();
@@ -29,11 +33,10 @@ pub(super) fn snapshot_when_worth_it(replicas: &[Arc<Replica>]) {
         }
         let applied = status.applied_index.unwrap_or(0);
         let since = applied.saturating_sub(status.snapshot_index.unwrap_or(0));
-        if since < SNAPSHOT_AFTER_ENTRIES {
-            continue;
-        }
-        let (ready_bytes, enqueued) =
-            replica.group.with_machine(|m: &QueueMachine| (m.queue().ready_bytes(), m.enqueued_bytes()));
+        // What a snapshot writes: the bodies the member holds in memory (a backlog past its
+        // window is in its store, named by the snapshot, not carried).
+        let (held_bytes, enqueued) =
+            replica.group.with_machine(|m: &QueueMachine| (m.queue().held_bytes(), m.enqueued_bytes()));
         let mut mark = replica.snapshot_mark.lock();
         // A snapshot asked for and not taken yet: not again for a while.
         if mark.1.is_some_and(|at| at.elapsed() < Duration::from_secs(10))
@@ -43,7 +46,7 @@ pub(super) fn snapshot_when_worth_it(replicas: &[Arc<Replica>]) {
         }
         // The counter starts again from 0 when the member restores a snapshot.
         let base = if mark.0 > enqueued { 0 } else { mark.0 };
-        if !worth_snapshotting(since, enqueued - base, ready_bytes) {
+        if !worth_snapshotting(since, enqueued - base, held_bytes) {
             continue;
         }
         *mark = (enqueued, Some(tokio::time::Instant::now()), status.snapshot_index.unwrap_or(0));
@@ -227,7 +230,10 @@ mod tests {
         // A queue that keeps up: every 1,000 entries, as before.
         assert!(worth_snapshotting(1000, 10, 0));
         assert!(!worth_snapshotting(999, 10, 0));
-        // A 300 MB backlog: not until 150 MB came in since the last one.
+        // Large entries: after 32 MiB of messages, however few entries hold them.
+        assert!(worth_snapshotting(100, 32 << 20, 4 << 20));
+        assert!(!worth_snapshotting(100, (32 << 20) - 1, 0));
+        // A 300 MB backlog held in memory: not until 150 MB came in since the last one.
         assert!(!worth_snapshotting(5000, 100 << 20, 300 << 20));
         assert!(worth_snapshotting(5000, 150 << 20, 300 << 20));
         // Draining it with nothing new: once what is left is no more than twice the log.
