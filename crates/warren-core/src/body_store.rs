@@ -105,6 +105,11 @@ impl BodyStore {
         let _ = self.log.settle_range(from, self.log.next_seq());
     }
 
+    /// Records of messages that left the queue, waiting for a snapshot to go.
+    pub fn releasing(&self) -> usize {
+        self.released.len()
+    }
+
     /// Records held (written and not settled).
     pub fn records(&self) -> u64 {
         self.log.unsettled()

@@ -252,9 +252,9 @@ struct Replica {
     /// The member's progress as last seen (openraft's applied index, the host's handled one),
     /// and since when it has been behind without moving (`restart_stuck_members`).
     progress: parking_lot::Mutex<(Option<u64>, u64, Option<tokio::time::Instant>)>,
-    /// The machine's `enqueued_bytes` when this host last asked for a snapshot, when, and the
-    /// snapshot index then (`snapshot_when_worth_it`).
-    snapshot_mark: parking_lot::Mutex<(u64, Option<tokio::time::Instant>, u64)>,
+    /// When this host last asked for a snapshot, and how long the member has been idle
+    /// (`snapshot_when_worth_it`).
+    snapshot_mark: parking_lot::Mutex<upkeep::SnapshotMark>,
     /// A batch of this member's commands was committed and applied here: it holds what its
     /// group had committed before (true from the start for a member started again in the same
     /// run, which has no first command to wait for).
@@ -610,7 +610,7 @@ impl QueueHost {
             restart_tried: parking_lot::Mutex::new(None),
             known_committed: std::sync::atomic::AtomicU64::new(0),
             progress: parking_lot::Mutex::new((None, 0, None)),
-            snapshot_mark: parking_lot::Mutex::new((0, None, 0)),
+            snapshot_mark: parking_lot::Mutex::new(upkeep::SnapshotMark::default()),
             in_step: watch::Sender::new(!new_run),
         });
         self.replicas.lock().insert(group_id, replica.clone());

@@ -32,29 +32,68 @@ pub(super) fn snapshot_when_worth_it(replicas: &[Arc<Replica>]) {
             continue;
         }
         let applied = status.applied_index.unwrap_or(0);
-        let since = applied.saturating_sub(status.snapshot_index.unwrap_or(0));
+        let snapshot_index = status.snapshot_index.unwrap_or(0);
+        let since = applied.saturating_sub(snapshot_index);
         // What a snapshot writes: the bodies the member holds in memory (a backlog past its
         // window is in its store, named by the snapshot, not carried).
-        let (held_bytes, enqueued) =
-            replica.group.with_machine(|m: &QueueMachine| (m.queue().held_bytes(), m.enqueued_bytes()));
+        let (held_bytes, enqueued, releasing) = replica.group.with_machine(|m: &QueueMachine| {
+            (m.queue().held_bytes(), m.enqueued_bytes(), m.queue().store().map_or(0, |s| s.lock().releasing()))
+        });
+        let now = tokio::time::Instant::now();
         let mut mark = replica.snapshot_mark.lock();
+        if mark.applied != applied {
+            mark.applied = applied;
+            mark.applied_at = now;
+        }
         // A snapshot asked for and not taken yet: not again for a while.
-        if mark.1.is_some_and(|at| at.elapsed() < Duration::from_secs(10))
-            && status.snapshot_index.unwrap_or(0) <= mark.2
+        if mark.asked_at.is_some_and(|at| at.elapsed() < Duration::from_secs(10)) && snapshot_index <= mark.asked_index
         {
             continue;
         }
         // The counter starts again from 0 when the member restores a snapshot.
-        let base = if mark.0 > enqueued { 0 } else { mark.0 };
-        if !worth_snapshotting(since, enqueued - base, held_bytes) {
+        let base = if mark.enqueued > enqueued { 0 } else { mark.enqueued };
+        // An idle member whose store holds messages that left the queue lets them go (a
+        // drained backlog's space comes back without waiting for more traffic).
+        let idle = since > 0 && releasing > 0 && now.duration_since(mark.applied_at) >= SNAPSHOT_WHEN_IDLE_AFTER;
+        if !idle && !worth_snapshotting(since, enqueued - base, held_bytes) {
             continue;
         }
-        *mark = (enqueued, Some(tokio::time::Instant::now()), status.snapshot_index.unwrap_or(0));
+        mark.enqueued = enqueued;
+        mark.asked_at = Some(now);
+        mark.asked_index = snapshot_index;
         drop(mark);
         let group = replica.group.clone();
         tokio::spawn(async move {
             let _ = group.trigger_snapshot().await;
         });
+    }
+}
+
+/// How long a member applies nothing before it snapshots to let go of what its store holds for
+/// messages that left the queue.
+const SNAPSHOT_WHEN_IDLE_AFTER: Duration = Duration::from_secs(5);
+
+/// What [`snapshot_when_worth_it`] keeps per member.
+pub(super) struct SnapshotMark {
+    /// The machine's `enqueued_bytes` when a snapshot was last asked for, when, and the
+    /// snapshot index then.
+    enqueued: u64,
+    asked_at: Option<tokio::time::Instant>,
+    asked_index: u64,
+    /// The applied index last seen, and since when it has not moved.
+    applied: u64,
+    applied_at: tokio::time::Instant,
+}
+
+impl Default for SnapshotMark {
+    fn default() -> Self {
+        SnapshotMark {
+            enqueued: 0,
+            asked_at: None,
+            asked_index: 0,
+            applied: 0,
+            applied_at: tokio::time::Instant::now(),
+        }
     }
 }
 
