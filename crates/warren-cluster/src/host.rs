@@ -61,7 +61,8 @@ impl Default for HostOptions {
 /// The metadata group's member on this node, with what its host needs.
 pub struct MetaHost {
     me: u64,
-    group: Group<Metadata>,
+    /// This node's member (another after [`MetaHost::restart`]).
+    group: parking_lot::RwLock<Group<Metadata>>,
     shared: Arc<Shared>,
     forward: Forward,
     commit_timeout: Duration,
@@ -77,8 +78,8 @@ pub struct MetaHost {
     catching_up: std::sync::atomic::AtomicBool,
     /// Turns true when catching up ends (at once on a fresh node).
     caught_up: watch::Sender<bool>,
-    /// This run's barrier.
-    nonce: u64,
+    /// This run's barrier (a new one at each restart of the member).
+    nonce: std::sync::atomic::AtomicU64,
     /// Told when the queues may have changed ([`MetaHost::on_queues_changed`]).
     listeners: parking_lot::Mutex<Vec<Arc<dyn Fn() + Send + Sync>>>,
     /// False on a node's first start in the cluster until what it held before is committed
@@ -88,8 +89,11 @@ pub struct MetaHost {
     /// The runtime the host runs on: a change handed over is committed (or undone) there to
     /// the end, even if whoever waits for it goes away (an HTTP client hanging up).
     runtime: tokio::runtime::Handle,
-    /// The group's applied stream ended (it stopped): the host's loops end.
+    /// The group's applied stream ended (it stopped): the host's loops idle until a restart.
     stopped: std::sync::atomic::AtomicBool,
+    /// Counts restarts: an applied stream of an earlier member that ends says nothing of the
+    /// current one.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl MetaHost {
@@ -107,7 +111,7 @@ impl MetaHost {
         let fresh = options.fresh;
         let host = Arc::new(MetaHost {
             me: group.id(),
-            group,
+            group: parking_lot::RwLock::new(group),
             shared: shared.clone(),
             forward,
             commit_timeout: options.commit_timeout,
@@ -119,12 +123,10 @@ impl MetaHost {
             joined: watch::Sender::new(!fresh),
             runtime: tokio::runtime::Handle::current(),
             stopped: std::sync::atomic::AtomicBool::new(false),
-            nonce: {
-                use std::hash::{BuildHasher, RandomState};
-                RandomState::new().hash_one(std::time::SystemTime::now())
-            },
+            generation: std::sync::atomic::AtomicU64::new(0),
+            nonce: std::sync::atomic::AtomicU64::new(new_nonce()),
         });
-        tokio::spawn(host.clone().apply_loop(applied));
+        tokio::spawn(host.clone().apply_loop(applied, 0));
         shared.set_replicator(Arc::new(Replicate(host.clone())));
         if fresh {
             tokio::spawn(host.clone().join());
@@ -163,9 +165,30 @@ impl MetaHost {
         let _ = caught_up.wait_for(|c| *c).await;
     }
 
+    /// Starts the host again on `group`, this node's member started again from its log (after
+    /// the node's write-ahead log stopped and recovered): the member replays what it had, so
+    /// the host catches up as at a restart of the node (nothing applied until its new barrier
+    /// comes back, then the broker made to match the group's state).
+    pub fn restart(self: &Arc<Self>, group: Group<Metadata>, applied: AppliedRx<MetaOutput>) {
+        use std::sync::atomic::Ordering;
+        *self.group.write() = group;
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.nonce.store(new_nonce(), Ordering::Release);
+        self.catching_up.store(true, Ordering::Release);
+        self.stopped.store(false, Ordering::Release);
+        tokio::spawn(self.clone().apply_loop(applied, generation));
+        tokio::spawn(self.clone().catch_up());
+    }
+
+    /// Whether this node's member stopped (its applied stream ended).
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Proposes this run's barrier until it is in the log.
     async fn catch_up(self: Arc<Self>) {
-        let barrier = MetaCommand::Barrier { origin: self.me, nonce: self.nonce };
+        let nonce = self.nonce.load(std::sync::atomic::Ordering::Acquire);
+        let barrier = MetaCommand::Barrier { origin: self.me, nonce };
         loop {
             match self.propose_index(barrier.clone(), self.commit_timeout).await {
                 Ok(_) => return,
@@ -178,8 +201,8 @@ impl MetaHost {
     }
 
     /// This node's member of the group.
-    pub fn group(&self) -> &Group<Metadata> {
-        &self.group
+    pub fn group(&self) -> Group<Metadata> {
+        self.group.read().clone()
     }
 
     /// Proposes `command`, following the leader, until it is in the log or `timeout` passed;
@@ -189,7 +212,7 @@ impl MetaHost {
         let mut last = ProposeFailure::NoLeader;
         loop {
             let attempt = async {
-                match self.group.propose(command.clone()).await {
+                match self.group().propose(command.clone()).await {
                     Ok((index, _)) => Ok(index),
                     Err(ProposeError::NotLeader { leader: Some(leader) }) if leader != self.me => {
                         (self.forward)(leader, command.clone()).await
@@ -246,12 +269,13 @@ impl MetaHost {
         self.own.lock().remove(&index).ok_or_else(|| ProposeFailure::Failed(format!("no output for entry {index}")))
     }
 
-    async fn apply_loop(self: Arc<Self>, mut applied: AppliedRx<MetaOutput>) {
+    async fn apply_loop(self: Arc<Self>, mut applied: AppliedRx<MetaOutput>, generation: u64) {
         while let Some(event) = applied.recv().await {
             match event {
                 Applied::Command { index, output } => {
                     if self.is_catching_up() {
-                        if output.origin == self.me && output.barrier == Some(self.nonce) {
+                        let nonce = self.nonce.load(std::sync::atomic::Ordering::Acquire);
+                        if output.origin == self.me && output.barrier == Some(nonce) {
                             self.reconcile(None);
                             self.catching_up.store(false, std::sync::atomic::Ordering::Release);
                             self.caught_up.send_replace(true);
@@ -292,8 +316,10 @@ impl MetaHost {
                 }
             }
         }
-        // The group stopped.
-        self.stopped.store(true, std::sync::atomic::Ordering::Release);
+        // The group stopped (unless this was an earlier member's stream).
+        if self.generation.load(std::sync::atomic::Ordering::Acquire) == generation {
+            self.stopped.store(true, std::sync::atomic::Ordering::Release);
+        }
     }
 
     /// Applies changes committed by other nodes to this node's broker.
@@ -309,7 +335,8 @@ impl MetaHost {
         // A classic queue declared through another node lives there: reached through it.
         let declared = declared_queues(ops);
         if !declared.is_empty() {
-            self.group.with_machine(|m: &Metadata| crate::forward::mark_homes(&mut core, m, self.me, Some(&declared)));
+            self.group()
+                .with_machine(|m: &Metadata| crate::forward::mark_homes(&mut core, m, self.me, Some(&declared)));
         }
         core.deliver(&mut out);
     }
@@ -317,7 +344,7 @@ impl MetaHost {
     /// Makes the broker's definitions match the group's state, for what `ops` touch
     /// ([`Metadata::changes_to`]), or everywhere when `ops` is None.
     fn reconcile(&self, ops: Option<&[DefOp]>) {
-        let target = self.group.with_machine(Metadata::clone);
+        let target = self.group().with_machine(Metadata::clone);
         let mut core = self.shared.broker();
         let here = Metadata::from_definitions(&core.replicated_definitions());
         let fixes = here.changes_to(&target, ops);
@@ -465,9 +492,9 @@ impl MetaHost {
         if joined.wait_for(|j| *j).await.is_err() {
             return;
         }
-        while !self.stopped.load(std::sync::atomic::Ordering::Acquire) {
+        loop {
             tokio::time::sleep(UNOWNED_EVERY).await;
-            if self.is_catching_up() {
+            if self.is_stopped() || self.is_catching_up() {
                 continue;
             }
             let ops = {
@@ -484,6 +511,12 @@ impl MetaHost {
             }
         }
     }
+}
+
+/// A barrier's nonce, new for each run of the member.
+fn new_nonce() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
 }
 
 /// The queues `ops` declare.

@@ -1,6 +1,8 @@
-//! A replicated quorum queue under faults, in one process: three members over warren-raft's
-//! LocalNet, each with its log in a write-ahead log of its own on disk (`Wal`, as a node's)
-//! and its snapshots in a file. Publishes are proposed through whichever member a seeded
+//! A replicated quorum queue under faults, in one process: three members of the machine a
+//! node runs (`QueueMachine`) over warren-raft's LocalNet, each with its log in a write-ahead
+//! log of its own on disk (`Wal`, as a node's), its snapshots in a file, and a store it pages
+//! to past a memory window of two messages (so snapshots name most messages in the store, and
+//! a snapshot sent to a member that fell behind carries them). Publishes are proposed through whichever member a seeded
 //! schedule picks while the schedule isolates members, cuts links one way, heals them, and
 //! crashes a member (its group stopped, its WAL closed; half the time a power cut, which also
 //! loses what its disk had not synced) to restart it later from what its disk holds; all the
@@ -15,13 +17,20 @@
 //! same interleaving. `WARREN_FAULTS_SEED=n` runs one seed.
 
 use bytes::Bytes;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 use warren_amqp::{BasicProperties, ShortStr};
-use warren_cluster::ReplicatedQueue;
+use warren_cluster::queues::QueueMachine;
+use warren_core::body_store::{BodyStore, SharedBodyStore};
 use warren_core::message::Message;
 use warren_core::quorum::{Command, Effect, Output, Owner, QuorumConfig, Reply, Stamped};
-use warren_raft::{Group, GroupConfig, LocalNet, ProposeError, Wal, WalConfig};
+use warren_raft::{Group, GroupConfig, LocalNet, Machine, ProposeError, Wal, WalConfig};
+
+/// A single command as the log entry a node's host would propose.
+fn batch(stamped: Stamped) -> Arc<Vec<Stamped>> {
+    Arc::new(vec![stamped])
+}
 
 const WAIT: Duration = Duration::from_secs(10);
 /// How long a publish waits for its confirm before its outcome counts as unknown.
@@ -58,7 +67,7 @@ fn numbers(out: &Output) -> Vec<u64> {
 
 /// One member: its group and the WAL its log is in (`None` while crashed).
 struct Member {
-    group: Group<ReplicatedQueue>,
+    group: Group<QueueMachine>,
     wal: Wal,
 }
 
@@ -74,21 +83,30 @@ enum Crash {
 
 /// Starts member `id` on its disk in `dir` (empty the first time, what it held when it
 /// crashed afterwards) and puts it on the network.
-async fn start(net: &LocalNet<ReplicatedQueue>, dir: &std::path::Path, id: u64) -> Member {
+async fn start(
+    net: &LocalNet<QueueMachine>,
+    dir: &std::path::Path,
+    id: u64,
+    stores: &mut HashMap<u64, SharedBodyStore>,
+) -> Member {
     let dir = dir.join(format!("node-{id}"));
     std::fs::create_dir_all(&dir).expect("the member's directory");
     let wal = Wal::open(&dir.join("wal"), WalConfig::default()).expect("open the WAL");
-    let log = wal.log::<ReplicatedQueue>(1).expect("the group's log");
-    let (group, _applied) = Group::start_durable(
-        id,
-        &config(),
-        ReplicatedQueue::new(QuorumConfig::default()),
-        net.transport(id),
-        log,
-        dir.join("snapshot"),
-    )
-    .await
-    .expect("start");
+    let log = wal.log::<QueueMachine>(1).expect("the group's log");
+    // One store per member for the whole run, as a node's host keeps it for its members
+    // started again (handles on the stopped member may outlive it: a second store on the
+    // same files would be a second writer).
+    let bodies = stores
+        .entry(id)
+        .or_insert_with(|| {
+            BodyStore::open_shared(Arc::new(warren_store::FsBackend), &dir.join("bodies")).expect("the store")
+        })
+        .clone();
+    let mut machine = QueueMachine::with_store(QuorumConfig::default(), bodies);
+    machine.set_window(2, 1 << 20);
+    let (group, _applied) = Group::start_durable(id, &config(), machine, net.transport(id), log, dir.join("snapshot"))
+        .await
+        .expect("start");
     net.register(group.clone());
     Member { group, wal }
 }
@@ -97,7 +115,7 @@ async fn start(net: &LocalNet<ReplicatedQueue>, dir: &std::path::Path, id: u64) 
 /// nothing it had not acknowledged counts); after a power cut, its segment files cut back to
 /// what the WAL had synced when it went off the network.
 /// Returns the bytes a power cut took off.
-async fn crash(net: &LocalNet<ReplicatedQueue>, member: Member, how: Crash) -> u64 {
+async fn crash(net: &LocalNet<QueueMachine>, member: Member, how: Crash) -> u64 {
     net.unregister(member.group.id());
     // What is on disk at the instant of the cut (off the network, the member can no longer
     // tell anyone of what it syncs afterwards).
@@ -128,10 +146,11 @@ async fn run(seed: u64) {
     let mut rng = fastrand::Rng::with_seed(seed);
     let dir = std::env::temp_dir().join(format!("warren-faults-{}-{seed}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let net: LocalNet<ReplicatedQueue> = LocalNet::new();
+    let net: LocalNet<QueueMachine> = LocalNet::new();
     let mut members: Vec<Option<Member>> = Vec::new();
+    let mut stores = HashMap::new();
     for id in 1..=3 {
-        members.push(Some(start(&net, &dir, id).await));
+        members.push(Some(start(&net, &dir, id, &mut stores).await));
     }
     let first = members[0].as_ref().expect("member 1").group.clone();
     first.initialize((1..=3).map(|id| (id, format!("local-{id}"))).collect()).await.expect("initialize");
@@ -166,7 +185,7 @@ async fn run(seed: u64) {
                 let inflight = 1_000 + n;
                 unknown.insert(inflight);
                 let (group, stamped) = (member.group.clone(), Stamped { now_ms: now, command: enqueue(inflight) });
-                let publish = tokio::spawn(async move { group.propose(stamped).await.map(|_| ()) });
+                let publish = tokio::spawn(async move { group.propose(batch(stamped)).await.map(|_| ()) });
                 // Cut while the publish is on its way to the disk (a few turns of the runtime).
                 for _ in 0..rng.u8(1..12) {
                     tokio::task::yield_now().await;
@@ -182,7 +201,7 @@ async fn run(seed: u64) {
         }
         if let Some((id, back)) = down {
             if n >= back {
-                let member = start(&net, &dir, id).await;
+                let member = start(&net, &dir, id, &mut stores).await;
                 // A publish through it at once, before it has heard from anyone (a node's host
                 // proposes what waited for the restart): a member that lost its log's tail must
                 // not put something else under log ids its peers hold.
@@ -190,7 +209,7 @@ async fn run(seed: u64) {
                 let at_restart = 2_000 + n;
                 unknown.insert(at_restart);
                 let (group, stamped) = (member.group.clone(), Stamped { now_ms: now, command: enqueue(at_restart) });
-                tokio::spawn(async move { tokio::time::timeout(CONFIRM_WAIT, group.propose(stamped)).await });
+                tokio::spawn(async move { tokio::time::timeout(CONFIRM_WAIT, group.propose(batch(stamped))).await });
                 members[id as usize - 1] = Some(member);
                 down = None;
                 restarts += 1;
@@ -211,9 +230,9 @@ async fn run(seed: u64) {
                 break;
             };
             let group = &member.group;
-            match tokio::time::timeout(CONFIRM_WAIT, group.propose(stamped.clone())).await {
+            match tokio::time::timeout(CONFIRM_WAIT, group.propose(batch(stamped.clone()))).await {
                 Ok(Ok((_, out))) => {
-                    assert_eq!(out.reply, Reply::Ok, "seed {seed}: publish {n}");
+                    assert_eq!(out[0].reply, Reply::Ok, "seed {seed}: publish {n}");
                     outcome = Some(true);
                     break;
                 }
@@ -252,10 +271,10 @@ async fn run(seed: u64) {
     net.heal();
     net.clear_message_faults();
     if let Some((id, _)) = down.take() {
-        members[id as usize - 1] = Some(start(&net, &dir, id).await);
+        members[id as usize - 1] = Some(start(&net, &dir, id, &mut stores).await);
         restarts += 1;
     }
-    let groups: Vec<Group<ReplicatedQueue>> =
+    let groups: Vec<Group<QueueMachine>> =
         members.iter().map(|m| m.as_ref().expect("every member runs").group.clone()).collect();
     let leader = groups[0].wait_for_leader(WAIT).await.expect("a leader after healing");
     let drain = Owner { node: 9, conn: 9, channel: 9 };
@@ -265,7 +284,7 @@ async fn run(seed: u64) {
         now += 1;
         match tokio::time::timeout(
             WAIT,
-            groups[target as usize - 1].propose(Stamped { now_ms: now, command: attach.clone() }),
+            groups[target as usize - 1].propose(batch(Stamped { now_ms: now, command: attach.clone() })),
         )
         .await
         {
@@ -277,7 +296,7 @@ async fn run(seed: u64) {
             other => panic!("seed {seed}: drain: {other:?}"),
         }
     };
-    let delivered = numbers(&out);
+    let delivered = numbers(&out[0]);
     let unique: BTreeSet<u64> = delivered.iter().copied().collect();
     assert_eq!(unique.len(), delivered.len(), "seed {seed}: a message delivered twice");
     let lost: Vec<u64> = confirmed.difference(&unique).copied().collect();
@@ -289,7 +308,11 @@ async fn run(seed: u64) {
     for g in &groups {
         g.wait_for_applied(index, WAIT).await.expect("every member catches up");
     }
-    let snapshots: Vec<Vec<u8>> = groups.iter().map(|g| g.with_machine(|m| m.queue().snapshot())).collect();
+    // Each member's queue, paged messages read back from its store.
+    let snapshots: Vec<Vec<u8>> = groups
+        .iter()
+        .map(|g| g.with_machine(|m| m.snapshot_to_send(&m.snapshot())).expect("read back what it paged"))
+        .collect();
     assert!(snapshots.windows(2).all(|w| w[0] == w[1]), "seed {seed}: the members differ");
     eprintln!(
         "seed {seed}: {} confirmed, {} unknown, {} delivered, {crashes} crashes ({power_cuts} power cuts, \

@@ -314,6 +314,85 @@ pub struct Groups {
 /// The metadata group's id on every node.
 const METADATA_GROUP: u64 = 0;
 
+/// Starts this node's member of the metadata group from its log on `wal` (and its snapshot in
+/// `dir`) and registers it on the endpoint; whether it is new to the group (nothing in its log).
+async fn start_metadata(
+    node: &TcpNode,
+    wal: &Wal,
+    dir: &Path,
+) -> Result<(Group<Metadata>, warren_raft::AppliedRx<warren_cluster::meta::MetaOutput>, bool), String> {
+    let log = wal.log::<Metadata>(METADATA_GROUP).map_err(|e| format!("cannot read the metadata group's log: {e}"))?;
+    let fresh = log.is_pristine();
+    let (group, applied) = Group::start_durable(
+        node.id(),
+        &GroupConfig::default(),
+        Metadata::default(),
+        node.transport::<Metadata>(METADATA_GROUP),
+        log,
+        dir.join("metadata.snapshot"),
+    )
+    .await
+    .map_err(|e| format!("cannot start the metadata group: {e:?}"))?;
+    node.register(METADATA_GROUP, group.clone()).map_err(|e| format!("cannot register the metadata group: {e}"))?;
+    Ok((group, applied, fresh))
+}
+
+/// How often the node looks whether its write-ahead log stopped, and tries to recover it.
+const WAL_CHECK_EVERY: Duration = Duration::from_secs(1);
+const WAL_RECOVER_EVERY: Duration = Duration::from_secs(2);
+
+/// Keeps the node's write-ahead log running: when a write or sync fails (a full or failing
+/// disk), the WAL stops and so does every group on it at its next write. Then every member of
+/// this node (the metadata group's and the quorum queues') is stopped, the WAL is recovered in
+/// place once the disk takes writes again (`Wal::recover`: cut back to what was synced,
+/// replayed), and the members start again from what it holds and catch up with their groups.
+/// Meanwhile the other nodes go on, this node's clients get errors for what needs its
+/// members, and nothing on the disk is deleted.
+async fn keep_wal(wal: Wal, meta: Arc<MetaHost>, queues: Arc<QueueHost>, node: TcpNode, dir: std::path::PathBuf) {
+    let mut tick = tokio::time::interval(WAL_CHECK_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(reason) = wal.failure() else { continue };
+        tracing::error!(
+            "the cluster's write-ahead log stopped: {reason}; this node's metadata member and quorum queue              members stop until it takes writes again (the other nodes go on)"
+        );
+        queues.stop_for_storage().await;
+        let _ = meta.group().shutdown().await;
+        node.unregister(METADATA_GROUP);
+        let mut tries = 0u64;
+        loop {
+            let recovering = wal.clone();
+            match tokio::task::spawn_blocking(move || recovering.recover()).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) if tries.is_multiple_of(30) => {
+                    tracing::warn!("the cluster's write-ahead log cannot start again yet: {e}; trying every 2 s")
+                }
+                Ok(Err(_)) => {}
+                Err(e) => tracing::error!("recovering the cluster's write-ahead log: {e}"),
+            }
+            tries += 1;
+            tokio::time::sleep(WAL_RECOVER_EVERY).await;
+        }
+        loop {
+            match start_metadata(&node, &wal, &dir).await {
+                Ok((group, applied, _)) => {
+                    meta.restart(group, applied);
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!("after the write-ahead log recovered: {e}; trying again in 2 s");
+                    node.unregister(METADATA_GROUP);
+                    tokio::time::sleep(WAL_RECOVER_EVERY).await;
+                }
+            }
+        }
+        queues.storage_back();
+        tracing::info!(
+            "the cluster's write-ahead log takes writes again: this node's members start again from it              and catch up with their groups"
+        );
+    }
+}
+
 impl Groups {
     /// Starts the node's write-ahead log under `<data>/cluster/wal` and its member of the
     /// metadata group, registered on the endpoint, hosted for the broker in `shared`. On the
@@ -330,21 +409,8 @@ impl Groups {
         std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         let wal = Wal::open(&dir.join("wal"), WalConfig::default())
             .map_err(|e| format!("cannot open the cluster's write-ahead log in {}: {e}", dir.display()))?;
-        let log =
-            wal.log::<Metadata>(METADATA_GROUP).map_err(|e| format!("cannot read the metadata group's log: {e}"))?;
-        let fresh = log.is_pristine();
         let node = endpoint.node();
-        let (group, applied) = Group::start_durable(
-            node.id(),
-            &GroupConfig::default(),
-            Metadata::default(),
-            node.transport::<Metadata>(METADATA_GROUP),
-            log,
-            dir.join("metadata.snapshot"),
-        )
-        .await
-        .map_err(|e| format!("cannot start the metadata group: {e:?}"))?;
-        node.register(METADATA_GROUP, group.clone()).map_err(|e| format!("cannot register the metadata group: {e}"))?;
+        let (group, applied, fresh) = start_metadata(node, &wal, &dir).await?;
         let members: BTreeMap<u64, String> =
             settings.nodes.iter().map(|n| (n.id(), n.dial_addr(settings.port_range.min))).collect();
         if fresh {
@@ -381,6 +447,7 @@ impl Groups {
             nodes,
             balanced_leaders,
         );
+        tokio::spawn(keep_wal(wal.clone(), meta.clone(), queues.clone(), node.clone(), dir));
         Ok(Groups { wal, meta, queues })
     }
 

@@ -50,6 +50,8 @@ pub struct QueueMachine {
     queue: QuorumQueue,
     /// Where this member pages a backlog (none: everything in memory).
     bodies: Option<SharedBodyStore>,
+    /// A memory window other than the default, kept across restores (tests).
+    window: Option<(usize, u64)>,
     /// Body bytes of the messages this member applied since it started or restored a
     /// snapshot: how much log a snapshot would let go (`snapshot_when_worth_it`). Not part of
     /// the replicated state (a snapshot does not carry it).
@@ -58,13 +60,22 @@ pub struct QueueMachine {
 
 impl QueueMachine {
     pub fn new(config: QuorumConfig) -> Self {
-        QueueMachine { queue: QuorumQueue::new(config), bodies: None, enqueued_bytes: 0 }
+        QueueMachine { queue: QuorumQueue::new(config), bodies: None, window: None, enqueued_bytes: 0 }
     }
 
     /// A member that keeps the ready messages past its memory window in `bodies` (its snapshots
     /// name them there).
     pub fn with_store(config: QuorumConfig, bodies: SharedBodyStore) -> Self {
-        QueueMachine { queue: QuorumQueue::with_store(config, bodies.clone()), bodies: Some(bodies), enqueued_bytes: 0 }
+        let queue = QuorumQueue::with_store(config, bodies.clone());
+        QueueMachine { queue, bodies: Some(bodies), window: None, enqueued_bytes: 0 }
+    }
+
+    /// Sets the memory window of a member with a store ([`QuorumQueue::set_window`]), from now
+    /// on and after every restore. For tests: it changes where messages are kept, never what
+    /// the queue does.
+    pub fn set_window(&mut self, messages: usize, bytes: u64) {
+        self.window = Some((messages, bytes));
+        self.queue.set_window(messages, bytes);
     }
 
     /// Body bytes of the messages applied since this member started or restored a snapshot.
@@ -101,6 +112,9 @@ impl Machine for QueueMachine {
 
     fn restore(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.queue = QuorumQueue::restore_with(bytes, self.bodies.clone())?;
+        if let Some((messages, bytes)) = self.window {
+            self.queue.set_window(messages, bytes);
+        }
         self.enqueued_bytes = 0;
         Ok(())
     }
@@ -289,6 +303,12 @@ pub struct QueueHost {
     /// Each member's store of paged messages, opened once per run (a member started again
     /// takes the same one).
     bodies: parking_lot::Mutex<HashMap<u64, SharedBodyStore>>,
+    /// The node's write-ahead log stopped and is not recovered yet: stopped members are not
+    /// started again meanwhile ([`QueueHost::stop_for_storage`]).
+    storage_down: std::sync::atomic::AtomicBool,
+    /// Held (shared) while a member starts, and (exclusive) while the members stop for the
+    /// WAL: no member starts on a WAL being recovered.
+    starting: tokio::sync::RwLock<()>,
 }
 
 /// A quorum queue's group: snapshots every 1,000 entries with 100 kept behind (rather than
@@ -338,6 +358,8 @@ impl QueueHost {
             balanced_by_default,
             forward,
             bodies: parking_lot::Mutex::new(HashMap::new()),
+            storage_down: std::sync::atomic::AtomicBool::new(false),
+            starting: tokio::sync::RwLock::new(()),
         });
         shared.broker().set_replica_node(host.me32);
         let first_conn = shared.set_replica_sink(Arc::new(Sink(Arc::downgrade(&host))));
@@ -537,6 +559,10 @@ impl QueueHost {
     /// Starts this node's member of `group_id`; `new_run`: this process never ran it before
     /// (so what an earlier run's consumers held goes back first).
     async fn start_replica_as(self: &Arc<Self>, group_id: u64, wanted: &Wanted, new_run: bool) -> Result<(), String> {
+        let _starting = self.starting.read().await;
+        if self.storage_down.load(std::sync::atomic::Ordering::Acquire) {
+            return Err("the node's write-ahead log stopped (see the errors above)".into());
+        }
         let (vhost, name) = (wanted.key.0.as_str(), wanted.key.1.as_str());
         let config = self.shared.broker().replica_config(vhost, name).unwrap_or_default();
         let log = self.wal.log::<QueueMachine>(group_id).map_err(|e| format!("its log: {e}"))?;
@@ -786,7 +812,7 @@ impl QueueHost {
                     }
                     campaign_if_leader_gone(&replica.group, self.me, &up, &gone, lease);
                 }
-                campaign_if_leader_gone(self.meta.group(), self.me, &up, &gone, lease);
+                campaign_if_leader_gone(&self.meta.group(), self.me, &up, &gone, lease);
             }
             for replica in &replicas {
                 let status = replica.group.status();
@@ -855,6 +881,9 @@ impl QueueHost {
     /// never heard they went), and what the group checked out to them that the old member
     /// never delivered goes back when the new one replays its log (`Applied::Restored`).
     async fn restart_dead_members(self: &Arc<Self>, replicas: &[Arc<Replica>]) {
+        if self.storage_down.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         for replica in replicas {
             if *replica.stop.borrow() || replica.group.status().role != warren_raft::Role::Shutdown {
                 continue;
@@ -897,6 +926,28 @@ impl QueueHost {
             }
             replica.stop.send_replace(true);
         }
+    }
+
+    /// The node's write-ahead log stopped (a failed write or sync): stops every member of this
+    /// node (each would stop at its next write anyway, and the WAL can only recover once none
+    /// runs on it), and starts none again until [`QueueHost::storage_back`].
+    pub async fn stop_for_storage(&self) {
+        self.storage_down.store(true, std::sync::atomic::Ordering::Release);
+        // Members starting now finish first (and are stopped with the others).
+        let _none_starting = self.starting.write().await;
+        let replicas: Vec<Arc<Replica>> = self.replicas.lock().values().cloned().collect();
+        for replica in replicas {
+            let _ = replica.group.shutdown().await;
+        }
+    }
+
+    /// The node's write-ahead log recovered: every member stopped is started again from its
+    /// log at the next look (within half a second).
+    pub fn storage_back(&self) {
+        for replica in self.replicas.lock().values() {
+            *replica.restart_tried.lock() = None;
+        }
+        self.storage_down.store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// Moves the commands `old` (a member replaced by `restart_dead_members`) has on hand to

@@ -125,6 +125,8 @@ struct Counters {
     failures: AtomicU64,
     cut_bytes: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Why the writer stopped, until the WAL recovers.
+    failed: Mutex<Option<String>>,
     /// How many bytes of each segment the writer has synced: what a power cut would leave.
     synced: Mutex<BTreeMap<u64, u64>>,
     /// Tests make the writer's next writes fail.
@@ -171,7 +173,9 @@ pub struct Wal {
 
 struct Shared {
     dir: PathBuf,
-    tx: mpsc::Sender<Msg>,
+    segment_bytes: u64,
+    /// The writer's channel and thread (a new writer after [`Wal::recover`]).
+    tx: Mutex<mpsc::Sender<Msg>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     counters: Arc<Counters>,
     /// Each group's log: as replayed (until the group's log is first taken) or as taken.
@@ -186,7 +190,7 @@ enum Slot {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        let _ = self.tx.send(Msg::Close(None));
+        let _ = self.tx.get_mut().send(Msg::Close(None));
         if let Some(thread) = self.thread.get_mut().take() {
             let _ = thread.join();
         }
@@ -227,58 +231,67 @@ impl Wal {
         let dir = dir.canonicalize()?;
         let claim = Claim::take(dir.clone())?;
         let counters = Arc::new(Counters::default());
-        let mut tracker = Tracker::default();
-        let mut groups: HashMap<u64, RawGroup> = HashMap::new();
-        let found = segments(&dir)?;
-        for (n, (id, path)) in found.iter().enumerate() {
-            let bytes = std::fs::read(path)?;
-            let mut held = bytes.len();
-            tracker.segments.entry(*id).or_default();
-            let damage = format::scan(&bytes, |group, kind, payload| {
-                let op = format::decode(kind, payload)?;
-                if let Op::Forget = op {
-                    groups.remove(&group);
-                } else {
-                    groups.entry(group).or_default().apply(&op, payload);
-                }
-                tracker.apply(*id, group, &op);
-                Ok(())
-            })
-            .map_err(|(at, e)| bad(format!("{}: record at byte {at}: {e}", path.display())))?;
-            if let Some(damage) = damage {
-                if n + 1 < found.len() {
-                    return Err(bad(format!(
-                        "{}: {} at byte {}, and it is not the last segment: refusing to open the WAL \
-                         (acknowledged records may follow)",
-                        path.display(),
-                        damage.why,
-                        damage.at
-                    )));
-                }
-                // A write torn by a crash: nothing after the last whole record was acknowledged.
-                let file = std::fs::OpenOptions::new().write(true).open(path)?;
-                file.set_len(damage.at as u64)?;
-                file.sync_all()?;
-                counters.cut_bytes.fetch_add((bytes.len() - damage.at) as u64, Ordering::Relaxed);
-                held = damage.at;
-            }
-            if let Some(segment) = tracker.segments.get_mut(id) {
-                segment.bytes = held as u64;
-            }
-        }
-        let writer = Writer::start(dir.clone(), config.segment_bytes.max(1), tracker, Arc::clone(&counters), claim)?;
-        let (tx, rx) = mpsc::channel();
-        let thread = std::thread::Builder::new().name("warren-wal".into()).spawn(move || writer.run(rx))?;
+        let (tracker, groups) = replay(&dir, &counters)?;
+        let segment_bytes = config.segment_bytes.max(1);
+        let (tx, thread) = start_writer(&dir, segment_bytes, tracker, &counters, claim)?;
         let groups = groups.into_iter().map(|(id, raw)| (id, Slot::Replayed(raw))).collect();
         Ok(Wal {
             shared: Arc::new(Shared {
                 dir,
-                tx,
+                segment_bytes,
+                tx: Mutex::new(tx),
                 thread: Mutex::new(Some(thread)),
                 counters,
                 groups: Mutex::new(groups),
             }),
         })
+    }
+
+    /// Why the WAL stopped (a failed write or sync), if it did: until [`Wal::recover`]
+    /// succeeds, every write fails.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.counters.failed.lock().clone()
+    }
+
+    /// Starts a WAL that stopped on a failed write or sync again, in this process: closes its
+    /// writer, cuts the current segment back to what was synced (after a failed sync, what the
+    /// kernel holds past that cannot be trusted), replays the segments as [`Wal::open`] does,
+    /// and starts a new writer in a new segment. Every group's log is then what the disk holds:
+    /// every group on the WAL must be stopped before, and takes its log again ([`Wal::log`])
+    /// to start after. Fails if the disk still refuses (full, say): the WAL stays stopped, and
+    /// this may be called again. Blocks on the disk: call it from a blocking context.
+    pub fn recover(&self) -> io::Result<()> {
+        let shared = &self.shared;
+        let mut thread = shared.thread.lock();
+        if let Some(running) = thread.take() {
+            let _ = shared.tx.lock().send(Msg::Close(None));
+            let _ = running.join();
+        }
+        let synced = shared.counters.synced.lock().clone();
+        if let Some((id, path)) = segments(&shared.dir)?.pop() {
+            let keep = synced.get(&id).copied().unwrap_or(0);
+            if keep == 0 {
+                // Nothing of it was synced (a segment whose first write failed).
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    _ => writer::sync_dir(&shared.dir)?,
+                }
+            } else {
+                let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+                if file.metadata()?.len() > keep {
+                    file.set_len(keep)?;
+                    file.sync_all()?;
+                }
+            }
+        }
+        let claim = Claim::take(shared.dir.clone())?;
+        let (tracker, groups) = replay(&shared.dir, &shared.counters)?;
+        let (tx, running) = start_writer(&shared.dir, shared.segment_bytes, tracker, &shared.counters, claim)?;
+        *shared.tx.lock() = tx;
+        *thread = Some(running);
+        *shared.groups.lock() = groups.into_iter().map(|(id, raw)| (id, Slot::Replayed(raw))).collect();
+        *shared.counters.failed.lock() = None;
+        Ok(())
     }
 
     /// The directory the WAL is in.
@@ -346,7 +359,7 @@ impl Wal {
         let done: Done = Box::new(move |result| {
             let _ = tx.send(result);
         });
-        if let Err(mpsc::SendError(Msg::Flush(done))) = self.shared.tx.send(Msg::Flush(done)) {
+        if let Err(mpsc::SendError(Msg::Flush(done))) = self.shared.tx.lock().send(Msg::Flush(done)) {
             done(Err(writer::closed()));
         }
         rx.await.unwrap_or_else(|_| Err(writer::closed()))
@@ -381,7 +394,7 @@ impl Wal {
     /// later writes fail. The directory can then be opened again.
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.shared.tx.send(Msg::Close(Some(tx))).is_ok() {
+        if self.shared.tx.lock().send(Msg::Close(Some(tx))).is_ok() {
             let _ = rx.await;
         }
     }
@@ -390,7 +403,7 @@ impl Wal {
     /// any must be durable), or with the error that kept them from it.
     fn send(&self, group: u64, ops: Vec<Op>, bytes: Vec<u8>, done: Option<Done>) {
         let batch = Batch { group, ops, bytes, done };
-        if let Err(mpsc::SendError(Msg::Write(batch))) = self.shared.tx.send(Msg::Write(batch)) {
+        if let Err(mpsc::SendError(Msg::Write(batch))) = self.shared.tx.lock().send(Msg::Write(batch)) {
             if let Some(done) = batch.done {
                 done(Err(writer::closed()));
             }
@@ -410,6 +423,66 @@ impl Wal {
     fn fail_writes(&self, fail: bool) {
         self.shared.counters.fail_writes.store(fail, Ordering::Relaxed);
     }
+}
+
+/// Replays every segment in `dir`: what the writer tracks of them, and each group's log. A
+/// torn record in the last segment is cut off (counted in `counters`); damage elsewhere is an
+/// error.
+fn replay(dir: &Path, counters: &Counters) -> io::Result<(Tracker, HashMap<u64, RawGroup>)> {
+    let mut tracker = Tracker::default();
+    let mut groups: HashMap<u64, RawGroup> = HashMap::new();
+    let found = segments(dir)?;
+    for (n, (id, path)) in found.iter().enumerate() {
+        let bytes = std::fs::read(path)?;
+        let mut held = bytes.len();
+        tracker.segments.entry(*id).or_default();
+        let damage = format::scan(&bytes, |group, kind, payload| {
+            let op = format::decode(kind, payload)?;
+            if let Op::Forget = op {
+                groups.remove(&group);
+            } else {
+                groups.entry(group).or_default().apply(&op, payload);
+            }
+            tracker.apply(*id, group, &op);
+            Ok(())
+        })
+        .map_err(|(at, e)| bad(format!("{}: record at byte {at}: {e}", path.display())))?;
+        if let Some(damage) = damage {
+            if n + 1 < found.len() {
+                return Err(bad(format!(
+                    "{}: {} at byte {}, and it is not the last segment: refusing to open the WAL \
+                     (acknowledged records may follow)",
+                    path.display(),
+                    damage.why,
+                    damage.at
+                )));
+            }
+            // A write torn by a crash: nothing after the last whole record was acknowledged.
+            let file = std::fs::OpenOptions::new().write(true).open(path)?;
+            file.set_len(damage.at as u64)?;
+            file.sync_all()?;
+            counters.cut_bytes.fetch_add((bytes.len() - damage.at) as u64, Ordering::Relaxed);
+            held = damage.at;
+        }
+        if let Some(segment) = tracker.segments.get_mut(id) {
+            segment.bytes = held as u64;
+        }
+    }
+    Ok((tracker, groups))
+}
+
+/// Starts a writer thread on the replayed segments.
+fn start_writer(
+    dir: &Path,
+    segment_bytes: u64,
+    tracker: Tracker,
+    counters: &Arc<Counters>,
+    claim: Claim,
+) -> io::Result<(mpsc::Sender<Msg>, JoinHandle<()>)> {
+    let writer = Writer::start(dir.to_path_buf(), segment_bytes, tracker, Arc::clone(counters), claim)?;
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::Builder::new().name("warren-wal".into()).spawn(move || writer.run(rx))?;
+    Ok((tx, thread))
 }
 
 /// A group's log as replayed, decoded for its machine and checked for holes.

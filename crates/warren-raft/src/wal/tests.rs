@@ -74,6 +74,54 @@ async fn a_failed_write_fails_its_waiters_stops_the_wal_and_keeps_what_was_synce
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_wal_recovers_in_place_once_the_disk_takes_writes_again() {
+    let dir = temp("recover");
+    let wal = Wal::open(&dir, WalConfig::default()).expect("open");
+    let mut one = wal.log::<Nop>(1).expect("log");
+    let mut two = wal.log::<Nop>(2).expect("log");
+    one.blocking_append((1..=3).map(|i| entry(1, i))).await.expect("append");
+    one.save_vote(&Vote::new(1, 1)).await.expect("vote");
+    two.blocking_append((1..=2).map(|i| entry(1, i))).await.expect("append");
+    let (kept_one, kept_two) = (contents(&mut one).await, contents(&mut two).await);
+    assert_eq!(wal.failure(), None);
+
+    wal.fail_writes(true);
+    assert!(one.blocking_append([entry(1, 4)]).await.is_err());
+    assert!(wal.failure().is_some_and(|f| f.contains("injected")), "{:?}", wal.failure());
+    // In memory, the failed append is there; on disk it is not.
+    assert_eq!(contents(&mut one).await.3.len(), 4);
+    // The disk still refuses: the WAL stays stopped, and may be asked again.
+    let blocking = |wal: &Wal| {
+        let wal = wal.clone();
+        tokio::task::spawn_blocking(move || wal.recover())
+    };
+    assert!(blocking(&wal).await.expect("joined").is_err());
+    assert!(wal.failure().is_some());
+    assert!(two.blocking_append([entry(1, 3)]).await.is_err(), "still stopped");
+
+    wal.fail_writes(false);
+    blocking(&wal).await.expect("joined").expect("recovered");
+    assert_eq!(wal.failure(), None);
+    drop((one, two));
+    // Each group's log is what the disk holds: what was acknowledged, not the failed append.
+    let mut one = wal.log::<Nop>(1).expect("log");
+    let mut two = wal.log::<Nop>(2).expect("log");
+    assert_eq!(contents(&mut one).await, kept_one);
+    assert_eq!(contents(&mut two).await, kept_two);
+    // And the WAL goes on.
+    one.blocking_append([entry(2, 4)]).await.expect("append after recovering");
+    let after = contents(&mut one).await;
+    drop((one, two));
+    wal.close().await;
+    drop(wal);
+    let wal = Wal::open(&dir, WalConfig::default()).expect("reopen");
+    let mut one = wal.log::<Nop>(1).expect("log");
+    assert_eq!(contents(&mut one).await, after);
+    drop((one, wal));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn a_directory_is_open_once_and_a_closed_wal_refuses_writes() {
     let dir = temp("once");

@@ -11,8 +11,8 @@
 //!
 //! A failed write or sync answers that batch's waiters with the error and stops the WAL:
 //! every later record is answered with the same error and nothing is deleted, since after a
-//! failed sync what the kernel holds for the file cannot be trusted. Reopening the WAL
-//! replays what reached the disk.
+//! failed sync what the kernel holds for the file cannot be trusted. Reopening the WAL, or
+//! `Wal::recover` in the same process, replays what reached the disk.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -436,6 +436,7 @@ impl Writer {
         let reason = format!("{}: {e}", segment_path(&self.dir, self.current).display());
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
         self.counters.note(reason.clone());
+        *self.counters.failed.lock() = Some(reason.clone());
         self.failed = Some(reason);
     }
 }
