@@ -35,6 +35,9 @@ pub struct Options {
 pub struct Outcome {
     /// Time from each restart to the node answering again (ms).
     pub restarts_ms: Vec<f64>,
+    /// Time from freeing a full disk to the node's write-ahead log taking writes again, in
+    /// place (ms).
+    pub recoveries_ms: Vec<f64>,
     /// Faults aimed at a known leader.
     pub leader_hits: usize,
     /// Faults made while the leader was known.
@@ -261,13 +264,28 @@ pub async fn heal(cluster: &mut Cluster, ctx: &Ctx, out: &mut Outcome, restart_w
     }
     for i in 0..cluster.nodes.len() {
         if cluster.nodes[i].disk_full {
-            // Freed, then the node restarted on its data: a WAL that failed a write stays
-            // stopped (what the kernel holds for the file cannot be trusted) until the process
-            // starts again and replays what reached the disk.
+            // Freed: the node recovers its write-ahead log in place (no restart) and its
+            // members start again from it.
             if let Err(e) = cluster.free_disk(i) {
                 out.failures.push(format!("freeing node {}'s disk: {e}", i + 1));
             }
-            cluster.kill(i);
+            match cluster.wait_wal_recovered(i, restart_within).await {
+                Ok(took) => {
+                    out.recoveries_ms.push(took.as_secs_f64() * 1000.0);
+                    log(
+                        ctx,
+                        &format!(
+                            "node {} recovered its WAL in place after {:.0} ms",
+                            i + 1,
+                            took.as_secs_f64() * 1000.0
+                        ),
+                    );
+                }
+                Err(e) => {
+                    log(ctx, &format!("node {} did not recover: {e}", i + 1));
+                    out.failures.push(format!("a node whose disk was freed did not recover: {e}"));
+                }
+            }
         }
         if cluster.nodes[i].paused {
             if let Err(e) = cluster.resume(i) {

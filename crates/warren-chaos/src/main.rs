@@ -614,6 +614,7 @@ async fn scenario(
         "faults_at_known_leader": outcome.leader_hits,
         "faults_with_leader_known": outcome.leader_known,
         "restarts_ms": outcome.restarts_ms,
+        "wal_recoveries_ms": outcome.recoveries_ms,
         "fault_log": history.faults,
         "queue_messages_after_drain": queues_at_end,
         "swept_after_drain": swept,
@@ -658,6 +659,16 @@ fn print_human(
         r.sort_by(f64::total_cmp);
         println!(
             "restarts: {}, answering again after {:.0} ms median, {:.0} ms max",
+            r.len(),
+            r[r.len() / 2],
+            r[r.len() - 1]
+        );
+    }
+    if !outcome.recoveries_ms.is_empty() {
+        let mut r = outcome.recoveries_ms.clone();
+        r.sort_by(f64::total_cmp);
+        println!(
+            "write-ahead logs recovered in place (disk freed, no restart): {}, after {:.0} ms median, {:.0} ms max",
             r.len(),
             r[r.len() / 2],
             r[r.len() - 1]

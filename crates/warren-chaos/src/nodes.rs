@@ -307,6 +307,33 @@ impl Cluster {
         }
     }
 
+    /// Waits until node `i`'s write-ahead log takes writes again: its log says so once for each
+    /// time it said the WAL stopped (a node that wrote nothing while its disk was full never
+    /// stopped).
+    pub async fn wait_wal_recovered(&mut self, i: usize, within: Duration) -> Result<Duration, String> {
+        let started = Instant::now();
+        let path = self.nodes[i].spec.dir.join("node.log");
+        loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let stopped = text.matches("the cluster's write-ahead log stopped:").count();
+            let back = text.matches("the cluster's write-ahead log takes writes again").count();
+            if back >= stopped {
+                return Ok(started.elapsed());
+            }
+            if !self.nodes[i].running() {
+                return Err(format!("node {} exited; its log ends:\n{}", i + 1, tail(&path, 20)));
+            }
+            if started.elapsed() > within {
+                return Err(format!(
+                    "node {}'s write-ahead log did not recover within {within:?}; its log ends:\n{}",
+                    i + 1,
+                    tail(&path, 20)
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until every node lists every node as running.
     pub async fn wait_converged(&mut self, within: Duration) -> Result<(), String> {
         let started = Instant::now();
