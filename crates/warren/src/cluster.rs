@@ -354,7 +354,7 @@ async fn keep_wal(wal: Wal, meta: Arc<MetaHost>, queues: Arc<QueueHost>, node: T
         tick.tick().await;
         let Some(reason) = wal.failure() else { continue };
         tracing::error!(
-            "the cluster's write-ahead log stopped: {reason}; this node's metadata member and quorum queue              members stop until it takes writes again (the other nodes go on)"
+            "the cluster's write-ahead log stopped: {reason}; this node's metadata member and quorum queue members stop until it takes writes again (the other nodes go on)"
         );
         queues.stop_for_storage().await;
         let _ = meta.group().shutdown().await;
@@ -388,7 +388,7 @@ async fn keep_wal(wal: Wal, meta: Arc<MetaHost>, queues: Arc<QueueHost>, node: T
         }
         queues.storage_back();
         tracing::info!(
-            "the cluster's write-ahead log takes writes again: this node's members start again from it              and catch up with their groups"
+            "the cluster's write-ahead log takes writes again: this node's members start again from it and catch up with their groups"
         );
     }
 }
