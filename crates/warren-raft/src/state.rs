@@ -44,6 +44,8 @@ pub(crate) struct MachineStore<M: Machine> {
     snapshot_file: Option<Arc<PathBuf>>,
     /// The durable group's log, told of each snapshot written (it purges only what one covers).
     log: Option<Arc<dyn DurableLog>>,
+    /// The group runs ([`MachineStore::started`]): a snapshot asked for now is to be sent.
+    running: Arc<std::sync::atomic::AtomicBool>,
     /// Whether the group is still starting, and how far it replayed its log meanwhile; held
     /// while events are sent, so that they go out in log order.
     replay: Arc<tokio::sync::Mutex<Replay>>,
@@ -66,6 +68,7 @@ impl<M: Machine> Clone for MachineStore<M> {
             applied: self.applied.clone(),
             snapshot_file: self.snapshot_file.clone(),
             log: self.log.clone(),
+            running: Arc::clone(&self.running),
             replay: Arc::clone(&self.replay),
         }
     }
@@ -133,6 +136,7 @@ impl<M: Machine> MachineStore<M> {
             applied,
             snapshot_file: None,
             log: None,
+            running: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             replay: Arc::new(tokio::sync::Mutex::new(Replay::default())),
         }
     }
@@ -205,6 +209,7 @@ impl<M: Machine> MachineStore<M> {
     /// The group runs and its host reads the applied stream: what was applied while it
     /// started is reported (as one `Restored`), and every event from now on.
     pub(crate) async fn started(&self) {
+        self.running.store(true, std::sync::atomic::Ordering::Release);
         let mut replay = self.replay.lock().await;
         replay.done = true;
         if let Some(index) = replay.upto.take() {
@@ -304,6 +309,11 @@ impl<M: Machine> RaftStateMachine<Types<M>> for MachineStore<M> {
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<M>>, StorageError<u64>> {
         let state = self.state.lock();
         let Some((meta, bytes)) = state.snapshot.as_ref() else { return Ok(None) };
+        // openraft asks at start for the snapshot's metadata only (`get_initial_state`); once
+        // the group runs, only to send it to another member, whole.
+        if !self.running.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(Some(Snapshot { meta: meta.clone(), snapshot: Box::new(bytes.clone()) }));
+        }
         let whole = state.machine.snapshot_to_send(bytes).map_err(|e| snapshot_error(meta, &e))?;
         Ok(Some(Snapshot { meta: meta.clone(), snapshot: Box::new(whole) }))
     }

@@ -464,9 +464,11 @@ async fn watched_peers_stay_connected_without_any_group() {
 
     // Node 2 back on its address, watching nobody: node 1 dials it.
     let two = TcpNode::bind(addr_two, TcpConfig::new(2, cookie.clone())).await.expect("bind again");
-    wait_connected(&one, "connected to the restarted node 2", |c| c.contains(&2)).await;
     wait_connected(&two, "connected to node 1", |c| c.contains(&1)).await;
-    assert_eq!(one.peer_status(), vec![(2, true)]);
+    // Waited for, not read once: on a loaded machine a first connection may close (its
+    // handshake timed out on one side) and be dialed again (CI saw that once).
+    wait_connected(&one, "connected to the restarted node 2", |c| c.contains(&2)).await;
+    assert_eq!(one.peer_status().len(), 1, "node 1 watches node 2 alone");
     assert!(two.peer_status().is_empty(), "node 2 watches nobody");
 
     // A node at that address with another cookie is never counted as connected.
