@@ -634,6 +634,16 @@ async fn scenario(
     Ok(passed)
 }
 
+/// A line with how many `times_ms` there are, their median and their maximum (none: no line).
+fn print_times(what: &str, until: &str, times_ms: &[f64]) {
+    if times_ms.is_empty() {
+        return;
+    }
+    let mut t = times_ms.to_vec();
+    t.sort_by(f64::total_cmp);
+    println!("{what}: {}, {until} after {:.0} ms median, {:.0} ms max", t.len(), t[t.len() / 2], t[t.len() - 1]);
+}
+
 fn print_human(
     args: &Args,
     plan: &Plan,
@@ -654,26 +664,12 @@ fn print_human(
         outcome.leader_hits,
         outcome.leader_known
     );
-    if !outcome.restarts_ms.is_empty() {
-        let mut r = outcome.restarts_ms.clone();
-        r.sort_by(f64::total_cmp);
-        println!(
-            "restarts: {}, answering again after {:.0} ms median, {:.0} ms max",
-            r.len(),
-            r[r.len() / 2],
-            r[r.len() - 1]
-        );
-    }
-    if !outcome.recoveries_ms.is_empty() {
-        let mut r = outcome.recoveries_ms.clone();
-        r.sort_by(f64::total_cmp);
-        println!(
-            "write-ahead logs recovered in place (disk freed, no restart): {}, after {:.0} ms median, {:.0} ms max",
-            r.len(),
-            r[r.len() / 2],
-            r[r.len() - 1]
-        );
-    }
+    print_times("restarts", "answering again", &outcome.restarts_ms);
+    print_times(
+        "write-ahead logs recovered in place (disk freed, no restart)",
+        "taking writes",
+        &outcome.recoveries_ms,
+    );
     if let Some(m) = messages {
         println!(
             "messages: published {}, acked {}, nacked {}, unknown {} ({} of them delivered)",

@@ -12,29 +12,14 @@
 mod common;
 
 use common::cluster::{get, Cluster};
-use common::eventually;
 use common::lapin_client::*;
+use common::{chattr, eventually, Immutable};
 use futures_lite::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
-
-/// Sets (`+i`) or clears (`-i`) the immutable attribute of `dir`; whether it worked.
-fn chattr(flag: &str, dir: &Path) -> bool {
-    Command::new("chattr").arg(flag).arg(dir).status().is_ok_and(|s| s.success())
-}
-
-/// Clears the attribute again whatever the test's outcome (the directory is removed after).
-struct Immutable<'a>(&'a Path);
-
-impl Drop for Immutable<'_> {
-    fn drop(&mut self) {
-        chattr("-i", self.0);
-    }
-}
 
 fn quorum_args() -> FieldTable {
     let mut args = FieldTable::default();
@@ -89,7 +74,7 @@ async fn a_member_stopped_by_a_write_error_starts_again_and_catches_up() {
         eprintln!("skipped: chattr +i did not work here (needs root and ext4)");
         return;
     }
-    let immutable = Immutable(&snapshots);
+    let immutable = Immutable(snapshots.clone());
     assert_eq!(publish_one_by_one(&ch1, 1200).await, 1200, "nodes 1 and 2 confirm without node 3");
     let data3 = cluster.nodes[2].dir.clone();
     eventually("node 3's member stopped and is started again", || async {

@@ -12,27 +12,12 @@
 mod common;
 
 use common::cluster::{get, Cluster};
-use common::eventually;
 use common::lapin_client::*;
+use common::{chattr, eventually, Immutable};
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// Sets (`+i`) or clears (`-i`) the immutable attribute of `path`; whether it worked.
-fn chattr(flag: &str, path: &Path) -> bool {
-    Command::new("chattr").arg(flag).arg(path).status().is_ok_and(|s| s.success())
-}
-
-/// Clears the attribute again whatever the test's outcome (the directory is removed after).
-struct Immutable(PathBuf);
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        chattr("-i", &self.0);
-    }
-}
 
 /// The segment the node's WAL writes to: the last by name.
 fn current_segment(node_dir: &Path) -> PathBuf {

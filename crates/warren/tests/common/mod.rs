@@ -424,3 +424,19 @@ pub mod code {
     pub const CHANNEL_ERROR: u16 = 504;
     pub const NOT_ALLOWED: u16 = 530;
 }
+
+/// Sets (`+i`) or clears (`-i`) the immutable attribute of `path` (a file or a directory; even
+/// root cannot write to it then: the error a failing disk gives); whether it worked (it needs
+/// root and a filesystem with attributes).
+pub fn chattr(flag: &str, path: &std::path::Path) -> bool {
+    std::process::Command::new("chattr").arg(flag).arg(path).status().is_ok_and(|s| s.success())
+}
+
+/// Clears the immutable attribute of its path when dropped, whatever the test's outcome.
+pub struct Immutable(pub std::path::PathBuf);
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        chattr("-i", &self.0);
+    }
+}
