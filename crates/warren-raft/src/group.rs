@@ -54,6 +54,10 @@ pub struct Status {
     pub role: Role,
     /// The leader this node knows of.
     pub leader: Option<u64>,
+    /// The member this node's vote in `term` is for (itself as a candidate), if any.
+    pub voted_for: Option<u64>,
+    /// Whether that vote is known to have won: `voted_for` leads `term`.
+    pub vote_committed: bool,
     /// Index of the last entry in this node's log.
     pub last_log_index: Option<u64>,
     /// Index of the last entry applied to this node's machine.
@@ -93,6 +97,8 @@ impl Status {
             term: m.current_term,
             role,
             leader: m.current_leader,
+            voted_for: m.vote.leader_id().voted_for(),
+            vote_committed: m.vote.is_committed(),
             last_log_index: m.last_log_index,
             applied_index: m.last_applied.map(|l| l.index),
             snapshot_index: m.snapshot.map(|l| l.index),
