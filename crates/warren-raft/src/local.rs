@@ -245,10 +245,12 @@ impl<M: Machine> Transport<M> for LocalTransport<M> {
         target: &Peer,
         vote: Vote,
         snapshot: Snapshot<M>,
-        _timeout: Duration,
+        timeout: Duration,
     ) -> Result<SnapshotResponse, RpcError> {
         let (group, registration) = self.net.route(self.from, target.id).await?;
-        let reply = group.handle_snapshot(vote, snapshot).await;
+        let reply = tokio::time::timeout(timeout, group.handle_snapshot(vote, snapshot))
+            .await
+            .map_err(|_| RpcError::Timeout { after: timeout })?;
         self.net.reply(self.from, target.id, registration, reply).await
     }
 }

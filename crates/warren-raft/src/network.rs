@@ -88,7 +88,9 @@ pub trait Transport<M: Machine>: Send + Sync + 'static {
         timeout: Duration,
     ) -> impl Future<Output = Result<VoteResponse, RpcError>> + Send;
 
-    /// Sends a whole snapshot from the leader whose term and id are `vote`.
+    /// Sends a whole snapshot from the leader whose term and id are `vote`. `timeout` bounds
+    /// each step: a transport that sends a snapshot in parts allows each part that long, and
+    /// the install as long again.
     fn snapshot(
         &self,
         target: &Peer,
@@ -168,7 +170,9 @@ impl<M: Machine, T: Transport<M>> RaftNetwork<Types<M>> for PeerClient<M, T> {
         option: RPCOption,
     ) -> Result<SnapshotResponse, StreamingError<Types<M>, openraft::error::Fatal<u64>>> {
         let ttl = option.hard_ttl();
-        let send = tokio::time::timeout(ttl, self.transport.snapshot(&self.peer, vote, snapshot, ttl));
+        // The transport bounds each part of a large snapshot and its install by `ttl` (a
+        // snapshot's size has no bound); this bounds a transfer that stops making progress.
+        let send = self.transport.snapshot(&self.peer, vote, snapshot, ttl);
         let timeout = || {
             StreamingError::Timeout(Timeout {
                 action: RPCTypes::InstallSnapshot,
@@ -180,10 +184,10 @@ impl<M: Machine, T: Transport<M>> RaftNetwork<Types<M>> for PeerClient<M, T> {
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             sent = send => match sent {
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(err @ RpcError::Unreachable { .. })) => Err(StreamingError::Unreachable(Unreachable::new(&err))),
-                Ok(Err(err @ RpcError::Network { .. })) => Err(StreamingError::Network(NetworkError::new(&err))),
-                Ok(Err(RpcError::Timeout { .. })) | Err(_) => Err(timeout()),
+                Ok(response) => Ok(response),
+                Err(err @ RpcError::Unreachable { .. }) => Err(StreamingError::Unreachable(Unreachable::new(&err))),
+                Err(err @ RpcError::Network { .. }) => Err(StreamingError::Network(NetworkError::new(&err))),
+                Err(RpcError::Timeout { .. }) => Err(timeout()),
             },
         }
     }

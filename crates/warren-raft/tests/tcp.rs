@@ -13,6 +13,7 @@ use common::{commands, fast_config, List, WAIT};
 use warren_raft::GroupConfig;
 use warren_raft::{
     Applied, AppliedRx, Group, ProposeError, RpcError, TcpConfig, TcpNode, TcpStats, Transport, Vote, VoteRequest,
+    DEFAULT_MAX_FRAME_BYTES,
 };
 
 const GROUPS: [u64; 2] = [1, 2];
@@ -29,8 +30,9 @@ struct Member {
 }
 
 impl Member {
-    async fn start(id: u64, addr: SocketAddr, cookie: &[u8], config: &GroupConfig) -> Member {
-        let node = TcpNode::bind(addr, TcpConfig::new(id, cookie)).await.expect("bind");
+    async fn start(id: u64, addr: SocketAddr, cookie: &[u8], config: &GroupConfig, max_frame: u32) -> Member {
+        let tcp = TcpConfig { max_frame_bytes: max_frame, ..TcpConfig::new(id, cookie) };
+        let node = TcpNode::bind(addr, tcp).await.expect("bind");
         let mut member = Member { node, groups: BTreeMap::new(), applied: BTreeMap::new() };
         for group in GROUPS {
             let (handle, applied) = member.node.start_group(group, config, List::default()).await.expect("start group");
@@ -60,6 +62,8 @@ struct Cluster {
     /// (their node ids are the same) should a port be reused.
     cookie: Vec<u8>,
     config: GroupConfig,
+    /// Every endpoint's frame limit.
+    max_frame: u32,
 }
 
 impl Cluster {
@@ -68,17 +72,22 @@ impl Cluster {
         Cluster::start_with(fast_config()).await
     }
 
-    /// Nodes 1 to 3 on fresh ports, their groups configured by `config`; group 1 founded from
-    /// node 1 and group 2 from node 2, each once all three members know its leader.
     async fn start_with(config: GroupConfig) -> Cluster {
+        Cluster::start_framed(config, DEFAULT_MAX_FRAME_BYTES).await
+    }
+
+    /// Nodes 1 to 3 on fresh ports, their groups configured by `config` and their endpoints'
+    /// frame limit `max_frame`; group 1 founded from node 1 and group 2 from node 2, each once
+    /// all three members know its leader.
+    async fn start_framed(config: GroupConfig, max_frame: u32) -> Cluster {
         let cookie = format!("warren-test-{:016x}", getrandom::u64().expect("random")).into_bytes();
         let mut members = BTreeMap::new();
         for id in NODES {
-            members.insert(id, Member::start(id, any_port(), &cookie, &config).await);
+            members.insert(id, Member::start(id, any_port(), &cookie, &config, max_frame).await);
         }
         let addrs: BTreeMap<u64, String> =
             members.iter().map(|(id, m)| (*id, m.node.local_addr().to_string())).collect();
-        let cluster = Cluster { members, addrs, cookie, config };
+        let cluster = Cluster { members, addrs, cookie, config, max_frame };
         for group in GROUPS {
             cluster.group(group, group).initialize(cluster.addrs.clone()).await.expect("initialize");
             let leader = cluster.group(group, group).wait_for_leader(WAIT).await.expect("a leader");
@@ -297,7 +306,7 @@ async fn when_the_leaders_endpoint_stops_the_others_elect_and_keep_committing() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_another_cookie_cannot_take_part() {
     let cluster = Cluster::start().await;
-    let intruder = Member::start(4, any_port(), b"not-the-cluster-cookie", &cluster.config).await;
+    let intruder = Member::start(4, any_port(), b"not-the-cluster-cookie", &cluster.config, cluster.max_frame).await;
     let intruder_addr = intruder.node.local_addr().to_string();
 
     // Each group's leader adds node 4 and tries to replicate to it.
@@ -351,10 +360,32 @@ async fn a_node_restarted_at_the_same_address_catches_up_by_snapshot() {
     // Frequent snapshots and nothing kept behind them: the leaders will have purged the log the
     // restarted node needs, so its catch-up carries a snapshot over the wire.
     let config = GroupConfig { snapshot_every_entries: 5, kept_after_snapshot_entries: 0, ..fast_config() };
-    let mut cluster = Cluster::start_with(config).await;
+    catch_up_by_snapshot(Cluster::start_with(config).await, 5).await;
+}
+
+/// A snapshot several times the endpoints' frame limit goes over in parts: before, it could not
+/// be sent at all ("exceeds the frame limit"), and the restarted node never caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_larger_than_a_frame_goes_in_parts() {
+    // Room in the applied streams for every value (nothing reads them until the end).
+    let config = GroupConfig {
+        snapshot_every_entries: 500,
+        kept_after_snapshot_entries: 0,
+        applied_capacity: 8_000,
+        ..fast_config()
+    };
+    // About 3,000 values: a 24,000-byte snapshot, against 16 KiB frames (8 KiB parts; an
+    // append of openraft's 300 entries at most still fits in one).
+    catch_up_by_snapshot(Cluster::start_framed(config, 16 * 1024).await, 1_500).await;
+}
+
+/// Proposes `per_step` values to each group, stops a node and proposes as many again (the
+/// leaders snapshot and purge), starts the node again empty at the same address and adds it
+/// back: it must catch up from a snapshot over the wire and then replicate as the others.
+async fn catch_up_by_snapshot(mut cluster: Cluster, per_step: u64) {
     for group in GROUPS {
         let mut last = 0;
-        for n in 0..5 {
+        for n in 0..per_step {
             last = cluster.propose(group, value(group, n)).await.0;
         }
         cluster.wait_applied(&NODES, group, last).await;
@@ -376,7 +407,7 @@ async fn a_node_restarted_at_the_same_address_catches_up_by_snapshot() {
 
     for group in GROUPS {
         let mut last = 0;
-        for n in 5..10 {
+        for n in per_step..2 * per_step {
             last = cluster.propose(group, value(group, n)).await.0;
         }
         cluster.wait_applied(&rest, group, last).await;
@@ -389,7 +420,7 @@ async fn a_node_restarted_at_the_same_address_catches_up_by_snapshot() {
     }
 
     // Same id, same address, a new endpoint and empty groups.
-    let member = Member::start(restarted, addr, &cluster.cookie, &cluster.config).await;
+    let member = Member::start(restarted, addr, &cluster.cookie, &cluster.config, cluster.max_frame).await;
     assert_eq!(member.node.local_addr(), addr);
     cluster.members.insert(restarted, member);
     for group in GROUPS {
@@ -407,11 +438,11 @@ async fn a_node_restarted_at_the_same_address_catches_up_by_snapshot() {
 
     for group in GROUPS {
         let mut last = 0;
-        for n in 10..15 {
+        for n in 2 * per_step..2 * per_step + 5 {
             last = cluster.propose(group, value(group, n)).await.0;
         }
         cluster.wait_applied(&NODES, group, last).await;
-        let expected: Vec<u64> = (0..15).map(|n| value(group, n)).collect();
+        let expected: Vec<u64> = (0..2 * per_step + 5).map(|n| value(group, n)).collect();
         assert_eq!(cluster.state(restarted, group).0, expected, "group {group} on the restarted node");
         for id in NODES {
             assert_eq!(cluster.state(id, group), cluster.state(restarted, group), "node {id}, group {group}");

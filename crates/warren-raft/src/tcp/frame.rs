@@ -4,7 +4,7 @@
 //!
 //! | type | after the type byte |
 //! |---|---|
-//! | 1 request | group id `u64`, request id `u64`, kind `u8` (1 append, 2 vote, 3 snapshot), the request ([`codec`](crate::codec)) |
+//! | 1 request | group id `u64`, request id `u64`, kind `u8` (1 append, 2 vote, 3 snapshot, 4 propose, 5 call, 6 snapshot part), the request ([`codec`](crate::codec)) |
 //! | 2 response | request id `u64`, status `u8` (0 ok, 1 no such group, 2 group stopped, 3 bad request, 4 busy, 5 too large), then the answer if ok, else a UTF-8 reason |
 //! | 3 ping | nothing: sent when the connection has been quiet, so the peer knows it is alive |
 //!
@@ -50,6 +50,10 @@ pub(crate) enum Kind {
     Propose = 4,
     /// A call to a service the node serves under the request's id ([`super::Service`]).
     Call = 5,
+    /// A piece of a snapshot too large for one frame: transfer id `u64`, total length `u64`,
+    /// offset `u64`, then the bytes; the pieces, in order, make a [`Kind::Snapshot`] request's
+    /// body, which the last one installs (its answer is the snapshot's).
+    SnapshotPart = 6,
 }
 
 impl Kind {
@@ -60,6 +64,7 @@ impl Kind {
             3 => Some(Kind::Snapshot),
             4 => Some(Kind::Propose),
             5 => Some(Kind::Call),
+            6 => Some(Kind::SnapshotPart),
             _ => None,
         }
     }

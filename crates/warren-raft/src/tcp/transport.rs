@@ -30,11 +30,66 @@ pub(super) trait Handler: Send + Sync + 'static {
 /// The handler of this node's member of a group replicating `M`.
 pub(super) struct GroupHandler<M: Machine> {
     group: Group<M>,
+    /// The snapshot arriving in parts, if one is ([`Kind::SnapshotPart`]).
+    parts: parking_lot::Mutex<Option<Arriving>>,
 }
 
 impl<M: Machine> GroupHandler<M> {
     pub(super) fn new(group: Group<M>) -> Self {
-        GroupHandler { group }
+        GroupHandler { group, parts: parking_lot::Mutex::new(None) }
+    }
+}
+
+/// A snapshot request arriving in parts: the sender's transfer id, its total length, and the
+/// bytes so far.
+struct Arriving {
+    transfer: u64,
+    total: u64,
+    bytes: Vec<u8>,
+}
+
+/// Bytes of a snapshot part's header: transfer id, total length, offset.
+const PART_HEADER_BYTES: usize = 24;
+
+/// How many bytes of a snapshot request go in one part (at most; half the frame limit if that
+/// is less): a snapshot request larger than this goes in parts, one at a time, each answered before the next is sent, so that the
+/// connection's other traffic (every group's heartbeats) goes between them and no frame comes
+/// near the frame limit, whatever the snapshot's size.
+pub(crate) const SNAPSHOT_PART_BYTES: usize = 1 << 20;
+
+impl<M: Machine> GroupHandler<M> {
+    /// Takes one part of a snapshot request: a part that completes it installs the snapshot
+    /// (answered as a whole snapshot is), the others are answered with nothing. A part that
+    /// does not follow the one before (another transfer's, or at another offset) is refused,
+    /// and a first part (offset 0) always starts a transfer again.
+    fn take_part(&self, body: &[u8]) -> Answer {
+        let invalid = |why: &str| bad_request(std::io::Error::new(std::io::ErrorKind::InvalidData, why.to_string()));
+        let Some(header) = body.get(..PART_HEADER_BYTES) else { return invalid("a snapshot part without its header") };
+        let field = |i: usize| u64::from_be_bytes(header[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        let (transfer, total, offset) = (field(0), field(1), field(2));
+        let data = &body[PART_HEADER_BYTES..];
+        let mut parts = self.parts.lock();
+        if offset == 0 {
+            // Room for the first parts only: the rest as it comes.
+            let room = (total as usize).min(16 * SNAPSHOT_PART_BYTES);
+            *parts = Some(Arriving { transfer, total, bytes: Vec::with_capacity(room) });
+        }
+        let Some(arriving) = parts.as_mut() else { return invalid("a snapshot part with no transfer started") };
+        if arriving.transfer != transfer || arriving.total != total || arriving.bytes.len() as u64 != offset {
+            *parts = None;
+            return invalid("a snapshot part out of order");
+        }
+        if offset + data.len() as u64 > total {
+            *parts = None;
+            return invalid("a snapshot part past the snapshot's length");
+        }
+        arriving.bytes.extend_from_slice(data);
+        if (arriving.bytes.len() as u64) < total {
+            return Box::pin(std::future::ready(Ok(Vec::new())));
+        }
+        let whole = parts.take().map(|a| a.bytes).unwrap_or_default();
+        drop(parts);
+        self.handle(Kind::Snapshot, &whole)
     }
 }
 
@@ -77,6 +132,7 @@ impl<M: Machine> Handler for GroupHandler<M> {
                     Ok(encoded(|out| codec::encode_snapshot_response(&response, out)))
                 }),
             },
+            Kind::SnapshotPart => self.take_part(body),
             // Submitted here, as the reader takes the request (it calls `handle` in the order
             // requests arrive): commands one node forwards one after another are appended in
             // that order, however many are in flight.
@@ -293,6 +349,9 @@ impl<M: Machine> Transport<M> for TcpTransport<M> {
         self.exchange(target, Kind::Vote, frame, codec::decode_vote_response, timeout).await
     }
 
+    /// A snapshot request of at most [`SNAPSHOT_PART_BYTES`] goes in one frame; a larger one
+    /// in parts ([`Kind::SnapshotPart`]), each answered within `timeout`, the last once the
+    /// snapshot is installed.
     async fn snapshot(
         &self,
         target: &Peer,
@@ -300,10 +359,41 @@ impl<M: Machine> Transport<M> for TcpTransport<M> {
         snapshot: Snapshot<M>,
         timeout: Duration,
     ) -> Result<SnapshotResponse, RpcError> {
-        let frame =
-            frame::request(self.group, Kind::Snapshot, |out| codec::encode_snapshot_request(&vote, &snapshot, out));
+        let mut request = Vec::new();
+        codec::encode_snapshot_request(&vote, &snapshot, &mut request);
         drop(snapshot);
-        self.exchange(target, Kind::Snapshot, frame, codec::decode_snapshot_response, timeout).await
+        // Parts well within the frame limit (every node's, as they share a configuration).
+        let part_bytes = SNAPSHOT_PART_BYTES.min(self.node.config.max_frame_bytes as usize / 2);
+        if request.len() <= part_bytes {
+            let frame = frame::request(self.group, Kind::Snapshot, |out| out.extend_from_slice(&request));
+            drop(request);
+            return self.exchange(target, Kind::Snapshot, frame, codec::decode_snapshot_response, timeout).await;
+        }
+        let transfer = fastrand::u64(..);
+        let total = request.len() as u64;
+        let mut offset = 0;
+        for part in request.chunks(part_bytes) {
+            let frame = frame::request(self.group, Kind::SnapshotPart, |out| {
+                out.reserve(PART_HEADER_BYTES + part.len());
+                out.extend_from_slice(&transfer.to_be_bytes());
+                out.extend_from_slice(&total.to_be_bytes());
+                out.extend_from_slice(&(offset as u64).to_be_bytes());
+                out.extend_from_slice(part);
+            });
+            offset += part.len();
+            if offset < request.len() {
+                let nothing = |body: &[u8]| match body.is_empty() {
+                    true => Ok(()),
+                    false => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "an answer to a snapshot part")),
+                };
+                self.exchange(target, Kind::SnapshotPart, frame, nothing, timeout).await?;
+            } else {
+                return self
+                    .exchange(target, Kind::SnapshotPart, frame, codec::decode_snapshot_response, timeout)
+                    .await;
+            }
+        }
+        Err(RpcError::Network { reason: "an empty snapshot request".into() })
     }
 }
 
