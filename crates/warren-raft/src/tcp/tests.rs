@@ -413,3 +413,61 @@ async fn nodes_with_certificates_from_the_cluster_ca_talk_over_tls_and_others_ar
     assert_eq!(*b.watch_connected().borrow(), BTreeSet::from([1]));
     group.shutdown().await.expect("shutdown");
 }
+
+/// Sends one snapshot part (transfer, total, offset, bytes) for `group` as request `id`; returns
+/// the answer's status and body.
+async fn send_part(stream: &mut TcpStream, group: u64, id: u64, part: (u64, u64, u64, &[u8])) -> (u8, Vec<u8>) {
+    let (transfer, total, offset, bytes) = part;
+    let mut request = frame::request(group, frame::Kind::SnapshotPart, |out| {
+        out.extend_from_slice(&transfer.to_be_bytes());
+        out.extend_from_slice(&total.to_be_bytes());
+        out.extend_from_slice(&offset.to_be_bytes());
+        out.extend_from_slice(bytes);
+    });
+    frame::set_request_id(&mut request, id);
+    stream.write_all(&request).await.expect("write");
+    loop {
+        let answer = frame::read_frame(stream, DEFAULT_MAX_FRAME_BYTES, WAIT).await.expect("an answer");
+        match frame::parse(&answer) {
+            Some(Header::Ping) => continue,
+            Some(Header::Response { id: answered, status }) if answered == id => {
+                return (status, frame::response_body(&answer).to_vec());
+            }
+            other => panic!("expected the answer to {id}, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn snapshot_parts_out_of_order_or_past_their_total_are_refused() {
+    let node = endpoint(1, |_| {}).await;
+    let (group, _applied) = node.start_group(5, &GroupConfig::default(), Nop).await.expect("start group");
+    let mut stream = TcpStream::connect(node.local_addr()).await.expect("connect");
+    handshake::dial(&mut stream, Identity { node_id: 2, incarnation: 1 }, COOKIE, 1).await.expect("handshake");
+
+    // Not the first part of anything.
+    let (status, why) = send_part(&mut stream, 5, 1, (7, 20, 8, b"12345678")).await;
+    assert_eq!(status, status::BAD_REQUEST, "{}", String::from_utf8_lossy(&why));
+    // A first part is taken and answered with nothing; one of another transfer is refused.
+    assert_eq!(send_part(&mut stream, 5, 2, (7, 20, 0, b"0123456789")).await, (status::OK, Vec::new()));
+    let (status, why) = send_part(&mut stream, 5, 3, (8, 20, 10, b"0123456789")).await;
+    assert_eq!(status, status::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&why).contains("out of order"), "{}", String::from_utf8_lossy(&why));
+    // Which ended that transfer: its next part is refused too.
+    assert_eq!(send_part(&mut stream, 5, 4, (7, 20, 10, b"0123456789")).await.0, status::BAD_REQUEST);
+    // Past the total.
+    let (status, why) = send_part(&mut stream, 5, 5, (9, 4, 0, b"01234")).await;
+    assert_eq!(status, status::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&why).contains("past"), "{}", String::from_utf8_lossy(&why));
+    // A whole that is not a snapshot request is refused as one sent whole would be.
+    let (status, _) = send_part(&mut stream, 5, 6, (10, 6, 0, b"012")).await;
+    assert_eq!(status, status::OK);
+    assert_eq!(send_part(&mut stream, 5, 7, (10, 6, 3, b"345")).await.0, status::BAD_REQUEST);
+    // A snapshot too large to hold is refused at its first part rather than aborting the node.
+    let (status, why) = send_part(&mut stream, 5, 8, (11, u64::MAX, 0, b"0")).await;
+    assert_eq!(status, status::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&why).contains("cannot be held"), "{}", String::from_utf8_lossy(&why));
+
+    group.shutdown().await.expect("shutdown");
+    node.shutdown().await;
+}

@@ -70,9 +70,15 @@ impl<M: Machine> GroupHandler<M> {
         let data = &body[PART_HEADER_BYTES..];
         let mut parts = self.parts.lock();
         if offset == 0 {
-            // Room for the first parts only: the rest as it comes.
-            let room = (total as usize).min(16 * SNAPSHOT_PART_BYTES);
-            *parts = Some(Arriving { transfer, total, bytes: Vec::with_capacity(room) });
+            // Room for the whole at once (one copy, not a vector doubling as it grows), or a
+            // refusal rather than an abort for a size this node cannot hold.
+            *parts = None;
+            let mut bytes = Vec::new();
+            if usize::try_from(total).map_err(|_| ()).and_then(|n| bytes.try_reserve_exact(n).map_err(|_| ())).is_err()
+            {
+                return invalid(&format!("a snapshot of {total} bytes cannot be held"));
+            }
+            *parts = Some(Arriving { transfer, total, bytes });
         }
         let Some(arriving) = parts.as_mut() else { return invalid("a snapshot part with no transfer started") };
         if arriving.transfer != transfer || arriving.total != total || arriving.bytes.len() as u64 != offset {
