@@ -17,8 +17,9 @@
 //! for [`SESSION_IDLE_MAX`] (every node calls every home at least every [`PING_EVERY`]), or
 //! when the clients' node starts another: the home then closes its connections, which requeues
 //! what they held, as for clients that went away; the clients' node nacks the publishes still
-//! waiting for their confirm, fails gets still waiting, and attaches its consumers again in a
-//! new session. Delivery ids carry the session, so that an ack from an earlier one is dropped
+//! waiting for their confirm, fails gets still waiting, and cancels its consumers of the
+//! home's queues (basic.cancel, as RabbitMQ does when a queue's node goes down; a consumer
+//! its client starts again goes to the home in a new session). Delivery ids carry the session, so that an ack from an earlier one is dropped
 //! rather than taken for a later delivery's.
 
 use crate::host::MetaHost;
@@ -391,7 +392,7 @@ impl Forwarder {
 
     /// Ends session `session` with `home` (if it is still the current one): publishes waiting
     /// for their confirm are nacked, gets waiting are failed, and this node's consumers of the
-    /// home's queues are attached again in a new session.
+    /// home's queues are cancelled (basic.cancel to clients that understand it).
     fn reset(&self, home: u64, session: u64) {
         let (confirms, gets) = {
             let mut links = self.links.lock();
@@ -421,13 +422,14 @@ impl Forwarder {
             let queue = self.route(group).map(|(k, _)| ShortStr::from(k.1)).unwrap_or_default();
             core.replica_got(&queue, group, owner, no_ack, None, now_ms, &mut out);
         }
-        // The consumers go to the home again (their first command in the new session).
+        // The consumers of the home's queues are cancelled, as RabbitMQ cancels those of a
+        // queue whose node went down (their clients consume again once it is back).
         let queues: Vec<Key> = self
             .meta
             .group()
             .with_machine(|m: &Metadata| m.homes().filter(|(_, _, h)| *h == home).map(|(k, _, _)| k.clone()).collect());
         for (vhost, name) in &queues {
-            core.reattach_replica(vhost, name);
+            core.cancel_forwarded_consumers(vhost, name, &mut out);
         }
         let work = core.take_replica_work();
         core.deliver(&mut out);

@@ -3,6 +3,7 @@
 //! node are confirmed once the home holds them, gets and consumers through any node take from
 //! the home with the home's semantics (no `x-delivery-count`, requeue when a channel closes,
 //! dead-lettering at home), a node killed with deliveries unacked has them requeued at home,
+//! a consumer through another node is cancelled when the home goes down (as RabbitMQ does),
 //! and a publish while the home is down is nacked until it is back.
 
 mod common;
@@ -227,7 +228,12 @@ async fn a_classic_queue_outlives_the_loss_of_a_clients_node_and_of_its_home() {
     cluster.nodes[0].kill();
     assert!(!publish(&ch2, "cq", "lost").await, "a publish to a queue whose home is down is nacked");
 
-    // The home back, node 2's consumer (attached again) takes what is published through node 2.
+    // Node 2's consumer is cancelled (basic.cancel: the stream ends), as RabbitMQ cancels the
+    // consumers of a queue whose node went down.
+    let ended = tokio::time::timeout(Duration::from_secs(15), consumer.next()).await;
+    assert!(matches!(ended, Ok(None)), "the consumer is cancelled when the home goes: {ended:?}");
+
+    // The home back, a consumer started again through node 2 takes what is published there.
     cluster.restart(0);
     let mut n = 0;
     eventually("a publish through node 2 to be confirmed again", || {
@@ -237,6 +243,10 @@ async fn a_classic_queue_outlives_the_loss_of_a_clients_node_and_of_its_home() {
         async move { publish(&ch2, "cq", &body).await }
     })
     .await;
+    let mut consumer = ch2c
+        .basic_consume("cq", "c2-again", BasicConsumeOptions::default(), FieldTable::default())
+        .await
+        .expect("consume");
     // Acks sent just before the home was killed may not have reached it (or its disk): those
     // messages come again, as from a single node killed so. The nacked publish never does.
     loop {

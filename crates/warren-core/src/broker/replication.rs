@@ -259,6 +259,30 @@ impl Broker {
         true
     }
 
+    /// Cancels this node's consumers of forwarded queue `name` in `vhost`, whose home can no
+    /// longer be reached: as RabbitMQ cancels the consumers of a queue whose node went down,
+    /// each is taken off its channel and sent basic.cancel when its client understands it
+    /// (`consumer_cancel_notify`). Nothing goes to the home: the session their consumes
+    /// belonged to is over there too. What they held stays unacked on their channels (the
+    /// home requeued it; an ack of it is dropped).
+    pub fn cancel_forwarded_consumers(&mut self, vhost: &str, name: &str, out: &mut Vec<(ConnId, Out)>) {
+        let Some(q) = self.vhosts.get_mut(vhost).and_then(|vh| vh.queues.get_mut(name)).map(Mutex::get_mut) else {
+            return;
+        };
+        let keys: Vec<(ConnId, u16, ShortStr)> =
+            q.consumers().iter().map(|k| (k.conn, k.channel, k.tag.clone())).collect();
+        for (conn, channel, tag) in keys {
+            q.remove_consumer(conn, channel, &tag);
+            let Some(c) = self.conns.get_mut(&conn).map(Mutex::get_mut) else { continue };
+            let notify = c.cancel_notify;
+            let Some(ch) = c.channels.get_mut(&channel) else { continue };
+            if ch.consumers.remove(&tag).is_some() && notify && ch.state() == ChannelState::Open {
+                let method = Method::BasicCancel { consumer_tag: tag, nowait: true };
+                out.push((conn, Out::Method { channel, method }));
+            }
+        }
+    }
+
     /// Attaches this node's consumers of replicated queue `name` in `vhost` to its group
     /// again: after this node was out of touch with the leader, which may have taken them
     /// off as lost with their node. Attaching a consumer the group has changes nothing.
