@@ -19,8 +19,9 @@
 //! what they held, as for clients that went away; the clients' node nacks the publishes still
 //! waiting for their confirm, fails gets still waiting, and cancels its consumers of the
 //! home's queues (basic.cancel, as RabbitMQ does when a queue's node goes down; a consumer
-//! its client starts again goes to the home in a new session). Delivery ids carry the session, so that an ack from an earlier one is dropped
-//! rather than taken for a later delivery's.
+//! its client starts again goes to the home in a new session). Delivery ids carry the
+//! session, so that an ack from an earlier one is dropped rather than taken for a later
+//! delivery's.
 
 use crate::host::MetaHost;
 use crate::meta::{Key, Metadata};

@@ -170,8 +170,8 @@ impl<M: Machine, T: Transport<M>> RaftNetwork<Types<M>> for PeerClient<M, T> {
         option: RPCOption,
     ) -> Result<SnapshotResponse, StreamingError<Types<M>, openraft::error::Fatal<u64>>> {
         let ttl = option.hard_ttl();
-        // The transport bounds each part of a large snapshot and its install by `ttl` (a
-        // snapshot's size has no bound); this bounds a transfer that stops making progress.
+        // No bound on the whole transfer (a snapshot's size has none): the transport bounds
+        // each of its parts and the install by `ttl`, and `cancel` ends one openraft drops.
         let send = self.transport.snapshot(&self.peer, vote, snapshot, ttl);
         let timeout = || {
             StreamingError::Timeout(Timeout {

@@ -40,21 +40,26 @@ impl<M: Machine> GroupHandler<M> {
     }
 }
 
-/// A snapshot request arriving in parts: the sender's transfer id, its total length, and the
-/// bytes so far.
+/// A snapshot request arriving in parts: the sender's transfer id, its total length, the
+/// bytes so far, and when the last part came.
 struct Arriving {
     transfer: u64,
     total: u64,
     bytes: Vec<u8>,
+    at: tokio::time::Instant,
 }
+
+/// A transfer with no part for this long is let go (its sender gave up: a new leader, say) at
+/// the group's next append, rather than held until the next snapshot comes.
+const PARTS_STALE_AFTER: Duration = Duration::from_secs(60);
 
 /// Bytes of a snapshot part's header: transfer id, total length, offset.
 const PART_HEADER_BYTES: usize = 24;
 
 /// How many bytes of a snapshot request go in one part (at most; half the frame limit if that
-/// is less): a snapshot request larger than this goes in parts, one at a time, each answered before the next is sent, so that the
-/// connection's other traffic (every group's heartbeats) goes between them and no frame comes
-/// near the frame limit, whatever the snapshot's size.
+/// is less): a snapshot request larger than this goes in parts, one at a time, each answered
+/// before the next is sent, so that the connection's other traffic (every group's heartbeats)
+/// goes between them and no frame comes near the frame limit, whatever the snapshot's size.
 pub(crate) const SNAPSHOT_PART_BYTES: usize = 1 << 20;
 
 impl<M: Machine> GroupHandler<M> {
@@ -78,7 +83,7 @@ impl<M: Machine> GroupHandler<M> {
             {
                 return invalid(&format!("a snapshot of {total} bytes cannot be held"));
             }
-            *parts = Some(Arriving { transfer, total, bytes });
+            *parts = Some(Arriving { transfer, total, bytes, at: tokio::time::Instant::now() });
         }
         let Some(arriving) = parts.as_mut() else { return invalid("a snapshot part with no transfer started") };
         if arriving.transfer != transfer || arriving.total != total || arriving.bytes.len() as u64 != offset {
@@ -90,12 +95,21 @@ impl<M: Machine> GroupHandler<M> {
             return invalid("a snapshot part past the snapshot's length");
         }
         arriving.bytes.extend_from_slice(data);
+        arriving.at = tokio::time::Instant::now();
         if (arriving.bytes.len() as u64) < total {
             return Box::pin(std::future::ready(Ok(Vec::new())));
         }
         let whole = parts.take().map(|a| a.bytes).unwrap_or_default();
         drop(parts);
         self.handle(Kind::Snapshot, &whole)
+    }
+
+    /// Lets go of a transfer whose sender stopped sending parts.
+    fn let_go_of_stale_parts(&self) {
+        let mut parts = self.parts.lock();
+        if parts.as_ref().is_some_and(|a| a.at.elapsed() > PARTS_STALE_AFTER) {
+            *parts = None;
+        }
     }
 }
 
@@ -117,13 +131,16 @@ impl<M: Machine> Handler for GroupHandler<M> {
     fn handle(&self, kind: Kind, body: &[u8]) -> Answer {
         let group = self.group.clone();
         match kind {
-            Kind::Append => match codec::decode_append_request::<M>(body) {
-                Err(e) => bad_request(e),
-                Ok(request) => Box::pin(async move {
-                    let response = group.handle_append(request).await.map_err(stopped)?;
-                    Ok(encoded(|out| codec::encode_append_response(&response, out)))
-                }),
-            },
+            Kind::Append => {
+                self.let_go_of_stale_parts();
+                match codec::decode_append_request::<M>(body) {
+                    Err(e) => bad_request(e),
+                    Ok(request) => Box::pin(async move {
+                        let response = group.handle_append(request).await.map_err(stopped)?;
+                        Ok(encoded(|out| codec::encode_append_response(&response, out)))
+                    }),
+                }
+            }
             Kind::Vote => match codec::decode_vote_request(body) {
                 Err(e) => bad_request(e),
                 Ok(request) => Box::pin(async move {
