@@ -740,7 +740,7 @@ impl Forwarder {
                     None => guest.owed.push((vhost.to_owned(), seq, false)),
                 }
             }
-            Command::Attach { owner, tag, prefetch, no_ack, priority } => {
+            Command::Attach { owner, tag, prefetch, no_ack, priority, exclusive } => {
                 let Some(vc) = self.client_conn(core, guest, origin, owner.conn, vhost) else {
                     return;
                 };
@@ -766,7 +766,7 @@ impl Forwarder {
                     consumer_tag: tag,
                     no_local: false,
                     no_ack,
-                    exclusive: false,
+                    exclusive,
                     nowait: true,
                     arguments,
                 };

@@ -278,7 +278,14 @@ async fn run(seed: u64) {
         members.iter().map(|m| m.as_ref().expect("every member runs").group.clone()).collect();
     let leader = groups[0].wait_for_leader(WAIT).await.expect("a leader after healing");
     let drain = Owner { node: 9, conn: 9, channel: 9 };
-    let attach = Command::Attach { owner: drain, tag: ShortStr::from("drain"), prefetch: 0, no_ack: true, priority: 0 };
+    let attach = Command::Attach {
+        owner: drain,
+        tag: ShortStr::from("drain"),
+        prefetch: 0,
+        no_ack: true,
+        priority: 0,
+        exclusive: false,
+    };
     let mut target = leader;
     let (index, out) = loop {
         now += 1;

@@ -111,7 +111,14 @@ async fn confirmed_messages_survive_the_leader_and_every_member_ends_the_same() 
     let (_, out) = nodes
         .propose(
             &all,
-            Command::Attach { owner: on_old, tag: ShortStr::from("c1"), prefetch: 5, no_ack: false, priority: 0 },
+            Command::Attach {
+                owner: on_old,
+                tag: ShortStr::from("c1"),
+                prefetch: 5,
+                no_ack: false,
+                priority: 0,
+                exclusive: false,
+            },
         )
         .await;
     let held = deliveries(&out);
@@ -140,7 +147,14 @@ async fn confirmed_messages_survive_the_leader_and_every_member_ends_the_same() 
     let (_, out) = nodes
         .propose(
             &rest,
-            Command::Attach { owner: on_new, tag: ShortStr::from("c2"), prefetch: 0, no_ack: true, priority: 0 },
+            Command::Attach {
+                owner: on_new,
+                tag: ShortStr::from("c2"),
+                prefetch: 0,
+                no_ack: true,
+                priority: 0,
+                exclusive: false,
+            },
         )
         .await;
     let got: Vec<(u64, bool, u32)> = deliveries(&out).iter().map(|d| (d.1, d.2, d.3)).collect();

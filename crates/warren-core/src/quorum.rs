@@ -72,8 +72,10 @@ pub enum Command {
     /// A message published to the queue.
     Enqueue { msg: MessageRef },
     /// basic.consume: a consumer with room for `prefetch` unsettled deliveries (0: no limit).
-    /// A no-ack consumer's deliveries are settled as they go out.
-    Attach { owner: Owner, tag: ShortStr, prefetch: u32, no_ack: bool, priority: i64 },
+    /// A no-ack consumer's deliveries are settled as they go out. `exclusive` is the consume's
+    /// flag: a quorum queue's machine takes no notice of it; a classic queue's home, reached
+    /// through another node, checks it against every consumer it has.
+    Attach { owner: Owner, tag: ShortStr, prefetch: u32, no_ack: bool, priority: i64, exclusive: bool },
     /// basic.cancel: no more deliveries to the consumer; what it holds stays until settled.
     Cancel { owner: Owner, tag: ShortStr },
     /// basic.ack of deliveries the channel holds.
@@ -130,8 +132,10 @@ impl Stamped {
                 let len = (b.len() - at - 8) as u64;
                 b[at..at + 8].copy_from_slice(&len.to_be_bytes());
             }
-            Command::Attach { owner, tag, prefetch, no_ack, priority } => {
-                b.put_u8(2);
+            Command::Attach { owner, tag, prefetch, no_ack, priority, exclusive } => {
+                // An exclusive consume has a tag of its own, so that logs written before the
+                // flag existed read as they were written.
+                b.put_u8(if *exclusive { 11 } else { 2 });
                 put_owner(b, owner);
                 put_str(b, tag);
                 b.put_u32(*prefetch);
@@ -192,12 +196,13 @@ impl Stamped {
                 let (msg, _) = decode_from_store(r.split_to(n)).ok_or_else(|| bad("a message it cannot decode"))?;
                 Command::Enqueue { msg }
             }
-            2 => Command::Attach {
+            kind @ (2 | 11) => Command::Attach {
                 owner: get_owner(&mut r)?,
                 tag: get_str(&mut r)?,
                 prefetch: get_u32(&mut r)?,
                 no_ack: get_u8(&mut r)? != 0,
                 priority: get_u64(&mut r)? as i64,
+                exclusive: kind == 11,
             },
             3 => Command::Cancel { owner: get_owner(&mut r)?, tag: get_str(&mut r)? },
             4 => {
@@ -491,7 +496,7 @@ impl QuorumQueue {
         let mut out = Output { reply: Reply::Ok, effects: Vec::new(), got: None };
         match &stamped.command {
             Command::Enqueue { msg } => self.enqueue(msg, now, &mut out),
-            Command::Attach { owner, tag, prefetch, no_ack, priority } => {
+            Command::Attach { owner, tag, prefetch, no_ack, priority, .. } => {
                 if self.consumers.iter().any(|c| c.owner == *owner && c.tag == *tag) {
                     out.reply = Reply::TagInUse;
                 } else {

@@ -57,7 +57,7 @@ impl Log {
     }
 
     fn attach(&mut self, owner: Owner, tag: &str, prefetch: u32) -> Output {
-        self.apply(Command::Attach { owner, tag: tag.into(), prefetch, no_ack: false, priority: 0 })
+        self.apply(Command::Attach { owner, tag: tag.into(), prefetch, no_ack: false, priority: 0, exclusive: false })
     }
 }
 
@@ -162,7 +162,14 @@ fn discard_dead_letters_as_rejected() {
 fn higher_priority_consumers_first_and_round_robin_among_equals() {
     let mut log = Log::new(QuorumConfig::default());
     log.attach(A, "low", 0);
-    log.apply(Command::Attach { owner: B, tag: "high".into(), prefetch: 2, no_ack: false, priority: 5 });
+    log.apply(Command::Attach {
+        owner: B,
+        tag: "high".into(),
+        prefetch: 2,
+        no_ack: false,
+        priority: 5,
+        exclusive: false,
+    });
     log.attach(B, "low2", 0);
     let mut got = Vec::new();
     for n in 0..6 {
@@ -377,6 +384,7 @@ fn run_paged(
                 prefetch: rng.u32(0..4),
                 no_ack: rng.u8(0..4) == 0,
                 priority: i64::from(rng.u8(0..2)),
+                exclusive: false,
             },
             45..=49 => Command::Cancel { owner, tag: format!("t{}", rng.u8(0..3)).into() },
             50..=64 => Command::Settle { owner, ids: some(&mut rng) },
@@ -475,7 +483,14 @@ fn run_paged(
         account(seed, steps, &mut ledger, &consumers, &out);
     }
     let drain = Owner { node: 9, conn: 9, channel: 9 };
-    let out = log.apply(Command::Attach { owner: drain, tag: "drain".into(), prefetch: 0, no_ack: true, priority: 0 });
+    let out = log.apply(Command::Attach {
+        owner: drain,
+        tag: "drain".into(),
+        prefetch: 0,
+        no_ack: true,
+        priority: 0,
+        exclusive: false,
+    });
     consumers.insert((drain, "drain".into()), (0, true));
     account(seed, steps, &mut ledger, &consumers, &out);
     assert_eq!((log.q.ready_count(), log.q.unsettled_count()), (0, 0), "seed {seed}: drained");
@@ -666,4 +681,19 @@ fn a_command_that_is_cut_or_unknown_is_refused() {
     // A count of ids larger than the bytes that follow.
     settle[8 + 1 + 14 + 7] = 200;
     assert!(Stamped::decode(&settle).is_err());
+}
+
+#[test]
+fn an_exclusive_consume_reads_back_as_exclusive_and_an_older_one_as_not() {
+    for exclusive in [false, true] {
+        let attach = Command::Attach { owner: A, tag: "c".into(), prefetch: 3, no_ack: false, priority: 1, exclusive };
+        let mut b = Vec::new();
+        Stamped { now_ms: 5, command: attach }.encode(&mut b);
+        // The tag byte: 2 as before the flag existed, 11 for an exclusive consume.
+        assert_eq!(b[8], if exclusive { 11 } else { 2 });
+        match Stamped::decode(&b).expect("decodes").command {
+            Command::Attach { exclusive: back, prefetch: 3, priority: 1, .. } => assert_eq!(back, exclusive),
+            other => panic!("not an attach: {other:?}"),
+        }
+    }
 }

@@ -13,8 +13,8 @@ use common::eventually;
 use common::lapin_client::*;
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
+    BasicRejectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind};
@@ -258,4 +258,61 @@ async fn a_classic_queue_outlives_the_loss_of_a_clients_node_and_of_its_home() {
         }
         assert!(["m0", "m1", "m2", "m3", "m4"].contains(&b.as_str()), "only acked messages come again: {b}");
     }
+}
+
+/// basic.consume on `queue` through `ch`, which the broker must refuse; the reply code it closes
+/// the channel with.
+async fn consume_refused(ch: &Channel, queue: &str, tag: &str, exclusive: bool) -> u16 {
+    let watch = CloseWatch::new(ch);
+    let options = BasicConsumeOptions { exclusive, ..Default::default() };
+    match ch.basic_consume(queue, tag, options, FieldTable::default()).await {
+        // Answered at once through another node: the home's refusal closes the channel after.
+        Ok(_) => watch.code().await,
+        Err(e) => reply_code(&e),
+    }
+}
+
+#[tokio::test]
+async fn an_exclusive_consumer_through_one_node_holds_the_queue_for_every_node() {
+    if common::Broker::is_external() {
+        eprintln!("skipped: starts Warren processes");
+        return;
+    }
+    let cluster = Cluster::start(3, "warren-cq-excl");
+    let c1 = connect_url(&cluster.nodes[0].amqp_url()).await;
+    let c2 = connect_url(&cluster.nodes[1].amqp_url()).await;
+    let c3 = connect_url(&cluster.nodes[2].amqp_url()).await;
+    let ch1 = confirm_channel(&c1).await;
+    ch1.queue_declare("xq", QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+        .await
+        .expect("declare");
+    until_known(&c2, "xq").await;
+    until_known(&c3, "xq").await;
+
+    // An exclusive consumer through node 2, at the home once a publish reaches it.
+    let ch2 = channel(&c2).await;
+    let options = BasicConsumeOptions { exclusive: true, ..Default::default() };
+    let mut exclusive = ch2.basic_consume("xq", "x2", options, FieldTable::default()).await.expect("consume");
+    assert!(publish(&ch1, "xq", "one").await);
+    let d = take(&mut exclusive, 1).await.remove(0);
+    d.ack(BasicAckOptions::default()).await.expect("ack");
+
+    // Another consumer, through node 3 or at the home itself, is refused as RabbitMQ refuses
+    // it: 403, the queue is in exclusive use.
+    assert_eq!(consume_refused(&channel(&c3).await, "xq", "c3", false).await, 403);
+    assert_eq!(consume_refused(&channel(&c1).await, "xq", "c1", false).await, 403);
+    // The exclusive consumer still has the queue.
+    assert!(publish(&ch1, "xq", "two").await);
+    assert_eq!(body(&take(&mut exclusive, 1).await.remove(0)), "two");
+
+    // Once it is cancelled, a plain consumer through node 3 takes the queue, and an exclusive
+    // one through node 2 is refused in turn.
+    ch2.basic_cancel("x2", BasicCancelOptions::default()).await.expect("cancel");
+    let ch3 = channel(&c3).await;
+    let mut plain =
+        ch3.basic_consume("xq", "c3", BasicConsumeOptions::default(), FieldTable::default()).await.expect("consume");
+    assert!(publish(&ch1, "xq", "three").await);
+    let got = take(&mut plain, 1).await.remove(0);
+    assert!(["two", "three"].contains(&body(&got).as_str()), "{}", body(&got));
+    assert_eq!(consume_refused(&channel(&c2).await, "xq", "x2-again", true).await, 403);
 }

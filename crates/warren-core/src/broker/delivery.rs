@@ -149,6 +149,7 @@ impl Broker {
                 prefetch: u32::from(credit.prefetch),
                 no_ack,
                 priority,
+                exclusive,
             };
             self.push_replica_work(replica.group, command);
         }

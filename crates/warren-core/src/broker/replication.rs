@@ -292,6 +292,8 @@ impl Broker {
             return;
         };
         let Some(replica) = q.replica else { return };
+        // A queue held by an exclusive consumer has that one consumer only.
+        let exclusive = q.has_exclusive_consumer();
         let attaches: Vec<QCommand> = q
             .consumers()
             .iter()
@@ -301,6 +303,7 @@ impl Broker {
                 prefetch: u32::from(k.credit.prefetch),
                 no_ack: k.credit.no_ack,
                 priority: k.priority,
+                exclusive,
             })
             .collect();
         for command in attaches {
