@@ -29,6 +29,12 @@ const KEPT_OUTPUTS: usize = 4096;
 /// auto-delete queue's last consumer gone, definitions loaded at boot) to propose them.
 const UNOWNED_EVERY: Duration = Duration::from_millis(100);
 
+/// How often the metadata group's leader looks for forgotten nodes still in the group.
+const FORGOTTEN_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// How long one change of the metadata group's membership may take.
+const MEMBERSHIP_STEP: Duration = Duration::from_secs(10);
+
 /// A proposal that did not reach the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProposeFailure {
@@ -134,7 +140,59 @@ impl MetaHost {
             tokio::spawn(host.clone().catch_up());
         }
         tokio::spawn(host.clone().unowned_loop());
+        tokio::spawn(host.clone().drop_forgotten());
         host
+    }
+
+    /// Takes node `node` (stopped) out of the cluster, as an operator asked through this
+    /// node (RabbitMQ's `forget_cluster_node`): done once this node has applied it.
+    pub async fn forget(&self, node: u64) -> Result<(), String> {
+        match self.commit_command(MetaCommand::Forget { origin: self.me, node }, self.commit_timeout).await {
+            Ok(_) => Ok(()),
+            Err(ProposeFailure::NoLeader) => Err(format!(
+                "no leader of the metadata group within {} ms (is a majority of nodes reachable?)",
+                self.commit_timeout.as_millis()
+            )),
+            Err(ProposeFailure::Failed(why)) => Err(why),
+        }
+    }
+
+    /// On the group's leader: takes the forgotten nodes out of the group's membership (a
+    /// voter through a joint configuration, which the nodes left commit).
+    async fn drop_forgotten(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(FORGOTTEN_CHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.is_stopped() {
+                continue;
+            }
+            let group = self.group();
+            if !group.is_leader() {
+                continue;
+            }
+            let forgotten = group.with_machine(|m: &Metadata| m.forgotten().clone());
+            if forgotten.is_empty() {
+                continue;
+            }
+            let status = group.status();
+            let voters: std::collections::BTreeSet<u64> = status.voters.difference(&forgotten).copied().collect();
+            let learners: std::collections::BTreeSet<u64> = status.learners.intersection(&forgotten).copied().collect();
+            let change = if voters.len() < status.voters.len() && !voters.is_empty() {
+                tokio::time::timeout(MEMBERSHIP_STEP, group.change_membership(voters.clone())).await
+            } else if !learners.is_empty() {
+                tokio::time::timeout(MEMBERSHIP_STEP, group.remove_learners(learners.clone())).await
+            } else {
+                continue;
+            };
+            match change {
+                Ok(Ok(_)) => {
+                    tracing::info!("metadata: the group's members are now {voters:x?} (forgotten: {forgotten:x?})")
+                }
+                Ok(Err(e)) => tracing::warn!("metadata: taking forgotten nodes out of the group: {e:?} (tried again)"),
+                Err(_) => tracing::warn!("metadata: taking forgotten nodes out of the group timed out (tried again)"),
+            }
+        }
     }
 
     /// Calls `f` on the host's task whenever the group's queues may have changed (a queue
@@ -289,10 +347,10 @@ impl MetaHost {
                         let queues = |op: &DefOp| {
                             matches!(op, DefOp::PutQueue(_) | DefOp::DelQueue { .. } | DefOp::DelVhost { .. })
                         };
-                        if output.applied.iter().any(queues) {
+                        if output.applied.iter().any(queues) || output.forgot.is_some() {
                             self.queues_changed();
                         }
-                    } else if output.members == Some(Ok(())) {
+                    } else if output.members == Some(Ok(())) || output.forgot.is_some() {
                         self.queues_changed();
                     }
                     if output.origin == self.me {

@@ -38,6 +38,11 @@ pub enum MetaCommand {
     /// on its group is to be `members` (node ids). Refused when the queue is not that group's
     /// any more (`group`: deleted, or declared again meanwhile).
     Members { origin: u64, vhost: String, name: String, group: u64, members: Vec<u64> },
+    /// An operator's `forget_cluster_node`, asked through node `origin`: node `node` (stopped)
+    /// is no longer in the cluster. Its classic queues go (RabbitMQ deletes the durable
+    /// queues of a forgotten node), and it leaves the member lists operators set; the
+    /// quorum queues' groups and the metadata group itself drop it after (their leaders).
+    Forget { origin: u64, node: u64 },
 }
 
 /// What applying a command did, on every node.
@@ -54,6 +59,8 @@ pub struct MetaOutput {
     pub barrier: Option<u64>,
     /// What came of a [`MetaCommand::Members`]: done, or refused with why.
     pub members: Option<Result<(), String>>,
+    /// The node a [`MetaCommand::Forget`] took out of the cluster.
+    pub forgot: Option<u64>,
 }
 
 pub type Key = (String, String);
@@ -96,6 +103,9 @@ pub struct Metadata {
     /// The members of the quorum queues whose membership an operator changed (the others'
     /// follow from their placement and the nodes: `queues::members_of`), sorted.
     members: BTreeMap<Key, Vec<u64>>,
+    /// The nodes taken out of the cluster by `forget_cluster_node` (node ids): the cluster is
+    /// the configured nodes but these.
+    forgotten: BTreeSet<u64>,
 }
 
 /// Whether a queue's declaration makes it a quorum queue (replicated by a group of its own).
@@ -235,6 +245,11 @@ impl Metadata {
     /// The members an operator made quorum queue `name` in `vhost` have, if one did.
     pub fn members(&self, vhost: &str, name: &str) -> Option<&[u64]> {
         self.members.get(&key(vhost, name)).map(Vec::as_slice)
+    }
+
+    /// The nodes taken out of the cluster ([`MetaCommand::Forget`]).
+    pub fn forgotten(&self) -> &BTreeSet<u64> {
+        &self.forgotten
     }
 
     /// Every quorum queue with its placement, ordered.
@@ -507,6 +522,27 @@ impl Metadata {
                 };
                 MetaOutput { origin: *origin, members: Some(done), ..MetaOutput::default() }
             }
+            MetaCommand::Forget { origin, node } => {
+                let mut out = MetaOutput { origin: *origin, forgot: Some(*node), ..MetaOutput::default() };
+                if !self.forgotten.insert(*node) {
+                    return out;
+                }
+                let homed: Vec<Key> =
+                    self.homes().filter(|(_, _, home)| home == node).map(|(k, _, _)| k.clone()).collect();
+                for (vhost, name) in homed {
+                    let op = DefOp::DelQueue { vhost, name };
+                    if let Ok(true) = self.apply_op(index, *origin, &op, false) {
+                        out.applied.push(op);
+                    }
+                }
+                // A queue whose only member the node was keeps it (and is lost with it).
+                for members in self.members.values_mut() {
+                    if members.len() > 1 {
+                        members.retain(|m| m != node);
+                    }
+                }
+                out
+            }
         }
     }
 
@@ -720,10 +756,14 @@ const TOPOLOGY_TAG: u8 = 1;
 const BARRIER_TAG: u8 = 2;
 const JOIN_TAG: u8 = 3;
 const MEMBERS_TAG: u8 = 4;
+const FORGET_TAG: u8 = 5;
 
 /// In a snapshot, where the placements end and the operators' member lists begin (no vhost
 /// name is that long).
 const MEMBERS_SECTION: u16 = u16::MAX;
+
+/// In a snapshot, after the placements and before the member lists: the forgotten nodes.
+const FORGOTTEN_SECTION: u16 = u16::MAX - 1;
 
 fn put_text(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u16).to_be_bytes());
@@ -792,6 +832,11 @@ impl MetaCommand {
                 out.extend_from_slice(&group.to_be_bytes());
                 put_ids(out, members);
             }
+            MetaCommand::Forget { origin, node } => {
+                out.push(FORGET_TAG);
+                out.extend_from_slice(&origin.to_be_bytes());
+                out.extend_from_slice(&node.to_be_bytes());
+            }
         }
     }
 
@@ -814,6 +859,12 @@ impl MetaCommand {
                 return Err(invalid("bytes after a member change"));
             }
             return Ok(MetaCommand::Members { origin, vhost, name, group, members });
+        }
+        if tag == FORGET_TAG {
+            let fields: [u8; 16] = rest.try_into().map_err(|_| invalid("a forgotten node of the wrong length"))?;
+            let origin = u64::from_be_bytes(fields[..8].try_into().expect("8 bytes"));
+            let node = u64::from_be_bytes(fields[8..].try_into().expect("8 bytes"));
+            return Ok(MetaCommand::Forget { origin, node });
         }
         if tag != TOPOLOGY_TAG && tag != JOIN_TAG {
             return Err(invalid(format!("unknown metadata command {tag}")));
@@ -849,8 +900,10 @@ impl warren_raft::Machine for Metadata {
 
     /// Everything but the placements in the definitions snapshot format (length first), then
     /// each placement: vhost and name (u16 length, bytes), group and origin (u64), big-endian;
-    /// then, if an operator changed any queue's members, the mark `MEMBERS_SECTION` and each
-    /// such queue: vhost, name, the number of members (u16) and their ids (u64).
+    /// then, if any node was forgotten, the mark `FORGOTTEN_SECTION` and their ids (a u16
+    /// count, u64 each); then, if an operator changed any queue's members, the mark
+    /// `MEMBERS_SECTION` and each such queue: vhost, name, the number of members (u16) and
+    /// their ids (u64).
     fn snapshot(&self) -> Vec<u8> {
         let defs = self.definitions().encode();
         let mut out = Vec::with_capacity(defs.len() + 4 + self.placements.len() * 48);
@@ -863,6 +916,10 @@ impl warren_raft::Machine for Metadata {
             }
             out.extend_from_slice(&p.group.to_be_bytes());
             out.extend_from_slice(&p.origin.to_be_bytes());
+        }
+        if !self.forgotten.is_empty() {
+            out.extend_from_slice(&FORGOTTEN_SECTION.to_be_bytes());
+            put_ids(&mut out, &self.forgotten.iter().copied().collect::<Vec<u64>>());
         }
         if !self.members.is_empty() {
             out.extend_from_slice(&MEMBERS_SECTION.to_be_bytes());
@@ -883,6 +940,11 @@ impl warren_raft::Machine for Metadata {
         let mut restored = Metadata::from_definitions(&defs);
         let mut at = &bytes[4 + len..];
         while !at.is_empty() {
+            if at.starts_with(&FORGOTTEN_SECTION.to_be_bytes()) {
+                at = &at[2..];
+                restored.forgotten = take_ids(&mut at)?.into_iter().collect();
+                continue;
+            }
             if at.starts_with(&MEMBERS_SECTION.to_be_bytes()) {
                 at = &at[2..];
                 while !at.is_empty() {
@@ -1069,6 +1131,65 @@ mod tests {
         warren_raft::Machine::restore(&mut back, &snap).expect("restore");
         assert_eq!(back, m);
         assert!(warren_raft::Machine::restore(&mut back, &snap[..snap.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn a_forgotten_node_takes_its_classic_queues_and_leaves_the_member_lists() {
+        let mut quorum = queue("qq");
+        quorum.arguments.insert("x-queue-type", warren_amqp::FieldValue::from("quorum"));
+        let mut lone = queue("lone");
+        lone.arguments.insert("x-queue-type", warren_amqp::FieldValue::from("quorum"));
+        let mut m = with_root();
+        m.apply(5, &topo(7, vec![DefOp::PutQueue(quorum), DefOp::PutQueue(lone), DefOp::PutQueue(queue("on7"))]));
+        m.apply(6, &topo(8, vec![DefOp::PutQueue(queue("on8")), DefOp::PutExchange(exchange("x", "direct"))]));
+        m.apply(
+            7,
+            &topo(8, vec![DefOp::PutBinding(binding("x", "on7", "k")), DefOp::PutBinding(binding("x", "on8", "k"))]),
+        );
+        let members = |name: &str, members: Vec<u64>| MetaCommand::Members {
+            origin: 8,
+            vhost: "/".into(),
+            name: name.into(),
+            group: 5,
+            members,
+        };
+        assert_eq!(m.apply(8, &members("qq", vec![7, 8, 9])).members, Some(Ok(())));
+        assert_eq!(m.apply(9, &members("lone", vec![7])).members, Some(Ok(())));
+
+        let forget = MetaCommand::Forget { origin: 8, node: 7 };
+        let out = m.apply(10, &forget);
+        assert_eq!(out.forgot, Some(7));
+        assert_eq!(out.origin, 8);
+        assert_eq!(out.applied, vec![DefOp::DelQueue { vhost: "/".into(), name: "on7".into() }]);
+        assert!(m.queue("/", "on7").is_none(), "its classic queue went");
+        assert_eq!(m.topology().bindings, vec![binding("x", "on8", "k")], "and its bindings");
+        assert_eq!(m.home("/", "on8"), Some(8), "other nodes' classic queues stay");
+        assert_eq!(m.members("/", "qq"), Some(&[8, 9][..]));
+        assert_eq!(m.members("/", "lone"), Some(&[7][..]), "a last member stays");
+        assert!(m.placement("/", "qq").is_some() && m.placement("/", "lone").is_some());
+        assert_eq!(m.forgotten(), &BTreeSet::from([7]));
+        // Forgetting it again changes nothing.
+        let again = m.apply(11, &forget);
+        assert!(again.applied.is_empty());
+        assert_eq!(again.forgot, Some(7));
+
+        let mut bytes = Vec::new();
+        forget.encode(&mut bytes);
+        assert_eq!(MetaCommand::decode(&bytes).expect("decode"), forget);
+        for cut in 0..bytes.len() {
+            assert!(MetaCommand::decode(&bytes[..cut]).is_err(), "cut at {cut} accepted");
+        }
+        // In snapshots, with the member lists after.
+        m.apply(12, &MetaCommand::Forget { origin: 8, node: 3 });
+        let snap = warren_raft::Machine::snapshot(&m);
+        let mut back = Metadata::default();
+        warren_raft::Machine::restore(&mut back, &snap).expect("restore");
+        assert_eq!(back, m);
+        assert_eq!(back.forgotten(), &BTreeSet::from([3, 7]));
+        assert_eq!(back.members("/", "qq"), Some(&[8, 9][..]));
+        for cut in 1..20 {
+            assert!(warren_raft::Machine::restore(&mut back, &snap[..snap.len() - cut]).is_err(), "cut {cut}");
+        }
     }
 
     #[test]

@@ -521,6 +521,39 @@ async fn watched_peers_stay_connected_without_any_group() {
     assert!(one.watch_connected().borrow().is_empty());
 }
 
+/// A node taken out of the cluster (`refuse`) is cut off both ways: its open connection
+/// closes, its dials and those to it fail once authenticated, and it is never counted as
+/// connected; refused no more, it connects again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_node_is_cut_off_both_ways_until_let_in_again() {
+    let cookie = b"refuse-cookie".to_vec();
+    let one = TcpNode::bind(any_port(), TcpConfig::new(1, cookie.clone())).await.expect("bind");
+    let two = TcpNode::bind(any_port(), TcpConfig::new(2, cookie.clone())).await.expect("bind");
+    let cluster = BTreeMap::from([(1, one.local_addr().to_string()), (2, two.local_addr().to_string())]);
+    one.watch_peers(cluster.clone());
+    two.watch_peers(cluster.clone());
+    wait_connected(&one, "connected to node 2", |c| c.contains(&2)).await;
+
+    one.refuse(BTreeSet::from([2]));
+    wait_connected(&one, "node 2 cut off", |c| !c.contains(&2)).await;
+    wait_connected(&two, "node 1 cut off", |c| !c.contains(&1)).await;
+    // Both keep dialing: node 1's dials and node 2's are closed after the handshake.
+    wait_stats(&one, "dials of node 1 and node 2 refused", |s| s.refused >= 4).await;
+    // Node 2 is told why at its handshakes.
+    wait_stats(&two, "dials refused by node 1", |s| s.refused_by_peers >= 2).await;
+    let why = two.last_refusal().expect("a refusal");
+    assert!(why.contains("node 1 refuses this node") && why.contains("taken out of the cluster"), "{why}");
+    assert!(!one.watch_connected().borrow().contains(&2));
+    assert!(!two.watch_connected().borrow().contains(&1));
+    assert_eq!(one.peer_status(), vec![(2, false)]);
+
+    one.refuse(BTreeSet::new());
+    wait_connected(&one, "connected to node 2 again", |c| c.contains(&2)).await;
+    wait_connected(&two, "connected to node 1 again", |c| c.contains(&1)).await;
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
 /// Commands forwarded from a follower one after another, without waiting for each answer, are
 /// appended by the leader in the order they were sent: the leader's endpoint hands each to its
 /// group as it reads it (a task per request would race). And commands submitted to the leader

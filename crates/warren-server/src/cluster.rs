@@ -112,6 +112,13 @@ pub trait ClusterView: Send + Sync {
     ) -> MembersFuture<MembersOutcome> {
         Box::pin(std::future::ready(Err(MembersError::Refused("this node is not in a cluster".into()))))
     }
+    /// Takes `node`, stopped, out of the cluster (RabbitMQ's `forget_cluster_node`): its
+    /// classic queues go, quorum queues and the metadata group drop their members on it, and
+    /// the other nodes refuse it from then on. Refused for this node, a running node or one
+    /// not in the cluster ([`MembersError::NotQuorum`] for the last: there is no such node).
+    fn forget_node(&self, _node: &str) -> MembersFuture<()> {
+        Box::pin(std::future::ready(Err(MembersError::Refused("this node is not in a cluster".into()))))
+    }
 }
 
 /// A node on its own: the cluster is the node, named after it.

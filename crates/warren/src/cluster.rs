@@ -111,7 +111,9 @@ async fn report(node: TcpNode, names: BTreeMap<u64, String>, cookie_path: String
     let mut stats = node.watch_stats();
     let mut up: BTreeSet<u64> = BTreeSet::new();
     let mut auth_failures = stats.borrow().auth_failures;
+    let mut refusals = stats.borrow().refused_by_peers;
     let mut last_warning: Option<tokio::time::Instant> = None;
+    let mut last_refusal_warning: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             changed = connected.changed() => {
@@ -131,7 +133,20 @@ async fn report(node: TcpNode, names: BTreeMap<u64, String>, cookie_path: String
                 if changed.is_err() {
                     return;
                 }
-                let failures = stats.borrow_and_update().auth_failures;
+                let (failures, refused) = {
+                    let now = stats.borrow_and_update();
+                    (now.auth_failures, now.refused_by_peers)
+                };
+                let due = last_refusal_warning.is_none_or(|at| at.elapsed() >= AUTH_WARNING_EVERY);
+                if refused > refusals && due {
+                    let why = node.last_refusal().unwrap_or_default();
+                    tracing::error!(
+                        "{why}: this node reaches no node of its cluster; to join a cluster again, stop it and \
+                         delete its data directory"
+                    );
+                    last_refusal_warning = Some(tokio::time::Instant::now());
+                }
+                refusals = refused;
                 let due = last_warning.is_none_or(|at| at.elapsed() >= AUTH_WARNING_EVERY);
                 if failures > auth_failures && due {
                     let why = node.last_auth_failure().unwrap_or_default();
@@ -181,8 +196,18 @@ impl View {
         let _ = self.queues.set(Arc::downgrade(&groups.queues));
     }
 
+    /// The ids of the nodes in the cluster: the configured ones but those forgotten.
+    fn in_cluster(&self) -> BTreeSet<u64> {
+        match self.queues.get().and_then(|q| q.upgrade()) {
+            Some(queues) => queues.nodes().into_keys().collect(),
+            None => self.nodes.iter().map(|(_, id)| *id).collect(),
+        }
+    }
+
+    /// The id of node `name`, if it is in the cluster.
     fn id_of(&self, name: &str) -> Option<u64> {
-        self.nodes.iter().find(|(n, _)| n == name).map(|(_, id)| *id)
+        let id = self.nodes.iter().find(|(n, _)| n == name).map(|(_, id)| *id)?;
+        self.in_cluster().contains(&id).then_some(id)
     }
 
     fn name_of(&self, id: u64) -> String {
@@ -279,6 +304,27 @@ impl ClusterView for View {
         })
     }
 
+    fn forget_node(&self, node: &str) -> MembersFuture<()> {
+        let queues = self.queues.get().and_then(|q| q.upgrade());
+        let id = self.id_of(node);
+        let running = self.nodes().iter().any(|n| n.name == node && n.running);
+        let is_self = node == self.me;
+        let node = node.to_owned();
+        Box::pin(async move {
+            let queues = queues.ok_or_else(|| MembersError::Refused("this node is not in a cluster".into()))?;
+            let id = id.ok_or_else(|| MembersError::Refused(format!("node {node} is not in the cluster")))?;
+            if is_self {
+                return Err(MembersError::Refused(format!(
+                    "{node} is the node asked: stop it, then forget it through another node"
+                )));
+            }
+            if running {
+                return Err(MembersError::Refused(format!("node {node} is running: stop it first")));
+            }
+            queues.forget(id).await.map_err(MembersError::Unavailable)
+        })
+    }
+
     fn cluster_name(&self) -> String {
         self.cluster_name.clone()
     }
@@ -292,8 +338,10 @@ impl ClusterView for View {
             Some(node) => node.peer_status().into_iter().filter(|(_, up)| *up).map(|(id, _)| id).collect(),
             None => BTreeSet::new(),
         };
+        let in_cluster = self.in_cluster();
         self.nodes
             .iter()
+            .filter(|(_, id)| in_cluster.contains(id))
             .map(|(name, id)| {
                 let is_self = *name == self.me;
                 NodeView { name: name.clone(), running: is_self || connected.contains(id), is_self }
@@ -335,6 +383,36 @@ async fn start_metadata(
     .map_err(|e| format!("cannot start the metadata group: {e:?}"))?;
     node.register(METADATA_GROUP, group.clone()).map_err(|e| format!("cannot register the metadata group: {e}"))?;
     Ok((group, applied, fresh))
+}
+
+/// Keeps the endpoint's peers the cluster's nodes as the metadata has them: a node forgotten
+/// (`forget_cluster_node`) is no longer dialed, and its connections are refused from then on,
+/// so that, started again with what it held, it reaches no node (RabbitMQ's forgotten node
+/// must be reset before it joins again).
+fn follow_forgotten(meta: &Arc<MetaHost>, node: TcpNode, configured: &[warren_cluster::NodeName], default_port: u16) {
+    let configured: BTreeMap<u64, (String, String)> =
+        configured.iter().map(|n| (n.id(), (n.node(), n.dial_addr(default_port)))).collect();
+    let seen = std::sync::Mutex::new(BTreeSet::new());
+    let weak = Arc::downgrade(meta);
+    meta.on_queues_changed(Arc::new(move || {
+        let Some(meta) = weak.upgrade() else { return };
+        let forgotten = meta.group().with_machine(|m: &Metadata| m.forgotten().clone());
+        let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        if *seen == forgotten {
+            return;
+        }
+        for id in forgotten.difference(&seen) {
+            let name = configured.get(id).map_or_else(|| format!("{id:016x}"), |(name, _)| name.clone());
+            tracing::warn!(
+                "node {name} was taken out of the cluster (forget_cluster_node): its connections are refused"
+            );
+        }
+        node.refuse(forgotten.clone());
+        node.watch_peers(
+            configured.iter().filter(|(id, _)| !forgotten.contains(id)).map(|(id, (_, a))| (*id, a.clone())).collect(),
+        );
+        *seen = forgotten;
+    }));
 }
 
 /// How often the node looks whether its write-ahead log stopped, and tries to recover it.
@@ -447,6 +525,7 @@ impl Groups {
             nodes,
             balanced_leaders,
         );
+        follow_forgotten(&meta, node.clone(), &settings.nodes, settings.port_range.min);
         tokio::spawn(keep_wal(wal.clone(), meta.clone(), queues.clone(), node.clone(), dir));
         Ok(Groups { wal, meta, queues })
     }

@@ -9,7 +9,7 @@
 //! `list queues|exchanges|bindings|connections|consumers|vhosts|users|permissions`,
 //! `declare queue|exchange|binding`, `delete queue|exchange|binding`, `purge queue`,
 //! `export definitions FILE`, `import definitions FILE`, `close connection NAME`,
-//! `cluster_status`, and for quorum queues' members (as `rabbitmq-queues`): `add_member`,
+//! `cluster_status`, `forget_cluster_node`, and for quorum queues' members (as `rabbitmq-queues`): `add_member`,
 //! `delete_member`, `grow`, `shrink`.
 
 use base64::Engine;
@@ -112,6 +112,11 @@ pub enum Command {
     /// The cluster's name, its nodes and which are running (as `rabbitmqctl cluster_status`).
     #[command(name = "cluster_status", alias = "cluster-status")]
     ClusterStatus,
+    /// Take NODE, stopped, out of the cluster (as `rabbitmqctl forget_cluster_node`): its
+    /// classic queues are deleted and quorum queues drop their members on it; the other
+    /// nodes refuse it from then on (delete its data directory before it joins again).
+    #[command(name = "forget_cluster_node", alias = "forget-cluster-node")]
+    ForgetClusterNode { node: String },
     /// Add a member on NODE to quorum queue QUEUE (in --vhost), as `rabbitmq-queues add_member`.
     #[command(name = "add_member", alias = "add-member")]
     AddMember { queue: String, node: String },
@@ -763,6 +768,10 @@ pub fn run(cli: &Cli) -> Result<String, Error> {
             Ok(format!("connection closed: {name}\n"))
         }
         Command::ClusterStatus => cluster_status(&client.get("/overview")?, &client.get("/nodes")?, g.format),
+        Command::ForgetClusterNode { node } => {
+            client.delete(&format!("/nodes/{}", encode_segment(node)))?;
+            Ok(format!("Removing node {node} from the cluster\n"))
+        }
         Command::AddMember { queue, node } => {
             let path = format!("/queues/quorum/{vhost}/{}/replicas/add", encode_segment(queue));
             client.post(&path, &json!({ "node": node }))?;

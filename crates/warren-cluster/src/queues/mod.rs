@@ -284,8 +284,9 @@ pub struct QueueHost {
     dir: PathBuf,
     shared: Arc<Shared>,
     meta: Arc<MetaHost>,
-    /// Every node of the cluster with its inter-node address.
-    nodes: BTreeMap<u64, String>,
+    /// Every configured node with its inter-node address (the cluster is those but the
+    /// forgotten: [`QueueHost::nodes`]).
+    configured: BTreeMap<u64, String>,
     replicas: parking_lot::Mutex<HashMap<u64, Arc<Replica>>>,
     changed: Notify,
     /// Passes `follow_metadata` made with the metadata caught up, each having started every
@@ -349,7 +350,7 @@ impl QueueHost {
             dir,
             shared: shared.clone(),
             meta: meta.clone(),
-            nodes,
+            configured: nodes,
             replicas: parking_lot::Mutex::new(HashMap::new()),
             changed: Notify::new(),
             passes: watch::Sender::new(0),
@@ -428,10 +429,22 @@ impl QueueHost {
         }
     }
 
+    /// The nodes of the cluster with their inter-node addresses: the configured ones but those
+    /// an operator made the cluster forget.
+    pub fn nodes(&self) -> BTreeMap<u64, String> {
+        let forgotten = self.meta.group().with_machine(|m: &Metadata| m.forgotten().clone());
+        self.configured.iter().filter(|(id, _)| !forgotten.contains(id)).map(|(id, a)| (*id, a.clone())).collect()
+    }
+
+    /// Takes node `node` (stopped) out of the cluster: see [`MetaHost::forget`].
+    pub async fn forget(&self, node: u64) -> Result<(), String> {
+        self.meta.forget(node).await
+    }
+
     /// Every quorum queue's group as the metadata wants it, in the order of their groups'
     /// creation.
     fn placed(&self) -> Vec<Wanted> {
-        let nodes: Vec<u64> = self.nodes.keys().copied().collect();
+        let nodes: Vec<u64> = self.nodes().keys().copied().collect();
         let balanced_by_default = self.balanced_by_default;
         let locators = self.shared.broker().leader_locator_policies();
         let mut placed: Vec<(Wanted, bool)> = self.meta.group().with_machine(|m: &Metadata| {
@@ -490,7 +503,8 @@ impl QueueHost {
     /// Records `members` as quorum queue `name` in `vhost`'s (group `group`) in the metadata;
     /// the group's leader then changes the group to match (`change_members`).
     pub async fn set_members(&self, vhost: &str, name: &str, group: u64, members: Vec<u64>) -> Result<(), String> {
-        if let Some(unknown) = members.iter().find(|m| !self.nodes.contains_key(m)) {
+        let nodes = self.nodes();
+        if let Some(unknown) = members.iter().find(|m| !nodes.contains_key(m)) {
             return Err(format!("node {unknown:016x} is not in the cluster"));
         }
         self.meta.set_members(vhost, name, group, members).await
@@ -506,9 +520,10 @@ impl QueueHost {
         let result: Result<(), String> = async {
             let status = replica.group.status();
             let mut joined_at = 0;
-            let missing = self.nodes.keys().filter(|n| !status.voters.contains(n) && !status.learners.contains(n));
+            let nodes = self.nodes();
+            let missing = nodes.keys().filter(|n| !status.voters.contains(n) && !status.learners.contains(n));
             for &node in missing {
-                let addr = self.nodes.get(&node).cloned().ok_or_else(|| format!("node {node:016x} unknown"))?;
+                let addr = nodes.get(&node).cloned().ok_or_else(|| format!("node {node:016x} unknown"))?;
                 let index = tokio::time::timeout(step, replica.group.add_learner(node, addr))
                     .await
                     .map_err(|_| "adding a learner timed out".to_owned())?
@@ -533,9 +548,9 @@ impl QueueHost {
                     .map_err(|e| format!("changing the voters: {e:?}"))?;
                 tracing::info!("quorum queue '{}': voters now {target:x?}", replica.name);
             }
-            // Learners of nodes no longer in the cluster's configuration are dropped.
+            // Learners of nodes no longer in the cluster (forgotten) are dropped.
             let status = replica.group.status();
-            let gone: BTreeSet<u64> = status.learners.iter().copied().filter(|n| !self.nodes.contains_key(n)).collect();
+            let gone: BTreeSet<u64> = status.learners.iter().copied().filter(|n| !nodes.contains_key(n)).collect();
             if !gone.is_empty() && status.leader == Some(self.me) {
                 tokio::time::timeout(step, replica.group.remove_learners(gone.clone()))
                     .await
@@ -587,7 +602,7 @@ impl QueueHost {
         // picked not found it (a member that saw other queues, in rare cases), the declaring
         // node does after a while: founding twice with the same members is one founding.
         let founders: BTreeMap<u64, String> =
-            wanted.members.iter().filter_map(|m| self.nodes.get(m).map(|a| (*m, a.clone()))).collect();
+            wanted.members.iter().filter_map(|m| self.configured.get(m).map(|a| (*m, a.clone()))).collect();
         if pristine && !wanted.chosen && wanted.founder == self.me {
             if let Err(e) = group.initialize(founders).await {
                 tracing::info!("quorum queue '{name}': its group was founded already ({e:?})");
@@ -973,10 +988,11 @@ impl QueueHost {
             return;
         }
         let placed = self.placed();
+        let nodes = self.nodes();
         for replica in led {
             let Some(w) = placed.iter().find(|w| w.placement.group == replica.group_id) else { continue };
             let target: BTreeSet<u64> = w.members.iter().copied().collect();
-            let learners: BTreeSet<u64> = self.nodes.keys().copied().filter(|n| !target.contains(n)).collect();
+            let learners: BTreeSet<u64> = nodes.keys().copied().filter(|n| !target.contains(n)).collect();
             let status = replica.group.status();
             if status.voters == target && status.learners == learners {
                 continue;
@@ -1214,7 +1230,7 @@ impl QueueHost {
                     Ok((index, _)) => Ok((index, Vec::new())),
                     Err(ProposeError::NotLeader { leader: Some(leader) }) if leader != self.me => {
                         let addr = self
-                            .nodes
+                            .configured
                             .get(&leader)
                             .cloned()
                             .ok_or(("the leader is not a known node".to_owned(), true))?;

@@ -61,7 +61,7 @@ pub(crate) fn router(shared: Arc<Shared>, listeners: Listeners, config: crate::H
         .route("/api/cluster-name", get(objects::cluster_name))
         .route("/api/whoami", get(objects::whoami))
         .route("/api/nodes", get(objects::nodes))
-        .route("/api/nodes/{name}", get(objects::node))
+        .route("/api/nodes/{name}", get(objects::node).delete(replicas::forget_node))
         .route("/api/connections", get(objects::connections))
         .route("/api/connections/{name}", get(objects::connection).delete(objects::close_connection))
         .route("/api/connections/{name}/channels", get(objects::connection_channels))

@@ -119,3 +119,20 @@ pub(crate) async fn shrink(
     let done = view.change_members_on(&node, false, false, Arc::new(|_: &str, _: &str| true)).await.map_err(refused)?;
     Ok(Json(outcome(done)).into_response())
 }
+
+/// DELETE /api/nodes/{name}: the node, stopped, taken out of the cluster (`warrenctl
+/// forget_cluster_node`; RabbitMQ's API has no such path, its CLI does it over Erlang
+/// distribution). 404 for a node not in the cluster.
+pub(crate) async fn forget_node(
+    State(shared): State<Arc<Shared>>,
+    Extension(User(user)): Extension<User>,
+    Path(node): Path<String>,
+) -> ApiResult {
+    admin(&shared, &user)?;
+    let view = shared.cluster_view();
+    if !view.nodes().iter().any(|n| n.name == node) {
+        return Err(ApiError::NotFound);
+    }
+    view.forget_node(&node).await.map_err(refused)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

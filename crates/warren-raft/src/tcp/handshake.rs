@@ -41,6 +41,9 @@ const PROOF_BYTES: usize = 32;
 const HELLO_BYTES: usize = 4 + 1 + 8 + 8 + NONCE_BYTES;
 /// The acceptor's last message.
 const ACCEPTED: u8 = 1;
+/// The acceptor's verdict on a dialer it authenticated but refuses (a node taken out of the
+/// cluster).
+const REFUSED: u8 = 2;
 
 /// Labels of the two proofs, of equal length so that no label is a prefix of the other.
 const DIALER_LABEL: &[u8; 16] = b"warren-raft dial";
@@ -63,12 +66,16 @@ pub(crate) enum HandshakeError {
     /// Anything else: the connection closed, the bytes were not a Warren node's, or the node is
     /// not the one expected.
     Failed(String),
+    /// The dialer authenticated but is refused (taken out of the cluster): told to both sides.
+    Refused(String),
 }
 
 impl fmt::Display for HandshakeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HandshakeError::Auth(reason) | HandshakeError::Failed(reason) => f.write_str(reason),
+            HandshakeError::Auth(reason) | HandshakeError::Failed(reason) | HandshakeError::Refused(reason) => {
+                f.write_str(reason)
+            }
         }
     }
 }
@@ -173,6 +180,12 @@ where
     }
     write(stream, &proof(DIALER_LABEL, cookie, &mine, &theirs), "proof").await?;
     let [verdict]: [u8; 1] = read(stream, "peer's verdict").await?;
+    if verdict == REFUSED {
+        return Err(HandshakeError::Refused(format!(
+            "node {} refuses this node: it was taken out of the cluster (forget_cluster_node)",
+            peer.node_id
+        )));
+    }
     if verdict != ACCEPTED {
         return Err(failed(format!("node {} answered {verdict} to the proof", peer.node_id)));
     }
@@ -180,7 +193,22 @@ where
 }
 
 /// Runs the acceptor's side with `me` and `cookie`; returns the dialer's identity.
+#[cfg(test)]
 pub(crate) async fn accept<S>(stream: &mut S, me: Identity, cookie: &[u8]) -> Result<Identity, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    accept_unless(stream, me, cookie, |_| false).await
+}
+
+/// Runs the acceptor's side with `me` and `cookie`, refusing a dialer that authenticates as a
+/// node `refused` names; returns the dialer's identity.
+pub(crate) async fn accept_unless<S>(
+    stream: &mut S,
+    me: Identity,
+    cookie: &[u8],
+    refused: impl Fn(u64) -> bool,
+) -> Result<Identity, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -200,6 +228,10 @@ where
             "node {} failed authentication: its cookie differs from this node's",
             peer.node_id
         )));
+    }
+    if refused(peer.node_id) {
+        write(stream, &[REFUSED], "verdict").await?;
+        return Err(HandshakeError::Refused(format!("node {} was taken out of the cluster", peer.node_id)));
     }
     write(stream, &[ACCEPTED], "verdict").await?;
     Ok(peer)

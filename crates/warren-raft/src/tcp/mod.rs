@@ -226,6 +226,10 @@ pub struct TcpStats {
     pub oversized_frames: u64,
     /// Connections that broke (closed by the peer, failed, went quiet, broke the protocol).
     pub lost: u64,
+    /// Authenticated connections closed because their node is refused ([`TcpNode::refuse`]).
+    pub refused: u64,
+    /// Dials another node refused: this node was taken out of the cluster.
+    pub refused_by_peers: u64,
 }
 
 /// What the endpoint knows of one peer.
@@ -263,6 +267,10 @@ struct Node {
     watched: watch::Sender<Watched>,
     /// Why the latest connection that failed to authenticate did.
     last_auth_failure: Mutex<Option<String>>,
+    /// Nodes whose connections are closed as soon as they authenticate ([`TcpNode::refuse`]).
+    refused: Mutex<BTreeSet<u64>>,
+    /// Why the latest dial another node refused was.
+    last_refusal: Mutex<Option<String>>,
 }
 
 /// The peers kept connected, by id, with their addresses.
@@ -317,6 +325,8 @@ impl TcpNode {
             connected: watch::Sender::new(BTreeSet::new()),
             watched: watch::Sender::new(Watched::default()),
             last_auth_failure: Mutex::new(None),
+            refused: Mutex::new(BTreeSet::new()),
+            last_refusal: Mutex::new(None),
         });
         node.spawn(accept_loop(Arc::clone(&node), listener));
         Ok(TcpNode { node })
@@ -467,6 +477,31 @@ impl TcpNode {
         let watched: Vec<u64> = self.node.watched.borrow().peers.keys().copied().collect();
         let connected = self.node.connected.borrow().clone();
         watched.into_iter().map(|id| (id, connected.contains(&id))).collect()
+    }
+
+    /// From now on, closes every connection with the nodes `ids` (nodes taken out of the
+    /// cluster) once it authenticates, either way, and closes those open now: such a node,
+    /// started again, finds every node unreachable. Replaces the set given before.
+    pub fn refuse(&self, ids: BTreeSet<u64>) {
+        *self.node.refused.lock() = ids.clone();
+        let open: Vec<Arc<Conn>> = {
+            let peers = self.node.peers.lock();
+            ids.iter()
+                .filter_map(|id| match peers.slots.get(id) {
+                    Some(Slot::Up(conn)) => Some(Arc::clone(conn)),
+                    _ => None,
+                })
+                .collect()
+        };
+        for conn in open {
+            self.node.lost(&conn, CloseReason::Broken("the node was taken out of the cluster".to_owned()));
+        }
+    }
+
+    /// Why the latest dial another node refused was refused, if one was: this node was taken
+    /// out of the cluster.
+    pub fn last_refusal(&self) -> Option<String> {
+        self.node.last_refusal.lock().clone()
     }
 
     /// Why the latest connection that failed to authenticate (either way) did, if one did.
@@ -679,6 +714,10 @@ impl Node {
             }
         };
         match tokio::time::timeout(handshake_timeout, handshake).await {
+            Ok(Ok((identity, _, _))) if self.refused.lock().contains(&identity.node_id) => {
+                self.count(|s| s.refused += 1);
+                Err(format!("node {} was taken out of the cluster", peer.id))
+            }
             Ok(Ok((identity, reader, writer))) => {
                 self.count(|s| s.dialed += 1);
                 self.start(reader, writer, identity, self.me.node_id);
@@ -686,6 +725,11 @@ impl Node {
             }
             Ok(Err(HandshakeError::Auth(reason))) => {
                 self.auth_failed(&reason);
+                Err(reason)
+            }
+            Ok(Err(HandshakeError::Refused(reason))) => {
+                self.count(|s| s.refused_by_peers += 1);
+                *self.last_refusal.lock() = Some(reason.clone());
                 Err(reason)
             }
             Ok(Err(HandshakeError::Failed(reason))) => {
@@ -706,14 +750,20 @@ impl Node {
         let handshake = async {
             match &self.config.tls {
                 None => {
-                    let identity = handshake::accept(&mut stream, self.me, &self.config.cookie).await?;
+                    let identity = handshake::accept_unless(&mut stream, self.me, &self.config.cookie, |id| {
+                        self.refused.lock().contains(&id)
+                    })
+                    .await?;
                     let (reader, writer) = stream.into_split();
                     Ok::<_, HandshakeError>((identity, Box::new(reader) as ReadHalf, Box::new(writer) as WriteHalf))
                 }
                 Some(tls) => {
                     let mut stream =
                         tls.acceptor.accept(stream).await.map_err(|e| HandshakeError::Auth(format!("TLS: {e}")))?;
-                    let identity = handshake::accept(&mut stream, self.me, &self.config.cookie).await?;
+                    let identity = handshake::accept_unless(&mut stream, self.me, &self.config.cookie, |id| {
+                        self.refused.lock().contains(&id)
+                    })
+                    .await?;
                     let (reader, writer) = tokio::io::split(stream);
                     Ok((identity, Box::new(reader) as ReadHalf, Box::new(writer) as WriteHalf))
                 }
@@ -726,6 +776,7 @@ impl Node {
             }
             // The stream is dropped, which closes it; the counters are the only report.
             Ok(Err(HandshakeError::Auth(reason))) => self.auth_failed(&reason),
+            Ok(Err(HandshakeError::Refused(_))) => self.count(|s| s.refused += 1),
             Ok(Err(HandshakeError::Failed(_))) | Err(_) => self.count(|s| s.handshake_failures += 1),
         }
     }
@@ -747,6 +798,10 @@ impl Node {
     /// Puts `conn` in its peer's slot unless a preferred open connection is there; returns
     /// whether it did. Both ends of two crossing connections decide alike, so they keep the same.
     fn install(&self, conn: &Arc<Conn>) -> bool {
+        if self.refused.lock().contains(&conn.peer.node_id) {
+            self.count(|s| s.refused += 1);
+            return false;
+        }
         let displaced = {
             let mut peers = self.peers.lock();
             if peers.stopped {
