@@ -78,13 +78,15 @@ pub struct Forwarder {
     node: TcpNode,
     shared: Arc<Shared>,
     meta: Arc<MetaHost>,
-    nodes: BTreeMap<u64, String>,
+    /// Every node of the cluster with its inter-node address (nodes that join are added:
+    /// [`Forwarder::add_nodes`]).
+    nodes: parking_lot::RwLock<BTreeMap<u64, String>>,
     /// A queue's group: its key and home if it is a classic queue's (filled from the
     /// metadata as commands name them; a group's queue never changes).
     routes: parking_lot::Mutex<HashMap<u64, Option<(Key, u64)>>>,
     /// This node's sessions with each home.
     links: parking_lot::Mutex<HashMap<u64, Link>>,
-    wakes: HashMap<u64, Arc<Notify>>,
+    wakes: parking_lot::Mutex<HashMap<u64, Arc<Notify>>>,
     /// Other nodes' sessions with this one, as their queues' home.
     guests: parking_lot::Mutex<HashMap<u64, Guest>>,
 }
@@ -190,27 +192,37 @@ impl Forwarder {
     /// clients' queues.
     pub fn start(node: TcpNode, shared: Arc<Shared>, meta: Arc<MetaHost>, nodes: BTreeMap<u64, String>) -> Arc<Self> {
         let me = node.id();
-        let wakes = nodes.keys().filter(|&&n| n != me).map(|&n| (n, Arc::new(Notify::new()))).collect();
         let f = Arc::new(Forwarder {
             me,
             node: node.clone(),
             shared,
             meta,
-            nodes,
+            nodes: parking_lot::RwLock::new(BTreeMap::new()),
             routes: parking_lot::Mutex::new(HashMap::new()),
             links: parking_lot::Mutex::new(HashMap::new()),
-            wakes,
+            wakes: parking_lot::Mutex::new(HashMap::new()),
             guests: parking_lot::Mutex::new(HashMap::new()),
         });
         if let Err(e) = node.serve(FORWARD_SERVICE, Arc::new(Serve(Arc::downgrade(&f)))) {
             tracing::error!("cannot serve classic queues to other nodes: {e}");
         }
-        for &home in f.wakes.keys() {
-            f.links.lock().insert(home, Link::new());
-            tokio::spawn(f.clone().link_loop(home));
-        }
+        f.add_nodes(&nodes);
         tokio::spawn(f.clone().guard_guests());
         f
+    }
+
+    /// Adds the nodes of `nodes` it does not know yet (nodes that joined the cluster): their
+    /// queues are reached, and their clients served, from then on.
+    pub fn add_nodes(self: &Arc<Self>, nodes: &BTreeMap<u64, String>) {
+        let mut known = self.nodes.write();
+        for (&id, addr) in nodes {
+            if known.insert(id, addr.clone()).is_some() || id == self.me {
+                continue;
+            }
+            self.wakes.lock().insert(id, Arc::new(Notify::new()));
+            self.links.lock().insert(id, Link::new());
+            tokio::spawn(self.clone().link_loop(id));
+        }
     }
 
     /// Where the queue named by `group` lives, if it is a classic queue of another node.
@@ -243,7 +255,7 @@ impl Forwarder {
         drop(links);
         woken.dedup();
         for home in woken {
-            if let Some(w) = self.wakes.get(&home) {
+            if let Some(w) = self.wakes.lock().get(&home) {
                 w.notify_one();
             }
         }
@@ -252,8 +264,8 @@ impl Forwarder {
 
     /// Sends this node's commands to `home`, a batch per call, and keeps the session alive.
     async fn link_loop(self: Arc<Self>, home: u64) {
-        let Some(wake) = self.wakes.get(&home).cloned() else { return };
-        let Some(addr) = self.nodes.get(&home).cloned() else { return };
+        let Some(wake) = self.wakes.lock().get(&home).cloned() else { return };
+        let Some(addr) = self.nodes.read().get(&home).cloned() else { return };
         let peer = Peer { id: home, addr };
         let mut swept = tokio::time::Instant::now();
         loop {
@@ -845,7 +857,7 @@ impl Forwarder {
         session: u64,
         mut rx: mpsc::UnboundedReceiver<(ConnId, Vec<Out>)>,
     ) {
-        let Some(addr) = self.nodes.get(&origin).cloned() else { return };
+        let Some(addr) = self.nodes.read().get(&origin).cloned() else { return };
         let peer = Peer { id: origin, addr };
         let mut batch: Vec<(ConnId, Vec<Out>)> = Vec::new();
         loop {

@@ -29,7 +29,7 @@ const KEPT_OUTPUTS: usize = 4096;
 /// auto-delete queue's last consumer gone, definitions loaded at boot) to propose them.
 const UNOWNED_EVERY: Duration = Duration::from_millis(100);
 
-/// How often the metadata group's leader looks for forgotten nodes still in the group.
+/// How often the metadata group's leader looks for nodes to add to or take out of the group.
 const FORGOTTEN_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// How long one change of the metadata group's membership may take.
@@ -140,7 +140,7 @@ impl MetaHost {
             tokio::spawn(host.clone().catch_up());
         }
         tokio::spawn(host.clone().unowned_loop());
-        tokio::spawn(host.clone().drop_forgotten());
+        tokio::spawn(host.clone().keep_membership());
         host
     }
 
@@ -157,9 +157,22 @@ impl MetaHost {
         }
     }
 
-    /// On the group's leader: takes the forgotten nodes out of the group's membership (a
-    /// voter through a joint configuration, which the nodes left commit).
-    async fn drop_forgotten(self: Arc<Self>) {
+    /// Node `node`, named `name`, reached at `addr`, joins the cluster (see `membership`):
+    /// done once this node has applied it; the group's leader then adds it to the group.
+    pub async fn add_node(&self, node: u64, name: &str, addr: &str) -> Result<(), String> {
+        let command = MetaCommand::AddNode { origin: self.me, node, name: name.to_owned(), addr: addr.to_owned() };
+        match self.commit_command(command, self.commit_timeout).await {
+            Ok(_) => Ok(()),
+            Err(ProposeFailure::NoLeader) => Err("no leader of the metadata group".to_owned()),
+            Err(ProposeFailure::Failed(why)) => Err(why),
+        }
+    }
+
+    /// On the group's leader: makes the group's voters follow the cluster's nodes. A node that
+    /// joined comes in as a learner and becomes a voter once it holds the log up to its
+    /// joining; a forgotten node is taken out (a voter through a joint configuration, which
+    /// the nodes left commit).
+    async fn keep_membership(self: Arc<Self>) {
         let mut tick = tokio::time::interval(FORGOTTEN_CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -171,11 +184,23 @@ impl MetaHost {
             if !group.is_leader() {
                 continue;
             }
-            let forgotten = group.with_machine(|m: &Metadata| m.forgotten().clone());
-            if forgotten.is_empty() {
+            let (forgotten, joined) = group.with_machine(|m: &Metadata| (m.forgotten().clone(), m.joined().clone()));
+            if forgotten.is_empty() && joined.is_empty() {
                 continue;
             }
             let status = group.status();
+            let coming: Vec<(u64, String)> = joined
+                .iter()
+                .filter(|(id, _)| !forgotten.contains(id) && !status.voters.contains(id))
+                .map(|(id, j)| (*id, j.addr.clone()))
+                .collect();
+            if let Some((node, addr)) = coming.into_iter().next() {
+                match self.bring_in(&group, node, addr).await {
+                    Ok(()) => tracing::info!("metadata: node {node:016x} joined the group as a voter"),
+                    Err(e) => tracing::warn!("metadata: adding node {node:016x} to the group: {e} (tried again)"),
+                }
+                continue;
+            }
             let voters: std::collections::BTreeSet<u64> = status.voters.difference(&forgotten).copied().collect();
             let learners: std::collections::BTreeSet<u64> = status.learners.intersection(&forgotten).copied().collect();
             let change = if voters.len() < status.voters.len() && !voters.is_empty() {
@@ -347,10 +372,10 @@ impl MetaHost {
                         let queues = |op: &DefOp| {
                             matches!(op, DefOp::PutQueue(_) | DefOp::DelQueue { .. } | DefOp::DelVhost { .. })
                         };
-                        if output.applied.iter().any(queues) || output.forgot.is_some() {
+                        if output.applied.iter().any(queues) || output.forgot.is_some() || output.added.is_some() {
                             self.queues_changed();
                         }
-                    } else if output.members == Some(Ok(())) || output.forgot.is_some() {
+                    } else if output.members == Some(Ok(())) || output.forgot.is_some() || output.added.is_some() {
                         self.queues_changed();
                     }
                     if output.origin == self.me {
@@ -466,6 +491,34 @@ impl MetaHost {
                 }
             }
         }
+    }
+}
+
+impl MetaHost {
+    /// Adds `node` to `group` (led here) as a learner, waits until it holds the log up to
+    /// then, and makes it a voter.
+    async fn bring_in(&self, group: &Group<Metadata>, node: u64, addr: String) -> Result<(), String> {
+        let status = group.status();
+        let mut since = status.last_log_index.unwrap_or(0);
+        if !status.learners.contains(&node) {
+            since = tokio::time::timeout(MEMBERSHIP_STEP, group.add_learner(node, addr))
+                .await
+                .map_err(|_| "adding it as a learner timed out".to_owned())?
+                .map_err(|e| format!("adding it as a learner: {e:?}"))?;
+        }
+        group
+            .wait_until(MEMBERSHIP_STEP, "the new member caught up", move |s| {
+                s.matched.get(&node).copied().flatten().is_some_and(|m| m >= since)
+            })
+            .await
+            .map_err(|e| format!("it did not catch up: {e:?}"))?;
+        let mut voters = group.status().voters;
+        voters.insert(node);
+        tokio::time::timeout(MEMBERSHIP_STEP, group.change_membership(voters))
+            .await
+            .map_err(|_| "making it a voter timed out".to_owned())?
+            .map_err(|e| format!("making it a voter: {e:?}"))?;
+        Ok(())
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod forward;
 pub mod host;
+pub mod membership;
 pub mod meta;
 
 pub mod node;

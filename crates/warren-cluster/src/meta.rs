@@ -43,6 +43,11 @@ pub enum MetaCommand {
     /// queues of a forgotten node), and it leaves the member lists operators set; the
     /// quorum queues' groups and the metadata group itself drop it after (their leaders).
     Forget { origin: u64, node: u64 },
+    /// Node `node`, named `name` and reached at `addr` (its inter-node listener), joins the
+    /// cluster (a node new to it, configured with its nodes, at its first start: see
+    /// `membership`), as asked through node `origin`. The metadata group's leader then adds
+    /// it to the group; quorum queues declared from then on count it among their nodes.
+    AddNode { origin: u64, node: u64, name: String, addr: String },
 }
 
 /// What applying a command did, on every node.
@@ -61,6 +66,21 @@ pub struct MetaOutput {
     pub members: Option<Result<(), String>>,
     /// The node a [`MetaCommand::Forget`] took out of the cluster.
     pub forgot: Option<u64>,
+    /// The node a [`MetaCommand::AddNode`] brought in.
+    pub added: Option<u64>,
+}
+
+/// A node that joined the cluster after it was formed (not in the configured list of the
+/// nodes that formed it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinedNode {
+    /// Its name, `name@host`.
+    pub name: String,
+    /// Its inter-node address.
+    pub addr: String,
+    /// The metadata log index of its joining: quorum queues placed before do not count it
+    /// among their default members (as in RabbitMQ, a queue stays on its nodes when one joins).
+    pub at: u64,
 }
 
 pub type Key = (String, String);
@@ -106,6 +126,8 @@ pub struct Metadata {
     /// The nodes taken out of the cluster by `forget_cluster_node` (node ids): the cluster is
     /// the configured nodes but these.
     forgotten: BTreeSet<u64>,
+    /// The nodes that joined after the cluster formed, by id.
+    joined: BTreeMap<u64, JoinedNode>,
 }
 
 /// Whether a queue's declaration makes it a quorum queue (replicated by a group of its own).
@@ -250,6 +272,12 @@ impl Metadata {
     /// The nodes taken out of the cluster ([`MetaCommand::Forget`]).
     pub fn forgotten(&self) -> &BTreeSet<u64> {
         &self.forgotten
+    }
+
+    /// The nodes that joined after the cluster formed ([`MetaCommand::AddNode`]), forgotten
+    /// ones included.
+    pub fn joined(&self) -> &BTreeMap<u64, JoinedNode> {
+        &self.joined
     }
 
     /// Every quorum queue with its placement, ordered.
@@ -543,6 +571,21 @@ impl Metadata {
                 }
                 out
             }
+            MetaCommand::AddNode { origin, node, name, addr } => {
+                let out = MetaOutput { origin: *origin, added: Some(*node), ..MetaOutput::default() };
+                let rejoining = self.forgotten.remove(node);
+                match self.joined.get_mut(node) {
+                    Some(j) if !rejoining => {
+                        // Joined already: only its address may have changed.
+                        j.addr = addr.clone();
+                    }
+                    // New, or forgotten and joining again (afresh).
+                    _ => {
+                        self.joined.insert(*node, JoinedNode { name: name.clone(), addr: addr.clone(), at: index });
+                    }
+                }
+                out
+            }
         }
     }
 
@@ -757,6 +800,7 @@ const BARRIER_TAG: u8 = 2;
 const JOIN_TAG: u8 = 3;
 const MEMBERS_TAG: u8 = 4;
 const FORGET_TAG: u8 = 5;
+const ADD_NODE_TAG: u8 = 6;
 
 /// In a snapshot, where the placements end and the operators' member lists begin (no vhost
 /// name is that long).
@@ -764,6 +808,9 @@ const MEMBERS_SECTION: u16 = u16::MAX;
 
 /// In a snapshot, after the placements and before the member lists: the forgotten nodes.
 const FORGOTTEN_SECTION: u16 = u16::MAX - 1;
+
+/// In a snapshot, after the placements and before the member lists: the joined nodes.
+const JOINED_SECTION: u16 = u16::MAX - 2;
 
 fn put_text(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u16).to_be_bytes());
@@ -837,6 +884,13 @@ impl MetaCommand {
                 out.extend_from_slice(&origin.to_be_bytes());
                 out.extend_from_slice(&node.to_be_bytes());
             }
+            MetaCommand::AddNode { origin, node, name, addr } => {
+                out.push(ADD_NODE_TAG);
+                out.extend_from_slice(&origin.to_be_bytes());
+                out.extend_from_slice(&node.to_be_bytes());
+                put_text(out, name);
+                put_text(out, addr);
+            }
         }
     }
 
@@ -865,6 +919,15 @@ impl MetaCommand {
             let origin = u64::from_be_bytes(fields[..8].try_into().expect("8 bytes"));
             let node = u64::from_be_bytes(fields[8..].try_into().expect("8 bytes"));
             return Ok(MetaCommand::Forget { origin, node });
+        }
+        if tag == ADD_NODE_TAG {
+            let mut at = rest;
+            let (origin, node) = (take_u64(&mut at)?, take_u64(&mut at)?);
+            let (name, addr) = (take_text(&mut at)?, take_text(&mut at)?);
+            if !at.is_empty() {
+                return Err(invalid("bytes after a joining node"));
+            }
+            return Ok(MetaCommand::AddNode { origin, node, name, addr });
         }
         if tag != TOPOLOGY_TAG && tag != JOIN_TAG {
             return Err(invalid(format!("unknown metadata command {tag}")));
@@ -901,7 +964,9 @@ impl warren_raft::Machine for Metadata {
     /// Everything but the placements in the definitions snapshot format (length first), then
     /// each placement: vhost and name (u16 length, bytes), group and origin (u64), big-endian;
     /// then, if any node was forgotten, the mark `FORGOTTEN_SECTION` and their ids (a u16
-    /// count, u64 each); then, if an operator changed any queue's members, the mark
+    /// count, u64 each); then, if any node joined, the mark `JOINED_SECTION`, their number
+    /// (u16) and each: id and index of joining (u64), name and address (u16 length, bytes);
+    /// then, if an operator changed any queue's members, the mark
     /// `MEMBERS_SECTION` and each such queue: vhost, name, the number of members (u16) and
     /// their ids (u64).
     fn snapshot(&self) -> Vec<u8> {
@@ -920,6 +985,16 @@ impl warren_raft::Machine for Metadata {
         if !self.forgotten.is_empty() {
             out.extend_from_slice(&FORGOTTEN_SECTION.to_be_bytes());
             put_ids(&mut out, &self.forgotten.iter().copied().collect::<Vec<u64>>());
+        }
+        if !self.joined.is_empty() {
+            out.extend_from_slice(&JOINED_SECTION.to_be_bytes());
+            out.extend_from_slice(&(self.joined.len() as u16).to_be_bytes());
+            for (id, j) in &self.joined {
+                out.extend_from_slice(&id.to_be_bytes());
+                out.extend_from_slice(&j.at.to_be_bytes());
+                put_text(&mut out, &j.name);
+                put_text(&mut out, &j.addr);
+            }
         }
         if !self.members.is_empty() {
             out.extend_from_slice(&MEMBERS_SECTION.to_be_bytes());
@@ -943,6 +1018,17 @@ impl warren_raft::Machine for Metadata {
             if at.starts_with(&FORGOTTEN_SECTION.to_be_bytes()) {
                 at = &at[2..];
                 restored.forgotten = take_ids(&mut at)?.into_iter().collect();
+                continue;
+            }
+            if at.starts_with(&JOINED_SECTION.to_be_bytes()) {
+                at = &at[2..];
+                let n = u16::from_be_bytes(at.get(..2).ok_or_else(cut)?.try_into().expect("2 bytes"));
+                at = &at[2..];
+                for _ in 0..n {
+                    let (id, joined_at) = (take_u64(&mut at)?, take_u64(&mut at)?);
+                    let (name, addr) = (take_text(&mut at)?, take_text(&mut at)?);
+                    restored.joined.insert(id, JoinedNode { name, addr, at: joined_at });
+                }
                 continue;
             }
             if at.starts_with(&MEMBERS_SECTION.to_be_bytes()) {
@@ -1188,6 +1274,51 @@ mod tests {
         assert_eq!(back.forgotten(), &BTreeSet::from([3, 7]));
         assert_eq!(back.members("/", "qq"), Some(&[8, 9][..]));
         for cut in 1..20 {
+            assert!(warren_raft::Machine::restore(&mut back, &snap[..snap.len() - cut]).is_err(), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn a_joining_node_is_recorded_once_and_again_afresh_after_it_was_forgotten() {
+        let mut m = with_root();
+        let add = |node: u64, addr: &str| MetaCommand::AddNode {
+            origin: 1,
+            node,
+            name: format!("w{node}@h"),
+            addr: addr.to_owned(),
+        };
+        let out = m.apply(20, &add(4, "h:1"));
+        assert_eq!((out.added, out.origin), (Some(4), 1));
+        let joined = |m: &Metadata| m.joined().get(&4).cloned().expect("joined");
+        assert_eq!(joined(&m), JoinedNode { name: "w4@h".into(), addr: "h:1".into(), at: 20 });
+        // Asked again (a restart before it heard back): the same joining, a new address kept.
+        m.apply(25, &add(4, "h:2"));
+        assert_eq!(joined(&m), JoinedNode { name: "w4@h".into(), addr: "h:2".into(), at: 20 });
+        m.apply(30, &MetaCommand::Forget { origin: 2, node: 4 });
+        assert!(m.forgotten().contains(&4));
+        m.apply(40, &add(4, "h:3"));
+        assert!(!m.forgotten().contains(&4), "back in");
+        assert_eq!(joined(&m).at, 40, "joined afresh");
+        m.apply(41, &add(5, "h5:1"));
+        m.apply(
+            42,
+            &MetaCommand::Members { origin: 1, vhost: "/".into(), name: "none".into(), group: 1, members: vec![1] },
+        );
+        m.apply(43, &MetaCommand::Forget { origin: 2, node: 9 });
+
+        let cmd = add(4, "h:1");
+        let mut bytes = Vec::new();
+        cmd.encode(&mut bytes);
+        assert_eq!(MetaCommand::decode(&bytes).expect("decode"), cmd);
+        for cut in 0..bytes.len() {
+            assert!(MetaCommand::decode(&bytes[..cut]).is_err(), "cut at {cut} accepted");
+        }
+        let snap = warren_raft::Machine::snapshot(&m);
+        let mut back = Metadata::default();
+        warren_raft::Machine::restore(&mut back, &snap).expect("restore");
+        assert_eq!(back, m);
+        assert_eq!(back.joined().len(), 2);
+        for cut in 1..30 {
             assert!(warren_raft::Machine::restore(&mut back, &snap[..snap.len() - cut]).is_err(), "cut {cut}");
         }
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use warren_cluster::host::{Forward, HostOptions, MetaHost, ProposeFailure, COMMIT_TIMEOUT};
+use warren_cluster::membership::{find_cluster, Found, MembershipService};
 use warren_cluster::meta::Metadata;
 use warren_cluster::node::{load_or_create_cookie, COOKIE_FILE};
 use warren_cluster::queues::QueueHost;
@@ -196,22 +197,30 @@ impl View {
         let _ = self.queues.set(Arc::downgrade(&groups.queues));
     }
 
-    /// The ids of the nodes in the cluster: the configured ones but those forgotten.
-    fn in_cluster(&self) -> BTreeSet<u64> {
-        match self.queues.get().and_then(|q| q.upgrade()) {
-            Some(queues) => queues.nodes().into_keys().collect(),
-            None => self.nodes.iter().map(|(_, id)| *id).collect(),
+    /// The nodes in the cluster, by name, with their ids: the configured ones and those that
+    /// joined since, but those forgotten.
+    fn in_cluster(&self) -> Vec<(String, u64)> {
+        let Some(queues) = self.queues.get().and_then(|q| q.upgrade()) else { return self.nodes.clone() };
+        let ids = queues.nodes();
+        let mut nodes: Vec<(String, u64)> = self.nodes.iter().filter(|(_, id)| ids.contains_key(id)).cloned().collect();
+        for (id, name) in queues.joined_names() {
+            if !nodes.iter().any(|(_, n)| *n == id) {
+                nodes.push((name, id));
+            }
         }
+        nodes.sort();
+        nodes
     }
 
     /// The id of node `name`, if it is in the cluster.
     fn id_of(&self, name: &str) -> Option<u64> {
-        let id = self.nodes.iter().find(|(n, _)| n == name).map(|(_, id)| *id)?;
-        self.in_cluster().contains(&id).then_some(id)
+        self.in_cluster().into_iter().find(|(n, _)| n == name).map(|(_, id)| id)
     }
 
     fn name_of(&self, id: u64) -> String {
-        self.nodes.iter().find(|(_, n)| *n == id).map_or_else(|| format!("node {id:016x}"), |(name, _)| name.clone())
+        let known = self.nodes.iter().find(|(_, n)| *n == id).map(|(name, _)| name.clone());
+        let joined = || self.queues.get().and_then(|q| q.upgrade()).and_then(|q| q.joined_names().remove(&id));
+        known.or_else(joined).unwrap_or_else(|| format!("node {id:016x}"))
     }
 }
 
@@ -338,10 +347,8 @@ impl ClusterView for View {
             Some(node) => node.peer_status().into_iter().filter(|(_, up)| *up).map(|(id, _)| id).collect(),
             None => BTreeSet::new(),
         };
-        let in_cluster = self.in_cluster();
-        self.nodes
+        self.in_cluster()
             .iter()
-            .filter(|(_, id)| in_cluster.contains(id))
             .map(|(name, id)| {
                 let is_self = *name == self.me;
                 NodeView { name: name.clone(), running: is_self || connected.contains(id), is_self }
@@ -385,33 +392,41 @@ async fn start_metadata(
     Ok((group, applied, fresh))
 }
 
-/// Keeps the endpoint's peers the cluster's nodes as the metadata has them: a node forgotten
-/// (`forget_cluster_node`) is no longer dialed, and its connections are refused from then on,
-/// so that, started again with what it held, it reaches no node (RabbitMQ's forgotten node
-/// must be reset before it joins again).
-fn follow_forgotten(meta: &Arc<MetaHost>, node: TcpNode, configured: &[warren_cluster::NodeName], default_port: u16) {
-    let configured: BTreeMap<u64, (String, String)> =
-        configured.iter().map(|n| (n.id(), (n.node(), n.dial_addr(default_port)))).collect();
-    let seen = std::sync::Mutex::new(BTreeSet::new());
+/// Keeps the endpoint's peers the cluster's nodes as the metadata has them: a node that
+/// joined is kept connected; a node forgotten (`forget_cluster_node`) is no longer dialed, and
+/// its connections are refused from then on, so that, started again with what it held, it
+/// reaches no node (RabbitMQ's forgotten node must be reset before it joins again).
+fn follow_membership(
+    meta: &Arc<MetaHost>,
+    node: TcpNode,
+    configured: BTreeMap<u64, String>,
+    addrs: Arc<std::sync::RwLock<BTreeMap<u64, String>>>,
+) {
+    let seen = std::sync::Mutex::new((BTreeSet::new(), BTreeMap::new()));
     let weak = Arc::downgrade(meta);
     meta.on_queues_changed(Arc::new(move || {
         let Some(meta) = weak.upgrade() else { return };
-        let forgotten = meta.group().with_machine(|m: &Metadata| m.forgotten().clone());
+        let (forgotten, peers, joined) = meta.group().with_machine(|m: &Metadata| {
+            let joined: BTreeMap<u64, String> = m.joined().iter().map(|(id, j)| (*id, j.name.clone())).collect();
+            (m.forgotten().clone(), warren_cluster::queues::cluster_nodes(&configured, m), joined)
+        });
         let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-        if *seen == forgotten {
+        if seen.0 == forgotten && seen.1 == peers {
             return;
         }
-        for id in forgotten.difference(&seen) {
-            let name = configured.get(id).map_or_else(|| format!("{id:016x}"), |(name, _)| name.clone());
+        for id in forgotten.difference(&seen.0) {
+            let name = joined.get(id).cloned().unwrap_or_else(|| format!("{id:016x}"));
             tracing::warn!(
                 "node {name} was taken out of the cluster (forget_cluster_node): its connections are refused"
             );
         }
+        for (id, name) in joined.iter().filter(|(id, _)| peers.contains_key(id) && !seen.1.contains_key(id)) {
+            tracing::info!("node {name} (id {id:016x}) is in the cluster");
+        }
         node.refuse(forgotten.clone());
-        node.watch_peers(
-            configured.iter().filter(|(id, _)| !forgotten.contains(id)).map(|(id, (_, a))| (*id, a.clone())).collect(),
-        );
-        *seen = forgotten;
+        node.watch_peers(peers.clone());
+        addrs.write().unwrap_or_else(|e| e.into_inner()).extend(peers.iter().map(|(id, a)| (*id, a.clone())));
+        *seen = (forgotten, peers);
     }));
 }
 
@@ -489,19 +504,38 @@ impl Groups {
             .map_err(|e| format!("cannot open the cluster's write-ahead log in {}: {e}", dir.display()))?;
         let node = endpoint.node();
         let (group, applied, fresh) = start_metadata(node, &wal, &dir).await?;
+        let service = MembershipService::serve(node, group.clone())?;
         let members: BTreeMap<u64, String> =
             settings.nodes.iter().map(|n| (n.id(), n.dial_addr(settings.port_range.min))).collect();
         if fresh {
-            tracing::info!("metadata: founding the group with {} members", members.len());
-            if let Err(e) = group.initialize(members.clone()).await {
-                // Already founded (by a run that stopped before its log held anything).
-                tracing::info!("metadata: the group was founded already ({e:?})");
+            // At a first start, the cluster of a listed node that has one is joined (RabbitMQ's
+            // classic_config peer discovery); with none, this node forms it with the others.
+            let me_addr = members.get(&node.id()).cloned().unwrap_or_else(|| node.local_addr().to_string());
+            match find_cluster(node, &members, &settings.me.node(), &me_addr).await {
+                Found::InCluster { through } => tracing::info!(
+                    "metadata: node {} has a cluster, which this node is in: not forming another",
+                    settings
+                        .nodes
+                        .iter()
+                        .find(|n| n.id() == through)
+                        .map_or_else(|| format!("{through:016x}"), |n| n.node())
+                ),
+                Found::NoCluster => {
+                    tracing::info!("metadata: founding the group with {} members", members.len());
+                    if let Err(e) = group.initialize(members.clone()).await {
+                        // Already founded (by a run that stopped before its log held anything).
+                        tracing::info!("metadata: the group was founded already ({e:?})");
+                    }
+                }
             }
         }
         let transport = node.transport::<Metadata>(METADATA_GROUP);
+        // Every node's address, joined ones too (kept by `follow_membership`).
+        let addrs = Arc::new(std::sync::RwLock::new(members.clone()));
+        let leader_addrs = addrs.clone();
         let forward: Forward = Arc::new(move |leader, command| {
             let transport = transport.clone();
-            let addr = members.get(&leader).cloned();
+            let addr = leader_addrs.read().unwrap_or_else(|e| e.into_inner()).get(&leader).cloned();
             Box::pin(async move {
                 let addr = addr.ok_or_else(|| ProposeFailure::Failed(format!("node {leader:016x} is not a member")))?;
                 let peer = Peer { id: leader, addr };
@@ -514,8 +548,10 @@ impl Groups {
         });
         let nodes: BTreeMap<u64, String> =
             settings.nodes.iter().map(|n| (n.id(), n.dial_addr(settings.port_range.min))).collect();
+        let nodes_for_peers = nodes.clone();
         let meta =
             MetaHost::start(group, applied, shared.clone(), forward, HostOptions { fresh, ..Default::default() });
+        service.set_host(meta.clone());
         let queues = QueueHost::start(
             node.clone(),
             wal.clone(),
@@ -525,7 +561,7 @@ impl Groups {
             nodes,
             balanced_leaders,
         );
-        follow_forgotten(&meta, node.clone(), &settings.nodes, settings.port_range.min);
+        follow_membership(&meta, node.clone(), nodes_for_peers, addrs);
         tokio::spawn(keep_wal(wal.clone(), meta.clone(), queues.clone(), node.clone(), dir));
         Ok(Groups { wal, meta, queues })
     }

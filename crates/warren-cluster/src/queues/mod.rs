@@ -206,6 +206,16 @@ pub fn members_of(placement: &Placement, vhost: &str, name: &str, nodes: &[u64],
     members
 }
 
+/// The cluster's nodes with their inter-node addresses: `configured` and those that joined,
+/// but the forgotten ones.
+pub fn cluster_nodes(configured: &BTreeMap<u64, String>, m: &Metadata) -> BTreeMap<u64, String> {
+    let joined = m.joined().iter().map(|(id, j)| (*id, j.addr.clone()));
+    let mut nodes: BTreeMap<u64, String> = configured.clone();
+    nodes.extend(joined);
+    nodes.retain(|id, _| !m.forgotten().contains(id));
+    nodes
+}
+
 /// A quorum queue's group as the metadata wants it.
 #[derive(Debug, Clone)]
 struct Wanted {
@@ -383,6 +393,8 @@ impl QueueHost {
             if self.meta.is_catching_up() {
                 continue;
             }
+            // Nodes that joined: their classic queues are reached, their clients served.
+            self.forward.add_nodes(&self.nodes());
             // Every node holds every quorum queue: its voters as members, the other nodes as
             // learners (they take no part in elections or commits, but receive and apply the
             // log, so that they serve the queue's clients as members do).
@@ -429,11 +441,22 @@ impl QueueHost {
         }
     }
 
-    /// The nodes of the cluster with their inter-node addresses: the configured ones but those
-    /// an operator made the cluster forget.
+    /// The nodes of the cluster with their inter-node addresses: the configured ones and those
+    /// that joined since, but those an operator made the cluster forget.
     pub fn nodes(&self) -> BTreeMap<u64, String> {
-        let forgotten = self.meta.group().with_machine(|m: &Metadata| m.forgotten().clone());
-        self.configured.iter().filter(|(id, _)| !forgotten.contains(id)).map(|(id, a)| (*id, a.clone())).collect()
+        self.meta.group().with_machine(|m: &Metadata| cluster_nodes(&self.configured, m))
+    }
+
+    /// The names of the nodes that joined the cluster after it formed (forgotten ones left
+    /// out), by id.
+    pub fn joined_names(&self) -> BTreeMap<u64, String> {
+        self.meta.group().with_machine(|m: &Metadata| {
+            m.joined()
+                .iter()
+                .filter(|(id, _)| !m.forgotten().contains(id))
+                .map(|(id, j)| (*id, j.name.clone()))
+                .collect()
+        })
     }
 
     /// Takes node `node` (stopped) out of the cluster: see [`MetaHost::forget`].
@@ -445,6 +468,8 @@ impl QueueHost {
     /// creation.
     fn placed(&self) -> Vec<Wanted> {
         let nodes: Vec<u64> = self.nodes().keys().copied().collect();
+        let joined_at: HashMap<u64, u64> =
+            self.meta.group().with_machine(|m: &Metadata| m.joined().iter().map(|(id, j)| (*id, j.at)).collect());
         let balanced_by_default = self.balanced_by_default;
         let locators = self.shared.broker().leader_locator_policies();
         let mut placed: Vec<(Wanted, bool)> = self.meta.group().with_machine(|m: &Metadata| {
@@ -462,6 +487,12 @@ impl QueueHost {
                                 .and_then(|v| v.as_i64())
                                 .filter(|&n| n > 0)
                                 .map_or(usize::MAX, |n| n as usize);
+                            // Nodes that joined after the queue was placed are not counted.
+                            let nodes: Vec<u64> = nodes
+                                .iter()
+                                .copied()
+                                .filter(|n| joined_at.get(n).is_none_or(|&at| at < p.group))
+                                .collect();
                             (members_of(p, &key.0, &key.1, &nodes, size.min(nodes.len())), false)
                         }
                     };
@@ -602,7 +633,7 @@ impl QueueHost {
         // picked not found it (a member that saw other queues, in rare cases), the declaring
         // node does after a while: founding twice with the same members is one founding.
         let founders: BTreeMap<u64, String> =
-            wanted.members.iter().filter_map(|m| self.configured.get(m).map(|a| (*m, a.clone()))).collect();
+            wanted.members.iter().filter_map(|m| self.nodes().get(m).map(|a| (*m, a.clone()))).collect();
         if pristine && !wanted.chosen && wanted.founder == self.me {
             if let Err(e) = group.initialize(founders).await {
                 tracing::info!("quorum queue '{name}': its group was founded already ({e:?})");
@@ -1233,6 +1264,7 @@ impl QueueHost {
                             .configured
                             .get(&leader)
                             .cloned()
+                            .or_else(|| self.nodes().remove(&leader))
                             .ok_or(("the leader is not a known node".to_owned(), true))?;
                         // A leader paused or cut off does not answer: once this node's replica
                         // moved to a later term (an election), the batch goes to whoever leads
