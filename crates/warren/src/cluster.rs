@@ -140,10 +140,10 @@ async fn report(node: TcpNode, names: BTreeMap<u64, String>, cookie_path: String
                 };
                 let due = last_refusal_warning.is_none_or(|at| at.elapsed() >= AUTH_WARNING_EVERY);
                 if refused > refusals && due {
-                    let why = node.last_refusal().unwrap_or_default();
                     tracing::error!(
-                        "{why}: this node reaches no node of its cluster; to join a cluster again, stop it and \
-                         delete its data directory"
+                        "the cluster's nodes refuse this node: it was taken out of the cluster \
+                         (forget_cluster_node), and reaches no node of it; to join a cluster again, stop it and \
+                         delete its data directory (under another name: the cluster refuses this one)"
                     );
                     last_refusal_warning = Some(tokio::time::Instant::now());
                 }
@@ -400,6 +400,7 @@ fn follow_membership(
     meta: &Arc<MetaHost>,
     node: TcpNode,
     configured: BTreeMap<u64, String>,
+    names: BTreeMap<u64, String>,
     addrs: Arc<std::sync::RwLock<BTreeMap<u64, String>>>,
 ) {
     let seen = std::sync::Mutex::new((BTreeSet::new(), BTreeMap::new()));
@@ -415,7 +416,7 @@ fn follow_membership(
             return;
         }
         for id in forgotten.difference(&seen.0) {
-            let name = joined.get(id).cloned().unwrap_or_else(|| format!("{id:016x}"));
+            let name = joined.get(id).or(names.get(id)).cloned().unwrap_or_else(|| format!("{id:016x}"));
             tracing::warn!(
                 "node {name} was taken out of the cluster (forget_cluster_node): its connections are refused"
             );
@@ -561,7 +562,8 @@ impl Groups {
             nodes,
             balanced_leaders,
         );
-        follow_membership(&meta, node.clone(), nodes_for_peers, addrs);
+        let names = settings.nodes.iter().map(|n| (n.id(), n.node())).collect();
+        follow_membership(&meta, node.clone(), nodes_for_peers, names, addrs);
         tokio::spawn(keep_wal(wal.clone(), meta.clone(), queues.clone(), node.clone(), dir));
         Ok(Groups { wal, meta, queues })
     }

@@ -144,7 +144,9 @@ async fn a_stopped_node_is_forgotten_and_the_others_go_on_without_it() {
     cluster.restart(2);
     let node3 = &cluster.nodes[2];
     eventually("node 3 told it is out of the cluster", || async {
-        node3.log().contains("refuses this node: it was taken out of the cluster (forget_cluster_node)")
+        node3
+            .log()
+            .contains("the cluster's nodes refuse this node: it was taken out of the cluster (forget_cluster_node)")
     })
     .await;
     let h3 = cluster.nodes[2].http();

@@ -8,7 +8,7 @@
 //! | 1 | dialer | magic `WRFT`, version `u8`, node id `u64`, incarnation `u64`, nonce (32) |
 //! | 2 | acceptor | magic, version, node id, incarnation, nonce (32), proof (32) |
 //! | 3 | dialer | proof (32) |
-//! | 4 | acceptor | `1`: accepted |
+//! | 4 | acceptor | `1`: accepted; `2`: refused (the dialer was taken out of the cluster) |
 //!
 //! Each proof is an HMAC-SHA256 keyed with the cookie over a label naming the side that proves
 //! and messages 1 and 2 without the proof: both nonces, both node ids and both incarnations, so

@@ -629,6 +629,12 @@ impl Node {
         loop {
             let mut dial = None;
             let mut done = {
+                if self.refused.lock().contains(&target.id) {
+                    // Not dialed at all: its end would see a connection come and go.
+                    return Err(RpcError::Unreachable {
+                        reason: format!("node {} was taken out of the cluster", target.id),
+                    });
+                }
                 let mut peers = self.peers.lock();
                 if peers.stopped {
                     return Err(RpcError::Unreachable { reason: "this node's endpoint stopped".to_owned() });
