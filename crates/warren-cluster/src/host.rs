@@ -236,6 +236,13 @@ impl MetaHost {
         }
     }
 
+    /// Returns once what this node held before its first start in the cluster is committed
+    /// (at once on a node that was in the cluster before).
+    pub async fn until_joined(&self) {
+        let mut joined = self.joined.subscribe();
+        let _ = joined.wait_for(|j| *j).await;
+    }
+
     /// Whether the host is still replaying the log it had at start (see `catching_up`).
     pub fn is_catching_up(&self) -> bool {
         self.catching_up.load(std::sync::atomic::Ordering::Acquire)

@@ -523,7 +523,8 @@ async fn watched_peers_stay_connected_without_any_group() {
 
 /// A node taken out of the cluster (`refuse`) is cut off both ways: its open connection
 /// closes, it is no longer dialed, its dials are refused at the handshake's end (and it is
-/// told why), and it is never counted as connected; refused no more, it connects again.
+/// told why), and it is never counted as connected unless it says it holds no cluster state
+/// (reset, to join again); refused no more, it connects again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_node_is_cut_off_both_ways_until_let_in_again() {
     let cookie = b"refuse-cookie".to_vec();
@@ -546,6 +547,13 @@ async fn a_refused_node_is_cut_off_both_ways_until_let_in_again() {
     assert!(!one.watch_connected().borrow().contains(&2));
     assert!(!two.watch_connected().borrow().contains(&1));
     assert_eq!(one.peer_status(), vec![(2, false)]);
+
+    // Node 2 says it holds no cluster state (reset, to join again): let in, though refused.
+    two.set_fresh(true);
+    wait_connected(&one, "the fresh node 2 let in", |c| c.contains(&2)).await;
+    two.set_fresh(false);
+    one.refuse(BTreeSet::from([2]));
+    wait_connected(&one, "node 2 cut off again", |c| !c.contains(&2)).await;
 
     one.refuse(BTreeSet::new());
     wait_connected(&one, "connected to node 2 again", |c| c.contains(&2)).await;

@@ -72,10 +72,21 @@ pub async fn start(
         if encrypted { " (TLS)" } else { "" },
         settings.nodes.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
     );
+    // A node with no cluster state says so from its first handshake on (see `Groups::start`).
+    node.set_fresh(holds_no_cluster_state(data_dir));
     node.watch_peers(peers);
     let cookie_path = data_dir.join(COOKIE_FILE);
     let reporter = tokio::spawn(report(node.clone(), names, cookie_path.display().to_string(), encrypted));
     Ok(Some(Endpoint { node, reporter }))
+}
+
+/// Whether `data_dir` holds nothing of a cluster: no write-ahead log with anything in it
+/// (a first start, or a node reset).
+fn holds_no_cluster_state(data_dir: &Path) -> bool {
+    match std::fs::read_dir(data_dir.join("cluster").join("wal")) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(_) => true,
+    }
 }
 
 /// Binds the listener on this node's port, or on the first free one of the configured range.
@@ -142,8 +153,8 @@ async fn report(node: TcpNode, names: BTreeMap<u64, String>, cookie_path: String
                 if refused > refusals && due {
                     tracing::error!(
                         "the cluster's nodes refuse this node: it was taken out of the cluster \
-                         (forget_cluster_node), and reaches no node of it; to join a cluster again, stop it and \
-                         delete its data directory (under another name: the cluster refuses this one)"
+                         (forget_cluster_node), and reaches no node of it; to join it again, stop this node, \
+                         empty its data directory but its .cookie, and start it"
                     );
                     last_refusal_warning = Some(tokio::time::Instant::now());
                 }
@@ -509,6 +520,10 @@ impl Groups {
         let members: BTreeMap<u64, String> =
             settings.nodes.iter().map(|n| (n.id(), n.dial_addr(settings.port_range.min))).collect();
         if fresh {
+            // Said in handshakes (from the first: see `start`) until this node's definitions
+            // are the cluster's: a node reset after it was taken out of the cluster is let in
+            // to join again.
+            node.set_fresh(true);
             // At a first start, the cluster of a listed node that has one is joined (RabbitMQ's
             // classic_config peer discovery); with none, this node forms it with the others.
             let me_addr = members.get(&node.id()).cloned().unwrap_or_else(|| node.local_addr().to_string());
@@ -553,6 +568,13 @@ impl Groups {
         let meta =
             MetaHost::start(group, applied, shared.clone(), forward, HostOptions { fresh, ..Default::default() });
         service.set_host(meta.clone());
+        if fresh {
+            let (meta, node) = (meta.clone(), node.clone());
+            tokio::spawn(async move {
+                meta.until_joined().await;
+                node.set_fresh(false);
+            });
+        }
         let queues = QueueHost::start(
             node.clone(),
             wal.clone(),

@@ -4,7 +4,7 @@
 //! killed and forgotten, the two others list only themselves, a quorum queue's members are the
 //! two, and keeps its messages and takes new ones; the forgotten node's classic queue is gone
 //! with its bindings, the others' stay. Started again with its data, the forgotten node reaches
-//! no node.
+//! no node; reset (its data directory emptied), it joins again under its name.
 
 mod common;
 
@@ -139,6 +139,7 @@ async fn a_stopped_node_is_forgotten_and_the_others_go_on_without_it() {
         d.ack(BasicAckOptions::default()).await.expect("ack");
     }
     assert_eq!(got, expected);
+    ch.close(200, "done").await.expect("close the consumer's channel");
 
     // Node 3 started again with what it held: the others refuse it, and it says so.
     cluster.restart(2);
@@ -162,4 +163,46 @@ async fn a_stopped_node_is_forgotten_and_the_others_go_on_without_it() {
     for http in [&h1, &h2] {
         assert_eq!(listed(http).await, two, "node 3 stays out on {http}");
     }
+
+    // Reset (its data directory emptied but its cookie), node 3 joins again under its name.
+    cluster.nodes[2].kill();
+    let dir3 = cluster.nodes[2].dir.clone();
+    for entry in std::fs::read_dir(&dir3).expect("node 3's directory").flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == ".cookie") {
+            continue;
+        }
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path).expect("empty node 3's directory");
+        } else {
+            std::fs::remove_file(&path).expect("empty node 3's directory");
+        }
+    }
+    cluster.restart(2);
+    let h3 = cluster.nodes[2].http();
+    let three = vec![(n1.clone(), true), (n2.clone(), true), (n3.clone(), true)];
+    for http in [&h1, &h2, &h3] {
+        eventually(&format!("node 3 back in on {http}"), || async { listed(http).await == three }).await;
+    }
+    // As for any node that joins, the queue keeps its members until an operator grows it.
+    let grown = warrenctl(&h1, &["grow", &n3, "all"]).await.expect("grow");
+    assert!(grown.contains("qq") && grown.contains("ok"), "{grown}");
+    eventually("qq on three members again", || async {
+        let (_, q) = get(&h1, "/api/queues/%2F/qq").await;
+        q["members"] == all3 && q["online"] == all3
+    })
+    .await;
+    let c3 = connect_url(&cluster.nodes[2].amqp_url()).await;
+    publish_confirmed(&confirm_channel(&c3).await, &["m30".to_owned()]).await;
+    let ch3 = channel(&c3).await;
+    let got = common::within("m30 through node 3", async {
+        loop {
+            match ch3.basic_get("qq", lapin::options::BasicGetOptions { no_ack: true }).await.expect("get") {
+                Some(m) => return String::from_utf8_lossy(&m.delivery.data).into_owned(),
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(got, "m30");
 }

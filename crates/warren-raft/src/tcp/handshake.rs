@@ -10,6 +10,10 @@
 //! | 3 | dialer | proof (32) |
 //! | 4 | acceptor | `1`: accepted; `2`: refused (the dialer was taken out of the cluster) |
 //!
+//! The incarnation's top bit says the node holds no cluster state yet (a first start, or a
+//! node reset): a node taken out of the cluster is refused (verdict `2`) unless it says so, so
+//! that, reset, it can join again.
+//!
 //! Each proof is an HMAC-SHA256 keyed with the cookie over a label naming the side that proves
 //! and messages 1 and 2 without the proof: both nonces, both node ids and both incarnations, so
 //! a proof is good for this one connection only and cannot be replayed on another, nor turned
@@ -54,9 +58,15 @@ const ACCEPTOR_LABEL: &[u8; 16] = b"warren-raft acpt";
 pub(crate) struct Identity {
     /// The node id.
     pub(crate) node_id: u64,
-    /// Drawn at random when the endpoint starts: tells a restarted node from its earlier run.
+    /// Drawn at random when the endpoint starts: tells a restarted node from its earlier run
+    /// (its top bit clear: that bit is `fresh`'s on the wire).
     pub(crate) incarnation: u64,
+    /// The node holds no cluster state yet (see the module's doc).
+    pub(crate) fresh: bool,
 }
+
+/// The bit of the incarnation field that carries `fresh`.
+pub(crate) const FRESH_BIT: u64 = 1 << 63;
 
 /// Why a handshake failed.
 #[derive(Debug)]
@@ -95,7 +105,8 @@ fn hello(me: Identity, nonce: &[u8; NONCE_BYTES]) -> [u8; HELLO_BYTES] {
     out[..4].copy_from_slice(&MAGIC);
     out[4] = VERSION;
     out[5..13].copy_from_slice(&me.node_id.to_be_bytes());
-    out[13..21].copy_from_slice(&me.incarnation.to_be_bytes());
+    let incarnation = (me.incarnation & !FRESH_BIT) | if me.fresh { FRESH_BIT } else { 0 };
+    out[13..21].copy_from_slice(&incarnation.to_be_bytes());
     out[21..].copy_from_slice(nonce);
     out
 }
@@ -112,7 +123,12 @@ fn parse_hello(hello: &[u8; HELLO_BYTES]) -> Result<Identity, HandshakeError> {
     id.copy_from_slice(&hello[5..13]);
     let mut incarnation = [0; 8];
     incarnation.copy_from_slice(&hello[13..21]);
-    Ok(Identity { node_id: u64::from_be_bytes(id), incarnation: u64::from_be_bytes(incarnation) })
+    let incarnation = u64::from_be_bytes(incarnation);
+    Ok(Identity {
+        node_id: u64::from_be_bytes(id),
+        incarnation: incarnation & !FRESH_BIT,
+        fresh: incarnation & FRESH_BIT != 0,
+    })
 }
 
 fn mac(label: &[u8; 16], cookie: &[u8], dialer_hello: &[u8], acceptor_hello: &[u8]) -> Hmac<Sha256> {
@@ -198,16 +214,17 @@ pub(crate) async fn accept<S>(stream: &mut S, me: Identity, cookie: &[u8]) -> Re
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    accept_unless(stream, me, cookie, |_| false).await
+    accept_unless(stream, me, cookie, |_, _| false).await
 }
 
 /// Runs the acceptor's side with `me` and `cookie`, refusing a dialer that authenticates as a
-/// node `refused` names; returns the dialer's identity.
+/// node `refused` names (given its id and whether it says it is fresh); returns the dialer's
+/// identity.
 pub(crate) async fn accept_unless<S>(
     stream: &mut S,
     me: Identity,
     cookie: &[u8],
-    refused: impl Fn(u64) -> bool,
+    refused: impl Fn(u64, bool) -> bool,
 ) -> Result<Identity, HandshakeError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -229,7 +246,7 @@ where
             peer.node_id
         )));
     }
-    if refused(peer.node_id) {
+    if refused(peer.node_id, peer.fresh) {
         write(stream, &[REFUSED], "verdict").await?;
         return Err(HandshakeError::Refused(format!("node {} was taken out of the cluster", peer.node_id)));
     }
@@ -241,8 +258,8 @@ where
 mod tests {
     use super::*;
 
-    const ME: Identity = Identity { node_id: 1, incarnation: 11 };
-    const YOU: Identity = Identity { node_id: 2, incarnation: 22 };
+    const ME: Identity = Identity { node_id: 1, incarnation: 11, fresh: false };
+    const YOU: Identity = Identity { node_id: 2, incarnation: 22, fresh: false };
 
     #[tokio::test]
     async fn the_same_cookie_authenticates_both_sides() {
@@ -299,6 +316,38 @@ mod tests {
         };
         let (_, accepted) = tokio::join!(stranger, accept(&mut b, YOU, b"secret"));
         assert!(matches!(accepted, Err(HandshakeError::Failed(_))), "{accepted:?}");
+    }
+
+    #[test]
+    fn a_hello_carries_freshness_in_the_incarnations_top_bit() {
+        let nonce = [7; NONCE_BYTES];
+        for fresh in [false, true] {
+            let me = Identity { node_id: 5, incarnation: u64::MAX, fresh };
+            let back = parse_hello(&hello(me, &nonce)).expect("parses");
+            assert_eq!(back, Identity { node_id: 5, incarnation: !FRESH_BIT, fresh });
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_dialer_is_told_so_unless_it_is_fresh() {
+        for fresh in [false, true] {
+            let (mut a, mut b) = tokio::io::duplex(1024);
+            let dialer = Identity { fresh, ..YOU };
+            let (dialed, accepted) = tokio::join!(
+                dial(&mut a, dialer, b"secret", ME.node_id),
+                accept_unless(&mut b, ME, b"secret", |id, fresh| id == YOU.node_id && !fresh)
+            );
+            if fresh {
+                assert_eq!(dialed.expect("let in"), ME);
+                assert_eq!(accepted.expect("let in"), dialer);
+            } else {
+                assert!(
+                    matches!(dialed, Err(HandshakeError::Refused(ref why)) if why.contains("taken out")),
+                    "{dialed:?}"
+                );
+                assert!(matches!(accepted, Err(HandshakeError::Refused(_))), "{accepted:?}");
+            }
+        }
     }
 
     #[test]

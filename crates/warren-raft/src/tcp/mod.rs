@@ -269,6 +269,8 @@ struct Node {
     last_auth_failure: Mutex<Option<String>>,
     /// Nodes whose connections are closed as soon as they authenticate ([`TcpNode::refuse`]).
     refused: Mutex<BTreeSet<u64>>,
+    /// This node holds no cluster state yet ([`TcpNode::set_fresh`]).
+    fresh: std::sync::atomic::AtomicBool,
     /// Why the latest dial another node refused was.
     last_refusal: Mutex<Option<String>>,
 }
@@ -314,7 +316,7 @@ impl TcpNode {
         let incarnation =
             getrandom::u64().map_err(|e| io::Error::other(format!("no random incarnation for the endpoint: {e}")))?;
         let node = Arc::new(Node {
-            me: Identity { node_id: config.node_id, incarnation },
+            me: Identity { node_id: config.node_id, incarnation: incarnation & !handshake::FRESH_BIT, fresh: false },
             config,
             local_addr,
             groups: Mutex::new(HashMap::new()),
@@ -326,6 +328,7 @@ impl TcpNode {
             watched: watch::Sender::new(Watched::default()),
             last_auth_failure: Mutex::new(None),
             refused: Mutex::new(BTreeSet::new()),
+            fresh: std::sync::atomic::AtomicBool::new(false),
             last_refusal: Mutex::new(None),
         });
         node.spawn(accept_loop(Arc::clone(&node), listener));
@@ -498,6 +501,13 @@ impl TcpNode {
         }
     }
 
+    /// Says, in the handshakes from now on, whether this node holds no cluster state yet (a
+    /// first start, or a node reset): a node taken out of the cluster that says so is let in
+    /// (to join again), one that does not is refused.
+    pub fn set_fresh(&self, fresh: bool) {
+        self.node.fresh.store(fresh, Ordering::Relaxed);
+    }
+
     /// Why the latest dial another node refused was refused, if one was: this node was taken
     /// out of the cluster.
     pub fn last_refusal(&self) -> Option<String> {
@@ -596,6 +606,11 @@ impl Node {
                 Err(_) => tokio::time::sleep(backoff).await,
             }
         }
+    }
+
+    /// This node's identity in a handshake now.
+    fn identity(&self) -> Identity {
+        Identity { fresh: self.fresh.load(Ordering::Relaxed), ..self.me }
     }
 
     fn next_id(&self) -> u64 {
@@ -701,7 +716,7 @@ impl Node {
         let handshake = async {
             match &self.config.tls {
                 None => {
-                    let identity = handshake::dial(&mut stream, self.me, &self.config.cookie, peer.id).await?;
+                    let identity = handshake::dial(&mut stream, self.identity(), &self.config.cookie, peer.id).await?;
                     let (reader, writer) = stream.into_split();
                     Ok::<_, HandshakeError>((identity, Box::new(reader) as ReadHalf, Box::new(writer) as WriteHalf))
                 }
@@ -713,14 +728,14 @@ impl Node {
                     let mut stream = tls.connector.connect(name, stream).await.map_err(|e| {
                         HandshakeError::Auth(format!("TLS with node {} at {}: {e}", peer.id, peer.addr))
                     })?;
-                    let identity = handshake::dial(&mut stream, self.me, &self.config.cookie, peer.id).await?;
+                    let identity = handshake::dial(&mut stream, self.identity(), &self.config.cookie, peer.id).await?;
                     let (reader, writer) = tokio::io::split(stream);
                     Ok((identity, Box::new(reader) as ReadHalf, Box::new(writer) as WriteHalf))
                 }
             }
         };
         match tokio::time::timeout(handshake_timeout, handshake).await {
-            Ok(Ok((identity, _, _))) if self.refused.lock().contains(&identity.node_id) => {
+            Ok(Ok((identity, _, _))) if !identity.fresh && self.refused.lock().contains(&identity.node_id) => {
                 self.count(|s| s.refused += 1);
                 Err(format!("node {} was taken out of the cluster", peer.id))
             }
@@ -756,20 +771,22 @@ impl Node {
         let handshake = async {
             match &self.config.tls {
                 None => {
-                    let identity = handshake::accept_unless(&mut stream, self.me, &self.config.cookie, |id| {
-                        self.refused.lock().contains(&id)
-                    })
-                    .await?;
+                    let identity =
+                        handshake::accept_unless(&mut stream, self.identity(), &self.config.cookie, |id, fresh| {
+                            !fresh && self.refused.lock().contains(&id)
+                        })
+                        .await?;
                     let (reader, writer) = stream.into_split();
                     Ok::<_, HandshakeError>((identity, Box::new(reader) as ReadHalf, Box::new(writer) as WriteHalf))
                 }
                 Some(tls) => {
                     let mut stream =
                         tls.acceptor.accept(stream).await.map_err(|e| HandshakeError::Auth(format!("TLS: {e}")))?;
-                    let identity = handshake::accept_unless(&mut stream, self.me, &self.config.cookie, |id| {
-                        self.refused.lock().contains(&id)
-                    })
-                    .await?;
+                    let identity =
+                        handshake::accept_unless(&mut stream, self.identity(), &self.config.cookie, |id, fresh| {
+                            !fresh && self.refused.lock().contains(&id)
+                        })
+                        .await?;
                     let (reader, writer) = tokio::io::split(stream);
                     Ok((identity, Box::new(reader) as ReadHalf, Box::new(writer) as WriteHalf))
                 }
@@ -804,7 +821,7 @@ impl Node {
     /// Puts `conn` in its peer's slot unless a preferred open connection is there; returns
     /// whether it did. Both ends of two crossing connections decide alike, so they keep the same.
     fn install(&self, conn: &Arc<Conn>) -> bool {
-        if self.refused.lock().contains(&conn.peer.node_id) {
+        if !conn.peer.fresh && self.refused.lock().contains(&conn.peer.node_id) {
             self.count(|s| s.refused += 1);
             return false;
         }

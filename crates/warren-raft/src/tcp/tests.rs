@@ -43,7 +43,7 @@ struct FakePeer {
 impl FakePeer {
     async fn bind(id: u64) -> FakePeer {
         let listener = TcpListener::bind(localhost()).await.expect("bind");
-        FakePeer { listener, me: Identity { node_id: id, incarnation: 1 } }
+        FakePeer { listener, me: Identity { node_id: id, incarnation: 1, fresh: false } }
     }
 
     fn peer(&self) -> Peer {
@@ -189,7 +189,7 @@ async fn a_broken_connection_fails_its_requests_and_the_next_request_redials() {
 async fn a_frame_at_the_limit_is_answered_and_one_past_it_closes_the_connection() {
     let node = endpoint(1, |c| c.max_frame_bytes = MIN_MAX_FRAME_BYTES).await;
     let mut stream = TcpStream::connect(node.local_addr()).await.expect("connect");
-    let me = Identity { node_id: 2, incarnation: 1 };
+    let me = Identity { node_id: 2, incarnation: 1, fresh: false };
     handshake::dial(&mut stream, me, COOKIE, 1).await.expect("handshake");
 
     // A request for a group the node does not have, exactly at the limit: answered.
@@ -443,7 +443,9 @@ async fn snapshot_parts_out_of_order_or_past_their_total_are_refused() {
     let node = endpoint(1, |_| {}).await;
     let (group, _applied) = node.start_group(5, &GroupConfig::default(), Nop).await.expect("start group");
     let mut stream = TcpStream::connect(node.local_addr()).await.expect("connect");
-    handshake::dial(&mut stream, Identity { node_id: 2, incarnation: 1 }, COOKIE, 1).await.expect("handshake");
+    handshake::dial(&mut stream, Identity { node_id: 2, incarnation: 1, fresh: false }, COOKIE, 1)
+        .await
+        .expect("handshake");
 
     // Not the first part of anything.
     let (status, why) = send_part(&mut stream, 5, 1, (7, 20, 8, b"12345678")).await;
