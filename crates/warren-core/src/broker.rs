@@ -1627,6 +1627,7 @@ impl Broker {
             .get_mut(&*vhost)
             .and_then(|v| v.queues.get_mut(name).map(Mutex::get_mut))
             .ok_or_else(|| not_found("queue", name, &vhost))?;
+        forward::home_down(&self.replication.homes_down, q, &vhost)?;
         if q.exclusive_owner.is_some_and(|o| o != conn) {
             return Err(locked(name, &vhost));
         }

@@ -582,6 +582,7 @@ impl Groups {
             shared,
             meta.clone(),
             nodes,
+            settings.nodes.iter().map(|n| (n.id(), n.node())).collect(),
             balanced_leaders,
         );
         let names = settings.nodes.iter().map(|n| (n.id(), n.node())).collect();

@@ -4,7 +4,9 @@
 //! the home with the home's semantics (no `x-delivery-count`, requeue when a channel closes,
 //! dead-lettering at home), a node killed with deliveries unacked has them requeued at home,
 //! a consumer through another node is cancelled when the home goes down (as RabbitMQ does),
-//! and a publish while the home is down is nacked until it is back.
+//! declaring, consuming, getting, purging, binding and deleting through another node are
+//! refused with RabbitMQ's 404 while the home is down, and a publish then is nacked until it
+//! is back.
 
 mod common;
 
@@ -232,6 +234,42 @@ async fn a_classic_queue_outlives_the_loss_of_a_clients_node_and_of_its_home() {
     // consumers of a queue whose node went down.
     let ended = tokio::time::timeout(Duration::from_secs(15), consumer.next()).await;
     assert!(matches!(ended, Ok(None)), "the consumer is cancelled when the home goes: {ended:?}");
+
+    // While the home is down, node 2 refuses what RabbitMQ refuses, with its code and text
+    // (and the queue is not deleted through it).
+    let why = format!(
+        "NOT_FOUND - home node '{}' of durable queue 'cq' in vhost '/' is down or inaccessible",
+        cluster.names[0]
+    );
+    let refusal = |e: lapin::Error| match e {
+        lapin::Error::ProtocolError(e) => (e.get_id(), e.get_message().to_string()),
+        other => panic!("expected an AMQP error, got {other}"),
+    };
+    eventually("node 2 to see the home down", || async {
+        let ch = channel(&c2).await;
+        declare_passive(&ch, "cq").await.err().map(refusal) == Some((404, why.clone()))
+    })
+    .await;
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    let ch = channel(&c2).await;
+    let e = ch.queue_declare("cq", durable, FieldTable::default()).await.expect_err("declare");
+    assert_eq!(refusal(e), (404, why.clone()), "declare");
+    let ch = channel(&c2).await;
+    let e =
+        ch.basic_consume("cq", "c", BasicConsumeOptions::default(), FieldTable::default()).await.expect_err("consume");
+    assert_eq!(refusal(e), (404, why.clone()), "consume");
+    let ch = channel(&c2).await;
+    let e = ch.basic_get("cq", BasicGetOptions::default()).await.expect_err("get");
+    assert_eq!(refusal(e), (404, why.clone()), "get");
+    let ch = channel(&c2).await;
+    let e = ch.queue_purge("cq", Default::default()).await.expect_err("purge");
+    assert_eq!(refusal(e), (404, why.clone()), "purge");
+    let ch = channel(&c2).await;
+    let e = ch.queue_bind("cq", "amq.direct", "k", QueueBindOptions::default(), FieldTable::default()).await;
+    assert_eq!(refusal(e.expect_err("bind")), (404, why.clone()), "bind");
+    let ch = channel(&c2).await;
+    let e = ch.queue_delete("cq", Default::default()).await.expect_err("delete");
+    assert_eq!(refusal(e), (404, why.clone()), "delete");
 
     // The home back, a consumer started again through node 2 takes what is published there.
     cluster.restart(0);

@@ -297,6 +297,8 @@ pub struct QueueHost {
     /// Every configured node with its inter-node address (the cluster is those but the
     /// forgotten: [`QueueHost::nodes`]).
     configured: BTreeMap<u64, String>,
+    /// The configured nodes' names (`name@host`), by id.
+    names: BTreeMap<u64, String>,
     replicas: parking_lot::Mutex<HashMap<u64, Arc<Replica>>>,
     changed: Notify,
     /// Passes `follow_metadata` made with the metadata caught up, each having started every
@@ -341,6 +343,7 @@ pub fn node32(id: u64) -> u32 {
 
 impl QueueHost {
     /// Starts hosting the quorum queues the metadata group places on this node.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         node: TcpNode,
         wal: Wal,
@@ -348,6 +351,7 @@ impl QueueHost {
         shared: Arc<Shared>,
         meta: Arc<MetaHost>,
         nodes: BTreeMap<u64, String>,
+        names: BTreeMap<u64, String>,
         balanced_by_default: bool,
     ) -> Arc<QueueHost> {
         let me = node.id();
@@ -361,6 +365,7 @@ impl QueueHost {
             shared: shared.clone(),
             meta: meta.clone(),
             configured: nodes,
+            names,
             replicas: parking_lot::Mutex::new(HashMap::new()),
             changed: Notify::new(),
             passes: watch::Sender::new(0),
@@ -823,6 +828,25 @@ impl QueueHost {
         tracing::info!("quorum queue '{}' in vhost '{}': group {group_id:016x} stopped", replica.name, replica.vhost);
     }
 
+    /// Tells the broker which classic queues of other nodes have their home down (not
+    /// connected to this node), as `last` had it before.
+    fn follow_homes(&self, up: &BTreeSet<u64>, last: &mut HashMap<u64, String>) {
+        let down: HashMap<u64, String> = self.meta.group().with_machine(|m: &Metadata| {
+            m.homes()
+                .filter(|(_, _, home)| *home != self.me && !up.contains(home))
+                .map(|(_, group, home)| {
+                    let joined = || m.joined().get(&home).map(|j| j.name.clone());
+                    let name = self.names.get(&home).cloned().or_else(joined);
+                    (group, name.unwrap_or_else(|| format!("{home:016x}")))
+                })
+                .collect()
+        });
+        if down != *last {
+            self.shared.broker().set_homes_down(down.clone());
+            *last = down;
+        }
+    }
+
     /// Follows the other nodes coming and going. A member lost to a group this node leads is
     /// told to the group (`Down`): what its consumers held goes back to the queue, counted
     /// as a delivery attempt, as RabbitMQ does when a node goes. A node back in touch attaches
@@ -833,6 +857,7 @@ impl QueueHost {
         // (group, node) told down, until the node is back: a leader elected after a node went
         // tells it too (the node's loss may have been the old leader's).
         let mut told: std::collections::HashSet<(u64, u64)> = std::collections::HashSet::new();
+        let mut homes_down: HashMap<u64, String> = HashMap::new();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
@@ -844,6 +869,7 @@ impl QueueHost {
             let gone: Vec<u64> = up.difference(&now).copied().collect();
             told.retain(|(_, node)| !now.contains(node));
             up = now;
+            self.follow_homes(&up, &mut homes_down);
             let replicas: Vec<Arc<Replica>> = self.replicas.lock().values().cloned().collect();
             if !gone.is_empty() {
                 // A leader's node whose connection closed (killed, say) is replaced as soon as

@@ -39,6 +39,13 @@ impl Broker {
         true
     }
 
+    /// Makes `down` (placement group -> home node's name) the classic queues of other nodes
+    /// whose home is down: as in RabbitMQ, declaring, consuming from, getting from, purging,
+    /// binding, unbinding or deleting one is refused with 404 until its home is back.
+    pub fn set_homes_down(&mut self, down: impl IntoIterator<Item = (u64, String)>) {
+        self.replication.homes_down = down.into_iter().map(|(group, home)| (group, Arc::from(home))).collect();
+    }
+
     /// Whether queue `queue` in the vhost of connection `conn` lives on another node.
     pub(super) fn is_forwarded_for(&self, conn: ConnId, queue: &str) -> bool {
         let Some(vhost) = self.conns.get(&conn).map(|c| c.lock().vhost.clone()) else { return false };
@@ -166,5 +173,21 @@ impl Broker {
 
     fn lives_here(q: &Queue) -> bool {
         q.replica.is_none() && q.durable && q.exclusive_owner.is_none()
+    }
+}
+
+/// RabbitMQ's refusal of a durable queue whose node is down (404), when `q` lives on a node
+/// `down` says is down.
+pub(super) fn home_down(
+    down: &crate::hash::HashMap<u64, Arc<str>>,
+    q: &crate::queue::Queue,
+    vhost: &str,
+) -> Result<(), ProtocolError> {
+    match q.replica.filter(|r| r.forwarded).and_then(|r| down.get(&r.group)) {
+        None => Ok(()),
+        Some(home) => Err(ProtocolError::new(
+            ReplyCode::NotFound,
+            format_args!("home node '{home}' of durable queue '{}' in vhost '{vhost}' is down or inaccessible", q.name),
+        )),
     }
 }

@@ -31,6 +31,9 @@ pub(super) struct Replication {
     /// Deliveries of replicated queues waiting for an ack here, by the id their channel's
     /// unacked record holds: the group, the message's id in it, and who holds it.
     pub(super) unacked: crate::hash::HashMap<u64, (u64, MsgId, Owner)>,
+    /// Classic queues of other nodes whose home is down, by their placement's group, with the
+    /// home's name ([`Broker::set_homes_down`]).
+    pub(super) homes_down: crate::hash::HashMap<u64, Arc<str>>,
 }
 
 /// A command for a replicated (quorum) queue's group, made by this node's broker, for the

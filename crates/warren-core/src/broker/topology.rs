@@ -254,6 +254,7 @@ impl Broker {
         match dest {
             Destination::Queue(q) => {
                 let queue = vh.queues.get(q).map(|q| q.lock()).ok_or_else(|| not_found("queue", q, vhost))?;
+                forward::home_down(&self.replication.homes_down, &queue, vhost)?;
                 if who.locked_out(queue.exclusive_owner) {
                     return Err(locked(q, vhost));
                 }
@@ -300,6 +301,7 @@ impl Broker {
         let vh = self.vhosts.get_mut(&*vhost).ok_or_else(|| not_found("vhost", &vhost, &vhost))?;
         let result = match vh.queues.get_mut(&name).map(Mutex::get_mut) {
             Some(q) => {
+                forward::home_down(&self.replication.homes_down, q, &vhost)?;
                 if who.locked_out(q.exclusive_owner) {
                     return Err(locked(&name, &vhost));
                 }
@@ -408,6 +410,7 @@ impl Broker {
             .get_mut(&*vhost)
             .and_then(|v| v.queues.get_mut(name).map(Mutex::get_mut))
             .ok_or_else(|| not_found("queue", name, &vhost))?;
+        forward::home_down(&self.replication.homes_down, q, &vhost)?;
         if who.locked_out(q.exclusive_owner) {
             return Err(locked(name, &vhost));
         }
@@ -440,9 +443,11 @@ impl Broker {
         let vhost = who.vhost.clone();
         let found = self.vhosts.get(&*vhost).and_then(|v| v.queues.get(name)).map(|q| {
             let q = q.lock();
-            (q.exclusive_owner, q.consumers().is_empty(), q.is_empty())
+            let down = forward::home_down(&self.replication.homes_down, &q, &vhost);
+            (q.exclusive_owner, q.consumers().is_empty(), q.is_empty(), down)
         });
-        let Some((owner, unused, empty)) = found else { return Ok(0) };
+        let Some((owner, unused, empty, down)) = found else { return Ok(0) };
+        down?;
         if who.locked_out(owner) {
             return Err(locked(name, &vhost));
         }
