@@ -30,7 +30,7 @@ const KEPT_OUTPUTS: usize = 4096;
 const UNOWNED_EVERY: Duration = Duration::from_millis(100);
 
 /// How often the metadata group's leader looks for nodes to add to or take out of the group.
-const FORGOTTEN_CHECK_EVERY: Duration = Duration::from_secs(1);
+const MEMBERSHIP_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// How long one change of the metadata group's membership may take.
 const MEMBERSHIP_STEP: Duration = Duration::from_secs(10);
@@ -147,25 +147,14 @@ impl MetaHost {
     /// Takes node `node` (stopped) out of the cluster, as an operator asked through this
     /// node (RabbitMQ's `forget_cluster_node`): done once this node has applied it.
     pub async fn forget(&self, node: u64) -> Result<(), String> {
-        match self.commit_command(MetaCommand::Forget { origin: self.me, node }, self.commit_timeout).await {
-            Ok(_) => Ok(()),
-            Err(ProposeFailure::NoLeader) => Err(format!(
-                "no leader of the metadata group within {} ms (is a majority of nodes reachable?)",
-                self.commit_timeout.as_millis()
-            )),
-            Err(ProposeFailure::Failed(why)) => Err(why),
-        }
+        self.commit_for_operator(MetaCommand::Forget { origin: self.me, node }).await.map(|_| ())
     }
 
     /// Node `node`, named `name`, reached at `addr`, joins the cluster (see `membership`):
     /// done once this node has applied it; the group's leader then adds it to the group.
     pub async fn add_node(&self, node: u64, name: &str, addr: &str) -> Result<(), String> {
         let command = MetaCommand::AddNode { origin: self.me, node, name: name.to_owned(), addr: addr.to_owned() };
-        match self.commit_command(command, self.commit_timeout).await {
-            Ok(_) => Ok(()),
-            Err(ProposeFailure::NoLeader) => Err("no leader of the metadata group".to_owned()),
-            Err(ProposeFailure::Failed(why)) => Err(why),
-        }
+        self.commit_for_operator(command).await.map(|_| ())
     }
 
     /// On the group's leader: makes the group's voters follow the cluster's nodes. A node that
@@ -173,7 +162,7 @@ impl MetaHost {
     /// joining; a forgotten node is taken out (a voter through a joint configuration, which
     /// the nodes left commit).
     async fn keep_membership(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(FORGOTTEN_CHECK_EVERY);
+        let mut tick = tokio::time::interval(MEMBERSHIP_CHECK_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
@@ -338,14 +327,20 @@ impl MetaHost {
     pub async fn set_members(&self, vhost: &str, name: &str, group: u64, members: Vec<u64>) -> Result<(), String> {
         let command =
             MetaCommand::Members { origin: self.me, vhost: vhost.to_owned(), name: name.to_owned(), group, members };
-        match self.commit_command(command, self.commit_timeout).await {
-            Ok(output) => output.members.unwrap_or_else(|| Err("no outcome for the member change".into())),
-            Err(ProposeFailure::NoLeader) => Err(format!(
+        let output = self.commit_for_operator(command).await?;
+        output.members.unwrap_or_else(|| Err("no outcome for the member change".into()))
+    }
+
+    /// Commits `command` (an operator's, or a node's joining) within the commit timeout; why
+    /// not, in words for the operator.
+    async fn commit_for_operator(&self, command: MetaCommand) -> Result<MetaOutput, String> {
+        self.commit_command(command, self.commit_timeout).await.map_err(|e| match e {
+            ProposeFailure::NoLeader => format!(
                 "no leader of the metadata group within {} ms (is a majority of nodes reachable?)",
                 self.commit_timeout.as_millis()
-            )),
-            Err(ProposeFailure::Failed(why)) => Err(why),
-        }
+            ),
+            ProposeFailure::Failed(why) => why,
+        })
     }
 
     async fn commit_command(&self, command: MetaCommand, timeout: Duration) -> Result<MetaOutput, ProposeFailure> {
@@ -499,9 +494,7 @@ impl MetaHost {
             }
         }
     }
-}
 
-impl MetaHost {
     /// Adds `node` to `group` (led here) as a learner, waits until it holds the log up to
     /// then, and makes it a voter.
     async fn bring_in(&self, group: &Group<Metadata>, node: u64, addr: String) -> Result<(), String> {

@@ -276,13 +276,26 @@ impl Broker {
             q.consumers().iter().map(|k| (k.conn, k.channel, k.tag.clone())).collect();
         for (conn, channel, tag) in keys {
             q.remove_consumer(conn, channel, &tag);
-            let Some(c) = self.conns.get_mut(&conn).map(Mutex::get_mut) else { continue };
-            let notify = c.cancel_notify;
-            let Some(ch) = c.channels.get_mut(&channel) else { continue };
-            if ch.consumers.remove(&tag).is_some() && notify && ch.state() == ChannelState::Open {
-                let method = Method::BasicCancel { consumer_tag: tag, nowait: true };
-                out.push((conn, Out::Method { channel, method }));
-            }
+            Self::consumer_cancelled(&mut self.conns, conn, channel, tag, out);
+        }
+    }
+
+    /// Takes consumer `tag` off channel `channel` of connection `conn` (its queue went, or
+    /// its queue's node) and tells its client with basic.cancel when it understands it
+    /// (`consumer_cancel_notify`) and the channel is open.
+    pub(super) fn consumer_cancelled(
+        conns: &mut HashMap<ConnId, Mutex<Conn>>,
+        conn: ConnId,
+        channel: u16,
+        tag: ShortStr,
+        out: &mut Vec<(ConnId, Out)>,
+    ) {
+        let Some(c) = conns.get_mut(&conn).map(Mutex::get_mut) else { return };
+        let notify = c.cancel_notify;
+        let Some(ch) = c.channels.get_mut(&channel) else { return };
+        if ch.consumers.remove(&tag).is_some() && notify && ch.state() == ChannelState::Open {
+            let method = Method::BasicCancel { consumer_tag: tag, nowait: true };
+            out.push((conn, Out::Method { channel, method }));
         }
     }
 

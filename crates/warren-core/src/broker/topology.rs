@@ -471,19 +471,7 @@ impl Broker {
         }
         Self::remove_bindings_to(vh, &Destination::Queue(q.name.clone()), &mut self.def_ops);
         for key in q.consumers() {
-            let Some(c) = self.conns.get_mut(&key.conn).map(Mutex::get_mut) else { continue };
-            if let Some(ch) = c.channels.get_mut(&key.channel) {
-                ch.consumers.remove(&key.tag);
-                if c.cancel_notify && ch.state() == ChannelState::Open {
-                    out.push((
-                        key.conn,
-                        Out::Method {
-                            channel: key.channel,
-                            method: Method::BasicCancel { consumer_tag: key.tag.clone(), nowait: true },
-                        },
-                    ));
-                }
-            }
+            Self::consumer_cancelled(&mut self.conns, key.conn, key.channel, key.tag.clone(), out);
         }
         let n = q.message_count();
         let qname = q.name.clone();
