@@ -1,6 +1,7 @@
 //! [`MachineStore`]: openraft's v2 [`RaftStateMachine`] around a user [`Machine`], with the
-//! latest snapshot kept in memory and, for a durable group, in a file (written whole or not at
-//! all: a synced temporary file renamed over it) before openraft hears of it.
+//! latest snapshot kept in memory or, for a durable group, only in a file (written whole or not
+//! at all: a synced temporary file renamed over it) before openraft hears of it, and read back
+//! from there when it is asked for.
 //!
 //! The machine, its applied position and the latest snapshot live under one lock shared with
 //! the [`Group`](crate::Group), which reads the machine through it. The lock is never held across
@@ -31,9 +32,19 @@ pub(crate) struct MachineState<M: Machine> {
     pub(crate) machine: M,
     last_applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, BasicNode>,
-    snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    snapshot: Option<(SnapshotMeta, Kept)>,
     /// Counts snapshots built here, so that two built at the same log id get distinct ids.
     snapshots_built: u64,
+}
+
+/// Where the latest snapshot's bytes are.
+enum Kept {
+    /// In memory (a group that is not durable).
+    Memory(Vec<u8>),
+    /// Only in the durable group's snapshot file: a queue's snapshot names every message of a
+    /// backlog, and kept in memory as well it would cost about as much again as the machine's
+    /// own index of them (it is asked for only to be sent to a member that fell behind).
+    File,
 }
 
 /// The state machine store a group hands to openraft; clones share the same machine.
@@ -159,12 +170,41 @@ impl<M: Machine> MachineStore<M> {
             state.last_applied = meta.last_log_id;
             state.membership = meta.last_membership.clone();
             last = meta.last_log_id;
-            state.snapshot = Some((meta, bytes));
+            state.snapshot = Some((meta, Kept::File));
         }
         log.snapshot_durable(last);
         store.snapshot_file = Some(Arc::new(path));
         store.log = Some(log);
         Ok(store)
+    }
+
+    /// How the latest snapshot, `bytes`, is kept once it is persisted.
+    fn keep(&self, bytes: Vec<u8>) -> Kept {
+        if self.snapshot_file.is_some() {
+            Kept::File
+        } else {
+            Kept::Memory(bytes)
+        }
+    }
+
+    /// The bytes of the latest snapshot, `meta`, as `kept`.
+    #[allow(clippy::result_large_err)]
+    fn snapshot_bytes<'a>(
+        &self,
+        meta: &SnapshotMeta,
+        kept: &'a Kept,
+    ) -> Result<std::borrow::Cow<'a, [u8]>, StorageError<u64>> {
+        let path = match kept {
+            Kept::Memory(bytes) => return Ok(std::borrow::Cow::Borrowed(bytes)),
+            Kept::File => self.snapshot_file.as_ref().ok_or_else(|| {
+                snapshot_error(meta, &io::Error::other("a snapshot kept in a file by a group with no snapshot file"))
+            })?,
+        };
+        match read_snapshot_file(path) {
+            Ok(Some((on_disk, bytes))) if on_disk == *meta => Ok(std::borrow::Cow::Owned(bytes)),
+            Ok(_) => Err(snapshot_error(meta, &io::Error::other("the snapshot file holds another snapshot"))),
+            Err(e) => Err(snapshot_error(meta, &e)),
+        }
     }
 
     /// Keeps a snapshot on disk, for a durable store, before openraft is told of it. (The
@@ -296,7 +336,7 @@ impl<M: Machine> RaftStateMachine<Types<M>> for MachineStore<M> {
                 }
             }
             state.machine.snapshot_written();
-            state.snapshot = Some((meta.clone(), kept));
+            state.snapshot = Some((meta.clone(), self.keep(kept)));
             meta.last_log_id.map(|id| id.index)
         };
         // A snapshot with no last log id covers nothing: there is nothing to report.
@@ -307,14 +347,17 @@ impl<M: Machine> RaftStateMachine<Types<M>> for MachineStore<M> {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<M>>, StorageError<u64>> {
+        // Under the lock, file read and all: a later snapshot written meanwhile could let go
+        // of the paged records this one names.
         let state = self.state.lock();
-        let Some((meta, bytes)) = state.snapshot.as_ref() else { return Ok(None) };
+        let Some((meta, kept)) = state.snapshot.as_ref() else { return Ok(None) };
+        let bytes = self.snapshot_bytes(meta, kept)?;
         // openraft asks at start for the snapshot's metadata only (`get_initial_state`); once
         // the group runs, only to send it to another member, whole.
         if !self.running.load(std::sync::atomic::Ordering::Acquire) {
-            return Ok(Some(Snapshot { meta: meta.clone(), snapshot: Box::new(bytes.clone()) }));
+            return Ok(Some(Snapshot { meta: meta.clone(), snapshot: Box::new(bytes.into_owned()) }));
         }
-        let whole = state.machine.snapshot_to_send(bytes).map_err(|e| snapshot_error(meta, &e))?;
+        let whole = state.machine.snapshot_to_send(&bytes).map_err(|e| snapshot_error(meta, &e))?;
         Ok(Some(Snapshot { meta: meta.clone(), snapshot: Box::new(whole) }))
     }
 }
@@ -337,7 +380,8 @@ impl<M: Machine> RaftSnapshotBuilder<Types<M>> for MachineStore<M> {
         // On disk before openraft hears of it (and purges the log behind it).
         self.persist(&meta, &bytes)?;
         state.machine.snapshot_written();
-        state.snapshot = Some((meta.clone(), bytes.clone()));
+        let kept = if self.snapshot_file.is_some() { Kept::File } else { Kept::Memory(bytes.clone()) };
+        state.snapshot = Some((meta.clone(), kept));
         Ok(Snapshot { meta, snapshot: Box::new(bytes) })
     }
 }
