@@ -183,7 +183,9 @@ pub fn check_messages(h: &History, rules: &Rules) -> MessageReport {
     r.minority_enforced = rules.replicated;
     r.recoveries = recoveries(h);
     let group = |kill: bool| -> Vec<Option<f64>> {
-        r.recoveries.iter().filter(|x| x.gated && (x.kind == FaultKind::Kill) == kill).map(|x| x.ms).collect()
+        // A replace starts with a SIGKILL: its failover is a kill's.
+        let killed = |k: FaultKind| matches!(k, FaultKind::Kill | FaultKind::Replace);
+        r.recoveries.iter().filter(|x| x.gated && killed(x.kind) == kill).map(|x| x.ms).collect()
     };
     r.after_kill = Stats::of(&group(true));
     r.after_pause_or_partition = Stats::of(&group(false));

@@ -142,6 +142,14 @@ pub async fn run(cluster: &mut Cluster, ctx: &Ctx, api: &Api, opts: &Options) ->
         if leader.is_some_and(|l| targets.contains(&l)) {
             out.leader_hits += 1;
         }
+        if d.kind == FaultKind::Replace {
+            match forget(cluster, api, aimed).await {
+                Ok(through) => {
+                    log(ctx, &format!("fault {done}: node {} forgotten through node {}", aimed + 1, through + 1))
+                }
+                Err(e) => out.failures.push(format!("fault {done} (replace): {e}")),
+            }
+        }
         let index = {
             let mut h = ctx.history();
             h.faults.push(Fault {
@@ -190,6 +198,11 @@ fn apply(cluster: &mut Cluster, d: &Draw, aimed: usize) -> Result<(Vec<usize>, V
         FaultKind::Pause => {
             cluster.pause(aimed)?;
             Ok((vec![aimed], vec![], format!("SIGSTOP {}", name(aimed))))
+        }
+        FaultKind::Replace => {
+            cluster.kill(aimed);
+            cluster.nodes[aimed].replaced = true;
+            Ok((vec![aimed], vec![], format!("SIGKILL {} to replace it", name(aimed))))
         }
         FaultKind::Disk => {
             cluster.fill_disk(aimed)?;
@@ -254,8 +267,77 @@ fn alone_and_rest(alone: usize, n: usize) -> Vec<usize> {
     cut
 }
 
+/// Takes killed node `gone` out of the cluster through another running node, as an operator
+/// would (`DELETE /api/nodes/{name}`, `warrenctl forget_cluster_node`); the node it went
+/// through. Asked again until it is done (the others may not have seen the node go yet).
+async fn forget(cluster: &mut Cluster, api: &Api, gone: usize) -> Result<usize, String> {
+    let specs = cluster.specs();
+    let path = format!("/api/nodes/{}", crate::mgmt::encode(&specs[gone].name));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::from("no node answered");
+    while Instant::now() < deadline {
+        for (i, spec) in specs.iter().enumerate() {
+            if i == gone || cluster.nodes[i].paused || !cluster.nodes[i].running() {
+                continue;
+            }
+            match api.send(reqwest::Method::DELETE, &spec.http(), &path, None).await {
+                Some(204) => return Ok(i),
+                Some(status) => last = format!("node {} answered {status}", i + 1),
+                None => last = format!("node {} did not answer", i + 1),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(format!("node {} was not forgotten within 20 s: {last}", gone + 1))
+}
+
+/// Grows every quorum queue back onto node `i`, which joined again, through another running
+/// node, whose metadata holds every queue (`POST /api/queues/quorum/replicas/on/{name}/grow`,
+/// `warrenctl grow`). Asked again until it is done (node `i` is refused as not in the cluster
+/// until that node applied its joining); then waits until `queue` shows its member on node
+/// `i` online.
+async fn grow(cluster: &mut Cluster, api: &Api, i: usize, queue: &str) -> Result<String, String> {
+    let specs = cluster.specs();
+    let path = format!("/api/queues/quorum/replicas/on/{}/grow", crate::mgmt::encode(&specs[i].name));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = String::from("no node answered");
+    while Instant::now() < deadline {
+        for (j, spec) in specs.iter().enumerate() {
+            if j == i || cluster.nodes[j].paused || !cluster.nodes[j].running() {
+                continue;
+            }
+            let body = Some(serde_json::json!({"strategy": "all"}));
+            match api.send_for(reqwest::Method::POST, &spec.http(), &path, body).await {
+                Some((200, rows)) => {
+                    // As an operator would before touching another node (RabbitMQ's
+                    // await_online_quorum_plus_one): the queue has its member there, online.
+                    let name = serde_json::Value::String(specs[i].name.clone());
+                    while Instant::now() < deadline {
+                        let q = api.queue(&spec.http(), queue).await;
+                        let has = |k: &str| {
+                            q.as_ref()
+                                .and_then(|q| q.get(k))
+                                .and_then(|v| v.as_array())
+                                .is_some_and(|a| a.contains(&name))
+                        };
+                        if has("members") && has("online") {
+                            return Ok(format!("through node {}: {rows}", j + 1));
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    return Err(format!("quorum queue {queue}: no member on node {} online within 20 s", i + 1));
+                }
+                Some((status, why)) => last = format!("node {} answered {status} {why}", j + 1),
+                None => last = format!("node {} did not answer", j + 1),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Err(format!("growing the quorum queues onto node {}: {last}", i + 1))
+}
+
 /// Undoes every fault: the network healed, paused nodes continued, killed ones restarted on
-/// their data directories.
+/// their data directories (replaced ones on emptied ones, and grown back).
 pub async fn heal(cluster: &mut Cluster, ctx: &Ctx, out: &mut Outcome, restart_within: Duration) {
     if let Some(ns) = cluster.namespaces() {
         if let Err(e) = ns.heal() {
@@ -292,6 +374,13 @@ pub async fn heal(cluster: &mut Cluster, ctx: &Ctx, out: &mut Outcome, restart_w
                 out.failures.push(format!("SIGCONT node {}: {e}", i + 1));
             }
         }
+        let replaced = cluster.nodes[i].replaced;
+        if replaced && !cluster.nodes[i].running() {
+            cluster.nodes[i].replaced = false;
+            if let Err(e) = cluster.wipe(i) {
+                out.failures.push(format!("emptying node {}'s data directory: {e}", i + 1));
+            }
+        }
         if !cluster.nodes[i].running() {
             if let Err(e) = cluster.start(i) {
                 out.failures.push(e);
@@ -300,10 +389,15 @@ pub async fn heal(cluster: &mut Cluster, ctx: &Ctx, out: &mut Outcome, restart_w
             match cluster.wait_ready(i, restart_within).await {
                 Ok(took) => {
                     out.restarts_ms.push(took.as_secs_f64() * 1000.0);
-                    log(
-                        ctx,
-                        &format!("node {} restarted, answering after {:.0} ms", i + 1, took.as_secs_f64() * 1000.0),
-                    );
+                    let how = if replaced { "emptied and started, joined again" } else { "restarted" };
+                    log(ctx, &format!("node {} {how}, answering after {:.0} ms", i + 1, took.as_secs_f64() * 1000.0));
+                    if replaced {
+                        let api = Api::new();
+                        match grow(cluster, &api, i, &ctx.opts.queue).await {
+                            Ok(done) => log(ctx, &format!("quorum queues grown onto node {} {done}", i + 1)),
+                            Err(e) => out.failures.push(e),
+                        }
+                    }
                 }
                 Err(e) => {
                     log(ctx, &format!("node {} did not come back: {e}", i + 1));

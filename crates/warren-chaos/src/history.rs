@@ -62,6 +62,11 @@ pub enum FaultKind {
     /// (a failed WAL write stops a node's Raft side until the process restarts). Not in
     /// `ALL`: asked for by name (it needs root, to mount the file systems).
     Disk,
+    /// SIGKILL a node and take it out of the cluster (`forget_cluster_node` through another
+    /// node, as for a machine gone for good); at the heal, start it on an emptied data
+    /// directory (its cookie and configuration kept), so that it joins again, and grow every
+    /// quorum queue back onto it. Not in `ALL`: asked for by name.
+    Replace,
 }
 
 impl FaultKind {
@@ -76,11 +81,12 @@ impl FaultKind {
             FaultKind::Isolate => "isolate",
             FaultKind::OneWay => "oneway",
             FaultKind::Disk => "disk",
+            FaultKind::Replace => "replace",
         }
     }
 
     pub fn parse(s: &str) -> Option<FaultKind> {
-        FaultKind::ALL.into_iter().chain([FaultKind::Disk]).find(|k| k.name() == s)
+        FaultKind::ALL.into_iter().chain([FaultKind::Disk, FaultKind::Replace]).find(|k| k.name() == s)
     }
 
     /// A network partition (needs the namespaces).

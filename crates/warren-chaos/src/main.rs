@@ -805,11 +805,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn disk_faults_are_asked_for_by_name_only() {
+    fn disk_and_replace_faults_are_asked_for_by_name_only() {
         let all = fault_kinds("all").expect("all");
         assert_eq!(all, FaultKind::ALL.to_vec(), "`all` keeps the schedules seeds replay");
         assert!(!all.contains(&FaultKind::Disk));
         assert_eq!(fault_kinds("disk,kill").expect("kinds"), vec![FaultKind::Kill, FaultKind::Disk]);
         assert!(fault_kinds("disks").is_err());
+        assert!(!all.contains(&FaultKind::Replace));
+        assert_eq!(fault_kinds("replace,kill").expect("kinds"), vec![FaultKind::Kill, FaultKind::Replace]);
     }
 }

@@ -29,6 +29,31 @@ impl Api {
         Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
+    /// `method` `path` with a JSON `body` on the node whose HTTP listener is `addr`: the
+    /// status, `None` when the node did not answer.
+    pub async fn send(&self, method: reqwest::Method, addr: &str, path: &str, body: Option<Value>) -> Option<u16> {
+        self.send_for(method, addr, path, body).await.map(|(status, _)| status)
+    }
+
+    /// As [`Api::send`], with the answer's JSON (`Null` for one that is not JSON).
+    pub async fn send_for(
+        &self,
+        method: reqwest::Method,
+        addr: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Option<(u16, Value)> {
+        let mut request =
+            self.client.request(method, format!("http://{addr}{path}")).basic_auth("guest", Some("guest"));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.ok()?;
+        let status = response.status().as_u16();
+        let text = response.text().await.ok()?;
+        Some((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
     /// GET `path` as text (/metrics), when the node answers 200.
     pub async fn text(&self, addr: &str, path: &str) -> Option<String> {
         let response =

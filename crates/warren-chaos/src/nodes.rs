@@ -40,6 +40,9 @@ pub struct Node {
     pub paused: bool,
     /// Its replicated data's file system is full (a disk fault in place).
     pub disk_full: bool,
+    /// Killed and taken out of the cluster (a replace fault in place): started again on an
+    /// emptied data directory.
+    pub replaced: bool,
 }
 
 impl Node {
@@ -150,7 +153,10 @@ impl Cluster {
         }
         Ok(Cluster {
             warren: warren.to_path_buf(),
-            nodes: specs.into_iter().map(|spec| Node { spec, child: None, paused: false, disk_full: false }).collect(),
+            nodes: specs
+                .into_iter()
+                .map(|spec| Node { spec, child: None, paused: false, disk_full: false, replaced: false })
+                .collect(),
             net,
             api: Api::new(),
             disks: false,
@@ -243,6 +249,23 @@ impl Cluster {
         let child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", self.warren.display()))?;
         node.child = Some(child);
         node.paused = false;
+        Ok(())
+    }
+
+    /// Empties node `i`'s data directory but its cookie and configuration (a node reset, as a
+    /// new machine under the old name). The node must not run.
+    pub fn wipe(&mut self, i: usize) -> Result<(), String> {
+        let dir = &self.nodes[i].spec.dir;
+        let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            if name == ".cookie" || name == "rabbitmq.conf" || name == "node.log" {
+                continue;
+            }
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            removed.map_err(|e| format!("{}: {e}", path.display()))?;
+        }
         Ok(())
     }
 

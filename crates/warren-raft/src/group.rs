@@ -117,6 +117,9 @@ pub struct Group<M: Machine> {
     machine: Arc<Mutex<MachineState<M>>>,
     /// Whether this member's timers are off ([`set_quiet`](Self::set_quiet)).
     quiet: Arc<AtomicBool>,
+    /// Whether this member refuses votes while its log is empty
+    /// ([`set_votes_need_log`](Self::set_votes_need_log)).
+    votes_need_log: Arc<AtomicBool>,
 }
 
 impl<M: Machine> Clone for Group<M> {
@@ -126,6 +129,7 @@ impl<M: Machine> Clone for Group<M> {
             raft: self.raft.clone(),
             machine: Arc::clone(&self.machine),
             quiet: Arc::clone(&self.quiet),
+            votes_need_log: Arc::clone(&self.votes_need_log),
         }
     }
 }
@@ -210,7 +214,8 @@ impl<M: Machine> Group<M> {
             .await
             .map_err(|e| StartError::Storage { reason: e.to_string() })?;
         starting.started().await;
-        Ok((Group { id, raft, machine, quiet: Arc::new(AtomicBool::new(false)) }, applied_rx))
+        let (quiet, votes_need_log) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        Ok((Group { id, raft, machine, quiet, votes_need_log }, applied_rx))
     }
 
     /// This node's id.
@@ -419,8 +424,24 @@ impl<M: Machine> Group<M> {
         self.raft.append_entries(request).await.map_err(fatal_only)
     }
 
+    /// Makes this member refuse every vote while its log is empty (`true`): for a member
+    /// started with nothing on a node that held the group before and lost it (a node reset and
+    /// joined again under its name, whose id the group may still count among its voters). Its
+    /// empty log would grant any candidate its vote, as if it had never promised one nor
+    /// acknowledged an entry, and a candidate missing committed entries could win with it.
+    /// Once the leader has sent it the log (it is added again), it votes as any member.
+    pub fn set_votes_need_log(&self, need: bool) {
+        self.votes_need_log.store(need, Ordering::Relaxed);
+    }
+
     /// Handles a candidate's vote request that arrived from the network.
     pub async fn handle_vote(&self, request: VoteRequest) -> Result<VoteResponse, Stopped> {
+        if self.votes_need_log.load(Ordering::Relaxed) {
+            let metrics = self.raft.metrics().borrow().clone();
+            if metrics.last_log_index.is_none() && metrics.snapshot.is_none() {
+                return Ok(VoteResponse { vote: metrics.vote, vote_granted: false, last_log_id: None });
+            }
+        }
         self.raft.vote(request).await.map_err(fatal_only)
     }
 

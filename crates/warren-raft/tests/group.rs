@@ -315,3 +315,38 @@ async fn a_member_whose_machine_panicked_stops_rather_than_going_on_half_alive()
     assert_eq!(group.status().applied_index, Some(2), "nothing applied from the poison on");
     assert!(tokio::time::timeout(WAIT, poisoned).await.expect("an answer").is_err());
 }
+
+/// A member told its votes need a log (a node reset and joined again under its name) refuses
+/// every candidate while its log is empty, and answers as any member once the leader has sent
+/// it the log.
+#[tokio::test]
+async fn a_member_whose_votes_need_a_log_refuses_them_until_it_has_one() {
+    let mut cluster = Cluster::start(fast_config()).await;
+    let leader = cluster.leader();
+    let group = cluster.group(leader);
+    for value in 0..3 {
+        group.propose(value).await.expect("committed");
+    }
+    let fresh = cluster.add_node(4).await;
+    fresh.set_votes_need_log(true);
+    let term = group.status().term + 10;
+    let refused = fresh.handle_vote(VoteRequest::new(Vote::new(term, 9), None)).await.expect("answered");
+    assert!(!refused.vote_granted, "an empty member with the flag granted a vote: {refused:?}");
+    // The same request to a fresh member without the flag is granted (what the flag prevents).
+    let other = cluster.add_node(5).await;
+    let granted = other.handle_vote(VoteRequest::new(Vote::new(term, 9), None)).await.expect("answered");
+    assert!(granted.vote_granted, "{granted:?}");
+
+    let added_at = group.add_learner(4, "local-4".into()).await.expect("learner added");
+    group
+        .wait_until(WAIT, "node 4 caught up", |s| s.matched.get(&4).is_some_and(|m| *m >= Some(added_at)))
+        .await
+        .expect("learner catches up");
+    // With a log, the request goes to Raft itself, whose answer names that log (it may
+    // still refuse: the leader's lease holds).
+    let last = fresh.status().last_log_index;
+    let ahead = warren_raft::LogId::new(warren_raft::LeaderId::new(term + 1, 9), 1_000);
+    let answer = fresh.handle_vote(VoteRequest::new(Vote::new(term + 1, 9), Some(ahead))).await.expect("answered");
+    assert_eq!(answer.last_log_id.map(|id| id.index), last, "{answer:?}");
+    assert!(refused.last_log_id.is_none());
+}

@@ -632,6 +632,14 @@ impl QueueHost {
         )
         .await
         .map_err(|e| format!("{e:?}"))?;
+        // This node joined the cluster after the group was made (a new node, or one reset and
+        // joined again under its name, whose id the group may still count as a voter): its
+        // member neither founds the group nor votes until the leader has sent it the log.
+        let joined_after = self.meta.group().with_machine(|m: &Metadata| m.joined().get(&self.me).map(|j| j.at));
+        let joined_after = joined_after.is_some_and(|at| at > wanted.placement.group);
+        if joined_after {
+            group.set_votes_need_log(true);
+        }
         self.node.register(group_id, group.clone()).map_err(|e| e.to_string())?;
         // The founder founds the group (and so leads it first); a member an operator added
         // joins it (the group's leader sends it the log). Should the founder a declaring node
@@ -639,11 +647,12 @@ impl QueueHost {
         // node does after a while: founding twice with the same members is one founding.
         let founders: BTreeMap<u64, String> =
             wanted.members.iter().filter_map(|m| self.nodes().get(m).map(|a| (*m, a.clone()))).collect();
-        if pristine && !wanted.chosen && wanted.founder == self.me {
+        let founding = pristine && !wanted.chosen && !joined_after;
+        if founding && wanted.founder == self.me {
             if let Err(e) = group.initialize(founders).await {
                 tracing::info!("quorum queue '{name}': its group was founded already ({e:?})");
             }
-        } else if pristine && !wanted.chosen && wanted.placement.origin == self.me {
+        } else if founding && wanted.placement.origin == self.me {
             let group = group.clone();
             let name = name.to_owned();
             tokio::spawn(async move {
