@@ -39,7 +39,9 @@ pub enum Found {
     /// No node answered that it has a cluster: form one with the listed nodes.
     NoCluster,
     /// This node is in the running cluster (named node answered): do not form another.
-    InCluster { through: u64 },
+    /// `joined`: it was not a member and the cluster took it now (a new node, or one
+    /// forgotten and reset), rather than one of the nodes the cluster formed with.
+    InCluster { through: u64, joined: bool },
 }
 
 /// Answers other nodes' questions about this node's cluster.
@@ -75,7 +77,10 @@ impl Service for MembershipService {
             if status.voters.is_empty() && status.learners.is_empty() {
                 return Ok(vec![NOT_FORMED]);
             }
-            if status.voters.contains(&node) || status.learners.contains(&node) {
+            // A forgotten node (reset) joins again even if the group still counts it (it could
+            // not take it out without a leader): it must not vote as the member it was.
+            let forgotten = group.with_machine(|m: &crate::meta::Metadata| m.forgotten().contains(&node));
+            if !forgotten && (status.voters.contains(&node) || status.learners.contains(&node)) {
                 return Ok(vec![MEMBER]);
             }
             let meta = meta.ok_or("this node is starting")?;
@@ -129,7 +134,8 @@ pub async fn find_cluster(node: &TcpNode, peers: &BTreeMap<u64, String>, name: &
         for (&id, peer_addr) in peers.iter().filter(|(id, _)| **id != node.id()) {
             let peer = Peer { id, addr: peer_addr.clone() };
             match node.call(&peer, MEMBERSHIP_SERVICE, &question, ASK_TIMEOUT).await {
-                Ok(answer) if answer == [MEMBER] || answer == [JOINED] => return Found::InCluster { through: id },
+                Ok(answer) if answer == [MEMBER] => return Found::InCluster { through: id, joined: false },
+                Ok(answer) if answer == [JOINED] => return Found::InCluster { through: id, joined: true },
                 Ok(answer) if answer == [NOT_FORMED] => {}
                 Ok(answer) => busy = Some(format!("node {id:016x} answered {answer:?}")),
                 // It has a cluster that cannot take this node now (no leader, say), or did not

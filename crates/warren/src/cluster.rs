@@ -528,14 +528,22 @@ impl Groups {
             // classic_config peer discovery); with none, this node forms it with the others.
             let me_addr = members.get(&node.id()).cloned().unwrap_or_else(|| node.local_addr().to_string());
             match find_cluster(node, &members, &settings.me.node(), &me_addr).await {
-                Found::InCluster { through } => tracing::info!(
-                    "metadata: node {} has a cluster, which this node is in: not forming another",
-                    settings
-                        .nodes
-                        .iter()
-                        .find(|n| n.id() == through)
-                        .map_or_else(|| format!("{through:016x}"), |n| n.node())
-                ),
+                Found::InCluster { through, joined } => {
+                    tracing::info!(
+                        "metadata: node {} has a cluster, which this node {}: not forming another",
+                        settings
+                            .nodes
+                            .iter()
+                            .find(|n| n.id() == through)
+                            .map_or_else(|| format!("{through:016x}"), |n| n.node()),
+                        if joined { "joined" } else { "is in" }
+                    );
+                    // Joined (new, or reset after it was forgotten): its empty member of the
+                    // metadata group votes only once the leader has sent it the log.
+                    if joined {
+                        group.set_votes_need_log(true);
+                    }
+                }
                 Found::NoCluster => {
                     tracing::info!("metadata: founding the group with {} members", members.len());
                     if let Err(e) = group.initialize(members.clone()).await {

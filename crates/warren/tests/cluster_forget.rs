@@ -184,6 +184,7 @@ async fn a_stopped_node_is_forgotten_and_the_others_go_on_without_it() {
     for http in [&h1, &h2, &h3] {
         eventually(&format!("node 3 back in on {http}"), || async { listed(http).await == three }).await;
     }
+    assert!(cluster.nodes[2].log().contains("which this node joined: not forming another"), "node 3 joined again");
     // As for any node that joins, the queue keeps its members until an operator grows it.
     let grown = warrenctl(&h1, &["grow", &n3, "all"]).await.expect("grow");
     assert!(grown.contains("qq") && grown.contains("ok"), "{grown}");
