@@ -8,16 +8,13 @@
 
 mod common;
 
-use common::cluster::{get, send, warrenctl, Cluster};
+use common::cluster::{get, nodes, send, warrenctl, Cluster};
 use common::eventually;
 use common::lapin_client::*;
-use futures_lite::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
-use serde_json::{json, Value};
+use serde_json::json;
 use std::time::Duration;
 
 async fn publish_confirmed(ch: &Channel, bodies: &[String]) {
@@ -30,17 +27,6 @@ async fn publish_confirmed(ch: &Channel, bodies: &[String]) {
             .expect("confirm");
         assert!(confirm.is_ack(), "{body} was not confirmed: {confirm:?}");
     }
-}
-
-/// The nodes `http` lists: (name, running), sorted.
-async fn listed(http: &str) -> Vec<(String, bool)> {
-    let (status, nodes) = get(http, "/api/nodes").await;
-    assert_eq!(status, 200, "{nodes}");
-    let nodes = nodes.as_array().cloned().unwrap_or_default();
-    nodes
-        .iter()
-        .map(|n| (n["name"].as_str().unwrap_or_default().to_owned(), n["running"].as_bool().unwrap_or(false)))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,18 +67,18 @@ async fn a_stopped_node_is_forgotten_and_the_others_go_on_without_it() {
     assert_eq!(status, 400, "the node asked: {body}");
     let (status, body) = send(&h1, "DELETE", "/api/nodes/nobody@nowhere", None).await;
     assert_eq!(status, 404, "not in the cluster: {body}");
-    assert_eq!(listed(&h1).await.len(), 3, "nothing forgotten");
+    assert_eq!(nodes(&h1).await.len(), 3, "nothing forgotten");
 
     cluster.nodes[2].kill();
     let down = vec![(n1.clone(), true), (n2.clone(), true), (n3.clone(), false)];
-    eventually("node 3 seen down by node 2", || async { listed(&h2).await == down }).await;
+    eventually("node 3 seen down by node 2", || async { nodes(&h2).await == down }).await;
     let done = warrenctl(&h2, &["forget_cluster_node", &n3]).await.expect("forget_cluster_node");
     assert!(done.contains(&format!("Removing node {n3}")), "{done}");
 
     let two = vec![(n1.clone(), true), (n2.clone(), true)];
     let members = json!([n1, n2]);
     for http in [&h1, &h2] {
-        eventually(&format!("only nodes 1 and 2 on {http}"), || async { listed(http).await == two }).await;
+        eventually(&format!("only nodes 1 and 2 on {http}"), || async { nodes(http).await == two }).await;
         let (status, _) = get(http, &format!("/api/nodes/{n3}")).await;
         assert_eq!(status, 404, "node 3 is not in the cluster");
         eventually(&format!("qq's members nodes 1 and 2 on {http}"), || async {
@@ -128,17 +114,7 @@ async fn a_stopped_node_is_forgotten_and_the_others_go_on_without_it() {
     let mut consumer =
         ch.basic_consume("qq", "c1", BasicConsumeOptions::default(), FieldTable::default()).await.expect("consume");
     let expected: Vec<String> = first.iter().chain(&second).cloned().collect();
-    let mut got = Vec::new();
-    while got.len() < expected.len() {
-        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {} came: {got:?}", got.len(), expected.len()))
-            .expect("a delivery")
-            .expect("a delivery");
-        got.push(String::from_utf8_lossy(&d.data).into_owned());
-        d.ack(BasicAckOptions::default()).await.expect("ack");
-    }
-    assert_eq!(got, expected);
+    assert_eq!(next_bodies_acked(&mut consumer, expected.len()).await, expected);
     ch.close(200, "done").await.expect("close the consumer's channel");
 
     // Node 3 started again with what it held: the others refuse it, and it says so.
@@ -151,17 +127,10 @@ async fn a_stopped_node_is_forgotten_and_the_others_go_on_without_it() {
     })
     .await;
     let h3 = cluster.nodes[2].http();
-    let (_, nodes) = get(&h3, "/api/nodes").await;
-    let running: Vec<&str> = nodes
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|n| n["running"] == Value::Bool(true))
-        .filter_map(|n| n["name"].as_str())
-        .collect();
-    assert_eq!(running, [n3.as_str()], "node 3 reaches no node");
+    let running: Vec<String> = nodes(&h3).await.into_iter().filter(|(_, up)| *up).map(|(name, _)| name).collect();
+    assert_eq!(running, vec![n3.clone()], "node 3 reaches no node");
     for http in [&h1, &h2] {
-        assert_eq!(listed(http).await, two, "node 3 stays out on {http}");
+        assert_eq!(nodes(http).await, two, "node 3 stays out on {http}");
     }
 
     // Reset (its data directory emptied but its cookie), node 3 joins again under its name.
@@ -182,7 +151,7 @@ async fn a_stopped_node_is_forgotten_and_the_others_go_on_without_it() {
     let h3 = cluster.nodes[2].http();
     let three = vec![(n1.clone(), true), (n2.clone(), true), (n3.clone(), true)];
     for http in [&h1, &h2, &h3] {
-        eventually(&format!("node 3 back in on {http}"), || async { listed(http).await == three }).await;
+        eventually(&format!("node 3 back in on {http}"), || async { nodes(http).await == three }).await;
     }
     assert!(cluster.nodes[2].log().contains("which this node joined: not forming another"), "node 3 joined again");
     // As for any node that joins, the queue keeps its members until an operator grows it.

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::cluster::{free_port, get, temp_dir, Cluster, Dirs, Node};
+use common::cluster::{free_port, get, nodes, temp_dir, Cluster, Dirs, Node};
 use common::eventually;
 use common::lapin_client::*;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
@@ -36,16 +36,6 @@ async fn get_one(ch: &Channel, queue: &str) -> String {
         }
     })
     .await
-}
-
-/// (name, running) of every node `http` lists.
-async fn listed(http: &str) -> Vec<(String, bool)> {
-    let (_, nodes) = get(http, "/api/nodes").await;
-    let nodes = nodes.as_array().cloned().unwrap_or_default();
-    nodes
-        .iter()
-        .map(|n| (n["name"].as_str().unwrap_or_default().to_owned(), n["running"].as_bool().unwrap_or(false)))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +70,7 @@ async fn a_new_node_joins_a_running_cluster_at_its_first_start() {
         cluster.names.iter().chain([&name4]).map(|n| (n.clone(), true)).collect::<Vec<_>>();
     all.sort();
     for http in [&h1, &cluster.nodes[1].http(), &cluster.nodes[2].http(), &h4] {
-        eventually(&format!("four nodes running on {http}"), || async { listed(http).await == all }).await;
+        eventually(&format!("four nodes running on {http}"), || async { nodes(http).await == all }).await;
     }
     eventually("node 4 a voter of the metadata group", || async {
         cluster.nodes.iter().any(|n| n.log().contains("joined the group as a voter"))
@@ -131,7 +121,7 @@ async fn a_new_node_joins_a_running_cluster_at_its_first_start() {
     let h1 = cluster.nodes[0].http();
     let h4 = shown.0.http();
     for http in [&h1, &h4] {
-        eventually(&format!("four nodes running on {http} after the restarts"), || async { listed(http).await == all })
+        eventually(&format!("four nodes running on {http} after the restarts"), || async { nodes(http).await == all })
             .await;
     }
     let c1 = connect_url(&cluster.nodes[0].amqp_url()).await;

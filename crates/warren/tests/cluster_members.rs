@@ -10,12 +10,10 @@ mod common;
 use common::cluster::{get, send, warrenctl, Cluster};
 use common::eventually;
 use common::lapin_client::*;
-use futures_lite::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use serde_json::{json, Value};
-use std::time::Duration;
 
 async fn publish_confirmed(ch: &Channel, bodies: &[String]) {
     for body in bodies {
@@ -127,15 +125,5 @@ async fn an_operator_grows_and_shrinks_a_quorum_queue_and_its_messages_stay() {
     let mut consumer =
         ch.basic_consume("grown", "c3", BasicConsumeOptions::default(), FieldTable::default()).await.expect("consume");
     let expected: Vec<String> = first.iter().chain(&second).cloned().collect();
-    let mut got = Vec::new();
-    while got.len() < expected.len() {
-        let d = tokio::time::timeout(Duration::from_secs(10), consumer.next())
-            .await
-            .unwrap_or_else(|_| panic!("only {} of {} came: {got:?}", got.len(), expected.len()))
-            .expect("a delivery")
-            .expect("a delivery");
-        got.push(String::from_utf8_lossy(&d.data).into_owned());
-        d.ack(BasicAckOptions::default()).await.expect("ack");
-    }
-    assert_eq!(got, expected);
+    assert_eq!(next_bodies_acked(&mut consumer, expected.len()).await, expected);
 }

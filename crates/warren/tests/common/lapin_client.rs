@@ -105,6 +105,17 @@ pub async fn next_bodies(consumer: &mut Consumer, n: usize) -> Vec<String> {
     bodies
 }
 
+/// The next `n` deliveries' bodies, as strings, each acked once received.
+pub async fn next_bodies_acked(consumer: &mut Consumer, n: usize) -> Vec<String> {
+    let mut bodies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let delivery = next_delivery(consumer).await;
+        bodies.push(body(&delivery));
+        delivery.ack(lapin::options::BasicAckOptions::default()).await.expect("ack");
+    }
+    bodies
+}
+
 /// Asserts that nothing reaches `consumer` for [`QUIET`].
 pub async fn assert_no_delivery(consumer: &mut Consumer) {
     if let Ok(next) = tokio::time::timeout(QUIET, consumer.next()).await {
