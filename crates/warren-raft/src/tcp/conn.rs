@@ -194,6 +194,11 @@ async fn read_frames(node: &Arc<Node>, conn: &Arc<Conn>, reader: ReadHalf) -> Cl
     let mut reader = BufReader::new(reader);
     loop {
         let frame = match frame::read_frame(&mut reader, max, dead_after).await {
+            // A node refused since this connection opened (one that crossed the refusal, say)
+            // is cut off at its next frame, a keepalive at the latest.
+            Ok(_) if node.is_refused(&conn.peer) => {
+                return CloseReason::Broken("the node was taken out of the cluster".to_owned())
+            }
             Ok(frame) => frame,
             Err(ReadError::Closed) => return CloseReason::Broken("closed by the peer".to_owned()),
             Err(ReadError::Idle) => return CloseReason::Broken(format!("nothing received for {dead_after:?}")),

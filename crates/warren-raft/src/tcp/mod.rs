@@ -271,6 +271,8 @@ struct Node {
     refused: Mutex<BTreeSet<u64>>,
     /// This node holds no cluster state yet ([`TcpNode::set_fresh`]).
     fresh: std::sync::atomic::AtomicBool,
+    /// `refused` is not empty (read on every frame, without the lock).
+    any_refused: std::sync::atomic::AtomicBool,
     /// Why the latest dial another node refused was.
     last_refusal: Mutex<Option<String>>,
 }
@@ -329,6 +331,7 @@ impl TcpNode {
             last_auth_failure: Mutex::new(None),
             refused: Mutex::new(BTreeSet::new()),
             fresh: std::sync::atomic::AtomicBool::new(false),
+            any_refused: std::sync::atomic::AtomicBool::new(false),
             last_refusal: Mutex::new(None),
         });
         node.spawn(accept_loop(Arc::clone(&node), listener));
@@ -486,6 +489,7 @@ impl TcpNode {
     /// cluster) once it authenticates, either way, and closes those open now: such a node,
     /// started again, finds every node unreachable. Replaces the set given before.
     pub fn refuse(&self, ids: BTreeSet<u64>) {
+        self.node.any_refused.store(!ids.is_empty(), Ordering::Relaxed);
         *self.node.refused.lock() = ids.clone();
         let open: Vec<Arc<Conn>> = {
             let peers = self.node.peers.lock();
@@ -579,6 +583,12 @@ impl Node {
 
     fn count(&self, update: impl FnOnce(&mut TcpStats)) {
         self.stats.send_modify(update);
+    }
+
+    /// Whether connections with `peer` are refused ([`TcpNode::refuse`]), given what it said
+    /// of itself at the handshake.
+    fn is_refused(&self, peer: &Identity) -> bool {
+        self.any_refused.load(Ordering::Relaxed) && !peer.fresh && self.refused.lock().contains(&peer.node_id)
     }
 
     /// Makes the set of connected peers that of `peers`' `Up` slots; called with the registry of
